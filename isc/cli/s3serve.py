@@ -1,0 +1,50 @@
+"""isc-s3serve: serve a dataset folder as the competition's regional buckets on a local S3 server."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+
+from isc.cli.common import run_command
+from isc.io import REGION_BUCKETS, SPLITS, atomic_path
+from isc.s3server import LocalS3Server
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isc-s3serve",
+        description="Serve a folder in the competition's layout (<split>_images/<id>.jpg, <split>_metadata.csv) "
+        "as the three regional buckets (drivendata-competition-fb-isc-data[-eu|-asia], prefix all/<split>_images/) "
+        "on a local S3 server bound to loopback. Anonymous reads work, as on the real buckets. Runs until "
+        "interrupted.",
+    )
+    parser.add_argument("data", help="dataset folder, e.g. one written by isc-synth")
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default)")
+    parser.add_argument("--regions", nargs="+", choices=list(REGION_BUCKETS), default=list(REGION_BUCKETS),
+                        help="regional buckets to create (default: all three)")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
+                        help="splits to upload (default: all three)")
+    parser.add_argument("--endpoint-file", metavar="PATH",
+                        help="write the endpoint URL to this file once the buckets are filled (for scripts)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    server = LocalS3Server(args.data, regions=args.regions, splits=args.splits, host=args.host, port=args.port)
+    endpoint = server.start()
+    if args.endpoint_file:
+        with atomic_path(args.endpoint_file) as tmp:
+            Path(tmp).write_text(endpoint + "\n")
+    print(f"serving {args.data} at {endpoint} (buckets: {', '.join(REGION_BUCKETS[r] for r in args.regions)})",
+          flush=True)
+    try:
+        threading.Event().wait()
+    finally:
+        server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), run, argv)

@@ -1,0 +1,384 @@
+"""Every file format of the toolkit, read and written in one place.
+
+- image ids: queries ``Q`` + 5 digits, references ``R`` + 6, training ``T`` + 6;
+- descriptor files (HDF5, one per split): datasets ``ids`` and ``descriptors`` plus provenance attributes;
+- the competition's descriptor-track file: ``query``, ``reference``, ``query_ids``, ``reference_ids``;
+- predictions CSV ``query_id,reference_id,score``; ground-truth CSV ``query_id,reference_id``;
+  metadata CSV ``image_id,s3_uri,md5_checksum``.
+
+Readers raise :class:`InputError` naming the file and the first bad row; writers go through
+:func:`atomic_path` so that a crash never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+import isc
+
+
+class InputError(ValueError):
+    """Bad input from the user: the CLI prints it as one line and exits non-zero."""
+
+
+SPLITS = ("query", "reference", "training")
+ID_PATTERNS = {"query": re.compile(r"Q\d{5}"), "reference": re.compile(r"R\d{6}"), "training": re.compile(r"T\d{6}")}
+ID_PREFIX = {"query": "Q", "reference": "R", "training": "T"}
+PHASE_QUERY_RANGES = {1: (0, 49_999), 2: (50_000, 99_999)}
+DESCRIPTOR_TRACK_MAX_DIM = 256
+MATCHING_TRACK_MAX_ROWS = 500_000
+
+# the competition's public buckets, one copy per region; images under all/<split>_images/
+REGION_BUCKETS = {
+    "us-west": "drivendata-competition-fb-isc-data",
+    "eu": "drivendata-competition-fb-isc-data-eu",
+    "asia": "drivendata-competition-fb-isc-data-asia",
+}
+
+
+def images_prefix(split: str) -> str:
+    """The key prefix of a split's images in the competition's buckets."""
+    return f"all/{split}_images/"
+
+
+def metadata_key(split: str) -> str:
+    """Where a mirror of the competition (such as isc-s3serve) keeps a split's metadata CSV."""
+    return f"all/{split}_metadata.csv"
+
+
+# ---------------------------------------------------------------------------------------------- ids
+
+
+def split_of_id(image_id: str) -> str:
+    """The split an id belongs to (``query``, ``reference`` or ``training``); InputError if malformed."""
+    for split, pattern in ID_PATTERNS.items():
+        if pattern.fullmatch(image_id):
+            return split
+    raise InputError(f"malformed image id {image_id!r} (expected Q+5 digits, R+6 digits or T+6 digits)")
+
+
+def first_bad_id(ids: pd.Series | Sequence[str], split: str) -> int | None:
+    """Position of the first id that is not a well-formed id of ``split``, or None when all are."""
+    series = ids if isinstance(ids, pd.Series) else pd.Series(list(ids), dtype=object)
+    ok = series.astype(str).str.fullmatch(ID_PATTERNS[split].pattern) & series.notna()
+    if ok.all():
+        return None
+    return int(np.flatnonzero(~ok.to_numpy())[0])
+
+
+def validate_ids(ids: pd.Series | Sequence[str], split: str, source: str | Path, what: str = "id") -> None:
+    """Raise InputError naming ``source`` and the first id that does not belong to ``split``."""
+    bad = first_bad_id(ids, split)
+    if bad is not None:
+        value = list(ids)[bad] if not isinstance(ids, pd.Series) else ids.iloc[bad]
+        raise InputError(
+            f"{source}: {what} #{bad} is {value!r}, not a {split} id ({ID_PREFIX[split]} + "
+            f"{5 if split == 'query' else 6} digits)"
+        )
+
+
+def query_phase(query_id: str) -> int:
+    """1 for Q00000–Q49999, 2 for Q50000–Q99999."""
+    number = int(query_id[1:])
+    return 1 if number < PHASE_QUERY_RANGES[2][0] else 2
+
+
+def phase_query_ids(phase: int) -> list[str]:
+    """Every query id of a competition phase, in order."""
+    lo, hi = PHASE_QUERY_RANGES[phase]
+    return [f"Q{i:05d}" for i in range(lo, hi + 1)]
+
+
+# ------------------------------------------------------------------------------------- atomic write
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------- descriptor files
+
+
+def provenance(**attrs: object) -> dict[str, object]:
+    """Attributes recorded in every descriptor file: what produced it, plus the toolkit version."""
+    return {"isc_version": isc.__version__, **{k: v for k, v in attrs.items() if v is not None}}
+
+
+def _check_descriptors(ids: Sequence[str], descriptors: np.ndarray, source: str | Path) -> None:
+    if descriptors.ndim != 2:
+        raise InputError(f"{source}: descriptors must be a 2-d array [n, d], got shape {descriptors.shape}")
+    if len(ids) != descriptors.shape[0]:
+        raise InputError(f"{source}: {len(ids)} ids but {descriptors.shape[0]} descriptors")
+    finite = np.isfinite(descriptors).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise InputError(f"{source}: descriptor #{row} ({ids[row]}) has NaN or infinite values")
+
+
+def write_descriptors(
+    path: str | Path, ids: Sequence[str], descriptors: np.ndarray, attrs: dict[str, object] | None = None
+) -> None:
+    """Write one split's descriptors: datasets ``ids`` (ASCII) and ``descriptors`` (float32 [n, d])."""
+    descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+    ids = [str(i) for i in ids]
+    _check_descriptors(ids, descriptors, path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("ids", data=np.array(ids, dtype="S"))
+        f.create_dataset("descriptors", data=descriptors, chunks=True if len(ids) else None)
+        for key, value in {**provenance(), **(attrs or {}), "dimension": descriptors.shape[1]}.items():
+            f.attrs[key] = value
+
+
+def _decode_ids(dataset: h5py.Dataset) -> list[str]:
+    return [x.decode("ascii") if isinstance(x, bytes) else str(x) for x in dataset[()]]
+
+
+def _open_h5(path: str | Path) -> h5py.File:
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise InputError(f"{path}: not an HDF5 file ({e})") from None
+
+
+def read_descriptor_attrs(path: str | Path) -> dict[str, object]:
+    """The provenance attributes of a descriptor file, without loading the descriptors."""
+    with _open_h5(path) as f:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+
+
+def read_descriptors(path: str | Path, split: str | None = None) -> tuple[list[str], np.ndarray, dict[str, object]]:
+    """Read a descriptor file: (ids, float32 descriptors [n, d], attributes); ids checked against ``split``."""
+    with _open_h5(path) as f:
+        missing = [name for name in ("ids", "descriptors") if name not in f]
+        if missing:
+            raise InputError(f"{path}: not a descriptor file (missing datasets {', '.join(missing)})")
+        ids = _decode_ids(f["ids"])
+        raw = f["descriptors"]
+        if raw.dtype.kind != "f":
+            raise InputError(f"{path}: descriptors have dtype {raw.dtype}, expected float32")
+        descriptors = np.asarray(raw[()], dtype=np.float32)
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    _check_descriptors(ids, descriptors, path)
+    if split is not None:
+        validate_ids(ids, split, path)
+    duplicated = pd.Index(ids).duplicated()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated)[0])
+        raise InputError(f"{path}: id {ids[row]} appears more than once (row {row})")
+    return ids, descriptors, attrs
+
+
+def write_descriptor_track(
+    path: str | Path,
+    query_ids: Sequence[str],
+    query: np.ndarray,
+    reference_ids: Sequence[str],
+    reference: np.ndarray,
+) -> None:
+    """Write the competition's descriptor-track HDF5, ids sorted as the official converter does."""
+    parts = {}
+    for name, ids, descriptors, split in (
+        ("query", query_ids, query, "query"),
+        ("reference", reference_ids, reference, "reference"),
+    ):
+        descriptors = np.asarray(descriptors, dtype=np.float32)
+        ids = [str(i) for i in ids]
+        _check_descriptors(ids, descriptors, f"{path} ({name})")
+        validate_ids(ids, split, f"{path} ({name})")
+        order = np.argsort(np.array(ids))
+        parts[name] = ([ids[i] for i in order], descriptors[order])
+    dims = {parts["query"][1].shape[1], parts["reference"][1].shape[1]}
+    if len(dims) != 1:
+        raise InputError(f"{path}: query and reference descriptors have different dimensions {sorted(dims)}")
+    if dims.pop() > DESCRIPTOR_TRACK_MAX_DIM:
+        raise InputError(f"{path}: the descriptor track allows at most {DESCRIPTOR_TRACK_MAX_DIM} dimensions")
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, (ids, descriptors) in parts.items():
+            f.create_dataset(name, data=descriptors)
+            f.create_dataset(f"{name}_ids", data=np.array(ids, dtype="S"))
+
+
+def read_descriptor_track(path: str | Path) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+    """Read and check a descriptor-track file: (query_ids, query, reference_ids, reference)."""
+    with _open_h5(path) as f:
+        missing = [n for n in ("query", "reference", "query_ids", "reference_ids") if n not in f]
+        if missing:
+            raise InputError(f"{path}: not a descriptor-track file (missing datasets {', '.join(missing)})")
+        out = []
+        for name, split in (("query", "query"), ("reference", "reference")):
+            if f[name].dtype != np.float32:
+                raise InputError(f"{path}: dataset {name} has dtype {f[name].dtype}, the track requires float32")
+            descriptors = f[name][()]
+            ids = _decode_ids(f[f"{name}_ids"])
+            _check_descriptors(ids, descriptors, f"{path} ({name})")
+            validate_ids(ids, split, f"{path} ({name}_ids)")
+            if descriptors.shape[1] > DESCRIPTOR_TRACK_MAX_DIM:
+                raise InputError(
+                    f"{path}: {name} has {descriptors.shape[1]} dimensions, the track allows {DESCRIPTOR_TRACK_MAX_DIM}"
+                )
+            if any(a >= b for a, b in zip(ids, ids[1:], strict=False)):
+                row = next(i for i, (a, b) in enumerate(zip(ids, ids[1:], strict=False)) if a >= b) + 1
+                raise InputError(f"{path}: {name}_ids not sorted and unique at row {row} ({ids[row]})")
+            out += [ids, descriptors]
+    if out[1].shape[1] != out[3].shape[1]:
+        raise InputError(f"{path}: query and reference descriptors have different dimensions")
+    return out[0], out[1], out[2], out[3]
+
+
+# ------------------------------------------------------------------------------------------- CSVs
+
+
+def _read_csv(path: str | Path, columns: Sequence[str], what: str) -> pd.DataFrame:
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a valid {what} CSV ({str(e).splitlines()[0]})") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty file, expected a header {','.join(columns)}") from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputError(
+            f"{path}: missing column(s) {', '.join(missing)} (header is {','.join(df.columns)}; "
+            f"a {what} CSV has {','.join(columns)})"
+        )
+    return df[list(columns)]
+
+
+def _check_id_column(df: pd.DataFrame, column: str, split: str, path: str | Path, allow_empty: bool = False) -> None:
+    values = df[column]
+    ok = values.str.fullmatch(ID_PATTERNS[split].pattern)
+    if allow_empty:
+        ok |= values == ""
+    if not ok.all():
+        row = int(np.flatnonzero(~ok.to_numpy())[0])
+        raise InputError(
+            f"{path}: line {row + 2}: {column} {values.iloc[row]!r} is not a {split} id "
+            f"({ID_PREFIX[split]} + {5 if split == 'query' else 6} digits)"
+        )
+
+
+def _duplicated_pairs(df: pd.DataFrame) -> np.ndarray:
+    return df.duplicated(subset=["query_id", "reference_id"], keep=False).to_numpy()
+
+
+def read_predictions(path: str | Path, duplicates: str = "error") -> pd.DataFrame:
+    """Read a matching-track CSV ``query_id,reference_id,score``.
+
+    ``duplicates``: ``"error"`` rejects a repeated (query, reference) pair, as the organisers' scorer
+    does; ``"keep-best"`` keeps the highest score of each pair and warns.
+    """
+    df = _read_csv(path, ("query_id", "reference_id", "score"), "predictions")
+    _check_id_column(df, "query_id", "query", path)
+    _check_id_column(df, "reference_id", "reference", path)
+    scores = pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{path}: line {row + 2}: score {df['score'].iloc[row]!r} is not a finite number")
+    df = df.assign(score=scores)
+    dup = _duplicated_pairs(df)
+    if dup.any():
+        row = int(np.flatnonzero(dup)[0])
+        pair = f"({df['query_id'].iloc[row]}, {df['reference_id'].iloc[row]})"
+        if duplicates == "error":
+            raise InputError(f"{path}: line {row + 2}: pair {pair} appears more than once ({int(dup.sum())} rows)")
+        n_before = len(df)
+        df = df.sort_values("score", ascending=False, kind="stable").drop_duplicates(["query_id", "reference_id"])
+        df = df.sort_index().reset_index(drop=True)
+        warnings.warn(
+            f"{path}: {n_before - len(df)} duplicated (query, reference) rows dropped, keeping the best score "
+            f"(first at line {row + 2}, {pair})",
+            stacklevel=2,
+        )
+    return df
+
+
+def write_predictions(path: str | Path, predictions: pd.DataFrame) -> None:
+    """Write a matching-track CSV sorted by decreasing score."""
+    ordered = predictions[["query_id", "reference_id", "score"]].sort_values(
+        "score", ascending=False, kind="stable"
+    )
+    with atomic_path(path) as tmp:
+        ordered.to_csv(tmp, index=False, float_format="%.7g")
+
+
+def read_ground_truth(path: str | Path) -> pd.DataFrame:
+    """Read a ground-truth CSV: one row per query, ``reference_id`` empty when the query has no match."""
+    df = _read_csv(path, ("query_id", "reference_id"), "ground-truth")
+    df = df.assign(query_id=df["query_id"].str.strip(), reference_id=df["reference_id"].str.strip())
+    _check_id_column(df, "query_id", "query", path)
+    _check_id_column(df, "reference_id", "reference", path, allow_empty=True)
+    dup = _duplicated_pairs(df)
+    if dup.any():
+        row = int(np.flatnonzero(dup)[0])
+        raise InputError(f"{path}: line {row + 2}: pair ({df['query_id'].iloc[row]}, "
+                         f"{df['reference_id'].iloc[row] or 'no match'}) appears more than once")
+    return df
+
+
+def write_ground_truth(path: str | Path, ground_truth: pd.DataFrame) -> None:
+    """Write a ground-truth CSV (``reference_id`` empty for queries without a match)."""
+    with atomic_path(path) as tmp:
+        ground_truth[["query_id", "reference_id"]].fillna("").to_csv(tmp, index=False)
+
+
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+def read_metadata(path: str | Path, split: str | None = None) -> pd.DataFrame:
+    """Read a metadata CSV ``image_id,s3_uri,md5_checksum`` (the competition's per-split listing)."""
+    df = _read_csv(path, ("image_id", "s3_uri", "md5_checksum"), "metadata")
+    df = df.assign(md5_checksum=df["md5_checksum"].str.strip().str.lower())
+    ids = df["image_id"]
+    ok = ids.str.fullmatch("|".join(p.pattern for p in ID_PATTERNS.values()))
+    if split is not None:
+        ok &= ids.str.fullmatch(ID_PATTERNS[split].pattern)
+    if not ok.all():
+        row = int(np.flatnonzero(~ok.to_numpy())[0])
+        expected = f"a {split} id" if split else "an image id"
+        raise InputError(f"{path}: line {row + 2}: image_id {ids.iloc[row]!r} is not {expected}")
+    bad_md5 = ~df["md5_checksum"].str.fullmatch(_MD5.pattern)
+    if bad_md5.any():
+        row = int(np.flatnonzero(bad_md5.to_numpy())[0])
+        raise InputError(f"{path}: line {row + 2}: md5_checksum {df['md5_checksum'].iloc[row]!r} is not 32 hex digits")
+    bad_uri = ~df["s3_uri"].str.startswith("s3://")
+    if bad_uri.any():
+        row = int(np.flatnonzero(bad_uri.to_numpy())[0])
+        raise InputError(f"{path}: line {row + 2}: s3_uri {df['s3_uri'].iloc[row]!r} is not an s3:// address")
+    dup = ids.duplicated()
+    if dup.any():
+        row = int(np.flatnonzero(dup.to_numpy())[0])
+        raise InputError(f"{path}: line {row + 2}: image_id {ids.iloc[row]} appears more than once")
+    return df
+
+
+def write_metadata(path: str | Path, metadata: pd.DataFrame) -> None:
+    """Write a metadata CSV ``image_id,s3_uri,md5_checksum``."""
+    with atomic_path(path) as tmp:
+        metadata[["image_id", "s3_uri", "md5_checksum"]].to_csv(tmp, index=False)

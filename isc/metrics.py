@@ -1,0 +1,161 @@
+"""The competition's metric: micro-average precision (µAP) and recall at 90% precision.
+
+Computed as the organisers' scorer (facebookresearch/isc2021, ``isc/metrics.py``) does it:
+all predictions of all queries are ranked together by decreasing score, with the wrong pairs
+placed before the right ones on equal scores (the worst case, so a constant score cannot help);
+µAP = Σ (recall_i − recall_{i−1}) × precision_i with no interpolation, recall's denominator
+being the number of ground-truth pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from isc.io import InputError, atomic_path
+
+REQUIRED_PRECISION = 0.9
+
+
+@dataclass
+class Metrics:
+    muap: float
+    recall_at_p90: float | None
+    threshold_at_p90: float | None
+    recall_at_rank1: float
+    recall_at_rank10: float
+    n_predictions: int
+    n_positives: int
+    n_true_positives: int
+    n_queries_predicted: int
+    precisions: np.ndarray = field(repr=False)
+    recalls: np.ndarray = field(repr=False)
+    thresholds: np.ndarray = field(repr=False)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """The scalar results, for ``--json`` and reports."""
+        return {
+            "muap": self.muap,
+            "recall_at_p90": self.recall_at_p90,
+            "threshold_at_p90": self.threshold_at_p90,
+            "recall_at_rank1": self.recall_at_rank1,
+            "recall_at_rank10": self.recall_at_rank10,
+            "n_predictions": self.n_predictions,
+            "n_positives": self.n_positives,
+            "n_true_positives": self.n_true_positives,
+            "n_queries_predicted": self.n_queries_predicted,
+        }
+
+
+def precision_recall(
+    is_match: np.ndarray, scores: np.ndarray, n_positives: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precisions, recalls and thresholds along the ranking, by increasing recall.
+
+    On equal scores the wrong predictions come first, exactly as in the organisers' scorer.
+    """
+    is_match = np.asarray(is_match, dtype=bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    # lexsort's last key is the primary one: decreasing score, then False (wrong) before True
+    order = np.lexsort((is_match, -scores))
+    ranked = is_match[order]
+    true_positives = np.cumsum(ranked)
+    n_results = np.arange(len(ranked)) + 1
+    return true_positives / n_results, true_positives / n_positives, scores[order]
+
+
+def average_precision(recalls: np.ndarray, precisions: np.ndarray) -> float:
+    """Σ (r_i − r_{i−1}) × p_i over the ranking (no interpolation); recalls must be sorted."""
+    if len(recalls) and not np.all(recalls[:-1] <= recalls[1:]):
+        raise ValueError("recalls must be sorted in increasing order")
+    return float(((recalls - np.concatenate([[0], recalls[:-1]])) * precisions).sum())
+
+
+def operating_point(
+    precisions: np.ndarray, recalls: np.ndarray, thresholds: np.ndarray, required_precision: float
+) -> tuple[float | None, float | None]:
+    """(recall, threshold) of the highest recall whose precision is at least ``required_precision``."""
+    valid = precisions >= required_precision
+    if not valid.any():
+        return None, None
+    best = int(np.argmax(np.where(valid, recalls, -1.0)))
+    return float(recalls[best]), float(thresholds[best])
+
+
+def match_flags(predictions: pd.DataFrame, ground_truth: pd.DataFrame) -> np.ndarray:
+    """For each prediction, whether its (query, reference) pair is in the ground truth."""
+    positives = ground_truth[ground_truth["reference_id"] != ""]
+    truth = pd.MultiIndex.from_arrays([positives["query_id"], positives["reference_id"]])
+    pairs = pd.MultiIndex.from_arrays([predictions["query_id"], predictions["reference_id"]])
+    return np.asarray(pairs.isin(truth))
+
+
+def _recall_at_ranks(predictions: pd.DataFrame, is_match: np.ndarray, n_positives: int) -> tuple[float, float]:
+    # a true pair's rank counts every prediction of its query scoring at least as high (ties pessimistic)
+    rank = predictions.groupby("query_id")["score"].rank(method="max", ascending=False).to_numpy() - 1
+    true_ranks = rank[is_match]
+    if n_positives == 0:
+        return 0.0, 0.0
+    return float((true_ranks == 0).sum() / n_positives), float((true_ranks < 10).sum() / n_positives)
+
+
+def evaluate(
+    predictions: pd.DataFrame, ground_truth: pd.DataFrame, restrict_to_ground_truth_queries: bool = False
+) -> Metrics:
+    """Score predictions ``query_id,reference_id,score`` against a ground truth ``query_id,reference_id``.
+
+    ``restrict_to_ground_truth_queries`` drops predictions for queries the ground-truth file does not
+    list, as the competition platform did with the partial phase-1 ground truth.
+    """
+    if restrict_to_ground_truth_queries:
+        predictions = predictions[predictions["query_id"].isin(ground_truth["query_id"])]
+    pairs = predictions[["query_id", "reference_id"]]
+    if pairs.duplicated().any():
+        row = pairs[pairs.duplicated()].iloc[0]
+        raise InputError(f"predictions contain the pair ({row['query_id']}, {row['reference_id']}) more than once")
+    n_positives = int((ground_truth["reference_id"] != "").sum())
+    if n_positives == 0:
+        raise InputError("the ground truth has no (query, reference) pair: nothing to measure recall against")
+    is_match = match_flags(predictions, ground_truth)
+    scores = predictions["score"].to_numpy(dtype=np.float64)
+    precisions, recalls, thresholds = precision_recall(is_match, scores, n_positives)
+    recall_p90, threshold_p90 = operating_point(precisions, recalls, thresholds, REQUIRED_PRECISION)
+    rank1, rank10 = _recall_at_ranks(predictions, is_match, n_positives)
+    return Metrics(
+        muap=average_precision(recalls, precisions),
+        recall_at_p90=recall_p90,
+        threshold_at_p90=threshold_p90,
+        recall_at_rank1=rank1,
+        recall_at_rank10=rank10,
+        n_predictions=len(predictions),
+        n_positives=n_positives,
+        n_true_positives=int(is_match.sum()),
+        n_queries_predicted=int(predictions["query_id"].nunique()),
+        precisions=precisions,
+        recalls=recalls,
+        thresholds=thresholds,
+    )
+
+
+def plot_precision_recall(metrics: Metrics, path: str, title: str = "") -> None:
+    """Save the precision-recall curve, with the 90%-precision operating point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    ax.plot(metrics.recalls, metrics.precisions, lw=1.5, label=f"µAP = {metrics.muap:.4f}")
+    ax.axhline(REQUIRED_PRECISION, color="grey", ls=":", lw=1)
+    if metrics.recall_at_p90 is not None:
+        ax.plot([metrics.recall_at_p90], [REQUIRED_PRECISION], "o", color="C3",
+                label=f"recall@P90 = {metrics.recall_at_p90:.4f}")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title or "precision-recall")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1] if "." in str(path) else "png")
+    plt.close(fig)

@@ -1,0 +1,107 @@
+"""A local S3 server (moto's server mode, loopback only) that serves a dataset folder as the
+competition's three regional buckets, for the demo, the tests and the download benchmark.
+
+The folder has the competition's layout (``<split>_images/<id>.jpg`` and ``<split>_metadata.csv``,
+as ``isc-synth`` writes it). Objects land under ``all/<split>_images/`` in every regional bucket,
+with a public-read policy so that anonymous (unsigned) requests work as they do on the real buckets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+from isc.io import REGION_BUCKETS, SPLITS, InputError, images_prefix, metadata_key
+
+# moto accepts any credentials; these only sign the uploads that fill the buckets
+SERVER_CREDENTIALS = {"aws_access_key_id": "isc-local", "aws_secret_access_key": "isc-local"}
+
+
+def _public_read_policy(bucket: str) -> str:
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject"],
+                       "Resource": [f"arn:aws:s3:::{bucket}/*"]}],
+    })
+
+
+def s3_client(endpoint_url: str, max_pool_connections: int = 32):
+    """A signed boto3 S3 client for a local server (path-style addressing, as moto expects)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=max_pool_connections),
+        **SERVER_CREDENTIALS,
+    )
+
+
+def populate_buckets(
+    endpoint_url: str, data_root: str | Path, regions: Iterable[str] = tuple(REGION_BUCKETS), splits: Iterable[str] = SPLITS
+) -> int:
+    """Create the regional buckets on the server at ``endpoint_url`` and upload the folder; returns objects per bucket."""
+    data_root = Path(data_root)
+    files: list[tuple[str, Path]] = []
+    for split in splits:
+        folder = data_root / f"{split}_images"
+        if not folder.is_dir():
+            raise InputError(f"{data_root}: no {split}_images/ folder to serve")
+        files += [(images_prefix(split) + p.name, p) for p in sorted(folder.iterdir()) if p.is_file()]
+        metadata = data_root / f"{split}_metadata.csv"
+        if metadata.is_file():
+            files.append((metadata_key(split), metadata))
+    client = s3_client(endpoint_url)
+    for region in regions:
+        bucket = REGION_BUCKETS[region]
+        client.create_bucket(Bucket=bucket)
+        client.put_bucket_policy(Bucket=bucket, Policy=_public_read_policy(bucket))
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda item, b=bucket: client.put_object(Bucket=b, Key=item[0], Body=item[1].read_bytes()), files))
+    return len(files)
+
+
+class LocalS3Server:
+    """``with LocalS3Server(root) as server:`` serves ``root`` at ``server.endpoint_url`` until the block ends."""
+
+    def __init__(
+        self,
+        data_root: str | Path | None = None,
+        regions: Iterable[str] = tuple(REGION_BUCKETS),
+        splits: Iterable[str] = SPLITS,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        from moto.server import ThreadedMotoServer
+
+        if not host.startswith("127.") and host not in ("localhost", "::1"):
+            raise InputError(f"the local S3 server only listens on loopback, not {host}")
+        self.data_root = data_root
+        self.regions = tuple(regions)
+        self.splits = tuple(splits)
+        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        self.endpoint_url = ""
+
+    def start(self) -> str:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request drowns the output
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        if self.data_root is not None:
+            populate_buckets(self.endpoint_url, self.data_root, self.regions, self.splits)
+        return self.endpoint_url
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> LocalS3Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
