@@ -61,3 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return run_command(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
