@@ -1,0 +1,29 @@
+"""Shared fixtures: a tiny synthetic dataset in the competition's layout, and a local S3 server over it."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from isc.synth import generate_dataset
+
+# ~40 references, 24 phase-1 queries (half of them edited references), 8 phase-2 queries, 40 training images
+MINI_DATASET = {"seed": 0, "references": 40, "queries": 24, "phase2_queries": 8, "training": 40,
+                "min_size": 96, "max_size": 192}
+
+
+@pytest.fixture(scope="session")
+def mini_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path to a tiny isc-synth dataset (seed 0, images 96-192 px on the long side); treat it as read-only."""
+    root = tmp_path_factory.mktemp("mini_dataset")
+    generate_dataset(root, workers=1, quiet=True, **MINI_DATASET)
+    return root
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(mini_dataset: Path) -> Iterator[str]:
+    """Endpoint URL of a local S3 server serving ``mini_dataset`` as the competition's three regional buckets."""
+    from isc.s3server import LocalS3Server
+
+    with LocalS3Server(mini_dataset) as server:
+        yield server.endpoint_url
