@@ -1,0 +1,478 @@
+"""Matching queries against references: exact k-nearest-neighbour search, score normalisation, kNN graphs.
+
+- :func:`knn` is the exact search every stage uses, with three interchangeable backends: ``faiss-cpu``,
+  ``faiss-gpu`` (all visible GPUs, references sharded) and ``torch`` (half-precision products plus a
+  grouped top-k on a GPU, float32 on the CPU); all return the same neighbours up to ties.
+- :func:`search` turns descriptors into the matching track's predictions, with the training-set score
+  normalisation ``s'(q, r) = s(q, r) − β · agg(s(q, t_A..t_B))`` (and optionally the same for ``r``).
+- :func:`knn_graph` and :func:`write_knn_graph` export a collection's kNN graph as NumPy and in the layout
+  learn-to-cluster reads.
+
+Memory stays bounded: queries (and references, for the torch and faiss-gpu backends) are processed in
+blocks, so only the reference array itself must fit in RAM (1M × 256 float32 = 1 GB).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+from faiss.contrib.exhaustive_search import knn_ground_truth
+from tqdm import tqdm
+
+from isc.io import InputError, atomic_path
+
+BACKENDS = ("auto", "faiss-cpu", "faiss-gpu", "torch")
+METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+AGGREGATIONS = ("mean", "min")
+FAISS_GPU_MAX_K = 2048  # faiss's GPU k-selection limit
+NORM_TOLERANCE = 1e-3  # |‖x‖ − 1| above this counts as "not L2-normalised"
+QUERY_BLOCK = 4096  # queries per faiss call: bounds the distance buffers and paces the progress bar
+
+
+# ------------------------------------------------------------------------------------------ backends
+
+
+def faiss_gpu_count() -> int:
+    """Number of GPUs the installed faiss can use (0 for faiss-cpu)."""
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
+def torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def available_backends() -> list[str]:
+    """The concrete backends this machine can run, fastest first."""
+    found = []
+    if torch_has_cuda():
+        found.append("torch")
+    if faiss_gpu_count():
+        found.append("faiss-gpu")
+    found.append("faiss-cpu")
+    if "torch" not in found:
+        found.append("torch")  # torch on the CPU: correct but slower than faiss-cpu
+    return found
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` becomes the fastest available backend; an unavailable one is an InputError."""
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if backend == "auto":
+        return available_backends()[0]
+    if backend == "faiss-gpu" and not faiss_gpu_count():
+        raise InputError("backend faiss-gpu: the installed faiss has no GPU support or sees no GPU "
+                         "(install faiss-gpu, or use --backend torch)")
+    return backend
+
+
+# ------------------------------------------------------------------------------------------ exact kNN
+
+
+def _check_pair(query: np.ndarray, reference: np.ndarray, what: str = "query and reference") -> None:
+    for name, x in zip(what.split(" and "), (query, reference), strict=True):
+        if x.ndim != 2:
+            raise InputError(f"{name} descriptors must be a 2-d array [n, d], got shape {x.shape}")
+        if x.shape[0] == 0:
+            raise InputError(f"no {name} descriptors (empty array)")
+    if query.shape[1] != reference.shape[1]:
+        raise InputError(f"dimension mismatch: {what} descriptors have {query.shape[1]} and "
+                         f"{reference.shape[1]} dimensions")
+
+
+def _clamp_k(k: int, n: int, what: str) -> int:
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    if k > n:
+        warnings.warn(f"k = {k} is larger than the {n} {what}: using k = {n}", stacklevel=3)
+        return n
+    return k
+
+
+def knn(
+    query: np.ndarray,
+    reference: np.ndarray,
+    k: int,
+    metric: str = "ip",
+    backend: str = "auto",
+    quiet: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest references of each query: (scores [nq, k] float32, indices [nq, k] int64).
+
+    ``metric`` ``"ip"``: inner products, highest first; ``"l2"``: squared L2 distances, lowest first.
+    ``k`` larger than the number of references is reduced to it, with a warning.
+    """
+    if metric not in METRICS:
+        raise InputError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    reference = np.ascontiguousarray(reference, dtype=np.float32)
+    _check_pair(query, reference)
+    k = _clamp_k(k, reference.shape[0], "references")
+    backend = resolve_backend(backend)
+    if backend == "faiss-cpu":
+        return _knn_faiss_cpu(query, reference, k, metric, quiet)
+    if backend == "faiss-gpu":
+        return _knn_faiss_gpu(query, reference, k, metric)
+    return knn_torch(query, reference, k, metric, quiet=quiet)
+
+
+def _knn_faiss_cpu(
+    query: np.ndarray, reference: np.ndarray, k: int, metric: str, quiet: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.empty((len(query), k), dtype=np.float32)
+    indices = np.empty((len(query), k), dtype=np.int64)
+    for q0 in tqdm(range(0, len(query), QUERY_BLOCK), desc="search (faiss-cpu)", unit="block", disable=quiet):
+        q1 = q0 + QUERY_BLOCK
+        scores[q0:q1], indices[q0:q1] = faiss.knn(query[q0:q1], reference, k, metric=METRICS[metric])
+    return scores, indices
+
+
+def _knn_faiss_gpu(
+    query: np.ndarray, reference: np.ndarray, k: int, metric: str, reference_block: int = 1 << 22
+) -> tuple[np.ndarray, np.ndarray]:
+    if k > FAISS_GPU_MAX_K:
+        raise InputError(f"backend faiss-gpu supports k <= {FAISS_GPU_MAX_K}, got {k} (use --backend torch)")
+    blocks = (reference[r0 : r0 + reference_block] for r0 in range(0, len(reference), reference_block))
+    # faiss's contrib shards each reference block over all GPUs and merges the blocks in a heap
+    scores, indices = knn_ground_truth(query, blocks, k, metric_type=METRICS[metric], shard=True)
+    return scores.astype(np.float32), indices.astype(np.int64)
+
+
+def _topk_grouped(scores, k: int, group: int = 64):
+    """Exact top-k of each row of ``scores`` (torch [m, n]), best first, without sorting all n values.
+
+    The k best values lie in at most k groups of ``group`` consecutive columns, and those groups are
+    among the k groups with the highest maxima; a memory-bound max reduction then a top-k over
+    n/group values is much faster on a GPU than a top-k over n.
+    """
+    import torch
+
+    m, n = scores.shape
+    n_groups = n // group
+    if n_groups < 4 * k:
+        return scores.topk(k, dim=1)
+    group_max = scores[:, : n_groups * group].view(m, n_groups, group).amax(dim=2)
+    best_groups = group_max.topk(k, dim=1, sorted=False).indices
+    offsets = torch.arange(group, device=scores.device)
+    columns = (best_groups[:, :, None] * group + offsets).view(m, k * group)
+    if n_groups * group < n:  # the last, partial group is always a candidate
+        tail = torch.arange(n_groups * group, n, device=scores.device).expand(m, -1)
+        columns = torch.cat([columns, tail], dim=1)
+    values, picked = scores.gather(1, columns).topk(k, dim=1)
+    return values, columns.gather(1, picked)
+
+
+def knn_torch(
+    query: np.ndarray,
+    reference: np.ndarray,
+    k: int,
+    metric: str = "ip",
+    device: str | None = None,
+    reference_block: int | None = None,
+    block_elements: int | None = None,
+    quiet: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The torch backend of :func:`knn` (same arguments and results), on ``device`` (default: cuda if any).
+
+    On a GPU, candidates are selected with float16 products (scaled so that they cannot overflow), then
+    re-scored exactly in float32, so scores match faiss's; on the CPU everything is float32.
+    ``reference_block`` references are on the device at a time, and a score block holds at most
+    ``block_elements`` values (GPU defaults: 4M references, 2^30 values = 2 GB of float16).
+    """
+    import torch
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = dev.type == "cuda"
+    nq, n_ref = len(query), len(reference)
+    rb = min(n_ref, reference_block or (1 << 22 if on_gpu else 1 << 16))
+    qb = max(1, min(nq, (block_elements or (1 << 30 if on_gpu else 1 << 24)) // rb))
+    # float16 selection may misorder near-equal scores: re-score a margin of extra candidates exactly
+    n_candidates = 2 * k + 16 if on_gpu else k
+    select_dtype = torch.float16 if on_gpu else torch.float32
+    scale = 1.0
+    if on_gpu:  # float16 tops out at 65504: scale the selection copies to unit maximum norm
+        scale = 1.0 / max(float(np.linalg.norm(query, axis=1).max()), float(np.linalg.norm(reference, axis=1).max()), 1e-30)
+
+    sign = -1.0 if metric == "l2" else 1.0  # keep "higher is better" internally
+    q32 = torch.from_numpy(query).to(dev)
+    q_select = (q32 * scale).to(select_dtype)
+    best_scores = torch.full((nq, k), -float("inf"), device=dev)
+    best_indices = torch.full((nq, k), -1, dtype=torch.int64, device=dev)
+    progress = tqdm(total=nq * ((n_ref + rb - 1) // rb), desc=f"search (torch, {dev.type})", unit="query",
+                    unit_scale=True, disable=quiet)
+    with torch.inference_mode():
+        for r0 in range(0, n_ref, rb):
+            r32 = torch.from_numpy(reference[r0 : r0 + rb]).to(dev)
+            r_select = (r32 * scale).to(select_dtype)
+            r_sqnorm = (r_select.float() ** 2).sum(1).to(select_dtype) if metric == "l2" else None
+            c = min(n_candidates, len(r32))
+            for q0 in range(0, nq, qb):
+                q1 = min(nq, q0 + qb)
+                products = q_select[q0:q1] @ r_select.T
+                if metric == "l2":  # argmin ‖q − r‖² = argmax 2 q·r − ‖r‖²
+                    products.mul_(2).sub_(r_sqnorm)
+                candidates = _topk_grouped(products, c)[1]
+                del products
+                exact = _exact_scores(q32[q0:q1], r32, candidates, metric) * sign
+                scores = torch.cat([best_scores[q0:q1], exact], dim=1)
+                indices = torch.cat([best_indices[q0:q1], candidates + r0], dim=1)
+                top, picked = scores.topk(k, dim=1)
+                best_scores[q0:q1], best_indices[q0:q1] = top, indices.gather(1, picked)
+                progress.update(q1 - q0)
+    progress.close()
+    return (best_scores * sign).cpu().numpy(), best_indices.cpu().numpy()
+
+
+def _exact_scores(query, reference, candidates, metric: str):
+    """float32 inner products or squared distances of each query to its candidate references."""
+    rows = reference[candidates]  # [m, c, d]
+    if metric == "l2":
+        return ((rows - query[:, None, :]) ** 2).sum(dim=2)
+    return (rows * query[:, None, :]).sum(dim=2)
+
+
+# -------------------------------------------------------------------------------- descriptor checks
+
+
+def prepare_descriptors(descriptors: np.ndarray, name: str) -> np.ndarray:
+    """float32 copy, L2-normalised; warns when the input was not (zero vectors stay zero)."""
+    descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+    if descriptors.ndim != 2:
+        raise InputError(f"{name} descriptors must be a 2-d array [n, d], got shape {descriptors.shape}")
+    if descriptors.shape[0] == 0:
+        raise InputError(f"no {name} descriptors (empty file or array)")
+    if not np.isfinite(descriptors).all():
+        row = int(np.flatnonzero(~np.isfinite(descriptors).all(axis=1))[0])
+        raise InputError(f"{name} descriptor #{row} has NaN or infinite values")
+    norms = np.linalg.norm(descriptors, axis=1)
+    off = np.abs(norms - 1) > NORM_TOLERANCE
+    if off.any():
+        warnings.warn(f"{int(off.sum())} of {len(norms)} {name} descriptors are not L2-normalised "
+                      f"(norms {norms.min():.4g}..{norms.max():.4g}): normalising them", stacklevel=2)
+        descriptors = descriptors / np.where(norms > 0, norms, 1)[:, None]
+    return descriptors
+
+
+def parse_neighbor_range(text: str) -> tuple[int, int]:
+    """``"A:B"`` (or ``"B"`` for ``B:B``) → (A, B), 1-based and inclusive."""
+    parts = text.split(":")
+    try:
+        a, b = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
+    except ValueError:
+        a, b = 0, 0
+    if not 1 <= a <= b:
+        raise InputError(f"neighbour range {text!r}: expected A:B with 1 <= A <= B (e.g. 1:3, or 10:10)")
+    return a, b
+
+
+# ------------------------------------------------------------------------------------ normalisation
+
+
+def neighbor_bias(
+    descriptors: np.ndarray,
+    training: np.ndarray,
+    neighbors: tuple[int, int] = (1, 3),
+    agg: str = "mean",
+    backend: str = "auto",
+    quiet: bool = True,
+) -> np.ndarray:
+    """Per-descriptor similarity to its training neighbourhood: agg of s(x, t_i) for i in A..B.
+
+    ``neighbors=(A, B)``: the A-th to B-th nearest training descriptors, 1-based and inclusive
+    ((1, 3): the three nearest, SSCD's default; (10, 10): the 10th, the isc2021 baseline's).
+    ``agg``: ``"mean"`` of those similarities or their ``"min"`` (the B-th nearest one's).
+    """
+    a, b = neighbors
+    if not 1 <= a <= b:
+        raise InputError(f"neighbour range {a}:{b}: expected 1 <= A <= B")
+    if agg not in AGGREGATIONS:
+        raise InputError(f"unknown aggregation {agg!r} (choose from {', '.join(AGGREGATIONS)})")
+    if b > len(training):
+        raise InputError(f"neighbour range {a}:{b} needs at least {b} training descriptors, got {len(training)}")
+    _check_pair(descriptors, training, "query and training")
+    similarities = knn(descriptors, training, b, "ip", backend, quiet)[0][:, a - 1 : b]
+    return (similarities.mean(axis=1) if agg == "mean" else similarities.min(axis=1)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------- approximate search
+
+
+def build_index(index_string: str, reference: np.ndarray, train: np.ndarray, nprobe: int = 16) -> faiss.Index:
+    """A FAISS index (``index_factory`` string, inner product) trained on ``train``, holding ``reference``."""
+    try:
+        index = faiss.index_factory(reference.shape[1], index_string, faiss.METRIC_INNER_PRODUCT)
+        index.train(train)
+    except RuntimeError as e:
+        message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise InputError(f"index {index_string!r} ({len(train)} training vectors): {message}") from None
+    for r0 in range(0, len(reference), 1 << 16):
+        index.add(reference[r0 : r0 + (1 << 16)])
+    try:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    except RuntimeError:
+        pass  # not an IVF index: nothing to probe
+    return index
+
+
+def index_search(index: faiss.Index, query: np.ndarray, k: int, quiet: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Search an index in query blocks: (scores, indices), index -1 where it found fewer than k."""
+    scores = np.empty((len(query), k), dtype=np.float32)
+    indices = np.empty((len(query), k), dtype=np.int64)
+    for q0 in tqdm(range(0, len(query), QUERY_BLOCK), desc="search (index)", unit="block", disable=quiet):
+        scores[q0 : q0 + QUERY_BLOCK], indices[q0 : q0 + QUERY_BLOCK] = index.search(query[q0 : q0 + QUERY_BLOCK], k)
+    return scores, indices
+
+
+def recall_against_exact(approximate: np.ndarray, exact: np.ndarray) -> float:
+    """Fraction of the exact k nearest neighbours that the approximate search also returned."""
+    found = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approximate, exact, strict=True))
+    return found / exact.size
+
+
+# ----------------------------------------------------------------------------------------- search
+
+
+def search(
+    query_ids: list[str],
+    query: np.ndarray,
+    reference_ids: list[str],
+    reference: np.ndarray,
+    k: int = 10,
+    max_results: int = 500_000,
+    training: np.ndarray | None = None,
+    norm_beta: float = 1.0,
+    norm_neighbors: tuple[int, int] = (1, 3),
+    norm_agg: str = "mean",
+    normalize_references: bool = False,
+    backend: str = "auto",
+    index: str | None = None,
+    nprobe: int = 16,
+    recall_queries: int = 1000,
+    quiet: bool = False,
+) -> pd.DataFrame:
+    """Matching-track predictions: each query's ``k`` best references, the best ``max_results`` kept.
+
+    Scores are inner products of L2-normalised descriptors. With ``training``, each query's score is
+    normalised: ``s'(q, r) = s(q, r) − β·bias(q)`` with :func:`neighbor_bias`; with
+    ``normalize_references`` also ``− β·bias(r)``, folded into the search (an extra dimension) so that
+    each query's k best are those of the normalised score. ``index``: a FAISS index string for an
+    approximate search (``"IVF1024,Flat"``, ``"IVF1024,PQ32"``), trained on ``training`` when given,
+    else on the references; its recall against the exact search, on ``recall_queries`` queries, is
+    reported on stderr and in ``result.attrs["recall"]``.
+    Returns a DataFrame ``query_id, reference_id, score`` sorted by decreasing score.
+    """
+    if len(query_ids) != len(query) or len(reference_ids) != len(reference):
+        raise InputError("ids and descriptors differ in length")
+    if max_results < 1:
+        raise InputError(f"max_results must be at least 1, got {max_results}")
+    query = prepare_descriptors(query, "query")
+    reference = prepare_descriptors(reference, "reference")
+    _check_pair(query, reference)
+    k = _clamp_k(k, len(reference), "references")
+    query_bias = np.zeros(len(query), dtype=np.float32)
+    if training is not None:
+        training = prepare_descriptors(training, "training")
+        bias = _bias_function(training, norm_neighbors, norm_agg, backend, quiet)
+        query_bias = norm_beta * bias(query)
+        if normalize_references:
+            # s(q, r) − β·bias(r) = [q, 1]·[r, −β·bias(r)]: one exact search finds the normalised k best
+            reference = np.hstack([reference, -norm_beta * bias(reference)[:, None]])
+            query = np.hstack([query, np.ones((len(query), 1), dtype=np.float32)])
+    elif normalize_references:
+        raise InputError("normalize_references needs training descriptors")
+
+    recall = None
+    if index is None:
+        scores, indices = knn(query, reference, k, "ip", backend, quiet)
+    else:
+        train = reference if training is None or normalize_references else training
+        faiss_index = build_index(index, reference, train, nprobe)
+        scores, indices = index_search(faiss_index, query, k, quiet)
+        sample = np.linspace(0, len(query) - 1, min(recall_queries, len(query))).astype(int)
+        recall = recall_against_exact(indices[sample], knn(query[sample], reference, k, "ip", backend)[1])
+        if not quiet:
+            print(f"index {index} (nprobe {nprobe}): recall@{k} against exact search {recall:.4f} "
+                  f"on {len(sample)} queries", flush=True)
+    scores = scores - query_bias[:, None]
+    result = top_pairs(query_ids, reference_ids, scores, indices, max_results)
+    result.attrs["recall"] = recall
+    return result
+
+
+def _bias_function(
+    training: np.ndarray, neighbors: tuple[int, int], agg: str, backend: str, quiet: bool
+) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda x: neighbor_bias(x, training, neighbors, agg, backend, quiet)
+
+
+def top_pairs(
+    query_ids: list[str], reference_ids: list[str], scores: np.ndarray, indices: np.ndarray, max_results: int
+) -> pd.DataFrame:
+    """The ``max_results`` best (query, reference, score) of per-query results, by decreasing score."""
+    rows, cols = np.nonzero(indices >= 0)
+    flat = scores[rows, cols]
+    if len(flat) > max_results:
+        keep = np.argpartition(-flat, max_results - 1)[:max_results]
+        rows, cols, flat = rows[keep], cols[keep], flat[keep]
+    order = np.argsort(-flat, kind="stable")
+    rows, cols, flat = rows[order], cols[order], flat[order]
+    return pd.DataFrame({
+        "query_id": np.asarray(query_ids, dtype=object)[rows],
+        "reference_id": np.asarray(reference_ids, dtype=object)[indices[rows, cols]],
+        "score": flat.astype(np.float64),
+    })
+
+
+# ------------------------------------------------------------------------------------------ kNN graph
+
+
+def knn_graph(
+    descriptors: np.ndarray, k: int, backend: str = "auto", quiet: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each descriptor's k nearest others (itself excluded): (neighbours [n, k] int64, similarities float32)."""
+    descriptors = prepare_descriptors(descriptors, "graph")
+    if len(descriptors) < 2:
+        raise InputError("a kNN graph needs at least 2 descriptors")
+    k = _clamp_k(k, len(descriptors) - 1, "other descriptors")
+    similarities, neighbours = knn(descriptors, descriptors, k + 1, "ip", backend, quiet)
+    is_self = neighbours == np.arange(len(descriptors))[:, None]
+    # an exact duplicate can outrank the descriptor itself: then drop the last neighbour instead
+    is_self[~is_self.any(axis=1), -1] = True
+    keep = ~is_self
+    return neighbours[keep].reshape(-1, k), similarities[keep].reshape(-1, k)
+
+
+def write_knn_graph(
+    out_dir: str | Path, name: str, ids: list[str], descriptors: np.ndarray, neighbours: np.ndarray,
+    similarities: np.ndarray,
+) -> list[Path]:
+    """Write a kNN graph as ``<name>.npz`` (ids, neighbours, similarities) and in learn-to-cluster's layout.
+
+    learn-to-cluster: ``features/<name>.bin`` (float32 rows, no header) and
+    ``knns/<name>/faiss_k_<k>.npz`` whose ``data`` is [n, 2, k] float32: row i holds neighbour indices
+    then distances ``1 − similarity``, the point itself first at distance 0 followed by its k − 1
+    nearest others, as that toolkit's own faiss search produces; similarities are clipped to [0, 1]
+    because it asserts distances in [0, 1].
+    """
+    out_dir = Path(out_dir)
+    n, k = neighbours.shape
+    paths = [out_dir / f"{name}.npz", out_dir / "features" / f"{name}.bin", out_dir / "knns" / name / f"faiss_k_{k}.npz"]
+    with atomic_path(paths[0]) as tmp, open(tmp, "wb") as f:
+        np.savez(f, ids=np.asarray(ids, dtype="S"), neighbours=neighbours.astype(np.int64),
+                 similarities=similarities.astype(np.float32))
+    with atomic_path(paths[1]) as tmp:
+        np.ascontiguousarray(descriptors, dtype=np.float32).tofile(tmp)
+    data = np.empty((n, 2, k), dtype=np.float32)
+    data[:, 0, 0], data[:, 1, 0] = np.arange(n), 0.0
+    data[:, 0, 1:] = neighbours[:, : k - 1]
+    data[:, 1, 1:] = 1.0 - np.clip(similarities[:, : k - 1], 0.0, 1.0)
+    with atomic_path(paths[2]) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, data=data)
+    return paths
