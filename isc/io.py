@@ -67,13 +67,30 @@ def split_of_id(image_id: str) -> str:
     raise InputError(f"malformed image id {image_id!r} (expected Q+5 digits, R+6 digits or T+6 digits)")
 
 
+def id_numbers(ids: pd.Series | Sequence[str] | np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(numbers, valid): the integer of each id (``R000042`` -> 42) and whether it is a well-formed ``split`` id.
+
+    Vectorised over the ids' bytes, because a regular expression per row is too slow for 500,000 rows.
+    """
+    values = ids.to_numpy() if isinstance(ids, pd.Series) else np.asarray(ids, dtype=object)
+    digits = 5 if split == "query" else 6
+    try:
+        # one byte more than an id holds, so that a longer value cannot pass for a valid id
+        raw = np.asarray(values).astype(f"S{digits + 2}").view(np.uint8).reshape(len(values), digits + 2)
+    except UnicodeEncodeError:
+        ok = np.array([bool(ID_PATTERNS[split].fullmatch(str(v))) for v in values], dtype=bool)
+        numbers = np.array([int(str(v)[1:]) if good else -1 for v, good in zip(values, ok, strict=True)])
+        return numbers.astype(np.int64), ok
+    numerals = raw[:, 1 : digits + 1].astype(np.int64) - ord("0")
+    ok = (raw[:, 0] == ord(ID_PREFIX[split])) & ((numerals >= 0) & (numerals <= 9)).all(axis=1) & (raw[:, -1] == 0)
+    numbers = numerals @ (10 ** np.arange(digits - 1, -1, -1, dtype=np.int64))
+    return np.where(ok, numbers, -1), ok
+
+
 def first_bad_id(ids: pd.Series | Sequence[str], split: str) -> int | None:
     """Position of the first id that is not a well-formed id of ``split``, or None when all are."""
-    series = ids if isinstance(ids, pd.Series) else pd.Series(list(ids), dtype=object)
-    ok = series.astype(str).str.fullmatch(ID_PATTERNS[split].pattern) & series.notna()
-    if ok.all():
-        return None
-    return int(np.flatnonzero(~ok.to_numpy())[0])
+    _, ok = id_numbers(ids, split)
+    return None if ok.all() else int(np.flatnonzero(~ok)[0])
 
 
 def validate_ids(ids: pd.Series | Sequence[str], split: str, source: str | Path, what: str = "id") -> None:
@@ -251,16 +268,20 @@ def read_descriptor_track(path: str | Path) -> tuple[list[str], np.ndarray, list
 # ------------------------------------------------------------------------------------------- CSVs
 
 
-def _read_csv(path: str | Path, columns: Sequence[str], what: str) -> pd.DataFrame:
+def _read_csv(path: str | Path, columns: Sequence[str], what: str, dtype: type | None = str) -> pd.DataFrame:
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")
+    options = {"dtype": str} if dtype is str else {}
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        with warnings.catch_warnings():
+            # a row with more fields than the header must fail, not turn into an index or be cut
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, index_col=False, keep_default_na=False, **options)
+    except (pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not a valid {what} CSV ({str(e).splitlines()[0]})") from None
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: empty file, expected a header {','.join(columns)}") from None
-    df.columns = [c.strip() for c in df.columns]
+    df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise InputError(
@@ -270,21 +291,35 @@ def _read_csv(path: str | Path, columns: Sequence[str], what: str) -> pd.DataFra
     return df[list(columns)]
 
 
-def _check_id_column(df: pd.DataFrame, column: str, split: str, path: str | Path, allow_empty: bool = False) -> None:
-    values = df[column]
-    ok = values.str.fullmatch(ID_PATTERNS[split].pattern)
+def _check_id_column(
+    df: pd.DataFrame, column: str, split: str, path: str | Path, allow_empty: bool = False
+) -> np.ndarray:
+    """The id numbers of a column (-1 for an allowed empty id); InputError at the first bad row."""
+    numbers, ok = id_numbers(df[column], split)
     if allow_empty:
-        ok |= values == ""
+        ok |= (df[column] == "").to_numpy()
     if not ok.all():
-        row = int(np.flatnonzero(~ok.to_numpy())[0])
+        row = int(np.flatnonzero(~ok)[0])
+        value = str(df[column].iloc[row])
         raise InputError(
-            f"{path}: line {row + 2}: {column} {values.iloc[row]!r} is not a {split} id "
+            f"{path}: line {row + 2}: {column} {repr(value) if value else '(empty)'} is not a {split} id "
             f"({ID_PREFIX[split]} + {5 if split == 'query' else 6} digits)"
         )
+    return numbers
 
 
-def _duplicated_pairs(df: pd.DataFrame) -> np.ndarray:
-    return df.duplicated(subset=["query_id", "reference_id"], keep=False).to_numpy()
+def pair_keys(query_ids: pd.Series, reference_ids: pd.Series) -> np.ndarray:
+    """One int64 per (query, reference) pair, for fast joins and duplicate checks over well-formed ids."""
+    return id_numbers(query_ids, "query")[0] * 1_000_000 + id_numbers(reference_ids, "reference")[0]
+
+
+def _first_repeated(keys: np.ndarray) -> tuple[int, int] | None:
+    """(row of the first repeated key, row where it first appeared), or None."""
+    repeated = pd.Series(keys).duplicated().to_numpy()
+    if not repeated.any():
+        return None
+    row = int(np.flatnonzero(repeated)[0])
+    return row, int(np.flatnonzero(keys == keys[row])[0])
 
 
 def read_predictions(path: str | Path, duplicates: str = "error") -> pd.DataFrame:
@@ -293,21 +328,23 @@ def read_predictions(path: str | Path, duplicates: str = "error") -> pd.DataFram
     ``duplicates``: ``"error"`` rejects a repeated (query, reference) pair, as the organisers' scorer
     does; ``"keep-best"`` keeps the highest score of each pair and warns.
     """
-    df = _read_csv(path, ("query_id", "reference_id", "score"), "predictions")
-    _check_id_column(df, "query_id", "query", path)
-    _check_id_column(df, "reference_id", "reference", path)
+    # pandas' own type inference is the fast path for 500,000 rows; ids are checked byte-wise below
+    df = _read_csv(path, ("query_id", "reference_id", "score"), "predictions", dtype=None)
+    keys = _check_id_column(df, "query_id", "query", path) * 1_000_000
+    keys += _check_id_column(df, "reference_id", "reference", path)
     scores = pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(scores)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise InputError(f"{path}: line {row + 2}: score {df['score'].iloc[row]!r} is not a finite number")
+        value = str(df["score"].iloc[row])
+        raise InputError(f"{path}: line {row + 2}: score {repr(value) if value else '(empty)'} is not a finite number")
     df = df.assign(score=scores)
-    dup = _duplicated_pairs(df)
-    if dup.any():
-        row = int(np.flatnonzero(dup)[0])
+    repeat = _first_repeated(keys)
+    if repeat is not None:
+        row, first = repeat
         pair = f"({df['query_id'].iloc[row]}, {df['reference_id'].iloc[row]})"
         if duplicates == "error":
-            raise InputError(f"{path}: line {row + 2}: pair {pair} appears more than once ({int(dup.sum())} rows)")
+            raise InputError(f"{path}: line {row + 2}: pair {pair} already at line {first + 2} (duplicated pair)")
         n_before = len(df)
         df = df.sort_values("score", ascending=False, kind="stable").drop_duplicates(["query_id", "reference_id"])
         df = df.sort_index().reset_index(drop=True)
@@ -332,13 +369,13 @@ def read_ground_truth(path: str | Path) -> pd.DataFrame:
     """Read a ground-truth CSV: one row per query, ``reference_id`` empty when the query has no match."""
     df = _read_csv(path, ("query_id", "reference_id"), "ground-truth")
     df = df.assign(query_id=df["query_id"].str.strip(), reference_id=df["reference_id"].str.strip())
-    _check_id_column(df, "query_id", "query", path)
-    _check_id_column(df, "reference_id", "reference", path, allow_empty=True)
-    dup = _duplicated_pairs(df)
-    if dup.any():
-        row = int(np.flatnonzero(dup)[0])
+    keys = _check_id_column(df, "query_id", "query", path) * 1_000_000
+    keys += _check_id_column(df, "reference_id", "reference", path, allow_empty=True)
+    repeat = _first_repeated(keys)
+    if repeat is not None:
+        row, first = repeat
         raise InputError(f"{path}: line {row + 2}: pair ({df['query_id'].iloc[row]}, "
-                         f"{df['reference_id'].iloc[row] or 'no match'}) appears more than once")
+                         f"{df['reference_id'].iloc[row] or 'no match'}) already at line {first + 2}")
     return df
 
 

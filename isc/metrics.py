@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from isc.io import InputError, atomic_path
+from isc.io import InputError, atomic_path, pair_keys
 
 REQUIRED_PRECISION = 0.9
 
@@ -84,20 +84,10 @@ def operating_point(
     return float(recalls[best]), float(thresholds[best])
 
 
-def match_flags(predictions: pd.DataFrame, ground_truth: pd.DataFrame) -> np.ndarray:
-    """For each prediction, whether its (query, reference) pair is in the ground truth."""
-    positives = ground_truth[ground_truth["reference_id"] != ""]
-    truth = pd.MultiIndex.from_arrays([positives["query_id"], positives["reference_id"]])
-    pairs = pd.MultiIndex.from_arrays([predictions["query_id"], predictions["reference_id"]])
-    return np.asarray(pairs.isin(truth))
-
-
-def _recall_at_ranks(predictions: pd.DataFrame, is_match: np.ndarray, n_positives: int) -> tuple[float, float]:
+def _recall_at_ranks(queries: np.ndarray, scores: np.ndarray, is_match: np.ndarray, n_positives: int) -> tuple[float, float]:
     # a true pair's rank counts every prediction of its query scoring at least as high (ties pessimistic)
-    rank = predictions.groupby("query_id")["score"].rank(method="max", ascending=False).to_numpy() - 1
+    rank = pd.Series(scores).groupby(queries).rank(method="max", ascending=False).to_numpy() - 1
     true_ranks = rank[is_match]
-    if n_positives == 0:
-        return 0.0, 0.0
     return float((true_ranks == 0).sum() / n_positives), float((true_ranks < 10).sum() / n_positives)
 
 
@@ -111,18 +101,21 @@ def evaluate(
     """
     if restrict_to_ground_truth_queries:
         predictions = predictions[predictions["query_id"].isin(ground_truth["query_id"])]
-    pairs = predictions[["query_id", "reference_id"]]
-    if pairs.duplicated().any():
-        row = pairs[pairs.duplicated()].iloc[0]
+    keys = pair_keys(predictions["query_id"], predictions["reference_id"])
+    repeated = pd.Series(keys).duplicated().to_numpy()
+    if repeated.any():
+        row = predictions.iloc[int(np.flatnonzero(repeated)[0])]
         raise InputError(f"predictions contain the pair ({row['query_id']}, {row['reference_id']}) more than once")
-    n_positives = int((ground_truth["reference_id"] != "").sum())
+    positives = ground_truth[ground_truth["reference_id"] != ""]
+    n_positives = len(positives)
     if n_positives == 0:
         raise InputError("the ground truth has no (query, reference) pair: nothing to measure recall against")
-    is_match = match_flags(predictions, ground_truth)
+    is_match = np.isin(keys, pair_keys(positives["query_id"], positives["reference_id"]))
     scores = predictions["score"].to_numpy(dtype=np.float64)
     precisions, recalls, thresholds = precision_recall(is_match, scores, n_positives)
     recall_p90, threshold_p90 = operating_point(precisions, recalls, thresholds, REQUIRED_PRECISION)
-    rank1, rank10 = _recall_at_ranks(predictions, is_match, n_positives)
+    queries = keys // 1_000_000
+    rank1, rank10 = _recall_at_ranks(queries, scores, is_match, n_positives)
     return Metrics(
         muap=average_precision(recalls, precisions),
         recall_at_p90=recall_p90,
@@ -132,7 +125,7 @@ def evaluate(
         n_predictions=len(predictions),
         n_positives=n_positives,
         n_true_positives=int(is_match.sum()),
-        n_queries_predicted=int(predictions["query_id"].nunique()),
+        n_queries_predicted=len(pd.unique(queries)),
         precisions=precisions,
         recalls=recalls,
         thresholds=thresholds,
