@@ -1,0 +1,345 @@
+"""Error analysis of a matching-track predictions file: what the matcher finds, misses and confuses.
+
+``build_report`` scores the predictions, picks bounded galleries of pairs (the highest-scoring false
+matches, the ground-truth pairs missed at 90% precision, random true matches) and loads their
+thumbnails; ``render_html`` turns that into one self-contained HTML page (figures and thumbnails as
+data URIs, no script, no network) and ``write_summary_png`` into one summary image. The gallery
+functions work on the labelled predictions table and are reused by the error-analysis notebook.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import string
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from isc.io import InputError, atomic_path, pair_keys
+from isc.metrics import Metrics, evaluate, plot_precision_recall
+
+GALLERY_SIZE = 16
+THUMBNAIL_SIZE = 160
+PLACEHOLDER_COLOR = (200, 200, 200)
+SPLIT_FOLDER = {"query": "query_images", "reference": "reference_images"}
+
+
+# ----------------------------------------------------------------------------- pair tables
+
+
+def label_predictions(predictions: pd.DataFrame, ground_truth: pd.DataFrame) -> pd.DataFrame:
+    """Predictions with ``is_match`` and ``rank`` (1-based place among its query's predictions, ties pessimistic)."""
+    positives = ground_truth[ground_truth["reference_id"] != ""]
+    keys = pair_keys(predictions["query_id"], predictions["reference_id"])
+    is_match = np.isin(keys, pair_keys(positives["query_id"], positives["reference_id"]))
+    rank = predictions["score"].groupby(keys // 1_000_000).rank(method="max", ascending=False)
+    return predictions.assign(is_match=is_match, rank=rank.to_numpy(dtype=np.int64))
+
+
+def top_false_matches(labeled: pd.DataFrame, n: int, ground_truth: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The ``n`` highest-scoring wrong pairs; with ``ground_truth``, also each query's true reference ('' if none)."""
+    wrong = labeled[~labeled["is_match"]].nlargest(n, "score")
+    if ground_truth is not None:
+        true_reference = ground_truth.set_index("query_id")["reference_id"]
+        wrong = wrong.assign(true_reference_id=wrong["query_id"].map(true_reference).fillna(""))
+    return wrong
+
+
+def missed_pairs(labeled: pd.DataFrame, ground_truth: pd.DataFrame, threshold: float | None) -> pd.DataFrame:
+    """Ground-truth pairs not counted at ``threshold``: scored below it or not retrieved at all.
+
+    ``score`` and ``rank`` are NaN for a pair absent from the predictions. ``threshold=None`` (the required
+    precision is never reached) counts every pair as missed.
+    """
+    positives = ground_truth.loc[ground_truth["reference_id"] != "", ["query_id", "reference_id"]]
+    found = labeled[labeled["is_match"]]
+    found = found.set_index(pair_keys(found["query_id"], found["reference_id"]))
+    keys = pair_keys(positives["query_id"], positives["reference_id"])
+    got = positives.assign(score=found["score"].reindex(keys).to_numpy(), rank=found["rank"].reindex(keys).to_numpy())
+    # the scorer ranks wrong pairs first on ties, so every true pair scoring >= the threshold is counted
+    counted = got["score"] >= threshold if threshold is not None else np.zeros(len(got), dtype=bool)
+    return got[~counted].reset_index(drop=True)
+
+
+def sample_pairs(pairs: pd.DataFrame, n: int, seed: int = 0, by: str = "score") -> pd.DataFrame:
+    """At most ``n`` rows drawn at random (reproducibly), shown by decreasing ``by`` (NaN last)."""
+    if len(pairs) > n:
+        pairs = pairs.sample(n=n, random_state=seed)
+    return pairs.sort_values(by, ascending=False, na_position="last", kind="stable")
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def image_path(data_root: str | Path, image_id: str) -> Path:
+    """Where the dataset folder keeps an image: ``ROOT/{query,reference}_images/<id>.jpg``."""
+    split = "query" if image_id.startswith("Q") else "reference"
+    return Path(data_root) / SPLIT_FOLDER[split] / f"{image_id}.jpg"
+
+
+def placeholder_tile(text: str, size: int = THUMBNAIL_SIZE) -> Image.Image:
+    """A grey square saying why there is no picture."""
+    tile = Image.new("RGB", (size, size), PLACEHOLDER_COLOR)
+    draw = ImageDraw.Draw(tile)
+    font = ImageFont.load_default(size=max(10, size // 10))
+    box = draw.multiline_textbbox((0, 0), text, font=font, align="center")
+    xy = ((size - (box[2] - box[0])) / 2, (size - (box[3] - box[1])) / 2)
+    draw.multiline_text(xy, text, fill=(90, 90, 90), font=font, align="center")
+    return tile
+
+
+def load_thumbnail(path: str | Path, size: int = THUMBNAIL_SIZE) -> Image.Image | None:
+    """The image shrunk to fit ``size`` x ``size``, or None when it is missing or unreadable."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster for big images
+            thumbnail = image.convert("RGB")
+    except (OSError, SyntaxError, ValueError):
+        return None
+    thumbnail.thumbnail((size, size))
+    return thumbnail
+
+
+def jpeg_data_uri(image: Image.Image, quality: int = 80) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def png_data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def precision_recall_png(metrics: Metrics) -> bytes:
+    """The scorer's own precision-recall plot, as PNG bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pr.png"
+        plot_precision_recall(metrics, str(path))
+        return path.read_bytes()
+
+
+def plot_score_histograms(labeled: pd.DataFrame, threshold: float | None, ax=None):
+    """Histograms of the scores of true and false pairs (log counts), with the 90%-precision threshold."""
+    if ax is None:
+        # a bare Figure, not pyplot: no global backend switch, nothing left open
+        from matplotlib.figure import Figure
+
+        ax = Figure(figsize=(6, 4.5), dpi=100).subplots()
+    scores = labeled["score"].to_numpy()
+    is_match = labeled["is_match"].to_numpy()
+    edges = np.histogram_bin_edges(scores, bins=60) if len(scores) else np.linspace(0, 1, 61)
+    false_counts = ax.hist(scores[~is_match], bins=edges, color="C3", alpha=0.6,
+                           label=f"false pairs ({(~is_match).sum():,})")[0]
+    true_counts = ax.hist(scores[is_match], bins=edges, color="C2", alpha=0.6, label=f"true pairs ({is_match.sum():,})")[0]
+    if threshold is not None:
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold at P90 = {threshold:.4g}")
+    if max(false_counts.max(initial=0), true_counts.max(initial=0)) > 100:
+        ax.set_yscale("log")  # false pairs usually outnumber true ones by orders of magnitude
+    ax.set(xlabel="score", ylabel="predictions", title="score distributions")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+    ax.figure.tight_layout()
+    return ax
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+@dataclass
+class Gallery:
+    title: str
+    description: str
+    pairs: pd.DataFrame  # query_id, reference_id, score, rank (+ columns the captions use)
+    total: int  # how many pairs the category holds before sampling
+
+
+@dataclass
+class Report:
+    metrics: Metrics
+    labeled: pd.DataFrame
+    galleries: list[Gallery]
+    thumbnails: dict[str, Image.Image] = field(repr=False)
+    missing_images: list[str]
+    source: str = ""
+
+
+def build_report(
+    predictions: pd.DataFrame,
+    ground_truth: pd.DataFrame,
+    data_root: str | Path,
+    gallery_size: int = GALLERY_SIZE,
+    thumbnail_size: int = THUMBNAIL_SIZE,
+    seed: int = 0,
+    restrict_to_ground_truth_queries: bool = False,
+    source: str = "",
+    quiet: bool = False,
+) -> Report:
+    """Score the predictions, choose the galleries (at most ``gallery_size`` pairs each) and load their thumbnails."""
+    if not Path(data_root).is_dir():
+        raise InputError(f"data folder {data_root} does not exist (expected ROOT/query_images, ROOT/reference_images)")
+    if gallery_size < 0:
+        raise InputError(f"gallery size must be >= 0, got {gallery_size}")
+    if restrict_to_ground_truth_queries:
+        predictions = predictions[predictions["query_id"].isin(ground_truth["query_id"])]
+    metrics = evaluate(predictions, ground_truth)
+    labeled = label_predictions(predictions, ground_truth)
+    threshold = metrics.threshold_at_p90
+    false_matches = top_false_matches(labeled, gallery_size, ground_truth)
+    missed = missed_pairs(labeled, ground_truth, threshold)
+    true_matches = labeled[labeled["is_match"]]
+    at = "at 90% precision" if threshold is not None else "(90% precision is never reached: every pair counts as missed)"
+    galleries = [
+        Gallery("Highest-scoring false matches",
+                "Wrong pairs ranked highest: what the matcher confuses most confidently.",
+                false_matches, int((~labeled["is_match"]).sum())),
+        Gallery("Missed ground-truth pairs",
+                f"Random sample of the true pairs not counted {at}, with the rank and score they got.",
+                sample_pairs(missed, gallery_size, seed), len(missed)),
+        Gallery("Random true matches", "Random sample of the true pairs the predictions contain.",
+                sample_pairs(true_matches, gallery_size, seed), len(true_matches)),
+    ]
+    thumbnails, missing = load_thumbnails(galleries, data_root, thumbnail_size, quiet)
+    return Report(metrics, labeled, galleries, thumbnails, missing, source)
+
+
+def load_thumbnails(
+    galleries: list[Gallery], data_root: str | Path, size: int = THUMBNAIL_SIZE, quiet: bool = False
+) -> tuple[dict[str, Image.Image], list[str]]:
+    """Thumbnails of every image the galleries show (placeholders for missing ones) and the missing ids."""
+    ids = sorted({i for g in galleries for column in ("query_id", "reference_id") for i in g.pairs[column]})
+    thumbnails, missing = {}, []
+    for image_id in tqdm(ids, desc="thumbnails", unit="img", disable=quiet):
+        thumbnail = load_thumbnail(image_path(data_root, image_id), size)
+        if thumbnail is None:
+            missing.append(image_id)
+            thumbnail = placeholder_tile(f"{image_id}\nmissing", size)
+        thumbnails[image_id] = thumbnail
+    return thumbnails, missing
+
+
+def _format_score(score: float) -> str:
+    return "not retrieved" if pd.isna(score) else f"score {score:.4g}"
+
+
+def pair_caption(row: pd.Series) -> str:
+    """One line under a pair: its score and rank, and for a false match the query's true reference."""
+    parts = [_format_score(row["score"])]
+    if not pd.isna(row.get("rank")):
+        parts.append(f"rank {int(row['rank'])} for its query")
+    if "true_reference_id" in row:
+        parts.append(f"true match {row['true_reference_id']}" if row["true_reference_id"] else "query has no match")
+    return " · ".join(parts)
+
+
+def gallery_html(gallery: Gallery, thumbnails: dict[str, Image.Image]) -> str:
+    """A gallery section: one card per pair, query beside reference, with ids and caption."""
+    cards = []
+    for _, row in gallery.pairs.iterrows():
+        images = "".join(
+            f'<figure><img src="{jpeg_data_uri(thumbnails[image_id])}" alt="{html.escape(image_id)}">'
+            f"<figcaption>{html.escape(image_id)}</figcaption></figure>"
+            for image_id in (row["query_id"], row["reference_id"])
+        )
+        cards.append(f'<div class="pair"><div class="images">{images}</div>'
+                     f'<div class="caption">{html.escape(pair_caption(row))}</div></div>')
+    shown = f"{len(gallery.pairs):,} shown of {gallery.total:,}"
+    body = "".join(cards) if cards else '<p class="empty">none</p>'
+    return (f"<section><h2>{html.escape(gallery.title)} <small>({shown})</small></h2>"
+            f"<p>{html.escape(gallery.description)}</p><div class=\"gallery\">{body}</div></section>")
+
+
+_CSS = string.Template("""
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; background: #fff; }
+h1 { margin-bottom: 0.2em; } h2 small { font-weight: normal; color: #666; font-size: 0.7em; }
+table.metrics td { padding: 2px 12px 2px 0; } table.metrics td:last-child { font-weight: bold; }
+.figures img { max-width: 48%; margin-right: 1%; border: 1px solid #ddd; }
+.gallery { display: flex; flex-wrap: wrap; gap: 12px; }
+.pair { border: 1px solid #ccc; border-radius: 4px; padding: 6px; background: #fafafa; }
+.images { display: flex; gap: 6px; }
+figure { margin: 0; width: ${size}px; text-align: center; }
+figure img { max-width: ${size}px; max-height: ${size}px; display: block; margin: 0 auto; }
+figcaption, .caption { font-size: 12px; font-family: monospace; }
+.caption { margin-top: 4px; color: #444; max-width: ${width}px; }
+.warning { color: #a40; }
+""")
+
+
+def metrics_table_html(metrics: Metrics) -> str:
+    def fmt(value: float | None, digits: int = 4) -> str:
+        return "not reached" if value is None else f"{value:.{digits}f}"
+
+    rows = [
+        ("µAP", fmt(metrics.muap)),
+        ("recall at 90% precision", fmt(metrics.recall_at_p90)),
+        ("threshold at 90% precision", "not reached" if metrics.threshold_at_p90 is None
+         else f"{metrics.threshold_at_p90:.6g}"),
+        ("recall at rank 1", fmt(metrics.recall_at_rank1)),
+        ("recall at rank 10", fmt(metrics.recall_at_rank10)),
+        ("predictions", f"{metrics.n_predictions:,} for {metrics.n_queries_predicted:,} queries"),
+        ("correct predictions", f"{metrics.n_true_positives:,}"),
+        ("ground-truth pairs", f"{metrics.n_positives:,}"),
+    ]
+    return '<table class="metrics">' + "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(value)}</td></tr>" for name, value in rows) + "</table>"
+
+
+def render_html(report: Report) -> str:
+    """The whole report as one HTML page with every figure and thumbnail embedded."""
+    size = max((t.width for t in report.thumbnails.values()), default=THUMBNAIL_SIZE)
+    css = _CSS.substitute(size=size, width=2 * size + 6)
+    histogram = plot_score_histograms(report.labeled, report.metrics.threshold_at_p90)
+    figures = (f'<div class="figures"><img alt="precision-recall curve" src="{png_data_uri(precision_recall_png(report.metrics))}">'
+               f'<img alt="score histograms" src="{png_data_uri(figure_png(histogram.figure))}"></div>')
+    warning = ""
+    if report.missing_images:
+        shown = ", ".join(report.missing_images[:10]) + (" ..." if len(report.missing_images) > 10 else "")
+        warning = (f'<p class="warning">{len(report.missing_images)} images not found under the data folder '
+                   f"(grey tiles): {html.escape(shown)}</p>")
+    title = "Copy-detection error report" + (f": {report.source}" if report.source else "")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{css}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>{metrics_table_html(report.metrics)}{figures}{warning}"
+        + "".join(gallery_html(g, report.thumbnails) for g in report.galleries)
+        + "</body></html>\n"
+    )
+
+
+def write_report(report: Report, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(render_html(report), encoding="utf-8")
+
+
+def write_summary_png(report: Report, path: str | Path) -> None:
+    """One image: the precision-recall curve beside the score histograms, the headline numbers on top."""
+    curve = Image.open(io.BytesIO(precision_recall_png(report.metrics))).convert("RGB")
+    histogram = plot_score_histograms(report.labeled, report.metrics.threshold_at_p90)
+    histograms = Image.open(io.BytesIO(figure_png(histogram.figure))).convert("RGB")
+    header = 40
+    summary = Image.new("RGB", (curve.width + histograms.width, header + max(curve.height, histograms.height)), "white")
+    summary.paste(curve, (0, header))
+    summary.paste(histograms, (curve.width, header))
+    m = report.metrics
+    p90 = "not reached" if m.recall_at_p90 is None else f"{m.recall_at_p90:.4f} (threshold {m.threshold_at_p90:.4g})"
+    text = (f"µAP {m.muap:.4f}   recall@P90 {p90}   {m.n_predictions:,} predictions, "
+            f"{m.n_true_positives:,}/{m.n_positives:,} true pairs found")
+    ImageDraw.Draw(summary).text((10, 10), text, fill="black", font=ImageFont.load_default(size=18))
+    with atomic_path(path) as tmp:
+        summary.save(tmp, format="PNG")
