@@ -47,7 +47,8 @@ def top_false_matches(labeled: pd.DataFrame, n: int, ground_truth: pd.DataFrame 
     """The ``n`` highest-scoring wrong pairs; with ``ground_truth``, also each query's true reference ('' if none)."""
     wrong = labeled[~labeled["is_match"]].nlargest(n, "score")
     if ground_truth is not None:
-        true_reference = ground_truth.set_index("query_id")["reference_id"]
+        # one reference per query in the competition's files; join them should a ground truth list several
+        true_reference = ground_truth.groupby("query_id")["reference_id"].agg(" ".join).str.strip()
         wrong = wrong.assign(true_reference_id=wrong["query_id"].map(true_reference).fillna(""))
     return wrong
 
