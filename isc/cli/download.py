@@ -1,0 +1,137 @@
+"""isc-download: fetch a split of the competition's images from a regional bucket, MD5-verified and resumable."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from isc import download
+from isc.cli.common import run_command
+from isc.io import REGION_BUCKETS, SPLITS, InputError
+
+
+class _FilterAction(argparse.Action):
+    """--include and --exclude share one ordered list: with the AWS CLI, the later matching filter wins."""
+
+    def __call__(self, parser, namespace, value, option_string=None):  # noqa: ARG002
+        namespace.filters = [*(namespace.filters or []), (self.const, value)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isc-download",
+        description="Download the competition's images of one split from a regional S3 bucket "
+        "(drivendata-competition-fb-isc-data[-eu|-asia], prefix all/<split>_images/) to DEST/<split>_images/<id>.jpg. "
+        "Every file is checked against the MD5 of the metadata CSV; files are written under a temporary name and "
+        "renamed once verified, so an interrupted run re-run with the same arguments fetches only what is missing "
+        "or wrong. Exit status 0 only when every selected file is present and verified.",
+    )
+    parser.add_argument("--region", required=True, choices=[*REGION_BUCKETS, "auto"],
+                        help="bucket to read: us-west, eu (Frankfurt), asia (Singapore), or auto: time a small "
+                        "request to each and use the fastest")
+    parser.add_argument("--split", required=True, choices=SPLITS, help="which images to fetch")
+    parser.add_argument("--dest", required=True, metavar="DIR", help="destination folder; images go to DIR/<split>_images/")
+    parser.add_argument("--metadata", metavar="CSV",
+                        help="the split's metadata CSV (image_id,s3_uri,md5_checksum) from the competition's data page; "
+                        "default: fetch all/<split>_metadata.csv from the bucket (a mirror such as isc-s3serve has it)")
+    parser.add_argument("--endpoint-url", metavar="URL",
+                        help="S3 endpoint of a mirror or a local server (default: AWS, or $AWS_ENDPOINT_URL); "
+                        "path-style addressing is used")
+    parser.add_argument("--profile", help="sign requests with this AWS profile (default: anonymous, unsigned "
+                        "requests, unless $AWS_PROFILE is set); the competition's buckets are public")
+    parser.add_argument("--include", dest="filters", action=_FilterAction, const="include", metavar="PATTERN",
+                        help="include object names matching PATTERN (e.g. 'Q00*.jpg'); repeatable. Same rule as "
+                        "the AWS CLI: all files are included unless excluded, and later filters override earlier "
+                        "ones, so select a subset with --exclude '*' --include 'Q00*'")
+    parser.add_argument("--exclude", dest="filters", action=_FilterAction, const="exclude", metavar="PATTERN",
+                        help="exclude object names matching PATTERN (*, ?, [seq] as in fnmatch); repeatable")
+    parser.add_argument("--ids", action="append", default=[], metavar="FIRST-LAST",
+                        help="only ids in this inclusive range (e.g. Q00000-Q00999) or this single id; repeatable")
+    parser.add_argument("--limit", type=int, metavar="N", help="only the first N selected ids (in id order)")
+    parser.add_argument("--verify-only", action="store_true",
+                        help="download nothing: re-hash the selected local files and list missing, corrupt and "
+                        "extra files; exit status 1 if any selected file is missing or corrupt")
+    parser.add_argument("--repair", action="store_true",
+                        help="with --verify-only: then fetch the missing and corrupt files")
+    parser.add_argument("--rehash", action="store_true",
+                        help="re-hash every local file instead of trusting the record of files verified by earlier "
+                        "runs (kept in DIR/<split>_images/.isc-verified.tsv, valid while size and mtime are unchanged)")
+    parser.add_argument("--workers", type=int, default=download.DEFAULT_WORKERS,
+                        help=f"parallel downloads (threads and pooled connections; default {download.DEFAULT_WORKERS})")
+    parser.add_argument("--attempts", type=int, default=download.DEFAULT_ATTEMPTS,
+                        help="tries per file on an MD5 mismatch or a connection dropped mid-file, on top of "
+                        f"botocore's retries of throttling and 5xx answers (default {download.DEFAULT_ATTEMPTS})")
+    parser.add_argument("--retry-mode", choices=("standard", "adaptive"), default="standard",
+                        help="botocore's retry mode; adaptive also slows down when the server throttles")
+    parser.add_argument("--report", metavar="JSON",
+                        help="machine-readable report (downloaded, skipped, failed with reasons, bytes, seconds); "
+                        "default DIR/<split>_download_report.json")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.repair and not args.verify_only:
+        raise InputError("--repair goes with --verify-only (a plain run already fetches missing and corrupt files)")
+    for name in ("workers", "attempts"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name} must be at least 1")
+    if args.limit is not None and args.limit < 0:
+        raise InputError("--limit must be 0 or more")
+    if args.metadata and not Path(args.metadata).is_file():
+        raise InputError(f"{args.metadata}: no such metadata file")
+
+
+def _summary(report: download.DownloadReport, report_path: Path) -> str:
+    lines = [f"{report.selected} selected: {report.downloaded} downloaded ({report.bytes / 1e6:,.1f} MB in "
+             f"{report.seconds:.1f} s), {report.skipped} already verified, {len(report.failed)} failed"]
+    if report.verify_only:
+        lines.append(f"missing {len(report.missing)}, corrupt {len(report.corrupt)}, extra {len(report.extra)}")
+        lines += [f"  {state}: {name}" for state in ("missing", "corrupt", "extra") for name in getattr(report, state)[:20]]
+    lines += [f"  failed {f['id']}: {f['reason']}" for f in report.failed[:20]]
+    if len(report.failed) > 20:
+        lines.append(f"  ... {len(report.failed) - 20} more failures")
+    lines.append(f"report: {report_path}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+
+    def client_for(region: str):
+        return download.make_client(region, args.endpoint_url, args.profile, args.workers, args.retry_mode)
+
+    region = args.region
+    if region == "auto":
+        region, timings = download.fastest_region(client_for, args.split)
+        if not args.quiet:
+            shown = ", ".join(f"{r} {t * 1000:.0f} ms" for r, t in timings.items())
+            print(f"fastest region: {region} ({shown})", file=sys.stderr)
+    client = client_for(region)
+    bucket = download.bucket_for_region(region)
+    if not args.verify_only or args.repair:
+        download.check_reachable(client, bucket, args.split)
+    metadata = download.load_metadata(client, bucket, args.split, args.dest, args.metadata)
+    rows = download.select_rows(metadata, args.split, args.filters or (), args.ids, args.limit)
+    all_names = {uri.rpartition("/")[2] for uri in metadata["s3_uri"]}
+    report_path = Path(args.report or Path(args.dest) / f"{args.split}_download_report.json")
+    report = download.DownloadReport(args.split, region, bucket, client.meta.endpoint_url,
+                                     str(Path(args.dest) / f"{args.split}_images"))
+    try:
+        download.download_split(client, bucket, args.split, rows, args.dest, all_names, workers=args.workers,
+                                attempts=args.attempts, verify_only=args.verify_only, repair=args.repair,
+                                rehash=args.rehash, quiet=args.quiet, report=report)
+    finally:
+        report.write(report_path)
+    if not args.quiet:
+        print(_summary(report, report_path), file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

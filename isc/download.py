@@ -1,0 +1,544 @@
+"""Download a split of the competition's images from S3, every file checked against its MD5.
+
+The pipeline, one small function per step:
+
+1. ``make_client``: an anonymous (unsigned) S3 client by default, signed with a named profile when
+   asked; bounded connection pool; botocore's standard or adaptive retries (throttling, 5xx).
+2. ``load_metadata``: the split's ``image_id,s3_uri,md5_checksum`` listing, from ``--metadata`` or
+   from a mirror's bucket.
+3. ``select_rows``: AWS-CLI-style ``--include``/``--exclude`` filters, id ranges, a limit.
+4. ``check_folder``: which selected files are already present and verified, missing or corrupt; a
+   small journal of verified (size, mtime, md5) avoids re-hashing a complete folder on every run.
+5. ``fetch_object``: stream one object to ``.<name>.part`` while hashing it, rename it only when the
+   MD5 matches; a mismatch or a connection dropped mid-body is retried a bounded number of times.
+6. ``download_split``: all of it in parallel threads, a progress bar, a :class:`DownloadReport`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import boto3
+import botocore.exceptions
+import pandas as pd
+import urllib3.exceptions
+from botocore import UNSIGNED
+from botocore.config import Config
+from tqdm import tqdm
+
+from isc.io import (
+    ID_PATTERNS,
+    REGION_BUCKETS,
+    InputError,
+    atomic_path,
+    images_prefix,
+    metadata_key,
+    read_metadata,
+)
+
+# the AWS regions holding the three copies (US West, Frankfurt, Singapore)
+REGION_NAMES = {"us-west": "us-west-2", "eu": "eu-central-1", "asia": "ap-southeast-1"}
+DEFAULT_WORKERS = 16
+DEFAULT_ATTEMPTS = 3
+CHUNK_BYTES = 1 << 20
+INDEX_NAME = ".isc-verified.tsv"
+PART_SUFFIX = ".part"
+
+# a body cut short or a connection reset: worth another try, unlike a 403 or a 404
+TRANSIENT_ERRORS = (
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.ReadTimeoutError,
+    urllib3.exceptions.HTTPError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+# -------------------------------------------------------------------------------------------- client
+
+
+def bucket_for_region(region: str) -> str:
+    """The competition's bucket for a region name (``us-west``, ``eu``, ``asia``)."""
+    if region not in REGION_BUCKETS:
+        raise InputError(f"unknown region {region!r} (choose from {', '.join(REGION_BUCKETS)})")
+    return REGION_BUCKETS[region]
+
+
+def make_client(
+    region: str = "us-west",
+    endpoint_url: str | None = None,
+    profile: str | None = None,
+    max_pool_connections: int = DEFAULT_WORKERS,
+    retry_mode: str = "standard",
+    max_attempts: int = 8,
+):
+    """An S3 client for a regional bucket: unsigned unless a profile is named (``profile`` or ``AWS_PROFILE``).
+
+    ``endpoint_url`` (or ``AWS_ENDPOINT_URL``) points at a mirror or a local server, with path-style addressing.
+    """
+    profile = profile or os.environ.get("AWS_PROFILE") or None
+    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    try:
+        session = boto3.Session(profile_name=profile)
+    except botocore.exceptions.ProfileNotFound:
+        raise InputError(f"AWS profile {profile!r} not found in the AWS config files") from None
+    config = Config(
+        signature_version=None if profile else UNSIGNED,
+        s3={"addressing_style": "path" if endpoint_url else "auto"},
+        max_pool_connections=max_pool_connections,
+        retries={"mode": retry_mode, "max_attempts": max_attempts},
+        connect_timeout=10,
+        read_timeout=60,
+        parameter_validation=False,  # the parameters are ours; validating them costs CPU on every request
+        response_checksum_validation="when_required",  # we check the MD5 ourselves
+    )
+    return session.client("s3", region_name=REGION_NAMES[region], endpoint_url=endpoint_url, config=config)
+
+
+def check_reachable(client, bucket: str, split: str) -> None:
+    """One small listing before a long run: an unreachable endpoint or bucket is an error, not N failed files."""
+    try:
+        client.list_objects_v2(Bucket=bucket, Prefix=images_prefix(split), MaxKeys=1)
+    except botocore.exceptions.EndpointConnectionError as e:
+        raise InputError(f"cannot reach the S3 endpoint ({e})") from None
+    except botocore.exceptions.ClientError as e:
+        raise InputError(f"s3://{bucket}/{images_prefix(split)}: {_error_code(e)} ({e})") from None
+
+
+def probe_seconds(client, bucket: str, split: str, repeats: int = 3) -> float:
+    """Fastest of ``repeats`` one-key listings of the split's prefix (the first one also opens the connection)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        client.list_objects_v2(Bucket=bucket, Prefix=images_prefix(split), MaxKeys=1)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def fastest_region(client_for: Callable[[str], object], split: str) -> tuple[str, dict[str, float]]:
+    """(the region whose bucket answers fastest, seconds per region; inf where it failed)."""
+    timings = {}
+    for region in REGION_BUCKETS:
+        try:
+            timings[region] = probe_seconds(client_for(region), REGION_BUCKETS[region], split)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            timings[region] = float("inf")
+    best = min(timings, key=timings.get)
+    if timings[best] == float("inf"):
+        raise InputError("no regional bucket answered (check the network, --endpoint-url or the AWS settings)")
+    return best, timings
+
+
+# ------------------------------------------------------------------------------------------ metadata
+
+
+def fetch_metadata(client, bucket: str, split: str, path: str | Path) -> pd.DataFrame:
+    """Download the split's metadata CSV from a mirror's bucket to ``path`` and read it."""
+    key = metadata_key(split)
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except botocore.exceptions.EndpointConnectionError as e:
+        raise InputError(f"cannot reach the S3 endpoint ({e})") from None
+    except botocore.exceptions.ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404", "AccessDenied", "403", "NoSuchBucket"):
+            raise InputError(
+                f"s3://{bucket}/{key} not found ({code}): the competition's buckets do not hold the metadata; "
+                f"download {split}_metadata.csv from the competition's data page and pass --metadata PATH"
+            ) from None
+        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(body)
+    return read_metadata(path, split)
+
+
+def object_key(s3_uri: str) -> str:
+    """The key part of ``s3://bucket/key`` (the bucket is the chosen region's, not the listed one)."""
+    return s3_uri.removeprefix("s3://").partition("/")[2]
+
+
+def local_name(key: str, split: str, folder: Path) -> str | None:
+    """The file name an object gets in ``folder``, or None when the key would land outside it (never trusted)."""
+    prefix = images_prefix(split)
+    name = key[len(prefix):] if key.startswith(prefix) else ""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        return None
+    target = (folder / name).resolve()
+    return name if target.parent == folder.resolve() else None
+
+
+# -------------------------------------------------------------------------------------------- subsets
+
+
+def parse_id_range(text: str, split: str) -> tuple[str, str]:
+    """``Q00000-Q00999`` (inclusive) or a single id ``Q00042`` -> (first, last); InputError if malformed."""
+    first, _, last = text.strip().partition("-")
+    last = last or first
+    for value in (first, last):
+        if not ID_PATTERNS[split].fullmatch(value):
+            raise InputError(f"id range {text!r}: {value!r} is not a {split} id (e.g. Q00000-Q00999)")
+    if first > last:
+        raise InputError(f"id range {text!r} is empty (first id after the last)")
+    return first, last
+
+
+def passes_filters(name: str, filters: Sequence[tuple[str, str]]) -> bool:
+    """The AWS CLI's rule: everything is included, then each filter in order overrides when its pattern matches."""
+    included = True
+    for kind, pattern in filters:
+        if fnmatchcase(name, pattern):
+            included = kind == "include"
+    return included
+
+
+def select_rows(
+    metadata: pd.DataFrame,
+    split: str,
+    filters: Sequence[tuple[str, str]] = (),
+    id_ranges: Sequence[str] = (),
+    limit: int | None = None,
+) -> pd.DataFrame:
+    """The metadata rows to fetch, sorted by id: filters on the object name (``Q00012.jpg``), id ranges, limit."""
+    rows = metadata.sort_values("image_id", kind="stable")
+    if id_ranges:
+        ranges = [parse_id_range(r, split) for r in id_ranges]
+        ids = rows["image_id"]
+        rows = rows[pd.concat([(ids >= lo) & (ids <= hi) for lo, hi in ranges], axis=1).any(axis=1)]
+    if filters:
+        names = rows["s3_uri"].map(lambda uri: object_key(uri).rpartition("/")[2])
+        rows = rows[names.map(lambda name: passes_filters(name, filters)).to_numpy(dtype=bool)]
+    if limit is not None:
+        rows = rows.head(limit)
+    return rows.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------ local state and checks
+
+
+def md5_of_file(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class VerifiedIndex:
+    """A journal of files already verified: ``name size mtime_ns md5`` lines, appended as files are verified.
+
+    Appending (one line per file) survives kill -9; a torn last line is ignored. A file is trusted without
+    re-hashing only while its size and mtime are those recorded and the recorded MD5 is the expected one.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / INDEX_NAME
+        self.entries: dict[str, tuple[int, int, str]] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(errors="replace").splitlines():
+                parts = line.split("\t")
+                if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit() and len(parts[3]) == 32:
+                    self.entries[parts[0]] = (int(parts[1]), int(parts[2]), parts[3])
+        self._journal = None
+
+    def trusted(self, name: str, stat: os.stat_result, md5: str) -> bool:
+        return self.entries.get(name) == (stat.st_size, stat.st_mtime_ns, md5)
+
+    def record(self, name: str, stat: os.stat_result, md5: str) -> None:
+        entry = (stat.st_size, stat.st_mtime_ns, md5)
+        if self.entries.get(name) == entry:
+            return
+        self.entries[name] = entry
+        if self._journal is None:
+            self._journal = open(self.path, "a")  # noqa: SIM115 (kept open for the run, closed by compact)
+        self._journal.write(f"{name}\t{entry[0]}\t{entry[1]}\t{md5}\n")
+        self._journal.flush()
+
+    def compact(self, keep: Iterable[str]) -> None:
+        """Rewrite the journal with one line per file in ``keep`` (atomically)."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        keep = [name for name in keep if name in self.entries]
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(f"{n}\t{s}\t{m}\t{h}\n" for n, (s, m, h) in ((n, self.entries[n]) for n in keep)))
+
+
+@dataclass
+class FolderCheck:
+    """State of the selected files in the destination folder (file names)."""
+
+    verified: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+
+
+def _check_one(folder: Path, name: str, md5: str, index: VerifiedIndex, rehash: bool) -> tuple[str, str, object]:
+    path = folder / name
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return name, "missing", None
+    if not rehash and index.trusted(name, stat, md5):
+        return name, "verified", None
+    return name, ("verified" if md5_of_file(path) == md5 else "corrupt"), stat
+
+
+def check_folder(
+    folder: Path,
+    expected: dict[str, str],
+    all_names: set[str],
+    index: VerifiedIndex,
+    rehash: bool = False,
+    workers: int = 4,
+) -> FolderCheck:
+    """Classify every file of ``expected`` (name -> md5); ``extra``: images in the folder not in ``all_names``."""
+    result = FolderCheck()
+    results = _bounded_map(lambda item: _check_one(folder, item[0], item[1], index, rehash), expected.items(), workers)
+    for name, state, stat in results:
+        getattr(result, state).append(name)
+        if state == "verified" and stat is not None:
+            index.record(name, stat, expected[name])
+    if folder.is_dir():
+        result.extra = sorted(
+            p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name not in all_names and p.is_file()
+        )
+    return result
+
+
+def remove_stale_parts(folder: Path) -> int:
+    """Delete the temporary files a killed run left behind; returns how many."""
+    stale = list(folder.glob(f".*{PART_SUFFIX}")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+# ------------------------------------------------------------------------------------------- fetching
+
+
+@dataclass
+class FetchResult:
+    name: str
+    ok: bool
+    nbytes: int = 0
+    attempts: int = 0
+    reason: str = ""
+
+
+def _error_code(error: botocore.exceptions.ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", "")) or str(
+        error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+    )
+
+
+def fetch_object(
+    client, bucket: str, key: str, path: Path, md5: str, attempts: int = DEFAULT_ATTEMPTS, backoff: float = 0.2
+) -> FetchResult:
+    """Stream ``s3://bucket/key`` to a temporary name beside ``path`` while hashing; rename only if the MD5 matches.
+
+    A mismatch, a connection dropped mid-body or an error left after botocore's own retries is tried again,
+    ``attempts`` times in all, with jittered exponential backoff; a missing or forbidden object is not.
+    """
+    tmp = path.with_name(f".{path.name}{PART_SUFFIX}")
+    reason = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]
+            h = hashlib.md5()
+            nbytes = 0
+            with open(tmp, "wb") as f:
+                while chunk := body.read(CHUNK_BYTES):
+                    h.update(chunk)
+                    f.write(chunk)
+                    nbytes += len(chunk)
+            if h.hexdigest() == md5:
+                os.replace(tmp, path)
+                return FetchResult(path.name, True, nbytes, attempt)
+            reason = f"MD5 mismatch: got {h.hexdigest()}, expected {md5} ({nbytes} bytes)"
+        except botocore.exceptions.ClientError as e:
+            code = _error_code(e)
+            reason = f"{code}: {e.response.get('Error', {}).get('Message', '') or 'request failed'}"
+            if code in ("NoSuchKey", "404", "AccessDenied", "403", "NoSuchBucket"):
+                tmp.unlink(missing_ok=True)
+                return FetchResult(path.name, False, 0, attempt, f"s3://{bucket}/{key}: {reason}")
+        except TRANSIENT_ERRORS as e:
+            reason = f"connection error: {type(e).__name__}: {e}"
+        tmp.unlink(missing_ok=True)
+        if attempt < attempts:
+            time.sleep(backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
+    return FetchResult(path.name, False, 0, attempts, f"s3://{bucket}/{key}: {reason} (after {attempts} attempts)")
+
+
+def _bounded_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
+    """``fn`` over ``items`` in ``workers`` threads, results as they complete; at most 4 × workers queued
+    (a million futures at once would hold gigabytes). Ctrl-C cancels what has not started."""
+    items = iter(items)
+    with ThreadPoolExecutor(workers) as pool:
+        pending: set[Future] = set()
+        try:
+            for item in items:
+                pending.add(pool.submit(fn, item))
+                if len(pending) >= 4 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from (f.result() for f in done)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (f.result() for f in done)
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+
+@dataclass
+class DownloadReport:
+    """What a run did; ``missing``/``corrupt``: selected files still so after the run; ``ok`` when every
+    selected file is present and verified. Written as JSON."""
+
+    split: str
+    region: str
+    bucket: str
+    endpoint_url: str | None
+    folder: str
+    selected: int = 0
+    downloaded: int = 0
+    skipped: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    bytes: int = 0
+    seconds: float = 0.0
+    verify_only: bool = False
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.corrupt or self.failed or self.interrupted)
+
+    def to_json(self) -> dict[str, object]:
+        rate = self.downloaded / self.seconds if self.seconds else 0.0
+        return {**asdict(self), "ok": self.ok, "files_per_second": round(rate, 2),
+                "megabytes_per_second": round(self.bytes / 1e6 / self.seconds, 2) if self.seconds else 0.0}
+
+    def write(self, path: str | Path) -> None:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+
+class _Progress:
+    """tqdm over files with bytes and MB/s in the postfix (refreshed twice a second, not per file)."""
+
+    def __init__(self, total: int, desc: str, quiet: bool) -> None:
+        self.bar = tqdm(total=total, desc=desc, unit="file", disable=quiet, dynamic_ncols=True)
+        self.start = time.perf_counter()
+        self.bytes = 0
+        self._shown = 0.0
+
+    def update(self, nbytes: int) -> None:
+        self.bytes += nbytes
+        self.bar.update(1)
+        now = time.perf_counter()
+        if now - self._shown > 0.5:
+            self._shown = now
+            self.bar.set_postfix_str(f"{self.bytes / 1e6:,.0f} MB, {self.bytes / 1e6 / (now - self.start):.1f} MB/s")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def download_split(
+    client,
+    bucket: str,
+    split: str,
+    rows: pd.DataFrame,
+    dest: str | Path,
+    all_names: set[str] | None = None,
+    workers: int = DEFAULT_WORKERS,
+    attempts: int = DEFAULT_ATTEMPTS,
+    verify_only: bool = False,
+    repair: bool = False,
+    rehash: bool = False,
+    quiet: bool = False,
+    report: DownloadReport | None = None,
+) -> DownloadReport:
+    """Bring ``dest/<split>_images/`` up to date with ``rows`` (metadata rows): check, then fetch what is wrong.
+
+    ``verify_only`` re-hashes every selected file and fetches nothing unless ``repair``. ``report`` is filled
+    in place (so that an interrupted run still has one) and returned.
+    """
+    start = time.perf_counter()
+    folder = Path(dest) / f"{split}_images"
+    report = report or DownloadReport(split, "", bucket, None, str(folder))
+    report.verify_only = verify_only
+    report.selected = len(rows)
+    expected, keys = {}, {}
+    for image_id, uri, md5 in rows[["image_id", "s3_uri", "md5_checksum"]].itertuples(index=False):
+        key = object_key(uri)
+        name = local_name(key, split, folder)
+        if name is None:
+            report.failed.append({"id": image_id, "key": key, "reason": f"refused: key would land outside {folder}"})
+            continue
+        expected[name], keys[name] = md5, key
+    if all_names is None:
+        all_names = set(expected)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(folder)
+    index = VerifiedIndex(folder)
+    try:
+        check = check_folder(folder, expected, all_names, index, rehash=rehash or verify_only,
+                             workers=min(workers, os.cpu_count() or 1))
+        report.skipped = len(check.verified)
+        report.missing, report.corrupt, report.extra = check.missing, check.corrupt, check.extra
+        todo = check.missing + check.corrupt
+        if verify_only and not repair:
+            return report
+        fixed = set()
+        progress = _Progress(len(todo), f"{split} images", quiet or not todo)
+        try:
+            fetch = lambda name: fetch_object(client, bucket, keys[name], folder / name, expected[name], attempts)  # noqa: E731
+            for result in _bounded_map(fetch, sorted(todo), workers):
+                if result.ok:
+                    report.downloaded += 1
+                    report.bytes += result.nbytes
+                    fixed.add(result.name)
+                    index.record(result.name, (folder / result.name).stat(), expected[result.name])
+                else:
+                    report.failed.append({"id": result.name.removesuffix(".jpg"), "key": keys[result.name],
+                                          "reason": result.reason})
+                progress.update(result.nbytes)
+        finally:
+            progress.close()
+        report.missing = [n for n in report.missing if n not in fixed]
+        report.corrupt = [n for n in report.corrupt if n not in fixed]
+    except KeyboardInterrupt:
+        report.interrupted = True
+        raise
+    finally:
+        report.seconds = round(time.perf_counter() - start, 3)
+        index.compact(all_names)
+    return report
+
+
+def load_metadata(
+    client, bucket: str, split: str, dest: str | Path, metadata_path: str | Path | None = None
+) -> pd.DataFrame:
+    """The split's metadata: the given CSV, or the bucket's copy saved as ``dest/<split>_metadata.csv``."""
+    if metadata_path is not None:
+        return read_metadata(metadata_path, split)
+    return fetch_metadata(client, bucket, split, Path(dest) / f"{split}_metadata.csv")
+
