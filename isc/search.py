@@ -170,19 +170,22 @@ def _topk_grouped(scores, k: int, group: int = 64):
 
 
 def knn_torch(
-    query: np.ndarray,
-    reference: np.ndarray,
+    query,
+    reference,
     k: int,
     metric: str = "ip",
     device: str | None = None,
     reference_block: int | None = None,
     block_elements: int | None = None,
+    half: bool | None = None,
     quiet: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The torch backend of :func:`knn` (same arguments and results), on ``device`` (default: cuda if any).
+    """The torch backend of :func:`knn` (same results), on ``device`` (default: cuda if available).
 
-    On a GPU, candidates are selected with float16 products (scaled so that they cannot overflow), then
-    re-scored exactly in float32, so scores match faiss's; on the CPU everything is float32.
+    ``query`` and ``reference`` are float32 NumPy arrays or torch tensors (already on the device: no copy).
+    With ``half`` (default: on a GPU), candidates are selected with float16 products (scaled so that they
+    can neither overflow nor underflow), then re-scored exactly in float32, so scores match faiss's;
+    without, everything is float32.
     ``reference_block`` references are on the device at a time, and a score block holds at most
     ``block_elements`` values (GPU defaults: 4M references, 2^30 values = 2 GB of float16).
     """
@@ -190,27 +193,27 @@ def knn_torch(
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = dev.type == "cuda"
+    half = on_gpu if half is None else half
     nq, n_ref = len(query), len(reference)
     rb = min(n_ref, reference_block or (1 << 22 if on_gpu else 1 << 16))
     qb = max(1, min(nq, (block_elements or (1 << 30 if on_gpu else 1 << 24)) // rb))
     # float16 selection may misorder near-equal scores: re-score a margin of extra candidates exactly
-    n_candidates = 2 * k + 16 if on_gpu else k
-    select_dtype = torch.float16 if on_gpu else torch.float32
-    scale = 1.0
-    if on_gpu:  # float16 tops out at 65504: scale the selection copies to unit maximum norm
-        scale = 1.0 / max(float(np.linalg.norm(query, axis=1).max()), float(np.linalg.norm(reference, axis=1).max()), 1e-30)
-
+    n_candidates = 2 * k + 16 if half else k
+    select_dtype = torch.float16 if half else torch.float32
     sign = -1.0 if metric == "l2" else 1.0  # keep "higher is better" internally
-    q32 = torch.from_numpy(query).to(dev)
-    q_select = (q32 * scale).to(select_dtype)
+
+    q32 = torch.as_tensor(query, device=dev)
+    query_norm = float(q32.norm(dim=1).max())
     best_scores = torch.full((nq, k), -float("inf"), device=dev)
     best_indices = torch.full((nq, k), -1, dtype=torch.int64, device=dev)
     progress = tqdm(total=nq * ((n_ref + rb - 1) // rb), desc=f"search (torch, {dev.type})", unit="query",
                     unit_scale=True, disable=quiet)
     with torch.inference_mode():
         for r0 in range(0, n_ref, rb):
-            r32 = torch.from_numpy(reference[r0 : r0 + rb]).to(dev)
-            r_select = (r32 * scale).to(select_dtype)
+            r32 = torch.as_tensor(reference[r0 : r0 + rb], device=dev)
+            # per block: selection copies scaled to unit maximum norm (float16 tops out at 65504)
+            scale = 1.0 / max(query_norm, float(r32.norm(dim=1).max()), 1e-30) if half else 1.0
+            q_select, r_select = (q32 * scale).to(select_dtype), (r32 * scale).to(select_dtype)
             r_sqnorm = (r_select.float() ** 2).sum(1).to(select_dtype) if metric == "l2" else None
             c = min(n_candidates, len(r32))
             for q0 in range(0, nq, qb):
