@@ -1,0 +1,192 @@
+"""isc-submit: check and write the files to upload, for the matching and the descriptor track."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+from isc.cli.common import run_command
+from isc.io import MATCHING_TRACK_MAX_ROWS, InputError, read_ground_truth, write_predictions
+from isc.metrics import Metrics
+from isc.search import BACKENDS
+from isc.submit import (
+    RESULTS_PER_QUERY,
+    default_submission_path,
+    manifest_path,
+    score_descriptor_track,
+    submit_descriptors,
+    submit_matching,
+    update_manifest,
+)
+
+SUBMISSIONS_DIR_ENV = "ISC_SUBMISSIONS_DIR"
+
+EPILOG = """\
+examples:
+  isc-submit matching predictions.csv --phase 1
+  isc-submit descriptors --query q.h5 --reference r.h5 --phase 1 --gt ground_truth.csv
+  isc-submit descriptors --query q2.h5 --reference r.h5 --phase 2 --phase1-reference r.h5
+  isc-submit descriptors --query q.h5 --reference r.h5 --phase 1 \\
+      --expected-queries data/query_metadata.csv --expected-references data/reference_metadata.csv
+  isc-submit score submissions/phase1_descriptors.h5 --gt ground_truth.csv
+
+Each file written gets a manifest <file>.manifest.json beside it: md5, counts, phase, track, the
+descriptors' or predictions' provenance, this command line, the toolkit version and the UTC time.
+"""
+
+
+def _add_common(parser: argparse.ArgumentParser, track: str) -> None:
+    parser.add_argument("--phase", type=int, choices=(1, 2), required=True,
+                        help="competition phase: 1 (queries Q00000-Q49999) or 2 (queries Q50000-Q99999)")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help=f"file to write (default: <submissions dir>/phase<P>_{track})")
+    parser.add_argument("--submissions-dir", metavar="DIR",
+                        default=os.environ.get(SUBMISSIONS_DIR_ENV, "submissions"),
+                        help=f"folder of the default output (default: ${SUBMISSIONS_DIR_ENV} or ./submissions)")
+    parser.add_argument("--expected-queries", metavar="FILE",
+                        help="check queries against this metadata CSV (image_id,...) or list of ids (one a line) "
+                        "instead of the competition's 50,000 of the phase; ids of the other phase are ignored")
+    parser.add_argument("--expected-references", metavar="FILE",
+                        help="check references against this metadata CSV or list of ids instead of R000000-R999999")
+    parser.add_argument("--max-listed", type=int, default=20, metavar="N",
+                        help="violations listed when the file is invalid (default 20, 0 = all); the first of "
+                        "each kind is always listed, the rest counted")
+    parser.add_argument("--quiet", action="store_true", help="print only the path written (and scores)")
+
+
+def _add_scoring(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-results", type=int, metavar="N",
+                        help=f"pairs kept over all queries (default {RESULTS_PER_QUERY} x the number of queries, "
+                        "as the organisers did)")
+    parser.add_argument("--restrict-to-gt-queries", action="store_true",
+                        help="drop pairs of queries absent from the ground truth after the cut, as the competition "
+                        "platform did with the public phase-1 ground truth (first 25,000 queries)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="search backend (default auto)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isc-submit",
+        description="Check a submission against every rule of the competition and write the file to upload, "
+        "with a manifest. Valid: exit 0 and the path written is printed. Invalid: exit 2, every violation "
+        "listed (with its line), and nothing written.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{matching,descriptors,score}")
+
+    matching = commands.add_parser(
+        "matching", help="check a predictions CSV and copy it, unchanged, into the submissions folder",
+        description="Matching track: the header is exactly query_id,reference_id,score; at most "
+        f"{MATCHING_TRACK_MAX_ROWS:,} rows; ids well formed; query ids of the phase; reference ids "
+        "R000000-R999999 (or of --expected-references); finite scores; no (query, reference) pair twice. "
+        "The file is copied byte for byte.")
+    matching.add_argument("predictions", help="predictions CSV query_id,reference_id,score (from isc-search)")
+    _add_common(matching, "matching.csv")
+    matching.add_argument("--provenance", action="append", default=[], metavar="FILE",
+                          help="JSON file, or descriptor HDF5 whose attributes describe the model, to record in the "
+                          "manifest (repeatable; default: PREDICTIONS.provenance.json if it exists)")
+
+    descriptors = commands.add_parser(
+        "descriptors", help="write the descriptor-track HDF5 from a query and a reference descriptor file",
+        description="Descriptor track: writes query, reference, query_ids, reference_ids (float32, ids sorted) "
+        "after checking: at most 256 dimensions, the same on both sides; every query of the phase and every "
+        "reference present exactly once; no query of the other phase; query and reference descriptors made by "
+        "the same model (same attributes); with --phase1-reference, the references identical to phase 1's. "
+        "The file is read back and compared before it is put in place.")
+    descriptors.add_argument("--query", required=True, metavar="Q.h5", help="query descriptor file (isc-extract)")
+    descriptors.add_argument("--reference", required=True, metavar="R.h5", help="reference descriptor file")
+    _add_common(descriptors, "descriptors.h5")
+    descriptors.add_argument("--phase1-reference", metavar="R1.h5",
+                             help="phase 2: the phase-1 reference descriptor file (or the phase-1 descriptor-track "
+                             "submission, with its manifest); the references must be identical to it and both "
+                             "files must carry its model and whitening attributes")
+    descriptors.add_argument("--ignore-attribute", action="append", default=[], metavar="KEY",
+                             help="descriptor attribute not compared between files (repeatable); per-run ones "
+                             "(split, timings, paths, isc_version, ...) are never compared")
+    descriptors.add_argument("--gt", metavar="GT.csv", help="also score the written file against this ground truth")
+    _add_scoring(descriptors)
+
+    score = commands.add_parser(
+        "score", help="score a descriptor-track HDF5 locally, as the organisers did",
+        description="Exact L2 search keeping the closest (query, reference) pairs over all queries (10 per query "
+        "on average), score = -squared distance, then µAP against the ground truth.")
+    score.add_argument("submission", help="descriptor-track HDF5 (query, reference, query_ids, reference_ids)")
+    score.add_argument("--gt", required=True, metavar="GT.csv", help="ground-truth CSV query_id,reference_id")
+    score.add_argument("--write-predictions", metavar="CSV", help="also write the predictions that were scored")
+    score.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_scoring(score)
+    return parser
+
+
+def _info(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr)
+
+
+def _print_metrics(args: argparse.Namespace, metrics: Metrics) -> None:
+    if args.json:
+        print(json.dumps(metrics.summary()))
+        return
+    p90 = "not reached" if metrics.recall_at_p90 is None else f"{metrics.recall_at_p90:.5f}"
+    print(f"µAP                : {metrics.muap:.5f}")
+    print(f"recall at P90      : {p90}")
+    print(f"predictions        : {metrics.n_predictions} for {metrics.n_queries_predicted} queries, "
+          f"{metrics.n_true_positives} correct of {metrics.n_positives}")
+
+
+def _score(args: argparse.Namespace, path: str) -> Metrics:
+    metrics, predictions = score_descriptor_track(
+        path, read_ground_truth(args.gt), args.max_results, args.restrict_to_gt_queries, args.backend, args.quiet
+    )
+    if getattr(args, "write_predictions", None):
+        write_predictions(args.write_predictions, predictions)
+    return metrics
+
+
+def run_matching(args: argparse.Namespace) -> int:
+    out = args.output or default_submission_path(args.submissions_dir, "matching", args.phase)
+    path = submit_matching(args.predictions, args.phase, out, args.expected_queries, args.expected_references,
+                           args.provenance, args.max_listed)
+    print(path)
+    _info(args, f"manifest: {manifest_path(path)}")
+    return 0
+
+
+def run_descriptors(args: argparse.Namespace) -> int:
+    out = args.output or default_submission_path(args.submissions_dir, "descriptors", args.phase)
+    if args.phase == 2 and not args.phase1_reference:
+        warnings.warn("phase 2 without --phase1-reference: the reuse of the phase-1 references is not checked",
+                      stacklevel=1)
+    path = submit_descriptors(args.query, args.reference, args.phase, out, args.expected_queries,
+                              args.expected_references, args.phase1_reference, args.ignore_attribute, args.max_listed)
+    print(path)
+    _info(args, f"manifest: {manifest_path(path)}")
+    if args.gt:
+        metrics = _score(args, str(path))
+        update_manifest(path, local_evaluation={"ground_truth": args.gt, **metrics.summary()})
+        _print_metrics(args, metrics)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "max_results", None) is not None and args.max_results < 1:
+        raise InputError(f"--max-results must be at least 1, got {args.max_results}")
+    if args.command == "matching":
+        return run_matching(args)
+    if args.command == "descriptors":
+        return run_descriptors(args)
+    _print_metrics(args, _score(args, args.submission))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,725 @@
+"""Competition submissions: check, write and document the files to upload, for both tracks and phases.
+
+- matching track: :func:`check_matching_csv` finds every violation of a predictions CSV in one pass
+  (header, row count, ids, phase, scores, repeated pairs); :func:`submit_matching` copies a valid file
+  byte for byte into place;
+- descriptor track: :func:`check_descriptor_submission` checks a query and a reference descriptor file
+  (phase, dimensions, complete coverage of the expected ids, the same model on both sides, and in phase
+  2 the reuse of the phase-1 references); :func:`submit_descriptors` writes the official HDF5 and reads
+  it back; :func:`score_descriptor_track` scores it as the organisers did (an exact L2 search keeping
+  the ``10 × n_queries`` closest pairs over all queries, then µAP);
+- every submission gets a manifest ``<file>.manifest.json``: md5, counts, provenance, command, version.
+
+Nothing is written unless every check passes; :class:`SubmissionError` carries all the violations.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shlex
+import shutil
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+import isc
+from isc.io import (
+    DESCRIPTOR_TRACK_MAX_DIM,
+    ID_PATTERNS,
+    MATCHING_TRACK_MAX_ROWS,
+    PHASE_QUERY_RANGES,
+    InputError,
+    atomic_path,
+    read_descriptor_attrs,
+    read_descriptor_track,
+    read_descriptors,
+    read_metadata,
+    validate_ids,
+    write_descriptor_track,
+)
+from isc.metrics import Metrics, evaluate
+from isc.search import knn
+
+MATCHING_COLUMNS = ("query_id", "reference_id", "score")
+MANIFEST_SUFFIX = ".manifest.json"
+PROVENANCE_SUFFIX = ".provenance.json"  # optional sidecar of a predictions CSV, recorded in its manifest
+RESULTS_PER_QUERY = 10  # the organisers scored a descriptor submission on 10 × n_queries pairs
+REFERENCE_RANGE = (0, 999_999)
+# attributes that describe one run or one split, not the descriptor function: never compared
+PER_FILE_ATTRIBUTES = frozenset({
+    "split", "isc_version", "n_images", "count", "created", "created_utc", "timestamp", "command", "argv",
+    "source", "data_root", "images", "images_dir", "broken", "broken_images", "n_broken", "elapsed_s",
+    "images_per_s", "device", "batch_size", "workers", "host", "hostname", "world_size",
+})
+EXAMPLES = 5  # ids quoted in an aggregated violation
+
+
+# ---------------------------------------------------------------------------------------- violations
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule: ``rule`` groups violations for counting; ``line`` (of a CSV) or ``where`` locates it."""
+
+    rule: str
+    message: str
+    line: int | None = None
+    where: str = ""
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" if self.line is not None else self.where
+        return f"{where}: {self.message}" if where else self.message
+
+
+class SubmissionError(InputError):
+    """A submission that breaks the rules; ``violations`` lists them all."""
+
+    def __init__(self, source: str | Path, violations: Sequence[Violation], max_listed: int = 20) -> None:
+        self.source = str(source)
+        self.violations = list(violations)
+        super().__init__(format_violations(self.source, self.violations, max_listed))
+
+
+def format_violations(source: str, violations: Sequence[Violation], max_listed: int = 20) -> str:
+    """A header line then one violation a line; beyond ``max_listed`` (0: no limit) a count per rule.
+
+    The first violation of every rule is always listed, so a long run of one rule cannot hide another.
+    """
+    n = len(violations)
+    listed = range(n)
+    if 0 < max_listed < n:
+        first_of_rule = {}
+        for i, v in enumerate(violations):
+            first_of_rule.setdefault(v.rule, i)
+        chosen = set(first_of_rule.values())
+        chosen.update(i for i in range(n) if len(chosen) < max_listed and i not in chosen)
+        listed = sorted(chosen)
+    lines = [f"{source}: {n} violation{'s' if n != 1 else ''}, nothing written"]
+    lines += [f"  {violations[i]}" for i in listed]
+    if len(listed) < n:
+        shown = set(listed)
+        skipped = pd.Series([v.rule for i, v in enumerate(violations) if i not in shown]).value_counts()
+        counts = ", ".join(f"{rule}: {count}" for rule, count in skipped.items())
+        lines.append(f"  ... and {n - len(listed)} more ({counts})")
+    return "\n".join(lines)
+
+
+def _phase_range_text(phase: int) -> str:
+    lo, hi = PHASE_QUERY_RANGES[phase]
+    return f"Q{lo:05d}–Q{hi:05d}"
+
+
+def _check_phase(phase: int) -> None:
+    if phase not in PHASE_QUERY_RANGES:
+        raise InputError(f"phase must be one of {', '.join(map(str, PHASE_QUERY_RANGES))}, got {phase}")
+
+
+def _id_numbers(ids: pd.Series) -> np.ndarray:
+    return ids.str.slice(1).astype(np.int64).to_numpy()
+
+
+def _examples(ids: Sequence[str] | np.ndarray) -> str:
+    shown = ", ".join(str(i) for i in ids[:EXAMPLES])
+    return shown + (", ..." if len(ids) > EXAMPLES else "")
+
+
+# ---------------------------------------------------------------------------------- expected ids
+
+
+def read_expected_ids(path: str | Path, split: str) -> list[str]:
+    """Ids a submission must cover: a metadata CSV (``image_id,...``) or a text file of one id a line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.readline().strip()
+    if first.split(",")[0] == "image_id":
+        return read_metadata(path, split=split)["image_id"].tolist()
+    ids = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    validate_ids(ids, split, path, what="line")
+    return ids
+
+
+def expected_numbers(split: str, phase: int, ids: Sequence[str] | None) -> np.ndarray:
+    """Sorted id numbers a submission of ``phase`` must cover: the competition's, or those of ``ids``.
+
+    Query ids of other phases in ``ids`` are left out (a dataset's query list may hold both phases).
+    """
+    lo, hi = PHASE_QUERY_RANGES[phase] if split == "query" else REFERENCE_RANGE
+    if ids is None:
+        return np.arange(lo, hi + 1)
+    numbers = np.unique(_id_numbers(pd.Series(list(ids), dtype=object)))
+    return numbers[(numbers >= lo) & (numbers <= hi)]
+
+
+# ---------------------------------------------------------------------------------- matching track
+
+
+def _read_raw_csv(path: Path) -> tuple[list[str] | None, list[list[str]], list[int], list[Violation]]:
+    """Header, rows of the header's width with their line numbers, and violations for the other rows."""
+    violations: list[Violation] = []
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # go on with the bytes replaced, so that the other violations are found too
+        violations.append(Violation("not UTF-8", f"bytes that are not UTF-8 text ({e.reason})",
+                                    line=raw.count(b"\n", 0, e.start) + 1))
+        text = raw.decode("utf-8", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header = None
+    try:
+        header = next(reader, None)
+        if header is None:
+            return None, rows, lines, [Violation("empty file", f"empty file, expected the header {','.join(MATCHING_COLUMNS)}")]
+        for row in reader:
+            if not row:
+                continue  # blank lines are skipped, as pandas (and the organisers' reader) do
+            if len(row) != len(header):
+                violations.append(Violation("wrong number of fields", f"{len(row)} fields, the header has {len(header)}",
+                                            line=reader.line_num))
+                continue
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as e:
+        violations.append(Violation("unreadable CSV", f"not a valid CSV from here on ({e})", line=reader.line_num))
+    return header or [], rows, lines, violations
+
+
+def _id_violations(
+    values: pd.Series, lines: np.ndarray, split: str, column: str, expected: np.ndarray | None,
+    phase: int | None, expected_source: str,
+) -> tuple[list[Violation], np.ndarray]:
+    """Violations of one id column, and the mask of rows whose id is usable."""
+    violations = []
+    well_formed = values.str.fullmatch(ID_PATTERNS[split].pattern).to_numpy(dtype=bool)
+    digits = 5 if split == "query" else 6
+    for i in np.flatnonzero(~well_formed):
+        violations.append(Violation(f"malformed {column}", f"{column} {values.iloc[i]!r} is not a {split} id "
+                                    f"({split[0].upper()} + {digits} digits)", line=int(lines[i])))
+    usable = well_formed.copy()
+    numbers = np.full(len(values), -1, dtype=np.int64)
+    numbers[well_formed] = _id_numbers(values[well_formed])
+    if phase is not None:
+        lo, hi = PHASE_QUERY_RANGES[phase]
+        outside = well_formed & ((numbers < lo) | (numbers > hi))
+        for i in np.flatnonzero(outside):
+            violations.append(Violation("query outside the phase", f"{column} {values.iloc[i]} is not a phase-{phase} "
+                                        f"query ({_phase_range_text(phase)})", line=int(lines[i])))
+        usable &= ~outside
+    if expected is not None:
+        unknown = usable & ~np.isin(numbers, expected)
+        for i in np.flatnonzero(unknown):
+            violations.append(Violation(f"unknown {column}", f"{column} {values.iloc[i]} is not in {expected_source}", line=int(lines[i])))
+    return violations, well_formed
+
+
+def check_matching_csv(
+    path: str | Path,
+    phase: int,
+    expected_queries: Sequence[str] | None = None,
+    expected_references: Sequence[str] | None = None,
+    expected_sources: tuple[str, str] = ("the expected queries", "the expected references"),
+) -> tuple[pd.DataFrame, list[Violation]]:
+    """Every violation of a matching-track CSV, and its rows (``score`` as float; NaN where unreadable).
+
+    Rules: the header is exactly ``query_id,reference_id,score``; every row has its three fields; at
+    least one and at most :data:`~isc.io.MATCHING_TRACK_MAX_ROWS` rows; ids well formed; query ids of
+    ``phase`` (and of ``expected_queries`` when given); reference ids of ``expected_references`` when
+    given; finite scores; no (query, reference) pair twice. ``line`` is the file's line number.
+    """
+    _check_phase(phase)
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    header, rows, lines, violations = _read_raw_csv(path)
+    if header is None:
+        return pd.DataFrame(columns=list(MATCHING_COLUMNS)), violations
+    n_rows = len(rows) + sum(v.rule == "wrong number of fields" for v in violations)
+    if header != list(MATCHING_COLUMNS):
+        violations.insert(0, Violation("header", f"header is {','.join(header)!r}, expected exactly "
+                                       f"{','.join(MATCHING_COLUMNS)!r}", line=1))
+    if n_rows > MATCHING_TRACK_MAX_ROWS:
+        violations.append(Violation("too many rows", f"{n_rows:,} predictions, the matching track allows at most "
+                                    f"{MATCHING_TRACK_MAX_ROWS:,}"))
+    if n_rows == 0:
+        violations.append(Violation("no predictions", "no predictions (the file has a header only)"))
+    names = [name.strip() for name in header]
+    columns = {name: names.index(name) for name in MATCHING_COLUMNS if name in names}
+    table = pd.DataFrame(rows, columns=range(len(header)), dtype=object) if rows else pd.DataFrame(columns=range(len(header)))
+    df = pd.DataFrame({name: table[i].astype(str) if i in table else pd.Series(dtype=object) for name, i in columns.items()})
+    line_numbers = np.asarray(lines, dtype=np.int64)
+    usable = np.ones(len(df), dtype=bool)
+    for column, split, expected, in_phase, source in (
+        ("query_id", "query", expected_queries, phase, expected_sources[0]),
+        ("reference_id", "reference", expected_references, None, expected_sources[1]),
+    ):
+        if column not in df:
+            usable[:] = False
+            continue
+        numbers = None if expected is None else expected_numbers(split, phase, expected)
+        found, ok = _id_violations(df[column], line_numbers, split, column, numbers, in_phase, source)
+        violations += found
+        usable &= ok
+    if "score" in df:
+        scores = pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype=np.float64)
+        for i in np.flatnonzero(~np.isfinite(scores)):
+            violations.append(Violation("score not a finite number", f"score {df['score'].iloc[i]!r} is not a finite "
+                                        "number", line=int(line_numbers[i])))
+        df["score"] = scores
+    if usable.any():
+        pairs = df.loc[usable, ["query_id", "reference_id"]].assign(line=line_numbers[usable])
+        repeated = pairs.duplicated(["query_id", "reference_id"]).to_numpy()
+        if repeated.any():
+            first_line = pairs.groupby(["query_id", "reference_id"], sort=False)["line"].transform("first").to_numpy()
+            for i in np.flatnonzero(repeated):
+                violations.append(Violation("duplicated pair", f"pair ({pairs['query_id'].iloc[i]}, "
+                                            f"{pairs['reference_id'].iloc[i]}) already at line {first_line[i]}", line=int(pairs["line"].iloc[i])))
+    violations.sort(key=lambda v: v.line or 0)  # stable: file-level first, then by line
+    return df, violations
+
+
+def submit_matching(
+    predictions: str | Path,
+    phase: int,
+    out: str | Path,
+    expected_queries: str | Path | None = None,
+    expected_references: str | Path | None = None,
+    provenance: Sequence[str | Path] = (),
+    max_listed: int = 20,
+) -> Path:
+    """Check a matching-track CSV and copy it, unchanged, to ``out`` with its manifest; returns ``out``.
+
+    Raises :class:`SubmissionError` listing every violation, and writes nothing, when it is invalid.
+    ``expected_queries``/``expected_references``: a metadata CSV or a list of ids the ids must belong to.
+    ``provenance``: JSON or descriptor files whose content or attributes the manifest records (default:
+    the sidecar ``<predictions>.provenance.json`` when there is one).
+    """
+    predictions, out = Path(predictions), Path(out)
+    df, violations = check_matching_csv(
+        predictions, phase,
+        None if expected_queries is None else read_expected_ids(expected_queries, "query"),
+        None if expected_references is None else read_expected_ids(expected_references, "reference"),
+        (str(expected_queries), str(expected_references)),
+    )
+    if violations:
+        raise SubmissionError(predictions, violations, max_listed)
+    records = provenance_records(predictions, provenance)
+    with atomic_path(out) as tmp:
+        shutil.copyfile(predictions, tmp)
+    write_manifest(out, {
+        "track": "matching",
+        "phase": phase,
+        "counts": {"predictions": len(df), "queries": int(df["query_id"].nunique()),
+                   "references": int(df["reference_id"].nunique())},
+        "source": str(predictions),
+        "provenance": records,
+    })
+    return out
+
+
+def read_provenance(path: str | Path) -> dict[str, object]:
+    """What produced a submission's inputs: a JSON file, or the attributes of a descriptor HDF5 file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if h5py.is_hdf5(path):
+        return read_descriptor_attrs(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: neither JSON nor HDF5 ({e})") from None
+
+
+def provenance_records(predictions: str | Path, sources: Sequence[str | Path] = ()) -> dict[str, object]:
+    """``{path: provenance}`` of ``sources``, or of the sidecar ``<predictions>.provenance.json`` if none given."""
+    sidecar = Path(str(predictions) + PROVENANCE_SUFFIX)
+    if not sources and sidecar.is_file():
+        sources = [sidecar]
+    return {str(source): read_provenance(source) for source in sources}
+
+
+# -------------------------------------------------------------------------------- descriptor track
+
+
+@dataclass
+class DescriptorFile:
+    """One split's descriptors as read from an ``isc-extract`` file."""
+
+    path: Path
+    ids: list[str]
+    descriptors: np.ndarray
+    attrs: dict[str, object]
+
+    @classmethod
+    def read(cls, path: str | Path, split: str) -> DescriptorFile:
+        ids, descriptors, attrs = read_descriptors(path, split=split)
+        return cls(Path(path), ids, descriptors, attrs)
+
+
+def model_attributes(attrs: dict[str, object], ignore: Sequence[str] = ()) -> dict[str, object]:
+    """The attributes that define the descriptor function (model, weights, size, whitening, ...)."""
+    skip = PER_FILE_ATTRIBUTES | set(ignore)
+    return {k: v for k, v in attrs.items() if k not in skip}
+
+
+def _same_value(a: object, b: object) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except (TypeError, ValueError):
+        return a == b
+
+
+def attribute_differences(a: dict[str, object], b: dict[str, object], ignore: Sequence[str] = ()) -> list[str]:
+    """``key: A != B`` for each model attribute that differs (or exists on one side only)."""
+    a, b = model_attributes(a, ignore), model_attributes(b, ignore)
+    missing = object()
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va is missing or vb is missing or not _same_value(va, vb):
+            out.append(f"{key}: {'(absent)' if va is missing else _short(va)} != {'(absent)' if vb is missing else _short(vb)}")
+    return out
+
+
+def _short(value: object, width: int = 60) -> str:
+    text = repr(value.decode() if isinstance(value, bytes) else value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+
+def _coverage_violations(
+    ids: list[str], split: str, phase: int, expected: Sequence[str] | None, expected_source: str
+) -> list[Violation]:
+    """Query ids outside the phase, and expected ids missing or unknown (each rule one aggregated violation)."""
+    numbers = _id_numbers(pd.Series(ids, dtype=object))
+    required = expected_numbers(split, phase, expected)
+    in_scope = np.ones(len(ids), dtype=bool)
+    violations = []
+    if split == "query":
+        lo, hi = PHASE_QUERY_RANGES[phase]
+        in_scope = (numbers >= lo) & (numbers <= hi)
+        outside = np.flatnonzero(~in_scope)
+        if len(outside):
+            violations.append(Violation("query outside the phase", f"{len(outside):,} query ids are not phase-{phase} "
+                                        f"queries ({_phase_range_text(phase)}): {_examples([ids[i] for i in outside])}"))
+    missing = np.setdiff1d(required, numbers, assume_unique=True)
+    if len(missing):
+        width = 5 if split == "query" else 6
+        what = f"phase-{phase} queries" if split == "query" else "references"
+        examples = [f"{split[0].upper()}{n:0{width}d}" for n in missing[: EXAMPLES + 1]]
+        violations.append(Violation(f"missing {split} ids", f"{len(missing):,} of the {len(required):,} {what} of "
+                                    f"{expected_source} are missing: {_examples(examples)}"))
+    unknown = np.flatnonzero(in_scope & ~np.isin(numbers, required))
+    if len(unknown):
+        violations.append(Violation(f"unknown {split} ids", f"{len(unknown):,} {split} ids are not in {expected_source}: "
+                                    f"{_examples([ids[i] for i in unknown])}"))
+    return violations
+
+
+def read_phase1_reference(path: str | Path) -> DescriptorFile:
+    """Phase-1 references: an ``isc-extract`` reference file, or a phase-1 descriptor-track submission
+    (whose attributes then come from its manifest)."""
+    path = Path(path)
+    is_track = False
+    if path.is_file() and h5py.is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            is_track = "reference" in f
+    if not is_track:
+        return DescriptorFile.read(path, "reference")
+    _, _, ids, descriptors = read_descriptor_track(path)
+    manifest = read_manifest(path)
+    attrs = (manifest or {}).get("reference_attributes")
+    if attrs is None:
+        warnings.warn(f"{path}: no manifest with the reference attributes: the model cannot be compared, "
+                      "only the reference ids and values", stacklevel=2)
+    return DescriptorFile(path, ids, descriptors, attrs or {})
+
+
+def _reuse_violations(
+    query: DescriptorFile, reference: DescriptorFile, phase1: DescriptorFile, ignore: Sequence[str]
+) -> list[Violation]:
+    """Phase 2 must reuse the phase-1 references unchanged, and describe queries with the same model."""
+    violations = []
+    new, old = pd.Index(reference.ids), pd.Index(phase1.ids)
+    for ids, what in ((new.difference(old), "absent from"), (old.difference(new), "missing from this file but in")):
+        if len(ids):
+            violations.append(Violation("references not those of phase 1", f"{len(ids):,} reference ids {what} the "
+                                        f"phase-1 references {phase1.path}: {_examples(list(ids))}"))
+    common = new.intersection(old)
+    a = reference.descriptors[new.get_indexer(common)]
+    b = phase1.descriptors[old.get_indexer(common)]
+    if a.shape != b.shape:
+        violations.append(Violation("references not those of phase 1", f"reference descriptors have {a.shape[1]} "
+                                    f"dimensions, the phase-1 ones {b.shape[1]}"))
+    else:
+        changed = np.flatnonzero((a != b).any(axis=1))
+        if len(changed):
+            violations.append(Violation("references not those of phase 1", f"{len(changed):,} reference descriptors "
+                                        f"differ from phase 1 (largest difference {np.abs(a - b).max():.3g}): "
+                                        f"{_examples([common[i] for i in changed])}"))
+    if phase1.attrs:
+        for current, what in ((reference, "reference"), (query, "query")):
+            differences = attribute_differences(phase1.attrs, current.attrs, ignore)
+            if differences:
+                violations.append(Violation("model not that of phase 1", f"the {what} descriptors' attributes differ "
+                                            f"from the phase-1 references' (phase 1 != now): {'; '.join(differences)}",
+                                            where=str(current.path)))
+    return violations
+
+
+def check_descriptor_submission(
+    query: DescriptorFile,
+    reference: DescriptorFile,
+    phase: int,
+    expected_queries: Sequence[str] | None = None,
+    expected_references: Sequence[str] | None = None,
+    expected_sources: tuple[str, str] = ("the competition", "the competition"),
+    phase1_reference: DescriptorFile | None = None,
+    ignore_attributes: Sequence[str] = (),
+) -> list[Violation]:
+    """Every violation of a descriptor-track submission made of these query and reference descriptors.
+
+    Rules: the same dimension on both sides, at most :data:`~isc.io.DESCRIPTOR_TRACK_MAX_DIM`; query
+    ids of ``phase`` only; every expected query of the phase and every expected reference present
+    (by default the competition's 50,000 queries and 1,000,000 references; each id at most once is
+    checked on reading); the same model attributes on both sides; with ``phase1_reference``, the
+    references are the phase-1 ones (same ids, identical values, same attributes) and the queries
+    carry the phase-1 model's attributes.
+    """
+    _check_phase(phase)
+    violations = []
+    dims = {"query": query.descriptors.shape[1], "reference": reference.descriptors.shape[1]}
+    if dims["query"] != dims["reference"]:
+        violations.append(Violation("dimension", f"query descriptors have {dims['query']} dimensions, reference "
+                                    f"descriptors {dims['reference']}"))
+    for name, dim in dims.items():
+        if dim > DESCRIPTOR_TRACK_MAX_DIM:
+            violations.append(Violation("dimension", f"{name} descriptors have {dim} dimensions, the descriptor track "
+                                        f"allows at most {DESCRIPTOR_TRACK_MAX_DIM} (PCA-whiten them first)"))
+    violations += _coverage_violations(query.ids, "query", phase, expected_queries, expected_sources[0])
+    violations += _coverage_violations(reference.ids, "reference", phase, expected_references, expected_sources[1])
+    differences = attribute_differences(query.attrs, reference.attrs, ignore_attributes)
+    if differences:
+        violations.append(Violation("different models", "query and reference descriptors were not made the same "
+                                    f"way (query != reference): {'; '.join(differences)}"))
+    if phase1_reference is not None:
+        violations += _reuse_violations(query, reference, phase1_reference, ignore_attributes)
+    return violations
+
+
+def _check_read_back(path: Path, query: DescriptorFile, reference: DescriptorFile) -> None:
+    query_ids, query_x, reference_ids, reference_x = read_descriptor_track(path)
+    for name, ids, x, source in (("query", query_ids, query_x, query), ("reference", reference_ids, reference_x, reference)):
+        order = np.argsort(np.asarray(source.ids))
+        if ids != [source.ids[i] for i in order] or not np.array_equal(x, source.descriptors[order]):
+            raise InputError(f"{path}: the {name} part read back differs from {source.path} (write failed?)")
+
+
+def submit_descriptors(
+    query: str | Path,
+    reference: str | Path,
+    phase: int,
+    out: str | Path,
+    expected_queries: str | Path | None = None,
+    expected_references: str | Path | None = None,
+    phase1_reference: str | Path | None = None,
+    ignore_attributes: Sequence[str] = (),
+    max_listed: int = 20,
+) -> Path:
+    """Check two ``isc-extract`` files, write the descriptor-track HDF5 ``out``, read it back, add its manifest.
+
+    ``expected_queries``/``expected_references``: a metadata CSV or a list of ids to require instead of
+    the competition's full lists (for a smaller dataset). Raises :class:`SubmissionError` listing every
+    violation, writing nothing, when the submission would be invalid.
+    """
+    _check_phase(phase)
+    out = Path(out)
+    query_file, reference_file = DescriptorFile.read(query, "query"), DescriptorFile.read(reference, "reference")
+    phase1 = read_phase1_reference(phase1_reference) if phase1_reference is not None else None
+    violations = check_descriptor_submission(
+        query_file, reference_file, phase,
+        None if expected_queries is None else read_expected_ids(expected_queries, "query"),
+        None if expected_references is None else read_expected_ids(expected_references, "reference"),
+        (str(expected_queries or "the competition"), str(expected_references or "the competition")),
+        phase1, ignore_attributes,
+    )
+    if violations:
+        raise SubmissionError(f"{query_file.path} + {reference_file.path}", violations, max_listed)
+    with atomic_path(out) as tmp:
+        write_descriptor_track(tmp, query_file.ids, query_file.descriptors, reference_file.ids, reference_file.descriptors)
+        _check_read_back(tmp, query_file, reference_file)
+    write_manifest(out, {
+        "track": "descriptors",
+        "phase": phase,
+        "counts": {"queries": len(query_file.ids), "references": len(reference_file.ids),
+                   "dimension": int(query_file.descriptors.shape[1])},
+        "source": {"query": str(query_file.path), "reference": str(reference_file.path)},
+        "query_attributes": query_file.attrs,
+        "reference_attributes": reference_file.attrs,
+        "phase1_reference": None if phase1 is None else {"path": str(phase1.path), "md5": file_md5(phase1.path)},
+    })
+    return out
+
+
+# ---------------------------------------------------------------------------- descriptor-track score
+
+
+def capped_l2_search(
+    query: np.ndarray, reference: np.ndarray, max_results: int, backend: str = "auto", quiet: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``max_results`` closest (query, reference) pairs over all queries, exactly, by squared L2 distance.
+
+    Returns (query indices, reference indices, squared distances), closest first. Each query's k nearest
+    references are searched, k doubled for the queries whose k-th neighbour still lies within the cut:
+    a query whose k-th distance exceeds the cut has no unseen pair inside it, so the cut is exact.
+    """
+    nq, nr = len(query), len(reference)
+    max_results = min(max_results, nq * nr)
+    k = min(nr, 4 * -(-max_results // nq))  # 4 × the average per query: most queries need no second pass
+    distances, indices = knn(query, reference, k, "l2", backend, quiet)
+    rows = np.repeat(np.arange(nq), k)
+    cols, flat = indices.ravel(), distances.ravel()
+    kth = distances[:, -1].copy()
+    searched = np.full(nq, k)
+    while True:
+        cut = np.partition(flat, max_results - 1)[max_results - 1]
+        short = np.flatnonzero((searched < nr) & (kth <= cut))
+        if not len(short):
+            break
+        k = min(nr, 2 * int(searched[short].max()))
+        more_distances, more_indices = knn(query[short], reference, k, "l2", backend, quiet)
+        keep = ~np.isin(rows, short)
+        rows = np.concatenate([rows[keep], np.repeat(short, k)])
+        cols = np.concatenate([cols[keep], more_indices.ravel()])
+        flat = np.concatenate([flat[keep], more_distances.ravel()])
+        kth[short], searched[short] = more_distances[:, -1], k
+    best = np.argpartition(flat, max_results - 1)[:max_results]
+    best = best[np.argsort(flat[best], kind="stable")]
+    return rows[best], cols[best], flat[best]
+
+
+def descriptor_track_predictions(
+    query_ids: Sequence[str],
+    query: np.ndarray,
+    reference_ids: Sequence[str],
+    reference: np.ndarray,
+    max_results: int | None = None,
+    backend: str = "auto",
+    quiet: bool = True,
+) -> pd.DataFrame:
+    """The organisers' predictions for a descriptor submission: the ``max_results`` (default
+    10 × n_queries) closest pairs, score = −squared L2 distance, best first."""
+    if max_results is None:
+        max_results = RESULTS_PER_QUERY * len(query_ids)
+    if max_results < 1:
+        raise InputError(f"max_results must be at least 1, got {max_results}")
+    rows, cols, distances = capped_l2_search(query, reference, max_results, backend, quiet)
+    return pd.DataFrame({
+        "query_id": np.asarray(query_ids, dtype=object)[rows],
+        "reference_id": np.asarray(reference_ids, dtype=object)[cols],
+        "score": -distances.astype(np.float64),
+    })
+
+
+def score_descriptor_track(
+    path: str | Path,
+    ground_truth: pd.DataFrame,
+    max_results: int | None = None,
+    restrict_to_ground_truth_queries: bool = False,
+    backend: str = "auto",
+    quiet: bool = True,
+) -> tuple[Metrics, pd.DataFrame]:
+    """Score a descriptor-track HDF5 as the organisers did; returns the metrics and the predictions."""
+    query_ids, query, reference_ids, reference = read_descriptor_track(path)
+    predictions = descriptor_track_predictions(query_ids, query, reference_ids, reference, max_results, backend, quiet)
+    return evaluate(predictions, ground_truth, restrict_to_ground_truth_queries), predictions
+
+
+# -------------------------------------------------------------------------------------------- manifest
+
+
+def file_md5(path: str | Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_path(submission: str | Path) -> Path:
+    return Path(str(submission) + MANIFEST_SUFFIX)
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
+
+
+def write_manifest(submission: str | Path, record: dict[str, object]) -> Path:
+    """Write ``<submission>.manifest.json``: the file's name, md5 and size, ``record``, the command line,
+    the toolkit version and the UTC time, so that one can tell later what was uploaded."""
+    submission = Path(submission)
+    manifest = {
+        "file": submission.name,
+        "md5": file_md5(submission),
+        "bytes": submission.stat().st_size,
+        **record,
+        "command": shlex.join(sys.argv),
+        "isc_version": isc.__version__,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    path = manifest_path(submission)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(manifest), indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def read_manifest(submission: str | Path) -> dict[str, object] | None:
+    """The manifest beside a submission, or None when there is none."""
+    path = manifest_path(submission)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a JSON manifest ({e})") from None
+
+
+def update_manifest(submission: str | Path, **fields: object) -> Path:
+    """Add fields (a local evaluation, say) to an existing manifest, after checking it is the file's."""
+    manifest = read_manifest(submission)
+    if manifest is None or manifest.get("md5") != file_md5(submission):
+        raise InputError(f"{submission}: no manifest, or it describes another file")
+    path = manifest_path(submission)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable({**manifest, **fields}), indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def default_submission_path(directory: str | Path, track: str, phase: int) -> Path:
+    """``<directory>/phase<P>_matching.csv`` or ``<directory>/phase<P>_descriptors.h5``."""
+    return Path(directory) / (f"phase{phase}_matching.csv" if track == "matching" else f"phase{phase}_descriptors.h5")
