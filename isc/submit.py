@@ -23,7 +23,7 @@ import shlex
 import shutil
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ import isc
 from isc.io import (
     DESCRIPTOR_TRACK_MAX_DIM,
     ID_PATTERNS,
+    ID_PREFIX,
     MATCHING_TRACK_MAX_ROWS,
     PHASE_QUERY_RANGES,
     InputError,
@@ -62,6 +63,7 @@ PER_FILE_ATTRIBUTES = frozenset({
     "images_per_s", "device", "batch_size", "workers", "host", "hostname", "world_size",
 })
 EXAMPLES = 5  # ids quoted in an aggregated violation
+WRONG_FIELD_COUNT = "wrong number of fields"
 
 
 # ---------------------------------------------------------------------------------------- violations
@@ -145,8 +147,9 @@ def read_expected_ids(path: str | Path, split: str) -> list[str]:
         first = f.readline().strip()
     if first.split(",")[0] == "image_id":
         return read_metadata(path, split=split)["image_id"].tolist()
-    ids = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    validate_ids(ids, split, path, what="line")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    ids = [line.strip() for line in lines if line.strip()]
+    validate_ids(ids, split, path)
     return ids
 
 
@@ -165,64 +168,59 @@ def expected_numbers(split: str, phase: int, ids: Sequence[str] | None) -> np.nd
 # ---------------------------------------------------------------------------------- matching track
 
 
-def _read_raw_csv(path: Path) -> tuple[list[str] | None, list[list[str]], list[int], list[Violation]]:
-    """Header, rows of the header's width with their line numbers, and violations for the other rows."""
-    violations: list[Violation] = []
-    rows: list[list[str]] = []
-    lines: list[int] = []
+def _read_raw_csv(path: Path) -> tuple[list[str], list[list[str]], list[int], list[Violation]]:
+    """Header ([] if the file is empty), the rows of the header's width with their line numbers, and a
+    violation for every other row."""
     raw = path.read_bytes()
+    violations = []
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        # go on with the bytes replaced, so that the other violations are found too
-        violations.append(Violation("not UTF-8", f"bytes that are not UTF-8 text ({e.reason})",
-                                    line=raw.count(b"\n", 0, e.start) + 1))
+        # go on with the bad bytes replaced, so that the other violations are found too
+        line = raw.count(b"\n", 0, e.start) + 1
+        violations.append(Violation("not UTF-8", f"bytes that are not UTF-8 text ({e.reason})", line))
         text = raw.decode("utf-8", errors="replace")
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    header = None
+    header, rows, lines = [], [], []
     try:
-        header = next(reader, None)
-        if header is None:
-            return None, rows, lines, [Violation("empty file", f"empty file, expected the header {','.join(MATCHING_COLUMNS)}")]
+        header = next(reader, [])
         for row in reader:
             if not row:
                 continue  # blank lines are skipped, as pandas (and the organisers' reader) do
-            if len(row) != len(header):
-                violations.append(Violation("wrong number of fields", f"{len(row)} fields, the header has {len(header)}",
-                                            line=reader.line_num))
-                continue
-            rows.append(row)
-            lines.append(reader.line_num)
+            if len(row) == len(header):
+                rows.append(row)
+                lines.append(reader.line_num)
+            else:
+                message = f"{len(row)} fields, the header has {len(header)}"
+                violations.append(Violation(WRONG_FIELD_COUNT, message, reader.line_num))
     except csv.Error as e:
-        violations.append(Violation("unreadable CSV", f"not a valid CSV from here on ({e})", line=reader.line_num))
-    return header or [], rows, lines, violations
+        violations.append(Violation("unreadable CSV", f"not a valid CSV from here on ({e})", reader.line_num))
+    return header, rows, lines, violations
+
+
+def _per_row(rule: str, mask: np.ndarray, lines: np.ndarray, message: Callable[[int], str]) -> list[Violation]:
+    return [Violation(rule, message(i), int(lines[i])) for i in np.flatnonzero(mask)]
 
 
 def _id_violations(
-    values: pd.Series, lines: np.ndarray, split: str, column: str, expected: np.ndarray | None,
-    phase: int | None, expected_source: str,
+    values: pd.Series, lines: np.ndarray, split: str, phase: int, expected: np.ndarray | None, source: str
 ) -> tuple[list[Violation], np.ndarray]:
-    """Violations of one id column, and the mask of rows whose id is usable."""
-    violations = []
+    """Violations of the ``query_id`` or ``reference_id`` column, and the mask of well-formed ids."""
+    column = f"{split}_id"
     well_formed = values.str.fullmatch(ID_PATTERNS[split].pattern).to_numpy(dtype=bool)
-    digits = 5 if split == "query" else 6
-    for i in np.flatnonzero(~well_formed):
-        violations.append(Violation(f"malformed {column}", f"{column} {values.iloc[i]!r} is not a {split} id "
-                                    f"({split[0].upper()} + {digits} digits)", line=int(lines[i])))
-    usable = well_formed.copy()
     numbers = np.full(len(values), -1, dtype=np.int64)
     numbers[well_formed] = _id_numbers(values[well_formed])
-    if phase is not None:
-        lo, hi = PHASE_QUERY_RANGES[phase]
-        outside = well_formed & ((numbers < lo) | (numbers > hi))
-        for i in np.flatnonzero(outside):
-            violations.append(Violation("query outside the phase", f"{column} {values.iloc[i]} is not a phase-{phase} "
-                                        f"query ({_phase_range_text(phase)})", line=int(lines[i])))
-        usable &= ~outside
-    if expected is not None:
-        unknown = usable & ~np.isin(numbers, expected)
-        for i in np.flatnonzero(unknown):
-            violations.append(Violation(f"unknown {column}", f"{column} {values.iloc[i]} is not in {expected_source}", line=int(lines[i])))
+    lo, hi = PHASE_QUERY_RANGES[phase] if split == "query" else REFERENCE_RANGE
+    outside = well_formed & ((numbers < lo) | (numbers > hi))  # never for a well-formed reference id
+    unknown = well_formed & ~outside & (False if expected is None else ~np.isin(numbers, expected))
+    digits = 5 if split == "query" else 6
+    violations = (
+        _per_row(f"malformed {column}", ~well_formed, lines, lambda i: f"{column} {values.iloc[i]!r} is not a "
+                 f"{split} id ({ID_PREFIX[split]} + {digits} digits)")
+        + _per_row("query outside the phase", outside, lines, lambda i: f"{column} {values.iloc[i]} is not a "
+                   f"phase-{phase} query ({_phase_range_text(phase)})")
+        + _per_row(f"unknown {column}", unknown, lines, lambda i: f"{column} {values.iloc[i]} is not in {source}")
+    )
     return violations, well_formed
 
 
@@ -233,60 +231,57 @@ def check_matching_csv(
     expected_references: Sequence[str] | None = None,
     expected_sources: tuple[str, str] = ("the expected queries", "the expected references"),
 ) -> tuple[pd.DataFrame, list[Violation]]:
-    """Every violation of a matching-track CSV, and its rows (``score`` as float; NaN where unreadable).
+    """Every violation of a matching-track CSV, by line, and its rows (``score`` float, NaN where unreadable).
 
     Rules: the header is exactly ``query_id,reference_id,score``; every row has its three fields; at
     least one and at most :data:`~isc.io.MATCHING_TRACK_MAX_ROWS` rows; ids well formed; query ids of
     ``phase`` (and of ``expected_queries`` when given); reference ids of ``expected_references`` when
-    given; finite scores; no (query, reference) pair twice. ``line`` is the file's line number.
+    given; finite scores; no (query, reference) pair twice.
     """
     _check_phase(phase)
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     header, rows, lines, violations = _read_raw_csv(path)
-    if header is None:
-        return pd.DataFrame(columns=list(MATCHING_COLUMNS)), violations
-    n_rows = len(rows) + sum(v.rule == "wrong number of fields" for v in violations)
+    if not header:
+        message = f"empty file, expected the header {','.join(MATCHING_COLUMNS)}"
+        return pd.DataFrame(columns=list(MATCHING_COLUMNS)), [*violations, Violation("empty file", message)]
+    n_rows = len(rows) + sum(v.rule == WRONG_FIELD_COUNT for v in violations)
     if header != list(MATCHING_COLUMNS):
-        violations.insert(0, Violation("header", f"header is {','.join(header)!r}, expected exactly "
-                                       f"{','.join(MATCHING_COLUMNS)!r}", line=1))
+        message = f"header is {','.join(header)!r}, expected exactly {','.join(MATCHING_COLUMNS)!r}"
+        violations.append(Violation("header", message, 1))
     if n_rows > MATCHING_TRACK_MAX_ROWS:
-        violations.append(Violation("too many rows", f"{n_rows:,} predictions, the matching track allows at most "
-                                    f"{MATCHING_TRACK_MAX_ROWS:,}"))
+        message = f"{n_rows:,} predictions, the matching track allows at most {MATCHING_TRACK_MAX_ROWS:,}"
+        violations.append(Violation("too many rows", message))
     if n_rows == 0:
         violations.append(Violation("no predictions", "no predictions (the file has a header only)"))
+    # a misspelt or reordered header is reported above; the columns found are still checked row by row
     names = [name.strip() for name in header]
-    columns = {name: names.index(name) for name in MATCHING_COLUMNS if name in names}
-    table = pd.DataFrame(rows, columns=range(len(header)), dtype=object) if rows else pd.DataFrame(columns=range(len(header)))
-    df = pd.DataFrame({name: table[i].astype(str) if i in table else pd.Series(dtype=object) for name, i in columns.items()})
+    found = {name: names.index(name) for name in MATCHING_COLUMNS if name in names}
+    df = pd.DataFrame({name: pd.Series([row[i] for row in rows], dtype=object) for name, i in found.items()})
     line_numbers = np.asarray(lines, dtype=np.int64)
-    usable = np.ones(len(df), dtype=bool)
-    for column, split, expected, in_phase, source in (
-        ("query_id", "query", expected_queries, phase, expected_sources[0]),
-        ("reference_id", "reference", expected_references, None, expected_sources[1]),
-    ):
-        if column not in df:
-            usable[:] = False
-            continue
-        numbers = None if expected is None else expected_numbers(split, phase, expected)
-        found, ok = _id_violations(df[column], line_numbers, split, column, numbers, in_phase, source)
-        violations += found
-        usable &= ok
+    usable = np.full(len(df), "query_id" in df and "reference_id" in df)
+    for split, expected, source in (("query", expected_queries, expected_sources[0]),
+                                    ("reference", expected_references, expected_sources[1])):
+        if f"{split}_id" in df:
+            numbers = None if expected is None else expected_numbers(split, phase, expected)
+            found_violations, well_formed = _id_violations(
+                df[f"{split}_id"], line_numbers, split, phase, numbers, source)
+            violations += found_violations
+            usable &= well_formed
     if "score" in df:
         scores = pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype=np.float64)
-        for i in np.flatnonzero(~np.isfinite(scores)):
-            violations.append(Violation("score not a finite number", f"score {df['score'].iloc[i]!r} is not a finite "
-                                        "number", line=int(line_numbers[i])))
+        violations += _per_row("score not a finite number", ~np.isfinite(scores), line_numbers,
+                               lambda i: f"score {df['score'].iloc[i]!r} is not a finite number")
         df["score"] = scores
-    if usable.any():
-        pairs = df.loc[usable, ["query_id", "reference_id"]].assign(line=line_numbers[usable])
-        repeated = pairs.duplicated(["query_id", "reference_id"]).to_numpy()
-        if repeated.any():
-            first_line = pairs.groupby(["query_id", "reference_id"], sort=False)["line"].transform("first").to_numpy()
-            for i in np.flatnonzero(repeated):
-                violations.append(Violation("duplicated pair", f"pair ({pairs['query_id'].iloc[i]}, "
-                                            f"{pairs['reference_id'].iloc[i]}) already at line {first_line[i]}", line=int(pairs["line"].iloc[i])))
+    pairs = df.loc[usable, ["query_id", "reference_id"]] if usable.any() else pd.DataFrame()
+    if len(pairs):
+        pair_lines = line_numbers[usable]
+        first = pairs.assign(line=pair_lines).groupby(["query_id", "reference_id"], sort=False)["line"]
+        first_line = first.transform("first").to_numpy()
+        violations += _per_row("duplicated pair", first_line != pair_lines, pair_lines,
+                               lambda i: f"pair ({pairs['query_id'].iloc[i]}, {pairs['reference_id'].iloc[i]}) "
+                               f"already at line {first_line[i]}")
     violations.sort(key=lambda v: v.line or 0)  # stable: file-level first, then by line
     return df, violations
 
@@ -385,47 +380,46 @@ def _same_value(a: object, b: object) -> bool:
 def attribute_differences(a: dict[str, object], b: dict[str, object], ignore: Sequence[str] = ()) -> list[str]:
     """``key: A != B`` for each model attribute that differs (or exists on one side only)."""
     a, b = model_attributes(a, ignore), model_attributes(b, ignore)
-    missing = object()
+    absent = object()
     out = []
     for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key, missing), b.get(key, missing)
-        if va is missing or vb is missing or not _same_value(va, vb):
-            out.append(f"{key}: {'(absent)' if va is missing else _short(va)} != {'(absent)' if vb is missing else _short(vb)}")
+        va, vb = a.get(key, absent), b.get(key, absent)
+        if va is absent or vb is absent or not _same_value(va, vb):
+            out.append(f"{key}: {_short(va, absent)} != {_short(vb, absent)}")
     return out
 
 
-def _short(value: object, width: int = 60) -> str:
+def _short(value: object, absent: object, width: int = 60) -> str:
+    if value is absent:
+        return "(absent)"
     text = repr(value.decode() if isinstance(value, bytes) else value)
     return text if len(text) <= width else text[: width - 3] + "..."
-
 
 
 def _coverage_violations(
     ids: list[str], split: str, phase: int, expected: Sequence[str] | None, expected_source: str
 ) -> list[Violation]:
-    """Query ids outside the phase, and expected ids missing or unknown (each rule one aggregated violation)."""
+    """Query ids outside the phase, expected ids missing, unexpected ids: one aggregated violation each."""
     numbers = _id_numbers(pd.Series(ids, dtype=object))
     required = expected_numbers(split, phase, expected)
-    in_scope = np.ones(len(ids), dtype=bool)
-    violations = []
-    if split == "query":
-        lo, hi = PHASE_QUERY_RANGES[phase]
-        in_scope = (numbers >= lo) & (numbers <= hi)
-        outside = np.flatnonzero(~in_scope)
-        if len(outside):
-            violations.append(Violation("query outside the phase", f"{len(outside):,} query ids are not phase-{phase} "
-                                        f"queries ({_phase_range_text(phase)}): {_examples([ids[i] for i in outside])}"))
+    lo, hi = PHASE_QUERY_RANGES[phase] if split == "query" else REFERENCE_RANGE
+    in_scope = (numbers >= lo) & (numbers <= hi)  # always true for well-formed reference ids
     missing = np.setdiff1d(required, numbers, assume_unique=True)
-    if len(missing):
-        width = 5 if split == "query" else 6
-        what = f"phase-{phase} queries" if split == "query" else "references"
-        examples = [f"{split[0].upper()}{n:0{width}d}" for n in missing[: EXAMPLES + 1]]
-        violations.append(Violation(f"missing {split} ids", f"{len(missing):,} of the {len(required):,} {what} of "
-                                    f"{expected_source} are missing: {_examples(examples)}"))
     unknown = np.flatnonzero(in_scope & ~np.isin(numbers, required))
+    violations = []
+    if not in_scope.all():
+        outside = [ids[i] for i in np.flatnonzero(~in_scope)]
+        message = f"{len(outside):,} query ids are not phase-{phase} queries ({_phase_range_text(phase)})"
+        violations.append(Violation("query outside the phase", f"{message}: {_examples(outside)}"))
+    if len(missing):
+        what = f"phase-{phase} queries" if split == "query" else "references"
+        width = 5 if split == "query" else 6
+        examples = _examples([f"{ID_PREFIX[split]}{n:0{width}d}" for n in missing[: EXAMPLES + 1]])
+        message = f"{len(missing):,} of the {len(required):,} {what} of {expected_source} are missing"
+        violations.append(Violation(f"missing {split} ids", f"{message}: {examples}"))
     if len(unknown):
-        violations.append(Violation(f"unknown {split} ids", f"{len(unknown):,} {split} ids are not in {expected_source}: "
-                                    f"{_examples([ids[i] for i in unknown])}"))
+        message = f"{len(unknown):,} {split} ids are not in {expected_source}"
+        violations.append(Violation(f"unknown {split} ids", f"{message}: {_examples([ids[i] for i in unknown])}"))
     return violations
 
 
@@ -440,8 +434,7 @@ def read_phase1_reference(path: str | Path) -> DescriptorFile:
     if not is_track:
         return DescriptorFile.read(path, "reference")
     _, _, ids, descriptors = read_descriptor_track(path)
-    manifest = read_manifest(path)
-    attrs = (manifest or {}).get("reference_attributes")
+    attrs = (read_manifest(path) or {}).get("reference_attributes")
     if attrs is None:
         warnings.warn(f"{path}: no manifest with the reference attributes: the model cannot be compared, "
                       "only the reference ids and values", stacklevel=2)
@@ -452,31 +445,29 @@ def _reuse_violations(
     query: DescriptorFile, reference: DescriptorFile, phase1: DescriptorFile, ignore: Sequence[str]
 ) -> list[Violation]:
     """Phase 2 must reuse the phase-1 references unchanged, and describe queries with the same model."""
+    rule = "references not those of phase 1"
     violations = []
     new, old = pd.Index(reference.ids), pd.Index(phase1.ids)
-    for ids, what in ((new.difference(old), "absent from"), (old.difference(new), "missing from this file but in")):
+    for ids, what in ((new.difference(old), "absent from"), (old.difference(new), "missing here but in")):
         if len(ids):
-            violations.append(Violation("references not those of phase 1", f"{len(ids):,} reference ids {what} the "
-                                        f"phase-1 references {phase1.path}: {_examples(list(ids))}"))
+            message = f"{len(ids):,} reference ids {what} the phase-1 references {phase1.path}"
+            violations.append(Violation(rule, f"{message}: {_examples(list(ids))}"))
     common = new.intersection(old)
-    a = reference.descriptors[new.get_indexer(common)]
-    b = phase1.descriptors[old.get_indexer(common)]
-    if a.shape != b.shape:
-        violations.append(Violation("references not those of phase 1", f"reference descriptors have {a.shape[1]} "
-                                    f"dimensions, the phase-1 ones {b.shape[1]}"))
-    else:
-        changed = np.flatnonzero((a != b).any(axis=1))
-        if len(changed):
-            violations.append(Violation("references not those of phase 1", f"{len(changed):,} reference descriptors "
-                                        f"differ from phase 1 (largest difference {np.abs(a - b).max():.3g}): "
-                                        f"{_examples([common[i] for i in changed])}"))
+    now, before = reference.descriptors[new.get_indexer(common)], phase1.descriptors[old.get_indexer(common)]
+    if now.shape != before.shape:
+        message = f"reference descriptors have {now.shape[1]} dimensions, the phase-1 ones {before.shape[1]}"
+        violations.append(Violation(rule, message))
+    elif (changed := np.flatnonzero((now != before).any(axis=1))).size:
+        message = (f"{len(changed):,} reference descriptors differ from phase 1 (largest difference "
+                   f"{np.abs(now - before).max():.3g})")
+        violations.append(Violation(rule, f"{message}: {_examples([common[i] for i in changed])}"))
     if phase1.attrs:
         for current, what in ((reference, "reference"), (query, "query")):
             differences = attribute_differences(phase1.attrs, current.attrs, ignore)
             if differences:
-                violations.append(Violation("model not that of phase 1", f"the {what} descriptors' attributes differ "
-                                            f"from the phase-1 references' (phase 1 != now): {'; '.join(differences)}",
-                                            where=str(current.path)))
+                message = (f"the {what} descriptors' attributes differ from the phase-1 references' "
+                           f"(phase 1 != now): {'; '.join(differences)}")
+                violations.append(Violation("model not that of phase 1", message, where=str(current.path)))
     return violations
 
 
@@ -503,18 +494,19 @@ def check_descriptor_submission(
     violations = []
     dims = {"query": query.descriptors.shape[1], "reference": reference.descriptors.shape[1]}
     if dims["query"] != dims["reference"]:
-        violations.append(Violation("dimension", f"query descriptors have {dims['query']} dimensions, reference "
-                                    f"descriptors {dims['reference']}"))
+        message = f"query descriptors have {dims['query']} dimensions, reference descriptors {dims['reference']}"
+        violations.append(Violation("dimension", message))
     for name, dim in dims.items():
         if dim > DESCRIPTOR_TRACK_MAX_DIM:
-            violations.append(Violation("dimension", f"{name} descriptors have {dim} dimensions, the descriptor track "
-                                        f"allows at most {DESCRIPTOR_TRACK_MAX_DIM} (PCA-whiten them first)"))
+            message = (f"{name} descriptors have {dim} dimensions, the descriptor track allows at most "
+                       f"{DESCRIPTOR_TRACK_MAX_DIM} (PCA-whiten them first)")
+            violations.append(Violation("dimension", message))
     violations += _coverage_violations(query.ids, "query", phase, expected_queries, expected_sources[0])
     violations += _coverage_violations(reference.ids, "reference", phase, expected_references, expected_sources[1])
     differences = attribute_differences(query.attrs, reference.attrs, ignore_attributes)
     if differences:
-        violations.append(Violation("different models", "query and reference descriptors were not made the same "
-                                    f"way (query != reference): {'; '.join(differences)}"))
+        message = "query and reference descriptors were not made the same way (query != reference): "
+        violations.append(Violation("different models", message + "; ".join(differences)))
     if phase1_reference is not None:
         violations += _reuse_violations(query, reference, phase1_reference, ignore_attributes)
     return violations
@@ -522,7 +514,8 @@ def check_descriptor_submission(
 
 def _check_read_back(path: Path, query: DescriptorFile, reference: DescriptorFile) -> None:
     query_ids, query_x, reference_ids, reference_x = read_descriptor_track(path)
-    for name, ids, x, source in (("query", query_ids, query_x, query), ("reference", reference_ids, reference_x, reference)):
+    for name, ids, x, source in (("query", query_ids, query_x, query),
+                                 ("reference", reference_ids, reference_x, reference)):
         order = np.argsort(np.asarray(source.ids))
         if ids != [source.ids[i] for i in order] or not np.array_equal(x, source.descriptors[order]):
             raise InputError(f"{path}: the {name} part read back differs from {source.path} (write failed?)")
@@ -559,7 +552,8 @@ def submit_descriptors(
     if violations:
         raise SubmissionError(f"{query_file.path} + {reference_file.path}", violations, max_listed)
     with atomic_path(out) as tmp:
-        write_descriptor_track(tmp, query_file.ids, query_file.descriptors, reference_file.ids, reference_file.descriptors)
+        write_descriptor_track(tmp, query_file.ids, query_file.descriptors, reference_file.ids,
+                               reference_file.descriptors)
         _check_read_back(tmp, query_file, reference_file)
     write_manifest(out, {
         "track": "descriptors",
@@ -692,9 +686,12 @@ def write_manifest(submission: str | Path, record: dict[str, object]) -> Path:
         "isc_version": isc.__version__,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    path = manifest_path(submission)
+    return _write_json(manifest_path(submission), manifest)
+
+
+def _write_json(path: Path, content: dict[str, object]) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(manifest), indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(_jsonable(content), indent=2, default=str) + "\n", encoding="utf-8")
     return path
 
 
@@ -714,10 +711,7 @@ def update_manifest(submission: str | Path, **fields: object) -> Path:
     manifest = read_manifest(submission)
     if manifest is None or manifest.get("md5") != file_md5(submission):
         raise InputError(f"{submission}: no manifest, or it describes another file")
-    path = manifest_path(submission)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable({**manifest, **fields}), indent=2, default=str) + "\n", encoding="utf-8")
-    return path
+    return _write_json(manifest_path(submission), {**manifest, **fields})
 
 
 def default_submission_path(directory: str | Path, track: str, phase: int) -> Path:

@@ -63,7 +63,13 @@ INVALID_MATCHING = [
     ("malformed-reference", HEADER + GOOD_ROWS + "Q00003,R00030,0.1\n", 1, "malformed reference_id", 4),
     ("training-as-reference", HEADER + "Q00003,T000030,0.1\n", 1, "malformed reference_id", 2),
     ("phase2-query-in-phase1", HEADER + GOOD_ROWS + "Q50000,R000030,0.1\n", 1, "query outside the phase", 4),
-    ("phase1-query-in-phase2", HEADER + "Q50001,R000010,0.9\nQ49999,R000030,0.1\n", 2, "query outside the phase", 3),
+    (
+        "phase1-query-in-phase2",
+        HEADER + "Q50001,R000010,0.9\nQ49999,R000030,0.1\n",
+        2,
+        "query outside the phase",
+        3,
+    ),
     ("nan-score", HEADER + "Q00003,R000030,nan\n", 1, "score not a finite number", 2),
     ("inf-score", HEADER + GOOD_ROWS + "Q00003,R000030,-inf\n", 1, "score not a finite number", 4),
     ("overflowing-score", HEADER + "Q00003,R000030,1e999\n", 1, "score not a finite number", 2),
@@ -75,7 +81,9 @@ INVALID_MATCHING = [
 ]
 
 
-@pytest.mark.parametrize("name, content, phase, rule, line", INVALID_MATCHING, ids=[c[0] for c in INVALID_MATCHING])
+@pytest.mark.parametrize(
+    "name, content, phase, rule, line", INVALID_MATCHING, ids=[c[0] for c in INVALID_MATCHING]
+)
 def test_each_matching_rule_rejects_its_example(tmp_path, name, content, phase, rule, line):
     predictions = write_text(tmp_path / f"{name}.csv", content)
     out = tmp_path / "submissions" / "out.csv"
@@ -89,44 +97,66 @@ def test_each_matching_rule_rejects_its_example(tmp_path, name, content, phase, 
 
 
 def test_too_many_rows(tmp_path):
-    n = MATCHING_TRACK_MAX_ROWS + 1
-    rows = pd.DataFrame({"query_id": [f"Q{i % 50_000:05d}" for i in range(n)],
-                         "reference_id": [f"R{i // 50_000:06d}" for i in range(n)],
-                         "score": np.linspace(1, 0, n)})
-    rows.to_csv(tmp_path / "big.csv", index=False)
+    rows = [f"Q{i % 50_000:05d},R{i // 50_000:06d},{i}" for i in range(MATCHING_TRACK_MAX_ROWS + 1)]
+    write_text(tmp_path / "limit.csv", HEADER + "\n".join(rows[:-1]) + "\n")
+    assert check_matching_csv(tmp_path / "limit.csv", 1)[1] == []
+    write_text(tmp_path / "big.csv", HEADER + "\n".join(rows) + "\n")
     _, violations = check_matching_csv(tmp_path / "big.csv", 1)
     assert [v.rule for v in violations] == ["too many rows"]
     assert "500,001 predictions" in violations[0].message
-    rows.iloc[:-1].to_csv(tmp_path / "limit.csv", index=False)
-    assert check_matching_csv(tmp_path / "limit.csv", 1)[1] == []
 
 
 def test_expected_ids_of_a_smaller_dataset(tmp_path):
     write_text(tmp_path / "queries.txt", "Q00001\nQ00002\nQ50000\n")
-    pd.DataFrame({"image_id": ["R000010", "R000020"], "s3_uri": ["s3://b/all/reference_images/x.jpg"] * 2,
-                  "md5_checksum": ["0" * 32] * 2}).to_csv(tmp_path / "reference_metadata.csv", index=False)
+    pd.DataFrame(
+        {
+            "image_id": ["R000010", "R000020"],
+            "s3_uri": ["s3://b/all/reference_images/x.jpg"] * 2,
+            "md5_checksum": ["0" * 32] * 2,
+        }
+    ).to_csv(tmp_path / "reference_metadata.csv", index=False)
     predictions = write_text(tmp_path / "p.csv", HEADER + GOOD_ROWS + "Q00003,R000030,0.1\n")
     with pytest.raises(SubmissionError) as error:
-        submit_matching(predictions, 1, tmp_path / "out.csv", tmp_path / "queries.txt",
-                        tmp_path / "reference_metadata.csv")
-    assert [(v.rule, v.line) for v in error.value.violations] == [("unknown query_id", 4), ("unknown reference_id", 4)]
+        submit_matching(
+            predictions,
+            1,
+            tmp_path / "out.csv",
+            tmp_path / "queries.txt",
+            tmp_path / "reference_metadata.csv",
+        )
+    assert [(v.rule, v.line) for v in error.value.violations] == [
+        ("unknown query_id", 4),
+        ("unknown reference_id", 4),
+    ]
     assert "reference_metadata.csv" in str(error.value)
     write_text(predictions, HEADER + GOOD_ROWS)
-    submit_matching(predictions, 1, tmp_path / "out.csv", tmp_path / "queries.txt", tmp_path / "reference_metadata.csv")
-    with pytest.raises(InputError, match="line #1"):  # a bad list of ids is an input error of its own
-        submit_matching(predictions, 1, tmp_path / "out2.csv", write_text(tmp_path / "bad.txt", "Q00001\nQ1\n"))
+    submit_matching(
+        predictions, 1, tmp_path / "out.csv", tmp_path / "queries.txt", tmp_path / "reference_metadata.csv"
+    )
+    with pytest.raises(InputError, match="id #1 is 'Q1'"):  # a bad list of ids is an input error of its own
+        submit_matching(
+            predictions, 1, tmp_path / "out2.csv", write_text(tmp_path / "bad.txt", "Q00001\nQ1\n")
+        )
 
 
 def test_all_violations_found_in_one_pass_and_listing_capped(tmp_path):
     lines = [HEADER.strip()] + [f"Q{i:05d},R{i:06d},{1 - i / 100}" for i in range(30)]
     lines[3] = "Q00002,R000002,nan"
     lines[5] = "Q60000,R000004,0.5"
-    lines += ["Q00007,R000007,0.1", "Q0001,R1,x", "Q00040,R000040"]  # duplicate, two malformed ids + score, short
+    lines += [
+        "Q00007,R000007,0.1",
+        "Q0001,R1,x",
+        "Q00040,R000040",
+    ]  # duplicate, two malformed ids + score, short
     predictions = write_text(tmp_path / "p.csv", "\n".join(lines) + "\n")
     _, violations = check_matching_csv(predictions, 1)
     assert [(v.line, v.rule) for v in violations] == [
-        (4, "score not a finite number"), (6, "query outside the phase"), (32, "duplicated pair"),
-        (33, "malformed query_id"), (33, "malformed reference_id"), (33, "score not a finite number"),
+        (4, "score not a finite number"),
+        (6, "query outside the phase"),
+        (32, "duplicated pair"),
+        (33, "malformed query_id"),
+        (33, "malformed reference_id"),
+        (33, "score not a finite number"),
         (34, "wrong number of fields"),
     ]
     assert "already at line 9" in str(violations[2])
@@ -143,9 +173,13 @@ def test_all_violations_found_in_one_pass_and_listing_capped(tmp_path):
 def test_matching_round_trip_and_manifest(tmp_path, phase):
     offset = 0 if phase == 1 else 50_000
     rng = np.random.default_rng(phase)
-    predictions = pd.DataFrame({"query_id": [f"Q{offset + i // 3:05d}" for i in range(60)],
-                                "reference_id": [f"R{rng.integers(1_000_000):06d}" for _ in range(60)],
-                                "score": rng.standard_normal(60)}).drop_duplicates(["query_id", "reference_id"])
+    predictions = pd.DataFrame(
+        {
+            "query_id": [f"Q{offset + i // 3:05d}" for i in range(60)],
+            "reference_id": [f"R{rng.integers(1_000_000):06d}" for _ in range(60)],
+            "score": rng.standard_normal(60),
+        }
+    ).drop_duplicates(["query_id", "reference_id"])
     source = tmp_path / "predictions.csv"
     write_predictions(source, predictions)
     write_text(Path(str(source) + ".provenance.json"), json.dumps({"model": "resnet50", "k": 10}))
@@ -155,15 +189,26 @@ def test_matching_round_trip_and_manifest(tmp_path, phase):
     assert out.read_bytes() == source.read_bytes()  # copied byte for byte
     back = read_predictions(out)
     assert len(back) == len(predictions)
-    ground_truth = pd.DataFrame({"query_id": predictions["query_id"].iloc[::5], "reference_id": predictions["reference_id"].iloc[::5]})
-    assert evaluate(back, ground_truth).muap == pytest.approx(evaluate(read_predictions(source), ground_truth).muap)
+    ground_truth = pd.DataFrame(
+        {"query_id": predictions["query_id"].iloc[::5], "reference_id": predictions["reference_id"].iloc[::5]}
+    )
+    assert evaluate(back, ground_truth).muap == pytest.approx(
+        evaluate(read_predictions(source), ground_truth).muap
+    )
     manifest = read_manifest(out)
     assert manifest["md5"] == file_md5(out) and manifest["bytes"] == out.stat().st_size
     assert (manifest["track"], manifest["phase"], manifest["file"]) == ("matching", phase, out.name)
-    assert manifest["counts"] == {"predictions": len(predictions), "queries": predictions["query_id"].nunique(),
-                                  "references": predictions["reference_id"].nunique()}
+    assert manifest["counts"] == {
+        "predictions": len(predictions),
+        "queries": predictions["query_id"].nunique(),
+        "references": predictions["reference_id"].nunique(),
+    }
     assert manifest["provenance"] == {str(source) + ".provenance.json": {"model": "resnet50", "k": 10}}
-    assert manifest["isc_version"] == isc.__version__ and manifest["command"] and manifest["created_utc"].endswith("+00:00")
+    assert (
+        manifest["isc_version"] == isc.__version__
+        and manifest["command"]
+        and manifest["created_utc"].endswith("+00:00")
+    )
     other = 2 if phase == 1 else 1
     with pytest.raises(SubmissionError, match="query outside the phase|is not a phase"):
         submit_matching(source, other, tmp_path / "other.csv")
@@ -184,8 +229,12 @@ def planted(rng, query_ids, n_references=200, dim=32, noise=0.05):
     query = unit(rng.standard_normal((len(query_ids), dim)))
     n_matched = len(query_ids) // 2
     query[:n_matched] = unit(reference[:n_matched] + noise * rng.standard_normal((n_matched, dim)))
-    ground_truth = pd.DataFrame({"query_id": query_ids,
-                                 "reference_id": reference_ids[:n_matched] + [""] * (len(query_ids) - n_matched)})
+    ground_truth = pd.DataFrame(
+        {
+            "query_id": query_ids,
+            "reference_id": reference_ids[:n_matched] + [""] * (len(query_ids) - n_matched),
+        }
+    )
     return reference_ids, reference, query, ground_truth
 
 
@@ -199,18 +248,34 @@ def synthetic(tmp_path):
     query2 = unit(rng.standard_normal((40, reference.shape[1])))
     query2[:20] = unit(reference[100:120] + 0.05 * rng.standard_normal((20, reference.shape[1])))
     gt2 = pd.DataFrame({"query_id": phase2_ids, "reference_id": reference_ids[100:120] + [""] * 20})
-    files = {"reference": tmp_path / "reference.h5", "query1": tmp_path / "query1.h5", "query2": tmp_path / "query2.h5"}
+    files = {
+        "reference": tmp_path / "reference.h5",
+        "query1": tmp_path / "query1.h5",
+        "query2": tmp_path / "query2.h5",
+    }
     # stored shuffled: the submission must sort ids
     order = rng.permutation(len(reference_ids))
-    write_descriptors(files["reference"], [reference_ids[i] for i in order], reference[order], {**ATTRS, "split": "reference"})
+    write_descriptors(
+        files["reference"],
+        [reference_ids[i] for i in order],
+        reference[order],
+        {**ATTRS, "split": "reference"},
+    )
     write_descriptors(files["query1"], phase1_ids[::-1], query1[::-1], {**ATTRS, "split": "query"})
     write_descriptors(files["query2"], phase2_ids, query2, {**ATTRS, "split": "query"})
     write_text(tmp_path / "queries.txt", "\n".join(phase1_ids + phase2_ids) + "\n")
     write_text(tmp_path / "references.txt", "\n".join(reference_ids) + "\n")
     gt1.to_csv(tmp_path / "gt1.csv", index=False)
     gt2.to_csv(tmp_path / "gt2.csv", index=False)
-    return {**files, "ids": tmp_path / "queries.txt", "refs": tmp_path / "references.txt", "reference_array": reference,
-            "gt1": tmp_path / "gt1.csv", "gt2": tmp_path / "gt2.csv", "dir": tmp_path}
+    return {
+        **files,
+        "ids": tmp_path / "queries.txt",
+        "refs": tmp_path / "references.txt",
+        "reference_array": reference,
+        "gt1": tmp_path / "gt1.csv",
+        "gt2": tmp_path / "gt2.csv",
+        "dir": tmp_path,
+    }
 
 
 def test_descriptor_round_trip_both_phases_with_reuse(synthetic):
@@ -224,8 +289,15 @@ def test_descriptor_round_trip_both_phases_with_reuse(synthetic):
     assert query.dtype == np.float32 and query.shape == (40, 32)
     manifest = read_manifest(out1)
     assert manifest["counts"] == {"queries": 40, "references": 200, "dimension": 32}
-    assert manifest["query_attributes"]["model"] == "resnet50" and manifest["reference_attributes"]["split"] == "reference"
-    assert manifest["md5"] == file_md5(out1) and manifest["track"] == "descriptors" and manifest["phase1_reference"] is None
+    assert (
+        manifest["query_attributes"]["model"] == "resnet50"
+        and manifest["reference_attributes"]["split"] == "reference"
+    )
+    assert (
+        manifest["md5"] == file_md5(out1)
+        and manifest["track"] == "descriptors"
+        and manifest["phase1_reference"] is None
+    )
 
     # phase 2: same reference file, new queries; checked against both the phase-1 file and the phase-1 submission
     out2 = s["dir"] / "submissions" / "phase2_descriptors.h5"
@@ -249,22 +321,39 @@ def test_phase2_reuse_violations(synthetic):
     cases = {
         "changed-values": (changed, ids, ATTRS, "1 reference descriptors differ from phase 1"),
         "other-ids": (reference, ids[:-1] + ["R000999"], ATTRS, "reference ids absent from the phase-1"),
-        "other-whitening": (reference, ids, {**ATTRS, "whitening": "pca-ffff"}, "whitening: 'pca-0123abcd' != 'pca-ffff'"),
+        "other-whitening": (
+            reference,
+            ids,
+            {**ATTRS, "whitening": "pca-ffff"},
+            "whitening: 'pca-0123abcd' != 'pca-ffff'",
+        ),
     }
     out = s["dir"] / "phase2.h5"
     for name, (values, reference_ids, attrs, message) in cases.items():
         path = s["dir"] / f"{name}.h5"
         write_descriptors(path, reference_ids, values, {**attrs, "split": "reference"})
         with pytest.raises(SubmissionError, match=message):
-            submit_descriptors(s["query2"], path, 2, out, s["ids"], s["refs"],
-                               phase1_reference=s["reference"])
+            submit_descriptors(
+                s["query2"], path, 2, out, s["ids"], s["refs"], phase1_reference=s["reference"]
+            )
         assert not out.exists()
     # queries from another model than the phase-1 references'
-    write_descriptors(s["dir"] / "q2-other.h5", [f"Q{50_000 + i:05d}" for i in range(40)],
-                      unit(np.ones((40, 32))), {**ATTRS, "model": "resnet18", "split": "query"})
+    write_descriptors(
+        s["dir"] / "q2-other.h5",
+        [f"Q{50_000 + i:05d}" for i in range(40)],
+        unit(np.ones((40, 32))),
+        {**ATTRS, "model": "resnet18", "split": "query"},
+    )
     with pytest.raises(SubmissionError) as error:
-        submit_descriptors(s["dir"] / "q2-other.h5", s["reference"], 2, out, s["ids"], s["refs"],
-                           phase1_reference=s["reference"])
+        submit_descriptors(
+            s["dir"] / "q2-other.h5",
+            s["reference"],
+            2,
+            out,
+            s["ids"],
+            s["refs"],
+            phase1_reference=s["reference"],
+        )
     rules = [v.rule for v in error.value.violations]
     assert rules == ["different models", "model not that of phase 1"]
     assert "model: 'resnet50' != 'resnet18'" in str(error.value) and not out.exists()
@@ -281,22 +370,33 @@ def test_descriptor_coverage_and_dimension_violations(synthetic):
     assert "999,800 of the 1,000,000 references of the competition are missing: R000200" in str(error.value)
     # a missing query, a query of the other phase, an unknown reference, too many dimensions, different models
     query_ids = [f"Q{i:05d}" for i in range(1, 40)] + ["Q50003"]
-    write_descriptors(s["dir"] / "q.h5", query_ids, unit(rng.standard_normal((40, 300))), {**ATTRS, "image_size": 288})
+    write_descriptors(
+        s["dir"] / "q.h5", query_ids, unit(rng.standard_normal((40, 300))), {**ATTRS, "image_size": 288}
+    )
     reference_ids = [f"R{i:06d}" for i in range(200)] + ["R123456"]
     write_descriptors(s["dir"] / "r.h5", reference_ids, unit(rng.standard_normal((201, 300))), ATTRS)
     with pytest.raises(SubmissionError) as error:
         submit_descriptors(s["dir"] / "q.h5", s["dir"] / "r.h5", 1, out, s["ids"], s["refs"], max_listed=0)
     messages = [str(v) for v in error.value.violations]
     assert [v.rule for v in error.value.violations] == [
-        "dimension", "dimension", "query outside the phase", "missing query ids", "unknown reference ids",
-        "different models"]
+        "dimension",
+        "dimension",
+        "query outside the phase",
+        "missing query ids",
+        "unknown reference ids",
+        "different models",
+    ]
     assert "1 query ids are not phase-1 queries (Q00000–Q49999): Q50003" in messages[2]
     assert "1 of the 40 phase-1 queries of " in messages[3] and messages[3].endswith("Q00000")
     assert "R123456" in messages[4] and "image_size: 288 != 224" in messages[5]
     assert not out.exists()
     # a dimension mismatch between the two files
-    write_descriptors(s["dir"] / "q16.h5", [f"Q{i:05d}" for i in range(40)], unit(rng.standard_normal((40, 16))), ATTRS)
-    with pytest.raises(SubmissionError, match="query descriptors have 16 dimensions, reference descriptors 32"):
+    write_descriptors(
+        s["dir"] / "q16.h5", [f"Q{i:05d}" for i in range(40)], unit(rng.standard_normal((40, 16))), ATTRS
+    )
+    with pytest.raises(
+        SubmissionError, match="query descriptors have 16 dimensions, reference descriptors 32"
+    ):
         submit_descriptors(s["dir"] / "q16.h5", s["reference"], 1, out, s["ids"], s["refs"])
     assert not out.exists()
 
@@ -322,8 +422,13 @@ def test_capped_search_is_exact_even_with_hub_queries():
     # fewer pairs than asked: everything is kept
     rows, cols, _ = capped_l2_search(query[:2], reference[:5], 100, backend="faiss-cpu")
     assert len(rows) == 10
-    predictions = descriptor_track_predictions([f"Q{i:05d}" for i in range(30)], query,
-                                               [f"R{i:06d}" for i in range(500)], reference, backend="faiss-cpu")
+    predictions = descriptor_track_predictions(
+        [f"Q{i:05d}" for i in range(30)],
+        query,
+        [f"R{i:06d}" for i in range(500)],
+        reference,
+        backend="faiss-cpu",
+    )
     assert len(predictions) == 300 and predictions["score"].is_monotonic_decreasing
     assert (predictions["score"] <= 0).all()
 
@@ -347,8 +452,12 @@ def test_mini_dataset_round_trip_both_phases(mini_dataset, tmp_path):
         query[matched] = unit(reference[rows] + 0.05 * rng.standard_normal((len(rows), 24)))
         write_descriptors(tmp_path / f"query{phase}.h5", gt["query_id"].tolist(), query, ATTRS)
         outs[phase] = submit_descriptors(
-            tmp_path / f"query{phase}.h5", tmp_path / "reference.h5", phase, tmp_path / f"phase{phase}.h5",
-            mini_dataset / "query_metadata.csv", mini_dataset / "reference_metadata.csv",
+            tmp_path / f"query{phase}.h5",
+            tmp_path / "reference.h5",
+            phase,
+            tmp_path / f"phase{phase}.h5",
+            mini_dataset / "query_metadata.csv",
+            mini_dataset / "reference_metadata.csv",
             phase1_reference=tmp_path / "reference.h5" if phase == 2 else None,
         )
         metrics, predictions = score_descriptor_track(outs[phase], gt, backend="faiss-cpu")
@@ -361,8 +470,13 @@ def test_mini_dataset_round_trip_both_phases(mini_dataset, tmp_path):
 
 
 def isc_submit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "isc.cli.submit", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "isc.cli.submit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_cli_matching(tmp_path):
@@ -378,8 +492,12 @@ def test_cli_matching(tmp_path):
     result = isc_submit("matching", bad, "--phase", "1", "-o", tmp_path / "out" / "p.csv", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "4 violations, nothing written" in result.stderr
-    for text in ("line 3: query_id Q60000 is not a phase-1 query", "line 3: reference_id 'R1'",
-                 "line 3: score 'inf'", "line 4: pair (Q00001, R000010) already at line 2"):
+    for text in (
+        "line 3: query_id Q60000 is not a phase-1 query",
+        "line 3: reference_id 'R1'",
+        "line 3: score 'inf'",
+        "line 4: pair (Q00001, R000010) already at line 2",
+    ):
         assert text in result.stderr
     assert not (tmp_path / "out").exists()
 
@@ -387,26 +505,71 @@ def test_cli_matching(tmp_path):
 def test_cli_descriptors_and_score(synthetic):
     s = synthetic
     out = s["dir"] / "sub" / "phase1.h5"
-    result = isc_submit("descriptors", "--query", s["query1"], "--reference", s["reference"], "--phase", "1",
-                        "-o", out, "--expected-queries", s["ids"], "--expected-references", s["refs"],
-                        "--gt", s["gt1"], "--backend", "faiss-cpu", "--quiet", cwd=s["dir"])
+    result = isc_submit(
+        "descriptors",
+        "--query",
+        s["query1"],
+        "--reference",
+        s["reference"],
+        "--phase",
+        "1",
+        "-o",
+        out,
+        "--expected-queries",
+        s["ids"],
+        "--expected-references",
+        s["refs"],
+        "--gt",
+        s["gt1"],
+        "--backend",
+        "faiss-cpu",
+        "--quiet",
+        cwd=s["dir"],
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == str(out) and "µAP                : 1.00000" in result.stdout
     assert read_manifest(out)["local_evaluation"]["muap"] == pytest.approx(1.0)
 
-    result = isc_submit("score", out, "--gt", s["gt1"], "--json", "--max-results", "20", "--backend", "faiss-cpu",
-                        "--write-predictions", s["dir"] / "scored.csv", cwd=s["dir"])
+    result = isc_submit(
+        "score",
+        out,
+        "--gt",
+        s["gt1"],
+        "--json",
+        "--max-results",
+        "20",
+        "--backend",
+        "faiss-cpu",
+        "--write-predictions",
+        s["dir"] / "scored.csv",
+        cwd=s["dir"],
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["n_predictions"] == 20 and summary["muap"] == pytest.approx(1.0)  # 20 of the 20 planted pairs
+    assert summary["n_predictions"] == 20 and summary["muap"] == pytest.approx(
+        1.0
+    )  # 20 of the 20 planted pairs
     assert len(read_predictions(s["dir"] / "scored.csv")) == 20
 
     # phase 2 with references that are not phase 1's: exit 2, violations listed, nothing written
     changed = s["reference_array"].copy()
     changed[3] *= -1
     write_descriptors(s["dir"] / "r2.h5", [f"R{i:06d}" for i in range(200)], changed, ATTRS)
-    result = isc_submit("descriptors", "--query", s["query2"], "--reference", s["dir"] / "r2.h5", "--phase", "2",
-                        "--phase1-reference", s["reference"], "--expected-queries", s["ids"],
-                        "--expected-references", s["refs"], cwd=s["dir"])
+    result = isc_submit(
+        "descriptors",
+        "--query",
+        s["query2"],
+        "--reference",
+        s["dir"] / "r2.h5",
+        "--phase",
+        "2",
+        "--phase1-reference",
+        s["reference"],
+        "--expected-queries",
+        s["ids"],
+        "--expected-references",
+        s["refs"],
+        cwd=s["dir"],
+    )
     assert result.returncode == 2 and "1 reference descriptors differ from phase 1" in result.stderr
     assert "R000003" in result.stderr and not (s["dir"] / "submissions").exists()

@@ -39,31 +39,58 @@ descriptors' or predictions' provenance, this command line, the toolkit version 
 
 
 def _add_common(parser: argparse.ArgumentParser, track: str) -> None:
-    parser.add_argument("--phase", type=int, choices=(1, 2), required=True,
-                        help="competition phase: 1 (queries Q00000-Q49999) or 2 (queries Q50000-Q99999)")
-    parser.add_argument("-o", "--output", metavar="OUT",
-                        help=f"file to write (default: <submissions dir>/phase<P>_{track})")
-    parser.add_argument("--submissions-dir", metavar="DIR",
-                        default=os.environ.get(SUBMISSIONS_DIR_ENV, "submissions"),
-                        help=f"folder of the default output (default: ${SUBMISSIONS_DIR_ENV} or ./submissions)")
-    parser.add_argument("--expected-queries", metavar="FILE",
-                        help="check queries against this metadata CSV (image_id,...) or list of ids (one a line) "
-                        "instead of the competition's 50,000 of the phase; ids of the other phase are ignored")
-    parser.add_argument("--expected-references", metavar="FILE",
-                        help="check references against this metadata CSV or list of ids instead of R000000-R999999")
-    parser.add_argument("--max-listed", type=int, default=20, metavar="N",
-                        help="violations listed when the file is invalid (default 20, 0 = all); the first of "
-                        "each kind is always listed, the rest counted")
+    parser.add_argument(
+        "--phase",
+        type=int,
+        choices=(1, 2),
+        required=True,
+        help="competition phase: 1 (queries Q00000-Q49999) or 2 (queries Q50000-Q99999)",
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="OUT", help=f"file to write (default: <submissions dir>/phase<P>_{track})"
+    )
+    parser.add_argument(
+        "--submissions-dir",
+        metavar="DIR",
+        default=os.environ.get(SUBMISSIONS_DIR_ENV, "submissions"),
+        help=f"folder of the default output (default: ${SUBMISSIONS_DIR_ENV} or ./submissions)",
+    )
+    parser.add_argument(
+        "--expected-queries",
+        metavar="FILE",
+        help="check queries against this metadata CSV (image_id,...) or list of ids (one a line) "
+        "instead of the competition's 50,000 of the phase; ids of the other phase are ignored",
+    )
+    parser.add_argument(
+        "--expected-references",
+        metavar="FILE",
+        help="check references against this metadata CSV or list of ids instead of R000000-R999999",
+    )
+    parser.add_argument(
+        "--max-listed",
+        type=int,
+        default=20,
+        metavar="N",
+        help="violations listed when the file is invalid (default 20, 0 = all); the first of "
+        "each kind is always listed, the rest counted",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the path written (and scores)")
 
 
 def _add_scoring(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-results", type=int, metavar="N",
-                        help=f"pairs kept over all queries (default {RESULTS_PER_QUERY} x the number of queries, "
-                        "as the organisers did)")
-    parser.add_argument("--restrict-to-gt-queries", action="store_true",
-                        help="drop pairs of queries absent from the ground truth after the cut, as the competition "
-                        "platform did with the public phase-1 ground truth (first 25,000 queries)")
+    parser.add_argument(
+        "--max-results",
+        type=int,
+        metavar="N",
+        help=f"pairs kept over all queries (default {RESULTS_PER_QUERY} x the number of queries, "
+        "as the organisers did)",
+    )
+    parser.add_argument(
+        "--restrict-to-gt-queries",
+        action="store_true",
+        help="drop pairs of queries absent from the ground truth after the cut, as the competition "
+        "platform did with the public phase-1 ground truth (first 25,000 queries)",
+    )
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="search backend (default auto)")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
@@ -80,44 +107,71 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{matching,descriptors,score}")
 
     matching = commands.add_parser(
-        "matching", help="check a predictions CSV and copy it, unchanged, into the submissions folder",
+        "matching",
+        help="check a predictions CSV and copy it, unchanged, into the submissions folder",
         description="Matching track: the header is exactly query_id,reference_id,score; at most "
         f"{MATCHING_TRACK_MAX_ROWS:,} rows; ids well formed; query ids of the phase; reference ids "
         "R000000-R999999 (or of --expected-references); finite scores; no (query, reference) pair twice. "
-        "The file is copied byte for byte.")
+        "The file is copied byte for byte.",
+    )
     matching.add_argument("predictions", help="predictions CSV query_id,reference_id,score (from isc-search)")
     _add_common(matching, "matching.csv")
-    matching.add_argument("--provenance", action="append", default=[], metavar="FILE",
-                          help="JSON file, or descriptor HDF5 whose attributes describe the model, to record in the "
-                          "manifest (repeatable; default: PREDICTIONS.provenance.json if it exists)")
+    matching.add_argument(
+        "--provenance",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="JSON file, or descriptor HDF5 whose attributes describe the model, to record in the "
+        "manifest (repeatable; default: PREDICTIONS.provenance.json if it exists)",
+    )
 
     descriptors = commands.add_parser(
-        "descriptors", help="write the descriptor-track HDF5 from a query and a reference descriptor file",
+        "descriptors",
+        help="write the descriptor-track HDF5 from a query and a reference descriptor file",
         description="Descriptor track: writes query, reference, query_ids, reference_ids (float32, ids sorted) "
         "after checking: at most 256 dimensions, the same on both sides; every query of the phase and every "
         "reference present exactly once; no query of the other phase; query and reference descriptors made by "
         "the same model (same attributes); with --phase1-reference, the references identical to phase 1's. "
-        "The file is read back and compared before it is put in place.")
-    descriptors.add_argument("--query", required=True, metavar="Q.h5", help="query descriptor file (isc-extract)")
+        "The file is read back and compared before it is put in place.",
+    )
+    descriptors.add_argument(
+        "--query", required=True, metavar="Q.h5", help="query descriptor file (isc-extract)"
+    )
     descriptors.add_argument("--reference", required=True, metavar="R.h5", help="reference descriptor file")
     _add_common(descriptors, "descriptors.h5")
-    descriptors.add_argument("--phase1-reference", metavar="R1.h5",
-                             help="phase 2: the phase-1 reference descriptor file (or the phase-1 descriptor-track "
-                             "submission, with its manifest); the references must be identical to it and both "
-                             "files must carry its model and whitening attributes")
-    descriptors.add_argument("--ignore-attribute", action="append", default=[], metavar="KEY",
-                             help="descriptor attribute not compared between files (repeatable); per-run ones "
-                             "(split, timings, paths, isc_version, ...) are never compared")
-    descriptors.add_argument("--gt", metavar="GT.csv", help="also score the written file against this ground truth")
+    descriptors.add_argument(
+        "--phase1-reference",
+        metavar="R1.h5",
+        help="phase 2: the phase-1 reference descriptor file (or the phase-1 descriptor-track "
+        "submission, with its manifest); the references must be identical to it and both "
+        "files must carry its model and whitening attributes",
+    )
+    descriptors.add_argument(
+        "--ignore-attribute",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="descriptor attribute not compared between files (repeatable); per-run ones "
+        "(split, timings, paths, isc_version, ...) are never compared",
+    )
+    descriptors.add_argument(
+        "--gt", metavar="GT.csv", help="also score the written file against this ground truth"
+    )
     _add_scoring(descriptors)
 
     score = commands.add_parser(
-        "score", help="score a descriptor-track HDF5 locally, as the organisers did",
+        "score",
+        help="score a descriptor-track HDF5 locally, as the organisers did",
         description="Exact L2 search keeping the closest (query, reference) pairs over all queries (10 per query "
-        "on average), score = -squared distance, then µAP against the ground truth.")
-    score.add_argument("submission", help="descriptor-track HDF5 (query, reference, query_ids, reference_ids)")
+        "on average), score = -squared distance, then µAP against the ground truth.",
+    )
+    score.add_argument(
+        "submission", help="descriptor-track HDF5 (query, reference, query_ids, reference_ids)"
+    )
     score.add_argument("--gt", required=True, metavar="GT.csv", help="ground-truth CSV query_id,reference_id")
-    score.add_argument("--write-predictions", metavar="CSV", help="also write the predictions that were scored")
+    score.add_argument(
+        "--write-predictions", metavar="CSV", help="also write the predictions that were scored"
+    )
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_scoring(score)
     return parser
@@ -135,8 +189,10 @@ def _print_metrics(args: argparse.Namespace, metrics: Metrics) -> None:
     p90 = "not reached" if metrics.recall_at_p90 is None else f"{metrics.recall_at_p90:.5f}"
     print(f"µAP                : {metrics.muap:.5f}")
     print(f"recall at P90      : {p90}")
-    print(f"predictions        : {metrics.n_predictions} for {metrics.n_queries_predicted} queries, "
-          f"{metrics.n_true_positives} correct of {metrics.n_positives}")
+    print(
+        f"predictions        : {metrics.n_predictions} for {metrics.n_queries_predicted} queries, "
+        f"{metrics.n_true_positives} correct of {metrics.n_positives}"
+    )
 
 
 def _score(args: argparse.Namespace, path: str) -> Metrics:
