@@ -15,7 +15,6 @@ blocks, so only the reference array itself must fit in RAM (1M × 256 float32 = 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -382,7 +381,10 @@ def search(
     query_bias = np.zeros(len(query), dtype=np.float32)
     if training is not None:
         training = prepare_descriptors(training, "training")
-        bias = _bias_function(training, norm_neighbors, norm_agg, backend, quiet)
+
+        def bias(x: np.ndarray) -> np.ndarray:
+            return neighbor_bias(x, training, norm_neighbors, norm_agg, backend, quiet)
+
         query_bias = norm_beta * bias(query)
         if normalize_references:
             # s(q, r) − β·bias(r) = [q, 1]·[r, −β·bias(r)]: one exact search finds the normalised k best
@@ -407,12 +409,6 @@ def search(
     result = top_pairs(query_ids, reference_ids, scores, indices, max_results)
     result.attrs["recall"] = recall
     return result
-
-
-def _bias_function(
-    training: np.ndarray, neighbors: tuple[int, int], agg: str, backend: str, quiet: bool
-) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda x: neighbor_bias(x, training, neighbors, agg, backend, quiet)
 
 
 def top_pairs(
