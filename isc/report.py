@@ -282,6 +282,11 @@ figcaption, .caption { font-size: 12px; font-family: monospace; }
 """)
 
 
+def style_html(thumbnail_size: int = THUMBNAIL_SIZE) -> str:
+    """The report's ``<style>`` block, for showing :func:`gallery_html` elsewhere (a notebook)."""
+    return f"<style>{_CSS.substitute(size=thumbnail_size, width=2 * thumbnail_size + 6)}</style>"
+
+
 def metrics_table_html(metrics: Metrics) -> str:
     def fmt(value: float | None, digits: int = 4) -> str:
         return "not reached" if value is None else f"{value:.{digits}f}"
@@ -303,8 +308,7 @@ def metrics_table_html(metrics: Metrics) -> str:
 
 def render_html(report: Report) -> str:
     """The whole report as one HTML page with every figure and thumbnail embedded."""
-    size = max((t.width for t in report.thumbnails.values()), default=THUMBNAIL_SIZE)
-    css = _CSS.substitute(size=size, width=2 * size + 6)
+    size = max((max(t.size) for t in report.thumbnails.values()), default=THUMBNAIL_SIZE)
     histogram = plot_score_histograms(report.labeled, report.metrics.threshold_at_p90)
     figures = (f'<div class="figures"><img alt="precision-recall curve" src="{png_data_uri(precision_recall_png(report.metrics))}">'
                f'<img alt="score histograms" src="{png_data_uri(figure_png(histogram.figure))}"></div>')
@@ -316,7 +320,7 @@ def render_html(report: Report) -> str:
     title = "Copy-detection error report" + (f": {report.source}" if report.source else "")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{css}</style></head><body>"
+        f"<title>{html.escape(title)}</title>{style_html(size)}</head><body>"
         f"<h1>{html.escape(title)}</h1>{metrics_table_html(report.metrics)}{figures}{warning}"
         + "".join(gallery_html(g, report.thumbnails) for g in report.galleries)
         + "</body></html>\n"
