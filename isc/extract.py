@@ -1,0 +1,609 @@
+"""Descriptor extraction: image files in, one HDF5 descriptor file out (datasets ``ids``, ``descriptors``).
+
+Two input pipelines feed the model; both resize with :func:`resize_image`, so their descriptors agree:
+
+- ``torchvision`` (the fast path, default on a GPU): background threads read the files, JPEGs of a batch
+  are decoded together by ``torchvision.io.decode_jpeg`` (nvJPEG on a GPU), resized and normalised on the
+  device, in half precision and channels-last; a producer thread prepares batch k+1 (on its own CUDA
+  stream) while the model runs on batch k.
+- ``pil`` (default on the CPU): a DataLoader whose worker processes decode with Pillow, in JPEG draft
+  mode when downscaling.
+
+Rows are appended to a partial file per rank (``OUT.rank0-of-1.partial``), flushed after every batch;
+a killed run restarts from it (its model attributes must match), and the partial files are merged into
+``OUT`` in id order. Under ``torchrun`` each rank extracts a contiguous shard of the sorted ids.
+Unreadable images are skipped and listed, with their reasons, in the ``broken`` attribute (JSON).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from isc.io import InputError, atomic_path, provenance, validate_ids
+from isc.models import DescriptorModel
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold
+DECODERS = ("torchvision", "pil")
+# attributes that must be equal for two runs' descriptors to share a file
+COMPATIBILITY_KEYS = ("model", "model_options", "model_fingerprint", "dimension", "image_size", "resize",
+                      "mean", "std", "scales", "flip")
+H5_LIBVER = ("v108", "latest")  # dense attribute storage: the broken-image list can exceed 64 KB
+MERGE_ROWS = 8192
+# we enforce our own pixel limit (max_pixels); torchvision's decoders still work, deprecated in favour of torchcodec
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+
+
+class BrokenImage(Exception):
+    """An image that cannot be turned into a descriptor; the message is the reason recorded."""
+
+
+# --------------------------------------------------------------------------------------- listings
+
+
+def list_split_images(root: str | Path, split: str) -> dict[str, Path]:
+    """``{id: path}`` of a split's images under ``ROOT/<split>_images/`` (the isc-download layout), by id."""
+    folder = Path(root) / f"{split}_images"
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder (expected the {split} images under --data {root})")
+    images = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() == ".jpg"
+              and not p.name.startswith(".")}
+    if not images:
+        raise InputError(f"{folder}: no .jpg images")
+    validate_ids(list(images), split, folder, what="image")
+    return dict(sorted(images.items()))
+
+
+def list_images(source: str | Path) -> dict[str, Path]:
+    """``{id: path}`` of the images in a folder (searched recursively) or a list file (one path a line).
+
+    An id is the path relative to the folder (or to the list file's folder) without its suffix, or the
+    file's stem for a listed path outside that folder.
+    """
+    source = Path(source)
+    if source.is_dir():
+        root = source
+        paths = [p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(source).parts)]
+    elif source.is_file():
+        root = source.parent
+        lines = [line.strip() for line in source.read_text().splitlines()]
+        paths = [p if p.is_absolute() else root / p for p in map(Path, filter(None, lines))]
+    else:
+        raise InputError(f"{source}: no such folder or list file")
+    if not paths:
+        raise InputError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    images: dict[str, Path] = {}
+    for path in paths:
+        try:
+            image_id = path.relative_to(root).with_suffix("").as_posix()
+        except ValueError:
+            image_id = path.stem
+        if image_id in images:
+            raise InputError(f"{source}: {images[image_id]} and {path} would both have id {image_id!r}")
+        images[image_id] = path
+    return dict(sorted(images.items()))
+
+
+# ----------------------------------------------------------------------------------- preprocessing
+
+
+def resize_image(image: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Resize [3, H, W] (uint8 on the CPU, or float) to size x size, or short edge = size (antialiased)."""
+    height, width = image.shape[-2:]
+    if mode == "square":
+        target = (size, size)
+    else:
+        scale = size / min(height, width)
+        target = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if target == (height, width):
+        return image
+    if image.dtype == torch.uint8 and image.device.type != "cpu":
+        image = image.float()  # uint8 interpolation exists on the CPU only
+    return F.interpolate(image[None], size=target, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def view_sizes(model: DescriptorModel, scales: Sequence[float]) -> list[int]:
+    """The image size of each test-time scale."""
+    return [max(8, round(model.image_size * s)) for s in scales]
+
+
+def _image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """An opened Pillow image as uint8 RGB [3, H, W]: EXIF rotation applied, transparency over white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+def _open_image(source: Path | bytes, max_pixels: int) -> Image.Image:
+    """Open (header only) and check the size; BrokenImage with the reason otherwise."""
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except Image.DecompressionBombError as e:
+        raise BrokenImage(f"too large ({e})") from None
+    except UnidentifiedImageError:
+        raise BrokenImage("not an image (unidentified format)") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise BrokenImage(f"too large ({width}x{height} pixels, limit {max_pixels})")
+    if width < 1 or height < 1:
+        raise BrokenImage(f"empty image ({width}x{height})")
+    return image
+
+
+def decode_with_pillow(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       draft_size: int | None = None) -> torch.Tensor:
+    """Decode an image file with Pillow to uint8 RGB [3, H, W]; JPEGs in draft mode down to ``draft_size``."""
+    if isinstance(source, Path) and source.stat().st_size == 0 or source == b"":
+        raise BrokenImage("empty file (0 bytes)")
+    with _open_image(source, max_pixels) as image:
+        if draft_size and image.format == "JPEG":
+            # DCT scaling by 1/2, 1/4 or 1/8 while both sides stay >= draft_size
+            image.draft("RGB", (draft_size, draft_size))
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise BrokenImage(f"cannot decode ({e})") from None
+        return _image_to_tensor(image)
+
+
+# -------------------------------------------------------------------------------- Pillow pipeline
+
+
+class _PillowImages(torch.utils.data.Dataset):
+    """Each item: (position, [uint8 view per scale] or None, reason or None), decoded in a worker."""
+
+    def __init__(self, paths: Sequence[Path], sizes: Sequence[int], resize: str, max_pixels: int):
+        self.paths, self.sizes, self.resize, self.max_pixels = list(paths), list(sizes), resize, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, position: int):
+        try:
+            image = decode_with_pillow(self.paths[position], self.max_pixels, draft_size=max(self.sizes))
+        except BrokenImage as e:
+            return position, None, str(e)
+        except OSError as e:
+            return position, None, f"cannot read ({e.strerror or e})"
+        return position, [resize_image(image, size, self.resize) for size in self.sizes], None
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def _pillow_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
+                    workers: int, device: torch.device, max_pixels: int) -> Iterator[tuple]:
+    loader = torch.utils.data.DataLoader(
+        _PillowImages(paths, sizes, model.resize, max_pixels), batch_size=batch_size, num_workers=workers,
+        collate_fn=_as_list, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+    for batch in loader:
+        ok = [(position, views) for position, views, _ in batch if views is not None]
+        broken = {position: reason for position, _, reason in batch if reason is not None}
+        per_scale = [[views[s].to(device, non_blocking=True) for _, views in ok] for s in range(len(sizes))]
+        yield [p for p, _ in ok], per_scale, broken
+
+
+# --------------------------------------------------------------------------- torchvision pipeline
+
+
+def _read_for_decode(path: Path, max_pixels: int, draft_size: int) -> torch.Tensor:
+    """Read a file: its bytes (uint8 1-d) when torchvision can decode it, else a Pillow-decoded image."""
+    data = path.read_bytes()
+    if not data:
+        raise BrokenImage("empty file (0 bytes)")
+    with _open_image(data, max_pixels) as image:
+        # CMYK, PNG, alpha, palettes and EXIF rotations (nvJPEG ignores them) go through Pillow
+        if image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(0x0112, 1) in (0, 1):
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return decode_with_pillow(data, max_pixels, draft_size)
+
+
+def _decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | str]:
+    """Decode JPEG bytes as one batch; if the batch fails, one by one (a string: why that image failed)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    options = {"mode": ImageReadMode.RGB, "device": device}
+    try:
+        return list(decode_jpeg(encoded, **options))
+    except RuntimeError:
+        decoded: list[torch.Tensor | str] = []
+        for data in encoded:
+            try:
+                decoded.append(decode_jpeg(data, **options))
+            except RuntimeError as e:
+                decoded.append(f"cannot decode ({str(e).splitlines()[0].split(', ')[-1]})")
+        return decoded
+
+
+def _torchvision_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
+                         workers: int, device: torch.device, max_pixels: int) -> Iterator[tuple]:
+    readers = ThreadPoolExecutor(max(1, workers), thread_name_prefix="isc-read")
+    batches = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
+    # keep a few batches of reads in flight ahead of decoding
+    pending = [[readers.submit(_read_for_decode, paths[i], max_pixels, max(sizes)) for i in batch]
+               for batch in batches[:4]]
+    try:
+        for k, batch in enumerate(batches):
+            if k + 4 < len(batches):
+                pending.append([readers.submit(_read_for_decode, paths[i], max_pixels, max(sizes))
+                                for i in batches[k + 4]])
+            images: dict[int, torch.Tensor] = {}
+            broken: dict[int, str] = {}
+            for position, future in zip(batch, pending.pop(0), strict=True):
+                try:
+                    images[position] = future.result()
+                except BrokenImage as e:
+                    broken[position] = str(e)
+                except OSError as e:
+                    broken[position] = f"cannot read ({e.strerror or e})"
+            jpegs = [p for p, t in images.items() if t.ndim == 1]
+            for position, decoded in zip(jpegs, _decode_jpegs([images[p] for p in jpegs], device), strict=True):
+                if isinstance(decoded, str):
+                    del images[position]
+                    broken[position] = decoded
+                else:
+                    images[position] = decoded
+            ok = sorted(images)
+            per_scale = [[resize_image(images[p].to(device, non_blocking=True), size, model.resize) for p in ok]
+                         for size in sizes]
+            yield ok, per_scale, broken
+    finally:
+        readers.shutdown(wait=True, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------------- inference
+
+
+def _normalised_groups(model: DescriptorModel, per_scale: list[list[torch.Tensor]], dtype: torch.dtype,
+                       channels_last: bool) -> list[list[tuple[list[int], torch.Tensor]]]:
+    """Per scale, images of equal shape stacked and normalised: [(positions in the batch, [b, 3, h, w])]."""
+    if not per_scale or not per_scale[0]:
+        return []
+    device = per_scale[0][0].device
+    mean = torch.tensor(model.mean, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(model.std, device=device).view(1, 3, 1, 1) * 255
+    grouped = []
+    for views in per_scale:
+        shapes: dict[tuple, list[int]] = {}
+        for i, view in enumerate(views):
+            shapes.setdefault(tuple(view.shape), []).append(i)
+        groups = []
+        for positions in shapes.values():
+            batch = ((torch.stack([views[i] for i in positions]).float() - mean) / std).to(dtype)
+            groups.append((positions, batch.contiguous(memory_format=torch.channels_last) if channels_last
+                           else batch))
+        grouped.append(groups)
+    return grouped
+
+
+@torch.inference_mode()
+def _embed(model: DescriptorModel, grouped: list[list[tuple[list[int], torch.Tensor]]], n: int,
+           flip: bool) -> np.ndarray:
+    """Descriptors [n, D] of a prepared batch, averaged over scales (and flips), float32 on the CPU."""
+    total = None
+    for groups in grouped:
+        for flipped in (False, True) if flip else (False,):
+            out = None
+            for positions, batch in groups:
+                descriptors = model(batch.flip(-1) if flipped else batch).float()
+                if out is None:
+                    out = descriptors.new_zeros((n, descriptors.shape[1]))
+                out[positions] = descriptors
+            total = out if total is None else total + out
+    if len(grouped) > 1 or flip:
+        total = total / (len(grouped) * (2 if flip else 1))
+        if model.normalized:
+            total = F.normalize(total, dim=1)
+    return total.cpu().numpy()
+
+
+def _in_background(batches: Iterator[tuple], device: torch.device, depth: int = 2) -> Iterator[tuple]:
+    """Run a batch generator in a thread (its own CUDA stream on a GPU), ``depth`` batches ahead."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def produce():
+        try:
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                for item in batches:
+                    event = None
+                    if stream is not None:
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    while not stop.is_set():
+                        try:
+                            slots.put((item, event), timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            slots.put((None, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            slots.put((e, None))
+
+    thread = threading.Thread(target=produce, name="isc-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, event = slots.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if event is not None:
+                consumer = torch.cuda.current_stream(device)
+                consumer.wait_event(event)
+                for groups in item[1]:
+                    for _, batch in groups:
+                        batch.record_stream(consumer)  # memory made on the producer's stream, used on ours
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+# ------------------------------------------------------------------------------------- HDF5 files
+
+
+class _PartialFile:
+    """A resizable descriptor file appended batch by batch; reopened on resume if its model matches."""
+
+    def __init__(self, path: Path, config: dict[str, object], id_length: int, resume: bool):
+        self.path = path
+        existing = self._reopen(config) if resume and path.exists() else None
+        if existing is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = h5py.File(path, "w", libver=H5_LIBVER)
+            self.file.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=f"S{id_length}", chunks=(4096,))
+            self.file.create_dataset("descriptors", shape=(0, config["dimension"]), dtype=np.float32,
+                                     maxshape=(None, config["dimension"]),
+                                     chunks=(max(1, min(4096, 2 ** 20 // config["dimension"])),
+                                             config["dimension"]))
+            for key, value in config.items():
+                self.file.attrs[key] = value
+        else:
+            self.file = existing
+        self.done = [x.decode("ascii") for x in self.file["ids"][()]]
+
+    def _reopen(self, config: dict[str, object]) -> h5py.File | None:
+        try:
+            file = h5py.File(self.path, "r+")
+        except OSError:
+            warnings.warn(f"{self.path}: unreadable partial file (killed while writing?), starting again",
+                          stacklevel=3)
+            return None
+        for key in COMPATIBILITY_KEYS:
+            old = file.attrs.get(key)
+            old = old.item() if isinstance(old, np.generic) else old
+            if old != config[key]:
+                file.close()
+                raise InputError(f"{self.path}: holds descriptors made with {key}={old!r}, this run has "
+                                 f"{config[key]!r}; delete it or rerun with --restart")
+        count = min(len(file["ids"]), len(file["descriptors"]))  # a kill between the two resizes
+        file["ids"].resize((count,))
+        file["descriptors"].resize((count, file["descriptors"].shape[1]))
+        return file
+
+    def append(self, ids: Sequence[str], descriptors: np.ndarray) -> None:
+        start = len(self.file["ids"])
+        for name, data in (("descriptors", descriptors), ("ids", np.array(ids, dtype="S"))):
+            self.file[name].resize((start + len(ids), *self.file[name].shape[1:]))
+            self.file[name][start:] = data
+        self.file.flush()
+
+    def record_broken(self, broken: Mapping[str, str]) -> None:
+        self.file.attrs["broken"] = json.dumps(dict(broken))
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _partial_path(output: Path, rank: int, world: int) -> Path:
+    return output.with_name(f"{output.name}.rank{rank}-of-{world}.partial")
+
+
+def _merge(parts: Sequence[Path], output: Path, wanted: Sequence[str],
+           attrs: dict[str, object]) -> tuple[int, dict[str, str]]:
+    """Write the wanted ids of the partial files into ``output`` in id order: (rows, broken images)."""
+    files = [h5py.File(p, "r") for p in parts]
+    try:
+        broken: dict[str, str] = {}
+        for f in files:
+            broken.update(json.loads(f.attrs.get("broken", "{}")))
+        ids = np.concatenate([f["ids"][()] for f in files])
+        source = np.concatenate([np.full(len(f["ids"]), k) for k, f in enumerate(files)]).astype(int)
+        rows = np.concatenate([np.arange(len(f["ids"])) for f in files])
+        keep = np.isin(ids, np.array(list(wanted), dtype=ids.dtype))
+        ids, source, rows = ids[keep], source[keep], rows[keep]
+        order = np.argsort(ids, kind="stable")
+        ids, source, rows = ids[order], source[order], rows[order]
+        if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
+            raise InputError(f"{output}: an id appears in two partial files; delete them and rerun")
+        dim = int(attrs["dimension"])
+        with atomic_path(output) as tmp, h5py.File(tmp, "w", libver=H5_LIBVER) as out:
+            out.create_dataset("ids", data=ids)
+            target = out.create_dataset("descriptors", shape=(len(ids), dim), dtype=np.float32,
+                                        chunks=(max(1, min(4096, len(ids), 2 ** 20 // dim)), dim)
+                                        if len(ids) else None)
+            for start in range(0, len(ids), MERGE_ROWS):
+                block = np.empty((min(MERGE_ROWS, len(ids) - start), dim), np.float32)
+                for k, f in enumerate(files):
+                    mine = np.flatnonzero(source[start:start + MERGE_ROWS] == k)
+                    if len(mine):
+                        block[mine] = _read_rows(f["descriptors"], rows[start + mine])
+                target[start:start + len(block)] = block
+            for key, value in {**attrs, "broken": json.dumps(broken), "n_broken": len(broken)}.items():
+                out.attrs[key] = value
+        return len(ids), broken
+    finally:
+        for f in files:
+            f.close()
+
+
+def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """dataset[rows] for any distinct rows: a slice when contiguous, else a sorted selection."""
+    if rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+        return dataset[rows[0]:rows[-1] + 1]
+    order = np.argsort(rows)
+    values = np.empty((len(rows), dataset.shape[1]), np.float32)
+    values[order] = dataset[rows[order]]
+    return values
+
+
+# ------------------------------------------------------------------------------------------ engine
+
+
+def _distributed(device: str | None) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, this rank's device, whether we started the process group) under torchrun."""
+    import torch.distributed as dist
+
+    want_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    started = False
+    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+        started = True
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() \
+        else (0, 1)
+    if want_cuda:
+        chosen = torch.device(device if device and ":" in device else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+        torch.cuda.set_device(chosen)
+    else:
+        chosen = torch.device(device or "cpu")
+    return rank, world, chosen, started
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def extract(
+    images: Mapping[str, Path] | Sequence[str | Path],
+    output: str | Path,
+    model: DescriptorModel,
+    *,
+    batch_size: int = 64,
+    device: str | None = None,
+    workers: int | None = None,
+    decoder: str | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    half: bool | None = None,
+    strict: bool = False,
+    resume: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    quiet: bool = False,
+    attrs: Mapping[str, object] | None = None,
+) -> dict[str, object]:
+    """Extract the descriptors of ``images`` (``{id: path}``, or paths whose stems are the ids) to ``output``.
+
+    ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available); ``decoder``: ``torchvision``
+    (default on cuda) or ``pil`` (default on the CPU); ``workers``: reading threads or DataLoader
+    processes; ``half``: float16 inference (default on cuda); ``scales``/``flip``: test-time augmentation,
+    descriptors averaged. ``strict``: the first broken image raises InputError. ``resume``: continue from
+    the partial file of a killed run. Returns a summary (counts, broken images with reasons, images/s).
+    """
+    items = dict(images) if isinstance(images, Mapping) else {Path(p).stem: Path(p) for p in images}
+    if len(items) != len(images):
+        raise InputError("two images have the same id (file stem)")
+    if not items:
+        raise InputError("no images to extract")
+    non_ascii = next((i for i in items if not i.isascii()), None)
+    if non_ascii is not None:
+        raise InputError(f"image id {non_ascii!r} is not ASCII (descriptor files store ASCII ids)")
+    if decoder not in (None, *DECODERS):
+        raise InputError(f"unknown decoder {decoder!r} (choose from {', '.join(DECODERS)})")
+    if not scales or min(scales) <= 0:
+        raise InputError(f"scales must be positive, got {list(scales)}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    output = Path(output)
+    ids = sorted(items)
+    rank, world, torch_device, started = _distributed(device)
+    on_gpu = torch_device.type == "cuda"
+    decoder = decoder or ("torchvision" if on_gpu else "pil")
+    workers = (min(16, os.cpu_count() or 1) if decoder == "torchvision" else min(8, os.cpu_count() or 1)) \
+        if workers is None else workers
+    half = on_gpu if half is None else half
+    sizes = view_sizes(model, scales)
+    config = {**model.config(), "scales": json.dumps(list(map(float, scales))), "flip": bool(flip)}
+    shard = ids[rank * len(ids) // world:(rank + 1) * len(ids) // world]
+    partial = _PartialFile(_partial_path(output, rank, world), config, max(map(len, ids)), resume)
+    done = set(partial.done)
+    todo = [i for i in shard if i not in done]
+    model = model.to(torch_device, memory_format=torch.channels_last if on_gpu else torch.preserve_format)
+    model = model.half() if half else model.float()
+    model.eval()
+    pipeline = _torchvision_batches if decoder == "torchvision" else _pillow_batches
+    views = pipeline([items[i] for i in todo], model, sizes, batch_size, workers, torch_device, max_pixels)
+    dtype = torch.float16 if half else torch.float32
+    batches = ((positions, _normalised_groups(model, per_scale, dtype, on_gpu), batch_broken)
+               for positions, per_scale, batch_broken in views)
+    if decoder == "torchvision":
+        batches = _in_background(batches, torch_device)  # decode, resize, normalise beside inference
+    broken: dict[str, str] = {}
+    start = time.perf_counter()
+    try:
+        with tqdm(total=len(shard), initial=len(shard) - len(todo), unit="img", disable=quiet,
+                  desc=f"extract {output.name}" + (f" [rank {rank}/{world}]" if world > 1 else "")) as bar:
+            for positions, grouped, batch_broken in batches:
+                for position, reason in batch_broken.items():
+                    if strict:
+                        raise InputError(f"{items[todo[position]]}: {reason}")
+                    broken[todo[position]] = reason
+                if positions:
+                    partial.append([todo[p] for p in positions], _embed(model, grouped, len(positions), flip))
+                if batch_broken:
+                    partial.record_broken(broken)
+                bar.update(len(positions) + len(batch_broken))
+        partial.record_broken(broken)
+    finally:
+        partial.close()
+    seconds = time.perf_counter() - start
+    summary: dict[str, object] = {"output": str(output), "images": len(ids), "rank": rank, "world_size": world,
+                                  "processed": len(todo), "resumed": len(shard) - len(todo),
+                                  "seconds": round(seconds, 3),
+                                  "images_per_second": round(len(todo) / seconds, 1) if seconds else None,
+                                  "model": model.name, "dimension": model.dim, "device": str(torch_device),
+                                  "decoder": decoder}
+    _barrier(world)
+    if rank == 0:
+        parts = [_partial_path(output, r, world) for r in range(world)]
+        final_attrs = provenance(**config, **(attrs or {}), n_images=len(ids), decoder=decoder)
+        extracted, all_broken = _merge(parts, output, ids, final_attrs)
+        for part in parts:
+            part.unlink()
+        summary.update(extracted=extracted, broken=all_broken)
+    else:
+        summary.update(broken=broken)
+    _barrier(world)
+    if started:
+        torch.distributed.destroy_process_group()
+    return summary

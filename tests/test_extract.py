@@ -1,0 +1,220 @@
+"""The extraction engine: both decoders agree, odd and broken images, resume, torchrun sharding, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from isc.extract import extract, list_images, list_split_images
+from isc.io import InputError, read_descriptor_attrs, read_descriptors
+from isc.models import create_model, save_checkpoint
+
+SIZE = 64
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def model():
+    # real ImageNet weights: descriptors of different photos differ, so closeness means something
+    return create_model("efficientnet_lite0", image_size=SIZE, pool="mean")
+
+
+def _photo(name: str, size=(200, 150)) -> Image.Image:
+    return Image.fromarray(getattr(data, name)()).convert("RGB").resize(size)
+
+
+def _huge_jpeg(path: Path) -> None:
+    """A valid small JPEG whose header claims 60000 x 60000 pixels."""
+    _photo("coffee", (16, 16)).save(path, quality=90)
+    raw = bytearray(path.read_bytes())
+    sof = raw.index(b"\xff\xc0")
+    raw[sof + 5:sof + 9] = (60000).to_bytes(2, "big") * 2
+    path.write_bytes(bytes(raw))
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory) -> Path:
+    """Valid images in every awkward form, and one file of each kind of breakage."""
+    folder = tmp_path_factory.mktemp("odd")
+    upright = _photo("astronaut")
+    upright.save(folder / "plain.jpg", quality=95)
+    upright.save(folder / "progressive.jpg", quality=95, progressive=True)
+    upright.convert("L").save(folder / "gray.jpg", quality=95)
+    upright.convert("CMYK").save(folder / "cmyk.jpg", quality=95)
+    upright.convert("RGBA").save(folder / "alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    upright.transpose(Image.Transpose.ROTATE_90).save(folder / "rotated.jpg", quality=95, exif=exif.tobytes())
+    upright.transpose(Image.Transpose.ROTATE_90).save(folder / "sideways.jpg", quality=95)
+    _photo("coffee").save(folder / "coffee.jpg", quality=90)
+    (folder / "sub").mkdir()
+    _photo("chelsea", (150, 220)).save(folder / "sub" / "cat.jpg", quality=90)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not an image\n")
+    coffee = (folder / "coffee.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(coffee[: len(coffee) // 3])
+    _huge_jpeg(folder / "huge.jpg")
+    return folder
+
+
+BROKEN = {"empty": "empty file", "text": "not an image", "truncated": "cannot decode", "huge": "too large"}
+
+
+def _extract(images, output, model, **options):
+    summary = extract(images, output, model, **{"batch_size": 4, "workers": 0, "quiet": True, **options})
+    ids, descriptors, attrs = read_descriptors(output)
+    return dict(zip(ids, descriptors, strict=True)), attrs, summary
+
+
+@pytest.fixture(scope="module")
+def by_decoder(odd_images, model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    return {decoder: _extract(list_images(odd_images), out / f"{decoder}.h5", model, decoder=decoder)
+            for decoder in ("pil", "torchvision")}
+
+
+def test_both_decoders_give_the_same_descriptors(by_decoder):
+    pil, torchvision = by_decoder["pil"][0], by_decoder["torchvision"][0]
+    assert sorted(pil) == sorted(torchvision) == ["alpha", "cmyk", "coffee", "gray", "plain", "progressive",
+                                                  "rotated", "sideways", "sub/cat"]
+    for image_id in pil:
+        # the only difference is Pillow's draft mode (DCT downscaling), largest at this tiny image size
+        assert np.abs(pil[image_id] - torchvision[image_id]).max() < 0.03, image_id
+        assert float(pil[image_id] @ torchvision[image_id]) > 0.99, image_id
+
+
+def test_odd_but_valid_images_are_decoded_right(by_decoder):
+    descriptors = by_decoder["torchvision"][0]
+
+    def cos(a, b):
+        return float(descriptors[a] @ descriptors[b])
+
+    for same in ("progressive", "cmyk", "alpha", "rotated"):
+        assert cos("plain", same) > 0.95, same
+    assert cos("plain", "gray") > cos("plain", "coffee") + 0.1  # colour is lost, content is not
+    assert cos("plain", "rotated") > 0.99 > cos("plain", "sideways") + 0.1  # EXIF orientation applied
+    assert cos("plain", "coffee") < 0.8
+    assert all(abs(np.linalg.norm(d) - 1) < 1e-5 for d in descriptors.values())
+
+
+@pytest.mark.parametrize("decoder", ["pil", "torchvision"])
+def test_broken_images_are_listed_with_reasons(by_decoder, decoder):
+    _, attrs, summary = by_decoder[decoder]
+    broken = json.loads(attrs["broken"])
+    assert attrs["n_broken"] == len(broken) == 4 and summary["broken"] == broken
+    for image_id, reason in BROKEN.items():
+        assert reason in broken[image_id], (image_id, broken[image_id])
+    assert summary["extracted"] == 9 and attrs["n_images"] == 13
+
+
+def test_strict_fails_on_the_first_broken_image(odd_images, model, tmp_path):
+    with pytest.raises(InputError, match="empty.jpg: empty file"):
+        extract(list_images(odd_images), tmp_path / "out.h5", model, batch_size=4, workers=0, quiet=True,
+                strict=True)
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_pillow_workers_tta_and_short_edge(odd_images, tmp_path):
+    images = {k: v for k, v in list_images(odd_images).items() if k not in BROKEN}
+    tta = create_model("efficientnet_lite0", image_size=SIZE, pool="mean", resize="short-edge")
+    results = {decoder: _extract(images, tmp_path / f"{decoder}.h5", tta, decoder=decoder, scales=(1.0, 0.75),
+                                 flip=True, **({"workers": 2} if decoder == "pil" else {}))
+               for decoder in ("pil", "torchvision")}
+    (pil, attrs, _), (torchvision, _, _) = results["pil"], results["torchvision"]
+    assert attrs["scales"] == "[1.0, 0.75]" and attrs["flip"] and attrs["resize"] == "short-edge"
+    for image_id in images:
+        assert float(pil[image_id] @ torchvision[image_id]) > 0.99
+        assert abs(np.linalg.norm(pil[image_id]) - 1) < 1e-5
+
+
+def test_interrupted_run_resumes_and_never_mixes_models(odd_images, model, tmp_path):
+    images = list_images(odd_images)
+    good = {k: v for k, v in images.items() if k not in BROKEN}
+    # the strict run stops at "empty" (third in id order) after writing the batches before it
+    ordered = {**{k: good[k] for k in ("alpha", "cmyk")}, "empty": images["empty"],
+               **{k: good[k] for k in good if k not in ("alpha", "cmyk")}}
+    output = tmp_path / "out.h5"
+    with pytest.raises(InputError):
+        extract(ordered, output, model, batch_size=2, workers=0, quiet=True, strict=True)
+    partial = tmp_path / "out.h5.rank0-of-1.partial"
+    assert partial.exists() and not output.exists()
+    with h5py.File(partial) as f:
+        assert [x.decode() for x in f["ids"][()]] == ["alpha", "cmyk"]
+
+    other = create_model("efficientnet_lite0", image_size=SIZE, pool="max")
+    with pytest.raises(InputError, match="model_options"):
+        extract(good, output, other, workers=0, quiet=True)
+
+    summary = extract(good, output, model, batch_size=2, workers=0, quiet=True)
+    assert summary["resumed"] == 2 and summary["processed"] == len(good) - 2
+    assert not partial.exists()
+    resumed_ids, resumed, _ = read_descriptors(output)
+    fresh_ids, fresh, _ = read_descriptors(extract(good, tmp_path / "fresh.h5", model, workers=0,
+                                                   quiet=True)["output"])
+    assert resumed_ids == fresh_ids == sorted(good)
+    np.testing.assert_allclose(resumed, fresh, atol=1e-5)
+
+
+def test_split_listing_and_bad_inputs(mini_dataset, tmp_path):
+    queries = list_split_images(mini_dataset, "query")
+    assert list(queries) == sorted(queries) and all(k.startswith("Q") for k in queries)
+    with pytest.raises(InputError, match="no such folder"):
+        list_split_images(tmp_path, "reference")
+    (tmp_path / "reference_images").mkdir()
+    (tmp_path / "reference_images" / "cat.jpg").write_bytes(b"x")
+    with pytest.raises(InputError, match="not a reference id"):
+        list_split_images(tmp_path, "reference")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"reference_images/cat.jpg\n\n{next(iter(queries.values()))}\n")
+    assert list(list_images(listing)) == [next(iter(queries)), "reference_images/cat"]
+    with pytest.raises(InputError, match="no such folder or list file"):
+        list_images(tmp_path / "missing")
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "isc.cli.extract", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_cli_with_a_training_checkpoint(mini_dataset, tmp_path):
+    trained = create_model("resnet10t", image_size=SIZE, dim=32)
+    save_checkpoint(trained, tmp_path / "run" / "last.pt", optimizer={}, epoch=1)
+    out = tmp_path / "query.h5"
+    result = _cli("--data", str(mini_dataset), "--split", "query", "-o", str(out), "--checkpoint",
+                  str(tmp_path / "run" / "last.pt"), "--quiet", "--json")
+    assert result.returncode == 0, result.stderr
+    ids, descriptors, attrs = read_descriptors(out, split="query")
+    assert ids == sorted(list_split_images(mini_dataset, "query")) and descriptors.shape == (len(ids), 32)
+    assert attrs["model_fingerprint"] == trained.fingerprint() and attrs["split"] == "query"
+    assert json.loads(result.stdout)["extracted"] == len(ids)
+
+    bad = _cli("--split", "query", "-o", str(out))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "needs --data" in bad.stderr
+
+
+def test_torchrun_two_processes_merge_in_id_order(mini_dataset, tmp_path):
+    save_checkpoint(create_model("resnet10t", image_size=32), tmp_path / "model.pt")
+    common = ["--data", str(mini_dataset), "--split", "query", "--checkpoint", str(tmp_path / "model.pt"),
+              "--device", "cpu", "--workers", "0", "--quiet"]
+    single = tmp_path / "single.h5"
+    assert _cli(*common, "-o", str(single)).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sharded = tmp_path / "sharded.h5"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "isc.cli.extract", *common, "-o", str(sharded)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ids, descriptors, attrs = read_descriptors(sharded, split="query")
+    single_ids, single_descriptors, _ = read_descriptors(single)
+    assert ids == single_ids == sorted(ids)
+    np.testing.assert_allclose(descriptors, single_descriptors, atol=1e-5)
+    assert not list(tmp_path.glob("*.partial"))
+    assert read_descriptor_attrs(sharded)["n_images"] == len(ids)
