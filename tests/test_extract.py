@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from isc.cli.extract import main
 from isc.extract import extract, list_images, list_split_images
 from isc.io import InputError, read_descriptor_attrs, read_descriptors
 from isc.models import create_model, save_checkpoint
@@ -188,23 +189,29 @@ def test_cli_with_a_training_checkpoint(mini_dataset, tmp_path):
     save_checkpoint(trained, tmp_path / "run" / "last.pt", optimizer={}, epoch=1)
     out = tmp_path / "query.h5"
     result = _cli("--data", str(mini_dataset), "--split", "query", "-o", str(out), "--checkpoint",
-                  str(tmp_path / "run" / "last.pt"), "--quiet", "--json")
+                  str(tmp_path / "run" / "last.pt"), "--workers", "0", "--quiet", "--json")
     assert result.returncode == 0, result.stderr
     ids, descriptors, attrs = read_descriptors(out, split="query")
     assert ids == sorted(list_split_images(mini_dataset, "query")) and descriptors.shape == (len(ids), 32)
     assert attrs["model_fingerprint"] == trained.fingerprint() and attrs["split"] == "query"
     assert json.loads(result.stdout)["extracted"] == len(ids)
 
-    bad = _cli("--split", "query", "-o", str(out))
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "needs --data" in bad.stderr
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["--split", "query", "-o", str(tmp_path / "out.h5")]) == 2
+    assert capsys.readouterr().err.strip() == "isc-extract: error: --split needs --data ROOT (the folder holding <split>_images/)"
+    assert main(["--images", str(tmp_path / "missing"), "-o", str(tmp_path / "out.h5")]) == 2
+    assert "no such folder or list file" in capsys.readouterr().err
 
 
 def test_torchrun_two_processes_merge_in_id_order(mini_dataset, tmp_path):
-    save_checkpoint(create_model("resnet10t", image_size=32), tmp_path / "model.pt")
+    model = create_model("resnet10t", image_size=32)
+    save_checkpoint(model, tmp_path / "model.pt")
     common = ["--data", str(mini_dataset), "--split", "query", "--checkpoint", str(tmp_path / "model.pt"),
               "--device", "cpu", "--workers", "0", "--quiet"]
     single = tmp_path / "single.h5"
-    assert _cli(*common, "-o", str(single)).returncode == 0
+    extract(list_split_images(mini_dataset, "query"), single, model, workers=0, quiet=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     sharded = tmp_path / "sharded.h5"
     result = subprocess.run(
