@@ -1,0 +1,56 @@
+"""isc-pca: learn PCA-whitening on training descriptors, apply it to query and reference descriptors."""
+
+from __future__ import annotations
+
+import argparse
+
+from isc.cli.common import run_command
+from isc.io import DESCRIPTOR_TRACK_MAX_DIM, InputError
+from isc.pca import PCAWhitening, apply_pca_file, learn_pca_file
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isc-pca",
+        description="PCA-whitening + L2 normalisation of descriptor files. Learn it on the training split's "
+        "descriptors (the competition allows statistics of the training set only), then apply the same file "
+        "to the query and the reference descriptors.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    learn = commands.add_parser("learn", help="learn a PCA from a descriptor file",
+                                description="Learn PCA-whitening from a descriptor file (e.g. training.h5).")
+    learn.add_argument("train", help="descriptor file to learn from (HDF5 written by isc-extract)")
+    learn.add_argument("-o", "--output", required=True, metavar="PCA.npz", help="where to save the PCA")
+    learn.add_argument("--dim", type=int, default=DESCRIPTOR_TRACK_MAX_DIM,
+                       help=f"output dimension (default {DESCRIPTOR_TRACK_MAX_DIM}, the descriptor track's limit)")
+    learn.add_argument("--no-whiten", action="store_true", help="plain PCA projection, no whitening")
+    apply = commands.add_parser("apply", help="whiten descriptor files with a learnt PCA",
+                                description="Apply a learnt PCA to descriptor files (same ids, L2-normalised).")
+    apply.add_argument("pca", help="PCA file written by isc-pca learn")
+    apply.add_argument("inputs", nargs="+", metavar="IN.h5", help="descriptor files to whiten")
+    apply.add_argument("-o", "--output", nargs="+", required=True, metavar="OUT.h5",
+                       help="output files, one per input, in the same order")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "learn":
+        pca = learn_pca_file(args.train, args.output, args.dim, whiten=not args.no_whiten)
+        print(f"PCA{'-whitening' if pca.whiten else ''} {pca.mean.shape[0]} -> {pca.dim} dimensions learnt on "
+              f"{pca.attrs['n_train']} descriptors, saved to {args.output}")
+        return 0
+    if len(args.inputs) != len(args.output):
+        raise InputError(f"{len(args.inputs)} input files but {len(args.output)} output files")
+    pca = PCAWhitening.load(args.pca)
+    for source, target in zip(args.inputs, args.output, strict=True):
+        rows = apply_pca_file(pca, source, target)
+        print(f"{source} -> {target}: {rows} descriptors of dimension {pca.dim}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

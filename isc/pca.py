@@ -1,0 +1,125 @@
+"""PCA-whitening of descriptors, learnt on training descriptors and applied identically to every split.
+
+``y = normalize(((x - mean) @ components.T) / sqrt(eigenvalues + eps))``: the descriptor track's limit is
+256 dimensions, and whitening + L2 normalisation is what SSCD and the winning solutions apply before search.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from isc.io import DESCRIPTOR_TRACK_MAX_DIM, InputError, atomic_path, read_descriptors, write_descriptors
+
+CHUNK_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class PCAWhitening:
+    """A learnt projection: ``mean`` [d], ``components`` [k, d] (unit rows), ``eigenvalues`` [k]."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    eigenvalues: np.ndarray
+    whiten: bool = True
+    eps: float = 0.0
+    attrs: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return self.components.shape[0]
+
+    def matrix(self) -> np.ndarray:
+        """The [d, k] matrix applied to centred descriptors."""
+        scale = 1 / np.sqrt(self.eigenvalues + self.eps) if self.whiten else np.ones_like(self.eigenvalues)
+        return (self.components * scale[:, None]).T.astype(np.float32)
+
+    def apply(self, descriptors: np.ndarray) -> np.ndarray:
+        """Project, whiten and L2-normalise [n, d] descriptors to float32 [n, k]."""
+        descriptors = np.asarray(descriptors, dtype=np.float32)
+        if descriptors.ndim != 2 or descriptors.shape[1] != self.mean.shape[0]:
+            raise InputError(f"descriptors of shape {descriptors.shape} do not fit a PCA learnt on "
+                             f"{self.mean.shape[0]}-d descriptors")
+        matrix, mean = self.matrix(), self.mean.astype(np.float32)
+        out = np.empty((len(descriptors), self.dim), np.float32)
+        for start in range(0, len(descriptors), CHUNK_ROWS):
+            out[start:start + CHUNK_ROWS] = (descriptors[start:start + CHUNK_ROWS] - mean) @ matrix
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+    def save(self, path: str | Path) -> None:
+        """Write an .npz file (arrays plus a JSON ``attrs``), atomically."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, mean=self.mean, components=self.components, eigenvalues=self.eigenvalues,
+                     whiten=self.whiten, eps=self.eps, attrs=json.dumps(self.attrs))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PCAWhitening:
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such PCA file")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return cls(f["mean"], f["components"], f["eigenvalues"], bool(f["whiten"]), float(f["eps"]),
+                           json.loads(str(f["attrs"])))
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"{path}: not a PCA file written by isc-pca ({e})") from None
+
+
+def learn_pca(descriptors: np.ndarray, dim: int = DESCRIPTOR_TRACK_MAX_DIM, whiten: bool = True,
+              eps_ratio: float = 1e-6, attrs: dict[str, object] | None = None) -> PCAWhitening:
+    """Learn a PCA (whitening) to ``dim`` dimensions from [n, d] training descriptors.
+
+    ``eps_ratio`` x the largest eigenvalue is added before whitening, so near-empty directions are not
+    blown up.
+    """
+    descriptors = np.asarray(descriptors, dtype=np.float32)
+    n, d = descriptors.shape
+    if not 1 <= dim <= min(n - 1, d):
+        raise InputError(f"cannot learn {dim} dimensions from {n} descriptors of dimension {d} "
+                         f"(at most min(n - 1, d) = {min(n - 1, d)})")
+    mean = descriptors.mean(axis=0, dtype=np.float64)
+    covariance = np.zeros((d, d))
+    for start in range(0, n, CHUNK_ROWS):
+        centred = descriptors[start:start + CHUNK_ROWS] - mean
+        covariance += centred.T @ centred
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance / (n - 1))
+    top = np.argsort(eigenvalues)[::-1][:dim]
+    eigenvalues = np.maximum(eigenvalues[top], 0)
+    components = eigenvectors[:, top].T
+    # a deterministic sign per component: the largest coordinate positive
+    signs = np.sign(components[np.arange(dim), np.abs(components).argmax(axis=1)])
+    return PCAWhitening(mean.astype(np.float32), (components * signs[:, None]).astype(np.float32),
+                        eigenvalues.astype(np.float32), whiten, float(eps_ratio * eigenvalues[0]),
+                        {**(attrs or {}), "n_train": n, "input_dimension": d, "dimension": dim})
+
+
+def learn_pca_file(train: str | Path, output: str | Path, dim: int = DESCRIPTOR_TRACK_MAX_DIM,
+                   whiten: bool = True) -> PCAWhitening:
+    """Learn from a descriptor file (e.g. the training split's) and save to ``output`` (.npz)."""
+    _, descriptors, attrs = read_descriptors(train)
+    source = {"trained_on": str(train), **{k: attrs[k] for k in ("model", "model_fingerprint") if k in attrs}}
+    pca = learn_pca(descriptors, dim, whiten, attrs=source)
+    pca.save(output)
+    return pca
+
+
+def apply_pca_file(pca: PCAWhitening | str | Path, descriptors_file: str | Path, output: str | Path) -> int:
+    """Whiten a descriptor file into ``output`` (same ids, attributes extended); returns the rows written.
+
+    Refuses descriptors of another model than the PCA's training descriptors (model fingerprints differ).
+    """
+    pca = pca if isinstance(pca, PCAWhitening) else PCAWhitening.load(pca)
+    ids, descriptors, attrs = read_descriptors(descriptors_file)
+    learnt, given = pca.attrs.get("model_fingerprint"), attrs.get("model_fingerprint")
+    if learnt and given and learnt != given:
+        raise InputError(f"{descriptors_file}: made by model {attrs.get('model')} ({given}), but the PCA was "
+                         f"learnt on descriptors of {pca.attrs.get('model')} ({learnt})")
+    if "pca" in attrs:
+        raise InputError(f"{descriptors_file}: already PCA-whitened (attribute pca={attrs['pca']})")
+    whitened = pca.apply(descriptors)
+    write_descriptors(output, ids, whitened, {**attrs, "pca": json.dumps(pca.attrs), "pca_whiten": pca.whiten,
+                                              "normalized": True})
+    return len(ids)
