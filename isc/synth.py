@@ -13,6 +13,7 @@ whatever the number of worker processes.
 
 from __future__ import annotations
 
+import colorsys
 import hashlib
 import io
 import json
@@ -61,6 +62,13 @@ def _colour(rng: np.random.Generator, lo: int = 0, hi: int = 256) -> tuple[int, 
     return tuple(int(c) for c in rng.integers(lo, hi, 3))
 
 
+def _natural_colour(rng: np.random.Generator, hue: float | None = None) -> tuple[int, int, int]:
+    """A colour as photos have them: mostly muted, sometimes vivid, near ``hue`` when given."""
+    hue = rng.random() if hue is None else (hue + rng.normal(0, 0.06)) % 1.0
+    saturation, value = rng.beta(1.8, 2.2), rng.uniform(0.12, 0.97)
+    return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value))
+
+
 def _rgb(image: Image.Image) -> Image.Image:
     """RGB, transparent parts on white, at least 2 px a side (so every edit has room to work)."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -92,15 +100,17 @@ def _noise_field(rng: np.random.Generator, width: int, height: int, octaves: int
     return field / max(float(field.max()), 1e-6)
 
 
-def _palette(rng: np.random.Generator, values: np.ndarray, n_colours: int = 3) -> np.ndarray:
-    """Map values in [0, 1] through a random gradient of colours: uint8 [h, w, 3]."""
+def _palette(rng: np.random.Generator, values: np.ndarray, n_colours: int, hue: float) -> np.ndarray:
+    """Map values in [0, 1] through a gradient of related colours, dark to light: uint8 [h, w, 3]."""
     stops = np.linspace(0, 1, n_colours)
-    colours = rng.integers(0, 256, (n_colours, 3)).astype(np.float32)
-    out = np.stack([np.interp(values, stops, colours[:, c]) for c in range(3)], axis=-1)
-    return out.astype(np.uint8)
+    hues = [hue if rng.random() < 0.75 else (hue + 0.5) % 1.0 for _ in range(n_colours)]
+    colours = np.array(sorted((_natural_colour(rng, h) for h in hues), key=sum), np.float32)
+    levels = np.linspace(0, 1, 256)
+    table = np.stack([np.interp(levels, stops, colours[:, c]) for c in range(3)], axis=-1).astype(np.uint8)
+    return table[(np.clip(values, 0, 1) * 255).astype(np.uint8)]  # a lookup table: far cheaper than interp per pixel
 
 
-def _texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+def _texture(rng: np.random.Generator, width: int, height: int, hue: float | None = None) -> np.ndarray:
     """A background or fill: gradients, noise, stripes, a landscape-like split; uint8 [h, w, 3]."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     x, y = x / max(width - 1, 1), y / max(height - 1, 1)
@@ -124,7 +134,7 @@ def _texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
         horizon = rng.uniform(0.3, 0.7) + 0.08 * (_noise_field(rng, width, 1, 3)[0] - 0.5)
         ground = _noise_field(rng, width, height, 5)
         values = np.where(y < horizon[None, :], 0.45 * y / horizon[None, :], 0.55 + 0.45 * ground)
-    return _palette(rng, values, int(rng.integers(2, 5)))
+    return _palette(rng, values, int(rng.integers(2, 5)), rng.random() if hue is None else hue)
 
 
 def _shape_mask(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -204,18 +214,24 @@ def _image_with_size(rng: np.random.Generator, min_size: int, max_size: int) -> 
 def base_image(rng: np.random.Generator, min_size: int = 200, max_size: int = 400) -> Image.Image:
     """A procedural photo-like RGB image whose long side is in [min_size, max_size], aspect ratios 9:16 to 16:9."""
     width, height = _image_with_size(rng, min_size, max_size)
-    canvas = Image.fromarray(_texture(rng, width, height))
+    hue = rng.random()  # most colours of a picture stay near one hue, as under one light
+    canvas = Image.fromarray(_texture(rng, width, height, hue))
     for _ in range(int(rng.integers(3, 12))):
         mask = _shape_mask(rng, width, height)
+        box = mask.getbbox()
+        if box is None:
+            continue
         if rng.random() < 0.35:  # a soft shadow lifts the object off the background
-            offset = (int(rng.integers(-8, 9)), int(rng.integers(2, 10)))
-            shadow = mask.transform(mask.size, Image.Transform.AFFINE, (1, 0, -offset[0], 0, 1, -offset[1]))
+            dx, dy = int(rng.integers(-8, 9)), int(rng.integers(2, 10))
+            shadow_box = (max(0, box[0] - 12), max(0, box[1] - 12), min(width, box[2] + 12), min(height, box[3] + 12))
+            shadow = mask.crop((shadow_box[0] - dx, shadow_box[1] - dy, shadow_box[2] - dx, shadow_box[3] - dy))
             shadow = shadow.filter(ImageFilter.GaussianBlur(4)).point([v // 2 for v in range(256)])
-            canvas.paste((0, 0, 0), mask=shadow)
-        fill = Image.fromarray(_texture(rng, width, height)) if rng.random() < 0.5 else _colour(rng)
+            canvas.paste((0, 0, 0), shadow_box, shadow)
+        near = hue if rng.random() < 0.6 else None
+        size = (box[2] - box[0], box[3] - box[1])
+        fill = Image.fromarray(_texture(rng, *size, near)) if rng.random() < 0.5 else _natural_colour(rng, near)
         opacity = 255 if rng.random() < 0.7 else int(rng.integers(120, 230))
-        alpha = mask.point([v * opacity // 255 for v in range(256)])
-        canvas.paste(fill, mask=alpha)
+        canvas.paste(fill, box, mask.crop(box).point([v * opacity // 255 for v in range(256)]))
     if rng.random() < 0.5:
         _draw_text(canvas, rng, int(rng.integers(1, 3)), scale=0.08)
     if rng.random() < 0.6:  # lens softness
@@ -224,7 +240,8 @@ def base_image(rng: np.random.Generator, min_size: int = 200, max_size: int = 40
     y, x = np.mgrid[-1:1:height * 1j, -1:1:width * 1j].astype(np.float32)
     vignette = 1 - rng.uniform(0, 0.45) * (x**2 + y**2) / 2
     tint = rng.uniform(0.9, 1.1, 3).astype(np.float32)
-    pixels = pixels * vignette[..., None] * tint + rng.normal(0, rng.uniform(1, 7), pixels.shape).astype(np.float32)
+    sensor_noise = rng.standard_normal(pixels.shape, dtype=np.float32) * np.float32(rng.uniform(1, 7))
+    pixels = pixels * vignette[..., None] * tint + sensor_noise
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
@@ -329,20 +346,20 @@ def blur(image: Image.Image, rng: np.random.Generator, overlays: Sequence[Image.
 
 @register_edit("noise", photometric=True)
 def noise(image: Image.Image, rng: np.random.Generator, overlays: Sequence[Image.Image] = ()) -> Image.Image:
-    """Gaussian noise (sigma 5-50) or salt and pepper."""
+    """Gaussian noise (sigma 4-35) or salt and pepper."""
     pixels = np.asarray(image, np.float32)
     if rng.random() < 0.7:
-        pixels = pixels + rng.normal(0, rng.uniform(5, 50), pixels.shape)
+        pixels = pixels + rng.standard_normal(pixels.shape, dtype=np.float32) * np.float32(rng.uniform(4, 35))
     else:
-        salt = rng.random(pixels.shape[:2]) < rng.uniform(0.02, 0.15)
+        salt = rng.random(pixels.shape[:2]) < rng.uniform(0.02, 0.1)
         pixels[salt] = rng.choice(np.array([0.0, 255.0]), int(salt.sum()))[:, None]
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
 @register_edit("pixelize", photometric=True)
 def pixelize(image: Image.Image, rng: np.random.Generator, overlays: Sequence[Image.Image] = ()) -> Image.Image:
-    """Blocks of 3-12% of the long side."""
-    block = max(1.0, rng.uniform(0.03, 0.12) * max(image.size))
+    """Blocks of 1.5-6% of the long side."""
+    block = max(1.0, rng.uniform(0.015, 0.06) * max(image.size))
     small = image.resize((max(1, round(image.width / block)), max(1, round(image.height / block))), Image.Resampling.BOX)
     return small.resize(image.size, Image.Resampling.NEAREST)
 
@@ -486,7 +503,8 @@ class _Task:
     split: str
     index: int
     image_id: str
-    source: str | None  # for a query, the reference file it copies (None: a distractor)
+    source: str | None = None  # for a query, the reference file it copies (None: a distractor)
+    background: str | None = None  # for a query, a training image that edits may paste it onto
 
 
 def image_id(split: str, index: int) -> str:
@@ -518,7 +536,11 @@ def _make_image(task: _Task, out_dir: Path, seed: int, min_size: int, max_size: 
         else:
             with Image.open(task.source) as f:
                 original = f.convert("RGB")
-        backgrounds = [base_image(rng, min_size, max_size)]
+        if task.background is None:
+            backgrounds = [base_image(rng, min_size, max_size)]
+        else:  # as in DISC21, the other image of an overlay edit comes from the dataset
+            with Image.open(task.background) as f:
+                backgrounds = [f.convert("RGB")]
         image, edits = random_edit_chain(original, rng, backgrounds)
         if max(image.size) > 2 * max_size or min(image.size) < 16:  # keep queries in a sane size range
             factor = min(2 * max_size / max(image.size), max(1.0, 16 / min(image.size)))
@@ -608,16 +630,19 @@ def generate_dataset(
     matches = {**_match_plan(plan_rng, 0, queries, references, match_fraction),
                **_match_plan(plan_rng, 50_000, phase2_queries, references, match_fraction)}
     ref_path = {i: str(out_dir / "reference_images" / f"{i}.jpg") for i in matches.values()}
-    first_stage = [_Task("reference", i, image_id("reference", i), None) for i in range(references)]
-    first_stage += [_Task("training", i, image_id("training", i), None) for i in range(training)]
+    first_stage = [_Task("reference", i, image_id("reference", i)) for i in range(references)]
+    first_stage += [_Task("training", i, image_id("training", i)) for i in range(training)]
     query_ids = [image_id("query", i) for i in range(queries)] + [image_id("query", 50_000 + i) for i in range(phase2_queries)]
-    second_stage = [_Task("query", int(q[1:]), q, ref_path.get(matches.get(q, ""))) for q in query_ids]
+    backgrounds = [str(out_dir / "training_images" / f"{image_id('training', int(i))}.jpg")
+                   for i in plan_rng.integers(0, training, len(query_ids))] if training else [None] * len(query_ids)
+    second_stage = [_Task("query", int(q[1:]), q, ref_path.get(matches.get(q, "")), background)
+                    for q, background in zip(query_ids, backgrounds, strict=True)]
 
     common = (out_dir, seed, min_size, max_size)
     results: dict[str, tuple[str, list[str]]] = {}
     n_workers = max(1, min(workers or os.cpu_count() or 1, 16))
     with tqdm(total=len(first_stage) + len(second_stage), desc="isc-synth", unit="img", disable=quiet) as bar:
-        if n_workers == 1 or len(first_stage) + len(second_stage) < 100:
+        if n_workers == 1:
             for task in first_stage + second_stage:
                 image, md5, edits = _make_image(task, *common)
                 results[image] = (md5, edits)
