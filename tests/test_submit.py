@@ -573,3 +573,35 @@ def test_cli_descriptors_and_score(synthetic):
     )
     assert result.returncode == 2 and "1 reference descriptors differ from phase 1" in result.stderr
     assert "R000003" in result.stderr and not (s["dir"] / "submissions").exists()
+
+
+def test_mini_dataset_extracted_both_phases_cli(mini_dataset, tmp_path):
+    """isc-extract (PDQ, 256 bits) on the mini dataset, then both phases through the CLI, phase 2 reusing
+    phase 1's reference file; the µAP printed equals a brute-force global cut scored independently."""
+    from isc.extract import extract, list_split_images
+    from isc.models import create_model
+
+    model = create_model("pdq")
+    queries = list_split_images(mini_dataset, "query")
+    extract(list_split_images(mini_dataset, "reference"), tmp_path / "reference.h5", model, device="cpu",
+            workers=0, quiet=True)
+    for phase in (1, 2):
+        lo, hi = (0, 49_999) if phase == 1 else (50_000, 99_999)
+        mine = {q: path for q, path in queries.items() if lo <= int(q[1:]) <= hi}
+        extract(mine, tmp_path / f"query{phase}.h5", model, device="cpu", workers=0, quiet=True)
+    for phase, gt in ((1, "ground_truth.csv"), (2, "ground_truth_phase2.csv")):
+        reuse = ["--phase1-reference", tmp_path / "submissions" / "phase1_descriptors.h5"] if phase == 2 else []
+        result = isc_submit("descriptors", "--query", tmp_path / f"query{phase}.h5", "--reference",
+                            tmp_path / "reference.h5", "--phase", phase, *reuse, "--gt", mini_dataset / gt, "--json",
+                            "--expected-queries", mini_dataset / "query_metadata.csv", "--backend", "faiss-cpu",
+                            "--expected-references", mini_dataset / "reference_metadata.csv", "--quiet", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        path, summary = result.stdout.splitlines()
+        query_ids, query, reference_ids, reference = read_descriptor_track(tmp_path / path)
+        pairs = brute_force_cut(query, reference, 10 * len(query_ids))
+        predictions = pd.DataFrame(
+            [(query_ids[q], reference_ids[r], -float(((query[q] - reference[r]) ** 2).sum())) for q, r in pairs],
+            columns=["query_id", "reference_id", "score"])
+        expected = evaluate(predictions, read_ground_truth(mini_dataset / gt))
+        assert json.loads(summary)["muap"] == pytest.approx(expected.muap, abs=1e-9)
+        assert read_manifest(tmp_path / path)["query_attributes"]["model"] == "pdq"
