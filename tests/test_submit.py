@@ -486,7 +486,7 @@ def test_cli_matching(tmp_path):
     assert result.stdout.strip() == str(Path("submissions") / "phase1_matching.csv")
     assert (tmp_path / "submissions" / "phase1_matching.csv").read_bytes() == good.read_bytes()
     manifest = json.loads((tmp_path / "submissions" / "phase1_matching.csv.manifest.json").read_text())
-    assert "isc.cli.submit matching" in manifest["command"] or manifest["command"].endswith("--phase 1")
+    assert manifest["command"].endswith(f"matching {good} --phase 1")
 
     bad = write_text(tmp_path / "bad.csv", HEADER + "Q00001,R000010,0.9\nQ60000,R1,inf\nQ00001,R000010,0.3\n")
     result = isc_submit("matching", bad, "--phase", "1", "-o", tmp_path / "out" / "p.csv", cwd=tmp_path)
