@@ -8,7 +8,7 @@ from pathlib import Path
 
 from isc import download
 from isc.cli.common import run_command
-from isc.io import REGION_BUCKETS, SPLITS, InputError
+from isc.io import REGION_BUCKETS, SPLITS, InputError, images_prefix
 
 
 class _FilterAction(argparse.Action):
@@ -60,10 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=download.DEFAULT_WORKERS,
                         help=f"parallel downloads (threads and pooled connections; default {download.DEFAULT_WORKERS})")
     parser.add_argument("--attempts", type=int, default=download.DEFAULT_ATTEMPTS,
-                        help="tries per file on an MD5 mismatch or a connection dropped mid-file, on top of "
-                        f"botocore's retries of throttling and 5xx answers (default {download.DEFAULT_ATTEMPTS})")
-    parser.add_argument("--retry-mode", choices=("standard", "adaptive"), default="standard",
-                        help="botocore's retry mode; adaptive also slows down when the server throttles")
+                        help="tries per file, with exponential backoff, on 5xx or throttling answers, dropped "
+                        f"connections and MD5 mismatches (default {download.DEFAULT_ATTEMPTS})")
     parser.add_argument("--report", metavar="JSON",
                         help="machine-readable report (downloaded, skipped, failed with reasons, bytes, seconds); "
                         "default DIR/<split>_download_report.json")
@@ -99,8 +97,8 @@ def _summary(report: download.DownloadReport, report_path: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
 
-    def client_for(region: str):
-        return download.make_client(region, args.endpoint_url, args.profile, args.workers, args.retry_mode)
+    def client_for(region: str, aws_region: str | None = None):
+        return download.make_client(region, args.endpoint_url, args.profile, args.workers, aws_region=aws_region)
 
     region = args.region
     if region == "auto":
@@ -111,15 +109,18 @@ def run(args: argparse.Namespace) -> int:
     client = client_for(region)
     bucket = download.bucket_for_region(region)
     if not args.verify_only or args.repair:
-        download.check_reachable(client, bucket, args.split)
+        bucket_region = download.check_reachable(client, bucket, args.split)
+        if bucket_region and bucket_region != client.meta.region_name:
+            client = client_for(region, bucket_region)  # S3 says the bucket lives elsewhere: sign and route there
     metadata = download.load_metadata(client, bucket, args.split, args.dest, args.metadata)
     rows = download.select_rows(metadata, args.split, args.filters or (), args.ids, args.limit)
     all_names = {uri.rpartition("/")[2] for uri in metadata["s3_uri"]}
+    getter = download.ObjectGetter(client, bucket, images_prefix(args.split), args.workers)
     report_path = Path(args.report or Path(args.dest) / f"{args.split}_download_report.json")
     report = download.DownloadReport(args.split, region, bucket, client.meta.endpoint_url,
                                      str(Path(args.dest) / f"{args.split}_images"))
     try:
-        download.download_split(client, bucket, args.split, rows, args.dest, all_names, workers=args.workers,
+        download.download_split(getter, args.split, rows, args.dest, all_names, workers=args.workers,
                                 attempts=args.attempts, verify_only=args.verify_only, repair=args.repair,
                                 rehash=args.rehash, quiet=args.quiet, report=report)
     finally:
