@@ -74,7 +74,7 @@ def make_client(
     profile: str | None = None,
     max_pool_connections: int = DEFAULT_WORKERS,
     retry_mode: str = "standard",
-    max_attempts: int = 8,
+    max_attempts: int = 5,
     aws_region: str | None = None,
 ):
     """An S3 client for a regional bucket: unsigned unless a profile is named (``profile`` or ``AWS_PROFILE``).
@@ -301,11 +301,13 @@ def check_folder(
     index: VerifiedIndex,
     rehash: bool = False,
     workers: int = 4,
+    quiet: bool = True,
 ) -> FolderCheck:
     """Classify every file of ``expected`` (name -> md5); ``extra``: images in the folder not in ``all_names``."""
     result = FolderCheck()
     results = _bounded_map(lambda item: _check_one(folder, item[0], item[1], index, rehash), expected.items(), workers)
-    for name, state, stat in results:
+    for name, state, stat in tqdm(results, total=len(expected), desc="checking local files", unit="file",
+                                  disable=quiet or not expected, dynamic_ncols=True):
         getattr(result, state).append(name)
         if state == "verified" and stat is not None:
             index.record(name, stat, expected[name])
@@ -360,7 +362,9 @@ class ObjectGetter:
         # unsigned URLs carry no query string: the prefix's URL plus the quoted object name
         self.prefix_url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": prefix})
         timeout = urllib3.Timeout(connect=client.meta.config.connect_timeout, read=client.meta.config.read_timeout)
-        options = {"maxsize": max_connections, "block": True, "timeout": timeout, "retries": False,
+        # urllib3 itself only retries a request that failed before any answer (e.g. a stale kept-alive connection)
+        retries = urllib3.Retry(total=2, connect=2, read=1, status=0, other=0, redirect=0, raise_on_status=False)
+        options = {"maxsize": max_connections, "block": True, "timeout": timeout, "retries": retries,
                    "headers": {"User-Agent": f"isc-download/{isc.__version__}"},
                    "ca_certs": os.environ.get("AWS_CA_BUNDLE") or botocore.httpsession.get_cert_path(True)}
         proxy = urllib.request.getproxies().get(urllib.parse.urlsplit(self.prefix_url).scheme)
@@ -474,10 +478,11 @@ class DownloadReport:
     seconds: float = 0.0
     verify_only: bool = False
     interrupted: bool = False
+    aborted: str = ""
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.corrupt or self.failed or self.interrupted)
+        return not (self.missing or self.corrupt or self.failed or self.interrupted or self.aborted)
 
     def to_json(self) -> dict[str, object]:
         rate = self.downloaded / self.seconds if self.seconds else 0.0
@@ -523,11 +528,14 @@ def download_split(
     rehash: bool = False,
     quiet: bool = False,
     report: DownloadReport | None = None,
+    give_up_after: int | None = None,
 ) -> DownloadReport:
     """Bring ``dest/<split>_images/`` up to date with ``rows`` (metadata rows): check, then fetch what is wrong.
 
-    ``verify_only`` re-hashes every selected file and fetches nothing unless ``repair``. ``report`` is filled
-    in place (so that an interrupted run still has one) and returned.
+    ``verify_only`` re-hashes every selected file and fetches nothing unless ``repair``. After ``give_up_after``
+    failed files in a row (default max(50, 4 × workers): the network or the bucket is gone) the run stops
+    rather than failing every remaining file. ``report`` is filled in place (so that an interrupted run still
+    has one) and returned.
     """
     start = time.perf_counter()
     folder = Path(dest) / f"{split}_images"
@@ -549,17 +557,21 @@ def download_split(
     index = VerifiedIndex(folder)
     try:
         check = check_folder(folder, expected, all_names, index, rehash=rehash or verify_only,
-                             workers=min(workers, os.cpu_count() or 1))
+                             workers=min(workers, os.cpu_count() or 1), quiet=quiet)
         report.skipped = len(check.verified)
         report.missing, report.corrupt, report.extra = check.missing, check.corrupt, check.extra
         todo = check.missing + check.corrupt
         if verify_only and not repair:
             return report
         fixed = set()
+        give_up_after = give_up_after or max(50, 4 * workers)
+        failed_in_a_row = 0
         progress = _Progress(len(todo), f"{split} images", quiet or not todo)
+        fetch = lambda name: fetch_object(getter, keys[name], folder / name, expected[name], attempts)  # noqa: E731
+        results = _bounded_map(fetch, sorted(todo), workers)
         try:
-            fetch = lambda name: fetch_object(getter, keys[name], folder / name, expected[name], attempts)  # noqa: E731
-            for result in _bounded_map(fetch, sorted(todo), workers):
+            for result in results:
+                failed_in_a_row = 0 if result.ok else failed_in_a_row + 1
                 if result.ok:
                     report.downloaded += 1
                     report.bytes += result.nbytes
@@ -569,7 +581,11 @@ def download_split(
                     report.failed.append({"id": result.name.removesuffix(".jpg"), "key": keys[result.name],
                                           "reason": result.reason})
                 progress.update(result.nbytes)
+                if failed_in_a_row >= give_up_after:
+                    report.aborted = f"stopped after {failed_in_a_row} failed files in a row (last: {result.reason})"
+                    break
         finally:
+            results.close()  # cancels what has not started
             progress.close()
         report.missing = [n for n in report.missing if n not in fixed]
         report.corrupt = [n for n in report.corrupt if n not in fixed]

@@ -253,7 +253,8 @@ def test_local_corruption_found_and_repaired(mini_dataset: Path, s3_endpoint: st
     assert run_cli("--dest", str(tmp_path), "--limit", "6", "--verify-only", "--repair", endpoint=s3_endpoint) == 0
     assert report_of(tmp_path)["downloaded"] == 1
     assert_verified(tmp_path, mini_dataset, {f"Q{i:05d}.jpg" for i in range(6)})
-    assert run_cli("--dest", str(tmp_path), "--limit", "6", "--verify-only", endpoint=s3_endpoint) == 0
+    # --verify-only needs no network: it reuses the metadata saved by the first run
+    assert run_cli("--dest", str(tmp_path), "--limit", "6", "--verify-only", endpoint="http://127.0.0.1:9") == 0
 
 
 def test_corrupt_object_reported_never_kept(mini_dataset: Path, s3_endpoint: str, tmp_path: Path) -> None:
@@ -286,6 +287,17 @@ def test_server_errors_and_dropped_connections_survived(mini_dataset: Path, s3_e
         assert run_cli("--dest", str(tmp_path / "b"), "--ids", "Q00000", "--attempts", "2", endpoint=proxy.url) == 1
     [failure] = report_of(tmp_path / "b")["failed"]
     assert "HTTP 50" in failure["reason"] and "after 2 attempts" in failure["reason"]
+
+
+def test_gives_up_when_every_file_fails(mini_dataset: Path, s3_endpoint: str, tmp_path: Path) -> None:
+    metadata = read_metadata(mini_dataset / "query_metadata.csv", "query")
+    with FaultProxy(s3_endpoint, fail_first=100) as proxy:
+        getter = download.ObjectGetter(download.make_client("us-west", proxy.url), BUCKET, PREFIX, 2)
+        report = download.download_split(getter, "query", metadata, tmp_path, workers=2, attempts=1, quiet=True,
+                                         give_up_after=5)
+    assert report.aborted.startswith("stopped after 5 failed files in a row") and "HTTP 50" in report.aborted
+    assert len(report.failed) == 5 and len(report.missing) == len(metadata) and not report.ok
+    assert proxy.faults < len(metadata)  # the rest was never tried
 
 
 def test_kill_mid_run_then_resume(mini_dataset: Path, s3_endpoint: str, tmp_path: Path) -> None:

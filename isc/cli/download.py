@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dest", required=True, metavar="DIR", help="destination folder; images go to DIR/<split>_images/")
     parser.add_argument("--metadata", metavar="CSV",
                         help="the split's metadata CSV (image_id,s3_uri,md5_checksum) from the competition's data page; "
-                        "default: fetch all/<split>_metadata.csv from the bucket (a mirror such as isc-s3serve has it)")
+                        "default: fetch all/<split>_metadata.csv from the bucket (a mirror such as isc-s3serve has it) and keep it "
+                        "as DIR/<split>_metadata.csv, which --verify-only then reuses offline")
     parser.add_argument("--endpoint-url", metavar="URL",
                         help="S3 endpoint of a mirror or a local server (default: AWS, or $AWS_ENDPOINT_URL); "
                         "path-style addressing is used")
@@ -88,6 +89,8 @@ def _summary(report: download.DownloadReport, report_path: Path) -> str:
         lines.append(f"missing {len(report.missing)}, corrupt {len(report.corrupt)}, extra {len(report.extra)}")
         lines += [f"  {state}: {name}" for state in ("missing", "corrupt", "extra") for name in getattr(report, state)[:20]]
     lines += [f"  failed {f['id']}: {f['reason']}" for f in report.failed[:20]]
+    if report.aborted:
+        lines.append(f"{report.aborted}; re-run the same command to resume")
     if len(report.failed) > 20:
         lines.append(f"  ... {len(report.failed) - 20} more failures")
     lines.append(f"report: {report_path}")
@@ -112,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
         bucket_region = download.check_reachable(client, bucket, args.split)
         if bucket_region and bucket_region != client.meta.region_name:
             client = client_for(region, bucket_region)  # S3 says the bucket lives elsewhere: sign and route there
-    metadata = download.load_metadata(client, bucket, args.split, args.dest, args.metadata)
+    saved = Path(args.dest) / f"{args.split}_metadata.csv"
+    offline = args.verify_only and not args.repair and not args.metadata and saved.is_file()
+    metadata = download.load_metadata(client, bucket, args.split, args.dest, saved if offline else args.metadata)
     rows = download.select_rows(metadata, args.split, args.filters or (), args.ids, args.limit)
     all_names = {uri.rpartition("/")[2] for uri in metadata["s3_uri"]}
     getter = download.ObjectGetter(client, bucket, images_prefix(args.split), args.workers)
