@@ -1,0 +1,530 @@
+"""Self-supervised copy-detection training on unlabeled images, the SSCD recipe in one short pipeline.
+
+- every image gives two or more views, each a random crop, a DISC21-style edit (:func:`isc.synth.random_edit`),
+  a flip and colour jitter; the views of one image are positives, every other image of the (cross-process)
+  batch a negative;
+- a few mixup/cutmix images are appended to each batch: positive to both sources, weighted by their shares;
+- loss: InfoNCE with a temperature plus the differential-entropy (KoLeo) regulariser, as in SSCD;
+- AdamW with a linear warm-up and cosine decay, gradient accumulation, mixed precision on the GPU,
+  ``torchrun`` for several processes (DistributedDataParallel, gloo on the CPU, nccl on GPUs);
+- ``RUN_DIR/last.pt`` every N steps (resumable), ``RUN_DIR/log.jsonl`` one line per step,
+  ``RUN_DIR/eval.jsonl`` µAP on a held-out mini dataset with and without score normalisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms
+from tqdm import tqdm
+
+from isc.extract import extract, list_images, list_split_images
+from isc.io import InputError, atomic_path, read_descriptors, read_ground_truth
+from isc.metrics import evaluate
+from isc.models import create_model, load_checkpoint, save_checkpoint
+from isc.search import search
+from isc.synth import random_edit
+
+# --------------------------------------------------------------------------------------------- data
+
+
+class AugmentedViews(Dataset):
+    """Item ``i``: a ``[views, 3, S, S]`` tensor of independently augmented copies of image ``i``.
+
+    Runs in the DataLoader's worker processes; the recently decoded images of a worker are the overlays
+    that the edits paste the image onto or over, as DISC21 pasted copies onto other photos.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        views: int = 2,
+        edit_probability: float = 0.5,
+        n_overlays: int = 4,
+    ) -> None:
+        self.paths, self.image_size, self.views = list(paths), image_size, views
+        self.edit_probability, self.n_overlays = edit_probability, n_overlays
+        # mild: the DISC21-style edits bring the strong crops, colour changes and overlays
+        self.crop = transforms.RandomResizedCrop(image_size, scale=(0.5, 1.0))
+        self.finish = transforms.Compose([
+            transforms.Resize((image_size, image_size)),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomApply([transforms.ColorJitter(0.3, 0.3, 0.3, 0.05)], p=0.5),
+            transforms.RandomGrayscale(p=0.05),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ])
+        self.overlays: list[Image.Image] = []
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> Image.Image:
+        with Image.open(self.paths[index]) as image:
+            image.draft("RGB", (2 * self.image_size, 2 * self.image_size))  # JPEG: decode at a reduced scale
+            return image.convert("RGB")
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = self.load(index)
+        rng = np.random.default_rng(int(torch.randint(2**62, ())))  # torch seeds each worker; the edits follow it
+        views = torch.stack([self.view(image, rng) for _ in range(self.views)])
+        self.overlays = [image.resize((self.image_size, self.image_size))] + self.overlays[: self.n_overlays - 1]
+        return views
+
+    def view(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+        image = self.crop(image)
+        if rng.random() < self.edit_probability:
+            image = random_edit(image, rng, self.overlays)
+        return self.finish(image)
+
+
+class TrainingOrder(Sampler[int]):
+    """This process's image indices for micro-batches ``start..stop``: a fresh shuffle every epoch (seeded, so
+    that a resumed run continues the same order), each global micro-batch split between the processes."""
+
+    def __init__(self, n_images: int, batch_size: int, start: int, stop: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.n_images, self.batch_size, self.start, self.stop = n_images, batch_size, start, stop
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.per_epoch = n_images // (batch_size * world_size)
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, order = -1, torch.empty(0, dtype=torch.long)
+        for batch in range(self.start, self.stop):
+            if batch // self.per_epoch != epoch:
+                epoch = batch // self.per_epoch
+                order = torch.randperm(self.n_images, generator=torch.Generator().manual_seed(self.seed + epoch))
+            first = (batch % self.per_epoch) * self.batch_size * self.world_size + self.rank * self.batch_size
+            yield from order[first : first + self.batch_size].tolist()
+
+
+def mix_images(first: torch.Tensor, second: torch.Tensor, rng: np.random.Generator, mixup_alpha: float = 1.0,
+               cutmix_alpha: float = 1.0, cutmix_probability: float = 0.5) -> tuple[torch.Tensor, float]:
+    """Mixup (a blend) or cutmix (a pasted box) of two ``[3, H, W]`` images; returns it and ``first``'s share."""
+    if rng.random() >= cutmix_probability:
+        share = float(rng.beta(mixup_alpha, mixup_alpha))
+        return share * first + (1 - share) * second, share
+    share = float(rng.beta(cutmix_alpha, cutmix_alpha))
+    _, height, width = first.shape
+    box_h, box_w = round(height * math.sqrt(1 - share)), round(width * math.sqrt(1 - share))
+    y, x = int(rng.integers(0, height - box_h + 1)), int(rng.integers(0, width - box_w + 1))
+    mixed = first.clone()
+    mixed[:, y : y + box_h, x : x + box_w] = second[:, y : y + box_h, x : x + box_w]
+    return mixed, 1 - box_h * box_w / (height * width)  # the share the rounded box really left
+
+
+@dataclass
+class MixBatch:
+    """DataLoader ``collate_fn``: stacks the views and appends ``round(fraction * images)`` mixed images.
+
+    Returns ``images [R, 3, S, S]``, ``sources [R, 2]`` (indices of the batch's images each row shows) and
+    ``shares [R, 2]`` (how much of each); a plain view shows its image twice with shares (1, 0).
+    """
+
+    fraction: float = 0.0
+    mixup_alpha: float = 1.0
+    cutmix_alpha: float = 1.0
+    cutmix_probability: float = 0.5
+
+    def __call__(self, samples: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        views = torch.stack(samples)  # [N, V, 3, S, S]
+        n_images, n_views = views.shape[:2]
+        images = views.flatten(0, 1)
+        sources = torch.arange(n_images).repeat_interleave(n_views)[:, None].repeat(1, 2)
+        shares = torch.tensor([[1.0, 0.0]]).repeat(len(images), 1)
+        n_mixed = round(self.fraction * n_images) if n_images > 1 else 0
+        if n_mixed:
+            rng = np.random.default_rng(int(torch.randint(2**62, ())))
+            mixed, mixed_sources, mixed_shares = [], [], []
+            for _ in range(n_mixed):
+                a, b = rng.choice(n_images, size=2, replace=False)
+                image, share = mix_images(views[a, rng.integers(n_views)], views[b, rng.integers(n_views)], rng,
+                                          self.mixup_alpha, self.cutmix_alpha, self.cutmix_probability)
+                mixed.append(image)
+                mixed_sources.append([a, b])
+                mixed_shares.append([share, 1 - share])
+            images = torch.cat([images, torch.stack(mixed)])
+            sources = torch.cat([sources, torch.tensor(mixed_sources)])
+            shares = torch.cat([shares, torch.tensor(mixed_shares)])
+        return images, sources, shares
+
+
+# --------------------------------------------------------------------------------------------- loss
+
+
+def instance_targets(sources: torch.Tensor, shares: torch.Tensor, n_instances: int, offset: int = 0) -> torch.Tensor:
+    """``[R, n_instances]``: each row's share of every image, ``offset`` added to the (per-process) indices."""
+    targets = torch.zeros(len(sources), n_instances, device=shares.device, dtype=torch.float32)
+    return targets.scatter_add_(1, sources + offset, shares.float())
+
+
+def sscd_loss(
+    embeddings: torch.Tensor,
+    targets: torch.Tensor,
+    all_embeddings: torch.Tensor | None = None,
+    all_targets: torch.Tensor | None = None,
+    offset: int = 0,
+    temperature: float = 0.05,
+    entropy_weight: float = 30.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """InfoNCE over a batch plus the differential-entropy (KoLeo) regulariser; returns (loss, statistics).
+
+    ``embeddings [R, D]`` and ``targets [R, G]`` are this process's rows; ``all_*`` the whole batch of all
+    processes (default: the same), in which this process's rows start at ``offset``. Two rows are positives in
+    proportion to the images they share (``targets @ all_targets.T``), negatives when they share none.
+    """
+    all_embeddings = embeddings if all_embeddings is None else all_embeddings
+    all_targets = targets if all_targets is None else all_targets
+    embeddings, all_embeddings = F.normalize(embeddings.float(), dim=1), F.normalize(all_embeddings.float(), dim=1)
+    similarity = embeddings @ all_embeddings.T
+    overlap = targets @ all_targets.T
+    rows = torch.arange(len(embeddings), device=embeddings.device)
+    is_self = torch.zeros_like(overlap, dtype=torch.bool)
+    is_self[rows, rows + offset] = True
+    positive = overlap.masked_fill(is_self, 0)
+    negative = overlap == 0
+
+    # SSCD's InfoNCE: each positive against the row's negatives only (not against the other positives)
+    logits = similarity / temperature
+    negatives_logsumexp = logits.masked_fill(~negative, -math.inf).logsumexp(dim=1, keepdim=True)
+    log_probability = logits - torch.logaddexp(logits, negatives_logsumexp)
+    infonce = (-(log_probability * positive).sum(1) / positive.sum(1).clamp_min(1e-6)).mean()
+
+    # KoLeo: push every row away from its nearest negative (the log distance estimates differential entropy)
+    nearest_negative = similarity.masked_fill(~negative, -1.0).max(dim=1).values
+    entropy = -(2 - 2 * nearest_negative).clamp_min(1e-6).sqrt().log().mean()
+    loss = infonce + entropy_weight * entropy
+    with torch.no_grad():
+        stats = {
+            "infonce": infonce.item(),
+            "entropy": entropy.item(),
+            "positive_similarity": ((similarity * positive).sum() / positive.sum().clamp_min(1e-6)).item(),
+            "negative_similarity": ((similarity * negative).sum() / negative.sum().clamp_min(1)).item(),
+            "nearest_negative_similarity": nearest_negative.mean().item(),
+        }
+    return loss, stats
+
+
+def gather_batch(embeddings: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Every process's rows (embeddings differentiably) and the offset of this process's rows among them."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return embeddings, targets, 0
+    import torch.distributed.nn.functional as distributed_nn
+
+    all_embeddings = torch.cat(distributed_nn.all_gather(embeddings))
+    gathered_targets = [torch.empty_like(targets) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered_targets, targets)
+    return all_embeddings, torch.cat(gathered_targets), dist.get_rank() * len(embeddings)
+
+
+def learning_rate(step: int, total_steps: int, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then a cosine decay to zero at ``total_steps``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def freeze_first_layers(model: nn.Module, fraction: float) -> None:
+    """Freeze the first ``fraction`` of the parameter tensors, in network order: the early, high-resolution
+    layers keep their ImageNet filters, and autograd skips their backward pass (the costliest one)."""
+    parameters = list(model.parameters())
+    for parameter in parameters[: round(fraction * len(parameters))]:
+        parameter.requires_grad_(False)
+
+
+def freeze_batch_norm(model: nn.Module) -> None:
+    """Keep BatchNorm layers on their ImageNet statistics and weights (small batches make poor estimates)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            module.requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------- loop
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; stored in ``RUN_DIR/config.json`` and in every checkpoint."""
+
+    data: str
+    run_dir: str
+    model: str = "efficientnet_lite0"
+    dim: int | None = 256
+    init_checkpoint: str | None = None
+    pretrained: bool = False
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 32
+    accumulate: int = 1
+    views: int = 2
+    image_size: int = 160
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup: float = 0.05
+    temperature: float = 0.05
+    entropy_weight: float = 30.0
+    mix_fraction: float = 0.125
+    edit_probability: float = 0.5
+    freeze_bn: bool = False
+    freeze_fraction: float = 0.0
+    amp: bool | None = None
+    device: str | None = None
+    workers: int = 4
+    checkpoint_every: int = 100
+    eval_data: str | None = None
+    eval_every: int = 0
+    seed: int = 0
+    resume: bool = False
+    torchscript: bool = False
+    quiet: bool = False
+
+
+def evaluate_model(model: nn.Module, eval_data: str | Path, work_dir: str | Path, device: str = "cpu",
+                   workers: int | None = None, quiet: bool = True) -> dict[str, float] | None:
+    """µAP of ``model`` on an isc-synth dataset, with and without score normalisation by its training images.
+
+    Descriptors go through :func:`isc.extract.extract` (into ``work_dir``), predictions through
+    :func:`isc.search.search`; under ``torchrun`` every process extracts a shard and the first one scores
+    (the others get None).
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ground_truth = read_ground_truth(Path(eval_data) / "ground_truth.csv")
+    scored = set(ground_truth["query_id"])
+    descriptors = {}
+    for split in ("query", "reference", "training"):
+        images = {i: p for i, p in list_split_images(eval_data, split).items() if split != "query" or i in scored}
+        # a copy: extraction converts the model (half precision on a GPU, channels-last)
+        extract(images, work_dir / f"{split}.h5", copy.deepcopy(model), device=device, workers=workers,
+                resume=False, quiet=quiet)
+        if dist.is_initialized() and dist.get_rank() != 0:
+            continue
+        ids, vectors, _ = read_descriptors(work_dir / f"{split}.h5")
+        descriptors[split] = (ids, vectors)
+    if not descriptors:
+        return None
+    (query_ids, query), (reference_ids, reference) = descriptors["query"], descriptors["reference"]
+    plain = search(query_ids, query, reference_ids, reference, k=10, quiet=True)
+    normalized = search(query_ids, query, reference_ids, reference, k=10, training=descriptors["training"][1], quiet=True)
+    return {"muap": evaluate(plain, ground_truth).muap, "muap_normalized": evaluate(normalized, ground_truth).muap}
+
+
+def setup_process(device: str | None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process; joins the process group when started by ``torchrun``."""
+    world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind not in ("cpu", "cuda"):
+        raise InputError(f"--device must be cpu or cuda, got {kind!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no GPU is visible to torch")
+    where = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if kind == "cuda" else torch.device("cpu")
+    if kind == "cuda":
+        torch.cuda.set_device(where)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo")
+    return rank, world_size, where
+
+
+def set_training_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        freeze_batch_norm(model)
+
+
+def total_steps(config: TrainConfig, n_images: int, world_size: int) -> int:
+    """Optimiser steps of the run: ``--steps``, or ``--epochs`` passes over the images."""
+    batches_per_epoch = n_images // (config.batch_size * world_size)
+    if batches_per_epoch == 0:
+        raise InputError(f"{config.data}: {n_images} images, fewer than one batch "
+                         f"({config.batch_size} per process x {world_size} processes)")
+    if config.steps is not None:
+        return config.steps
+    return max(1, math.ceil((config.epochs or 1.0) * batches_per_epoch / config.accumulate))
+
+
+def check_config(config: TrainConfig) -> None:
+    for name in ("batch_size", "accumulate", "image_size", "checkpoint_every"):
+        if getattr(config, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.views < 2:
+        raise InputError(f"--views must be at least 2 (the views of an image are its positives), got {config.views}")
+    if config.steps is not None and config.steps < 0 or config.epochs is not None and config.epochs <= 0:
+        raise InputError("--steps must be >= 0 and --epochs > 0")
+    if config.temperature <= 0 or config.lr <= 0:
+        raise InputError("--temperature and --lr must be positive")
+    if not all(0 <= value <= 1 for value in (config.mix_fraction, config.edit_probability, config.freeze_fraction)):
+        raise InputError("--mix-fraction, --edit-probability and --freeze-fraction must lie in [0, 1]")
+    if not 0 <= config.warmup < 1:
+        raise InputError(f"--warmup must lie in [0, 1), got {config.warmup}")
+    if config.eval_data is not None and not (Path(config.eval_data) / "ground_truth.csv").is_file():
+        raise InputError(f"--eval-data {config.eval_data}: no ground_truth.csv (expected an isc-synth dataset)")
+
+
+def _keep_log_until(path: Path, step: int) -> None:
+    """Drop the lines a crashed run logged after its last checkpoint, so that a resumed log has each step once."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def train(config: TrainConfig) -> dict | None:
+    """Train (or, with ``config.resume``, continue) a run; returns a summary with the evaluations made
+    (None in the processes other than the first of a ``torchrun`` group)."""
+    check_config(config)
+    rank, world_size, device = setup_process(config.device)
+    try:
+        return _train(config, rank, world_size, device)
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> dict | None:
+    run_dir, paths = Path(config.run_dir), list(list_images(config.data).values())
+    last = run_dir / "last.pt"
+    if config.resume and not last.is_file():
+        raise InputError(f"--resume: {last} does not exist")
+    if not config.resume and last.is_file():
+        raise InputError(f"{last} exists: pass --resume to continue that run, or choose another run directory")
+    steps = total_steps(config, len(paths), world_size)
+
+    torch.manual_seed(config.seed)  # the same new head on every process (DDP also broadcasts rank 0's)
+    if config.resume:
+        model, state = create_model(config.model, checkpoint=last), load_checkpoint(last)
+    else:
+        # the training resolution becomes the model's: isc-extract then resizes images as they were trained
+        model = create_model(config.model, checkpoint=config.init_checkpoint, pretrained=config.pretrained,
+                             dim=config.dim, image_size=config.image_size, resize="square")
+        state = {}
+    start = int(state.get("step", 0))
+    model.to(device)
+    freeze_first_layers(model, config.freeze_fraction)
+    set_training_mode(model, config.freeze_bn)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    amp = device.type == "cuda" if config.amp is None else config.amp
+    amp_dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+    trained = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+
+    # each process and each resumption draws other augmentations (the DataLoader seeds its workers from here)
+    torch.manual_seed(config.seed + 1_000_003 * (1 + rank) + start)
+    loader = DataLoader(
+        AugmentedViews(paths, config.image_size, model.mean, model.std, config.views, config.edit_probability),
+        batch_size=config.batch_size,
+        sampler=TrainingOrder(len(paths), config.batch_size, start * config.accumulate, steps * config.accumulate,
+                              config.seed, rank, world_size),
+        num_workers=config.workers,
+        collate_fn=MixBatch(config.mix_fraction),
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
+    is_main = rank == 0
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+        _keep_log_until(run_dir / "log.jsonl", start)
+        _keep_log_until(run_dir / "eval.jsonl", start)
+    evaluations = []
+
+    def evaluate_now(step: int) -> None:
+        result = evaluate_model(model, config.eval_data, run_dir / "eval", device.type, config.workers, config.quiet)
+        if is_main:
+            result = {"step": step, **result}
+            evaluations.append(result)
+            with open(run_dir / "eval.jsonl", "a") as f:
+                f.write(json.dumps(result) + "\n")
+            if not config.quiet:
+                tqdm.write(f"step {step}: µAP {result['muap']:.4f}, with score normalisation {result['muap_normalized']:.4f}")
+        set_training_mode(model, config.freeze_bn)
+        if world_size > 1:
+            dist.barrier()
+
+    if config.eval_data and start == 0:
+        evaluate_now(0)
+    warmup_steps = round(config.warmup * steps)
+    rows_per_process = config.batch_size * config.views + round(config.mix_fraction * config.batch_size)
+    batches = iter(loader)
+    began = time.perf_counter()
+    with open(run_dir / "log.jsonl" if is_main else os.devnull, "a") as log, tqdm(
+        total=steps, initial=start, desc="isc-train", unit="step", disable=config.quiet or not is_main
+    ) as bar:
+        for step in range(start, steps):
+            lr = learning_rate(step, steps, config.lr, warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            totals: dict[str, float] = {}
+            for micro in range(config.accumulate):
+                images, sources, shares = (t.to(device, non_blocking=True) for t in next(batches))
+                targets = instance_targets(sources, shares, config.batch_size * world_size, rank * config.batch_size)
+                # DDP: synchronise the gradients once per optimiser step, on the last micro-batch
+                last_micro = micro == config.accumulate - 1
+                with contextlib.nullcontext() if world_size == 1 or last_micro else trained.no_sync():
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                        embeddings = trained(images)
+                    all_embeddings, all_targets, offset = gather_batch(embeddings.float(), targets)
+                    loss, stats = sscd_loss(embeddings, targets, all_embeddings, all_targets, offset,
+                                            config.temperature, config.entropy_weight)
+                    scaler.scale(loss / config.accumulate).backward()
+                for key, value in {"loss": loss.item(), **stats}.items():
+                    totals[key] = totals.get(key, 0.0) + value / config.accumulate
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+
+            done, elapsed = step + 1, time.perf_counter() - began
+            record = {"step": done, "lr": lr, **totals, "seconds": round(elapsed, 3),
+                      "rows_per_s": round(rows_per_process * world_size * config.accumulate * (done - start) / elapsed, 2)}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{totals['loss']:.3f}", lr=f"{lr:.2e}")
+            bar.update()
+            if is_main and (done % config.checkpoint_every == 0 or done == steps):
+                save_checkpoint(model, last, step=done, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                                config=asdict(config))
+            if config.eval_data and (config.eval_every and done % config.eval_every == 0 or done == steps):
+                evaluate_now(done)
+
+    if not is_main:
+        return None
+    torchscript = None
+    if config.torchscript:
+        torchscript = run_dir / "model.torchscript.pt"
+        export_torchscript(model, torchscript, config.image_size)
+    return {"steps": steps, "start": start, "checkpoint": str(last), "torchscript": str(torchscript) if torchscript else None,
+            "seconds": round(time.perf_counter() - began, 1), "evaluations": evaluations}
+
+
+def export_torchscript(model: nn.Module, path: str | Path, image_size: int) -> None:
+    """Write ``model`` traced as TorchScript (normalised images in, descriptors out) for ``torchscript:PATH``."""
+    network = copy.deepcopy(model.net if hasattr(model, "net") else model).cpu().eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(network, torch.zeros(1, 3, image_size, image_size))
+    with atomic_path(path) as tmp:
+        traced.save(str(tmp))
