@@ -2,16 +2,19 @@
 
 The pipeline, one small function per step:
 
-1. ``make_client``: an anonymous (unsigned) S3 client by default, signed with a named profile when
-   asked; bounded connection pool; botocore's standard or adaptive retries (throttling, 5xx).
+1. ``make_client``: an anonymous (unsigned) botocore S3 client by default, signed with a named profile
+   when asked; it lists, probes regions and fetches the metadata, with botocore's retries.
 2. ``load_metadata``: the split's ``image_id,s3_uri,md5_checksum`` listing, from ``--metadata`` or
    from a mirror's bucket.
 3. ``select_rows``: AWS-CLI-style ``--include``/``--exclude`` filters, id ranges, a limit.
 4. ``check_folder``: which selected files are already present and verified, missing or corrupt; a
    small journal of verified (size, mtime, md5) avoids re-hashing a complete folder on every run.
-5. ``fetch_object``: stream one object to ``.<name>.part`` while hashing it, rename it only when the
-   MD5 matches; a mismatch or a connection dropped mid-body is retried a bounded number of times.
+5. ``fetch_object``: GET one object through :class:`ObjectGetter` (URLs made by botocore, bytes over
+   one bounded urllib3 pool), stream it to ``.<name>.part`` while hashing it, rename it only when the
+   MD5 matches; 5xx, throttling, dropped connections and mismatches are retried with backoff.
 6. ``download_split``: all of it in parallel threads, a progress bar, a :class:`DownloadReport`.
+
+Object keys come from the metadata and are never trusted as paths (:func:`local_name`).
 """
 
 from __future__ import annotations
@@ -167,14 +170,15 @@ def object_key(s3_uri: str) -> str:
     return s3_uri.removeprefix("s3://").partition("/")[2]
 
 
-def local_name(key: str, split: str, folder: Path) -> str | None:
-    """The file name an object gets in ``folder``, or None when the key would land outside it (never trusted)."""
+_SAFE_NAME = re.compile(r"[\w-][\w.-]*")
+
+
+def local_name(key: str, split: str) -> str | None:
+    """The file name an object gets in the split's folder: the key's part after the split's prefix, when it is
+    a plain file name; None for a key that could land anywhere else (``../``, sub-folders, hidden names)."""
     prefix = images_prefix(split)
     name = key[len(prefix):] if key.startswith(prefix) else ""
-    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
-        return None
-    target = (folder / name).resolve()
-    return name if target.parent == folder.resolve() else None
+    return name if _SAFE_NAME.fullmatch(name) else None
 
 
 # -------------------------------------------------------------------------------------------- subsets
@@ -545,9 +549,10 @@ def download_split(
     expected, keys = {}, {}
     for image_id, uri, md5 in rows[["image_id", "s3_uri", "md5_checksum"]].itertuples(index=False):
         key = object_key(uri)
-        name = local_name(key, split, folder)
-        if name is None:
-            report.failed.append({"id": image_id, "key": key, "reason": f"refused: key would land outside {folder}"})
+        name = local_name(key, split)
+        if name != f"{image_id}.jpg":
+            reason = "refused: key would land outside the folder" if name is None else f"refused: key is not {image_id}.jpg"
+            report.failed.append({"id": image_id, "key": key, "reason": f"{reason} ({folder})"})
             continue
         expected[name], keys[name] = md5, key
     if all_names is None:

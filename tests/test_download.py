@@ -195,12 +195,12 @@ def test_select_rows_ranges_limit_and_bad_range(mini_dataset: Path) -> None:
             download.select_rows(metadata, "query", id_ranges=[bad])
 
 
-def test_hostile_keys_never_land_outside_the_folder(tmp_path: Path) -> None:
-    folder = tmp_path / "query_images"
-    assert download.local_name(PREFIX + "Q00001.jpg", "query", folder) == "Q00001.jpg"
+def test_hostile_keys_never_land_outside_the_folder() -> None:
+    assert download.local_name(PREFIX + "Q00001.jpg", "query") == "Q00001.jpg"
     for key in (PREFIX + "../../evil.jpg", PREFIX + "..", PREFIX + "sub/x.jpg", PREFIX, "all/other/Q1.jpg",
-                PREFIX + ".hidden.part", "../" + PREFIX + "Q00001.jpg", PREFIX + "..\\evil.jpg"):
-        assert download.local_name(key, "query", folder) is None, key
+                PREFIX + ".hidden.part", "../" + PREFIX + "Q00001.jpg", PREFIX + "..\\evil.jpg",
+                PREFIX + "Q1\x00.jpg", PREFIX + "/etc/passwd"):
+        assert download.local_name(key, "query") is None, key
 
 
 # ----------------------------------------------------------------------------- against the server
@@ -228,6 +228,13 @@ def test_include_exclude_ids_and_limit(mini_dataset: Path, s3_endpoint: str, tmp
     assert run_cli("--dest", str(tmp_path / "b"), "--ids", "Q00005-Q00020", "--exclude", "Q0001[0-4].jpg",
                    "--limit", "6", endpoint=s3_endpoint) == 0
     assert_verified(tmp_path / "b", mini_dataset, {f"Q{i:05d}.jpg" for i in (5, 6, 7, 8, 9, 15)})
+
+
+def test_include_alone_warns_and_selects_everything(mini_dataset: Path, s3_endpoint: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("--dest", str(tmp_path), "--include", "Q0000*", "--ids", "Q00010-Q00012", endpoint=s3_endpoint) == 0
+    assert "--exclude '*' --include 'Q0000*'" in capsys.readouterr().err
+    assert_verified(tmp_path, mini_dataset, {"Q00010.jpg", "Q00011.jpg", "Q00012.jpg"})
 
 
 def test_local_corruption_found_and_repaired(mini_dataset: Path, s3_endpoint: str, tmp_path: Path) -> None:
@@ -332,6 +339,7 @@ def test_metadata_rows_without_objects_and_hostile_keys(mini_dataset: Path, s3_e
     extra = pd.DataFrame([
         ("Q09999", f"s3://{BUCKET}/{PREFIX}Q09999.jpg", "0" * 32),  # listed, not in the bucket
         ("Q09998", f"s3://{BUCKET}/{PREFIX}../../../escaped.jpg", "1" * 32),  # hostile key
+        ("Q09997", f"s3://{BUCKET}/{PREFIX}Q00000.jpg", "2" * 32),  # another id's object
     ], columns=metadata.columns)
     csv = tmp_path / "metadata.csv"
     write_metadata(csv, pd.concat([metadata, extra]))
@@ -340,7 +348,8 @@ def test_metadata_rows_without_objects_and_hostile_keys(mini_dataset: Path, s3_e
     report = report_of(dest)
     reasons = {f["id"]: f["reason"] for f in report["failed"]}
     assert "404" in reasons["Q09999"] and "NoSuchKey" in reasons["Q09999"]
-    assert reasons["Q09998"].startswith("refused")
+    assert reasons["Q09998"].startswith("refused: key would land outside")
+    assert reasons["Q09997"].startswith("refused: key is not Q09997.jpg")
     assert report["downloaded"] == 3
     assert not (tmp_path / "escaped.jpg").exists() and not list(tmp_path.rglob("escaped.jpg"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from isc import download
@@ -82,6 +83,19 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"{args.metadata}: no such metadata file")
 
 
+def _warn_about_leading_includes(filters: list[tuple[str, str]]) -> None:
+    """With the AWS CLI's rule an --include before any --exclude selects nothing more: say so."""
+    leading = []
+    for kind, pattern in filters:
+        if kind == "exclude":
+            break
+        leading.append(pattern)
+    if leading:
+        shown = " ".join(f"--include {p!r}" for p in leading)
+        warnings.warn(f"{shown} before any --exclude changes nothing (every file is included unless excluded, "
+                      f"as with the AWS CLI); to select only these files use --exclude '*' {shown}", stacklevel=2)
+
+
 def _summary(report: download.DownloadReport, report_path: Path) -> str:
     lines = [f"{report.selected} selected: {report.downloaded} downloaded ({report.bytes / 1e6:,.1f} MB in "
              f"{report.seconds:.1f} s), {report.skipped} already verified, {len(report.failed)} failed"]
@@ -99,6 +113,7 @@ def _summary(report: download.DownloadReport, report_path: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    _warn_about_leading_includes(args.filters or [])
 
     def client_for(region: str, aws_region: str | None = None):
         return download.make_client(region, args.endpoint_url, args.profile, args.workers, aws_region=aws_region)
