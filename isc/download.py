@@ -272,9 +272,8 @@ class VerifiedIndex:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
-        keep = [name for name in keep if name in self.entries]
         with atomic_path(self.path) as tmp:
-            tmp.write_text("".join(f"{n}\t{s}\t{m}\t{h}\n" for n, (s, m, h) in ((n, self.entries[n]) for n in keep)))
+            tmp.write_text("".join("{}\t{}\t{}\t{}\n".format(n, *self.entries[n]) for n in keep if n in self.entries))
 
 
 @dataclass

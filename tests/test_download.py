@@ -334,6 +334,25 @@ def test_kill_mid_run_then_resume(mini_dataset: Path, s3_endpoint: str, tmp_path
     assert_verified(tmp_path, mini_dataset, names)
 
 
+def test_ctrl_c_stops_cleanly_with_a_report(mini_dataset: Path, s3_endpoint: str, tmp_path: Path) -> None:
+    folder = tmp_path / "query_images"
+    with FaultProxy(s3_endpoint, delay=0.15) as proxy:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "isc.cli.download", "--region", "us-west", "--split", "query", "--dest",
+             str(tmp_path), "--endpoint-url", proxy.url, "--workers", "2"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while len(list(folder.glob("*.jpg"))) < 3 and time.time() < deadline and child.poll() is None:
+            time.sleep(0.02)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    assert child.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    report = report_of(tmp_path)
+    assert report["interrupted"] and not report["ok"] and 3 <= report["downloaded"] < len(query_files(mini_dataset))
+    assert not list(folder.glob(".*.part"))
+    assert_verified(tmp_path, mini_dataset, {p.name for p in folder.glob("*.jpg")})
+
+
 def test_metadata_rows_without_objects_and_hostile_keys(mini_dataset: Path, s3_endpoint: str, tmp_path: Path) -> None:
     metadata = read_metadata(mini_dataset / "query_metadata.csv", "query").head(3)
     extra = pd.DataFrame([
