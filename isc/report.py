@@ -315,7 +315,8 @@ def render_html(report: Report) -> str:
     warning = ""
     if report.missing_images:
         shown = ", ".join(report.missing_images[:10]) + (" ..." if len(report.missing_images) > 10 else "")
-        warning = (f'<p class="warning">{len(report.missing_images)} images not found under the data folder '
+        n = len(report.missing_images)
+        warning = (f'<p class="warning">{n} image{"s" if n > 1 else ""} not found under the data folder '
                    f"(grey tiles): {html.escape(shown)}</p>")
     title = "Copy-detection error report" + (f": {report.source}" if report.source else "")
     return (
@@ -345,6 +346,10 @@ def write_summary_png(report: Report, path: str | Path) -> None:
     p90 = "not reached" if m.recall_at_p90 is None else f"{m.recall_at_p90:.4f} (threshold {m.threshold_at_p90:.4g})"
     text = (f"µAP {m.muap:.4f}   recall@P90 {p90}   {m.n_predictions:,} predictions, "
             f"{m.n_true_positives:,}/{m.n_positives:,} true pairs found")
-    ImageDraw.Draw(summary).text((10, 10), text, fill="black", font=ImageFont.load_default(size=18))
+    from matplotlib import font_manager
+
+    # matplotlib's bundled DejaVu Sans has a "µ"; Pillow's default font does not
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 18)
+    ImageDraw.Draw(summary).text((10, 10), text, fill="black", font=font)
     with atomic_path(path) as tmp:
         summary.save(tmp, format="PNG")

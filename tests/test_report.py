@@ -175,7 +175,7 @@ def test_missing_images_become_placeholder_tiles(mini_dataset, tmp_path):
     assert tile.shape == (160, 160, 3) and (tile == (200, 200, 200)).all(axis=2).mean() > 0.8
     write_report(report, tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
-    assert "1 images not found" in page and len(embedded_images(page)) == 2 + 2 * 12
+    assert "1 image not found" in page and len(embedded_images(page)) == 2 + 2 * 12
 
 
 def test_large_predictions_file_gives_bounded_galleries(mini_dataset, tmp_path):

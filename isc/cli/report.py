@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"µAP {m.muap:.4f}, recall@P90 {p90}; report written to {args.output}"
               + (f", summary to {args.png}" if args.png else ""))
         if report.missing_images:
-            print(f"{len(report.missing_images)} images not found under {args.data} (drawn as grey tiles)")
+            print(f"images not found under {args.data} (drawn as grey tiles): {len(report.missing_images)}")
     return 0
 
 
