@@ -118,6 +118,29 @@ def check_reachable(client, bucket: str, split: str) -> str | None:
     return answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
 
 
+def connect(
+    region: str, split: str, endpoint_url: str | None = None, profile: str | None = None,
+    max_pool_connections: int = DEFAULT_WORKERS, check: bool = True,
+) -> tuple[str, object, dict[str, float]]:
+    """(region, client, probe timings) for a region name or ``auto`` (the fastest bucket; timings empty otherwise).
+
+    ``check``: list one key first, so that an unreachable bucket fails at once, and follow S3 when it says the
+    bucket lives in another AWS region than assumed.
+    """
+    def client_for(name: str, aws_region: str | None = None):
+        return make_client(name, endpoint_url, profile, max_pool_connections, aws_region=aws_region)
+
+    timings: dict[str, float] = {}
+    if region == "auto":
+        region, timings = fastest_region(client_for, split)
+    client = client_for(region)
+    if check:
+        bucket_region = check_reachable(client, bucket_for_region(region), split)
+        if bucket_region and bucket_region != client.meta.region_name:
+            client = client_for(region, bucket_region)
+    return region, client, timings
+
+
 def probe_seconds(client, bucket: str, split: str, repeats: int = 3) -> float:
     """Fastest of ``repeats`` one-key listings of the split's prefix (the first one also opens the connection)."""
     best = float("inf")
@@ -603,10 +626,13 @@ def download_split(
 
 
 def load_metadata(
-    client, bucket: str, split: str, dest: str | Path, metadata_path: str | Path | None = None
+    client, bucket: str, split: str, dest: str | Path, metadata_path: str | Path | None = None,
+    reuse_saved: bool = False,
 ) -> pd.DataFrame:
-    """The split's metadata: the given CSV, or the bucket's copy saved as ``dest/<split>_metadata.csv``."""
-    if metadata_path is not None:
-        return read_metadata(metadata_path, split)
-    return fetch_metadata(client, bucket, split, Path(dest) / f"{split}_metadata.csv")
+    """The split's metadata: the given CSV, or the bucket's copy saved as ``dest/<split>_metadata.csv``
+    (fetched again unless ``reuse_saved`` and a saved copy exists: verification then needs no network)."""
+    saved = Path(dest) / f"{split}_metadata.csv"
+    if metadata_path is not None or (reuse_saved and saved.is_file()):
+        return read_metadata(metadata_path or saved, split)
+    return fetch_metadata(client, bucket, split, saved)
 

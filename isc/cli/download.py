@@ -115,24 +115,14 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     _warn_about_leading_includes(args.filters or [])
 
-    def client_for(region: str, aws_region: str | None = None):
-        return download.make_client(region, args.endpoint_url, args.profile, args.workers, aws_region=aws_region)
-
-    region = args.region
-    if region == "auto":
-        region, timings = download.fastest_region(client_for, args.split)
-        if not args.quiet:
-            shown = ", ".join(f"{r} {t * 1000:.0f} ms" for r, t in timings.items())
-            print(f"fastest region: {region} ({shown})", file=sys.stderr)
-    client = client_for(region)
+    region, client, timings = download.connect(args.region, args.split, args.endpoint_url, args.profile, args.workers,
+                                               check=not args.verify_only or args.repair)
+    if timings and not args.quiet:
+        shown = ", ".join(f"{r} {t * 1000:.0f} ms" for r, t in timings.items())
+        print(f"fastest region: {region} ({shown})", file=sys.stderr)
     bucket = download.bucket_for_region(region)
-    if not args.verify_only or args.repair:
-        bucket_region = download.check_reachable(client, bucket, args.split)
-        if bucket_region and bucket_region != client.meta.region_name:
-            client = client_for(region, bucket_region)  # S3 says the bucket lives elsewhere: sign and route there
-    saved = Path(args.dest) / f"{args.split}_metadata.csv"
-    offline = args.verify_only and not args.repair and not args.metadata and saved.is_file()
-    metadata = download.load_metadata(client, bucket, args.split, args.dest, saved if offline else args.metadata)
+    metadata = download.load_metadata(client, bucket, args.split, args.dest, args.metadata,
+                                      reuse_saved=args.verify_only and not args.repair)
     rows = download.select_rows(metadata, args.split, args.filters or (), args.ids, args.limit)
     all_names = {uri.rpartition("/")[2] for uri in metadata["s3_uri"]}
     getter = download.ObjectGetter(client, bucket, images_prefix(args.split), args.workers)
