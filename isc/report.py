@@ -102,7 +102,7 @@ def load_thumbnail(path: str | Path, size: int = THUMBNAIL_SIZE) -> Image.Image 
         with Image.open(path) as image:
             image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster for big images
             thumbnail = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
     thumbnail.thumbnail((size, size))
     return thumbnail
@@ -197,6 +197,8 @@ def build_report(
         raise InputError(f"data folder {data_root} does not exist (expected ROOT/query_images, ROOT/reference_images)")
     if gallery_size < 0:
         raise InputError(f"gallery size must be >= 0, got {gallery_size}")
+    if thumbnail_size < 16:
+        raise InputError(f"thumbnail size must be at least 16 pixels, got {thumbnail_size}")
     if restrict_to_ground_truth_queries:
         predictions = predictions[predictions["query_id"].isin(ground_truth["query_id"])]
     metrics = evaluate(predictions, ground_truth)
