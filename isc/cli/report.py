@@ -12,7 +12,7 @@ from isc.report import GALLERY_SIZE, THUMBNAIL_SIZE, build_report, write_report,
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="isc-report",
-        description="Error report of a matching-track predictions CSV: µAP, recall at 90%% precision, the "
+        description="Error report of a matching-track predictions CSV: µAP, recall at 90% precision, the "
         "precision-recall curve, score histograms of true and false pairs, and galleries of the highest-scoring "
         "false matches, the missed ground-truth pairs and random true matches. One HTML file with every image "
         "embedded (no network needed to view it).",
@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--png", metavar="SUMMARY.png",
                         help="also write a summary image: headline numbers, precision-recall curve, score histograms")
     parser.add_argument("--gallery-size", type=int, default=GALLERY_SIZE,
-                        help=f"at most this many pairs per gallery, sampled at random where there are more "
-                        f"(default {GALLERY_SIZE})")
+                        help=f"at most this many pairs per gallery: the highest-scoring false matches, a random "
+                        f"sample of the missed and of the true pairs (default {GALLERY_SIZE})")
     parser.add_argument("--thumbnail-size", type=int, default=THUMBNAIL_SIZE,
                         help=f"longest side of the embedded thumbnails in pixels (default {THUMBNAIL_SIZE})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the gallery sampling (default 0)")
