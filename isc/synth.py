@@ -240,7 +240,7 @@ def base_image(rng: np.random.Generator, min_size: int = 200, max_size: int = 40
     y, x = np.mgrid[-1:1:height * 1j, -1:1:width * 1j].astype(np.float32)
     vignette = 1 - rng.uniform(0, 0.45) * (x**2 + y**2) / 2
     tint = rng.uniform(0.9, 1.1, 3).astype(np.float32)
-    sensor_noise = rng.standard_normal(pixels.shape, dtype=np.float32) * np.float32(rng.uniform(1, 7))
+    sensor_noise = rng.standard_normal(pixels.shape, dtype=np.float32) * np.float32(rng.uniform(2, 10))
     pixels = pixels * vignette[..., None] * tint + sensor_noise
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
@@ -340,8 +340,8 @@ def colour(image: Image.Image, rng: np.random.Generator, overlays: Sequence[Imag
 
 @register_edit("blur", photometric=True)
 def blur(image: Image.Image, rng: np.random.Generator, overlays: Sequence[Image.Image] = ()) -> Image.Image:
-    """Gaussian blur, radius 0.5-3% of the long side."""
-    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.005, 0.03) * max(image.size)))
+    """Gaussian blur, radius 0.3-2% of the long side."""
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.003, 0.02) * max(image.size)))
 
 
 @register_edit("noise", photometric=True)
@@ -358,8 +358,8 @@ def noise(image: Image.Image, rng: np.random.Generator, overlays: Sequence[Image
 
 @register_edit("pixelize", photometric=True)
 def pixelize(image: Image.Image, rng: np.random.Generator, overlays: Sequence[Image.Image] = ()) -> Image.Image:
-    """Blocks of 1.5-6% of the long side."""
-    block = max(1.0, rng.uniform(0.015, 0.06) * max(image.size))
+    """Blocks of 1-4% of the long side."""
+    block = max(1.0, rng.uniform(0.01, 0.04) * max(image.size))
     small = image.resize((max(1, round(image.width / block)), max(1, round(image.height / block))), Image.Resampling.BOX)
     return small.resize(image.size, Image.Resampling.NEAREST)
 
@@ -549,7 +549,7 @@ def _make_image(task: _Task, out_dir: Path, seed: int, min_size: int, max_size: 
         quality = int(rng.integers(60, 96))
     else:
         image = base_image(rng, min_size, max_size)
-        quality = int(rng.integers(75, 96))
+        quality = int(rng.integers(85, 98))  # photos as shared online: high quality, fine grain
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     data = buffer.getvalue()
