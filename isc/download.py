@@ -22,13 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import random
 import re
+import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -461,23 +462,44 @@ def fetch_object(
 
 
 def _bounded_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-    """``fn`` over ``items`` in ``workers`` threads, results as they complete; at most 4 × workers queued
-    (a million futures at once would hold gigabytes). Ctrl-C cancels what has not started."""
-    items = iter(items)
-    with ThreadPoolExecutor(workers) as pool:
-        pending: set[Future] = set()
+    """``fn`` over ``items`` in ``workers`` threads that pull from one iterator; results as they complete.
+
+    No future per item (a million at once would hold gigabytes, and waiting on them costs O(pending) each
+    time); closing the generator (Ctrl-C, giving up) lets each thread finish its item and stop.
+    """
+    items, lock, results, stop = iter(items), threading.Lock(), queue.SimpleQueue(), threading.Event()
+    finished = object()
+
+    def work() -> None:
         try:
-            for item in items:
-                pending.add(pool.submit(fn, item))
-                if len(pending) >= 4 * workers:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    yield from (f.result() for f in done)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (f.result() for f in done)
+            while not stop.is_set():
+                with lock:
+                    item = next(items, finished)
+                if item is finished:
+                    break
+                results.put((fn(item), None))
+        except BaseException as e:  # handed to the consumer, raised there
+            results.put((None, e))
         finally:
-            for f in pending:
-                f.cancel()
+            results.put((finished, None))
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    running = len(threads)
+    try:
+        while running:
+            value, error = results.get()
+            if error is not None:
+                raise error
+            if value is finished:
+                running -= 1
+            else:
+                yield value
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 # ------------------------------------------------------------------------------------------ the stage
