@@ -74,31 +74,41 @@ def start_server(data: Path, work: Path) -> tuple[subprocess.Popen, str]:
     return server, endpoint_file.read_text().strip()
 
 
-def timed(command: list[str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the child) of a command that must succeed."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by a running process (Linux; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(command: list[str], server_pid: int) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of the client, CPU seconds of the server) of a command that must succeed."""
+    before, server_before = resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(server_pid)
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    client = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, client, cpu_seconds(server_pid) - server_before
 
 
-def run_isc(endpoint: str, metadata: Path, dest: Path, workers: int, n_files: int) -> tuple[float, float]:
+def run_isc(endpoint: str, server_pid: int, metadata: Path, dest: Path, workers: int, n_files: int) -> tuple:
     seconds = timed([sys.executable, "-m", "isc.cli.download", "--region", "us-west", "--split", "query",
                      "--dest", str(dest), "--endpoint-url", endpoint, "--metadata", str(metadata),
-                     "--workers", str(workers), "--quiet"])
+                     "--workers", str(workers), "--quiet"], server_pid)
     report = json.loads((dest / "query_download_report.json").read_text())
     assert report["downloaded"] == n_files and report["ok"], report
     return seconds
 
 
-def run_aws(endpoint: str, dest: Path, n_files: int) -> tuple[float, float]:
+def run_aws(endpoint: str, server_pid: int, dest: Path, n_files: int) -> tuple:
     aws = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
     if aws is None:
         raise SystemExit("the AWS CLI is not installed (pip install awscli)")
     seconds = timed([aws, "s3", "cp", "--recursive", "--no-sign-request", "--only-show-errors",
-                     "--endpoint-url", endpoint, f"s3://{BUCKET}/{images_prefix('query')}", str(dest)])
+                     "--endpoint-url", endpoint, f"s3://{BUCKET}/{images_prefix('query')}", str(dest)], server_pid)
     assert len(list(dest.iterdir())) == n_files
     return seconds
 
@@ -118,15 +128,15 @@ def main() -> None:
         total_bytes = make_objects(work / "data", args.files, args.size_kb)
         server, endpoint = start_server(work / "data", work)
         try:
-            results: dict[str, list[tuple[float, float]]] = {"isc-download": [], "aws s3 cp": []}
+            results: dict[str, list[tuple[float, float, float]]] = {"isc-download": [], "aws s3 cp": []}
             for i in range(args.repeats):
                 for tool in (("isc-download", "aws s3 cp") if i % 2 == 0 else ("aws s3 cp", "isc-download")):
                     dest = work / f"out-{tool.split()[0]}-{i}"
                     if tool == "isc-download":
-                        results[tool].append(run_isc(endpoint, work / "data" / "query_metadata.csv", dest,
+                        results[tool].append(run_isc(endpoint, server.pid, work / "data" / "query_metadata.csv", dest,
                                                      args.workers, args.files))
                     else:
-                        results[tool].append(run_aws(endpoint, dest / "query_images", args.files))
+                        results[tool].append(run_aws(endpoint, server.pid, dest / "query_images", args.files))
                     shutil.rmtree(dest)
         finally:
             server.terminate()
@@ -134,14 +144,15 @@ def main() -> None:
 
     print(f"{args.files} objects, {total_bytes / 1e6:.0f} MB (mean {total_bytes / args.files / 1e3:.0f} kB), "
           f"local S3 server in its own process, {os.cpu_count()} CPUs, best of {args.repeats}")
-    print("| client | MD5 verified | seconds | files/s | MB/s | client CPU s |")
-    print("|---|---|---|---|---|---|")
+    print("| client | MD5 verified | seconds | files/s | MB/s | client CPU ms/file (start-up included) | server CPU ms/file |")
+    print("|---|---|---|---|---|---|---|")
     best = {}
     for tool, runs in results.items():
-        wall, cpu = min(runs)
+        wall, cpu, server_cpu = min(runs)
         best[tool] = args.files / wall
         verified = "yes, every file" if tool == "isc-download" else "no"
-        print(f"| `{tool}` | {verified} | {wall:.2f} | {args.files / wall:.0f} | {total_bytes / 1e6 / wall:.1f} | {cpu:.1f} |")
+        print(f"| `{tool}` | {verified} | {wall:.2f} | {args.files / wall:.0f} | {total_bytes / 1e6 / wall:.1f} | "
+              f"{cpu / args.files * 1e3:.2f} | {server_cpu / args.files * 1e3:.2f} |")
     print(f"isc-download / aws s3 cp (files/s): {best['isc-download'] / best['aws s3 cp']:.2f}x")
 
 
