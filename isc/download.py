@@ -310,17 +310,6 @@ class FolderCheck:
     extra: list[str] = field(default_factory=list)
 
 
-def _check_one(folder: Path, name: str, md5: str, index: VerifiedIndex, rehash: bool) -> tuple[str, str, object]:
-    path = folder / name
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return name, "missing", None
-    if not rehash and index.trusted(name, stat, md5):
-        return name, "verified", None
-    return name, ("verified" if md5_of_file(path) == md5 else "corrupt"), stat
-
-
 def check_folder(
     folder: Path,
     expected: dict[str, str],
@@ -330,18 +319,35 @@ def check_folder(
     workers: int = 4,
     quiet: bool = True,
 ) -> FolderCheck:
-    """Classify every file of ``expected`` (name -> md5); ``extra``: images in the folder not in ``all_names``."""
+    """Classify every file of ``expected`` (name -> md5); ``extra``: files in the folder not in ``all_names``.
+
+    One listing of the folder finds the missing files; present files are trusted from the index while their
+    size and mtime match (unless ``rehash``), the others are hashed in ``workers`` threads.
+    """
     result = FolderCheck()
-    results = _bounded_map(lambda item: _check_one(folder, item[0], item[1], index, rehash), expected.items(), workers)
-    for name, state, stat in tqdm(results, total=len(expected), desc="checking local files", unit="file",
-                                  disable=quiet or not expected, dynamic_ncols=True):
-        getattr(result, state).append(name)
-        if state == "verified" and stat is not None:
-            index.record(name, stat, expected[name])
-    if folder.is_dir():
-        result.extra = sorted(
-            p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name not in all_names and p.is_file()
-        )
+    present = {entry.name: entry for entry in os.scandir(folder)} if folder.is_dir() else {}
+    to_hash = []
+    for name, md5 in expected.items():
+        entry = present.get(name)
+        try:
+            stat = entry.stat() if entry is not None else None
+        except FileNotFoundError:
+            stat = None
+        if stat is None:
+            result.missing.append(name)
+        elif not rehash and index.trusted(name, stat, md5):
+            result.verified.append(name)
+        else:
+            to_hash.append((name, stat))
+    hashed = _bounded_map(lambda item: (*item, md5_of_file(folder / item[0])), to_hash, workers)
+    for name, stat, md5 in tqdm(hashed, total=len(to_hash), desc="checking local files", unit="file",
+                                disable=quiet or not to_hash, dynamic_ncols=True):
+        if md5 == expected[name]:
+            result.verified.append(name)
+            index.record(name, stat, md5)
+        else:
+            result.corrupt.append(name)
+    result.extra = sorted(n for n, e in present.items() if not n.startswith(".") and n not in all_names and e.is_file())
     return result
 
 
