@@ -35,16 +35,18 @@ PREFIX = images_prefix("query")
 class FaultProxy(ThreadingHTTPServer):
     """An HTTP proxy on loopback in front of the S3 server that misbehaves on purpose, per object key:
     ``fail_first`` answers 500/503 to the first N GETs of each image, ``drop_first`` sends the headers and
-    half the body of the first N then closes the connection, ``delay`` sleeps before every request to the
+    half the body of the next N then closes the connection, ``corrupt_first`` flips a byte of the body of the
+    next N, ``delay`` sleeps before every request to the
     buckets in ``slow_buckets`` (all buckets when None), ``hide_metadata`` answers 404 for metadata CSVs."""
 
     daemon_threads = True
 
-    def __init__(self, upstream: str, fail_first: int = 0, drop_first: int = 0, delay: float = 0.0,
-                 slow_buckets: set[str] | None = None, hide_metadata: bool = False) -> None:
+    def __init__(self, upstream: str, fail_first: int = 0, drop_first: int = 0, corrupt_first: int = 0,
+                 delay: float = 0.0, slow_buckets: set[str] | None = None, hide_metadata: bool = False) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.upstream = urllib.parse.urlsplit(upstream).netloc
-        self.fail_first, self.drop_first, self.delay = fail_first, drop_first, delay
+        self.fail_first, self.drop_first, self.corrupt_first = fail_first, drop_first, corrupt_first
+        self.delay = delay
         self.slow_buckets, self.hide_metadata = slow_buckets, hide_metadata
         self.seen: dict[str, int] = {}
         self.faults = 0
@@ -93,13 +95,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if is_image and response.status == 200 and proxy.fail_first < n <= proxy.fail_first + proxy.drop_first:
+        dropped = proxy.fail_first + proxy.drop_first
+        if is_image and response.status == 200 and proxy.fail_first < n <= dropped + proxy.corrupt_first:
             with proxy.lock:
                 proxy.faults += 1
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
+            if n <= dropped:
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            body = body[:100] + bytes([body[100] ^ 0xFF]) + body[101:]
         self.wfile.write(body)
 
     def _answer(self, status: int, body: bytes) -> None:
@@ -285,10 +290,12 @@ def test_corrupt_object_reported_never_kept(mini_dataset: Path, s3_endpoint: str
 
 
 def test_server_errors_and_dropped_connections_survived(mini_dataset: Path, s3_endpoint: str, tmp_path: Path) -> None:
-    with FaultProxy(s3_endpoint, fail_first=2, drop_first=1) as proxy:
-        assert run_cli("--dest", str(tmp_path), "--ids", "Q00000-Q00007", "--workers", "4", endpoint=proxy.url) == 0
-        assert proxy.faults == 8 * 3  # two 5xx answers then a body cut in half, for every file
-    assert_verified(tmp_path, mini_dataset, {f"Q{i:05d}.jpg" for i in range(8)})
+    with FaultProxy(s3_endpoint, fail_first=2, drop_first=1, corrupt_first=1) as proxy:
+        assert run_cli("--dest", str(tmp_path), "--ids", "Q00000-Q00003", "--workers", "4", endpoint=proxy.url) == 0
+        # for every file: a 500, a 503, a body cut in half, a body with a flipped byte, then the right one
+        assert proxy.faults == 4 * 4
+    assert_verified(tmp_path, mini_dataset, {f"Q{i:05d}.jpg" for i in range(4)})
+    assert report_of(tmp_path)["downloaded"] == 4
 
     with FaultProxy(s3_endpoint, fail_first=10) as proxy:
         assert run_cli("--dest", str(tmp_path / "b"), "--ids", "Q00000", "--attempts", "2", endpoint=proxy.url) == 1
