@@ -38,7 +38,7 @@ import boto3
 import botocore.exceptions
 import botocore.httpsession
 import pandas as pd
-import urllib3.exceptions
+import urllib3
 from botocore import UNSIGNED
 from botocore.config import Config
 from tqdm import tqdm
@@ -408,6 +408,7 @@ class ObjectGetter:
             self.pool = urllib3.PoolManager(**options)
 
     def url(self, key: str) -> str:
+        """The URL of ``key``, an object directly under the prefix."""
         if self.signed:
             return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key})
         return self.prefix_url + urllib.parse.quote(key.rpartition("/")[2], safe="~")
@@ -455,8 +456,8 @@ def fetch_object(
                     os.replace(tmp, path)
                     return FetchResult(path.name, True, nbytes, attempt)
                 reason = f"MD5 mismatch: got {h.hexdigest()}, expected {md5} ({nbytes} bytes)"
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            reason = f"connection error: {type(e).__name__}: {e}"
+        except (urllib3.exceptions.HTTPError, OSError) as e:  # connection lost or refused, body cut short, disk
+            reason = f"{type(e).__name__}: {e}"
         finally:
             tmp.unlink(missing_ok=True)
             if response is not None:
