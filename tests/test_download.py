@@ -179,7 +179,7 @@ def _aws_cli_selects(name: str, filters: list[tuple[str, str]]) -> bool:
     return bool(list(aws.call([info])))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     name=st.from_regex(r"Q\d{5}\.jpg", fullmatch=True),
     filters=st.lists(st.tuples(st.sampled_from(["include", "exclude"]),
@@ -410,7 +410,7 @@ def test_missing_metadata_object_says_to_pass_metadata(s3_endpoint: str, tmp_pat
 def test_region_auto_picks_the_fastest_bucket(mini_dataset: Path, s3_endpoint: str, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     slow = {REGION_BUCKETS["us-west"], REGION_BUCKETS["eu"]}
-    with FaultProxy(s3_endpoint, delay=0.1, slow_buckets=slow) as proxy:
+    with FaultProxy(s3_endpoint, delay=0.2, slow_buckets=slow) as proxy:
         code = main(["--region", "auto", "--split", "query", "--dest", str(tmp_path), "--ids", "Q00000-Q00002",
                      "--endpoint-url", proxy.url])
     assert code == 0
