@@ -429,7 +429,11 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
     amp_dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     if state:
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError) as e:
+            raise InputError(f"{last}: its optimiser state does not fit ({e}); resume with the options of "
+                             f"{run_dir / 'config.json'}") from None
         scaler.load_state_dict(state["scaler"])
     trained = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
 
