@@ -1,11 +1,11 @@
 """Self-supervised copy-detection training on unlabeled images, the SSCD recipe in one short pipeline.
 
-- every image gives two or more views, each a random crop, a DISC21-style edit (:func:`isc.synth.random_edit`),
-  a flip and colour jitter; the views of one image are positives, every other image of the (cross-process)
+- every image gives two or more views, each a random crop, often a chain of DISC21-style edits
+  (:func:`isc.synth.random_edit`), a flip and colour jitter; the views of one image are positives, every other image of the (cross-process)
   batch a negative;
 - a few mixup/cutmix images are appended to each batch: positive to both sources, weighted by their shares;
 - loss: InfoNCE with a temperature plus the differential-entropy (KoLeo) regulariser, as in SSCD;
-- AdamW with a linear warm-up and cosine decay, gradient accumulation, mixed precision on the GPU,
+- AdamW with a linear warm-up and cosine decay, optionally frozen BatchNorm and early layers, gradient accumulation, mixed precision on the GPU,
   ``torchrun`` for several processes (DistributedDataParallel, gloo on the CPU, nccl on GPUs);
 - ``RUN_DIR/last.pt`` every N steps (resumable), ``RUN_DIR/log.jsonl`` one line per step,
   ``RUN_DIR/eval.jsonl`` µAP on a held-out mini dataset with and without score normalisation.
@@ -186,7 +186,7 @@ def sscd_loss(
     all_targets: torch.Tensor | None = None,
     offset: int = 0,
     temperature: float = 0.05,
-    entropy_weight: float = 30.0,
+    entropy_weight: float = 3.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """InfoNCE over a batch plus the differential-entropy (KoLeo) regulariser; returns (loss, statistics).
 
@@ -285,7 +285,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: float = 0.05
     temperature: float = 0.05
-    entropy_weight: float = 30.0
+    entropy_weight: float = 3.0
     mix_fraction: float = 0.125
     edit_probability: float = 0.5
     freeze_bn: bool = False
@@ -470,11 +470,11 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
         if world_size > 1:
             dist.barrier()
 
+    batches = iter(loader)  # before any evaluation, which draws from the seeds that the workers' seeds come from
     if config.eval_data and start == 0:
         evaluate_now(0)
     warmup_steps = round(config.warmup * steps)
     rows_per_process = config.batch_size * config.views + round(config.mix_fraction * config.batch_size)
-    batches = iter(loader)
     began = time.perf_counter()
     with open(run_dir / "log.jsonl" if is_main else os.devnull, "a") as log, tqdm(
         total=steps, initial=start, desc="isc-train", unit="step", disable=config.quiet or not is_main
