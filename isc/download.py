@@ -25,6 +25,7 @@ import os
 import queue
 import random
 import re
+import sys
 import threading
 import time
 import urllib.parse
@@ -652,6 +653,50 @@ def download_split(
         report.seconds = round(time.perf_counter() - start, 3)
         index.compact(all_names)
     return report
+
+
+def sync_split(
+    region: str,
+    split: str,
+    dest: str | Path,
+    *,
+    endpoint_url: str | None = None,
+    profile: str | None = None,
+    metadata_path: str | Path | None = None,
+    filters: Sequence[tuple[str, str]] = (),
+    id_ranges: Sequence[str] = (),
+    limit: int | None = None,
+    workers: int = DEFAULT_WORKERS,
+    attempts: int = DEFAULT_ATTEMPTS,
+    verify_only: bool = False,
+    repair: bool = False,
+    rehash: bool = False,
+    report_path: str | Path | None = None,
+    quiet: bool = False,
+) -> tuple[DownloadReport, Path]:
+    """All of ``isc-download``: pick the bucket, read the metadata, bring ``dest/<split>_images/`` up to date.
+
+    The report goes to ``report_path`` (default ``dest/<split>_download_report.json``), also when interrupted;
+    returns it and its path.
+    """
+    region, client, timings = connect(region, split, endpoint_url, profile, workers,
+                                      check=not verify_only or repair)
+    if timings and not quiet:
+        shown = ", ".join(f"{r} {t * 1000:.0f} ms" for r, t in timings.items())
+        print(f"fastest region: {region} ({shown})", file=sys.stderr)
+    bucket = bucket_for_region(region)
+    metadata = load_metadata(client, bucket, split, dest, metadata_path, reuse_saved=verify_only and not repair)
+    rows = select_rows(metadata, split, filters, id_ranges, limit)
+    all_names = {uri.rpartition("/")[2] for uri in metadata["s3_uri"]}
+    getter = ObjectGetter(client, bucket, images_prefix(split), workers)
+    report_path = Path(report_path or Path(dest) / f"{split}_download_report.json")
+    report = DownloadReport(split, region, bucket, client.meta.endpoint_url, str(Path(dest) / f"{split}_images"))
+    try:
+        download_split(getter, split, rows, dest, all_names, workers=workers, attempts=attempts,
+                       verify_only=verify_only, repair=repair, rehash=rehash, quiet=quiet, report=report)
+    finally:
+        report.write(report_path)
+    return report, report_path
 
 
 def load_metadata(

@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -499,6 +499,26 @@ def _distributed(device: str | None) -> tuple[int, int, torch.device, bool]:
     return rank, world, chosen, started
 
 
+def extraction_config(model: DescriptorModel, scales: Sequence[float] = (1.0,), flip: bool = False) -> dict[str, object]:
+    """The attributes that say how a descriptor file was made: the model's, plus test-time augmentation."""
+    return {**model.config(), "scales": json.dumps(list(map(float, scales))), "flip": bool(flip)}
+
+
+def is_complete(output: str | Path, ids: Iterable[str], config: Mapping[str, object]) -> bool:
+    """Whether ``output`` holds descriptors of exactly ``ids`` (or lists them as broken), made as ``config`` says."""
+    output = Path(output)
+    if not output.is_file() or not h5py.is_hdf5(output):
+        return False
+    with h5py.File(output, "r") as f:
+        if "ids" not in f or "descriptors" not in f:
+            return False
+        attrs = {key: value.item() if isinstance(value, np.generic) else value for key, value in f.attrs.items()}
+        done = {x.decode("ascii") for x in f["ids"][()]}
+    if any(attrs.get(key) != config[key] for key in COMPATIBILITY_KEYS):
+        return False
+    return done | set(json.loads(attrs.get("broken", "{}"))) == set(ids)
+
+
 def _barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
@@ -553,7 +573,7 @@ def extract(
         if workers is None else workers
     half = on_gpu if half is None else half
     sizes = view_sizes(model, scales)
-    config = {**model.config(), "scales": json.dumps(list(map(float, scales))), "flip": bool(flip)}
+    config = extraction_config(model, scales, flip)
     shard = ids[rank * len(ids) // world:(rank + 1) * len(ids) // world]
     partial = _PartialFile(_partial_path(output, rank, world), config, max(map(len, ids)), resume)
     done = set(partial.done)

@@ -132,14 +132,14 @@ def evaluate(
     )
 
 
-def plot_precision_recall(metrics: Metrics, path: str, title: str = "") -> None:
-    """Save the precision-recall curve, with the 90%-precision operating point marked."""
-    import matplotlib
+def plot_precision_recall(metrics: Metrics, path: str | None = None, title: str = "", ax=None):
+    """Draw the precision-recall curve, with the 90%-precision operating point marked, on ``ax`` (default: a
+    new figure); save it to ``path`` when given (format from the suffix). Returns the axes."""
+    if ax is None:
+        # a bare Figure, not pyplot: no global backend switch (notebooks keep theirs), nothing left open
+        from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+        ax = Figure(figsize=(6, 4.5), dpi=100).subplots()
     ax.plot(metrics.recalls, metrics.precisions, lw=1.5, label=f"µAP = {metrics.muap:.4f}")
     ax.axhline(REQUIRED_PRECISION, color="grey", ls=":", lw=1)
     if metrics.recall_at_p90 is not None:
@@ -148,7 +148,8 @@ def plot_precision_recall(metrics: Metrics, path: str, title: str = "") -> None:
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title or "precision-recall")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1] if "." in str(path) else "png")
-    plt.close(fig)
+    ax.figure.tight_layout()
+    if path is not None:
+        with atomic_path(path) as tmp:
+            ax.figure.savefig(tmp, format=str(path).rsplit(".", 1)[-1] if "." in str(path) else "png")
+    return ax

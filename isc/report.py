@@ -13,7 +13,6 @@ import base64
 import html
 import io
 import string
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,10 +129,7 @@ def figure_png(fig) -> bytes:
 
 def precision_recall_png(metrics: Metrics) -> bytes:
     """The scorer's own precision-recall plot, as PNG bytes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "pr.png"
-        plot_precision_recall(metrics, str(path))
-        return path.read_bytes()
+    return figure_png(plot_precision_recall(metrics).figure)
 
 
 def plot_score_histograms(labeled: pd.DataFrame, threshold: float | None, ax=None):

@@ -1,5 +1,8 @@
 """File formats: round trips and the rejection of malformed files."""
 
+import os
+import stat
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -195,6 +198,17 @@ def test_metadata(tmp_path):
         read_metadata(write(tmp_path, bad_uri))
     with pytest.raises(InputError, match="missing column"):
         read_metadata(write(tmp_path, "image_id,md5\nQ00000,x\n"))
+
+
+def test_atomic_path_gives_the_usual_file_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with atomic_path(tmp_path / "out.csv") as tmp:
+            tmp.write_text("x")
+        (tmp_path / "plain.csv").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.csv").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.csv").stat().st_mode)
 
 
 def test_atomic_path_keeps_old_file_on_failure(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from isc import download
 from isc.cli.common import run_command
-from isc.io import REGION_BUCKETS, SPLITS, InputError, images_prefix
+from isc.io import REGION_BUCKETS, SPLITS, InputError
 
 
 class _FilterAction(argparse.Action):
@@ -115,26 +115,12 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     _warn_about_leading_includes(args.filters or [])
 
-    region, client, timings = download.connect(args.region, args.split, args.endpoint_url, args.profile, args.workers,
-                                               check=not args.verify_only or args.repair)
-    if timings and not args.quiet:
-        shown = ", ".join(f"{r} {t * 1000:.0f} ms" for r, t in timings.items())
-        print(f"fastest region: {region} ({shown})", file=sys.stderr)
-    bucket = download.bucket_for_region(region)
-    metadata = download.load_metadata(client, bucket, args.split, args.dest, args.metadata,
-                                      reuse_saved=args.verify_only and not args.repair)
-    rows = download.select_rows(metadata, args.split, args.filters or (), args.ids, args.limit)
-    all_names = {uri.rpartition("/")[2] for uri in metadata["s3_uri"]}
-    getter = download.ObjectGetter(client, bucket, images_prefix(args.split), args.workers)
-    report_path = Path(args.report or Path(args.dest) / f"{args.split}_download_report.json")
-    report = download.DownloadReport(args.split, region, bucket, client.meta.endpoint_url,
-                                     str(Path(args.dest) / f"{args.split}_images"))
-    try:
-        download.download_split(getter, args.split, rows, args.dest, all_names, workers=args.workers,
-                                attempts=args.attempts, verify_only=args.verify_only, repair=args.repair,
-                                rehash=args.rehash, quiet=args.quiet, report=report)
-    finally:
-        report.write(report_path)
+    report, report_path = download.sync_split(
+        args.region, args.split, args.dest, endpoint_url=args.endpoint_url, profile=args.profile,
+        metadata_path=args.metadata, filters=args.filters or (), id_ranges=args.ids, limit=args.limit,
+        workers=args.workers, attempts=args.attempts, verify_only=args.verify_only, repair=args.repair,
+        rehash=args.rehash, report_path=args.report, quiet=args.quiet,
+    )
     if not args.quiet:
         print(_summary(report, report_path), file=sys.stderr)
     return 0 if report.ok else 1

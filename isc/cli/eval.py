@@ -13,7 +13,7 @@ from isc.metrics import evaluate, plot_precision_recall
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="isc-eval",
-        description="Micro-average precision (µAP) and recall at 90%% precision of a matching-track "
+        description="Micro-average precision (µAP) and recall at 90% precision of a matching-track "
         "predictions CSV, computed exactly as the ISC 2021 organisers' scorer does.",
     )
     parser.add_argument("predictions", help="predictions CSV with header query_id,reference_id,score")

@@ -1,0 +1,118 @@
+"""isc-run: download → extract → whiten → search → eval → submit in one command, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from isc import download
+from isc.cli.common import run_command
+from isc.io import REGION_BUCKETS, InputError
+from isc.models import DEFAULT_MODEL
+from isc.pipeline import DEMO_IMAGE_SIZE, PHASES, Pipeline, RunConfig, run_demo
+from isc.search import BACKENDS
+
+SUBMISSIONS_DIR_ENV = "ISC_SUBMISSIONS_DIR"
+
+EPILOG = """\
+examples:
+  isc-run --demo demo/                       # synthetic mini dataset, local S3 server, both phases
+  isc-run work/ --region eu --gt data/public_ground_truth.csv --restrict-to-gt-queries
+  isc-run work/ --data /datasets/disc21 --checkpoint runs/sscd/last.pt --device cuda
+
+Every step is skipped when its outputs are complete (downloads verified by MD5, descriptor files
+holding every image with this model, derived files newer than their inputs): an interrupted run,
+re-run with the same arguments, goes on where it stopped. The summary table is also written to
+WORK/run_summary.json.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isc-run",
+        description="Run the whole pipeline for one data root and one model: download the three splits "
+        "(MD5-verified), extract descriptors (queries one file per phase), learn PCA-whitening on the training "
+        "descriptors, search each phase's queries against the references with score normalisation, score them "
+        "when a ground truth is given, and write the matching-track and descriptor-track submissions of "
+        "phase 1 and phase 2 with their manifests.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("work", metavar="WORK", help="work folder: data/, descriptors/, predictions, run summary")
+    parser.add_argument("--demo", action="store_true",
+                        help="generate the synthetic mini dataset into WORK/mini (once), serve it from a local S3 "
+                        "server on loopback and run everything on it, scored against its ground truth; submissions "
+                        f"go to WORK/submissions, the image size defaults to {DEMO_IMAGE_SIZE}")
+    source = parser.add_argument_group("images")
+    source.add_argument("--data", metavar="ROOT", help="use the images already under ROOT/<split>_images/ "
+                        "instead of downloading into WORK/data")
+    source.add_argument("--region", default="us-west", choices=[*REGION_BUCKETS, "auto"],
+                        help="bucket to download from (default: %(default)s; auto: the fastest)")
+    source.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint of a mirror or a local server")
+    source.add_argument("--profile", help="sign requests with this AWS profile (default: anonymous)")
+    source.add_argument("--limit", type=int, metavar="N", help="only the first N images of each split, for a trial")
+    source.add_argument("--download-workers", type=int, default=download.DEFAULT_WORKERS,
+                        help="parallel downloads (default: %(default)s)")
+    model = parser.add_argument_group("descriptors")
+    model.add_argument("--model", default=DEFAULT_MODEL, help="model name, as isc-extract (default: %(default)s)")
+    model.add_argument("--checkpoint", metavar="PATH", help="weights: an isc-train checkpoint or a TorchScript file")
+    model.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    model.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    model.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    model.add_argument("--workers", type=int, help="image-reading workers (default: isc-extract's)")
+    model.add_argument("--pca-dim", type=int, default=256,
+                       help="PCA-whitening to this many dimensions, learnt on the training descriptors; 0: none "
+                       "(the descriptor track then needs a model of at most 256 dimensions) (default: %(default)s)")
+    search = parser.add_argument_group("search, scoring and submission")
+    search.add_argument("--k", type=int, default=10, help="references kept per query (default: %(default)s)")
+    search.add_argument("--backend", default="auto", choices=BACKENDS, help="search backend (default: %(default)s)")
+    search.add_argument("--phases", type=int, nargs="+", default=list(PHASES), choices=PHASES,
+                        help="phases to submit (default: both, where their query images exist)")
+    search.add_argument("--gt", action="append", default=[], metavar="CSV",
+                        help="ground truth (query_id,reference_id) to score with; its queries say the phase; "
+                        "repeatable")
+    search.add_argument("--restrict-to-gt-queries", action="store_true",
+                        help="score only the queries the ground truth lists (the public phase-1 ground truth "
+                        "covers Q00000-Q24999)")
+    search.add_argument("--submissions-dir", metavar="DIR",
+                        help=f"where submissions go (default: ${SUBMISSIONS_DIR_ENV} or ./submissions; "
+                        "WORK/submissions with --demo)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or step lines")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in ("limit", "batch_size", "k", "download_workers"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.demo and args.data:
+        raise InputError("--demo serves its own mini dataset: leave out --data")
+    work = Path(args.work)
+    submissions = args.submissions_dir or (work / "submissions" if args.demo
+                                           else os.environ.get(SUBMISSIONS_DIR_ENV, "submissions"))
+    config = RunConfig(
+        work=work, data=Path(args.data) if args.data else None, region=args.region, endpoint_url=args.endpoint_url,
+        profile=args.profile, limit=args.limit, download_workers=args.download_workers, model=args.model,
+        checkpoint=args.checkpoint, image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None),
+        device=args.device, batch_size=args.batch_size, workers=args.workers, pca_dim=args.pca_dim, k=args.k,
+        backend=args.backend, phases=sorted(set(args.phases)), ground_truth=[Path(p) for p in args.gt],
+        restrict_to_gt_queries=args.restrict_to_gt_queries, submissions=Path(submissions), quiet=args.quiet,
+    )
+    summary = run_demo(config) if args.demo else Pipeline(config).run()
+    if args.json:
+        print(json.dumps({"steps": [vars(step) for step in summary.steps], "metrics": summary.metrics}))
+    else:
+        print(summary.table())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,378 @@
+"""The whole pipeline in one call: download → extract → whiten → search → eval → submit.
+
+Each step is skipped when its outputs are complete: downloads are checked against the metadata's MD5s,
+descriptor files against the image ids and the model, derived files (PCA, whitened descriptors,
+predictions, submissions) by being newer than their inputs. An interrupted run, re-run with the same
+arguments, goes on where it stopped. Files under the work folder::
+
+    data/<split>_images/, data/<split>_metadata.csv         downloaded images and metadata
+    descriptors/<split>.h5, descriptors/query_phase<P>.h5   model descriptors (queries one file per phase)
+    descriptors/pca<D>.npz, descriptors/*_pca<D>.h5         PCA-whitening learnt on the training descriptors
+    predictions_phase<P>.csv                                matching-track predictions, score-normalised
+    run_summary.json                                        the steps, their times and the µAP reached
+
+Submissions go to ``submissions/phase<P>_{matching.csv,descriptors.h5}`` with their manifests.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from isc import download, synth
+from isc.extract import extract, extraction_config, is_complete, list_split_images
+from isc.io import (
+    DESCRIPTOR_TRACK_MAX_DIM,
+    MATCHING_TRACK_MAX_ROWS,
+    REGION_BUCKETS,
+    SPLITS,
+    InputError,
+    atomic_path,
+    query_phase,
+    read_descriptors,
+    read_ground_truth,
+    read_metadata,
+    read_predictions,
+    write_predictions,
+)
+from isc.metrics import evaluate
+from isc.models import DEFAULT_MODEL, create_model
+from isc.pca import apply_pca_file, learn_pca_file
+from isc.s3server import LocalS3Server
+from isc.search import search
+from isc.submit import (
+    default_submission_path,
+    provenance_records,
+    score_descriptor_track,
+    submit_descriptors,
+    submit_matching,
+    update_manifest,
+)
+
+PHASES = (1, 2)
+DEMO_IMAGE_SIZE = 160  # the demo's default: a few minutes on two CPU cores, µAP ≈ 0.5 on the mini dataset
+
+
+@dataclass
+class RunConfig:
+    """What ``isc-run`` needs: where to work, where the images come from, which model, which phases."""
+
+    work: Path
+    data: Path | None = None  # a local copy holding <split>_images/; None: download into work/data
+    region: str = "us-west"
+    endpoint_url: str | None = None
+    profile: str | None = None
+    limit: int | None = None  # the first N images of each split (a trial run)
+    download_workers: int = download.DEFAULT_WORKERS
+    model: str = DEFAULT_MODEL
+    checkpoint: str | None = None
+    image_size: int | None = None
+    device: str | None = None
+    batch_size: int = 64
+    workers: int | None = None
+    pca_dim: int = DESCRIPTOR_TRACK_MAX_DIM  # 0: no whitening
+    k: int = 10
+    backend: str = "auto"
+    phases: Sequence[int] = PHASES
+    ground_truth: Sequence[Path] = ()
+    restrict_to_gt_queries: bool = False
+    submissions: Path = Path("submissions")
+    quiet: bool = False
+
+
+@dataclass
+class Step:
+    """One line of the summary table."""
+
+    stage: str
+    target: str
+    images: int | None
+    seconds: float
+    skipped: bool
+    result: str
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunSummary:
+    steps: list[Step] = field(default_factory=list)
+    metrics: dict[str, dict[str, object]] = field(default_factory=dict)  # "phase 1 matching" -> Metrics.summary()
+
+    @property
+    def files(self) -> list[str]:
+        return [f for step in self.steps for f in step.files]
+
+    def table(self) -> str:
+        """The steps as an aligned text table, then the µAP reached and the files written."""
+        rows = [("stage", "what", "images", "seconds", "result")]
+        rows += [(s.stage, s.target, "" if s.images is None else f"{s.images:,}", f"{s.seconds:.1f}", s.result)
+                 for s in self.steps]
+        rows.append(("total", "", "", f"{sum(s.seconds for s in self.steps):.1f}", ""))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = ["  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]),
+                            row[3].rjust(widths[3]), row[4]]).rstrip() for row in rows]
+        lines += [f"µAP {name:<22} {m['muap']:.4f}   recall at P90 {_p90(m)}" for name, m in self.metrics.items()]
+        submissions = [f for f in self.files if Path(f).name.startswith("phase")]
+        lines += [f"submission: {f}" for f in submissions]
+        return "\n".join(lines)
+
+    def write(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"steps": [asdict(s) for s in self.steps], "metrics": self.metrics},
+                                      indent=1) + "\n")
+
+
+def _p90(metrics: dict[str, object]) -> str:
+    return "not reached" if metrics["recall_at_p90"] is None else f"{metrics['recall_at_p90']:.4f}"
+
+
+def _fresh(outputs: Iterable[Path], inputs: Iterable[Path]) -> bool:
+    """Whether every output exists and is newer than every input (outputs are written atomically)."""
+    outputs = list(outputs)
+    if not all(p.is_file() for p in outputs):
+        return False
+    newest_input = max((p.stat().st_mtime_ns for p in inputs), default=0)
+    return min(p.stat().st_mtime_ns for p in outputs) >= newest_input
+
+
+class Pipeline:
+    """``Pipeline(config).run()`` runs every step of :class:`RunConfig` and returns a :class:`RunSummary`."""
+
+    def __init__(self, config: RunConfig) -> None:
+        if config.pca_dim < 0:
+            raise InputError(f"the PCA dimension must be 0 (none) or more, got {config.pca_dim}")
+        unknown = set(config.phases) - set(PHASES)
+        if unknown or not config.phases:
+            raise InputError(f"phases are 1 and 2, got {sorted(config.phases)}")
+        self.config = config
+        self.work = Path(config.work)
+        self.data = Path(config.data) if config.data else self.work / "data"
+        self.descriptors = self.work / "descriptors"
+        self.summary = RunSummary()
+
+    def _step(self, stage: str, target: str, images: int | None, began: float, skipped: bool, result: str,
+              files: Sequence[Path] = ()) -> None:
+        step = Step(stage, target, images, round(time.perf_counter() - began, 2), skipped, result, list(map(str, files)))
+        self.summary.steps.append(step)
+        if not self.config.quiet:
+            print(f"isc-run: {stage} {target}: {result}", flush=True)
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def download(self) -> None:
+        c = self.config
+        for split in SPLITS:
+            began = time.perf_counter()
+            if c.data is not None:
+                count = len(list_split_images(self.data, split))
+                self._step("download", split, count, began, True, f"local images in {self.data}")
+                continue
+            report, report_path = download.sync_split(
+                c.region, split, self.data, endpoint_url=c.endpoint_url, profile=c.profile, limit=c.limit,
+                workers=c.download_workers, quiet=c.quiet)
+            if not report.ok:
+                raise InputError(f"the {split} images are incomplete ({len(report.failed)} failed, "
+                                 f"{len(report.missing)} missing; details in {report_path}); re-run to resume")
+            fetched = f"{report.downloaded:,} downloaded ({report.bytes / 1e6:,.1f} MB), " if report.downloaded else ""
+            self._step("download", split, report.selected, began, report.downloaded == 0,
+                       f"{fetched}{report.skipped:,} already verified", [report_path])
+
+    def images(self, split: str) -> dict[str, dict[str, Path]]:
+        """The images to describe, by descriptor file name: one file per split, queries one per phase.
+
+        With a metadata CSV beside the images, only its ids count (a folder may hold extra files).
+        """
+        images = list_split_images(self.data, split)
+        metadata = self.data / f"{split}_metadata.csv"
+        if metadata.is_file():
+            listed = set(read_metadata(metadata, split)["image_id"])
+            missing = sorted(listed - set(images))
+            if missing and self.config.limit is None:
+                raise InputError(f"{self.data / f'{split}_images'}: {len(missing):,} images of {metadata} are "
+                                 f"missing, {missing[0]} first (download them first)")
+            images = {i: path for i, path in images.items() if i in listed}
+        if self.config.limit is not None:
+            images = dict(sorted(images.items())[:self.config.limit])  # the ids that download fetched
+        if split != "query":
+            return {split: images}
+        by_phase = {f"query_phase{p}": {i: path for i, path in images.items() if query_phase(i) == p}
+                    for p in self.config.phases}
+        return {name: chosen for name, chosen in by_phase.items() if chosen}
+
+    def extract(self) -> dict[str, Path]:
+        """Describe every split (queries per phase); returns the descriptor files by name."""
+        c = self.config
+        files = {}
+        options = {"image_size": c.image_size} if c.image_size else {}
+        model = create_model(c.model, checkpoint=c.checkpoint, **options)
+        config = extraction_config(model)
+        for split in SPLITS:
+            for name, images in self.images(split).items():
+                began = time.perf_counter()
+                output = files[name] = self.descriptors / f"{name}.h5"
+                target = name.replace("_phase", " phase ")
+                if is_complete(output, images, config):
+                    self._step("extract", target, len(images), began, True, "up to date", [output])
+                    continue
+                result = extract(images, output, model, batch_size=c.batch_size, device=c.device,
+                                 workers=c.workers, quiet=c.quiet,
+                                 attrs={"source": str(self.data / f"{split}_images"), "split": split,
+                                        "checkpoint": c.checkpoint})
+                broken = f", {len(result['broken'])} broken" if result["broken"] else ""
+                self._step("extract", target, len(images), began, False,
+                           f"{model.dim}-d {model.name} @{model.image_size} px, "
+                           f"{result['images_per_second']} images/s on {result['device']}{broken}", [output])
+        return files
+
+    def whiten(self, raw: dict[str, Path]) -> dict[str, Path]:
+        """PCA-whitening learnt on the training descriptors, applied to every file; returns the files to use."""
+        dim = self.config.pca_dim
+        if not dim:
+            return raw
+        began = time.perf_counter()
+        if "training" not in raw:
+            raise InputError("PCA-whitening is learnt on the training descriptors: no training images "
+                             "(or use --pca-dim 0)")
+        pca = self.descriptors / f"pca{dim}.npz"
+        whitened = {name: self.descriptors / f"{name}_pca{dim}.h5" for name in raw}
+        learn = not _fresh([pca], [raw["training"]])
+        if learn:
+            learn_pca_file(raw["training"], pca, dim)
+        stale = [name for name in raw if learn or not _fresh([whitened[name]], [raw[name], pca])]
+        for name in stale:
+            apply_pca_file(pca, raw[name], whitened[name])
+        learnt = "learnt on the training descriptors, " if learn else ""
+        self._step("whiten", f"PCA {dim}", None, began, not stale,
+                   f"{learnt}applied to {len(stale)} files" if stale else "up to date", [pca])
+        return whitened
+
+    def search(self, files: dict[str, Path], phase: int) -> Path | None:
+        query = files.get(f"query_phase{phase}")
+        if query is None:
+            return None
+        began = time.perf_counter()
+        output = self.work / f"predictions_phase{phase}.csv"
+        inputs = [query, files["reference"], *([files["training"]] if "training" in files else [])]
+        if _fresh([output], inputs):
+            self._step("search", f"phase {phase}", None, began, True, "up to date", [output])
+            return output
+        query_ids, query_descriptors, _ = read_descriptors(query, split="query")
+        reference_ids, reference_descriptors, _ = read_descriptors(files["reference"], split="reference")
+        training = read_descriptors(files["training"], split="training")[1] if "training" in files else None
+        predictions = search(query_ids, query_descriptors, reference_ids, reference_descriptors, k=self.config.k,
+                             max_results=MATCHING_TRACK_MAX_ROWS, training=training, backend=self.config.backend,
+                             quiet=self.config.quiet)
+        write_predictions(output, predictions)
+        with atomic_path(output.with_name(output.name + ".provenance.json")) as tmp:
+            tmp.write_text(json.dumps(provenance_records(output, inputs), indent=1, default=str) + "\n")
+        normalised = f", normalised with {len(training):,} training images" if training is not None else ""
+        self._step("search", f"phase {phase}", len(query_ids), began, False,
+                   f"{len(predictions):,} predictions{normalised}", [output])
+        return output
+
+    def submit(self, files: dict[str, Path], phase: int, predictions: Path, ground_truth: pd.DataFrame | None) -> None:
+        c = self.config
+        expected_queries, expected_references = (self.data / f"{split}_metadata.csv" for split in ("query", "reference"))
+        expected_queries = expected_queries if expected_queries.is_file() else None
+        expected_references = expected_references if expected_references.is_file() else None
+
+        began = time.perf_counter()
+        matching = default_submission_path(c.submissions, "matching", phase)
+        fresh = _fresh([matching, Path(str(matching) + ".manifest.json")], [predictions])
+        if not fresh:
+            submit_matching(predictions, phase, matching, expected_queries, expected_references)
+        self._step("submit", f"phase {phase} matching", None, began, fresh, "up to date" if fresh else "valid",
+                   [matching])
+
+        began = time.perf_counter()
+        query, reference = files[f"query_phase{phase}"], files["reference"]
+        dimension = read_descriptors(query)[1].shape[1]
+        descriptors = None
+        if dimension > DESCRIPTOR_TRACK_MAX_DIM:
+            self._step("submit", f"phase {phase} descriptors", None, began, True,
+                       f"not made: {dimension} dimensions, the track allows {DESCRIPTOR_TRACK_MAX_DIM} (--pca-dim)")
+        else:
+            descriptors = default_submission_path(c.submissions, "descriptors", phase)
+            phase1 = default_submission_path(c.submissions, "descriptors", 1) if phase == 2 else None
+            inputs = [query, reference, *([phase1] if phase1 and phase1.is_file() else [])]
+            fresh = _fresh([descriptors, Path(str(descriptors) + ".manifest.json")], inputs)
+            if not fresh:
+                submit_descriptors(query, reference, phase, descriptors, expected_queries, expected_references,
+                                   phase1 if phase1 and phase1.is_file() else None)
+            reuse = ", phase-1 references reused" if phase1 and phase1.is_file() else ""
+            self._step("submit", f"phase {phase} descriptors", None, began, fresh,
+                       ("up to date" if fresh else "valid") + reuse, [descriptors])
+
+        if ground_truth is not None:
+            self.evaluate(phase, predictions, descriptors, ground_truth, matching)
+
+    def evaluate(self, phase: int, predictions: Path, descriptors: Path | None, ground_truth: pd.DataFrame,
+                 matching: Path) -> None:
+        restrict = self.config.restrict_to_gt_queries
+        began = time.perf_counter()
+        metrics = evaluate(read_predictions(predictions), ground_truth, restrict)
+        self._record(f"phase {phase} matching", metrics.summary(), matching, ground_truth, began)
+        if descriptors is not None:
+            began = time.perf_counter()
+            metrics, _ = score_descriptor_track(descriptors, ground_truth, None, restrict, self.config.backend)
+            self._record(f"phase {phase} descriptors", metrics.summary(), descriptors, ground_truth, began)
+
+    def _record(self, name: str, metrics: dict[str, object], submission: Path, ground_truth: pd.DataFrame,
+                began: float) -> None:
+        self.summary.metrics[name] = metrics
+        update_manifest(submission, local_evaluation={"ground_truth_queries": int(ground_truth["query_id"].nunique()),
+                                                      **metrics})
+        self._step("eval", name, None, began, False, f"µAP {metrics['muap']:.4f}, recall at P90 {_p90(metrics)}")
+
+    def ground_truth(self, phase: int) -> pd.DataFrame | None:
+        """The rows of the given ground-truth files whose queries belong to ``phase`` (None when there are none)."""
+        if not self.config.ground_truth:
+            return None
+        combined = pd.concat([read_ground_truth(path) for path in self.config.ground_truth], ignore_index=True)
+        rows = combined[combined["query_id"].map(query_phase) == phase]
+        return rows.reset_index(drop=True) if len(rows) else None
+
+    def run(self) -> RunSummary:
+        self.download()
+        files = self.whiten(self.extract())
+        for phase in self.config.phases:
+            predictions = self.search(files, phase)
+            if predictions is None:
+                began = time.perf_counter()
+                self._step("search", f"phase {phase}", 0, began, True, "no query images of this phase")
+                continue
+            self.submit(files, phase, predictions, self.ground_truth(phase))
+        self.summary.write(self.work / "run_summary.json")
+        return self.summary
+
+
+def run_demo(config: RunConfig, seed: int = 0, **sizes: int) -> RunSummary:
+    """The pipeline on a synthetic mini dataset, generated into ``work/mini`` (once) and served by a local S3
+    server: downloaded, described, searched, scored against its ground truth and submitted for both phases.
+
+    ``sizes``: :func:`isc.synth.generate_dataset`'s ``references``, ``queries``, ``phase2_queries``, ``training``.
+    """
+    work = Path(config.work)
+    mini = work / "mini"
+    params = {"seed": seed, **sizes}
+    began = time.perf_counter()
+    manifest = synth.read_manifest(mini) if (mini / synth.MANIFEST).is_file() else {}
+    fresh = manifest.get("complete") and manifest.get("params") == {**manifest.get("params", {}), **params}
+    counts = manifest["summary"] if fresh else synth.generate_dataset(mini, quiet=config.quiet, **params)
+    images = counts["references"] + counts["training"] + counts["queries"] + counts["phase2_queries"]
+    steps = [Step("synth", "mini dataset", images, round(time.perf_counter() - began, 2), bool(fresh),
+                  "up to date" if fresh else f"generated in {mini}")]
+    began = time.perf_counter()
+    with LocalS3Server(mini, regions=["us-west"]) as server:
+        steps.append(Step("serve", "local S3", None, round(time.perf_counter() - began, 2), False,
+                          f"{server.endpoint_url} (bucket {REGION_BUCKETS['us-west']})"))
+        config.endpoint_url, config.region, config.data = server.endpoint_url, "us-west", None
+        config.ground_truth = [mini / "ground_truth.csv", mini / "ground_truth_phase2.csv"]
+        pipeline = Pipeline(config)
+        pipeline.summary.steps.extend(steps)
+        return pipeline.run()
