@@ -224,6 +224,7 @@ class Pipeline:
                                  attrs={"source": str(self.data / f"{split}_images"), "split": split,
                                         "checkpoint": c.checkpoint})
                 broken = f", {len(result['broken'])} broken" if result["broken"] else ""
+                broken += f", {result['resumed']:,} resumed from an interrupted run" if result["resumed"] else ""
                 self._step("extract", target, len(images), began, False,
                            f"{model.dim}-d {model.name} @{model.image_size} px, "
                            f"{result['images_per_second']} images/s on {result['device']}{broken}", [output])

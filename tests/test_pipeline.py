@@ -1,0 +1,187 @@
+"""isc-run: a full phase-1 and phase-2 round trip on the mini dataset over a local S3 server, a run
+killed mid-way and resumed, the demo, and the command line's errors."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from isc.cli.run import main
+from isc.extract import extract, list_split_images
+from isc.io import read_descriptor_track, read_descriptors, read_ground_truth, read_predictions
+from isc.metrics import evaluate
+from isc.models import create_model
+from isc.pipeline import Pipeline, RunConfig, run_demo
+from isc.submit import check_matching_csv, file_md5, read_manifest
+
+# small and fast: 64-pixel inputs, 16-dimensional whitening (the mini dataset has 40 training images)
+FAST = {"image_size": 64, "pca_dim": 16, "batch_size": 8, "workers": 0, "quiet": True}
+RUN = [sys.executable, "-m", "isc.cli.run"]
+FAST_ARGS = ["--image-size", "64", "--pca-dim", "16", "--batch-size", "8", "--workers", "0"]
+
+
+def ground_truth_files(mini_dataset: Path) -> list[Path]:
+    return [mini_dataset / "ground_truth.csv", mini_dataset / "ground_truth_phase2.csv"]
+
+
+@pytest.fixture(scope="module")
+def completed(s3_endpoint, mini_dataset, tmp_path_factory):
+    """A finished run: (work folder, submissions folder, its summary)."""
+    work = tmp_path_factory.mktemp("run")
+    config = RunConfig(work=work, endpoint_url=s3_endpoint, ground_truth=ground_truth_files(mini_dataset),
+                       submissions=work / "submissions", **FAST)
+    return work, work / "submissions", Pipeline(config).run()
+
+
+def test_round_trip_writes_valid_submissions_of_both_phases(completed, mini_dataset):
+    work, submissions, summary = completed
+    for phase in (1, 2):
+        matching = submissions / f"phase{phase}_matching.csv"
+        df, violations = check_matching_csv(matching, phase)
+        assert violations == [] and len(df) > 0
+        assert set(df["query_id"].str[1:].astype(int) // 50_000) == {phase - 1}
+        query_ids, query, reference_ids, reference = read_descriptor_track(submissions / f"phase{phase}_descriptors.h5")
+        metadata = pd.read_csv(mini_dataset / "query_metadata.csv")["image_id"]
+        assert query_ids == sorted(q for q in metadata if (int(q[1:]) >= 50_000) == (phase == 2))
+        assert reference_ids == sorted(pd.read_csv(mini_dataset / "reference_metadata.csv")["image_id"])
+        assert query.shape[1] == reference.shape[1] == 16
+        for submission in (matching, submissions / f"phase{phase}_descriptors.h5"):
+            manifest = read_manifest(submission)
+            assert manifest["md5"] == file_md5(submission) and manifest["phase"] == phase
+            assert "muap" in manifest["local_evaluation"]
+    # phase 2 reuses the phase-1 references as they are
+    phase2 = read_manifest(submissions / "phase2_descriptors.h5")
+    assert phase2["phase1_reference"]["md5"] == file_md5(submissions / "phase1_descriptors.h5")
+    assert read_descriptor_track(submissions / "phase1_descriptors.h5")[3].tobytes() == \
+        read_descriptor_track(submissions / "phase2_descriptors.h5")[3].tobytes()
+    assert json.loads((work / "run_summary.json").read_text())["metrics"] == summary.metrics
+
+
+def test_reported_muap_is_the_scorers_on_the_written_files(completed, mini_dataset):
+    work, submissions, summary = completed
+    for phase, gt_file in enumerate(ground_truth_files(mini_dataset), start=1):
+        gt = read_ground_truth(gt_file)
+        expected = evaluate(read_predictions(submissions / f"phase{phase}_matching.csv"), gt).muap
+        assert summary.metrics[f"phase {phase} matching"]["muap"] == pytest.approx(expected, abs=1e-12)
+        assert 0 < expected <= 1
+    table = summary.table()
+    assert f"µAP phase 1 matching       {summary.metrics['phase 1 matching']['muap']:.4f}" in table
+    assert str(submissions / "phase2_descriptors.h5") in table
+
+
+def test_second_run_skips_every_step_and_rewrites_nothing(completed, s3_endpoint, mini_dataset):
+    work, submissions, first = completed
+    # every file a step writes (data/ holds the bucket's metadata, fetched again on each run)
+    outputs = sorted(p for p in work.rglob("*") if p.suffix in (".h5", ".csv", ".npz") and "data" not in p.parts)
+    before = {p: p.stat().st_mtime_ns for p in outputs}
+    config = RunConfig(work=work, endpoint_url=s3_endpoint, ground_truth=ground_truth_files(mini_dataset),
+                       submissions=submissions, **FAST)
+    again = Pipeline(config).run()
+    not_skipped = [(s.stage, s.target) for s in again.steps if not s.skipped and s.stage != "eval"]
+    assert not_skipped == []
+    assert {p: p.stat().st_mtime_ns for p in outputs} == before
+    assert again.metrics == first.metrics
+
+
+def test_new_phase2_queries_extract_only_those(completed, s3_endpoint, mini_dataset, tmp_path):
+    """Phase 2 after phase 1: the phase-1 and reference descriptors are reused, only new queries extracted."""
+    work, _, _ = completed
+    config = RunConfig(work=work, endpoint_url=s3_endpoint, ground_truth=ground_truth_files(mini_dataset),
+                       submissions=tmp_path / "submissions", phases=[1], **FAST)
+    Pipeline(config).run()
+    (work / "descriptors" / "query_phase2.h5").unlink()
+    config.phases = [1, 2]
+    steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
+    assert not steps[("extract", "query phase 2")].skipped
+    assert all(steps[("extract", t)].skipped for t in ("query phase 1", "reference", "training"))
+    assert (tmp_path / "submissions" / "phase2_descriptors.h5").is_file()
+
+
+def test_killed_run_resumes_where_it_stopped(s3_endpoint, mini_dataset, tmp_path):
+    work = tmp_path / "work"
+    # 192-pixel inputs two at a time: slow enough to be killed in the middle of the reference images
+    command = [*RUN, str(work), "--endpoint-url", s3_endpoint, *FAST_ARGS, "--image-size", "192", "--batch-size", "2",
+               "--quiet", "--submissions-dir", str(tmp_path / "submissions"),
+               *[arg for gt in ground_truth_files(mini_dataset) for arg in ("--gt", str(gt))]]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    partial = work / "descriptors" / "reference.h5.rank0-of-1.partial"
+    deadline = time.monotonic() + 300
+    while not partial.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)  # a few batches written
+    assert first.poll() is None, f"the run ended before it could be killed: {first.stderr.read().decode()}"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (work / "descriptors" / "reference.h5").exists()
+
+    second = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    steps = {(s["stage"], s["target"]): s for s in json.loads(second.stdout)["steps"]}
+    assert all(steps[("download", split)]["skipped"] for split in ("query", "reference", "training"))
+    assert steps[("extract", "query phase 1")]["skipped"] and steps[("extract", "query phase 2")]["skipped"]
+    assert "resumed from an interrupted run" in steps[("extract", "reference")]["result"]
+    assert not partial.exists()
+    # the same descriptors as one uninterrupted extraction
+    fresh = tmp_path / "fresh.h5"
+    extract(list_split_images(mini_dataset, "reference"), fresh, create_model(image_size=192), batch_size=8,
+            workers=0, quiet=True)
+    ids, resumed, _ = read_descriptors(work / "descriptors" / "reference.h5")
+    fresh_ids, fresh_descriptors, _ = read_descriptors(fresh)
+    assert ids == fresh_ids
+    np.testing.assert_allclose(resumed, fresh_descriptors, atol=1e-4)
+    assert (tmp_path / "submissions" / "phase2_descriptors.h5").is_file()
+
+
+def test_demo_generates_serves_and_submits(tmp_path):
+    config = RunConfig(work=tmp_path / "demo", submissions=tmp_path / "demo" / "submissions", **FAST)
+    sizes = {"references": 30, "queries": 12, "phase2_queries": 6, "training": 30}
+    summary = run_demo(config, seed=3, **sizes)
+    stages = [s.stage for s in summary.steps]
+    assert stages[:2] == ["synth", "serve"] and stages.count("download") == 3
+    assert set(summary.metrics) == {f"phase {p} {t}" for p in (1, 2) for t in ("matching", "descriptors")}
+    assert sorted(p.name for p in (tmp_path / "demo" / "submissions").glob("phase*") if not p.name.endswith(".json")) == [
+        "phase1_descriptors.h5", "phase1_matching.csv", "phase2_descriptors.h5", "phase2_matching.csv"]
+    with h5py.File(tmp_path / "demo" / "descriptors" / "reference.h5") as f:
+        assert len(f["ids"]) == 30
+    again = run_demo(RunConfig(work=tmp_path / "demo", submissions=tmp_path / "demo" / "submissions", **FAST),
+                     seed=3, **sizes)
+    assert again.steps[0].skipped and again.metrics == summary.metrics
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--demo", "--data", "{tmp}"], "leave out --data"),
+    (["--limit", "0"], "--limit must be at least 1"),
+    (["--pca-dim", "-3", "--data", "{mini}"], "PCA dimension"),
+    (["--data", "{tmp}/nowhere"], "no such folder"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, mini_dataset, capsys):
+    args = [a.format(tmp=tmp_path, mini=mini_dataset) for a in args]
+    assert main([str(tmp_path / "work"), "--submissions-dir", str(tmp_path / "submissions"), *args]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and message in stderr
+
+
+def test_local_data_without_training_images_says_what_to_do(mini_dataset, tmp_path):
+    data = tmp_path / "data"
+    for split in ("query", "reference"):
+        (data / f"{split}_images").mkdir(parents=True)
+        for image in sorted((mini_dataset / f"{split}_images").glob("*.jpg"))[:6]:
+            (data / f"{split}_images" / image.name).symlink_to(image)
+    result = subprocess.run([*RUN, str(tmp_path / "work"), "--data", str(data), *FAST_ARGS, "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "training_images: no such folder" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_help_explains_every_option():
+    result = subprocess.run([*RUN, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for option in ("--demo", "--data", "--region", "--gt", "--pca-dim", "--phases", "--submissions-dir", "--limit"):
+        assert option in result.stdout
