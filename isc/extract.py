@@ -9,9 +9,9 @@ Two input pipelines feed the model; both resize with :func:`resize_image`, so th
 - ``pil`` (default on the CPU): a DataLoader whose worker processes decode with Pillow, in JPEG draft
   mode when downscaling.
 
-Rows are appended to a partial file per rank (``OUT.rank0-of-1.partial``), flushed after every batch;
-a killed run restarts from it (its model attributes must match), and the partial files are merged into
-``OUT`` in id order. Under ``torchrun`` each rank extracts a contiguous shard of the sorted ids.
+Rows are appended to a log per rank (``OUT.rank0-of-1.partial``, :class:`PartialLog`), one checksummed
+record per batch, so that even a kill -9 leaves every finished batch readable; a killed run restarts
+from it (its model attributes must match), and the logs are merged into ``OUT`` in id order. Under ``torchrun`` each rank extracts a contiguous shard of the sorted ids.
 Unreadable images are skipped and listed, with their reasons, in the ``broken`` attribute (JSON).
 """
 
@@ -22,9 +22,11 @@ import io
 import json
 import os
 import queue
+import struct
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -368,58 +370,112 @@ def _in_background(batches: Iterator[tuple], device: torch.device, depth: int = 
         thread.join()
 
 
-# ------------------------------------------------------------------------------------- HDF5 files
+# ------------------------------------------------------------------------- partial logs and the merge
 
 
-class _PartialFile:
-    """A resizable descriptor file appended batch by batch; reopened on resume if its model matches."""
+class PartialLog:
+    """The rows extracted so far by one rank: an append-only log that a kill -9 cannot corrupt.
 
-    def __init__(self, path: Path, config: dict[str, object], id_length: int, resume: bool):
+    A header line (``isc-partial/1`` and the extraction config as JSON), then one record per batch, written
+    with a single ``write``: kind (``D`` descriptors, ``B`` the broken images so far, as JSON), payload
+    length and CRC-32, payload. A ``D`` payload is n and the id length (uint32), the n ids (ASCII,
+    NUL-padded) and n × dim float32. Reading stops at the first torn or damaged record, which a resumed
+    run cuts off and writes again.
+    """
+
+    MAGIC = b"isc-partial/1\n"
+    RECORD = struct.Struct("<cQI")  # kind, payload length, CRC-32 of the payload
+    COUNTS = struct.Struct("<II")  # rows, id length
+
+    def __init__(self, path: Path) -> None:
         self.path = path
-        existing = self._reopen(config) if resume and path.exists() else None
-        if existing is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = h5py.File(path, "w", libver=H5_LIBVER)
-            self.file.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=f"S{id_length}", chunks=(4096,))
-            self.file.create_dataset("descriptors", shape=(0, config["dimension"]), dtype=np.float32,
-                                     maxshape=(None, config["dimension"]),
-                                     chunks=(max(1, min(4096, 2 ** 20 // config["dimension"])),
-                                             config["dimension"]))
-            for key, value in config.items():
-                self.file.attrs[key] = value
-        else:
-            self.file = existing
-        self.done = [x.decode("ascii") for x in self.file["ids"][()]]
+        self.config: dict[str, object] = {}
+        self.ids: list[str] = []
+        self.broken: dict[str, str] = {}
+        self.size = 0  # bytes of intact header and records
+        self._data = np.memmap(path, np.uint8, "r") if path.stat().st_size else np.zeros(0, np.uint8)
+        self._blocks: list[tuple[int, int, int]] = []  # (first row, rows, byte offset of the descriptors)
+        self._parse()
 
-    def _reopen(self, config: dict[str, object]) -> h5py.File | None:
+    @classmethod
+    def read(cls, path: str | Path) -> PartialLog:
+        return cls(Path(path))
+
+    def _parse(self) -> None:
+        data = self._data
+        end_of_header = bytes(data[:65536]).find(b"\n", len(self.MAGIC))
+        if bytes(data[:len(self.MAGIC)]) != self.MAGIC or end_of_header < 0:
+            raise InputError(f"{self.path}: not a partial file of isc-extract")
+        self.config = json.loads(bytes(data[len(self.MAGIC):end_of_header]))
+        position = end_of_header + 1
+        while position + self.RECORD.size <= len(data):
+            kind, length, crc = self.RECORD.unpack_from(data, position)
+            start, stop = position + self.RECORD.size, position + self.RECORD.size + length
+            if stop > len(data) or zlib.crc32(data[start:stop]) != crc:
+                break  # torn by a kill: everything before it is intact
+            if kind == b"D":
+                rows, id_length = self.COUNTS.unpack_from(data, start)
+                ids_at = start + self.COUNTS.size
+                ids = np.frombuffer(data, f"S{id_length}", rows, ids_at)
+                self._blocks.append((len(self.ids), rows, ids_at + rows * id_length))
+                self.ids += [i.decode("ascii") for i in ids]
+            elif kind == b"B":
+                self.broken = json.loads(bytes(data[start:stop]))
+            position = stop
+        self.size = position
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """The descriptors of the given row numbers, in that order."""
+        dim = int(self.config["dimension"])
+        out = np.empty((len(indices), dim), np.float32)
+        firsts = np.array([first for first, _, _ in self._blocks])
+        block_of = np.searchsorted(firsts, indices, side="right") - 1
+        for block in np.unique(block_of):
+            first, rows, offset = self._blocks[block]
+            chosen = block_of == block
+            values = np.frombuffer(self._data, np.float32, rows * dim, offset).reshape(rows, dim)
+            out[chosen] = values[indices[chosen] - first]
+        return out
+
+
+class _PartialWriter:
+    """Appends batches to a rank's :class:`PartialLog`; reopens the log of a killed run if its model matches."""
+
+    def __init__(self, path: Path, config: dict[str, object], resume: bool):
+        self.path = path
+        self.done: list[str] = []
+        log = self._reopen(config) if resume and path.exists() else None
+        if log is None:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(PartialLog.MAGIC + json.dumps(config).encode() + b"\n")
+        else:
+            self.done = log.ids
+            os.truncate(path, log.size)  # drop a torn last record
+        self.file = open(path, "ab")  # noqa: SIM115 (closed by close())
+
+    def _reopen(self, config: dict[str, object]) -> PartialLog | None:
         try:
-            file = h5py.File(self.path, "r+")
-        except OSError:
-            warnings.warn(f"{self.path}: unreadable partial file (killed while writing?), starting again",
-                          stacklevel=3)
+            log = PartialLog.read(self.path)
+        except (InputError, ValueError) as e:
+            warnings.warn(f"{self.path}: unreadable partial file ({e}), starting again", stacklevel=3)
             return None
         for key in COMPATIBILITY_KEYS:
-            old = file.attrs.get(key)
-            old = old.item() if isinstance(old, np.generic) else old
-            if old != config[key]:
-                file.close()
-                raise InputError(f"{self.path}: holds descriptors made with {key}={old!r}, this run has "
-                                 f"{config[key]!r}; delete it or rerun with --restart")
-        count = min(len(file["ids"]), len(file["descriptors"]))  # a kill between the two resizes
-        file["ids"].resize((count,))
-        file["descriptors"].resize((count, file["descriptors"].shape[1]))
-        return file
+            if log.config.get(key) != config[key]:
+                raise InputError(f"{self.path}: holds descriptors made with {key}={log.config.get(key)!r}, this run "
+                                 f"has {config[key]!r}; delete it or rerun with --restart")
+        return log
+
+    def _write(self, kind: bytes, payload: bytes) -> None:
+        self.file.write(PartialLog.RECORD.pack(kind, len(payload), zlib.crc32(payload)) + payload)
+        self.file.flush()
 
     def append(self, ids: Sequence[str], descriptors: np.ndarray) -> None:
-        start = len(self.file["ids"])
-        for name, data in (("descriptors", descriptors), ("ids", np.array(ids, dtype="S"))):
-            self.file[name].resize((start + len(ids), *self.file[name].shape[1:]))
-            self.file[name][start:] = data
-        self.file.flush()
+        encoded = np.array(ids, dtype="S")
+        self._write(b"D", PartialLog.COUNTS.pack(len(ids), encoded.itemsize) + encoded.tobytes()
+                    + np.ascontiguousarray(descriptors, np.float32).tobytes())
 
     def record_broken(self, broken: Mapping[str, str]) -> None:
-        self.file.attrs["broken"] = json.dumps(dict(broken))
-        self.file.flush()
+        self._write(b"B", json.dumps(dict(broken)).encode())
 
     def close(self) -> None:
         self.file.close()
@@ -432,49 +488,36 @@ def _partial_path(output: Path, rank: int, world: int) -> Path:
 def _merge(parts: Sequence[Path], output: Path, wanted: Sequence[str],
            attrs: dict[str, object]) -> tuple[int, dict[str, str]]:
     """Write the wanted ids of the partial files into ``output`` in id order: (rows, broken images)."""
-    files = [h5py.File(p, "r") for p in parts]
-    try:
-        broken: dict[str, str] = {}
-        for f in files:
-            broken.update(json.loads(f.attrs.get("broken", "{}")))
-        ids = np.concatenate([f["ids"][()] for f in files])
-        source = np.concatenate([np.full(len(f["ids"]), k) for k, f in enumerate(files)]).astype(int)
-        rows = np.concatenate([np.arange(len(f["ids"])) for f in files])
-        keep = np.isin(ids, np.array(list(wanted), dtype=ids.dtype))
-        ids, source, rows = ids[keep], source[keep], rows[keep]
-        order = np.argsort(ids, kind="stable")
-        ids, source, rows = ids[order], source[order], rows[order]
-        if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
-            raise InputError(f"{output}: an id appears in two partial files; delete them and rerun")
-        dim = int(attrs["dimension"])
-        with atomic_path(output) as tmp, h5py.File(tmp, "w", libver=H5_LIBVER) as out:
-            out.create_dataset("ids", data=ids)
-            target = out.create_dataset("descriptors", shape=(len(ids), dim), dtype=np.float32,
-                                        chunks=(max(1, min(4096, len(ids), 2 ** 20 // dim)), dim)
-                                        if len(ids) else None)
-            for start in range(0, len(ids), MERGE_ROWS):
-                block = np.empty((min(MERGE_ROWS, len(ids) - start), dim), np.float32)
-                for k, f in enumerate(files):
-                    mine = np.flatnonzero(source[start:start + MERGE_ROWS] == k)
-                    if len(mine):
-                        block[mine] = _read_rows(f["descriptors"], rows[start + mine])
-                target[start:start + len(block)] = block
-            for key, value in {**attrs, "broken": json.dumps(broken), "n_broken": len(broken)}.items():
-                out.attrs[key] = value
-        return len(ids), broken
-    finally:
-        for f in files:
-            f.close()
-
-
-def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """dataset[rows] for any distinct rows: a slice when contiguous, else a sorted selection."""
-    if rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
-        return dataset[rows[0]:rows[-1] + 1]
-    order = np.argsort(rows)
-    values = np.empty((len(rows), dataset.shape[1]), np.float32)
-    values[order] = dataset[rows[order]]
-    return values
+    logs = [PartialLog.read(p) for p in parts]
+    broken: dict[str, str] = {}
+    for log in logs:
+        broken.update(log.broken)
+    all_ids = [i for log in logs for i in log.ids]
+    ids = np.array(all_ids, dtype="S") if all_ids else np.zeros(0, dtype="S1")
+    source = np.concatenate([np.full(len(log.ids), k) for k, log in enumerate(logs)]).astype(int)
+    rows = np.concatenate([np.arange(len(log.ids)) for log in logs]).astype(int)
+    keep = np.isin(ids, np.array(list(wanted), dtype="S"))
+    ids, source, rows = ids[keep], source[keep], rows[keep]
+    order = np.argsort(ids, kind="stable")
+    ids, source, rows = ids[order], source[order], rows[order]
+    if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
+        raise InputError(f"{output}: an id appears in two partial files; delete them and rerun")
+    dim = int(attrs["dimension"])
+    with atomic_path(output) as tmp, h5py.File(tmp, "w", libver=H5_LIBVER) as out:
+        out.create_dataset("ids", data=ids)
+        target = out.create_dataset("descriptors", shape=(len(ids), dim), dtype=np.float32,
+                                    chunks=(max(1, min(4096, len(ids), 2 ** 20 // dim)), dim)
+                                    if len(ids) else None)
+        for start in range(0, len(ids), MERGE_ROWS):
+            block = np.empty((min(MERGE_ROWS, len(ids) - start), dim), np.float32)
+            for k, log in enumerate(logs):
+                mine = np.flatnonzero(source[start:start + MERGE_ROWS] == k)
+                if len(mine):
+                    block[mine] = log.rows(rows[start + mine])
+            target[start:start + len(block)] = block
+        for key, value in {**attrs, "broken": json.dumps(broken), "n_broken": len(broken)}.items():
+            out.attrs[key] = value
+    return len(ids), broken
 
 
 # ------------------------------------------------------------------------------------------ engine
@@ -575,7 +618,7 @@ def extract(
     sizes = view_sizes(model, scales)
     config = extraction_config(model, scales, flip)
     shard = ids[rank * len(ids) // world:(rank + 1) * len(ids) // world]
-    partial = _PartialFile(_partial_path(output, rank, world), config, max(map(len, ids)), resume)
+    partial = _PartialWriter(_partial_path(output, rank, world), config, resume)
     done = set(partial.done)
     todo = [i for i in shard if i not in done]
     model = model.to(torch_device, memory_format=torch.channels_last if on_gpu else torch.preserve_format)

@@ -6,14 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
 
 from isc.cli.extract import main
-from isc.extract import extract, list_images, list_split_images
+from isc.extract import PartialLog, extract, list_images, list_split_images
 from isc.io import InputError, read_descriptor_attrs, read_descriptors
 from isc.models import create_model, save_checkpoint
 
@@ -135,6 +134,36 @@ def test_pillow_workers_tta_and_short_edge(odd_images, tmp_path):
         assert abs(np.linalg.norm(pil[image_id]) - 1) < 1e-5
 
 
+def test_torn_last_batch_of_a_killed_run_is_extracted_again(odd_images, model, tmp_path):
+    good = {k: v for k, v in list_images(odd_images).items() if k not in BROKEN}
+    output = tmp_path / "out.h5"
+    fresh = extract(good, tmp_path / "fresh.h5", model, batch_size=2, workers=0, quiet=True)
+    first_four = {k: good[k] for k in ("alpha", "cmyk", "coffee", "gray")}
+    with pytest.raises(InputError):  # stops at "text", after two batches, as a kill would
+        extract({**first_four, "text": list_images(odd_images)["text"]}, output, model,
+                batch_size=2, workers=0, quiet=True, strict=True)
+    partial = tmp_path / "out.h5.rank0-of-1.partial"
+    intact = PartialLog.read(partial).ids
+    assert len(intact) == 4
+    with open(partial, "r+b") as f:  # a kill in the middle of writing the second batch
+        f.truncate(partial.stat().st_size - 5)
+    assert PartialLog.read(partial).ids == intact[:2]
+    summary = extract(good, output, model, batch_size=2, workers=0, quiet=True)
+    assert summary["resumed"] == 2
+    ids, resumed, _ = read_descriptors(output)
+    fresh_ids, fresh_descriptors, _ = read_descriptors(fresh["output"])
+    assert ids == fresh_ids
+    np.testing.assert_allclose(resumed, fresh_descriptors, atol=1e-5)
+
+
+def test_garbage_partial_file_is_replaced_with_a_warning(odd_images, model, tmp_path):
+    good = {k: v for k, v in list_images(odd_images).items() if k not in BROKEN}
+    (tmp_path / "out.h5.rank0-of-1.partial").write_bytes(b"\x89HDF\r\n junk")
+    with pytest.warns(UserWarning, match="unreadable partial file"):
+        summary = extract(good, tmp_path / "out.h5", model, workers=0, quiet=True)
+    assert summary["resumed"] == 0 and summary["extracted"] == len(good)
+
+
 def test_interrupted_run_resumes_and_never_mixes_models(odd_images, model, tmp_path):
     images = list_images(odd_images)
     good = {k: v for k, v in images.items() if k not in BROKEN}
@@ -146,8 +175,7 @@ def test_interrupted_run_resumes_and_never_mixes_models(odd_images, model, tmp_p
         extract(ordered, output, model, batch_size=2, workers=0, quiet=True, strict=True)
     partial = tmp_path / "out.h5.rank0-of-1.partial"
     assert partial.exists() and not output.exists()
-    with h5py.File(partial) as f:
-        assert [x.decode() for x in f["ids"][()]] == ["alpha", "cmyk"]
+    assert PartialLog.read(partial).ids == ["alpha", "cmyk"]
 
     other = create_model("efficientnet_lite0", image_size=SIZE, pool="max")
     with pytest.raises(InputError, match="model_options"):

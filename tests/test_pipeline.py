@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from isc.cli.run import main
-from isc.extract import extract, list_split_images
+from isc.extract import PartialLog, extract, list_split_images
 from isc.io import read_descriptor_track, read_descriptors, read_ground_truth, read_predictions
 from isc.metrics import evaluate
 from isc.models import create_model
@@ -106,16 +106,17 @@ def test_new_phase2_queries_extract_only_those(completed, s3_endpoint, mini_data
 
 def test_killed_run_resumes_where_it_stopped(s3_endpoint, mini_dataset, tmp_path):
     work = tmp_path / "work"
-    # 192-pixel inputs two at a time: slow enough to be killed in the middle of the reference images
-    command = [*RUN, str(work), "--endpoint-url", s3_endpoint, *FAST_ARGS, "--image-size", "192", "--batch-size", "2",
+    # 192-pixel inputs one at a time: slow enough to be killed in the middle of the reference images
+    command = [*RUN, str(work), "--endpoint-url", s3_endpoint, *FAST_ARGS, "--image-size", "192", "--batch-size", "1",
                "--quiet", "--submissions-dir", str(tmp_path / "submissions"),
                *[arg for gt in ground_truth_files(mini_dataset) for arg in ("--gt", str(gt))]]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     partial = work / "descriptors" / "reference.h5.rank0-of-1.partial"
     deadline = time.monotonic() + 300
-    while not partial.exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.5)  # a few batches written
+    # the log is append-only and checksummed: it can be read while written; kill after a few batches
+    while first.poll() is None and time.monotonic() < deadline and \
+            not (partial.exists() and len(PartialLog.read(partial).ids) >= 3):
+        time.sleep(0.01)
     assert first.poll() is None, f"the run ended before it could be killed: {first.stderr.read().decode()}"
     first.send_signal(signal.SIGKILL)
     first.wait()
