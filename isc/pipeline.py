@@ -297,6 +297,9 @@ class Pipeline:
         if dimension > DESCRIPTOR_TRACK_MAX_DIM:
             self._step("submit", f"phase {phase} descriptors", None, began, True,
                        f"not made: {dimension} dimensions, the track allows {DESCRIPTOR_TRACK_MAX_DIM} (--pca-dim)")
+        elif c.limit is not None:
+            self._step("submit", f"phase {phase} descriptors", None, began, True,
+                       "not made: --limit selects a subset, the track needs every query and reference")
         else:
             descriptors = default_submission_path(c.submissions, "descriptors", phase)
             phase1 = default_submission_path(c.submissions, "descriptors", 1) if phase == 2 else None
@@ -336,6 +339,8 @@ class Pipeline:
             return None
         combined = pd.concat([read_ground_truth(path) for path in self.config.ground_truth], ignore_index=True)
         rows = combined[combined["query_id"].map(query_phase) == phase]
+        if self.config.limit is not None:  # a trial scores the queries it kept, not the dataset's
+            rows = rows[rows["query_id"].isin(self.images("query").get(f"query_phase{phase}", {}))]
         return rows.reset_index(drop=True) if len(rows) else None
 
     def run(self) -> RunSummary:

@@ -104,6 +104,21 @@ def test_new_phase2_queries_extract_only_those(completed, s3_endpoint, mini_data
     assert (tmp_path / "submissions" / "phase2_descriptors.h5").is_file()
 
 
+def test_limit_runs_a_trial_on_the_first_images(s3_endpoint, mini_dataset, tmp_path):
+    config = RunConfig(work=tmp_path / "work", endpoint_url=s3_endpoint, limit=10,
+                       ground_truth=ground_truth_files(mini_dataset), submissions=tmp_path / "submissions",
+                       **{**FAST, "pca_dim": 8})
+    steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
+    assert all(steps[("download", split)].images == 10 for split in ("query", "reference", "training"))
+    assert sorted(p.name for p in (tmp_path / "work" / "data" / "query_images").glob("*.jpg")) == \
+        [f"Q{i:05d}.jpg" for i in range(10)]
+    assert steps[("submit", "phase 1 matching")].result == "valid"
+    assert steps[("submit", "phase 1 descriptors")].result.startswith("not made: --limit")
+    assert ("search", "phase 2") in steps and steps[("search", "phase 2")].images == 0
+    evaluation = read_manifest(tmp_path / "submissions" / "phase1_matching.csv")["local_evaluation"]
+    assert evaluation["ground_truth_queries"] == 10  # the trial's queries only
+
+
 def test_killed_run_resumes_where_it_stopped(s3_endpoint, mini_dataset, tmp_path):
     work = tmp_path / "work"
     # 192-pixel inputs one at a time: slow enough to be killed in the middle of the reference images

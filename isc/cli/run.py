@@ -9,12 +9,11 @@ from pathlib import Path
 
 from isc import download
 from isc.cli.common import run_command
+from isc.cli.submit import SUBMISSIONS_DIR_ENV
 from isc.io import REGION_BUCKETS, InputError
 from isc.models import DEFAULT_MODEL
 from isc.pipeline import DEMO_IMAGE_SIZE, PHASES, Pipeline, RunConfig, run_demo
 from isc.search import BACKENDS
-
-SUBMISSIONS_DIR_ENV = "ISC_SUBMISSIONS_DIR"
 
 EPILOG = """\
 examples:
