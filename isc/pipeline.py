@@ -34,6 +34,7 @@ from isc.io import (
     InputError,
     atomic_path,
     query_phase,
+    read_descriptor_attrs,
     read_descriptors,
     read_ground_truth,
     read_metadata,
@@ -47,7 +48,7 @@ from isc.s3server import LocalS3Server
 from isc.search import search
 from isc.submit import (
     default_submission_path,
-    provenance_records,
+    manifest_path,
     score_descriptor_track,
     submit_descriptors,
     submit_matching,
@@ -269,8 +270,6 @@ class Pipeline:
                              max_results=MATCHING_TRACK_MAX_ROWS, training=training, backend=self.config.backend,
                              quiet=self.config.quiet)
         write_predictions(output, predictions)
-        with atomic_path(output.with_name(output.name + ".provenance.json")) as tmp:
-            tmp.write_text(json.dumps(provenance_records(output, inputs), indent=1, default=str) + "\n")
         normalised = f", normalised with {len(training):,} training images" if training is not None else ""
         self._step("search", f"phase {phase}", len(query_ids), began, False,
                    f"{len(predictions):,} predictions{normalised}", [output])
@@ -284,15 +283,16 @@ class Pipeline:
 
         began = time.perf_counter()
         matching = default_submission_path(c.submissions, "matching", phase)
-        fresh = _fresh([matching, Path(str(matching) + ".manifest.json")], [predictions])
+        fresh = _fresh([matching, manifest_path(matching)], [predictions])
         if not fresh:
-            submit_matching(predictions, phase, matching, expected_queries, expected_references)
+            sources = [files[name] for name in (f"query_phase{phase}", "reference", "training") if name in files]
+            submit_matching(predictions, phase, matching, expected_queries, expected_references, sources)
         self._step("submit", f"phase {phase} matching", None, began, fresh, "up to date" if fresh else "valid",
                    [matching])
 
         began = time.perf_counter()
         query, reference = files[f"query_phase{phase}"], files["reference"]
-        dimension = read_descriptors(query)[1].shape[1]
+        dimension = int(read_descriptor_attrs(query)["dimension"])
         descriptors = None
         if dimension > DESCRIPTOR_TRACK_MAX_DIM:
             self._step("submit", f"phase {phase} descriptors", None, began, True,
@@ -304,7 +304,7 @@ class Pipeline:
             descriptors = default_submission_path(c.submissions, "descriptors", phase)
             phase1 = default_submission_path(c.submissions, "descriptors", 1) if phase == 2 else None
             inputs = [query, reference, *([phase1] if phase1 and phase1.is_file() else [])]
-            fresh = _fresh([descriptors, Path(str(descriptors) + ".manifest.json")], inputs)
+            fresh = _fresh([descriptors, manifest_path(descriptors)], inputs)
             if not fresh:
                 submit_descriptors(query, reference, phase, descriptors, expected_queries, expected_references,
                                    phase1 if phase1 and phase1.is_file() else None)
