@@ -41,6 +41,7 @@ import botocore.httpsession
 import pandas as pd
 import urllib3
 from botocore import UNSIGNED
+from botocore.client import BaseClient
 from botocore.config import Config
 from tqdm import tqdm
 
@@ -81,7 +82,7 @@ def make_client(
     retry_mode: str = "standard",
     max_attempts: int = 5,
     aws_region: str | None = None,
-):
+) -> BaseClient:
     """An S3 client for a regional bucket: unsigned unless a profile is named (``profile`` or ``AWS_PROFILE``).
 
     ``endpoint_url`` (or ``AWS_ENDPOINT_URL``) points at a mirror or a local server, with path-style addressing.
@@ -108,7 +109,7 @@ def make_client(
         raise InputError(f"AWS profile {profile!r} not found in the AWS config files") from None
 
 
-def check_reachable(client, bucket: str, split: str) -> str | None:
+def check_reachable(client: BaseClient, bucket: str, split: str) -> str | None:
     """One small listing before a long run (an unreachable bucket is one error, not a million failed files);
     returns the bucket's AWS region as S3 reports it (None from servers that do not say)."""
     try:
@@ -129,7 +130,7 @@ def connect(
     ``check``: list one key first, so that an unreachable bucket fails at once, and follow S3 when it says the
     bucket lives in another AWS region than assumed.
     """
-    def client_for(name: str, aws_region: str | None = None):
+    def client_for(name: str, aws_region: str | None = None) -> BaseClient:
         return make_client(name, endpoint_url, profile, max_pool_connections, aws_region=aws_region)
 
     timings: dict[str, float] = {}
@@ -143,7 +144,7 @@ def connect(
     return region, client, timings
 
 
-def probe_seconds(client, bucket: str, split: str, repeats: int = 3) -> float:
+def probe_seconds(client: BaseClient, bucket: str, split: str, repeats: int = 3) -> float:
     """Fastest of ``repeats`` one-key listings of the split's prefix (the first one also opens the connection)."""
     best = float("inf")
     for _ in range(repeats):
@@ -170,7 +171,7 @@ def fastest_region(client_for: Callable[[str], object], split: str) -> tuple[str
 # ------------------------------------------------------------------------------------------ metadata
 
 
-def fetch_metadata(client, bucket: str, split: str, path: str | Path) -> pd.DataFrame:
+def fetch_metadata(client: BaseClient, bucket: str, split: str, path: str | Path) -> pd.DataFrame:
     """Download the split's metadata CSV from a mirror's bucket to ``path`` and read it."""
     key = metadata_key(split)
     try:
@@ -700,7 +701,7 @@ def sync_split(
 
 
 def load_metadata(
-    client, bucket: str, split: str, dest: str | Path, metadata_path: str | Path | None = None,
+    client: BaseClient, bucket: str, split: str, dest: str | Path, metadata_path: str | Path | None = None,
     reuse_saved: bool = False,
 ) -> pd.DataFrame:
     """The split's metadata: the given CSV, or the bucket's copy saved as ``dest/<split>_metadata.csv``

@@ -10,11 +10,15 @@ being the number of ground-truth pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from isc.io import InputError, atomic_path, pair_keys
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 REQUIRED_PRECISION = 0.9
 
@@ -132,7 +136,7 @@ def evaluate(
     )
 
 
-def plot_precision_recall(metrics: Metrics, path: str | None = None, title: str = "", ax=None):
+def plot_precision_recall(metrics: Metrics, path: str | None = None, title: str = "", ax: Axes | None = None) -> Axes:
     """Draw the precision-recall curve, with the 90%-precision operating point marked, on ``ax`` (default: a
     new figure); save it to ``path`` when given (format from the suffix). Returns the axes."""
     if ax is None:

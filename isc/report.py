@@ -15,6 +15,7 @@ import io
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,10 @@ from tqdm import tqdm
 
 from isc.io import InputError, atomic_path, pair_keys
 from isc.metrics import Metrics, evaluate, plot_precision_recall
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 GALLERY_SIZE = 16
 THUMBNAIL_SIZE = 160
@@ -120,7 +125,7 @@ def png_data_uri(data: bytes) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
-def figure_png(fig) -> bytes:
+def figure_png(fig: Figure) -> bytes:
     """A matplotlib figure as PNG bytes."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -132,7 +137,7 @@ def precision_recall_png(metrics: Metrics) -> bytes:
     return figure_png(plot_precision_recall(metrics).figure)
 
 
-def plot_score_histograms(labeled: pd.DataFrame, threshold: float | None, ax=None):
+def plot_score_histograms(labeled: pd.DataFrame, threshold: float | None, ax: Axes | None = None) -> Axes:
     """Histograms of the scores of true and false pairs (log counts), with the 90%-precision threshold."""
     if ax is None:
         # a bare Figure, not pyplot: no global backend switch, nothing left open

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
+from botocore.client import BaseClient
 from botocore.config import Config
 
 from isc.io import REGION_BUCKETS, SPLITS, InputError, images_prefix, metadata_key
@@ -31,7 +32,7 @@ def _public_read_policy(bucket: str) -> str:
     })
 
 
-def s3_client(endpoint_url: str, max_pool_connections: int = 32):
+def s3_client(endpoint_url: str, max_pool_connections: int = 32) -> BaseClient:
     """A signed boto3 S3 client for a local server (path-style addressing, as moto expects)."""
     return boto3.client(
         "s3",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
@@ -24,6 +25,9 @@ from faiss.contrib.exhaustive_search import knn_ground_truth
 from tqdm import tqdm
 
 from isc.io import InputError, atomic_path
+
+if TYPE_CHECKING:
+    import torch
 
 BACKENDS = ("auto", "faiss-cpu", "faiss-gpu", "torch")
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
@@ -169,8 +173,8 @@ def _topk_grouped(scores, k: int, group: int = 64):
 
 
 def knn_torch(
-    query,
-    reference,
+    query: np.ndarray | torch.Tensor,
+    reference: np.ndarray | torch.Tensor,
     k: int,
     metric: str = "ip",
     device: str | None = None,
