@@ -355,7 +355,10 @@ def test_ctrl_c_stops_cleanly_with_a_report(mini_dataset: Path, s3_endpoint: str
         _, err = child.communicate(timeout=60)
     assert child.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     report = report_of(tmp_path)
-    assert report["interrupted"] and not report["ok"] and 3 <= report["downloaded"] < len(query_files(mini_dataset))
+    on_disk = len(list(folder.glob("*.jpg")))
+    # a file renamed into place just before the signal may not be counted yet: never more than on disk
+    assert report["interrupted"] and not report["ok"] and 1 <= report["downloaded"] <= on_disk
+    assert on_disk < len(query_files(mini_dataset))
     assert not list(folder.glob(".*.part"))
     assert_verified(tmp_path, mini_dataset, {p.name for p in folder.glob("*.jpg")})
 
