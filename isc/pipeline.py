@@ -69,6 +69,7 @@ class RunConfig:
     endpoint_url: str | None = None
     profile: str | None = None
     limit: int | None = None  # the first N images of each split (a trial run)
+    training_limit: int | None = None  # the first N training images: enough for PCA and normalisation
     download_workers: int = download.DEFAULT_WORKERS
     model: str = DEFAULT_MODEL
     checkpoint: str | None = None
@@ -174,7 +175,7 @@ class Pipeline:
                 self._step("download", split, count, began, True, f"local images in {self.data}")
                 continue
             report, report_path = download.sync_split(
-                c.region, split, self.data, endpoint_url=c.endpoint_url, profile=c.profile, limit=c.limit,
+                c.region, split, self.data, endpoint_url=c.endpoint_url, profile=c.profile, limit=self.limit(split),
                 workers=c.download_workers, quiet=c.quiet)
             if not report.ok:
                 raise InputError(f"the {split} images are incomplete ({len(report.failed)} failed, "
@@ -182,6 +183,11 @@ class Pipeline:
             fetched = f"{report.downloaded:,} downloaded ({report.bytes / 1e6:,.1f} MB), " if report.downloaded else ""
             self._step("download", split, report.selected, began, report.downloaded == 0,
                        f"{fetched}{report.skipped:,} already verified", [report_path])
+
+    def limit(self, split: str) -> int | None:
+        """How many of the split's first images the run uses (None: all)."""
+        limits = [self.config.limit, self.config.training_limit if split == "training" else None]
+        return min((n for n in limits if n is not None), default=None)
 
     def images(self, split: str) -> dict[str, dict[str, Path]]:
         """The images to describe, by descriptor file name: one file per split, queries one per phase.
@@ -193,12 +199,12 @@ class Pipeline:
         if metadata.is_file():
             listed = set(read_metadata(metadata, split)["image_id"])
             missing = sorted(listed - set(images))
-            if missing and self.config.limit is None:
+            if missing and self.limit(split) is None:
                 raise InputError(f"{self.data / f'{split}_images'}: {len(missing):,} images of {metadata} are "
                                  f"missing, {missing[0]} first (download them first)")
             images = {i: path for i, path in images.items() if i in listed}
-        if self.config.limit is not None:
-            images = dict(sorted(images.items())[:self.config.limit])  # the ids that download fetched
+        if self.limit(split) is not None:
+            images = dict(sorted(images.items())[:self.limit(split)])  # the ids that download fetched
         if split != "query":
             return {split: images}
         by_phase = {f"query_phase{p}": {i: path for i, path in images.items() if query_phase(i) == p}

@@ -123,6 +123,16 @@ def test_limit_runs_a_trial_on_the_first_images(s3_endpoint, mini_dataset, tmp_p
     assert evaluation["ground_truth_queries"] == 10  # the trial's queries only
 
 
+def test_training_limit_uses_the_first_training_images_only(s3_endpoint, mini_dataset, tmp_path):
+    config = RunConfig(work=tmp_path / "work", endpoint_url=s3_endpoint, training_limit=20,
+                       submissions=tmp_path / "submissions", **{**FAST, "pca_dim": 8})
+    steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
+    assert steps[("download", "training")].images == 20 and steps[("download", "reference")].images == 40
+    assert read_descriptors(tmp_path / "work" / "descriptors" / "training.h5")[0] == [f"T{i:06d}" for i in range(20)]
+    assert steps[("search", "phase 1")].result.endswith("normalised with 20 training images")
+    assert steps[("submit", "phase 2 descriptors")].result == "valid, phase-1 references reused"
+
+
 def test_killed_run_resumes_where_it_stopped(s3_endpoint, mini_dataset, tmp_path):
     work = tmp_path / "work"
     # 192-pixel inputs one at a time: slow enough to be killed in the middle of the reference images
