@@ -309,12 +309,11 @@ class Pipeline:
         else:
             descriptors = default_submission_path(c.submissions, "descriptors", phase)
             phase1 = default_submission_path(c.submissions, "descriptors", 1) if phase == 2 else None
-            inputs = [query, reference, *([phase1] if phase1 and phase1.is_file() else [])]
-            fresh = _fresh([descriptors, manifest_path(descriptors)], inputs)
+            phase1 = phase1 if phase1 and phase1.is_file() else None  # the reference the phase-2 file must reuse
+            fresh = _fresh([descriptors, manifest_path(descriptors)], [query, reference, *filter(None, [phase1])])
             if not fresh:
-                submit_descriptors(query, reference, phase, descriptors, expected_queries, expected_references,
-                                   phase1 if phase1 and phase1.is_file() else None)
-            reuse = ", phase-1 references reused" if phase1 and phase1.is_file() else ""
+                submit_descriptors(query, reference, phase, descriptors, expected_queries, expected_references, phase1)
+            reuse = ", phase-1 references reused" if phase1 else ""
             self._step("submit", f"phase {phase} descriptors", None, began, fresh,
                        ("up to date" if fresh else "valid") + reuse, [descriptors])
 
@@ -339,11 +338,10 @@ class Pipeline:
                                                       **metrics})
         self._step("eval", name, None, began, False, f"µAP {metrics['muap']:.4f}, recall at P90 {_p90(metrics)}")
 
-    def ground_truth(self, phase: int) -> pd.DataFrame | None:
-        """The rows of the given ground-truth files whose queries belong to ``phase`` (None when there are none)."""
-        if not self.config.ground_truth:
+    def ground_truth(self, combined: pd.DataFrame | None, phase: int) -> pd.DataFrame | None:
+        """The rows of the ground truth whose queries belong to ``phase`` (None when there are none)."""
+        if combined is None:
             return None
-        combined = pd.concat([read_ground_truth(path) for path in self.config.ground_truth], ignore_index=True)
         rows = combined[combined["query_id"].map(query_phase) == phase]
         if self.config.limit is not None:  # a trial scores the queries it kept, not the dataset's
             rows = rows[rows["query_id"].isin(self.images("query").get(f"query_phase{phase}", {}))]
@@ -352,13 +350,15 @@ class Pipeline:
     def run(self) -> RunSummary:
         self.download()
         files = self.whiten(self.extract())
+        truth = pd.concat([read_ground_truth(path) for path in self.config.ground_truth],
+                          ignore_index=True) if self.config.ground_truth else None
         for phase in self.config.phases:
             predictions = self.search(files, phase)
             if predictions is None:
                 began = time.perf_counter()
                 self._step("search", f"phase {phase}", 0, began, True, "no query images of this phase")
                 continue
-            self.submit(files, phase, predictions, self.ground_truth(phase))
+            self.submit(files, phase, predictions, self.ground_truth(truth, phase))
         self.summary.write(self.work / "run_summary.json")
         return self.summary
 
