@@ -1,13 +1,19 @@
-"""What every command shares: one-line errors, warnings and exit codes."""
+"""What every command shares: one-line errors, warnings, exit codes, checked option types and the
+guard that keeps an output from landing on an input."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from isc.io import InputError
+
+PathArg = str | os.PathLike | None
 
 
 def run_command(
@@ -25,9 +31,110 @@ def run_command(
     except InputError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
         print(f"{parser.prog}: error: {e.strerror}: {e.filename}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+
+
+# ------------------------------------------------------------------------------ checked option types
+# argparse calls these on the raw text, so a bad value is refused before any work, as "argument --x: ..."
+
+
+def _number(text: str, kind: type) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """Any finite float (nan and inf refused)."""
+    return _number(text, float)
+
+
+def positive_float(text: str) -> float:
+    """A finite float > 0."""
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite float >= 0."""
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1-65535 (0, "any free port", only where an option says so)."""
+    value = _number(text, int)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {text!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------------ output guard
+
+
+def _resolved(path: PathArg) -> Path:
+    # an output need not exist yet: symlinks and ".." of the existing part are resolved; realpath, unlike
+    # Path.resolve, leaves a symlink loop (an input listed as broken) as it is instead of raising RuntimeError
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def check_outputs(
+    inputs: Iterable[PathArg] = (),
+    outputs: Iterable[PathArg] = (),
+    folders: Iterable[PathArg] = (),
+) -> None:
+    """Refuse, before any work, an output file that would overwrite an input or another output, or that is a folder.
+
+    ``inputs``: files read (None entries ignored); ``outputs``: files written; ``folders``: output folders,
+    refused when they are an existing file or when an input lies at the very same path.
+    """
+    seen_inputs = {_resolved(p): str(p) for p in inputs if p is not None}
+    seen_outputs: dict[Path, str] = {}
+    for path in outputs:
+        if path is None:
+            continue
+        resolved = _resolved(path)
+        if resolved in seen_inputs:
+            raise InputError(f"output {path} is the input {seen_inputs[resolved]}: writing it would destroy the input")
+        if resolved in seen_outputs:
+            raise InputError(f"outputs {seen_outputs[resolved]} and {path} are the same file")
+        if resolved.is_dir():
+            raise InputError(f"{path}: is a directory (an output file is needed here)")
+        seen_outputs[resolved] = str(path)
+    for path in folders:
+        if path is None:
+            continue
+        resolved = _resolved(path)
+        if resolved in seen_inputs:
+            raise InputError(f"output folder {path} is the input {seen_inputs[resolved]}")
+        if resolved.exists() and not resolved.is_dir():
+            raise InputError(f"{path}: exists and is not a directory (an output folder is needed here)")
