@@ -1,9 +1,12 @@
 """Every file format of the toolkit, read and written in one place.
 
 - image ids: queries ``Q`` + 5 digits, references ``R`` + 6, training ``T`` + 6;
-- descriptor files (HDF5, one per split): datasets ``ids`` and ``descriptors`` plus provenance attributes;
+- descriptor files (HDF5, one per split): datasets ``ids`` and ``descriptors`` plus provenance attributes
+  (optionally ``classes``, one class name per row); the organisers' layout ``image_names`` and ``vectors``
+  is read too;
 - the competition's descriptor-track file: ``query``, ``reference``, ``query_ids``, ``reference_ids``;
-- predictions CSV ``query_id,reference_id,score``; ground-truth CSV ``query_id,reference_id``;
+- predictions CSV ``query_id,reference_id,score`` (read with or without its header row, as the organisers
+  write it); ground-truth CSV ``query_id,reference_id``;
   metadata CSV ``image_id,s3_uri,md5_checksum``.
 
 Readers raise :class:`InputError` naming the file and the first bad row; writers go through
@@ -19,12 +22,15 @@ import secrets
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
-import pandas as pd
 
 import isc
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where used: descriptor files and extraction work without pandas
 
 
 class InputError(ValueError):
@@ -72,7 +78,7 @@ def id_numbers(ids: pd.Series | Sequence[str] | np.ndarray, split: str) -> tuple
 
     Vectorised over the ids' bytes, because a regular expression per row is too slow for 500,000 rows.
     """
-    values = ids.to_numpy() if isinstance(ids, pd.Series) else np.asarray(ids, dtype=object)
+    values = ids.to_numpy() if hasattr(ids, "to_numpy") else np.asarray(ids, dtype=object)
     digits = 5 if split == "query" else 6
     try:
         # one byte more than an id holds, so that a longer value cannot pass for a valid id
@@ -97,7 +103,7 @@ def validate_ids(ids: pd.Series | Sequence[str], split: str, source: str | Path,
     """Raise InputError naming ``source`` and the first id that does not belong to ``split``."""
     bad = first_bad_id(ids, split)
     if bad is not None:
-        value = list(ids)[bad] if not isinstance(ids, pd.Series) else ids.iloc[bad]
+        value = ids.iloc[bad] if hasattr(ids, "iloc") else list(ids)[bad]
         raise InputError(
             f"{source}: {what} #{bad} is {value!r}, not a {split} id ({ID_PREFIX[split]} + "
             f"{5 if split == 'query' else 6} digits)"
@@ -173,10 +179,18 @@ def write_descriptors(
 
 
 def _decode_ids(dataset: h5py.Dataset) -> list[str]:
-    return [x.decode("ascii") if isinstance(x, bytes) else str(x) for x in dataset[()]]
+    values = dataset[()]
+    try:
+        return [x.decode("ascii") if isinstance(x, bytes) else str(x) for x in values]
+    except UnicodeDecodeError:
+        row = next(i for i, x in enumerate(values) if isinstance(x, bytes) and not x.isascii())
+        raise InputError(f"{dataset.file.filename}: dataset {dataset.name.lstrip('/')} row {row} is not "
+                         f"ASCII ({values[row]!r})") from None
 
 
 def _open_h5(path: str | Path) -> h5py.File:
+    if Path(path).is_dir():
+        raise InputError(f"{path}: is a directory (a file is needed here)")
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")
     try:
@@ -185,32 +199,81 @@ def _open_h5(path: str | Path) -> h5py.File:
         raise InputError(f"{path}: not an HDF5 file ({e})") from None
 
 
+# (ids, descriptors) dataset names of each per-split layout, told apart by name: this toolkit's, and the
+# organisers' (isc2021's write_hdf5_descriptors: ids as image names, possibly with folder and extension)
+DESCRIPTOR_LAYOUTS = {"isc-extract": ("ids", "descriptors"), "isc2021": ("image_names", "vectors")}
+
+
+def _descriptor_layout(f: h5py.File, path: str | Path) -> str:
+    """The layout whose datasets the file holds; InputError naming the datasets expected otherwise."""
+    for layout, names in DESCRIPTOR_LAYOUTS.items():
+        if all(name in f for name in names):
+            return layout
+    closest = max(DESCRIPTOR_LAYOUTS.values(), key=lambda names: sum(name in f for name in names))
+    missing = ", ".join(name for name in closest if name not in f)
+    expected = " or ".join(f"{a} and {b} ({layout})" for layout, (a, b) in DESCRIPTOR_LAYOUTS.items())
+    raise InputError(f"{path}: not a descriptor file (missing datasets {missing}; expected {expected}, "
+                     f"found {', '.join(sorted(f)) or 'no dataset'})")
+
+
+def _isc2021_id(name: str) -> str:
+    """An image name as the organisers' reader turns it into an id: folder and .jpg/.png dropped."""
+    name = name.rsplit("/", 1)[-1]
+    return name[:-4] if name.endswith((".jpg", ".png")) else name
+
+
+def _attrs(f: h5py.File) -> dict[str, object]:
+    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    names = DESCRIPTOR_LAYOUTS["isc2021"]
+    if "dimension" not in attrs and all(name in f for name in names) and f[names[1]].ndim == 2:
+        attrs["dimension"] = f[names[1]].shape[1]  # the organisers' files carry no attributes: only this is known
+    return attrs
+
+
 def read_descriptor_attrs(path: str | Path) -> dict[str, object]:
     """The provenance attributes of a descriptor file, without loading the descriptors."""
     with _open_h5(path) as f:
-        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        return _attrs(f)
 
 
 def read_descriptors(path: str | Path, split: str | None = None) -> tuple[list[str], np.ndarray, dict[str, object]]:
-    """Read a descriptor file: (ids, float32 descriptors [n, d], attributes); ids checked against ``split``."""
+    """Read a descriptor file: (ids, float32 descriptors [n, d], attributes); ids checked against ``split``.
+
+    Both layouts of :data:`DESCRIPTOR_LAYOUTS` are read; the organisers' has no attributes but ``dimension``.
+    """
     with _open_h5(path) as f:
-        missing = [name for name in ("ids", "descriptors") if name not in f]
-        if missing:
-            raise InputError(f"{path}: not a descriptor file (missing datasets {', '.join(missing)})")
-        ids = _decode_ids(f["ids"])
-        raw = f["descriptors"]
+        layout = _descriptor_layout(f, path)
+        ids_name, descriptors_name = DESCRIPTOR_LAYOUTS[layout]
+        ids = _decode_ids(f[ids_name])
+        if layout == "isc2021":
+            ids = [_isc2021_id(name) for name in ids]
+        raw = f[descriptors_name]
         if raw.dtype.kind != "f":
-            raise InputError(f"{path}: descriptors have dtype {raw.dtype}, expected float32")
+            raise InputError(f"{path}: {descriptors_name} have dtype {raw.dtype}, expected float32")
         descriptors = np.asarray(raw[()], dtype=np.float32)
-        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        attrs = _attrs(f)
     _check_descriptors(ids, descriptors, path)
     if split is not None:
         validate_ids(ids, split, path)
+    import pandas as pd
+
     duplicated = pd.Index(ids).duplicated()
     if duplicated.any():
         row = int(np.flatnonzero(duplicated)[0])
         raise InputError(f"{path}: id {ids[row]} appears more than once (row {row})")
     return ids, descriptors, attrs
+
+
+def read_descriptor_classes(path: str | Path) -> list[str] | None:
+    """The class name of each row of a descriptor file (dataset ``classes``), or None when it has none."""
+    with _open_h5(path) as f:
+        if "classes" not in f:
+            return None
+        n_rows = len(f[DESCRIPTOR_LAYOUTS[_descriptor_layout(f, path)][0]])
+        classes = _decode_ids(f["classes"])
+    if len(classes) != n_rows:
+        raise InputError(f"{path}: {len(classes)} classes for {n_rows} descriptors")
+    return classes
 
 
 def write_descriptor_track(
@@ -273,10 +336,17 @@ def read_descriptor_track(path: str | Path) -> tuple[list[str], np.ndarray, list
 # ------------------------------------------------------------------------------------------- CSVs
 
 
-def _read_csv(path: str | Path, columns: Sequence[str], what: str, dtype: type | None = str) -> pd.DataFrame:
+def _read_csv(
+    path: str | Path, columns: Sequence[str], what: str, dtype: type | None = str, header: bool = True
+) -> pd.DataFrame:
+    """The ``columns`` of a CSV; ``header=False``: the file has no header row, its fields are ``columns`` in order."""
+    import pandas as pd
+
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")
     options = {"dtype": str} if dtype is str else {}
+    if not header:
+        options.update(header=None, names=list(columns))
     try:
         with warnings.catch_warnings():
             # a row with more fields than the header must fail, not turn into an index or be cut
@@ -297,9 +367,11 @@ def _read_csv(path: str | Path, columns: Sequence[str], what: str, dtype: type |
 
 
 def _check_id_column(
-    df: pd.DataFrame, column: str, split: str, path: str | Path, allow_empty: bool = False
+    df: pd.DataFrame, column: str, split: str, path: str | Path, allow_empty: bool = False, first_line: int = 2
 ) -> np.ndarray:
-    """The id numbers of a column (-1 for an allowed empty id); InputError at the first bad row."""
+    """The id numbers of a column (-1 for an allowed empty id); InputError at the first bad row.
+
+    ``first_line``: the file's line number of the first row (2 below a header row)."""
     numbers, ok = id_numbers(df[column], split)
     if allow_empty:
         ok |= (df[column] == "").to_numpy()
@@ -307,7 +379,7 @@ def _check_id_column(
         row = int(np.flatnonzero(~ok)[0])
         value = str(df[column].iloc[row])
         raise InputError(
-            f"{path}: line {row + 2}: {column} {repr(value) if value else '(empty)'} is not a {split} id "
+            f"{path}: line {row + first_line}: {column} {repr(value) if value else '(empty)'} is not a {split} id "
             f"({ID_PREFIX[split]} + {5 if split == 'query' else 6} digits)"
         )
     return numbers
@@ -320,6 +392,8 @@ def pair_keys(query_ids: pd.Series, reference_ids: pd.Series) -> np.ndarray:
 
 def _first_repeated(keys: np.ndarray) -> tuple[int, int] | None:
     """(row of the first repeated key, row where it first appeared), or None."""
+    import pandas as pd
+
     repeated = pd.Series(keys).duplicated().to_numpy()
     if not repeated.any():
         return None
@@ -327,35 +401,91 @@ def _first_repeated(keys: np.ndarray) -> tuple[int, int] | None:
     return row, int(np.flatnonzero(keys == keys[row])[0])
 
 
-def read_predictions(path: str | Path, duplicates: str = "error") -> pd.DataFrame:
-    """Read a matching-track CSV ``query_id,reference_id,score``.
+PREDICTION_COLUMNS = ("query_id", "reference_id", "score")
+
+
+def is_prediction_row(fields: Sequence[str]) -> bool:
+    """Whether the fields of a CSV row are a prediction (a query id, a reference id and a third field), not a header.
+
+    The organisers' writer (isc2021 ``write_predictions_from_arrays``) writes no header row, so the first
+    row of a predictions file is told apart by its content; the score itself is checked with the others.
+    """
+    return (
+        len(fields) == len(PREDICTION_COLUMNS)
+        and bool(ID_PATTERNS["query"].fullmatch(fields[0]))
+        and bool(ID_PATTERNS["reference"].fullmatch(fields[1]))
+    )
+
+
+def _first_csv_row(path: str | Path) -> list[str]:
+    """The fields of the first non-blank line ([] for an empty file), split as the organisers' reader does."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:  # -sig: pandas skips a BOM too
+        for line in f:
+            if line.strip():
+                return line.rstrip("\r\n").split(",")
+    return []
+
+
+def _has_header_row(path: str | Path) -> bool:
+    """True when a predictions file starts with a header row (recognised by its column names), False when it
+    starts with a prediction; InputError, quoting the row, when it is neither."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such file")
+    first = _first_csv_row(path)
+    if not first or any(field.strip().strip('"') in PREDICTION_COLUMNS for field in first):
+        return True
+    if is_prediction_row(first):
+        return False
+    raise InputError(
+        f"{path}: line 1 is neither the header {','.join(PREDICTION_COLUMNS)} nor a prediction row "
+        f"(query id, reference id, score): {','.join(first)[:80]!r}"
+    )
+
+
+def read_predictions(path: str | Path, duplicates: str = "error", max_rows: int | None = None) -> pd.DataFrame:
+    """Read a matching-track CSV ``query_id,reference_id,score``, with or without its header row.
 
     ``duplicates``: ``"error"`` rejects a repeated (query, reference) pair, as the organisers' scorer
-    does; ``"keep-best"`` keeps the highest score of each pair and warns.
+    does; ``"keep-best"`` keeps the highest score of each pair and warns. ``max_rows``: refuse a file of
+    more rows (:data:`MATCHING_TRACK_MAX_ROWS`, the track's limit, enforced by the organisers' scorer);
+    the message names the ``--no-row-limit`` option of the commands that pass it.
     """
+    import pandas as pd
+
+    header = _has_header_row(path)
+    first_line = 2 if header else 1  # the file's line number of the first prediction
     # pandas' own type inference is the fast path for 500,000 rows; ids are checked byte-wise below
-    df = _read_csv(path, ("query_id", "reference_id", "score"), "predictions", dtype=None)
-    keys = _check_id_column(df, "query_id", "query", path) * 1_000_000
-    keys += _check_id_column(df, "reference_id", "reference", path)
+    df = _read_csv(path, PREDICTION_COLUMNS, "predictions", dtype=None, header=header)
+    if max_rows is not None and len(df) > max_rows:
+        raise InputError(
+            f"{path}: {len(df):,} predictions, more than the {max_rows:,} a matching-track file may hold "
+            "(the organisers' scorer refuses it: too many predictions); --no-row-limit reads it anyway"
+        )
+    keys = _check_id_column(df, "query_id", "query", path, first_line=first_line) * 1_000_000
+    keys += _check_id_column(df, "reference_id", "reference", path, first_line=first_line)
     scores = pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(scores)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         value = str(df["score"].iloc[row])
-        raise InputError(f"{path}: line {row + 2}: score {repr(value) if value else '(empty)'} is not a finite number")
+        raise InputError(
+            f"{path}: line {row + first_line}: score {repr(value) if value else '(empty)'} is not a finite number"
+        )
     df = df.assign(score=scores)
     repeat = _first_repeated(keys)
     if repeat is not None:
         row, first = repeat
         pair = f"({df['query_id'].iloc[row]}, {df['reference_id'].iloc[row]})"
         if duplicates == "error":
-            raise InputError(f"{path}: line {row + 2}: pair {pair} already at line {first + 2} (duplicated pair)")
+            raise InputError(
+                f"{path}: line {row + first_line}: pair {pair} already at line {first + first_line} (duplicated pair)"
+            )
         n_before = len(df)
         df = df.sort_values("score", ascending=False, kind="stable").drop_duplicates(["query_id", "reference_id"])
         df = df.sort_index().reset_index(drop=True)
         warnings.warn(
             f"{path}: {n_before - len(df)} duplicated (query, reference) rows dropped, keeping the best score "
-            f"(first at line {row + 2}, {pair})",
+            f"(first at line {row + first_line}, {pair})",
             stacklevel=2,
         )
     return df
@@ -363,7 +493,7 @@ def read_predictions(path: str | Path, duplicates: str = "error") -> pd.DataFram
 
 def write_predictions(path: str | Path, predictions: pd.DataFrame) -> None:
     """Write a matching-track CSV sorted by decreasing score."""
-    ordered = predictions[["query_id", "reference_id", "score"]].sort_values(
+    ordered = predictions[list(PREDICTION_COLUMNS)].sort_values(
         "score", ascending=False, kind="stable"
     )
     with atomic_path(path) as tmp:

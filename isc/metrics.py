@@ -10,6 +10,7 @@ being the number of ground-truth pairs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -136,9 +137,27 @@ def evaluate(
     )
 
 
-def plot_precision_recall(metrics: Metrics, path: str | None = None, title: str = "", ax: Axes | None = None) -> Axes:
+def image_format(path: str | Path) -> str:
+    """The image format matplotlib writes for ``path``'s suffix (``png`` when it has none).
+
+    InputError, naming the supported suffixes, for one matplotlib cannot write: call it before the work.
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if suffix and suffix not in supported:
+        names = ", ".join(f".{name}" for name in sorted(supported))
+        raise InputError(f"{path}: unknown image format .{suffix} (supported: {names})")
+    return suffix or "png"
+
+
+def plot_precision_recall(
+    metrics: Metrics, path: str | Path | None = None, title: str = "", ax: Axes | None = None
+) -> Axes:
     """Draw the precision-recall curve, with the 90%-precision operating point marked, on ``ax`` (default: a
-    new figure); save it to ``path`` when given (format from the suffix). Returns the axes."""
+    new figure); save it to ``path`` when given (format from the suffix, see :func:`image_format`). Returns the axes."""
+    image_type = None if path is None else image_format(path)
     if ax is None:
         # a bare Figure, not pyplot: no global backend switch (notebooks keep theirs), nothing left open
         from matplotlib.figure import Figure
@@ -155,5 +174,5 @@ def plot_precision_recall(metrics: Metrics, path: str | None = None, title: str 
     ax.figure.tight_layout()
     if path is not None:
         with atomic_path(path) as tmp:
-            ax.figure.savefig(tmp, format=str(path).rsplit(".", 1)[-1] if "." in str(path) else "png")
+            ax.figure.savefig(tmp, format=image_type)
     return ax

@@ -58,6 +58,8 @@ class PCAWhitening:
 
     @classmethod
     def load(cls, path: str | Path) -> PCAWhitening:
+        if Path(path).is_dir():
+            raise InputError(f"{path}: is a directory (a PCA file is needed here)")
         if not Path(path).is_file():
             raise InputError(f"{path}: no such PCA file")
         try:

@@ -4,7 +4,8 @@
   ``faiss-gpu`` (all visible GPUs, references sharded) and ``torch`` (half-precision products plus a
   grouped top-k on a GPU, float32 on the CPU); all return the same neighbours up to ties.
 - :func:`search` turns descriptors into the matching track's predictions, with the training-set score
-  normalisation ``s'(q, r) = s(q, r) − β · agg(s(q, t_A..t_B))`` (and optionally the same for ``r``).
+  normalisation ``s'(q, r) = s(q, r) − β · agg(s(q, t_A..t_B))`` (and optionally the same for ``r``);
+  :func:`search_files` does it over descriptor files of one model and records what it did beside the CSV.
 - :func:`knn_graph` and :func:`write_knn_graph` export a collection's kNN graph as NumPy and in the layout
   learn-to-cluster reads.
 
@@ -14,23 +15,34 @@ blocks, so only the reference array itself must fit in RAM (1M × 256 float32 = 
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
-import pandas as pd
-from faiss.contrib.exhaustive_search import knn_ground_truth
 from tqdm import tqdm
 
-from isc.io import InputError, atomic_path
+from isc.io import (
+    PHASE_QUERY_RANGES,
+    InputError,
+    atomic_path,
+    provenance,
+    query_phase,
+    read_descriptors,
+    write_predictions,
+)
 
 if TYPE_CHECKING:
+    # imported where used: the torch backend runs on GPU machines that have neither faiss nor pandas
+    import faiss
+    import pandas as pd
     import torch
 
 BACKENDS = ("auto", "faiss-cpu", "faiss-gpu", "torch")
-METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+METRICS = {"ip": "METRIC_INNER_PRODUCT", "l2": "METRIC_L2"}  # the name of each one's faiss constant
 AGGREGATIONS = ("mean", "min")
 FAISS_GPU_MAX_K = 2048  # faiss's GPU k-selection limit
 NORM_TOLERANCE = 1e-3  # |‖x‖ − 1| above this counts as "not L2-normalised"
@@ -40,8 +52,25 @@ QUERY_BLOCK = 4096  # queries per faiss call: bounds the distance buffers and pa
 # ------------------------------------------------------------------------------------------ backends
 
 
+def faiss_installed() -> bool:
+    """Whether faiss can be imported."""
+    return importlib.util.find_spec("faiss") is not None
+
+
+def _faiss():
+    """The faiss module, imported on first use; InputError when it is not installed."""
+    if not faiss_installed():
+        raise InputError("faiss is not installed (pip install faiss-cpu), or use --backend torch")
+    import faiss
+
+    return faiss
+
+
 def faiss_gpu_count() -> int:
-    """Number of GPUs the installed faiss can use (0 for faiss-cpu)."""
+    """Number of GPUs the installed faiss can use (0 for faiss-cpu, or without faiss)."""
+    if not faiss_installed():
+        return 0
+    faiss = _faiss()
     return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
 
 
@@ -58,7 +87,8 @@ def available_backends() -> list[str]:
         found.append("torch")
     if faiss_gpu_count():
         found.append("faiss-gpu")
-    found.append("faiss-cpu")
+    if faiss_installed():
+        found.append("faiss-cpu")
     if "torch" not in found:
         found.append("torch")  # torch on the CPU: correct but slower than faiss-cpu
     return found
@@ -70,6 +100,8 @@ def resolve_backend(backend: str) -> str:
         raise InputError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if backend == "auto":
         return available_backends()[0]
+    if backend == "faiss-cpu":
+        _faiss()  # InputError without faiss
     if backend == "faiss-gpu" and not faiss_gpu_count():
         raise InputError("backend faiss-gpu: the installed faiss has no GPU support or sees no GPU "
                          "(install faiss-gpu, or use --backend torch)")
@@ -129,22 +161,26 @@ def knn(
 def _knn_faiss_cpu(
     query: np.ndarray, reference: np.ndarray, k: int, metric: str, quiet: bool
 ) -> tuple[np.ndarray, np.ndarray]:
+    faiss = _faiss()
     scores = np.empty((len(query), k), dtype=np.float32)
     indices = np.empty((len(query), k), dtype=np.int64)
     for q0 in tqdm(range(0, len(query), QUERY_BLOCK), desc="search (faiss-cpu)", unit="block", disable=quiet):
         q1 = q0 + QUERY_BLOCK
-        scores[q0:q1], indices[q0:q1] = faiss.knn(query[q0:q1], reference, k, metric=METRICS[metric])
+        scores[q0:q1], indices[q0:q1] = faiss.knn(query[q0:q1], reference, k, metric=getattr(faiss, METRICS[metric]))
     return scores, indices
 
 
 def _knn_faiss_gpu(
     query: np.ndarray, reference: np.ndarray, k: int, metric: str, reference_block: int = 1 << 22
 ) -> tuple[np.ndarray, np.ndarray]:
+    faiss = _faiss()
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
     if k > FAISS_GPU_MAX_K:
         raise InputError(f"backend faiss-gpu supports k <= {FAISS_GPU_MAX_K}, got {k} (use --backend torch)")
     blocks = (reference[r0 : r0 + reference_block] for r0 in range(0, len(reference), reference_block))
     # faiss's contrib shards each reference block over all GPUs and merges the blocks in a heap
-    scores, indices = knn_ground_truth(query, blocks, k, metric_type=METRICS[metric], shard=True)
+    scores, indices = knn_ground_truth(query, blocks, k, metric_type=getattr(faiss, METRICS[metric]), shard=True)
     return scores.astype(np.float32), indices.astype(np.int64)
 
 
@@ -312,6 +348,7 @@ def neighbor_bias(
 
 def build_index(index_string: str, reference: np.ndarray, train: np.ndarray, nprobe: int = 16) -> faiss.Index:
     """A FAISS index (``index_factory`` string, inner product) trained on ``train``, holding ``reference``."""
+    faiss = _faiss()
     try:
         index = faiss.index_factory(reference.shape[1], index_string, faiss.METRIC_INNER_PRODUCT)
         index.train(train)
@@ -419,6 +456,8 @@ def top_pairs(
     query_ids: list[str], reference_ids: list[str], scores: np.ndarray, indices: np.ndarray, max_results: int
 ) -> pd.DataFrame:
     """The ``max_results`` best (query, reference, score) of per-query results, by decreasing score."""
+    import pandas as pd
+
     rows, cols = np.nonzero(indices >= 0)
     flat = scores[rows, cols]
     if len(flat) > max_results:
@@ -431,6 +470,91 @@ def top_pairs(
         "reference_id": np.asarray(reference_ids, dtype=object)[indices[rows, cols]],
         "score": flat.astype(np.float64),
     })
+
+
+# ------------------------------------------------------------------------------------- descriptor files
+
+
+def phase_queries(query_ids: list[str], query: np.ndarray, phase: int, source: str | Path) -> tuple[list[str], np.ndarray]:
+    """The ids and descriptors of the queries of a competition phase; InputError when there are none."""
+    if phase not in PHASE_QUERY_RANGES:
+        raise InputError(f"phase must be one of {', '.join(map(str, PHASE_QUERY_RANGES))}, got {phase}")
+    keep = np.array([query_phase(i) == phase for i in query_ids], dtype=bool)
+    if not keep.any():
+        lo, hi = PHASE_QUERY_RANGES[phase]
+        raise InputError(f"{source}: none of its {len(query_ids)} queries is a phase-{phase} query "
+                         f"(Q{lo:05d}-Q{hi:05d})")
+    return [i for i, kept in zip(query_ids, keep, strict=True) if kept], query[keep]
+
+
+def check_same_model(files: Sequence[tuple[str | Path, dict[str, object]]], ignore: Sequence[str] = ()) -> None:
+    """Refuse descriptor files (path, attributes) made by different models, by isc-submit's rule (every
+    attribute but the per-run ones and ``ignore``); a file with no model attribute is only warned about."""
+    from isc.submit import attribute_differences, model_attributes  # isc.submit imports this module
+
+    # "dimension" alone says nothing of the model: the organisers' files carry only that
+    described = {path: bool(model_attributes(attrs, [*ignore, "dimension"])) for path, attrs in files}
+    unknown = [str(path) for path, known in described.items() if not known]
+    if unknown:
+        warnings.warn(f"{', '.join(unknown)}: no model attributes (not written by isc-extract or isc-pca): "
+                      "cannot check that the descriptors were made by the same model", stacklevel=2)
+    compared = [(path, attrs) for path, attrs in files if described[path]]
+    for path, attrs in compared[1:]:
+        first, first_attrs = compared[0]
+        differences = attribute_differences(first_attrs, attrs, ignore)
+        if differences:
+            raise InputError(f"{first} and {path} were not made by the same model ({first} != {path}): "
+                             + "; ".join(differences))
+
+
+def _json_value(value: object) -> object:
+    """What json cannot write itself: attribute arrays as lists, anything else as text."""
+    return value.tolist() if isinstance(value, np.ndarray | np.generic) else str(value)
+
+
+def search_files(
+    query: str | Path,
+    reference: str | Path,
+    output: str | Path,
+    training: str | Path | None = None,
+    phase: int | None = None,
+    ignore_attributes: Sequence[str] = (),
+    **options: object,
+) -> pd.DataFrame:
+    """:func:`search` over descriptor files: writes the predictions CSV ``output`` and its provenance sidecar.
+
+    ``phase``: keep only that phase's queries. The files must come from the same model
+    (:func:`check_same_model`). ``options``: keyword arguments of :func:`search`. The sidecar
+    ``<output>.provenance.json``, which isc-submit records in the submission's manifest, holds the
+    options, each input's path, size and model attributes, and the toolkit version.
+    """
+    from isc.submit import PROVENANCE_SUFFIX, model_attributes  # isc.submit imports this module
+
+    paths = {"query": query, "reference": reference, **({"training": training} if training is not None else {})}
+    files = {split: read_descriptors(path, split=split) for split, path in paths.items()}
+    query_ids, query_x, _ = files["query"]
+    if phase is not None:
+        query_ids, query_x = phase_queries(query_ids, query_x, phase, query)
+    for split in list(files)[1:]:  # reference, training: a clearer message than "dimension: a != b" below
+        _check_pair(query_x, files[split][1], f"query and {split}")
+    check_same_model([(paths[split], attrs) for split, (_, _, attrs) in files.items()], ignore_attributes)
+    reference_ids, reference_x, _ = files["reference"]
+    training_x = files["training"][1] if "training" in files else None
+    predictions = search(query_ids, query_x, reference_ids, reference_x, training=training_x, **options)
+    record = provenance(
+        command="isc-search",
+        options={**options, "phase": phase, "ignore_attributes": list(ignore_attributes)},
+        inputs={split: {"path": str(Path(path).resolve()), "bytes": Path(path).stat().st_size,
+                        "model_attributes": model_attributes(files[split][2])} for split, path in paths.items()},
+        predictions={"rows": len(predictions), "queries": int(predictions["query_id"].nunique())},
+        recall=predictions.attrs.get("recall"),
+    )
+    sidecar = Path(str(output) + PROVENANCE_SUFFIX)
+    sidecar.unlink(missing_ok=True)  # a crash between the two writes must not leave an older run's record
+    write_predictions(output, predictions)
+    with atomic_path(sidecar) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=_json_value) + "\n", encoding="utf-8")
+    return predictions
 
 
 # ------------------------------------------------------------------------------------------ kNN graph
@@ -452,9 +576,16 @@ def knn_graph(
     return neighbours[keep].reshape(-1, k), similarities[keep].reshape(-1, k)
 
 
+def knn_graph_paths(out_dir: str | Path, name: str, k: int) -> dict[str, Path]:
+    """Where :func:`write_knn_graph` puts each file of the graph ``name`` with ``k`` neighbours."""
+    out_dir = Path(out_dir)
+    return {"graph": out_dir / f"{name}.npz", "features": out_dir / "features" / f"{name}.bin",
+            "knns": out_dir / "knns" / name / f"faiss_k_{k}.npz", "labels": out_dir / "labels" / f"{name}.meta"}
+
+
 def write_knn_graph(
     out_dir: str | Path, name: str, ids: list[str], descriptors: np.ndarray, neighbours: np.ndarray,
-    similarities: np.ndarray,
+    similarities: np.ndarray, classes: Sequence[str] | None = None,
 ) -> list[Path]:
     """Write a kNN graph as ``<name>.npz`` (ids, neighbours, similarities) and in learn-to-cluster's layout.
 
@@ -462,20 +593,27 @@ def write_knn_graph(
     ``knns/<name>/faiss_k_<k>.npz`` whose ``data`` is [n, 2, k] float32: row i holds neighbour indices
     then distances ``1 − similarity``, the point itself first at distance 0 followed by its k − 1
     nearest others, as that toolkit's own faiss search produces; similarities are clipped to [0, 1]
-    because it asserts distances in [0, 1].
+    because it asserts distances in [0, 1]. With ``classes`` (one name per row), also ``labels/<name>.meta``:
+    one integer class a line, in feature order, classes numbered in the order of their sorted names.
     """
-    out_dir = Path(out_dir)
     n, k = neighbours.shape
-    paths = [out_dir / f"{name}.npz", out_dir / "features" / f"{name}.bin", out_dir / "knns" / name / f"faiss_k_{k}.npz"]
-    with atomic_path(paths[0]) as tmp, open(tmp, "wb") as f:
+    if classes is not None and len(classes) != n:
+        raise InputError(f"{len(classes)} classes for {n} descriptors")
+    paths = knn_graph_paths(out_dir, name, k)
+    with atomic_path(paths["graph"]) as tmp, open(tmp, "wb") as f:
         np.savez(f, ids=np.asarray(ids, dtype="S"), neighbours=neighbours.astype(np.int64),
                  similarities=similarities.astype(np.float32))
-    with atomic_path(paths[1]) as tmp:
+    with atomic_path(paths["features"]) as tmp:
         np.ascontiguousarray(descriptors, dtype=np.float32).tofile(tmp)
     data = np.empty((n, 2, k), dtype=np.float32)
     data[:, 0, 0], data[:, 1, 0] = np.arange(n), 0.0
     data[:, 0, 1:] = neighbours[:, : k - 1]
     data[:, 1, 1:] = 1.0 - np.clip(similarities[:, : k - 1], 0.0, 1.0)
-    with atomic_path(paths[2]) as tmp, open(tmp, "wb") as f:
+    with atomic_path(paths["knns"]) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, data=data)
-    return paths
+    if classes is None:
+        return [paths["graph"], paths["features"], paths["knns"]]
+    number = {label: i for i, label in enumerate(sorted(set(classes)))}
+    with atomic_path(paths["labels"]) as tmp:
+        tmp.write_text("".join(f"{number[label]}\n" for label in classes), encoding="ascii")
+    return list(paths.values())

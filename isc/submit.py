@@ -2,11 +2,12 @@
 
 - matching track: :func:`check_matching_csv` finds every violation of a predictions CSV in one pass
   (header, row count, ids, phase, scores, repeated pairs); :func:`submit_matching` copies a valid file
-  byte for byte into place;
+  byte for byte into place (the header row put first when it has none, as the organisers' scripts write);
 - descriptor track: :func:`check_descriptor_submission` checks a query and a reference descriptor file
   (phase, dimensions, complete coverage of the expected ids, the same model on both sides, and in phase
   2 the reuse of the phase-1 references); :func:`submit_descriptors` writes the official HDF5 and reads
-  it back; :func:`score_descriptor_track` scores it as the organisers did (an exact L2 search keeping
+  it back, and on request the organisers' per-split files (:func:`write_split_files`);
+  :func:`score_descriptor_track` scores it as the organisers did (an exact L2 search keeping
   the ``10 × n_queries`` closest pairs over all queries, then µAP);
 - every submission gets a manifest ``<file>.manifest.json``: md5, counts, provenance, command, version.
 
@@ -34,13 +35,16 @@ import pandas as pd
 
 import isc
 from isc.io import (
+    DESCRIPTOR_LAYOUTS,
     DESCRIPTOR_TRACK_MAX_DIM,
     ID_PATTERNS,
     ID_PREFIX,
     MATCHING_TRACK_MAX_ROWS,
     PHASE_QUERY_RANGES,
+    PREDICTION_COLUMNS,
     InputError,
     atomic_path,
+    is_prediction_row,
     read_descriptor_attrs,
     read_descriptor_track,
     read_descriptors,
@@ -51,7 +55,6 @@ from isc.io import (
 from isc.metrics import Metrics, evaluate
 from isc.search import knn
 
-MATCHING_COLUMNS = ("query_id", "reference_id", "score")
 MANIFEST_SUFFIX = ".manifest.json"
 PROVENANCE_SUFFIX = ".provenance.json"  # optional sidecar of a predictions CSV, recorded in its manifest
 RESULTS_PER_QUERY = 10  # the organisers scored a descriptor submission on 10 × n_queries pairs
@@ -234,7 +237,8 @@ def check_matching_csv(
 ) -> tuple[pd.DataFrame, list[Violation]]:
     """Every violation of a matching-track CSV, by line, and its rows (``score`` float, NaN where unreadable).
 
-    Rules: the header is exactly ``query_id,reference_id,score``; every row has its three fields; at
+    Rules: the header is exactly ``query_id,reference_id,score``, or absent (the first row a prediction, as
+    the organisers' isc2021 writer makes the file); every row has its three fields; at
     least one and at most :data:`~isc.io.MATCHING_TRACK_MAX_ROWS` rows; ids well formed; query ids of
     ``phase`` (and of ``expected_queries`` when given); reference ids of ``expected_references`` when
     given; finite scores; no (query, reference) pair twice.
@@ -245,11 +249,15 @@ def check_matching_csv(
         raise InputError(f"{path}: no such file")
     header, rows, lines, violations = _read_raw_csv(path)
     if not header:
-        message = f"empty file, expected the header {','.join(MATCHING_COLUMNS)}"
-        return pd.DataFrame(columns=list(MATCHING_COLUMNS)), [*violations, Violation("empty file", message)]
+        message = f"empty file, expected the header {','.join(PREDICTION_COLUMNS)}"
+        return pd.DataFrame(columns=list(PREDICTION_COLUMNS)), [*violations, Violation("empty file", message)]
+    if header != list(PREDICTION_COLUMNS) and is_prediction_row(header):
+        # no header row, as the organisers' writer makes them: the first row is a prediction
+        rows, lines, header = [header, *rows], [1, *lines], list(PREDICTION_COLUMNS)
     n_rows = len(rows) + sum(v.rule == WRONG_FIELD_COUNT for v in violations)
-    if header != list(MATCHING_COLUMNS):
-        message = f"header is {','.join(header)!r}, expected exactly {','.join(MATCHING_COLUMNS)!r}"
+    if header != list(PREDICTION_COLUMNS):
+        message = (f"header is {','.join(header)!r}, expected exactly {','.join(PREDICTION_COLUMNS)!r} "
+                   "(or no header row, the file starting with a prediction)")
         violations.append(Violation("header", message, 1))
     if n_rows > MATCHING_TRACK_MAX_ROWS:
         message = f"{n_rows:,} predictions, the matching track allows at most {MATCHING_TRACK_MAX_ROWS:,}"
@@ -258,7 +266,7 @@ def check_matching_csv(
         violations.append(Violation("no predictions", "no predictions (the file has a header only)"))
     # a misspelt or reordered header is reported above; the columns found are still checked row by row
     names = [name.strip() for name in header]
-    found = {name: names.index(name) for name in MATCHING_COLUMNS if name in names}
+    found = {name: names.index(name) for name in PREDICTION_COLUMNS if name in names}
     df = pd.DataFrame({name: pd.Series([row[i] for row in rows], dtype=object) for name, i in found.items()})
     line_numbers = np.asarray(lines, dtype=np.int64)
     usable = np.full(len(df), "query_id" in df and "reference_id" in df)
@@ -296,9 +304,10 @@ def submit_matching(
     provenance: Sequence[str | Path] = (),
     max_listed: int = 20,
 ) -> Path:
-    """Check a matching-track CSV and copy it, unchanged, to ``out`` with its manifest; returns ``out``.
+    """Check a matching-track CSV and copy it, byte for byte, to ``out`` with its manifest; returns ``out``.
 
-    Raises :class:`SubmissionError` listing every violation, and writes nothing, when it is invalid.
+    A file without a header row (as the organisers' isc2021 scripts write them) gets the header put first,
+    the manifest saying so (``header_added``). Raises :class:`SubmissionError` listing every violation, and writes nothing, when it is invalid.
     ``expected_queries``/``expected_references``: a metadata CSV or a list of ids the ids must belong to.
     ``provenance``: JSON or descriptor files whose content or attributes the manifest records (default:
     the sidecar ``<predictions>.provenance.json`` when there is one).
@@ -314,16 +323,32 @@ def submit_matching(
         raise SubmissionError(predictions, violations, max_listed)
     records = provenance_records(predictions, provenance)
     with atomic_path(out) as tmp:
-        shutil.copyfile(predictions, tmp)
+        header_added = _copy_with_header(predictions, tmp)
     write_manifest(out, {
         "track": "matching",
         "phase": phase,
         "counts": {"predictions": len(df), "queries": int(df["query_id"].nunique()),
                    "references": int(df["reference_id"].nunique())},
         "source": str(predictions),
+        "header_added": header_added,
         "provenance": records,
     })
     return out
+
+
+def _copy_with_header(source: Path, target: Path) -> bool:
+    """Copy a valid matching CSV, the header row put first when it starts with a prediction; True if it did."""
+    with open(source, "rb") as f:
+        first = f.readline()
+    header_added = is_prediction_row(next(csv.reader([first.decode("utf-8", errors="replace")]), []))
+    if not header_added:
+        shutil.copyfile(source, target)
+        return False
+    newline = b"\r\n" if first.endswith(b"\r\n") else b"\n"  # the file's own line ending
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        dst.write(",".join(PREDICTION_COLUMNS).encode("ascii") + newline)
+        shutil.copyfileobj(src, dst)
+    return True
 
 
 def read_provenance(path: str | Path) -> dict[str, object]:
@@ -532,12 +557,14 @@ def submit_descriptors(
     phase1_reference: str | Path | None = None,
     ignore_attributes: Sequence[str] = (),
     max_listed: int = 20,
+    split_files: str | Path | None = None,
 ) -> Path:
     """Check two ``isc-extract`` files, write the descriptor-track HDF5 ``out``, read it back, add its manifest.
 
     ``expected_queries``/``expected_references``: a metadata CSV or a list of ids to require instead of
-    the competition's full lists (for a smaller dataset). Raises :class:`SubmissionError` listing every
-    violation, writing nothing, when the submission would be invalid.
+    the competition's full lists (for a smaller dataset). ``split_files``: a folder where to write the same
+    descriptors in the organisers' per-split layout too (:func:`write_split_files`). Raises
+    :class:`SubmissionError` listing every violation, writing nothing, when the submission would be invalid.
     """
     _check_phase(phase)
     out = Path(out)
@@ -556,6 +583,7 @@ def submit_descriptors(
         write_descriptor_track(tmp, query_file.ids, query_file.descriptors, reference_file.ids,
                                reference_file.descriptors)
         _check_read_back(tmp, query_file, reference_file)
+    written = {} if split_files is None else write_split_files(split_files, query_file, reference_file)
     write_manifest(out, {
         "track": "descriptors",
         "phase": phase,
@@ -565,8 +593,29 @@ def submit_descriptors(
         "query_attributes": query_file.attrs,
         "reference_attributes": reference_file.attrs,
         "phase1_reference": None if phase1 is None else {"path": str(phase1.path), "md5": file_md5(phase1.path)},
+        "split_files": {split: {"path": str(path), "md5": file_md5(path)} for split, path in written.items()},
     })
     return out
+
+
+def split_file_paths(directory: str | Path) -> dict[str, Path]:
+    """Where :func:`write_split_files` writes: ``DIR/query.h5`` and ``DIR/reference.h5``."""
+    return {split: Path(directory) / f"{split}.h5" for split in ("query", "reference")}
+
+
+def write_split_files(directory: str | Path, query: DescriptorFile, reference: DescriptorFile) -> dict[str, Path]:
+    """Write the descriptors in the organisers' per-split layout, for their scripts (``compute_metrics.py
+    --track2``, ``convert_track2_format.py``): ``DIR/query.h5`` and ``DIR/reference.h5``, each with the datasets
+    ``vectors`` (float32 [n, d]) and ``image_names`` (ASCII bytes) of isc2021's ``write_hdf5_descriptors``,
+    ids sorted as in the submission; each file put in place by a rename. Returns {split: path}."""
+    image_names, vectors = DESCRIPTOR_LAYOUTS["isc2021"]
+    paths = split_file_paths(directory)
+    for split, part in (("query", query), ("reference", reference)):
+        order = np.argsort(np.asarray(part.ids))
+        with atomic_path(paths[split]) as tmp, h5py.File(tmp, "w") as f:
+            f.create_dataset(vectors, data=np.ascontiguousarray(part.descriptors[order], dtype=np.float32))
+            f.create_dataset(image_names, data=np.array([part.ids[i] for i in order], dtype="S"))
+    return paths
 
 
 # ---------------------------------------------------------------------------- descriptor-track score

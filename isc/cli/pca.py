@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from isc.cli.common import run_command
+from isc.cli.common import check_outputs, positive_int, run_command
 from isc.io import DESCRIPTOR_TRACK_MAX_DIM, InputError
 from isc.pca import PCAWhitening, apply_pca_file, learn_pca_file
 
@@ -19,32 +19,39 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     learn = commands.add_parser("learn", help="learn a PCA from a descriptor file",
                                 description="Learn PCA-whitening from a descriptor file (e.g. training.h5).")
-    learn.add_argument("train", help="descriptor file to learn from (HDF5 written by isc-extract)")
+    learn.add_argument("train", help="descriptor file to learn from (HDF5 written by isc-extract, or the "
+                       "organisers' vectors/image_names layout)")
     learn.add_argument("-o", "--output", required=True, metavar="PCA.npz", help="where to save the PCA")
-    learn.add_argument("--dim", type=int, default=DESCRIPTOR_TRACK_MAX_DIM,
+    learn.add_argument("--dim", type=positive_int, default=DESCRIPTOR_TRACK_MAX_DIM,
                        help=f"output dimension (default {DESCRIPTOR_TRACK_MAX_DIM}, the descriptor track's limit)")
     learn.add_argument("--no-whiten", action="store_true", help="plain PCA projection, no whitening")
+    learn.add_argument("--quiet", action="store_true", help="no message")
     apply = commands.add_parser("apply", help="whiten descriptor files with a learnt PCA",
                                 description="Apply a learnt PCA to descriptor files (same ids, L2-normalised).")
     apply.add_argument("pca", help="PCA file written by isc-pca learn")
     apply.add_argument("inputs", nargs="+", metavar="IN.h5", help="descriptor files to whiten")
     apply.add_argument("-o", "--output", nargs="+", required=True, metavar="OUT.h5",
                        help="output files, one per input, in the same order")
+    apply.add_argument("--quiet", action="store_true", help="no messages")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "learn":
+        check_outputs(inputs=[args.train], outputs=[args.output])
         pca = learn_pca_file(args.train, args.output, args.dim, whiten=not args.no_whiten)
-        print(f"PCA{'-whitening' if pca.whiten else ''} {pca.mean.shape[0]} -> {pca.dim} dimensions learnt on "
-              f"{pca.attrs['n_train']} descriptors, saved to {args.output}")
+        if not args.quiet:
+            print(f"PCA{'-whitening' if pca.whiten else ''} {pca.mean.shape[0]} -> {pca.dim} dimensions learnt "
+                  f"on {pca.attrs['n_train']} descriptors, saved to {args.output}")
         return 0
     if len(args.inputs) != len(args.output):
         raise InputError(f"{len(args.inputs)} input files but {len(args.output)} output files")
+    check_outputs(inputs=[args.pca, *args.inputs], outputs=args.output)
     pca = PCAWhitening.load(args.pca)
     for source, target in zip(args.inputs, args.output, strict=True):
         rows = apply_pca_file(pca, source, target)
-        print(f"{source} -> {target}: {rows} descriptors of dimension {pca.dim}")
+        if not args.quiet:
+            print(f"{source} -> {target}: {rows} descriptors of dimension {pca.dim}")
     return 0
 
 

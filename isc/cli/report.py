@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from isc.cli.common import run_command
-from isc.io import read_ground_truth, read_predictions
+from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
+from isc.cli.eval import add_input_options, read_inputs
 from isc.report import GALLERY_SIZE, THUMBNAIL_SIZE, build_report, write_report, write_summary_png
 
 
@@ -17,38 +17,26 @@ def build_parser() -> argparse.ArgumentParser:
         "false matches, the missed ground-truth pairs and random true matches. One HTML file with every image "
         "embedded (no network needed to view it).",
     )
-    parser.add_argument("predictions", help="predictions CSV with header query_id,reference_id,score")
-    parser.add_argument("--gt", required=True, help="ground-truth CSV query_id,reference_id (empty reference_id: no match)")
+    add_input_options(parser)
     parser.add_argument("--data", required=True, metavar="ROOT",
                         help="dataset folder holding query_images/<id>.jpg and reference_images/<id>.jpg "
                         "(a missing image is drawn as a grey tile)")
     parser.add_argument("-o", "--output", required=True, metavar="REPORT.html", help="HTML file to write")
     parser.add_argument("--png", metavar="SUMMARY.png",
                         help="also write a summary image: headline numbers, precision-recall curve, score histograms")
-    parser.add_argument("--gallery-size", type=int, default=GALLERY_SIZE,
+    parser.add_argument("--gallery-size", type=non_negative_int, default=GALLERY_SIZE,
                         help=f"at most this many pairs per gallery: the highest-scoring false matches, a random "
                         f"sample of the missed and of the true pairs (default {GALLERY_SIZE})")
-    parser.add_argument("--thumbnail-size", type=int, default=THUMBNAIL_SIZE,
+    parser.add_argument("--thumbnail-size", type=positive_int, default=THUMBNAIL_SIZE,
                         help=f"longest side of the embedded thumbnails in pixels (default {THUMBNAIL_SIZE})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the gallery sampling (default 0)")
-    parser.add_argument(
-        "--restrict-to-gt-queries",
-        action="store_true",
-        help="ignore predictions for queries absent from the ground-truth file, as the competition platform "
-        "did with the public phase-1 ground truth",
-    )
-    parser.add_argument(
-        "--allow-duplicates",
-        action="store_true",
-        help="keep the best score of a repeated (query, reference) pair instead of rejecting the file",
-    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the gallery sampling (default 0)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary line")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    predictions = read_predictions(args.predictions, duplicates="keep-best" if args.allow_duplicates else "error")
-    ground_truth = read_ground_truth(args.gt)
+    check_outputs(inputs=[args.predictions, args.gt], outputs=[args.output, args.png])
+    predictions, ground_truth = read_inputs(args)
     report = build_report(
         predictions,
         ground_truth,

@@ -5,9 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from isc.cli.common import run_command
-from isc.io import InputError, read_descriptors, write_predictions
-from isc.search import AGGREGATIONS, BACKENDS, knn_graph, parse_neighbor_range, search, write_knn_graph
+from isc.cli.common import check_outputs, finite_float, positive_int, run_command
+from isc.io import InputError, read_descriptor_classes, read_descriptors
+from isc.search import (
+    AGGREGATIONS,
+    BACKENDS,
+    knn_graph,
+    knn_graph_paths,
+    parse_neighbor_range,
+    search_files,
+    write_knn_graph,
+)
+from isc.submit import PROVENANCE_SUFFIX
 
 MEMORY_NOTE = """\
 memory: the references are held in RAM as float32 (n x d x 4 bytes: 1M x 256 = 1 GB), plus a
@@ -21,9 +30,15 @@ score normalisation (--training): s'(q, r) = s(q, r) - B * agg(s(q, t_i)), t_i t
 nearest training descriptors of q (--norm-neighbors A:B, 1-based, inclusive); the isc2021 baseline
 used --norm-beta 2 --norm-neighbors 10:10, SSCD --norm-beta 1 --norm-neighbors 1:3 (the default).
 
+the query, reference and training files must come from the same model (their attributes are compared
+as isc-submit does; files without model attributes, such as the organisers' own layout, only get a
+warning). Beside the CSV, <output>.provenance.json records the options, each input's path, size and
+model attributes, and the toolkit version; isc-submit matching copies it into the manifest.
+
 examples:
   isc-search --query q.h5 --reference r.h5 --training t.h5 -o predictions.csv
   isc-search --query q.h5 --reference r.h5 --index IVF4096,PQ32 --nprobe 64 -o predictions.csv
+  isc-search --query queries.h5 --reference r.h5 --training t.h5 --phase 2 -o predictions_phase2.csv
   isc-search --knn-graph r.h5 -o graph/ --k 80
 """
 
@@ -38,22 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=MEMORY_NOTE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--query", metavar="Q.h5", help="query descriptor file (from isc-extract)")
+    parser.add_argument("--query", metavar="Q.h5",
+                        help="query descriptor file (from isc-extract, or the organisers' vectors/image_names layout)")
     parser.add_argument("--reference", metavar="R.h5", help="reference descriptor file")
     parser.add_argument("--training", metavar="T.h5",
                         help="training descriptor file: turns score normalisation on (off without it)")
     parser.add_argument("-o", "--output", required=True,
-                        help="predictions CSV to write (with --knn-graph: the output folder)")
-    parser.add_argument("--k", type=int, default=None,
+                        help="predictions CSV to write, with its provenance <output>.provenance.json (with "
+                        "--knn-graph: the output folder)")
+    parser.add_argument("--phase", type=int, choices=(1, 2),
+                        help="search only the queries of this competition phase (1: Q00000-Q49999, "
+                        "2: Q50000-Q99999); refused when the query file has none")
+    parser.add_argument("--k", type=positive_int, default=None,
                         help="neighbours per query (default 10; with --knn-graph default 80); reduced, with a "
                         "warning, to the number of references")
-    parser.add_argument("--max-results", type=int, default=500_000,
+    parser.add_argument("--max-results", type=positive_int, default=500_000,
                         help="keep the best N (query, reference) pairs over all queries (default 500000, "
                         "the matching track's limit)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto (default): torch on a GPU if CUDA is available, else faiss-gpu if the "
                         "installed faiss has GPU support, else faiss-cpu")
-    parser.add_argument("--norm-beta", type=float, default=1.0, help="normalisation weight B (default 1.0)")
+    parser.add_argument("--norm-beta", type=finite_float, default=1.0, help="normalisation weight B (default 1.0)")
     parser.add_argument("--norm-neighbors", default="1:3", metavar="A:B",
                         help="training neighbours used for normalisation, 1-based inclusive range (default 1:3)")
     parser.add_argument("--norm-agg", choices=AGGREGATIONS, default="mean",
@@ -64,11 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="approximate search with a FAISS index (e.g. IVF1024,Flat or IVF1024,PQ32), trained "
                         "on the training descriptors if given, else the references; prints its recall@k "
                         "against the exact search on 1000 queries")
-    parser.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per query (default 16)")
+    parser.add_argument("--nprobe", type=positive_int, default=16, help="IVF lists visited per query (default 16)")
     parser.add_argument("--knn-graph", metavar="DESC.h5",
                         help="export the kNN graph of this descriptor file against itself into the folder -o: "
                         "<name>.npz (ids, neighbours, similarities), features/<name>.bin and "
-                        "knns/<name>/faiss_k_<k>.npz (learn-to-cluster's layout)")
+                        "knns/<name>/faiss_k_<k>.npz (learn-to-cluster's layout), and labels/<name>.meta "
+                        "when the file has classes (isc-extract --images over one folder per class)")
+    parser.add_argument("--ignore-attribute", action="append", default=[], metavar="KEY",
+                        help="descriptor attribute not compared between the files (repeatable); per-run ones "
+                        "(split, timings, paths, isc_version, ...) are never compared")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     return parser
 
@@ -78,16 +102,14 @@ def run(args: argparse.Namespace) -> int:
         return run_knn_graph(args)
     if not args.query or not args.reference:
         raise InputError("--query and --reference are required (or --knn-graph DESC.h5)")
-    query_ids, query, _ = read_descriptors(args.query, split="query")
-    reference_ids, reference, _ = read_descriptors(args.reference, split="reference")
-    training = read_descriptors(args.training, split="training")[1] if args.training else None
-    if args.normalize_references and training is None:
+    if args.normalize_references and not args.training:
         raise InputError("--normalize-references needs --training")
-    predictions = search(
-        query_ids, query, reference_ids, reference,
+    check_outputs(inputs=[args.query, args.reference, args.training],
+                  outputs=[args.output, args.output + PROVENANCE_SUFFIX])
+    predictions = search_files(
+        args.query, args.reference, args.output, args.training, args.phase, args.ignore_attribute,
         k=10 if args.k is None else args.k,
         max_results=args.max_results,
-        training=training,
         norm_beta=args.norm_beta,
         norm_neighbors=parse_neighbor_range(args.norm_neighbors),
         norm_agg=args.norm_agg,
@@ -97,17 +119,21 @@ def run(args: argparse.Namespace) -> int:
         nprobe=args.nprobe,
         quiet=args.quiet,
     )
-    write_predictions(args.output, predictions)
     if not args.quiet:
-        print(f"{len(predictions)} predictions for {predictions['query_id'].nunique()} queries written to "
+        phase = f" (phase {args.phase})" if args.phase else ""
+        print(f"{len(predictions)} predictions for {predictions['query_id'].nunique()} queries{phase} written to "
               f"{args.output}")
     return 0
 
 
 def run_knn_graph(args: argparse.Namespace) -> int:
+    name, k = Path(args.knn_graph).stem, 80 if args.k is None else args.k
+    check_outputs(inputs=[args.knn_graph], outputs=knn_graph_paths(args.output, name, k).values(),
+                  folders=[args.output])
     ids, descriptors, _ = read_descriptors(args.knn_graph)
-    neighbours, similarities = knn_graph(descriptors, 80 if args.k is None else args.k, args.backend, args.quiet)
-    paths = write_knn_graph(args.output, Path(args.knn_graph).stem, ids, descriptors, neighbours, similarities)
+    classes = read_descriptor_classes(args.knn_graph)
+    neighbours, similarities = knn_graph(descriptors, k, args.backend, args.quiet)
+    paths = write_knn_graph(args.output, name, ids, descriptors, neighbours, similarities, classes)
     if not args.quiet:
         print(f"kNN graph of {len(ids)} descriptors, k = {neighbours.shape[1]}: " + ", ".join(map(str, paths)))
     return 0

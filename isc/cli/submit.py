@@ -8,15 +8,17 @@ import os
 import sys
 import warnings
 
-from isc.cli.common import run_command
-from isc.io import MATCHING_TRACK_MAX_ROWS, InputError, read_ground_truth, write_predictions
+from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
+from isc.io import MATCHING_TRACK_MAX_ROWS, read_ground_truth, write_predictions
 from isc.metrics import Metrics
 from isc.search import BACKENDS
 from isc.submit import (
+    PROVENANCE_SUFFIX,
     RESULTS_PER_QUERY,
     default_submission_path,
     manifest_path,
     score_descriptor_track,
+    split_file_paths,
     submit_descriptors,
     submit_matching,
     update_manifest,
@@ -29,6 +31,7 @@ examples:
   isc-submit matching predictions.csv --phase 1
   isc-submit descriptors --query q.h5 --reference r.h5 --phase 1 --gt ground_truth.csv
   isc-submit descriptors --query q2.h5 --reference r.h5 --phase 2 --phase1-reference r.h5
+  isc-submit descriptors --query q.h5 --reference r.h5 --phase 1 --split-files isc2021_descriptors
   isc-submit descriptors --query q.h5 --reference r.h5 --phase 1 \\
       --expected-queries data/query_metadata.csv --expected-references data/reference_metadata.csv
   isc-submit score submissions/phase1_descriptors.h5 --gt ground_truth.csv
@@ -68,7 +71,7 @@ def _add_common(parser: argparse.ArgumentParser, track: str) -> None:
     )
     parser.add_argument(
         "--max-listed",
-        type=int,
+        type=non_negative_int,
         default=20,
         metavar="N",
         help="violations listed when the file is invalid (default 20, 0 = all); the first of "
@@ -80,7 +83,7 @@ def _add_common(parser: argparse.ArgumentParser, track: str) -> None:
 def _add_scoring(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-results",
-        type=int,
+        type=positive_int,
         metavar="N",
         help=f"pairs kept over all queries (default {RESULTS_PER_QUERY} x the number of queries, "
         "as the organisers did)",
@@ -108,13 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     matching = commands.add_parser(
         "matching",
-        help="check a predictions CSV and copy it, unchanged, into the submissions folder",
-        description="Matching track: the header is exactly query_id,reference_id,score; at most "
+        help="check a predictions CSV and copy it, unchanged but for a missing header row, into the submissions folder",
+        description="Matching track: the header is exactly query_id,reference_id,score, or absent (the file "
+        "starting with a prediction, as the organisers' isc2021 scripts write it); at most "
         f"{MATCHING_TRACK_MAX_ROWS:,} rows; ids well formed; query ids of the phase; reference ids "
         "R000000-R999999 (or of --expected-references); finite scores; no (query, reference) pair twice. "
-        "The file is copied byte for byte.",
+        "The file is copied byte for byte, the header row put first when it has none.",
     )
-    matching.add_argument("predictions", help="predictions CSV query_id,reference_id,score (from isc-search)")
+    matching.add_argument("predictions", help="predictions CSV query_id,reference_id,score (from isc-search, or "
+                          "the organisers' scripts)")
     _add_common(matching, "matching.csv")
     matching.add_argument(
         "--provenance",
@@ -153,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="descriptor attribute not compared between files (repeatable); per-run ones "
         "(split, timings, paths, isc_version, ...) are never compared",
+    )
+    descriptors.add_argument(
+        "--split-files",
+        metavar="DIR",
+        help="also write DIR/query.h5 and DIR/reference.h5 in the organisers' per-split layout (datasets "
+        "vectors and image_names, as isc2021's write_hdf5_descriptors), for their scripts",
     )
     descriptors.add_argument(
         "--gt", metavar="GT.csv", help="also score the written file against this ground truth"
@@ -206,6 +217,11 @@ def _score(args: argparse.Namespace, path: str) -> Metrics:
 
 def run_matching(args: argparse.Namespace) -> int:
     out = args.output or default_submission_path(args.submissions_dir, "matching", args.phase)
+    sidecar = str(args.predictions) + PROVENANCE_SUFFIX
+    check_outputs(
+        inputs=[args.predictions, sidecar, args.expected_queries, args.expected_references, *args.provenance],
+        outputs=[out, manifest_path(out)],
+    )
     path = submit_matching(args.predictions, args.phase, out, args.expected_queries, args.expected_references,
                            args.provenance, args.max_listed)
     print(path)
@@ -215,13 +231,23 @@ def run_matching(args: argparse.Namespace) -> int:
 
 def run_descriptors(args: argparse.Namespace) -> int:
     out = args.output or default_submission_path(args.submissions_dir, "descriptors", args.phase)
+    split_files = [] if args.split_files is None else list(split_file_paths(args.split_files).values())
+    check_outputs(
+        inputs=[args.query, args.reference, args.phase1_reference, args.expected_queries, args.expected_references,
+                args.gt],
+        outputs=[out, manifest_path(out), *split_files],
+        folders=[args.split_files],
+    )
     if args.phase == 2 and not args.phase1_reference:
         warnings.warn("phase 2 without --phase1-reference: the reuse of the phase-1 references is not checked",
                       stacklevel=1)
     path = submit_descriptors(args.query, args.reference, args.phase, out, args.expected_queries,
-                              args.expected_references, args.phase1_reference, args.ignore_attribute, args.max_listed)
+                              args.expected_references, args.phase1_reference, args.ignore_attribute, args.max_listed,
+                              args.split_files)
     print(path)
     _info(args, f"manifest: {manifest_path(path)}")
+    if split_files:
+        _info(args, f"organisers' per-split files: {', '.join(map(str, split_files))}")
     if args.gt:
         metrics = _score(args, str(path))
         update_manifest(path, local_evaluation={"ground_truth": args.gt, **metrics.summary()})
@@ -230,12 +256,11 @@ def run_descriptors(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "max_results", None) is not None and args.max_results < 1:
-        raise InputError(f"--max-results must be at least 1, got {args.max_results}")
     if args.command == "matching":
         return run_matching(args)
     if args.command == "descriptors":
         return run_descriptors(args)
+    check_outputs(inputs=[args.submission, args.gt], outputs=[args.write_predictions])
     _print_metrics(args, _score(args, args.submission))
     return 0
 
