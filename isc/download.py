@@ -60,6 +60,7 @@ from isc.io import (
 REGION_NAMES = {"us-west": "us-west-2", "eu": "eu-central-1", "asia": "ap-southeast-1"}
 DEFAULT_WORKERS = 16
 DEFAULT_ATTEMPTS = 5
+DEFAULT_TIMEOUT = 60.0  # seconds for a connection, or for the next bytes of an answer
 CHUNK_BYTES = 1 << 20
 INDEX_NAME = ".isc-verified.tsv"
 PART_SUFFIX = ".part"
@@ -74,30 +75,44 @@ def bucket_for_region(region: str) -> str:
     return REGION_BUCKETS[region]
 
 
+class EndpointUnresponsive(InputError):
+    """The S3 endpoint took connections but did not answer in time, on every attempt: nothing could be fetched.
+
+    isc-download exits 1 on it (re-running later may work); elsewhere it is one more one-line error.
+    """
+
+
+def endpoint_url_or_environment(endpoint_url: str | None) -> str | None:
+    """``endpoint_url``, else ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` as the AWS tools read them."""
+    return endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 def make_client(
     region: str = "us-west",
     endpoint_url: str | None = None,
     profile: str | None = None,
     max_pool_connections: int = DEFAULT_WORKERS,
     retry_mode: str = "standard",
-    max_attempts: int = 5,
+    max_attempts: int = DEFAULT_ATTEMPTS,
     aws_region: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> BaseClient:
     """An S3 client for a regional bucket: unsigned unless a profile is named (``profile`` or ``AWS_PROFILE``).
 
     ``endpoint_url`` (or ``AWS_ENDPOINT_URL``) points at a mirror or a local server, with path-style addressing.
     ``aws_region`` overrides the AWS region assumed for ``region``'s bucket. Retries (listing, metadata) are
-    botocore's, in ``retry_mode``.
+    botocore's, in ``retry_mode``, ``max_attempts`` tries in all; ``timeout``: seconds to wait for a connection
+    or for the next bytes of an answer (object downloads use the same).
     """
     profile = profile or os.environ.get("AWS_PROFILE") or None
-    endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    endpoint_url = endpoint_url_or_environment(endpoint_url)
     config = Config(
         signature_version="s3v4" if profile else UNSIGNED,  # presigned URLs: SigV4, which every region accepts
         s3={"addressing_style": "path" if endpoint_url else "auto"},
         max_pool_connections=max_pool_connections,
-        retries={"mode": retry_mode, "max_attempts": max_attempts},
-        connect_timeout=10,
-        read_timeout=60,
+        retries={"mode": retry_mode, "total_max_attempts": max_attempts},  # "max_attempts" would not count the first
+        connect_timeout=timeout,
+        read_timeout=timeout,
         parameter_validation=False,  # the parameters are ours; validating them costs CPU on every request
         response_checksum_validation="when_required",  # we check the MD5 ourselves
     )
@@ -109,13 +124,27 @@ def make_client(
         raise InputError(f"AWS profile {profile!r} not found in the AWS config files") from None
 
 
+def _request_failure(client: BaseClient, error: botocore.exceptions.BotoCoreError) -> InputError:
+    """The one-line error for a request that botocore gave up on: refused or unresolvable endpoints are bad
+    input; timeouts and dropped connections, after every attempt, are :class:`EndpointUnresponsive`."""
+    config = client.meta.config
+    if isinstance(error, botocore.exceptions.ConnectTimeoutError | botocore.exceptions.HTTPClientError):
+        return EndpointUnresponsive(
+            f"no answer from the S3 endpoint {client.meta.endpoint_url} ({error}) in "
+            f"{config.retries['total_max_attempts']} attempts of up to {config.read_timeout:g} s; re-run later "
+            "or raise --timeout")
+    if isinstance(error, botocore.exceptions.EndpointConnectionError):
+        return InputError(f"cannot reach the S3 endpoint ({error})")
+    return InputError(f"S3 request failed: {error}")  # e.g. a profile without credentials
+
+
 def check_reachable(client: BaseClient, bucket: str, split: str) -> str | None:
     """One small listing before a long run (an unreachable bucket is one error, not a million failed files);
     returns the bucket's AWS region as S3 reports it (None from servers that do not say)."""
     try:
         answer = client.list_objects_v2(Bucket=bucket, Prefix=images_prefix(split), MaxKeys=1)
-    except botocore.exceptions.EndpointConnectionError as e:
-        raise InputError(f"cannot reach the S3 endpoint ({e})") from None
+    except botocore.exceptions.BotoCoreError as e:
+        raise _request_failure(client, e) from None
     except botocore.exceptions.ClientError as e:
         raise InputError(f"s3://{bucket}/{images_prefix(split)}: {_error_code(e)} ({e})") from None
     return answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
@@ -123,15 +152,17 @@ def check_reachable(client: BaseClient, bucket: str, split: str) -> str | None:
 
 def connect(
     region: str, split: str, endpoint_url: str | None = None, profile: str | None = None,
-    max_pool_connections: int = DEFAULT_WORKERS, check: bool = True,
+    max_pool_connections: int = DEFAULT_WORKERS, check: bool = True, attempts: int = DEFAULT_ATTEMPTS,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[str, object, dict[str, float]]:
     """(region, client, probe timings) for a region name or ``auto`` (the fastest bucket; timings empty otherwise).
 
     ``check``: list one key first, so that an unreachable bucket fails at once, and follow S3 when it says the
-    bucket lives in another AWS region than assumed.
+    bucket lives in another AWS region than assumed. ``attempts`` and ``timeout`` bound every request.
     """
     def client_for(name: str, aws_region: str | None = None) -> BaseClient:
-        return make_client(name, endpoint_url, profile, max_pool_connections, aws_region=aws_region)
+        return make_client(name, endpoint_url, profile, max_pool_connections, max_attempts=attempts,
+                           aws_region=aws_region, timeout=timeout)
 
     timings: dict[str, float] = {}
     if region == "auto":
@@ -176,8 +207,8 @@ def fetch_metadata(client: BaseClient, bucket: str, split: str, path: str | Path
     key = metadata_key(split)
     try:
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except botocore.exceptions.EndpointConnectionError as e:
-        raise InputError(f"cannot reach the S3 endpoint ({e})") from None
+    except botocore.exceptions.BotoCoreError as e:
+        raise _request_failure(client, e) from None
     except botocore.exceptions.ClientError as e:
         code = e.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "404", "AccessDenied", "403", "NoSuchBucket"):
@@ -674,14 +705,16 @@ def sync_split(
     rehash: bool = False,
     report_path: str | Path | None = None,
     quiet: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[DownloadReport, Path]:
     """All of ``isc-download``: pick the bucket, read the metadata, bring ``dest/<split>_images/`` up to date.
 
     The report goes to ``report_path`` (default ``dest/<split>_download_report.json``), also when interrupted;
-    returns it and its path.
+    returns it and its path. Every request waits at most ``timeout`` seconds for a connection or for data, and
+    is tried ``attempts`` times; an endpoint that never answers ends in :class:`EndpointUnresponsive`.
     """
     region, client, timings = connect(region, split, endpoint_url, profile, workers,
-                                      check=not verify_only or repair)
+                                      check=not verify_only or repair, attempts=attempts, timeout=timeout)
     if timings and not quiet:
         shown = ", ".join(f"{r} {t * 1000:.0f} ms" for r, t in timings.items())
         print(f"fastest region: {region} ({shown})", file=sys.stderr)

@@ -4,19 +4,25 @@ competition's three regional buckets, for the demo, the tests and the download b
 The folder has the competition's layout (``<split>_images/<id>.jpg`` and ``<split>_metadata.csv``,
 as ``isc-synth`` writes it). Objects land under ``all/<split>_images/`` in every regional bucket,
 with a public-read policy so that anonymous (unsigned) requests work as they do on the real buckets.
+moto (``pip install 'isc[server]'``) is imported only when a server starts.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import boto3
 from botocore.client import BaseClient
 from botocore.config import Config
+from tqdm import tqdm
 
 from isc.io import REGION_BUCKETS, SPLITS, InputError, images_prefix, metadata_key
 
@@ -44,9 +50,14 @@ def s3_client(endpoint_url: str, max_pool_connections: int = 32) -> BaseClient:
 
 
 def populate_buckets(
-    endpoint_url: str, data_root: str | Path, regions: Iterable[str] = tuple(REGION_BUCKETS), splits: Iterable[str] = SPLITS
+    endpoint_url: str, data_root: str | Path, regions: Iterable[str] = tuple(REGION_BUCKETS), splits: Iterable[str] = SPLITS,
+    quiet: bool = True,
 ) -> int:
-    """Create the regional buckets on the server at ``endpoint_url`` and upload the folder; returns objects per bucket."""
+    """Create the regional buckets on the server at ``endpoint_url`` and upload the folder; returns objects per bucket.
+
+    ``quiet=False`` shows a progress bar over the uploads (a few thousand take tens of seconds).
+    """
+    regions = tuple(regions)
     data_root = Path(data_root)
     files: list[tuple[str, Path]] = []
     for split in splits:
@@ -58,14 +69,36 @@ def populate_buckets(
         if metadata.is_file():
             files.append((metadata_key(split), metadata))
     client = s3_client(endpoint_url)
-    for region in regions:
-        bucket = REGION_BUCKETS[region]
-        client.create_bucket(Bucket=bucket)
-        client.put_bucket_policy(Bucket=bucket, Policy=_public_read_policy(bucket))
-        # the server shares this process's GIL: more threads only add contention (4: 7.5 s, 16: 11 s for 1,600 puts)
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda item, b=bucket: client.put_object(Bucket=b, Key=item[0], Body=item[1].read_bytes()), files))
+    with tqdm(total=len(files) * len(regions), desc="filling the buckets", unit="object", disable=quiet) as bar:
+        for region in regions:
+            bucket = REGION_BUCKETS[region]
+            client.create_bucket(Bucket=bucket)
+            client.put_bucket_policy(Bucket=bucket, Policy=_public_read_policy(bucket))
+            # the server shares this process's GIL: more threads only add contention (4: 7.5 s, 16: 11 s for 1,600 puts)
+            with ThreadPoolExecutor(4) as pool:
+                for _ in pool.map(lambda item, b=bucket: client.put_object(Bucket=b, Key=item[0], Body=item[1].read_bytes()),
+                                  files):
+                    bar.update()
     return len(files)
+
+
+def _moto_app() -> tuple[Any, type]:
+    """moto's S3 WSGI application and request handler; InputError naming the extra to install when it is missing."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # moto's own multi-line hint; the error below says it in one line
+            from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    except ImportError as e:
+        raise InputError(f"the local S3 server needs moto's server mode ({e}): pip install 'isc[server]'") from None
+    return DomainDispatcherApplication(create_backend_app), MotoRequestHandler
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (0: any free port); InputError when it cannot be had (port in use)."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 class LocalS3Server:
@@ -78,28 +111,47 @@ class LocalS3Server:
         splits: Iterable[str] = SPLITS,
         host: str = "127.0.0.1",
         port: int = 0,
+        quiet: bool = True,
     ) -> None:
-        from moto.server import ThreadedMotoServer
-
         if not host.startswith("127.") and host not in ("localhost", "::1"):
             raise InputError(f"the local S3 server only listens on loopback, not {host}")
         self.data_root = data_root
         self.regions = tuple(regions)
         self.splits = tuple(splits)
-        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        self.host, self.port, self.quiet = host, port, quiet
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
         self.endpoint_url = ""
 
     def start(self) -> str:
+        """Listen, serve in a thread, fill the buckets; returns the endpoint URL. A port in use is an InputError."""
+        from werkzeug.serving import make_server
+
+        app, handler = _moto_app()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request drowns the output
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.endpoint_url = f"http://{host}:{port}"
+        # our own socket: werkzeug reports a failed bind on stderr and exits its thread, so moto's threaded
+        # server would wait for it forever
+        with _listen(self.host, self.port) as listening:
+            self._server = make_server(self.host, listening.getsockname()[1], app, threaded=True,
+                                       request_handler=handler, fd=listening.fileno())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.endpoint_url = f"http://{host}:{self._server.server_address[1]}"
         if self.data_root is not None:
-            populate_buckets(self.endpoint_url, self.data_root, self.regions, self.splits)
+            try:
+                populate_buckets(self.endpoint_url, self.data_root, self.regions, self.splits, quiet=self.quiet)
+            except BaseException:
+                self.stop()
+                raise
         return self.endpoint_url
 
     def stop(self) -> None:
-        self._server.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._server.server_close()
+            self._server = None
 
     def __enter__(self) -> LocalS3Server:
         self.start()

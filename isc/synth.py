@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 from tqdm import tqdm
 
@@ -607,8 +606,10 @@ def generate_dataset(
     ``match_fraction`` of the queries of each phase are edited copies of random references, the others
     edited images found nowhere else. Images' long sides lie in [min_size, max_size] (queries up to twice).
     """
-    for name, value in (("references", references), ("queries", queries), ("phase2_queries", phase2_queries),
-                        ("training", training)):
+    import pandas as pd  # here only: isc-train imports this module for its edits, on machines without pandas
+
+    for name, value in (("seed", seed), ("references", references), ("queries", queries),
+                        ("phase2_queries", phase2_queries), ("training", training)):
         if value < 0:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
     if queries > 50_000 or phase2_queries > 50_000 or references > 1_000_000 or training > 1_000_000:

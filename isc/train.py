@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
@@ -35,7 +35,6 @@ from tqdm import tqdm
 
 from isc.extract import extract, list_images, list_split_images
 from isc.io import InputError, atomic_path, read_descriptors, read_ground_truth
-from isc.metrics import evaluate
 from isc.models import create_model, load_checkpoint, save_checkpoint
 from isc.search import search
 from isc.synth import random_edit
@@ -44,11 +43,16 @@ from isc.synth import random_edit
 
 
 class AugmentedViews(Dataset):
-    """Item ``i``: a ``[views, 3, S, S]`` tensor of independently augmented copies of image ``i``.
+    """Item ``i``: a ``[views, 3, S, S]`` tensor of independently augmented copies of image ``i``, and the
+    unreadable images met while reading it (``{path: reason}``).
 
-    Runs in the DataLoader's worker processes; the recently decoded images of a worker are the overlays
-    that the edits paste the image onto or over, as DISC21 pasted copies onto other photos.
+    An unreadable image is replaced by the next readable one, so that every batch keeps its size (the processes
+    of a torchrun group gather equal batches). Runs in the DataLoader's worker processes; the recently decoded
+    images of a worker are the overlays that the edits paste the image onto or over, as DISC21 pasted copies
+    onto other photos.
     """
+
+    max_skipped = 100  # unreadable images in a row before the folder is deemed unusable
 
     def __init__(
         self,
@@ -82,12 +86,25 @@ class AugmentedViews(Dataset):
             image.draft("RGB", (2 * self.image_size, 2 * self.image_size))  # JPEG: decode at a reduced scale
             return image.convert("RGB")
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        image = self.load(index)
+    def load_readable(self, index: int) -> tuple[Image.Image, dict[str, str]]:
+        """Image ``index``, or the first readable one after it; and the unreadable ones with their reasons."""
+        broken: dict[str, str] = {}
+        for offset in range(min(len(self.paths), self.max_skipped)):
+            position = (index + offset) % len(self.paths)
+            try:
+                return self.load(position), broken
+            except UnidentifiedImageError:
+                broken[str(self.paths[position])] = "not an image (unidentified format)"
+            except (OSError, Image.DecompressionBombError) as e:  # truncated, unreadable, too large
+                broken[str(self.paths[position])] = f"cannot read ({getattr(e, 'strerror', None) or e})"
+        raise InputError(f"{len(broken)} images in a row cannot be read, e.g. {next(iter(broken.items()))}")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, str]]:
+        image, broken = self.load_readable(index)
         rng = np.random.default_rng(int(torch.randint(2**62, ())))  # torch seeds each worker; the edits follow it
         views = torch.stack([self.view(image, rng) for _ in range(self.views)])
         self.overlays = [image.resize((self.image_size, self.image_size))] + self.overlays[: self.n_overlays - 1]
-        return views
+        return views, broken
 
     def view(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
         image = self.crop(image)
@@ -168,6 +185,18 @@ class MixBatch:
             sources = torch.cat([sources, torch.tensor(mixed_sources)])
             shares = torch.cat([shares, torch.tensor(mixed_shares)])
         return images, sources, shares
+
+
+@dataclass
+class CollateViews:
+    """DataLoader ``collate_fn`` of :class:`AugmentedViews`: ``mix``'s (images, sources, shares) of the views,
+    and the unreadable images met while reading them (``{path: reason}``)."""
+
+    mix: MixBatch
+
+    def __call__(self, samples: list[tuple[torch.Tensor, dict[str, str]]]) -> tuple:
+        broken = {path: reason for _, met in samples for path, reason in met.items()}
+        return (*self.mix([views for views, _ in samples]), broken)
 
 
 # --------------------------------------------------------------------------------------------- loss
@@ -302,6 +331,15 @@ class TrainConfig:
     quiet: bool = False
 
 
+class TrainingDiverged(InputError):
+    """The loss or the weights stopped being finite: the run stops before writing such weights."""
+
+
+def weights_are_finite(model: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer (BatchNorm statistics included) is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
 def evaluate_model(model: nn.Module, eval_data: str | Path, work_dir: str | Path, device: str = "cpu",
                    workers: int | None = None, quiet: bool = True) -> dict[str, float] | None:
     """µAP of ``model`` on an isc-synth dataset, with and without score normalisation by its training images.
@@ -310,6 +348,8 @@ def evaluate_model(model: nn.Module, eval_data: str | Path, work_dir: str | Path
     :func:`isc.search.search`; under ``torchrun`` every process extracts a shard and the first one scores
     (the others get None).
     """
+    from isc.metrics import evaluate  # needs pandas, which training without --eval-data does not
+
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     ground_truth = read_ground_truth(Path(eval_data) / "ground_truth.csv")
@@ -371,10 +411,17 @@ def check_config(config: TrainConfig) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if config.views < 2:
         raise InputError(f"--views must be at least 2 (the views of an image are its positives), got {config.views}")
-    if config.steps is not None and config.steps < 0 or config.epochs is not None and config.epochs <= 0:
-        raise InputError("--steps must be >= 0 and --epochs > 0")
+    for name in ("lr", "weight_decay", "warmup", "temperature", "entropy_weight", "mix_fraction", "edit_probability",
+                 "freeze_fraction", "epochs"):
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if config.steps is not None and config.steps < 1 or config.epochs is not None and config.epochs <= 0:
+        raise InputError("--steps must be >= 1 and --epochs > 0")
     if config.temperature <= 0 or config.lr <= 0:
         raise InputError("--temperature and --lr must be positive")
+    if config.weight_decay < 0 or config.entropy_weight < 0:
+        raise InputError("--weight-decay and --entropy-weight must be >= 0")
     if not all(0 <= value <= 1 for value in (config.mix_fraction, config.edit_probability, config.freeze_fraction)):
         raise InputError("--mix-fraction, --edit-probability and --freeze-fraction must lie in [0, 1]")
     if not 0 <= config.warmup < 1:
@@ -445,7 +492,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
         sampler=TrainingOrder(len(paths), config.batch_size, start * config.accumulate, steps * config.accumulate,
                               config.seed, rank, world_size),
         num_workers=config.workers,
-        collate_fn=MixBatch(config.mix_fraction),
+        collate_fn=CollateViews(MixBatch(config.mix_fraction)),
         pin_memory=device.type == "cuda",
         drop_last=True,
     )
@@ -456,6 +503,13 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
         _keep_log_until(run_dir / "log.jsonl", start)
         _keep_log_until(run_dir / "eval.jsonl", start)
     evaluations = []
+    broken: dict[str, str] = {}  # unreadable images skipped, path -> reason
+    saved = start  # the step that last.pt holds (0: none written)
+
+    def diverged(step: int, what: str) -> TrainingDiverged:
+        kept = f"{last} holds step {saved}" if saved else "no checkpoint was written"
+        return TrainingDiverged(f"step {step}: {what}, training diverged ({kept}); lower --lr (now {config.lr:g}) "
+                                "or --entropy-weight, or train without --amp")
 
     def evaluate_now(step: int) -> None:
         result = evaluate_model(model, config.eval_data, run_dir / "eval", device.type, config.workers, config.quiet)
@@ -485,7 +539,9 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
                 group["lr"] = lr
             totals: dict[str, float] = {}
             for micro in range(config.accumulate):
-                images, sources, shares = (t.to(device, non_blocking=True) for t in next(batches))
+                images, sources, shares, met = next(batches)
+                images, sources, shares = (t.to(device, non_blocking=True) for t in (images, sources, shares))
+                broken.update(met)
                 targets = instance_targets(sources, shares, config.batch_size * world_size, rank * config.batch_size)
                 # DDP: synchronise the gradients once per optimiser step, on the last micro-batch
                 last_micro = micro == config.accumulate - 1
@@ -495,6 +551,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
                     all_embeddings, all_targets, offset = gather_batch(embeddings.float(), targets)
                     loss, stats = sscd_loss(embeddings, targets, all_embeddings, all_targets, offset,
                                             config.temperature, config.entropy_weight)
+                    if not math.isfinite(loss.item()):
+                        raise diverged(step + 1, f"the loss is {loss.item()}")
                     scaler.scale(loss / config.accumulate).backward()
                 for key, value in {"loss": loss.item(), **stats}.items():
                     totals[key] = totals.get(key, 0.0) + value / config.accumulate
@@ -509,12 +567,22 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
             log.flush()
             bar.set_postfix(loss=f"{totals['loss']:.3f}", lr=f"{lr:.2e}")
             bar.update()
-            if is_main and (done % config.checkpoint_every == 0 or done == steps):
+            save_due = done % config.checkpoint_every == 0 or done == steps
+            eval_due = config.eval_data and (config.eval_every and done % config.eval_every == 0 or done == steps)
+            # every process checks (they hold the same weights), so that all of them stop together
+            if (save_due or eval_due) and not weights_are_finite(model):
+                raise diverged(done, "the weights are no longer finite")
+            if is_main and save_due:
                 save_checkpoint(model, last, step=done, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                                 config=asdict(config))
-            if config.eval_data and (config.eval_every and done % config.eval_every == 0 or done == steps):
+                saved = done
+            if eval_due:
                 evaluate_now(done)
 
+    if world_size > 1:  # each process read other images: the first one lists them all
+        gathered: list[dict[str, str]] = [{} for _ in range(world_size)]
+        dist.all_gather_object(gathered, broken)
+        broken = {path: reason for part in gathered for path, reason in part.items()}
     if not is_main:
         return None
     torchscript = None
@@ -522,7 +590,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
         torchscript = run_dir / "model.torchscript.pt"
         export_torchscript(model, torchscript, config.image_size)
     return {"steps": steps, "start": start, "checkpoint": str(last), "torchscript": str(torchscript) if torchscript else None,
-            "seconds": round(time.perf_counter() - began, 1), "evaluations": evaluations}
+            "seconds": round(time.perf_counter() - began, 1), "evaluations": evaluations,
+            "broken": dict(sorted(broken.items()))}
 
 
 def export_torchscript(model: nn.Module, path: str | Path, image_size: int) -> None:

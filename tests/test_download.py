@@ -391,7 +391,7 @@ def test_bad_metadata_and_arguments_are_one_line_errors(
     wrong_columns = tmp_path / "cols.csv"
     wrong_columns.write_text("id,md5\nQ00000,abc\n")
     for args in (["--metadata", str(bad)], ["--metadata", str(wrong_columns)], ["--metadata", str(tmp_path / "none.csv")],
-                 ["--repair"], ["--workers", "0"], ["--ids", "Q5-Q1"], ["--profile", "no-such-profile-isc"]):
+                 ["--repair"], ["--ids", "Q5-Q1"], ["--profile", "no-such-profile-isc"]):
         capsys.readouterr()
         assert run_cli("--dest", str(tmp_path / "d"), *args, endpoint=s3_endpoint) == 2, args
         err = capsys.readouterr().err

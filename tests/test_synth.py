@@ -247,8 +247,8 @@ def test_cli_generates_a_dataset(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--references", "-3"], "--references must be >= 0"),
-    (["--seed", "abc"], "invalid int value"),
+    (["--references", "-3"], "argument --references: must be >= 0"),
+    (["--seed", "abc"], "argument --seed: not an integer"),
 ])
 def test_cli_bad_arguments_one_line_error(tmp_path, args, message):
     result = run_cli(str(tmp_path / "out"), *args)

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from isc import download
-from isc.cli.common import run_command
+from isc.cli.common import check_outputs, non_negative_int, positive_float, positive_int, run_command
 from isc.io import REGION_BUCKETS, SPLITS, InputError
 
 
@@ -26,11 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(drivendata-competition-fb-isc-data[-eu|-asia], prefix all/<split>_images/) to DEST/<split>_images/<id>.jpg. "
         "Every file is checked against the MD5 of the metadata CSV; files are written under a temporary name and "
         "renamed once verified, so an interrupted run re-run with the same arguments fetches only what is missing "
-        "or wrong. Exit status 0 only when every selected file is present and verified.",
+        "or wrong. Exit status 0 only when every selected file is present and verified; 1 when some are not, or "
+        "when the endpoint did not answer (re-run later to resume); 2 on bad arguments or an unreachable endpoint.",
     )
-    parser.add_argument("--region", required=True, choices=[*REGION_BUCKETS, "auto"],
+    parser.add_argument("--region", choices=[*REGION_BUCKETS, "auto"],
                         help="bucket to read: us-west, eu (Frankfurt), asia (Singapore), or auto: time a small "
-                        "request to each and use the fastest")
+                        "request to each and use the fastest; required unless --endpoint-url (or $AWS_ENDPOINT_URL) "
+                        "names a mirror, where it defaults to us-west")
     parser.add_argument("--split", required=True, choices=SPLITS, help="which images to fetch")
     parser.add_argument("--dest", required=True, metavar="DIR", help="destination folder; images go to DIR/<split>_images/")
     parser.add_argument("--metadata", metavar="CSV",
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exclude object names matching PATTERN (*, ?, [seq] as in fnmatch); repeatable")
     parser.add_argument("--ids", action="append", default=[], metavar="FIRST-LAST",
                         help="only ids in this inclusive range (e.g. Q00000-Q00999) or this single id; repeatable")
-    parser.add_argument("--limit", type=int, metavar="N", help="only the first N selected ids (in id order)")
+    parser.add_argument("--limit", type=non_negative_int, metavar="N", help="only the first N selected ids (in id order)")
     parser.add_argument("--verify-only", action="store_true",
                         help="download nothing: re-hash the selected local files and list missing, corrupt and "
                         "extra files; exit status 1 if any selected file is missing or corrupt")
@@ -59,11 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rehash", action="store_true",
                         help="re-hash every local file instead of trusting the record of files verified by earlier "
                         "runs (kept in DIR/<split>_images/.isc-verified.tsv, valid while size and mtime are unchanged)")
-    parser.add_argument("--workers", type=int, default=download.DEFAULT_WORKERS,
+    parser.add_argument("--workers", type=positive_int, default=download.DEFAULT_WORKERS,
                         help=f"parallel downloads (threads and pooled connections; default {download.DEFAULT_WORKERS})")
-    parser.add_argument("--attempts", type=int, default=download.DEFAULT_ATTEMPTS,
-                        help="tries per file, with exponential backoff, on 5xx or throttling answers, dropped "
-                        f"connections and MD5 mismatches (default {download.DEFAULT_ATTEMPTS})")
+    parser.add_argument("--attempts", type=positive_int, default=download.DEFAULT_ATTEMPTS,
+                        help="tries per request (listing, metadata, each file), with exponential backoff, on 5xx or "
+                        "throttling answers, timeouts, dropped connections and MD5 mismatches "
+                        f"(default {download.DEFAULT_ATTEMPTS})")
+    parser.add_argument("--timeout", type=positive_float, default=download.DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="wait at most this long for a connection, or for the next bytes of an answer, before "
+                        f"trying again (default {download.DEFAULT_TIMEOUT:g})")
     parser.add_argument("--report", metavar="JSON",
                         help="machine-readable report (downloaded, skipped, failed with reasons, bytes, seconds); "
                         "default DIR/<split>_download_report.json")
@@ -74,13 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> None:
     if args.repair and not args.verify_only:
         raise InputError("--repair goes with --verify-only (a plain run already fetches missing and corrupt files)")
-    for name in ("workers", "attempts"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name} must be at least 1")
-    if args.limit is not None and args.limit < 0:
-        raise InputError("--limit must be 0 or more")
+    if args.region is None:
+        if not download.endpoint_url_or_environment(args.endpoint_url):
+            raise InputError("--region is required (us-west, eu, asia or auto) unless --endpoint-url names a mirror")
+        args.region = "us-west"  # a mirror serves every region's bucket, as isc-s3serve does
     if args.metadata and not Path(args.metadata).is_file():
         raise InputError(f"{args.metadata}: no such metadata file")
+    check_outputs(inputs=[args.metadata], outputs=[args.report], folders=[args.dest])
 
 
 def _warn_about_leading_includes(filters: list[tuple[str, str]]) -> None:
@@ -115,12 +121,16 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     _warn_about_leading_includes(args.filters or [])
 
-    report, report_path = download.sync_split(
-        args.region, args.split, args.dest, endpoint_url=args.endpoint_url, profile=args.profile,
-        metadata_path=args.metadata, filters=args.filters or (), id_ranges=args.ids, limit=args.limit,
-        workers=args.workers, attempts=args.attempts, verify_only=args.verify_only, repair=args.repair,
-        rehash=args.rehash, report_path=args.report, quiet=args.quiet,
-    )
+    try:
+        report, report_path = download.sync_split(
+            args.region, args.split, args.dest, endpoint_url=args.endpoint_url, profile=args.profile,
+            metadata_path=args.metadata, filters=args.filters or (), id_ranges=args.ids, limit=args.limit,
+            workers=args.workers, attempts=args.attempts, verify_only=args.verify_only, repair=args.repair,
+            rehash=args.rehash, report_path=args.report, quiet=args.quiet, timeout=args.timeout,
+        )
+    except download.EndpointUnresponsive as e:  # not bad input: the download did not happen, a re-run may work
+        print(f"isc-download: error: {e}", file=sys.stderr)
+        return 1
     if not args.quiet:
         print(_summary(report, report_path), file=sys.stderr)
     return 0 if report.ok else 1

