@@ -11,8 +11,15 @@ Two input pipelines feed the model; both resize with :func:`resize_image`, so th
 
 Rows are appended to a log per rank (``OUT.rank0-of-1.partial``, :class:`PartialLog`), one checksummed
 record per batch, so that even a kill -9 leaves every finished batch readable; a killed run restarts
-from it (its model attributes must match), and the logs are merged into ``OUT`` in id order. Under ``torchrun`` each rank extracts a contiguous shard of the sorted ids.
-Unreadable images are skipped and listed, with their reasons, in the ``broken`` attribute (JSON).
+from it (its model attributes must match; images whose size or modification time changed since are
+extracted again), and the logs are merged into ``OUT`` in id order. Under ``torchrun`` each rank
+extracts a contiguous shard of the sorted ids.
+
+``OUT`` holds the datasets ``ids`` (ASCII), ``descriptors`` (float32 [n, d]), ``file_stamps`` (int64
+[n, 2]: size in bytes and st_mtime_ns of each image file when it was read, what :func:`is_complete`
+checks) and, for a class-per-folder tree (``ROOT/<class>/<image>``), ``classes`` (ASCII, one per row).
+Unreadable images are skipped and listed, with their reasons, in the ``broken`` attribute (JSON; their
+file stamps in ``broken_stamps``). Non-finite descriptors are refused, never written.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from isc.io import InputError, atomic_path, provenance, validate_ids
+from isc.io import InputError, atomic_path, provenance, query_phase, validate_ids
 from isc.models import DescriptorModel
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -59,12 +66,20 @@ class BrokenImage(Exception):
     """An image that cannot be turned into a descriptor; the message is the reason recorded."""
 
 
+class NoImageRead(InputError):
+    """Not one of the images could be read: no descriptor file is written."""
+
+
 # --------------------------------------------------------------------------------------- listings
 
 
 def list_split_images(root: str | Path, split: str) -> dict[str, Path]:
     """``{id: path}`` of a split's images under ``ROOT/<split>_images/`` (the isc-download layout), by id."""
     folder = Path(root) / f"{split}_images"
+    if Path(root).exists() and not Path(root).is_dir():
+        raise InputError(f"{root}: is not a directory (the dataset root holding {split}_images/ is needed)")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: is not a directory (a folder of {split} images is needed)")
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder (expected the {split} images under --data {root})")
     images = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() == ".jpg"
@@ -78,32 +93,59 @@ def list_split_images(root: str | Path, split: str) -> dict[str, Path]:
 def list_images(source: str | Path) -> dict[str, Path]:
     """``{id: path}`` of the images in a folder (searched recursively) or a list file (one path a line).
 
-    An id is the path relative to the folder (or to the list file's folder) without its suffix, or the
-    file's stem for a listed path outside that folder.
+    In a folder an id is the path relative to it without its suffix (``cat/001``), and every entry with an
+    image suffix counts: a directory named ``x.jpg``, a dangling link or a symlink loop is then listed as
+    broken by the extraction, not skipped unseen. In a list file an id is the file's stem, a relative path
+    is relative to the list file's folder, and a listed file that is missing is listed as broken.
+    Two images with the same id are refused.
     """
     source = Path(source)
     if source.is_dir():
-        root = source
-        paths = [p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        paths = [(p.relative_to(source).with_suffix("").as_posix(), p) for p in sorted(source.rglob("*"))
+                 if p.suffix.lower() in IMAGE_SUFFIXES
                  and not any(part.startswith(".") for part in p.relative_to(source).parts)]
     elif source.is_file():
-        root = source.parent
-        lines = [line.strip() for line in source.read_text().splitlines()]
-        paths = [p if p.is_absolute() else root / p for p in map(Path, filter(None, lines))]
+        try:
+            lines = [line.strip() for line in source.read_text().splitlines()]
+        except UnicodeDecodeError:
+            raise InputError(f"{source}: not a text file listing image paths (one a line)") from None
+        paths = [(path.stem, path) for path in (source.parent / line for line in lines if line)]
     else:
         raise InputError(f"{source}: no such folder or list file")
     if not paths:
         raise InputError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)})")
     images: dict[str, Path] = {}
-    for path in paths:
-        try:
-            image_id = path.relative_to(root).with_suffix("").as_posix()
-        except ValueError:
-            image_id = path.stem
+    for image_id, path in paths:
         if image_id in images:
             raise InputError(f"{source}: {images[image_id]} and {path} would both have id {image_id!r}")
         images[image_id] = path
     return dict(sorted(images.items()))
+
+
+def image_classes(images: Mapping[str, Path]) -> dict[str, str] | None:
+    """The class of each image of a class-per-folder tree (every id is ``<class>/<name>``), else None."""
+    parts = {image_id: image_id.split("/") for image_id in images}
+    if not parts or any(len(p) != 2 for p in parts.values()):
+        return None
+    return {image_id: p[0] for image_id, p in parts.items()}
+
+
+def select_split_images(images: Mapping[str, Path], split: str, phase: int | None = None,
+                        id_ranges: Sequence[str] = ()) -> dict[str, Path]:
+    """The images of a split whose ids are in a competition phase (queries only) and in any of ``id_ranges``."""
+    if phase is not None:
+        if split != "query":
+            raise InputError(f"a phase selects query images (Q00000-Q49999 or Q50000-Q99999), not {split} images")
+        images = {i: path for i, path in images.items() if query_phase(i) == phase}
+    if id_ranges:
+        from isc.download import parse_id_range  # here: isc.download needs boto3, absent on some GPU machines
+
+        ranges = [parse_id_range(text, split) for text in id_ranges]
+        images = {i: path for i, path in images.items() if any(lo <= i <= hi for lo, hi in ranges)}
+    if not images:
+        wanted = " and ".join(filter(None, [f"phase {phase}" if phase else "", ", ".join(id_ranges)]))
+        raise InputError(f"no {split} images in {wanted}")
+    return dict(images)
 
 
 # ----------------------------------------------------------------------------------- preprocessing
@@ -129,9 +171,29 @@ def view_sizes(model: DescriptorModel, scales: Sequence[float]) -> list[int]:
     return [max(8, round(model.image_size * s)) for s in scales]
 
 
+def _to_8_bits(image: Image.Image) -> Image.Image:
+    """A single-channel image of more than 8 bits (Pillow modes I;16*, I, F) scaled to 8-bit grey.
+
+    Pillow's own conversion clips every value above 255 to white. 16-bit modes, and 32-bit integers
+    within 0-65535, are scaled from 0-65535; floats within 0-1 from 0-1; any other range is stretched
+    from its minimum to its maximum.
+    """
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode.startswith("I;16") or (image.mode == "I" and low >= 0 and high <= 65535):
+        low, high = 0.0, 65535.0
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        low, high = 0.0, 1.0
+    scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    return Image.fromarray(np.round(scaled).clip(0, 255).astype(np.uint8))
+
+
 def _image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """An opened Pillow image as uint8 RGB [3, H, W]: EXIF rotation applied, transparency over white."""
+    """An opened Pillow image as uint8 RGB [3, H, W]: EXIF rotation applied, more than 8 bits scaled down,
+    transparency over white."""
     image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8_bits(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
@@ -376,14 +438,15 @@ def _in_background(batches: Iterator[tuple], device: torch.device, depth: int = 
 class PartialLog:
     """The rows extracted so far by one rank: an append-only log that a kill -9 cannot corrupt.
 
-    A header line (``isc-partial/1`` and the extraction config as JSON), then one record per batch, written
-    with a single ``write``: kind (``D`` descriptors, ``B`` the broken images so far, as JSON), payload
-    length and CRC-32, payload. A ``D`` payload is n and the id length (uint32), the n ids (ASCII,
-    NUL-padded) and n × dim float32. Reading stops at the first torn or damaged record, which a resumed
-    run cuts off and writes again.
+    A header line (``isc-partial/2`` and the extraction config as JSON), then one record per batch, written
+    with a single ``write``: kind (``D`` descriptors, ``B`` the broken images so far), payload length and
+    CRC-32, payload. A ``D`` payload is n and the id length (uint32), the n ids (ASCII, NUL-padded), n ×
+    (size, st_mtime_ns) of the image files as int64, and n × dim float32. A ``B`` payload is JSON:
+    ``{"reasons": {id: reason}, "stamps": {id: [size, st_mtime_ns]}}``. Reading stops at the first torn
+    or damaged record, which a resumed run cuts off and writes again. Format 1 (no file stamps) is refused.
     """
 
-    MAGIC = b"isc-partial/1\n"
+    MAGIC = b"isc-partial/2\n"
     RECORD = struct.Struct("<cQI")  # kind, payload length, CRC-32 of the payload
     COUNTS = struct.Struct("<II")  # rows, id length
 
@@ -391,7 +454,9 @@ class PartialLog:
         self.path = path
         self.config: dict[str, object] = {}
         self.ids: list[str] = []
+        self.stamps = np.zeros((0, 2), np.int64)  # (size, st_mtime_ns) of each row's image file
         self.broken: dict[str, str] = {}
+        self.broken_stamps: dict[str, list[int]] = {}
         self.size = 0  # bytes of intact header and records
         self._data = np.memmap(path, np.uint8, "r") if path.stat().st_size else np.zeros(0, np.uint8)
         self._blocks: list[tuple[int, int, int]] = []  # (first row, rows, byte offset of the descriptors)
@@ -405,9 +470,14 @@ class PartialLog:
         data = self._data
         end_of_header = bytes(data[:65536]).find(b"\n", len(self.MAGIC))
         if bytes(data[:len(self.MAGIC)]) != self.MAGIC or end_of_header < 0:
+            first_line = bytes(data[:64]).split(b"\n")[0]
+            if first_line.startswith(b"isc-partial/"):
+                raise InputError(f"{self.path}: format {first_line.decode(errors='replace')} of an older "
+                                 f"isc-extract, without file stamps")
             raise InputError(f"{self.path}: not a partial file of isc-extract")
         self.config = json.loads(bytes(data[len(self.MAGIC):end_of_header]))
         position = end_of_header + 1
+        stamps = []
         while position + self.RECORD.size <= len(data):
             kind, length, crc = self.RECORD.unpack_from(data, position)
             start, stop = position + self.RECORD.size, position + self.RECORD.size + length
@@ -416,13 +486,17 @@ class PartialLog:
             if kind == b"D":
                 rows, id_length = self.COUNTS.unpack_from(data, start)
                 ids_at = start + self.COUNTS.size
+                stamps_at = ids_at + rows * id_length
                 ids = np.frombuffer(data, f"S{id_length}", rows, ids_at)
-                self._blocks.append((len(self.ids), rows, ids_at + rows * id_length))
+                stamps.append(np.frombuffer(data, np.int64, rows * 2, stamps_at).reshape(rows, 2))
+                self._blocks.append((len(self.ids), rows, stamps_at + rows * 16))
                 self.ids += [i.decode("ascii") for i in ids]
             elif kind == b"B":
-                self.broken = json.loads(bytes(data[start:stop]))
+                broken = json.loads(bytes(data[start:stop]))
+                self.broken, self.broken_stamps = broken["reasons"], broken["stamps"]
             position = stop
         self.size = position
+        self.stamps = np.concatenate(stamps) if stamps else self.stamps
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
         """The descriptors of the given row numbers, in that order."""
@@ -443,13 +517,13 @@ class _PartialWriter:
 
     def __init__(self, path: Path, config: dict[str, object], resume: bool):
         self.path = path
-        self.done: list[str] = []
+        self.done: dict[str, tuple[int, int]] = {}  # id -> file stamp of its last row
         log = self._reopen(config) if resume and path.exists() else None
         if log is None:
             with atomic_path(path) as tmp:
                 tmp.write_bytes(PartialLog.MAGIC + json.dumps(config).encode() + b"\n")
         else:
-            self.done = log.ids
+            self.done = dict(zip(log.ids, map(tuple, log.stamps.tolist()), strict=True))
             os.truncate(path, log.size)  # drop a torn last record
         self.file = open(path, "ab")  # noqa: SIM115 (closed by close())
 
@@ -457,7 +531,7 @@ class _PartialWriter:
         try:
             log = PartialLog.read(self.path)
         except (InputError, ValueError) as e:
-            warnings.warn(f"{self.path}: unreadable partial file ({e}), starting again", stacklevel=3)
+            warnings.warn(f"unreadable partial file ({e}), starting again", stacklevel=3)
             return None
         for key in COMPATIBILITY_KEYS:
             if log.config.get(key) != config[key]:
@@ -469,13 +543,14 @@ class _PartialWriter:
         self.file.write(PartialLog.RECORD.pack(kind, len(payload), zlib.crc32(payload)) + payload)
         self.file.flush()
 
-    def append(self, ids: Sequence[str], descriptors: np.ndarray) -> None:
+    def append(self, ids: Sequence[str], descriptors: np.ndarray, stamps: Sequence[tuple[int, int]]) -> None:
         encoded = np.array(ids, dtype="S")
         self._write(b"D", PartialLog.COUNTS.pack(len(ids), encoded.itemsize) + encoded.tobytes()
+                    + np.array(stamps, np.int64).reshape(len(ids), 2).tobytes()
                     + np.ascontiguousarray(descriptors, np.float32).tobytes())
 
-    def record_broken(self, broken: Mapping[str, str]) -> None:
-        self._write(b"B", json.dumps(dict(broken)).encode())
+    def record_broken(self, broken: Mapping[str, str], stamps: Mapping[str, tuple[int, int]]) -> None:
+        self._write(b"B", json.dumps({"reasons": dict(broken), "stamps": {i: stamps[i] for i in broken}}).encode())
 
     def close(self) -> None:
         self.file.close()
@@ -485,29 +560,41 @@ def _partial_path(output: Path, rank: int, world: int) -> Path:
     return output.with_name(f"{output.name}.rank{rank}-of-{world}.partial")
 
 
-def _merge(parts: Sequence[Path], output: Path, wanted: Sequence[str],
-           attrs: dict[str, object]) -> tuple[int, dict[str, str]]:
-    """Write the wanted ids of the partial files into ``output`` in id order: (rows, broken images)."""
+def _merge(parts: Sequence[Path], output: Path, shards: Sequence[Sequence[str]], attrs: dict[str, object],
+           classes: Mapping[str, str] | None) -> tuple[int, dict[str, str]]:
+    """Write each rank's rows of its shard of ids into ``output``, in id order: (rows, broken images).
+
+    A log may hold several rows of an id (its image changed after a killed run): the last is the one made
+    from the file as it is now. NoImageRead, and nothing written, when every image is broken.
+    """
     logs = [PartialLog.read(p) for p in parts]
     broken: dict[str, str] = {}
-    for log in logs:
-        broken.update(log.broken)
-    all_ids = [i for log in logs for i in log.ids]
-    ids = np.array(all_ids, dtype="S") if all_ids else np.zeros(0, dtype="S1")
-    source = np.concatenate([np.full(len(log.ids), k) for k, log in enumerate(logs)]).astype(int)
-    rows = np.concatenate([np.arange(len(log.ids)) for log in logs]).astype(int)
-    keep = np.isin(ids, np.array(list(wanted), dtype="S"))
-    ids, source, rows = ids[keep], source[keep], rows[keep]
-    order = np.argsort(ids, kind="stable")
-    ids, source, rows = ids[order], source[order], rows[order]
-    if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
-        raise InputError(f"{output}: an id appears in two partial files; delete them and rerun")
+    broken_stamps: dict[str, list[int]] = {}
+    chosen: list[tuple[str, int, int]] = []  # (id, log, row); the shards are consecutive runs of sorted ids
+    for k, (log, shard) in enumerate(zip(logs, shards, strict=True)):
+        last_row = {image_id: row for row, image_id in enumerate(log.ids)}
+        for image_id in shard:
+            if image_id in log.broken:
+                broken[image_id], broken_stamps[image_id] = log.broken[image_id], log.broken_stamps[image_id]
+            elif image_id in last_row:
+                chosen.append((image_id, k, last_row[image_id]))
+            else:
+                raise InputError(f"{parts[k]}: no row of {image_id}; delete the partial files and rerun")
+    if not chosen:
+        first = next(iter(broken))
+        raise NoImageRead(f"none of the {len(broken)} images could be read ({first}: {broken[first]}"
+                          f"{', ...' if len(broken) > 1 else ''}); {output} not written")
+    ids = np.array([image_id for image_id, _, _ in chosen], dtype="S")
+    source = np.array([k for _, k, _ in chosen])
+    rows = np.array([row for _, _, row in chosen])
+    stamps = np.empty((len(chosen), 2), np.int64)
+    for k, log in enumerate(logs):
+        stamps[source == k] = log.stamps[rows[source == k]]
     dim = int(attrs["dimension"])
     with atomic_path(output) as tmp, h5py.File(tmp, "w", libver=H5_LIBVER) as out:
         out.create_dataset("ids", data=ids)
         target = out.create_dataset("descriptors", shape=(len(ids), dim), dtype=np.float32,
-                                    chunks=(max(1, min(4096, len(ids), 2 ** 20 // dim)), dim)
-                                    if len(ids) else None)
+                                    chunks=(max(1, min(4096, len(ids), 2 ** 20 // dim)), dim))
         for start in range(0, len(ids), MERGE_ROWS):
             block = np.empty((min(MERGE_ROWS, len(ids) - start), dim), np.float32)
             for k, log in enumerate(logs):
@@ -515,7 +602,11 @@ def _merge(parts: Sequence[Path], output: Path, wanted: Sequence[str],
                 if len(mine):
                     block[mine] = log.rows(rows[start + mine])
             target[start:start + len(block)] = block
-        for key, value in {**attrs, "broken": json.dumps(broken), "n_broken": len(broken)}.items():
+        out.create_dataset("file_stamps", data=stamps).attrs["columns"] = "size,mtime_ns"
+        if classes is not None:
+            out.create_dataset("classes", data=np.array([classes[image_id] for image_id, _, _ in chosen], dtype="S"))
+        for key, value in {**attrs, "broken": json.dumps(broken), "n_broken": len(broken),
+                           "broken_stamps": json.dumps(broken_stamps)}.items():
             out.attrs[key] = value
     return len(ids), broken
 
@@ -523,10 +614,34 @@ def _merge(parts: Sequence[Path], output: Path, wanted: Sequence[str],
 # ------------------------------------------------------------------------------------------ engine
 
 
+def check_device(device: str | None) -> None:
+    """Refuse, as InputError, a device other than cpu, cuda and cuda:N, or a GPU that torch cannot see."""
+    if device is None:
+        return
+    kind, colon, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (colon and (kind == "cpu" or not index.isdigit())):
+        raise InputError(f"device {device!r}: not a device (cpu, cuda or cuda:N)")
+    visible = torch.cuda.device_count() if kind == "cuda" and torch.cuda.is_available() else 0
+    if kind == "cuda" and not visible:
+        raise InputError(f"device {device!r}: no GPU is visible to torch (use --device cpu)")
+    if kind == "cuda" and colon and int(index) >= visible:
+        raise InputError(f"device {device!r}: torch sees {visible} GPU(s), cuda:0 to cuda:{visible - 1}")
+
+
+def file_stamp(path: Path) -> tuple[int, int]:
+    """(size, st_mtime_ns) of an image file, what says it changed; (-1, -1) when it cannot be stat'ed."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
+
+
 def _distributed(device: str | None) -> tuple[int, int, torch.device, bool]:
     """(rank, world size, this rank's device, whether we started the process group) under torchrun."""
     import torch.distributed as dist
 
+    check_device(device)
     want_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     started = False
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -547,19 +662,32 @@ def extraction_config(model: DescriptorModel, scales: Sequence[float] = (1.0,), 
     return {**model.config(), "scales": json.dumps(list(map(float, scales))), "flip": bool(flip)}
 
 
-def is_complete(output: str | Path, ids: Iterable[str], config: Mapping[str, object]) -> bool:
-    """Whether ``output`` holds descriptors of exactly ``ids`` (or lists them as broken), made as ``config`` says."""
+def is_complete(output: str | Path, images: Mapping[str, Path], config: Mapping[str, object]) -> bool:
+    """Whether ``output`` holds descriptors of exactly ``images`` (or lists them as broken), made as ``config``
+    says from the image files as they are now (same size and modification time; a file without these
+    ``file_stamps``, written by an older isc-extract, is never complete)."""
     output = Path(output)
     if not output.is_file() or not h5py.is_hdf5(output):
         return False
     with h5py.File(output, "r") as f:
-        if "ids" not in f or "descriptors" not in f:
+        if any(name not in f for name in ("ids", "descriptors", "file_stamps")):
             return False
         attrs = {key: value.item() if isinstance(value, np.generic) else value for key, value in f.attrs.items()}
-        done = {x.decode("ascii") for x in f["ids"][()]}
+        recorded = dict(zip((x.decode("ascii") for x in f["ids"][()]), map(tuple, f["file_stamps"][()].tolist()),
+                            strict=True))
     if any(attrs.get(key) != config[key] for key in COMPATIBILITY_KEYS):
         return False
-    return done | set(json.loads(attrs.get("broken", "{}"))) == set(ids)
+    recorded.update((image_id, tuple(stamp)) for image_id, stamp in json.loads(attrs.get("broken_stamps", "{}")).items())
+    return recorded.keys() == images.keys() and all(recorded[i] == file_stamp(path) for i, path in images.items())
+
+
+def _refuse_non_finite(descriptors: np.ndarray, ids: Sequence[str], half: bool) -> None:
+    """InputError naming the images whose descriptors hold NaN or infinity: they are never written."""
+    bad = [image_id for image_id, finite in zip(ids, np.isfinite(descriptors).all(axis=1), strict=True) if not finite]
+    if bad:
+        hint = "; float16 inference overflows more easily, try --fp32" if half else ""
+        raise InputError(f"the model gave NaN or infinite descriptors for {len(bad)} image(s): "
+                         f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}{hint}")
 
 
 def _barrier(world: int) -> None:
@@ -584,14 +712,19 @@ def extract(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     quiet: bool = False,
     attrs: Mapping[str, object] | None = None,
+    classes: Mapping[str, str] | None = None,
+    max_broken: float = 0.01,
 ) -> dict[str, object]:
     """Extract the descriptors of ``images`` (``{id: path}``, or paths whose stems are the ids) to ``output``.
 
     ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available); ``decoder``: ``torchvision``
-    (default on cuda) or ``pil`` (default on the CPU); ``workers``: reading threads or DataLoader
-    processes; ``half``: float16 inference (default on cuda); ``scales``/``flip``: test-time augmentation,
-    descriptors averaged. ``strict``: the first broken image raises InputError. ``resume``: continue from
-    the partial file of a killed run. Returns a summary (counts, broken images with reasons, images/s).
+    (default on cuda) or ``pil`` (default on the CPU); ``workers``: reading threads (0 counts as 1) or
+    DataLoader processes (0: decode in this process); ``half``: float16 inference (default on cuda);
+    ``scales``/``flip``: test-time augmentation, descriptors averaged. ``strict``: the first broken image
+    raises InputError. ``resume``: continue from the partial file of a killed run, extracting again the
+    images changed since. ``classes``: ``{id: class}``, written as the dataset ``classes``. A warning when
+    more than ``max_broken`` of the images are broken; NoImageRead when all are. Returns a summary
+    (counts, broken images with reasons, images/s).
     """
     items = dict(images) if isinstance(images, Mapping) else {Path(p).stem: Path(p) for p in images}
     if len(items) != len(images):
@@ -607,6 +740,12 @@ def extract(
         raise InputError(f"scales must be positive, got {list(scales)}")
     if batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise InputError(f"workers must be 0 or more, got {workers}")
+    if max_pixels < 1:
+        raise InputError(f"the pixel limit must be at least 1, got {max_pixels}")
+    if classes is not None and (classes.keys() != items.keys() or not all(c.isascii() for c in classes.values())):
+        raise InputError("classes must give one ASCII class name for every image id")
     output = Path(output)
     ids = sorted(items)
     rank, world, torch_device, started = _distributed(device)
@@ -617,10 +756,11 @@ def extract(
     half = on_gpu if half is None else half
     sizes = view_sizes(model, scales)
     config = extraction_config(model, scales, flip)
-    shard = ids[rank * len(ids) // world:(rank + 1) * len(ids) // world]
+    shards = [ids[r * len(ids) // world:(r + 1) * len(ids) // world] for r in range(world)]
+    shard = shards[rank]
+    stamps = {i: file_stamp(items[i]) for i in shard}  # before reading: a file changed later is seen as changed
     partial = _PartialWriter(_partial_path(output, rank, world), config, resume)
-    done = set(partial.done)
-    todo = [i for i in shard if i not in done]
+    todo = [i for i in shard if partial.done.get(i) != stamps[i]]
     model = model.to(torch_device, memory_format=torch.channels_last if on_gpu else torch.preserve_format)
     model = model.half() if half else model.float()
     model.eval()
@@ -642,11 +782,14 @@ def extract(
                         raise InputError(f"{items[todo[position]]}: {reason}")
                     broken[todo[position]] = reason
                 if positions:
-                    partial.append([todo[p] for p in positions], _embed(model, grouped, len(positions), flip))
+                    batch_ids = [todo[p] for p in positions]
+                    descriptors = _embed(model, grouped, len(positions), flip)
+                    _refuse_non_finite(descriptors, batch_ids, half)
+                    partial.append(batch_ids, descriptors, [stamps[i] for i in batch_ids])
                 if batch_broken:
-                    partial.record_broken(broken)
+                    partial.record_broken(broken, stamps)
                 bar.update(len(positions) + len(batch_broken))
-        partial.record_broken(broken)
+        partial.record_broken(broken, stamps)
     finally:
         partial.close()
     seconds = time.perf_counter() - start
@@ -657,16 +800,33 @@ def extract(
                                   "model": model.name, "dimension": model.dim, "device": str(torch_device),
                                   "decoder": decoder}
     _barrier(world)
-    if rank == 0:
-        parts = [_partial_path(output, r, world) for r in range(world)]
-        final_attrs = provenance(**config, **(attrs or {}), n_images=len(ids), decoder=decoder)
-        extracted, all_broken = _merge(parts, output, ids, final_attrs)
-        for part in parts:
-            part.unlink()
-        summary.update(extracted=extracted, broken=all_broken)
-    else:
-        summary.update(broken=broken)
-    _barrier(world)
-    if started:
-        torch.distributed.destroy_process_group()
+    try:
+        if rank == 0:
+            summary.update(_finish(output, world, shards, provenance(**config, **(attrs or {}), n_images=len(ids),
+                                                                       decoder=decoder), classes, max_broken))
+        else:
+            summary.update(broken=broken)
+    finally:
+        _barrier(world)  # reached by every rank even when rank 0 fails, so that none waits forever
+        if started:
+            torch.distributed.destroy_process_group()
     return summary
+
+
+def _finish(output: Path, world: int, shards: Sequence[Sequence[str]], attrs: dict[str, object],
+            classes: Mapping[str, str] | None, max_broken: float) -> dict[str, object]:
+    """Merge the ranks' partial logs into ``output`` and delete them; warn when too many images are broken."""
+    parts = [_partial_path(output, r, world) for r in range(world)]
+    try:
+        extracted, broken = _merge(parts, output, shards, attrs, classes)
+    except NoImageRead:
+        for part in parts:
+            part.unlink()  # they hold nothing but the reasons, which the error gives
+        raise
+    for part in parts:
+        part.unlink()
+    images = extracted + len(broken)
+    if len(broken) > max_broken * images:
+        warnings.warn(f"{output}: {len(broken):,} of {images:,} images ({len(broken) / images:.1%}) are broken, "
+                      f"more than {max_broken:.1%} (listed in its attribute 'broken')", stacklevel=3)
+    return {"extracted": extracted, "broken": broken}

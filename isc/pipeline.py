@@ -1,7 +1,8 @@
 """The whole pipeline in one call: download → extract → whiten → search → eval → submit.
 
 Each step is skipped when its outputs are complete: downloads are checked against the metadata's MD5s,
-descriptor files against the image ids and the model, derived files (PCA, whitened descriptors,
+descriptor files against the image ids, the model and the size and modification time of every image
+(a replaced image is extracted again), derived files (PCA, whitened descriptors,
 predictions, submissions) by being newer than their inputs. An interrupted run, re-run with the same
 arguments, goes on where it stopped. Files under the work folder::
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from isc import download, synth
-from isc.extract import extract, extraction_config, is_complete, list_split_images
+from isc.extract import check_device, extract, extraction_config, is_complete, list_split_images
 from isc.io import (
     DESCRIPTOR_TRACK_MAX_DIM,
     MATCHING_TRACK_MAX_ROWS,
@@ -142,6 +143,16 @@ def _fresh(outputs: Iterable[Path], inputs: Iterable[Path]) -> bool:
     return min(p.stat().st_mtime_ns for p in outputs) >= newest_input
 
 
+def planned_outputs(config: RunConfig) -> list[Path]:
+    """The files a run of ``config`` may write (descriptors, predictions, submissions and their manifests)."""
+    work, phases = Path(config.work), sorted(config.phases)
+    names = ["training", "reference", *(f"query_phase{p}" for p in phases)]
+    submissions = [default_submission_path(config.submissions, track, p)
+                   for p in phases for track in ("matching", "descriptors")]
+    return [work / "run_summary.json", *(work / "descriptors" / f"{name}.h5" for name in names),
+            *(work / f"predictions_phase{p}.csv" for p in phases), *submissions, *map(manifest_path, submissions)]
+
+
 class Pipeline:
     """``Pipeline(config).run()`` runs every step of :class:`RunConfig` and returns a :class:`RunSummary`."""
 
@@ -151,6 +162,7 @@ class Pipeline:
         unknown = set(config.phases) - set(PHASES)
         if unknown or not config.phases:
             raise InputError(f"phases are 1 and 2, got {sorted(config.phases)}")
+        check_device(config.device)
         self.config = config
         self.work = Path(config.work)
         self.data = Path(config.data) if config.data else self.work / "data"
@@ -215,7 +227,7 @@ class Pipeline:
         """Describe every split (queries per phase); returns the descriptor files by name."""
         c = self.config
         files = {}
-        options = {"image_size": c.image_size} if c.image_size else {}
+        options = {"image_size": c.image_size} if c.image_size is not None else {}
         model = create_model(c.model, checkpoint=c.checkpoint, **options)
         config = extraction_config(model)
         for split in SPLITS:

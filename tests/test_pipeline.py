@@ -187,8 +187,6 @@ def test_demo_generates_serves_and_submits(tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--demo", "--data", "{tmp}"], "leave out --data"),
-    (["--limit", "0"], "--limit must be at least 1"),
-    (["--pca-dim", "-3", "--data", "{mini}"], "PCA dimension"),
     (["--data", "{tmp}/nowhere"], "no such folder"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, mini_dataset, capsys):

