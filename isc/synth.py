@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
@@ -39,6 +40,9 @@ from isc.io import (
     write_ground_truth,
     write_metadata,
 )
+
+if TYPE_CHECKING:
+    from isc.photos import BaseSource, PhotoOptions
 
 MANIFEST = "isc_synth.json"
 SPLIT_CODES = {"reference": 1, "training": 2, "query": 3}  # the second word of every image's seed
@@ -504,6 +508,7 @@ class _Task:
     image_id: str
     source: str | None = None  # for a query, the reference file it copies (None: a distractor)
     background: str | None = None  # for a query, a training image that edits may paste it onto
+    base: BaseSource | None = None  # the photo tile or drawing to draw from (None: a procedural image)
 
 
 def image_id(split: str, index: int) -> str:
@@ -531,7 +536,7 @@ def _make_image(task: _Task, out_dir: Path, seed: int, min_size: int, max_size: 
     edits: list[str] = []
     if task.split == "query":
         if task.source is None:  # a distractor: an image that is in neither the references nor the training set
-            original = base_image(rng, min_size, max_size)
+            original = _base_image(task, rng, min_size, max_size)
         else:
             with Image.open(task.source) as f:
                 original = f.convert("RGB")
@@ -547,13 +552,21 @@ def _make_image(task: _Task, out_dir: Path, seed: int, min_size: int, max_size: 
                                  Image.Resampling.BILINEAR)
         quality = int(rng.integers(60, 96))
     else:
-        image = base_image(rng, min_size, max_size)
+        image = _base_image(task, rng, min_size, max_size)
         quality = int(rng.integers(85, 98))  # photos as shared online: high quality, fine grain
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     data = buffer.getvalue()
     _write_atomic(out_dir / f"{task.split}_images" / f"{task.image_id}.jpg", data)
     return task.image_id, hashlib.md5(data).hexdigest(), edits
+
+
+def _base_image(task: _Task, rng: np.random.Generator, min_size: int, max_size: int) -> Image.Image:
+    if task.base is None:
+        return base_image(rng, min_size, max_size)
+    from isc.photos import render_base  # here only: isc.photos imports this module
+
+    return render_base(task.base, rng, min_size, max_size)
 
 
 def _run_task(args: tuple[_Task, Path, int, int, int]) -> tuple[str, str, list[str]]:
@@ -600,11 +613,13 @@ def generate_dataset(
     match_fraction: float = 0.5,
     workers: int | None = None,
     quiet: bool = False,
+    base_images: PhotoOptions | None = None,
 ) -> dict[str, int]:
     """Write a synthetic dataset in the competition's layout under ``out_dir``; returns counts.
 
     ``match_fraction`` of the queries of each phase are edited copies of random references, the others
     edited images found nowhere else. Images' long sides lie in [min_size, max_size] (queries up to twice).
+    ``base_images``: cut the base images from real photos and drawings (:mod:`isc.photos`), not procedural ones.
     """
     import pandas as pd  # here only: isc-train imports this module for its edits, on machines without pandas
 
@@ -618,12 +633,16 @@ def generate_dataset(
         raise InputError(f"image sizes need 8 <= min_size <= max_size, got {min_size} and {max_size}")
     if not 0 <= match_fraction <= 1:
         raise InputError(f"match fraction must be in [0, 1], got {match_fraction}")
+    if base_images is not None:
+        base_images.check()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     for split in ("query", "reference", "training"):
         (out_dir / f"{split}_images").mkdir(parents=True, exist_ok=True)
     params = {"seed": seed, "references": references, "queries": queries, "phase2_queries": phase2_queries,
               "training": training, "min_size": min_size, "max_size": max_size, "match_fraction": match_fraction}
+    if base_images is not None:
+        params["base_images"] = base_images.params()
     # written first, so that an interrupted run can be overwritten by the next one
     _write_json(out_dir / MANIFEST, {"generator": "isc-synth", "isc_version": isc.__version__, "complete": False, "params": params})
 
@@ -638,6 +657,11 @@ def generate_dataset(
                    for i in plan_rng.integers(0, training, len(query_ids))] if training else [None] * len(query_ids)
     second_stage = [_Task("query", int(q[1:]), q, ref_path.get(matches.get(q, "")), background)
                     for q, background in zip(query_ids, backgrounds, strict=True)]
+    if base_images is not None:  # tiles of photos and drawings, each used once, instead of procedural images
+        from isc.photos import with_base_images
+
+        tasks = with_base_images(first_stage + second_stage, base_images, seed, quiet)
+        first_stage, second_stage = tasks[:len(first_stage)], tasks[len(first_stage):]
 
     common = (out_dir, seed, min_size, max_size)
     results: dict[str, tuple[str, list[str]]] = {}
@@ -671,7 +695,9 @@ def generate_dataset(
                "phase2_matches": sum(1 for q in query_ids[queries:] if q in matches)}
     _write_json(out_dir / MANIFEST, {"generator": "isc-synth", "isc_version": isc.__version__, "complete": True,
                                      "params": params, "summary": summary,
-                                     "query_edits": {q: results[q][1] for q in query_ids}})
+                                     "query_edits": {q: results[q][1] for q in query_ids},
+                                     **({"base_images": {t.image_id: t.base.record() for t in first_stage + second_stage
+                                                         if t.base is not None}} if base_images else {})})
     return summary
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from skimage import data
 
 from isc.extract import extract
 from isc.models import create_model
@@ -37,6 +36,8 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immu
 
 def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
     """``count`` JPEGs 400-800 px a side: crops of real photos, resized, with sensor-like noise."""
+    from skimage import data  # here: gpu_check.py imports this script on machines without it
+
     rng = np.random.default_rng(seed)
     photos = [np.asarray(getattr(data, name)())[..., :3] for name in PHOTOS]
     folder.mkdir(parents=True, exist_ok=True)
