@@ -65,6 +65,7 @@ PER_FILE_ATTRIBUTES = frozenset({
     "split", "isc_version", "n_images", "broken", "n_broken", "decoder", "device", "batch_size", "workers",
     "world_size", "rank", "processed", "resumed", "seconds", "images_per_second", "output", "source",
     "data_root", "images", "command", "created", "created_utc", "timestamp", "host", "hostname",
+    "phase", "ids", "broken_stamps",  # which images of the split a file holds, not how they were described
 })
 EXAMPLES = 5  # ids quoted in an aggregated violation
 WRONG_FIELD_COUNT = "wrong number of fields"
