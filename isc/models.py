@@ -320,7 +320,7 @@ class OnnxGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.uint8:
-            pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+            pixels = images.float().mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         else:
             pixels = images.float()
         array = np.ascontiguousarray(pixels.cpu().numpy(), dtype=self.dtype)
@@ -333,6 +333,8 @@ class OnnxGraph(nn.Module):
 def _session_options(ort):
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: onnxruntime's warnings about unused initialisers are noise
+    # idle threads that spin between batches take the CPU from the image-decoding workers
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

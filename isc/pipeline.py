@@ -392,7 +392,7 @@ def run_demo(config: RunConfig, seed: int = 0, **sizes: int) -> RunSummary:
     steps = [Step("synth", "mini dataset", images, round(time.perf_counter() - began, 2), bool(fresh),
                   "up to date" if fresh else f"generated in {mini}")]
     began = time.perf_counter()
-    with LocalS3Server(mini, regions=["us-west"]) as server:
+    with LocalS3Server(mini, regions=["us-west"], quiet=config.quiet) as server:
         steps.append(Step("serve", "local S3", None, round(time.perf_counter() - began, 2), False,
                           f"{server.endpoint_url} (bucket {REGION_BUCKETS['us-west']})"))
         config.endpoint_url, config.region, config.data = server.endpoint_url, "us-west", None

@@ -24,7 +24,9 @@ from isc.submit import check_matching_csv, file_md5, read_manifest
 # small and fast: 64-pixel inputs, 16-dimensional whitening (the mini dataset has 40 training images)
 FAST = {"image_size": 64, "pca_dim": 16, "batch_size": 8, "workers": 0, "quiet": True}
 RUN = [sys.executable, "-m", "isc.cli.run"]
-FAST_ARGS = ["--image-size", "64", "--pca-dim", "16", "--batch-size", "8", "--workers", "0"]
+# the model named: without --model isc-run takes sscd where it is installed
+FAST_ARGS = ["--model", "efficientnet_lite0", "--image-size", "64", "--pca-dim", "16", "--batch-size", "8",
+             "--workers", "0"]
 
 
 def ground_truth_files(mini_dataset: Path) -> list[Path]:

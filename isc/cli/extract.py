@@ -123,12 +123,10 @@ def run(args: argparse.Namespace) -> int:
     options = {key: value for key, value in
                {"image_size": args.image_size, "resize": args.resize, "pool": args.pool, "dim": args.dim}.items()
                if value is not None}
-    model_name = args.model
-    if not args.model and not args.checkpoint:
-        model_name, why = default_model()
-        if not args.quiet:
-            print(f"isc-extract: no --model given, using {model_name}; {why}", file=sys.stderr)
+    model_name, why = (args.model, None) if args.model or args.checkpoint else default_model()
     model = create_model(model_name, checkpoint=args.checkpoint, pretrained=args.pretrained, **options)
+    if why and not args.quiet:
+        print(f"isc-extract: no --model given, using {model_name}; {why}", file=sys.stderr)
     source = f"{args.data}/{args.split}_images" if args.split else args.images
     try:
         summary = extract(

