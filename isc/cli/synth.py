@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from isc.cli.common import check_outputs, non_negative_float, non_negative_int, positive_int, run_command
+from isc.photos import PhotoOptions
 from isc.synth import generate_dataset
 
 
@@ -34,17 +36,39 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fraction of the queries of each phase that copy a reference (default: %(default)s)")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="processes drawing images (default: one per CPU core); the output does not depend on it")
+    photos = parser.add_argument_group(
+        "base images from real photos",
+        "cut the references, training images and distractor queries from photos (and drawings) instead of "
+        "drawing them: non-overlapping tiles, only detailed ones, each photo feeding one split, each tile and "
+        "drawing used once (see scripts/fetch_photos.py for a free offline source)")
+    photos.add_argument("--photos", metavar="DIR", default=None, help="folder of photos (searched recursively)")
+    photos.add_argument("--drawings", metavar="DIR", default=None,
+                        help="folder of drawings (PNG clip art), composed on plain backgrounds to fill what the "
+                        "photos cannot give")
+    photos.add_argument("--tile-size", type=positive_int, default=512,
+                        help="side of the square tiles cut from the photos, in the photos' pixels (default: %(default)s)")
+    photos.add_argument("--max-tiles-per-photo", type=positive_int, default=12,
+                        help="at most this many tiles of one photo (default: %(default)s)")
+    photos.add_argument("--min-detail", type=non_negative_int, default=300,
+                        help="keep a tile or drawing when a 64x64 grey JPEG of it takes at least this many bytes "
+                        "more than a flat one: drops sky, gradients, blur (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    check_outputs(folders=[args.out_dir])
+    check_outputs(inputs=[args.photos, args.drawings], folders=[args.out_dir])
+    base_images = None
+    if args.photos is not None or args.drawings is not None:
+        base_images = PhotoOptions(
+            photos=None if args.photos is None else Path(args.photos),
+            drawings=None if args.drawings is None else Path(args.drawings),
+            tile_size=args.tile_size, max_tiles_per_photo=args.max_tiles_per_photo, min_detail=args.min_detail)
     start = time.perf_counter()
     summary = generate_dataset(
         args.out_dir, seed=args.seed, references=args.references, queries=args.queries,
         phase2_queries=args.phase2_queries, training=args.training, min_size=args.min_size, max_size=args.max_size,
-        match_fraction=args.match_fraction, workers=args.workers, quiet=args.quiet,
+        match_fraction=args.match_fraction, workers=args.workers, quiet=args.quiet, base_images=base_images,
     )
     if not args.quiet:
         print(f"{args.out_dir}: {summary['references']} references, {summary['training']} training images, "
