@@ -53,6 +53,13 @@ def _number(text: str, kind: type) -> int | float:
     return value
 
 
+def _at_least(kind: type, text: str, minimum: int, strictly: bool = False) -> int | float:
+    value = _number(text, kind)
+    if value < minimum or (strictly and value == minimum):
+        raise argparse.ArgumentTypeError(f"must be {'>' if strictly else '>='} {minimum}, got {text!r}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """Any finite float (nan and inf refused)."""
     return _number(text, float)
@@ -60,34 +67,22 @@ def finite_float(text: str) -> float:
 
 def positive_float(text: str) -> float:
     """A finite float > 0."""
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
+    return _at_least(float, text, 0, strictly=True)
 
 
 def non_negative_float(text: str) -> float:
     """A finite float >= 0."""
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
+    return _at_least(float, text, 0)
 
 
 def positive_int(text: str) -> int:
     """An integer >= 1."""
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return value
+    return _at_least(int, text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0."""
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
+    return _at_least(int, text, 0)
 
 
 def port_number(text: str) -> int:
