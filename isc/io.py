@@ -236,10 +236,14 @@ def read_descriptor_attrs(path: str | Path) -> dict[str, object]:
         return _attrs(f)
 
 
-def read_descriptors(path: str | Path, split: str | None = None) -> tuple[list[str], np.ndarray, dict[str, object]]:
+def read_descriptors(
+    path: str | Path, split: str | None = None, views: bool = False
+) -> tuple[list[str], np.ndarray, dict[str, object]]:
     """Read a descriptor file: (ids, float32 descriptors [n, d], attributes); ids checked against ``split``.
 
     Both layouts of :data:`DESCRIPTOR_LAYOUTS` are read; the organisers' has no attributes but ``dimension``.
+    An id may repeat only with ``views`` and in a file whose attribute ``views_per_id`` says that its rows
+    are several views (crops) of each image; anywhere else a repeated id is an error.
     """
     with _open_h5(path) as f:
         layout = _descriptor_layout(f, path)
@@ -258,7 +262,7 @@ def read_descriptors(path: str | Path, split: str | None = None) -> tuple[list[s
     import pandas as pd
 
     duplicated = pd.Index(ids).duplicated()
-    if duplicated.any():
+    if duplicated.any() and not (views and attrs.get("views_per_id")):
         row = int(np.flatnonzero(duplicated)[0])
         raise InputError(f"{path}: id {ids[row]} appears more than once (row {row})")
     return ids, descriptors, attrs

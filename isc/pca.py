@@ -108,20 +108,55 @@ def learn_pca_file(train: str | Path, output: str | Path, dim: int = DESCRIPTOR_
     return pca
 
 
-def apply_pca_file(pca: PCAWhitening | str | Path, descriptors_file: str | Path, output: str | Path) -> int:
+def concatenate_descriptors(parts: list[np.ndarray], weights: list[float] | None = None) -> np.ndarray:
+    """An ensemble's descriptors: each part L2-normalised and scaled by its weight, concatenated, L2-normalised.
+
+    A weight sets the part's share of the inner product: w² of that model's cosine similarity.
+    """
+    weights = [1.0] * len(parts) if weights is None else weights
+    if len(parts) < 2 or len(weights) != len(parts):
+        raise InputError(f"an ensemble needs at least 2 parts and one weight per part, got {len(parts)} parts "
+                         f"and {len(weights)} weights")
+    if len({len(part) for part in parts}) != 1:
+        raise InputError(f"the parts have different numbers of rows: {[len(part) for part in parts]}")
+    scaled = [np.asarray(part, dtype=np.float32) * np.float32(weight)
+              / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12).astype(np.float32)
+              for part, weight in zip(parts, weights, strict=True)]
+    joined = np.hstack(scaled)
+    return joined / np.maximum(np.linalg.norm(joined, axis=1, keepdims=True), 1e-12)
+
+
+def _check_pca_input(pca: PCAWhitening, path: str | Path, attrs: dict[str, object]) -> None:
+    learnt, given = pca.attrs.get("model_fingerprint"), attrs.get("model_fingerprint")
+    if learnt and given and learnt != given:
+        raise InputError(f"{path}: made by model {attrs.get('model')} ({given}), but the PCA was "
+                         f"learnt on descriptors of {pca.attrs.get('model')} ({learnt})")
+    if "pca" in attrs:
+        raise InputError(f"{path}: already PCA-whitened (attribute pca={attrs['pca']})")
+
+
+def apply_pca_file(pca: PCAWhitening | str | Path, descriptors_file: str | Path, output: str | Path,
+                   negatives: str | Path | None = None, neg_beta: float = 0.25, neg_k: int = 3,
+                   quiet: bool = True) -> int:
     """Whiten a descriptor file into ``output`` (same ids, attributes extended); returns the rows written.
 
     Refuses descriptors of another model than the PCA's training descriptors (model fingerprints differ).
+    ``negatives``: a training descriptor file, whitened alike, whose ``neg_k`` nearest descriptors are
+    subtracted from each output descriptor with weight ``neg_beta``
+    (:func:`isc.search.subtract_negative_embeddings`).
     """
+    from isc.search import subtract_negative_embeddings
+
     pca = pca if isinstance(pca, PCAWhitening) else PCAWhitening.load(pca)
-    ids, descriptors, attrs = read_descriptors(descriptors_file)
-    learnt, given = pca.attrs.get("model_fingerprint"), attrs.get("model_fingerprint")
-    if learnt and given and learnt != given:
-        raise InputError(f"{descriptors_file}: made by model {attrs.get('model')} ({given}), but the PCA was "
-                         f"learnt on descriptors of {pca.attrs.get('model')} ({learnt})")
-    if "pca" in attrs:
-        raise InputError(f"{descriptors_file}: already PCA-whitened (attribute pca={attrs['pca']})")
+    ids, descriptors, attrs = read_descriptors(descriptors_file, views=True)
+    _check_pca_input(pca, descriptors_file, attrs)
     whitened = pca.apply(descriptors)
+    extra: dict[str, object] = {}
+    if negatives is not None:
+        _, training, training_attrs = read_descriptors(negatives)
+        _check_pca_input(pca, negatives, training_attrs)
+        whitened = subtract_negative_embeddings(whitened, pca.apply(training), neg_beta, neg_k, quiet=quiet)
+        extra["negative_embeddings"] = json.dumps({"training": str(negatives), "beta": neg_beta, "k": neg_k})
     write_descriptors(output, ids, whitened, {**attrs, "pca": json.dumps(pca.attrs), "pca_whiten": pca.whiten,
-                                              "normalized": True})
+                                              "normalized": True, **extra})
     return len(ids)

@@ -343,6 +343,28 @@ def neighbor_bias(
     return (similarities.mean(axis=1) if agg == "mean" else similarities.min(axis=1)).astype(np.float32)
 
 
+def subtract_negative_embeddings(
+    descriptors: np.ndarray, training: np.ndarray, beta: float, k: int, backend: str = "auto", quiet: bool = True
+) -> np.ndarray:
+    """``normalize(x − β · mean of x's k nearest training descriptors)``, float32 [n, d].
+
+    The descriptor-track counterpart of score normalisation (1st place of the ISC 2021 descriptor
+    track): what a descriptor shares with its nearest unrelated images is removed from the descriptor
+    itself. ``training`` must not hold the descriptors themselves (each would subtract itself).
+    """
+    if not np.isfinite(beta) or beta < 0:
+        raise InputError(f"negative-embedding beta must be a finite number >= 0, got {beta}")
+    if not 1 <= k <= len(training):
+        raise InputError(f"negative-embedding k must be between 1 and the {len(training)} training descriptors, "
+                         f"got {k}")
+    descriptors = prepare_descriptors(descriptors, "descriptor")
+    training = prepare_descriptors(training, "training")
+    _check_pair(descriptors, training, "descriptor and training")
+    neighbours = knn(descriptors, training, k, "ip", backend, quiet)[1]
+    subtracted = descriptors - np.float32(beta) * training[neighbours].mean(axis=1)
+    return subtracted / np.maximum(np.linalg.norm(subtracted, axis=1, keepdims=True), 1e-12)
+
+
 # ------------------------------------------------------------------------------- approximate search
 
 
@@ -390,8 +412,8 @@ def search(
     k: int = 10,
     max_results: int = 500_000,
     training: np.ndarray | None = None,
-    norm_beta: float = 1.0,
-    norm_neighbors: tuple[int, int] = (1, 3),
+    norm_beta: float = 0.5,
+    norm_neighbors: tuple[int, int] = (10, 10),
     norm_agg: str = "mean",
     normalize_references: bool = False,
     backend: str = "auto",
@@ -403,12 +425,16 @@ def search(
     """Matching-track predictions: each query's ``k`` best references, the best ``max_results`` kept.
 
     Scores are inner products of L2-normalised descriptors. With ``training``, each query's score is
-    normalised: ``s'(q, r) = s(q, r) − β·bias(q)`` with :func:`neighbor_bias`; with
+    normalised: ``s'(q, r) = s(q, r) − β·bias(q)`` with :func:`neighbor_bias` (defaults β = 0.5 and the
+    10th neighbour: the best measured on photos, docs/BENCHMARKS.md, above SSCD's β = 1, 1st-3rd); with
     ``normalize_references`` also ``− β·bias(r)``, folded into the search (an extra dimension) so that
     each query's k best are those of the normalised score. ``index``: a FAISS index string for an
     approximate search (``"IVF1024,Flat"``, ``"IVF1024,PQ32"``), trained on ``training`` when given,
     else on the references; its recall against the exact search, on ``recall_queries`` queries, is
     reported on stderr and in ``result.attrs["recall"]``.
+    A query id may repeat: its rows are views of one query (crops, scales), each normalised on its own,
+    and a (query, reference) pair scores its best view's score, once; the query keeps its ``k`` best
+    references over all its views.
     Returns a DataFrame ``query_id, reference_id, score`` sorted by decreasing score.
     """
     if len(query_ids) != len(query) or len(reference_ids) != len(reference):
@@ -447,7 +473,10 @@ def search(
             print(f"index {index} (nprobe {nprobe}): recall@{k} against exact search {recall:.4f} "
                   f"on {len(sample)} queries", flush=True)
     scores = scores - query_bias[:, None]
-    result = top_pairs(query_ids, reference_ids, scores, indices, max_results)
+    if len(set(query_ids)) < len(query_ids):
+        result = best_view_pairs(top_pairs(query_ids, reference_ids, scores, indices, scores.size), k, max_results)
+    else:
+        result = top_pairs(query_ids, reference_ids, scores, indices, max_results)
     result.attrs["recall"] = recall
     return result
 
@@ -470,6 +499,14 @@ def top_pairs(
         "reference_id": np.asarray(reference_ids, dtype=object)[indices[rows, cols]],
         "score": flat.astype(np.float64),
     })
+
+
+def best_view_pairs(pairs: pd.DataFrame, k: int, max_results: int) -> pd.DataFrame:
+    """Of pairs sorted by decreasing score whose query ids repeat (views): each pair's best score, each
+    query's ``k`` best references, the ``max_results`` best pairs."""
+    best = pairs.drop_duplicates(["query_id", "reference_id"], keep="first")
+    best = best[best.groupby("query_id", sort=False).cumcount() < k]
+    return best.head(max_results).reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------- descriptor files
@@ -523,21 +560,24 @@ def search_files(
 ) -> pd.DataFrame:
     """:func:`search` over descriptor files: writes the predictions CSV ``output`` and its provenance sidecar.
 
-    ``phase``: keep only that phase's queries. The files must come from the same model
-    (:func:`check_same_model`). ``options``: keyword arguments of :func:`search`. The sidecar
+    ``phase``: keep only that phase's queries. Query rows may be several views of each query (a file
+    with the attribute ``views_per_id``), each pair scored by its best view. The files must come from the
+    same model (:func:`check_same_model`). ``options``: keyword arguments of :func:`search`. The sidecar
     ``<output>.provenance.json``, which isc-submit records in the submission's manifest, holds the
     options, each input's path, size and model attributes, and the toolkit version.
     """
     from isc.submit import PROVENANCE_SUFFIX, model_attributes  # isc.submit imports this module
 
     paths = {"query": query, "reference": reference, **({"training": training} if training is not None else {})}
-    files = {split: read_descriptors(path, split=split) for split, path in paths.items()}
+    files = {split: read_descriptors(path, split=split, views=split == "query") for split, path in paths.items()}
     query_ids, query_x, _ = files["query"]
     if phase is not None:
         query_ids, query_x = phase_queries(query_ids, query_x, phase, query)
     for split in list(files)[1:]:  # reference, training: a clearer message than "dimension: a != b" below
         _check_pair(query_x, files[split][1], f"query and {split}")
-    check_same_model([(paths[split], attrs) for split, (_, _, attrs) in files.items()], ignore_attributes)
+    # views of the queries (crops) are made by the same model: not a model difference
+    check_same_model([(paths[split], attrs) for split, (_, _, attrs) in files.items()],
+                     [*ignore_attributes, "views_per_id"])
     reference_ids, reference_x, _ = files["reference"]
     training_x = files["training"][1] if "training" in files else None
     predictions = search(query_ids, query_x, reference_ids, reference_x, training=training_x, **options)

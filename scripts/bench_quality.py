@@ -9,6 +9,10 @@ only, as SSCD's evaluation; with --normalize-references also the reference's).
 
     isc-synth /work/photoset --photos photos/ --drawings drawings/ ...        # see docs/BENCHMARKS.md
     python scripts/bench_quality.py --data /work/photoset --models efficientnet_lite0,pdq,sscd,sscd_distilled
+
+With --recipe, instead one row per option beyond SSCD's recipe (score normalisation grid, query crops,
+negative-embedding subtraction, PCA-whitening or truncation to 256, ensembles), each with its difference
+to sscd raw and a 95% bootstrap interval over the queries (docs/BENCHMARKS.md, "Beating SSCD's recipe").
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from isc.extract import extract, extraction_config, is_complete, list_split_images, select_split_images
 from isc.io import atomic_path, read_descriptors, read_ground_truth
 from isc.metrics import evaluate
 from isc.models import create_model
-from isc.search import knn, parse_neighbor_range, search
+from isc.pca import concatenate_descriptors, learn_pca
+from isc.search import knn, parse_neighbor_range, search, subtract_negative_embeddings
 
 SPLITS = ("query", "reference", "training")
 
@@ -55,6 +61,43 @@ def descriptors(root: Path, phase: int, model_name: str, work: Path, quiet: bool
     return out, seconds
 
 
+def crop_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """Boxes of a query's crops: the four corners and the centre, each 2/3 of the image in both directions
+    (so the corner crops overlap), for a copy that fills only part of the query (overlay, screenshot)."""
+    w, h = round(width * 2 / 3), round(height * 2 / 3)
+    corners = [(0, 0), (width - w, 0), (0, height - h), (width - w, height - h), ((width - w) // 2, (height - h) // 2)]
+    return [(x, y, x + w, y + h) for x, y in corners]
+
+
+def crop_descriptors(root: Path, phase: int, model_name: str, work: Path, quiet: bool) -> tuple[list[str], np.ndarray]:
+    """Query ids, each repeated once per view (the full image and its :func:`crop_boxes`), and the views'
+    unit-length descriptors: the several-rows-per-query input of :func:`isc.search.search`."""
+    from PIL import Image
+
+    queries = select_split_images(list_split_images(root, "query"), "query", phase)
+    folder = work / f"crops{phase}"
+    folder.mkdir(exist_ok=True)
+    views = {}
+    for qid, path in queries.items():
+        views[f"{qid}.c0"] = path
+        boxes = None
+        for n in range(1, 6):
+            target = folder / f"{qid}.c{n}.jpg"
+            if not target.is_file():
+                with Image.open(path) as image:
+                    image = image.convert("RGB")
+                    boxes = boxes or crop_boxes(*image.size)
+                    with atomic_path(target) as tmp:
+                        image.crop(boxes[n - 1]).save(tmp, format="JPEG", quality=95)
+            views[f"{qid}.c{n}"] = target
+    model = create_model(model_name)
+    output = work / f"{model_name.replace(':', '_').replace('/', '_')}_query{phase}_crops.h5"
+    if not is_complete(output, views, extraction_config(model)):
+        extract(views, output, model, device="cpu", quiet=quiet, resume=False)
+    ids, vectors, _ = read_descriptors(output)
+    return [i.rsplit(".c", 1)[0] for i in ids], vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 def near_duplicates(ids: list[str], vectors: np.ndarray, threshold: float) -> list[tuple[float, str, str]]:
     """(similarity, id, id) of the pairs of distinct images at least ``threshold`` alike, most alike first."""
     scores, neighbours = knn(vectors, vectors, min(6, len(ids)), "ip", quiet=True)
@@ -80,6 +123,121 @@ def matchings(args: argparse.Namespace) -> list[tuple[str, dict]]:
     return rows
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def bootstrap_muap(predictions: pd.DataFrame, truth: pd.DataFrame, weights: np.ndarray) -> np.ndarray:
+    """µAP of ``predictions`` on each resample of the queries: ``weights`` [resamples, queries of ``truth``]
+    counts each query's copies (ties in score are ranked in file order here, so it may differ from
+    :func:`evaluate` in the third decimal)."""
+    row = {qid: i for i, qid in enumerate(truth["query_id"])}
+    positive = set(zip(truth["query_id"], truth["reference_id"], strict=True))
+    ranked = predictions.sort_values("score", ascending=False, kind="stable")
+    queries = np.array([row[q] for q in ranked["query_id"]])
+    correct = np.array([pair in positive for pair in zip(ranked["query_id"], ranked["reference_id"], strict=True)])
+    w = weights[:, queries]
+    precision = np.cumsum(w * correct, axis=1) / np.maximum(np.cumsum(w, axis=1), 1)  # 0 where no copy yet
+    n_positives = weights[:, (truth["reference_id"] != "").to_numpy()].sum(axis=1)
+    return (w * correct * precision).sum(axis=1) / n_positives
+
+
+def recipe_configurations(sets: dict, track: str) -> list[tuple[str, dict, dict]]:
+    """(label, {split: (ids, descriptors)}, search options) of every configuration of the recipe table."""
+    (qids, q), (rids, r), (_, t) = sets["sscd"]
+    rows = []
+    if track == "matching":
+        rows.append(("sscd 512, raw", sets["sscd"], {}))  # the baseline of the bootstrap column
+        for beta in (0.25, 0.5, 0.75, 1.0):
+            for text in ("1:1", "1:3", "1:10", "10:10"):
+                for refs in (False, True):
+                    options = {"norm_beta": beta, "norm_neighbors": parse_neighbor_range(text),
+                               "normalize_references": refs}
+                    rows.append((f"sscd 512, norm β={beta:g} n={text}{' +refs' if refs else ''}", sets["sscd"], options))
+        pca = learn_pca(t, 256)  # isc-run's matching track: whitened descriptors, then normalised scores
+        whitened = [(qids, pca.apply(q)), (rids, pca.apply(r)), (None, pca.apply(t))]
+        rows.append(("sscd PCA-whitened 256, raw", whitened, {}))
+        for beta, text in ((0.25, "10:10"), (0.5, "1:3"), (0.5, "10:10"), (1.0, "1:3"), (1.0, "10:10")):
+            rows.append((f"sscd PCA-whitened 256, norm β={beta:g} n={text}", whitened,
+                         {"norm_beta": beta, "norm_neighbors": parse_neighbor_range(text)}))
+        best = {"norm_beta": 0.5, "norm_neighbors": (10, 10)}
+        # several descriptors per query: the matching track only (the descriptor track takes one per image)
+        (cq, crops), _, _ = sets["sscd+crops"]
+        crops_whitened = [(cq, pca.apply(crops)), *whitened[1:]]
+        rows += [("sscd+crops PCA-whitened 256, raw", crops_whitened, {}),
+                 ("sscd+crops PCA-whitened 256, norm β=0.5 n=10:10", crops_whitened, best)]
+        for name in ("sscd+crops", "ensemble sscd+sscd_distilled", "ensemble sscd+lite0", "ensemble all three",
+                     "average sscd,sscd_distilled"):
+            if name in sets:
+                rows += [(f"{name}, raw", sets[name], {}), (f"{name}, norm β=0.5 n=10:10", sets[name], best)]
+        return rows
+    pca = learn_pca(t, 256)
+    whitened = [(qids, pca.apply(q)), (rids, pca.apply(r)), (None, pca.apply(t))]
+    truncated = [(qids, unit(q[:, :256])), (rids, unit(r[:, :256])), (None, unit(t[:, :256]))]
+    plain = learn_pca(t, 256, whiten=False)
+    rows += [("sscd 512 (over the limit), raw", sets["sscd"], {}), ("sscd truncated to 256", truncated, {}),
+             ("sscd PCA 256 (no whitening)", [(i, plain.apply(x)) for i, x in sets["sscd"]], {}),
+             ("sscd PCA-whitened 256", whitened, {})]
+
+    def negatives(parts, beta, k):
+        return [(ids, subtract_negative_embeddings(x, parts[2][1], beta, k)) for ids, x in parts[:2]] + [parts[2]]
+
+    for beta in (0.25, 0.5, 0.75):
+        for k in (1, 3, 10):
+            rows.append((f"sscd PCA-whitened 256 + negatives β={beta:g} k={k}", negatives(whitened, beta, k), {}))
+            rows.append((f"sscd truncated 256 + negatives β={beta:g} k={k}", negatives(truncated, beta, k), {}))
+    for beta, k in ((0.25, 3), (0.5, 3)):
+        # before the projection: the training descriptors' own negatives exclude themselves
+        nq, nr = (subtract_negative_embeddings(x, t, beta, k) for x in (q, r))
+        self_nn = knn(t, t, k + 1, "ip")[1][:, 1:]
+        after = learn_pca(unit(t - beta * t[self_nn].mean(axis=1)), 256)
+        rows.append((f"sscd 512 + negatives β={beta:g} k={k}, then PCA-whitened 256",
+                     [(qids, after.apply(nq)), (rids, after.apply(nr)), (None, None)], {}))
+        rows.append((f"sscd 512 + negatives β={beta:g} k={k}, then truncated 256",
+                     [(qids, unit(nq[:, :256])), (rids, unit(nr[:, :256])), (None, None)], {}))
+    for name in ("ensemble sscd+sscd_distilled", "ensemble sscd+lite0", "ensemble all three"):
+        if name in sets:
+            (eq, e), (er, f), (_, g) = sets[name]
+            learnt = learn_pca(g, 256)
+            parts = [(eq, learnt.apply(e)), (er, learnt.apply(f)), (None, learnt.apply(g))]
+            rows.append((f"{name}, PCA-whitened 256", parts, {}))
+            rows.append((f"{name}, PCA-whitened 256 + negatives β=0.25 k=3", negatives(parts, 0.25, 3), {}))
+    return rows
+
+
+def recipe(args: argparse.Namespace, work: Path, truth: pd.DataFrame) -> None:
+    """The "beating SSCD's recipe" table: matching-track and descriptor-track configurations of sscd, its
+    query crops and its ensembles, each with µAP and its bootstrap difference to sscd raw."""
+    data = {name: descriptors(args.data, args.phase, name, work, args.quiet)[0]
+            for name in ("sscd", "sscd_distilled", "efficientnet_lite0")}
+    sets = {"sscd": [data["sscd"][s] for s in SPLITS]}
+    crop_ids, crops = crop_descriptors(args.data, args.phase, "sscd", work, args.quiet)
+    sets["sscd+crops"] = [(crop_ids, crops), *sets["sscd"][1:]]
+    for name, members, weights in (("ensemble sscd+sscd_distilled", ("sscd", "sscd_distilled"), [1, 0.5]),
+                                   ("ensemble sscd+lite0", ("sscd", "efficientnet_lite0"), [1, 0.5]),
+                                   ("ensemble all three", ("sscd", "sscd_distilled", "efficientnet_lite0"),
+                                    [1, 0.5, 0.5])):
+        sets[name] = [(data["sscd"][s][0], concatenate_descriptors([data[m][s][1] for m in members], weights))
+                      for s in SPLITS]
+    sets["average sscd,sscd_distilled"] = [(data["sscd"][s][0], unit(data["sscd"][s][1] + data["sscd_distilled"][s][1]))
+                                           for s in SPLITS]
+    weights = np.random.default_rng(0).multinomial(len(truth), np.full(len(truth), 1 / len(truth)), size=1000)
+    print("| configuration | track | µAP | recall@P90 | µAP − sscd raw (95% bootstrap) |")
+    print("|---|---|---:|---:|---|", flush=True)
+    baseline = None
+    for track in ("matching", "descriptor"):
+        for label, parts, options in recipe_configurations(sets, track):
+            (qids, q), (rids, r), (_, t) = parts
+            predictions = search(qids, q, rids, r, k=args.k, training=t if options else None, quiet=True, **options)
+            metrics = evaluate(predictions, truth)
+            resampled = bootstrap_muap(predictions, truth, weights)
+            baseline = resampled if baseline is None else baseline
+            low, high = np.percentile(resampled - baseline, [2.5, 97.5])
+            p90 = "-" if metrics.recall_at_p90 is None else f"{metrics.recall_at_p90:.3f}"
+            print(f"| {label} | {track} | {metrics.muap:.3f} | {p90} | {np.mean(resampled - baseline):+.3f} "
+                  f"[{low:+.3f}, {high:+.3f}] |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="dataset root in the competition's layout (isc-synth)")
@@ -97,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duplicates", type=float, default=None, metavar="SIMILARITY",
                         help="also list, per model, the reference pairs at least this similar: near-duplicates "
                         "among the references mean the dataset is wrong, not the model")
+    parser.add_argument("--recipe", action="store_true",
+                        help="instead, the table of options beyond SSCD's recipe (score normalisation grid, query "
+                        "crops, negative-embedding subtraction, PCA-whitening or truncation, ensembles), each "
+                        "with its bootstrap difference to sscd raw: needs sscd, sscd_distilled, efficientnet_lite0")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     work = args.work or args.data.with_name(args.data.name + ".bench_quality")
@@ -106,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{args.data}: phase {args.phase}, {len(truth)} queries ({(truth['reference_id'] != '').sum()} with a "
           f"match), k={args.k}", flush=True)
+    if args.recipe:
+        recipe(args, work, truth)
+        return 0
     print("| model | matching | µAP | recall@P90 | recall@1 | extract (s) | search (s) |")
     print("|---|---|---|---|---|---|---|", flush=True)
     for model_name in args.models.split(","):

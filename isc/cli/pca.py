@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from isc.cli.common import check_outputs, positive_int, run_command
+from isc.cli.common import check_outputs, non_negative_float, positive_int, run_command
 from isc.io import DESCRIPTOR_TRACK_MAX_DIM, InputError
 from isc.pca import PCAWhitening, apply_pca_file, learn_pca_file
 
@@ -32,6 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("inputs", nargs="+", metavar="IN.h5", help="descriptor files to whiten")
     apply.add_argument("-o", "--output", nargs="+", required=True, metavar="OUT.h5",
                        help="output files, one per input, in the same order")
+    apply.add_argument("--negatives", metavar="TRAIN.h5", default=None,
+                       help="negative-embedding subtraction (the descriptor track's counterpart of isc-search's score "
+                       "normalisation): subtract from each whitened descriptor --neg-beta x the mean of its --neg-k "
+                       "nearest descriptors of this training file (whitened alike), then L2-normalise; give the "
+                       "query and reference files, not this one")
+    apply.add_argument("--neg-beta", type=non_negative_float, default=0.25,
+                       help="weight of the subtracted training neighbours (default %(default)s)")
+    apply.add_argument("--neg-k", type=positive_int, default=3,
+                       help="training neighbours averaged (default %(default)s)")
     apply.add_argument("--quiet", action="store_true", help="no messages")
     return parser
 
@@ -46,10 +55,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if len(args.inputs) != len(args.output):
         raise InputError(f"{len(args.inputs)} input files but {len(args.output)} output files")
-    check_outputs(inputs=[args.pca, *args.inputs], outputs=args.output)
+    negatives = [args.negatives] if args.negatives else []
+    check_outputs(inputs=[args.pca, *args.inputs, *negatives], outputs=args.output)
     pca = PCAWhitening.load(args.pca)
     for source, target in zip(args.inputs, args.output, strict=True):
-        rows = apply_pca_file(pca, source, target)
+        rows = apply_pca_file(pca, source, target, args.negatives, args.neg_beta, args.neg_k, args.quiet)
         if not args.quiet:
             print(f"{source} -> {target}: {rows} descriptors of dimension {pca.dim}")
     return 0
