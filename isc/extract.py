@@ -9,6 +9,12 @@ Two input pipelines feed the model; both resize with :func:`resize_image`, so th
 - ``pil`` (default on the CPU): a DataLoader whose worker processes decode with Pillow, in JPEG draft
   mode when downscaling.
 
+A model that takes uint8 pixels (PDQ, uint8 ONNX graphs: :attr:`DescriptorModel.takes_pixels`) gets them on
+the ``pil`` decoder, its default on every device, without torch batches or a float round trip: worker
+processes (all cores) decode and resize each image exactly as above and send back numpy pixels [H, W, 3],
+which this process stacks for onnxruntime; PDQ hashes in the workers, so only its 256 values come back.
+The pixels, hence the descriptors, are the same as on the torch pipelines.
+
 Rows are appended to a log per rank (``OUT.rank0-of-1.partial``, :class:`PartialLog`), one checksummed
 record per batch, so that even a kill -9 leaves every finished batch readable; a killed run restarts
 from it (its model attributes must match; images whose size or modification time changed since are
@@ -19,23 +25,30 @@ extracts a contiguous shard of the sorted ids.
 [n, 2]: size in bytes and st_mtime_ns of each image file when it was read, what :func:`is_complete`
 checks) and, for a class-per-folder tree (``ROOT/<class>/<image>``), ``classes`` (ASCII, one per row).
 Unreadable images are skipped and listed, with their reasons, in the ``broken`` attribute (JSON; their
-file stamps in ``broken_stamps``). Non-finite descriptors are refused, never written.
+file stamps in ``broken_stamps``). Non-finite descriptors are refused, never written. With ``crops`` (query
+files of the matching track) each image gives several adjacent rows with its id, the full view then each
+crop of :func:`crop_boxes`, cut from the decoded image; the attribute ``views_per_id`` says how many.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import io
+import itertools
 import json
+import multiprocessing
 import os
 import queue
 import struct
+import sys
 import threading
 import time
 import warnings
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -54,8 +67,10 @@ DECODERS = ("torchvision", "pil")
 # attributes that must be equal for two runs' descriptors to share a file
 COMPATIBILITY_KEYS = ("model", "model_options", "model_fingerprint", "dimension", "image_size", "resize",
                       "mean", "std", "scales", "flip")
+VIEW_KEYS = ("views_per_id",)  # must be equal too, but recorded only by files of several rows per image (crops)
 H5_LIBVER = ("v108", "latest")  # dense attribute storage: the broken-image list can exceed 64 KB
 MERGE_ROWS = 8192
+PIXEL_CHUNK = 16  # images per task of a pixel-path decoding process: small, so that a short run uses them all
 # we enforce our own pixel limit (max_pixels); torchvision's decoders still work, deprecated in favour of torchcodec
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
@@ -166,6 +181,30 @@ def resize_image(image: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     return F.interpolate(image[None], size=target, mode="bilinear", antialias=True, align_corners=False)[0]
 
 
+def crop_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """Boxes (left, top, right, bottom) of a query's crops: the four corners and the centre, each 2/3 of the
+    image in both directions (so the corner crops overlap), for a copy that fills only part of the query."""
+    w, h = round(width * 2 / 3), round(height * 2 / 3)
+    corners = [(0, 0), (width - w, 0), (0, height - h), (width - w, height - h), ((width - w) // 2, (height - h) // 2)]
+    return [(x, y, x + w, y + h) for x, y in corners]
+
+
+CROP_VIEWS = 1 + len(crop_boxes(3, 3))  # with crops: the full image, then each crop
+
+
+def crop_views(image: torch.Tensor, crops: bool) -> list[torch.Tensor]:
+    """The views of a decoded image [3, H, W]: itself, then with ``crops`` each of its :func:`crop_boxes`."""
+    if not crops:
+        return [image]
+    return [image, *(image[:, top:bottom, left:right] for left, top, right, bottom in crop_boxes(image.shape[-1],
+                                                                                                  image.shape[-2]))]
+
+
+def draft_size(sizes: Sequence[int], crops: bool) -> int:
+    """The smallest side to decode a JPEG at: a crop (2/3 of the image) still at least the largest view size."""
+    return -(-max(sizes) * 3 // 2) if crops else max(sizes)
+
+
 def view_sizes(model: DescriptorModel, scales: Sequence[float]) -> list[int]:
     """The image size of each test-time scale."""
     return [max(8, round(model.image_size * s)) for s in scales]
@@ -191,13 +230,14 @@ def _to_8_bits(image: Image.Image) -> Image.Image:
 def _image_to_tensor(image: Image.Image) -> torch.Tensor:
     """An opened Pillow image as uint8 RGB [3, H, W]: EXIF rotation applied, more than 8 bits scaled down,
     transparency over white."""
-    image = ImageOps.exif_transpose(image)
+    ImageOps.exif_transpose(image, in_place=True)  # in place: otherwise a copy of every unrotated image
     if image.mode.startswith("I") or image.mode == "F":
         image = _to_8_bits(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+    # asarray is read-only, hence the copy; convert copies even an RGB image
+    return torch.from_numpy(np.asarray(image if image.mode == "RGB" else image.convert("RGB")).copy()).permute(2, 0, 1)
 
 
 def _open_image(source: Path | bytes, max_pixels: int) -> Image.Image:
@@ -236,23 +276,37 @@ def decode_with_pillow(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
 # -------------------------------------------------------------------------------- Pillow pipeline
 
 
+def _decode_views(path: Path, sizes: Sequence[int], resize: str, max_pixels: int,
+                  crops: bool = False) -> tuple[list[torch.Tensor] | None, str | None]:
+    """(the uint8 views [3, h, w], None) of an image file: of each of its :func:`crop_views`, one per size
+    (view v at size s is item ``v * len(sizes) + s``); or (None, why it cannot be read)."""
+    try:
+        image = decode_with_pillow(path, max_pixels, draft_size=draft_size(sizes, crops))
+    except BrokenImage as e:
+        return None, str(e)
+    except OSError as e:
+        return None, f"cannot read ({e.strerror or e})"
+    return [resize_image(view, size, resize) for view in crop_views(image, crops) for size in sizes], None
+
+
+def _per_scale(views_of_images: Sequence[Sequence], n_sizes: int) -> list[list]:
+    """Per size, the views of every image (image-major: an image's crop views adjacent) from
+    :func:`_decode_views`' lists."""
+    return [[views[k] for views in views_of_images for k in range(s, len(views), n_sizes)] for s in range(n_sizes)]
+
+
 class _PillowImages(torch.utils.data.Dataset):
     """Each item: (position, [uint8 view per scale] or None, reason or None), decoded in a worker."""
 
-    def __init__(self, paths: Sequence[Path], sizes: Sequence[int], resize: str, max_pixels: int):
+    def __init__(self, paths: Sequence[Path], sizes: Sequence[int], resize: str, max_pixels: int, crops: bool):
         self.paths, self.sizes, self.resize, self.max_pixels = list(paths), list(sizes), resize, max_pixels
+        self.crops = crops
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, position: int):
-        try:
-            image = decode_with_pillow(self.paths[position], self.max_pixels, draft_size=max(self.sizes))
-        except BrokenImage as e:
-            return position, None, str(e)
-        except OSError as e:
-            return position, None, f"cannot read ({e.strerror or e})"
-        return position, [resize_image(image, size, self.resize) for size in self.sizes], None
+        return position, *_decode_views(self.paths[position], self.sizes, self.resize, self.max_pixels, self.crops)
 
 
 def _as_list(batch: list) -> list:
@@ -260,14 +314,15 @@ def _as_list(batch: list) -> list:
 
 
 def _pillow_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
-                    workers: int, device: torch.device, max_pixels: int) -> Iterator[tuple]:
+                    workers: int, device: torch.device, max_pixels: int, crops: bool) -> Iterator[tuple]:
     loader = torch.utils.data.DataLoader(
-        _PillowImages(paths, sizes, model.resize, max_pixels), batch_size=batch_size, num_workers=workers,
+        _PillowImages(paths, sizes, model.resize, max_pixels, crops), batch_size=batch_size, num_workers=workers,
         collate_fn=_as_list, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
     for batch in loader:
         ok = [(position, views) for position, views, _ in batch if views is not None]
         broken = {position: reason for position, _, reason in batch if reason is not None}
-        per_scale = [[views[s].to(device, non_blocking=True) for _, views in ok] for s in range(len(sizes))]
+        per_scale = [[view.to(device, non_blocking=True) for view in views]
+                     for views in _per_scale([views for _, views in ok], len(sizes))]
         yield [p for p, _ in ok], per_scale, broken
 
 
@@ -290,6 +345,8 @@ def _decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[tor
     """Decode JPEG bytes as one batch; if the batch fails, one by one (a string: why that image failed)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if not encoded:
+        return []  # a batch without a JPEG: decode_jpeg refuses an empty list
     options = {"mode": ImageReadMode.RGB, "device": device}
     try:
         return list(decode_jpeg(encoded, **options))
@@ -304,16 +361,16 @@ def _decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[tor
 
 
 def _torchvision_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
-                         workers: int, device: torch.device, max_pixels: int) -> Iterator[tuple]:
+                         workers: int, device: torch.device, max_pixels: int, crops: bool) -> Iterator[tuple]:
     readers = ThreadPoolExecutor(max(1, workers), thread_name_prefix="isc-read")
     batches = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
     # keep a few batches of reads in flight ahead of decoding
-    pending = [[readers.submit(_read_for_decode, paths[i], max_pixels, max(sizes)) for i in batch]
+    pending = [[readers.submit(_read_for_decode, paths[i], max_pixels, draft_size(sizes, crops)) for i in batch]
                for batch in batches[:4]]
     try:
         for k, batch in enumerate(batches):
             if k + 4 < len(batches):
-                pending.append([readers.submit(_read_for_decode, paths[i], max_pixels, max(sizes))
+                pending.append([readers.submit(_read_for_decode, paths[i], max_pixels, draft_size(sizes, crops))
                                 for i in batches[k + 4]])
             images: dict[int, torch.Tensor] = {}
             broken: dict[int, str] = {}
@@ -332,11 +389,138 @@ def _torchvision_batches(paths: Sequence[Path], model: DescriptorModel, sizes: S
                 else:
                     images[position] = decoded
             ok = sorted(images)
-            per_scale = [[resize_image(images[p].to(device, non_blocking=True), size, model.resize) for p in ok]
-                         for size in sizes]
+            per_scale = [[resize_image(view, size, model.resize) for p in ok
+                          for view in crop_views(images[p].to(device, non_blocking=True), crops)] for size in sizes]
             yield ok, per_scale, broken
     finally:
         readers.shutdown(wait=True, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------------ pixel path
+
+
+def _mean_of_views(outputs: list[np.ndarray], normalized: bool) -> np.ndarray:
+    """The average of the descriptors of an image's views (scales, flips), unit length again if ``normalized``."""
+    if len(outputs) == 1:
+        return outputs[0]
+    mean = sum(outputs[1:], outputs[0]) / np.float32(len(outputs))
+    if normalized:
+        mean = mean / np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), np.float32(1e-12))
+    return mean
+
+
+def _decode_pixels(paths: Sequence[Path], sizes: Sequence[int], resize: str, max_pixels: int, flip: bool,
+                   describe: Callable[[np.ndarray], np.ndarray] | None, normalized: bool,
+                   crops: bool = False) -> list[tuple[list[np.ndarray] | np.ndarray | None, str | None]]:
+    """Per image file: (uint8 pixels [h, w, 3] of each view and size, ordered as :func:`_decode_views`, None),
+    or with ``describe`` (the descriptors it makes of them, one per crop view averaged over sizes and flips,
+    concatenated, None), or (None, why it cannot be read)."""
+    results = []
+    for path in paths:
+        views, reason = _decode_views(path, sizes, resize, max_pixels, crops)
+        if views is None:
+            results.append((None, reason))
+            continue
+        pixels = [view.permute(1, 2, 0).numpy() for view in views]
+        if describe is not None:
+            per_crop = [pixels[start:start + len(sizes)] for start in range(0, len(pixels), len(sizes))]
+            pixels = np.concatenate([
+                _mean_of_views([describe(v) for view in crop for v in ((view, view[:, ::-1]) if flip else (view,))],
+                               normalized) for crop in per_crop], axis=-1)
+        results.append((pixels, None))
+    return results
+
+
+def _single_threaded_torch() -> None:
+    torch.set_num_threads(1)  # a forked OpenMP pool would hang, and the processes already fill the cores
+
+
+def _in_order(function: Callable, chunks: Sequence, workers: int, ahead: int) -> Iterator:
+    """``function(chunk)`` of each chunk, in order, computed by ``workers`` processes at most ``ahead`` chunks
+    ahead (0 workers: in this process)."""
+    if workers == 0 or not chunks:
+        yield from map(function, chunks)
+        return
+    # fork: the workers start at once, without importing torch again
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
+    pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context, initializer=_single_threaded_torch)
+    try:
+        pending = collections.deque(pool.submit(function, chunk) for chunk in chunks[:ahead])
+        for chunk in itertools.chain(chunks[ahead:], itertools.repeat(None, len(pending))):
+            result = pending.popleft().result()
+            if chunk is not None:
+                pending.append(pool.submit(function, chunk))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _embed_pixels(model: DescriptorModel, per_scale: list[list[np.ndarray]], flip: bool,
+                  device: torch.device) -> np.ndarray:
+    """Descriptors [n, D] of images given as uint8 pixels per scale: images of equal shape stacked into one
+    batch (the groups of :func:`_normalised_groups`), views averaged as :func:`_embed` does."""
+    outputs = []
+    for views in per_scale:
+        shapes: dict[tuple, list[int]] = {}
+        for i, view in enumerate(views):
+            shapes.setdefault(view.shape, []).append(i)
+        batches = [(positions, np.stack([views[i] for i in positions])) for positions in shapes.values()]
+        for flipped in (False, True) if flip else (False,):
+            out = None
+            for positions, batch in batches:
+                descriptors = model.embed_pixels(batch[:, :, ::-1] if flipped else batch, device)
+                if out is None:
+                    out = np.empty((len(views), descriptors.shape[1]), np.float32)
+                out[positions] = descriptors
+            outputs.append(out)
+    return _mean_of_views(outputs, model.normalized)
+
+
+def _pixel_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
+                   workers: int, device: torch.device, max_pixels: int, flip: bool,
+                   crops: bool = False) -> Iterator[tuple[list[int], np.ndarray | None, dict[int, str]]]:
+    """(positions, descriptors, broken) per batch of a model that takes uint8 pixels: worker processes decode
+    (and describe, for a per-image model such as PDQ), this process runs the model on stacked pixels.
+    With ``crops`` an image's row is its views' descriptors side by side."""
+    describe = model.per_image_descriptor
+    decode = functools.partial(_decode_pixels, sizes=tuple(sizes), resize=model.resize, max_pixels=max_pixels,
+                               flip=flip, describe=describe, normalized=model.normalized, crops=crops)
+    chunk = min(batch_size, PIXEL_CHUNK)
+    chunks = [paths[start:start + chunk] for start in range(0, len(paths), chunk)]
+    # a few batches decoded ahead, and every process busy
+    decoded = _in_order(decode, chunks, workers, max(2 * workers, 2 * batch_size // chunk))
+    with contextlib.closing(decoded):
+        results = itertools.chain.from_iterable(decoded)
+        for start in range(0, len(paths), batch_size):
+            batch = list(itertools.islice(results, batch_size))
+            ok = [k for k, (pixels, _) in enumerate(batch) if pixels is not None]
+            broken = {start + k: reason for k, (_, reason) in enumerate(batch) if reason is not None}
+            if not ok:
+                descriptors = None
+            elif describe is not None:
+                descriptors = np.stack([batch[k][0] for k in ok])
+            else:
+                per_scale = _per_scale([batch[k][0] for k in ok], len(sizes))
+                descriptors = _embed_pixels(model, per_scale, flip, device).reshape(len(ok), -1)
+            yield [start + k for k in ok], descriptors, broken
+
+
+def _torch_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
+                   workers: int, device: torch.device, max_pixels: int, flip: bool, decoder: str,
+                   half: bool, crops: bool = False) -> Iterator[tuple[list[int], np.ndarray | None, dict[int, str]]]:
+    """(positions, descriptors, broken) per batch, through a torch pipeline: float batches on ``device``.
+    With ``crops`` an image's row is its views' descriptors side by side."""
+    pipeline = _torchvision_batches if decoder == "torchvision" else _pillow_batches
+    views = pipeline(paths, model, sizes, batch_size, workers, device, max_pixels, crops)
+    n_views = CROP_VIEWS if crops else 1
+    dtype = torch.float16 if half else torch.float32
+    batches = ((positions, _normalised_groups(model, per_scale, dtype, device.type == "cuda"), broken)
+               for positions, per_scale, broken in views)
+    if decoder == "torchvision":
+        batches = _in_background(batches, device)  # decode, resize, normalise beside inference
+    for positions, grouped, broken in batches:
+        yield positions, (_embed(model, grouped, len(positions) * n_views, flip).reshape(len(positions), -1)
+                          if positions else None), broken
 
 
 # ------------------------------------------------------------------------------------- inference
@@ -441,7 +625,8 @@ class PartialLog:
     A header line (``isc-partial/2`` and the extraction config as JSON), then one record per batch, written
     with a single ``write``: kind (``D`` descriptors, ``B`` the broken images so far), payload length and
     CRC-32, payload. A ``D`` payload is n and the id length (uint32), the n ids (ASCII, NUL-padded), n ×
-    (size, st_mtime_ns) of the image files as int64, and n × dim float32. A ``B`` payload is JSON:
+    (size, st_mtime_ns) of the image files as int64, and n × views × dim float32 (``views_per_id`` of the
+    config, 1 without it: one row holds all the views of an image, so that an image is done or not). A ``B`` payload is JSON:
     ``{"reasons": {id: reason}, "stamps": {id: [size, st_mtime_ns]}}``. Reading stops at the first torn
     or damaged record, which a resumed run cuts off and writes again. Format 1 (no file stamps) is refused.
     """
@@ -499,8 +684,8 @@ class PartialLog:
         self.stamps = np.concatenate(stamps) if stamps else self.stamps
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
-        """The descriptors of the given row numbers, in that order."""
-        dim = int(self.config["dimension"])
+        """The descriptors of the given row numbers, in that order: [rows, views × dim]."""
+        dim = int(self.config["dimension"]) * int(self.config.get("views_per_id", 1))
         out = np.empty((len(indices), dim), np.float32)
         firsts = np.array([first for first, _, _ in self._blocks])
         block_of = np.searchsorted(firsts, indices, side="right") - 1
@@ -533,10 +718,10 @@ class _PartialWriter:
         except (InputError, ValueError) as e:
             warnings.warn(f"unreadable partial file ({e}), starting again", stacklevel=3)
             return None
-        for key in COMPATIBILITY_KEYS:
-            if log.config.get(key) != config[key]:
+        for key in (*COMPATIBILITY_KEYS, *VIEW_KEYS):
+            if log.config.get(key) != config.get(key):
                 raise InputError(f"{self.path}: holds descriptors made with {key}={log.config.get(key)!r}, this run "
-                                 f"has {config[key]!r}; delete it or rerun with --restart")
+                                 f"has {config.get(key)!r}; delete it or rerun with --restart")
         return log
 
     def _write(self, kind: bytes, payload: bytes) -> None:
@@ -565,7 +750,8 @@ def _merge(parts: Sequence[Path], output: Path, shards: Sequence[Sequence[str]],
     """Write each rank's rows of its shard of ids into ``output``, in id order: (rows, broken images).
 
     A log may hold several rows of an id (its image changed after a killed run): the last is the one made
-    from the file as it is now. NoImageRead, and nothing written, when every image is broken.
+    from the file as it is now. A log row of several views (``views_per_id``) becomes that many adjacent rows
+    of the id (with its file stamp and class). NoImageRead, and nothing written, when every image is broken.
     """
     logs = [PartialLog.read(p) for p in parts]
     broken: dict[str, str] = {}
@@ -584,6 +770,7 @@ def _merge(parts: Sequence[Path], output: Path, shards: Sequence[Sequence[str]],
         first = next(iter(broken))
         raise NoImageRead(f"none of the {len(broken)} images could be read ({first}: {broken[first]}"
                           f"{', ...' if len(broken) > 1 else ''}); {output} not written")
+    views = int(attrs.get("views_per_id", 1))
     ids = np.array([image_id for image_id, _, _ in chosen], dtype="S")
     source = np.array([k for _, k, _ in chosen])
     rows = np.array([row for _, _, row in chosen])
@@ -591,20 +778,22 @@ def _merge(parts: Sequence[Path], output: Path, shards: Sequence[Sequence[str]],
     for k, log in enumerate(logs):
         stamps[source == k] = log.stamps[rows[source == k]]
     dim = int(attrs["dimension"])
+    n_rows = len(ids) * views
     with atomic_path(output) as tmp, h5py.File(tmp, "w", libver=H5_LIBVER) as out:
-        out.create_dataset("ids", data=ids)
-        target = out.create_dataset("descriptors", shape=(len(ids), dim), dtype=np.float32,
-                                    chunks=(max(1, min(4096, len(ids), 2 ** 20 // dim)), dim))
+        out.create_dataset("ids", data=np.repeat(ids, views))
+        target = out.create_dataset("descriptors", shape=(n_rows, dim), dtype=np.float32,
+                                    chunks=(max(1, min(4096, n_rows, 2 ** 20 // dim)), dim))
         for start in range(0, len(ids), MERGE_ROWS):
-            block = np.empty((min(MERGE_ROWS, len(ids) - start), dim), np.float32)
+            block = np.empty((min(MERGE_ROWS, len(ids) - start), views * dim), np.float32)
             for k, log in enumerate(logs):
                 mine = np.flatnonzero(source[start:start + MERGE_ROWS] == k)
                 if len(mine):
                     block[mine] = log.rows(rows[start + mine])
-            target[start:start + len(block)] = block
-        out.create_dataset("file_stamps", data=stamps).attrs["columns"] = "size,mtime_ns"
+            target[start * views:(start + len(block)) * views] = block.reshape(-1, dim)
+        out.create_dataset("file_stamps", data=np.repeat(stamps, views, axis=0)).attrs["columns"] = "size,mtime_ns"
         if classes is not None:
-            out.create_dataset("classes", data=np.array([classes[image_id] for image_id, _, _ in chosen], dtype="S"))
+            out.create_dataset("classes", data=np.repeat(np.array([classes[image_id] for image_id, _, _ in chosen],
+                                                                  dtype="S"), views))
         for key, value in {**attrs, "broken": json.dumps(broken), "n_broken": len(broken),
                            "broken_stamps": json.dumps(broken_stamps)}.items():
             out.attrs[key] = value
@@ -657,9 +846,12 @@ def _distributed(device: str | None) -> tuple[int, int, torch.device, bool]:
     return rank, world, chosen, started
 
 
-def extraction_config(model: DescriptorModel, scales: Sequence[float] = (1.0,), flip: bool = False) -> dict[str, object]:
-    """The attributes that say how a descriptor file was made: the model's, plus test-time augmentation."""
-    return {**model.config(), "scales": json.dumps(list(map(float, scales))), "flip": bool(flip)}
+def extraction_config(model: DescriptorModel, scales: Sequence[float] = (1.0,), flip: bool = False,
+                      crops: bool = False) -> dict[str, object]:
+    """The attributes that say how a descriptor file was made: the model's, plus test-time augmentation;
+    with ``crops``, ``views_per_id``: the rows of each image (its full view, then each crop)."""
+    return {**model.config(), "scales": json.dumps(list(map(float, scales))), "flip": bool(flip),
+            **({"views_per_id": CROP_VIEWS} if crops else {})}
 
 
 def is_complete(output: str | Path, images: Mapping[str, Path], config: Mapping[str, object]) -> bool:
@@ -675,7 +867,7 @@ def is_complete(output: str | Path, images: Mapping[str, Path], config: Mapping[
         attrs = {key: value.item() if isinstance(value, np.generic) else value for key, value in f.attrs.items()}
         recorded = dict(zip((x.decode("ascii") for x in f["ids"][()]), map(tuple, f["file_stamps"][()].tolist()),
                             strict=True))
-    if any(attrs.get(key) != config[key] for key in COMPATIBILITY_KEYS):
+    if any(attrs.get(key) != config.get(key) for key in (*COMPATIBILITY_KEYS, *VIEW_KEYS)):
         return False
     recorded.update((image_id, tuple(stamp)) for image_id, stamp in json.loads(attrs.get("broken_stamps", "{}")).items())
     return recorded.keys() == images.keys() and all(recorded[i] == file_stamp(path) for i, path in images.items())
@@ -706,6 +898,7 @@ def extract(
     decoder: str | None = None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    crops: bool = False,
     half: bool | None = None,
     strict: bool = False,
     resume: bool = True,
@@ -718,13 +911,17 @@ def extract(
     """Extract the descriptors of ``images`` (``{id: path}``, or paths whose stems are the ids) to ``output``.
 
     ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available); ``decoder``: ``torchvision``
-    (default on cuda) or ``pil`` (default on the CPU); ``workers``: reading threads (0 counts as 1) or
-    DataLoader processes (0: decode in this process); ``half``: float16 inference (default on cuda);
-    ``scales``/``flip``: test-time augmentation, descriptors averaged. ``strict``: the first broken image
+    (default on cuda) or ``pil`` (default on the CPU, and for a model that takes uint8 pixels, which it then
+    gets as numpy arrays: the pixel path); ``workers``: reading threads (0 counts as 1) or decoding processes
+    (0: decode in this process; default up to 8, all cores on the pixel path); ``half``: float16 inference
+    (default on cuda);
+    ``scales``/``flip``: test-time augmentation, descriptors averaged. ``crops``: each image gives
+    :data:`CROP_VIEWS` adjacent rows with its id, its full view then each of its :func:`crop_boxes` (a query
+    file for the matching track; the attribute ``views_per_id`` says so). ``strict``: the first broken image
     raises InputError. ``resume``: continue from the partial file of a killed run, extracting again the
     images changed since. ``classes``: ``{id: class}``, written as the dataset ``classes``. A warning when
     more than ``max_broken`` of the images are broken; NoImageRead when all are. Returns a summary
-    (counts, broken images with reasons, images/s).
+    (counts, broken images with reasons, images/s, ``pixels``: whether the pixel path ran).
     """
     items = dict(images) if isinstance(images, Mapping) else {Path(p).stem: Path(p) for p in images}
     if len(items) != len(images):
@@ -750,12 +947,16 @@ def extract(
     ids = sorted(items)
     rank, world, torch_device, started = _distributed(device)
     on_gpu = torch_device.type == "cuda"
-    decoder = decoder or ("torchvision" if on_gpu else "pil")
-    workers = (min(16, os.cpu_count() or 1) if decoder == "torchvision" else min(8, os.cpu_count() or 1)) \
-        if workers is None else workers
+    decoder = decoder or ("torchvision" if on_gpu and not model.takes_pixels else "pil")
+    pixels = decoder == "pil" and model.takes_pixels
+    if workers is None:
+        cores = os.cpu_count() or 1
+        # the pixel path's processes do all the decoding (and PDQ's hashing): every core, shared by local ranks
+        workers = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if pixels \
+            else min(16 if decoder == "torchvision" else 8, cores)
     half = on_gpu if half is None else half
     sizes = view_sizes(model, scales)
-    config = extraction_config(model, scales, flip)
+    config = extraction_config(model, scales, flip, crops)
     shards = [ids[r * len(ids) // world:(r + 1) * len(ids) // world] for r in range(world)]
     shard = shards[rank]
     stamps = {i: file_stamp(items[i]) for i in shard}  # before reading: a file changed later is seen as changed
@@ -764,26 +965,24 @@ def extract(
     model = model.to(torch_device, memory_format=torch.channels_last if on_gpu else torch.preserve_format)
     model = model.half() if half else model.float()
     model.eval()
-    pipeline = _torchvision_batches if decoder == "torchvision" else _pillow_batches
-    views = pipeline([items[i] for i in todo], model, sizes, batch_size, workers, torch_device, max_pixels)
-    dtype = torch.float16 if half else torch.float32
-    batches = ((positions, _normalised_groups(model, per_scale, dtype, on_gpu), batch_broken)
-               for positions, per_scale, batch_broken in views)
-    if decoder == "torchvision":
-        batches = _in_background(batches, torch_device)  # decode, resize, normalise beside inference
+    paths = [items[i] for i in todo]
+    batches = _pixel_batches(paths, model, sizes, batch_size, workers, torch_device, max_pixels, flip, crops) \
+        if pixels else _torch_batches(paths, model, sizes, batch_size, workers, torch_device, max_pixels, flip,
+                                      decoder, half, crops)
     broken: dict[str, str] = {}
     start = time.perf_counter()
     try:
-        with tqdm(total=len(shard), initial=len(shard) - len(todo), unit="img", disable=quiet,
-                  desc=f"extract {output.name}" + (f" [rank {rank}/{world}]" if world > 1 else "")) as bar:
-            for positions, grouped, batch_broken in batches:
+        # closing: a failure stops the decoding processes or threads now, not when its traceback is freed
+        with contextlib.closing(batches), tqdm(total=len(shard), initial=len(shard) - len(todo), unit="img",
+                                               disable=quiet, desc=f"extract {output.name}"
+                                               + (f" [rank {rank}/{world}]" if world > 1 else "")) as bar:
+            for positions, descriptors, batch_broken in batches:
                 for position, reason in batch_broken.items():
                     if strict:
                         raise InputError(f"{items[todo[position]]}: {reason}")
                     broken[todo[position]] = reason
                 if positions:
                     batch_ids = [todo[p] for p in positions]
-                    descriptors = _embed(model, grouped, len(positions), flip)
                     _refuse_non_finite(descriptors, batch_ids, half)
                     partial.append(batch_ids, descriptors, [stamps[i] for i in batch_ids])
                 if batch_broken:
@@ -798,7 +997,8 @@ def extract(
                                   "seconds": round(seconds, 3),
                                   "images_per_second": round(len(todo) / seconds, 1) if seconds else None,
                                   "model": model.name, "dimension": model.dim, "device": str(torch_device),
-                                  "decoder": decoder}
+                                  "decoder": decoder, "pixels": pixels,
+                                  "views_per_id": CROP_VIEWS if crops else 1}
     _barrier(world)
     try:
         if rank == 0:

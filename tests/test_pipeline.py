@@ -60,7 +60,8 @@ def test_round_trip_writes_valid_submissions_of_both_phases(completed, mini_data
             assert "muap" in manifest["local_evaluation"]
     # the matching manifest records the descriptors (model, whitening) the predictions came from
     sources = read_manifest(submissions / "phase1_matching.csv")["provenance"]
-    assert {Path(p).name for p in sources} == {"query_phase1_pca16.h5", "reference_pca16.h5", "training_pca16.h5"}
+    assert {Path(p).name for p in sources} == {"query_phase1_crops_pca16.h5", "reference_pca16.h5",
+                                               "training_pca16.h5"}
     assert all(attrs["model"] == "efficientnet_lite0" and "pca" in attrs for attrs in sources.values())
     # phase 2 reuses the phase-1 references as they are
     phase2 = read_manifest(submissions / "phase2_descriptors.h5")

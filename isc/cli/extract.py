@@ -78,15 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scales", type=_scales, default=[1.0], metavar="S1,S2",
                         help="test-time scales relative to the image size, descriptors averaged (default 1)")
     parser.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
+    parser.add_argument("--crops", action="store_true",
+                        help="for query files of the matching track: each image gives 6 adjacent rows with its id, "
+                        "its full view then 5 crops (the four corners and the centre, 2/3 of each side), each its "
+                        "own descriptor (attribute views_per_id); isc-search scores each pair by its best view. "
+                        "Not for the descriptor track, which takes one row per query")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available; one GPU per "
                         "rank under torchrun)")
     parser.add_argument("--workers", type=non_negative_int,
-                        help="reading threads (torchvision decoder; 0 means 1) or DataLoader processes (pil "
-                        "decoder; 0: decode in the main process) (default: up to 16 threads or 8 processes)")
+                        help="reading threads (torchvision decoder; 0 means 1) or decoding processes (pil decoder; 0: "
+                        "decode in the main process) (default: up to 16 threads or 8 processes; every core for a "
+                        "model that takes uint8 pixels: pdq, sscd, sscd_distilled, uint8 onnx:PATH)")
     parser.add_argument("--decoder", choices=DECODERS,
                         help="torchvision: batched JPEG decode on the device (nvJPEG on a GPU); pil: Pillow in "
-                        "DataLoader workers (default: torchvision on a GPU, pil on the CPU)")
+                        "DataLoader workers, or, for a model that takes uint8 pixels, in worker processes that hand "
+                        "it numpy pixels (PDQ hashes there) with no torch batches: the same descriptors, faster "
+                        "(default: pil for those models and on the CPU, else torchvision)")
     parser.add_argument("--fp32", action="store_true", help="float32 inference on a GPU (default float16)")
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help=f"larger images are listed as broken (default {DEFAULT_MAX_PIXELS:,})")
@@ -131,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = extract(
             images, args.output, model, batch_size=args.batch_size, device=args.device, workers=args.workers,
-            decoder=args.decoder, scales=args.scales, flip=args.flip, half=False if args.fp32 else None,
+            decoder=args.decoder, scales=args.scales, flip=args.flip, crops=args.crops, half=False if args.fp32 else None,
             strict=args.strict, resume=not args.restart, max_pixels=args.max_pixels, quiet=args.quiet,
             classes=image_classes(images) if args.images and not listing else None, max_broken=args.max_broken,
             attrs={"source": str(source), "split": args.split, "checkpoint": args.checkpoint, "phase": args.phase,
@@ -146,9 +154,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0
     broken = summary["broken"]
-    print(f"{summary['extracted']} descriptors of dimension {summary['dimension']} ({summary['model']}) "
+    views = summary["views_per_id"]
+    count = f"{summary['extracted'] * views} descriptors ({summary['extracted']} images x {views} views)" \
+        if views > 1 else f"{summary['extracted']} descriptors"
+    print(f"{count} of dimension {summary['dimension']} ({summary['model']}) "
           f"written to {summary['output']}; {summary['processed']} images this run "
-          f"({summary['images_per_second']} images/s on {summary['device']}, {summary['decoder']} decoder), "
+          f"({summary['images_per_second']} images/s on {summary['device']}, {summary['decoder']} decoder"
+          f"{', uint8 pixels' if summary['pixels'] else ''}), "
           f"{summary['resumed']} resumed, {len(broken)} broken")
     for image_id, reason in list(broken.items())[:20]:
         print(f"  broken {image_id}: {reason}")

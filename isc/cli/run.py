@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--pca-dim", type=non_negative_int, default=256,
                        help="PCA-whitening to this many dimensions, learnt on the training descriptors; 0: none "
                        "(the descriptor track then needs a model of at most 256 dimensions) (default: %(default)s)")
+    model.add_argument("--query-crops", action=argparse.BooleanOptionalAction, default=True,
+                       help="for the matching track, describe each query again as its full view and 5 crops (the "
+                       "corners and the centre, 2/3 of each side; descriptors/query_phase<P>_crops.h5), each pair "
+                       "scored by its best view: µAP 0.728 -> 0.781 with sscd on photos, 6x the query extraction "
+                       "work; the descriptor track keeps one row per query (default: on)")
     search = parser.add_argument_group("search, scoring and submission")
     search.add_argument("--k", type=positive_int, default=10, help="references kept per query (default: %(default)s)")
     search.add_argument("--backend", default="auto", choices=BACKENDS, help="search backend (default: %(default)s)")
@@ -107,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         work=work, data=Path(args.data) if args.data else None, region=args.region, endpoint_url=args.endpoint_url,
         profile=args.profile, limit=args.limit, training_limit=args.training_limit, download_workers=args.download_workers, model=model_name,
         checkpoint=args.checkpoint, image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None),
-        device=args.device, batch_size=args.batch_size, workers=args.workers, pca_dim=args.pca_dim, k=args.k,
+        device=args.device, batch_size=args.batch_size, workers=args.workers, pca_dim=args.pca_dim, k=args.k, query_crops=args.query_crops,
         backend=args.backend, phases=sorted(set(args.phases)), ground_truth=[Path(p) for p in args.gt],
         restrict_to_gt_queries=args.restrict_to_gt_queries, submissions=Path(submissions), quiet=args.quiet,
     )
