@@ -27,8 +27,11 @@ from tqdm import tqdm
 
 from isc.io import (
     PHASE_QUERY_RANGES,
+    PROVENANCE_SUFFIX,
     InputError,
     atomic_path,
+    attribute_differences,
+    model_attributes,
     provenance,
     query_phase,
     read_descriptors,
@@ -525,10 +528,9 @@ def phase_queries(query_ids: list[str], query: np.ndarray, phase: int, source: s
 
 
 def check_same_model(files: Sequence[tuple[str | Path, dict[str, object]]], ignore: Sequence[str] = ()) -> None:
-    """Refuse descriptor files (path, attributes) made by different models, by isc-submit's rule (every
-    attribute but the per-run ones and ``ignore``); a file with no model attribute is only warned about."""
-    from isc.submit import attribute_differences, model_attributes  # isc.submit imports this module
-
+    """Refuse descriptor files (path, attributes) made by different models, by the rule of
+    :func:`isc.io.attribute_differences` (every attribute but the per-run ones and ``ignore``); a file with
+    no model attribute is only warned about."""
     # "dimension" alone says nothing of the model: the organisers' files carry only that
     described = {path: bool(model_attributes(attrs, [*ignore, "dimension"])) for path, attrs in files}
     unknown = [str(path) for path, known in described.items() if not known]
@@ -566,8 +568,6 @@ def search_files(
     ``<output>.provenance.json``, which isc-submit records in the submission's manifest, holds the
     options, each input's path, size and model attributes, and the toolkit version.
     """
-    from isc.submit import PROVENANCE_SUFFIX, model_attributes  # isc.submit imports this module
-
     paths = {"query": query, "reference": reference, **({"training": training} if training is not None else {})}
     files = {split: read_descriptors(path, split=split, views=split == "query") for split, path in paths.items()}
     query_ids, query_x, _ = files["query"]

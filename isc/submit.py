@@ -42,8 +42,10 @@ from isc.io import (
     MATCHING_TRACK_MAX_ROWS,
     PHASE_QUERY_RANGES,
     PREDICTION_COLUMNS,
+    PROVENANCE_SUFFIX,
     InputError,
     atomic_path,
+    attribute_differences,
     is_prediction_row,
     read_descriptor_attrs,
     read_descriptor_track,
@@ -56,17 +58,8 @@ from isc.metrics import Metrics, evaluate
 from isc.search import knn
 
 MANIFEST_SUFFIX = ".manifest.json"
-PROVENANCE_SUFFIX = ".provenance.json"  # optional sidecar of a predictions CSV, recorded in its manifest
 RESULTS_PER_QUERY = 10  # the organisers scored a descriptor submission on 10 × n_queries pairs
 REFERENCE_RANGE = (0, 999_999)
-# attributes that describe one run or one split, not the descriptor function: never compared
-# (decoder and device: the Pillow and GPU decoders agree within a small tolerance, by isc-extract's tests)
-PER_FILE_ATTRIBUTES = frozenset({
-    "split", "isc_version", "n_images", "broken", "n_broken", "decoder", "device", "batch_size", "workers",
-    "world_size", "rank", "processed", "resumed", "seconds", "images_per_second", "output", "source",
-    "data_root", "images", "command", "created", "created_utc", "timestamp", "host", "hostname",
-    "phase", "ids", "broken_stamps",  # which images of the split a file holds, not how they were described
-})
 EXAMPLES = 5  # ids quoted in an aggregated violation
 WRONG_FIELD_COUNT = "wrong number of fields"
 
@@ -389,38 +382,6 @@ class DescriptorFile:
     def read(cls, path: str | Path, split: str) -> DescriptorFile:
         ids, descriptors, attrs = read_descriptors(path, split=split)
         return cls(Path(path), ids, descriptors, attrs)
-
-
-def model_attributes(attrs: dict[str, object], ignore: Sequence[str] = ()) -> dict[str, object]:
-    """The attributes that define the descriptor function (model, weights, size, whitening, ...)."""
-    skip = PER_FILE_ATTRIBUTES | set(ignore)
-    return {k: v for k, v in attrs.items() if k not in skip}
-
-
-def _same_value(a: object, b: object) -> bool:
-    try:
-        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
-    except (TypeError, ValueError):
-        return a == b
-
-
-def attribute_differences(a: dict[str, object], b: dict[str, object], ignore: Sequence[str] = ()) -> list[str]:
-    """``key: A != B`` for each model attribute that differs (or exists on one side only)."""
-    a, b = model_attributes(a, ignore), model_attributes(b, ignore)
-    absent = object()
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key, absent), b.get(key, absent)
-        if va is absent or vb is absent or not _same_value(va, vb):
-            out.append(f"{key}: {_short(va, absent)} != {_short(vb, absent)}")
-    return out
-
-
-def _short(value: object, absent: object, width: int = 60) -> str:
-    if value is absent:
-        return "(absent)"
-    text = repr(value.decode() if isinstance(value, bytes) else value)
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _coverage_violations(

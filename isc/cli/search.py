@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from isc.cli.common import check_outputs, finite_float, positive_int, run_command
-from isc.io import InputError, read_descriptor_classes, read_descriptors
+from isc.io import PROVENANCE_SUFFIX, InputError, read_descriptor_classes, read_descriptors
 from isc.search import (
     AGGREGATIONS,
     BACKENDS,
@@ -16,7 +16,6 @@ from isc.search import (
     search_files,
     write_knn_graph,
 )
-from isc.submit import PROVENANCE_SUFFIX
 
 MEMORY_NOTE = """\
 memory: the references are held in RAM as float32 (n x d x 4 bytes: 1M x 256 = 1 GB), plus a
