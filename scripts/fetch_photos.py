@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from isc.cli.common import finite_float, positive_int
 from isc.extract import extract, extraction_config, is_complete
 from isc.io import read_descriptors
 from isc.models import create_model, default_model
@@ -256,18 +257,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("cache", type=Path, help="folder for the .deb files, their unpacked trees and work files")
     parser.add_argument("out", type=Path, help="folder to write photos/, drawings/ and sources.csv into (must not exist)")
     parser.add_argument("--model", default=default_model()[0], help="descriptor model judging duplicates (default: %(default)s)")
-    parser.add_argument("--long-side", type=int, default=2560, help="photos' long side at most (default: %(default)s)")
-    parser.add_argument("--min-photo-side", type=int, default=1000, help="smallest short side of a photo (default: %(default)s)")
-    parser.add_argument("--tile-size", type=int, default=512, help="the tiles isc-synth will cut (default: %(default)s)")
-    parser.add_argument("--min-detail", type=int, default=300, help="isc-synth's --min-detail (default: %(default)s)")
-    parser.add_argument("--duplicate-similarity", type=float, default=0.5,
+    parser.add_argument("--long-side", type=positive_int, default=2560, help="photos' long side at most (default: %(default)s)")
+    parser.add_argument("--min-photo-side", type=positive_int, default=1000, help="smallest short side of a photo (default: %(default)s)")
+    parser.add_argument("--tile-size", type=positive_int, default=512, help="the tiles isc-synth will cut (default: %(default)s)")
+    parser.add_argument("--min-detail", type=positive_int, default=300, help="isc-synth's --min-detail (default: %(default)s)")
+    parser.add_argument("--duplicate-similarity", type=finite_float, default=0.5,
                         help="two wallpapers this similar (or one and the other's negative) show one scene (default: %(default)s)")
-    parser.add_argument("--tile-copy-similarity", type=float, default=0.75,
+    parser.add_argument("--tile-copy-similarity", type=finite_float, default=0.75,
                         help="two wallpapers with tiles this similar show one scene (default: %(default)s)")
-    parser.add_argument("--pattern-similarity", type=float, default=0.6,
+    parser.add_argument("--pattern-similarity", type=finite_float, default=0.6,
                         help="a wallpaper with a tenth of its tile pairs this similar is a pattern (default: %(default)s)")
-    parser.add_argument("--min-drawing-side", type=int, default=200, help="smallest drawing, long side (default: %(default)s)")
-    parser.add_argument("--drawing-similarity", type=float, default=0.45,
+    parser.add_argument("--min-drawing-side", type=positive_int, default=200, help="smallest drawing, long side (default: %(default)s)")
+    parser.add_argument("--drawing-similarity", type=finite_float, default=0.45,
                         help="a drawing this similar to one kept is a duplicate (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
