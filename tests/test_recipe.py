@@ -113,3 +113,7 @@ def test_isc_pca_apply_subtracts_negative_embeddings(tmp_path):
     negative = subprocess.run([*command[:-4], "--neg-beta", "-1", "-o", str(tmp_path / "x.h5")],
                               capture_output=True, text=True)
     assert negative.returncode == 2 and "--neg-beta" in negative.stderr
+    not_finite = subprocess.run([*command[:-4], "--neg-beta", "nan", "-o", str(tmp_path / "x.h5")],
+                                capture_output=True, text=True)
+    assert not_finite.returncode == 2 and "must be a finite number" in not_finite.stderr
+    assert not (tmp_path / "x.h5").exists()
