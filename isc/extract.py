@@ -329,15 +329,69 @@ def _pillow_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequen
 # --------------------------------------------------------------------------- torchvision pipeline
 
 
+# start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic), not DHT/JPG/DAC
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def _exif_orientation(exif: bytes) -> int | None:
+    """The orientation tag (0x0112) of an EXIF block's first IFD, 0 without one; None when it cannot be read."""
+    order = {b"II": "<", b"MM": ">"}.get(exif[:2])
+    if order is None or len(exif) < 8:
+        return None
+    (offset,) = struct.unpack_from(order + "I", exif, 4)
+    if offset + 2 > len(exif):
+        return None
+    (entries,) = struct.unpack_from(order + "H", exif, offset)
+    for entry in range(offset + 2, min(offset + 2 + 12 * entries, len(exif) - 11), 12):
+        tag, kind, _ = struct.unpack_from(order + "HHI", exif, entry)
+        if tag == 0x0112:
+            return struct.unpack_from(order + "H", exif, entry + 8)[0] if kind == 3 else None
+    return 0
+
+
+def nvjpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG that nvJPEG decodes as Pillow would: 8-bit, grey or 3-channel, not a
+    multi-picture file, no EXIF rotation; None for any other file (Pillow decodes those). Reads the markers
+    only: Pillow's header parse costs more than the nvJPEG decode itself and would bound the GPU path."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    position, size = 2, None
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers carry no length
+            position += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, position + 2)
+        segment = data[position + 4:position + 2 + length]
+        if marker == 0xDA:  # start of scan: the header is over
+            return size
+        if marker in _SOF_MARKERS:
+            if len(segment) < 6 or segment[0] != 8 or segment[5] not in (1, 3):
+                return None
+            height, width = struct.unpack_from(">HH", segment, 1)
+            size = (width, height)
+        elif marker == 0xE1 and segment[:6] == b"Exif\x00\x00" and _exif_orientation(segment[6:]) not in (0, 1):
+            return None
+        elif marker == 0xE2 and segment[:4] == b"MPF\x00":
+            return None
+        position += 2 + length
+    return None
+
+
 def _read_for_decode(path: Path, max_pixels: int, draft_size: int) -> torch.Tensor:
-    """Read a file: its bytes (uint8 1-d) when torchvision can decode it, else a Pillow-decoded image."""
+    """Read a file: its bytes (uint8 1-d) when nvJPEG can decode it, else a Pillow-decoded image."""
     data = path.read_bytes()
     if not data:
         raise BrokenImage("empty file (0 bytes)")
-    with _open_image(data, max_pixels) as image:
-        # CMYK, PNG, alpha, palettes and EXIF rotations (nvJPEG ignores them) go through Pillow
-        if image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(0x0112, 1) in (0, 1):
-            return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    size = nvjpeg_size(data)
+    # CMYK, PNG, alpha, palettes, EXIF rotations (nvJPEG ignores them) and size errors go through Pillow
+    if size is not None and 0 < size[0] * size[1] <= max_pixels:
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
     return decode_with_pillow(data, max_pixels, draft_size)
 
 

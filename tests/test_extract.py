@@ -1,7 +1,9 @@
 """The extraction engine: both decoders agree, odd and broken images, resume, torchrun sharding, the CLI."""
 
+import io
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ from PIL import Image
 from skimage import data
 
 from isc.cli.extract import main
-from isc.extract import PartialLog, extract, list_images, list_split_images
+from isc.extract import PartialLog, extract, list_images, list_split_images, nvjpeg_size
 from isc.io import InputError, read_descriptor_attrs, read_descriptors
 from isc.models import create_model, save_checkpoint
 
@@ -113,6 +115,50 @@ def test_broken_images_are_listed_with_reasons(by_decoder, decoder):
     for image_id, reason in BROKEN.items():
         assert reason in broken[image_id], (image_id, broken[image_id])
     assert summary["extracted"] == 9 and attrs["n_images"] == 13
+
+
+def _pillow_would_send_to_nvjpeg(data: bytes) -> bool:
+    """The rule nvjpeg_size stands for, through Pillow: an 8-bit L or RGB JPEG with no EXIF rotation."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return (image.format == "JPEG" and image.mode in ("RGB", "L")
+                    and image.getexif().get(0x0112, 1) in (0, 1))
+    except Exception:  # noqa: BLE001 - whatever Pillow cannot open is not for nvJPEG either
+        return False
+
+
+def test_nvjpeg_routing_reads_the_markers_as_pillow_does(odd_images, tmp_path):
+    upright = _photo("astronaut", (90, 70))
+    for orientation in (1, 3, 8):
+        exif = Image.Exif()
+        exif[0x010F] = "camera"  # a tag before the orientation in the IFD
+        exif[0x0112] = orientation
+        upright.save(tmp_path / f"exif{orientation}le.jpg", quality=90, exif=exif.tobytes())
+        # Pillow writes little-endian EXIF; cameras also write big-endian ("MM") blocks
+        ifd = struct.pack(">HHHIHH", 1, 0x0112, 3, 1, orientation, 0) + b"\x00" * 4
+        upright.save(tmp_path / f"exif{orientation}be.jpg", quality=90,
+                     exif=b"Exif\x00\x00MM\x00\x2a" + struct.pack(">I", 8) + ifd)
+    upright.save(tmp_path / "icc.jpg", quality=90, icc_profile=b"\x00" * 300, optimize=True, subsampling=0)
+    upright.save(tmp_path / "restart.jpg", quality=90, restart_marker_rows=1)
+    upright.save(tmp_path / "dpi.jpg", quality=90, dpi=(300, 300), comment=b"\xff\xd9 a marker-like comment")
+    upright.save(tmp_path / "image.mpo", format="MPO", save_all=True, append_images=[upright])
+    Image.new("1", (40, 30)).save(tmp_path / "bilevel.png")
+    files = [p for p in [*odd_images.rglob("*"), *tmp_path.iterdir()] if p.is_file()]
+    routed = {}
+    for path in files:
+        if path.name == "huge.jpg":
+            continue  # Pillow refuses to open it; the pixel limit is _read_for_decode's, checked after
+        data = path.read_bytes()
+        size = nvjpeg_size(data)
+        routed[path.name] = size is not None
+        assert routed[path.name] == _pillow_would_send_to_nvjpeg(data), path.name
+        if size is not None:
+            with Image.open(path) as image:
+                assert size == image.size, path.name
+    assert routed["plain.jpg"] and routed["gray.jpg"] and routed["progressive.jpg"] and routed["exif1le.jpg"]
+    assert routed["exif1be.jpg"] and not routed["exif3be.jpg"]
+    assert not routed["cmyk.jpg"] and not routed["rotated.jpg"] and not routed["exif8le.jpg"]
+    assert not routed["image.mpo"] and not routed["alpha.png"]
 
 
 def test_strict_fails_on_the_first_broken_image(odd_images, model, tmp_path):
