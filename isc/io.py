@@ -40,6 +40,7 @@ class InputError(ValueError):
 SPLITS = ("query", "reference", "training")
 ID_PATTERNS = {"query": re.compile(r"Q\d{5}"), "reference": re.compile(r"R\d{6}"), "training": re.compile(r"T\d{6}")}
 ID_PREFIX = {"query": "Q", "reference": "R", "training": "T"}
+ID_DIGITS = {"query": 5, "reference": 6, "training": 6}  # Q00000, R000000, T000000
 PHASE_QUERY_RANGES = {1: (0, 49_999), 2: (50_000, 99_999)}
 DESCRIPTOR_TRACK_MAX_DIM = 256
 MATCHING_TRACK_MAX_ROWS = 500_000
@@ -50,6 +51,12 @@ REGION_BUCKETS = {
     "eu": "drivendata-competition-fb-isc-data-eu",
     "asia": "drivendata-competition-fb-isc-data-asia",
 }
+
+
+def split_folder(root: str | Path, split: str) -> Path:
+    """Where a dataset folder keeps a split's images: ``root/<split>_images/`` (isc-download's and isc-synth's
+    layout, the buckets' ``all/<split>_images/``)."""
+    return Path(root) / f"{split}_images"
 
 
 def images_prefix(split: str) -> str:
@@ -63,6 +70,11 @@ def metadata_key(split: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- ids
+
+
+def image_id(split: str, number: int) -> str:
+    """The competition's id of image ``number`` of a split: ``image_id("query", 7) == "Q00007"``."""
+    return f"{ID_PREFIX[split]}{number:0{ID_DIGITS[split]}d}"
 
 
 def split_of_id(image_id: str) -> str:
@@ -79,7 +91,7 @@ def id_numbers(ids: pd.Series | Sequence[str] | np.ndarray, split: str) -> tuple
     Vectorised over the ids' bytes, because a regular expression per row is too slow for 500,000 rows.
     """
     values = ids.to_numpy() if hasattr(ids, "to_numpy") else np.asarray(ids, dtype=object)
-    digits = 5 if split == "query" else 6
+    digits = ID_DIGITS[split]
     try:
         # one byte more than an id holds, so that a longer value cannot pass for a valid id
         raw = np.asarray(values).astype(f"S{digits + 2}").view(np.uint8).reshape(len(values), digits + 2)
@@ -106,7 +118,7 @@ def validate_ids(ids: pd.Series | Sequence[str], split: str, source: str | Path,
         value = ids.iloc[bad] if hasattr(ids, "iloc") else list(ids)[bad]
         raise InputError(
             f"{source}: {what} #{bad} is {value!r}, not a {split} id ({ID_PREFIX[split]} + "
-            f"{5 if split == 'query' else 6} digits)"
+            f"{ID_DIGITS[split]} digits)"
         )
 
 
@@ -428,7 +440,7 @@ def _check_id_column(
         value = str(df[column].iloc[row])
         raise InputError(
             f"{path}: line {row + first_line}: {column} {repr(value) if value else '(empty)'} is not a {split} id "
-            f"({ID_PREFIX[split]} + {5 if split == 'query' else 6} digits)"
+            f"({ID_PREFIX[split]} + {ID_DIGITS[split]} digits)"
         )
     return numbers
 
