@@ -16,6 +16,8 @@ Readers raise :class:`InputError` naming the file and the first bad row; writers
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 import secrets
@@ -155,6 +157,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, content: object, indent: int = 2, sort_keys: bool = False) -> Path:
+    """Write ``content`` as JSON (non-JSON values as their str), atomically; returns ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=indent, sort_keys=sort_keys, default=str) + "\n",
+                       encoding="utf-8")
+    return Path(path)
+
+
+def file_md5(path: str | Path) -> str:
+    """The MD5 of a file's bytes, as hex (the competition's metadata checksum), read in 1 MiB blocks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------- descriptor files
