@@ -1,17 +1,15 @@
-"""Download a split of the competition's images from S3, every file checked against its MD5.
+"""isc-download's stage: bring ``<dest>/<split>_images/`` up to date with the competition's bucket, every file
+checked against its MD5.
 
 The pipeline, one small function per step:
 
-1. ``make_client``: an anonymous (unsigned) botocore S3 client by default, signed with a named profile
-   when asked; it lists, probes regions and fetches the metadata, with botocore's retries.
+1. :func:`isc.s3.connect`: an S3 client for the chosen (or the fastest) regional bucket.
 2. ``load_metadata``: the split's ``image_id,s3_uri,md5_checksum`` listing, from ``--metadata`` or
    from a mirror's bucket.
 3. ``select_rows``: AWS-CLI-style ``--include``/``--exclude`` filters, id ranges, a limit.
-4. ``check_folder``: which selected files are already present and verified, missing or corrupt; a
-   small journal of verified (size, mtime, md5) avoids re-hashing a complete folder on every run.
-5. ``fetch_object``: GET one object through :class:`ObjectGetter` (URLs made by botocore, bytes over
-   one bounded urllib3 pool), stream it to ``.<name>.part`` while hashing it, rename it only when the
-   MD5 matches; 5xx, throttling, dropped connections and mismatches are retried with backoff.
+4. :func:`isc.local_copy.check_folder`: which selected files are already present and verified, missing or
+   corrupt.
+5. :func:`isc.s3.fetch_object`: GET one object, MD5-checked, retried with backoff.
 6. ``download_split``: all of it in parallel threads, a progress bar, a :class:`DownloadReport`.
 
 Object keys come from the metadata and are never trusted as paths (:func:`local_name`).
@@ -19,185 +17,35 @@ Object keys come from the metadata and are never trusted as paths (:func:`local_
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import queue
-import random
 import re
 import sys
-import threading
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-import boto3
 import botocore.exceptions
-import botocore.httpsession
 import pandas as pd
-import urllib3
-from botocore import UNSIGNED
 from botocore.client import BaseClient
-from botocore.config import Config
 from tqdm import tqdm
 
-import isc
-from isc.io import (
-    ID_PATTERNS,
-    REGION_BUCKETS,
-    InputError,
-    atomic_path,
+from isc.io import InputError, atomic_path, parse_id_range, read_metadata, split_folder, write_json
+from isc.local_copy import VerifiedIndex, check_folder, remove_stale_parts
+from isc.s3 import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WORKERS,
+    ObjectGetter,
+    bucket_for_region,
+    connect,
+    fetch_object,
     images_prefix,
     metadata_key,
-    read_metadata,
+    request_failure,
 )
-
-# the AWS regions holding the three copies (US West, Frankfurt, Singapore)
-REGION_NAMES = {"us-west": "us-west-2", "eu": "eu-central-1", "asia": "ap-southeast-1"}
-DEFAULT_WORKERS = 16
-DEFAULT_ATTEMPTS = 5
-DEFAULT_TIMEOUT = 60.0  # seconds for a connection, or for the next bytes of an answer
-CHUNK_BYTES = 1 << 20
-INDEX_NAME = ".isc-verified.tsv"
-PART_SUFFIX = ".part"
-
-# -------------------------------------------------------------------------------------------- client
-
-
-def bucket_for_region(region: str) -> str:
-    """The competition's bucket for a region name (``us-west``, ``eu``, ``asia``)."""
-    if region not in REGION_BUCKETS:
-        raise InputError(f"unknown region {region!r} (choose from {', '.join(REGION_BUCKETS)})")
-    return REGION_BUCKETS[region]
-
-
-class EndpointUnresponsive(InputError):
-    """The S3 endpoint took connections but did not answer in time, on every attempt: nothing could be fetched.
-
-    isc-download exits 1 on it (re-running later may work); elsewhere it is one more one-line error.
-    """
-
-
-def endpoint_url_or_environment(endpoint_url: str | None) -> str | None:
-    """``endpoint_url``, else ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` as the AWS tools read them."""
-    return endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-
-
-def make_client(
-    region: str = "us-west",
-    endpoint_url: str | None = None,
-    profile: str | None = None,
-    max_pool_connections: int = DEFAULT_WORKERS,
-    retry_mode: str = "standard",
-    max_attempts: int = DEFAULT_ATTEMPTS,
-    aws_region: str | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> BaseClient:
-    """An S3 client for a regional bucket: unsigned unless a profile is named (``profile`` or ``AWS_PROFILE``).
-
-    ``endpoint_url`` (or ``AWS_ENDPOINT_URL``) points at a mirror or a local server, with path-style addressing.
-    ``aws_region`` overrides the AWS region assumed for ``region``'s bucket. Retries (listing, metadata) are
-    botocore's, in ``retry_mode``, ``max_attempts`` tries in all; ``timeout``: seconds to wait for a connection
-    or for the next bytes of an answer (object downloads use the same).
-    """
-    profile = profile or os.environ.get("AWS_PROFILE") or None
-    endpoint_url = endpoint_url_or_environment(endpoint_url)
-    config = Config(
-        signature_version="s3v4" if profile else UNSIGNED,  # presigned URLs: SigV4, which every region accepts
-        s3={"addressing_style": "path" if endpoint_url else "auto"},
-        max_pool_connections=max_pool_connections,
-        retries={"mode": retry_mode, "total_max_attempts": max_attempts},  # "max_attempts" would not count the first
-        connect_timeout=timeout,
-        read_timeout=timeout,
-        parameter_validation=False,  # the parameters are ours; validating them costs CPU on every request
-        response_checksum_validation="when_required",  # we check the MD5 ourselves
-    )
-    try:
-        return boto3.Session(profile_name=profile).client(
-            "s3", region_name=aws_region or REGION_NAMES[region], endpoint_url=endpoint_url, config=config
-        )
-    except botocore.exceptions.ProfileNotFound:
-        raise InputError(f"AWS profile {profile!r} not found in the AWS config files") from None
-
-
-def _request_failure(client: BaseClient, error: botocore.exceptions.BotoCoreError) -> InputError:
-    """The one-line error for a request that botocore gave up on: refused or unresolvable endpoints are bad
-    input; timeouts and dropped connections, after every attempt, are :class:`EndpointUnresponsive`."""
-    config = client.meta.config
-    if isinstance(error, botocore.exceptions.ConnectTimeoutError | botocore.exceptions.HTTPClientError):
-        return EndpointUnresponsive(
-            f"no answer from the S3 endpoint {client.meta.endpoint_url} ({error}) in "
-            f"{config.retries['total_max_attempts']} attempts of up to {config.read_timeout:g} s; re-run later "
-            "or raise --timeout")
-    if isinstance(error, botocore.exceptions.EndpointConnectionError):
-        return InputError(f"cannot reach the S3 endpoint ({error})")
-    return InputError(f"S3 request failed: {error}")  # e.g. a profile without credentials
-
-
-def check_reachable(client: BaseClient, bucket: str, split: str) -> str | None:
-    """One small listing before a long run (an unreachable bucket is one error, not a million failed files);
-    returns the bucket's AWS region as S3 reports it (None from servers that do not say)."""
-    try:
-        answer = client.list_objects_v2(Bucket=bucket, Prefix=images_prefix(split), MaxKeys=1)
-    except botocore.exceptions.BotoCoreError as e:
-        raise _request_failure(client, e) from None
-    except botocore.exceptions.ClientError as e:
-        raise InputError(f"s3://{bucket}/{images_prefix(split)}: {_error_code(e)} ({e})") from None
-    return answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
-
-
-def connect(
-    region: str, split: str, endpoint_url: str | None = None, profile: str | None = None,
-    max_pool_connections: int = DEFAULT_WORKERS, check: bool = True, attempts: int = DEFAULT_ATTEMPTS,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> tuple[str, object, dict[str, float]]:
-    """(region, client, probe timings) for a region name or ``auto`` (the fastest bucket; timings empty otherwise).
-
-    ``check``: list one key first, so that an unreachable bucket fails at once, and follow S3 when it says the
-    bucket lives in another AWS region than assumed. ``attempts`` and ``timeout`` bound every request.
-    """
-    def client_for(name: str, aws_region: str | None = None) -> BaseClient:
-        return make_client(name, endpoint_url, profile, max_pool_connections, max_attempts=attempts,
-                           aws_region=aws_region, timeout=timeout)
-
-    timings: dict[str, float] = {}
-    if region == "auto":
-        region, timings = fastest_region(client_for, split)
-    client = client_for(region)
-    if check:
-        bucket_region = check_reachable(client, bucket_for_region(region), split)
-        if bucket_region and bucket_region != client.meta.region_name:
-            client = client_for(region, bucket_region)
-    return region, client, timings
-
-
-def probe_seconds(client: BaseClient, bucket: str, split: str, repeats: int = 3) -> float:
-    """Fastest of ``repeats`` one-key listings of the split's prefix (the first one also opens the connection)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        client.list_objects_v2(Bucket=bucket, Prefix=images_prefix(split), MaxKeys=1)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def fastest_region(client_for: Callable[[str], object], split: str) -> tuple[str, dict[str, float]]:
-    """(the region whose bucket answers fastest, seconds per region; inf where it failed)."""
-    timings = {}
-    for region in REGION_BUCKETS:
-        try:
-            timings[region] = probe_seconds(client_for(region), REGION_BUCKETS[region], split)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
-            timings[region] = float("inf")
-    best = min(timings, key=timings.get)
-    if timings[best] == float("inf"):
-        raise InputError("no regional bucket answered (check the network, --endpoint-url or the AWS settings)")
-    return best, timings
-
+from isc.threads import bounded_map
 
 # ------------------------------------------------------------------------------------------ metadata
 
@@ -208,7 +56,7 @@ def fetch_metadata(client: BaseClient, bucket: str, split: str, path: str | Path
     try:
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     except botocore.exceptions.BotoCoreError as e:
-        raise _request_failure(client, e) from None
+        raise request_failure(client, e) from None
     except botocore.exceptions.ClientError as e:
         code = e.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "404", "AccessDenied", "403", "NoSuchBucket"):
@@ -241,18 +89,6 @@ def local_name(key: str, split: str) -> str | None:
 # -------------------------------------------------------------------------------------------- subsets
 
 
-def parse_id_range(text: str, split: str) -> tuple[str, str]:
-    """``Q00000-Q00999`` (inclusive) or a single id ``Q00042`` -> (first, last); InputError if malformed."""
-    first, _, last = text.strip().partition("-")
-    last = last or first
-    for value in (first, last):
-        if not ID_PATTERNS[split].fullmatch(value):
-            raise InputError(f"id range {text!r}: {value!r} is not a {split} id (e.g. Q00000-Q00999)")
-    if first > last:
-        raise InputError(f"id range {text!r} is empty (first id after the last)")
-    return first, last
-
-
 def passes_filters(name: str, filters: Sequence[tuple[str, str]]) -> bool:
     """The AWS CLI's rule: everything is included, then each filter in order overrides when its pattern matches."""
     included = True
@@ -281,267 +117,6 @@ def select_rows(
     if limit is not None:
         rows = rows.head(limit)
     return rows.reset_index(drop=True)
-
-
-# ------------------------------------------------------------------------------ local state and checks
-
-
-def md5_of_file(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class VerifiedIndex:
-    """A journal of files already verified: ``name size mtime_ns md5`` lines, appended as files are verified.
-
-    Appending (one line per file) survives kill -9; a torn last line is ignored. A file is trusted without
-    re-hashing only while its size and mtime are those recorded and the recorded MD5 is the expected one.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / INDEX_NAME
-        self.entries: dict[str, tuple[int, int, str]] = {}
-        if self.path.is_file():
-            for line in self.path.read_text(errors="replace").splitlines():
-                parts = line.split("\t")
-                if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit() and len(parts[3]) == 32:
-                    self.entries[parts[0]] = (int(parts[1]), int(parts[2]), parts[3])
-        self._journal = None
-
-    def trusted(self, name: str, stat: os.stat_result, md5: str) -> bool:
-        return self.entries.get(name) == (stat.st_size, stat.st_mtime_ns, md5)
-
-    def record(self, name: str, stat: os.stat_result, md5: str) -> None:
-        entry = (stat.st_size, stat.st_mtime_ns, md5)
-        if self.entries.get(name) == entry:
-            return
-        self.entries[name] = entry
-        if self._journal is None:
-            self._journal = open(self.path, "a")  # noqa: SIM115 (kept open for the run, closed by compact)
-        self._journal.write(f"{name}\t{entry[0]}\t{entry[1]}\t{md5}\n")
-        self._journal.flush()
-
-    def compact(self, keep: Iterable[str]) -> None:
-        """Rewrite the journal with one line per file in ``keep`` (atomically)."""
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-        with atomic_path(self.path) as tmp:
-            tmp.write_text("".join("{}\t{}\t{}\t{}\n".format(n, *self.entries[n]) for n in keep if n in self.entries))
-
-
-@dataclass
-class FolderCheck:
-    """State of the selected files in the destination folder (file names)."""
-
-    verified: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    corrupt: list[str] = field(default_factory=list)
-    extra: list[str] = field(default_factory=list)
-
-
-def check_folder(
-    folder: Path,
-    expected: dict[str, str],
-    all_names: set[str],
-    index: VerifiedIndex,
-    rehash: bool = False,
-    workers: int = 4,
-    quiet: bool = True,
-) -> FolderCheck:
-    """Classify every file of ``expected`` (name -> md5); ``extra``: files in the folder not in ``all_names``.
-
-    One listing of the folder finds the missing files; present files are trusted from the index while their
-    size and mtime match (unless ``rehash``), the others are hashed in ``workers`` threads.
-    """
-    result = FolderCheck()
-    present = {entry.name: entry for entry in os.scandir(folder)} if folder.is_dir() else {}
-    to_hash = []
-    for name, md5 in expected.items():
-        entry = present.get(name)
-        try:
-            stat = entry.stat() if entry is not None else None
-        except FileNotFoundError:
-            stat = None
-        if stat is None:
-            result.missing.append(name)
-        elif not rehash and index.trusted(name, stat, md5):
-            result.verified.append(name)
-        else:
-            to_hash.append((name, stat))
-    hashed = _bounded_map(lambda item: (*item, md5_of_file(folder / item[0])), to_hash, workers)
-    for name, stat, md5 in tqdm(hashed, total=len(to_hash), desc="checking local files", unit="file",
-                                disable=quiet or not to_hash, dynamic_ncols=True):
-        if md5 == expected[name]:
-            result.verified.append(name)
-            index.record(name, stat, md5)
-        else:
-            result.corrupt.append(name)
-    result.extra = sorted(n for n, e in present.items() if not n.startswith(".") and n not in all_names and e.is_file())
-    return result
-
-
-def remove_stale_parts(folder: Path) -> int:
-    """Delete the temporary files a killed run left behind; returns how many."""
-    stale = list(folder.glob(f".*{PART_SUFFIX}")) if folder.is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
-
-
-# ------------------------------------------------------------------------------------------- fetching
-
-
-@dataclass
-class FetchResult:
-    name: str
-    ok: bool
-    nbytes: int = 0
-    attempts: int = 0
-    reason: str = ""
-
-
-def _error_code(error: botocore.exceptions.ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", "")) or str(
-        error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
-    )
-
-
-# answers that another try will not change (moved bucket, bad request, forbidden, missing)
-FINAL_STATUSES = {301, 307, 400, 403, 404}
-
-
-class ObjectGetter:
-    """GETs of the objects under one prefix of a bucket, over one bounded urllib3 connection pool.
-
-    botocore makes the URLs (endpoint, addressing style, a SigV4 query signature when signed); the bytes then
-    flow through urllib3 directly: botocore's GetObject costs about 2.3 ms of CPU per object and a plain GET
-    about 0.9 ms, and CPU per object is what bounds a million-file download on a small machine.
-    """
-
-    def __init__(self, client, bucket: str, prefix: str, max_connections: int = DEFAULT_WORKERS) -> None:
-        self.client, self.bucket = client, bucket
-        self.signed = client.meta.config.signature_version is not UNSIGNED
-        # unsigned URLs carry no query string: the prefix's URL plus the quoted object name
-        self.prefix_url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": prefix})
-        timeout = urllib3.Timeout(connect=client.meta.config.connect_timeout, read=client.meta.config.read_timeout)
-        # urllib3 itself only retries a request that failed before any answer (e.g. a stale kept-alive connection)
-        retries = urllib3.Retry(total=2, connect=2, read=1, status=0, other=0, redirect=0, raise_on_status=False)
-        options = {"maxsize": max_connections, "block": True, "timeout": timeout, "retries": retries,
-                   "headers": {"User-Agent": f"isc-download/{isc.__version__}"},
-                   "ca_certs": os.environ.get("AWS_CA_BUNDLE") or botocore.httpsession.get_cert_path(True)}
-        proxy = urllib.request.getproxies().get(urllib.parse.urlsplit(self.prefix_url).scheme)
-        host = urllib.parse.urlsplit(self.prefix_url).hostname or ""
-        if proxy and not urllib.request.proxy_bypass(host):
-            self.pool = urllib3.ProxyManager(proxy, **options)
-        else:
-            self.pool = urllib3.PoolManager(**options)
-
-    def url(self, key: str) -> str:
-        """The URL of ``key``, an object directly under the prefix."""
-        if self.signed:
-            return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key})
-        return self.prefix_url + urllib.parse.quote(key.rpartition("/")[2], safe="~")
-
-    def get(self, key: str) -> urllib3.BaseHTTPResponse:
-        return self.pool.request("GET", self.url(key), preload_content=False)
-
-
-def _http_error(response: urllib3.BaseHTTPResponse) -> str:
-    code = re.search(rb"<Code>([^<]{1,64})</Code>", response.data[:4096] if response.data else b"")
-    reason = f"HTTP {response.status}" + (f" {code.group(1).decode(errors='replace')}" if code else "")
-    region = response.headers.get("x-amz-bucket-region")
-    return reason + (f" (the bucket is in {region})" if region else "")
-
-
-def fetch_object(
-    getter: ObjectGetter, key: str, path: Path, md5: str, attempts: int = DEFAULT_ATTEMPTS, backoff: float = 0.5
-) -> FetchResult:
-    """Stream one object to a temporary name beside ``path`` while hashing it; rename it only if the MD5 matches.
-
-    5xx and 429 answers, dropped connections (before or during the body) and MD5 mismatches are tried again,
-    ``attempts`` times in all, with exponential backoff and full jitter (as botocore's standard retry mode);
-    a missing or forbidden object is not.
-    """
-    tmp = path.with_name(f".{path.name}{PART_SUFFIX}")
-    where = f"s3://{getter.bucket}/{key}"
-    reason = ""
-    for attempt in range(1, attempts + 1):
-        response = None
-        try:
-            response = getter.get(key)
-            if response.status != 200:
-                reason = _http_error(response)
-                if response.status in FINAL_STATUSES:
-                    return FetchResult(path.name, False, 0, attempt, f"{where}: {reason}")
-            else:
-                h = hashlib.md5()
-                nbytes = 0
-                with open(tmp, "wb") as f:
-                    while chunk := response.read(CHUNK_BYTES):
-                        h.update(chunk)
-                        f.write(chunk)
-                        nbytes += len(chunk)
-                if h.hexdigest() == md5:
-                    os.replace(tmp, path)
-                    return FetchResult(path.name, True, nbytes, attempt)
-                reason = f"MD5 mismatch: got {h.hexdigest()}, expected {md5} ({nbytes} bytes)"
-        except (urllib3.exceptions.HTTPError, OSError) as e:  # connection lost or refused, body cut short, disk
-            reason = f"{type(e).__name__}: {e}"
-        finally:
-            tmp.unlink(missing_ok=True)
-            if response is not None:
-                response.drain_conn()
-                response.release_conn()
-        if attempt < attempts:
-            time.sleep(random.uniform(0, backoff * 2 ** (attempt - 1)))
-    return FetchResult(path.name, False, 0, attempts, f"{where}: {reason} (after {attempts} attempts)")
-
-
-def _bounded_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-    """``fn`` over ``items`` in ``workers`` threads that pull from one iterator; results as they complete.
-
-    No future per item (a million at once would hold gigabytes, and waiting on them costs O(pending) each
-    time); closing the generator (Ctrl-C, giving up) lets each thread finish its item and stop.
-    """
-    items, lock, results, stop = iter(items), threading.Lock(), queue.SimpleQueue(), threading.Event()
-    finished = object()
-
-    def work() -> None:
-        try:
-            while not stop.is_set():
-                with lock:
-                    item = next(items, finished)
-                if item is finished:
-                    break
-                results.put((fn(item), None))
-        except BaseException as e:  # handed to the consumer, raised there
-            results.put((None, e))
-        finally:
-            results.put((finished, None))
-
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    running = len(threads)
-    try:
-        while running:
-            value, error = results.get()
-            if error is not None:
-                raise error
-            if value is finished:
-                running -= 1
-            else:
-                yield value
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-
-
 # ------------------------------------------------------------------------------------------ the stage
 
 
@@ -578,8 +153,7 @@ class DownloadReport:
                 "megabytes_per_second": round(self.bytes / 1e6 / self.seconds, 2) if self.seconds else 0.0}
 
     def write(self, path: str | Path) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        write_json(path, self.to_json(), indent=1)
 
 
 class _Progress:
@@ -626,7 +200,7 @@ def download_split(
     has one) and returned.
     """
     start = time.perf_counter()
-    folder = Path(dest) / f"{split}_images"
+    folder = split_folder(dest, split)
     report = report or DownloadReport(split, "", getter.bucket, None, str(folder))
     report.verify_only = verify_only
     report.selected = len(rows)
@@ -657,7 +231,7 @@ def download_split(
         failed_in_a_row = 0
         progress = _Progress(len(todo), f"{split} images", quiet or not todo)
         fetch = lambda name: fetch_object(getter, keys[name], folder / name, expected[name], attempts)  # noqa: E731
-        results = _bounded_map(fetch, sorted(todo), workers)
+        results = bounded_map(fetch, sorted(todo), workers)
         try:
             for result in results:
                 failed_in_a_row = 0 if result.ok else failed_in_a_row + 1
@@ -711,7 +285,7 @@ def sync_split(
 
     The report goes to ``report_path`` (default ``dest/<split>_download_report.json``), also when interrupted;
     returns it and its path. Every request waits at most ``timeout`` seconds for a connection or for data, and
-    is tried ``attempts`` times; an endpoint that never answers ends in :class:`EndpointUnresponsive`.
+    is tried ``attempts`` times; an endpoint that never answers ends in :class:`isc.s3.EndpointUnresponsive`.
     """
     region, client, timings = connect(region, split, endpoint_url, profile, workers,
                                       check=not verify_only or repair, attempts=attempts, timeout=timeout)
@@ -724,7 +298,7 @@ def sync_split(
     all_names = {uri.rpartition("/")[2] for uri in metadata["s3_uri"]}
     getter = ObjectGetter(client, bucket, images_prefix(split), workers)
     report_path = Path(report_path or Path(dest) / f"{split}_download_report.json")
-    report = DownloadReport(split, region, bucket, client.meta.endpoint_url, str(Path(dest) / f"{split}_images"))
+    report = DownloadReport(split, region, bucket, client.meta.endpoint_url, str(split_folder(dest, split)))
     try:
         download_split(getter, split, rows, dest, all_names, workers=workers, attempts=attempts,
                        verify_only=verify_only, repair=repair, rehash=rehash, quiet=quiet, report=report)

@@ -23,6 +23,7 @@ import re
 import secrets
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,28 +48,11 @@ PHASE_QUERY_RANGES = {1: (0, 49_999), 2: (50_000, 99_999)}
 DESCRIPTOR_TRACK_MAX_DIM = 256
 MATCHING_TRACK_MAX_ROWS = 500_000
 
-# the competition's public buckets, one copy per region; images under all/<split>_images/
-REGION_BUCKETS = {
-    "us-west": "drivendata-competition-fb-isc-data",
-    "eu": "drivendata-competition-fb-isc-data-eu",
-    "asia": "drivendata-competition-fb-isc-data-asia",
-}
-
 
 def split_folder(root: str | Path, split: str) -> Path:
     """Where a dataset folder keeps a split's images: ``root/<split>_images/`` (isc-download's and isc-synth's
     layout, the buckets' ``all/<split>_images/``)."""
     return Path(root) / f"{split}_images"
-
-
-def images_prefix(split: str) -> str:
-    """The key prefix of a split's images in the competition's buckets."""
-    return f"all/{split}_images/"
-
-
-def metadata_key(split: str) -> str:
-    """Where a mirror of the competition (such as isc-s3serve) keeps a split's metadata CSV."""
-    return f"all/{split}_metadata.csv"
 
 
 # ---------------------------------------------------------------------------------------------- ids
@@ -122,6 +106,18 @@ def validate_ids(ids: pd.Series | Sequence[str], split: str, source: str | Path,
             f"{source}: {what} #{bad} is {value!r}, not a {split} id ({ID_PREFIX[split]} + "
             f"{ID_DIGITS[split]} digits)"
         )
+
+
+def parse_id_range(text: str, split: str) -> tuple[str, str]:
+    """``Q00000-Q00999`` (inclusive) or a single id ``Q00042`` -> (first, last); InputError if malformed."""
+    first, _, last = text.strip().partition("-")
+    last = last or first
+    for value in (first, last):
+        if not ID_PATTERNS[split].fullmatch(value):
+            raise InputError(f"id range {text!r}: {value!r} is not a {split} id (e.g. Q00000-Q00999)")
+    if first > last:
+        raise InputError(f"id range {text!r} is empty (first id after the last)")
+    return first, last
 
 
 def query_phase(query_id: str) -> int:
@@ -286,8 +282,10 @@ def _same_value(a: object, b: object) -> bool:
         return a == b
 
 
-def attribute_differences(a: dict[str, object], b: dict[str, object], ignore: Sequence[str] = ()) -> list[str]:
-    """``key: A != B`` for each model attribute that differs (or exists on one side only)."""
+def same_model(a: dict[str, object], b: dict[str, object], ignore: Sequence[str] = ()) -> list[str]:
+    """The one rule of "same model" for two descriptor files' attributes: ``key: A != B`` for each model
+    attribute (:func:`model_attributes`, less ``ignore``) that differs or exists on one side only; [] when
+    the same model made both."""
     a, b = model_attributes(a, ignore), model_attributes(b, ignore)
     absent = object()
     out = []
@@ -341,6 +339,22 @@ def read_descriptors(
         row = int(np.flatnonzero(duplicated)[0])
         raise InputError(f"{path}: id {ids[row]} appears more than once (row {row})")
     return ids, descriptors, attrs
+
+
+@dataclass
+class DescriptorFile:
+    """One split's descriptors as read from a descriptor file (either layout of :data:`DESCRIPTOR_LAYOUTS`)."""
+
+    path: Path
+    ids: list[str]
+    descriptors: np.ndarray  # float32 [n, d]
+    attrs: dict[str, object]
+
+    @classmethod
+    def read(cls, path: str | Path, split: str | None = None, views: bool = False) -> DescriptorFile:
+        """Read and check a descriptor file, as :func:`read_descriptors` does."""
+        ids, descriptors, attrs = read_descriptors(path, split, views)
+        return cls(Path(path), ids, descriptors, attrs)
 
 
 def read_descriptor_classes(path: str | Path) -> list[str] | None:

@@ -1,14 +1,17 @@
-"""The competition's metric: micro-average precision (µAP) and recall at 90% precision.
+"""The competition's metric: micro-average precision (µAP) and recall at 90% precision, for both tracks.
 
 Computed as the organisers' scorer (facebookresearch/isc2021, ``isc/metrics.py``) does it:
 all predictions of all queries are ranked together by decreasing score, with the wrong pairs
 placed before the right ones on equal scores (the worst case, so a constant score cannot help);
 µAP = Σ (recall_i − recall_{i−1}) × precision_i with no interpolation, recall's denominator
-being the number of ground-truth pairs.
+being the number of ground-truth pairs. A descriptor-track file is scored as the organisers did
+(:func:`score_descriptor_track`): an exact L2 search keeping the ``10 × n_queries`` closest pairs over
+all queries, score = −squared distance, then µAP.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,12 +19,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from isc.io import InputError, atomic_path, pair_keys
+from isc.io import InputError, atomic_path, pair_keys, read_descriptor_track
+from isc.knn import knn
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 REQUIRED_PRECISION = 0.9
+RESULTS_PER_QUERY = 10  # the organisers scored a descriptor submission on 10 × n_queries pairs
 
 
 @dataclass
@@ -135,6 +140,80 @@ def evaluate(
         recalls=recalls,
         thresholds=thresholds,
     )
+
+
+# ---------------------------------------------------------------------------- descriptor-track score
+
+
+def capped_l2_search(
+    query: np.ndarray, reference: np.ndarray, max_results: int, backend: str = "auto", quiet: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``max_results`` closest (query, reference) pairs over all queries, exactly, by squared L2 distance.
+
+    Returns (query indices, reference indices, squared distances), closest first. Each query's k nearest
+    references are searched, k doubled for the queries whose k-th neighbour still lies within the cut:
+    a query whose k-th distance exceeds the cut has no unseen pair inside it, so the cut is exact.
+    """
+    nq, nr = len(query), len(reference)
+    max_results = min(max_results, nq * nr)
+    k = min(nr, 4 * -(-max_results // nq))  # 4 × the average per query: most queries need no second pass
+    distances, indices = knn(query, reference, k, "l2", backend, quiet)
+    rows = np.repeat(np.arange(nq), k)
+    cols, flat = indices.ravel(), distances.ravel()
+    kth = distances[:, -1].copy()
+    searched = np.full(nq, k)
+    while True:
+        cut = np.partition(flat, max_results - 1)[max_results - 1]
+        short = np.flatnonzero((searched < nr) & (kth <= cut))
+        if not len(short):
+            break
+        k = min(nr, 2 * int(searched[short].max()))
+        more_distances, more_indices = knn(query[short], reference, k, "l2", backend, quiet)
+        keep = ~np.isin(rows, short)
+        rows = np.concatenate([rows[keep], np.repeat(short, k)])
+        cols = np.concatenate([cols[keep], more_indices.ravel()])
+        flat = np.concatenate([flat[keep], more_distances.ravel()])
+        kth[short], searched[short] = more_distances[:, -1], k
+    best = np.argpartition(flat, max_results - 1)[:max_results]
+    best = best[np.argsort(flat[best], kind="stable")]
+    return rows[best], cols[best], flat[best]
+
+
+def descriptor_track_predictions(
+    query_ids: Sequence[str],
+    query: np.ndarray,
+    reference_ids: Sequence[str],
+    reference: np.ndarray,
+    max_results: int | None = None,
+    backend: str = "auto",
+    quiet: bool = True,
+) -> pd.DataFrame:
+    """The organisers' predictions for a descriptor submission: the ``max_results`` (default
+    10 × n_queries) closest pairs, score = −squared L2 distance, best first."""
+    if max_results is None:
+        max_results = RESULTS_PER_QUERY * len(query_ids)
+    if max_results < 1:
+        raise InputError(f"max_results must be at least 1, got {max_results}")
+    rows, cols, distances = capped_l2_search(query, reference, max_results, backend, quiet)
+    return pd.DataFrame({
+        "query_id": np.asarray(query_ids, dtype=object)[rows],
+        "reference_id": np.asarray(reference_ids, dtype=object)[cols],
+        "score": -distances.astype(np.float64),
+    })
+
+
+def score_descriptor_track(
+    path: str | Path,
+    ground_truth: pd.DataFrame,
+    max_results: int | None = None,
+    restrict_to_ground_truth_queries: bool = False,
+    backend: str = "auto",
+    quiet: bool = True,
+) -> tuple[Metrics, pd.DataFrame]:
+    """Score a descriptor-track HDF5 as the organisers did; returns the metrics and the predictions."""
+    query_ids, query, reference_ids, reference = read_descriptor_track(path)
+    predictions = descriptor_track_predictions(query_ids, query, reference_ids, reference, max_results, backend, quiet)
+    return evaluate(predictions, ground_truth, restrict_to_ground_truth_queries), predictions
 
 
 def image_format(path: str | Path) -> str:

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from isc.io import DESCRIPTOR_TRACK_MAX_DIM, InputError, atomic_path, read_descriptors, write_descriptors
+from isc.io import (
+    DESCRIPTOR_TRACK_MAX_DIM,
+    DescriptorFile,
+    InputError,
+    atomic_path,
+    same_model,
+    write_descriptors,
+)
 
 CHUNK_ROWS = 65_536
 
@@ -101,9 +108,10 @@ def learn_pca(descriptors: np.ndarray, dim: int = DESCRIPTOR_TRACK_MAX_DIM, whit
 def learn_pca_file(train: str | Path, output: str | Path, dim: int = DESCRIPTOR_TRACK_MAX_DIM,
                    whiten: bool = True) -> PCAWhitening:
     """Learn from a descriptor file (e.g. the training split's) and save to ``output`` (.npz)."""
-    _, descriptors, attrs = read_descriptors(train)
-    source = {"trained_on": str(train), **{k: attrs[k] for k in ("model", "model_fingerprint") if k in attrs}}
-    pca = learn_pca(descriptors, dim, whiten, attrs=source)
+    training = DescriptorFile.read(train)
+    source = {"trained_on": str(train),
+              **{k: training.attrs[k] for k in ("model", "model_fingerprint") if k in training.attrs}}
+    pca = learn_pca(training.descriptors, dim, whiten, attrs=source)
     pca.save(output)
     return pca
 
@@ -127,8 +135,9 @@ def concatenate_descriptors(parts: list[np.ndarray], weights: list[float] | None
 
 
 def _check_pca_input(pca: PCAWhitening, path: str | Path, attrs: dict[str, object]) -> None:
+    # a PCA records only its training descriptors' model name and fingerprint: the fingerprints are compared
     learnt, given = pca.attrs.get("model_fingerprint"), attrs.get("model_fingerprint")
-    if learnt and given and learnt != given:
+    if learnt and given and same_model({"model_fingerprint": learnt}, {"model_fingerprint": given}):
         raise InputError(f"{path}: made by model {attrs.get('model')} ({given}), but the PCA was "
                          f"learnt on descriptors of {pca.attrs.get('model')} ({learnt})")
     if "pca" in attrs:
@@ -148,15 +157,16 @@ def apply_pca_file(pca: PCAWhitening | str | Path, descriptors_file: str | Path,
     from isc.search import subtract_negative_embeddings
 
     pca = pca if isinstance(pca, PCAWhitening) else PCAWhitening.load(pca)
-    ids, descriptors, attrs = read_descriptors(descriptors_file, views=True)
-    _check_pca_input(pca, descriptors_file, attrs)
-    whitened = pca.apply(descriptors)
+    source = DescriptorFile.read(descriptors_file, views=True)
+    _check_pca_input(pca, descriptors_file, source.attrs)
+    whitened = pca.apply(source.descriptors)
     extra: dict[str, object] = {}
     if negatives is not None:
-        _, training, training_attrs = read_descriptors(negatives)
-        _check_pca_input(pca, negatives, training_attrs)
-        whitened = subtract_negative_embeddings(whitened, pca.apply(training), neg_beta, neg_k, quiet=quiet)
+        training = DescriptorFile.read(negatives)
+        _check_pca_input(pca, negatives, training.attrs)
+        whitened = subtract_negative_embeddings(whitened, pca.apply(training.descriptors), neg_beta, neg_k,
+                                                quiet=quiet)
         extra["negative_embeddings"] = json.dumps({"training": str(negatives), "beta": neg_beta, "k": neg_k})
-    write_descriptors(output, ids, whitened, {**attrs, "pca": json.dumps(pca.attrs), "pca_whiten": pca.whiten,
-                                              "normalized": True, **extra})
-    return len(ids)
+    write_descriptors(output, source.ids, whitened, {**source.attrs, "pca": json.dumps(pca.attrs),
+                                                     "pca_whiten": pca.whiten, "normalized": True, **extra})
+    return len(source.ids)

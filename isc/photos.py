@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from isc.draw import natural_colour, random_image_size, to_rgb
 from isc.io import InputError
-from isc.synth import _image_with_size, _natural_colour, _rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SPLITS = ("reference", "training", "query")  # in the order ties between them are broken
@@ -130,7 +130,7 @@ FLAT_JPEG_SIZE = _jpeg_size(Image.new("L", (DETAIL_SIDE, DETAIL_SIDE), 128))
 def detail(image: Image.Image) -> int:
     """Bytes a 64 x 64 grey JPEG (quality 75) of ``image`` takes beyond a flat one: ~0 for a plain colour or a
     smooth gradient, a few hundred for a landscape, over a thousand for foliage or a crowd."""
-    grey = _rgb(image).convert("L").resize((DETAIL_SIDE, DETAIL_SIDE), Image.Resampling.BOX)
+    grey = to_rgb(image).convert("L").resize((DETAIL_SIDE, DETAIL_SIDE), Image.Resampling.BOX)
     return _jpeg_size(grey) - FLAT_JPEG_SIZE
 
 
@@ -256,7 +256,7 @@ def render_base(source: BaseSource, rng: np.random.Generator, min_size: int, max
     A photo tile: the largest rectangle of the drawn aspect inside the tile, at a random place. A drawing:
     scaled to 55-95% of a plain canvas of a muted random colour, at a random place.
     """
-    width, height = _image_with_size(rng, min_size, max_size)
+    width, height = random_image_size(rng, min_size, max_size)
     path = Path(source.path)
     with _open(path) as image:
         if source.box is not None:
@@ -265,9 +265,9 @@ def render_base(source: BaseSource, rng: np.random.Generator, min_size: int, max
             scale = min(side / width, side / height)
             crop_w, crop_h = min(side, round(width * scale)), min(side, round(height * scale))
             x, y = int(rng.integers(0, side - crop_w + 1)), int(rng.integers(0, side - crop_h + 1))
-            return _rgb(image.crop((x, y, x + crop_w, crop_h + y)).resize((width, height), Image.Resampling.LANCZOS))
+            return to_rgb(image.crop((x, y, x + crop_w, crop_h + y)).resize((width, height), Image.Resampling.LANCZOS))
         drawing = _visible_part(_load(image, path))
-    canvas = Image.new("RGB", (width, height), _natural_colour(rng))
+    canvas = Image.new("RGB", (width, height), natural_colour(rng))
     scale = rng.uniform(0.55, 0.95) * min(width / drawing.width, height / drawing.height)
     drawing = drawing.resize((max(1, round(drawing.width * scale)), max(1, round(drawing.height * scale))),
                              Image.Resampling.LANCZOS)

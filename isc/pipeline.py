@@ -22,17 +22,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
-from isc import download, synth
-from isc.extract import check_device, extract, extraction_config, is_complete, list_split_images
+from isc import download, s3, synth
+from isc.extract import check_device, extract, extraction_config, is_complete
+from isc.images import list_split_images
 from isc.io import (
     DESCRIPTOR_TRACK_MAX_DIM,
     MATCHING_TRACK_MAX_ROWS,
-    REGION_BUCKETS,
     SPLITS,
     InputError,
     atomic_path,
@@ -44,19 +44,13 @@ from isc.io import (
     read_predictions,
     write_predictions,
 )
-from isc.metrics import evaluate
+from isc.manifest import default_submission_path, manifest_path, update_manifest
+from isc.metrics import evaluate, score_descriptor_track
 from isc.models import DEFAULT_MODEL, create_model
 from isc.pca import apply_pca_file, learn_pca_file
 from isc.s3server import LocalS3Server
-from isc.search import search
-from isc.submit import (
-    default_submission_path,
-    manifest_path,
-    score_descriptor_track,
-    submit_descriptors,
-    submit_matching,
-    update_manifest,
-)
+from isc.search import DEFAULT_K, ScoreNorm, search
+from isc.submit import submit_descriptors, submit_matching
 
 PHASES = (1, 2)
 DEMO_IMAGE_SIZE = 160  # the demo's default: 81 s on two idle cores; phase-1 matching µAP 0.81 with sscd and crops
@@ -73,7 +67,7 @@ class RunConfig:
     profile: str | None = None
     limit: int | None = None  # the first N images of each split (a trial run)
     training_limit: int | None = None  # the first N training images: enough for PCA and normalisation
-    download_workers: int = download.DEFAULT_WORKERS
+    download_workers: int = s3.DEFAULT_WORKERS
     model: str = DEFAULT_MODEL
     checkpoint: str | None = None
     image_size: int | None = None
@@ -81,8 +75,9 @@ class RunConfig:
     batch_size: int = 64
     workers: int | None = None
     pca_dim: int = DESCRIPTOR_TRACK_MAX_DIM  # 0: no whitening
-    k: int = 10
+    k: int = DEFAULT_K
     backend: str = "auto"
+    norm: ScoreNorm = ScoreNorm()  # the matching track's score normalisation by the training descriptors
     query_crops: bool = True  # the matching track's queries as their full view and 5 crops (µAP +0.05 on photos)
     phases: Sequence[int] = PHASES
     ground_truth: Sequence[Path] = ()
@@ -250,11 +245,11 @@ class Pipeline:
                                  workers=c.workers, quiet=c.quiet, crops=crops,
                                  attrs={"source": str(self.data / f"{split}_images"), "split": split,
                                         "checkpoint": c.checkpoint})
-                broken = f", {len(result['broken'])} broken" if result["broken"] else ""
-                broken += f", {result['resumed']:,} resumed from an interrupted run" if result["resumed"] else ""
+                broken = f", {len(result.broken)} broken" if result.broken else ""
+                broken += f", {result.resumed:,} resumed from an interrupted run" if result.resumed else ""
                 self._step("extract", target, len(images), began, False,
                            f"{model.dim}-d {model.name} @{model.image_size} px, "
-                           f"{result['images_per_second']} images/s on {result['device']}{broken}", [output])
+                           f"{result.images_per_second} images/s on {result.device}{broken}", [output])
         return files
 
     def whiten(self, raw: dict[str, Path]) -> dict[str, Path]:
@@ -293,9 +288,9 @@ class Pipeline:
         query_ids, query_descriptors, _ = read_descriptors(query, split="query", views=True)
         reference_ids, reference_descriptors, _ = read_descriptors(files["reference"], split="reference")
         training = read_descriptors(files["training"], split="training")[1] if "training" in files else None
-        predictions = search(query_ids, query_descriptors, reference_ids, reference_descriptors, k=self.config.k,
-                             max_results=MATCHING_TRACK_MAX_ROWS, training=training, backend=self.config.backend,
-                             quiet=self.config.quiet)
+        predictions = search(query_ids, query_descriptors, reference_ids, reference_descriptors, training=training,
+                             norm=self.config.norm, k=self.config.k, max_results=MATCHING_TRACK_MAX_ROWS,
+                             backend=self.config.backend, quiet=self.config.quiet)
         write_predictions(output, predictions)
         normalised = f", normalised with {len(training):,} training images" if training is not None else ""
         views = f", {len(query_ids) // len(set(query_ids))} views per query" if query.stem.endswith("_crops") else ""
@@ -406,9 +401,10 @@ def run_demo(config: RunConfig, seed: int = 0, **sizes: int) -> RunSummary:
     began = time.perf_counter()
     with LocalS3Server(mini, regions=["us-west"], quiet=config.quiet) as server:
         steps.append(Step("serve", "local S3", None, round(time.perf_counter() - began, 2), False,
-                          f"{server.endpoint_url} (bucket {REGION_BUCKETS['us-west']})"))
-        config.endpoint_url, config.region, config.data = server.endpoint_url, "us-west", None
-        config.ground_truth = [mini / "ground_truth.csv", mini / "ground_truth_phase2.csv"]
-        pipeline = Pipeline(config)
+                          f"{server.endpoint_url} (bucket {s3.REGIONS['us-west'].bucket})"))
+        # the caller's config stays as it was: the demo runs a copy pointed at its own server and ground truth
+        demo = replace(config, endpoint_url=server.endpoint_url, region="us-west", data=None,
+                       ground_truth=[mini / "ground_truth.csv", mini / "ground_truth_phase2.csv"])
+        pipeline = Pipeline(demo)
         pipeline.summary.steps.extend(steps)
         return pipeline.run()

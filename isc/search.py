@@ -1,11 +1,9 @@
-"""Matching queries against references: exact k-nearest-neighbour search, score normalisation, kNN graphs.
+"""Matching queries against references: score normalisation, the matching track's predictions, kNN graphs.
 
-- :func:`knn` is the exact search every stage uses, with three interchangeable backends: ``faiss-cpu``,
-  ``faiss-gpu`` (all visible GPUs, references sharded) and ``torch`` (half-precision products plus a
-  grouped top-k on a GPU, float32 on the CPU); all return the same neighbours up to ties.
 - :func:`search` turns descriptors into the matching track's predictions, with the training-set score
-  normalisation ``s'(q, r) = s(q, r) − β · agg(s(q, t_A..t_B))`` (and optionally the same for ``r``);
-  :func:`search_files` does it over descriptor files of one model and records what it did beside the CSV.
+  normalisation :class:`ScoreNorm` ``s'(q, r) = s(q, r) − β · agg(s(q, t_A..t_B))`` (and optionally the
+  same for ``r``); :func:`search_files` does it over descriptor files of one model and records what it did
+  beside the CSV. The nearest-neighbour search itself is :mod:`isc.knn`'s.
 - :func:`knn_graph` and :func:`write_knn_graph` export a collection's kNN graph as NumPy and in the layout
   learn-to-cluster reads.
 
@@ -15,272 +13,38 @@ blocks, so only the reference array itself must fit in RAM (1M × 256 float32 = 
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
 
 from isc.io import (
+    MATCHING_TRACK_MAX_ROWS,
     PHASE_QUERY_RANGES,
     PROVENANCE_SUFFIX,
     InputError,
     atomic_path,
-    attribute_differences,
     model_attributes,
     provenance,
     query_phase,
     read_descriptors,
+    same_model,
     write_predictions,
 )
+from isc.knn import build_index, check_pair, clamp_k, index_search, knn, recall_against_exact
 
 if TYPE_CHECKING:
-    # imported where used: the torch backend runs on GPU machines that have neither faiss nor pandas
-    import faiss
+    # imported where used: the torch backend runs on GPU machines that have no pandas
     import pandas as pd
-    import torch
 
-BACKENDS = ("auto", "faiss-cpu", "faiss-gpu", "torch")
-METRICS = {"ip": "METRIC_INNER_PRODUCT", "l2": "METRIC_L2"}  # the name of each one's faiss constant
 AGGREGATIONS = ("mean", "min")
-FAISS_GPU_MAX_K = 2048  # faiss's GPU k-selection limit
+DEFAULT_K = 10  # references kept per query, by isc-search and isc-run alike
 NORM_TOLERANCE = 1e-3  # |‖x‖ − 1| above this counts as "not L2-normalised"
-QUERY_BLOCK = 4096  # queries per faiss call: bounds the distance buffers and paces the progress bar
-
-
-# ------------------------------------------------------------------------------------------ backends
-
-
-def faiss_installed() -> bool:
-    """Whether faiss can be imported."""
-    return importlib.util.find_spec("faiss") is not None
-
-
-def _faiss():
-    """The faiss module, imported on first use; InputError when it is not installed."""
-    if not faiss_installed():
-        raise InputError("faiss is not installed (pip install faiss-cpu), or use --backend torch")
-    import faiss
-
-    return faiss
-
-
-def faiss_gpu_count() -> int:
-    """Number of GPUs the installed faiss can use (0 for faiss-cpu, or without faiss)."""
-    if not faiss_installed():
-        return 0
-    faiss = _faiss()
-    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
-
-
-def torch_has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def available_backends() -> list[str]:
-    """The concrete backends this machine can run, fastest first."""
-    found = []
-    if torch_has_cuda():
-        found.append("torch")
-    if faiss_gpu_count():
-        found.append("faiss-gpu")
-    if faiss_installed():
-        found.append("faiss-cpu")
-    if "torch" not in found:
-        found.append("torch")  # torch on the CPU: correct but slower than faiss-cpu
-    return found
-
-
-def resolve_backend(backend: str) -> str:
-    """``auto`` becomes the fastest available backend; an unavailable one is an InputError."""
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
-    if backend == "auto":
-        return available_backends()[0]
-    if backend == "faiss-cpu":
-        _faiss()  # InputError without faiss
-    if backend == "faiss-gpu" and not faiss_gpu_count():
-        raise InputError("backend faiss-gpu: the installed faiss has no GPU support or sees no GPU "
-                         "(install faiss-gpu, or use --backend torch)")
-    return backend
-
-
-# ------------------------------------------------------------------------------------------ exact kNN
-
-
-def _check_pair(query: np.ndarray, reference: np.ndarray, what: str = "query and reference") -> None:
-    for name, x in zip(what.split(" and "), (query, reference), strict=True):
-        if x.ndim != 2:
-            raise InputError(f"{name} descriptors must be a 2-d array [n, d], got shape {x.shape}")
-        if x.shape[0] == 0:
-            raise InputError(f"no {name} descriptors (empty array)")
-    if query.shape[1] != reference.shape[1]:
-        raise InputError(f"dimension mismatch: {what} descriptors have {query.shape[1]} and "
-                         f"{reference.shape[1]} dimensions")
-
-
-def _clamp_k(k: int, n: int, what: str) -> int:
-    if k < 1:
-        raise InputError(f"k must be at least 1, got {k}")
-    if k > n:
-        warnings.warn(f"k = {k} is larger than the {n} {what}: using k = {n}", stacklevel=3)
-        return n
-    return k
-
-
-def knn(
-    query: np.ndarray,
-    reference: np.ndarray,
-    k: int,
-    metric: str = "ip",
-    backend: str = "auto",
-    quiet: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest references of each query: (scores [nq, k] float32, indices [nq, k] int64).
-
-    ``metric`` ``"ip"``: inner products, highest first; ``"l2"``: squared L2 distances, lowest first.
-    ``k`` larger than the number of references is reduced to it, with a warning.
-    """
-    if metric not in METRICS:
-        raise InputError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
-    query = np.ascontiguousarray(query, dtype=np.float32)
-    reference = np.ascontiguousarray(reference, dtype=np.float32)
-    _check_pair(query, reference)
-    k = _clamp_k(k, reference.shape[0], "references")
-    backend = resolve_backend(backend)
-    if backend == "faiss-cpu":
-        return _knn_faiss_cpu(query, reference, k, metric, quiet)
-    if backend == "faiss-gpu":
-        return _knn_faiss_gpu(query, reference, k, metric)
-    return knn_torch(query, reference, k, metric, quiet=quiet)
-
-
-def _knn_faiss_cpu(
-    query: np.ndarray, reference: np.ndarray, k: int, metric: str, quiet: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    faiss = _faiss()
-    scores = np.empty((len(query), k), dtype=np.float32)
-    indices = np.empty((len(query), k), dtype=np.int64)
-    for q0 in tqdm(range(0, len(query), QUERY_BLOCK), desc="search (faiss-cpu)", unit="block", disable=quiet):
-        q1 = q0 + QUERY_BLOCK
-        scores[q0:q1], indices[q0:q1] = faiss.knn(query[q0:q1], reference, k, metric=getattr(faiss, METRICS[metric]))
-    return scores, indices
-
-
-def _knn_faiss_gpu(
-    query: np.ndarray, reference: np.ndarray, k: int, metric: str, reference_block: int = 1 << 22
-) -> tuple[np.ndarray, np.ndarray]:
-    faiss = _faiss()
-    from faiss.contrib.exhaustive_search import knn_ground_truth
-
-    if k > FAISS_GPU_MAX_K:
-        raise InputError(f"backend faiss-gpu supports k <= {FAISS_GPU_MAX_K}, got {k} (use --backend torch)")
-    blocks = (reference[r0 : r0 + reference_block] for r0 in range(0, len(reference), reference_block))
-    # faiss's contrib shards each reference block over all GPUs and merges the blocks in a heap
-    scores, indices = knn_ground_truth(query, blocks, k, metric_type=getattr(faiss, METRICS[metric]), shard=True)
-    return scores.astype(np.float32), indices.astype(np.int64)
-
-
-def _topk_grouped(scores, k: int, group: int = 64):
-    """Exact top-k of each row of ``scores`` (torch [m, n]), best first, without sorting all n values.
-
-    The k best values lie in at most k groups of ``group`` consecutive columns, and those groups are
-    among the k groups with the highest maxima; a memory-bound max reduction then a top-k over
-    n/group values is much faster on a GPU than a top-k over n.
-    """
-    import torch
-
-    m, n = scores.shape
-    n_groups = n // group
-    if n_groups < 4 * k:
-        return scores.topk(k, dim=1)
-    group_max = scores[:, : n_groups * group].view(m, n_groups, group).amax(dim=2)
-    best_groups = group_max.topk(k, dim=1, sorted=False).indices
-    offsets = torch.arange(group, device=scores.device)
-    columns = (best_groups[:, :, None] * group + offsets).view(m, k * group)
-    if n_groups * group < n:  # the last, partial group is always a candidate
-        tail = torch.arange(n_groups * group, n, device=scores.device).expand(m, -1)
-        columns = torch.cat([columns, tail], dim=1)
-    values, picked = scores.gather(1, columns).topk(k, dim=1)
-    return values, columns.gather(1, picked)
-
-
-def knn_torch(
-    query: np.ndarray | torch.Tensor,
-    reference: np.ndarray | torch.Tensor,
-    k: int,
-    metric: str = "ip",
-    device: str | None = None,
-    reference_block: int | None = None,
-    block_elements: int | None = None,
-    half: bool | None = None,
-    quiet: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The torch backend of :func:`knn` (same results), on ``device`` (default: cuda if available).
-
-    ``query`` and ``reference`` are float32 NumPy arrays or torch tensors (already on the device: no copy).
-    With ``half`` (default: on a GPU), candidates are selected with float16 products (scaled so that they
-    can neither overflow nor underflow), then re-scored exactly in float32, so scores match faiss's;
-    without, everything is float32.
-    ``reference_block`` references are on the device at a time, and a score block holds at most
-    ``block_elements`` values (GPU defaults: 4M references, 2^30 values = 2 GB of float16).
-    """
-    import torch
-
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    on_gpu = dev.type == "cuda"
-    half = on_gpu if half is None else half
-    nq, n_ref = len(query), len(reference)
-    rb = min(n_ref, reference_block or (1 << 22 if on_gpu else 1 << 16))
-    qb = max(1, min(nq, (block_elements or (1 << 30 if on_gpu else 1 << 24)) // rb))
-    # float16 selection may misorder near-equal scores: re-score a margin of extra candidates exactly
-    n_candidates = 2 * k + 16 if half else k
-    select_dtype = torch.float16 if half else torch.float32
-    sign = -1.0 if metric == "l2" else 1.0  # keep "higher is better" internally
-
-    q32 = torch.as_tensor(query, device=dev)
-    query_norm = float(q32.norm(dim=1).max())
-    best_scores = torch.full((nq, k), -float("inf"), device=dev)
-    best_indices = torch.full((nq, k), -1, dtype=torch.int64, device=dev)
-    progress = tqdm(total=nq * ((n_ref + rb - 1) // rb), desc=f"search (torch, {dev.type})", unit="query",
-                    unit_scale=True, disable=quiet)
-    with torch.inference_mode():
-        for r0 in range(0, n_ref, rb):
-            r32 = torch.as_tensor(reference[r0 : r0 + rb], device=dev)
-            # per block: selection copies scaled to unit maximum norm (float16 tops out at 65504)
-            scale = 1.0 / max(query_norm, float(r32.norm(dim=1).max()), 1e-30) if half else 1.0
-            q_select, r_select = (q32 * scale).to(select_dtype), (r32 * scale).to(select_dtype)
-            r_sqnorm = (r_select.float() ** 2).sum(1).to(select_dtype) if metric == "l2" else None
-            c = min(n_candidates, len(r32))
-            for q0 in range(0, nq, qb):
-                q1 = min(nq, q0 + qb)
-                products = q_select[q0:q1] @ r_select.T
-                if metric == "l2":  # argmin ‖q − r‖² = argmax 2 q·r − ‖r‖²
-                    products.mul_(2).sub_(r_sqnorm)
-                candidates = _topk_grouped(products, c)[1]
-                del products
-                exact = _exact_scores(q32[q0:q1], r32, candidates, metric) * sign
-                scores = torch.cat([best_scores[q0:q1], exact], dim=1)
-                indices = torch.cat([best_indices[q0:q1], candidates + r0], dim=1)
-                top, picked = scores.topk(k, dim=1)
-                best_scores[q0:q1], best_indices[q0:q1] = top, indices.gather(1, picked)
-                progress.update(q1 - q0)
-    progress.close()
-    return (best_scores * sign).cpu().numpy(), best_indices.cpu().numpy()
-
-
-def _exact_scores(query, reference, candidates, metric: str):
-    """float32 inner products or squared distances of each query to its candidate references."""
-    rows = reference[candidates]  # [m, c, d]
-    if metric == "l2":
-        return ((rows - query[:, None, :]) ** 2).sum(dim=2)
-    return (rows * query[:, None, :]).sum(dim=2)
 
 
 # -------------------------------------------------------------------------------- descriptor checks
@@ -320,6 +84,41 @@ def parse_neighbor_range(text: str) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------ normalisation
 
 
+def check_neighbourhood(neighbors: tuple[int, int], agg: str) -> None:
+    """InputError unless ``neighbors`` is a range (A, B) with 1 <= A <= B and ``agg`` one of :data:`AGGREGATIONS`."""
+    a, b = neighbors
+    if not 1 <= a <= b:
+        raise InputError(f"neighbour range {a}:{b}: expected 1 <= A <= B")
+    if agg not in AGGREGATIONS:
+        raise InputError(f"unknown aggregation {agg!r} (choose from {', '.join(AGGREGATIONS)})")
+
+
+@dataclass(frozen=True)
+class ScoreNorm:
+    """The training-set score normalisation ``s'(q, r) = s(q, r) − beta · agg(s(q, t_A..t_B))`` (and with
+    ``references`` also ``− beta · agg(s(r, t_A..t_B))``), :func:`neighbor_bias` over the training
+    descriptors given beside it; checked once, here.
+
+    The defaults, β = 0.5 and the 10th neighbour alone, scored best on photos (docs/BENCHMARKS.md), above
+    SSCD's β = 1, 1st-3rd (``ScoreNorm(1.0, (1, 3))``) and the isc2021 baseline's β = 2, 10th.
+    """
+
+    beta: float = 0.5
+    neighbors: tuple[int, int] = (10, 10)  # the A-th to B-th nearest training descriptors, 1-based, inclusive
+    agg: str = "mean"  # of those similarities, or their "min" (the B-th nearest one's)
+    references: bool = False  # also normalise each reference, folded into the search
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.beta):
+            raise InputError(f"normalisation beta must be a finite number, got {self.beta}")
+        check_neighbourhood(self.neighbors, self.agg)
+
+    def recorded(self) -> dict[str, object]:
+        """The options as isc-search's provenance records them."""
+        return {"norm_beta": self.beta, "norm_neighbors": self.neighbors, "norm_agg": self.agg,
+                "normalize_references": self.references}
+
+
 def neighbor_bias(
     descriptors: np.ndarray,
     training: np.ndarray,
@@ -334,14 +133,11 @@ def neighbor_bias(
     ((1, 3): the three nearest, SSCD's default; (10, 10): the 10th, the isc2021 baseline's).
     ``agg``: ``"mean"`` of those similarities or their ``"min"`` (the B-th nearest one's).
     """
+    check_neighbourhood(neighbors, agg)
     a, b = neighbors
-    if not 1 <= a <= b:
-        raise InputError(f"neighbour range {a}:{b}: expected 1 <= A <= B")
-    if agg not in AGGREGATIONS:
-        raise InputError(f"unknown aggregation {agg!r} (choose from {', '.join(AGGREGATIONS)})")
     if b > len(training):
         raise InputError(f"neighbour range {a}:{b} needs at least {b} training descriptors, got {len(training)}")
-    _check_pair(descriptors, training, "query and training")
+    check_pair(descriptors, training, "query and training")
     similarities = knn(descriptors, training, b, "ip", backend, quiet)[0][:, a - 1 : b]
     return (similarities.mean(axis=1) if agg == "mean" else similarities.min(axis=1)).astype(np.float32)
 
@@ -362,46 +158,10 @@ def subtract_negative_embeddings(
                          f"got {k}")
     descriptors = prepare_descriptors(descriptors, "descriptor")
     training = prepare_descriptors(training, "training")
-    _check_pair(descriptors, training, "descriptor and training")
+    check_pair(descriptors, training, "descriptor and training")
     neighbours = knn(descriptors, training, k, "ip", backend, quiet)[1]
     subtracted = descriptors - np.float32(beta) * training[neighbours].mean(axis=1)
     return subtracted / np.maximum(np.linalg.norm(subtracted, axis=1, keepdims=True), 1e-12)
-
-
-# ------------------------------------------------------------------------------- approximate search
-
-
-def build_index(index_string: str, reference: np.ndarray, train: np.ndarray, nprobe: int = 16) -> faiss.Index:
-    """A FAISS index (``index_factory`` string, inner product) trained on ``train``, holding ``reference``."""
-    faiss = _faiss()
-    try:
-        index = faiss.index_factory(reference.shape[1], index_string, faiss.METRIC_INNER_PRODUCT)
-        index.train(train)
-    except RuntimeError as e:
-        message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise InputError(f"index {index_string!r} ({len(train)} training vectors): {message}") from None
-    for r0 in range(0, len(reference), 1 << 16):
-        index.add(reference[r0 : r0 + (1 << 16)])
-    try:
-        faiss.extract_index_ivf(index).nprobe = nprobe
-    except RuntimeError:
-        pass  # not an IVF index: nothing to probe
-    return index
-
-
-def index_search(index: faiss.Index, query: np.ndarray, k: int, quiet: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Search an index in query blocks: (scores, indices), index -1 where it found fewer than k."""
-    scores = np.empty((len(query), k), dtype=np.float32)
-    indices = np.empty((len(query), k), dtype=np.int64)
-    for q0 in tqdm(range(0, len(query), QUERY_BLOCK), desc="search (index)", unit="block", disable=quiet):
-        scores[q0 : q0 + QUERY_BLOCK], indices[q0 : q0 + QUERY_BLOCK] = index.search(query[q0 : q0 + QUERY_BLOCK], k)
-    return scores, indices
-
-
-def recall_against_exact(approximate: np.ndarray, exact: np.ndarray) -> float:
-    """Fraction of the exact k nearest neighbours that the approximate search also returned."""
-    found = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approximate, exact, strict=True))
-    return found / exact.size
 
 
 # ----------------------------------------------------------------------------------------- search
@@ -412,13 +172,11 @@ def search(
     query: np.ndarray,
     reference_ids: list[str],
     reference: np.ndarray,
-    k: int = 10,
-    max_results: int = 500_000,
+    *,
     training: np.ndarray | None = None,
-    norm_beta: float = 0.5,
-    norm_neighbors: tuple[int, int] = (10, 10),
-    norm_agg: str = "mean",
-    normalize_references: bool = False,
+    norm: ScoreNorm = ScoreNorm(),
+    k: int = DEFAULT_K,
+    max_results: int = MATCHING_TRACK_MAX_ROWS,
     backend: str = "auto",
     index: str | None = None,
     nprobe: int = 16,
@@ -427,14 +185,13 @@ def search(
 ) -> pd.DataFrame:
     """Matching-track predictions: each query's ``k`` best references, the best ``max_results`` kept.
 
-    Scores are inner products of L2-normalised descriptors. With ``training``, each query's score is
-    normalised: ``s'(q, r) = s(q, r) − β·bias(q)`` with :func:`neighbor_bias` (defaults β = 0.5 and the
-    10th neighbour: the best measured on photos, docs/BENCHMARKS.md, above SSCD's β = 1, 1st-3rd); with
-    ``normalize_references`` also ``− β·bias(r)``, folded into the search (an extra dimension) so that
-    each query's k best are those of the normalised score. ``index``: a FAISS index string for an
-    approximate search (``"IVF1024,Flat"``, ``"IVF1024,PQ32"``), trained on ``training`` when given,
-    else on the references; its recall against the exact search, on ``recall_queries`` queries, is
-    reported on stderr and in ``result.attrs["recall"]``.
+    ``query_ids`` [nq] and ``query`` [nq, d], ``reference_ids`` [nr] and ``reference`` [nr, d]; scores are
+    inner products of L2-normalised descriptors. With ``training`` [nt, d], the scores are normalised by
+    ``norm`` (:class:`ScoreNorm`); with ``norm.references`` the references' part is folded into the search
+    (an extra dimension) so that each query's k best are those of the normalised score. ``index``: a FAISS
+    index string for an approximate search (``"IVF1024,Flat"``, ``"IVF1024,PQ32"``, ``nprobe`` lists
+    visited), trained on ``training`` when given, else on the references; its recall against the exact
+    search, on ``recall_queries`` queries, is reported on stderr and in ``result.attrs["recall"]``.
     A query id may repeat: its rows are views of one query (crops, scales), each normalised on its own,
     and a (query, reference) pair scores its best view's score, once; the query keeps its ``k`` best
     references over all its views.
@@ -446,30 +203,21 @@ def search(
         raise InputError(f"max_results must be at least 1, got {max_results}")
     query = prepare_descriptors(query, "query")
     reference = prepare_descriptors(reference, "reference")
-    _check_pair(query, reference)
-    k = _clamp_k(k, len(reference), "references")
+    check_pair(query, reference)
+    k = clamp_k(k, len(reference), "references")
     query_bias = np.zeros(len(query), dtype=np.float32)
     if training is not None:
         training = prepare_descriptors(training, "training")
-
-        def bias(x: np.ndarray) -> np.ndarray:
-            return neighbor_bias(x, training, norm_neighbors, norm_agg, backend, quiet)
-
-        query_bias = norm_beta * bias(query)
-        if normalize_references:
-            # s(q, r) − β·bias(r) = [q, 1]·[r, −β·bias(r)]: one exact search finds the normalised k best
-            reference = np.hstack([reference, -norm_beta * bias(reference)[:, None]])
-            query = np.hstack([query, np.ones((len(query), 1), dtype=np.float32)])
-    elif normalize_references:
+        query, reference, query_bias = normalise(query, reference, training, norm, backend, quiet)
+    elif norm.references:
         raise InputError("normalize_references needs training descriptors")
 
     recall = None
     if index is None:
         scores, indices = knn(query, reference, k, "ip", backend, quiet)
     else:
-        train = reference if training is None or normalize_references else training
-        faiss_index = build_index(index, reference, train, nprobe)
-        scores, indices = index_search(faiss_index, query, k, quiet)
+        train = reference if training is None or norm.references else training
+        scores, indices = index_search(build_index(index, reference, train, nprobe), query, k, quiet)
         sample = np.linspace(0, len(query) - 1, min(recall_queries, len(query))).astype(int)
         recall = recall_against_exact(indices[sample], knn(query[sample], reference, k, "ip", backend)[1])
         if not quiet:
@@ -482,6 +230,28 @@ def search(
         result = top_pairs(query_ids, reference_ids, scores, indices, max_results)
     result.attrs["recall"] = recall
     return result
+
+
+def normalise(
+    query: np.ndarray, reference: np.ndarray, training: np.ndarray, norm: ScoreNorm, backend: str = "auto",
+    quiet: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`search` searches with ``norm``: (query, reference, query bias [nq]), the score of a pair
+    being ``query · reference − query bias``.
+
+    ``query`` [nq, d], ``reference`` [nr, d], ``training`` [nt, d], all L2-normalised. With
+    ``norm.references``, query and reference get one more dimension: ``s(q, r) − β·bias(r) =
+    [q, 1]·[r, −β·bias(r)]``, so one exact search finds the normalised k best.
+    """
+
+    def bias(x: np.ndarray) -> np.ndarray:
+        return neighbor_bias(x, training, norm.neighbors, norm.agg, backend, quiet)
+
+    query_bias = norm.beta * bias(query)
+    if norm.references:
+        reference = np.hstack([reference, -norm.beta * bias(reference)[:, None]])
+        query = np.hstack([query, np.ones((len(query), 1), dtype=np.float32)])
+    return query, reference, query_bias
 
 
 def top_pairs(
@@ -529,7 +299,7 @@ def phase_queries(query_ids: list[str], query: np.ndarray, phase: int, source: s
 
 def check_same_model(files: Sequence[tuple[str | Path, dict[str, object]]], ignore: Sequence[str] = ()) -> None:
     """Refuse descriptor files (path, attributes) made by different models, by the rule of
-    :func:`isc.io.attribute_differences` (every attribute but the per-run ones and ``ignore``); a file with
+    :func:`isc.io.same_model` (every attribute but the per-run ones and ``ignore``); a file with
     no model attribute is only warned about."""
     # "dimension" alone says nothing of the model: the organisers' files carry only that
     described = {path: bool(model_attributes(attrs, [*ignore, "dimension"])) for path, attrs in files}
@@ -540,7 +310,7 @@ def check_same_model(files: Sequence[tuple[str | Path, dict[str, object]]], igno
     compared = [(path, attrs) for path, attrs in files if described[path]]
     for path, attrs in compared[1:]:
         first, first_attrs = compared[0]
-        differences = attribute_differences(first_attrs, attrs, ignore)
+        differences = same_model(first_attrs, attrs, ignore)
         if differences:
             raise InputError(f"{first} and {path} were not made by the same model ({first} != {path}): "
                              + "; ".join(differences))
@@ -556,6 +326,8 @@ def search_files(
     reference: str | Path,
     output: str | Path,
     training: str | Path | None = None,
+    *,
+    norm: ScoreNorm = ScoreNorm(),
     phase: int | None = None,
     ignore_attributes: Sequence[str] = (),
     **options: object,
@@ -564,8 +336,8 @@ def search_files(
 
     ``phase``: keep only that phase's queries. Query rows may be several views of each query (a file
     with the attribute ``views_per_id``), each pair scored by its best view. The files must come from the
-    same model (:func:`check_same_model`). ``options``: keyword arguments of :func:`search`. The sidecar
-    ``<output>.provenance.json``, which isc-submit records in the submission's manifest, holds the
+    same model (:func:`check_same_model`). ``norm`` and ``options``: keyword arguments of :func:`search`. The
+    sidecar ``<output>.provenance.json``, which isc-submit records in the submission's manifest, holds the
     options, each input's path, size and model attributes, and the toolkit version.
     """
     paths = {"query": query, "reference": reference, **({"training": training} if training is not None else {})}
@@ -574,16 +346,16 @@ def search_files(
     if phase is not None:
         query_ids, query_x = phase_queries(query_ids, query_x, phase, query)
     for split in list(files)[1:]:  # reference, training: a clearer message than "dimension: a != b" below
-        _check_pair(query_x, files[split][1], f"query and {split}")
+        check_pair(query_x, files[split][1], f"query and {split}")
     # views of the queries (crops) are made by the same model: not a model difference
     check_same_model([(paths[split], attrs) for split, (_, _, attrs) in files.items()],
                      [*ignore_attributes, "views_per_id"])
     reference_ids, reference_x, _ = files["reference"]
     training_x = files["training"][1] if "training" in files else None
-    predictions = search(query_ids, query_x, reference_ids, reference_x, training=training_x, **options)
+    predictions = search(query_ids, query_x, reference_ids, reference_x, training=training_x, norm=norm, **options)
     record = provenance(
         command="isc-search",
-        options={**options, "phase": phase, "ignore_attributes": list(ignore_attributes)},
+        options={**options, **norm.recorded(), "phase": phase, "ignore_attributes": list(ignore_attributes)},
         inputs={split: {"path": str(Path(path).resolve()), "bytes": Path(path).stat().st_size,
                         "model_attributes": model_attributes(files[split][2])} for split, path in paths.items()},
         predictions={"rows": len(predictions), "queries": int(predictions["query_id"].nunique())},
@@ -607,7 +379,7 @@ def knn_graph(
     descriptors = prepare_descriptors(descriptors, "graph")
     if len(descriptors) < 2:
         raise InputError("a kNN graph needs at least 2 descriptors")
-    k = _clamp_k(k, len(descriptors) - 1, "other descriptors")
+    k = clamp_k(k, len(descriptors) - 1, "other descriptors")
     similarities, neighbours = knn(descriptors, descriptors, k + 1, "ip", backend, quiet)
     is_self = neighbours == np.arange(len(descriptors))[:, None]
     # an exact duplicate can outrank the descriptor itself: then drop the last neighbour instead

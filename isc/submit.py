@@ -1,4 +1,4 @@
-"""Competition submissions: check, write and document the files to upload, for both tracks and phases.
+"""Competition submissions: check and write the files to upload, for both tracks and phases.
 
 - matching track: :func:`check_matching_csv` finds every violation of a predictions CSV in one pass
   (header, row count, ids, phase, scores, repeated pairs); :func:`submit_matching` copies a valid file
@@ -7,9 +7,9 @@
   (phase, dimensions, complete coverage of the expected ids, the same model on both sides, and in phase
   2 the reuse of the phase-1 references); :func:`submit_descriptors` writes the official HDF5 and reads
   it back, and on request the organisers' per-split files (:func:`write_split_files`);
-  :func:`score_descriptor_track` scores it as the organisers did (an exact L2 search keeping
-  the ``10 × n_queries`` closest pairs over all queries, then µAP);
-- every submission gets a manifest ``<file>.manifest.json``: md5, counts, provenance, command, version.
+  :func:`isc.metrics.score_descriptor_track` scores it as the organisers did;
+- every submission gets a manifest ``<file>.manifest.json`` (:mod:`isc.manifest`): md5, counts,
+  provenance, command, version.
 
 Nothing is written unless every check passes; :class:`SubmissionError` carries all the violations.
 """
@@ -17,48 +17,40 @@ Nothing is written unless every check passes; :class:`SubmissionError` carries a
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
-import shlex
 import shutil
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 
-import isc
 from isc.io import (
     DESCRIPTOR_LAYOUTS,
     DESCRIPTOR_TRACK_MAX_DIM,
-    ID_PATTERNS,
+    ID_DIGITS,
     ID_PREFIX,
     MATCHING_TRACK_MAX_ROWS,
     PHASE_QUERY_RANGES,
     PREDICTION_COLUMNS,
-    PROVENANCE_SUFFIX,
+    DescriptorFile,
     InputError,
     atomic_path,
-    attribute_differences,
+    file_md5,
+    id_numbers,
+    image_id,
     is_prediction_row,
-    read_descriptor_attrs,
     read_descriptor_track,
-    read_descriptors,
     read_metadata,
+    same_model,
     validate_ids,
     write_descriptor_track,
 )
-from isc.metrics import Metrics, evaluate
-from isc.search import knn
+from isc.manifest import provenance_records, read_manifest, write_manifest
 
-MANIFEST_SUFFIX = ".manifest.json"
-RESULTS_PER_QUERY = 10  # the organisers scored a descriptor submission on 10 × n_queries pairs
 REFERENCE_RANGE = (0, 999_999)
 EXAMPLES = 5  # ids quoted in an aggregated violation
 WRONG_FIELD_COUNT = "wrong number of fields"
@@ -124,8 +116,9 @@ def _check_phase(phase: int) -> None:
         raise InputError(f"phase must be one of {', '.join(map(str, PHASE_QUERY_RANGES))}, got {phase}")
 
 
-def _id_numbers(ids: pd.Series) -> np.ndarray:
-    return ids.str.slice(1).astype(np.int64).to_numpy()
+def _id_range(split: str, phase: int) -> tuple[int, int]:
+    """The id numbers a submission of ``phase`` may hold for ``split``."""
+    return PHASE_QUERY_RANGES[phase] if split == "query" else REFERENCE_RANGE
 
 
 def _examples(ids: Sequence[str] | np.ndarray) -> str:
@@ -156,10 +149,10 @@ def expected_numbers(split: str, phase: int, ids: Sequence[str] | None) -> np.nd
 
     Query ids of other phases in ``ids`` are left out (a dataset's query list may hold both phases).
     """
-    lo, hi = PHASE_QUERY_RANGES[phase] if split == "query" else REFERENCE_RANGE
+    lo, hi = _id_range(split, phase)
     if ids is None:
         return np.arange(lo, hi + 1)
-    numbers = np.unique(_id_numbers(pd.Series(list(ids), dtype=object)))
+    numbers = np.unique(id_numbers(list(ids), split)[0])
     return numbers[(numbers >= lo) & (numbers <= hi)]
 
 
@@ -205,16 +198,13 @@ def _id_violations(
 ) -> tuple[list[Violation], np.ndarray]:
     """Violations of the ``query_id`` or ``reference_id`` column, and the mask of well-formed ids."""
     column = f"{split}_id"
-    well_formed = values.str.fullmatch(ID_PATTERNS[split].pattern).to_numpy(dtype=bool)
-    numbers = np.full(len(values), -1, dtype=np.int64)
-    numbers[well_formed] = _id_numbers(values[well_formed])
-    lo, hi = PHASE_QUERY_RANGES[phase] if split == "query" else REFERENCE_RANGE
+    numbers, well_formed = id_numbers(values, split)
+    lo, hi = _id_range(split, phase)
     outside = well_formed & ((numbers < lo) | (numbers > hi))  # never for a well-formed reference id
     unknown = well_formed & ~outside & (False if expected is None else ~np.isin(numbers, expected))
-    digits = 5 if split == "query" else 6
     violations = (
         _per_row(f"malformed {column}", ~well_formed, lines, lambda i: f"{column} {values.iloc[i]!r} is not a "
-                 f"{split} id ({ID_PREFIX[split]} + {digits} digits)")
+                 f"{split} id ({ID_PREFIX[split]} + {ID_DIGITS[split]} digits)")
         + _per_row("query outside the phase", outside, lines, lambda i: f"{column} {values.iloc[i]} is not a "
                    f"phase-{phase} query ({_phase_range_text(phase)})")
         + _per_row(f"unknown {column}", unknown, lines, lambda i: f"{column} {values.iloc[i]} is not in {source}")
@@ -345,52 +335,16 @@ def _copy_with_header(source: Path, target: Path) -> bool:
     return True
 
 
-def read_provenance(path: str | Path) -> dict[str, object]:
-    """What produced a submission's inputs: a JSON file, or the attributes of a descriptor HDF5 file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    if h5py.is_hdf5(path):
-        return read_descriptor_attrs(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: neither JSON nor HDF5 ({e})") from None
-
-
-def provenance_records(predictions: str | Path, sources: Sequence[str | Path] = ()) -> dict[str, object]:
-    """``{path: provenance}`` of ``sources``, or of the sidecar ``<predictions>.provenance.json`` if none given."""
-    sidecar = Path(str(predictions) + PROVENANCE_SUFFIX)
-    if not sources and sidecar.is_file():
-        sources = [sidecar]
-    return {str(source): read_provenance(source) for source in sources}
-
-
 # -------------------------------------------------------------------------------- descriptor track
-
-
-@dataclass
-class DescriptorFile:
-    """One split's descriptors as read from an ``isc-extract`` file."""
-
-    path: Path
-    ids: list[str]
-    descriptors: np.ndarray
-    attrs: dict[str, object]
-
-    @classmethod
-    def read(cls, path: str | Path, split: str) -> DescriptorFile:
-        ids, descriptors, attrs = read_descriptors(path, split=split)
-        return cls(Path(path), ids, descriptors, attrs)
 
 
 def _coverage_violations(
     ids: list[str], split: str, phase: int, expected: Sequence[str] | None, expected_source: str
 ) -> list[Violation]:
     """Query ids outside the phase, expected ids missing, unexpected ids: one aggregated violation each."""
-    numbers = _id_numbers(pd.Series(ids, dtype=object))
+    numbers = id_numbers(ids, split)[0]
     required = expected_numbers(split, phase, expected)
-    lo, hi = PHASE_QUERY_RANGES[phase] if split == "query" else REFERENCE_RANGE
+    lo, hi = _id_range(split, phase)
     in_scope = (numbers >= lo) & (numbers <= hi)  # always true for well-formed reference ids
     missing = np.setdiff1d(required, numbers, assume_unique=True)
     unknown = np.flatnonzero(in_scope & ~np.isin(numbers, required))
@@ -401,8 +355,7 @@ def _coverage_violations(
         violations.append(Violation("query outside the phase", f"{message}: {_examples(outside)}"))
     if len(missing):
         what = f"phase-{phase} queries" if split == "query" else "references"
-        width = 5 if split == "query" else 6
-        examples = _examples([f"{ID_PREFIX[split]}{n:0{width}d}" for n in missing[: EXAMPLES + 1]])
+        examples = _examples([image_id(split, n) for n in missing[: EXAMPLES + 1]])
         message = f"{len(missing):,} of the {len(required):,} {what} of {expected_source} are missing"
         violations.append(Violation(f"missing {split} ids", f"{message}: {examples}"))
     if len(unknown):
@@ -451,7 +404,7 @@ def _reuse_violations(
         violations.append(Violation(rule, f"{message}: {_examples([common[i] for i in changed])}"))
     if phase1.attrs:
         for current, what in ((reference, "reference"), (query, "query")):
-            differences = attribute_differences(phase1.attrs, current.attrs, ignore)
+            differences = same_model(phase1.attrs, current.attrs, ignore)
             if differences:
                 message = (f"the {what} descriptors' attributes differ from the phase-1 references' "
                            f"(phase 1 != now): {'; '.join(differences)}")
@@ -491,7 +444,7 @@ def check_descriptor_submission(
             violations.append(Violation("dimension", message))
     violations += _coverage_violations(query.ids, "query", phase, expected_queries, expected_sources[0])
     violations += _coverage_violations(reference.ids, "reference", phase, expected_references, expected_sources[1])
-    differences = attribute_differences(query.attrs, reference.attrs, ignore_attributes)
+    differences = same_model(query.attrs, reference.attrs, ignore_attributes)
     if differences:
         message = "query and reference descriptors were not made the same way (query != reference): "
         violations.append(Violation("different models", message + "; ".join(differences)))
@@ -578,154 +531,3 @@ def write_split_files(directory: str | Path, query: DescriptorFile, reference: D
             f.create_dataset(vectors, data=np.ascontiguousarray(part.descriptors[order], dtype=np.float32))
             f.create_dataset(image_names, data=np.array([part.ids[i] for i in order], dtype="S"))
     return paths
-
-
-# ---------------------------------------------------------------------------- descriptor-track score
-
-
-def capped_l2_search(
-    query: np.ndarray, reference: np.ndarray, max_results: int, backend: str = "auto", quiet: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``max_results`` closest (query, reference) pairs over all queries, exactly, by squared L2 distance.
-
-    Returns (query indices, reference indices, squared distances), closest first. Each query's k nearest
-    references are searched, k doubled for the queries whose k-th neighbour still lies within the cut:
-    a query whose k-th distance exceeds the cut has no unseen pair inside it, so the cut is exact.
-    """
-    nq, nr = len(query), len(reference)
-    max_results = min(max_results, nq * nr)
-    k = min(nr, 4 * -(-max_results // nq))  # 4 × the average per query: most queries need no second pass
-    distances, indices = knn(query, reference, k, "l2", backend, quiet)
-    rows = np.repeat(np.arange(nq), k)
-    cols, flat = indices.ravel(), distances.ravel()
-    kth = distances[:, -1].copy()
-    searched = np.full(nq, k)
-    while True:
-        cut = np.partition(flat, max_results - 1)[max_results - 1]
-        short = np.flatnonzero((searched < nr) & (kth <= cut))
-        if not len(short):
-            break
-        k = min(nr, 2 * int(searched[short].max()))
-        more_distances, more_indices = knn(query[short], reference, k, "l2", backend, quiet)
-        keep = ~np.isin(rows, short)
-        rows = np.concatenate([rows[keep], np.repeat(short, k)])
-        cols = np.concatenate([cols[keep], more_indices.ravel()])
-        flat = np.concatenate([flat[keep], more_distances.ravel()])
-        kth[short], searched[short] = more_distances[:, -1], k
-    best = np.argpartition(flat, max_results - 1)[:max_results]
-    best = best[np.argsort(flat[best], kind="stable")]
-    return rows[best], cols[best], flat[best]
-
-
-def descriptor_track_predictions(
-    query_ids: Sequence[str],
-    query: np.ndarray,
-    reference_ids: Sequence[str],
-    reference: np.ndarray,
-    max_results: int | None = None,
-    backend: str = "auto",
-    quiet: bool = True,
-) -> pd.DataFrame:
-    """The organisers' predictions for a descriptor submission: the ``max_results`` (default
-    10 × n_queries) closest pairs, score = −squared L2 distance, best first."""
-    if max_results is None:
-        max_results = RESULTS_PER_QUERY * len(query_ids)
-    if max_results < 1:
-        raise InputError(f"max_results must be at least 1, got {max_results}")
-    rows, cols, distances = capped_l2_search(query, reference, max_results, backend, quiet)
-    return pd.DataFrame({
-        "query_id": np.asarray(query_ids, dtype=object)[rows],
-        "reference_id": np.asarray(reference_ids, dtype=object)[cols],
-        "score": -distances.astype(np.float64),
-    })
-
-
-def score_descriptor_track(
-    path: str | Path,
-    ground_truth: pd.DataFrame,
-    max_results: int | None = None,
-    restrict_to_ground_truth_queries: bool = False,
-    backend: str = "auto",
-    quiet: bool = True,
-) -> tuple[Metrics, pd.DataFrame]:
-    """Score a descriptor-track HDF5 as the organisers did; returns the metrics and the predictions."""
-    query_ids, query, reference_ids, reference = read_descriptor_track(path)
-    predictions = descriptor_track_predictions(query_ids, query, reference_ids, reference, max_results, backend, quiet)
-    return evaluate(predictions, ground_truth, restrict_to_ground_truth_queries), predictions
-
-
-# -------------------------------------------------------------------------------------------- manifest
-
-
-def file_md5(path: str | Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def manifest_path(submission: str | Path) -> Path:
-    return Path(str(submission) + MANIFEST_SUFFIX)
-
-
-def _jsonable(value: object) -> object:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    return value
-
-
-def write_manifest(submission: str | Path, record: dict[str, object]) -> Path:
-    """Write ``<submission>.manifest.json``: the file's name, md5 and size, ``record``, the command line,
-    the toolkit version and the UTC time, so that one can tell later what was uploaded."""
-    submission = Path(submission)
-    manifest = {
-        "file": submission.name,
-        "md5": file_md5(submission),
-        "bytes": submission.stat().st_size,
-        **record,
-        "command": shlex.join(sys.argv),
-        "isc_version": isc.__version__,
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    return _write_json(manifest_path(submission), manifest)
-
-
-def _write_json(path: Path, content: dict[str, object]) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(content), indent=2, default=str) + "\n", encoding="utf-8")
-    return path
-
-
-def read_manifest(submission: str | Path) -> dict[str, object] | None:
-    """The manifest beside a submission, or None when there is none."""
-    path = manifest_path(submission)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not a JSON manifest ({e})") from None
-
-
-def update_manifest(submission: str | Path, **fields: object) -> Path:
-    """Add fields (a local evaluation, say) to an existing manifest, after checking it is the file's."""
-    manifest = read_manifest(submission)
-    if manifest is None or manifest.get("md5") != file_md5(submission):
-        raise InputError(f"{submission}: no manifest, or it describes another file")
-    return _write_json(manifest_path(submission), {**manifest, **fields})
-
-
-def default_submission_path(directory: str | Path, track: str, phase: int) -> Path:
-    """``<directory>/phase<P>_matching.csv`` or ``<directory>/phase<P>_descriptors.h5``."""
-    return Path(directory) / (f"phase{phase}_matching.csv" if track == "matching" else f"phase{phase}_descriptors.h5")

@@ -1,7 +1,7 @@
 """Self-supervised copy-detection training on unlabeled images, the SSCD recipe in one short pipeline.
 
 - every image gives two or more views, each a random crop, often a chain of DISC21-style edits
-  (:func:`isc.synth.random_edit`), a flip and colour jitter; the views of one image are positives, every other image of the (cross-process)
+  (:func:`isc.edits.random_edit`), a flip and colour jitter; the views of one image are positives, every other image of the (cross-process)
   batch a negative;
 - a few mixup/cutmix images are appended to each batch: positive to both sources, weighted by their shares;
 - loss: InfoNCE with a temperature plus the differential-entropy (KoLeo) regulariser, as in SSCD;
@@ -33,11 +33,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 from tqdm import tqdm
 
-from isc.extract import extract, list_images, list_split_images
+from isc.distributed import barrier, join_process_group, leave_process_group, local_gpu
+from isc.edits import random_edit
+from isc.extract import extract
+from isc.images import list_images, list_split_images
 from isc.io import InputError, atomic_path, read_descriptors, read_ground_truth
 from isc.models import create_model, load_checkpoint, save_checkpoint, untrainable
 from isc.search import search
-from isc.synth import random_edit
 
 # --------------------------------------------------------------------------------------------- data
 
@@ -358,9 +360,9 @@ def evaluate_model(model: nn.Module, eval_data: str | Path, work_dir: str | Path
     for split in ("query", "reference", "training"):
         images = {i: p for i, p in list_split_images(eval_data, split).items() if split != "query" or i in scored}
         # a copy: extraction converts the model (half precision on a GPU, channels-last)
-        extract(images, work_dir / f"{split}.h5", copy.deepcopy(model), device=device, workers=workers,
-                resume=False, quiet=quiet)
-        if dist.is_initialized() and dist.get_rank() != 0:
+        extracted = extract(images, work_dir / f"{split}.h5", copy.deepcopy(model), device=device, workers=workers,
+                            resume=False, quiet=quiet)
+        if extracted.rank != 0:
             continue
         ids, vectors, _ = read_descriptors(work_dir / f"{split}.h5")
         descriptors[split] = (ids, vectors)
@@ -372,20 +374,17 @@ def evaluate_model(model: nn.Module, eval_data: str | Path, work_dir: str | Path
     return {"muap": evaluate(plain, ground_truth).muap, "muap_normalized": evaluate(normalized, ground_truth).muap}
 
 
-def setup_process(device: str | None) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) of this process; joins the process group when started by ``torchrun``."""
-    world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+def setup_process(device: str | None) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether the process group was started here) of this process; joins the
+    process group when started by ``torchrun``."""
     kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if kind not in ("cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda, got {kind!r}")
     if kind == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no GPU is visible to torch")
-    where = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if kind == "cuda" else torch.device("cpu")
-    if kind == "cuda":
-        torch.cuda.set_device(where)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if kind == "cuda" else "gloo")
-    return rank, world_size, where
+    where = local_gpu() if kind == "cuda" else torch.device("cpu")
+    rank, world_size, started = join_process_group(where)
+    return rank, world_size, where, started
 
 
 def set_training_mode(model: nn.Module, freeze_bn: bool) -> None:
@@ -445,12 +444,11 @@ def train(config: TrainConfig) -> dict | None:
     """Train (or, with ``config.resume``, continue) a run; returns a summary with the evaluations made
     (None in the processes other than the first of a ``torchrun`` group)."""
     check_config(config)
-    rank, world_size, device = setup_process(config.device)
+    rank, world_size, device, started = setup_process(config.device)
     try:
         return _train(config, rank, world_size, device)
     finally:
-        if world_size > 1:
-            dist.destroy_process_group()
+        leave_process_group(started)
 
 
 def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> dict | None:
@@ -525,8 +523,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
             if not config.quiet:
                 tqdm.write(f"step {step}: µAP {result['muap']:.4f}, with score normalisation {result['muap_normalized']:.4f}")
         set_training_mode(model, config.freeze_bn)
-        if world_size > 1:
-            dist.barrier()
+        barrier(world_size)
 
     batches = iter(loader)  # before any evaluation, which draws from the seeds that the workers' seeds come from
     if config.eval_data and start == 0:

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from isc.io import REGION_BUCKETS, images_prefix, write_metadata
+from isc.io import write_metadata
+from isc.s3 import REGIONS, images_prefix
 
-BUCKET = REGION_BUCKETS["us-west"]
+BUCKET = REGIONS["us-west"].bucket
 
 
 def make_objects(root: Path, n_files: int, size_kb: int, seed: int = 0) -> int:

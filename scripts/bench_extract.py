@@ -120,7 +120,7 @@ def main() -> None:
                     summary = extract(images, Path(tmp) / "out.h5", model, batch_size=args.batch_size,
                                       device=args.device, workers=args.workers, decoder=decoder, quiet=True,
                                       resume=False)
-                    rate = summary["images_per_second"]
+                    rate = summary.images_per_second
                     results["runs"].append({"model": label, "decoder": decoder, "cache": cache,
                                             "images_per_second": rate})
                     print(f"{label:24s} {decoder:12s} {cache:5s} {rate:10,.1f} images/s", flush=True)

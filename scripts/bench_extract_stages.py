@@ -27,8 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import make_images  # noqa: E402
 
-from isc.extract import _decode_jpegs, _normalised_groups, _read_for_decode, extract, resize_image  # noqa: E402
+from isc.extract import extract  # noqa: E402
+from isc.images import resize_image  # noqa: E402
 from isc.models import create_model  # noqa: E402
+from isc.torch_batches import decode_jpegs, normalised_groups, read_for_decode  # noqa: E402
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -78,28 +80,28 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         pool = ThreadPoolExecutor(args.threads)
         stage(f"read bytes, {args.threads} threads", n, lambda: list(pool.map(Path.read_bytes, paths)))
-        encoded = stage(f"read + header check (_read_for_decode), {args.threads} threads", n,
-                        lambda: list(pool.map(lambda p: _read_for_decode(p, 10**9, 224), paths)))
+        encoded = stage(f"read + header check (read_for_decode), {args.threads} threads", n,
+                        lambda: list(pool.map(lambda p: read_for_decode(p, 10**9, 224), paths)))
         batches = chunks(encoded, args.batch)
         stage("nvJPEG/CPU batch decode, 1 thread", n,
-              lambda: [_decode_jpegs(batch, device) for batch in batches])
+              lambda: [decode_jpegs(batch, device) for batch in batches])
         for threads in (2, 4, 8):
             sub = [part for batch in batches for part in chunks(batch, -(-len(batch) // threads))]
             with ThreadPoolExecutor(threads) as decoders:
                 stage(f"batch decode on {device.type}, batches split over {threads} threads", n,
-                      lambda decoders=decoders, sub=sub: list(decoders.map(lambda b: _decode_jpegs(b, device), sub)))
+                      lambda decoders=decoders, sub=sub: list(decoders.map(lambda b: decode_jpegs(b, device), sub)))
         cpu = torch.device("cpu")
         stage(f"decode_jpeg on the CPU, {args.threads} threads", n,
-              lambda: list(pool.map(lambda t: _decode_jpegs([t], cpu)[0], encoded)))
+              lambda: list(pool.map(lambda t: decode_jpegs([t], cpu)[0], encoded)))
         stage(f"decode_jpeg + uint8 resize on the CPU, {args.threads} threads", n,
-              lambda: list(pool.map(lambda t: resize_image(_decode_jpegs([t], cpu)[0], 224, "square"), encoded)))
-        decoded = [image for batch in batches[:8] for image in _decode_jpegs(batch, device)]
+              lambda: list(pool.map(lambda t: resize_image(decode_jpegs([t], cpu)[0], 224, "square"), encoded)))
+        decoded = [image for batch in batches[:8] for image in decode_jpegs(batch, device)]
         resized = stage(f"resize on {device.type}, one image at a time", len(decoded),
                         lambda: [resize_image(image, 224, "square") for image in decoded])
         model = create_model(args.model)
         half = device.type == "cuda"
         stage("normalise + stack", len(resized),
-              lambda: _normalised_groups(model, [resized], torch.float16 if half else torch.float32, half))
+              lambda: normalised_groups(model, [resized], torch.float16 if half else torch.float32, half))
         model = model.to(device).eval()
         if half:
             model = model.half().to(memory_format=torch.channels_last)

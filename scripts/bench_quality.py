@@ -7,8 +7,8 @@ ground truth. One Markdown table row per (model, matching): no score normalisati
 --betas and neighbour range of --neighbors the score normalised by the training set (the query's bias
 only, as SSCD's evaluation; with --normalize-references also the reference's).
 
-    isc-synth /work/photoset --photos photos/ --drawings drawings/ ...        # see docs/BENCHMARKS.md
-    python scripts/bench_quality.py --data /work/photoset --models efficientnet_lite0,pdq,sscd,sscd_distilled
+    isc-synth photoset --photos photos/ --drawings drawings/ ...        # see docs/BENCHMARKS.md
+    python scripts/bench_quality.py --data photoset --models efficientnet_lite0,pdq,sscd,sscd_distilled
 
 With --recipe, instead one row per option beyond SSCD's recipe (score normalisation grid, query crops,
 negative-embedding subtraction, PCA-whitening or truncation to 256, ensembles), each with its difference
@@ -26,19 +26,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from isc.extract import (
-    crop_boxes,
-    extract,
-    extraction_config,
-    is_complete,
-    list_split_images,
-    select_split_images,
-)
+from isc.extract import extract, extraction_config, is_complete
+from isc.images import crop_boxes, list_split_images, select_split_images
 from isc.io import atomic_path, read_descriptors, read_ground_truth
+from isc.knn import knn
 from isc.metrics import evaluate
 from isc.models import create_model
 from isc.pca import concatenate_descriptors, learn_pca
-from isc.search import knn, parse_neighbor_range, search, subtract_negative_embeddings
+from isc.search import ScoreNorm, parse_neighbor_range, search, subtract_negative_embeddings
 
 SPLITS = ("query", "reference", "training")
 
@@ -69,7 +64,7 @@ def descriptors(root: Path, phase: int, model_name: str, work: Path, quiet: bool
 
 
 def crop_descriptors(root: Path, phase: int, model_name: str, work: Path, quiet: bool) -> tuple[list[str], np.ndarray]:
-    """Query ids, each repeated once per view (the full image and its :func:`isc.extract.crop_boxes`), and the views'
+    """Query ids, each repeated once per view (the full image and its :func:`isc.images.crop_boxes`), and the views'
     unit-length descriptors: the several-rows-per-query input of :func:`isc.search.search`."""
     from PIL import Image
 
@@ -115,10 +110,9 @@ def matchings(args: argparse.Namespace) -> list[tuple[str, dict]]:
     for beta in args.betas:
         for text in args.neighbors:
             neighbors = parse_neighbor_range(text)
-            rows.append((f"norm β={beta:g} n={text}", {"norm_beta": beta, "norm_neighbors": neighbors}))
+            rows.append((f"norm β={beta:g} n={text}", {"norm": ScoreNorm(beta, neighbors)}))
             if args.normalize_references:
-                rows.append((f"norm β={beta:g} n={text} +refs",
-                             {"norm_beta": beta, "norm_neighbors": neighbors, "normalize_references": True}))
+                rows.append((f"norm β={beta:g} n={text} +refs", {"norm": ScoreNorm(beta, neighbors, references=True)}))
     return rows
 
 
@@ -150,16 +144,15 @@ def recipe_configurations(sets: dict, track: str) -> list[tuple[str, dict, dict]
         for beta in (0.25, 0.5, 0.75, 1.0):
             for text in ("1:1", "1:3", "1:10", "10:10"):
                 for refs in (False, True):
-                    options = {"norm_beta": beta, "norm_neighbors": parse_neighbor_range(text),
-                               "normalize_references": refs}
+                    options = {"norm": ScoreNorm(beta, parse_neighbor_range(text), references=refs)}
                     rows.append((f"sscd 512, norm β={beta:g} n={text}{' +refs' if refs else ''}", sets["sscd"], options))
         pca = learn_pca(t, 256)  # isc-run's matching track: whitened descriptors, then normalised scores
         whitened = [(qids, pca.apply(q)), (rids, pca.apply(r)), (None, pca.apply(t))]
         rows.append(("sscd PCA-whitened 256, raw", whitened, {}))
         for beta, text in ((0.25, "10:10"), (0.5, "1:3"), (0.5, "10:10"), (1.0, "1:3"), (1.0, "10:10")):
             rows.append((f"sscd PCA-whitened 256, norm β={beta:g} n={text}", whitened,
-                         {"norm_beta": beta, "norm_neighbors": parse_neighbor_range(text)}))
-        best = {"norm_beta": 0.5, "norm_neighbors": (10, 10)}
+                         {"norm": ScoreNorm(beta, parse_neighbor_range(text))}))
+        best = {"norm": ScoreNorm(0.5, (10, 10))}
         # several descriptors per query: the matching track only (the descriptor track takes one per image)
         (cq, crops), _, _ = sets["sscd+crops"]
         crops_whitened = [(cq, pca.apply(crops)), *whitened[1:]]

@@ -20,8 +20,8 @@ near-duplicates (the same clip art in several colours, families of stars, flags)
 keeping the first in path order. ``OUT/sources.csv`` says where every output file comes from (the
 packages' licences apply: see each package's ``usr/share/doc/PKG/copyright`` under CACHE/unpacked).
 
-    python scripts/fetch_photos.py /work/photocache /work/photos     # -> /work/photos/{photos,drawings}/
-    isc-synth /work/photoset --photos /work/photos/photos --drawings /work/photos/drawings
+    python scripts/fetch_photos.py photocache photos     # -> photos/{photos,drawings}/
+    isc-synth photoset --photos photos/photos --drawings photos/drawings
 
 Needs the network (Debian's mirrors) once; the cache makes a rerun offline. Not run by the tests.
 """

@@ -2,7 +2,7 @@
 
 Every GPU path (nvJPEG batch decode, float16 inference, the torch GPU search, training with AMP, torchrun
 under NCCL) is run through the toolkit's own functions (``isc.extract.extract``, ``isc.models.create_model``,
-``isc.search.knn_torch`` / ``knn(backend="torch")`` / ``neighbor_bias``, ``isc.train.train``, ``isc-extract``)
+``isc.knn.knn_torch`` / ``knn(backend="torch")`` / ``isc.search.neighbor_bias``, ``isc.train.train``, ``isc-extract``)
 and compared with its CPU equivalent or timed against the targets, on generated images (numpy + Pillow,
 ~500x400 px, JPEG quality 90, ~110 KB). Run from the repository root::
 
@@ -376,8 +376,8 @@ def part_extract_correctness(part: Part, ctx: Context) -> None:
             summary = extract(images, ctx.work / f"correct_{label}.h5", copy.deepcopy(model),
                               batch_size=ctx.sizes.batch_size, quiet=True, resume=False, **options)
             outputs[label] = read_h5(ctx.work / f"correct_{label}.h5")
-            part.results[label] = {"device": summary["device"], "decoder": summary["decoder"],
-                                   "images": summary["extracted"], "broken": len(summary["broken"])}
+            part.results[label] = {"device": summary.device, "decoder": summary.decoder,
+                                   "images": summary.extracted, "broken": len(summary.broken)}
 
         part.step(f"extract {label}", run)
     part.results["model"] = model.name
@@ -434,7 +434,7 @@ def part_search_correctness(part: Part, ctx: Context) -> None:
     import torch
     from bench_search import make_data
 
-    from isc.search import knn, knn_torch
+    from isc.knn import knn, knn_torch
 
     nq, nr, d = ctx.sizes.search_correctness
     k = 10
@@ -593,7 +593,7 @@ def part_extract_timing(part: Part, ctx: Context) -> None:
         (ctx.work / "timing.h5").unlink()
         r["runs"].append({"model": label, "path": fast_path if decoder == "torchvision" else "Pillow + DataLoader",
                           "decoder": decoder, "cache": cache, "images": len(chosen),
-                          "images_per_second": summary["images_per_second"],
+                          "images_per_second": summary.images_per_second,
                           "call_images_per_second": round(len(chosen) / seconds, 1)})
 
     def time_model(model_name: str, size: int | None, runs: list[tuple[str, str]], label: str = "") -> None:
@@ -685,7 +685,8 @@ def part_search_timing(part: Part, ctx: Context) -> None:
     import torch
     from bench_search import make_data
 
-    from isc.search import knn, knn_torch, neighbor_bias
+    from isc.knn import knn, knn_torch
+    from isc.search import neighbor_bias
 
     nq, nr, nt, d = ctx.sizes.search_timing
     k, norm_neighbours = 10, 3

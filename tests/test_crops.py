@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from isc.extract import CROP_VIEWS, PartialLog, crop_boxes, extract, list_split_images, select_split_images
+from isc.extract import extract
+from isc.images import CROP_VIEWS, crop_boxes, list_split_images, select_split_images
 from isc.io import InputError, read_descriptor_attrs, read_descriptors
 from isc.models import create_model
+from isc.partial_log import PartialLog
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 TINY = ["--model", "efficientnet_lite0", "--image-size", "64"]
@@ -108,7 +110,7 @@ def test_crops_resume_after_a_partial_run_and_never_mix_with_plain(mini_dataset,
     with pytest.raises(InputError, match="views_per_id"):
         extract(queries, output, model, workers=0, quiet=True)
     summary = extract(queries, output, model, batch_size=2, workers=0, quiet=True, crops=True)
-    assert summary["resumed"] == 4 and not partial.exists()
+    assert summary.resumed == 4 and not partial.exists()
     ids, resumed, attrs = read_descriptors(output, views=True)
     fresh_ids, fresh, _ = read_descriptors(files["crops"], views=True)
     assert ids == fresh_ids and attrs["views_per_id"] == CROP_VIEWS
@@ -121,7 +123,7 @@ def test_crops_work_on_the_pixel_path(mini_dataset, tmp_path):
     assert model.takes_pixels
     plain = extract(queries, tmp_path / "plain.h5", model, device="cpu", workers=0, quiet=True)
     crops = extract(queries, tmp_path / "crops.h5", model, device="cpu", workers=0, quiet=True, crops=True)
-    assert plain["pixels"] and crops["pixels"]
+    assert plain.pixels and crops.pixels
     ids, descriptors, _ = read_descriptors(tmp_path / "crops.h5", views=True)
     assert ids == [i for i in queries for _ in range(CROP_VIEWS)]
     assert read_descriptor_attrs(tmp_path / "crops.h5")["views_per_id"] == CROP_VIEWS

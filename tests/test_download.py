@@ -20,12 +20,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from isc import download
+from isc import download, s3
 from isc.cli.download import main
-from isc.io import REGION_BUCKETS, InputError, images_prefix, metadata_key, read_metadata, write_metadata
+from isc.io import InputError, read_metadata, write_metadata
+from isc.s3 import REGIONS, images_prefix, metadata_key
 from isc.s3server import s3_client
 
-BUCKET = REGION_BUCKETS["us-west"]
+BUCKET = REGIONS["us-west"].bucket
 PREFIX = images_prefix("query")
 
 
@@ -144,14 +145,14 @@ def assert_verified(dest: Path, mini_dataset: Path, names: set[str]) -> None:
 
 
 def test_region_bucket_mapping() -> None:
-    assert download.bucket_for_region("us-west") == "drivendata-competition-fb-isc-data"
-    assert download.bucket_for_region("eu") == "drivendata-competition-fb-isc-data-eu"
-    assert download.bucket_for_region("asia") == "drivendata-competition-fb-isc-data-asia"
+    assert s3.bucket_for_region("us-west") == "drivendata-competition-fb-isc-data"
+    assert s3.bucket_for_region("eu") == "drivendata-competition-fb-isc-data-eu"
+    assert s3.bucket_for_region("asia") == "drivendata-competition-fb-isc-data-asia"
     with pytest.raises(InputError, match="unknown region"):
-        download.bucket_for_region("mars")
-    client = download.make_client("asia")
+        s3.bucket_for_region("mars")
+    client = s3.make_client("asia")
     assert client.meta.region_name == "ap-southeast-1"
-    url = download.ObjectGetter(client, REGION_BUCKETS["asia"], PREFIX).url(PREFIX + "Q00012.jpg")
+    url = s3.ObjectGetter(client, REGIONS["asia"].bucket, PREFIX).url(PREFIX + "Q00012.jpg")
     assert url.startswith("https://drivendata-competition-fb-isc-data-asia.s3") and url.endswith("/all/query_images/Q00012.jpg")
     assert "Signature" not in url  # anonymous by default
 
@@ -306,7 +307,7 @@ def test_server_errors_and_dropped_connections_survived(mini_dataset: Path, s3_e
 def test_gives_up_when_every_file_fails(mini_dataset: Path, s3_endpoint: str, tmp_path: Path) -> None:
     metadata = read_metadata(mini_dataset / "query_metadata.csv", "query")
     with FaultProxy(s3_endpoint, fail_first=100) as proxy:
-        getter = download.ObjectGetter(download.make_client("us-west", proxy.url), BUCKET, PREFIX, 2)
+        getter = s3.ObjectGetter(s3.make_client("us-west", proxy.url), BUCKET, PREFIX, 2)
         report = download.download_split(getter, "query", metadata, tmp_path, workers=2, attempts=1, quiet=True,
                                          give_up_after=5)
     assert report.aborted.startswith("stopped after 5 failed files in a row") and "HTTP 50" in report.aborted
@@ -412,14 +413,14 @@ def test_missing_metadata_object_says_to_pass_metadata(s3_endpoint: str, tmp_pat
 
 def test_region_auto_picks_the_fastest_bucket(mini_dataset: Path, s3_endpoint: str, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    slow = {REGION_BUCKETS["us-west"], REGION_BUCKETS["eu"]}
+    slow = {REGIONS["us-west"].bucket, REGIONS["eu"].bucket}
     with FaultProxy(s3_endpoint, delay=0.2, slow_buckets=slow) as proxy:
         code = main(["--region", "auto", "--split", "query", "--dest", str(tmp_path), "--ids", "Q00000-Q00002",
                      "--endpoint-url", proxy.url])
     assert code == 0
     assert "fastest region: asia" in capsys.readouterr().err
     report = report_of(tmp_path)
-    assert (report["region"], report["bucket"], report["downloaded"]) == ("asia", REGION_BUCKETS["asia"], 3)
+    assert (report["region"], report["bucket"], report["downloaded"]) == ("asia", REGIONS["asia"].bucket, 3)
 
 
 def test_cli_subprocess_with_environment_and_profile(mini_dataset: Path, s3_endpoint: str, tmp_path: Path) -> None:
@@ -443,13 +444,13 @@ def test_cli_subprocess_with_environment_and_profile(mini_dataset: Path, s3_endp
 
 def test_signed_urls_are_presigned(mini_dataset: Path, s3_endpoint: str, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    client = download.make_client("us-west", s3_endpoint)
-    assert "Signature" not in download.ObjectGetter(client, BUCKET, PREFIX).url(PREFIX + "Q00001.jpg")
+    client = s3.make_client("us-west", s3_endpoint)
+    assert "Signature" not in s3.ObjectGetter(client, BUCKET, PREFIX).url(PREFIX + "Q00001.jpg")
     credentials = tmp_path / "aws_credentials"
     credentials.write_text("[isc-test]\naws_access_key_id = isc-local\naws_secret_access_key = isc-local\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no_config"))
     monkeypatch.setenv("AWS_PROFILE", "isc-test")
-    getter = download.ObjectGetter(download.make_client("us-west", s3_endpoint), BUCKET, PREFIX)
+    getter = s3.ObjectGetter(s3.make_client("us-west", s3_endpoint), BUCKET, PREFIX)
     assert "X-Amz-Signature=" in getter.url(PREFIX + "Q00001.jpg")
     assert getter.get(PREFIX + "Q00001.jpg").read() == (mini_dataset / "query_images" / "Q00001.jpg").read_bytes()

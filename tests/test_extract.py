@@ -14,9 +14,11 @@ from PIL import Image
 from skimage import data
 
 from isc.cli.extract import main
-from isc.extract import PartialLog, extract, list_images, list_split_images, nvjpeg_size
+from isc.extract import extract
+from isc.images import list_images, list_split_images, nvjpeg_size
 from isc.io import InputError, read_descriptor_attrs, read_descriptors
 from isc.models import create_model, save_checkpoint
+from isc.partial_log import PartialLog
 
 SIZE = 64
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
@@ -111,10 +113,10 @@ def test_odd_but_valid_images_are_decoded_right(by_decoder):
 def test_broken_images_are_listed_with_reasons(by_decoder, decoder):
     _, attrs, summary = by_decoder[decoder]
     broken = json.loads(attrs["broken"])
-    assert attrs["n_broken"] == len(broken) == 4 and summary["broken"] == broken
+    assert attrs["n_broken"] == len(broken) == 4 and summary.broken == broken
     for image_id, reason in BROKEN.items():
         assert reason in broken[image_id], (image_id, broken[image_id])
-    assert summary["extracted"] == 9 and attrs["n_images"] == 13
+    assert summary.extracted == 9 and attrs["n_images"] == 13
 
 
 def _pillow_would_send_to_nvjpeg(data: bytes) -> bool:
@@ -196,9 +198,9 @@ def test_torn_last_batch_of_a_killed_run_is_extracted_again(odd_images, model, t
         f.truncate(partial.stat().st_size - 5)
     assert PartialLog.read(partial).ids == intact[:2]
     summary = extract(good, output, model, batch_size=2, workers=0, quiet=True)
-    assert summary["resumed"] == 2
+    assert summary.resumed == 2
     ids, resumed, _ = read_descriptors(output)
-    fresh_ids, fresh_descriptors, _ = read_descriptors(fresh["output"])
+    fresh_ids, fresh_descriptors, _ = read_descriptors(fresh.output)
     assert ids == fresh_ids
     np.testing.assert_allclose(resumed, fresh_descriptors, atol=1e-5)
 
@@ -208,7 +210,7 @@ def test_garbage_partial_file_is_replaced_with_a_warning(odd_images, model, tmp_
     (tmp_path / "out.h5.rank0-of-1.partial").write_bytes(b"\x89HDF\r\n junk")
     with pytest.warns(UserWarning, match="unreadable partial file"):
         summary = extract(good, tmp_path / "out.h5", model, workers=0, quiet=True)
-    assert summary["resumed"] == 0 and summary["extracted"] == len(good)
+    assert summary.resumed == 0 and summary.extracted == len(good)
 
 
 def test_interrupted_run_resumes_and_never_mixes_models(odd_images, model, tmp_path):
@@ -229,11 +231,11 @@ def test_interrupted_run_resumes_and_never_mixes_models(odd_images, model, tmp_p
         extract(good, output, other, workers=0, quiet=True)
 
     summary = extract(good, output, model, batch_size=2, workers=0, quiet=True)
-    assert summary["resumed"] == 2 and summary["processed"] == len(good) - 2
+    assert summary.resumed == 2 and summary.processed == len(good) - 2
     assert not partial.exists()
     resumed_ids, resumed, _ = read_descriptors(output)
     fresh_ids, fresh, _ = read_descriptors(extract(good, tmp_path / "fresh.h5", model, workers=0,
-                                                   quiet=True)["output"])
+                                                   quiet=True).output)
     assert resumed_ids == fresh_ids == sorted(good)
     np.testing.assert_allclose(resumed, fresh, atol=1e-5)
 

@@ -43,7 +43,7 @@ def test_gpu_path_modules_import_and_search_without_the_optional_packages():
         "for module in ('isc.io', 'isc.models', 'isc.extract', 'isc.search', 'isc.train', 'isc.cli.extract'):\n"
         "    importlib.import_module(module)\n"
         "from isc.io import InputError\n"
-        "from isc.search import available_backends, knn, resolve_backend\n"
+        "from isc.knn import available_backends, knn, resolve_backend\n"
         "assert 'faiss-cpu' not in available_backends(), available_backends()\n"
         "try:\n"
         "    resolve_backend('faiss-cpu')\n"

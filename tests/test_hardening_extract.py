@@ -19,17 +19,11 @@ from skimage import data
 
 from isc.cli.extract import main as extract_main
 from isc.cli.run import main as run_main
-from isc.extract import (
-    PartialLog,
-    decode_with_pillow,
-    extract,
-    extraction_config,
-    is_complete,
-    list_images,
-    list_split_images,
-)
+from isc.extract import extract, extraction_config, is_complete
+from isc.images import decode_with_pillow, list_images, list_split_images
 from isc.io import InputError, read_descriptor_attrs, read_descriptors
 from isc.models import create_model
+from isc.partial_log import PartialLog
 from isc.pipeline import Pipeline, RunConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
@@ -180,9 +174,9 @@ def test_resume_extracts_again_an_image_replaced_after_a_kill(photos, lite, tmp_
     os.utime(photos / "R000000.jpg", ns=(1, 1))  # even a same-second replacement differs in mtime
     _photo("chelsea").save(photos / "R000002.jpg", quality=90)
     summary = extract(images, out, lite, batch_size=2, workers=0, quiet=True)
-    assert summary["resumed"] == 1 and summary["processed"] == 2
+    assert summary.resumed == 1 and summary.processed == 2
     fresh = extract(images, tmp_path / "fresh.h5", lite, batch_size=2, workers=0, quiet=True, resume=False)
-    resumed, expected = _descriptors(out), _descriptors(Path(fresh["output"]))
+    resumed, expected = _descriptors(out), _descriptors(Path(fresh.output))
     assert sorted(resumed) == ["R000000", "R000001", "R000002"]
     for image_id in resumed:
         np.testing.assert_allclose(resumed[image_id], expected[image_id], atol=1e-5)
@@ -196,7 +190,7 @@ def test_partial_file_of_the_old_format_is_replaced_with_a_warning(photos, lite,
     (tmp_path / "out.h5.rank0-of-1.partial").write_bytes(b'isc-partial/1\n{"model": "x"}\n' + b"\0" * 40)
     with pytest.warns(UserWarning, match="isc-partial/1 of an older isc-extract"):
         summary = extract(list_images(photos), tmp_path / "out.h5", lite, workers=0, quiet=True)
-    assert summary["resumed"] == 0 and summary["extracted"] == 3
+    assert summary.resumed == 0 and summary.extracted == 3
 
 
 def test_is_complete_notices_a_replaced_or_repaired_image(photos, tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance
 
-from isc.extract import extract, list_split_images
+from isc.extract import extract
+from isc.images import list_split_images
 from isc.io import InputError, read_descriptors
 from isc.models import IMAGENET_MEAN, IMAGENET_STD, create_model, default_model
 

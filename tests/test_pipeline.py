@@ -13,13 +13,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from isc.cli import run as cli_run
+from isc.cli import search as cli_search
 from isc.cli.run import main
-from isc.extract import PartialLog, extract, list_split_images
-from isc.io import read_descriptor_track, read_descriptors, read_ground_truth, read_predictions
+from isc.extract import extract
+from isc.images import list_split_images
+from isc.io import file_md5, read_descriptor_track, read_descriptors, read_ground_truth, read_predictions
+from isc.manifest import read_manifest
 from isc.metrics import evaluate
 from isc.models import create_model
+from isc.partial_log import PartialLog
 from isc.pipeline import Pipeline, RunConfig, run_demo
-from isc.submit import check_matching_csv, file_md5, read_manifest
+from isc.search import ScoreNorm
+from isc.submit import check_matching_csv
 
 # small and fast: 64-pixel inputs, 16-dimensional whitening (the mini dataset has 40 training images)
 FAST = {"image_size": 64, "pca_dim": 16, "batch_size": 8, "workers": 0, "quiet": True}
@@ -176,6 +182,7 @@ def test_demo_generates_serves_and_submits(tmp_path):
     config = RunConfig(work=tmp_path / "demo", submissions=tmp_path / "demo" / "submissions", **FAST)
     sizes = {"references": 30, "queries": 12, "phase2_queries": 6, "training": 30}
     summary = run_demo(config, seed=3, **sizes)
+    assert config.endpoint_url is None and config.ground_truth == ()  # the demo ran a copy
     stages = [s.stage for s in summary.steps]
     assert stages[:2] == ["synth", "serve"] and stages.count("download") == 3
     assert set(summary.metrics) == {f"phase {p} {t}" for p in (1, 2) for t in ("matching", "descriptors")}
@@ -197,6 +204,47 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, mini_dataset,
     assert main([str(tmp_path / "work"), "--submissions-dir", str(tmp_path / "submissions"), *args]) == 2
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1 and message in stderr
+
+
+NORM_ARGS = ["--norm-beta", "1.5", "--norm-neighbors", "1:3", "--norm-agg", "min", "--normalize-references"]
+
+
+def test_score_normalisation_options_are_isc_searchs(tmp_path, monkeypatch):
+    run_defaults = cli_run.build_parser().parse_args([str(tmp_path)])
+    search_defaults = cli_search.build_parser().parse_args(["-o", "p.csv"])
+    assert cli_search.score_norm(run_defaults) == cli_search.score_norm(search_defaults) == ScoreNorm()
+    configs = []
+
+    class Recorded:
+        def __init__(self, config):
+            configs.append(config)
+
+        def run(self):
+            return type("Summary", (), {"table": lambda self: ""})()
+
+    monkeypatch.setattr(cli_run, "Pipeline", Recorded)
+    assert main([str(tmp_path / "work"), "--model", "efficientnet_lite0", "--quiet", *NORM_ARGS]) == 0
+    assert configs[0].norm == ScoreNorm(1.5, (1, 3), "min", references=True)
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--norm-beta", "nan", "argument --norm-beta: must be a finite number, got 'nan'"),
+    ("--norm-agg", "max", "argument --norm-agg: invalid choice: 'max'"),
+    ("--norm-neighbors", "3:1", "error: neighbour range '3:1': expected A:B with 1 <= A <= B"),
+])
+def test_score_normalisation_options_refused_as_isc_search_does(option, value, message, tmp_path, capsys):
+    commands = {"isc-run": (main, [str(tmp_path / "work"), "--model", "efficientnet_lite0"]),
+                "isc-search": (cli_search.main, ["--query", str(tmp_path / "q.h5"), "--reference",
+                                                 str(tmp_path / "r.h5"), "-o", str(tmp_path / "p.csv")])}
+    for name, (command, args) in commands.items():
+        try:
+            code = command([*args, option, value, "--quiet"])
+        except SystemExit as e:  # argparse's own refusal
+            code = e.code
+        stderr = capsys.readouterr().err
+        assert code == 2 and f"{name}: " in stderr and message in stderr and "Traceback" not in stderr, (name, stderr)
+        assert stderr.strip().splitlines()[-1].startswith(f"{name}: error: ")
+    assert not (tmp_path / "work").exists() and not (tmp_path / "p.csv").exists()
 
 
 def test_local_data_without_training_images_says_what_to_do(mini_dataset, tmp_path):

@@ -12,9 +12,11 @@ import pytest
 import torch
 from test_onnx_models import PixelsIn, TinyNet, _export
 
-from isc.extract import COMPATIBILITY_KEYS, PartialLog, extract, list_images
+from isc.extract import extract
+from isc.images import list_images
 from isc.io import InputError, read_descriptors
 from isc.models import create_model
+from isc.partial_log import COMPATIBILITY_KEYS, PartialLog
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKEN = {"empty": "empty file", "text": "not an image", "truncated": "cannot decode"}
@@ -59,15 +61,15 @@ def test_uint8_onnx_graph_gets_the_descriptors_of_the_torch_path(tta, images, ui
     fast, ids, rows, attrs = _run(images, tmp_path / "pixels.h5", pixels, workers=2, **tta)
     torch_model = _on_the_torch_path(create_model(f"onnx:{uint8_graph}", image_size=64))
     slow, torch_ids, torch_rows, torch_attrs = _run(images, tmp_path / "torch.h5", torch_model, workers=0, **tta)
-    assert (fast["pixels"], slow["pixels"]) == (True, False)
+    assert (fast.pixels, slow.pixels) == (True, False)
     assert ids == torch_ids and len(ids) == len(images) - len(BROKEN)
     if tta:
         np.testing.assert_allclose(rows, torch_rows, atol=1e-6)
     else:
         np.testing.assert_array_equal(rows, torch_rows)  # the same pixels, batches and graph
-    assert fast["broken"] == slow["broken"] and set(fast["broken"]) == set(BROKEN)
+    assert fast.broken == slow.broken and set(fast.broken) == set(BROKEN)
     for image_id, reason in BROKEN.items():
-        assert fast["broken"][image_id].startswith(reason)
+        assert fast.broken[image_id].startswith(reason)
     # nothing recorded tells the paths apart: their files mix
     assert {k: attrs[k] for k in COMPATIBILITY_KEYS} == {k: torch_attrs[k] for k in COMPATIBILITY_KEYS}
 
@@ -81,7 +83,7 @@ def test_pdq_hashed_in_the_workers_agrees_with_the_torch_path(flip, images, tmp_
     fast, ids, rows, _ = _run(good, tmp_path / "pixels.h5", model, workers=2, flip=flip)
     _, torch_ids, torch_rows, _ = _run(good, tmp_path / "torch.h5", _on_the_torch_path(create_model("pdq")),
                                        workers=0, flip=flip)
-    assert fast["pixels"] and ids == torch_ids
+    assert fast.pixels and ids == torch_ids
     hamming = np.sum(np.sign(rows) != np.sign(torch_rows), axis=1)
     assert hamming.mean() == 0, hamming  # the same 512 x 512 pixels go into pdqhash
     np.testing.assert_array_equal(rows, torch_rows)
@@ -113,9 +115,9 @@ def test_a_killed_pixel_run_resumes_and_its_file_mixes_with_the_torch_path(image
 
     torch_model = _on_the_torch_path(create_model(f"onnx:{uint8_graph}", image_size=64))
     summary = extract(good, output, torch_model, batch_size=2, workers=0, quiet=True)
-    assert summary["resumed"] == 2 and summary["processed"] == len(good) - 2 and not partial.exists()
+    assert summary.resumed == 2 and summary.processed == len(good) - 2 and not partial.exists()
     fresh = extract(good, tmp_path / "fresh.h5", pixels, batch_size=2, workers=2, quiet=True)
-    assert fresh["pixels"] and fresh["resumed"] == 0
+    assert fresh.pixels and fresh.resumed == 0
     ids, rows, _ = read_descriptors(output)
     fresh_ids, fresh_rows, _ = read_descriptors(tmp_path / "fresh.h5")
     assert ids == fresh_ids == sorted(good)

@@ -8,7 +8,7 @@ import pytest
 
 from isc.io import InputError, read_descriptors, read_predictions, write_descriptors
 from isc.pca import apply_pca_file, concatenate_descriptors, learn_pca
-from isc.search import neighbor_bias, search, subtract_negative_embeddings
+from isc.search import ScoreNorm, neighbor_bias, search, subtract_negative_embeddings
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:
@@ -35,8 +35,8 @@ def test_views_of_a_query_score_each_pair_by_the_best_view():
     views /= np.linalg.norm(views, axis=1, keepdims=True)
     query_ids = ["Q00000", "Q00000", "Q00001", "Q00001"]
     reference_ids = [f"R{i:06d}" for i in range(20)]
-    result = search(query_ids, views, reference_ids, reference, k=3, training=training, norm_beta=0.5,
-                    norm_neighbors=(1, 3), quiet=True)
+    result = search(query_ids, views, reference_ids, reference, k=3, training=training,
+                    norm=ScoreNorm(0.5, (1, 3)), quiet=True)
     assert not result.duplicated(["query_id", "reference_id"]).any()
     assert (result.groupby("query_id").size() == 3).all()
     assert list(result["score"]) == sorted(result["score"], reverse=True)

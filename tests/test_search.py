@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from isc.io import InputError, read_predictions, write_descriptors
+from isc.knn import knn, knn_torch
 from isc.metrics import evaluate
 from isc.search import (
-    knn,
+    ScoreNorm,
     knn_graph,
-    knn_torch,
     neighbor_bias,
     parse_neighbor_range,
     search,
@@ -125,8 +125,7 @@ def test_search_with_normalisation_matches_brute_force():
                                  "score": np.take_along_axis(scores, best, 1).ravel()})
         expected = expected.sort_values("score", ascending=False).head(100).reset_index(drop=True)
         got = search(ids("Q", 40), query, ids("R", 500), reference, k=k, max_results=100, training=training,
-                     norm_beta=beta, norm_neighbors=(2, 4), normalize_references=normalize_references,
-                     backend="faiss-cpu", quiet=True)
+                     norm=ScoreNorm(beta, (2, 4), references=normalize_references), backend="faiss-cpu", quiet=True)
         pd.testing.assert_frame_equal(got[["query_id", "reference_id"]], expected[["query_id", "reference_id"]])
         np.testing.assert_allclose(got["score"], expected["score"], atol=1e-5)
 
@@ -161,8 +160,8 @@ def test_normalisation_raises_muap_when_density_varies():
     args = (ids("Q", len(query)), query, ids("R", len(reference)), reference)
     raw = evaluate(search(*args, k=5, backend="faiss-cpu", quiet=True), ground_truth).muap
     normalised = evaluate(search(*args, k=5, training=training, backend="faiss-cpu", quiet=True), ground_truth).muap
-    both = evaluate(search(*args, k=5, training=training, normalize_references=True, backend="faiss-cpu", quiet=True),
-                    ground_truth).muap
+    both = evaluate(search(*args, k=5, training=training, norm=ScoreNorm(references=True), backend="faiss-cpu",
+                           quiet=True), ground_truth).muap
     assert normalised > raw + 0.05, (raw, normalised)
     assert both > raw + 0.05, (raw, both)
 
@@ -189,8 +188,14 @@ def test_search_bad_inputs(vectors):
     with pytest.raises(InputError, match="NaN"):
         search(ids("Q", 150), np.where(np.arange(24) == 3, np.nan, query), ids("R", 3000), reference, quiet=True)
     with pytest.raises(InputError, match="needs at least 20 training descriptors"):
-        search(ids("Q", 150), query, ids("R", 3000), reference, training=reference[:10], norm_neighbors=(10, 20),
-               quiet=True)
+        search(ids("Q", 150), query, ids("R", 3000), reference, training=reference[:10],
+               norm=ScoreNorm(neighbors=(10, 20)), quiet=True)
+    with pytest.raises(InputError, match="normalisation beta must be a finite number"):
+        ScoreNorm(float("nan"))
+    with pytest.raises(InputError, match="neighbour range 3:1"):
+        ScoreNorm(neighbors=(3, 1))
+    with pytest.raises(InputError, match="unknown aggregation 'max'"):
+        ScoreNorm(agg="max")
     for text in ("3:1", "0:2", "a:b", "1:2:3"):
         with pytest.raises(InputError, match="neighbour range"):
             parse_neighbor_range(text)
@@ -263,8 +268,8 @@ def test_cli_search_and_errors(vectors, tmp_path):
     assert "500 of 500 training descriptors are not L2-normalised" in done.stderr  # a one-line warning
     predictions = read_predictions(tmp_path / "p.csv")
     bias = neighbor_bias(query, reference[:500], (2, 3))
-    expected = search(ids("Q", 150), query, ids("R", 3000), reference, k=3, training=reference[:500], norm_beta=2,
-                      norm_neighbors=(2, 3), quiet=True)
+    expected = search(ids("Q", 150), query, ids("R", 3000), reference, k=3, training=reference[:500],
+                      norm=ScoreNorm(2, (2, 3)), quiet=True)
     assert len(predictions) == 450 and predictions["score"].is_monotonic_decreasing
     pd.testing.assert_frame_equal(predictions[["query_id", "reference_id"]], expected[["query_id", "reference_id"]])
     np.testing.assert_allclose(predictions["score"], expected["score"], atol=1e-6)

@@ -13,24 +13,20 @@ import isc
 from isc.io import (
     MATCHING_TRACK_MAX_ROWS,
     InputError,
+    file_md5,
     read_descriptor_track,
     read_ground_truth,
     read_predictions,
     write_descriptors,
     write_predictions,
 )
-from isc.metrics import evaluate
+from isc.manifest import default_submission_path, read_manifest
+from isc.metrics import capped_l2_search, descriptor_track_predictions, evaluate, score_descriptor_track
 from isc.submit import (
     SubmissionError,
     Violation,
-    capped_l2_search,
     check_matching_csv,
-    default_submission_path,
-    descriptor_track_predictions,
-    file_md5,
     format_violations,
-    read_manifest,
-    score_descriptor_track,
     submit_descriptors,
     submit_matching,
 )
@@ -578,7 +574,8 @@ def test_cli_descriptors_and_score(synthetic):
 def test_mini_dataset_extracted_both_phases_cli(mini_dataset, tmp_path):
     """isc-extract (PDQ, 256 bits) on the mini dataset, then both phases through the CLI, phase 2 reusing
     phase 1's reference file; the µAP printed equals a brute-force global cut scored independently."""
-    from isc.extract import extract, list_split_images
+    from isc.extract import extract
+    from isc.images import list_split_images
     from isc.models import create_model
 
     model = create_model("pdq")

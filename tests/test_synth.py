@@ -10,8 +10,10 @@ import pytest
 from conftest import MINI_DATASET
 from PIL import Image
 
+from isc.draw import base_image
+from isc.edits import EDITS, PHOTOMETRIC_EDITS, random_edit
 from isc.io import ID_PATTERNS, InputError, read_ground_truth, read_metadata
-from isc.synth import EDITS, PHOTOMETRIC_EDITS, base_image, generate_dataset, random_edit, read_manifest
+from isc.synth import generate_dataset, read_manifest
 
 SPLITS = ("query", "reference", "training")
 CHANGE_COLOURS = {"colour", "overlay_onto"}  # the edits that leave little of the original colours

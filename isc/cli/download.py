@@ -7,9 +7,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from isc import download
+from isc import download, s3
 from isc.cli.common import check_outputs, non_negative_int, positive_float, positive_int, run_command
-from isc.io import REGION_BUCKETS, SPLITS, InputError
+from isc.io import SPLITS, InputError
 
 
 class _FilterAction(argparse.Action):
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or wrong. Exit status 0 only when every selected file is present and verified; 1 when some are not, or "
         "when the endpoint did not answer (re-run later to resume); 2 on bad arguments or an unreachable endpoint.",
     )
-    parser.add_argument("--region", choices=[*REGION_BUCKETS, "auto"],
+    parser.add_argument("--region", choices=s3.REGION_CHOICES,
                         help="bucket to read: us-west, eu (Frankfurt), asia (Singapore), or auto: time a small "
                         "request to each and use the fastest; required unless --endpoint-url (or $AWS_ENDPOINT_URL) "
                         "names a mirror, where it defaults to us-west")
@@ -61,15 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rehash", action="store_true",
                         help="re-hash every local file instead of trusting the record of files verified by earlier "
                         "runs (kept in DIR/<split>_images/.isc-verified.tsv, valid while size and mtime are unchanged)")
-    parser.add_argument("--workers", type=positive_int, default=download.DEFAULT_WORKERS,
-                        help=f"parallel downloads (threads and pooled connections; default {download.DEFAULT_WORKERS})")
-    parser.add_argument("--attempts", type=positive_int, default=download.DEFAULT_ATTEMPTS,
+    parser.add_argument("--workers", type=positive_int, default=s3.DEFAULT_WORKERS,
+                        help=f"parallel downloads (threads and pooled connections; default {s3.DEFAULT_WORKERS})")
+    parser.add_argument("--attempts", type=positive_int, default=s3.DEFAULT_ATTEMPTS,
                         help="tries per request (listing, metadata, each file), with exponential backoff, on 5xx or "
                         "throttling answers, timeouts, dropped connections and MD5 mismatches "
-                        f"(default {download.DEFAULT_ATTEMPTS})")
-    parser.add_argument("--timeout", type=positive_float, default=download.DEFAULT_TIMEOUT, metavar="SECONDS",
+                        f"(default {s3.DEFAULT_ATTEMPTS})")
+    parser.add_argument("--timeout", type=positive_float, default=s3.DEFAULT_TIMEOUT, metavar="SECONDS",
                         help="wait at most this long for a connection, or for the next bytes of an answer, before "
-                        f"trying again (default {download.DEFAULT_TIMEOUT:g})")
+                        f"trying again (default {s3.DEFAULT_TIMEOUT:g})")
     parser.add_argument("--report", metavar="JSON",
                         help="machine-readable report (downloaded, skipped, failed with reasons, bytes, seconds); "
                         "default DIR/<split>_download_report.json")
@@ -81,9 +81,10 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.repair and not args.verify_only:
         raise InputError("--repair goes with --verify-only (a plain run already fetches missing and corrupt files)")
     if args.region is None:
-        if not download.endpoint_url_or_environment(args.endpoint_url):
-            raise InputError("--region is required (us-west, eu, asia or auto) unless --endpoint-url names a mirror")
-        args.region = "us-west"  # a mirror serves every region's bucket, as isc-s3serve does
+        if not s3.endpoint_url_or_environment(args.endpoint_url):
+            raise InputError(f"--region is required ({', '.join(s3.REGIONS)} or {s3.AUTO_REGION}) unless --endpoint-url "
+                             "names a mirror")
+        args.region = s3.DEFAULT_REGION  # a mirror serves every region's bucket, as isc-s3serve does
     if args.metadata and not Path(args.metadata).is_file():
         raise InputError(f"{args.metadata}: no such metadata file")
     check_outputs(inputs=[args.metadata], outputs=[args.report], folders=[args.dest])
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers, attempts=args.attempts, verify_only=args.verify_only, repair=args.repair,
             rehash=args.rehash, report_path=args.report, quiet=args.quiet, timeout=args.timeout,
         )
-    except download.EndpointUnresponsive as e:  # not bad input: the download did not happen, a re-run may work
+    except s3.EndpointUnresponsive as e:  # not bad input: the download did not happen, a re-run may work
         print(f"isc-download: error: {e}", file=sys.stderr)
         return 1
     if not args.quiet:

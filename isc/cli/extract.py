@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -16,19 +17,11 @@ from isc.cli.common import (
     positive_int,
     run_command,
 )
-from isc.extract import (
-    DECODERS,
-    DEFAULT_MAX_PIXELS,
-    NoImageRead,
-    check_device,
-    extract,
-    image_classes,
-    list_images,
-    list_split_images,
-    select_split_images,
-)
+from isc.extract import DECODERS, check_device, extract
+from isc.images import DEFAULT_MAX_PIXELS, image_classes, list_images, list_split_images, select_split_images
 from isc.io import SPLITS, InputError
 from isc.models import DEFAULT_MODEL, POOLINGS, RESIZE_MODES, create_model, default_model
+from isc.partial_log import NoImageRead
 
 
 def _scales(text: str) -> list[float]:
@@ -148,20 +141,20 @@ def run(args: argparse.Namespace) -> int:
     except NoImageRead as e:
         print(f"isc-extract: error: {e}", file=sys.stderr)
         return 1
-    if summary["rank"] != 0:
+    if summary.rank != 0:
         return 0
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(dataclasses.asdict(summary)))
         return 0
-    broken = summary["broken"]
-    views = summary["views_per_id"]
-    count = f"{summary['extracted'] * views} descriptors ({summary['extracted']} images x {views} views)" \
-        if views > 1 else f"{summary['extracted']} descriptors"
-    print(f"{count} of dimension {summary['dimension']} ({summary['model']}) "
-          f"written to {summary['output']}; {summary['processed']} images this run "
-          f"({summary['images_per_second']} images/s on {summary['device']}, {summary['decoder']} decoder"
-          f"{', uint8 pixels' if summary['pixels'] else ''}), "
-          f"{summary['resumed']} resumed, {len(broken)} broken")
+    broken = summary.broken
+    views = summary.views_per_id
+    count = f"{summary.extracted * views} descriptors ({summary.extracted} images x {views} views)" \
+        if views > 1 else f"{summary.extracted} descriptors"
+    print(f"{count} of dimension {summary.dimension} ({summary.model}) "
+          f"written to {summary.output}; {summary.processed} images this run "
+          f"({summary.images_per_second} images/s on {summary.device}, {summary.decoder} decoder"
+          f"{', uint8 pixels' if summary.pixels else ''}), "
+          f"{summary.resumed} resumed, {len(broken)} broken")
     for image_id, reason in list(broken.items())[:20]:
         print(f"  broken {image_id}: {reason}")
     if len(broken) > 20:

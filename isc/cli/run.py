@@ -7,14 +7,16 @@ import json
 import os
 from pathlib import Path
 
-from isc import download
+from isc import s3
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
-from isc.cli.submit import SUBMISSIONS_DIR_ENV
+from isc.cli.search import add_score_norm_options, score_norm
 from isc.extract import check_device
-from isc.io import REGION_BUCKETS, InputError
+from isc.io import InputError
+from isc.knn import BACKENDS
+from isc.manifest import SUBMISSIONS_DIR_ENV
 from isc.models import DEFAULT_MODEL, default_model
 from isc.pipeline import DEMO_IMAGE_SIZE, PHASES, Pipeline, RunConfig, planned_outputs, run_demo
-from isc.search import BACKENDS
+from isc.search import DEFAULT_K
 
 EPILOG = """\
 examples:
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_argument_group("images")
     source.add_argument("--data", metavar="ROOT", help="use the images already under ROOT/<split>_images/ "
                         "instead of downloading into WORK/data")
-    source.add_argument("--region", default="us-west", choices=[*REGION_BUCKETS, "auto"],
+    source.add_argument("--region", default=s3.DEFAULT_REGION, choices=s3.REGION_CHOICES,
                         help="bucket to download from (default: %(default)s; auto: the fastest)")
     source.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint of a mirror or a local server")
     source.add_argument("--profile", help="sign requests with this AWS profile (default: anonymous)")
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--training-limit", type=positive_int, metavar="N",
                         help="only the first N training images, which learn the whitening and normalise the scores "
                         "(e.g. 100000 instead of 1M: a tenth of the training downloads and extraction)")
-    source.add_argument("--download-workers", type=positive_int, default=download.DEFAULT_WORKERS,
+    source.add_argument("--download-workers", type=positive_int, default=s3.DEFAULT_WORKERS,
                         help="parallel downloads (default: %(default)s)")
     model = parser.add_argument_group("descriptors")
     model.add_argument("--model", help="model name, as isc-extract (default: the checkpoint's model, else sscd when "
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpoint", metavar="PATH", help="weights: an isc-train checkpoint or a TorchScript file")
     model.add_argument("--image-size", type=positive_int, help="input size in pixels, at least 8 (default: the model's)")
     model.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    model.add_argument("--batch-size", type=positive_int, default=64,
+    model.add_argument("--batch-size", type=positive_int, default=RunConfig.batch_size,
                        help="images per forward pass (default: %(default)s)")
     model.add_argument("--workers", type=non_negative_int,
                        help="image-reading workers, as isc-extract's (0: read in the main process; default: "
@@ -79,8 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "scored by its best view: µAP 0.728 -> 0.781 with sscd on photos, 6x the query extraction "
                        "work; the descriptor track keeps one row per query (default: on)")
     search = parser.add_argument_group("search, scoring and submission")
-    search.add_argument("--k", type=positive_int, default=10, help="references kept per query (default: %(default)s)")
+    search.add_argument("--k", type=positive_int, default=DEFAULT_K,
+                        help="references kept per query (default: %(default)s)")
     search.add_argument("--backend", default="auto", choices=BACKENDS, help="search backend (default: %(default)s)")
+    add_score_norm_options(search)
     search.add_argument("--phases", type=int, nargs="+", default=list(PHASES), choices=PHASES,
                         help="phases to submit (default: both, where their query images exist)")
     search.add_argument("--gt", action="append", default=[], metavar="CSV",
@@ -110,11 +114,13 @@ def run(args: argparse.Namespace) -> int:
                                            else os.environ.get(SUBMISSIONS_DIR_ENV, "submissions"))
     config = RunConfig(
         work=work, data=Path(args.data) if args.data else None, region=args.region, endpoint_url=args.endpoint_url,
-        profile=args.profile, limit=args.limit, training_limit=args.training_limit, download_workers=args.download_workers, model=model_name,
-        checkpoint=args.checkpoint, image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None),
-        device=args.device, batch_size=args.batch_size, workers=args.workers, pca_dim=args.pca_dim, k=args.k, query_crops=args.query_crops,
-        backend=args.backend, phases=sorted(set(args.phases)), ground_truth=[Path(p) for p in args.gt],
-        restrict_to_gt_queries=args.restrict_to_gt_queries, submissions=Path(submissions), quiet=args.quiet,
+        profile=args.profile, limit=args.limit, training_limit=args.training_limit,
+        download_workers=args.download_workers, model=model_name, checkpoint=args.checkpoint,
+        image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None), device=args.device,
+        batch_size=args.batch_size, workers=args.workers, pca_dim=args.pca_dim, k=args.k, query_crops=args.query_crops,
+        backend=args.backend, norm=score_norm(args), phases=sorted(set(args.phases)),
+        ground_truth=[Path(p) for p in args.gt], restrict_to_gt_queries=args.restrict_to_gt_queries,
+        submissions=Path(submissions), quiet=args.quiet,
     )
     check_outputs(inputs=[args.checkpoint, *args.gt], outputs=planned_outputs(config), folders=[work, submissions])
     check_device(args.device)  # before --demo generates its dataset

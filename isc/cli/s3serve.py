@@ -7,7 +7,8 @@ import threading
 from pathlib import Path
 
 from isc.cli.common import check_outputs, port_number, run_command
-from isc.io import REGION_BUCKETS, SPLITS, atomic_path
+from isc.io import SPLITS, atomic_path
+from isc.s3 import REGIONS
 from isc.s3server import LocalS3Server
 
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=port_or_zero, default=0,
                         help="port to bind, 1-65535; 0 picks a free one (default); a port in use is an error")
-    parser.add_argument("--regions", nargs="+", choices=list(REGION_BUCKETS), default=list(REGION_BUCKETS),
+    parser.add_argument("--regions", nargs="+", choices=list(REGIONS), default=list(REGIONS),
                         help="regional buckets to create (default: all three)")
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
                         help="splits to upload (default: all three)")
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         if args.endpoint_file:
             with atomic_path(args.endpoint_file) as tmp:
                 Path(tmp).write_text(endpoint + "\n")
-        print(f"serving {args.data} at {endpoint} (buckets: {', '.join(REGION_BUCKETS[r] for r in args.regions)})",
+        print(f"serving {args.data} at {endpoint} (buckets: {', '.join(REGIONS[r].bucket for r in args.regions)})",
               flush=True)
         threading.Event().wait()
     finally:

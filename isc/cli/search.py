@@ -6,16 +6,26 @@ import argparse
 from pathlib import Path
 
 from isc.cli.common import check_outputs, finite_float, positive_int, run_command
-from isc.io import PROVENANCE_SUFFIX, InputError, read_descriptor_classes, read_descriptors
+from isc.io import (
+    MATCHING_TRACK_MAX_ROWS,
+    PROVENANCE_SUFFIX,
+    InputError,
+    read_descriptor_classes,
+    read_descriptors,
+)
+from isc.knn import BACKENDS
 from isc.search import (
     AGGREGATIONS,
-    BACKENDS,
+    DEFAULT_K,
+    ScoreNorm,
     knn_graph,
     knn_graph_paths,
     parse_neighbor_range,
     search_files,
     write_knn_graph,
 )
+
+GRAPH_K = 80  # --knn-graph's default k
 
 MEMORY_NOTE = """\
 memory: the references are held in RAM as float32 (n x d x 4 bytes: 1M x 256 = 1 GB), plus a
@@ -66,22 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="search only the queries of this competition phase (1: Q00000-Q49999, "
                         "2: Q50000-Q99999); refused when the query file has none")
     parser.add_argument("--k", type=positive_int, default=None,
-                        help="neighbours per query (default 10; with --knn-graph default 80); reduced, with a "
-                        "warning, to the number of references")
-    parser.add_argument("--max-results", type=positive_int, default=500_000,
-                        help="keep the best N (query, reference) pairs over all queries (default 500000, "
-                        "the matching track's limit)")
+                        help=f"neighbours per query (default {DEFAULT_K}; with --knn-graph default {GRAPH_K}); "
+                        "reduced, with a warning, to the number of references")
+    parser.add_argument("--max-results", type=positive_int, default=MATCHING_TRACK_MAX_ROWS,
+                        help=f"keep the best N (query, reference) pairs over all queries (default "
+                        f"{MATCHING_TRACK_MAX_ROWS}, the matching track's limit)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto (default): torch on a GPU if CUDA is available, else faiss-gpu if the "
                         "installed faiss has GPU support, else faiss-cpu")
-    parser.add_argument("--norm-beta", type=finite_float, default=0.5, help="normalisation weight B (default 0.5)")
-    parser.add_argument("--norm-neighbors", default="10:10", metavar="A:B",
-                        help="training neighbours used for normalisation, 1-based inclusive range (default 10:10: "
-                        "the 10th nearest alone)")
-    parser.add_argument("--norm-agg", choices=AGGREGATIONS, default="mean",
-                        help="aggregate the neighbours' similarities by their mean (default) or min")
-    parser.add_argument("--normalize-references", action="store_true",
-                        help="also subtract B * agg of each reference's training neighbours")
+    add_score_norm_options(parser)
     parser.add_argument("--index", metavar="FAISS_STRING",
                         help="approximate search with a FAISS index (e.g. IVF1024,Flat or IVF1024,PQ32), trained "
                         "on the training descriptors if given, else the references; prints its recall@k "
@@ -99,6 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_score_norm_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The score-normalisation options, isc-search's and isc-run's, read back by :func:`score_norm`."""
+    default = ScoreNorm()
+    first, last = default.neighbors
+    parser.add_argument("--norm-beta", type=finite_float, default=default.beta,
+                        help=f"normalisation weight B (default {default.beta:g})")
+    parser.add_argument("--norm-neighbors", default=f"{first}:{last}", metavar="A:B",
+                        help=f"training neighbours used for normalisation, 1-based inclusive range (default "
+                        f"{first}:{last}: the {last}th nearest alone)")
+    parser.add_argument("--norm-agg", choices=AGGREGATIONS, default=default.agg,
+                        help="aggregate the neighbours' similarities by their mean (default) or min")
+    parser.add_argument("--normalize-references", action="store_true",
+                        help="also subtract B * agg of each reference's training neighbours")
+
+
+def score_norm(args: argparse.Namespace) -> ScoreNorm:
+    """The :class:`ScoreNorm` of the options :func:`add_score_norm_options` added; InputError when they are bad."""
+    return ScoreNorm(args.norm_beta, parse_neighbor_range(args.norm_neighbors), args.norm_agg,
+                     args.normalize_references)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.knn_graph:
         return run_knn_graph(args)
@@ -109,13 +133,12 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(inputs=[args.query, args.reference, args.training],
                   outputs=[args.output, args.output + PROVENANCE_SUFFIX])
     predictions = search_files(
-        args.query, args.reference, args.output, args.training, args.phase, args.ignore_attribute,
-        k=10 if args.k is None else args.k,
+        args.query, args.reference, args.output, args.training,
+        norm=score_norm(args),
+        phase=args.phase,
+        ignore_attributes=args.ignore_attribute,
+        k=DEFAULT_K if args.k is None else args.k,
         max_results=args.max_results,
-        norm_beta=args.norm_beta,
-        norm_neighbors=parse_neighbor_range(args.norm_neighbors),
-        norm_agg=args.norm_agg,
-        normalize_references=args.normalize_references,
         backend=args.backend,
         index=args.index,
         nprobe=args.nprobe,
@@ -129,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_knn_graph(args: argparse.Namespace) -> int:
-    name, k = Path(args.knn_graph).stem, 80 if args.k is None else args.k
+    name, k = Path(args.knn_graph).stem, GRAPH_K if args.k is None else args.k
     check_outputs(inputs=[args.knn_graph], outputs=knn_graph_paths(args.output, name, k).values(),
                   folders=[args.output])
     ids, descriptors, _ = read_descriptors(args.knn_graph)

@@ -9,22 +9,11 @@ import sys
 import warnings
 
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
-from isc.io import MATCHING_TRACK_MAX_ROWS, read_ground_truth, write_predictions
-from isc.metrics import Metrics
-from isc.search import BACKENDS
-from isc.submit import (
-    PROVENANCE_SUFFIX,
-    RESULTS_PER_QUERY,
-    default_submission_path,
-    manifest_path,
-    score_descriptor_track,
-    split_file_paths,
-    submit_descriptors,
-    submit_matching,
-    update_manifest,
-)
-
-SUBMISSIONS_DIR_ENV = "ISC_SUBMISSIONS_DIR"
+from isc.io import MATCHING_TRACK_MAX_ROWS, PROVENANCE_SUFFIX, read_ground_truth, write_predictions
+from isc.knn import BACKENDS
+from isc.manifest import SUBMISSIONS_DIR_ENV, default_submission_path, manifest_path, update_manifest
+from isc.metrics import RESULTS_PER_QUERY, Metrics, score_descriptor_track
+from isc.submit import split_file_paths, submit_descriptors, submit_matching
 
 EPILOG = """\
 examples:

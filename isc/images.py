@@ -1,0 +1,290 @@
+"""The image files of an extraction: which ones (a split's folder, any folder or list file, a phase or id
+range), and how one is read: decoded with Pillow (EXIF rotation, more than 8 bits, transparency), resized,
+cut into crop views; and :func:`nvjpeg_size`, which says from the markers alone whether nvJPEG can decode it.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from isc.io import InputError, parse_id_range, query_phase, split_folder, validate_ids
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold
+# we enforce our own pixel limit (max_pixels)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class BrokenImage(Exception):
+    """An image that cannot be turned into a descriptor; the message is the reason recorded."""
+
+
+# --------------------------------------------------------------------------------------- listings
+
+
+def list_split_images(root: str | Path, split: str) -> dict[str, Path]:
+    """``{id: path}`` of a split's images under ``ROOT/<split>_images/`` (the isc-download layout), by id."""
+    folder = split_folder(root, split)
+    if Path(root).exists() and not Path(root).is_dir():
+        raise InputError(f"{root}: is not a directory (the dataset root holding {split}_images/ is needed)")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: is not a directory (a folder of {split} images is needed)")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder (expected the {split} images under --data {root})")
+    images = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() == ".jpg"
+              and not p.name.startswith(".")}
+    if not images:
+        raise InputError(f"{folder}: no .jpg images")
+    validate_ids(list(images), split, folder, what="image")
+    return dict(sorted(images.items()))
+
+
+def list_images(source: str | Path) -> dict[str, Path]:
+    """``{id: path}`` of the images in a folder (searched recursively) or a list file (one path a line).
+
+    In a folder an id is the path relative to it without its suffix (``cat/001``), and every entry with an
+    image suffix counts: a directory named ``x.jpg``, a dangling link or a symlink loop is then listed as
+    broken by the extraction, not skipped unseen. In a list file an id is the file's stem, a relative path
+    is relative to the list file's folder, and a listed file that is missing is listed as broken.
+    Two images with the same id are refused.
+    """
+    source = Path(source)
+    if source.is_dir():
+        paths = [(p.relative_to(source).with_suffix("").as_posix(), p) for p in sorted(source.rglob("*"))
+                 if p.suffix.lower() in IMAGE_SUFFIXES
+                 and not any(part.startswith(".") for part in p.relative_to(source).parts)]
+    elif source.is_file():
+        try:
+            lines = [line.strip() for line in source.read_text().splitlines()]
+        except UnicodeDecodeError:
+            raise InputError(f"{source}: not a text file listing image paths (one a line)") from None
+        paths = [(path.stem, path) for path in (source.parent / line for line in lines if line)]
+    else:
+        raise InputError(f"{source}: no such folder or list file")
+    if not paths:
+        raise InputError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    images: dict[str, Path] = {}
+    for image_id, path in paths:
+        if image_id in images:
+            raise InputError(f"{source}: {images[image_id]} and {path} would both have id {image_id!r}")
+        images[image_id] = path
+    return dict(sorted(images.items()))
+
+
+def image_classes(images: Mapping[str, Path]) -> dict[str, str] | None:
+    """The class of each image of a class-per-folder tree (every id is ``<class>/<name>``), else None."""
+    parts = {image_id: image_id.split("/") for image_id in images}
+    if not parts or any(len(p) != 2 for p in parts.values()):
+        return None
+    return {image_id: p[0] for image_id, p in parts.items()}
+
+
+def select_split_images(images: Mapping[str, Path], split: str, phase: int | None = None,
+                        id_ranges: Sequence[str] = ()) -> dict[str, Path]:
+    """The images of a split whose ids are in a competition phase (queries only) and in any of ``id_ranges``."""
+    if phase is not None:
+        if split != "query":
+            raise InputError(f"a phase selects query images (Q00000-Q49999 or Q50000-Q99999), not {split} images")
+        images = {i: path for i, path in images.items() if query_phase(i) == phase}
+    if id_ranges:
+        ranges = [parse_id_range(text, split) for text in id_ranges]
+        images = {i: path for i, path in images.items() if any(lo <= i <= hi for lo, hi in ranges)}
+    if not images:
+        wanted = " and ".join(filter(None, [f"phase {phase}" if phase else "", ", ".join(id_ranges)]))
+        raise InputError(f"no {split} images in {wanted}")
+    return dict(images)
+
+
+# ----------------------------------------------------------------------------------- preprocessing
+
+
+def resize_image(image: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Resize [3, H, W] (uint8 on the CPU, or float) to size x size, or short edge = size (antialiased)."""
+    height, width = image.shape[-2:]
+    if mode == "square":
+        target = (size, size)
+    else:
+        scale = size / min(height, width)
+        target = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if target == (height, width):
+        return image
+    if image.dtype == torch.uint8 and image.device.type != "cpu":
+        image = image.float()  # uint8 interpolation exists on the CPU only
+    return F.interpolate(image[None], size=target, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def crop_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """Boxes (left, top, right, bottom) of a query's crops: the four corners and the centre, each 2/3 of the
+    image in both directions (so the corner crops overlap), for a copy that fills only part of the query."""
+    w, h = round(width * 2 / 3), round(height * 2 / 3)
+    corners = [(0, 0), (width - w, 0), (0, height - h), (width - w, height - h), ((width - w) // 2, (height - h) // 2)]
+    return [(x, y, x + w, y + h) for x, y in corners]
+
+
+CROP_VIEWS = 1 + len(crop_boxes(3, 3))  # with crops: the full image, then each crop
+
+
+def crop_views(image: torch.Tensor, crops: bool) -> list[torch.Tensor]:
+    """The views of a decoded image [3, H, W]: itself, then with ``crops`` each of its :func:`crop_boxes`."""
+    if not crops:
+        return [image]
+    return [image, *(image[:, top:bottom, left:right] for left, top, right, bottom in crop_boxes(image.shape[-1],
+                                                                                                  image.shape[-2]))]
+
+
+def draft_size(sizes: Sequence[int], crops: bool) -> int:
+    """The smallest side to decode a JPEG at: a crop (2/3 of the image) still at least the largest view size."""
+    return -(-max(sizes) * 3 // 2) if crops else max(sizes)
+
+
+
+def _to_8_bits(image: Image.Image) -> Image.Image:
+    """A single-channel image of more than 8 bits (Pillow modes I;16*, I, F) scaled to 8-bit grey.
+
+    Pillow's own conversion clips every value above 255 to white. 16-bit modes, and 32-bit integers
+    within 0-65535, are scaled from 0-65535; floats within 0-1 from 0-1; any other range is stretched
+    from its minimum to its maximum.
+    """
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode.startswith("I;16") or (image.mode == "I" and low >= 0 and high <= 65535):
+        low, high = 0.0, 65535.0
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        low, high = 0.0, 1.0
+    scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    return Image.fromarray(np.round(scaled).clip(0, 255).astype(np.uint8))
+
+
+def _image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """An opened Pillow image as uint8 RGB [3, H, W]: EXIF rotation applied, more than 8 bits scaled down,
+    transparency over white."""
+    ImageOps.exif_transpose(image, in_place=True)  # in place: otherwise a copy of every unrotated image
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8_bits(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    # asarray is read-only, hence the copy; convert copies even an RGB image
+    return torch.from_numpy(np.asarray(image if image.mode == "RGB" else image.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+def _open_image(source: Path | bytes, max_pixels: int) -> Image.Image:
+    """Open (header only) and check the size; BrokenImage with the reason otherwise."""
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except Image.DecompressionBombError as e:
+        raise BrokenImage(f"too large ({e})") from None
+    except UnidentifiedImageError:
+        raise BrokenImage("not an image (unidentified format)") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise BrokenImage(f"too large ({width}x{height} pixels, limit {max_pixels})")
+    if width < 1 or height < 1:
+        raise BrokenImage(f"empty image ({width}x{height})")
+    return image
+
+
+def decode_with_pillow(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       draft_size: int | None = None) -> torch.Tensor:
+    """Decode an image file with Pillow to uint8 RGB [3, H, W]; JPEGs in draft mode down to ``draft_size``."""
+    if isinstance(source, Path) and source.stat().st_size == 0 or source == b"":
+        raise BrokenImage("empty file (0 bytes)")
+    with _open_image(source, max_pixels) as image:
+        if draft_size and image.format == "JPEG":
+            # DCT scaling by 1/2, 1/4 or 1/8 while both sides stay >= draft_size
+            image.draft("RGB", (draft_size, draft_size))
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise BrokenImage(f"cannot decode ({e})") from None
+        return _image_to_tensor(image)
+
+
+# ------------------------------------------------------------------------------- an image's views
+
+
+def decode_views(path: Path, sizes: Sequence[int], resize: str, max_pixels: int,
+                  crops: bool = False) -> tuple[list[torch.Tensor] | None, str | None]:
+    """(the uint8 views [3, h, w], None) of an image file: of each of its :func:`crop_views`, one per size
+    (view v at size s is item ``v * len(sizes) + s``); or (None, why it cannot be read)."""
+    try:
+        image = decode_with_pillow(path, max_pixels, draft_size=draft_size(sizes, crops))
+    except BrokenImage as e:
+        return None, str(e)
+    except OSError as e:
+        return None, f"cannot read ({e.strerror or e})"
+    return [resize_image(view, size, resize) for view in crop_views(image, crops) for size in sizes], None
+
+
+def views_by_size(views_of_images: Sequence[Sequence], n_sizes: int) -> list[list]:
+    """Per size, the views of every image (image-major: an image's crop views adjacent) from
+    :func:`decode_views`' lists."""
+    return [[views[k] for views in views_of_images for k in range(s, len(views), n_sizes)] for s in range(n_sizes)]
+
+
+# ----------------------------------------------------------------------------------------- nvJPEG
+
+
+# start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic), not DHT/JPG/DAC
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def _exif_orientation(exif: bytes) -> int | None:
+    """The orientation tag (0x0112) of an EXIF block's first IFD, 0 without one; None when it cannot be read."""
+    order = {b"II": "<", b"MM": ">"}.get(exif[:2])
+    if order is None or len(exif) < 8:
+        return None
+    (offset,) = struct.unpack_from(order + "I", exif, 4)
+    if offset + 2 > len(exif):
+        return None
+    (entries,) = struct.unpack_from(order + "H", exif, offset)
+    for entry in range(offset + 2, min(offset + 2 + 12 * entries, len(exif) - 11), 12):
+        tag, kind, _ = struct.unpack_from(order + "HHI", exif, entry)
+        if tag == 0x0112:
+            return struct.unpack_from(order + "H", exif, entry + 8)[0] if kind == 3 else None
+    return 0
+
+
+def nvjpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG that nvJPEG decodes as Pillow would: 8-bit, grey or 3-channel, not a
+    multi-picture file, no EXIF rotation; None for any other file (Pillow decodes those). Reads the markers
+    only: Pillow's header parse costs more than the nvJPEG decode itself and would bound the GPU path."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    position, size = 2, None
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers carry no length
+            position += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, position + 2)
+        segment = data[position + 4:position + 2 + length]
+        if marker == 0xDA:  # start of scan: the header is over
+            return size
+        if marker in _SOF_MARKERS:
+            if len(segment) < 6 or segment[0] != 8 or segment[5] not in (1, 3):
+                return None
+            height, width = struct.unpack_from(">HH", segment, 1)
+            size = (width, height)
+        elif marker == 0xE1 and segment[:6] == b"Exif\x00\x00" and _exif_orientation(segment[6:]) not in (0, 1):
+            return None
+        elif marker == 0xE2 and segment[:4] == b"MPF\x00":
+            return None
+        position += 2 + length
+    return None
+
