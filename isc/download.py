@@ -17,9 +17,9 @@ Object keys come from the metadata and are never trusted as paths (:func:`local_
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,6 +48,8 @@ from isc.s3 import (
 from isc.threads import bounded_map
 
 # ------------------------------------------------------------------------------------------ metadata
+
+log = logging.getLogger(__name__)
 
 
 def fetch_metadata(client: BaseClient, bucket: str, split: str, path: str | Path) -> pd.DataFrame:
@@ -289,9 +291,8 @@ def sync_split(
     """
     region, client, timings = connect(region, split, endpoint_url, profile, workers,
                                       check=not verify_only or repair, attempts=attempts, timeout=timeout)
-    if timings and not quiet:
-        shown = ", ".join(f"{r} {t * 1000:.0f} ms" for r, t in timings.items())
-        print(f"fastest region: {region} ({shown})", file=sys.stderr)
+    if timings:
+        log.info("fastest region: %s (%s)", region, ", ".join(f"{r} {t * 1000:.0f} ms" for r, t in timings.items()))
     bucket = bucket_for_region(region)
     metadata = load_metadata(client, bucket, split, dest, metadata_path, reuse_saved=verify_only and not repair)
     rows = select_rows(metadata, split, filters, id_ranges, limit)

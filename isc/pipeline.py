@@ -20,6 +20,7 @@ Submissions go to ``submissions/phase<P>_{matching.csv,descriptors.h5}`` with th
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -54,6 +55,8 @@ from isc.submit import submit_descriptors, submit_matching
 
 PHASES = (1, 2)
 DEMO_IMAGE_SIZE = 160  # the demo's default: 81 s on two idle cores; phase-1 matching µAP 0.81 with sscd and crops
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -172,8 +175,7 @@ class Pipeline:
               files: Sequence[Path] = ()) -> None:
         step = Step(stage, target, images, round(time.perf_counter() - began, 2), skipped, result, list(map(str, files)))
         self.summary.steps.append(step)
-        if not self.config.quiet:
-            print(f"isc-run: {stage} {target}: {result}", flush=True)
+        log.info("%s %s: %s", stage, target, result)
 
     # ------------------------------------------------------------------------------------------ steps
 

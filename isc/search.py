@@ -14,6 +14,7 @@ blocks, so only the reference array itself must fit in RAM (1M × 256 float32 = 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 AGGREGATIONS = ("mean", "min")
 DEFAULT_K = 10  # references kept per query, by isc-search and isc-run alike
 NORM_TOLERANCE = 1e-3  # |‖x‖ − 1| above this counts as "not L2-normalised"
+
+log = logging.getLogger(__name__)
 
 
 # -------------------------------------------------------------------------------- descriptor checks
@@ -220,9 +223,8 @@ def search(
         scores, indices = index_search(build_index(index, reference, train, nprobe), query, k, quiet)
         sample = np.linspace(0, len(query) - 1, min(recall_queries, len(query))).astype(int)
         recall = recall_against_exact(indices[sample], knn(query[sample], reference, k, "ip", backend)[1])
-        if not quiet:
-            print(f"index {index} (nprobe {nprobe}): recall@{k} against exact search {recall:.4f} "
-                  f"on {len(sample)} queries", flush=True)
+        log.info("index %s (nprobe %d): recall@%d against exact search %.4f on %d queries",
+                 index, nprobe, k, recall, len(sample))
     scores = scores - query_bias[:, None]
     if len(set(query_ids)) < len(query_ids):
         result = best_view_pairs(top_pairs(query_ids, reference_ids, scores, indices, scores.size), k, max_results)

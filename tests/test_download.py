@@ -418,7 +418,7 @@ def test_region_auto_picks_the_fastest_bucket(mini_dataset: Path, s3_endpoint: s
         code = main(["--region", "auto", "--split", "query", "--dest", str(tmp_path), "--ids", "Q00000-Q00002",
                      "--endpoint-url", proxy.url])
     assert code == 0
-    assert "fastest region: asia" in capsys.readouterr().err
+    assert "isc-download: fastest region: asia" in capsys.readouterr().out
     report = report_of(tmp_path)
     assert (report["region"], report["bucket"], report["downloaded"]) == ("asia", REGIONS["asia"].bucket, 3)
 

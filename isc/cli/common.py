@@ -4,6 +4,7 @@ guard that keeps an output from landing on an input."""
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -26,6 +27,15 @@ def run_command(
         print(f"{parser.prog}: warning: {message}", file=sys.stderr)
 
     warnings.showwarning = one_line_warning
+    engine_log = logging.getLogger("isc")
+    # what the engine reports doing goes to stdout, one prefixed line each, none under --quiet: stderr stays
+    # for warnings and the one-line error
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(f"{parser.prog}: %(message)s"))
+    saved = engine_log.handlers[:], engine_log.level, engine_log.propagate
+    engine_log.handlers[:] = [handler]
+    engine_log.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    engine_log.propagate = False
     try:
         return int(command(args) or 0)
     except InputError as e:
@@ -37,6 +47,17 @@ def run_command(
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        engine_log.handlers[:], level, engine_log.propagate = saved
+        engine_log.setLevel(level)
+
+
+def print_broken(broken: dict[str, str], where_all: str, shown: int = 20) -> None:
+    """The first ``shown`` unreadable images with their reasons, then where the full list is."""
+    for name, reason in list(broken.items())[:shown]:
+        print(f"  broken {name}: {reason}")
+    if len(broken) > shown:
+        print(f"  ... and {len(broken) - shown} more ({where_all})")
 
 
 # ------------------------------------------------------------------------------ checked option types

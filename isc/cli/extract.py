@@ -15,6 +15,7 @@ from isc.cli.common import (
     non_negative_int,
     positive_float,
     positive_int,
+    print_broken,
     run_command,
 )
 from isc.extract import DECODERS, check_device, extract
@@ -155,10 +156,7 @@ def run(args: argparse.Namespace) -> int:
           f"({summary.images_per_second} images/s on {summary.device}, {summary.decoder} decoder"
           f"{', uint8 pixels' if summary.pixels else ''}), "
           f"{summary.resumed} resumed, {len(broken)} broken")
-    for image_id, reason in list(broken.items())[:20]:
-        print(f"  broken {image_id}: {reason}")
-    if len(broken) > 20:
-        print(f"  ... and {len(broken) - 20} more (attribute 'broken' of the output)")
+    print_broken(broken, "attribute 'broken' of the output")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -108,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
     model_name = args.model
     if not args.model and not args.checkpoint:
         model_name, why = default_model()
-        if not args.quiet:
-            print(f"isc-run: no --model given, using {model_name}; {why}", flush=True)  # as the step lines
+        logging.getLogger("isc.cli.run").info("no --model given, using %s; %s", model_name, why)
     submissions = args.submissions_dir or (work / "submissions" if args.demo
                                            else os.environ.get(SUBMISSIONS_DIR_ENV, "submissions"))
     config = RunConfig(

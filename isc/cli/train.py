@@ -11,6 +11,7 @@ from isc.cli.common import (
     non_negative_int,
     positive_float,
     positive_int,
+    print_broken,
     run_command,
 )
 from isc.models import DEFAULT_MODEL
@@ -125,10 +126,7 @@ def run(args: argparse.Namespace) -> int:
         for evaluation in summary["evaluations"]:
             print(f"step {evaluation['step']}: µAP {evaluation['muap']:.4f}, "
                   f"with score normalisation {evaluation['muap_normalized']:.4f}")
-        for path, reason in list(broken.items())[:20]:
-            print(f"  broken {path}: {reason}")
-        if len(broken) > 20:
-            print(f"  ... and {len(broken) - 20} more (--json lists them all)")
+        print_broken(broken, "--json lists them all")
     return 0
 
 
