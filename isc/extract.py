@@ -40,13 +40,15 @@ from tqdm import tqdm
 
 from isc.distributed import barrier, join_process_group, leave_process_group, local_gpu
 from isc.images import CROP_VIEWS, DEFAULT_MAX_PIXELS
-from isc.io import InputError, provenance
+from isc.io import InputError, provenance, same_model
 from isc.models import DescriptorModel
-from isc.partial_log import COMPATIBILITY_KEYS, VIEW_KEYS, PartialWriter, merge_partial_logs, partial_path
+from isc.partial_log import PartialWriter, merge_partial_logs, partial_path
 from isc.pixel_batches import pixel_batches
 from isc.torch_batches import torch_batches
 
 DECODERS = ("torchvision", "pil")
+
+DEFAULT_BATCH_SIZE = 64  # images per model call
 
 
 def check_device(device: str | None) -> None:
@@ -108,7 +110,7 @@ def is_complete(output: str | Path, images: Mapping[str, Path], config: Mapping[
         attrs = {key: value.item() if isinstance(value, np.generic) else value for key, value in f.attrs.items()}
         recorded = dict(zip((x.decode("ascii") for x in f["ids"][()]), map(tuple, f["file_stamps"][()].tolist()),
                             strict=True))
-    if any(attrs.get(key) != config.get(key) for key in (*COMPATIBILITY_KEYS, *VIEW_KEYS)):
+    if same_model(config, attrs):
         return False
     recorded.update((image_id, tuple(stamp)) for image_id, stamp in json.loads(attrs.get("broken_stamps", "{}")).items())
     return recorded.keys() == images.keys() and all(recorded[i] == file_stamp(path) for i, path in images.items())
@@ -150,7 +152,7 @@ def extract(
     output: str | Path,
     model: DescriptorModel,
     *,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | None = None,
     workers: int | None = None,
     decoder: str | None = None,

@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from isc.io import InputError, parse_id_range, query_phase, split_folder, validate_ids
+from isc.io import IMAGE_SUFFIXES, InputError, parse_id_range, query_phase, split_folder, validate_ids
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold
 # we enforce our own pixel limit (max_pixels)
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)

@@ -44,6 +44,7 @@ SPLITS = ("query", "reference", "training")
 ID_PATTERNS = {"query": re.compile(r"Q\d{5}"), "reference": re.compile(r"R\d{6}"), "training": re.compile(r"T\d{6}")}
 ID_PREFIX = {"query": "Q", "reference": "R", "training": "T"}
 ID_DIGITS = {"query": 5, "reference": 6, "training": 6}  # Q00000, R000000, T000000
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # files taken as images
 PHASE_QUERY_RANGES = {1: (0, 49_999), 2: (50_000, 99_999)}
 DESCRIPTOR_TRACK_MAX_DIM = 256
 MATCHING_TRACK_MAX_ROWS = 500_000
@@ -265,6 +266,7 @@ PER_FILE_ATTRIBUTES = frozenset({
     "world_size", "rank", "processed", "resumed", "seconds", "images_per_second", "output", "source",
     "data_root", "images", "command", "created", "created_utc", "timestamp", "host", "hostname",
     "phase", "ids", "broken_stamps",  # which images of the split a file holds, not how they were described
+    "checkpoint",  # where the weights were read from: model_fingerprint says whether they are the same
 })
 PROVENANCE_SUFFIX = ".provenance.json"  # optional sidecar of a predictions CSV, recorded in its manifest
 

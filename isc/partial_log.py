@@ -15,12 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from isc.io import InputError, atomic_path
+from isc.io import InputError, atomic_path, same_model
 
-# attributes that must be equal for two runs' descriptors to share a file
-COMPATIBILITY_KEYS = ("model", "model_options", "model_fingerprint", "dimension", "image_size", "resize",
-                      "mean", "std", "scales", "flip")
-VIEW_KEYS = ("views_per_id",)  # must be equal too, but recorded only by files of several rows per image (crops)
 H5_LIBVER = ("v108", "latest")  # dense attribute storage: the broken-image list can exceed 64 KB
 MERGE_ROWS = 8192
 
@@ -128,10 +124,10 @@ class PartialWriter:
         except (InputError, ValueError) as e:
             warnings.warn(f"unreadable partial file ({e}), starting again", stacklevel=3)
             return None
-        for key in (*COMPATIBILITY_KEYS, *VIEW_KEYS):
-            if log.config.get(key) != config.get(key):
-                raise InputError(f"{self.path}: holds descriptors made with {key}={log.config.get(key)!r}, this run "
-                                 f"has {config.get(key)!r}; delete it or rerun with --restart")
+        differences = same_model(log.config, config)
+        if differences:
+            raise InputError(f"{self.path}: holds descriptors made otherwise than this run ({'; '.join(differences)}); "
+                             "delete it or rerun with --restart")
         return log
 
     def _write(self, kind: bytes, payload: bytes) -> None:

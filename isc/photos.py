@@ -30,9 +30,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from isc.draw import natural_colour, random_image_size, to_rgb
-from isc.io import InputError
+from isc.io import IMAGE_SUFFIXES, InputError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SPLITS = ("reference", "training", "query")  # in the order ties between them are broken
 DETAIL_SIDE = 64  # side of the grey thumbnail whose JPEG size measures detail
 PLAN_SEED_WORD = 4  # second word of the planning generator's seed (1-3 are the splits' image seeds)

@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from isc import download, s3, synth
-from isc.extract import check_device, extract, extraction_config, is_complete
+from isc.extract import DEFAULT_BATCH_SIZE, check_device, extract, extraction_config, is_complete
 from isc.images import list_split_images
 from isc.io import (
     DESCRIPTOR_TRACK_MAX_DIM,
@@ -43,6 +43,7 @@ from isc.io import (
     read_ground_truth,
     read_metadata,
     read_predictions,
+    split_folder,
     write_predictions,
 )
 from isc.manifest import default_submission_path, manifest_path, update_manifest
@@ -65,7 +66,7 @@ class RunConfig:
 
     work: Path
     data: Path | None = None  # a local copy holding <split>_images/; None: download into work/data
-    region: str = "us-west"
+    region: str = s3.DEFAULT_REGION
     endpoint_url: str | None = None
     profile: str | None = None
     limit: int | None = None  # the first N images of each split (a trial run)
@@ -75,7 +76,7 @@ class RunConfig:
     checkpoint: str | None = None
     image_size: int | None = None
     device: str | None = None
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None
     pca_dim: int = DESCRIPTOR_TRACK_MAX_DIM  # 0: no whitening
     k: int = DEFAULT_K
@@ -213,7 +214,7 @@ class Pipeline:
             listed = set(read_metadata(metadata, split)["image_id"])
             missing = sorted(listed - set(images))
             if missing and self.limit(split) is None:
-                raise InputError(f"{self.data / f'{split}_images'}: {len(missing):,} images of {metadata} are "
+                raise InputError(f"{split_folder(self.data, split)}: {len(missing):,} images of {metadata} are "
                                  f"missing, {missing[0]} first (download them first)")
             images = {i: path for i, path in images.items() if i in listed}
         if self.limit(split) is not None:
@@ -245,7 +246,7 @@ class Pipeline:
                     continue
                 result = extract(images, output, model, batch_size=c.batch_size, device=c.device,
                                  workers=c.workers, quiet=c.quiet, crops=crops,
-                                 attrs={"source": str(self.data / f"{split}_images"), "split": split,
+                                 attrs={"source": str(split_folder(self.data, split)), "split": split,
                                         "checkpoint": c.checkpoint})
                 broken = f", {len(result.broken)} broken" if result.broken else ""
                 broken += f", {result.resumed:,} resumed from an interrupted run" if result.resumed else ""
@@ -401,11 +402,11 @@ def run_demo(config: RunConfig, seed: int = 0, **sizes: int) -> RunSummary:
     steps = [Step("synth", "mini dataset", images, round(time.perf_counter() - began, 2), bool(fresh),
                   "up to date" if fresh else f"generated in {mini}")]
     began = time.perf_counter()
-    with LocalS3Server(mini, regions=["us-west"], quiet=config.quiet) as server:
+    with LocalS3Server(mini, regions=[s3.DEFAULT_REGION], quiet=config.quiet) as server:
         steps.append(Step("serve", "local S3", None, round(time.perf_counter() - began, 2), False,
-                          f"{server.endpoint_url} (bucket {s3.REGIONS['us-west'].bucket})"))
+                          f"{server.endpoint_url} (bucket {s3.REGIONS[s3.DEFAULT_REGION].bucket})"))
         # the caller's config stays as it was: the demo runs a copy pointed at its own server and ground truth
-        demo = replace(config, endpoint_url=server.endpoint_url, region="us-west", data=None,
+        demo = replace(config, endpoint_url=server.endpoint_url, region=s3.DEFAULT_REGION, data=None,
                        ground_truth=[mini / "ground_truth.csv", mini / "ground_truth_phase2.csv"])
         pipeline = Pipeline(demo)
         pipeline.summary.steps.extend(steps)

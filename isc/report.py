@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from isc.io import InputError, atomic_path, pair_keys
+from isc.io import InputError, atomic_path, pair_keys, split_folder
 from isc.metrics import Metrics, evaluate, plot_precision_recall
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 GALLERY_SIZE = 16
 THUMBNAIL_SIZE = 160
 PLACEHOLDER_COLOR = (200, 200, 200)
-SPLIT_FOLDER = {"query": "query_images", "reference": "reference_images"}
 
 
 # ----------------------------------------------------------------------------- pair tables
@@ -85,8 +84,7 @@ def sample_pairs(pairs: pd.DataFrame, n: int, seed: int = 0, by: str = "score") 
 
 def image_path(data_root: str | Path, image_id: str) -> Path:
     """Where the dataset folder keeps an image: ``ROOT/{query,reference}_images/<id>.jpg``."""
-    split = "query" if image_id.startswith("Q") else "reference"
-    return Path(data_root) / SPLIT_FOLDER[split] / f"{image_id}.jpg"
+    return split_folder(data_root, "query" if image_id.startswith("Q") else "reference") / f"{image_id}.jpg"
 
 
 def placeholder_tile(text: str, size: int = THUMBNAIL_SIZE) -> Image.Image:

@@ -35,7 +35,7 @@ from isc.io import (
     write_metadata,
 )
 from isc.photos import BaseSource, PhotoOptions, render_base, with_base_images
-from isc.s3 import REGIONS, images_prefix
+from isc.s3 import DEFAULT_REGION, REGIONS, images_prefix
 
 MANIFEST = "isc_synth.json"
 SPLIT_CODES = {"reference": 1, "training": 2, "query": 3}  # the second word of every image's seed
@@ -201,7 +201,7 @@ def generate_dataset(
     for split, tasks in (("reference", first_stage[:references]), ("training", first_stage[references:]),
                          ("query", second_stage)):
         ids = [t.image_id for t in tasks]
-        uri = f"s3://{REGIONS['us-west'].bucket}/{images_prefix(split)}"
+        uri = f"s3://{REGIONS[DEFAULT_REGION].bucket}/{images_prefix(split)}"
         write_metadata(out_dir / f"{split}_metadata.csv", pd.DataFrame(
             {"image_id": ids, "s3_uri": [f"{uri}{i}.jpg" for i in ids], "md5_checksum": [results[i][0] for i in ids]}))
         _remove_stale_images(split_folder(out_dir, split), set(ids), split)

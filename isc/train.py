@@ -369,8 +369,8 @@ def evaluate_model(model: nn.Module, eval_data: str | Path, work_dir: str | Path
     if not descriptors:
         return None
     (query_ids, query), (reference_ids, reference) = descriptors["query"], descriptors["reference"]
-    plain = search(query_ids, query, reference_ids, reference, k=10, quiet=True)
-    normalized = search(query_ids, query, reference_ids, reference, k=10, training=descriptors["training"][1], quiet=True)
+    plain = search(query_ids, query, reference_ids, reference, quiet=True)
+    normalized = search(query_ids, query, reference_ids, reference, training=descriptors["training"][1], quiet=True)
     return {"muap": evaluate(plain, ground_truth).muap, "muap_normalized": evaluate(normalized, ground_truth).muap}
 
 
@@ -440,8 +440,21 @@ def _keep_log_until(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in lines))
 
 
-def train(config: TrainConfig) -> dict | None:
-    """Train (or, with ``config.resume``, continue) a run; returns a summary with the evaluations made
+@dataclass
+class TrainResult:
+    """What :func:`train` did (the fields in the order of ``isc-train --json``)."""
+
+    steps: int  # the step reached
+    start: int  # the step this call started from (0, or the resumed checkpoint's)
+    checkpoint: str
+    torchscript: str | None
+    seconds: float
+    evaluations: list[dict[str, float]]  # {"step", "muap", "muap_normalized"} per evaluation
+    broken: dict[str, str]  # unreadable image path: why, skipped
+
+
+def train(config: TrainConfig) -> TrainResult | None:
+    """Train (or, with ``config.resume``, continue) a run; returns what it did, with the evaluations made
     (None in the processes other than the first of a ``torchrun`` group)."""
     check_config(config)
     rank, world_size, device, started = setup_process(config.device)
@@ -451,7 +464,7 @@ def train(config: TrainConfig) -> dict | None:
         leave_process_group(started)
 
 
-def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> dict | None:
+def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> TrainResult | None:
     run_dir, paths = Path(config.run_dir), list(list_images(config.data).values())
     last = run_dir / "last.pt"
     if config.resume and not last.is_file():
@@ -590,9 +603,10 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
     if config.torchscript:
         torchscript = run_dir / "model.torchscript.pt"
         export_torchscript(model, torchscript, config.image_size)
-    return {"steps": steps, "start": start, "checkpoint": str(last), "torchscript": str(torchscript) if torchscript else None,
-            "seconds": round(time.perf_counter() - began, 1), "evaluations": evaluations,
-            "broken": dict(sorted(broken.items()))}
+    return TrainResult(steps=steps, start=start, checkpoint=str(last),
+                       torchscript=str(torchscript) if torchscript else None,
+                       seconds=round(time.perf_counter() - began, 1), evaluations=evaluations,
+                       broken=dict(sorted(broken.items())))
 
 
 def export_torchscript(model: nn.Module, path: str | Path, image_size: int) -> None:

@@ -18,7 +18,7 @@ from isc.cli.common import (
     print_broken,
     run_command,
 )
-from isc.extract import DECODERS, check_device, extract
+from isc.extract import DECODERS, DEFAULT_BATCH_SIZE, check_device, extract
 from isc.images import DEFAULT_MAX_PIXELS, image_classes, list_images, list_split_images, select_split_images
 from isc.io import SPLITS, InputError
 from isc.models import DEFAULT_MODEL, POOLINGS, RESIZE_MODES, create_model, default_model
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "its full view then 5 crops (the four corners and the centre, 2/3 of each side), each its "
                         "own descriptor (attribute views_per_id); isc-search scores each pair by its best view. "
                         "Not for the descriptor track, which takes one row per query")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                        help=f"images per batch (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available; one GPU per "
                         "rank under torchrun)")
     parser.add_argument("--workers", type=non_negative_int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from isc.cli.common import (
@@ -119,11 +120,11 @@ def run(args: argparse.Namespace) -> int:
     if summary is None:  # not the first process of a torchrun group: it reports
         return 0
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(dataclasses.asdict(summary)))
     elif not args.quiet:
-        broken = summary["broken"]
-        print(f"{summary['steps']} steps, checkpoint {summary['checkpoint']}, {len(broken)} unreadable images skipped")
-        for evaluation in summary["evaluations"]:
+        broken = summary.broken
+        print(f"{summary.steps} steps, checkpoint {summary.checkpoint}, {len(broken)} unreadable images skipped")
+        for evaluation in summary.evaluations:
             print(f"step {evaluation['step']}: µAP {evaluation['muap']:.4f}, "
                   f"with score normalisation {evaluation['muap_normalized']:.4f}")
         print_broken(broken, "--json lists them all")
