@@ -15,6 +15,7 @@ import pytest
 
 from isc.cli import run as cli_run
 from isc.cli import search as cli_search
+from isc.cli.options import score_norm
 from isc.cli.run import main
 from isc.extract import extract
 from isc.images import list_split_images
@@ -212,7 +213,7 @@ NORM_ARGS = ["--norm-beta", "1.5", "--norm-neighbors", "1:3", "--norm-agg", "min
 def test_score_normalisation_options_are_isc_searchs(tmp_path, monkeypatch):
     run_defaults = cli_run.build_parser().parse_args([str(tmp_path)])
     search_defaults = cli_search.build_parser().parse_args(["-o", "p.csv"])
-    assert cli_search.score_norm(run_defaults) == cli_search.score_norm(search_defaults) == ScoreNorm()
+    assert score_norm(run_defaults) == score_norm(search_defaults) == ScoreNorm()
     configs = []
 
     class Recorded:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from isc import download, s3
 from isc.cli.common import check_outputs, non_negative_int, positive_float, positive_int, run_command
+from isc.cli.options import add_s3_options
 from isc.io import SPLITS, InputError
 
 
@@ -39,11 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the split's metadata CSV (image_id,s3_uri,md5_checksum) from the competition's data page; "
                         "default: fetch all/<split>_metadata.csv from the bucket (a mirror such as isc-s3serve has it) and keep it "
                         "as DIR/<split>_metadata.csv, which --verify-only then reuses offline")
-    parser.add_argument("--endpoint-url", metavar="URL",
-                        help="S3 endpoint of a mirror or a local server (default: AWS, or $AWS_ENDPOINT_URL); "
-                        "path-style addressing is used")
-    parser.add_argument("--profile", help="sign requests with this AWS profile (default: anonymous, unsigned "
-                        "requests, unless $AWS_PROFILE is set); the competition's buckets are public")
+    add_s3_options(parser)
     parser.add_argument("--include", dest="filters", action=_FilterAction, const="include", metavar="PATTERN",
                         help="include object names matching PATTERN (e.g. 'Q00*.jpg'); repeatable. Same rule as "
                         "the AWS CLI: all files are included unless excluded, and later filters override earlier "

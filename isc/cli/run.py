@@ -10,12 +10,12 @@ from pathlib import Path
 
 from isc import s3
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
-from isc.cli.search import add_score_norm_options, score_norm
+from isc.cli.options import add_model_options, add_s3_options, add_score_norm_options, score_norm
 from isc.extract import check_device
 from isc.io import InputError
 from isc.knn import BACKENDS
 from isc.manifest import SUBMISSIONS_DIR_ENV
-from isc.models import DEFAULT_MODEL, default_model
+from isc.models import default_model
 from isc.pipeline import DEMO_IMAGE_SIZE, PHASES, Pipeline, RunConfig, planned_outputs, run_demo
 from isc.search import DEFAULT_K
 
@@ -53,8 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of downloading into WORK/data")
     source.add_argument("--region", default=s3.DEFAULT_REGION, choices=s3.REGION_CHOICES,
                         help="bucket to download from (default: %(default)s; auto: the fastest)")
-    source.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint of a mirror or a local server")
-    source.add_argument("--profile", help="sign requests with this AWS profile (default: anonymous)")
+    add_s3_options(source)
     source.add_argument("--limit", type=positive_int, metavar="N",
                         help="only the first N images of each split, for a trial")
     source.add_argument("--training-limit", type=positive_int, metavar="N",
@@ -63,16 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--download-workers", type=positive_int, default=s3.DEFAULT_WORKERS,
                         help="parallel downloads (default: %(default)s)")
     model = parser.add_argument_group("descriptors")
-    model.add_argument("--model", help="model name, as isc-extract (default: the checkpoint's model, else sscd when "
-                       f"installed: pip install 'isc[sscd]', Python >= 3.12; else {DEFAULT_MODEL})")
+    add_model_options(model)
     model.add_argument("--checkpoint", metavar="PATH", help="weights: an isc-train checkpoint or a TorchScript file")
-    model.add_argument("--image-size", type=positive_int, help="input size in pixels, at least 8 (default: the model's)")
-    model.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    model.add_argument("--batch-size", type=positive_int, default=RunConfig.batch_size,
-                       help="images per forward pass (default: %(default)s)")
-    model.add_argument("--workers", type=non_negative_int,
-                       help="image-reading workers, as isc-extract's (0: read in the main process; default: "
-                       "isc-extract's)")
     model.add_argument("--pca-dim", type=non_negative_int, default=256,
                        help="PCA-whitening to this many dimensions, learnt on the training descriptors; 0: none "
                        "(the descriptor track then needs a model of at most 256 dimensions) (default: %(default)s)")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from isc.cli.common import check_outputs, finite_float, positive_int, run_command
+from isc.cli.common import check_outputs, positive_int, run_command
+from isc.cli.options import add_score_norm_options, score_norm
 from isc.io import (
     MATCHING_TRACK_MAX_ROWS,
     PROVENANCE_SUFFIX,
@@ -15,12 +16,9 @@ from isc.io import (
 )
 from isc.knn import BACKENDS
 from isc.search import (
-    AGGREGATIONS,
     DEFAULT_K,
-    ScoreNorm,
     knn_graph,
     knn_graph_paths,
-    parse_neighbor_range,
     search_files,
     write_knn_graph,
 )
@@ -100,27 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "(split, timings, paths, isc_version, ...) are never compared")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     return parser
-
-
-def add_score_norm_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The score-normalisation options, isc-search's and isc-run's, read back by :func:`score_norm`."""
-    default = ScoreNorm()
-    first, last = default.neighbors
-    parser.add_argument("--norm-beta", type=finite_float, default=default.beta,
-                        help=f"normalisation weight B (default {default.beta:g})")
-    parser.add_argument("--norm-neighbors", default=f"{first}:{last}", metavar="A:B",
-                        help=f"training neighbours used for normalisation, 1-based inclusive range (default "
-                        f"{first}:{last}: the {last}th nearest alone)")
-    parser.add_argument("--norm-agg", choices=AGGREGATIONS, default=default.agg,
-                        help="aggregate the neighbours' similarities by their mean (default) or min")
-    parser.add_argument("--normalize-references", action="store_true",
-                        help="also subtract B * agg of each reference's training neighbours")
-
-
-def score_norm(args: argparse.Namespace) -> ScoreNorm:
-    """The :class:`ScoreNorm` of the options :func:`add_score_norm_options` added; InputError when they are bad."""
-    return ScoreNorm(args.norm_beta, parse_neighbor_range(args.norm_neighbors), args.norm_agg,
-                     args.normalize_references)
 
 
 def run(args: argparse.Namespace) -> int:

