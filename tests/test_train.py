@@ -13,14 +13,8 @@ from isc.cli.extract import main as extract_main
 from isc.cli.train import main as train_main
 from isc.io import read_descriptors
 from isc.models import create_model, load_checkpoint
-from isc.train import (
-    MixBatch,
-    TrainingOrder,
-    instance_targets,
-    learning_rate,
-    mix_images,
-    sscd_loss,
-)
+from isc.train import instance_targets, learning_rate, sscd_loss
+from isc.training_data import MixBatch, TrainingOrder, mix_images
 
 
 def plain_targets(n_images: int, n_views: int) -> torch.Tensor:
