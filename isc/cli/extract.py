@@ -20,7 +20,7 @@ from isc.cli.common import (
 from isc.cli.options import add_model_options
 from isc.extract import DECODERS, check_device, extract
 from isc.images import DEFAULT_MAX_PIXELS, image_classes, list_images, list_split_images, select_split_images
-from isc.io import SPLITS, InputError
+from isc.io import SPLITS, InputError, split_folder
 from isc.models import POOLINGS, RESIZE_MODES, create_model, default_model
 from isc.partial_log import NoImageRead
 
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     model = create_model(model_name, checkpoint=args.checkpoint, pretrained=args.pretrained, **options)
     if why and not args.quiet:
         print(f"isc-extract: no --model given, using {model_name}; {why}", file=sys.stderr)
-    source = f"{args.data}/{args.split}_images" if args.split else args.images
+    source = split_folder(args.data, args.split) if args.split else args.images
     try:
         summary = extract(
             images, args.output, model, batch_size=args.batch_size, device=args.device, workers=args.workers,
