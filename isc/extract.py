@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from isc.distributed import barrier, join_process_group, leave_process_group, local_gpu
 from isc.images import CROP_VIEWS, DEFAULT_MAX_PIXELS
-from isc.io import InputError, provenance, same_model
+from isc.io import InputError, provenance, read_descriptor_attrs, same_model
 from isc.models import DescriptorModel
 from isc.partial_log import PartialWriter, merge_partial_logs, partial_path
 from isc.pixel_batches import pixel_batches
@@ -107,9 +107,9 @@ def is_complete(output: str | Path, images: Mapping[str, Path], config: Mapping[
     with h5py.File(output, "r") as f:
         if any(name not in f for name in ("ids", "descriptors", "file_stamps")):
             return False
-        attrs = {key: value.item() if isinstance(value, np.generic) else value for key, value in f.attrs.items()}
         recorded = dict(zip((x.decode("ascii") for x in f["ids"][()]), map(tuple, f["file_stamps"][()].tolist()),
                             strict=True))
+    attrs = read_descriptor_attrs(output)
     if same_model(config, attrs):
         return False
     recorded.update((image_id, tuple(stamp)) for image_id, stamp in json.loads(attrs.get("broken_stamps", "{}")).items())
