@@ -34,12 +34,18 @@ def natural_colour(rng: np.random.Generator, hue: float | None = None) -> tuple[
     return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value))
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, transparent parts on white, at least 2 px a side (so every edit has room to work)."""
+def on_white(image: Image.Image) -> Image.Image:
+    """An image with transparency (alpha, or a palette's transparent colour) composited over white, as RGBA;
+    any other image as it is."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    image = image.convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, transparent parts on white, at least 2 px a side (so every edit has room to work)."""
+    image = on_white(image).convert("RGB")
     if min(image.size) < 2:
         image = image.resize((max(2, image.width), max(2, image.height)), Image.Resampling.NEAREST)
     return image

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from isc.draw import on_white
 from isc.io import IMAGE_SUFFIXES, InputError, parse_id_range, query_phase, split_folder, validate_ids
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold
@@ -169,9 +170,7 @@ def _image_to_tensor(image: Image.Image) -> torch.Tensor:
     ImageOps.exif_transpose(image, in_place=True)  # in place: otherwise a copy of every unrotated image
     if image.mode.startswith("I") or image.mode == "F":
         image = _to_8_bits(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    image = on_white(image)
     # asarray is read-only, hence the copy; convert copies even an RGB image
     return torch.from_numpy(np.asarray(image if image.mode == "RGB" else image.convert("RGB")).copy()).permute(2, 0, 1)
 
