@@ -27,8 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import make_images  # noqa: E402
 
-from isc.extract import extract  # noqa: E402
+from isc.cli.common import positive_int  # noqa: E402
+from isc.extract import check_device, extract  # noqa: E402
 from isc.images import resize_image  # noqa: E402
+from isc.io import InputError  # noqa: E402
 from isc.models import create_model  # noqa: E402
 from isc.torch_batches import decode_jpegs, normalised_groups, read_for_decode  # noqa: E402
 
@@ -39,14 +41,18 @@ def chunks(items: list, size: int) -> list[list]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=8192, help="images (default 8192)")
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--count", type=positive_int, default=8192, help="images (default 8192)")
+    parser.add_argument("--batch", type=positive_int, default=256)
+    parser.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", default="timm:resnet50")
     parser.add_argument("--sweep", action="store_true",
                         help="only isc.extract.extract with nvJPEG, over reading threads and batch sizes")
     args = parser.parse_args(argv)
+    try:
+        check_device(args.device)
+    except InputError as e:
+        parser.error(str(e))
     device = torch.device(args.device)
     rows: list[tuple[str, float]] = []
 

@@ -104,3 +104,11 @@ def test_unknown_part_is_refused(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "unknown part(s) nope" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--count", "0"], ["--threads", "nan"], ["--batch", "-1"], ["--device", "tpu"]])
+def test_stage_benchmark_refuses_bad_options_in_one_line(args):
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_extract_stages.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("bench_extract_stages.py: error:")
