@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from isc.distributed import barrier, join_process_group, leave_process_group, local_gpu
 from isc.images import CROP_VIEWS, DEFAULT_MAX_PIXELS
-from isc.io import InputError, provenance, read_descriptor_attrs, same_model
+from isc.io import InputError, model_differences, provenance, read_descriptor_attrs
 from isc.models import DescriptorModel
 from isc.partial_log import PartialWriter, merge_partial_logs, partial_path
 from isc.pixel_batches import pixel_batches
@@ -110,7 +110,7 @@ def is_complete(output: str | Path, images: Mapping[str, Path], config: Mapping[
         recorded = dict(zip((x.decode("ascii") for x in f["ids"][()]), map(tuple, f["file_stamps"][()].tolist()),
                             strict=True))
     attrs = read_descriptor_attrs(output)
-    if same_model(config, attrs):
+    if model_differences(config, attrs):
         return False
     recorded.update((image_id, tuple(stamp)) for image_id, stamp in json.loads(attrs.get("broken_stamps", "{}")).items())
     return recorded.keys() == images.keys() and all(recorded[i] == file_stamp(path) for i, path in images.items())

@@ -284,7 +284,7 @@ def _same_value(a: object, b: object) -> bool:
         return a == b
 
 
-def same_model(a: dict[str, object], b: dict[str, object], ignore: Sequence[str] = ()) -> list[str]:
+def model_differences(a: dict[str, object], b: dict[str, object], ignore: Sequence[str] = ()) -> list[str]:
     """The one rule of "same model" for two descriptor files' attributes: ``key: A != B`` for each model
     attribute (:func:`model_attributes`, less ``ignore``) that differs or exists on one side only; [] when
     the same model made both."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from isc.io import InputError, atomic_path, same_model
+from isc.io import InputError, atomic_path, model_differences
 
 H5_LIBVER = ("v108", "latest")  # dense attribute storage: the broken-image list can exceed 64 KB
 MERGE_ROWS = 8192
@@ -124,7 +124,7 @@ class PartialWriter:
         except (InputError, ValueError) as e:
             warnings.warn(f"unreadable partial file ({e}), starting again", stacklevel=3)
             return None
-        differences = same_model(log.config, config)
+        differences = model_differences(log.config, config)
         if differences:
             raise InputError(f"{self.path}: holds descriptors made otherwise than this run ({'; '.join(differences)}); "
                              "delete it or rerun with --restart")

@@ -17,7 +17,6 @@ from isc.io import (
     DescriptorFile,
     InputError,
     atomic_path,
-    same_model,
     write_descriptors,
 )
 
@@ -137,7 +136,7 @@ def concatenate_descriptors(parts: list[np.ndarray], weights: list[float] | None
 def _check_pca_input(pca: PCAWhitening, path: str | Path, attrs: dict[str, object]) -> None:
     # a PCA records only its training descriptors' model name and fingerprint: the fingerprints are compared
     learnt, given = pca.attrs.get("model_fingerprint"), attrs.get("model_fingerprint")
-    if learnt and given and same_model({"model_fingerprint": learnt}, {"model_fingerprint": given}):
+    if learnt and given and learnt != given:
         raise InputError(f"{path}: made by model {attrs.get('model')} ({given}), but the PCA was "
                          f"learnt on descriptors of {pca.attrs.get('model')} ({learnt})")
     if "pca" in attrs:

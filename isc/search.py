@@ -31,10 +31,10 @@ from isc.io import (
     InputError,
     atomic_path,
     model_attributes,
+    model_differences,
     provenance,
     query_phase,
     read_descriptors,
-    same_model,
     write_predictions,
 )
 from isc.knn import build_index, check_pair, clamp_k, index_search, knn, recall_against_exact
@@ -301,7 +301,7 @@ def phase_queries(query_ids: list[str], query: np.ndarray, phase: int, source: s
 
 def check_same_model(files: Sequence[tuple[str | Path, dict[str, object]]], ignore: Sequence[str] = ()) -> None:
     """Refuse descriptor files (path, attributes) made by different models, by the rule of
-    :func:`isc.io.same_model` (every attribute but the per-run ones and ``ignore``); a file with
+    :func:`isc.io.model_differences` (every attribute but the per-run ones and ``ignore``); a file with
     no model attribute is only warned about."""
     # "dimension" alone says nothing of the model: the organisers' files carry only that
     described = {path: bool(model_attributes(attrs, [*ignore, "dimension"])) for path, attrs in files}
@@ -312,7 +312,7 @@ def check_same_model(files: Sequence[tuple[str | Path, dict[str, object]]], igno
     compared = [(path, attrs) for path, attrs in files if described[path]]
     for path, attrs in compared[1:]:
         first, first_attrs = compared[0]
-        differences = same_model(first_attrs, attrs, ignore)
+        differences = model_differences(first_attrs, attrs, ignore)
         if differences:
             raise InputError(f"{first} and {path} were not made by the same model ({first} != {path}): "
                              + "; ".join(differences))

@@ -43,9 +43,9 @@ from isc.io import (
     id_numbers,
     image_id,
     is_prediction_row,
+    model_differences,
     read_descriptor_track,
     read_metadata,
-    same_model,
     validate_ids,
     write_descriptor_track,
 )
@@ -404,7 +404,7 @@ def _reuse_violations(
         violations.append(Violation(rule, f"{message}: {_examples([common[i] for i in changed])}"))
     if phase1.attrs:
         for current, what in ((reference, "reference"), (query, "query")):
-            differences = same_model(phase1.attrs, current.attrs, ignore)
+            differences = model_differences(phase1.attrs, current.attrs, ignore)
             if differences:
                 message = (f"the {what} descriptors' attributes differ from the phase-1 references' "
                            f"(phase 1 != now): {'; '.join(differences)}")
@@ -444,7 +444,7 @@ def check_descriptor_submission(
             violations.append(Violation("dimension", message))
     violations += _coverage_violations(query.ids, "query", phase, expected_queries, expected_sources[0])
     violations += _coverage_violations(reference.ids, "reference", phase, expected_references, expected_sources[1])
-    differences = same_model(query.attrs, reference.attrs, ignore_attributes)
+    differences = model_differences(query.attrs, reference.attrs, ignore_attributes)
     if differences:
         message = "query and reference descriptors were not made the same way (query != reference): "
         violations.append(Violation("different models", message + "; ".join(differences)))

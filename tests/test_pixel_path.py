@@ -14,7 +14,7 @@ from test_onnx_models import PixelsIn, TinyNet, _export
 
 from isc.extract import extract
 from isc.images import list_images
-from isc.io import InputError, read_descriptors, same_model
+from isc.io import InputError, model_differences, read_descriptors
 from isc.models import create_model
 from isc.partial_log import PartialLog
 
@@ -71,7 +71,7 @@ def test_uint8_onnx_graph_gets_the_descriptors_of_the_torch_path(tta, images, ui
     for image_id, reason in BROKEN.items():
         assert fast.broken[image_id].startswith(reason)
     # nothing recorded tells the paths apart: their files mix
-    assert same_model(attrs, torch_attrs) == []
+    assert model_differences(attrs, torch_attrs) == []
 
 
 @pytest.mark.parametrize("flip", [False, True])
