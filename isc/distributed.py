@@ -10,10 +10,36 @@ import os
 import torch
 import torch.distributed as dist
 
+from isc.io import InputError
+
 
 def local_gpu() -> torch.device:
     """This process's GPU: ``cuda:LOCAL_RANK`` under torchrun, ``cuda:0`` alone."""
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def check_device(device: str | None) -> None:
+    """Refuse, as InputError, a device other than cpu, cuda and cuda:N, or a GPU that torch cannot see."""
+    if device is None:
+        return
+    kind, colon, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (colon and (kind == "cpu" or not index.isdigit())):
+        raise InputError(f"device {device!r}: not a device (cpu, cuda or cuda:N)")
+    visible = torch.cuda.device_count() if kind == "cuda" and torch.cuda.is_available() else 0
+    if kind == "cuda" and not visible:
+        raise InputError(f"device {device!r}: no GPU is visible to torch (use --device cpu)")
+    if kind == "cuda" and colon and int(index) >= visible:
+        raise InputError(f"device {device!r}: torch sees {visible} GPU(s), cuda:0 to cuda:{visible - 1}")
+
+
+def this_device(device: str | None) -> torch.device:
+    """This rank's device: ``device`` itself when it names a GPU or the CPU, else (cuda, or None with a GPU
+    visible) the rank's own GPU under torchrun."""
+    check_device(device)
+    want_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if want_cuda:
+        return torch.device(device) if device and ":" in device else local_gpu()
+    return torch.device(device or "cpu")
 
 
 def join_process_group(device: torch.device) -> tuple[int, int, bool]:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from isc.distributed import barrier, join_process_group, leave_process_group, local_gpu
+from isc.distributed import barrier, join_process_group, leave_process_group, this_device
 from isc.images import CROP_VIEWS, DEFAULT_MAX_PIXELS
 from isc.io import InputError, model_differences, provenance, read_descriptor_attrs
 from isc.models import DescriptorModel
@@ -49,20 +49,6 @@ from isc.torch_batches import torch_batches
 DECODERS = ("torchvision", "pil")
 
 DEFAULT_BATCH_SIZE = 64  # images per model call
-
-
-def check_device(device: str | None) -> None:
-    """Refuse, as InputError, a device other than cpu, cuda and cuda:N, or a GPU that torch cannot see."""
-    if device is None:
-        return
-    kind, colon, index = device.partition(":")
-    if kind not in ("cpu", "cuda") or (colon and (kind == "cpu" or not index.isdigit())):
-        raise InputError(f"device {device!r}: not a device (cpu, cuda or cuda:N)")
-    visible = torch.cuda.device_count() if kind == "cuda" and torch.cuda.is_available() else 0
-    if kind == "cuda" and not visible:
-        raise InputError(f"device {device!r}: no GPU is visible to torch (use --device cpu)")
-    if kind == "cuda" and colon and int(index) >= visible:
-        raise InputError(f"device {device!r}: torch sees {visible} GPU(s), cuda:0 to cuda:{visible - 1}")
 
 
 def file_stamp(path: Path) -> tuple[int, int]:
@@ -77,16 +63,6 @@ def file_stamp(path: Path) -> tuple[int, int]:
 def view_sizes(model: DescriptorModel, scales: Sequence[float]) -> list[int]:
     """The image size of each test-time scale."""
     return [max(8, round(model.image_size * s)) for s in scales]
-
-
-def _this_device(device: str | None) -> torch.device:
-    """This rank's device: ``device`` itself when it names a GPU or the CPU, else (cuda, or None with a GPU
-    visible) the rank's own GPU under torchrun."""
-    check_device(device)
-    want_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    if want_cuda:
-        return torch.device(device) if device and ":" in device else local_gpu()
-    return torch.device(device or "cpu")
 
 
 def extraction_config(model: DescriptorModel, scales: Sequence[float] = (1.0,), flip: bool = False,
@@ -104,14 +80,14 @@ def is_complete(output: str | Path, images: Mapping[str, Path], config: Mapping[
     output = Path(output)
     if not output.is_file() or not h5py.is_hdf5(output):
         return False
+    attrs = read_descriptor_attrs(output)
+    if model_differences(config, attrs):
+        return False  # before reading the ids and stamps: a different model needs none of them
     with h5py.File(output, "r") as f:
         if any(name not in f for name in ("ids", "descriptors", "file_stamps")):
             return False
         recorded = dict(zip((x.decode("ascii") for x in f["ids"][()]), map(tuple, f["file_stamps"][()].tolist()),
                             strict=True))
-    attrs = read_descriptor_attrs(output)
-    if model_differences(config, attrs):
-        return False
     recorded.update((image_id, tuple(stamp)) for image_id, stamp in json.loads(attrs.get("broken_stamps", "{}")).items())
     return recorded.keys() == images.keys() and all(recorded[i] == file_stamp(path) for i, path in images.items())
 
@@ -206,7 +182,7 @@ def extract(
         raise InputError("classes must give one ASCII class name for every image id")
     output = Path(output)
     ids = sorted(items)
-    torch_device = _this_device(device)
+    torch_device = this_device(device)
     rank, world, started = join_process_group(torch_device)
     on_gpu = torch_device.type == "cuda"
     decoder = decoder or ("torchvision" if on_gpu and not model.takes_pixels else "pil")

@@ -28,6 +28,14 @@ class BrokenImage(Exception):
     """An image that cannot be turned into a descriptor; the message is the reason recorded."""
 
 
+def broken_reason(error: Exception) -> str:
+    """The reason recorded for an image whose reading raised ``error``: a :class:`BrokenImage`'s message, else
+    ``cannot read (...)`` with the OSError's strerror when it has one."""
+    if isinstance(error, BrokenImage):
+        return str(error)
+    return f"cannot read ({getattr(error, 'strerror', None) or error})"
+
+
 # --------------------------------------------------------------------------------------- listings
 
 
@@ -217,10 +225,8 @@ def decode_views(path: Path, sizes: Sequence[int], resize: str, max_pixels: int,
     (view v at size s is item ``v * len(sizes) + s``); or (None, why it cannot be read)."""
     try:
         image = decode_with_pillow(path, max_pixels, draft_size=draft_size(sizes, crops))
-    except BrokenImage as e:
-        return None, str(e)
-    except OSError as e:
-        return None, f"cannot read ({e.strerror or e})"
+    except (BrokenImage, OSError) as e:
+        return None, broken_reason(e)
     return [resize_image(view, size, resize) for view in crop_views(image, crops) for size in sizes], None
 
 
@@ -228,6 +234,14 @@ def views_by_size(views_of_images: Sequence[Sequence], n_sizes: int) -> list[lis
     """Per size, the views of every image (image-major: an image's crop views adjacent) from
     :func:`decode_views`' lists."""
     return [[views[k] for views in views_of_images for k in range(s, len(views), n_sizes)] for s in range(n_sizes)]
+
+
+def positions_by_shape(views: Sequence) -> list[list[int]]:
+    """The positions of ``views`` (tensors or arrays) grouped by shape, groups in the order of their first view."""
+    shapes: dict[tuple, list[int]] = {}
+    for i, view in enumerate(views):
+        shapes.setdefault(tuple(view.shape), []).append(i)
+    return list(shapes.values())
 
 
 # ----------------------------------------------------------------------------------------- nvJPEG

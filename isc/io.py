@@ -41,13 +41,19 @@ class InputError(ValueError):
 
 
 SPLITS = ("query", "reference", "training")
-ID_PATTERNS = {"query": re.compile(r"Q\d{5}"), "reference": re.compile(r"R\d{6}"), "training": re.compile(r"T\d{6}")}
 ID_PREFIX = {"query": "Q", "reference": "R", "training": "T"}
 ID_DIGITS = {"query": 5, "reference": 6, "training": 6}  # Q00000, R000000, T000000
+ID_PATTERNS = {split: re.compile(rf"{ID_PREFIX[split]}\d{{{ID_DIGITS[split]}}}") for split in SPLITS}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # files taken as images
 PHASE_QUERY_RANGES = {1: (0, 49_999), 2: (50_000, 99_999)}
 DESCRIPTOR_TRACK_MAX_DIM = 256
 MATCHING_TRACK_MAX_ROWS = 500_000
+
+
+def metadata_file(root: str | Path, split: str) -> Path:
+    """Where a dataset folder keeps a split's metadata CSV (``image_id,s3_uri,md5_checksum``):
+    ``root/<split>_metadata.csv``."""
+    return Path(root) / f"{split}_metadata.csv"
 
 
 def split_folder(root: str | Path, split: str) -> Path:
@@ -130,7 +136,7 @@ def query_phase(query_id: str) -> int:
 def phase_query_ids(phase: int) -> list[str]:
     """Every query id of a competition phase, in order."""
     lo, hi = PHASE_QUERY_RANGES[phase]
-    return [f"Q{i:05d}" for i in range(lo, hi + 1)]
+    return [image_id("query", i) for i in range(lo, hi + 1)]
 
 
 # ------------------------------------------------------------------------------------- atomic write
@@ -216,11 +222,17 @@ def _decode_ids(dataset: h5py.Dataset) -> list[str]:
                          f"ASCII ({values[row]!r})") from None
 
 
-def _open_h5(path: str | Path) -> h5py.File:
+def check_file(path: str | Path, what: str, here: bool = False) -> None:
+    """InputError unless ``path`` is an existing file: ``PATH: is a directory (a WHAT is needed[ here])`` for a
+    folder, ``PATH: no such WHAT`` otherwise."""
     if Path(path).is_dir():
-        raise InputError(f"{path}: is a directory (a file is needed here)")
+        raise InputError(f"{path}: is a directory (a {what} is needed{' here' if here else ''})")
     if not Path(path).is_file():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: no such {what}")
+
+
+def _open_h5(path: str | Path) -> h5py.File:
+    check_file(path, "file", here=True)
     try:
         return h5py.File(path, "r")
     except OSError as e:
@@ -268,7 +280,12 @@ PER_FILE_ATTRIBUTES = frozenset({
     "phase", "ids", "broken_stamps",  # which images of the split a file holds, not how they were described
     "checkpoint",  # where the weights were read from: model_fingerprint says whether they are the same
 })
-PROVENANCE_SUFFIX = ".provenance.json"  # optional sidecar of a predictions CSV, recorded in its manifest
+PROVENANCE_SUFFIX = ".provenance.json"
+
+
+def provenance_path(predictions: str | Path) -> Path:
+    """The optional sidecar of a predictions CSV (how isc-search made it), recorded in its manifest."""
+    return Path(str(predictions) + PROVENANCE_SUFFIX)
 
 
 def model_attributes(attrs: dict[str, object], ignore: Sequence[str] = ()) -> dict[str, object]:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from isc.io import InputError, atomic_path
+from isc.io import InputError, atomic_path, check_file
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -223,12 +223,13 @@ def _timm_model(name: str, arch: str, pretrained: bool, *, pool: str = "gem", ge
                            resize=resize, mean=cfg.get("mean", IMAGENET_MEAN), std=cfg.get("std", IMAGENET_STD))
 
 
-def _check_file(path: str | Path, what: str) -> None:
-    """InputError unless ``path`` is an existing file; a folder is named as one."""
-    if Path(path).is_dir():
-        raise InputError(f"{path}: is a directory (a {what} is needed)")
-    if not Path(path).is_file():
-        raise InputError(f"{path}: no such {what}")
+def _file_sha256(path: str | Path) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------ torchscript
@@ -236,7 +237,7 @@ def _check_file(path: str | Path, what: str) -> None:
 
 def _torchscript_model(name: str, path: str, *, image_size: int = 288, resize: str = "short-edge",
                        mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD) -> DescriptorModel:
-    _check_file(path, "TorchScript file")
+    check_file(path, "TorchScript file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but is SSCD's format
@@ -248,7 +249,7 @@ def _torchscript_model(name: str, path: str, *, image_size: int = 288, resize: s
         probe = net(torch.zeros(1, 3, image_size, image_size))
     if probe.ndim != 2:
         raise InputError(f"{path}: the module returns shape {tuple(probe.shape)}, expected [batch, dimension]")
-    file_hash = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    file_hash = _file_sha256(path)
     options = {"image_size": image_size, "resize": resize, "mean": list(mean), "std": list(std)}
     return DescriptorModel(net, name=name, options=options, dim=probe.shape[1], image_size=image_size,
                            resize=resize, mean=mean, std=std, normalized=False, fingerprint_extra=file_hash)
@@ -341,6 +342,8 @@ class OnnxGraph(nn.Module):
             raise InputError(f"{path}: input {self.input_name!r} has a fixed batch of {shape[0]}; only any batch "
                              "size or 1 can be fed")
         self.one_by_one = shape[0] == 1
+        # uint8: the graph's input contract, fixed; takes_pixels: whether extraction may feed it numpy pixels
+        # (the pixel path), which a caller may turn off to run the graph on the torch path
         self.takes_pixels = self.uint8
 
     def _session(self, device: torch.device):
@@ -382,7 +385,7 @@ def _onnx_model(name: str, path: str | Path, *, image_size: int | None = None, r
                 mean: tuple | None = None, std: tuple | None = None, normalized: bool = False,
                 install: str = "pip install 'isc[onnx]'") -> DescriptorModel:
     """A :class:`DescriptorModel` of an ONNX graph: square at its fixed size, else short edge at 288 by default."""
-    _check_file(path, "ONNX file")
+    check_file(path, "ONNX file")
     ort = _onnxruntime(install)
     try:
         session = ort.InferenceSession(str(path), _session_options(ort), providers=["CPUExecutionProvider"])
@@ -410,7 +413,7 @@ def _onnx_model(name: str, path: str | Path, *, image_size: int | None = None, r
     if probe.ndim != 2 or probe.shape[0] != 1:
         raise InputError(f"{path}: output {graph.output_name!r} has shape {tuple(probe.shape)} for one image, "
                          "expected [batch, dimension]")
-    file_hash = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    file_hash = _file_sha256(path)
     return DescriptorModel(graph, name=name, options=options, dim=probe.shape[1], image_size=image_size,
                            resize=resize, mean=mean, std=std, normalized=normalized, fingerprint_extra=file_hash)
 
@@ -517,7 +520,7 @@ def save_checkpoint(model: DescriptorModel, path: str | Path, **extra: object) -
 
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint file: a :func:`save_checkpoint` dict, or a bare state dict (wrapped in one)."""
-    _check_file(path, "checkpoint file")
+    check_file(path, "checkpoint file")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a file that is not a checkpoint

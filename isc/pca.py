@@ -17,6 +17,7 @@ from isc.io import (
     DescriptorFile,
     InputError,
     atomic_path,
+    check_file,
     write_descriptors,
 )
 
@@ -64,10 +65,7 @@ class PCAWhitening:
 
     @classmethod
     def load(cls, path: str | Path) -> PCAWhitening:
-        if Path(path).is_dir():
-            raise InputError(f"{path}: is a directory (a PCA file is needed here)")
-        if not Path(path).is_file():
-            raise InputError(f"{path}: no such PCA file")
+        check_file(path, "PCA file", here=True)
         try:
             with np.load(path, allow_pickle=False) as f:
                 return cls(f["mean"], f["components"], f["eigenvalues"], bool(f["whiten"]), float(f["eps"]),

@@ -29,7 +29,8 @@ from pathlib import Path
 import pandas as pd
 
 from isc import download, s3, synth
-from isc.extract import DEFAULT_BATCH_SIZE, check_device, extract, extraction_config, is_complete
+from isc.distributed import check_device
+from isc.extract import DEFAULT_BATCH_SIZE, extract, extraction_config, is_complete
 from isc.images import list_split_images
 from isc.io import (
     DESCRIPTOR_TRACK_MAX_DIM,
@@ -37,6 +38,7 @@ from isc.io import (
     SPLITS,
     InputError,
     atomic_path,
+    metadata_file,
     query_phase,
     read_descriptor_attrs,
     read_descriptors,
@@ -209,7 +211,7 @@ class Pipeline:
         With a metadata CSV beside the images, only its ids count (a folder may hold extra files).
         """
         images = list_split_images(self.data, split)
-        metadata = self.data / f"{split}_metadata.csv"
+        metadata = metadata_file(self.data, split)
         if metadata.is_file():
             listed = set(read_metadata(metadata, split)["image_id"])
             missing = sorted(listed - set(images))
@@ -303,7 +305,7 @@ class Pipeline:
 
     def submit(self, files: dict[str, Path], phase: int, predictions: Path, ground_truth: pd.DataFrame | None) -> None:
         c = self.config
-        expected_queries, expected_references = (self.data / f"{split}_metadata.csv" for split in ("query", "reference"))
+        expected_queries, expected_references = (metadata_file(self.data, split) for split in ("query", "reference"))
         expected_queries = expected_queries if expected_queries.is_file() else None
         expected_references = expected_references if expected_references.is_file() else None
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from isc.images import decode_views, views_by_size
+from isc.images import decode_views, positions_by_shape, views_by_size
 from isc.models import DescriptorModel
 
 PIXEL_CHUNK = 16  # images per task of a pixel-path decoding process: small, so that a short run uses them all
@@ -91,10 +91,7 @@ def _embed_pixels(model: DescriptorModel, per_scale: list[list[np.ndarray]], fli
     :func:`isc.torch_batches._embed` does."""
     outputs = []
     for views in per_scale:
-        shapes: dict[tuple, list[int]] = {}
-        for i, view in enumerate(views):
-            shapes.setdefault(view.shape, []).append(i)
-        batches = [(positions, np.stack([views[i] for i in positions])) for positions in shapes.values()]
+        batches = [(positions, np.stack([views[i] for i in positions])) for positions in positions_by_shape(views)]
         for flipped in (False, True) if flip else (False,):
             out = None
             for positions, batch in batches:

@@ -27,11 +27,13 @@ import torch.nn.functional as F
 from isc.images import (
     CROP_VIEWS,
     BrokenImage,
+    broken_reason,
     crop_views,
     decode_views,
     decode_with_pillow,
     draft_size,
     nvjpeg_size,
+    positions_by_shape,
     resize_image,
     views_by_size,
 )
@@ -46,7 +48,8 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 
 
 class _PillowImages(torch.utils.data.Dataset):
-    """Each item: (position, [uint8 view per scale] or None, reason or None), decoded in a worker."""
+    """Each item: (position, :func:`isc.images.decode_views`' list of uint8 views or None, reason or None),
+    decoded in a worker."""
 
     def __init__(self, paths: Sequence[Path], sizes: Sequence[int], resize: str, max_pixels: int, crops: bool):
         self.paths, self.sizes, self.resize, self.max_pixels = list(paths), list(sizes), resize, max_pixels
@@ -114,23 +117,24 @@ def _torchvision_batches(paths: Sequence[Path], model: DescriptorModel, sizes: S
                          workers: int, device: torch.device, max_pixels: int, crops: bool) -> Iterator[tuple]:
     readers = ThreadPoolExecutor(max(1, workers), thread_name_prefix="isc-read")
     batches = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
+    draft = draft_size(sizes, crops)
+
+    def submit(batch: range) -> list:
+        return [readers.submit(read_for_decode, paths[i], max_pixels, draft) for i in batch]
+
     # keep a few batches of reads in flight ahead of decoding
-    pending = [[readers.submit(read_for_decode, paths[i], max_pixels, draft_size(sizes, crops)) for i in batch]
-               for batch in batches[:4]]
+    pending = [submit(batch) for batch in batches[:4]]
     try:
         for k, batch in enumerate(batches):
             if k + 4 < len(batches):
-                pending.append([readers.submit(read_for_decode, paths[i], max_pixels, draft_size(sizes, crops))
-                                for i in batches[k + 4]])
+                pending.append(submit(batches[k + 4]))
             images: dict[int, torch.Tensor] = {}
             broken: dict[int, str] = {}
             for position, future in zip(batch, pending.pop(0), strict=True):
                 try:
                     images[position] = future.result()
-                except BrokenImage as e:
-                    broken[position] = str(e)
-                except OSError as e:
-                    broken[position] = f"cannot read ({e.strerror or e})"
+                except (BrokenImage, OSError) as e:
+                    broken[position] = broken_reason(e)
             jpegs = [p for p, t in images.items() if t.ndim == 1]
             for position, decoded in zip(jpegs, decode_jpegs([images[p] for p in jpegs], device), strict=True):
                 if isinstance(decoded, str):
@@ -177,11 +181,8 @@ def normalised_groups(model: DescriptorModel, per_scale: list[list[torch.Tensor]
     std = torch.tensor(model.std, device=device).view(1, 3, 1, 1) * 255
     grouped = []
     for views in per_scale:
-        shapes: dict[tuple, list[int]] = {}
-        for i, view in enumerate(views):
-            shapes.setdefault(tuple(view.shape), []).append(i)
         groups = []
-        for positions in shapes.values():
+        for positions in positions_by_shape(views):
             batch = ((torch.stack([views[i] for i in positions]).float() - mean) / std).to(dtype)
             groups.append((positions, batch.contiguous(memory_format=torch.channels_last) if channels_last
                            else batch))

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from isc.distributed import barrier, join_process_group, leave_process_group, local_gpu
+from isc.distributed import barrier, join_process_group, leave_process_group, this_device
 from isc.extract import extract
 from isc.images import list_images, list_split_images
 from isc.io import InputError, atomic_path, read_descriptors, read_ground_truth
@@ -212,13 +212,14 @@ def evaluate_model(model: nn.Module, eval_data: str | Path, work_dir: str | Path
 
 def setup_process(device: str | None) -> tuple[int, int, torch.device, bool]:
     """(rank, world size, device, whether the process group was started here) of this process; joins the
-    process group when started by ``torchrun``."""
+    process group when started by ``torchrun``. Training refuses ``cuda:N`` (each rank takes its own GPU), in
+    its own words; the device itself is :func:`isc.distributed.this_device`'s choice."""
     kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if kind not in ("cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda, got {kind!r}")
     if kind == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no GPU is visible to torch")
-    where = local_gpu() if kind == "cuda" else torch.device("cpu")
+    where = this_device(kind)
     rank, world_size, started = join_process_group(where)
     return rank, world_size, where, started
 

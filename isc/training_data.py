@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import transforms
 
 from isc.edits import random_edit
+from isc.images import broken_reason
 from isc.io import InputError
 
 
@@ -74,7 +75,7 @@ class AugmentedViews(Dataset):
             except UnidentifiedImageError:
                 broken[str(self.paths[position])] = "not an image (unidentified format)"
             except (OSError, Image.DecompressionBombError) as e:  # truncated, unreadable, too large
-                broken[str(self.paths[position])] = f"cannot read ({getattr(e, 'strerror', None) or e})"
+                broken[str(self.paths[position])] = broken_reason(e)
         raise InputError(f"{len(broken)} images in a row cannot be read, e.g. {next(iter(broken.items()))}")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, str]]:

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import make_images  # noqa: E402
 
 from isc.cli.common import positive_int  # noqa: E402
-from isc.extract import check_device, extract  # noqa: E402
+from isc.distributed import check_device  # noqa: E402
+from isc.extract import extract  # noqa: E402
 from isc.images import resize_image  # noqa: E402
 from isc.io import InputError  # noqa: E402
 from isc.models import create_model  # noqa: E402

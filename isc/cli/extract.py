@@ -18,7 +18,8 @@ from isc.cli.common import (
     run_command,
 )
 from isc.cli.options import add_model_options
-from isc.extract import DECODERS, check_device, extract
+from isc.distributed import check_device
+from isc.extract import DECODERS, extract
 from isc.images import DEFAULT_MAX_PIXELS, image_classes, list_images, list_split_images, select_split_images
 from isc.io import SPLITS, InputError, split_folder
 from isc.models import POOLINGS, RESIZE_MODES, create_model, default_model

@@ -11,7 +11,7 @@ from pathlib import Path
 from isc import s3
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
 from isc.cli.options import add_model_options, add_s3_options, add_score_norm_options, score_norm
-from isc.extract import check_device
+from isc.distributed import check_device
 from isc.io import InputError
 from isc.knn import BACKENDS
 from isc.manifest import SUBMISSIONS_DIR_ENV
