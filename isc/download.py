@@ -31,7 +31,15 @@ import pandas as pd
 from botocore.client import BaseClient
 from tqdm import tqdm
 
-from isc.io import InputError, atomic_path, parse_id_range, read_metadata, split_folder, write_json
+from isc.io import (
+    InputError,
+    atomic_path,
+    metadata_file,
+    parse_id_range,
+    read_metadata,
+    split_folder,
+    write_json,
+)
 from isc.local_copy import VerifiedIndex, check_folder, remove_stale_parts
 from isc.s3 import (
     DEFAULT_ATTEMPTS,
@@ -47,9 +55,9 @@ from isc.s3 import (
 )
 from isc.threads import bounded_map
 
-# ------------------------------------------------------------------------------------------ metadata
-
 log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------------ metadata
 
 
 def fetch_metadata(client: BaseClient, bucket: str, split: str, path: str | Path) -> pd.DataFrame:
@@ -70,6 +78,18 @@ def fetch_metadata(client: BaseClient, bucket: str, split: str, path: str | Path
     with atomic_path(path) as tmp:
         tmp.write_bytes(body)
     return read_metadata(path, split)
+
+
+def load_metadata(
+    client: BaseClient, bucket: str, split: str, dest: str | Path, metadata_path: str | Path | None = None,
+    reuse_saved: bool = False,
+) -> pd.DataFrame:
+    """The split's metadata: the given CSV, or the bucket's copy saved as ``dest/<split>_metadata.csv``
+    (fetched again unless ``reuse_saved`` and a saved copy exists: verification then needs no network)."""
+    saved = metadata_file(dest, split)
+    if metadata_path is not None or (reuse_saved and saved.is_file()):
+        return read_metadata(metadata_path or saved, split)
+    return fetch_metadata(client, bucket, split, saved)
 
 
 def object_key(s3_uri: str) -> str:
@@ -119,6 +139,8 @@ def select_rows(
     if limit is not None:
         rows = rows.head(limit)
     return rows.reset_index(drop=True)
+
+
 # ------------------------------------------------------------------------------------------ the stage
 
 
@@ -306,16 +328,3 @@ def sync_split(
     finally:
         report.write(report_path)
     return report, report_path
-
-
-def load_metadata(
-    client: BaseClient, bucket: str, split: str, dest: str | Path, metadata_path: str | Path | None = None,
-    reuse_saved: bool = False,
-) -> pd.DataFrame:
-    """The split's metadata: the given CSV, or the bucket's copy saved as ``dest/<split>_metadata.csv``
-    (fetched again unless ``reuse_saved`` and a saved copy exists: verification then needs no network)."""
-    saved = Path(dest) / f"{split}_metadata.csv"
-    if metadata_path is not None or (reuse_saved and saved.is_file()):
-        return read_metadata(metadata_path or saved, split)
-    return fetch_metadata(client, bucket, split, saved)
-

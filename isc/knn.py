@@ -5,7 +5,7 @@
 top-k on a GPU, float32 on the CPU); all return the same neighbours up to ties. :func:`build_index` and
 :func:`index_search` are the approximate (FAISS index) search, :func:`recall_against_exact` its check.
 Queries (and references, for the torch and faiss-gpu backends) are processed in blocks, so only the
-reference array itself must fit in RAM.
+reference array itself must fit in RAM (1M × 256 float32 = 1 GB).
 """
 
 from __future__ import annotations

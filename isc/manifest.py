@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 import isc
-from isc.io import PROVENANCE_SUFFIX, InputError, file_md5, read_descriptor_attrs, write_json
+from isc.io import InputError, file_md5, provenance_path, read_descriptor_attrs, write_json
 
 MANIFEST_SUFFIX = ".manifest.json"
 SUBMISSIONS_DIR_ENV = "ISC_SUBMISSIONS_DIR"  # the default submissions folder of isc-submit and isc-run
@@ -102,7 +102,7 @@ def read_provenance(path: str | Path) -> dict[str, object]:
 
 def provenance_records(predictions: str | Path, sources: Sequence[str | Path] = ()) -> dict[str, object]:
     """``{path: provenance}`` of ``sources``, or of the sidecar ``<predictions>.provenance.json`` if none given."""
-    sidecar = Path(str(predictions) + PROVENANCE_SUFFIX)
+    sidecar = provenance_path(predictions)
     if not sources and sidecar.is_file():
         sources = [sidecar]
     return {str(source): read_provenance(source) for source in sources}

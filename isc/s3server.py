@@ -24,7 +24,7 @@ from botocore.client import BaseClient
 from botocore.config import Config
 from tqdm import tqdm
 
-from isc.io import SPLITS, InputError, split_folder
+from isc.io import SPLITS, InputError, metadata_file, split_folder
 from isc.s3 import REGIONS, images_prefix, metadata_key
 
 # moto accepts any credentials; these only sign the uploads that fill the buckets
@@ -66,7 +66,7 @@ def populate_buckets(
         if not folder.is_dir():
             raise InputError(f"{data_root}: no {split}_images/ folder to serve")
         files += [(images_prefix(split) + p.name, p) for p in sorted(folder.iterdir()) if p.is_file()]
-        metadata = data_root / f"{split}_metadata.csv"
+        metadata = metadata_file(data_root, split)
         if metadata.is_file():
             files.append((metadata_key(split), metadata))
     client = s3_client(endpoint_url)

@@ -6,9 +6,6 @@
   beside the CSV. The nearest-neighbour search itself is :mod:`isc.knn`'s.
 - :func:`knn_graph` and :func:`write_knn_graph` export a collection's kNN graph as NumPy and in the layout
   learn-to-cluster reads.
-
-Memory stays bounded: queries (and references, for the torch and faiss-gpu backends) are processed in
-blocks, so only the reference array itself must fit in RAM (1M × 256 float32 = 1 GB).
 """
 
 from __future__ import annotations
@@ -27,12 +24,12 @@ import numpy as np
 from isc.io import (
     MATCHING_TRACK_MAX_ROWS,
     PHASE_QUERY_RANGES,
-    PROVENANCE_SUFFIX,
     InputError,
     atomic_path,
     model_attributes,
     model_differences,
     provenance,
+    provenance_path,
     query_phase,
     read_descriptors,
     write_predictions,
@@ -40,7 +37,7 @@ from isc.io import (
 from isc.knn import build_index, check_pair, clamp_k, index_search, knn, recall_against_exact
 
 if TYPE_CHECKING:
-    # imported where used: the torch backend runs on GPU machines that have no pandas
+    # imported where used: neighbor_bias runs on GPU machines (gpu_check) that have no pandas
     import pandas as pd
 
 AGGREGATIONS = ("mean", "min")
@@ -363,7 +360,7 @@ def search_files(
         predictions={"rows": len(predictions), "queries": int(predictions["query_id"].nunique())},
         recall=predictions.attrs.get("recall"),
     )
-    sidecar = Path(str(output) + PROVENANCE_SUFFIX)
+    sidecar = provenance_path(output)
     sidecar.unlink(missing_ok=True)  # a crash between the two writes must not leave an older run's record
     write_predictions(output, predictions)
     with atomic_path(sidecar) as tmp:

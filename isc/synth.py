@@ -29,6 +29,7 @@ from isc.io import (
     InputError,
     atomic_path,
     image_id,
+    metadata_file,
     split_folder,
     write_ground_truth,
     write_json,
@@ -202,7 +203,7 @@ def generate_dataset(
                          ("query", second_stage)):
         ids = [t.image_id for t in tasks]
         uri = f"s3://{REGIONS[DEFAULT_REGION].bucket}/{images_prefix(split)}"
-        write_metadata(out_dir / f"{split}_metadata.csv", pd.DataFrame(
+        write_metadata(metadata_file(out_dir, split), pd.DataFrame(
             {"image_id": ids, "s3_uri": [f"{uri}{i}.jpg" for i in ids], "md5_checksum": [results[i][0] for i in ids]}))
         _remove_stale_images(split_folder(out_dir, split), set(ids), split)
     for name, ids in (("ground_truth.csv", query_ids[:queries]), ("ground_truth_phase2.csv", query_ids[queries:])):

@@ -28,14 +28,17 @@ import pandas as pd
 
 from isc.extract import extract, extraction_config, is_complete
 from isc.images import crop_boxes, list_split_images, select_split_images
-from isc.io import atomic_path, read_descriptors, read_ground_truth
+from isc.io import SPLITS, atomic_path, read_descriptors, read_ground_truth, write_json
 from isc.knn import knn
 from isc.metrics import evaluate
 from isc.models import create_model
 from isc.pca import concatenate_descriptors, learn_pca
 from isc.search import ScoreNorm, parse_neighbor_range, search, subtract_negative_embeddings
 
-SPLITS = ("query", "reference", "training")
+
+def file_stem(model_name: str) -> str:
+    """A model name as a file name's start (``timm:resnet50`` -> ``timm_resnet50``)."""
+    return model_name.replace(":", "_").replace("/", "_")
 
 
 def descriptors(root: Path, phase: int, model_name: str, work: Path, quiet: bool) -> tuple[dict, float]:
@@ -49,16 +52,15 @@ def descriptors(root: Path, phase: int, model_name: str, work: Path, quiet: bool
         images = list_split_images(root, split)
         if split == "query":
             images = select_split_images(images, split, phase)
-        path = work / f"{model_name.replace(':', '_').replace('/', '_')}_{split}{phase if split == 'query' else ''}.h5"
+        path = work / f"{file_stem(model_name)}_{split}{phase if split == 'query' else ''}.h5"
         if not is_complete(path, images, config):
             start = time.perf_counter()
             extract(images, path, model, device="cpu", quiet=quiet, resume=False)
             timings[path.name] = time.perf_counter() - start
-            with atomic_path(timings_path) as tmp:
-                tmp.write_text(json.dumps(timings, indent=1, sort_keys=True))
+            write_json(timings_path, timings, indent=1, sort_keys=True)
         ids, vectors, _ = read_descriptors(path, split)
         # unit length here, once: PDQ's ±1 hashes are not (the ranking is the same)
-        out[split] = (ids, vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12))
+        out[split] = (ids, unit(vectors))
         seconds += timings.get(path.name, float("nan"))
     return out, seconds
 
@@ -85,11 +87,11 @@ def crop_descriptors(root: Path, phase: int, model_name: str, work: Path, quiet:
                         image.crop(boxes[n - 1]).save(tmp, format="JPEG", quality=95)
             views[f"{qid}.c{n}"] = target
     model = create_model(model_name)
-    output = work / f"{model_name.replace(':', '_').replace('/', '_')}_query{phase}_crops.h5"
+    output = work / f"{file_stem(model_name)}_query{phase}_crops.h5"
     if not is_complete(output, views, extraction_config(model)):
         extract(views, output, model, device="cpu", quiet=quiet, resume=False)
     ids, vectors, _ = read_descriptors(output)
-    return [i.rsplit(".c", 1)[0] for i in ids], vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return [i.rsplit(".c", 1)[0] for i in ids], unit(vectors)
 
 
 def near_duplicates(ids: list[str], vectors: np.ndarray, threshold: float) -> list[tuple[float, str, str]]:
@@ -117,6 +119,7 @@ def matchings(args: argparse.Namespace) -> list[tuple[str, dict]]:
 
 
 def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 

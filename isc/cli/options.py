@@ -1,14 +1,18 @@
-"""Option definitions shared by a stage's command and ``isc-run``, each with the function that reads it back:
-written once, so that both commands take the same names, types, defaults and help."""
+"""Option definitions shared by two commands (a stage's and ``isc-run``, or isc-eval and isc-report), each
+with the function that reads it back: written once, so that both take the same names, types, defaults and help."""
 
 from __future__ import annotations
 
 import argparse
+import warnings
 from typing import TYPE_CHECKING
 
 from isc.cli.common import finite_float, non_negative_int, positive_int
+from isc.io import MATCHING_TRACK_MAX_ROWS, read_ground_truth, read_predictions
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from isc.search import ScoreNorm
 
 # each adder imports its stage's module itself: isc-download, which shares the S3 options, must not load torch
@@ -69,3 +73,52 @@ def score_norm(args: argparse.Namespace) -> ScoreNorm:
 
     return ScoreNorm(args.norm_beta, parse_neighbor_range(args.norm_neighbors), args.norm_agg,
                      args.normalize_references)
+
+
+PREDICTIONS_HELP = "predictions CSV query_id,reference_id,score, with or without its header row (the organisers' "\
+    "isc2021 scripts write none)"
+
+
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    """The predictions argument and the options of how it is read and scored (isc-eval's and isc-report's)."""
+    parser.add_argument("predictions", help=PREDICTIONS_HELP)
+    parser.add_argument("--gt", required=True, help="ground-truth CSV query_id,reference_id (empty reference_id: no match)")
+    parser.add_argument(
+        "--restrict-to-gt-queries",
+        action="store_true",
+        help="ignore predictions for queries absent from the ground-truth file, as the competition platform "
+        "did with the public phase-1 ground truth (first 25,000 queries); without it they count as false "
+        "positives, with a warning",
+    )
+    parser.add_argument(
+        "--allow-duplicates",
+        action="store_true",
+        help="keep the best score of a repeated (query, reference) pair instead of rejecting the file "
+        "(the organisers' scorer rejects it)",
+    )
+    parser.add_argument(
+        "--no-row-limit",
+        action="store_true",
+        help=f"read a file of more than {MATCHING_TRACK_MAX_ROWS:,} rows, the matching track's limit (the "
+        "organisers' scorer refuses such a file)",
+    )
+
+
+def read_inputs(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(predictions, ground truth) as the options of :func:`add_input_options` say; warns, in one line, when
+    predictions of queries absent from the ground truth will count as false positives."""
+    predictions = read_predictions(
+        args.predictions,
+        duplicates="keep-best" if args.allow_duplicates else "error",
+        max_rows=None if args.no_row_limit else MATCHING_TRACK_MAX_ROWS,
+    )
+    ground_truth = read_ground_truth(args.gt)
+    absent = ~predictions["query_id"].isin(ground_truth["query_id"])
+    if absent.any() and not args.restrict_to_gt_queries:
+        warnings.warn(
+            f"{args.predictions}: {absent.sum():,} predictions of {predictions.loc[absent, 'query_id'].nunique():,} "
+            f"queries absent from the ground truth {args.gt} count as false positives "
+            "(--restrict-to-gt-queries ignores them, as the competition platform did)",
+            stacklevel=1,
+        )
+    return predictions, ground_truth

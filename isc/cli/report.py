@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
-from isc.cli.eval import add_input_options, read_inputs
+from isc.cli.options import add_input_options, read_inputs
 from isc.report import GALLERY_SIZE, THUMBNAIL_SIZE, build_report, write_report, write_summary_png
 
 

@@ -9,8 +9,8 @@ from isc.cli.common import check_outputs, positive_int, run_command
 from isc.cli.options import add_score_norm_options, score_norm
 from isc.io import (
     MATCHING_TRACK_MAX_ROWS,
-    PROVENANCE_SUFFIX,
     InputError,
+    provenance_path,
     read_descriptor_classes,
     read_descriptors,
 )
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.normalize_references and not args.training:
         raise InputError("--normalize-references needs --training")
     check_outputs(inputs=[args.query, args.reference, args.training],
-                  outputs=[args.output, args.output + PROVENANCE_SUFFIX])
+                  outputs=[args.output, provenance_path(args.output)])
     predictions = search_files(
         args.query, args.reference, args.output, args.training,
         norm=score_norm(args),

@@ -9,7 +9,7 @@ import sys
 import warnings
 
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
-from isc.io import MATCHING_TRACK_MAX_ROWS, PROVENANCE_SUFFIX, read_ground_truth, write_predictions
+from isc.io import MATCHING_TRACK_MAX_ROWS, provenance_path, read_ground_truth, write_predictions
 from isc.knn import BACKENDS
 from isc.manifest import SUBMISSIONS_DIR_ENV, default_submission_path, manifest_path, update_manifest
 from isc.metrics import RESULTS_PER_QUERY, Metrics, score_descriptor_track
@@ -206,7 +206,7 @@ def _score(args: argparse.Namespace, path: str) -> Metrics:
 
 def run_matching(args: argparse.Namespace) -> int:
     out = args.output or default_submission_path(args.submissions_dir, "matching", args.phase)
-    sidecar = str(args.predictions) + PROVENANCE_SUFFIX
+    sidecar = provenance_path(args.predictions)
     check_outputs(
         inputs=[args.predictions, sidecar, args.expected_queries, args.expected_references, *args.provenance],
         outputs=[out, manifest_path(out)],
