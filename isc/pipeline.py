@@ -19,7 +19,6 @@ Submissions go to ``submissions/phase<P>_{matching.csv,descriptors.h5}`` with th
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -37,7 +36,6 @@ from isc.io import (
     MATCHING_TRACK_MAX_ROWS,
     SPLITS,
     InputError,
-    atomic_path,
     metadata_file,
     query_phase,
     read_descriptor_attrs,
@@ -46,6 +44,7 @@ from isc.io import (
     read_metadata,
     read_predictions,
     split_folder,
+    write_json,
     write_predictions,
 )
 from isc.manifest import default_submission_path, manifest_path, update_manifest
@@ -129,9 +128,7 @@ class RunSummary:
         return "\n".join(lines)
 
     def write(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps({"steps": [asdict(s) for s in self.steps], "metrics": self.metrics},
-                                      indent=1) + "\n")
+        write_json(path, {"steps": [asdict(s) for s in self.steps], "metrics": self.metrics}, indent=1)
 
 
 def _p90(metrics: dict[str, object]) -> str:

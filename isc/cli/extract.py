@@ -17,12 +17,12 @@ from isc.cli.common import (
     print_broken,
     run_command,
 )
-from isc.cli.options import add_model_options
+from isc.cli.options import add_model_options, model_choice
 from isc.distributed import check_device
 from isc.extract import DECODERS, extract
 from isc.images import DEFAULT_MAX_PIXELS, image_classes, list_images, list_split_images, select_split_images
 from isc.io import SPLITS, InputError, split_folder
-from isc.models import POOLINGS, RESIZE_MODES, create_model, default_model
+from isc.models import POOLINGS, RESIZE_MODES, create_model
 from isc.partial_log import NoImageRead
 
 
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     options = {key: value for key, value in
                {"image_size": args.image_size, "resize": args.resize, "pool": args.pool, "dim": args.dim}.items()
                if value is not None}
-    model_name, why = (args.model, None) if args.model or args.checkpoint else default_model()
+    model_name, why = model_choice(args)
     model = create_model(model_name, checkpoint=args.checkpoint, pretrained=args.pretrained, **options)
     if why and not args.quiet:
         print(f"isc-extract: no --model given, using {model_name}; {why}", file=sys.stderr)

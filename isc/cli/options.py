@@ -41,6 +41,16 @@ def add_model_options(parser: Parser) -> None:
                         "model that takes uint8 pixels: pdq, sscd, sscd_distilled, uint8 onnx:PATH)")
 
 
+def model_choice(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(model name, why it was chosen) of the options :func:`add_model_options` added: ``--model`` as given (why
+    None); with neither --model nor --checkpoint, the default model and why (which the command reports)."""
+    if args.model or args.checkpoint:
+        return args.model, None
+    from isc.models import default_model
+
+    return default_model()
+
+
 def add_s3_options(parser: Parser) -> None:
     """Where the buckets are and how to sign: --endpoint-url, --profile (isc-download's and isc-run's)."""
     parser.add_argument("--endpoint-url", metavar="URL",

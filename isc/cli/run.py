@@ -10,12 +10,17 @@ from pathlib import Path
 
 from isc import s3
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
-from isc.cli.options import add_model_options, add_s3_options, add_score_norm_options, score_norm
+from isc.cli.options import (
+    add_model_options,
+    add_s3_options,
+    add_score_norm_options,
+    model_choice,
+    score_norm,
+)
 from isc.distributed import check_device
 from isc.io import InputError
 from isc.knn import BACKENDS
 from isc.manifest import SUBMISSIONS_DIR_ENV
-from isc.models import default_model
 from isc.pipeline import DEMO_IMAGE_SIZE, PHASES, Pipeline, RunConfig, planned_outputs, run_demo
 from isc.search import DEFAULT_K
 
@@ -97,9 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if args.demo and args.data:
         raise InputError("--demo serves its own mini dataset: leave out --data")
     work = Path(args.work)
-    model_name = args.model
-    if not args.model and not args.checkpoint:
-        model_name, why = default_model()
+    model_name, why = model_choice(args)
+    if why:
         logging.getLogger("isc.cli.run").info("no --model given, using %s; %s", model_name, why)
     submissions = args.submissions_dir or (work / "submissions" if args.demo
                                            else os.environ.get(SUBMISSIONS_DIR_ENV, "submissions"))
