@@ -276,9 +276,14 @@ class Pipeline:
                    f"{learnt}applied to {len(stale)} files" if stale else "up to date", [pca])
         return whitened
 
+    @staticmethod
+    def _matching_queries(files: dict[str, Path], phase: int) -> Path | None:
+        """The query descriptors the matching track uses: the crops' file when there is one, else the plain one."""
+        return files.get(f"query_phase{phase}_crops", files.get(f"query_phase{phase}"))
+
     def search(self, files: dict[str, Path], phase: int) -> Path | None:
         """The matching track's predictions, from the query crops when there are."""
-        query = files.get(f"query_phase{phase}_crops", files.get(f"query_phase{phase}"))
+        query = self._matching_queries(files, phase)
         if query is None:
             return None
         began = time.perf_counter()
@@ -310,9 +315,8 @@ class Pipeline:
         matching = default_submission_path(c.submissions, "matching", phase)
         fresh = _fresh([matching, manifest_path(matching)], [predictions])
         if not fresh:
-            query_names = (f"query_phase{phase}_crops",) if f"query_phase{phase}_crops" in files \
-                else (f"query_phase{phase}",)
-            sources = [files[name] for name in (*query_names, "reference", "training") if name in files]
+            query = self._matching_queries(files, phase)
+            sources = [*([query] if query else []), *(files[name] for name in ("reference", "training") if name in files)]
             submit_matching(predictions, phase, matching, expected_queries, expected_references, sources)
         self._step("submit", f"phase {phase} matching", None, began, fresh, "up to date" if fresh else "valid",
                    [matching])
