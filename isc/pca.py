@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,19 +152,30 @@ def apply_pca_file(pca: PCAWhitening | str | Path, descriptors_file: str | Path,
     subtracted from each output descriptor with weight ``neg_beta``
     (:func:`isc.search.subtract_negative_embeddings`).
     """
+    return next(apply_pca_files(pca, [(descriptors_file, output)], negatives, neg_beta, neg_k, quiet))
+
+
+def apply_pca_files(pca: PCAWhitening | str | Path, pairs: Sequence[tuple[str | Path, str | Path]],
+                    negatives: str | Path | None = None, neg_beta: float = 0.25, neg_k: int = 3,
+                    quiet: bool = True) -> Iterator[int]:
+    """:func:`apply_pca_file` for each (descriptor file, output) of ``pairs``, the ``negatives`` read and
+    whitened once for all; yields the rows written as each file is done."""
     from isc.search import subtract_negative_embeddings
 
     pca = pca if isinstance(pca, PCAWhitening) else PCAWhitening.load(pca)
-    source = DescriptorFile.read(descriptors_file, views=True)
-    _check_pca_input(pca, descriptors_file, source.attrs)
-    whitened = pca.apply(source.descriptors)
-    extra: dict[str, object] = {}
-    if negatives is not None:
-        training = DescriptorFile.read(negatives)
-        _check_pca_input(pca, negatives, training.attrs)
-        whitened = subtract_negative_embeddings(whitened, pca.apply(training.descriptors), neg_beta, neg_k,
-                                                quiet=quiet)
-        extra["negative_embeddings"] = json.dumps({"training": str(negatives), "beta": neg_beta, "k": neg_k})
-    write_descriptors(output, source.ids, whitened, {**source.attrs, "pca": json.dumps(pca.attrs),
-                                                     "pca_whiten": pca.whiten, "normalized": True, **extra})
-    return len(source.ids)
+    whitened_negatives = None
+    for descriptors_file, output in pairs:
+        source = DescriptorFile.read(descriptors_file, views=True)
+        _check_pca_input(pca, descriptors_file, source.attrs)
+        whitened = pca.apply(source.descriptors)
+        extra: dict[str, object] = {}
+        if negatives is not None:
+            if whitened_negatives is None:  # after the first file's check, as one file at a time did
+                training = DescriptorFile.read(negatives)
+                _check_pca_input(pca, negatives, training.attrs)
+                whitened_negatives = pca.apply(training.descriptors)
+            whitened = subtract_negative_embeddings(whitened, whitened_negatives, neg_beta, neg_k, quiet=quiet)
+            extra["negative_embeddings"] = json.dumps({"training": str(negatives), "beta": neg_beta, "k": neg_k})
+        write_descriptors(output, source.ids, whitened, {**source.attrs, "pca": json.dumps(pca.attrs),
+                                                         "pca_whiten": pca.whiten, "normalized": True, **extra})
+        yield len(source.ids)

@@ -117,3 +117,23 @@ def test_isc_pca_apply_subtracts_negative_embeddings(tmp_path):
                                 capture_output=True, text=True)
     assert not_finite.returncode == 2 and "must be a finite number" in not_finite.stderr
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_isc_pca_apply_of_several_files_subtracts_the_same_negatives_from_each(tmp_path):
+    attrs = {"model": "m", "model_fingerprint": "ffff"}
+    training, query, reference = _unit(200, 16, 0), _unit(10, 16, 1), _unit(30, 16, 2)
+    write_descriptors(tmp_path / "training.h5", [f"T{i:06d}" for i in range(200)], training, attrs)
+    write_descriptors(tmp_path / "query.h5", [f"Q{i:05d}" for i in range(10)], query, attrs)
+    write_descriptors(tmp_path / "reference.h5", [f"R{i:06d}" for i in range(30)], reference, attrs)
+    pca = learn_pca(training, dim=8, attrs=attrs)
+    pca.save(tmp_path / "pca.npz")
+    done = subprocess.run([sys.executable, "-m", "isc.cli.pca", "apply", str(tmp_path / "pca.npz"),
+                           str(tmp_path / "query.h5"), str(tmp_path / "reference.h5"), "--negatives",
+                           str(tmp_path / "training.h5"), "--neg-beta", "0.5", "--neg-k", "2",
+                           "-o", str(tmp_path / "q8.h5"), str(tmp_path / "r8.h5")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"{tmp_path / 'query.h5'} -> {tmp_path / 'q8.h5'}: 10 descriptors of dimension 8",
+                                        f"{tmp_path / 'reference.h5'} -> {tmp_path / 'r8.h5'}: 30 descriptors of dimension 8"]
+    for name, raw in (("q8", query), ("r8", reference)):
+        expected = subtract_negative_embeddings(pca.apply(raw), pca.apply(training), 0.5, 2)
+        np.testing.assert_allclose(read_descriptors(tmp_path / f"{name}.h5")[1], expected, atol=1e-5)

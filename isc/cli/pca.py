@@ -6,7 +6,7 @@ import argparse
 
 from isc.cli.common import check_outputs, non_negative_float, positive_int, run_command
 from isc.io import DESCRIPTOR_TRACK_MAX_DIM, InputError
-from isc.pca import PCAWhitening, apply_pca_file, learn_pca_file
+from isc.pca import PCAWhitening, apply_pca_files, learn_pca_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     negatives = [args.negatives] if args.negatives else []
     check_outputs(inputs=[args.pca, *args.inputs, *negatives], outputs=args.output)
     pca = PCAWhitening.load(args.pca)
-    for source, target in zip(args.inputs, args.output, strict=True):
-        rows = apply_pca_file(pca, source, target, args.negatives, args.neg_beta, args.neg_k, args.quiet)
+    pairs = list(zip(args.inputs, args.output, strict=True))
+    written = apply_pca_files(pca, pairs, args.negatives, args.neg_beta, args.neg_k, args.quiet)
+    for (source, target), rows in zip(pairs, written, strict=True):
         if not args.quiet:
             print(f"{source} -> {target}: {rows} descriptors of dimension {pca.dim}")
     return 0
