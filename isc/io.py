@@ -170,9 +170,10 @@ def write_json(path: str | Path, content: object, indent: int = 2, sort_keys: bo
     return Path(path)
 
 
-def file_md5(path: str | Path) -> str:
-    """The MD5 of a file's bytes, as hex (the competition's metadata checksum), read in 1 MiB blocks."""
-    digest = hashlib.md5()
+def file_digest(path: str | Path, algorithm: str = "md5") -> str:
+    """The hex digest of a file's bytes, read in 1 MiB blocks: MD5 by default (the competition's metadata
+    checksum), or any :mod:`hashlib` algorithm (models fingerprint their files with sha256)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
             digest.update(block)

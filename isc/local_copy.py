@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from isc.io import atomic_path, file_md5
+from isc.io import atomic_path, file_digest
 from isc.s3 import PART_SUFFIX
 from isc.threads import bounded_map
 
@@ -97,7 +97,7 @@ def check_folder(
             result.verified.append(name)
         else:
             to_hash.append((name, stat))
-    hashed = bounded_map(lambda item: (*item, file_md5(folder / item[0])), to_hash, workers)
+    hashed = bounded_map(lambda item: (*item, file_digest(folder / item[0])), to_hash, workers)
     for name, stat, md5 in tqdm(hashed, total=len(to_hash), desc="checking local files", unit="file",
                                 disable=quiet or not to_hash, dynamic_ncols=True):
         if md5 == expected[name]:

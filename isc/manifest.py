@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 import isc
-from isc.io import InputError, file_md5, provenance_path, read_descriptor_attrs, write_json
+from isc.io import InputError, file_digest, provenance_path, read_descriptor_attrs, write_json
 
 MANIFEST_SUFFIX = ".manifest.json"
 SUBMISSIONS_DIR_ENV = "ISC_SUBMISSIONS_DIR"  # the default submissions folder of isc-submit and isc-run
@@ -55,7 +55,7 @@ def write_manifest(submission: str | Path, record: dict[str, object]) -> Path:
     submission = Path(submission)
     manifest = {
         "file": submission.name,
-        "md5": file_md5(submission),
+        "md5": file_digest(submission),
         "bytes": submission.stat().st_size,
         **record,
         "command": shlex.join(sys.argv),
@@ -79,7 +79,7 @@ def read_manifest(submission: str | Path) -> dict[str, object] | None:
 def update_manifest(submission: str | Path, **fields: object) -> Path:
     """Add fields (a local evaluation, say) to an existing manifest, after checking it is the file's."""
     manifest = read_manifest(submission)
-    if manifest is None or manifest.get("md5") != file_md5(submission):
+    if manifest is None or manifest.get("md5") != file_digest(submission):
         raise InputError(f"{submission}: no manifest, or it describes another file")
     return write_json(manifest_path(submission), _jsonable({**manifest, **fields}))
 

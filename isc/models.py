@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from isc.io import InputError, atomic_path, check_file
+from isc.io import InputError, atomic_path, check_file, file_digest
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -223,15 +223,6 @@ def _timm_model(name: str, arch: str, pretrained: bool, *, pool: str = "gem", ge
                            resize=resize, mean=cfg.get("mean", IMAGENET_MEAN), std=cfg.get("std", IMAGENET_STD))
 
 
-def _file_sha256(path: str | Path) -> str:
-    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ------------------------------------------------------------------------------------ torchscript
 
 
@@ -249,7 +240,7 @@ def _torchscript_model(name: str, path: str, *, image_size: int = 288, resize: s
         probe = net(torch.zeros(1, 3, image_size, image_size))
     if probe.ndim != 2:
         raise InputError(f"{path}: the module returns shape {tuple(probe.shape)}, expected [batch, dimension]")
-    file_hash = _file_sha256(path)
+    file_hash = file_digest(path, "sha256")
     options = {"image_size": image_size, "resize": resize, "mean": list(mean), "std": list(std)}
     return DescriptorModel(net, name=name, options=options, dim=probe.shape[1], image_size=image_size,
                            resize=resize, mean=mean, std=std, normalized=False, fingerprint_extra=file_hash)
@@ -413,7 +404,7 @@ def _onnx_model(name: str, path: str | Path, *, image_size: int | None = None, r
     if probe.ndim != 2 or probe.shape[0] != 1:
         raise InputError(f"{path}: output {graph.output_name!r} has shape {tuple(probe.shape)} for one image, "
                          "expected [batch, dimension]")
-    file_hash = _file_sha256(path)
+    file_hash = file_digest(path, "sha256")
     return DescriptorModel(graph, name=name, options=options, dim=probe.shape[1], image_size=image_size,
                            resize=resize, mean=mean, std=std, normalized=normalized, fingerprint_extra=file_hash)
 

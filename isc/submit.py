@@ -39,7 +39,7 @@ from isc.io import (
     DescriptorFile,
     InputError,
     atomic_path,
-    file_md5,
+    file_digest,
     id_numbers,
     image_id,
     is_prediction_row,
@@ -507,8 +507,8 @@ def submit_descriptors(
         "source": {"query": str(query_file.path), "reference": str(reference_file.path)},
         "query_attributes": query_file.attrs,
         "reference_attributes": reference_file.attrs,
-        "phase1_reference": None if phase1 is None else {"path": str(phase1.path), "md5": file_md5(phase1.path)},
-        "split_files": {split: {"path": str(path), "md5": file_md5(path)} for split, path in written.items()},
+        "phase1_reference": None if phase1 is None else {"path": str(phase1.path), "md5": file_digest(phase1.path)},
+        "split_files": {split: {"path": str(path), "md5": file_digest(path)} for split, path in written.items()},
     })
     return out
 

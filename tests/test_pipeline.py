@@ -19,7 +19,7 @@ from isc.cli.options import score_norm
 from isc.cli.run import main
 from isc.extract import extract
 from isc.images import list_split_images
-from isc.io import file_md5, read_descriptor_track, read_descriptors, read_ground_truth, read_predictions
+from isc.io import file_digest, read_descriptor_track, read_descriptors, read_ground_truth, read_predictions
 from isc.manifest import read_manifest
 from isc.metrics import evaluate
 from isc.models import create_model
@@ -63,7 +63,7 @@ def test_round_trip_writes_valid_submissions_of_both_phases(completed, mini_data
         assert query.shape[1] == reference.shape[1] == 16
         for submission in (matching, submissions / f"phase{phase}_descriptors.h5"):
             manifest = read_manifest(submission)
-            assert manifest["md5"] == file_md5(submission) and manifest["phase"] == phase
+            assert manifest["md5"] == file_digest(submission) and manifest["phase"] == phase
             assert "muap" in manifest["local_evaluation"]
     # the matching manifest records the descriptors (model, whitening) the predictions came from
     sources = read_manifest(submissions / "phase1_matching.csv")["provenance"]
@@ -72,7 +72,7 @@ def test_round_trip_writes_valid_submissions_of_both_phases(completed, mini_data
     assert all(attrs["model"] == "efficientnet_lite0" and "pca" in attrs for attrs in sources.values())
     # phase 2 reuses the phase-1 references as they are
     phase2 = read_manifest(submissions / "phase2_descriptors.h5")
-    assert phase2["phase1_reference"]["md5"] == file_md5(submissions / "phase1_descriptors.h5")
+    assert phase2["phase1_reference"]["md5"] == file_digest(submissions / "phase1_descriptors.h5")
     assert read_descriptor_track(submissions / "phase1_descriptors.h5")[3].tobytes() == \
         read_descriptor_track(submissions / "phase2_descriptors.h5")[3].tobytes()
     assert json.loads((work / "run_summary.json").read_text())["metrics"] == summary.metrics

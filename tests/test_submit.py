@@ -13,7 +13,7 @@ import isc
 from isc.io import (
     MATCHING_TRACK_MAX_ROWS,
     InputError,
-    file_md5,
+    file_digest,
     read_descriptor_track,
     read_ground_truth,
     read_predictions,
@@ -192,7 +192,7 @@ def test_matching_round_trip_and_manifest(tmp_path, phase):
         evaluate(read_predictions(source), ground_truth).muap
     )
     manifest = read_manifest(out)
-    assert manifest["md5"] == file_md5(out) and manifest["bytes"] == out.stat().st_size
+    assert manifest["md5"] == file_digest(out) and manifest["bytes"] == out.stat().st_size
     assert (manifest["track"], manifest["phase"], manifest["file"]) == ("matching", phase, out.name)
     assert manifest["counts"] == {
         "predictions": len(predictions),
@@ -290,7 +290,7 @@ def test_descriptor_round_trip_both_phases_with_reuse(synthetic):
         and manifest["reference_attributes"]["split"] == "reference"
     )
     assert (
-        manifest["md5"] == file_md5(out1)
+        manifest["md5"] == file_digest(out1)
         and manifest["track"] == "descriptors"
         and manifest["phase1_reference"] is None
     )
@@ -299,7 +299,7 @@ def test_descriptor_round_trip_both_phases_with_reuse(synthetic):
     out2 = s["dir"] / "submissions" / "phase2_descriptors.h5"
     for phase1 in (s["reference"], out1):
         submit_descriptors(s["query2"], s["reference"], 2, out2, s["ids"], s["refs"], phase1_reference=phase1)
-        assert read_manifest(out2)["phase1_reference"]["md5"] == file_md5(phase1)
+        assert read_manifest(out2)["phase1_reference"]["md5"] == file_digest(phase1)
     query_ids2, _, reference_ids2, reference2 = read_descriptor_track(out2)
     assert query_ids2[0] == "Q50000" and reference_ids2 == reference_ids
     np.testing.assert_array_equal(reference2, reference)
