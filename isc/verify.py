@@ -120,15 +120,19 @@ def _sift(max_features: int):
     return cv2.SIFT_create(nfeatures=max_features)
 
 
-def describe_image(path: Path, options: VerifyOptions) -> Features:
-    """SIFT features of an image file decoded as extraction decodes it (EXIF rotation, more than 8 bits,
-    transparency over white), grey, long side shrunk to ``max_side``; BrokenImage when it cannot be read."""
-    import cv2
-
+def decode_image(path: Path) -> np.ndarray:
+    """uint8 RGB [height, width, 3] of an image file decoded as extraction decodes it (EXIF rotation, more than
+    8 bits, transparency over white); BrokenImage when it cannot be read."""
     try:
-        rgb = decode_with_pillow(path, DEFAULT_MAX_PIXELS).permute(1, 2, 0).numpy()
+        return decode_with_pillow(path, DEFAULT_MAX_PIXELS).permute(1, 2, 0).numpy()
     except OSError as e:
         raise BrokenImage(broken_reason(e)) from None
+
+
+def describe_pixels(rgb: np.ndarray, options: VerifyOptions) -> Features:
+    """SIFT features of uint8 RGB pixels [height, width, 3], made grey, long side shrunk to ``max_side``."""
+    import cv2
+
     grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
     height, width = grey.shape
     scale = max(height, width) / options.max_side
@@ -143,6 +147,12 @@ def describe_image(path: Path, options: VerifyOptions) -> Features:
         return Features(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), scale)
     points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
     return Features(points, np.clip(np.round(descriptors), 0, 255).astype(np.uint8), scale)
+
+
+def describe_image(path: Path, options: VerifyOptions) -> Features:
+    """SIFT features of an image file (:func:`decode_image`, :func:`describe_pixels`); BrokenImage when it
+    cannot be read."""
+    return describe_pixels(decode_image(path), options)
 
 
 class FeatureCache:
@@ -323,6 +333,29 @@ def candidate_pairs(predictions: pd.DataFrame, k: int) -> pd.DataFrame:
                                       kind="stable")
     ranked = ordered.assign(rank=ordered.groupby("query_id", sort=False).cumcount())
     return ranked[ranked["rank"] < k].reset_index(drop=True)
+
+
+def read_evidence(path: str | Path) -> pd.DataFrame:
+    """The evidence sidecar of :func:`verify` (its columns :data:`EVIDENCE_COLUMNS`), ``verified`` as bool and
+    the counts as numbers; InputError naming the file when it is not one."""
+    import pandas as pd
+
+    from isc.io import _read_csv
+
+    evidence = _read_csv(path, EVIDENCE_COLUMNS, "isc-verify evidence")
+    numbers = {column: pd.to_numeric(evidence[column], errors="coerce") for column in ("rank", "matches", "inliers")}
+    for column, values in numbers.items():
+        if values.isna().any():
+            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise InputError(f"{path}: line {row + 2}: {column} {evidence[column].iloc[row]!r} is not a number")
+    return evidence.assign(verified=evidence["verified"] == "True", **numbers)
+
+
+def recorded_options(record: Mapping[str, object]) -> VerifyOptions:
+    """The :class:`VerifyOptions` a provenance record of isc-verify holds (defaults for those it lacks)."""
+    options = record.get("options") if record.get("command") == "isc-verify" else None
+    names = {field.name for field in dataclasses.fields(VerifyOptions)}
+    return VerifyOptions(**{k: v for k, v in (options or {}).items() if k in names}).check()
 
 
 def combiner_inputs(evidence: pd.DataFrame) -> pd.DataFrame:

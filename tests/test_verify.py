@@ -1,8 +1,11 @@
 """isc-verify: SIFT evidence separates edited copies from unrelated images, the feature cache is reused and
 invalidated, a killed run re-run gives the same bytes, bad input gets one line, torchrun shards the queries."""
 
+import base64
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +31,7 @@ from isc.verify import (
     describe_image,
     evidence_path,
     match_features,
+    read_evidence,
     verify,
 )
 
@@ -65,6 +69,8 @@ def dataset(tmp_path_factory) -> Path:
         order = others[:2] + [EDITS[query][0]] + others[2:] if query in EDITS else others
         rows += [(query, f"R{r:06d}", s) for r, s in zip(order, scores, strict=False)]
     pd.DataFrame(rows, columns=["query_id", "reference_id", "score"]).to_csv(root / "predictions.csv", index=False)
+    pd.DataFrame([(query, f"R{EDITS[query][0]:06d}" if query in EDITS else "") for query in [*EDITS, *UNRELATED]],
+                 columns=["query_id", "reference_id"]).to_csv(root / "ground_truth.csv", index=False)
     return root
 
 
@@ -289,3 +295,41 @@ def test_torchrun_two_ranks_write_what_one_process_writes(dataset, tmp_path):
     assert summary["world_size"] == 2 and summary["pairs"] == 10 and summary["described"] == 0
     for name in ("{}.csv", "{}.evidence.csv"):
         assert (tmp_path / name.format("sharded")).read_bytes() == (tmp_path / name.format("single")).read_bytes()
+
+
+# ------------------------------------------------------------------------------------ the report
+
+
+def _green(pixels: np.ndarray) -> np.ndarray:
+    """Where a picture is the report's match colour, give or take JPEG's changes."""
+    return (pixels[..., 1] > 180) & (pixels[..., 0] < 100) & (pixels[..., 2] < 100)
+
+
+def test_report_shows_inlier_counts_and_draws_the_matches(dataset, tmp_path):
+    verified = tmp_path / "verified.csv"
+    done = isc_verify(dataset / "predictions.csv", "--data", dataset, "--k", 3, "--workers", 0, "--quiet", "-o", verified)
+    assert done.returncode == 0, done.stderr
+    report = subprocess.run([sys.executable, "-m", "isc.cli.report", str(verified), "--gt", str(dataset / "ground_truth.csv"),
+                             "--data", str(dataset), "-o", str(tmp_path / "report.html"), "--quiet"],
+                            capture_output=True, text=True, timeout=240)
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "report.html").read_text()
+    evidence = read_evidence(evidence_path(verified)).set_index(["query_id", "reference_id"])
+    for query, (reference, _) in EDITS.items():  # the random true matches: every copy, each verified
+        inliers = int(evidence.loc[(query, f"R{reference:06d}"), "inliers"])
+        alt = f'alt="{query} and R{reference:06d}: {inliers} inlier matches"'
+        picture = re.search(r'<img src="data:image/jpeg;base64,([^"]+)" ' + re.escape(alt), page)
+        assert inliers >= 10 and picture, (query, inliers)
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(picture.group(1)))))
+        plain = _green(np.asarray(_photo(PHOTOS[reference], 160))).sum()  # the reference's own green pixels
+        assert pixels.shape[1] > 160 and _green(pixels).sum() > 100 + 5 * plain, (query, _green(pixels).sum(), plain)
+    assert len(re.findall(r"\d+ inliers", page)) >= len(EDITS)
+    # without the evidence beside the predictions: the page as before, two thumbnails a pair
+    plain_predictions = tmp_path / "plain" / "verified.csv"
+    plain_predictions.parent.mkdir()
+    plain_predictions.write_bytes(verified.read_bytes())
+    report = subprocess.run([sys.executable, "-m", "isc.cli.report", str(plain_predictions), "--gt",
+                             str(dataset / "ground_truth.csv"), "--data", str(dataset), "-o", str(tmp_path / "plain.html"),
+                             "--quiet"], capture_output=True, text=True, timeout=240)
+    page = (tmp_path / "plain.html").read_text()
+    assert report.returncode == 0 and not re.search(r"\d+ inliers", page) and 'class="matches"' not in page
