@@ -102,6 +102,13 @@ class Calibration:
     positives: int
     conditions: dict[str, object] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        return f"Calibration(fitted on {self.fitted_on}: {self.pairs} pairs, {self.positives} copies)"
+
+    def __call__(self, evidence: pd.DataFrame) -> np.ndarray:
+        """The combiner of :func:`isc.verify.verify`: :meth:`scores`."""
+        return self.scores(evidence)
+
     def scores(self, evidence: pd.DataFrame) -> np.ndarray:
         """The log-odds of each pair of ``evidence`` (finite; comparable across queries)."""
         standardised = (pair_features(evidence) - np.asarray(self.mean)) / np.asarray(self.std)

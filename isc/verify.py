@@ -358,6 +358,19 @@ def recorded_options(record: Mapping[str, object]) -> VerifyOptions:
     return VerifyOptions(**{k: v for k, v in (options or {}).items() if k in names}).check()
 
 
+def calibration_conditions(options: VerifyOptions, search_record: Mapping[str, object] | None) -> dict[str, object]:
+    """What a calibration of verified pairs holds for: the verification options (not the number of
+    processes) and, when the predictions' provenance says, the descriptor model that scored them."""
+    conditions: dict[str, object] = {"verification": {k: v for k, v in dataclasses.asdict(options).items()
+                                                      if k != "workers"}}
+    inputs = (search_record or {}).get("inputs") or {}
+    attributes = (inputs.get("reference") or {}).get("model_attributes") or {} if isinstance(inputs, dict) else {}
+    if "model" in attributes:
+        conditions["descriptors"] = {key: str(attributes[key]) for key in ("model", "model_fingerprint")
+                                     if key in attributes}
+    return conditions
+
+
 def combiner_inputs(evidence: pd.DataFrame) -> pd.DataFrame:
     """The evidence with what a combiner may also use per query: ``best_score`` and ``best_inliers``."""
     per_query = evidence.groupby("query_id")
@@ -407,6 +420,12 @@ def evidence_path(output: str | Path) -> Path:
     """The evidence sidecar of re-scored predictions: ``OUT.evidence.csv`` beside ``OUT.csv``."""
     output = Path(output)
     return output.with_name(f"{output.stem}.evidence.csv")
+
+
+def calibration_path(output: str | Path) -> Path:
+    """Where ``isc-verify --calibrate-gt`` saves its calibration unless told: ``OUT.calibration.json``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.calibration.json")
 
 
 def default_cache(output: str | Path) -> Path:
@@ -536,6 +555,7 @@ def verify(
     options: VerifyOptions = VerifyOptions(),
     cache: str | Path | None = None,
     combiner: Combiner = InlierBonus(),
+    fit: Callable[[pd.DataFrame], Combiner] | None = None,
     strict: bool = False,
     max_broken: float = 0.01,
     quiet: bool = False,
@@ -546,7 +566,8 @@ def verify(
 
     ``queries``/``references``: ``{id: path}`` holding every id of the predictions. ``cache``: the feature
     cache folder (default :func:`default_cache`). ``combiner``: evidence DataFrame (:data:`EVIDENCE_COLUMNS`
-    plus ``best_score`` and ``best_inliers`` per query) -> new scores; candidates beyond k and pairs with a
+    plus ``best_score`` and ``best_inliers`` per query) -> new scores; ``fit``: evidence -> the combiner to use
+    instead (a calibration fitted on this run's labelled pairs); candidates beyond k and pairs with a
     broken image count as zero evidence (``verified`` False; ``error`` says why for the latter).
     ``strict``: the first broken image raises InputError; more than ``max_broken`` of the images broken
     warns, all of them raises :class:`isc.partial_log.NoImageRead`. ``record``: more for the provenance.
@@ -602,6 +623,8 @@ def verify(
                                                           transform="", error="")
     evidence = pd.concat([evidence, unchecked]).sort_values(["query_id", "rank"], kind="stable")
     evidence = evidence[list(EVIDENCE_COLUMNS)].reset_index(drop=True)
+    if fit is not None:
+        combiner = fit(evidence)
     new_scores = rescore(evidence, combiner)
     evidence = evidence.assign(new_score=new_scores)
     sidecar = provenance_path(output)

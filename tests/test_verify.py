@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from isc.calibrate import Calibration
 from isc.cli.verify import main
 from isc.draw import base_image
 from isc.edits import crop, overlay_image, rotate
@@ -202,6 +203,34 @@ def test_cli_reuses_the_cache_and_describes_a_changed_file_again(dataset, tmp_pa
     changed.write_bytes(changed.read_bytes())
     os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert json.loads(isc_verify(*copied, "-o", tmp_path / "changed.csv").stdout)["described"] == 1
+
+
+def test_cli_calibrates_on_ground_truth_and_reuses_the_calibration(dataset, tmp_path):
+    common = [dataset / "predictions.csv", "--data", dataset, "--k", 3, "--workers", 0, "--quiet",
+              "--cache", tmp_path / "cache"]
+    fitted = isc_verify(*common, "--calibrate-gt", dataset / "ground_truth.csv", "-o", tmp_path / "fitted.csv")
+    assert fitted.returncode == 0, fitted.stderr
+    calibration = Calibration.load(tmp_path / "fitted.calibration.json")
+    assert calibration.positives == len(EDITS) and calibration.pairs == len(read_predictions(dataset / "predictions.csv"))
+    assert calibration.conditions["verification"]["k"] == 3
+    rescored = read_predictions(tmp_path / "fitted.csv")
+    assert np.isfinite(rescored["score"]).all()
+    copies = {(query, f"R{reference:06d}") for query, (reference, _) in EDITS.items()}
+    top = rescored.head(len(EDITS))  # the copies rank above every other pair of every query
+    assert set(zip(top["query_id"], top["reference_id"], strict=True)) == copies
+    provenance = json.loads(Path(f"{tmp_path / 'fitted.csv'}.provenance.json").read_text())
+    assert "ground_truth.csv" in provenance["options"]["combiner"]
+
+    reused = isc_verify(*common, "--calibration", tmp_path / "fitted.calibration.json", "-o", tmp_path / "reused.csv")
+    assert reused.returncode == 0, reused.stderr
+    assert (tmp_path / "reused.csv").read_bytes() == (tmp_path / "fitted.csv").read_bytes()
+    assert "calibrated with verification=" in one_error_line(isc_verify(
+        *common[:4], 2, *common[5:], "--calibration", tmp_path / "fitted.calibration.json", "-o", tmp_path / "k2.csv"))
+    assert "a calibration replaces" in one_error_line(isc_verify(
+        *common, "--calibration", tmp_path / "fitted.calibration.json", "--weight", 1, "-o", tmp_path / "w.csv"))
+    (tmp_path / "bad.json").write_text("{}")
+    assert "not a calibration file" in one_error_line(isc_verify(
+        *common, "--calibration", tmp_path / "bad.json", "-o", tmp_path / "bad.csv"))
 
 
 def test_cli_killed_and_run_again_writes_the_same_bytes(dataset, tmp_path):

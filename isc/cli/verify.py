@@ -8,6 +8,9 @@ import json
 import sys
 from pathlib import Path
 
+import pandas as pd
+
+from isc.calibrate import Calibration, calibrate, ground_truth_labels
 from isc.cli.common import (
     check_outputs,
     non_negative_float,
@@ -19,13 +22,25 @@ from isc.cli.common import (
 )
 from isc.cli.options import PREDICTIONS_HELP
 from isc.images import list_images, list_split_images
-from isc.io import InputError, provenance_path, read_predictions
+from isc.io import InputError, provenance_path, read_ground_truth, read_predictions
 from isc.partial_log import NoImageRead
-from isc.verify import GEOMETRIES, InlierBonus, VerifyOptions, default_cache, evidence_path, verify
+from isc.verify import (
+    GEOMETRIES,
+    InlierBonus,
+    VerifyOptions,
+    calibration_conditions,
+    calibration_path,
+    default_cache,
+    evidence_path,
+    verify,
+)
 
 EPILOG = """\
-the new score of a pair is score + WEIGHT * min(inliers, CAP) / CAP; candidates beyond --k, and pairs with
-an unreadable image (listed, and flagged in the evidence's error column), count as zero inliers.
+the new score of a pair is score + WEIGHT * min(inliers, CAP) / CAP, or with --calibration the log-odds of a
+logistic model over the score, the gap to the query's best score, the rank, the inliers, the inlier ratio and
+the query's most inliers (isc-run fits one on copies it makes of training images; --calibrate-gt fits one on
+labelled queries); candidates beyond --k, and pairs with an unreadable image (listed, and flagged in the
+evidence's error column), count as zero inliers.
 
 files: OUT.csv (the re-scored predictions, by decreasing score), OUT.evidence.csv (query_id, reference_id,
 score: the input's, rank: 0-based among the query's candidates, verified, matches: after the ratio test,
@@ -39,6 +54,9 @@ killed run run again) reuse it, a changed file is described again.
 examples:
   isc-verify predictions.csv --data data/ -o verified.csv
   isc-verify predictions.csv --queries q/ --references r/ -o verified.csv --k 3 --geometry homography
+  isc-verify phase1.csv --data data/ -o phase1_verified.csv --calibrate-gt public_ground_truth.csv \
+      --calibration calibration.json       # fit on phase 1's labelled queries, save, use
+  isc-verify phase2.csv --data data/ -o phase2_verified.csv --calibration calibration.json
   torchrun --nproc_per_node 4 -m isc.cli.verify predictions.csv --data data/ -o verified.csv
 """
 
@@ -80,10 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="processes (0: this one; default every core, shared by the ranks of a machine)")
     parser.add_argument("--cache", metavar="DIR", help="feature cache folder (default: isc-verify-cache/ beside "
                         "the output)")
-    parser.add_argument("--weight", type=non_negative_float, default=bonus.weight,
+    parser.add_argument("--weight", type=non_negative_float,
                         help=f"weight of the inlier bonus (default {bonus.weight:g})")
-    parser.add_argument("--cap", type=positive_int, default=bonus.cap,
-                        help=f"inliers at which the bonus is full (default {bonus.cap})")
+    parser.add_argument("--cap", type=positive_int, help=f"inliers at which the bonus is full (default {bonus.cap})")
+    parser.add_argument("--calibration", metavar="FILE.json",
+                        help="combine with this calibration instead of the inlier bonus; with --calibrate-gt, where "
+                        "the fitted one is saved (default OUT.calibration.json)")
+    parser.add_argument("--calibrate-gt", metavar="GT.csv",
+                        help="fit the combination on this run's pairs whose query the ground truth covers (such as "
+                        "phase 1's public ground truth), save it and re-score with it")
     parser.add_argument("--max-broken", type=non_negative_float, default=0.01, metavar="FRACTION",
                         help="warn when more than this fraction of the images is broken (default 0.01; 1: never). "
                         "When no image at all can be read, nothing is written and the exit status is 1")
@@ -106,22 +129,41 @@ def _images(args: argparse.Namespace, split: str) -> dict[str, Path]:
 def run(args: argparse.Namespace) -> int:
     options = VerifyOptions(args.k, args.max_features, args.max_side, args.ratio, args.geometry, args.threshold,
                             args.workers).check()
-    combiner = InlierBonus(args.weight, args.cap)
+    if (args.calibration or args.calibrate_gt) and (args.weight is not None or args.cap is not None):
+        raise InputError("--weight and --cap set the fixed inlier bonus, which a calibration replaces")
+    combiner = InlierBonus(*[value for value in (args.weight, args.cap) if value is not None])
     output = Path(args.output)
-    check_outputs(inputs=[args.predictions, provenance_path(args.predictions)],
-                  outputs=[output, evidence_path(output), provenance_path(output)],
+    saved_calibration = Path(args.calibration) if args.calibration else calibration_path(output)
+    check_outputs(inputs=[args.predictions, provenance_path(args.predictions),
+                          *([args.calibrate_gt] if args.calibrate_gt else [])],
+                  outputs=[output, evidence_path(output), provenance_path(output),
+                           *([saved_calibration] if args.calibrate_gt else [])],
                   folders=[args.cache or default_cache(output)])
     predictions = read_predictions(args.predictions)
-    queries, references = _images(args, "query"), _images(args, "reference")
     source = provenance_path(args.predictions)
+    search_record = json.loads(source.read_text()) if source.is_file() else None
+    conditions = calibration_conditions(options, search_record)
+    fit = None
+    if args.calibrate_gt:
+        ground_truth = read_ground_truth(args.calibrate_gt)
+
+        def fit(evidence: pd.DataFrame) -> Calibration:
+            labelled, labels = ground_truth_labels(evidence, ground_truth)
+            fitted = calibrate(labelled, labels, f"{labelled['query_id'].nunique()} queries of {args.calibrate_gt}",
+                               conditions)
+            fitted.save(saved_calibration)
+            return fitted
+    elif args.calibration:
+        combiner = Calibration.load(args.calibration)
+        combiner.check_conditions(conditions, args.calibration)
+    queries, references = _images(args, "query"), _images(args, "reference")
     try:
         result = verify(
-            predictions, queries, references, output, options=options, cache=args.cache, combiner=combiner,
+            predictions, queries, references, output, options=options, cache=args.cache, combiner=combiner, fit=fit,
             strict=args.strict, max_broken=args.max_broken, quiet=args.quiet,
             record={"inputs": {"predictions": {"path": str(Path(args.predictions).resolve()),
                                                "bytes": Path(args.predictions).stat().st_size,
-                                               "provenance": json.loads(source.read_text()) if source.is_file()
-                                               else None},
+                                               "provenance": search_record},
                                "queries": str(args.queries or args.data), "references": str(args.references or args.data)}},
         )
     except NoImageRead as e:
