@@ -84,6 +84,11 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float = 1e-2,
     return theta[:d], float(theta[d])
 
 
+def _canonical(value: object) -> str:
+    """A value as JSON text, the same before and after a round trip through a calibration file."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A fitted logistic combination: ``scores(evidence)`` is its log-odds that each pair is a copy.
@@ -114,11 +119,14 @@ class Calibration:
         standardised = (pair_features(evidence) - np.asarray(self.mean)) / np.asarray(self.std)
         return standardised @ np.asarray(self.weights) + self.bias
 
+    def made_for(self, conditions: Mapping[str, object]) -> bool:
+        """Whether the calibration was fitted under exactly ``conditions``."""
+        return _canonical(self.conditions) == _canonical(conditions)
+
     def check_conditions(self, conditions: Mapping[str, object], source: str | Path) -> None:
         """Refuse evidence made with other settings than the calibration's (one line naming the first)."""
         for key, wanted in self.conditions.items():
-            if key in conditions and json.dumps(conditions[key], sort_keys=True, default=str) \
-                    != json.dumps(wanted, sort_keys=True, default=str):
+            if key in conditions and _canonical(conditions[key]) != _canonical(wanted):
                 raise InputError(f"{source}: calibrated with {key}={wanted!r}, but this evidence was made with "
                                  f"{key}={conditions[key]!r}: calibrate again for these settings")
 

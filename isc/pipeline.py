@@ -12,6 +12,11 @@ arguments, goes on where it stopped. Files under the work folder::
                                                             for the matching track only
     descriptors/pca<D>.npz, descriptors/*_pca<D>.h5         PCA-whitening learnt on the training descriptors
     predictions_phase<P>.csv                                matching-track predictions, score-normalised
+    predictions_phase<P>_verified.csv (+ .evidence.csv)     the same, each query's best candidates verified by
+                                                            local features (isc-verify) and re-scored
+    calibration.json, calibration/                          the logistic combination of score and evidence, fitted
+                                                            on edited copies of training images it makes itself
+    verify-cache/                                           local features of every image verified (both phases)
     run_summary.json                                        the steps, their times and the µAP reached
 
 Submissions go to ``submissions/phase<P>_{matching.csv,descriptors.h5}`` with their manifests.
@@ -19,15 +24,18 @@ Submissions go to ``submissions/phase<P>_{matching.csv,descriptors.h5}`` with th
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from isc import download, s3, synth
+from isc.calibrate import Calibration, calibrate, copy_labels, make_copies
 from isc.distributed import check_device
 from isc.extract import DEFAULT_BATCH_SIZE, extract, extraction_config, is_complete
 from isc.images import list_split_images
@@ -54,6 +62,15 @@ from isc.pca import apply_pca_file, learn_pca_file
 from isc.s3server import LocalS3Server
 from isc.search import DEFAULT_K, ScoreNorm, search
 from isc.submit import submit_descriptors, submit_matching
+from isc.verify import (
+    Combiner,
+    InlierBonus,
+    VerifyOptions,
+    calibration_conditions,
+    evidence_path,
+    read_evidence,
+    verify,
+)
 
 PHASES = (1, 2)
 DEMO_IMAGE_SIZE = 160  # the demo's default: 81 s on two idle cores; phase-1 matching µAP 0.81 with sscd and crops
@@ -84,6 +101,9 @@ class RunConfig:
     backend: str = "auto"
     norm: ScoreNorm = ScoreNorm()  # the matching track's score normalisation by the training descriptors
     query_crops: bool = True  # the matching track's queries as their full view and 5 crops (µAP +0.05 on photos)
+    verify: VerifyOptions | None = VerifyOptions()  # the matching track's candidates verified; None: not
+    calibration: Path | None = None  # a saved calibration to combine with, instead of one fitted on copies
+    calibration_copies: int = 300  # training images copied (edited) to fit the calibration on
     phases: Sequence[int] = PHASES
     ground_truth: Sequence[Path] = ()
     restrict_to_gt_queries: bool = False
@@ -151,8 +171,11 @@ def planned_outputs(config: RunConfig) -> list[Path]:
              *(f"query_phase{p}_crops" for p in phases if config.query_crops)]
     submissions = [default_submission_path(config.submissions, track, p)
                    for p in phases for track in ("matching", "descriptors")]
+    verified = [work / f"predictions_phase{p}_verified.csv" for p in phases] if config.verify else []
     return [work / "run_summary.json", *(work / "descriptors" / f"{name}.h5" for name in names),
-            *(work / f"predictions_phase{p}.csv" for p in phases), *submissions, *map(manifest_path, submissions)]
+            *(work / f"predictions_phase{p}.csv" for p in phases), *verified, *map(evidence_path, verified),
+            *([work / "calibration.json"] if config.verify and config.calibration is None else []),
+            *submissions, *map(manifest_path, submissions)]
 
 
 class Pipeline:
@@ -165,6 +188,10 @@ class Pipeline:
         if unknown or not config.phases:
             raise InputError(f"phases are 1 and 2, got {sorted(config.phases)}")
         check_device(config.device)
+        if config.verify is not None:
+            config.verify.check()
+        if config.calibration_copies < 0:
+            raise InputError(f"the calibration copies must be 0 or more, got {config.calibration_copies}")
         self.config = config
         self.work = Path(config.work)
         self.data = Path(config.data) if config.data else self.work / "data"
@@ -224,13 +251,17 @@ class Pipeline:
                     for p in self.config.phases}
         return {name: chosen for name, chosen in by_phase.items() if chosen}
 
+    @functools.cached_property
+    def model(self):  # noqa: ANN201 - a DescriptorModel, created once for every extraction of the run
+        options = {"image_size": self.config.image_size} if self.config.image_size is not None else {}
+        return create_model(self.config.model, checkpoint=self.config.checkpoint, **options)
+
     def extract(self) -> dict[str, Path]:
         """Describe every split (queries per phase, and with query crops again as ``query_phase<P>_crops``);
         returns the descriptor files by name."""
         c = self.config
         files = {}
-        options = {"image_size": c.image_size} if c.image_size is not None else {}
-        model = create_model(c.model, checkpoint=c.checkpoint, **options)
+        model = self.model
         for split in SPLITS:
             named = self.images(split)
             if split == "query" and c.query_crops:
@@ -305,6 +336,97 @@ class Pipeline:
                    f"{len(predictions):,} predictions{normalised}{views}", [output])
         return output
 
+    def calibrate(self, files: dict[str, Path]) -> Combiner:
+        """The combination of a pair's score and its verification evidence: the given calibration, else a
+        logistic model fitted on edited copies of training images searched against the references and their
+        sources (:mod:`isc.calibrate`), else (too few training images) the fixed inlier bonus."""
+        c = self.config
+        began = time.perf_counter()
+        reference_attributes = read_descriptor_attrs(files["reference"])
+        conditions = {**calibration_conditions(c.verify, {"inputs": {"reference": {
+            "model_attributes": reference_attributes}}}),
+            "search": {"norm": c.norm.recorded(), "k": c.k, "pca_dim": c.pca_dim,
+                       "query_crops": c.query_crops}}
+        if c.calibration is not None:
+            calibration = Calibration.load(c.calibration)
+            calibration.check_conditions(conditions, c.calibration)
+            self._step("calibrate", "given", None, began, True, f"{calibration!r} from {c.calibration}")
+            return calibration
+        path = self.work / "calibration.json"
+        if "training" not in files:
+            self._step("calibrate", "copies", None, began, True, "no training images: fixed inlier bonus")
+            return InlierBonus()
+        if _fresh([path], [files["reference"], files["training"]]):
+            calibration = Calibration.load(path)
+            if calibration.made_for(conditions):
+                self._step("calibrate", "copies", None, began, True, f"up to date: {calibration!r}", [path])
+                return calibration
+        training = self.images("training")["training"]
+        copies = min(c.calibration_copies, len(training) // 2)
+        if copies < 10:
+            self._step("calibrate", "copies", None, began, True,
+                       f"{len(training)} training images, too few to copy: fixed inlier bonus")
+            return InlierBonus()
+        evidence = self._copies_evidence(files, training, copies)
+        calibration = calibrate(evidence, copy_labels(evidence), f"{copies} edited copies of training images",
+                                conditions)
+        calibration.save(path)
+        found = int(copy_labels(evidence).sum())
+        self._step("calibrate", "copies", copies, began, False,
+                   f"{found} of {copies} sources among the copies' candidates; {calibration!r}", [path])
+        return calibration
+
+    def _copies_evidence(self, files: dict[str, Path], training: dict[str, Path], copies: int) -> pd.DataFrame:
+        """The verification evidence of edited copies of ``copies`` training images (chosen by a fixed seed),
+        each searched as the matching track searches a query, among the references plus the copied images,
+        the score normalised by the other training images."""
+        c = self.config
+        folder = self.work / "calibration"
+        ids = sorted(training)
+        chosen = np.sort(np.random.default_rng(0).choice(len(ids), copies, replace=False))
+        sources = {ids[i]: training[ids[i]] for i in chosen}
+        copy_images = make_copies(sources, folder / "copies")
+        raw = folder / ("copies_crops.h5" if c.query_crops else "copies.h5")
+        if not is_complete(raw, copy_images, extraction_config(self.model, crops=c.query_crops)):
+            extract(copy_images, raw, self.model, batch_size=c.batch_size, device=c.device, workers=c.workers,
+                    quiet=c.quiet, crops=c.query_crops, attrs={"source": str(folder / "copies")})
+        described = raw
+        if c.pca_dim:
+            described = folder / f"{raw.stem}_pca{c.pca_dim}.h5"
+            pca = self.descriptors / f"pca{c.pca_dim}.npz"
+            if not _fresh([described], [raw, pca]):
+                apply_pca_file(pca, raw, described)
+        copy_ids, copy_x, _ = read_descriptors(described, views=True)
+        reference_ids, reference_x, _ = read_descriptors(files["reference"], split="reference")
+        training_ids, training_x, _ = read_descriptors(files["training"], split="training")
+        is_source = np.isin(np.asarray(training_ids, dtype=object), list(sources))
+        predictions = search(copy_ids, copy_x, [*reference_ids, *np.asarray(training_ids, dtype=object)[is_source]],
+                             np.vstack([reference_x, training_x[is_source]]), training=training_x[~is_source],
+                             norm=c.norm, k=c.k, backend=c.backend, quiet=c.quiet)
+        output = folder / "copies_verified.csv"
+        verify(predictions, copy_images, {**self.images("reference")["reference"], **sources}, output,
+               options=c.verify, cache=self.work / "verify-cache", quiet=c.quiet)
+        return read_evidence(evidence_path(output))
+
+    def verify(self, predictions: Path, phase: int, combiner: Combiner) -> Path:
+        """The predictions with each query's best candidates verified by local features and re-scored."""
+        c = self.config
+        began = time.perf_counter()
+        output = self.work / f"predictions_phase{phase}_verified.csv"
+        calibration = [self.work / "calibration.json"] if c.calibration is None else [Path(c.calibration)]
+        inputs = [predictions, *(p for p in calibration if p.is_file())]
+        if _fresh([output, evidence_path(output)], inputs):
+            self._step("verify", f"phase {phase}", None, began, True, "up to date", [output])
+            return output
+        queries = self.images("query")[f"query_phase{phase}"]
+        result = verify(read_predictions(predictions), queries, self.images("reference")["reference"], output,
+                        options=c.verify, cache=self.work / "verify-cache", combiner=combiner, quiet=c.quiet)
+        broken = f", {len(result.broken)} broken images" if result.broken else ""
+        self._step("verify", f"phase {phase}", result.queries, began, False,
+                   f"{result.pairs:,} pairs (k {c.verify.k}) at {result.pairs_per_second} pairs/s, "
+                   f"{result.described:,} images described, {result.cached:,} cached{broken}", [output])
+        return output
+
     def submit(self, files: dict[str, Path], phase: int, predictions: Path, ground_truth: pd.DataFrame | None) -> None:
         c = self.config
         expected_queries, expected_references = (metadata_file(self.data, split) for split in ("query", "reference"))
@@ -377,12 +499,16 @@ class Pipeline:
         files = self.whiten(self.extract())
         truth = pd.concat([read_ground_truth(path) for path in self.config.ground_truth],
                           ignore_index=True) if self.config.ground_truth else None
+        combiner = None
         for phase in self.config.phases:
             predictions = self.search(files, phase)
             if predictions is None:
                 began = time.perf_counter()
                 self._step("search", f"phase {phase}", 0, began, True, "no query images of this phase")
                 continue
+            if self.config.verify is not None:
+                combiner = combiner or self.calibrate(files)  # fitted once, used for both phases
+                predictions = self.verify(predictions, phase, combiner)
             self.submit(files, phase, predictions, self.ground_truth(truth, phase))
         self.summary.write(self.work / "run_summary.json")
         return self.summary

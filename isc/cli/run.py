@@ -23,6 +23,7 @@ from isc.knn import BACKENDS
 from isc.manifest import SUBMISSIONS_DIR_ENV
 from isc.pipeline import DEMO_IMAGE_SIZE, PHASES, Pipeline, RunConfig, planned_outputs, run_demo
 from isc.search import DEFAULT_K
+from isc.verify import VerifyOptions
 
 EPILOG = """\
 examples:
@@ -82,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="references kept per query (default: %(default)s)")
     search.add_argument("--backend", default="auto", choices=BACKENDS, help="search backend (default: %(default)s)")
     add_score_norm_options(search)
+    verification = parser.add_argument_group("verification of the matching track's candidates (isc-verify)")
+    verification.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                              help="verify each query's best candidates by SIFT matching and re-score them "
+                              "(predictions_phase<P>_verified.csv; default: on)")
+    verification.add_argument("--verify-k", type=positive_int, default=VerifyOptions.k,
+                              help="candidates verified per query (default: %(default)s)")
+    verification.add_argument("--calibration", metavar="FILE.json",
+                              help="combine score and evidence with this calibration (isc-verify --calibrate-gt) "
+                              "instead of one fitted on edited copies of training images")
+    verification.add_argument("--calibration-copies", type=non_negative_int, default=RunConfig.calibration_copies,
+                              help="training images copied with random edits to fit the calibration on "
+                              "(default: %(default)s, at most half the training images)")
     search.add_argument("--phases", type=int, nargs="+", default=list(PHASES), choices=PHASES,
                         help="phases to submit (default: both, where their query images exist)")
     search.add_argument("--gt", action="append", default=[], metavar="CSV",
@@ -116,8 +129,10 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend, norm=score_norm(args), phases=sorted(set(args.phases)),
         ground_truth=[Path(p) for p in args.gt], restrict_to_gt_queries=args.restrict_to_gt_queries,
         submissions=Path(submissions), quiet=args.quiet,
+        verify=VerifyOptions(k=args.verify_k, workers=args.workers) if args.verify else None,
+        calibration=Path(args.calibration) if args.calibration else None, calibration_copies=args.calibration_copies,
     )
-    check_outputs(inputs=[args.checkpoint, *args.gt], outputs=planned_outputs(config), folders=[work, submissions])
+    check_outputs(inputs=[args.checkpoint, *args.gt, args.calibration], outputs=planned_outputs(config), folders=[work, submissions])
     check_device(args.device)  # before --demo generates its dataset
     summary = run_demo(config) if args.demo else Pipeline(config).run()
     if args.json:
