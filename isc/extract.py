@@ -19,7 +19,7 @@ extracts a contiguous shard of the sorted ids (:mod:`isc.distributed`).
 checks) and, for a class-per-folder tree (``ROOT/<class>/<image>``), ``classes`` (ASCII, one per row).
 Unreadable images are skipped and listed, with their reasons, in the ``broken`` attribute (JSON; their
 file stamps in ``broken_stamps``). Non-finite descriptors are refused, never written. With ``crops`` (query
-files of the matching track) each image gives several adjacent rows with its id, the full view then each
+or reference files of the matching track) each image gives several adjacent rows with its id, the full view then each
 crop of :func:`isc.images.crop_boxes`, cut from the decoded image; the attribute ``views_per_id`` says how many.
 """
 
@@ -153,7 +153,8 @@ def extract(
     (default on cuda);
     ``scales``/``flip``: test-time augmentation, descriptors averaged. ``crops``: each image gives
     :data:`isc.images.CROP_VIEWS` adjacent rows with its id, its full view then each of its
-    :func:`isc.images.crop_boxes` (a query file for the matching track; the attribute ``views_per_id`` says so).
+    :func:`isc.images.crop_boxes` (a query or reference file for the matching track; the attribute
+    ``views_per_id`` says so).
     ``strict``: the first broken image raises InputError. ``resume``: continue from the partial file of a
     killed run, extracting again the images changed since. ``classes``: ``{id: class}``, written as the
     dataset ``classes``. A warning when more than ``max_broken`` of the images are broken;

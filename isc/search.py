@@ -194,7 +194,9 @@ def search(
     search, on ``recall_queries`` queries, is reported on stderr and in ``result.attrs["recall"]``.
     A query id may repeat: its rows are views of one query (crops, scales), each normalised on its own,
     and a (query, reference) pair scores its best view's score, once; the query keeps its ``k`` best
-    references over all its views.
+    references over all its views. A reference id may repeat too (reference views, each normalised on its
+    own): a pair then scores its best (query view, reference view), and each query view is searched
+    ``k`` × (most views of one reference) deep, so that it still finds its ``k`` best distinct references.
     Returns a DataFrame ``query_id, reference_id, score`` sorted by decreasing score.
     """
     if len(query_ids) != len(query) or len(reference_ids) != len(reference):
@@ -204,7 +206,10 @@ def search(
     query = prepare_descriptors(query, "query")
     reference = prepare_descriptors(reference, "reference")
     check_pair(query, reference)
-    k = clamp_k(k, len(reference), "references")
+    distinct_ids, reference_of_row = view_groups(reference_ids)
+    k = clamp_k(k, len(distinct_ids), "references")
+    views = int(np.bincount(reference_of_row).max())
+    depth = min(k * views, len(reference))  # k distinct references lie within the k·views best rows
     query_bias = np.zeros(len(query), dtype=np.float32)
     if training is not None:
         training = prepare_descriptors(training, "training")
@@ -214,15 +219,18 @@ def search(
 
     recall = None
     if index is None:
-        scores, indices = knn(query, reference, k, "ip", backend, quiet)
+        scores, indices = knn(query, reference, depth, "ip", backend, quiet)
     else:
         train = reference if training is None or norm.references else training
-        scores, indices = index_search(build_index(index, reference, train, nprobe), query, k, quiet)
+        scores, indices = index_search(build_index(index, reference, train, nprobe), query, depth, quiet)
         sample = np.linspace(0, len(query) - 1, min(recall_queries, len(query))).astype(int)
-        recall = recall_against_exact(indices[sample], knn(query[sample], reference, k, "ip", backend)[1])
+        recall = recall_against_exact(indices[sample], knn(query[sample], reference, depth, "ip", backend)[1])
         log.info("index %s (nprobe %d): recall@%d against exact search %.4f on %d queries",
-                 index, nprobe, k, recall, len(sample))
+                 index, nprobe, depth, recall, len(sample))
     scores = scores - query_bias[:, None]
+    if views > 1:
+        scores, indices = best_reference_views(scores, indices, reference_of_row, k)
+        reference_ids = distinct_ids
     if len(set(query_ids)) < len(query_ids):
         result = best_view_pairs(top_pairs(query_ids, reference_ids, scores, indices, scores.size), k, max_results)
     else:
@@ -251,6 +259,38 @@ def normalise(
         reference = np.hstack([reference, -norm.beta * bias(reference)[:, None]])
         query = np.hstack([query, np.ones((len(query), 1), dtype=np.float32)])
     return query, reference, query_bias
+
+
+def view_groups(ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """(the distinct ids in the order of their first row, each row's position among them [n] int64): the
+    rows of one id are views of one image."""
+    position: dict[str, int] = {}
+    rows = np.fromiter((position.setdefault(i, len(position)) for i in ids), dtype=np.int64, count=len(ids))
+    return list(position), rows
+
+
+def best_reference_views(
+    scores: np.ndarray, indices: np.ndarray, reference_of_row: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query row, its ``k`` best distinct references, each scored by its best view: (scores [nq, k],
+    reference positions [nq, k], -1 and -inf where fewer were found), from the rows ``indices`` [nq, depth]
+    and their ``scores`` of a search among reference views whose reference is ``reference_of_row``."""
+    order = np.argsort(-scores, axis=1, kind="stable")  # best view first, whatever the backend's order
+    scores, indices = np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
+    references = np.where(indices >= 0, reference_of_row[np.maximum(indices, 0)], -1)
+    # the first (best) column of each reference in its row: stable sort by reference, compare neighbours
+    by_reference = np.argsort(references, axis=1, kind="stable")
+    grouped = np.take_along_axis(references, by_reference, 1)
+    first_sorted = np.ones(grouped.shape, dtype=bool)
+    first_sorted[:, 1:] = grouped[:, 1:] != grouped[:, :-1]
+    first = np.empty_like(first_sorted)
+    np.put_along_axis(first, by_reference, first_sorted, 1)
+    keep = first & (references >= 0)
+    keep &= np.cumsum(keep, axis=1) <= k
+    columns = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # the kept columns, still best first
+    kept = np.take_along_axis(keep, columns, 1)
+    return (np.where(kept, np.take_along_axis(scores, columns, 1), -np.inf).astype(np.float32),
+            np.where(kept, np.take_along_axis(references, columns, 1), -1))
 
 
 def top_pairs(
@@ -333,20 +373,20 @@ def search_files(
 ) -> pd.DataFrame:
     """:func:`search` over descriptor files: writes the predictions CSV ``output`` and its provenance sidecar.
 
-    ``phase``: keep only that phase's queries. Query rows may be several views of each query (a file
-    with the attribute ``views_per_id``), each pair scored by its best view. The files must come from the
+    ``phase``: keep only that phase's queries. Query and reference rows may be several views of each image
+    (a file with the attribute ``views_per_id``), each pair scored by its best two views. The files must come from the
     same model (:func:`check_same_model`). ``norm`` and ``options``: keyword arguments of :func:`search`. The
     sidecar ``<output>.provenance.json``, which isc-submit records in the submission's manifest, holds the
     options, each input's path, size and model attributes, and the toolkit version.
     """
     paths = {"query": query, "reference": reference, **({"training": training} if training is not None else {})}
-    files = {split: read_descriptors(path, split=split, views=split == "query") for split, path in paths.items()}
+    files = {split: read_descriptors(path, split=split, views=split != "training") for split, path in paths.items()}
     query_ids, query_x, _ = files["query"]
     if phase is not None:
         query_ids, query_x = phase_queries(query_ids, query_x, phase, query)
     for split in list(files)[1:]:  # reference, training: a clearer message than "dimension: a != b" below
         check_pair(query_x, files[split][1], f"query and {split}")
-    # views of the queries (crops) are made by the same model: not a model difference
+    # views (crops) of the queries or references are made by the same model: not a model difference
     check_same_model([(paths[split], attrs) for split, (_, _, attrs) in files.items()],
                      [*ignore_attributes, "views_per_id"])
     reference_ids, reference_x, _ = files["reference"]

@@ -44,6 +44,7 @@ from isc.io import (
     image_id,
     is_prediction_row,
     model_differences,
+    read_descriptor_attrs,
     read_descriptor_track,
     read_metadata,
     validate_ids,
@@ -483,6 +484,11 @@ def submit_descriptors(
     """
     _check_phase(phase)
     out = Path(out)
+    for path in (query, reference):
+        views = int(read_descriptor_attrs(path).get("views_per_id", 1))
+        if views > 1:
+            raise InputError(f"{path}: {views} views per image (isc-extract --crops); the descriptor track takes one "
+                             "descriptor per image: give the file extracted without --crops")
     query_file, reference_file = DescriptorFile.read(query, "query"), DescriptorFile.read(reference, "reference")
     phase1 = read_phase1_reference(phase1_reference) if phase1_reference is not None else None
     violations = check_descriptor_submission(

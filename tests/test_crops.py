@@ -1,5 +1,5 @@
-"""Query multi-crop extraction (isc-extract --crops): several rows per query, searchable, refused by the
-descriptor track, resumable."""
+"""Multi-crop extraction (isc-extract --crops) of queries and references: several rows per image, searched by
+the best (query view, reference view), refused by the descriptor track, resumable."""
 
 import subprocess
 import sys
@@ -15,6 +15,7 @@ from isc.images import CROP_VIEWS, crop_boxes, list_split_images, select_split_i
 from isc.io import InputError, read_descriptor_attrs, read_descriptors
 from isc.models import create_model
 from isc.partial_log import PartialLog
+from isc.search import ScoreNorm, search
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 TINY = ["--model", "efficientnet_lite0", "--image-size", "64"]
@@ -27,12 +28,12 @@ def _cli(name: str, *args) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def files(mini_dataset, tmp_path_factory) -> dict[str, Path]:
-    """Phase-1 queries with and without crops, and the references, all extracted by the CLI."""
+    """Phase-1 queries and the references, with and without crops, all extracted by the CLI."""
     folder = tmp_path_factory.mktemp("crops")
-    out = {name: folder / f"{name}.h5" for name in ("plain", "crops", "reference")}
+    out = {name: folder / f"{name}.h5" for name in ("plain", "crops", "reference", "reference_crops")}
     for name, extra in (("plain", ["--split", "query", "--phase", 1]), ("crops", ["--split", "query", "--phase", 1,
                                                                                   "--crops"]),
-                        ("reference", ["--split", "reference"])):
+                        ("reference", ["--split", "reference"]), ("reference_crops", ["--split", "reference", "--crops"])):
         result = _cli("extract", "--data", mini_dataset, *extra, *TINY, "-o", out[name], "--quiet")
         assert result.returncode == 0, result.stderr
     return out
@@ -88,11 +89,84 @@ def test_search_over_crops_gives_each_pair_once(files, tmp_path):
     assert set(predictions["query_id"]) <= set(read_descriptors(files["plain"])[0])
 
 
-def test_descriptor_track_refuses_a_crops_file(files, tmp_path):
-    result = _cli("submit", "descriptors", "--query", files["crops"], "--reference", files["reference"],
+@pytest.mark.parametrize("crops", ["query", "reference"])
+def test_descriptor_track_refuses_a_crops_file(files, tmp_path, crops):
+    refused = files["crops"] if crops == "query" else files["reference_crops"]
+    query, reference = (refused, files["reference"]) if crops == "query" else (files["plain"], refused)
+    result = _cli("submit", "descriptors", "--query", query, "--reference", reference,
                   "--phase", 1, "-o", tmp_path / "d.h5", "--quiet")
-    assert result.returncode == 2 and "more than once" in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert f"{refused}: 6 views per image" in result.stderr and "one descriptor per image" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "d.h5").exists()
+
+
+def test_search_over_reference_crops_scores_each_pair_by_its_best_two_views(files, tmp_path):
+    output = tmp_path / "p.csv"
+    result = _cli("search", "--query", files["crops"], "--reference", files["reference_crops"], "--k", 3,
+                  "-o", output, "--quiet")
+    assert result.returncode == 0, result.stderr
+    predictions = pd.read_csv(output)
+    query_ids, queries, _ = read_descriptors(files["crops"], views=True)
+    reference_ids, references, attrs = read_descriptors(files["reference_crops"], "reference", views=True)
+    assert attrs["views_per_id"] == CROP_VIEWS and reference_ids == [i for i in dict.fromkeys(reference_ids)
+                                                                       for _ in range(CROP_VIEWS)]
+    # every query keeps 3 distinct references, each scored by its best (query view, reference view)
+    assert (predictions.groupby("query_id")["reference_id"].nunique() == 3).all()
+    assert predictions["query_id"].nunique() == len(set(query_ids))
+    best = (queries @ references.T).reshape(len(set(query_ids)), CROP_VIEWS, -1, CROP_VIEWS).max(axis=(1, 3))
+    rows = {q: n for n, q in enumerate(dict.fromkeys(query_ids))}
+    columns = {r: n for n, r in enumerate(dict.fromkeys(reference_ids))}
+    for query_id, group in predictions.groupby("query_id"):
+        expected = np.sort(best[rows[query_id]])[::-1][:3]
+        np.testing.assert_allclose(np.sort(group["score"])[::-1], expected, atol=1e-5)
+        np.testing.assert_allclose(group["score"], best[rows[query_id], group["reference_id"].map(columns)],
+                                   atol=1e-5)
+
+
+def _views(rng: np.random.Generator, n: int, views: int, d: int, spread: float) -> np.ndarray:
+    """``n`` images of ``views`` unit rows each, adjacent, the views of an image close together."""
+    centres = rng.standard_normal((n, 1, d))
+    x = (centres + spread * rng.standard_normal((n, views, d))).reshape(n * views, d).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _bias(x: np.ndarray, training: np.ndarray, a: int, b: int) -> np.ndarray:
+    """The mean similarity of each row to its a-th..b-th nearest training rows, by a full sort."""
+    return np.mean(-np.sort(-(x @ training.T), axis=1)[:, a - 1:b], axis=1)
+
+
+@pytest.mark.parametrize("normalize_references", [False, True])
+@pytest.mark.parametrize("query_views", [1, 3])
+def test_reference_views_search_distinct_references_normalised_per_view(normalize_references, query_views):
+    # the views of one reference are so alike that a query's best rows are mostly views of a few references
+    rng = np.random.default_rng(3)
+    n_query, n_reference, views, d, k, beta = 20, 40, 6, 12, 4, 0.5
+    query = _views(rng, n_query, query_views, d, 0.3)
+    reference = _views(rng, n_reference, views, d, 0.1)
+    training = _views(rng, 60, 1, d, 0.0)
+    query_ids = [f"Q{i:05d}" for i in range(n_query) for _ in range(query_views)]
+    reference_ids = [f"R{i:06d}" for i in range(n_reference) for _ in range(views)]
+    predictions = search(query_ids, query, reference_ids, reference, k=k, training=training, max_results=10**6,
+                         norm=ScoreNorm(beta, (2, 4), references=normalize_references), backend="faiss-cpu",
+                         quiet=True)
+    # brute force: every (query view, reference view) normalised by its own views' biases, the best view pair kept
+    scores = query @ reference.T - beta * _bias(query, training, 2, 4)[:, None]
+    if normalize_references:
+        scores -= beta * _bias(reference, training, 2, 4)[None, :]
+    best = scores.reshape(n_query, query_views, n_reference, views).max(axis=(1, 3))
+    top = np.argsort(-best, axis=1)[:, :k]
+    expected = pd.DataFrame({"query_id": np.repeat([f"Q{i:05d}" for i in range(n_query)], k),
+                             "reference_id": [f"R{j:06d}" for j in top.ravel()],
+                             "score": np.take_along_axis(best, top, 1).ravel()})
+    assert len(predictions) == n_query * k and not predictions.duplicated(["query_id", "reference_id"]).any()
+    got = predictions.sort_values(["query_id", "score"], ascending=[True, False]).reset_index(drop=True)
+    expected = expected.sort_values(["query_id", "score"], ascending=[True, False]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[["query_id", "reference_id"]], expected[["query_id", "reference_id"]])
+    np.testing.assert_allclose(got["score"], expected["score"], atol=1e-5)
+    assert predictions["score"].is_monotonic_decreasing
+    # searched only k rows deep, a query view's rows would hold fewer than k distinct references
+    first_rows = np.argsort(-(query @ reference.T), axis=1)[:, :k] // views
+    assert min(len(set(row)) for row in first_rows) < k
 
 
 def test_crops_resume_after_a_partial_run_and_never_mix_with_plain(mini_dataset, files, tmp_path):

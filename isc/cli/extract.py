@@ -69,10 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test-time scales relative to the image size, descriptors averaged (default 1)")
     parser.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
     parser.add_argument("--crops", action="store_true",
-                        help="for query files of the matching track: each image gives 6 adjacent rows with its id, "
-                        "its full view then 5 crops (the four corners and the centre, 2/3 of each side), each its "
-                        "own descriptor (attribute views_per_id); isc-search scores each pair by its best view. "
-                        "Not for the descriptor track, which takes one row per query")
+                        help="for query or reference files of the matching track: each image gives 6 adjacent rows "
+                        "with its id, its full view then 5 crops (the four corners and the centre, 2/3 of each "
+                        "side), each its own descriptor (attribute views_per_id); isc-search scores each pair by its "
+                        "best (query view, reference view). Not for the descriptor track, which takes one row per "
+                        "image (isc-submit descriptors refuses the file)")
     parser.add_argument("--decoder", choices=DECODERS,
                         help="torchvision: batched JPEG decode on the device (nvJPEG on a GPU); pil: Pillow in "
                         "DataLoader workers, or, for a model that takes uint8 pixels, in worker processes that hand "

@@ -39,6 +39,10 @@ used --norm-beta 2 --norm-neighbors 10:10, SSCD --norm-beta 1 --norm-neighbors 1
 --norm-beta 0.5 --norm-neighbors 10:10, scored best on photos (docs/BENCHMARKS.md: +0.046 µAP over
 SSCD's with 500 training images; the best range may move with a larger training set).
 
+the query and reference files may hold several views (crops) of each image, the same id repeated, when
+their attribute views_per_id says so (isc-extract --crops): each pair then scores its best (query view,
+reference view), each view normalised on its own; every query still keeps k distinct references.
+
 the query, reference and training files must come from the same model (their attributes are compared
 as isc-submit does; files without model attributes, such as the organisers' own layout, only get a
 warning). Beside the CSV, <output>.provenance.json records the options, each input's path, size and
