@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from isc.io import InputError, atomic_path, pair_keys, split_folder
+from isc.io import IMAGE_SUFFIXES, InputError, atomic_path, pair_keys, split_folder
 from isc.metrics import Metrics, evaluate, plot_precision_recall
 
 if TYPE_CHECKING:
@@ -40,9 +41,9 @@ PLACEHOLDER_COLOR = (200, 200, 200)
 def label_predictions(predictions: pd.DataFrame, ground_truth: pd.DataFrame) -> pd.DataFrame:
     """Predictions with ``is_match`` and ``rank`` (1-based place among its query's predictions, ties pessimistic)."""
     positives = ground_truth[ground_truth["reference_id"] != ""]
-    keys = pair_keys(predictions["query_id"], predictions["reference_id"])
-    is_match = np.isin(keys, pair_keys(positives["query_id"], positives["reference_id"]))
-    rank = predictions["score"].groupby(keys // 1_000_000).rank(method="max", ascending=False)
+    keys, positive_keys = pair_keys(predictions, positives)
+    is_match = np.isin(keys, positive_keys)
+    rank = predictions["score"].groupby(predictions["query_id"].to_numpy()).rank(method="max", ascending=False)
     return predictions.assign(is_match=is_match, rank=rank.to_numpy(dtype=np.int64))
 
 
@@ -64,8 +65,8 @@ def missed_pairs(labeled: pd.DataFrame, ground_truth: pd.DataFrame, threshold: f
     """
     positives = ground_truth.loc[ground_truth["reference_id"] != "", ["query_id", "reference_id"]]
     found = labeled[labeled["is_match"]]
-    found = found.set_index(pair_keys(found["query_id"], found["reference_id"]))
-    keys = pair_keys(positives["query_id"], positives["reference_id"])
+    found_keys, keys = pair_keys(found, positives)
+    found = found.set_index(found_keys)
     got = positives.assign(score=found["score"].reindex(keys).to_numpy(), rank=found["rank"].reindex(keys).to_numpy())
     # the scorer ranks wrong pairs first on ties, so every true pair scoring >= the threshold is counted
     counted = got["score"] >= threshold if threshold is not None else np.zeros(len(got), dtype=bool)
@@ -82,9 +83,21 @@ def sample_pairs(pairs: pd.DataFrame, n: int, seed: int = 0, by: str = "score") 
 # ----------------------------------------------------------------------------- images
 
 
-def image_path(data_root: str | Path, image_id: str) -> Path:
-    """Where the dataset folder keeps an image: ``ROOT/{query,reference}_images/<id>.jpg``."""
-    return split_folder(data_root, "query" if image_id.startswith("Q") else "reference") / f"{image_id}.jpg"
+SIDES = ("query", "reference")  # the two columns of a pair, each shown by its own image
+ImageLocator = Callable[[str, str], Path]  # (side, id) -> the image file
+
+
+def image_path(data_root: str | Path, image_id: str, side: str | None = None) -> Path:
+    """Where the dataset folder keeps an image: ``ROOT/<side>_images/<id><suffix>``, else ``ROOT/<id><suffix>``,
+    for any suffix the extractor reads (the ``.jpg`` path when there is none); ``side`` (query or reference)
+    defaults to the competition's, from the id (``Q``: query)."""
+    side = side or ("query" if image_id.startswith("Q") else "reference")
+    for folder in (split_folder(data_root, side), Path(data_root)):
+        for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
+            # the id as text, not Path.with_suffix: an id may hold dots and folders
+            if (candidate := folder / f"{image_id}{suffix}").is_file():
+                return candidate
+    return split_folder(data_root, side) / f"{image_id}.jpg"
 
 
 def placeholder_tile(text: str, size: int = THUMBNAIL_SIZE) -> Image.Image:
@@ -175,7 +188,7 @@ class Report:
     metrics: Metrics
     labeled: pd.DataFrame
     galleries: list[Gallery]
-    thumbnails: dict[str, Image.Image] = field(repr=False)
+    thumbnails: dict[tuple[str, str], Image.Image] = field(repr=False)  # by (side, id)
     missing_images: list[str]
     source: str = ""
 
@@ -217,22 +230,24 @@ def build_report(
         Gallery("Random true matches", "Random sample of the true pairs the predictions contain.",
                 sample_pairs(true_matches, gallery_size, seed), len(true_matches)),
     ]
-    thumbnails, missing = load_thumbnails(galleries, data_root, thumbnail_size, quiet)
+    thumbnails, missing = load_thumbnails(galleries, lambda side, i: image_path(data_root, i, side), thumbnail_size,
+                                          quiet)
     return Report(metrics, labeled, galleries, thumbnails, missing, source)
 
 
 def load_thumbnails(
-    galleries: list[Gallery], data_root: str | Path, size: int = THUMBNAIL_SIZE, quiet: bool = False
-) -> tuple[dict[str, Image.Image], list[str]]:
-    """Thumbnails of every image the galleries show (placeholders for missing ones) and the missing ids."""
-    ids = sorted({i for g in galleries for column in ("query_id", "reference_id") for i in g.pairs[column]})
+    galleries: list[Gallery], locate: ImageLocator, size: int = THUMBNAIL_SIZE, quiet: bool = False
+) -> tuple[dict[tuple[str, str], Image.Image], list[str]]:
+    """Thumbnails of every image the galleries show, by (side, id), each read from ``locate(side, id)``
+    (placeholders for missing ones), and the missing ids."""
+    keys = sorted({(side, i) for g in galleries for side in SIDES for i in g.pairs[f"{side}_id"]})
     thumbnails, missing = {}, []
-    for image_id in tqdm(ids, desc="thumbnails", unit="img", disable=quiet):
-        thumbnail = load_thumbnail(image_path(data_root, image_id), size)
+    for side, image_id in tqdm(keys, desc="thumbnails", unit="img", disable=quiet):
+        thumbnail = load_thumbnail(locate(side, image_id), size)
         if thumbnail is None:
             missing.append(image_id)
-            thumbnail = placeholder_tile(f"{image_id}\nmissing", size)
-        thumbnails[image_id] = thumbnail
+            thumbnail = placeholder_tile(f"{image_id[:20]}\nmissing", size)
+        thumbnails[side, image_id] = thumbnail
     return thumbnails, missing
 
 
@@ -250,14 +265,14 @@ def pair_caption(row: pd.Series) -> str:
     return " · ".join(parts)
 
 
-def gallery_html(gallery: Gallery, thumbnails: dict[str, Image.Image]) -> str:
+def gallery_html(gallery: Gallery, thumbnails: dict[tuple[str, str], Image.Image]) -> str:
     """A gallery section: one card per pair, query beside reference, with ids and caption."""
     cards = []
     for _, row in gallery.pairs.iterrows():
         images = "".join(
-            f'<figure><img src="{jpeg_data_uri(thumbnails[image_id])}" alt="{html.escape(image_id)}">'
-            f"<figcaption>{html.escape(image_id)}</figcaption></figure>"
-            for image_id in (row["query_id"], row["reference_id"])
+            f'<figure><img src="{jpeg_data_uri(thumbnails[side, row[f"{side}_id"]])}" '
+            f'alt="{html.escape(row[f"{side}_id"])}"><figcaption>{html.escape(row[f"{side}_id"])}</figcaption></figure>'
+            for side in SIDES
         )
         cards.append(f'<div class="pair"><div class="images">{images}</div>'
                      f'<div class="caption">{html.escape(pair_caption(row))}</div></div>')
