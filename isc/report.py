@@ -335,11 +335,18 @@ def render_html(report: Report) -> str:
         warning = (f'<p class="warning">{n} image{"s" if n > 1 else ""} not found under the data folder '
                    f"(grey tiles): {html.escape(shown)}</p>")
     title = "Copy-detection error report" + (f": {report.source}" if report.source else "")
+    return page_html(title, f"{metrics_table_html(report.metrics)}{figures}{warning}", report.galleries,
+                     report.thumbnails, size)
+
+
+def page_html(title: str, header: str, galleries: list[Gallery], thumbnails: dict[tuple[str, str], Image.Image],
+              thumbnail_size: int = THUMBNAIL_SIZE) -> str:
+    """A self-contained page: the title, ``header`` (HTML), then the galleries."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title>{style_html(size)}</head><body>"
-        f"<h1>{html.escape(title)}</h1>{metrics_table_html(report.metrics)}{figures}{warning}"
-        + "".join(gallery_html(g, report.thumbnails) for g in report.galleries)
+        f"<title>{html.escape(title)}</title>{style_html(thumbnail_size)}</head><body>"
+        f"<h1>{html.escape(title)}</h1>{header}"
+        + "".join(gallery_html(g, thumbnails) for g in galleries)
         + "</body></html>\n"
     )
 
@@ -369,3 +376,20 @@ def write_summary_png(report: Report, path: str | Path) -> None:
     ImageDraw.Draw(summary).text((10, 10), text, fill="black", font=font)
     with atomic_path(path) as tmp:
         summary.save(tmp, format="PNG")
+
+
+def write_matches_page(
+    path: str | Path, matches: pd.DataFrame, below: pd.DataFrame, locate: ImageLocator, summary: str,
+    gallery_size: int = 200, thumbnail_size: int = THUMBNAIL_SIZE, quiet: bool = False,
+) -> None:
+    """An HTML page of found copies (no ground truth): the best ``gallery_size`` matches, then the best pairs
+    scoring just below the threshold, each image read from ``locate(side, id)``."""
+    galleries = [
+        Gallery("Matches", "Pairs at or above the threshold, best first.", matches.head(gallery_size), len(matches)),
+        Gallery("Closest below the threshold", "The best pairs that were not kept: copies missed, if any.",
+                below.head(min(gallery_size, GALLERY_SIZE)), len(below)),
+    ]
+    thumbnails, _ = load_thumbnails(galleries, locate, thumbnail_size, quiet)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(page_html("Copies found", f"<p>{html.escape(summary)}</p>", galleries, thumbnails,
+                                       thumbnail_size), encoding="utf-8")

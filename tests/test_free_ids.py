@@ -112,7 +112,8 @@ def test_phase_and_submit_apply_the_competition_id_rules_and_say_so(described, t
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "s.h5").exists()
 
 
-COMMANDS = ["download", "eval", "extract", "pca", "report", "run", "s3serve", "search", "submit", "synth", "train"]
+COMMANDS = ["download", "eval", "extract", "find", "pca", "report", "run", "s3serve", "search", "submit", "synth",
+            "train"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
