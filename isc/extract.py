@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from isc.distributed import barrier, join_process_group, leave_process_group, this_device
 from isc.images import CROP_VIEWS, DEFAULT_MAX_PIXELS
-from isc.io import InputError, model_differences, provenance, read_descriptor_attrs
+from isc.io import InputError, decode_id, model_differences, provenance, read_descriptor_attrs
 from isc.models import DescriptorModel
 from isc.partial_log import PartialWriter, merge_partial_logs, partial_path
 from isc.pixel_batches import pixel_batches
@@ -86,7 +86,7 @@ def is_complete(output: str | Path, images: Mapping[str, Path], config: Mapping[
     with h5py.File(output, "r") as f:
         if any(name not in f for name in ("ids", "descriptors", "file_stamps")):
             return False
-        recorded = dict(zip((x.decode("ascii") for x in f["ids"][()]), map(tuple, f["file_stamps"][()].tolist()),
+        recorded = dict(zip((decode_id(x) for x in f["ids"][()]), map(tuple, f["file_stamps"][()].tolist()),
                             strict=True))
     recorded.update((image_id, tuple(stamp)) for image_id, stamp in json.loads(attrs.get("broken_stamps", "{}")).items())
     return recorded.keys() == images.keys() and all(recorded[i] == file_stamp(path) for i, path in images.items())
@@ -166,9 +166,6 @@ def extract(
         raise InputError("two images have the same id (file stem)")
     if not items:
         raise InputError("no images to extract")
-    non_ascii = next((i for i in items if not i.isascii()), None)
-    if non_ascii is not None:
-        raise InputError(f"image id {non_ascii!r} is not ASCII (descriptor files store ASCII ids)")
     if decoder not in (None, *DECODERS):
         raise InputError(f"unknown decoder {decoder!r} (choose from {', '.join(DECODERS)})")
     if not scales or min(scales) <= 0:
@@ -179,8 +176,8 @@ def extract(
         raise InputError(f"workers must be 0 or more, got {workers}")
     if max_pixels < 1:
         raise InputError(f"the pixel limit must be at least 1, got {max_pixels}")
-    if classes is not None and (classes.keys() != items.keys() or not all(c.isascii() for c in classes.values())):
-        raise InputError("classes must give one ASCII class name for every image id")
+    if classes is not None and classes.keys() != items.keys():
+        raise InputError("classes must give one class name for every image id")
     output = Path(output)
     ids = sorted(items)
     torch_device = this_device(device)

@@ -52,7 +52,8 @@ def list_split_images(root: str | Path, split: str) -> dict[str, Path]:
               and not p.name.startswith(".")}
     if not images:
         raise InputError(f"{folder}: no .jpg images")
-    validate_ids(list(images), split, folder, what="image")
+    validate_ids(list(images), split, folder, what="image",
+                 why="a competition data root holds the competition's ids (--images takes any file names)")
     return dict(sorted(images.items()))
 
 

@@ -1,6 +1,8 @@
 """Every file format of the toolkit, read and written in one place.
 
-- image ids: queries ``Q`` + 5 digits, references ``R`` + 6, training ``T`` + 6;
+- image ids: any text (a file's stem or its path relative to a folder), stored as UTF-8; the competition's
+  rules (queries ``Q`` + 5 digits, references ``R`` + 6, training ``T`` + 6, ASCII) apply only where the
+  competition needs them (a phase, a submission, a competition data root);
 - descriptor files (HDF5, one per split): datasets ``ids`` and ``descriptors`` plus provenance attributes
   (optionally ``classes``, one class name per row); the organisers' layout ``image_names`` and ``vectors``
   is read too;
@@ -104,15 +106,28 @@ def first_bad_id(ids: pd.Series | Sequence[str], split: str) -> int | None:
     return None if ok.all() else int(np.flatnonzero(~ok)[0])
 
 
-def validate_ids(ids: pd.Series | Sequence[str], split: str, source: str | Path, what: str = "id") -> None:
-    """Raise InputError naming ``source`` and the first id that does not belong to ``split``."""
+def validate_ids(
+    ids: pd.Series | Sequence[str], split: str, source: str | Path, what: str = "id", why: str = ""
+) -> None:
+    """Raise InputError naming ``source`` and the first id that does not belong to ``split``; ``why``: what
+    applies the competition's id rules here, said at the end of the message."""
     bad = first_bad_id(ids, split)
     if bad is not None:
         value = ids.iloc[bad] if hasattr(ids, "iloc") else list(ids)[bad]
         raise InputError(
             f"{source}: {what} #{bad} is {value!r}, not a {split} id ({ID_PREFIX[split]} + "
-            f"{ID_DIGITS[split]} digits)"
+            f"{ID_DIGITS[split]} ASCII digits){f'; {why}' if why else ''}"
         )
+
+
+def encode_ids(ids: Sequence[str]) -> np.ndarray:
+    """Ids as fixed-length UTF-8 bytes, as descriptor files store them (plain ASCII for the competition's ids)."""
+    return np.array([str(i).encode("utf-8") for i in ids], dtype="S")
+
+
+def decode_id(raw: bytes | str) -> str:
+    """An id stored by :func:`encode_ids`."""
+    return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
 
 
 def parse_id_range(text: str, split: str) -> tuple[str, str]:
@@ -207,7 +222,7 @@ def write_descriptors(
     ids = [str(i) for i in ids]
     _check_descriptors(ids, descriptors, path)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("ids", data=np.array(ids, dtype="S"))
+        f.create_dataset("ids", data=encode_ids(ids))
         f.create_dataset("descriptors", data=descriptors, chunks=True if len(ids) else None)
         for key, value in {**provenance(), **(attrs or {}), "dimension": descriptors.shape[1]}.items():
             f.attrs[key] = value
@@ -216,11 +231,19 @@ def write_descriptors(
 def _decode_ids(dataset: h5py.Dataset) -> list[str]:
     values = dataset[()]
     try:
-        return [x.decode("ascii") if isinstance(x, bytes) else str(x) for x in values]
+        return [decode_id(x) for x in values]
     except UnicodeDecodeError:
-        row = next(i for i, x in enumerate(values) if isinstance(x, bytes) and not x.isascii())
+        row = next(i for i, x in enumerate(values) if isinstance(x, bytes) and not _is_utf8(x))
         raise InputError(f"{dataset.file.filename}: dataset {dataset.name.lstrip('/')} row {row} is not "
-                         f"ASCII ({values[row]!r})") from None
+                         f"UTF-8 text ({values[row]!r})") from None
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def check_file(path: str | Path, what: str, here: bool = False) -> None:
@@ -351,7 +374,7 @@ def read_descriptors(
         attrs = _attrs(f)
     _check_descriptors(ids, descriptors, path)
     if split is not None:
-        validate_ids(ids, split, path)
+        validate_ids(ids, split, path, why="the competition's id rules apply here")
     import pandas as pd
 
     duplicated = pd.Index(ids).duplicated()
@@ -450,14 +473,16 @@ def read_descriptor_track(path: str | Path) -> tuple[list[str], np.ndarray, list
 
 
 def _read_csv(
-    path: str | Path, columns: Sequence[str], what: str, dtype: type | None = str, header: bool = True
+    path: str | Path, columns: Sequence[str], what: str, dtype: type | dict[str, type] | None = str,
+    header: bool = True,
 ) -> pd.DataFrame:
-    """The ``columns`` of a CSV; ``header=False``: the file has no header row, its fields are ``columns`` in order."""
+    """The ``columns`` of a CSV; ``header=False``: the file has no header row, its fields are ``columns`` in order;
+    ``dtype``: of every column (str), of some (a dict), or inferred (None)."""
     import pandas as pd
 
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")
-    options = {"dtype": str} if dtype is str else {}
+    options = {"dtype": dtype} if dtype is not None else {}
     if not header:
         options.update(header=None, names=list(columns))
     try:
@@ -479,28 +504,22 @@ def _read_csv(
     return df[list(columns)]
 
 
-def _check_id_column(
-    df: pd.DataFrame, column: str, split: str, path: str | Path, allow_empty: bool = False, first_line: int = 2
-) -> np.ndarray:
-    """The id numbers of a column (-1 for an allowed empty id); InputError at the first bad row.
+def pair_keys(*frames: pd.DataFrame) -> list[np.ndarray]:
+    """One int64 per (query_id, reference_id) row of each frame, equal for equal pairs across all the frames
+    (ids of any form), for fast joins and duplicate checks."""
+    import pandas as pd
 
-    ``first_line``: the file's line number of the first row (2 below a header row)."""
-    numbers, ok = id_numbers(df[column], split)
-    if allow_empty:
-        ok |= (df[column] == "").to_numpy()
-    if not ok.all():
-        row = int(np.flatnonzero(~ok)[0])
-        value = str(df[column].iloc[row])
-        raise InputError(
-            f"{path}: line {row + first_line}: {column} {repr(value) if value else '(empty)'} is not a {split} id "
-            f"({ID_PREFIX[split]} + {ID_DIGITS[split]} digits)"
-        )
-    return numbers
+    codes = [pd.factorize(pd.concat([f[column] for f in frames], ignore_index=True))
+             for column in ("query_id", "reference_id")]
+    keys = codes[0][0].astype(np.int64) * max(len(codes[1][1]), 1) + codes[1][0]
+    return np.split(keys, np.cumsum([len(f) for f in frames])[:-1])
 
 
-def pair_keys(query_ids: pd.Series, reference_ids: pd.Series) -> np.ndarray:
-    """One int64 per (query, reference) pair, for fast joins and duplicate checks over well-formed ids."""
-    return id_numbers(query_ids, "query")[0] * 1_000_000 + id_numbers(reference_ids, "reference")[0]
+def _check_non_empty(df: pd.DataFrame, column: str, path: str | Path, first_line: int = 2) -> None:
+    """InputError at the first row whose ``column`` is empty (any other text is an id)."""
+    empty = (df[column] == "").to_numpy()
+    if empty.any():
+        raise InputError(f"{path}: line {int(np.flatnonzero(empty)[0]) + first_line}: {column} is empty")
 
 
 def _first_repeated(keys: np.ndarray) -> tuple[int, int] | None:
@@ -551,7 +570,7 @@ def _has_header_row(path: str | Path) -> bool:
         return False
     raise InputError(
         f"{path}: line 1 is neither the header {','.join(PREDICTION_COLUMNS)} nor a prediction row "
-        f"(query id, reference id, score): {','.join(first)[:80]!r}"
+        f"(competition query id, reference id, score; other ids need the header row): {','.join(first)[:80]!r}"
     )
 
 
@@ -567,15 +586,16 @@ def read_predictions(path: str | Path, duplicates: str = "error", max_rows: int 
 
     header = _has_header_row(path)
     first_line = 2 if header else 1  # the file's line number of the first prediction
-    # pandas' own type inference is the fast path for 500,000 rows; ids are checked byte-wise below
-    df = _read_csv(path, PREDICTION_COLUMNS, "predictions", dtype=None, header=header)
+    # pandas' own type inference is the fast path for the scores; ids stay text ("001" is not 1)
+    df = _read_csv(path, PREDICTION_COLUMNS, "predictions", dtype={"query_id": str, "reference_id": str},
+                   header=header)
     if max_rows is not None and len(df) > max_rows:
         raise InputError(
             f"{path}: {len(df):,} predictions, more than the {max_rows:,} a matching-track file may hold "
             "(the organisers' scorer refuses it: too many predictions); --no-row-limit reads it anyway"
         )
-    keys = _check_id_column(df, "query_id", "query", path, first_line=first_line) * 1_000_000
-    keys += _check_id_column(df, "reference_id", "reference", path, first_line=first_line)
+    for column in ("query_id", "reference_id"):
+        _check_non_empty(df, column, path, first_line)
     scores = pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(scores)
     if bad.any():
@@ -585,7 +605,7 @@ def read_predictions(path: str | Path, duplicates: str = "error", max_rows: int 
             f"{path}: line {row + first_line}: score {repr(value) if value else '(empty)'} is not a finite number"
         )
     df = df.assign(score=scores)
-    repeat = _first_repeated(keys)
+    repeat = _first_repeated(pair_keys(df)[0])
     if repeat is not None:
         row, first = repeat
         pair = f"({df['query_id'].iloc[row]}, {df['reference_id'].iloc[row]})"
@@ -617,9 +637,8 @@ def read_ground_truth(path: str | Path) -> pd.DataFrame:
     """Read a ground-truth CSV: one row per query, ``reference_id`` empty when the query has no match."""
     df = _read_csv(path, ("query_id", "reference_id"), "ground-truth")
     df = df.assign(query_id=df["query_id"].str.strip(), reference_id=df["reference_id"].str.strip())
-    keys = _check_id_column(df, "query_id", "query", path) * 1_000_000
-    keys += _check_id_column(df, "reference_id", "reference", path, allow_empty=True)
-    repeat = _first_repeated(keys)
+    _check_non_empty(df, "query_id", path)
+    repeat = _first_repeated(pair_keys(df)[0])
     if repeat is not None:
         row, first = repeat
         raise InputError(f"{path}: line {row + 2}: pair ({df['query_id'].iloc[row]}, "

@@ -111,20 +111,20 @@ def evaluate(
     """
     if restrict_to_ground_truth_queries:
         predictions = predictions[predictions["query_id"].isin(ground_truth["query_id"])]
-    keys = pair_keys(predictions["query_id"], predictions["reference_id"])
+    positives = ground_truth[ground_truth["reference_id"] != ""]
+    keys, positive_keys = pair_keys(predictions, positives)
     repeated = pd.Series(keys).duplicated().to_numpy()
     if repeated.any():
         row = predictions.iloc[int(np.flatnonzero(repeated)[0])]
         raise InputError(f"predictions contain the pair ({row['query_id']}, {row['reference_id']}) more than once")
-    positives = ground_truth[ground_truth["reference_id"] != ""]
     n_positives = len(positives)
     if n_positives == 0:
         raise InputError("the ground truth has no (query, reference) pair: nothing to measure recall against")
-    is_match = np.isin(keys, pair_keys(positives["query_id"], positives["reference_id"]))
+    is_match = np.isin(keys, positive_keys)
     scores = predictions["score"].to_numpy(dtype=np.float64)
     precisions, recalls, thresholds = precision_recall(is_match, scores, n_positives)
     recall_p90, threshold_p90 = operating_point(precisions, recalls, thresholds, REQUIRED_PRECISION)
-    queries = keys // 1_000_000
+    queries = pd.factorize(predictions["query_id"])[0]
     rank1, rank10 = _recall_at_ranks(queries, scores, is_match, n_positives)
     return Metrics(
         muap=average_precision(recalls, precisions),

@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from isc.io import InputError, atomic_path, model_differences
+from isc.io import InputError, atomic_path, decode_id, encode_ids, model_differences
 
 H5_LIBVER = ("v108", "latest")  # dense attribute storage: the broken-image list can exceed 64 KB
 MERGE_ROWS = 8192
@@ -81,7 +81,7 @@ class PartialLog:
                 ids = np.frombuffer(data, f"S{id_length}", rows, ids_at)
                 stamps.append(np.frombuffer(data, np.int64, rows * 2, stamps_at).reshape(rows, 2))
                 self._blocks.append((len(self.ids), rows, stamps_at + rows * 16))
-                self.ids += [i.decode("ascii") for i in ids]
+                self.ids += [decode_id(i) for i in ids]
             elif kind == b"B":
                 broken = json.loads(bytes(data[start:stop]))
                 self.broken, self.broken_stamps = broken["reasons"], broken["stamps"]
@@ -135,7 +135,7 @@ class PartialWriter:
         self.file.flush()
 
     def append(self, ids: Sequence[str], descriptors: np.ndarray, stamps: Sequence[tuple[int, int]]) -> None:
-        encoded = np.array(ids, dtype="S")
+        encoded = encode_ids(ids)
         self._write(b"D", PartialLog.COUNTS.pack(len(ids), encoded.itemsize) + encoded.tobytes()
                     + np.array(stamps, np.int64).reshape(len(ids), 2).tobytes()
                     + np.ascontiguousarray(descriptors, np.float32).tobytes())
@@ -177,7 +177,7 @@ def _merge(parts: Sequence[Path], output: Path, shards: Sequence[Sequence[str]],
         raise NoImageRead(f"none of the {len(broken)} images could be read ({first}: {broken[first]}"
                           f"{', ...' if len(broken) > 1 else ''}); {output} not written")
     views = int(attrs.get("views_per_id", 1))
-    ids = np.array([image_id for image_id, _, _ in chosen], dtype="S")
+    ids = encode_ids([image_id for image_id, _, _ in chosen])
     source = np.array([k for _, k, _ in chosen])
     rows = np.array([row for _, _, row in chosen])
     stamps = np.empty((len(chosen), 2), np.int64)
@@ -198,8 +198,8 @@ def _merge(parts: Sequence[Path], output: Path, shards: Sequence[Sequence[str]],
             target[start * views:(start + len(block)) * views] = block.reshape(-1, dim)
         out.create_dataset("file_stamps", data=np.repeat(stamps, views, axis=0)).attrs["columns"] = "size,mtime_ns"
         if classes is not None:
-            out.create_dataset("classes", data=np.repeat(np.array([classes[image_id] for image_id, _, _ in chosen],
-                                                                  dtype="S"), views))
+            out.create_dataset("classes", data=np.repeat(encode_ids([classes[image_id] for image_id, _, _ in chosen]),
+                                                                  views))
         for key, value in {**attrs, "broken": json.dumps(broken), "n_broken": len(broken),
                            "broken_stamps": json.dumps(broken_stamps)}.items():
             out.attrs[key] = value

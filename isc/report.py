@@ -15,6 +15,7 @@ import base64
 import html
 import io
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from isc.io import InputError, atomic_path, pair_keys, split_folder
+from isc.io import IMAGE_SUFFIXES, InputError, atomic_path, pair_keys, split_folder
 from isc.metrics import Metrics, evaluate, plot_precision_recall
 
 if TYPE_CHECKING:
@@ -47,9 +48,9 @@ MATCH_GAP = 6  # pixels between the two images of a match picture
 def label_predictions(predictions: pd.DataFrame, ground_truth: pd.DataFrame) -> pd.DataFrame:
     """Predictions with ``is_match`` and ``rank`` (1-based place among its query's predictions, ties pessimistic)."""
     positives = ground_truth[ground_truth["reference_id"] != ""]
-    keys = pair_keys(predictions["query_id"], predictions["reference_id"])
-    is_match = np.isin(keys, pair_keys(positives["query_id"], positives["reference_id"]))
-    rank = predictions["score"].groupby(keys // 1_000_000).rank(method="max", ascending=False)
+    keys, positive_keys = pair_keys(predictions, positives)
+    is_match = np.isin(keys, positive_keys)
+    rank = predictions["score"].groupby(predictions["query_id"].to_numpy()).rank(method="max", ascending=False)
     return predictions.assign(is_match=is_match, rank=rank.to_numpy(dtype=np.int64))
 
 
@@ -71,8 +72,8 @@ def missed_pairs(labeled: pd.DataFrame, ground_truth: pd.DataFrame, threshold: f
     """
     positives = ground_truth.loc[ground_truth["reference_id"] != "", ["query_id", "reference_id"]]
     found = labeled[labeled["is_match"]]
-    found = found.set_index(pair_keys(found["query_id"], found["reference_id"]))
-    keys = pair_keys(positives["query_id"], positives["reference_id"])
+    found_keys, keys = pair_keys(found, positives)
+    found = found.set_index(found_keys)
     got = positives.assign(score=found["score"].reindex(keys).to_numpy(), rank=found["rank"].reindex(keys).to_numpy())
     # the scorer ranks wrong pairs first on ties, so every true pair scoring >= the threshold is counted
     counted = got["score"] >= threshold if threshold is not None else np.zeros(len(got), dtype=bool)
@@ -89,9 +90,21 @@ def sample_pairs(pairs: pd.DataFrame, n: int, seed: int = 0, by: str = "score") 
 # ----------------------------------------------------------------------------- images
 
 
-def image_path(data_root: str | Path, image_id: str) -> Path:
-    """Where the dataset folder keeps an image: ``ROOT/{query,reference}_images/<id>.jpg``."""
-    return split_folder(data_root, "query" if image_id.startswith("Q") else "reference") / f"{image_id}.jpg"
+SIDES = ("query", "reference")  # the two columns of a pair, each shown by its own image
+ImageLocator = Callable[[str, str], Path]  # (side, id) -> the image file
+
+
+def image_path(data_root: str | Path, image_id: str, side: str | None = None) -> Path:
+    """Where the dataset folder keeps an image: ``ROOT/<side>_images/<id><suffix>``, else ``ROOT/<id><suffix>``,
+    for any suffix the extractor reads (the ``.jpg`` path when there is none); ``side`` (query or reference)
+    defaults to the competition's, from the id (``Q``: query)."""
+    side = side or ("query" if image_id.startswith("Q") else "reference")
+    for folder in (split_folder(data_root, side), Path(data_root)):
+        for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
+            # the id as text, not Path.with_suffix: an id may hold dots and folders
+            if (candidate := folder / f"{image_id}{suffix}").is_file():
+                return candidate
+    return split_folder(data_root, side) / f"{image_id}.jpg"
 
 
 def placeholder_tile(text: str, size: int = THUMBNAIL_SIZE) -> Image.Image:
@@ -182,7 +195,7 @@ class Report:
     metrics: Metrics
     labeled: pd.DataFrame
     galleries: list[Gallery]
-    thumbnails: dict[str, Image.Image] = field(repr=False)
+    thumbnails: dict[tuple[str, str], Image.Image] = field(repr=False)  # by (side, id)
     missing_images: list[str]
     source: str = ""
     matches: dict[tuple[str, str], Image.Image] = field(default_factory=dict, repr=False)  # verified pairs shown
@@ -231,7 +244,8 @@ def build_report(
         Gallery("Random true matches", "Random sample of the true pairs the predictions contain.",
                 sample_pairs(true_matches, gallery_size, seed), len(true_matches)),
     ]
-    thumbnails, missing = load_thumbnails(galleries, data_root, thumbnail_size, quiet)
+    thumbnails, missing = load_thumbnails(galleries, lambda side, i: image_path(data_root, i, side), thumbnail_size,
+                                          quiet)
     matches = {}
     if evidence is not None:
         for gallery in galleries:
@@ -241,17 +255,18 @@ def build_report(
 
 
 def load_thumbnails(
-    galleries: list[Gallery], data_root: str | Path, size: int = THUMBNAIL_SIZE, quiet: bool = False
-) -> tuple[dict[str, Image.Image], list[str]]:
-    """Thumbnails of every image the galleries show (placeholders for missing ones) and the missing ids."""
-    ids = sorted({i for g in galleries for column in ("query_id", "reference_id") for i in g.pairs[column]})
+    galleries: list[Gallery], locate: ImageLocator, size: int = THUMBNAIL_SIZE, quiet: bool = False
+) -> tuple[dict[tuple[str, str], Image.Image], list[str]]:
+    """Thumbnails of every image the galleries show, by (side, id), each read from ``locate(side, id)``
+    (placeholders for missing ones), and the missing ids."""
+    keys = sorted({(side, i) for g in galleries for side in SIDES for i in g.pairs[f"{side}_id"]})
     thumbnails, missing = {}, []
-    for image_id in tqdm(ids, desc="thumbnails", unit="img", disable=quiet):
-        thumbnail = load_thumbnail(image_path(data_root, image_id), size)
+    for side, image_id in tqdm(keys, desc="thumbnails", unit="img", disable=quiet):
+        thumbnail = load_thumbnail(locate(side, image_id), size)
         if thumbnail is None:
             missing.append(image_id)
-            thumbnail = placeholder_tile(f"{image_id}\nmissing", size)
-        thumbnails[image_id] = thumbnail
+            thumbnail = placeholder_tile(f"{image_id[:20]}\nmissing", size)
+        thumbnails[side, image_id] = thumbnail
     return thumbnails, missing
 
 
@@ -304,7 +319,7 @@ def match_pictures(galleries: list[Gallery], data_root: str | Path, options: Ver
     pictures = {}
     for query_id, reference_id in tqdm(pairs, desc="matches", unit="pair", disable=quiet):
         try:
-            pixels = [decode_image(image_path(data_root, i)) for i in (query_id, reference_id)]
+            pixels = [decode_image(image_path(data_root, i, side)) for side, i in zip(SIDES, (query_id, reference_id), strict=True)]
         except BrokenImage:
             continue  # drawn as two thumbnails, a grey tile for the missing one
         pictures[query_id, reference_id] = match_picture(*pixels, options, size)[0]
@@ -329,7 +344,7 @@ def pair_caption(row: pd.Series) -> str:
     return " · ".join(parts)
 
 
-def gallery_html(gallery: Gallery, thumbnails: dict[str, Image.Image],
+def gallery_html(gallery: Gallery, thumbnails: dict[tuple[str, str], Image.Image],
                  matches: dict[tuple[str, str], Image.Image] | None = None) -> str:
     """A gallery section: one card per pair, query beside reference, with ids and caption; a pair of
     ``matches`` (:func:`match_pictures`) is shown as its picture with the inlier matches drawn."""
@@ -342,9 +357,10 @@ def gallery_html(gallery: Gallery, thumbnails: dict[str, Image.Image],
                       f'<figcaption>{html.escape(" · ".join(pair))}</figcaption></figure>')
         else:
             images = "".join(
-                f'<figure><img src="{jpeg_data_uri(thumbnails[image_id])}" alt="{html.escape(image_id)}">'
-                f"<figcaption>{html.escape(image_id)}</figcaption></figure>"
-                for image_id in pair
+                f'<figure><img src="{jpeg_data_uri(thumbnails[side, row[f"{side}_id"]])}" '
+                f'alt="{html.escape(row[f"{side}_id"])}"><figcaption>{html.escape(row[f"{side}_id"])}</figcaption>'
+                "</figure>"
+                for side in SIDES
             )
         cards.append(f'<div class="pair"><div class="images">{images}</div>'
                      f'<div class="caption">{html.escape(pair_caption(row))}</div></div>')
@@ -408,11 +424,18 @@ def render_html(report: Report) -> str:
         warning = (f'<p class="warning">{n} image{"s" if n > 1 else ""} not found under the data folder '
                    f"(grey tiles): {html.escape(shown)}</p>")
     title = "Copy-detection error report" + (f": {report.source}" if report.source else "")
+    return page_html(title, f"{metrics_table_html(report.metrics)}{figures}{warning}", report.galleries,
+                     report.thumbnails, size, report.matches)
+
+
+def page_html(title: str, header: str, galleries: list[Gallery], thumbnails: dict[tuple[str, str], Image.Image],
+              thumbnail_size: int = THUMBNAIL_SIZE, matches: dict[tuple[str, str], Image.Image] | None = None) -> str:
+    """A self-contained page: the title, ``header`` (HTML), then the galleries."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title>{style_html(size)}</head><body>"
-        f"<h1>{html.escape(title)}</h1>{metrics_table_html(report.metrics)}{figures}{warning}"
-        + "".join(gallery_html(g, report.thumbnails, report.matches) for g in report.galleries)
+        f"<title>{html.escape(title)}</title>{style_html(thumbnail_size)}</head><body>"
+        f"<h1>{html.escape(title)}</h1>{header}"
+        + "".join(gallery_html(g, thumbnails, matches) for g in galleries)
         + "</body></html>\n"
     )
 
@@ -442,3 +465,20 @@ def write_summary_png(report: Report, path: str | Path) -> None:
     ImageDraw.Draw(summary).text((10, 10), text, fill="black", font=font)
     with atomic_path(path) as tmp:
         summary.save(tmp, format="PNG")
+
+
+def write_matches_page(
+    path: str | Path, matches: pd.DataFrame, below: pd.DataFrame, locate: ImageLocator, summary: str,
+    gallery_size: int = 200, thumbnail_size: int = THUMBNAIL_SIZE, quiet: bool = False,
+) -> None:
+    """An HTML page of found copies (no ground truth): the best ``gallery_size`` matches, then the best pairs
+    scoring just below the threshold, each image read from ``locate(side, id)``."""
+    galleries = [
+        Gallery("Matches", "Pairs at or above the threshold, best first.", matches.head(gallery_size), len(matches)),
+        Gallery("Closest below the threshold", "The best pairs that were not kept: copies missed, if any.",
+                below.head(min(gallery_size, GALLERY_SIZE)), len(below)),
+    ]
+    thumbnails, _ = load_thumbnails(galleries, locate, thumbnail_size, quiet)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(page_html("Copies found", f"<p>{html.escape(summary)}</p>", galleries, thumbnails,
+                                       thumbnail_size), encoding="utf-8")

@@ -26,12 +26,14 @@ from isc.io import (
     PHASE_QUERY_RANGES,
     InputError,
     atomic_path,
+    encode_ids,
     model_attributes,
     model_differences,
     provenance,
     provenance_path,
     query_phase,
     read_descriptors,
+    validate_ids,
     write_predictions,
 )
 from isc.knn import build_index, check_pair, clamp_k, index_search, knn, recall_against_exact
@@ -181,6 +183,7 @@ def search(
     index: str | None = None,
     nprobe: int = 16,
     recall_queries: int = 1000,
+    exclude_self: bool = False,
     quiet: bool = False,
 ) -> pd.DataFrame:
     """Matching-track predictions: each query's ``k`` best references, the best ``max_results`` kept.
@@ -197,6 +200,8 @@ def search(
     references over all its views. A reference id may repeat too (reference views, each normalised on its
     own): a pair then scores its best (query view, reference view), and each query view is searched
     ``k`` × (most views of one reference) deep, so that it still finds its ``k`` best distinct references.
+    ``exclude_self``: queries and references are the same images (a folder searched against itself): a pair
+    of an id with itself is left out, each query keeping ``k`` others.
     Returns a DataFrame ``query_id, reference_id, score`` sorted by decreasing score.
     """
     if len(query_ids) != len(query) or len(reference_ids) != len(reference):
@@ -207,9 +212,10 @@ def search(
     reference = prepare_descriptors(reference, "reference")
     check_pair(query, reference)
     distinct_ids, reference_of_row = view_groups(reference_ids)
-    k = clamp_k(k, len(distinct_ids), "references")
+    k = clamp_k(k, len(distinct_ids) - exclude_self, "references")
     views = int(np.bincount(reference_of_row).max())
-    depth = min(k * views, len(reference))  # k distinct references lie within the k·views best rows
+    searched = k + exclude_self  # one more, in place of the query itself
+    depth = min(searched * views, len(reference))  # that many distinct references lie within these best rows
     query_bias = np.zeros(len(query), dtype=np.float32)
     if training is not None:
         training = prepare_descriptors(training, "training")
@@ -229,8 +235,10 @@ def search(
                  index, nprobe, depth, recall, len(sample))
     scores = scores - query_bias[:, None]
     if views > 1:
-        scores, indices = best_reference_views(scores, indices, reference_of_row, k)
+        scores, indices = best_reference_views(scores, indices, reference_of_row, searched)
         reference_ids = distinct_ids
+    if exclude_self:
+        scores, indices = drop_self_matches(query_ids, reference_ids, scores, indices, k)
     if len(set(query_ids)) < len(query_ids):
         result = best_view_pairs(top_pairs(query_ids, reference_ids, scores, indices, scores.size), k, max_results)
     else:
@@ -293,6 +301,18 @@ def best_reference_views(
             np.where(kept, np.take_along_axis(references, columns, 1), -1))
 
 
+def drop_self_matches(
+    query_ids: list[str], reference_ids: list[str], scores: np.ndarray, indices: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query results [n, k + 1] less each query's pair with its own id (else its last one): [n, k]."""
+    found = np.asarray(reference_ids, dtype=object)[np.maximum(indices, 0)]
+    is_self = (found == np.asarray(query_ids, dtype=object)[:, None]) & (indices >= 0)
+    first_self = np.where(is_self.any(axis=1), is_self.argmax(axis=1), indices.shape[1] - 1)
+    keep = np.ones(indices.shape, dtype=bool)
+    keep[np.arange(len(indices)), first_self] = False
+    return scores[keep].reshape(-1, k), indices[keep].reshape(-1, k)
+
+
 def top_pairs(
     query_ids: list[str], reference_ids: list[str], scores: np.ndarray, indices: np.ndarray, max_results: int
 ) -> pd.DataFrame:
@@ -325,15 +345,30 @@ def best_view_pairs(pairs: pd.DataFrame, k: int, max_results: int) -> pd.DataFra
 
 
 def phase_queries(query_ids: list[str], query: np.ndarray, phase: int, source: str | Path) -> tuple[list[str], np.ndarray]:
-    """The ids and descriptors of the queries of a competition phase; InputError when there are none."""
+    """The ids and descriptors of the queries of a competition phase; InputError when there are none or when
+    an id is not a competition query id."""
     if phase not in PHASE_QUERY_RANGES:
         raise InputError(f"phase must be one of {', '.join(map(str, PHASE_QUERY_RANGES))}, got {phase}")
+    validate_ids(query_ids, "query", source, why=PHASE_RULE)
     keep = np.array([query_phase(i) == phase for i in query_ids], dtype=bool)
     if not keep.any():
         lo, hi = PHASE_QUERY_RANGES[phase]
         raise InputError(f"{source}: none of its {len(query_ids)} queries is a phase-{phase} query "
                          f"(Q{lo:05d}-Q{hi:05d})")
     return [i for i, kept in zip(query_ids, keep, strict=True) if kept], query[keep]
+
+
+PHASE_RULE = "--phase applies the competition's id rules"
+
+
+def same_images(query: str | Path, query_attrs: dict[str, object], reference: str | Path,
+                reference_attrs: dict[str, object]) -> bool:
+    """Whether a query and a reference descriptor file describe the same images (a folder searched against
+    itself): the same file, or files extracted from the same ``source`` folder."""
+    if Path(query).resolve() == Path(reference).resolve():
+        return True
+    source = query_attrs.get("source")
+    return bool(source) and source == reference_attrs.get("source")
 
 
 def check_same_model(files: Sequence[tuple[str | Path, dict[str, object]]], ignore: Sequence[str] = ()) -> None:
@@ -380,10 +415,12 @@ def search_files(
     options, each input's path, size and model attributes, and the toolkit version.
     """
     paths = {"query": query, "reference": reference, **({"training": training} if training is not None else {})}
-    files = {split: read_descriptors(path, split=split, views=split != "training") for split, path in paths.items()}
+    files = {split: read_descriptors(path, views=split != "training") for split, path in paths.items()}
     query_ids, query_x, _ = files["query"]
     if phase is not None:
         query_ids, query_x = phase_queries(query_ids, query_x, phase, query)
+        for split in list(files)[1:]:
+            validate_ids(files[split][0], split, paths[split], why=PHASE_RULE)
     for split in list(files)[1:]:  # reference, training: a clearer message than "dimension: a != b" below
         check_pair(query_x, files[split][1], f"query and {split}")
     # views (crops) of the queries or references are made by the same model: not a model difference
@@ -391,10 +428,13 @@ def search_files(
                      [*ignore_attributes, "views_per_id"])
     reference_ids, reference_x, _ = files["reference"]
     training_x = files["training"][1] if "training" in files else None
-    predictions = search(query_ids, query_x, reference_ids, reference_x, training=training_x, norm=norm, **options)
+    exclude_self = same_images(query, files["query"][2], reference, files["reference"][2])
+    predictions = search(query_ids, query_x, reference_ids, reference_x, training=training_x, norm=norm,
+                         exclude_self=exclude_self, **options)
     record = provenance(
         command="isc-search",
-        options={**options, **norm.recorded(), "phase": phase, "ignore_attributes": list(ignore_attributes)},
+        options={**options, **norm.recorded(), "phase": phase, "ignore_attributes": list(ignore_attributes),
+                 "exclude_self": exclude_self},
         inputs={split: {"path": str(Path(path).resolve()), "bytes": Path(path).stat().st_size,
                         "model_attributes": model_attributes(files[split][2])} for split, path in paths.items()},
         predictions={"rows": len(predictions), "queries": int(predictions["query_id"].nunique())},
@@ -452,7 +492,7 @@ def write_knn_graph(
         raise InputError(f"{len(classes)} classes for {n} descriptors")
     paths = knn_graph_paths(out_dir, name, k)
     with atomic_path(paths["graph"]) as tmp, open(tmp, "wb") as f:
-        np.savez(f, ids=np.asarray(ids, dtype="S"), neighbours=neighbours.astype(np.int64),
+        np.savez(f, ids=encode_ids(ids), neighbours=neighbours.astype(np.int64),
                  similarities=similarities.astype(np.float32))
     with atomic_path(paths["features"]) as tmp:
         np.ascontiguousarray(descriptors, dtype=np.float32).tofile(tmp)

@@ -131,8 +131,9 @@ def write(tmp_path, text, name="f.csv"):
     "text, message",
     [
         ("query_id,reference_id\nQ00000,R000000\n", "missing column"),
-        ("query_id,reference_id,score\nQ00000,R000000,0.5\nQ0001,R000000,0.4\n", "line 3: query_id 'Q0001'"),
-        ("query_id,reference_id,score\nQ00000,T000000,0.5\n", "line 2: reference_id 'T000000'"),
+        # any id is an id (the competition's rules are isc-submit's), but not an empty one
+        ("query_id,reference_id,score\nQ00000,R000000,0.5\n,R000000,0.4\n", "line 3: query_id is empty"),
+        ("query_id,reference_id,score\nQ00000,,0.5\n", "line 2: reference_id is empty"),
         ("query_id,reference_id,score\nQ00000,R000000,nan\n", "line 2: score 'nan'"),
         ("query_id,reference_id,score\nQ00000,R000000,inf\n", "line 2: score 'inf'"),
         ("query_id,reference_id,score\nQ00000,R000000,high\n", "line 2: score 'high'"),
@@ -173,8 +174,8 @@ def test_ground_truth(tmp_path):
     write_ground_truth(path, gt)
     assert path.read_text() == "query_id,reference_id\nQ00000,R000003\nQ00001,\n"
     pd.testing.assert_frame_equal(read_ground_truth(path), gt)
-    with pytest.raises(InputError, match="line 3: reference_id 'R3'"):
-        read_ground_truth(write(tmp_path, "query_id,reference_id\nQ00000,\nQ00001,R3\n"))
+    with pytest.raises(InputError, match="line 3: query_id is empty"):
+        read_ground_truth(write(tmp_path, "query_id,reference_id\nQ00000,\n,R3\n"))
     with pytest.raises(InputError, match="already at line 2"):
         read_ground_truth(write(tmp_path, "query_id,reference_id\nQ00000,R000001\nQ00000,R000001\n"))
 

@@ -171,7 +171,7 @@ def test_missing_images_become_placeholder_tiles(mini_dataset, tmp_path):
     report = build_report(predictions, ground_truth, mini_dataset, gallery_size=4, quiet=True)
     assert report.missing_images == ["R999999"]
     assert report.galleries[0].pairs["reference_id"].iloc[0] == "R999999"
-    tile = np.asarray(report.thumbnails["R999999"])
+    tile = np.asarray(report.thumbnails["reference", "R999999"])
     assert tile.shape == (160, 160, 3) and (tile == (200, 200, 200)).all(axis=2).mean() > 0.8
     write_report(report, tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text(encoding="utf-8")

@@ -21,6 +21,7 @@ def run_command(
     parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace], int | None], argv: list[str] | None
 ) -> int:
     """Parse ``argv`` and run ``command``; bad input ends in one line on stderr and a non-zero exit."""
+    one_line_usage_errors(parser)
     args = parser.parse_args(argv)
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
@@ -50,6 +51,20 @@ def run_command(
     finally:
         engine_log.handlers[:], level, engine_log.propagate = saved
         engine_log.setLevel(level)
+
+
+def one_line_usage_errors(parser: argparse.ArgumentParser) -> None:
+    """Make a bad option of ``parser`` and of its subcommands end in one line and exit 2, not argparse's usage."""
+
+    def error(message: str, prog: str = parser.prog) -> None:
+        print(f"{prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+    parser.error = error  # type: ignore[method-assign]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subcommand in set(action.choices.values()):
+                one_line_usage_errors(subcommand)
 
 
 def print_broken(broken: dict[str, str], where_all: str, shown: int = 20) -> None:

@@ -1,0 +1,117 @@
+"""isc-find: the copies of your own images: a query folder against a reference folder, or one folder in itself."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from isc.cli.common import check_outputs, finite_float, positive_int, run_command
+from isc.cli.options import add_model_options, model_choice
+from isc.distributed import check_device
+from isc.find import (
+    DEFAULT_K,
+    DEFAULT_THRESHOLD,
+    DEFAULT_THRESHOLD_NORMALISED,
+    find_copies,
+    groups_of,
+    write_matches,
+)
+from isc.models import create_model
+from isc.report import write_matches_page
+
+EPILOG = f"""\
+what it does: every image of the folders (searched recursively; ids are paths relative to the folder,
+without suffix) is described by the model (default: sscd when installed), each query also by 5 crops (a
+pair scores its best view), once: the descriptors are cached in --cache, and a re-run describes only the
+images added or changed since. Each query keeps its --k nearest references, and the pairs scoring at least
+--threshold are written. The default threshold, {DEFAULT_THRESHOLD}, kept 63 pairs, 62 of them copies
+(precision 0.98, recall 0.69) with sscd and query crops on a photo benchmark (docs/BENCHMARKS.md). With
+--training the scores are normalised (s - 0.5 x the similarity of the query to its 10th nearest training
+image) and lower; the default is then {DEFAULT_THRESHOLD_NORMALISED} (precision 0.98, recall 0.67 there).
+
+outputs: a .csv output lists the pairs (query_id,reference_id,score,query_path,reference_path, best
+first); a .json output holds the groups (connected components of the pairs, lists of paths, largest
+first), the pairs and the settings. In one folder each pair is listed once and an image never matches
+itself.
+
+examples:
+  isc-find queries/ references/ -o matches.csv --report matches.html
+  isc-find photos/ -o groups.json
+  isc-find photos/ -o groups.json --training unrelated_photos/
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isc-find",
+        description="Find the copies (edited or not: crops, rotations, text, recompression, flips, padding, "
+        "blur, ...) of images in folders of your own: each query's copies among the references, or the "
+        "groups of copies within one folder.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("folders", nargs="+", metavar="FOLDER",
+                        help="QUERIES REFERENCES (two folders), or one FOLDER searched against itself")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.csv|OUT.json",
+                        help="the pairs as CSV, or (.json) the groups and the pairs")
+    parser.add_argument("--report", metavar="REPORT.html",
+                        help="also write an HTML page showing the matches and the closest pairs below the threshold")
+    parser.add_argument("--threshold", type=finite_float,
+                        help=f"keep pairs scoring at least this (default {DEFAULT_THRESHOLD}, with --training "
+                        f"{DEFAULT_THRESHOLD_NORMALISED}: precision 0.98 on a photo benchmark)")
+    parser.add_argument("--k", type=positive_int, default=DEFAULT_K,
+                        help=f"references considered per query (default {DEFAULT_K})")
+    parser.add_argument("--training", metavar="DIR",
+                        help="a folder of unrelated images: normalises the scores by them (isc-search's default "
+                        "normalisation); the threshold then applies to the normalised scores")
+    parser.add_argument("--no-crops", action="store_true",
+                        help="describe each query by its full view only (about 6 times less work, fewer copies "
+                        "found that fill only part of the query)")
+    parser.add_argument("--cache", metavar="DIR",
+                        help="where the descriptors are kept between runs (default: <output>.cache/ beside the "
+                        "output)")
+    model = parser.add_argument_group("model")
+    add_model_options(model)
+    model.add_argument("--checkpoint", metavar="PATH", help="weights saved by isc-train")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    cache = Path(args.cache) if args.cache else output.with_name(output.name + ".cache")
+    check_outputs(inputs=[args.checkpoint], outputs=[args.output, args.report], folders=[cache])
+    check_device(args.device)
+    model_name, why = model_choice(args)
+    options = {key: value for key, value in {"image_size": args.image_size}.items() if value is not None}
+    model = create_model(model_name, checkpoint=args.checkpoint, **options)
+    if why and not args.quiet:
+        print(f"isc-find: no --model given, using {model_name}; {why}", file=sys.stderr)
+    found = find_copies(args.folders, cache, model, threshold=args.threshold, training=args.training,
+                        crops=not args.no_crops, k=args.k, quiet=args.quiet, batch_size=args.batch_size,
+                        device=args.device, workers=args.workers)
+    write_matches(output, found.matches, found.paths, found.record, found.same_images)
+    threshold = found.record["threshold"]
+    summary = (f"{len(found.matches)} pairs scoring >= {threshold:g} ({model.name}, "
+               f"{'query crops' if not args.no_crops else 'no crops'}"
+               f"{', normalised by ' + args.training if args.training else ''}) among "
+               + (f"{found.record['queries']} images" if found.same_images
+                  else f"{found.record['queries']} queries and {found.record['references']} references")
+               + f", {found.record['described']} described this run, the others cached")
+    if args.report:
+        below = found.candidates[found.candidates["score"] < threshold]
+        write_matches_page(args.report, found.matches, below, lambda side, i: found.paths[side][i], summary,
+                           quiet=args.quiet)
+    if not args.quiet:
+        groups = f", {len(groups_of(found.matches, True))} groups" if found.same_images else ""
+        print(f"isc-find: {summary}{groups}; written to {output}" + (f", report {args.report}" if args.report else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
