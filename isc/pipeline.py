@@ -9,7 +9,9 @@ arguments, goes on where it stopped. Files under the work folder::
     data/<split>_images/, data/<split>_metadata.csv         downloaded images and metadata
     descriptors/<split>.h5, descriptors/query_phase<P>.h5   model descriptors (queries one file per phase)
     descriptors/query_phase<P>_crops.h5                     with query crops: each query's full view and 5 crops,
-                                                            for the matching track only
+                                                            for the matching track; query_phase<P>.h5 is then
+                                                            its full views (the same descriptors, not extracted again)
+    descriptors/reference_crops.h5                          with reference crops: likewise for the references
     descriptors/pca<D>.npz, descriptors/*_pca<D>.h5         PCA-whitening learnt on the training descriptors
     predictions_phase<P>.csv                                matching-track predictions, score-normalised
     run_summary.json                                        the steps, their times and the µAP reached
@@ -29,7 +31,7 @@ import pandas as pd
 
 from isc import download, s3, synth
 from isc.distributed import check_device
-from isc.extract import DEFAULT_BATCH_SIZE, extract, extraction_config, is_complete
+from isc.extract import DEFAULT_BATCH_SIZE, extract, extraction_config, full_views, is_complete
 from isc.images import list_split_images
 from isc.io import (
     DESCRIPTOR_TRACK_MAX_DIM,
@@ -84,6 +86,7 @@ class RunConfig:
     backend: str = "auto"
     norm: ScoreNorm = ScoreNorm()  # the matching track's score normalisation by the training descriptors
     query_crops: bool = True  # the matching track's queries as their full view and 5 crops (µAP +0.05 on photos)
+    reference_crops: bool = False  # the matching track's references likewise (6x the reference extraction and index)
     phases: Sequence[int] = PHASES
     ground_truth: Sequence[Path] = ()
     restrict_to_gt_queries: bool = False
@@ -148,7 +151,8 @@ def planned_outputs(config: RunConfig) -> list[Path]:
     """The files a run of ``config`` may write (descriptors, predictions, submissions and their manifests)."""
     work, phases = Path(config.work), sorted(config.phases)
     names = ["training", "reference", *(f"query_phase{p}" for p in phases),
-             *(f"query_phase{p}_crops" for p in phases if config.query_crops)]
+             *(f"query_phase{p}_crops" for p in phases if config.query_crops),
+             *(["reference_crops"] if config.reference_crops else [])]
     submissions = [default_submission_path(config.submissions, track, p)
                    for p in phases for track in ("matching", "descriptors")]
     return [work / "run_summary.json", *(work / "descriptors" / f"{name}.h5" for name in names),
@@ -225,16 +229,17 @@ class Pipeline:
         return {name: chosen for name, chosen in by_phase.items() if chosen}
 
     def extract(self) -> dict[str, Path]:
-        """Describe every split (queries per phase, and with query crops again as ``query_phase<P>_crops``);
-        returns the descriptor files by name."""
+        """Describe every split (queries per phase; with query or reference crops, the split as ``<name>_crops``
+        and the plain file as its full views); returns the descriptor files by name."""
         c = self.config
         files = {}
         options = {"image_size": c.image_size} if c.image_size is not None else {}
         model = create_model(c.model, checkpoint=c.checkpoint, **options)
         for split in SPLITS:
             named = self.images(split)
-            if split == "query" and c.query_crops:
-                named = {**named, **{f"{name}_crops": images for name, images in named.items()}}
+            if (split == "query" and c.query_crops) or (split == "reference" and c.reference_crops):
+                # the crops first: the plain file is their full views
+                named = {**{f"{name}_crops": images for name, images in named.items()}, **named}
             for name, images in named.items():
                 began = time.perf_counter()
                 output = files[name] = self.descriptors / f"{name}.h5"
@@ -242,6 +247,11 @@ class Pipeline:
                 target = name.replace("_phase", " phase ").replace("_crops", " crops")
                 if is_complete(output, images, extraction_config(model, crops=crops)):
                     self._step("extract", target, len(images), began, True, "up to date", [output])
+                    continue
+                if f"{name}_crops" in files:
+                    rows = full_views(files[f"{name}_crops"], output)
+                    self._step("extract", target, len(images), began, False,
+                               f"{rows:,} full views of {files[f'{name}_crops'].name}, not extracted again", [output])
                     continue
                 result = extract(images, output, model, batch_size=c.batch_size, device=c.device,
                                  workers=c.workers, quiet=c.quiet, crops=crops,
@@ -281,6 +291,11 @@ class Pipeline:
         """The query descriptors the matching track uses: the crops' file when there is one, else the plain one."""
         return files.get(f"query_phase{phase}_crops", files.get(f"query_phase{phase}"))
 
+    @staticmethod
+    def _matching_references(files: dict[str, Path]) -> Path:
+        """The reference descriptors the matching track uses: the crops' file when there is one, else the plain one."""
+        return files.get("reference_crops", files["reference"])
+
     def search(self, files: dict[str, Path], phase: int) -> Path | None:
         """The matching track's predictions, from the query crops when there are."""
         query = self._matching_queries(files, phase)
@@ -288,19 +303,21 @@ class Pipeline:
             return None
         began = time.perf_counter()
         output = self.work / f"predictions_phase{phase}.csv"
-        inputs = [query, files["reference"], *([files["training"]] if "training" in files else [])]
+        reference = self._matching_references(files)
+        inputs = [query, reference, *([files["training"]] if "training" in files else [])]
         if _fresh([output], inputs):
             self._step("search", f"phase {phase}", None, began, True, "up to date", [output])
             return output
         query_ids, query_descriptors, _ = read_descriptors(query, split="query", views=True)
-        reference_ids, reference_descriptors, _ = read_descriptors(files["reference"], split="reference")
+        reference_ids, reference_descriptors, _ = read_descriptors(reference, split="reference", views=True)
         training = read_descriptors(files["training"], split="training")[1] if "training" in files else None
         predictions = search(query_ids, query_descriptors, reference_ids, reference_descriptors, training=training,
                              norm=self.config.norm, k=self.config.k, max_results=MATCHING_TRACK_MAX_ROWS,
                              backend=self.config.backend, quiet=self.config.quiet)
         write_predictions(output, predictions)
         normalised = f", normalised with {len(training):,} training images" if training is not None else ""
-        views = f", {len(query_ids) // len(set(query_ids))} views per query" if query.stem.endswith("_crops") else ""
+        views = "".join(f", {len(ids) // len(set(ids))} views per {what}" for what, ids in
+                        (("query", query_ids), ("reference", reference_ids)) if len(set(ids)) < len(ids))
         self._step("search", f"phase {phase}", len(set(query_ids)), began, False,
                    f"{len(predictions):,} predictions{normalised}{views}", [output])
         return output
@@ -316,7 +333,8 @@ class Pipeline:
         fresh = _fresh([matching, manifest_path(matching)], [predictions])
         if not fresh:
             query = self._matching_queries(files, phase)
-            sources = [*([query] if query else []), *(files[name] for name in ("reference", "training") if name in files)]
+            sources = [*([query] if query else []), self._matching_references(files),
+                       *([files["training"]] if "training" in files else [])]
             submit_matching(predictions, phase, matching, expected_queries, expected_references, sources)
         self._step("submit", f"phase {phase} matching", None, began, fresh, "up to date" if fresh else "valid",
                    [matching])
