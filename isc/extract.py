@@ -21,6 +21,8 @@ Unreadable images are skipped and listed, with their reasons, in the ``broken`` 
 file stamps in ``broken_stamps``). Non-finite descriptors are refused, never written. With ``crops`` (query
 or reference files of the matching track) each image gives several adjacent rows with its id, the full view then each
 crop of :func:`isc.images.crop_boxes`, cut from the decoded image; the attribute ``views_per_id`` says how many.
+The full views are those of an extraction without crops, bit for bit: :func:`full_views` makes that file from
+them instead of describing every image twice.
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ from tqdm import tqdm
 
 from isc.distributed import barrier, join_process_group, leave_process_group, this_device
 from isc.images import CROP_VIEWS, DEFAULT_MAX_PIXELS
-from isc.io import InputError, decode_id, model_differences, provenance, read_descriptor_attrs
+from isc.io import InputError, atomic_path, decode_id, model_differences, provenance, read_descriptor_attrs
 from isc.models import DescriptorModel
-from isc.partial_log import PartialWriter, merge_partial_logs, partial_path
+from isc.partial_log import H5_LIBVER, MERGE_ROWS, PartialWriter, merge_partial_logs, partial_path
 from isc.pixel_batches import pixel_batches
 from isc.torch_batches import torch_batches
 
@@ -244,3 +246,28 @@ def extract(
                          model=model.name, dimension=model.dim, device=str(torch_device), decoder=decoder,
                          pixels=pixels, views_per_id=CROP_VIEWS if crops else 1, extracted=extracted, broken=broken)
 
+
+
+def full_views(crops_file: str | Path, output: str | Path) -> int:
+    """Write ``output``, the file an extraction without crops makes, from ``crops_file`` (``extract(...,
+    crops=True)``): each image's first row (its full view, described exactly as without crops) of every
+    dataset, the attributes less ``views_per_id``. Returns the rows written."""
+    with h5py.File(crops_file, "r") as source:
+        views = int(source.attrs.get("views_per_id", 0))
+        if views < 2 or any(name not in source for name in ("ids", "descriptors", "file_stamps")):
+            raise InputError(f"{crops_file}: not a crops file of isc-extract (no views_per_id or file_stamps)")
+        n_rows = len(source["ids"]) // views
+        with atomic_path(output) as tmp, h5py.File(tmp, "w", libver=H5_LIBVER) as out:
+            for name, dataset in source.items():
+                if name == "descriptors":
+                    target = out.create_dataset(name, shape=(n_rows, dataset.shape[1]), dtype=dataset.dtype,
+                                                chunks=dataset.chunks and (min(dataset.chunks[0], max(1, n_rows)),
+                                                                           dataset.shape[1]))
+                    for start in range(0, n_rows, MERGE_ROWS):
+                        stop = min(n_rows, start + MERGE_ROWS)
+                        target[start:stop] = dataset[start * views:stop * views][::views]
+                else:
+                    target = out.create_dataset(name, data=dataset[()][::views])
+                target.attrs.update(dataset.attrs)
+            out.attrs.update({key: value for key, value in source.attrs.items() if key != "views_per_id"})
+    return n_rows

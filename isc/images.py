@@ -142,12 +142,14 @@ def crop_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
 CROP_VIEWS = 1 + len(crop_boxes(3, 3))  # with crops: the full image, then each crop
 
 
-def crop_views(image: torch.Tensor, crops: bool) -> list[torch.Tensor]:
-    """The views of a decoded image [3, H, W]: itself, then with ``crops`` each of its :func:`crop_boxes`."""
+def crop_views(image: torch.Tensor, crops: bool, crop_source: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The views of a decoded image [3, H, W]: itself, then with ``crops`` each of its :func:`crop_boxes`, cut from
+    ``crop_source`` (the same image decoded with more pixels; default: ``image``)."""
     if not crops:
         return [image]
-    return [image, *(image[:, top:bottom, left:right] for left, top, right, bottom in crop_boxes(image.shape[-1],
-                                                                                                  image.shape[-2]))]
+    source = image if crop_source is None else crop_source
+    return [image, *(source[:, top:bottom, left:right] for left, top, right, bottom in crop_boxes(source.shape[-1],
+                                                                                                   source.shape[-2]))]
 
 
 def draft_size(sizes: Sequence[int], crops: bool) -> int:
@@ -217,6 +219,28 @@ def decode_with_pillow(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
         return _image_to_tensor(image)
 
 
+def _draft_pixels(source: Path | bytes, max_pixels: int, draft_size: int) -> tuple[int, int]:
+    """The (short, long) side of what :func:`decode_with_pillow` decodes at ``draft_size``, from the header."""
+    with _open_image(source, max_pixels) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
+        return min(image.size), max(image.size)
+
+
+def decode_for_views(source: Path | bytes, max_pixels: int, sizes: Sequence[int],
+                     crops: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the full view's image, the image its crops are cut from), uint8 [3, H, W], decoded with Pillow.
+
+    The full view is decoded at the draft size of an extraction without crops, so that its descriptor is
+    exactly that extraction's (a file's plain descriptors are its crops file's first views); the crops,
+    which need 1.5 times more pixels, come from a second decode when a larger draft size decodes more.
+    """
+    full = decode_with_pillow(source, max_pixels, draft_size(sizes, False))
+    if not crops or _draft_pixels(source, max_pixels, draft_size(sizes, True)) == tuple(sorted(full.shape[-2:])):
+        return full, full
+    return full, decode_with_pillow(source, max_pixels, draft_size(sizes, True))
+
+
 # ------------------------------------------------------------------------------- an image's views
 
 
@@ -225,10 +249,10 @@ def decode_views(path: Path, sizes: Sequence[int], resize: str, max_pixels: int,
     """(the uint8 views [3, h, w], None) of an image file: of each of its :func:`crop_views`, one per size
     (view v at size s is item ``v * len(sizes) + s``); or (None, why it cannot be read)."""
     try:
-        image = decode_with_pillow(path, max_pixels, draft_size=draft_size(sizes, crops))
+        image, crop_source = decode_for_views(path, max_pixels, sizes, crops)
     except (BrokenImage, OSError) as e:
         return None, broken_reason(e)
-    return [resize_image(view, size, resize) for view in crop_views(image, crops) for size in sizes], None
+    return [resize_image(view, size, resize) for view in crop_views(image, crops, crop_source) for size in sizes], None
 
 
 def views_by_size(views_of_images: Sequence[Sequence], n_sizes: int) -> list[list]:
@@ -237,11 +261,16 @@ def views_by_size(views_of_images: Sequence[Sequence], n_sizes: int) -> list[lis
     return [[views[k] for views in views_of_images for k in range(s, len(views), n_sizes)] for s in range(n_sizes)]
 
 
-def positions_by_shape(views: Sequence) -> list[list[int]]:
-    """The positions of ``views`` (tensors or arrays) grouped by shape, groups in the order of their first view."""
+def positions_by_shape(views: Sequence, views_per_image: int = 1) -> list[list[int]]:
+    """The positions of ``views`` (tensors or arrays) grouped by shape, groups in the order of their first view.
+
+    With ``views_per_image`` (image-major views: each image's full view then its crops), full views and crops
+    are never grouped together: the full views of a batch then run through the model exactly as they do
+    without crops, so that their descriptors are the same bit for bit.
+    """
     shapes: dict[tuple, list[int]] = {}
     for i, view in enumerate(views):
-        shapes.setdefault(tuple(view.shape), []).append(i)
+        shapes.setdefault((tuple(view.shape), i % views_per_image == 0), []).append(i)
     return list(shapes.values())
 
 

@@ -9,7 +9,9 @@ arguments, goes on where it stopped. Files under the work folder::
     data/<split>_images/, data/<split>_metadata.csv         downloaded images and metadata
     descriptors/<split>.h5, descriptors/query_phase<P>.h5   model descriptors (queries one file per phase)
     descriptors/query_phase<P>_crops.h5                     with query crops: each query's full view and 5 crops,
-                                                            for the matching track only
+                                                            for the matching track; query_phase<P>.h5 is then
+                                                            its full views (the same descriptors, not extracted again)
+    descriptors/reference_crops.h5                          with reference crops: likewise for the references
     descriptors/pca<D>.npz, descriptors/*_pca<D>.h5         PCA-whitening learnt on the training descriptors
     predictions_phase<P>.csv                                matching-track predictions, score-normalised
     predictions_phase<P>_verified.csv (+ .evidence.csv)     the same, each query's best candidates verified by
@@ -37,7 +39,7 @@ import pandas as pd
 from isc import download, s3, synth
 from isc.calibrate import Calibration, calibrate, copy_labels, make_copies
 from isc.distributed import check_device
-from isc.extract import DEFAULT_BATCH_SIZE, extract, extraction_config, is_complete
+from isc.extract import DEFAULT_BATCH_SIZE, extract, extraction_config, full_views, is_complete
 from isc.images import list_split_images
 from isc.io import (
     DESCRIPTOR_TRACK_MAX_DIM,
@@ -104,6 +106,7 @@ class RunConfig:
     verify: VerifyOptions | None = VerifyOptions()  # the matching track's candidates verified; None: not
     calibration: Path | None = None  # a saved calibration to combine with, instead of one fitted on copies
     calibration_copies: int = 300  # training images copied (edited) to fit the calibration on
+    reference_crops: bool = False  # the matching track's references likewise (6x the reference extraction and index)
     phases: Sequence[int] = PHASES
     ground_truth: Sequence[Path] = ()
     restrict_to_gt_queries: bool = False
@@ -168,7 +171,8 @@ def planned_outputs(config: RunConfig) -> list[Path]:
     """The files a run of ``config`` may write (descriptors, predictions, submissions and their manifests)."""
     work, phases = Path(config.work), sorted(config.phases)
     names = ["training", "reference", *(f"query_phase{p}" for p in phases),
-             *(f"query_phase{p}_crops" for p in phases if config.query_crops)]
+             *(f"query_phase{p}_crops" for p in phases if config.query_crops),
+             *(["reference_crops"] if config.reference_crops else [])]
     submissions = [default_submission_path(config.submissions, track, p)
                    for p in phases for track in ("matching", "descriptors")]
     verified = [work / f"predictions_phase{p}_verified.csv" for p in phases] if config.verify else []
@@ -257,15 +261,16 @@ class Pipeline:
         return create_model(self.config.model, checkpoint=self.config.checkpoint, **options)
 
     def extract(self) -> dict[str, Path]:
-        """Describe every split (queries per phase, and with query crops again as ``query_phase<P>_crops``);
-        returns the descriptor files by name."""
+        """Describe every split (queries per phase; with query or reference crops, the split as ``<name>_crops``
+        and the plain file as its full views); returns the descriptor files by name."""
         c = self.config
         files = {}
         model = self.model
         for split in SPLITS:
             named = self.images(split)
-            if split == "query" and c.query_crops:
-                named = {**named, **{f"{name}_crops": images for name, images in named.items()}}
+            if (split == "query" and c.query_crops) or (split == "reference" and c.reference_crops):
+                # the crops first: the plain file is their full views
+                named = {**{f"{name}_crops": images for name, images in named.items()}, **named}
             for name, images in named.items():
                 began = time.perf_counter()
                 output = files[name] = self.descriptors / f"{name}.h5"
@@ -273,6 +278,11 @@ class Pipeline:
                 target = name.replace("_phase", " phase ").replace("_crops", " crops")
                 if is_complete(output, images, extraction_config(model, crops=crops)):
                     self._step("extract", target, len(images), began, True, "up to date", [output])
+                    continue
+                if f"{name}_crops" in files:
+                    rows = full_views(files[f"{name}_crops"], output)
+                    self._step("extract", target, len(images), began, False,
+                               f"{rows:,} full views of {files[f'{name}_crops'].name}, not extracted again", [output])
                     continue
                 result = extract(images, output, model, batch_size=c.batch_size, device=c.device,
                                  workers=c.workers, quiet=c.quiet, crops=crops,
@@ -312,6 +322,11 @@ class Pipeline:
         """The query descriptors the matching track uses: the crops' file when there is one, else the plain one."""
         return files.get(f"query_phase{phase}_crops", files.get(f"query_phase{phase}"))
 
+    @staticmethod
+    def _matching_references(files: dict[str, Path]) -> Path:
+        """The reference descriptors the matching track uses: the crops' file when there is one, else the plain one."""
+        return files.get("reference_crops", files["reference"])
+
     def search(self, files: dict[str, Path], phase: int) -> Path | None:
         """The matching track's predictions, from the query crops when there are."""
         query = self._matching_queries(files, phase)
@@ -319,19 +334,21 @@ class Pipeline:
             return None
         began = time.perf_counter()
         output = self.work / f"predictions_phase{phase}.csv"
-        inputs = [query, files["reference"], *([files["training"]] if "training" in files else [])]
+        reference = self._matching_references(files)
+        inputs = [query, reference, *([files["training"]] if "training" in files else [])]
         if _fresh([output], inputs):
             self._step("search", f"phase {phase}", None, began, True, "up to date", [output])
             return output
         query_ids, query_descriptors, _ = read_descriptors(query, split="query", views=True)
-        reference_ids, reference_descriptors, _ = read_descriptors(files["reference"], split="reference")
+        reference_ids, reference_descriptors, _ = read_descriptors(reference, split="reference", views=True)
         training = read_descriptors(files["training"], split="training")[1] if "training" in files else None
         predictions = search(query_ids, query_descriptors, reference_ids, reference_descriptors, training=training,
                              norm=self.config.norm, k=self.config.k, max_results=MATCHING_TRACK_MAX_ROWS,
                              backend=self.config.backend, quiet=self.config.quiet)
         write_predictions(output, predictions)
         normalised = f", normalised with {len(training):,} training images" if training is not None else ""
-        views = f", {len(query_ids) // len(set(query_ids))} views per query" if query.stem.endswith("_crops") else ""
+        views = "".join(f", {len(ids) // len(set(ids))} views per {what}" for what, ids in
+                        (("query", query_ids), ("reference", reference_ids)) if len(set(ids)) < len(ids))
         self._step("search", f"phase {phase}", len(set(query_ids)), began, False,
                    f"{len(predictions):,} predictions{normalised}{views}", [output])
         return output
@@ -346,7 +363,7 @@ class Pipeline:
         conditions = {**calibration_conditions(c.verify, {"inputs": {"reference": {
             "model_attributes": reference_attributes}}}),
             "search": {"norm": c.norm.recorded(), "k": c.k, "pca_dim": c.pca_dim,
-                       "query_crops": c.query_crops}}
+                       "query_crops": c.query_crops, "reference_crops": c.reference_crops}}
         if c.calibration is not None:
             calibration = Calibration.load(c.calibration)
             calibration.check_conditions(conditions, c.calibration)
@@ -356,7 +373,7 @@ class Pipeline:
         if "training" not in files:
             self._step("calibrate", "copies", None, began, True, "no training images: fixed inlier bonus")
             return InlierBonus()
-        if _fresh([path], [files["reference"], files["training"]]):
+        if _fresh([path], [self._matching_references(files), files["training"]]):
             calibration = Calibration.load(path)
             if calibration.made_for(conditions):
                 self._step("calibrate", "copies", None, began, True, f"up to date: {calibration!r}", [path])
@@ -397,7 +414,7 @@ class Pipeline:
             if not _fresh([described], [raw, pca]):
                 apply_pca_file(pca, raw, described)
         copy_ids, copy_x, _ = read_descriptors(described, views=True)
-        reference_ids, reference_x, _ = read_descriptors(files["reference"], split="reference")
+        reference_ids, reference_x, _ = read_descriptors(self._matching_references(files), views=True)
         training_ids, training_x, _ = read_descriptors(files["training"], split="training")
         is_source = np.isin(np.asarray(training_ids, dtype=object), list(sources))
         predictions = search(copy_ids, copy_x, [*reference_ids, *np.asarray(training_ids, dtype=object)[is_source]],
@@ -438,7 +455,8 @@ class Pipeline:
         fresh = _fresh([matching, manifest_path(matching)], [predictions])
         if not fresh:
             query = self._matching_queries(files, phase)
-            sources = [*([query] if query else []), *(files[name] for name in ("reference", "training") if name in files)]
+            sources = [*([query] if query else []), self._matching_references(files),
+                       *([files["training"]] if "training" in files else [])]
             submit_matching(predictions, phase, matching, expected_queries, expected_references, sources)
         self._step("submit", f"phase {phase} matching", None, began, fresh, "up to date" if fresh else "valid",
                    [matching])

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from isc.images import decode_views, positions_by_shape, views_by_size
+from isc.images import CROP_VIEWS, decode_views, positions_by_shape, views_by_size
 from isc.models import DescriptorModel
 
 PIXEL_CHUNK = 16  # images per task of a pixel-path decoding process: small, so that a short run uses them all
@@ -85,13 +85,14 @@ def _in_order(function: Callable, chunks: Sequence, workers: int, ahead: int) ->
 
 
 def _embed_pixels(model: DescriptorModel, per_scale: list[list[np.ndarray]], flip: bool,
-                  device: torch.device) -> np.ndarray:
+                  device: torch.device, views_per_image: int = 1) -> np.ndarray:
     """Descriptors [n, D] of images given as uint8 pixels per scale: images of equal shape stacked into one
     batch (the groups of :func:`isc.torch_batches.normalised_groups`), views averaged as
     :func:`isc.torch_batches._embed` does."""
     outputs = []
     for views in per_scale:
-        batches = [(positions, np.stack([views[i] for i in positions])) for positions in positions_by_shape(views)]
+        batches = [(positions, np.stack([views[i] for i in positions]))
+                   for positions in positions_by_shape(views, views_per_image)]
         for flipped in (False, True) if flip else (False,):
             out = None
             for positions, batch in batches:
@@ -128,6 +129,7 @@ def pixel_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence
                 descriptors = np.stack([batch[k][0] for k in ok])
             else:
                 per_scale = views_by_size([batch[k][0] for k in ok], len(sizes))
-                descriptors = _embed_pixels(model, per_scale, flip, device).reshape(len(ok), -1)
+                descriptors = _embed_pixels(model, per_scale, flip, device,
+                                            CROP_VIEWS if crops else 1).reshape(len(ok), -1)
             yield [start + k for k in ok], descriptors, broken
 

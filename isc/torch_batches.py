@@ -29,9 +29,8 @@ from isc.images import (
     BrokenImage,
     broken_reason,
     crop_views,
+    decode_for_views,
     decode_views,
-    decode_with_pillow,
-    draft_size,
     nvjpeg_size,
     positions_by_shape,
     resize_image,
@@ -82,8 +81,10 @@ def _pillow_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequen
 # --------------------------------------------------------------------------- torchvision pipeline
 
 
-def read_for_decode(path: Path, max_pixels: int, draft_size: int) -> torch.Tensor:
-    """Read a file: its bytes (uint8 1-d) when nvJPEG can decode it, else a Pillow-decoded image."""
+def read_for_decode(path: Path, max_pixels: int, sizes: Sequence[int],
+                    crops: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Read a file: its bytes (uint8 1-d) when nvJPEG can decode it, else Pillow-decoded images
+    (:func:`isc.images.decode_for_views`: the full view's, the crops')."""
     data = path.read_bytes()
     if not data:
         raise BrokenImage("empty file (0 bytes)")
@@ -91,7 +92,7 @@ def read_for_decode(path: Path, max_pixels: int, draft_size: int) -> torch.Tenso
     # CMYK, PNG, alpha, palettes, EXIF rotations (nvJPEG ignores them) and size errors go through Pillow
     if size is not None and 0 < size[0] * size[1] <= max_pixels:
         return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    return decode_with_pillow(data, max_pixels, draft_size)
+    return decode_for_views(data, max_pixels, sizes, crops)
 
 
 def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | str]:
@@ -113,14 +114,19 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torc
         return decoded
 
 
+def _to_device(image: torch.Tensor, crop_source: torch.Tensor,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, crop source) on ``device``, one copy when they are the same tensor."""
+    moved = image.to(device, non_blocking=True)
+    return moved, moved if crop_source is image else crop_source.to(device, non_blocking=True)
+
+
 def _torchvision_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
                          workers: int, device: torch.device, max_pixels: int, crops: bool) -> Iterator[tuple]:
     readers = ThreadPoolExecutor(max(1, workers), thread_name_prefix="isc-read")
     batches = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
-    draft = draft_size(sizes, crops)
-
     def submit(batch: range) -> list:
-        return [readers.submit(read_for_decode, paths[i], max_pixels, draft) for i in batch]
+        return [readers.submit(read_for_decode, paths[i], max_pixels, sizes, crops) for i in batch]
 
     # keep a few batches of reads in flight ahead of decoding
     pending = [submit(batch) for batch in batches[:4]]
@@ -128,23 +134,24 @@ def _torchvision_batches(paths: Sequence[Path], model: DescriptorModel, sizes: S
         for k, batch in enumerate(batches):
             if k + 4 < len(batches):
                 pending.append(submit(batches[k + 4]))
-            images: dict[int, torch.Tensor] = {}
+            images: dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
             broken: dict[int, str] = {}
             for position, future in zip(batch, pending.pop(0), strict=True):
                 try:
                     images[position] = future.result()
                 except (BrokenImage, OSError) as e:
                     broken[position] = broken_reason(e)
-            jpegs = [p for p, t in images.items() if t.ndim == 1]
+            jpegs = [p for p, t in images.items() if isinstance(t, torch.Tensor)]
             for position, decoded in zip(jpegs, decode_jpegs([images[p] for p in jpegs], device), strict=True):
                 if isinstance(decoded, str):
                     del images[position]
                     broken[position] = decoded
                 else:
-                    images[position] = decoded
+                    images[position] = decoded, decoded  # decoded whole: the full view and the crops alike
             ok = sorted(images)
+            on_device = {p: _to_device(*images[p], device) for p in ok}
             per_scale = [[resize_image(view, size, model.resize) for p in ok
-                          for view in crop_views(images[p].to(device, non_blocking=True), crops)] for size in sizes]
+                          for view in crop_views(on_device[p][0], crops, on_device[p][1])] for size in sizes]
             yield ok, per_scale, broken
     finally:
         readers.shutdown(wait=True, cancel_futures=True)
@@ -159,7 +166,7 @@ def torch_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence
     views = pipeline(paths, model, sizes, batch_size, workers, device, max_pixels, crops)
     n_views = CROP_VIEWS if crops else 1
     dtype = torch.float16 if half else torch.float32
-    batches = ((positions, normalised_groups(model, per_scale, dtype, device.type == "cuda"), broken)
+    batches = ((positions, normalised_groups(model, per_scale, dtype, device.type == "cuda", n_views), broken)
                for positions, per_scale, broken in views)
     if decoder == "torchvision":
         batches = _in_background(batches, device)  # decode, resize, normalise beside inference
@@ -172,8 +179,9 @@ def torch_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence
 
 
 def normalised_groups(model: DescriptorModel, per_scale: list[list[torch.Tensor]], dtype: torch.dtype,
-                       channels_last: bool) -> list[list[tuple[list[int], torch.Tensor]]]:
-    """Per scale, images of equal shape stacked and normalised: [(positions in the batch, [b, 3, h, w])]."""
+                      channels_last: bool, views_per_image: int = 1) -> list[list[tuple[list[int], torch.Tensor]]]:
+    """Per scale, images of equal shape stacked and normalised: [(positions in the batch, [b, 3, h, w])]; the
+    full views apart from the crops (:func:`isc.images.positions_by_shape`)."""
     if not per_scale or not per_scale[0]:
         return []
     device = per_scale[0][0].device
@@ -182,7 +190,7 @@ def normalised_groups(model: DescriptorModel, per_scale: list[list[torch.Tensor]
     grouped = []
     for views in per_scale:
         groups = []
-        for positions in positions_by_shape(views):
+        for positions in positions_by_shape(views, views_per_image):
             batch = ((torch.stack([views[i] for i in positions]).float() - mean) / std).to(dtype)
             groups.append((positions, batch.contiguous(memory_format=torch.channels_last) if channels_last
                            else batch))

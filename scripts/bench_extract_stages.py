@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         pool = ThreadPoolExecutor(args.threads)
         stage(f"read bytes, {args.threads} threads", n, lambda: list(pool.map(Path.read_bytes, paths)))
         encoded = stage(f"read + header check (read_for_decode), {args.threads} threads", n,
-                        lambda: list(pool.map(lambda p: read_for_decode(p, 10**9, 224), paths)))
+                        lambda: list(pool.map(lambda p: read_for_decode(p, 10**9, [224]), paths)))
         batches = chunks(encoded, args.batch)
         stage("nvJPEG/CPU batch decode, 1 thread", n,
               lambda: [decode_jpegs(batch, device) for batch in batches])

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from isc.extract import extract
+from isc.extract import extract, extraction_config, full_views, is_complete
 from isc.images import CROP_VIEWS, crop_boxes, list_split_images, select_split_images
 from isc.io import InputError, read_descriptor_attrs, read_descriptors
 from isc.models import create_model
@@ -61,23 +61,42 @@ def test_crops_file_has_adjacent_views_full_view_first(files):
     assert np.einsum("nd,nd->n", views[:, 1], plain).mean() < cosines.mean()
 
 
-@pytest.mark.parametrize("decoder", ["pil", "torchvision"])
-def test_first_view_equals_plain_extraction_when_decoding_is_the_same(mini_dataset, tmp_path, decoder):
-    # PNG decoding has no draft mode: the full view is exactly the plain descriptor on both torch pipelines
+@pytest.mark.parametrize(("model_name", "decoder"), [("efficientnet_lite0", "pil"),
+                                                     ("efficientnet_lite0", "torchvision"), ("pdq", "pil")])
+def test_full_views_are_the_plain_extraction_bit_for_bit(mini_dataset, tmp_path, model_name, decoder):
+    # JPEGs that draft mode decodes smaller for the full view than for the crops (a 1/2 scale against none), a PNG
+    # and an EXIF-rotated JPEG (both decoded by Pillow on every pipeline), in batches of 2
     from PIL import Image
 
     queries = select_split_images(list_split_images(mini_dataset, "query"), "query", 1)
     images = {}
-    for image_id, path in list(queries.items())[:5]:
-        images[image_id] = tmp_path / f"{image_id}.png"
-        Image.open(path).save(images[image_id])
-    model = create_model("efficientnet_lite0", image_size=64)
-    options = {"device": "cpu", "workers": 0, "quiet": True, "decoder": decoder}
+    for n, (image_id, path) in enumerate(list(queries.items())[:5]):
+        with Image.open(path) as image:
+            big = image.convert("RGB").resize((200 + 10 * n, 150))
+        images[image_id] = tmp_path / f"{image_id}.{'png' if n == 3 else 'jpg'}"
+        exif = Image.Exif()
+        exif[0x0112] = 6 if n == 4 else 1
+        big.save(images[image_id], exif=exif) if n != 3 else big.save(images[image_id])
+    model = create_model(model_name, **({} if model_name == "pdq" else {"image_size": 64}))
+    options = {"device": "cpu", "workers": 0, "quiet": True, "decoder": decoder, "batch_size": 2}
     extract(images, tmp_path / "plain.h5", model, **options)
     extract(images, tmp_path / "crops.h5", model, crops=True, **options)
-    _, plain, _ = read_descriptors(tmp_path / "plain.h5")
+    assert full_views(tmp_path / "crops.h5", tmp_path / "derived.h5") == len(images)
+    with h5py.File(tmp_path / "plain.h5") as plain, h5py.File(tmp_path / "derived.h5") as derived:
+        assert set(plain) == set(derived) == {"ids", "descriptors", "file_stamps"}
+        for name in plain:
+            assert plain[name][()].tobytes() == derived[name][()].tobytes(), name
+        assert set(plain.attrs) == set(derived.attrs)
+    assert is_complete(tmp_path / "derived.h5", images, extraction_config(model))
+    # the crops are still cut from the larger decode: not the plain view
     _, crops, _ = read_descriptors(tmp_path / "crops.h5", views=True)
-    np.testing.assert_allclose(crops[::CROP_VIEWS], plain, atol=1e-5)
+    assert not np.array_equal(crops[1::CROP_VIEWS], crops[::CROP_VIEWS])
+
+
+def test_full_views_refuses_a_file_without_views(files, tmp_path):
+    with pytest.raises(InputError, match="not a crops file"):
+        full_views(files["plain"], tmp_path / "out.h5")
+    assert not (tmp_path / "out.h5").exists()
 
 
 def test_search_over_crops_gives_each_pair_once(files, tmp_path):

@@ -139,7 +139,7 @@ def test_training_limit_uses_the_first_training_images_only(s3_endpoint, mini_da
     steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
     assert steps[("download", "training")].images == 20 and steps[("download", "reference")].images == 40
     assert read_descriptors(tmp_path / "work" / "descriptors" / "training.h5")[0] == [f"T{i:06d}" for i in range(20)]
-    assert steps[("search", "phase 1")].result.endswith("normalised with 20 training images")
+    assert steps[("search", "phase 1")].result.endswith("normalised with 20 training images, 6 views per query")
     assert steps[("submit", "phase 2 descriptors")].result == "valid, phase-1 references reused"
 
 
@@ -265,3 +265,39 @@ def test_help_explains_every_option():
     assert result.returncode == 0
     for option in ("--demo", "--data", "--region", "--gt", "--pca-dim", "--phases", "--submissions-dir", "--limit"):
         assert option in result.stdout
+
+
+def _datasets(path: Path) -> dict[str, bytes]:
+    """Every dataset of an HDF5 file as bytes: what two files must share to be the same descriptors."""
+    with h5py.File(path) as f:
+        return {name: f[name][()].tobytes() for name in f}
+
+
+def test_reference_crops_and_plain_files_from_the_crops_full_views(mini_dataset, tmp_path):
+    work = tmp_path / "work"
+    result = subprocess.run([*RUN, str(work), "--data", str(mini_dataset), *FAST_ARGS, "--reference-crops", "--k", "3",
+                             "--phases", "1", "--gt", str(mini_dataset / "ground_truth.csv"), "--json", "--quiet",
+                             "--submissions-dir", str(tmp_path / "submissions")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    steps = {(s["stage"], s["target"]): s for s in json.loads(result.stdout)["steps"]}
+    descriptors = work / "descriptors"
+    # the plain query and reference files are the crops files' full views, not a second extraction ...
+    for target, name in (("query phase 1", "query_phase1"), ("reference", "reference")):
+        assert steps[("extract", target)]["result"].endswith(f"full views of {name}_crops.h5, not extracted again")
+    assert steps[("search", "phase 1")]["result"].endswith("6 views per query, 6 views per reference")
+    # ... and exactly what an extraction without crops writes, bit for bit
+    model = create_model("efficientnet_lite0", image_size=64)
+    for split, name in (("query", "query_phase1"), ("reference", "reference")):
+        images = {i: p for i, p in list_split_images(mini_dataset, split).items() if split != "query" or i < "Q50000"}
+        extract(images, tmp_path / f"{name}.h5", model, batch_size=8, workers=0, quiet=True)
+        assert _datasets(descriptors / f"{name}.h5") == _datasets(tmp_path / f"{name}.h5")
+        assert read_descriptors(descriptors / f"{name}.h5")[2].get("views_per_id") is None
+    # the matching track searched the reference views; the descriptor track has one row per reference
+    sources = read_manifest(tmp_path / "submissions" / "phase1_matching.csv")["provenance"]
+    assert {Path(p).name for p in sources} == {"query_phase1_crops_pca16.h5", "reference_crops_pca16.h5",
+                                               "training_pca16.h5"}
+    predictions = read_predictions(tmp_path / "submissions" / "phase1_matching.csv")
+    assert (predictions.groupby("query_id")["reference_id"].nunique() == 3).all()
+    reference_ids = read_descriptor_track(tmp_path / "submissions" / "phase1_descriptors.h5")[2]
+    assert reference_ids == sorted(pd.read_csv(mini_dataset / "reference_metadata.csv")["image_id"])

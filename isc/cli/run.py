@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "corners and the centre, 2/3 of each side; descriptors/query_phase<P>_crops.h5), each pair "
                        "scored by its best view: µAP 0.728 -> 0.781 with sscd on photos, 6x the query extraction "
                        "work; the descriptor track keeps one row per query (default: on)")
+    model.add_argument("--reference-crops", action=argparse.BooleanOptionalAction, default=False,
+                       help="for the matching track, describe each reference as its full view and 5 crops too "
+                       "(descriptors/reference_crops.h5; reference.h5 is then its full views, for the descriptor "
+                       "track), each pair scored by its best (query view, reference view): 6x the reference "
+                       "extraction and index; gain and cost in docs/BENCHMARKS.md (default: off)")
     search = parser.add_argument_group("search, scoring and submission")
     search.add_argument("--k", type=positive_int, default=DEFAULT_K,
                         help="references kept per query (default: %(default)s)")
@@ -126,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         download_workers=args.download_workers, model=model_name, checkpoint=args.checkpoint,
         image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None), device=args.device,
         batch_size=args.batch_size, workers=args.workers, pca_dim=args.pca_dim, k=args.k, query_crops=args.query_crops,
+        reference_crops=args.reference_crops,
         backend=args.backend, norm=score_norm(args), phases=sorted(set(args.phases)),
         ground_truth=[Path(p) for p in args.gt], restrict_to_gt_queries=args.restrict_to_gt_queries,
         submissions=Path(submissions), quiet=args.quiet,
