@@ -19,6 +19,7 @@ from isc.io import (
     InputError,
     atomic_path,
     check_file,
+    first_bad_id,
     write_descriptors,
 )
 
@@ -103,11 +104,21 @@ def learn_pca(descriptors: np.ndarray, dim: int = DESCRIPTOR_TRACK_MAX_DIM, whit
                         {**(attrs or {}), "n_train": n, "input_dimension": d, "dimension": dim})
 
 
+def descriptor_split(source: DescriptorFile) -> str | None:
+    """The competition split a descriptor file holds: its ``split`` attribute (isc-extract --split), else the
+    split every id belongs to, else None (images of one's own)."""
+    if source.attrs.get("split"):
+        return str(source.attrs["split"])
+    return next((split for split in ("training", "reference", "query")
+                 if source.ids and first_bad_id(source.ids, split) is None), None)
+
+
 def learn_pca_file(train: str | Path, output: str | Path, dim: int = DESCRIPTOR_TRACK_MAX_DIM,
                    whiten: bool = True) -> PCAWhitening:
-    """Learn from a descriptor file (e.g. the training split's) and save to ``output`` (.npz)."""
+    """Learn from a descriptor file (e.g. the training split's) and save to ``output`` (.npz), recording the
+    file, its split (:func:`descriptor_split`: the rules allow only the training split's) and its model."""
     training = DescriptorFile.read(train)
-    source = {"trained_on": str(train),
+    source = {"trained_on": str(train), "trained_split": descriptor_split(training),
               **{k: training.attrs[k] for k in ("model", "model_fingerprint") if k in training.attrs}}
     pca = learn_pca(training.descriptors, dim, whiten, attrs=source)
     pca.save(output)
@@ -173,9 +184,10 @@ def apply_pca_files(pca: PCAWhitening | str | Path, pairs: Sequence[tuple[str | 
             if whitened_negatives is None:  # after the first file's check, as one file at a time did
                 training = DescriptorFile.read(negatives)
                 _check_pca_input(pca, negatives, training.attrs)
-                whitened_negatives = pca.apply(training.descriptors)
+                whitened_negatives, negatives_split = pca.apply(training.descriptors), descriptor_split(training)
             whitened = subtract_negative_embeddings(whitened, whitened_negatives, neg_beta, neg_k, quiet=quiet)
-            extra["negative_embeddings"] = json.dumps({"training": str(negatives), "beta": neg_beta, "k": neg_k})
+            extra["negative_embeddings"] = json.dumps({"training": str(negatives), "split": negatives_split,
+                                                       "beta": neg_beta, "k": neg_k})
         write_descriptors(output, source.ids, whitened, {**source.attrs, "pca": json.dumps(pca.attrs),
                                                          "pca_whiten": pca.whiten, "normalized": True, **extra})
         yield len(source.ids)

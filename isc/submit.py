@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
@@ -413,6 +414,27 @@ def _reuse_violations(
     return violations
 
 
+def _training_only_violations(part: DescriptorFile, name: str) -> list[Violation]:
+    """Statistics learnt on anything but the training split (the rules allow no other): a PCA-whitening
+    (attribute ``pca``, whose ``trained_split`` isc-pca records) or the negatives subtracted from the
+    descriptors (``negative_embeddings``)."""
+    violations = []
+    for attribute, what, split_key, source_key in (("pca", "whitened by a PCA learnt on", "trained_split",
+                                                    "trained_on"),
+                                                   ("negative_embeddings", "made with negatives from", "split",
+                                                    "training")):
+        if attribute not in part.attrs:
+            continue
+        recorded = json.loads(part.attrs[attribute])
+        split = recorded.get(split_key)
+        if split != "training":
+            count = f", {recorded['n_train']:,} images" if "n_train" in recorded else ""
+            message = (f"the {name} descriptors were {what} {recorded.get(source_key)} ({split or 'no split recorded'}"
+                       f"{count}); the rules allow statistics of the training split only (isc-pca learn training.h5)")
+            violations.append(Violation("not learnt on the training split", message, where=str(part.path)))
+    return violations
+
+
 def check_descriptor_submission(
     query: DescriptorFile,
     reference: DescriptorFile,
@@ -428,7 +450,8 @@ def check_descriptor_submission(
     Rules: the same dimension on both sides, at most :data:`~isc.io.DESCRIPTOR_TRACK_MAX_DIM`; query
     ids of ``phase`` only; every expected query of the phase and every expected reference present
     (by default the competition's 50,000 queries and 1,000,000 references; each id at most once is
-    checked on reading); the same model attributes on both sides; with ``phase1_reference``, the
+    checked on reading); the same model attributes on both sides; whitening and negatives learnt on the
+    training split only; with ``phase1_reference``, the
     references are the phase-1 ones (same ids, identical values, same attributes) and the queries
     carry the phase-1 model's attributes.
     """
@@ -449,6 +472,7 @@ def check_descriptor_submission(
     if differences:
         message = "query and reference descriptors were not made the same way (query != reference): "
         violations.append(Violation("different models", message + "; ".join(differences)))
+    violations += _training_only_violations(query, "query") + _training_only_violations(reference, "reference")
     if phase1_reference is not None:
         violations += _reuse_violations(query, reference, phase1_reference, ignore_attributes)
     return violations
