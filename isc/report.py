@@ -193,7 +193,8 @@ def build_report(
 ) -> Report:
     """Score the predictions, choose the galleries (at most ``gallery_size`` pairs each) and load their thumbnails."""
     if not Path(data_root).is_dir():
-        raise InputError(f"data folder {data_root} does not exist (expected ROOT/query_images, ROOT/reference_images)")
+        state = "is not a directory" if Path(data_root).exists() else "does not exist"
+        raise InputError(f"data folder {data_root} {state} (expected ROOT/query_images, ROOT/reference_images)")
     if gallery_size < 0:
         raise InputError(f"gallery size must be >= 0, got {gallery_size}")
     if thumbnail_size < 16:
