@@ -311,12 +311,15 @@ def sync_split(
     returns it and its path. Every request waits at most ``timeout`` seconds for a connection or for data, and
     is tried ``attempts`` times; an endpoint that never answers ends in :class:`isc.s3.EndpointUnresponsive`.
     """
+    # a metadata file given is read before any request: a bad one is refused at once, network or not
+    given = read_metadata(metadata_path, split) if metadata_path is not None else None
     region, client, timings = connect(region, split, endpoint_url, profile, workers,
                                       check=not verify_only or repair, attempts=attempts, timeout=timeout)
     if timings:
         log.info("fastest region: %s (%s)", region, ", ".join(f"{r} {t * 1000:.0f} ms" for r, t in timings.items()))
     bucket = bucket_for_region(region)
-    metadata = load_metadata(client, bucket, split, dest, metadata_path, reuse_saved=verify_only and not repair)
+    metadata = given if given is not None else load_metadata(client, bucket, split, dest,
+                                                              reuse_saved=verify_only and not repair)
     rows = select_rows(metadata, split, filters, id_ranges, limit)
     all_names = {uri.rpartition("/")[2] for uri in metadata["s3_uri"]}
     getter = ObjectGetter(client, bucket, images_prefix(split), workers)

@@ -15,7 +15,7 @@ extracted again), and the logs are merged into ``OUT`` in id order. Under ``torc
 extracts a contiguous shard of the sorted ids (:mod:`isc.distributed`).
 
 ``OUT`` holds the datasets ``ids`` (ASCII), ``descriptors`` (float32 [n, d]), ``file_stamps`` (int64
-[n, 2]: size in bytes and st_mtime_ns of each image file when it was read, what :func:`is_complete`
+[n, 2]: size in bytes and st_ctime_ns of each image file when it was read, what :func:`is_complete`
 checks) and, for a class-per-folder tree (``ROOT/<class>/<image>``), ``classes`` (ASCII, one per row).
 Unreadable images are skipped and listed, with their reasons, in the ``broken`` attribute (JSON; their
 file stamps in ``broken_stamps``). Non-finite descriptors are refused, never written. With ``crops`` (query
@@ -42,7 +42,15 @@ from tqdm import tqdm
 
 from isc.distributed import barrier, join_process_group, leave_process_group, this_device
 from isc.images import CROP_VIEWS, DEFAULT_MAX_PIXELS
-from isc.io import InputError, atomic_path, decode_id, model_differences, provenance, read_descriptor_attrs
+from isc.io import (
+    InputError,
+    atomic_path,
+    check_links,
+    decode_id,
+    model_differences,
+    provenance,
+    read_descriptor_attrs,
+)
 from isc.models import DescriptorModel
 from isc.partial_log import H5_LIBVER, MERGE_ROWS, PartialWriter, merge_partial_logs, partial_path
 from isc.pixel_batches import pixel_batches
@@ -54,12 +62,15 @@ DEFAULT_BATCH_SIZE = 64  # images per model call
 
 
 def file_stamp(path: Path) -> tuple[int, int]:
-    """(size, st_mtime_ns) of an image file, what says it changed; (-1, -1) when it cannot be stat'ed."""
+    """(size, st_ctime_ns) of an image file, what says it changed; (-1, -1) when it cannot be stat'ed.
+
+    The status-change time, not the modification time: any write, rename or replacement sets it to now, and
+    no tool restores it (``touch -r`` and ``cp -p`` restore an mtime)."""
     try:
         stat = path.stat()
     except OSError:
         return -1, -1
-    return stat.st_size, stat.st_mtime_ns
+    return stat.st_size, stat.st_ctime_ns
 
 
 def view_sizes(model: DescriptorModel, scales: Sequence[float]) -> list[int]:
@@ -77,7 +88,7 @@ def extraction_config(model: DescriptorModel, scales: Sequence[float] = (1.0,), 
 
 def is_complete(output: str | Path, images: Mapping[str, Path], config: Mapping[str, object]) -> bool:
     """Whether ``output`` holds descriptors of exactly ``images`` (or lists them as broken), made as ``config``
-    says from the image files as they are now (same size and modification time; a file without these
+    says from the image files as they are now (same size and status-change time; a file without these
     ``file_stamps``, written by an older isc-extract, is never complete)."""
     output = Path(output)
     if not output.is_file() or not h5py.is_hdf5(output):
@@ -86,7 +97,9 @@ def is_complete(output: str | Path, images: Mapping[str, Path], config: Mapping[
     if model_differences(config, attrs):
         return False  # before reading the ids and stamps: a different model needs none of them
     with h5py.File(output, "r") as f:
-        if any(name not in f for name in ("ids", "descriptors", "file_stamps")):
+        try:
+            check_links(f, ("ids", "descriptors", "file_stamps"), output)
+        except InputError:  # a dataset missing, or a link that leads nowhere: extracted again, into a file of its own
             return False
         recorded = dict(zip((decode_id(x) for x in f["ids"][()]), map(tuple, f["file_stamps"][()].tolist()),
                             strict=True))

@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from isc.draw import on_white
-from isc.io import IMAGE_SUFFIXES, InputError, parse_id_range, query_phase, split_folder, validate_ids
+from isc.io import (
+    IMAGE_SUFFIXES,
+    InputError,
+    parse_id_range,
+    query_phase,
+    special_file_kind,
+    split_folder,
+    validate_ids,
+)
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold
 # we enforce our own pixel limit (max_pixels)
@@ -78,7 +86,9 @@ def list_images(source: str | Path) -> dict[str, Path]:
             raise InputError(f"{source}: not a text file listing image paths (one a line)") from None
         paths = [(path.stem, path) for path in (source.parent / line for line in lines if line)]
     else:
-        raise InputError(f"{source}: no such folder or list file")
+        kind = special_file_kind(source)
+        raise InputError(f"{source}: is a {kind}, not a folder or list file" if kind
+                         else f"{source}: no such folder or list file")
     if not paths:
         raise InputError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)})")
     images: dict[str, Path] = {}
@@ -163,14 +173,19 @@ def _to_8_bits(image: Image.Image) -> Image.Image:
 
     Pillow's own conversion clips every value above 255 to white. 16-bit modes, and 32-bit integers
     within 0-65535, are scaled from 0-65535; floats within 0-1 from 0-1; any other range is stretched
-    from its minimum to its maximum.
+    from its minimum to its maximum. The range is that of the finite pixels (+inf is white, -inf and NaN black);
+    an image without one is broken.
     """
-    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    values = np.asarray(image, dtype=np.float64)
+    finite = np.isfinite(values)
+    if values.size and not finite.any():
+        raise BrokenImage(f"no finite pixel value ({image.mode} image of NaN or infinite values only)")
+    low, high = (float(values[finite].min()), float(values[finite].max())) if values.size else (0.0, 0.0)
     if image.mode.startswith("I;16") or (image.mode == "I" and low >= 0 and high <= 65535):
         low, high = 0.0, 65535.0
     elif image.mode == "F" and low >= 0 and high <= 1:
         low, high = 0.0, 1.0
+    values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
     scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
     return Image.fromarray(np.round(scaled).clip(0, 255).astype(np.uint8))
 

@@ -17,12 +17,16 @@ Readers raise :class:`InputError` naming the file and the first bad row; writers
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import csv
+import errno
 import hashlib
 import json
 import os
 import re
 import secrets
+import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,10 +46,43 @@ class InputError(ValueError):
     """Bad input from the user: the CLI prints it as one line and exits non-zero."""
 
 
+def shown(value: object, limit: int = 100) -> str:
+    """A value quoted in a message: its repr (non-printable characters escaped), cut after ``limit`` characters."""
+    text = str(value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+SNIFF_BYTES = 1 << 16  # what is read of a text file before parsing it
+# byte-order marks of the encodings a text editor may save a CSV in, UTF-32 before UTF-16 (whose marks begin theirs)
+_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
+         (codecs.BOM_UTF16_BE, "UTF-16"))
+
+
+def check_text_file(path: str | Path, what: str) -> None:
+    """InputError, from its first 64 KiB and before any parsing, for a file that is not UTF-8 text: UTF-16 or
+    UTF-32 (by the byte-order mark, or by NULs beside ASCII letters), or binary (a NUL byte); a sparse or
+    binary file of gigabytes is then refused at once, without being read whole."""
+    check_file(path, "file")
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    encoding = next((name for bom, name in _BOMS if head.startswith(bom)), None)
+    if encoding is None and b"\0" in head:
+        even_nuls, odd_nuls = head[0::2].count(0), head[1::2].count(0)
+        if max(even_nuls, odd_nuls) > 0.9 * (len(head) // 2) and min(even_nuls, odd_nuls) < 0.1 * (len(head) // 2):
+            encoding = "UTF-16"
+        else:
+            raise InputError(f"{path}: not a text {what} (binary content: a NUL byte at offset {head.index(0)})")
+    if encoding:
+        raise InputError(f"{path}: {encoding} text, a {what} must be UTF-8 (save it as UTF-8)")
+
+
 SPLITS = ("query", "reference", "training")
 ID_PREFIX = {"query": "Q", "reference": "R", "training": "T"}
 ID_DIGITS = {"query": 5, "reference": 6, "training": 6}  # Q00000, R000000, T000000
-ID_PATTERNS = {split: re.compile(rf"{ID_PREFIX[split]}\d{{{ID_DIGITS[split]}}}") for split in SPLITS}
+# [0-9], not \d: \d also matches non-ASCII digits (full-width "０"), which no competition id holds
+ID_PATTERNS = {split: re.compile(rf"{ID_PREFIX[split]}[0-9]{{{ID_DIGITS[split]}}}") for split in SPLITS}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # files taken as images
 PHASE_QUERY_RANGES = {1: (0, 49_999), 2: (50_000, 99_999)}
 DESCRIPTOR_TRACK_MAX_DIM = 256
@@ -115,7 +152,7 @@ def validate_ids(
     if bad is not None:
         value = ids.iloc[bad] if hasattr(ids, "iloc") else list(ids)[bad]
         raise InputError(
-            f"{source}: {what} #{bad} is {value!r}, not a {split} id ({ID_PREFIX[split]} + "
+            f"{source}: {what} #{bad} is {shown(value)}, not a {split} id ({ID_PREFIX[split]} + "
             f"{ID_DIGITS[split]} ASCII digits){f'; {why}' if why else ''}"
         )
 
@@ -161,20 +198,53 @@ def phase_query_ids(phase: int) -> list[str]:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp_path = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-        try:
-            # mode 0o666 less the umask, as for any new file (mkstemp would make it private)
-            os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
+    check_parent_folders(path)
+    tmp_path = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                # mode 0o666 less the umask, as for any new file (mkstemp would make it private)
+                os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                break
+            except FileExistsError:
+                tmp_path = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as e:
+        named = os_error_at(e, path, tmp_path)
+        if named is e:
+            raise
+        raise named from e
     finally:
-        tmp_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only or vanished folder: nothing was left there
+            tmp_path.unlink(missing_ok=True)
+
+
+def check_parent_folders(path: str | Path) -> None:
+    """InputError when a folder that ``path`` would be written in is an existing file (``afile/out.csv``):
+    creating the folders would fail with a bare "File exists"."""
+    for parent in Path(path).parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise InputError(f"{path}: {parent} is {'a file' if parent.is_file() else 'not a folder'}, "
+                                 "it cannot hold the output")
+            return
+
+
+def os_error_at(error: OSError, path: str | Path, tmp_path: str | Path | None = None) -> OSError:
+    """``error`` as the OSError of the same kind naming ``path``, the user's file, when it names ``tmp_path`` (the
+    temporary twin of ``path``) or no file at all, or says the disk is full (shutil's copy names its source then);
+    errno and reason are dug out of h5py's text, which alone holds them."""
+    disk_full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if error.filename is not None and (tmp_path is None or str(error.filename) != str(tmp_path)) and not disk_full:
+        return error
+    number, reason = error.errno, error.strerror
+    if number is None:
+        found = re.search(r"errno = (\d+)", str(error))
+        number = int(found.group(1)) if found else None
+        reason = os.strerror(number) if number else str(error)
+    return OSError(number, reason, str(path))
 
 
 def write_json(path: str | Path, content: object, indent: int = 2, sort_keys: bool = False) -> Path:
@@ -249,10 +319,25 @@ def _is_utf8(raw: bytes) -> bool:
 def check_file(path: str | Path, what: str, here: bool = False) -> None:
     """InputError unless ``path`` is an existing file: ``PATH: is a directory (a WHAT is needed[ here])`` for a
     folder, ``PATH: no such WHAT`` otherwise."""
+    article = "an" if what[:1].lower() in "aeio" or what.startswith(("ONNX", "HDF5")) else "a"
     if Path(path).is_dir():
-        raise InputError(f"{path}: is a directory (a {what} is needed{' here' if here else ''})")
+        raise InputError(f"{path}: is a directory ({article} {what} is needed{' here' if here else ''})")
     if not Path(path).is_file():
-        raise InputError(f"{path}: no such {what}")
+        kind = special_file_kind(path)
+        raise InputError(f"{path}: is a {kind}, not a file ({article} {what} is needed)" if kind
+                         else f"{path}: no such {what}")
+
+
+def special_file_kind(path: str | Path) -> str | None:
+    """What an existing path that is neither a file nor a folder is (``named pipe (FIFO)``, ``socket``, ...);
+    None when there is nothing there."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    kinds = ((stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"))
+    return next((kind for test, kind in kinds if test(mode)), "special file")
 
 
 def _open_h5(path: str | Path) -> h5py.File:
@@ -268,10 +353,26 @@ def _open_h5(path: str | Path) -> h5py.File:
 DESCRIPTOR_LAYOUTS = {"isc-extract": ("ids", "descriptors"), "isc2021": ("image_names", "vectors")}
 
 
+def check_links(f: h5py.File, names: Sequence[str], path: str | Path) -> None:
+    """InputError when one of the datasets ``names`` is a link that cannot be followed (an HDF5 external link to
+    a missing file, a dangling soft link): ``name in f`` holds for it, ``f[name]`` raises KeyError."""
+    for name in names:
+        try:
+            f[name]
+        except KeyError as e:
+            link = f.get(name, getlink=True)
+            if link is None:
+                raise InputError(f"{path}: no dataset {name}") from None
+            target = f" to {link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else \
+                f" to {link.path}" if isinstance(link, h5py.SoftLink) else ""
+            raise InputError(f"{path}: dataset {name} is a link{target} that cannot be followed ({e})") from None
+
+
 def _descriptor_layout(f: h5py.File, path: str | Path) -> str:
     """The layout whose datasets the file holds; InputError naming the datasets expected otherwise."""
     for layout, names in DESCRIPTOR_LAYOUTS.items():
         if all(name in f for name in names):
+            check_links(f, names, path)
             return layout
     closest = max(DESCRIPTOR_LAYOUTS.values(), key=lambda names: sum(name in f for name in names))
     missing = ", ".join(name for name in closest if name not in f)
@@ -405,6 +506,7 @@ def read_descriptor_classes(path: str | Path) -> list[str] | None:
     with _open_h5(path) as f:
         if "classes" not in f:
             return None
+        check_links(f, ["classes"], path)
         n_rows = len(f[DESCRIPTOR_LAYOUTS[_descriptor_layout(f, path)][0]])
         classes = _decode_ids(f["classes"])
     if len(classes) != n_rows:
@@ -448,6 +550,7 @@ def read_descriptor_track(path: str | Path) -> tuple[list[str], np.ndarray, list
         missing = [n for n in ("query", "reference", "query_ids", "reference_ids") if n not in f]
         if missing:
             raise InputError(f"{path}: not a descriptor-track file (missing datasets {', '.join(missing)})")
+        check_links(f, ("query", "reference", "query_ids", "reference_ids"), path)
         out = []
         for name, split in (("query", "query"), ("reference", "reference")):
             if f[name].dtype != np.float32:
@@ -480,8 +583,7 @@ def _read_csv(
     ``dtype``: of every column (str), of some (a dict), or inferred (None)."""
     import pandas as pd
 
-    if not Path(path).is_file():
-        raise InputError(f"{path}: no such file")
+    check_text_file(path, f"{what} CSV")
     options = {"dtype": dtype} if dtype is not None else {}
     if not header:
         options.update(header=None, names=list(columns))
@@ -490,7 +592,11 @@ def _read_csv(
             # a row with more fields than the header must fail, not turn into an index or be cut
             warnings.simplefilter("error", pd.errors.ParserWarning)
             df = pd.read_csv(path, index_col=False, keep_default_na=False, **options)
-    except (pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError) as e:
+    except pd.errors.ParserWarning:  # pandas says neither where nor how many: the first row too long, by line
+        line, fields = _first_long_row(path, len(columns) if not header else None)
+        raise InputError(f"{path}: line {line}: {fields} fields, more than the header's {len(columns)} "
+                         f"(not a valid {what} CSV)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not a valid {what} CSV ({str(e).splitlines()[0]})") from None
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: empty file, expected a header {','.join(columns)}") from None
@@ -498,7 +604,7 @@ def _read_csv(
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise InputError(
-            f"{path}: missing column(s) {', '.join(missing)} (header is {','.join(df.columns)}; "
+            f"{path}: missing column(s) {', '.join(missing)} (header is {shown(','.join(df.columns))}; "
             f"a {what} CSV has {','.join(columns)})"
         )
     return df[list(columns)]
@@ -513,6 +619,18 @@ def pair_keys(*frames: pd.DataFrame) -> list[np.ndarray]:
              for column in ("query_id", "reference_id")]
     keys = codes[0][0].astype(np.int64) * max(len(codes[1][1]), 1) + codes[1][0]
     return np.split(keys, np.cumsum([len(f) for f in frames])[:-1])
+
+
+def _first_long_row(path: str | Path, width: int | None) -> tuple[int, int]:
+    """(line number, fields) of the first row with more fields than ``width`` (None: than the header row)."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        reader = csv.reader(f)
+        for row in reader:
+            if width is None and row:
+                width = len(row)
+            elif row and len(row) > width:
+                return reader.line_num, len(row)
+    return reader.line_num, width or 0
 
 
 def _check_non_empty(df: pd.DataFrame, column: str, path: str | Path, first_line: int = 2) -> None:
@@ -561,8 +679,7 @@ def _first_csv_row(path: str | Path) -> list[str]:
 def _has_header_row(path: str | Path) -> bool:
     """True when a predictions file starts with a header row (recognised by its column names), False when it
     starts with a prediction; InputError, quoting the row, when it is neither."""
-    if not Path(path).is_file():
-        raise InputError(f"{path}: no such file")
+    check_text_file(path, "predictions CSV")
     first = _first_csv_row(path)
     if not first or any(field.strip().strip('"') in PREDICTION_COLUMNS for field in first):
         return True
@@ -570,7 +687,7 @@ def _has_header_row(path: str | Path) -> bool:
         return False
     raise InputError(
         f"{path}: line 1 is neither the header {','.join(PREDICTION_COLUMNS)} nor a prediction row "
-        f"(competition query id, reference id, score; other ids need the header row): {','.join(first)[:80]!r}"
+        f"(competition query id, reference id, score; other ids need the header row): {shown(','.join(first))}"
     )
 
 
@@ -602,7 +719,7 @@ def read_predictions(path: str | Path, duplicates: str = "error", max_rows: int 
         row = int(np.flatnonzero(bad)[0])
         value = str(df["score"].iloc[row])
         raise InputError(
-            f"{path}: line {row + first_line}: score {repr(value) if value else '(empty)'} is not a finite number"
+            f"{path}: line {row + first_line}: score {shown(value) if value else '(empty)'} is not a finite number"
         )
     df = df.assign(score=scores)
     repeat = _first_repeated(pair_keys(df)[0])
@@ -666,15 +783,15 @@ def read_metadata(path: str | Path, split: str | None = None) -> pd.DataFrame:
     if not ok.all():
         row = int(np.flatnonzero(~ok.to_numpy())[0])
         expected = f"a {split} id" if split else "an image id"
-        raise InputError(f"{path}: line {row + 2}: image_id {ids.iloc[row]!r} is not {expected}")
+        raise InputError(f"{path}: line {row + 2}: image_id {shown(ids.iloc[row])} is not {expected}")
     bad_md5 = ~df["md5_checksum"].str.fullmatch(_MD5.pattern)
     if bad_md5.any():
         row = int(np.flatnonzero(bad_md5.to_numpy())[0])
-        raise InputError(f"{path}: line {row + 2}: md5_checksum {df['md5_checksum'].iloc[row]!r} is not 32 hex digits")
+        raise InputError(f"{path}: line {row + 2}: md5_checksum {shown(df['md5_checksum'].iloc[row])} is not 32 hex digits")
     bad_uri = ~df["s3_uri"].str.startswith("s3://")
     if bad_uri.any():
         row = int(np.flatnonzero(bad_uri.to_numpy())[0])
-        raise InputError(f"{path}: line {row + 2}: s3_uri {df['s3_uri'].iloc[row]!r} is not an s3:// address")
+        raise InputError(f"{path}: line {row + 2}: s3_uri {shown(df['s3_uri'].iloc[row])} is not an s3:// address")
     dup = ids.duplicated()
     if dup.any():
         row = int(np.flatnonzero(dup.to_numpy())[0])

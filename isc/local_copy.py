@@ -40,14 +40,22 @@ class VerifiedIndex:
         return self.entries.get(name) == (stat.st_size, stat.st_mtime_ns, md5)
 
     def record(self, name: str, stat: os.stat_result, md5: str) -> None:
-        entry = (stat.st_size, stat.st_mtime_ns, md5)
+        self._append(name, (stat.st_size, stat.st_mtime_ns, md5))
+
+    def _append(self, name: str, entry: tuple[int, int, str]) -> None:
         if self.entries.get(name) == entry:
             return
         self.entries[name] = entry
         if self._journal is None:
             self._journal = open(self.path, "a")  # noqa: SIM115 (kept open for the run, closed by compact)
-        self._journal.write(f"{name}\t{entry[0]}\t{entry[1]}\t{md5}\n")
+        self._journal.write("{}\t{}\t{}\t{}\n".format(name, *entry))
         self._journal.flush()
+
+    def forget(self, name: str) -> None:
+        """Stop trusting ``name`` (found corrupt): the next run hashes it again, and fetches it. Journalled as an
+        entry no file matches (size 0, mtime 0, no MD5), so that a run killed before :meth:`compact` forgets it too."""
+        if name in self.entries:
+            self._append(name, (0, 0, "0" * 32))
 
     def compact(self, keep: Iterable[str]) -> None:
         """Rewrite the journal with one line per file in ``keep`` (atomically)."""
@@ -105,6 +113,7 @@ def check_folder(
             index.record(name, stat, md5)
         else:
             result.corrupt.append(name)
+            index.forget(name)
     result.extra = sorted(n for n, e in present.items() if not n.startswith(".") and n not in all_names and e.is_file())
     return result
 

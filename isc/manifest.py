@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 import isc
-from isc.io import InputError, file_digest, provenance_path, read_descriptor_attrs, write_json
+from isc.io import InputError, check_file, file_digest, provenance_path, read_descriptor_attrs, write_json
 
 MANIFEST_SUFFIX = ".manifest.json"
 SUBMISSIONS_DIR_ENV = "ISC_SUBMISSIONS_DIR"  # the default submissions folder of isc-submit and isc-run
@@ -90,8 +90,7 @@ def update_manifest(submission: str | Path, **fields: object) -> Path:
 def read_provenance(path: str | Path) -> dict[str, object]:
     """What produced a submission's inputs: a JSON file, or the attributes of a descriptor HDF5 file."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    check_file(path, "file")
     if h5py.is_hdf5(path):
         return read_descriptor_attrs(path)
     try:

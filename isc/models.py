@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,7 @@ DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("square", "short-edge")
+MAX_IMAGE_SIZE = 4096  # pixels a side: one 4096² float batch item is 200 MB; 100000 would ask for 120 GB
 POOLINGS = ("gem", "mean", "max")
 CHECKPOINT_FORMAT = "isc-descriptor-model/1"
 LITE_VARIANTS = {f"efficientnet_lite{n}": n for n in (0, 1, 2)}
@@ -102,6 +104,8 @@ class DescriptorModel(nn.Module):
             raise InputError(f"unknown resize mode {resize!r} (choose from {', '.join(RESIZE_MODES)})")
         if image_size < 8:
             raise InputError(f"image size {image_size} is too small (at least 8 pixels)")
+        if image_size > MAX_IMAGE_SIZE:
+            raise InputError(f"image size {image_size} is too large (at most {MAX_IMAGE_SIZE} pixels)")
         self.net = net
         self.name = name
         self.options = dict(options)
@@ -452,6 +456,9 @@ def _build(name: str, pretrained: bool, options: dict) -> DescriptorModel:
             return _pdq_model(name, **options)
         if name in SSCD_MODELS:
             return _sscd_model(name, **options)
+        prefix = name.partition(":")[0]
+        if prefix in ("onnx", "torchscript") and not name.partition(":")[2]:
+            raise InputError(f"model {name!r}: the path of the file is missing ({prefix}:PATH)")
         if name.startswith("onnx:"):
             return _onnx_model(name, name.removeprefix("onnx:"), **options)
         if name.startswith("torchscript:"):
@@ -464,7 +471,12 @@ def _build(name: str, pretrained: bool, options: dict) -> DescriptorModel:
                              "onnx:PATH, torchscript:PATH or a timm architecture (timm.list_models())")
         return _timm_model(name, arch, pretrained, **options)
     except TypeError as e:
-        raise InputError(f"model {name!r}: bad option ({e})") from None
+        # "_pdq_model() got an unexpected keyword argument 'dim'": the option, not the function, is what to name
+        option = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if option is None:
+            raise InputError(f"model {name!r}: bad option ({e})") from None
+        raise InputError(f"model {name!r} takes no option {option.group(1)} (--{option.group(1).replace('_', '-')})"
+                         ) from None
 
 
 def create_model(name: str | None = DEFAULT_MODEL, *, checkpoint: str | Path | None = None,

@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from isc.io import InputError, atomic_path, decode_id, encode_ids, model_differences
+from isc.io import InputError, atomic_path, decode_id, encode_ids, model_differences, os_error_at
 
 H5_LIBVER = ("v108", "latest")  # dense attribute storage: the broken-image list can exceed 64 KB
 MERGE_ROWS = 8192
@@ -31,9 +31,9 @@ class PartialLog:
     A header line (``isc-partial/2`` and the extraction config as JSON), then one record per batch, written
     with a single ``write``: kind (``D`` descriptors, ``B`` the broken images so far), payload length and
     CRC-32, payload. A ``D`` payload is n and the id length (uint32), the n ids (ASCII, NUL-padded), n ×
-    (size, st_mtime_ns) of the image files as int64, and n × views × dim float32 (``views_per_id`` of the
+    (size, st_ctime_ns) of the image files as int64, and n × views × dim float32 (``views_per_id`` of the
     config, 1 without it: one row holds all the views of an image, so that an image is done or not). A ``B`` payload is JSON:
-    ``{"reasons": {id: reason}, "stamps": {id: [size, st_mtime_ns]}}``. Reading stops at the first torn
+    ``{"reasons": {id: reason}, "stamps": {id: [size, st_ctime_ns]}}``. Reading stops at the first torn
     or damaged record, which a resumed run cuts off and writes again. Format 1 (no file stamps) is refused.
     """
 
@@ -45,7 +45,7 @@ class PartialLog:
         self.path = path
         self.config: dict[str, object] = {}
         self.ids: list[str] = []
-        self.stamps = np.zeros((0, 2), np.int64)  # (size, st_mtime_ns) of each row's image file
+        self.stamps = np.zeros((0, 2), np.int64)  # (size, st_ctime_ns) of each row's image file
         self.broken: dict[str, str] = {}
         self.broken_stamps: dict[str, list[int]] = {}
         self.size = 0  # bytes of intact header and records
@@ -116,7 +116,7 @@ class PartialWriter:
         else:
             self.done = dict(zip(log.ids, map(tuple, log.stamps.tolist()), strict=True))
             os.truncate(path, log.size)  # drop a torn last record
-        self.file = open(path, "ab")  # noqa: SIM115 (closed by close())
+        self.file = open(path, "ab", buffering=0)  # noqa: SIM115 (closed by close())
 
     def _reopen(self, config: dict[str, object]) -> PartialLog | None:
         try:
@@ -131,8 +131,18 @@ class PartialWriter:
         return log
 
     def _write(self, kind: bytes, payload: bytes) -> None:
-        self.file.write(PartialLog.RECORD.pack(kind, len(payload), zlib.crc32(payload)) + payload)
-        self.file.flush()
+        end = self.file.tell()
+        record = memoryview(PartialLog.RECORD.pack(kind, len(payload), zlib.crc32(payload)) + payload)
+        try:
+            while record:  # unbuffered: a write may take part of the record
+                record = record[self.file.write(record):]
+        except OSError as e:
+            # a full disk: cut the torn record off now (it would fill what space is freed) and name the file
+            os.ftruncate(self.file.fileno(), end)
+            named = os_error_at(e, self.path)
+            if named is e:
+                raise
+            raise named from e
 
     def append(self, ids: Sequence[str], descriptors: np.ndarray, stamps: Sequence[tuple[int, int]]) -> None:
         encoded = encode_ids(ids)
@@ -196,7 +206,7 @@ def _merge(parts: Sequence[Path], output: Path, shards: Sequence[Sequence[str]],
                 if len(mine):
                     block[mine] = log.rows(rows[start + mine])
             target[start * views:(start + len(block)) * views] = block.reshape(-1, dim)
-        out.create_dataset("file_stamps", data=np.repeat(stamps, views, axis=0)).attrs["columns"] = "size,mtime_ns"
+        out.create_dataset("file_stamps", data=np.repeat(stamps, views, axis=0)).attrs["columns"] = "size,ctime_ns"
         if classes is not None:
             out.create_dataset("classes", data=np.repeat(encode_ids([classes[image_id] for image_id, _, _ in chosen]),
                                                                   views))

@@ -56,6 +56,10 @@ class PCAWhitening:
         out = np.empty((len(descriptors), self.dim), np.float32)
         for start in range(0, len(descriptors), CHUNK_ROWS):
             out[start:start + CHUNK_ROWS] = (descriptors[start:start + CHUNK_ROWS] - mean) @ matrix
+        if not np.isfinite(out).all():
+            row = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
+            raise InputError(f"descriptor #{row} overflows float32 when whitened (values up to "
+                             f"{np.abs(descriptors[row]).max():.3g}): L2-normalise the descriptors first")
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)
 
@@ -70,10 +74,21 @@ class PCAWhitening:
         check_file(path, "PCA file", here=True)
         try:
             with np.load(path, allow_pickle=False) as f:
-                return cls(f["mean"], f["components"], f["eigenvalues"], bool(f["whiten"]), float(f["eps"]),
-                           json.loads(str(f["attrs"])))
+                pca = cls(f["mean"], f["components"], f["eigenvalues"], bool(f["whiten"]), float(f["eps"]),
+                          json.loads(str(f["attrs"])))
         except (OSError, ValueError, KeyError) as e:
-            raise InputError(f"{path}: not a PCA file written by isc-pca ({e})") from None
+            raise InputError(f"{path}: not a PCA file written by isc-pca ({_npz_reason(e)})") from None
+        if not all(np.isfinite(a).all() for a in (pca.mean, pca.components, pca.eigenvalues)):
+            raise InputError(f"{path}: the PCA holds NaN or infinite values (learnt on overflowing descriptors): "
+                             "learn it again")
+        return pca
+
+
+def _npz_reason(error: Exception) -> str:
+    """Why np.load failed, without numpy's advice about allow_pickle (a CSV or text file reaches it too)."""
+    if isinstance(error, ValueError) and "allow_pickle" in str(error):
+        return "not an .npz archive"
+    return str(error)
 
 
 def learn_pca(descriptors: np.ndarray, dim: int = DESCRIPTOR_TRACK_MAX_DIM, whiten: bool = True,
@@ -94,6 +109,9 @@ def learn_pca(descriptors: np.ndarray, dim: int = DESCRIPTOR_TRACK_MAX_DIM, whit
         centred = descriptors[start:start + CHUNK_ROWS] - mean
         covariance += centred.T @ centred
     eigenvalues, eigenvectors = np.linalg.eigh(covariance / (n - 1))
+    if not np.isfinite(eigenvalues.astype(np.float32)).all():
+        raise InputError(f"the descriptors' variance overflows float32 (values up to {np.abs(descriptors).max():.3g}): "
+                         "L2-normalise the descriptors first")
     top = np.argsort(eigenvalues)[::-1][:dim]
     eigenvalues = np.maximum(eigenvalues[top], 0)
     components = eigenvectors[:, top].T

@@ -92,6 +92,8 @@ class RunConfig:
     limit: int | None = None  # the first N images of each split (a trial run)
     training_limit: int | None = None  # the first N training images: enough for PCA and normalisation
     download_workers: int = s3.DEFAULT_WORKERS
+    attempts: int = s3.DEFAULT_ATTEMPTS  # tries per S3 request
+    timeout: float = s3.DEFAULT_TIMEOUT  # seconds to wait for a connection or for data
     model: str = DEFAULT_MODEL
     checkpoint: str | None = None
     image_size: int | None = None
@@ -220,7 +222,7 @@ class Pipeline:
                 continue
             report, report_path = download.sync_split(
                 c.region, split, self.data, endpoint_url=c.endpoint_url, profile=c.profile, limit=self.limit(split),
-                workers=c.download_workers, quiet=c.quiet)
+                workers=c.download_workers, attempts=c.attempts, timeout=c.timeout, quiet=c.quiet)
             if not report.ok:
                 raise InputError(f"the {split} images are incomplete ({len(report.failed)} failed, "
                                  f"{len(report.missing)} missing; details in {report_path}); re-run to resume")
@@ -513,10 +515,11 @@ class Pipeline:
         return rows.reset_index(drop=True) if len(rows) else None
 
     def run(self) -> RunSummary:
-        self.download()
-        files = self.whiten(self.extract())
+        # the ground truth first: a bad one is refused before hours of downloads and extraction
         truth = pd.concat([read_ground_truth(path) for path in self.config.ground_truth],
                           ignore_index=True) if self.config.ground_truth else None
+        self.download()
+        files = self.whiten(self.extract())
         combiner = None
         for phase in self.config.phases:
             predictions = self.search(files, phase)

@@ -220,7 +220,8 @@ def build_report(
     count, and each verified one a picture of its inlier matches, found again with ``verify_options``
     (default: isc-verify's defaults)."""
     if not Path(data_root).is_dir():
-        raise InputError(f"data folder {data_root} does not exist (expected ROOT/query_images, ROOT/reference_images)")
+        state = "is not a directory" if Path(data_root).exists() else "does not exist"
+        raise InputError(f"data folder {data_root} {state} (expected ROOT/query_images, ROOT/reference_images)")
     if gallery_size < 0:
         raise InputError(f"gallery size must be >= 0, got {gallery_size}")
     if thumbnail_size < 16:

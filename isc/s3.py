@@ -15,6 +15,7 @@ boto3, botocore and urllib3 are imported where they are used, so that the region
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 import re
@@ -34,10 +35,13 @@ if TYPE_CHECKING:
     import urllib3
     from botocore.client import BaseClient
 
+log = logging.getLogger(__name__)
+
 DEFAULT_WORKERS = 16  # parallel downloads: threads, and connections in the pool
 DEFAULT_ATTEMPTS = 5
 DEFAULT_TIMEOUT = 60.0  # seconds for a connection, or for the next bytes of an answer
 CHUNK_BYTES = 1 << 20
+MIN_BYTES_PER_SECOND = 1024  # an answer slower than this on average, once the timeout has passed, has stalled
 PART_SUFFIX = ".part"  # an object being fetched lives under ``.<name>.part`` until its MD5 matches
 
 # ------------------------------------------------------------------------------------------- regions
@@ -129,11 +133,27 @@ def make_client(
         response_checksum_validation="when_required",  # we check the MD5 ourselves
     )
     try:
-        return boto3.Session(profile_name=profile).client(
+        client = boto3.Session(profile_name=profile).client(
             "s3", region_name=aws_region or REGIONS[region].aws_region, endpoint_url=endpoint_url, config=config
         )
     except botocore.exceptions.ProfileNotFound:
         raise InputError(f"AWS profile {profile!r} not found in the AWS config files") from None
+    except ValueError as e:  # botocore's "Invalid endpoint", e.g. from $AWS_ENDPOINT_URL
+        raise InputError(f"S3 endpoint {endpoint_url!r}: {e}") from None
+    client.meta.events.register("needs-retry.s3", _report_failed_attempt)
+    return client
+
+
+def _report_failed_attempt(attempts: int, caught_exception: Exception | None = None, response: tuple | None = None,
+                           request_dict: dict | None = None, **_: object) -> None:
+    """Say, as it happens, that a request of the client (a listing, the metadata) failed and may be tried again:
+    a silent endpoint is otherwise minutes of nothing. Returns None: botocore's own handler decides on the retry."""
+    status = response[1].get("ResponseMetadata", {}).get("HTTPStatusCode") if response else None
+    if caught_exception is None and (status is None or status < 500):
+        return
+    reason = f"{type(caught_exception).__name__}" if caught_exception is not None else f"HTTP {status}"
+    url = (request_dict or {}).get("url", "the S3 endpoint")
+    log.info("S3 request %s: attempt %d failed (%s)", url.split("?")[0], attempts, reason)
 
 
 def request_failure(client: BaseClient, error: botocore.exceptions.BotoCoreError) -> InputError:
@@ -226,6 +246,18 @@ def fastest_region(client_for: Callable[[str], object], split: str) -> tuple[str
 # ------------------------------------------------------------------------------------------- fetching
 
 
+class StalledTransfer(OSError):
+    """An answer that keeps sending, but too slowly to ever end: each byte within the read timeout, the whole
+    below :data:`MIN_BYTES_PER_SECOND`."""
+
+
+def check_rate(nbytes: int, seconds: float, grace: float) -> None:
+    """StalledTransfer when, ``grace`` seconds into an answer, fewer than :data:`MIN_BYTES_PER_SECOND` came on average."""
+    if seconds > grace and nbytes < MIN_BYTES_PER_SECOND * seconds:
+        raise StalledTransfer(f"stalled: {nbytes:,} bytes in {seconds:.1f} s, under the minimum "
+                              f"{MIN_BYTES_PER_SECOND / 1024:g} kB/s")
+
+
 @dataclass
 class FetchResult:
     name: str
@@ -256,7 +288,8 @@ class ObjectGetter:
         self.signed = client.meta.config.signature_version is not UNSIGNED
         # unsigned URLs carry no query string: the prefix's URL plus the quoted object name
         self.prefix_url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": prefix})
-        timeout = urllib3.Timeout(connect=client.meta.config.connect_timeout, read=client.meta.config.read_timeout)
+        self.read_timeout = client.meta.config.read_timeout
+        timeout = urllib3.Timeout(connect=client.meta.config.connect_timeout, read=self.read_timeout)
         # urllib3 itself only retries a request that failed before any answer (e.g. a stale kept-alive connection)
         retries = urllib3.Retry(total=2, connect=2, read=1, status=0, other=0, redirect=0, raise_on_status=False)
         options = {"maxsize": max_connections, "block": True, "timeout": timeout, "retries": retries,
@@ -311,15 +344,21 @@ def fetch_object(
             else:
                 h = hashlib.md5()
                 nbytes = 0
+                started = time.monotonic()
                 with open(tmp, "wb") as f:
-                    while chunk := response.read(CHUNK_BYTES):
+                    # read1: what has come, at most one read timeout away, so that the rate is checked as it comes
+                    while chunk := response.read1(CHUNK_BYTES):
                         h.update(chunk)
                         f.write(chunk)
                         nbytes += len(chunk)
+                        check_rate(nbytes, time.monotonic() - started, getter.read_timeout)
                 if h.hexdigest() == md5:
                     os.replace(tmp, path)
                     return FetchResult(path.name, True, nbytes, attempt)
                 reason = f"MD5 mismatch: got {h.hexdigest()}, expected {md5} ({nbytes} bytes)"
+        except StalledTransfer as e:
+            reason = str(e)
+            response.close()  # draining the rest of a trickle would take as long: the connection is dropped
         except (urllib3.exceptions.HTTPError, OSError) as e:  # connection lost or refused, body cut short, disk
             reason = f"{type(e).__name__}: {e}"
         finally:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 AGGREGATIONS = ("mean", "min")
 DEFAULT_K = 10  # references kept per query, by isc-search and isc-run alike
+MAX_BETA = 10.0  # beta of a normalisation beyond it: the bias swamps the similarity (scores are -1..1)
 NORM_TOLERANCE = 1e-3  # |‖x‖ − 1| above this counts as "not L2-normalised"
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,23 @@ def prepare_descriptors(descriptors: np.ndarray, name: str) -> np.ndarray:
     if not np.isfinite(descriptors).all():
         row = int(np.flatnonzero(~np.isfinite(descriptors).all(axis=1))[0])
         raise InputError(f"{name} descriptor #{row} has NaN or infinite values")
-    norms = np.linalg.norm(descriptors, axis=1)
+    normalised, norms = l2_normalise_rows(descriptors)
     off = np.abs(norms - 1) > NORM_TOLERANCE
     if off.any():
         warnings.warn(f"{int(off.sum())} of {len(norms)} {name} descriptors are not L2-normalised "
                       f"(norms {norms.min():.4g}..{norms.max():.4g}): normalising them", stacklevel=2)
-        descriptors = descriptors / np.where(norms > 0, norms, 1)[:, None]
+        descriptors = normalised
     return descriptors
+
+
+def l2_normalise_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each row of float32 ``x`` L2-normalised, zero rows left zero; the rows' norms in float64), without
+    overflow: each row is divided by its largest magnitude first (the norm of a row of 1e37 is past float32)."""
+    scale = np.abs(x).max(axis=1, initial=0)
+    scale = np.where(scale > 0, scale, 1).astype(x.dtype)
+    scaled = x / scale[:, None]
+    scaled_norms = np.linalg.norm(scaled, axis=1)
+    return scaled / np.where(scaled_norms > 0, scaled_norms, 1)[:, None], scaled_norms.astype(np.float64) * scale
 
 
 def parse_neighbor_range(text: str) -> tuple[int, int]:
@@ -113,6 +124,8 @@ class ScoreNorm:
     def __post_init__(self) -> None:
         if not math.isfinite(self.beta):
             raise InputError(f"normalisation beta must be a finite number, got {self.beta}")
+        if not 0 <= self.beta <= MAX_BETA:
+            raise InputError(f"normalisation beta must be within 0..{MAX_BETA:g}, got {self.beta:g}")
         check_neighbourhood(self.neighbors, self.agg)
 
     def recorded(self) -> dict[str, object]:
@@ -154,10 +167,10 @@ def subtract_negative_embeddings(
     itself. ``training`` must not hold the descriptors themselves (each would subtract itself).
     """
     if not np.isfinite(beta) or beta < 0:
-        raise InputError(f"negative-embedding beta must be a finite number >= 0, got {beta}")
+        raise InputError(f"negative-embedding beta must be a finite number >= 0 (--neg-beta), got {beta}")
     if not 1 <= k <= len(training):
-        raise InputError(f"negative-embedding k must be between 1 and the {len(training)} training descriptors, "
-                         f"got {k}")
+        raise InputError(f"negative-embedding k must be between 1 and the {len(training)} training descriptors "
+                         f"(--neg-k), got {k}")
     descriptors = prepare_descriptors(descriptors, "descriptor")
     training = prepare_descriptors(training, "training")
     check_pair(descriptors, training, "descriptor and training")

@@ -40,6 +40,7 @@ from isc.io import (
     DescriptorFile,
     InputError,
     atomic_path,
+    check_text_file,
     file_digest,
     id_numbers,
     image_id,
@@ -48,6 +49,7 @@ from isc.io import (
     read_descriptor_attrs,
     read_descriptor_track,
     read_metadata,
+    shown,
     validate_ids,
     write_descriptor_track,
 )
@@ -134,8 +136,7 @@ def _examples(ids: Sequence[str] | np.ndarray) -> str:
 def read_expected_ids(path: str | Path, split: str) -> list[str]:
     """Ids a submission must cover: a metadata CSV (``image_id,...``) or a text file of one id a line."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    check_text_file(path, "list of ids")
     with open(path, encoding="utf-8", errors="replace") as f:
         first = f.readline().strip()
     if first.split(",")[0] == "image_id":
@@ -176,7 +177,7 @@ def _read_raw_csv(path: Path) -> tuple[list[str], list[list[str]], list[int], li
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header, rows, lines = [], [], []
     try:
-        header = next(reader, [])
+        header = next((row for row in reader if row), [])  # blank lines before the header are skipped too
         for row in reader:
             if not row:
                 continue  # blank lines are skipped, as pandas (and the organisers' reader) do
@@ -205,7 +206,7 @@ def _id_violations(
     outside = well_formed & ((numbers < lo) | (numbers > hi))  # never for a well-formed reference id
     unknown = well_formed & ~outside & (False if expected is None else ~np.isin(numbers, expected))
     violations = (
-        _per_row(f"malformed {column}", ~well_formed, lines, lambda i: f"{column} {values.iloc[i]!r} is not a "
+        _per_row(f"malformed {column}", ~well_formed, lines, lambda i: f"{column} {shown(values.iloc[i])} is not a "
                  f"{split} id ({ID_PREFIX[split]} + {ID_DIGITS[split]} digits)")
         + _per_row("query outside the phase", outside, lines, lambda i: f"{column} {values.iloc[i]} is not a "
                    f"phase-{phase} query ({_phase_range_text(phase)})")
@@ -231,8 +232,7 @@ def check_matching_csv(
     """
     _check_phase(phase)
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    check_text_file(path, "predictions CSV")
     header, rows, lines, violations = _read_raw_csv(path)
     if not header:
         message = f"empty file, expected the header {','.join(PREDICTION_COLUMNS)}"
@@ -242,7 +242,7 @@ def check_matching_csv(
         rows, lines, header = [header, *rows], [1, *lines], list(PREDICTION_COLUMNS)
     n_rows = len(rows) + sum(v.rule == WRONG_FIELD_COUNT for v in violations)
     if header != list(PREDICTION_COLUMNS):
-        message = (f"header is {','.join(header)!r}, expected exactly {','.join(PREDICTION_COLUMNS)!r} "
+        message = (f"header is {shown(','.join(header))}, expected exactly {','.join(PREDICTION_COLUMNS)!r} "
                    "(or no header row, the file starting with a prediction)")
         violations.append(Violation("header", message, 1))
     if n_rows > MATCHING_TRACK_MAX_ROWS:
@@ -267,7 +267,7 @@ def check_matching_csv(
     if "score" in df:
         scores = pd.to_numeric(df["score"], errors="coerce").to_numpy(dtype=np.float64)
         violations += _per_row("score not a finite number", ~np.isfinite(scores), line_numbers,
-                               lambda i: f"score {df['score'].iloc[i]!r} is not a finite number")
+                               lambda i: f"score {shown(df['score'].iloc[i])} is not a finite number")
         df["score"] = scores
     pairs = df.loc[usable, ["query_id", "reference_id"]] if usable.any() else pd.DataFrame()
     if len(pairs):
@@ -325,12 +325,13 @@ def submit_matching(
 def _copy_with_header(source: Path, target: Path) -> bool:
     """Copy a valid matching CSV, the header row put first when it starts with a prediction; True if it did."""
     with open(source, "rb") as f:
-        first = f.readline()
-    header_added = is_prediction_row(next(csv.reader([first.decode("utf-8", errors="replace")]), []))
+        # the first line ends at CR, LF or CRLF (a CR-only file is valid CSV, as pandas and csv read it)
+        first = (f.read(1 << 16).splitlines(keepends=True) or [b""])[0]
+    header_added = is_prediction_row(next(csv.reader([first.decode("utf-8", errors="replace").rstrip("\r\n")]), []))
     if not header_added:
         shutil.copyfile(source, target)
         return False
-    newline = b"\r\n" if first.endswith(b"\r\n") else b"\n"  # the file's own line ending
+    newline = first[len(first.rstrip(b"\r\n")):] or b"\n"  # the file's own line ending
     with open(source, "rb") as src, open(target, "wb") as dst:
         dst.write(",".join(PREDICTION_COLUMNS).encode("ascii") + newline)
         shutil.copyfileobj(src, dst)

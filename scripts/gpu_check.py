@@ -51,7 +51,6 @@ dependencies python-dateutil, pytz, tzdata and six; no part of this check needs 
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
 import importlib.metadata
 import importlib.util
@@ -362,8 +361,8 @@ def part_extract_correctness(part: Part, ctx: Context) -> None:
     from isc.models import create_model
 
     name = ctx.default_model()
-    options = {"image_size": ctx.sizes.correctness_size} if ctx.sizes.correctness_size else {}
-    model = create_model(name, **options)
+    model_options = {"image_size": ctx.sizes.correctness_size} if ctx.sizes.correctness_size else {}
+    model = create_model(name, **model_options)
     images = ctx.images(ctx.sizes.correctness_images)
     outputs = {}
     # the fast path on the device (nvJPEG and float16 on a GPU) against Pillow + float32 on the CPU
@@ -372,8 +371,9 @@ def part_extract_correctness(part: Part, ctx: Context) -> None:
                            "workers": min(4, ctx.cpus) if ctx.sizes.workers is None else 0}}
     for label, options in runs.items():
         def run(label: str = label, options: dict = options) -> None:
-            # a copy each: extraction converts the model (device, half precision)
-            summary = extract(images, ctx.work / f"correct_{label}.h5", copy.deepcopy(model),
+            # a model each: extraction converts it (device, half precision); made anew, not deep-copied, as an
+            # onnxruntime session (sscd) cannot be copied
+            summary = extract(images, ctx.work / f"correct_{label}.h5", create_model(name, **model_options),
                               batch_size=ctx.sizes.batch_size, quiet=True, resume=False, **options)
             outputs[label] = read_h5(ctx.work / f"correct_{label}.h5")
             part.results[label] = {"device": summary.device, "decoder": summary.decoder,

@@ -1,6 +1,10 @@
-"""Shared fixtures: a tiny synthetic dataset in the competition's layout, and a local S3 server over it."""
+"""Shared fixtures: a tiny synthetic dataset in the competition's layout, and a local S3 server over it; child
+processes that never outlive their test."""
 
-from collections.abc import Iterator
+import contextlib
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,3 +31,24 @@ def s3_endpoint(mini_dataset: Path) -> Iterator[str]:
 
     with LocalS3Server(mini_dataset) as server:
         yield server.endpoint_url
+
+
+@contextlib.contextmanager
+def running(command: list[str], **options: object) -> Iterator[subprocess.Popen]:
+    """``subprocess.Popen(command, **options)``, killed and waited for when the block ends, however it ends."""
+    child = subprocess.Popen(command, **options)
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=30)
+
+
+def wait_until(condition: Callable[[], bool], child: subprocess.Popen, seconds: float = 300) -> None:
+    """Poll ``condition`` until it holds; fails when ``child`` ends first or after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert child.poll() is None, "the child ended before the awaited point"
+        assert time.monotonic() < deadline, f"not reached in {seconds} s"
+        time.sleep(0.02)

@@ -23,7 +23,7 @@ TINY = ["--model", "efficientnet_lite0", "--image-size", "64"]
 
 def _cli(name: str, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", f"isc.cli.{name}", *map(str, args)], capture_output=True, text=True,
-                          cwd=Path(__file__).parents[1])
+                          cwd=Path(__file__).parents[1], timeout=300)
 
 
 @pytest.fixture(scope="module")

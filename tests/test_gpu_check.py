@@ -88,6 +88,24 @@ def test_cpu_smoke_run_passes_every_part(smoke_run):
     assert "| descriptors on the device |" in markdown
 
 
+def test_extract_correctness_with_every_package_there_uses_the_default_model(tmp_path):
+    """The smoke run blocks onnxruntime, so its default model is efficientnet_lite0; with the packages installed
+    (and the sscd extra, where there is one) the default is sscd, an onnxruntime session, which the part must
+    build anew for each extraction rather than copy (a deep copy of the session fails)."""
+    from isc.models import default_model
+
+    out = tmp_path / "out"
+    argv = ["scripts/gpu_check.py", "--quick", "--device", "cpu", "--out", str(out), "--work", str(tmp_path / "work"),
+            "--parts", "extract_correctness"]
+    result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    part = json.loads((out / "gpu_check.json").read_text())["parts"]["extract_correctness"]
+    assert part["status"] == "ok", part["errors"]
+    assert part["results"]["model"] == default_model()[0]
+    assert all(check["passed"] for check in part["checks"]), part["checks"]
+
+
 def test_rerun_of_some_parts_keeps_the_others(smoke_run, tmp_path):
     out, _ = smoke_run
     before = json.loads((out / "gpu_check.json").read_text())["parts"]

@@ -171,7 +171,7 @@ def test_resume_extracts_again_an_image_replaced_after_a_kill(photos, lite, tmp_
     assert partial.ids == ["R000000", "R000001"] and partial.stamps.shape == (2, 2)
 
     _photo("rocket").save(photos / "R000000.jpg", quality=90)  # replaced while the run was down
-    os.utime(photos / "R000000.jpg", ns=(1, 1))  # even a same-second replacement differs in mtime
+    os.utime(photos / "R000000.jpg", ns=(1, 1))  # an old mtime restored: the ctime still says it changed
     _photo("chelsea").save(photos / "R000002.jpg", quality=90)
     summary = extract(images, out, lite, batch_size=2, workers=0, quiet=True)
     assert summary.resumed == 1 and summary.processed == 2
@@ -182,8 +182,9 @@ def test_resume_extracts_again_an_image_replaced_after_a_kill(photos, lite, tmp_
         np.testing.assert_allclose(resumed[image_id], expected[image_id], atol=1e-5)
     with h5py.File(out) as f:
         stamps = f["file_stamps"][()]
-        assert f["file_stamps"].attrs["columns"] == "size,mtime_ns"
-    assert stamps[0].tolist() == [(photos / "R000000.jpg").stat().st_size, 1]
+        assert f["file_stamps"].attrs["columns"] == "size,ctime_ns"
+    stat = (photos / "R000000.jpg").stat()
+    assert stamps[0].tolist() == [stat.st_size, stat.st_ctime_ns]
 
 
 def test_partial_file_of_the_old_format_is_replaced_with_a_warning(photos, lite, tmp_path):

@@ -18,7 +18,7 @@ MODEL_B = {"model": "b", "model_fingerprint": "bbbb", "image_size": 64}
 
 def cli(module: str, *args: object) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", f"isc.cli.{module}", *map(str, args)], capture_output=True,
-                          text=True, cwd=Path(__file__).parent.parent)
+                          text=True, cwd=Path(__file__).parent.parent, timeout=300)
 
 
 def isc_search(*args: object) -> subprocess.CompletedProcess:
@@ -90,7 +90,7 @@ def test_an_existing_directory_as_output_file(files, command):
     args = (["search", "--query", "q.h5", "--reference", "r.h5", "-o", "out"] if command == "search"
             else ["pca", "learn", "t.h5", "--dim", 4, "-o", "out"])
     done = subprocess.run([sys.executable, "-m", f"isc.cli.{args[0]}", *map(str, args[1:])], capture_output=True,
-                          text=True, cwd=files)
+                          text=True, cwd=files, timeout=300)
     assert one_error_line(done).endswith("out: is a directory (an output file is needed here)")
 
 

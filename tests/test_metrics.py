@@ -156,7 +156,7 @@ def test_isc_eval_cli(tmp_path):
     plot = tmp_path / "pr.png"
     out = subprocess.run(
         [sys.executable, "-m", "isc.cli.eval", str(preds_csv), "--gt", str(gt_csv), "--json", "--plot", str(plot)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, timeout=300,
     )
     result = json.loads(out.stdout)
     assert result["muap"] == pytest.approx(0.5 + 1 / 3)
@@ -164,7 +164,7 @@ def test_isc_eval_cli(tmp_path):
     assert (result["n_predictions"], result["n_positives"]) == (3, 2)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = subprocess.run([sys.executable, "-m", "isc.cli.eval", str(preds_csv), "--gt", str(gt_csv)],
-                          capture_output=True, text=True, check=True).stdout
+                          capture_output=True, text=True, check=True, timeout=300).stdout
     assert "0.83333" in text
 
 
@@ -174,11 +174,11 @@ def test_isc_eval_cli_bad_file_is_one_line(tmp_path):
     gt_csv = tmp_path / "gt.csv"
     GT.to_csv(gt_csv, index=False)
     out = subprocess.run([sys.executable, "-m", "isc.cli.eval", str(preds_csv), "--gt", str(gt_csv)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "line 3" in out.stderr and "Traceback" not in out.stderr
     keep = subprocess.run([sys.executable, "-m", "isc.cli.eval", str(preds_csv), "--gt", str(gt_csv),
-                           "--allow-duplicates", "--json"], capture_output=True, text=True, check=True)
+                           "--allow-duplicates", "--json"], capture_output=True, text=True, check=True, timeout=300)
     assert json.loads(keep.stdout)["n_predictions"] == 1
     assert "duplicated" in keep.stderr
 

@@ -95,7 +95,7 @@ def test_checkpoint_round_trip_keeps_weights_and_options(tmp_path):
 def test_bad_names_options_and_files_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="unknown model"):
         create_model("no_such_net")
-    with pytest.raises(InputError, match="bad option"):
+    with pytest.raises(InputError, match=r"model .resnet10t. takes no option colour \(--colour\)"):
         create_model("resnet10t", colour="blue")
     with pytest.raises(InputError, match="unknown pooling"):
         create_model("resnet10t", pool="median")

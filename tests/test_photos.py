@@ -170,7 +170,7 @@ def test_cli_photos_and_drawings(folders, tmp_path):
     run = subprocess.run([sys.executable, "-m", "isc.cli.synth", str(out), "--photos", str(folders[0]), "--drawings",
                           str(folders[1]), "--tile-size", "128", "--max-tiles-per-photo", "3", "--references", "8",
                           "--training", "4", "--queries", "4", "--phase2-queries", "0", "--min-size", "48",
-                          "--max-size", "64", "--workers", "1", "--quiet"], capture_output=True, text=True)
+                          "--max-size", "64", "--workers", "1", "--quiet"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert read_manifest(out)["params"]["base_images"]["tile_size"] == 128
     assert len(list((out / "reference_images").iterdir())) == 8
@@ -178,6 +178,6 @@ def test_cli_photos_and_drawings(folders, tmp_path):
                          (["--photos", str(folders[0]), "--tile-size", "0"], "--tile-size"),
                          (["--photos", str(folders[0]), "--references", "5000"], "not enough base images")):
         run = subprocess.run([sys.executable, "-m", "isc.cli.synth", str(tmp_path / "bad"), *bad, "--quiet"],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, timeout=300)
         assert run.returncode == 2 and message in run.stderr.splitlines()[-1] and "Traceback" not in run.stderr
         assert len(run.stderr.splitlines()) == 1 or run.stderr.startswith("usage:")  # argparse shows its usage

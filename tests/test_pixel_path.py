@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime  # noqa: F401 (the dev extra requires it: a broken install fails, never skips)
+import pdqhash  # noqa: F401 (installed with isc)
 import pytest
 import torch
 from test_onnx_models import PixelsIn, TinyNet, _export
@@ -37,7 +39,6 @@ def images(mini_dataset, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def uint8_graph(tmp_path_factory) -> Path:
-    pytest.importorskip("onnxruntime")
     return _export(PixelsIn(TinyNet()), torch.zeros(1, 64, 64, 3, dtype=torch.uint8),
                    tmp_path_factory.mktemp("graph") / "pixels.onnx", {0: "batch", 1: "height", 2: "width"})
 
@@ -76,7 +77,6 @@ def test_uint8_onnx_graph_gets_the_descriptors_of_the_torch_path(tta, images, ui
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_pdq_hashed_in_the_workers_agrees_with_the_torch_path(flip, images, tmp_path):
-    pytest.importorskip("pdqhash")
     good = {k: v for k, v in images.items() if k not in BROKEN}
     model = create_model("pdq")
     assert model.takes_pixels and model.per_image_descriptor is not None
@@ -90,7 +90,6 @@ def test_pdq_hashed_in_the_workers_agrees_with_the_torch_path(flip, images, tmp_
 
 
 def test_pdq_from_the_cli_says_it_took_the_pixel_path(images, tmp_path):
-    pytest.importorskip("pdqhash")
     folder = Path(next(iter(images.values()))).parent
     result = subprocess.run([sys.executable, "-m", "isc.cli.extract", "--images", str(folder), "-o",
                              str(tmp_path / "pdq.h5"), "--model", "pdq", "--device", "cpu", "--quiet"],
@@ -132,7 +131,6 @@ class LogOfMean(torch.nn.Module):
 
 
 def test_non_finite_descriptors_on_the_pixel_path_are_refused(tmp_path):
-    pytest.importorskip("onnxruntime")
     from PIL import Image
 
     graph = _export(LogOfMean(), torch.zeros(1, 32, 32, 3, dtype=torch.uint8), tmp_path / "log.onnx",

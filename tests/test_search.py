@@ -253,7 +253,7 @@ def test_knn_graph_and_its_files(vectors, tmp_path):
 
 
 def isc_search(*args):
-    return subprocess.run([sys.executable, "-m", "isc.cli.search", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "isc.cli.search", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def test_cli_search_and_errors(vectors, tmp_path):

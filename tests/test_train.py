@@ -1,6 +1,7 @@
 """isc-train: the loss, the mixing, the data order, and tiny end-to-end runs (resume, torchrun, extraction)."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,41 @@ def test_loss_is_lower_when_views_of_an_image_agree():
     # the entropy regulariser rewards spreading: collapsed negatives cost more than spread ones
     collapsed = torch.randn(1, 32).repeat(16, 1) + 0.01 * torch.randn(16, 32)
     assert sscd_loss(collapsed, targets, temperature=1.0)[1]["entropy"] > aligned_stats["entropy"]
+
+
+def sscd_loss_by_the_formula(x: np.ndarray, targets: np.ndarray, temperature: float, entropy_weight: float) -> float:
+    """SSCD's loss written out row by row in float64, from the paper's definitions, apart from isc.train:
+    InfoNCE of each positive against the row's negatives (rows sharing no image), weighted by the share of
+    images, averaged; plus the weight times the KoLeo term, -mean log ||x_i - its nearest negative||."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    n = len(x)
+    infonce, koleo = [], []
+    for i in range(n):
+        negatives = [k for k in range(n) if k != i and targets[i] @ targets[k] == 0]
+        weights = {j: targets[i] @ targets[j] for j in range(n) if j != i and targets[i] @ targets[j] > 0}
+        terms = []
+        for j, weight in weights.items():
+            positive = math.exp(x[i] @ x[j] / temperature)
+            against = positive + sum(math.exp(x[i] @ x[k] / temperature) for k in negatives)
+            terms.append(-weight * math.log(positive / against))
+        infonce.append(sum(terms) / sum(weights.values()))
+        koleo.append(-math.log(min(np.linalg.norm(x[i] - x[k]) for k in negatives)))
+    return float(np.mean(infonce) + entropy_weight * np.mean(koleo))
+
+
+def test_loss_equals_the_formula_written_out():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((10, 8))
+    # five images seen twice; the last row is a mix of image 4 (70%) and image 0 (30%)
+    sources = torch.arange(5).repeat_interleave(2)[:, None].repeat(1, 2)
+    shares = torch.tensor([[1.0, 0.0]]).repeat(10, 1)
+    sources[-1], shares[-1] = torch.tensor([4, 0]), torch.tensor([0.7, 0.3])
+    targets = instance_targets(sources, shares, 5)
+    for temperature, weight in ((0.05, 3.0), (0.5, 0.0), (1.0, 1.0)):
+        loss, stats = sscd_loss(torch.tensor(x, dtype=torch.float32), targets, temperature=temperature,
+                                entropy_weight=weight)
+        expected = sscd_loss_by_the_formula(x, targets.numpy().astype(np.float64), temperature, weight)
+        assert loss.item() == pytest.approx(expected, rel=1e-4), (temperature, weight)
 
 
 def test_loss_split_between_processes_equals_the_whole_batch():

@@ -4,6 +4,8 @@ guard that keeps an output from landing on an input."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
 import math
 import os
@@ -12,7 +14,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from isc.io import InputError
+from isc.io import InputError, check_parent_folders
 
 PathArg = str | os.PathLike | None
 
@@ -45,6 +47,9 @@ def run_command(
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
         print(f"{parser.prog}: error: {e.strerror}: {e.filename}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only file system, a full disk, a name too long, an I/O error: one line too
+        print(f"{parser.prog}: error: {os_error_line(e)}", file=sys.stderr)
+        return 1 if e.errno in FAILED_RUN_ERRNOS else 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
@@ -65,6 +70,17 @@ def one_line_usage_errors(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for subcommand in set(action.choices.values()):
                 one_line_usage_errors(subcommand)
+
+
+# the disk failed the run, not the input: a re-run once there is room (or the device works) may succeed
+FAILED_RUN_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
+
+
+def os_error_line(error: OSError) -> str:
+    """``REASON: PATH`` of an OSError (the reason alone when it names no file), on one line."""
+    reason = error.strerror or str(error) or type(error).__name__
+    text = f"{reason}: {error.filename}" if error.filename is not None else reason
+    return " ".join(text.split())
 
 
 def print_broken(broken: dict[str, str], where_all: str, shown: int = 20) -> None:
@@ -96,6 +112,12 @@ def _at_least(kind: type, text: str, minimum: int, strictly: bool = False) -> in
     return value
 
 
+def _at_most(value: int | float, maximum: int | float, text: str) -> int | float:
+    if value > maximum:
+        raise argparse.ArgumentTypeError(f"must be <= {maximum:g}, got {text!r}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """Any finite float (nan and inf refused)."""
     return _number(text, float)
@@ -121,6 +143,24 @@ def non_negative_int(text: str) -> int:
     return _at_least(int, text, 0)
 
 
+def float_between(low: float, high: float) -> Callable[[str], float]:
+    """The option type of a finite float within [low, high]: a weight past its meaningful range is refused."""
+
+    def checked(text: str) -> float:
+        return _at_most(_at_least(float, text, low), high, text)
+
+    return checked
+
+
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """The option type of an integer within [low, high]."""
+
+    def checked(text: str) -> int:
+        return _at_most(_at_least(int, text, low), high, text)
+
+    return checked
+
+
 def port_number(text: str) -> int:
     """A TCP port, 1-65535 (0, "any free port", only where an option says so)."""
     value = _number(text, int)
@@ -138,6 +178,16 @@ def _resolved(path: PathArg) -> Path:
     return Path(os.path.realpath(Path(path).expanduser()))
 
 
+def _same_file(path: PathArg, inputs: Iterable[PathArg]) -> PathArg | None:
+    """The input that ``path`` is another name of (same device and inode: a hard link), or None."""
+    for source in inputs:
+        # an output that does not exist yet (or an input that is gone) is no other name of anything
+        with contextlib.suppress(OSError):
+            if os.path.samefile(path, source):
+                return source
+    return None
+
+
 def check_outputs(
     inputs: Iterable[PathArg] = (),
     outputs: Iterable[PathArg] = (),
@@ -148,14 +198,22 @@ def check_outputs(
     ``inputs``: files read (None entries ignored); ``outputs``: files written; ``folders``: output folders,
     refused when they are an existing file or when an input lies at the very same path.
     """
-    seen_inputs = {_resolved(p): str(p) for p in inputs if p is not None}
+    inputs = [p for p in inputs if p is not None]
+    seen_inputs = {_resolved(p): str(p) for p in inputs}
     seen_outputs: dict[Path, str] = {}
+    for path in [*outputs, *folders]:
+        if path is not None and not str(path).strip():
+            raise InputError("an output path is empty (a file or folder name is needed)")
     for path in outputs:
         if path is None:
             continue
         resolved = _resolved(path)
         if resolved in seen_inputs:
             raise InputError(f"output {path} is the input {seen_inputs[resolved]}: writing it would destroy the input")
+        linked = _same_file(path, inputs)
+        if linked is not None:
+            raise InputError(f"output {path} is a hard link to the input {linked}: writing it would destroy the input")
+        check_parent_folders(path)
         if resolved in seen_outputs:
             raise InputError(f"outputs {seen_outputs[resolved]} and {path} are the same file")
         if resolved.is_dir():

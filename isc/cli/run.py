@@ -12,6 +12,7 @@ from isc import s3
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
 from isc.cli.options import (
     add_model_options,
+    add_retry_options,
     add_s3_options,
     add_score_norm_options,
     model_choice,
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--region", default=s3.DEFAULT_REGION, choices=s3.REGION_CHOICES,
                         help="bucket to download from (default: %(default)s; auto: the fastest)")
     add_s3_options(source)
+    add_retry_options(source)
     source.add_argument("--limit", type=positive_int, metavar="N",
                         help="only the first N images of each split, for a trial")
     source.add_argument("--training-limit", type=positive_int, metavar="N",
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     config = RunConfig(
         work=work, data=Path(args.data) if args.data else None, region=args.region, endpoint_url=args.endpoint_url,
         profile=args.profile, limit=args.limit, training_limit=args.training_limit,
-        download_workers=args.download_workers, model=model_name, checkpoint=args.checkpoint,
+        download_workers=args.download_workers, attempts=args.attempts, timeout=args.timeout, model=model_name, checkpoint=args.checkpoint,
         image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None), device=args.device,
         batch_size=args.batch_size, workers=args.workers, pca_dim=args.pca_dim, k=args.k, query_crops=args.query_crops,
         reference_crops=args.reference_crops,

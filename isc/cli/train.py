@@ -8,6 +8,7 @@ import json
 
 from isc.cli.common import (
     check_outputs,
+    int_between,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -15,7 +16,7 @@ from isc.cli.common import (
     print_broken,
     run_command,
 )
-from isc.models import DEFAULT_MODEL
+from isc.models import DEFAULT_MODEL, MAX_IMAGE_SIZE
 from isc.train import TrainConfig, train
 
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "efficientnet_lite models always start from their offline ImageNet weights)")
     data.add_argument("--dim", type=non_negative_int, default=defaults.dim,
                       help=f"projection to this many dimensions (default {defaults.dim}; 0: none, the backbone's width)")
-    data.add_argument("--image-size", type=positive_int, default=defaults.image_size,
+    data.add_argument("--image-size", type=int_between(1, MAX_IMAGE_SIZE), default=defaults.image_size,
                       help=f"training resolution, square (default {defaults.image_size}); becomes the model's "
                       "extraction size")
 

@@ -1,0 +1,655 @@
+"""Round 3 of hostile inputs (issue 21), one test per case: wrong results with exit 0, a hang, tracebacks and
+unclear messages. Each asserts the exit status and the one line the user reads; files stay small (the 2 GB
+cases are sparse files, which allocate nothing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import running, wait_until
+from PIL import Image
+from skimage import data
+from test_download import FaultProxy
+
+from isc.extract import extract, extraction_config, is_complete
+from isc.images import decode_with_pillow, list_images
+from isc.io import InputError, id_numbers, read_descriptors, split_of_id, write_descriptors, write_metadata
+from isc.models import create_model
+from isc.partial_log import PartialLog
+from isc.search import prepare_descriptors
+
+REPO = Path(__file__).resolve().parents[1]
+HEADER = "query_id,reference_id,score\n"
+ROWS = "Q00000,R000000,0.9\nQ00001,R000001,0.7\n"
+GT = "query_id,reference_id\nQ00000,R000000\nQ00001,R000001\n"
+ATTRS = {"model": "resnet50", "image_size": 224}
+
+
+def cli(module: str, *args: object, timeout: float = 120, cwd: Path = REPO,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m isc.cli.MODULE ARGS``, without the AWS settings of the environment."""
+    env = env or {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return subprocess.run([sys.executable, "-m", f"isc.cli.{module}", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+def one_line_error(result: subprocess.CompletedProcess, prog: str, *fragments: str, status: int = 2) -> str:
+    """The last line of stderr is ``PROG: error: ...`` holding every fragment; no traceback; exit ``status``."""
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"{prog}: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
+def photo(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
+    """A smooth random picture, different for each seed."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+
+
+# --------------------------------------------------------------------------- wrong result with exit 0
+
+
+def test_1_full_width_digits_are_not_id_digits(tmp_path: Path) -> None:
+    bad = "Q\uff100002"  # Q０0002
+    assert not id_numbers([bad], "query")[1].any()
+    with pytest.raises(InputError, match="malformed image id"):
+        split_of_id(bad)
+    predictions = tmp_path / "p.csv"
+    predictions.write_text(HEADER + f"{bad},R000000,0.9\n", encoding="utf-8")
+    result = cli("submit", "matching", predictions, "--phase", "1", "-o", tmp_path / "out.csv")
+    assert result.returncode == 2 and f"line 2: query_id '{bad}' is not a query id" in result.stderr, result.stderr
+    assert not (tmp_path / "out.csv").exists()
+    predictions.write_text(HEADER + ROWS)
+    metadata = tmp_path / "m.csv"
+    metadata.write_text(f"image_id,s3_uri,md5_checksum\nR\uff10\uff1000001,s3://b/k.jpg,{'0' * 32}\n", encoding="utf-8")
+    result = cli("submit", "matching", tmp_path / "p.csv", "--phase", "1", "--expected-references", metadata,
+                 "-o", tmp_path / "out.csv")
+    one_line_error(result, "isc-submit", "is not a reference id")
+
+
+def test_2_a_file_found_corrupt_leaves_the_journal_and_is_fetched_again(mini_dataset: Path, s3_endpoint: str,
+                                                                         tmp_path: Path) -> None:
+    dest = tmp_path / "d"
+    common = ["--split", "query", "--dest", dest, "--endpoint-url", s3_endpoint, "--ids", "Q00000-Q00002"]
+    assert cli("download", *common, "--quiet").returncode == 0
+    image = dest / "query_images" / "Q00001.jpg"
+    original, stat = image.read_bytes(), image.stat()
+    image.write_bytes(original[:100] + bytes([original[100] ^ 0xFF]) + original[101:])  # same size
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the mtime restored
+    verify = cli("download", *common, "--verify-only")
+    assert verify.returncode == 1 and "corrupt: Q00001.jpg" in verify.stderr, verify.stderr
+    again = cli("download", *common)
+    assert again.returncode == 0, again.stderr
+    assert "3 selected: 1 downloaded" in again.stderr and "2 already verified" in again.stderr, again.stderr
+    assert image.read_bytes() == (mini_dataset / "query_images" / "Q00001.jpg").read_bytes()
+
+
+def test_3_an_image_replaced_with_its_mtime_restored_is_extracted_again(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    pictures = [Image.fromarray(getattr(data, name)()).convert("RGB").resize((96, 72))
+                for name in ("astronaut", "coffee", "chelsea")]
+    for k in range(2):
+        pictures[k].save(folder / f"R{k:06d}.bmp")
+    replacement = tmp_path / "other.bmp"
+    pictures[2].save(replacement)  # another photo; a BMP of the same width and height has the same size
+    model = create_model("efficientnet_lite0", image_size=64, pool="mean")
+    images, out = list_images(folder), tmp_path / "out.h5"
+    extract(images, out, model, workers=0, quiet=True)
+    before = read_descriptors(out)[1]
+    target = folder / "R000000.bmp"
+    stat = target.stat()
+    target.write_bytes(replacement.read_bytes())
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # touch -r: size and mtime as before
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    assert not is_complete(out, images, extraction_config(model))  # isc-run's "up to date" test
+    extract(images, out, model, workers=0, quiet=True)
+    assert is_complete(out, images, extraction_config(model))
+    after = read_descriptors(out)[1]
+    assert not np.allclose(before[0], after[0], atol=1e-4)
+    np.testing.assert_allclose(before[1], after[1], atol=1e-5)
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--norm-beta", "1e308", "argument --norm-beta: must be <= 10, got '1e308'"),
+    ("--norm-beta", "-1", "argument --norm-beta: must be >= 0, got '-1'"),
+])
+def test_4_score_normalisation_weights_are_bounded(option: str, value: str, message: str, tmp_path: Path) -> None:
+    result = cli("search", "--query", tmp_path / "q.h5", "--reference", tmp_path / "r.h5", "-o", tmp_path / "p.csv",
+                 option, value)
+    assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1], result.stderr
+    result = cli("pca", "apply", tmp_path / "pca.npz", tmp_path / "q.h5", "-o", tmp_path / "o.h5",
+                 "--neg-beta", value)
+    assert result.returncode == 2 and "argument --neg-beta: must be" in result.stderr, result.stderr
+
+
+def huge_descriptor_files(tmp_path: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    paths = {name: tmp_path / f"{name}.h5" for name in ("q", "r", "t")}
+    for path, prefix in zip(paths.values(), "QRT", strict=True):
+        n = 6
+        ids = [f"{prefix}{i:0{5 if prefix == 'Q' else 6}d}" for i in range(n)]
+        write_descriptors(path, ids, rng.standard_normal((n, 16)).astype(np.float32) * 1e37, ATTRS)
+    return paths
+
+
+def test_5_descriptors_of_huge_norms_are_normalised_without_overflow(tmp_path: Path) -> None:
+    x = np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"norms \d\.\d+e\+37\.\.") as caught:
+        normalised = prepare_descriptors(x * 1e37, "query")
+    assert "inf" not in str(caught[0].message)
+    np.testing.assert_allclose(normalised, x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-5)
+    paths = huge_descriptor_files(tmp_path)
+    result = cli("search", "--query", paths["q"], "--reference", paths["r"], "-o", tmp_path / "p.csv", "--k", "2")
+    assert result.returncode == 0, result.stderr
+    scores = np.loadtxt(tmp_path / "p.csv", delimiter=",", skiprows=1, usecols=2)
+    assert np.isfinite(scores).all() and np.abs(scores).max() > 0.1  # not every score 0
+    learn = cli("pca", "learn", paths["t"], "-o", tmp_path / "pca.npz", "--dim", "4")
+    one_line_error(learn, "isc-pca", "overflows float32", "L2-normalise the descriptors first")
+    assert not (tmp_path / "pca.npz").exists()
+
+
+def test_6_a_float_image_with_an_infinite_pixel_is_scaled_on_its_finite_pixels(tmp_path: Path) -> None:
+    grey = np.asarray(photo(0).convert("L"), dtype=np.float32) / 255
+    with_inf = grey.copy()
+    with_inf[0, 0] = np.inf
+    Image.fromarray(grey).save(tmp_path / "plain.tif")
+    Image.fromarray(with_inf).save(tmp_path / "inf.tif")
+    plain, decoded = decode_with_pillow(tmp_path / "plain.tif").int(), decode_with_pillow(tmp_path / "inf.tif").int()
+    assert decoded[:, 0, 0].tolist() == [255, 255, 255]  # +inf is white
+    assert (decoded - plain)[:, 1:, 1:].abs().max() <= 1  # not almost black
+    Image.fromarray(np.full((8, 8), np.nan, np.float32)).save(tmp_path / "nan.tif")
+    result = cli("extract", "--images", tmp_path, "-o", tmp_path / "out.h5", "--model", "resnet10t", "--image-size",
+                 "32", "--workers", "0", "--quiet", "--max-broken", "1")
+    assert result.returncode == 0, result.stderr
+    with h5py.File(tmp_path / "out.h5") as f:
+        assert "no finite pixel value" in f.attrs["broken"]
+
+
+@pytest.mark.parametrize("selection", ["header-only", "no-id"])
+def test_7_a_download_that_selects_nothing_exits_1(selection: str, mini_dataset: Path, s3_endpoint: str,
+                                                   tmp_path: Path) -> None:
+    import pandas as pd
+
+    metadata = tmp_path / "m.csv"
+    if selection == "header-only":
+        metadata.write_text("image_id,s3_uri,md5_checksum\n")
+        extra = []
+    else:
+        write_metadata(metadata, pd.read_csv(mini_dataset / "query_metadata.csv", dtype=str))
+        extra = ["--ids", "Q90000-Q90010"]
+    result = cli("download", "--split", "query", "--dest", tmp_path / "d", "--endpoint-url", s3_endpoint,
+                 "--metadata", metadata, *extra)
+    one_line_error(result, "isc-download", "no query image selected", status=1)
+
+
+# ---------------------------------------------------------------------------------------------- hang
+
+
+def test_8_a_server_that_trickles_bytes_is_given_up_on_naming_the_file(mini_dataset: Path, s3_endpoint: str,
+                                                                       tmp_path: Path) -> None:
+    with FaultProxy(s3_endpoint, trickle=0.5) as proxy:
+        result = cli("download", "--split", "query", "--dest", tmp_path / "d", "--endpoint-url", proxy.url,
+                     "--metadata", mini_dataset / "query_metadata.csv", "--ids", "Q00000-Q00001", "--timeout", "1",
+                     "--attempts", "2", "--workers", "2", timeout=90)
+    assert result.returncode == 1, result.stderr
+    assert "0 downloaded" in result.stderr and "2 failed" in result.stderr, result.stderr
+    for name in ("Q00000", "Q00001"):
+        assert f"failed {name}: s3://" in result.stderr and f"{name}.jpg: stalled:" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "d" / "query_images").glob("*.jpg")), "nothing half-fetched kept"
+
+
+# ------------------------------------------------------------------------------------------ tracebacks
+
+
+def _mount_namespace_works() -> bool:
+    """Whether ``unshare -rm`` may mount a tmpfs here (a user namespace: no privileges needed where allowed)."""
+    try:
+        return subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs none /mnt"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+needs_mounts = pytest.mark.skipif(not _mount_namespace_works(), reason="unshare -rm cannot mount a tmpfs here "
+                                  "(user namespaces off): the read-only and full file systems need one")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory, mini_dataset: Path) -> dict[str, Path]:
+    """Small valid inputs of every command: photos, descriptor files, predictions, ground truth."""
+    root = tmp_path_factory.mktemp("inputs")
+    photos = root / "photos"
+    photos.mkdir()
+    for k in range(3):
+        photo(k).save(photos / f"R{k:06d}.jpg")
+    rng = np.random.default_rng(0)
+    for name, prefix, digits in (("q", "Q", 5), ("r", "R", 6), ("t", "T", 6)):
+        write_descriptors(root / f"{name}.h5", [f"{prefix}{i:0{digits}d}" for i in range(8)],
+                          rng.standard_normal((8, 16)), ATTRS)
+    (root / "p.csv").write_text(HEADER + ROWS)
+    (root / "gt.csv").write_text(GT)
+    return {"root": root, "photos": photos, "data": mini_dataset, **{
+        name: root / name for name in ("q.h5", "r.h5", "t.h5", "p.csv", "gt.csv")}}
+
+
+def writing_commands(inputs: dict[str, Path], out: Path, s3_endpoint: str) -> dict[str, list[object]]:
+    """Every command that writes, each with its output(s) in the folder ``out``."""
+    tiny = ["--model", "resnet10t", "--image-size", "32", "--workers", "0", "--quiet"]
+    return {
+        "extract": ["--images", inputs["photos"], "-o", out / "x.h5", *tiny],
+        "search": ["--query", inputs["q.h5"], "--reference", inputs["r.h5"], "-o", out / "p.csv", "--quiet"],
+        "eval": [inputs["p.csv"], "--gt", inputs["gt.csv"], "--plot", out / "pr.png", "--quiet"],
+        "submit": ["matching", inputs["p.csv"], "--phase", "1", "-o", out / "sub.csv"],
+        "download": ["--split", "query", "--dest", out / "d", "--endpoint-url", s3_endpoint, "--metadata",
+                     inputs["data"] / "query_metadata.csv", "--ids", "Q00000-Q00001", "--quiet"],
+        "pca": ["learn", inputs["t.h5"], "-o", out / "pca.npz", "--dim", "4", "--quiet"],
+        "synth": [out / "mini", "--references", "2", "--queries", "1", "--phase2-queries", "0", "--training", "2",
+                  "--min-size", "64", "--max-size", "64", "--workers", "1", "--quiet"],
+        "run": [out / "work", "--data", inputs["data"], "--limit", "2", *tiny],
+        "report": [inputs["p.csv"], "--gt", inputs["gt.csv"], "--data", inputs["data"], "-o", out / "r.html", "-q"],
+        "s3serve": [inputs["data"], "--splits", "query", "--regions", "us-west", "--endpoint-file", out / "ep.txt",
+                    "--quiet"],
+    }
+
+
+def run_on_a_small_file_system(commands: dict[str, list[object]], mount: Path, results: Path, full: bool) -> None:
+    """Run each command in one private mount namespace where ``mount`` is a tmpfs, read-only (``full=False``) or
+    filled to the last byte (``full=True``); each command's exit status and stderr land in ``results``, and the
+    files left in ``mount`` afterwards in ``results/left``."""
+    mount.mkdir()
+    results.mkdir()
+    setup = f"mount -t tmpfs -o size=256k none {shlex.quote(str(mount))}"
+    if full:  # the filler stops at the last free byte: dd's "No space left" is the point
+        setup += f" && (dd if=/dev/zero of={shlex.quote(str(mount / 'filler'))} bs=4k 2>/dev/null; true)"
+    else:
+        setup += f" && mount -o remount,ro {shlex.quote(str(mount))}"
+    lines = [setup]
+    for name, args in commands.items():
+        command = shlex.join([sys.executable, "-m", f"isc.cli.{name}", *map(str, args)])
+        err, status = shlex.quote(str(results / f"{name}.err")), shlex.quote(str(results / f"{name}.rc"))
+        lines.append(f"timeout 120 {command} > /dev/null 2> {err} < /dev/null; echo $? > {status}")
+    lines.append(f"find {shlex.quote(str(mount))} -mindepth 1 > {shlex.quote(str(results / 'left'))}")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", " && ".join(lines[:1]) + "\n" + "\n".join(lines[1:])],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module")
+def read_only_results(inputs: dict[str, Path], s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("read_only")
+    run_on_a_small_file_system(writing_commands(inputs, root / "ro", s3_endpoint), root / "ro", root / "results",
+                               full=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def full_disk_results(inputs: dict[str, Path], s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("full")
+    commands = writing_commands(inputs, root / "full", s3_endpoint)
+    run_on_a_small_file_system(commands, root / "full", root / "results", full=True)
+    return root
+
+
+TEMPORARY_NAME = re.compile(r"\.[0-9a-f]{8}\.part\b")  # atomic_path's ".NAME.1234abcd.part"
+COMMANDS = ("extract", "search", "eval", "submit", "download", "pca", "synth", "run", "report", "s3serve")
+
+
+def _result(root: Path, name: str) -> subprocess.CompletedProcess:
+    return subprocess.CompletedProcess(name, int((root / "results" / f"{name}.rc").read_text()), "",
+                                       (root / "results" / f"{name}.err").read_text())
+
+
+@needs_mounts
+@pytest.mark.parametrize("name", COMMANDS)
+def test_9_a_read_only_file_system_is_one_line_naming_the_path(name: str, read_only_results: Path) -> None:
+    line = one_line_error(_result(read_only_results, name), f"isc-{name}", "Read-only file system")
+    assert str(read_only_results / "ro") in line, line
+    assert not TEMPORARY_NAME.search(line), line  # the user's path, not its temporary twin
+
+
+@needs_mounts
+@pytest.mark.parametrize("name", COMMANDS)
+def test_9_a_full_disk_is_one_line_and_leaves_no_temporary_file(name: str, full_disk_results: Path) -> None:
+    result = _result(full_disk_results, name)
+    if name == "download":  # each file fails on its own (no space): listed, and the run exits 1
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "No space left on device" in result.stderr, result.stderr
+    else:
+        line = one_line_error(result, f"isc-{name}", "No space left on device", status=1)
+        assert str(full_disk_results / "full") in line and not TEMPORARY_NAME.search(line), line
+    left = (full_disk_results / "results" / "left").read_text().split()
+    assert not [p for p in left if TEMPORARY_NAME.search(p)], left
+
+
+@pytest.mark.parametrize("name", ["search", "submit", "eval", "extract", "pca"])
+def test_9_a_name_too_long_is_one_line(name: str, inputs: dict[str, Path], s3_endpoint: str, tmp_path: Path) -> None:
+    args = writing_commands(inputs, tmp_path, s3_endpoint)[name]
+    long_name = "x" * 250 + {"eval": ".png", "extract": ".h5", "pca": ".npz"}.get(name, ".csv")
+    args = [tmp_path / long_name if isinstance(a, Path) and a.parent == tmp_path else a for a in args]
+    line = one_line_error(cli(name, *args), f"isc-{name}", "File name too long")
+    assert long_name in line and not TEMPORARY_NAME.search(line), line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_10_a_dataset_that_is_a_dangling_external_link_is_one_line(inputs: dict[str, Path], tmp_path: Path) -> None:
+    linked = tmp_path / "r.h5"
+    with h5py.File(linked, "w") as f:
+        f["ids"] = np.array([b"R000000", b"R000001"])
+        f["descriptors"] = h5py.ExternalLink("missing.h5", "/descriptors")
+    result = cli("search", "--query", inputs["q.h5"], "--reference", linked, "-o", tmp_path / "p.csv")
+    one_line_error(result, "isc-search", f"{linked}: dataset descriptors is a link to missing.h5:/descriptors that "
+                   "cannot be followed")
+    with h5py.File(tmp_path / "ok.h5", "w") as f:  # a link that resolves is read through
+        f["ids"] = np.array([b"R000000"])
+        f["descriptors"] = h5py.ExternalLink(str(inputs["r.h5"]), "/descriptors")
+    with pytest.raises(InputError, match="1 ids but 8 descriptors"):
+        read_descriptors(tmp_path / "ok.h5")
+
+
+def test_11_a_csv_with_carriage_returns_only_is_submitted_as_evaluated(inputs: dict[str, Path], tmp_path: Path) -> None:
+    predictions = tmp_path / "cr.csv"
+    predictions.write_bytes((HEADER + ROWS).replace("\n", "\r").encode())
+    assert cli("eval", predictions, "--gt", inputs["gt.csv"], "--quiet").returncode == 0
+    result = cli("submit", "matching", predictions, "--phase", "1", "-o", tmp_path / "sub.csv")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sub.csv").read_bytes() == predictions.read_bytes()
+    headerless = tmp_path / "headerless.csv"
+    headerless.write_bytes(ROWS.replace("\n", "\r").encode())
+    result = cli("submit", "matching", headerless, "--phase", "1", "-o", tmp_path / "sub2.csv")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sub2.csv").read_bytes() == (HEADER + ROWS).replace("\n", "\r").encode()
+
+
+@pytest.mark.parametrize("command", ["extract", "run", "train"])
+def test_12_an_image_size_past_the_bound_is_refused_before_allocating(command: str, inputs: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    args = {"extract": ["--images", inputs["photos"], "-o", tmp_path / "x.h5"], "run": [tmp_path / "work"],
+            "train": ["--data", inputs["data"], "-o", tmp_path / "runs"]}[command]
+    result = cli(command, *args, "--image-size", "100000")
+    line = one_line_error(result, f"isc-{command}", "argument --image-size: must be <= 4096, got '100000'")
+    assert line and list(tmp_path.iterdir()) == []
+
+
+def test_13_an_endpoint_that_is_not_a_url_is_one_line(tmp_path: Path) -> None:
+    result = cli("download", "--split", "query", "--dest", tmp_path, "--endpoint-url", "not a url")
+    one_line_error(result, "isc-download", "argument --endpoint-url: not an http:// or https:// URL: 'not a url'")
+    result = cli("run", tmp_path / "w", "--endpoint-url", "not a url")
+    one_line_error(result, "isc-run", "argument --endpoint-url: not an http:// or https:// URL")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "AWS_ENDPOINT_URL": "not a url"}
+    result = cli("download", "--split", "query", "--dest", tmp_path, env=env)
+    one_line_error(result, "isc-download", "S3 endpoint 'not a url': Invalid endpoint")
+
+
+# ----------------------------------------------------------------------------------- unclear messages
+
+
+def sparse_file(path: Path, size: int = 2 << 30) -> Path:
+    """A file of ``size`` NUL bytes that takes no room on disk (2 GB by default)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize("role", ["ground truth", "metadata", "predictions", "submission", "expected ids"])
+def test_15_a_2_gb_sparse_csv_is_refused_at_once_and_in_one_short_line(role: str, inputs: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    nul = sparse_file(tmp_path / "nul.csv")
+    command = {
+        "ground truth": ("eval", inputs["p.csv"], "--gt", nul),
+        "metadata": ("download", "--split", "query", "--dest", tmp_path / "d", "--endpoint-url", "http://127.0.0.1:9",
+                     "--metadata", nul),
+        "predictions": ("eval", nul, "--gt", inputs["gt.csv"]),
+        "submission": ("submit", "matching", nul, "--phase", "1", "-o", tmp_path / "s.csv"),
+        "expected ids": ("submit", "matching", inputs["p.csv"], "--phase", "1", "--expected-queries", nul, "-o",
+                         tmp_path / "s.csv"),
+    }[role]
+    began = time.monotonic()
+    result = cli(*command, timeout=60)
+    seconds = time.monotonic() - began
+    line = one_line_error(result, f"isc-{command[0]}", f"{nul}: not a text", "binary content: a NUL byte at offset 0")
+    assert len(result.stderr) < 300, result.stderr
+    # a child that read 2 GB would take far more than starting Python; printed, not asserted (a loaded CI machine)
+    print(f"{role}: refused in {seconds:.1f} s: {line}")
+
+
+def test_15_quoted_values_are_cut_and_escaped(inputs: dict[str, Path], tmp_path: Path) -> None:
+    predictions = tmp_path / "p.csv"
+    predictions.write_text(HEADER + "Q" + "\x01" * 5000 + ",R000000,0.5\n")
+    result = cli("eval", predictions, "--gt", inputs["gt.csv"])
+    line = one_line_error(result, "isc-eval", "line 2: query_id 'Q\\x01", "... (5,001 characters)")
+    assert len(line) < 600 and "\x01" not in line, line
+
+
+def test_16_isc_run_has_the_timeout_it_advises_and_shows_each_failed_attempt(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        result = cli("run", tmp_path / "w", "--endpoint-url", f"http://127.0.0.1:{silent.getsockname()[1]}",
+                     "--timeout", "0.3", "--attempts", "2", "--model", "resnet10t", timeout=120)
+    line = one_line_error(result, "isc-run", "no answer from the S3 endpoint", "2 attempts of up to 0.3 s",
+                          "raise --timeout")
+    assert line and result.stdout.count("attempt 1 failed") >= 1, result.stdout
+
+
+def test_16_a_bad_ground_truth_is_refused_before_any_work(inputs: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "gt.csv"
+    bad.write_text("query_id,reference_id\nQ1,R000000\n")
+    result = cli("run", tmp_path / "w", "--data", inputs["data"], "--gt", bad, "--model", "resnet10t")
+    one_line_error(result, "isc-run", f"{bad}: line 2: query_id 'Q1' is not a query id")
+    assert not (tmp_path / "w" / "descriptors").exists()
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "pipe.csv"
+    os.mkfifo(path)
+    yield path
+
+
+@pytest.mark.parametrize("role", ["predictions", "ground truth", "metadata", "expected ids", "descriptors",
+                                  "pca", "image list", "submission"])
+def test_17_a_fifo_where_a_file_is_expected_is_named_so(role: str, fifo: Path, inputs: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    command = {
+        "predictions": ("eval", fifo, "--gt", inputs["gt.csv"]),
+        "ground truth": ("eval", inputs["p.csv"], "--gt", fifo),
+        "metadata": ("download", "--split", "query", "--dest", tmp_path / "d", "--endpoint-url", "http://127.0.0.1:9",
+                     "--metadata", fifo),
+        "expected ids": ("submit", "matching", inputs["p.csv"], "--phase", "1", "--expected-queries", fifo, "-o",
+                         tmp_path / "s.csv"),
+        "descriptors": ("search", "--query", fifo, "--reference", inputs["r.h5"], "-o", tmp_path / "p.csv"),
+        "pca": ("pca", "apply", fifo, inputs["q.h5"], "-o", tmp_path / "o.h5"),
+        "image list": ("extract", "--images", fifo, "-o", tmp_path / "x.h5", "--model", "resnet10t"),
+        "submission": ("submit", "matching", fifo, "--phase", "1", "-o", tmp_path / "s.csv"),
+    }[role]
+    result = cli(*command, timeout=60)  # opening a FIFO would wait for a writer: the timeout catches it
+    one_line_error(result, f"isc-{command[0]}", f"{fifo}: is a named pipe (FIFO)")
+
+
+def test_17_a_folder_where_a_file_is_expected_is_named_so(inputs: dict[str, Path], tmp_path: Path) -> None:
+    result = cli("eval", tmp_path, "--gt", inputs["gt.csv"])
+    one_line_error(result, "isc-eval", f"{tmp_path}: is a directory")
+
+
+def test_18_an_empty_model_path_and_an_empty_output_are_named(inputs: dict[str, Path], tmp_path: Path) -> None:
+    result = cli("extract", "--images", inputs["photos"], "-o", tmp_path / "x.h5", "--model", "onnx:")
+    one_line_error(result, "isc-extract", "model 'onnx:': the path of the file is missing (onnx:PATH)")
+    result = cli("search", "--query", inputs["q.h5"], "--reference", inputs["r.h5"], "-o", "")
+    one_line_error(result, "isc-search", "an output path is empty")
+
+
+def test_18_an_output_inside_a_file_names_the_file(inputs: dict[str, Path], tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = cli("s3serve", inputs["data"], "--endpoint-file", afile / "ep.txt", "--quiet", timeout=60)
+    one_line_error(result, "isc-s3serve", f"{afile / 'ep.txt'}: {afile} is a file, it cannot hold the output")
+    result = cli("search", "--query", inputs["q.h5"], "--reference", inputs["r.h5"], "-o", afile / "sub" / "p.csv")
+    one_line_error(result, "isc-search", f"{afile} is a file, it cannot hold the output")
+    assert afile.read_text() == "x"
+
+
+def test_18_blank_lines_before_the_header_are_skipped(inputs: dict[str, Path], tmp_path: Path) -> None:
+    predictions = tmp_path / "p.csv"
+    predictions.write_text("\n\n" + HEADER + ROWS)
+    result = cli("submit", "matching", predictions, "--phase", "1", "-o", tmp_path / "s.csv")
+    assert result.returncode == 0, result.stderr
+    assert cli("eval", predictions, "--gt", inputs["gt.csv"], "--quiet").returncode == 0
+
+
+def test_19_a_row_too_long_is_named_by_its_line(inputs: dict[str, Path], tmp_path: Path) -> None:
+    predictions = tmp_path / "p.csv"
+    predictions.write_text(HEADER + "Q00000,R000000,0.9,7\n" + ROWS)
+    result = cli("eval", predictions, "--gt", inputs["gt.csv"])
+    one_line_error(result, "isc-eval", f"{predictions}: line 2: 4 fields, more than the header's 3")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_19_a_utf16_file_is_named_by_its_encoding(encoding: str, inputs: dict[str, Path], tmp_path: Path) -> None:
+    gt = tmp_path / "gt.csv"
+    gt.write_text(GT, encoding=encoding)
+    result = cli("eval", inputs["p.csv"], "--gt", gt)
+    one_line_error(result, "isc-eval", f"{gt}: {encoding[:6].upper()} text, a ground-truth CSV must be UTF-8")
+
+
+def test_19_plain_messages_for_a_csv_as_pca_binary_ids_and_model_options(inputs: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    result = cli("pca", "apply", inputs["p.csv"], inputs["q.h5"], "-o", tmp_path / "o.h5")
+    line = one_line_error(result, "isc-pca", f"{inputs['p.csv']}: not a PCA file written by isc-pca (not an .npz")
+    assert "allow_pickle" not in line
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(b"Q00000\n\x00\xff\xfe\x01binary\n")
+    result = cli("submit", "matching", inputs["p.csv"], "--phase", "1", "--expected-queries", ids, "-o",
+                 tmp_path / "s.csv")
+    line = one_line_error(result, "isc-submit", f"{ids}: not a text list of ids (binary content")
+    assert "\x00" not in line and "\xff" not in line
+    result = cli("extract", "--images", inputs["photos"], "-o", tmp_path / "x.h5", "--model", "pdq", "--dim", "8")
+    line = one_line_error(result, "isc-extract", "model 'pdq' takes no option dim (--dim)")
+    assert "_pdq_model" not in line
+
+
+def test_20_an_output_hard_linked_to_an_input_is_refused(inputs: dict[str, Path], tmp_path: Path) -> None:
+    link = tmp_path / "same.csv"
+    os.link(inputs["p.csv"], link)
+    before = inputs["p.csv"].read_bytes()
+    result = cli("submit", "matching", inputs["p.csv"], "--phase", "1", "-o", link)
+    one_line_error(result, "isc-submit", f"output {link} is a hard link to the input {inputs['p.csv']}")
+    result = cli("eval", inputs["p.csv"], "--gt", inputs["gt.csv"], "--plot", tmp_path / "gt.png")
+    assert result.returncode == 0, result.stderr  # a new output is no link to anything
+    assert inputs["p.csv"].read_bytes() == before and link.stat().st_nlink == 2
+
+
+# ------------------------------------------------------------------------------------ holes in the tests
+
+
+def test_kill_9_of_isc_extract_then_resume_gives_the_descriptors_of_one_run(mini_dataset: Path,
+                                                                          tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for image in sorted((mini_dataset / "reference_images").glob("*.jpg"))[:12]:
+        shutil.copy(image, images)
+    out = tmp_path / "reference.h5"
+    args = ["--images", images, "-o", out, "--model", "efficientnet_lite0", "--image-size", "64", "--batch-size", "1",
+            "--workers", "0", "--quiet"]
+    partial = tmp_path / "reference.h5.rank0-of-1.partial"
+    with running([sys.executable, "-m", "isc.cli.extract", *map(str, args)], cwd=REPO,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as child:
+        wait_until(lambda: partial.exists() and len(PartialLog.read(partial).ids) >= 3, child)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL and not out.exists()
+    resumed = cli("extract", *args, "--json", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["resumed"] >= 3 and summary["resumed"] + summary["processed"] == 12
+    assert not partial.exists()
+    fresh = cli("extract", *args[:3], tmp_path / "fresh.h5", *args[4:], timeout=300)
+    assert fresh.returncode == 0, fresh.stderr
+    ids, descriptors, _ = read_descriptors(out)
+    fresh_ids, fresh_descriptors, _ = read_descriptors(tmp_path / "fresh.h5")
+    assert ids == fresh_ids and len(ids) == 12
+    np.testing.assert_allclose(descriptors, fresh_descriptors, atol=1e-5)
+
+
+def test_kill_9_of_isc_train_leaves_a_checkpoint_that_resumes(mini_dataset: Path, tmp_path: Path) -> None:
+    from isc.models import load_checkpoint
+
+    run = tmp_path / "run"
+    common = ["--data", mini_dataset / "training_images", "-o", run, "--batch-size", "4", "--image-size", "32",
+              "--workers", "0", "--quiet", "--checkpoint-every", "1"]
+    with running([sys.executable, "-m", "isc.cli.train", *map(str, common), "--steps", "10000"], cwd=REPO,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as child:
+        wait_until(lambda: (run / "log.jsonl").is_file() and (run / "log.jsonl").read_text().count("\n") >= 2, child)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    killed_at = load_checkpoint(run / "last.pt")["step"]  # whole: written under a temporary name, then renamed
+    assert killed_at >= 1
+    resumed = cli("train", *common, "--steps", killed_at + 2, "--resume", "--json", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert (summary["start"], summary["steps"]) == (killed_at, killed_at + 2)
+    assert load_checkpoint(run / "last.pt")["step"] == killed_at + 2
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps[-2:] == [killed_at + 1, killed_at + 2]
+
+
+# tqdm's "[elapsed<remaining, rate]", the rate as img/s or s/img (file for downloads), a postfix after it
+TQDM_RATE_AND_ETA = re.compile(r"\[\d\d:\d\d<\d\d:\d\d, +[\d.]+(?:s/)?(?:img|file)(?:/s)?[,\]]")
+
+
+def test_progress_bars_show_a_rate_and_an_eta(inputs: dict[str, Path], s3_endpoint: str, tmp_path: Path) -> None:
+    extract_run = cli("extract", "--images", inputs["photos"], "-o", tmp_path / "x.h5", "--model", "resnet10t",
+                      "--image-size", "32", "--workers", "0", "--batch-size", "1")
+    assert extract_run.returncode == 0, extract_run.stderr
+    assert TQDM_RATE_AND_ETA.search(extract_run.stderr), extract_run.stderr
+    assert "3/3" in extract_run.stderr
+    download_run = cli("download", "--split", "query", "--dest", tmp_path / "d", "--endpoint-url", s3_endpoint,
+                       "--ids", "Q00000-Q00003", "--workers", "1")
+    assert download_run.returncode == 0, download_run.stderr
+    assert TQDM_RATE_AND_ETA.search(download_run.stderr) and "4/4" in download_run.stderr, download_run.stderr
+    quiet = cli("extract", "--images", inputs["photos"], "-o", tmp_path / "y.h5", "--model", "resnet10t",
+                "--image-size", "32", "--workers", "0", "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_phase_2_descriptors_warn_without_the_phase_1_reference_only(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    references = ["R000000", "R000001", "R000002"]
+    write_descriptors(tmp_path / "r.h5", references, rng.standard_normal((3, 8)), ATTRS)
+    (tmp_path / "r.txt").write_text("\n".join(references) + "\n")
+    for phase, queries in ((1, ["Q00000", "Q00001"]), (2, ["Q50000", "Q50001"])):
+        write_descriptors(tmp_path / f"q{phase}.h5", queries, rng.standard_normal((2, 8)), ATTRS)
+        (tmp_path / f"q{phase}.txt").write_text("\n".join(queries) + "\n")
+
+    def submit(phase: int, *extra: object) -> subprocess.CompletedProcess:
+        return cli("submit", "descriptors", "--query", tmp_path / f"q{phase}.h5", "--reference", tmp_path / "r.h5",
+                   "--phase", phase, "--expected-queries", tmp_path / f"q{phase}.txt", "--expected-references",
+                   tmp_path / "r.txt", *extra)
+
+    first = submit(1, "-o", tmp_path / "p1.h5")
+    assert first.returncode == 0 and "warning" not in first.stderr, first.stderr
+    warned = submit(2, "-o", tmp_path / "p2.h5")
+    assert warned.returncode == 0, warned.stderr
+    assert warned.stderr.strip().splitlines() == ["isc-submit: warning: phase 2 without --phase1-reference: the reuse "
+                                                  "of the phase-1 references is not checked"], warned.stderr
+    checked = submit(2, "--phase1-reference", tmp_path / "p1.h5", "-o", tmp_path / "p2b.h5")
+    assert checked.returncode == 0 and "warning" not in checked.stderr, checked.stderr
