@@ -46,6 +46,7 @@ EVIDENCE_COLUMNS = ("query_id", "reference_id", "score", "rank", "verified", "ma
 MAX_AREA_CHANGE = 64.0  # a fitted model scaling areas more (or less) than this is degenerate: no model
 PAIRS_PER_TASK = 32  # pairs sent to a worker at once: small enough for a smooth progress bar
 
+
 @dataclass(frozen=True)
 class VerifyOptions:
     """How candidate pairs are verified; :meth:`check` refuses bad values with one line.
