@@ -46,6 +46,7 @@ EVIDENCE_COLUMNS = ("query_id", "reference_id", "score", "rank", "verified", "ma
 MAX_AREA_CHANGE = 64.0  # a fitted model scaling areas more (or less) than this is degenerate: no model
 PAIRS_PER_TASK = 32  # pairs sent to a worker at once: small enough for a smooth progress bar
 
+
 @dataclass(frozen=True)
 class VerifyOptions:
     """How candidate pairs are verified; :meth:`check` refuses bad values with one line.
@@ -603,18 +604,26 @@ def verify(
             max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         label = f" [rank {rank}/{world}]" if world > 1 else ""
         paths = {**references, **queries}
-        evidence, counts = _shard_evidence(mine, paths, cache_root, options, workers, strict, label, quiet)
-        gathered = _gather((evidence, counts), world)
+        try:
+            shard_result: tuple | Exception = _shard_evidence(mine, paths, cache_root, options, workers, strict,
+                                                              label, quiet)
+        except Exception as e:  # still gathered: no rank waits forever for one that failed
+            shard_result = e
+        gathered = _gather(shard_result, world)
     finally:
         leave_process_group(started)
+    failed = next((g for g in [shard_result, *gathered] if isinstance(g, Exception)), None)
+    if failed is not None:
+        raise failed
     if rank != 0:
-        return _result(output, cache_root, rank, world, 0, 0, [counts])
+        return _result(output, cache_root, rank, world, 0, 0, [shard_result[1]])
     evidence = pd.concat([e for e, _ in gathered]).sort_values(["query_id", "rank"], kind="stable")
     all_counts = [c for _, c in gathered]
     broken = {i: reason for c in all_counts for i, reason in sorted(c["broken"].items())}
-    images = sum(c["images"] for c in all_counts)
-    if broken and len(broken) == images:
-        raise NoImageRead(f"none of the {images} images could be read (first: {next(iter(broken.items()))})")
+    images = len(set(evidence["query_id"]) | set(evidence["reference_id"]))
+    if (evidence["error"] != "").all():
+        raise NoImageRead(f"none of the {len(evidence)} pairs could be verified: {len(broken)} of their {images} "
+                          f"images are broken (first {next(iter(broken.items()))})")
     if len(broken) > max_broken * images:
         warnings.warn(f"{len(broken):,} of {images:,} images ({len(broken) / images:.1%}) are broken, more than "
                       f"{max_broken:.1%}: their pairs count as unverified (listed in {evidence_path(output)})",

@@ -80,12 +80,6 @@ def isc_verify(*args: object, timeout: float = 240) -> subprocess.CompletedProce
                           timeout=timeout, cwd=Path(__file__).parent.parent)
 
 
-def one_error_line(done: subprocess.CompletedProcess) -> str:
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    return done.stderr.strip()
-
-
 # ------------------------------------------------------------------------------------ the engine
 
 
@@ -178,16 +172,19 @@ def test_rescoring_promotes_copies_and_leaves_candidates_beyond_k_unverified(dat
 # --------------------------------------------------------------------------------------- the CLI
 
 
-def test_cli_reuses_the_cache_and_describes_a_changed_file_again(dataset, tmp_path):
-    common = [dataset / "predictions.csv", "--data", dataset, "--k", 2, "--workers", 2, "--json",
-              "--cache", tmp_path / "cache"]
-    first = isc_verify(*common, "-o", tmp_path / "first.csv")
-    assert first.returncode == 0, first.stderr
-    summary = json.loads(first.stdout)
+def run_json(capsys, *args: object) -> dict:
+    """isc-verify --json in this process (main, as the command runs it): its summary."""
+    assert main([*map(str, args), "--json"]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cli_reuses_the_cache_and_describes_a_changed_file_again(dataset, tmp_path, capsys):
+    common = [dataset / "predictions.csv", "--data", dataset, "--k", 2, "--workers", 2, "--cache", tmp_path / "cache"]
+    summary = run_json(capsys, *common, "-o", tmp_path / "first.csv")
     assert summary["described"] == summary["images"] > 0 and summary["cached"] == 0
     assert 10_000 < summary["cache_bytes_per_image"] < 200_000
-    second = isc_verify(*common, "-o", tmp_path / "second.csv")
-    assert json.loads(second.stdout)["described"] == 0 and json.loads(second.stdout)["cached"] == summary["images"]
+    second = run_json(capsys, *common, "-o", tmp_path / "second.csv")
+    assert second["described"] == 0 and second["cached"] == summary["images"]
     assert (tmp_path / "first.csv").read_bytes() == (tmp_path / "second.csv").read_bytes()
 
     # the same bytes written again, the modification time put back: the change time and inode still tell
@@ -197,12 +194,12 @@ def test_cli_reuses_the_cache_and_describes_a_changed_file_again(dataset, tmp_pa
         for path in (dataset / f"{split}_images").iterdir():
             (images / f"{split}_images" / path.name).write_bytes(path.read_bytes())
     copied = [*common[:2], images, *common[3:]]
-    assert json.loads(isc_verify(*copied, "-o", tmp_path / "copied.csv").stdout)["described"] == summary["images"]
+    assert run_json(capsys, *copied, "-o", tmp_path / "copied.csv")["described"] == summary["images"]
     changed = images / "reference_images" / "R000001.jpg"
     stat = changed.stat()
     changed.write_bytes(changed.read_bytes())
     os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert json.loads(isc_verify(*copied, "-o", tmp_path / "changed.csv").stdout)["described"] == 1
+    assert run_json(capsys, *copied, "-o", tmp_path / "changed.csv")["described"] == 1
 
 
 def test_cli_calibrates_on_ground_truth_and_reuses_the_calibration(dataset, tmp_path):
@@ -255,7 +252,7 @@ def test_cli_killed_and_run_again_writes_the_same_bytes(dataset, tmp_path):
         assert (tmp_path / name.format("killed")).read_bytes() == (tmp_path / name.format("clean")).read_bytes()
 
 
-def test_cli_lists_broken_images_and_flags_their_pairs(dataset, tmp_path):
+def test_cli_lists_broken_images_and_flags_their_pairs(dataset, tmp_path, capsys):
     images = tmp_path / "images"
     for split in ("query", "reference"):
         (images / f"{split}_images").mkdir(parents=True)
@@ -264,21 +261,26 @@ def test_cli_lists_broken_images_and_flags_their_pairs(dataset, tmp_path):
     broken = images / "reference_images" / "R000002.jpg"
     broken.unlink()
     broken.write_bytes(b"\xff\xd8 not a jpeg")
-    done = isc_verify(dataset / "predictions.csv", "--data", images, "--k", 6, "--workers", 0, "--max-broken", 1,
-                      "-o", tmp_path / "out.csv")
-    assert done.returncode == 0, done.stderr
-    assert "broken R000002: not an image" in done.stdout and "30 pairs verified" in done.stdout
+    common = [str(dataset / "predictions.csv"), "--data", str(images), "--workers", "0", "--quiet"]
+    assert main([*common, "--k", "6", "--max-broken", "1", "-o", str(tmp_path / "out.csv")]) == 0
+    listed = capsys.readouterr().out
+    assert "broken R000002: not an image" in listed and "1 broken image(s), 5 pair(s) unverified" in listed
     evidence = pd.read_csv(tmp_path / "out.evidence.csv", keep_default_na=False)
     flagged = evidence[evidence["reference_id"] == "R000002"]
-    assert len(flagged) == 5 and (~flagged["verified"]).all()
+    assert len(flagged) == 5 and (~flagged["verified"]).all() and evidence["verified"].sum() == 25
     assert flagged["error"].str.startswith("reference R000002: not an image").all()
     assert (evidence.loc[evidence["reference_id"] != "R000002", "error"] == "").all()
-    warned = isc_verify(dataset / "predictions.csv", "--data", images, "--workers", 0, "--quiet",
-                        "-o", tmp_path / "warned.csv")
-    assert warned.returncode == 0 and "1 of 11 images (9.1%) are broken" in warned.stderr
-    strict = isc_verify(dataset / "predictions.csv", "--data", images, "--workers", 0, "--strict", "--quiet",
-                        "-o", tmp_path / "strict.csv")
-    assert "R000002.jpg: not an image" in one_error_line(strict) and not (tmp_path / "strict.csv").exists()
+    assert main([*common, "-o", str(tmp_path / "warned.csv")]) == 0
+    assert "1 of 11 images (9.1%) are broken" in capsys.readouterr().err
+    assert main([*common, "--strict", "-o", str(tmp_path / "strict.csv")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "R000002.jpg: not an image" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "strict.csv").exists()
+    # no pair at all can be verified: nothing written, exit status 1
+    only_broken = tmp_path / "only_broken.csv"
+    only_broken.write_text("query_id,reference_id,score\nQ00000,R000002,0.5\n")
+    assert main([str(only_broken), *common[1:], "-o", str(tmp_path / "none.csv")]) == 1
+    assert not (tmp_path / "none.csv").exists()
 
 
 def test_cli_refuses_bad_input_in_one_line(dataset, tmp_path, capsys):

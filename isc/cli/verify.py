@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
               f"{result.described} of {result.images} images described ({result.cached} from the cache "
               f"{result.cache}, {result.cache_bytes_per_image} bytes per image)")
     if result.broken:
-        print(f"{len(result.broken)} broken images, {result.failed_pairs} pairs unverified:")
+        print(f"{len(result.broken)} broken image(s), {result.failed_pairs} pair(s) unverified:")
         print_broken(result.broken, f"error column of {result.evidence}")
     return 0
 
