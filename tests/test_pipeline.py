@@ -192,6 +192,10 @@ def test_demo_generates_serves_and_submits(tmp_path):
     again = run_demo(RunConfig(work=tmp_path / "demo", submissions=tmp_path / "demo" / "submissions", **FAST),
                      seed=3, **sizes)
     assert again.steps[0].skipped and again.metrics == summary.metrics
+    # a second run starts no server: every image is downloaded and verified already
+    serve = again.steps[1]
+    assert serve.stage == "serve" and serve.skipped and serve.result.startswith("not needed")
+    assert all(step.skipped for step in again.steps if step.stage in ("download", "extract"))
 
 
 @pytest.mark.parametrize(("args", "message"), [

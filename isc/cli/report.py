@@ -22,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_input_options(parser)
     parser.add_argument("--data", required=True, metavar="ROOT",
-                        help="dataset folder holding query_images/<id>.jpg and reference_images/<id>.jpg "
-                        "(a missing image is drawn as a grey tile)")
+                        help="dataset folder holding query_images/<id>.<suffix> and reference_images/<id>.<suffix>, "
+                        "or the images themselves (ROOT/<id>.<suffix>), any suffix isc-extract reads (a missing "
+                        "image is drawn as a grey tile)")
     parser.add_argument("-o", "--output", required=True, metavar="REPORT.html", help="HTML file to write")
     parser.add_argument("--png", metavar="SUMMARY.png",
                         help="also write a summary image: headline numbers, precision-recall curve, score histograms")

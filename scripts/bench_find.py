@@ -1,0 +1,126 @@
+"""isc-find against another near-duplicate finder on one folder of real photos and edited copies of them.
+
+    python scripts/bench_find.py build PHOTOS OUT      # OUT/references, OUT/queries, OUT/all, OUT/truth.json
+    python scripts/bench_find.py score OUT/truth.json GROUPS.json [GROUPS.json ...]
+
+``build`` takes 26 photos of PHOTOS (seeded choice): 20 references, and 20 queries made of 14 edited copies
+of references (the edits of the experiment in the README: crops, rotations, text, JPEG quality 10, flips,
+padding, blur, ...) and 6 unrelated photos; ``all/`` holds the 40 images under one folder. ``score`` reads
+groups written as ``{"groups": [[path, ...]]}`` (isc-find) or ``{"near": [[path, ...]], "exact": [...]}``
+(Immaculate's --json) and counts, against the 14 true pairs, the groups that are exactly a true pair, the
+groups that hold images of two different true groups or an unrelated photo (false), and the true pairs
+found inside any group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
+
+from isc.images import list_images
+
+
+def _text(image: Image.Image) -> Image.Image:
+    out = image.copy()
+    font = ImageFont.load_default(size=max(12, image.height // 8))
+    ImageDraw.Draw(out).text((image.width // 10, image.height // 3), "COPY 2024", fill=(255, 255, 0), font=font)
+    return out
+
+
+def _jpeg(quality: int) -> Callable[[Image.Image], Image.Image]:
+    def recompress(image: Image.Image) -> Image.Image:
+        import io
+
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return recompress
+
+
+EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "centre crop 60%": lambda im: im.crop((im.width // 5, im.height // 5, im.width * 4 // 5, im.height * 4 // 5)),
+    "corner crop 70%": lambda im: im.crop((0, 0, im.width * 7 // 10, im.height * 7 // 10)),
+    "rotated 90": lambda im: im.rotate(90, expand=True),
+    "rotated 15": lambda im: im.rotate(15, expand=True, fillcolor=(0, 0, 0)),
+    "text": _text,
+    "jpeg q10": _jpeg(10),
+    "mirrored": ImageOps.mirror,
+    "upside down": ImageOps.flip,
+    "padded": lambda im: ImageOps.expand(im, border=im.width // 5, fill=(255, 255, 255)),
+    "blurred": lambda im: im.filter(ImageFilter.GaussianBlur(3)),
+    "half size": lambda im: im.resize((im.width // 2, im.height // 2)),
+    "grey": lambda im: ImageOps.grayscale(im).convert("RGB"),
+    "crop and jpeg q30": lambda im: _jpeg(30)(im.crop((im.width // 8, 0, im.width, im.height * 7 // 8))),
+    "darker": lambda im: im.point(lambda v: v * 6 // 10),
+}
+
+
+def build(photos: Path, out: Path, seed: int = 0) -> dict[str, object]:
+    chosen = random.Random(seed).sample(sorted(list_images(photos).values()), 20 + 6)
+    references, unrelated = chosen[:20], chosen[20:]
+    folders = {name: out / name for name in ("references", "queries", "all")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    truth = []
+    for number, path in enumerate(references):
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+        reference = f"photo {number:02d}.jpg"
+        image.save(folders["references"] / reference, quality=92)
+        image.save(folders["all"] / reference, quality=92)
+        if number < len(EDITS):
+            edit = list(EDITS)[number]
+            copy = f"photo {number:02d}, {edit}.jpg"
+            edited = EDITS[edit](image)
+            edited.save(folders["queries"] / copy, quality=92)
+            edited.save(folders["all"] / copy, quality=92)
+            truth.append([reference, copy])
+    for number, path in enumerate(unrelated):
+        with Image.open(path) as image:
+            name = f"other {number}.jpg"
+            image.convert("RGB").save(folders["queries"] / name, quality=92)
+            image.convert("RGB").save(folders["all"] / name, quality=92)
+    record = {"photos": [p.name for p in chosen], "pairs": truth}
+    (out / "truth.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def score(truth_path: Path, groups_path: Path) -> dict[str, int]:
+    pairs = json.loads(truth_path.read_text())["pairs"]
+    group_of = {name: i for i, pair in enumerate(pairs) for name in pair}
+    result = json.loads(groups_path.read_text())
+    groups = result.get("groups", []) + result.get("near", []) + result.get("exact", [])
+    named = [{Path(p).name for p in group} for group in groups]
+    exact = sum(1 for g in named if any(g == set(pair) for pair in pairs))
+    false = sum(1 for g in named if len({group_of.get(n, -1 - i) for i, n in enumerate(sorted(g))}) > 1)
+    found = sum(1 for pair in pairs if any(set(pair) <= g for g in named))
+    return {"groups": len(named), "exact true groups": exact, "false groups": false, "true pairs found": found,
+            "true pairs": len(pairs)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("build")
+    make.add_argument("photos", type=Path)
+    make.add_argument("out", type=Path)
+    make.add_argument("--seed", type=int, default=0)
+    judge = commands.add_parser("score")
+    judge.add_argument("truth", type=Path)
+    judge.add_argument("groups", type=Path, nargs="+")
+    args = parser.parse_args()
+    if args.command == "build":
+        record = build(args.photos, args.out, args.seed)
+        print(f"{len(record['pairs'])} copies of 20 references and 6 unrelated photos in {args.out}")
+        return
+    for path in args.groups:
+        print(path, json.dumps(score(args.truth, path)))
+
+
+if __name__ == "__main__":
+    main()
