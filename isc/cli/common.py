@@ -183,7 +183,7 @@ def check_outputs(
     ``inputs``: files read (None entries ignored); ``outputs``: files written; ``folders``: output folders,
     refused when they are an existing file or when an input lies at the very same path.
     """
-    inputs = [p for p in inputs if p is not None]
+    inputs, outputs, folders = [p for p in inputs if p is not None], list(outputs), list(folders)
     seen_inputs = {_resolved(p): str(p) for p in inputs}
     seen_outputs: dict[Path, str] = {}
     for path in [*outputs, *folders]:
