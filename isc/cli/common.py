@@ -198,7 +198,6 @@ def check_outputs(
         linked = _same_file(path, inputs)
         if linked is not None:
             raise InputError(f"output {path} is a hard link to the input {linked}: writing it would destroy the input")
-        check_parent_folders(path)
         if resolved in seen_outputs:
             raise InputError(f"outputs {seen_outputs[resolved]} and {path} are the same file")
         if resolved.is_dir():
@@ -212,3 +211,6 @@ def check_outputs(
             raise InputError(f"output folder {path} is the input {seen_inputs[resolved]}")
         if resolved.exists() and not resolved.is_dir():
             raise InputError(f"{path}: exists and is not a directory (an output folder is needed here)")
+    for path in outputs:  # after the folders' own check, whose message names the folder given
+        if path is not None:
+            check_parent_folders(path)
