@@ -40,8 +40,8 @@ class FaultProxy(ThreadingHTTPServer):
     half the body of the next N then closes the connection, ``corrupt_first`` flips a byte of the body of the
     next N, ``delay`` sleeps before every request to the
     buckets in ``slow_buckets`` (all buckets when None), ``hide_metadata`` answers 404 for metadata CSVs,
-    ``hold_after`` holds every image request after the first N until ``release`` is set (a client then has exactly
-    N images, whatever the machine's speed), ``trickle`` sends the bodies of images one byte every so many seconds."""
+    ``hold_after`` holds every image request after the first N until ``release`` is set, then closes it unanswered
+    (a client then has exactly N images, whatever the machine's speed), ``trickle`` sends the bodies of images one byte every so many seconds."""
 
     daemon_threads = True
 
@@ -371,6 +371,7 @@ def test_ctrl_c_stops_cleanly_with_a_report(mini_dataset: Path, s3_endpoint: str
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as child:
             wait_until(lambda: len(list(folder.glob("*.jpg"))) >= 3, child, 60)
             child.send_signal(signal.SIGINT)
+            proxy.release.set()  # the held requests end unanswered: the threads waiting on them stop
             _, err = child.communicate(timeout=60)
     assert child.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     report = report_of(tmp_path)

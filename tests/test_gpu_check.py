@@ -95,7 +95,7 @@ def test_extract_correctness_with_every_package_there_uses_the_default_model(tmp
     from isc.models import default_model
 
     out = tmp_path / "out"
-    argv = ["scripts/gpu_check.py", "--quick", "--device", "cpu", "--out", str(out), "--work", str(tmp_path / "work"),
+    argv = ["scripts/gpu_check.py", "--quick", "--device", "cpu", "--out", str(out), "--work", str(tmp_path),
             "--parts", "extract_correctness"]
     result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PYTHONPATH": str(REPO)})

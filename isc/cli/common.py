@@ -198,7 +198,7 @@ def check_outputs(
     ``inputs``: files read (None entries ignored); ``outputs``: files written; ``folders``: output folders,
     refused when they are an existing file or when an input lies at the very same path.
     """
-    inputs = [p for p in inputs if p is not None]
+    inputs, outputs, folders = [p for p in inputs if p is not None], list(outputs), list(folders)
     seen_inputs = {_resolved(p): str(p) for p in inputs}
     seen_outputs: dict[Path, str] = {}
     for path in [*outputs, *folders]:
@@ -213,7 +213,6 @@ def check_outputs(
         linked = _same_file(path, inputs)
         if linked is not None:
             raise InputError(f"output {path} is a hard link to the input {linked}: writing it would destroy the input")
-        check_parent_folders(path)
         if resolved in seen_outputs:
             raise InputError(f"outputs {seen_outputs[resolved]} and {path} are the same file")
         if resolved.is_dir():
@@ -227,3 +226,6 @@ def check_outputs(
             raise InputError(f"output folder {path} is the input {seen_inputs[resolved]}")
         if resolved.exists() and not resolved.is_dir():
             raise InputError(f"{path}: exists and is not a directory (an output folder is needed here)")
+    for path in outputs:  # after the folders' own check, whose message names the folder given
+        if path is not None:
+            check_parent_folders(path)
