@@ -2,7 +2,9 @@
 
 ``build_report`` scores the predictions, picks bounded galleries of pairs (the highest-scoring false
 matches, the ground-truth pairs missed at 90% precision, random true matches) and loads their
-thumbnails; ``render_html`` turns that into one self-contained HTML page (figures and thumbnails as
+thumbnails; given isc-verify's evidence, it adds each pair's inlier count and, for the verified pairs it
+shows, a picture of the two images with their inlier matches as lines (matched again here: the evidence
+keeps no keypoints); ``render_html`` turns that into one self-contained HTML page (figures and thumbnails as
 data URIs, no script, no network) and ``write_summary_png`` into one summary image. The gallery
 functions work on the labelled predictions table and are reused by the error-analysis notebook.
 """
@@ -29,9 +31,14 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from isc.verify import VerifyOptions
+
 GALLERY_SIZE = 16
 THUMBNAIL_SIZE = 160
 PLACEHOLDER_COLOR = (200, 200, 200)
+MATCH_COLOR = (0, 255, 0)  # the lines between matched keypoints
+MAX_DRAWN_MATCHES = 60  # more lines hide the images
+MATCH_GAP = 6  # pixels between the two images of a match picture
 
 
 # ----------------------------------------------------------------------------- pair tables
@@ -178,6 +185,7 @@ class Report:
     thumbnails: dict[str, Image.Image] = field(repr=False)
     missing_images: list[str]
     source: str = ""
+    matches: dict[tuple[str, str], Image.Image] = field(default_factory=dict, repr=False)  # verified pairs shown
 
 
 def build_report(
@@ -190,8 +198,14 @@ def build_report(
     restrict_to_ground_truth_queries: bool = False,
     source: str = "",
     quiet: bool = False,
+    evidence: pd.DataFrame | None = None,
+    verify_options: VerifyOptions | None = None,
 ) -> Report:
-    """Score the predictions, choose the galleries (at most ``gallery_size`` pairs each) and load their thumbnails."""
+    """Score the predictions, choose the galleries (at most ``gallery_size`` pairs each) and load their thumbnails.
+
+    ``evidence``: isc-verify's evidence (:func:`isc.verify.read_evidence`): each pair shown gets its inlier
+    count, and each verified one a picture of its inlier matches, found again with ``verify_options``
+    (default: isc-verify's defaults)."""
     if not Path(data_root).is_dir():
         raise InputError(f"data folder {data_root} does not exist (expected ROOT/query_images, ROOT/reference_images)")
     if gallery_size < 0:
@@ -218,7 +232,12 @@ def build_report(
                 sample_pairs(true_matches, gallery_size, seed), len(true_matches)),
     ]
     thumbnails, missing = load_thumbnails(galleries, data_root, thumbnail_size, quiet)
-    return Report(metrics, labeled, galleries, thumbnails, missing, source)
+    matches = {}
+    if evidence is not None:
+        for gallery in galleries:
+            gallery.pairs = with_evidence(gallery.pairs, evidence)
+        matches = match_pictures(galleries, data_root, verify_options, thumbnail_size, quiet)
+    return Report(metrics, labeled, galleries, thumbnails, missing, source, matches)
 
 
 def load_thumbnails(
@@ -236,6 +255,62 @@ def load_thumbnails(
     return thumbnails, missing
 
 
+def with_evidence(pairs: pd.DataFrame, evidence: pd.DataFrame) -> pd.DataFrame:
+    """``pairs`` with isc-verify's ``verified``, ``inliers`` and ``error`` of each (False, 0, '' when absent)."""
+    columns = evidence[["query_id", "reference_id", "verified", "inliers", "error"]]
+    joined = pairs.drop(columns=["verified", "inliers", "error"], errors="ignore").merge(
+        columns, on=["query_id", "reference_id"], how="left")
+    return joined.assign(verified=joined["verified"].eq(True),
+                         inliers=joined["inliers"].fillna(0).astype(np.int64), error=joined["error"].fillna(""))
+
+
+def match_picture(query: np.ndarray, reference: np.ndarray, options: VerifyOptions,
+                  size: int = THUMBNAIL_SIZE) -> tuple[Image.Image, int]:
+    """(the two images side by side, each shrunk to fit ``size``, with lines between their inlier matches (at
+    most :data:`MAX_DRAWN_MATCHES`, evenly chosen), the number of inliers) of uint8 RGB pixels [h, w, 3]."""
+    from isc.verify import describe_pixels, match_features
+
+    match = match_features(describe_pixels(query, options), describe_pixels(reference, options), options)
+    thumbnails = []
+    for pixels in (query, reference):
+        thumbnail = Image.fromarray(pixels)
+        thumbnail.thumbnail((size, size))
+        thumbnails.append(thumbnail)
+    left, right = thumbnails
+    picture = Image.new("RGB", (left.width + MATCH_GAP + right.width, max(left.height, right.height)), "white")
+    picture.paste(left, (0, 0))
+    picture.paste(right, (left.width + MATCH_GAP, 0))
+    query_factor, reference_factor = left.width / query.shape[1], right.width / reference.shape[1]
+    draw = ImageDraw.Draw(picture)
+    step = -(-match.inliers // MAX_DRAWN_MATCHES) or 1
+    for (qx, qy), (rx, ry) in zip(match.query_points[::step], match.reference_points[::step], strict=True):
+        start = (qx * query_factor, qy * query_factor)
+        end = (left.width + MATCH_GAP + rx * reference_factor, ry * reference_factor)
+        draw.line([start, end], fill=MATCH_COLOR, width=1)
+        for x, y in (start, end):
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], outline=MATCH_COLOR)
+    return picture, match.inliers
+
+
+def match_pictures(galleries: list[Gallery], data_root: str | Path, options: VerifyOptions | None = None,
+                   size: int = THUMBNAIL_SIZE, quiet: bool = False) -> dict[tuple[str, str], Image.Image]:
+    """:func:`match_picture` of every verified pair the galleries show whose images can be read."""
+    from isc.images import BrokenImage
+    from isc.verify import VerifyOptions, decode_image
+
+    options = options or VerifyOptions()
+    pairs = sorted({(q, r) for g in galleries for q, r, verified in
+                    zip(g.pairs["query_id"], g.pairs["reference_id"], g.pairs["verified"], strict=True) if verified})
+    pictures = {}
+    for query_id, reference_id in tqdm(pairs, desc="matches", unit="pair", disable=quiet):
+        try:
+            pixels = [decode_image(image_path(data_root, i)) for i in (query_id, reference_id)]
+        except BrokenImage:
+            continue  # drawn as two thumbnails, a grey tile for the missing one
+        pictures[query_id, reference_id] = match_picture(*pixels, options, size)[0]
+    return pictures
+
+
 def _format_score(score: float) -> str:
     return "not retrieved" if pd.isna(score) else f"score {score:.4g}"
 
@@ -247,18 +322,30 @@ def pair_caption(row: pd.Series) -> str:
         parts.append(f"rank {int(row['rank'])} for its query")
     if "true_reference_id" in row:
         parts.append(f"true match {row['true_reference_id']}" if row["true_reference_id"] else "query has no match")
+    if row.get("verified"):
+        parts.append(f"{int(row['inliers'])} inliers")
+    elif row.get("error"):
+        parts.append(f"not verified ({row['error']})")
     return " · ".join(parts)
 
 
-def gallery_html(gallery: Gallery, thumbnails: dict[str, Image.Image]) -> str:
-    """A gallery section: one card per pair, query beside reference, with ids and caption."""
+def gallery_html(gallery: Gallery, thumbnails: dict[str, Image.Image],
+                 matches: dict[tuple[str, str], Image.Image] | None = None) -> str:
+    """A gallery section: one card per pair, query beside reference, with ids and caption; a pair of
+    ``matches`` (:func:`match_pictures`) is shown as its picture with the inlier matches drawn."""
     cards = []
     for _, row in gallery.pairs.iterrows():
-        images = "".join(
-            f'<figure><img src="{jpeg_data_uri(thumbnails[image_id])}" alt="{html.escape(image_id)}">'
-            f"<figcaption>{html.escape(image_id)}</figcaption></figure>"
-            for image_id in (row["query_id"], row["reference_id"])
-        )
+        pair = (row["query_id"], row["reference_id"])
+        if matches and pair in matches:
+            alt = html.escape(f"{pair[0]} and {pair[1]}: {int(row['inliers'])} inlier matches")
+            images = (f'<figure class="matches"><img src="{jpeg_data_uri(matches[pair], quality=90)}" alt="{alt}">'
+                      f'<figcaption>{html.escape(" · ".join(pair))}</figcaption></figure>')
+        else:
+            images = "".join(
+                f'<figure><img src="{jpeg_data_uri(thumbnails[image_id])}" alt="{html.escape(image_id)}">'
+                f"<figcaption>{html.escape(image_id)}</figcaption></figure>"
+                for image_id in pair
+            )
         cards.append(f'<div class="pair"><div class="images">{images}</div>'
                      f'<div class="caption">{html.escape(pair_caption(row))}</div></div>')
     shown = f"{len(gallery.pairs):,} shown of {gallery.total:,}"
@@ -277,6 +364,7 @@ table.metrics td { padding: 2px 12px 2px 0; } table.metrics td:last-child { font
 .images { display: flex; gap: 6px; }
 figure { margin: 0; width: ${size}px; text-align: center; }
 figure img { max-width: ${size}px; max-height: ${size}px; display: block; margin: 0 auto; }
+figure.matches { width: auto; } figure.matches img { max-width: ${width}px; }
 figcaption, .caption { font-size: 12px; font-family: monospace; }
 .caption { margin-top: 4px; color: #444; max-width: ${width}px; }
 .warning { color: #a40; }
@@ -324,7 +412,7 @@ def render_html(report: Report) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title>{style_html(size)}</head><body>"
         f"<h1>{html.escape(title)}</h1>{metrics_table_html(report.metrics)}{figures}{warning}"
-        + "".join(gallery_html(g, report.thumbnails) for g in report.galleries)
+        + "".join(gallery_html(g, report.thumbnails, report.matches) for g in report.galleries)
         + "</body></html>\n"
     )
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
 from isc.cli.options import add_input_options, read_inputs
+from isc.io import provenance_path
 from isc.report import GALLERY_SIZE, THUMBNAIL_SIZE, build_report, write_report, write_summary_png
 
 
@@ -30,13 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--thumbnail-size", type=positive_int, default=THUMBNAIL_SIZE,
                         help=f"longest side of the embedded thumbnails in pixels (default {THUMBNAIL_SIZE})")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the gallery sampling (default 0)")
+    parser.add_argument("--evidence", metavar="EVIDENCE.csv",
+                        help="isc-verify's evidence of the predictions: each pair shown gets its inlier count and "
+                        "each verified one its inlier matches drawn as lines, found again with the options recorded "
+                        "in PREDICTIONS.provenance.json (default: PREDICTIONS.evidence.csv beside the predictions, "
+                        "when there is one)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary line")
     return parser
 
 
+def _evidence(args: argparse.Namespace) -> tuple:
+    """(isc-verify's evidence of the predictions, the options it was found with), or (None, None)."""
+    from isc.verify import evidence_path, read_evidence, recorded_options
+
+    path = args.evidence or evidence_path(args.predictions)
+    if not args.evidence and not Path(path).is_file():
+        return None, None
+    record = provenance_path(args.predictions)
+    return read_evidence(path), recorded_options(json.loads(record.read_text()) if record.is_file() else {})
+
+
 def run(args: argparse.Namespace) -> int:
-    check_outputs(inputs=[args.predictions, args.gt], outputs=[args.output, args.png])
+    check_outputs(inputs=[args.predictions, args.gt, args.evidence], outputs=[args.output, args.png])
     predictions, ground_truth = read_inputs(args)
+    evidence, verify_options = _evidence(args)
     report = build_report(
         predictions,
         ground_truth,
@@ -47,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         restrict_to_ground_truth_queries=args.restrict_to_gt_queries,
         source=str(args.predictions),
         quiet=args.quiet,
+        evidence=evidence,
+        verify_options=verify_options,
     )
     write_report(report, args.output)
     if args.png:

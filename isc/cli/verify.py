@@ -1,0 +1,151 @@
+"""isc-verify: re-score the best candidates of a predictions CSV by local-feature matching (SIFT + RANSAC)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from isc.cli.common import (
+    check_outputs,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    print_broken,
+    run_command,
+)
+from isc.cli.options import PREDICTIONS_HELP
+from isc.images import list_images, list_split_images
+from isc.io import InputError, provenance_path, read_predictions
+from isc.partial_log import NoImageRead
+from isc.verify import GEOMETRIES, InlierBonus, VerifyOptions, default_cache, evidence_path, verify
+
+EPILOG = """\
+the new score of a pair is score + WEIGHT * min(inliers, CAP) / CAP; candidates beyond --k, and pairs with
+an unreadable image (listed, and flagged in the evidence's error column), count as zero inliers.
+
+files: OUT.csv (the re-scored predictions, by decreasing score), OUT.evidence.csv (query_id, reference_id,
+score: the input's, rank: 0-based among the query's candidates, verified, matches: after the ratio test,
+inliers, inlier_ratio, transform: the fitted model's matrix row by row, query pixels to reference pixels,
+error, new_score) and OUT.csv.provenance.json (options, inputs, counts).
+
+feature cache: one .npz per image (keypoints, uint8 SIFT descriptors) under CACHE/<options>/, keyed by id
+and file stamp (size, modification and change time, inode); an image is described once, later runs (and a
+killed run run again) reuse it, a changed file is described again.
+
+examples:
+  isc-verify predictions.csv --data data/ -o verified.csv
+  isc-verify predictions.csv --queries q/ --references r/ -o verified.csv --k 3 --geometry homography
+  torchrun --nproc_per_node 4 -m isc.cli.verify predictions.csv --data data/ -o verified.csv
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    default = VerifyOptions()
+    bonus = InlierBonus()
+    parser = argparse.ArgumentParser(
+        prog="isc-verify",
+        description="Geometric verification of candidate pairs: each query's --k best references are matched "
+        "with SIFT features (Lowe's ratio test, then a RANSAC geometric model) and the predictions re-scored by "
+        "their inliers. Resumable through the feature cache; all cores; under torchrun the queries are sharded "
+        "across ranks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("predictions", help=PREDICTIONS_HELP)
+    parser.add_argument("--data", metavar="ROOT",
+                        help="dataset root holding query_images/ and reference_images/ (isc-download's layout)")
+    parser.add_argument("--queries", metavar="DIR_OR_LIST", help="query images (any folder or list file, as "
+                        "isc-extract --images reads it; default ROOT/query_images)")
+    parser.add_argument("--references", metavar="DIR_OR_LIST", help="reference images (default ROOT/reference_images)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.csv",
+                        help="re-scored predictions to write, with OUT.evidence.csv and OUT.csv.provenance.json")
+    parser.add_argument("--k", type=positive_int, default=default.k,
+                        help=f"candidates verified per query, by decreasing score (default {default.k})")
+    parser.add_argument("--max-features", type=positive_int, default=default.max_features,
+                        help=f"SIFT keypoints per image (default {default.max_features})")
+    parser.add_argument("--max-side", type=positive_int, default=default.max_side,
+                        help=f"long side in pixels the image is shrunk to before SIFT (default {default.max_side})")
+    parser.add_argument("--ratio", type=positive_float, default=default.ratio,
+                        help=f"Lowe's ratio test, in (0, 1] (default {default.ratio:g})")
+    parser.add_argument("--geometry", choices=GEOMETRIES, default=default.geometry,
+                        help="affine: rotation, scale and translation (default); homography: RANSAC homography; "
+                        "magsac: homography by USAC MAGSAC++")
+    parser.add_argument("--threshold", type=positive_float, default=default.threshold,
+                        help=f"RANSAC reprojection error in pixels of the resized images (default {default.threshold:g})")
+    parser.add_argument("--workers", type=non_negative_int,
+                        help="processes (0: this one; default every core, shared by the ranks of a machine)")
+    parser.add_argument("--cache", metavar="DIR", help="feature cache folder (default: isc-verify-cache/ beside "
+                        "the output)")
+    parser.add_argument("--weight", type=non_negative_float, default=bonus.weight,
+                        help=f"weight of the inlier bonus (default {bonus.weight:g})")
+    parser.add_argument("--cap", type=positive_int, default=bonus.cap,
+                        help=f"inliers at which the bonus is full (default {bonus.cap})")
+    parser.add_argument("--max-broken", type=non_negative_float, default=0.01, metavar="FRACTION",
+                        help="warn when more than this fraction of the images is broken (default 0.01; 1: never). "
+                        "When no image at all can be read, nothing is written and the exit status is 1")
+    parser.add_argument("--strict", action="store_true", help="fail on the first broken image instead of "
+                        "listing it")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    return parser
+
+
+def _images(args: argparse.Namespace, split: str) -> dict[str, Path]:
+    given = args.queries if split == "query" else args.references
+    if given:
+        return list_images(given)
+    if not args.data:
+        raise InputError(f"the {split} images are needed: --data ROOT or --{'queries' if split == 'query' else 'references'}")
+    return list_split_images(args.data, split)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = VerifyOptions(args.k, args.max_features, args.max_side, args.ratio, args.geometry, args.threshold,
+                            args.workers).check()
+    combiner = InlierBonus(args.weight, args.cap)
+    output = Path(args.output)
+    check_outputs(inputs=[args.predictions, provenance_path(args.predictions)],
+                  outputs=[output, evidence_path(output), provenance_path(output)],
+                  folders=[args.cache or default_cache(output)])
+    predictions = read_predictions(args.predictions)
+    queries, references = _images(args, "query"), _images(args, "reference")
+    source = provenance_path(args.predictions)
+    try:
+        result = verify(
+            predictions, queries, references, output, options=options, cache=args.cache, combiner=combiner,
+            strict=args.strict, max_broken=args.max_broken, quiet=args.quiet,
+            record={"inputs": {"predictions": {"path": str(Path(args.predictions).resolve()),
+                                               "bytes": Path(args.predictions).stat().st_size,
+                                               "provenance": json.loads(source.read_text()) if source.is_file()
+                                               else None},
+                               "queries": str(args.queries or args.data), "references": str(args.references or args.data)}},
+        )
+    except NoImageRead as e:
+        print(f"isc-verify: error: {e}", file=sys.stderr)
+        return 1
+    if result.rank != 0:
+        return 0
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result)))
+        return 0
+    if not args.quiet:
+        print(f"{result.predictions} predictions of {result.queries} queries re-scored to {result.output} "
+              f"(evidence {result.evidence}); {result.pairs} pairs verified at {result.pairs_per_second} pairs/s, "
+              f"{result.described} of {result.images} images described ({result.cached} from the cache "
+              f"{result.cache}, {result.cache_bytes_per_image} bytes per image)")
+    if result.broken:
+        print(f"{len(result.broken)} broken images, {result.failed_pairs} pairs unverified:")
+        print_broken(result.broken, f"error column of {result.evidence}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

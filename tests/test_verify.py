@@ -1,0 +1,335 @@
+"""isc-verify: SIFT evidence separates edited copies from unrelated images, the feature cache is reused and
+invalidated, a killed run re-run gives the same bytes, bad input gets one line, torchrun shards the queries."""
+
+import base64
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from skimage import data
+
+from isc.cli.verify import main
+from isc.draw import base_image
+from isc.edits import crop, overlay_image, rotate
+from isc.io import read_predictions
+from isc.verify import (
+    GEOMETRIES,
+    FeatureCache,
+    InlierBonus,
+    VerifyOptions,
+    candidate_pairs,
+    describe_image,
+    evidence_path,
+    match_features,
+    read_evidence,
+    verify,
+)
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+EDITS = {"Q00000": (0, crop), "Q00001": (1, rotate), "Q00002": (2, overlay_image)}  # query: (reference, edit)
+UNRELATED = ("Q00003", "Q00004")  # procedural images, copies of nothing
+
+
+def _photo(name: str, size: int = 320) -> Image.Image:
+    image = Image.fromarray(getattr(data, name)()).convert("RGB")
+    image.thumbnail((size, size))
+    return image
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """6 references (photos), 3 edited copies of the first three and 2 unrelated queries, in the competition
+    layout, with predictions: every query against every reference, each copy's true reference at rank 2
+    (0-based) by a score 0.06 below the first."""
+    root = tmp_path_factory.mktemp("verify_data")
+    (root / "reference_images").mkdir()
+    (root / "query_images").mkdir()
+    references = [_photo(name) for name in PHOTOS]
+    for i, image in enumerate(references):
+        image.save(root / "reference_images" / f"R{i:06d}.jpg", quality=90)
+    rng = np.random.default_rng(0)
+    for query, (reference, edit) in EDITS.items():
+        edit(references[reference], rng).save(root / "query_images" / f"{query}.jpg", quality=90)
+    for query in UNRELATED:
+        base_image(rng, 240, 320).save(root / "query_images" / f"{query}.jpg", quality=90)
+    rows = []
+    for query in [*EDITS, *UNRELATED]:
+        scores = 0.6 - 0.03 * np.arange(len(PHOTOS)) - rng.uniform(0, 0.01)  # closer than the inlier bonus
+        others = [r for r in range(len(PHOTOS)) if r != EDITS.get(query, (None,))[0]]
+        order = others[:2] + [EDITS[query][0]] + others[2:] if query in EDITS else others
+        rows += [(query, f"R{r:06d}", s) for r, s in zip(order, scores, strict=False)]
+    pd.DataFrame(rows, columns=["query_id", "reference_id", "score"]).to_csv(root / "predictions.csv", index=False)
+    pd.DataFrame([(query, f"R{EDITS[query][0]:06d}" if query in EDITS else "") for query in [*EDITS, *UNRELATED]],
+                 columns=["query_id", "reference_id"]).to_csv(root / "ground_truth.csv", index=False)
+    return root
+
+
+def isc_verify(*args: object, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "isc.cli.verify", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=Path(__file__).parent.parent)
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    return done.stderr.strip()
+
+
+# ------------------------------------------------------------------------------------ the engine
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_edited_copies_get_many_more_inliers_than_unrelated_images(dataset, geometry):
+    options = VerifyOptions(geometry=geometry)
+    references = [describe_image(dataset / "reference_images" / f"R{i:06d}.jpg", options) for i in range(3)]
+    for query, (reference, _) in EDITS.items():
+        features = describe_image(dataset / "query_images" / f"{query}.jpg", options)
+        copy = match_features(features, references[reference], options)
+        unrelated = [match_features(features, references[r], options).inliers for r in range(3) if r != reference]
+        assert copy.inliers >= 15 and copy.inliers > 3 * max(unrelated) + 5, (query, copy.inliers, unrelated)
+        assert len(copy.query_points) == len(copy.reference_points) == copy.inliers
+    for query in UNRELATED:
+        features = describe_image(dataset / "query_images" / f"{query}.jpg", options)
+        assert max(match_features(features, r, options).inliers for r in references) < 10
+
+
+def test_transform_maps_query_pixels_to_reference_pixels(tmp_path):
+    # a 700 x 525 photo (shrunk to 512 for SIFT) and its crop at (150, 90): query pixel + offset = reference pixel
+    photo = Image.fromarray(data.astronaut()).convert("RGB").resize((700, 525))
+    photo.save(tmp_path / "reference.png")
+    photo.crop((150, 90, 550, 390)).save(tmp_path / "query.png")
+    options = VerifyOptions()
+    match = match_features(describe_image(tmp_path / "query.png", options),
+                           describe_image(tmp_path / "reference.png", options), options)
+    assert match.inliers > 50
+    np.testing.assert_allclose(match.transform[:, :2], np.eye(2), atol=0.02)
+    np.testing.assert_allclose(match.transform[:, 2], [150, 90], atol=3)
+    np.testing.assert_allclose(match.query_points + [150, 90], match.reference_points, atol=8 * 700 / 512)
+
+
+def test_descriptors_are_stored_as_uint8_and_read_back(dataset, tmp_path):
+    options = VerifyOptions(max_features=300)
+    features = describe_image(dataset / "reference_images" / "R000000.jpg", options)
+    assert features.descriptors.dtype == np.uint8 and 50 < len(features.keypoints) <= 300
+    cache = FeatureCache(tmp_path, options)
+    cache.save("R000000", (1, 2, 3, 4), features)
+    loaded = cache.load("R000000", (1, 2, 3, 4))
+    np.testing.assert_array_equal(loaded.descriptors, features.descriptors)
+    np.testing.assert_array_equal(loaded.keypoints, features.keypoints)
+    assert cache.load("R000000", (1, 2, 3, 5)) is None  # another file stamp: not this file's features
+    assert FeatureCache(tmp_path, VerifyOptions(max_features=301)).load("R000000", (1, 2, 3, 4)) is None
+
+
+def test_candidate_pairs_rank_each_querys_best():
+    predictions = pd.DataFrame({"query_id": ["Q00001", "Q00000", "Q00000", "Q00000"],
+                                "reference_id": ["R000001", "R000001", "R000002", "R000003"],
+                                "score": [0.1, 0.5, 0.9, 0.7]})
+    pairs = candidate_pairs(predictions, 2)
+    assert pairs[["query_id", "reference_id", "rank"]].values.tolist() == [
+        ["Q00000", "R000002", 0], ["Q00000", "R000003", 1], ["Q00001", "R000001", 0]]
+
+
+def test_rescoring_promotes_copies_and_leaves_candidates_beyond_k_unverified(dataset, tmp_path):
+    predictions = read_predictions(dataset / "predictions.csv")
+    images = {split: {p.stem: p for p in (dataset / f"{split}_images").iterdir()} for split in ("query", "reference")}
+    output = tmp_path / "verified.csv"
+    result = verify(predictions, images["query"], images["reference"], output, options=VerifyOptions(k=3, workers=0),
+                    quiet=True)
+    needed = 5 + candidate_pairs(predictions, 3)["reference_id"].nunique()  # each reference described once
+    assert result.pairs == 5 * 3 and result.described == result.images == needed and not result.broken
+    evidence = pd.read_csv(evidence_path(output), keep_default_na=False)
+    assert (evidence["verified"] == (evidence["rank"] < 3)).all()
+    unverified = evidence[~evidence["verified"]]
+    assert (unverified["inliers"] == 0).all() and (unverified["new_score"] == unverified["score"]).all()
+    rescored = read_predictions(output)
+    assert np.isfinite(rescored["score"]).all() and len(rescored) == len(predictions)
+    best = rescored.sort_values("score", ascending=False).groupby("query_id").head(1).set_index("query_id")
+    for query, (reference, _) in EDITS.items():  # the true reference was third: verification puts it first
+        assert best.loc[query, "reference_id"] == f"R{reference:06d}"
+    truth = {(query, f"R{reference:06d}") for query, (reference, _) in EDITS.items()}
+    copies = evidence[[pair in truth for pair in zip(evidence["query_id"], evidence["reference_id"], strict=True)]]
+    np.testing.assert_allclose(copies["new_score"], copies["score"] + 0.2, atol=1e-6)  # >= 10 inliers: whole bonus
+    assert copies["transform"].str.split().map(len).eq(6).all()
+    provenance = json.loads(Path(f"{output}.provenance.json").read_text())
+    assert provenance["command"] == "isc-verify" and provenance["options"]["k"] == 3
+
+    # a combiner of the caller's own: the inliers alone, best per query first
+    inliers_only = tmp_path / "inliers.csv"
+    verify(predictions, images["query"], images["reference"], inliers_only, options=VerifyOptions(k=3, workers=0),
+           combiner=lambda e: e["inliers"].to_numpy(float) / (1 + e["best_inliers"].to_numpy(float)), quiet=True)
+    by_inliers = read_predictions(inliers_only)
+    assert by_inliers["score"].max() < 1 and by_inliers.iloc[0]["reference_id"] in {"R000000", "R000001", "R000002"}
+    with pytest.raises(ValueError, match="non-finite"):
+        verify(predictions, images["query"], images["reference"], tmp_path / "nan.csv",
+               options=VerifyOptions(k=3, workers=0), combiner=lambda e: e["score"].to_numpy() * np.nan, quiet=True)
+
+
+# --------------------------------------------------------------------------------------- the CLI
+
+
+def test_cli_reuses_the_cache_and_describes_a_changed_file_again(dataset, tmp_path):
+    common = [dataset / "predictions.csv", "--data", dataset, "--k", 2, "--workers", 2, "--json",
+              "--cache", tmp_path / "cache"]
+    first = isc_verify(*common, "-o", tmp_path / "first.csv")
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["described"] == summary["images"] > 0 and summary["cached"] == 0
+    assert 10_000 < summary["cache_bytes_per_image"] < 200_000
+    second = isc_verify(*common, "-o", tmp_path / "second.csv")
+    assert json.loads(second.stdout)["described"] == 0 and json.loads(second.stdout)["cached"] == summary["images"]
+    assert (tmp_path / "first.csv").read_bytes() == (tmp_path / "second.csv").read_bytes()
+
+    # the same bytes written again, the modification time put back: the change time and inode still tell
+    images = tmp_path / "images"
+    for split in ("query", "reference"):
+        (images / f"{split}_images").mkdir(parents=True)
+        for path in (dataset / f"{split}_images").iterdir():
+            (images / f"{split}_images" / path.name).write_bytes(path.read_bytes())
+    copied = [*common[:2], images, *common[3:]]
+    assert json.loads(isc_verify(*copied, "-o", tmp_path / "copied.csv").stdout)["described"] == summary["images"]
+    changed = images / "reference_images" / "R000001.jpg"
+    stat = changed.stat()
+    changed.write_bytes(changed.read_bytes())
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert json.loads(isc_verify(*copied, "-o", tmp_path / "changed.csv").stdout)["described"] == 1
+
+
+def test_cli_killed_and_run_again_writes_the_same_bytes(dataset, tmp_path):
+    common = [dataset / "predictions.csv", "--data", dataset, "--workers", 1, "--quiet"]
+    clean = isc_verify(*common, "--cache", tmp_path / "clean_cache", "-o", tmp_path / "clean.csv")
+    assert clean.returncode == 0, clean.stderr
+    output, cache = tmp_path / "killed.csv", tmp_path / "cache"
+    process = subprocess.Popen([sys.executable, "-m", "isc.cli.verify", *map(str, common), "--cache", str(cache),
+                                "-o", str(output)], start_new_session=True, cwd=Path(__file__).parent.parent)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(cache.rglob("*.npz")) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGKILL)  # the command and its worker process
+    finally:
+        assert process.wait(timeout=60) == -signal.SIGKILL
+    assert not output.exists() and 0 < len(list(cache.rglob("*.npz"))) < 11
+    assert not list(cache.rglob("*.part"))  # cache entries appear whole or not at all
+    again = isc_verify(*common, "--cache", cache, "-o", output)
+    assert again.returncode == 0, again.stderr
+    for name in ("{}.csv", "{}.evidence.csv"):
+        assert (tmp_path / name.format("killed")).read_bytes() == (tmp_path / name.format("clean")).read_bytes()
+
+
+def test_cli_lists_broken_images_and_flags_their_pairs(dataset, tmp_path):
+    images = tmp_path / "images"
+    for split in ("query", "reference"):
+        (images / f"{split}_images").mkdir(parents=True)
+        for path in (dataset / f"{split}_images").iterdir():
+            (images / f"{split}_images" / path.name).symlink_to(path)
+    broken = images / "reference_images" / "R000002.jpg"
+    broken.unlink()
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    done = isc_verify(dataset / "predictions.csv", "--data", images, "--k", 6, "--workers", 0, "--max-broken", 1,
+                      "-o", tmp_path / "out.csv")
+    assert done.returncode == 0, done.stderr
+    assert "broken R000002: not an image" in done.stdout and "30 pairs verified" in done.stdout
+    evidence = pd.read_csv(tmp_path / "out.evidence.csv", keep_default_na=False)
+    flagged = evidence[evidence["reference_id"] == "R000002"]
+    assert len(flagged) == 5 and (~flagged["verified"]).all()
+    assert flagged["error"].str.startswith("reference R000002: not an image").all()
+    assert (evidence.loc[evidence["reference_id"] != "R000002", "error"] == "").all()
+    warned = isc_verify(dataset / "predictions.csv", "--data", images, "--workers", 0, "--quiet",
+                        "-o", tmp_path / "warned.csv")
+    assert warned.returncode == 0 and "1 of 11 images (9.1%) are broken" in warned.stderr
+    strict = isc_verify(dataset / "predictions.csv", "--data", images, "--workers", 0, "--strict", "--quiet",
+                        "-o", tmp_path / "strict.csv")
+    assert "R000002.jpg: not an image" in one_error_line(strict) and not (tmp_path / "strict.csv").exists()
+
+
+def test_cli_refuses_bad_input_in_one_line(dataset, tmp_path, capsys):
+    # in this process: the same main() as the command's, without a Python start per case
+    predictions = dataset / "predictions.csv"
+    absent = tmp_path / "absent.csv"
+    absent.write_text("query_id,reference_id,score\nQ00000,R000000,0.5\nQ00099,R000000,0.4\nQ00098,R000000,0.3\n")
+    cases = [
+        ([tmp_path / "nope.csv", "--data", dataset], "nope.csv: no such file"),
+        ([absent, "--data", dataset], "2 query id(s) of the predictions are not among the query images, first Q00099"),
+        ([predictions], "--data ROOT or --queries"),
+        ([predictions, "--data", dataset, "--ratio", 1.5], "0 < ratio <= 1, got 1.5"),
+        ([predictions, "--data", dataset, "--max-side", 8], "max_side must be at least 16"),
+        ([predictions, "--data", tmp_path / "no_data"], "no such folder"),
+    ]
+    out = ["-o", tmp_path / "out.csv"]
+    for args, message in [*((case + out, message) for case, message in cases),
+                          ([predictions, "--data", dataset, "-o", predictions], "would destroy the input")]:
+        assert main(list(map(str, args))) == 2, args
+        error = capsys.readouterr().err
+        assert message in error and len(error.strip().splitlines()) == 1, (args, error)
+    for option, value in (("--k", 0), ("--ratio", 0), ("--threshold", "nan"), ("--geometry", "affine3d")):
+        with pytest.raises(SystemExit) as exit_status:
+            main([str(predictions), "--data", str(dataset), option, str(value), "-o", str(tmp_path / "out.csv")])
+        assert exit_status.value.code == 2 and f"argument {option}:" in capsys.readouterr().err
+    assert not list(tmp_path.glob("out*"))
+    with pytest.raises(ValueError, match="inlier cap"):
+        InlierBonus(cap=0)
+
+
+def test_torchrun_two_ranks_write_what_one_process_writes(dataset, tmp_path):
+    common = [dataset / "predictions.csv", "--data", dataset, "--k", 2, "--workers", 0, "--quiet",
+              "--cache", tmp_path / "cache"]
+    single = isc_verify(*common, "-o", tmp_path / "single.csv")
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sharded = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "isc.cli.verify", *map(str, common), "--json", "-o", str(tmp_path / "sharded.csv")],
+        capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parent.parent)
+    assert sharded.returncode == 0, sharded.stderr[-2000:]
+    summary = json.loads(sharded.stdout)
+    assert summary["world_size"] == 2 and summary["pairs"] == 10 and summary["described"] == 0
+    for name in ("{}.csv", "{}.evidence.csv"):
+        assert (tmp_path / name.format("sharded")).read_bytes() == (tmp_path / name.format("single")).read_bytes()
+
+
+# ------------------------------------------------------------------------------------ the report
+
+
+def _green(pixels: np.ndarray) -> np.ndarray:
+    """Where a picture is the report's match colour, give or take JPEG's changes."""
+    return (pixels[..., 1] > 180) & (pixels[..., 0] < 100) & (pixels[..., 2] < 100)
+
+
+def test_report_shows_inlier_counts_and_draws_the_matches(dataset, tmp_path):
+    verified = tmp_path / "verified.csv"
+    done = isc_verify(dataset / "predictions.csv", "--data", dataset, "--k", 3, "--workers", 0, "--quiet", "-o", verified)
+    assert done.returncode == 0, done.stderr
+    report = subprocess.run([sys.executable, "-m", "isc.cli.report", str(verified), "--gt", str(dataset / "ground_truth.csv"),
+                             "--data", str(dataset), "-o", str(tmp_path / "report.html"), "--quiet"],
+                            capture_output=True, text=True, timeout=240)
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "report.html").read_text()
+    evidence = read_evidence(evidence_path(verified)).set_index(["query_id", "reference_id"])
+    for query, (reference, _) in EDITS.items():  # the random true matches: every copy, each verified
+        inliers = int(evidence.loc[(query, f"R{reference:06d}"), "inliers"])
+        alt = f'alt="{query} and R{reference:06d}: {inliers} inlier matches"'
+        picture = re.search(r'<img src="data:image/jpeg;base64,([^"]+)" ' + re.escape(alt), page)
+        assert inliers >= 10 and picture, (query, inliers)
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(picture.group(1)))))
+        plain = _green(np.asarray(_photo(PHOTOS[reference], 160))).sum()  # the reference's own green pixels
+        assert pixels.shape[1] > 160 and _green(pixels).sum() > 100 + 5 * plain, (query, _green(pixels).sum(), plain)
+    assert len(re.findall(r"\d+ inliers", page)) >= len(EDITS)
+    # without the evidence beside the predictions: the page as before, two thumbnails a pair
+    plain_predictions = tmp_path / "plain" / "verified.csv"
+    plain_predictions.parent.mkdir()
+    plain_predictions.write_bytes(verified.read_bytes())
+    report = subprocess.run([sys.executable, "-m", "isc.cli.report", str(plain_predictions), "--gt",
+                             str(dataset / "ground_truth.csv"), "--data", str(dataset), "-o", str(tmp_path / "plain.html"),
+                             "--quiet"], capture_output=True, text=True, timeout=240)
+    page = (tmp_path / "plain.html").read_text()
+    assert report.returncode == 0 and not re.search(r"\d+ inliers", page) and 'class="matches"' not in page
