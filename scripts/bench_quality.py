@@ -296,7 +296,7 @@ def verified_evidence(name: str, predictions: pd.DataFrame, queries: dict[str, P
                       args: argparse.Namespace, work: Path, geometry: str) -> tuple[pd.DataFrame, dict]:
     """The evidence of each query's first max(VERIFIED_DEPTHS) candidates (isc.verify, features cached in
     WORK/verify-cache, the sidecar reused while it exists) and the run's counts and rates."""
-    from isc.verify import VerifyOptions, evidence_path, verify
+    from isc.verify import VerifyOptions, evidence_path, read_evidence, verify
 
     output = work / "verify" / f"{name.replace(' ', '_')}_{geometry}.csv"
     stats_path = output.with_suffix(".json")
@@ -305,7 +305,7 @@ def verified_evidence(name: str, predictions: pd.DataFrame, queries: dict[str, P
         result = verify(predictions, queries, references, output, quiet=args.quiet, cache=work / "verify-cache",
                         options=VerifyOptions(k=max(VERIFIED_DEPTHS), geometry=geometry, workers=args.workers))
         write_json(stats_path, dataclasses.asdict(result), indent=1)
-    evidence = pd.read_csv(evidence_path(output), keep_default_na=False, dtype={"query_id": str, "reference_id": str})
+    evidence = read_evidence(evidence_path(output)).astype({"score": np.float64, "inlier_ratio": np.float64})
     return evidence, json.loads(stats_path.read_text())
 
 
@@ -348,6 +348,9 @@ def cost_at_scale(runs: dict[tuple[str, str], dict], workers: int) -> None:
     top-10 on CORES_AT_SCALE cores, every candidate reference a distinct image (the worst case; phase 2 reuses
     the references' features), the rates taken as proportional to the cores."""
     first = max(runs.values(), key=lambda stats: stats["described"])  # the run that described the images
+    if not first["described"]:
+        print("\nEvery image's features were in the cache already: remove WORK/verify and WORK/verify-cache to time them.")
+        return
     images = QUERIES_AT_SCALE * (1 + max(VERIFIED_DEPTHS))
     pairs = QUERIES_AT_SCALE * max(VERIFIED_DEPTHS)
     feature_minutes = images / (first["images_per_second"] / workers * CORES_AT_SCALE) / 60
