@@ -343,10 +343,30 @@ def cross_fitted_scores(evidence: pd.DataFrame, truth: pd.DataFrame) -> np.ndarr
     return scores
 
 
-def cost_at_scale(runs: dict[tuple[str, str], dict], workers: int) -> None:
+def cpu_seconds(pairs: pd.DataFrame, paths: dict[str, Path], geometry: str, sample: int = 60) -> tuple[float, float]:
+    """CPU seconds of one core per image described and per pair matched, over the first ``sample`` pairs, in this
+    process with one OpenCV thread: the processor time, which a shared machine's load does not inflate."""
+    import cv2
+
+    from isc.verify import VerifyOptions, describe_image, match_features
+
+    cv2.setNumThreads(1)
+    options = VerifyOptions(geometry=geometry)
+    chosen = pairs.head(sample)
+    start = time.process_time()
+    features = {i: describe_image(paths[i], options) for i in {*chosen["query_id"], *chosen["reference_id"]}}
+    per_image = (time.process_time() - start) / len(features)
+    start = time.process_time()
+    for q, r in zip(chosen["query_id"], chosen["reference_id"], strict=True):
+        match_features(features[q], features[r], options)
+    return per_image, (time.process_time() - start) / len(chosen)
+
+
+def cost_at_scale(runs: dict[tuple[str, str], dict], cpu: dict[str, tuple[float, float]], workers: int) -> None:
     """Print the measured rates and, from them, the minutes and feature cache of QUERIES_AT_SCALE queries x
     top-10 on CORES_AT_SCALE cores, every candidate reference a distinct image (the worst case; phase 2 reuses
-    the references' features), the rates taken as proportional to the cores."""
+    the references' features): from the wall-clock rates of the runs (all cores, taken as proportional to the
+    cores) and from the CPU time of one core (:func:`cpu_seconds`)."""
     first = max(runs.values(), key=lambda stats: stats["described"])  # the run that described the images
     if not first["described"]:
         print("\nEvery image's features were in the cache already: remove WORK/verify and WORK/verify-cache to time them.")
@@ -359,12 +379,16 @@ def cost_at_scale(runs: dict[tuple[str, str], dict], workers: int) -> None:
           f"queries and 10 distinct references each): {feature_minutes:.0f} min on {CORES_AT_SCALE} cores, "
           f"cache {images * first['cache_bytes_per_image'] / 1e9:.1f} GB.\n")
     print(f"| candidates | geometry | pairs | pairs/s on {workers} processes | {QUERIES_AT_SCALE:,} x top-"
-          f"{max(VERIFIED_DEPTHS)} on {CORES_AT_SCALE} cores, features + matching (min) |")
-    print("|---|---|---:|---:|---:|")
+          f"{max(VERIFIED_DEPTHS)} on {CORES_AT_SCALE} cores from those rates (min) | CPU ms per image / per pair "
+          f"| from those CPU times (min) |")
+    print("|---|---|---:|---:|---:|---|---:|")
     for (name, geometry), stats in runs.items():
         matching_minutes = pairs / (stats["pairs_per_second"] / workers * CORES_AT_SCALE) / 60
+        per_image, per_pair = cpu[geometry]
+        cpu_minutes = (images * per_image + pairs * per_pair) / CORES_AT_SCALE / 60
         print(f"| {name} | {geometry} | {stats['pairs']:,} | {stats['pairs_per_second']} | "
-              f"{feature_minutes + matching_minutes:.0f} |", flush=True)
+              f"{feature_minutes + matching_minutes:.0f} | {per_image * 1e3:.0f} / {per_pair * 1e3:.1f} | "
+              f"{cpu_minutes:.0f} |", flush=True)
 
 
 def verification(args: argparse.Namespace, work: Path, truth: pd.DataFrame) -> None:
@@ -401,9 +425,11 @@ def verification(args: argparse.Namespace, work: Path, truth: pd.DataFrame) -> N
     row("raw 512 | 0 | - | -", shortlists["raw 512"])
     queries = select_split_images(list_split_images(args.data, "query"), "query", args.phase)
     references = list_split_images(args.data, "reference")
-    runs = {}
+    runs, cpu = {}, {}
     for name in ("whitened 256", "raw 512"):
         for geometry in GEOMETRIES:
+            if geometry not in cpu:
+                cpu[geometry] = cpu_seconds(shortlists[name], {**references, **queries}, geometry)
             evidence, runs[name, geometry] = verified_evidence(name, shortlists[name], queries, references, args,
                                                                work, geometry)
             copies = self_made_evidence(name, sources[name], args, work, geometry) if args.copies else None
@@ -418,7 +444,7 @@ def verification(args: argparse.Namespace, work: Path, truth: pd.DataFrame) -> N
                 for combination, scores in combined.items():
                     row(f"{name} | {k} | {geometry} | {combination}",
                         seen[["query_id", "reference_id"]].assign(score=scores))
-    cost_at_scale(runs, args.workers or os.cpu_count() or 1)
+    cost_at_scale(runs, cpu, args.workers or os.cpu_count() or 1)
 
 
 def main(argv: list[str] | None = None) -> int:
