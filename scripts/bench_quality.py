@@ -13,6 +13,13 @@ only, as SSCD's evaluation; with --normalize-references also the reference's).
 With --recipe, instead one row per option beyond SSCD's recipe (score normalisation grid, query crops,
 negative-embedding subtraction, PCA-whitening or truncation to 256, ensembles), each with its difference
 to sscd raw and a 95% bootstrap interval over the queries (docs/BENCHMARKS.md, "Beating SSCD's recipe").
+
+With --verify, instead the tables of local-feature verification (isc.verify): candidate recall of sscd with
+query crops, as extracted, PCA-whitened and their union, at k = 1 to 100; µAP of each query's first 1, 3, 10
+candidates verified with each geometry and combined with the global score by the fixed inlier bonus or by the
+logistic model of isc.calibrate, fitted on ground truth (two folds over the queries) or on --copies self-made
+copies of training images, each with its bootstrap difference to isc-run's matching default; and the cost
+projected to 50,000 queries (docs/BENCHMARKS.md, "Verifying candidate pairs").
 """
 
 from __future__ import annotations
