@@ -13,14 +13,24 @@ only, as SSCD's evaluation; with --normalize-references also the reference's).
 With --recipe, instead one row per option beyond SSCD's recipe (score normalisation grid, query crops,
 negative-embedding subtraction, PCA-whitening or truncation to 256, ensembles), each with its difference
 to sscd raw and a 95% bootstrap interval over the queries (docs/BENCHMARKS.md, "Beating SSCD's recipe").
+
+With --verify, instead the tables of local-feature verification (isc.verify): candidate recall of sscd with
+query crops, as extracted, PCA-whitened and their union, at k = 1 to 100; µAP of each query's first 1, 3, 10
+candidates verified with each geometry and combined with the global score by the fixed inlier bonus or by the
+logistic model of isc.calibrate, fitted on ground truth (two folds over the queries) or on --copies self-made
+copies of training images, each with its bootstrap difference to isc-run's matching default; and the cost
+projected to 50,000 queries (docs/BENCHMARKS.md, "Verifying candidate pairs").
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,13 +78,19 @@ def descriptors(root: Path, phase: int, model_name: str, work: Path, quiet: bool
 def crop_descriptors(root: Path, phase: int, model_name: str, work: Path, quiet: bool) -> tuple[list[str], np.ndarray]:
     """Query ids, each repeated once per view (the full image and its :func:`isc.images.crop_boxes`), and the views'
     unit-length descriptors: the several-rows-per-query input of :func:`isc.search.search`."""
+    queries = select_split_images(list_split_images(root, "query"), "query", phase)
+    return view_descriptors(queries, f"query{phase}", model_name, work, quiet)
+
+
+def view_descriptors(images: dict[str, Path], name: str, model_name: str, work: Path,
+                     quiet: bool) -> tuple[list[str], np.ndarray]:
+    """:func:`crop_descriptors` of any images ``{id: path}``, the crops and descriptors cached under ``name``."""
     from PIL import Image
 
-    queries = select_split_images(list_split_images(root, "query"), "query", phase)
-    folder = work / f"crops{phase}"
+    folder = work / f"crops{name.removeprefix('query')}"
     folder.mkdir(exist_ok=True)
     views = {}
-    for qid, path in queries.items():
+    for qid, path in images.items():
         views[f"{qid}.c0"] = path
         boxes = None
         for n in range(1, 6):
@@ -87,7 +103,7 @@ def crop_descriptors(root: Path, phase: int, model_name: str, work: Path, quiet:
                         image.crop(boxes[n - 1]).save(tmp, format="JPEG", quality=95)
             views[f"{qid}.c{n}"] = target
     model = create_model(model_name)
-    output = work / f"{file_stem(model_name)}_query{phase}_crops.h5"
+    output = work / f"{file_stem(model_name)}_{name}_crops.h5"
     if not is_complete(output, views, extraction_config(model)):
         extract(views, output, model, device="cpu", quiet=quiet, resume=False)
     ids, vectors, _ = read_descriptors(output)
@@ -233,6 +249,211 @@ def recipe(args: argparse.Namespace, work: Path, truth: pd.DataFrame) -> None:
                   f"[{low:+.3f}, {high:+.3f}] |", flush=True)
 
 
+CANDIDATE_DEPTHS = (1, 3, 10, 30, 100)  # k of the candidate-recall table
+VERIFIED_DEPTHS = (1, 3, 10)  # candidates verified per query, all read from one run at the largest
+QUERIES_AT_SCALE, CORES_AT_SCALE = 50_000, 16  # the cost projection: phase-1 queries x top-10, one machine
+
+
+Source = tuple[Callable[[np.ndarray], np.ndarray], list[str], np.ndarray, list[str], np.ndarray, list[str], np.ndarray]
+
+
+def candidate_sources(args: argparse.Namespace, work: Path) -> dict[str, Source]:
+    """(projection, query view ids, query views, reference ids, references, training ids, training) of sscd with
+    query crops, unit length as extracted: the projection keeps them (512-d) or PCA-whitens them to 256
+    (isc-run's matching track)."""
+    data = descriptors(args.data, args.phase, "sscd", work, args.quiet)[0]
+    (rids, r), (tids, t) = data["reference"], data["training"]
+    crop_ids, crops = crop_descriptors(args.data, args.phase, "sscd", work, args.quiet)
+    return {"raw 512": (lambda x: x, crop_ids, crops, rids, r, tids, t),
+            "whitened 256": (learn_pca(t, 256).apply, crop_ids, crops, rids, r, tids, t)}
+
+
+def reference_ranks(predictions: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
+    """The 1-based rank of each copy's reference among its query's candidates (by decreasing score), inf where
+    it is not among them; one value per query of ``truth`` that has a reference."""
+    ranked = predictions.sort_values(["query_id", "score"], ascending=[True, False], kind="stable")
+    rank = ranked.groupby("query_id").cumcount() + 1
+    found = dict(zip(zip(ranked["query_id"], ranked["reference_id"], strict=True), rank, strict=True))
+    copies = truth[truth["reference_id"] != ""]
+    return np.array([found.get(pair, np.inf) for pair in zip(copies["query_id"], copies["reference_id"], strict=True)],
+                    dtype=np.float64)
+
+
+def candidate_recall(lists: dict[str, pd.DataFrame], truth: pd.DataFrame) -> None:
+    """Print the fraction of copies whose reference is among the first k candidates, per source and their union
+    (the first k of each: up to 2k candidates)."""
+    ranks = {name: reference_ranks(predictions, truth) for name, predictions in lists.items()}
+    ranks["union (first k of each)"] = np.minimum(*ranks.values())  # found in the union at k iff in either at k
+    print("| candidates (sscd + query crops, normalised) | " + " | ".join(f"k = {k}" for k in CANDIDATE_DEPTHS) + " |")
+    print("|---|" + "---:|" * len(CANDIDATE_DEPTHS), flush=True)
+    for name, rank in ranks.items():
+        print(f"| {name} | " + " | ".join(f"{np.mean(rank <= k):.3f}" for k in CANDIDATE_DEPTHS) + " |", flush=True)
+
+
+def within_depth(evidence: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The evidence as a run verifying only each query's first ``k`` candidates would have it: the others'
+    evidence zero."""
+    beyond = (evidence["rank"] >= k).to_numpy()
+    return evidence.assign(verified=evidence["verified"] & ~beyond,
+                           **{column: evidence[column].where(~beyond, 0) for column in ("matches", "inliers",
+                                                                                          "inlier_ratio")})
+
+
+def verified_evidence(name: str, predictions: pd.DataFrame, queries: dict[str, Path], references: dict[str, Path],
+                      args: argparse.Namespace, work: Path, geometry: str) -> tuple[pd.DataFrame, dict]:
+    """The evidence of each query's first max(VERIFIED_DEPTHS) candidates (isc.verify, features cached in
+    WORK/verify-cache, the sidecar reused while it exists) and the run's counts and rates."""
+    from isc.verify import VerifyOptions, evidence_path, read_evidence, verify
+
+    output = work / "verify" / f"{name.replace(' ', '_')}_{geometry}.csv"
+    stats_path = output.with_suffix(".json")
+    if not (evidence_path(output).is_file() and stats_path.is_file()):
+        output.parent.mkdir(exist_ok=True)
+        result = verify(predictions, queries, references, output, quiet=args.quiet, cache=work / "verify-cache",
+                        options=VerifyOptions(k=max(VERIFIED_DEPTHS), geometry=geometry, workers=args.workers))
+        write_json(stats_path, dataclasses.asdict(result), indent=1)
+    evidence = read_evidence(evidence_path(output)).astype({"score": np.float64, "inlier_ratio": np.float64})
+    return evidence, json.loads(stats_path.read_text())
+
+
+def self_made_evidence(name: str, source: Source, args: argparse.Namespace, work: Path,
+                       geometry: str) -> pd.DataFrame:
+    """Evidence of self-made copies (isc.calibrate.make_copies of --copies training images) searched as the
+    queries are, against the references and the rest of the training set, each copy's source its one
+    positive: what a calibration fitted without ground truth learns from."""
+    from isc.calibrate import make_copies
+
+    project, _, _, rids, r, tids, t = source
+    training = list_split_images(args.data, "training")
+    chosen = set(np.random.default_rng(0).choice(tids, size=min(args.copies, len(tids)), replace=False).tolist())
+    copies = make_copies({i: training[i] for i in sorted(chosen)}, work / "copies")
+    copy_ids, views = view_descriptors(copies, "copies", "sscd", work, args.quiet)
+    # the sources stay searchable but leave the normalisation set, as a query's reference is not in it
+    rest = np.array([i not in chosen for i in tids])
+    predictions = search(copy_ids, project(views), rids + tids, project(np.vstack([r, t])), k=args.k,
+                         training=project(t[rest]), norm=ScoreNorm(), quiet=True)
+    return verified_evidence(f"copies {name}", predictions, copies,
+                             {**list_split_images(args.data, "reference"), **training}, args, work, geometry)[0]
+
+
+def cross_fitted_scores(evidence: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
+    """Scores of a calibration fitted on the ground truth of half the queries and applied to the other half,
+    and the other way round (two folds, queries drawn at random once)."""
+    from isc.calibrate import calibrate, ground_truth_labels
+
+    queries = np.random.default_rng(0).permutation(truth["query_id"].to_numpy())
+    scores = np.zeros(len(evidence))
+    for fold in (queries[: len(queries) // 2], queries[len(queries) // 2:]):
+        held_out = evidence["query_id"].isin(set(fold)).to_numpy()
+        fitted = calibrate(*ground_truth_labels(evidence[~held_out], truth), fitted_on="ground truth, other half")
+        scores[held_out] = fitted.scores(evidence[held_out])
+    return scores
+
+
+def cpu_seconds(pairs: pd.DataFrame, paths: dict[str, Path], geometry: str, sample: int = 60) -> tuple[float, float]:
+    """CPU seconds of one core per image described and per pair matched, over the first ``sample`` pairs, in this
+    process with one OpenCV thread: the processor time, which a shared machine's load does not inflate."""
+    import cv2
+
+    from isc.verify import VerifyOptions, describe_image, match_features
+
+    cv2.setNumThreads(1)
+    options = VerifyOptions(geometry=geometry)
+    chosen = pairs.head(sample)
+    start = time.process_time()
+    features = {i: describe_image(paths[i], options) for i in {*chosen["query_id"], *chosen["reference_id"]}}
+    per_image = (time.process_time() - start) / len(features)
+    start = time.process_time()
+    for q, r in zip(chosen["query_id"], chosen["reference_id"], strict=True):
+        match_features(features[q], features[r], options)
+    return per_image, (time.process_time() - start) / len(chosen)
+
+
+def cost_at_scale(runs: dict[tuple[str, str], dict], cpu: dict[str, tuple[float, float]], workers: int) -> None:
+    """Print the measured rates and, from them, the minutes and feature cache of QUERIES_AT_SCALE queries x
+    top-10 on CORES_AT_SCALE cores, every candidate reference a distinct image (the worst case; phase 2 reuses
+    the references' features): from the wall-clock rates of the runs (all cores, taken as proportional to the
+    cores) and from the CPU time of one core (:func:`cpu_seconds`)."""
+    first = max(runs.values(), key=lambda stats: stats["described"])  # the run that described the images
+    if not first["described"]:
+        print("\nEvery image's features were in the cache already: remove WORK/verify and WORK/verify-cache to time them.")
+        return
+    images = QUERIES_AT_SCALE * (1 + max(VERIFIED_DEPTHS))
+    pairs = QUERIES_AT_SCALE * max(VERIFIED_DEPTHS)
+    feature_minutes = images / (first["images_per_second"] / workers * CORES_AT_SCALE) / 60
+    print(f"\nFeatures: {first['described']:,} images at {first['images_per_second']} images/s on {workers} "
+          f"processes, {first['cache_bytes_per_image'] / 1e3:.0f} kB each in the cache; {images:,} images (50,000 "
+          f"queries and 10 distinct references each): {feature_minutes:.0f} min on {CORES_AT_SCALE} cores, "
+          f"cache {images * first['cache_bytes_per_image'] / 1e9:.1f} GB.\n")
+    print(f"| candidates | geometry | pairs | pairs/s on {workers} processes | {QUERIES_AT_SCALE:,} x top-"
+          f"{max(VERIFIED_DEPTHS)} on {CORES_AT_SCALE} cores from those rates (min) | CPU ms per image / per pair "
+          f"| from those CPU times (min) |")
+    print("|---|---|---:|---:|---:|---|---:|")
+    for (name, geometry), stats in runs.items():
+        matching_minutes = pairs / (stats["pairs_per_second"] / workers * CORES_AT_SCALE) / 60
+        per_image, per_pair = cpu[geometry]
+        cpu_minutes = (images * per_image + pairs * per_pair) / CORES_AT_SCALE / 60
+        print(f"| {name} | {geometry} | {stats['pairs']:,} | {stats['pairs_per_second']} | "
+              f"{feature_minutes + matching_minutes:.0f} | {per_image * 1e3:.0f} / {per_pair * 1e3:.1f} | "
+              f"{cpu_minutes:.0f} |", flush=True)
+
+
+def verification(args: argparse.Namespace, work: Path, truth: pd.DataFrame) -> None:
+    """The verification tables: candidate recall by source and depth, then µAP of isc-run's matching default
+    (the baseline) against each query's first k candidates verified with each geometry and combination,
+    with the paired bootstrap difference to the baseline, and the cost of verification."""
+    from isc.calibrate import calibrate, copy_labels
+    from isc.verify import GEOMETRIES, InlierBonus, rescore
+
+    sources = candidate_sources(args, work)
+    lists, shortlists = {}, {}
+    for name, (project, qids, q, rids, r, _, t) in sources.items():
+        # isc-run's normalisation (beta 0.5, the 10th training neighbour) for both
+        lists[name] = search(qids, project(q), rids, project(r), k=max(CANDIDATE_DEPTHS), training=project(t),
+                             norm=ScoreNorm(), quiet=True)
+        shortlists[name] = lists[name].groupby("query_id", sort=False).head(args.k)
+    candidate_recall(lists, truth)
+
+    weights = np.random.default_rng(0).multinomial(len(truth), np.full(len(truth), 1 / len(truth)), size=1000)
+    baseline = bootstrap_muap(shortlists["whitened 256"], truth, weights)
+
+    def row(label: str, predictions: pd.DataFrame) -> None:
+        metrics = evaluate(predictions, truth)
+        difference = bootstrap_muap(predictions, truth, weights) - baseline
+        low, high = np.percentile(difference, [2.5, 97.5])
+        p90 = "-" if metrics.recall_at_p90 is None else f"{metrics.recall_at_p90:.3f}"
+        print(f"| {label} | {metrics.muap:.3f} | {p90} | {metrics.recall_at_rank1:.3f} | "
+              f"{np.mean(difference):+.3f} [{low:+.3f}, {high:+.3f}] |", flush=True)
+
+    print("\n| candidates | verified k | geometry | combination | µAP | recall@P90 | recall@1 | µAP − baseline "
+          "(95% bootstrap) |")
+    print("|---|---:|---|---|---:|---:|---:|---|", flush=True)
+    row("whitened 256 (baseline: isc-run's matching default) | 0 | - | -", shortlists["whitened 256"])
+    row("raw 512 | 0 | - | -", shortlists["raw 512"])
+    queries = select_split_images(list_split_images(args.data, "query"), "query", args.phase)
+    references = list_split_images(args.data, "reference")
+    runs, cpu = {}, {}
+    for name in ("whitened 256", "raw 512"):
+        for geometry in GEOMETRIES:
+            if geometry not in cpu:
+                cpu[geometry] = cpu_seconds(shortlists[name], {**references, **queries}, geometry)
+            evidence, runs[name, geometry] = verified_evidence(name, shortlists[name], queries, references, args,
+                                                               work, geometry)
+            copies = self_made_evidence(name, sources[name], args, work, geometry) if args.copies else None
+            for k in VERIFIED_DEPTHS:
+                seen = within_depth(evidence, k)
+                combined = {"fixed: score + 0.2 min(inliers, 10) / 10": rescore(seen, InlierBonus()),
+                            "logistic, fitted on ground truth (2 folds)": cross_fitted_scores(seen, truth)}
+                if copies is not None:
+                    made = within_depth(copies, k)
+                    fitted = calibrate(made, copy_labels(made), fitted_on="self-made copies")
+                    combined[f"logistic, fitted on {args.copies} self-made copies"] = fitted.scores(seen)
+                for combination, scores in combined.items():
+                    row(f"{name} | {k} | {geometry} | {combination}",
+                        seen[["query_id", "reference_id"]].assign(score=scores))
+    cost_at_scale(runs, cpu, args.workers or os.cpu_count() or 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="dataset root in the competition's layout (isc-synth)")
@@ -254,6 +475,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead, the table of options beyond SSCD's recipe (score normalisation grid, query "
                         "crops, negative-embedding subtraction, PCA-whitening or truncation, ensembles), each "
                         "with its bootstrap difference to sscd raw: needs sscd, sscd_distilled, efficientnet_lite0")
+    parser.add_argument("--verify", action="store_true",
+                        help="instead, the verification tables: candidate recall of sscd + query crops as extracted "
+                        "and PCA-whitened, and µAP of each query's first 1, 3, 10 candidates verified by isc.verify "
+                        "(each geometry), with the bootstrap difference to isc-run's matching default")
+    parser.add_argument("--copies", type=int, default=300,
+                        help="training images copied to fit the calibration without ground truth with --verify; "
+                        "0 for none (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes verifying pairs with --verify (default: every core)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     work = args.work or args.data.with_name(args.data.name + ".bench_quality")
@@ -265,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
           f"match), k={args.k}", flush=True)
     if args.recipe:
         recipe(args, work, truth)
+        return 0
+    if args.verify:
+        verification(args, work, truth)
         return 0
     print("| model | matching | µAP | recall@P90 | recall@1 | extract (s) | search (s) |")
     print("|---|---|---|---|---|---|---|", flush=True)

@@ -23,6 +23,11 @@ packages' licences apply: see each package's ``usr/share/doc/PKG/copyright`` und
     python scripts/fetch_photos.py photocache photos     # -> photos/{photos,drawings}/
     isc-synth photoset --photos photos/photos --drawings photos/drawings
 
+``--source games`` takes a disjoint pool from game packages instead (Endless Sky's planet-side photographs,
+Wesnoth's portraits, Tux Paint's stamps, Endless Sky's sprites), for a second, held-out benchmark set:
+
+    python scripts/fetch_photos.py gamescache games --source games --min-photo-side 300 --tile-size 256
+
 Needs the network (Debian's mirrors) once; the cache makes a rerun offline. Not run by the tests.
 """
 
@@ -52,6 +57,18 @@ WALLPAPER_PACKAGES = ("gnome-backgrounds", "plasma-workspace-wallpapers", "mate-
                       "sway-backgrounds", "lomiri-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
                       "lxqt-themes", "desktop-base", "xfdesktop4-data")
 DRAWING_PACKAGE = "openclipart-png"
+# a second, disjoint pool for a held-out benchmark set: Endless Sky's planet-side photographs (720 x 360, so
+# cut with --tile-size 256 --min-photo-side 300), Wesnoth's portraits, Tux Paint's stamps and Endless Sky's
+# rendered ships and planets as drawings
+GAMES = "usr/share/games"
+SOURCES = {
+    "wallpapers": {"photos": {p: "" for p in WALLPAPER_PACKAGES},
+                   "drawings": {DRAWING_PACKAGE: "usr/share/openclipart/png"}},
+    "games": {"photos": {"endless-sky-data": f"{GAMES}/endless-sky/images/land"},
+              "drawings": {"wesnoth-1.16-data": f"{GAMES}/wesnoth/1.16/data/core/images/portraits",
+                           "tuxpaint-stamps-default": "usr/share/tuxpaint/stamps",
+                           "endless-sky-data": f"{GAMES}/endless-sky/images"}},
+}
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MAX_PIXELS = 60_000_000  # a few clip-art PNGs are over 100 megapixels: not worth decoding
 VARIANT_WORDS = re.compile(r"\d+x\d+|portrait|landscape|light|dark|bright|no-logo|logo|(?<=[-_])[ld]$")
@@ -136,11 +153,12 @@ def scene_name(path: Path) -> str:
     return re.sub(r"[-_ ]+", "-", stem).strip("-") or path.stem.lower()
 
 
-def photo_candidates(roots: dict[str, Path], min_side: int, long_side: int,
+def photo_candidates(folders: list[Path], min_side: int, long_side: int,
                      quiet: bool) -> dict[str, tuple[Path, Image.Image]]:
-    """Opaque raster wallpapers with the short side >= min_side, read and scaled to long side <= long_side."""
+    """Opaque raster photos under ``folders`` with the short side >= min_side, read and scaled to long side
+    <= long_side."""
     found, seen = {}, set()
-    files = [p for package in WALLPAPER_PACKAGES for p in sorted(roots[package].rglob("*"))
+    files = [p for folder in folders for p in sorted(folder.rglob("*"))
              if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file()]
     for path in tqdm(files, desc="wallpapers", unit="file", disable=quiet):
         if path.resolve() in seen:  # plasma links every resolution's name to one file
@@ -216,10 +234,12 @@ def distinct_photos(candidates: dict[str, tuple[Path, Image.Image]], args: argpa
 # ----------------------------------------------------------------------------------------- drawings
 
 
-def distinct_drawings(root: Path, args: argparse.Namespace, work: Path) -> list[tuple[Path, Image.Image]]:
-    """Detailed, large enough openclipart drawings (visible part), near-duplicates dropped in path order."""
+def distinct_drawings(folders: list[Path], args: argparse.Namespace, work: Path) -> list[tuple[Path, Image.Image]]:
+    """Detailed, large enough drawings (visible part of the PNGs under ``folders``), near-duplicates dropped in
+    path order."""
     candidates = []
-    for path in tqdm(sorted(root.rglob("*.png")), desc="drawings", unit="file", disable=args.quiet):
+    files = sorted({p for folder in folders for p in folder.rglob("*.png")})
+    for path in tqdm(files, desc="drawings", unit="file", disable=args.quiet):
         image = _open_not_huge(path)
         if image is None:
             continue
@@ -256,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cache", type=Path, help="folder for the .deb files, their unpacked trees and work files")
     parser.add_argument("out", type=Path, help="folder to write photos/, drawings/ and sources.csv into (must not exist)")
+    parser.add_argument("--source", choices=sorted(SOURCES), default="wallpapers",
+                        help="Debian packages to take the images from: wallpapers and openclipart, or (a disjoint "
+                        "pool for a second set) games' photos, portraits, stamps and sprites (default: %(default)s)")
     parser.add_argument("--model", default=default_model()[0], help="descriptor model judging duplicates (default: %(default)s)")
     parser.add_argument("--long-side", type=positive_int, default=2560, help="photos' long side at most (default: %(default)s)")
     parser.add_argument("--min-photo-side", type=positive_int, default=1000, help="smallest short side of a photo (default: %(default)s)")
@@ -276,12 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists():
         parser.error(f"{args.out} exists: choose a new folder")
     work = args.cache / "work"
-    roots = fetch([*WALLPAPER_PACKAGES, DRAWING_PACKAGE], args.cache)
+    source = SOURCES[args.source]
+    roots = fetch(sorted({*source["photos"], *source["drawings"]}), args.cache)
+    drawing_folders = {roots[package] / folder: package for package, folder in source["drawings"].items()}
     log: list[list[str]] = []
 
-    candidates = photo_candidates(roots, args.min_photo_side, args.long_side, args.quiet)
+    candidates = photo_candidates([roots[package] / folder for package, folder in source["photos"].items()],
+                                  args.min_photo_side, args.long_side, args.quiet)
     photos = distinct_photos(candidates, args, work, log)
-    drawings = distinct_drawings(roots[DRAWING_PACKAGE], args, work)
+    drawings = distinct_drawings(list(drawing_folders), args, work)
 
     partial = args.out.with_name(f".{args.out.name}.part")
     shutil.rmtree(partial, ignore_errors=True)
@@ -293,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         image.save(partial / name, quality=95)
         log.append([name, str(path), "kept"])
     for path, drawing in drawings:
-        relative = path.relative_to(roots[DRAWING_PACKAGE] / "usr/share/openclipart/png")
-        name = f"drawings/{'__'.join(relative.parts)}"
+        folder = next(f for f in drawing_folders if path.is_relative_to(f))
+        # one package: names as they were; several: the package first, so two packages' files never clash
+        parts = path.relative_to(folder).parts if len(drawing_folders) == 1 else (drawing_folders[folder], *path.relative_to(folder).parts)
+        name = f"drawings/{'__'.join(parts)}"
         drawing.save(partial / name)
         log.append([name, str(path), "kept"])
     with open(partial / "sources.csv", "w", newline="") as f:
