@@ -106,6 +106,8 @@ class RunConfig:
     backend: str = "auto"
     norm: ScoreNorm = ScoreNorm()  # the matching track's score normalisation by the training descriptors
     query_crops: bool = True  # the matching track's queries as their full view and 5 crops (µAP +0.05 on photos)
+    # the matching track searches the descriptors as extracted: whitened ones lose copies from the candidates
+    matching_whitened: bool = False
     verify: VerifyOptions | None = VerifyOptions()  # the matching track's candidates verified; None: not
     calibration: Path | None = None  # a saved calibration to combine with, instead of one fitted on copies
     calibration_copies: int = 300  # training images copied (edited) to fit the calibration on
@@ -365,7 +367,7 @@ class Pipeline:
         reference_attributes = read_descriptor_attrs(files["reference"])
         conditions = {**calibration_conditions(c.verify, {"inputs": {"reference": {
             "model_attributes": reference_attributes}}}),
-            "search": {"norm": c.norm.recorded(), "k": c.k, "pca_dim": c.pca_dim,
+            "search": {"norm": c.norm.recorded(), "k": c.k, "pca_dim": c.pca_dim if c.matching_whitened else 0,
                        "query_crops": c.query_crops, "reference_crops": c.reference_crops}}
         if c.calibration is not None:
             calibration = Calibration.load(c.calibration)
@@ -388,10 +390,14 @@ class Pipeline:
                        f"{len(training)} training images, too few to copy: fixed inlier bonus")
             return InlierBonus()
         evidence = self._copies_evidence(files, training, copies)
-        calibration = calibrate(evidence, copy_labels(evidence), f"{copies} edited copies of training images",
-                                conditions)
+        labels = copy_labels(evidence)
+        found = int(labels.sum())
+        if found in (0, len(labels)):
+            self._step("calibrate", "copies", copies, began, False, f"{found} of {len(labels)} candidate pairs are "
+                       "the copies' sources: nothing to learn from, fixed inlier bonus")
+            return InlierBonus()
+        calibration = calibrate(evidence, labels, f"{copies} edited copies of training images", conditions)
         calibration.save(path)
-        found = int(copy_labels(evidence).sum())
         self._step("calibrate", "copies", copies, began, False,
                    f"{found} of {copies} sources among the copies' candidates; {calibration!r}", [path])
         return calibration
@@ -411,7 +417,7 @@ class Pipeline:
             extract(copy_images, raw, self.model, batch_size=c.batch_size, device=c.device, workers=c.workers,
                     quiet=c.quiet, crops=c.query_crops, attrs={"source": str(folder / "copies")})
         described = raw
-        if c.pca_dim:
+        if c.pca_dim and c.matching_whitened:
             described = folder / f"{raw.stem}_pca{c.pca_dim}.h5"
             pca = self.descriptors / f"pca{c.pca_dim}.npz"
             if not _fresh([described], [raw, pca]):
@@ -447,7 +453,10 @@ class Pipeline:
                    f"{result.described:,} images described, {result.cached:,} cached{broken}", [output])
         return output
 
-    def submit(self, files: dict[str, Path], phase: int, predictions: Path, ground_truth: pd.DataFrame | None) -> None:
+    def submit(self, files: dict[str, Path], matching_files: dict[str, Path], phase: int, predictions: Path,
+               ground_truth: pd.DataFrame | None) -> None:
+        """Both tracks' submissions: the matching track's from ``predictions`` (searched in ``matching_files``),
+        the descriptor track's from ``files``; scored when there is a ground truth."""
         c = self.config
         expected_queries, expected_references = (metadata_file(self.data, split) for split in ("query", "reference"))
         expected_queries = expected_queries if expected_queries.is_file() else None
@@ -457,9 +466,9 @@ class Pipeline:
         matching = default_submission_path(c.submissions, "matching", phase)
         fresh = _fresh([matching, manifest_path(matching)], [predictions])
         if not fresh:
-            query = self._matching_queries(files, phase)
-            sources = [*([query] if query else []), self._matching_references(files),
-                       *([files["training"]] if "training" in files else [])]
+            query = self._matching_queries(matching_files, phase)
+            sources = [*([query] if query else []), self._matching_references(matching_files),
+                       *([matching_files["training"]] if "training" in matching_files else [])]
             submit_matching(predictions, phase, matching, expected_queries, expected_references, sources)
         self._step("submit", f"phase {phase} matching", None, began, fresh, "up to date" if fresh else "valid",
                    [matching])
@@ -520,18 +529,20 @@ class Pipeline:
         truth = pd.concat([read_ground_truth(path) for path in self.config.ground_truth],
                           ignore_index=True) if self.config.ground_truth else None
         self.download()
-        files = self.whiten(self.extract())
+        raw = self.extract()
+        files = self.whiten(raw)
+        matching_files = files if self.config.matching_whitened else raw
         combiner = None
         for phase in self.config.phases:
-            predictions = self.search(files, phase)
+            predictions = self.search(matching_files, phase)
             if predictions is None:
                 began = time.perf_counter()
                 self._step("search", f"phase {phase}", 0, began, True, "no query images of this phase")
                 continue
             if self.config.verify is not None:
-                combiner = combiner or self.calibrate(files)  # fitted once, used for both phases
+                combiner = combiner or self.calibrate(matching_files)  # fitted once, used for both phases
                 predictions = self.verify(predictions, phase, combiner)
-            self.submit(files, phase, predictions, self.ground_truth(truth, phase))
+            self.submit(files, matching_files, phase, predictions, self.ground_truth(truth, phase))
         self.summary.write(self.work / "run_summary.json")
         return self.summary
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from conftest import running, wait_until
 
+from isc.calibrate import Calibration
 from isc.cli import run as cli_run
 from isc.cli import search as cli_search
 from isc.cli.options import score_norm
@@ -28,6 +29,7 @@ from isc.partial_log import PartialLog
 from isc.pipeline import Pipeline, RunConfig, run_demo
 from isc.search import ScoreNorm
 from isc.submit import check_matching_csv
+from isc.verify import VerifyOptions, evidence_path, read_evidence
 
 # small and fast: 64-pixel inputs, 16-dimensional whitening (the mini dataset has 40 training images)
 FAST = {"image_size": 64, "pca_dim": 16, "batch_size": 8, "workers": 0, "quiet": True}
@@ -69,15 +71,33 @@ def test_round_trip_writes_valid_submissions_of_both_phases(completed, mini_data
             assert "muap" in manifest["local_evaluation"]
     # the matching manifest records the descriptors (model, whitening) the predictions came from
     sources = read_manifest(submissions / "phase1_matching.csv")["provenance"]
-    assert {Path(p).name for p in sources} == {"query_phase1_crops_pca16.h5", "reference_pca16.h5",
-                                               "training_pca16.h5"}
-    assert all(attrs["model"] == "efficientnet_lite0" and "pca" in attrs for attrs in sources.values())
+    # (the matching track searches the descriptors as extracted; the descriptor track the whitened ones)
+    assert {Path(p).name for p in sources} == {"query_phase1_crops.h5", "reference.h5", "training.h5"}
+    assert all(attrs["model"] == "efficientnet_lite0" and "pca" not in attrs for attrs in sources.values())
     # phase 2 reuses the phase-1 references as they are
     phase2 = read_manifest(submissions / "phase2_descriptors.h5")
     assert phase2["phase1_reference"]["md5"] == hashlib.md5((submissions / "phase1_descriptors.h5").read_bytes()).hexdigest()
     assert read_descriptor_track(submissions / "phase1_descriptors.h5")[3].tobytes() == \
         read_descriptor_track(submissions / "phase2_descriptors.h5")[3].tobytes()
     assert json.loads((work / "run_summary.json").read_text())["metrics"] == summary.metrics
+
+
+def test_matching_track_is_verified_with_a_calibration_fitted_on_copies(completed):
+    work, submissions, summary = completed
+    steps = {(s.stage, s.target): s for s in summary.steps}
+    assert ("calibrate", "copies") in steps and not steps[("calibrate", "copies")].skipped
+    calibration = Calibration.load(work / "calibration.json")
+    assert calibration.pairs > calibration.positives > 0 and "copies of training images" in calibration.fitted_on
+    assert calibration.conditions["descriptors"]["model"] == "efficientnet_lite0"
+    for phase in (1, 2):
+        assert ("verify", f"phase {phase}") in steps
+        verified = work / f"predictions_phase{phase}_verified.csv"
+        # the submission is the verified predictions, scored by the calibration
+        submitted = read_predictions(submissions / f"phase{phase}_matching.csv")
+        assert submitted.equals(read_predictions(verified))
+        evidence = read_evidence(evidence_path(verified))
+        assert evidence["verified"].any() and (evidence["rank"][evidence["verified"]] < VerifyOptions().k).all()
+        np.testing.assert_allclose(calibration.scores(evidence), evidence["new_score"], rtol=1e-6, atol=1e-6)
 
 
 def test_reported_muap_is_the_scorers_on_the_written_files(completed, mini_dataset):
@@ -302,8 +322,7 @@ def test_reference_crops_and_plain_files_from_the_crops_full_views(mini_dataset,
         assert read_descriptors(descriptors / f"{name}.h5")[2].get("views_per_id") is None
     # the matching track searched the reference views; the descriptor track has one row per reference
     sources = read_manifest(tmp_path / "submissions" / "phase1_matching.csv")["provenance"]
-    assert {Path(p).name for p in sources} == {"query_phase1_crops_pca16.h5", "reference_crops_pca16.h5",
-                                               "training_pca16.h5"}
+    assert {Path(p).name for p in sources} == {"query_phase1_crops.h5", "reference_crops.h5", "training.h5"}
     predictions = read_predictions(tmp_path / "submissions" / "phase1_matching.csv")
     assert (predictions.groupby("query_id")["reference_id"].nunique() == 3).all()
     reference_ids = read_descriptor_track(tmp_path / "submissions" / "phase1_descriptors.h5")[2]

@@ -202,6 +202,12 @@ def test_cli_reuses_the_cache_and_describes_a_changed_file_again(dataset, tmp_pa
     assert run_json(capsys, *copied, "-o", tmp_path / "changed.csv")["described"] == 1
 
 
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    return done.stderr.strip()
+
+
 def test_cli_calibrates_on_ground_truth_and_reuses_the_calibration(dataset, tmp_path):
     common = [dataset / "predictions.csv", "--data", dataset, "--k", 3, "--workers", 0, "--quiet",
               "--cache", tmp_path / "cache"]
