@@ -54,6 +54,7 @@ from isc.io import (
     read_metadata,
     read_predictions,
     split_folder,
+    validate_ids,
     write_json,
     write_predictions,
 )
@@ -526,7 +527,7 @@ class Pipeline:
 
     def run(self) -> RunSummary:
         # the ground truth first: a bad one is refused before hours of downloads and extraction
-        truth = pd.concat([read_ground_truth(path) for path in self.config.ground_truth],
+        truth = pd.concat([competition_ground_truth(path) for path in self.config.ground_truth],
                           ignore_index=True) if self.config.ground_truth else None
         self.download()
         raw = self.extract()
@@ -560,6 +561,15 @@ def downloaded(dataset: Path, data: Path) -> bool:
         if check.missing or check.corrupt:
             return False
     return True
+
+
+def competition_ground_truth(path: str | Path) -> pd.DataFrame:
+    """A ground-truth CSV whose ids are the competition's (its queries say their phase)."""
+    truth = read_ground_truth(path)
+    why = "isc-run scores competition ids"
+    validate_ids(truth["query_id"], "query", path, "query id", why)
+    validate_ids(truth["reference_id"][truth["reference_id"] != ""], "reference", path, "reference id", why)
+    return truth
 
 
 def run_demo(config: RunConfig, seed: int = 0, **sizes: int) -> RunSummary:

@@ -435,9 +435,10 @@ def test_15_a_2_gb_sparse_csv_is_refused_at_once_and_in_one_short_line(role: str
 
 def test_15_quoted_values_are_cut_and_escaped(inputs: dict[str, Path], tmp_path: Path) -> None:
     predictions = tmp_path / "p.csv"
-    predictions.write_text(HEADER + "Q" + "\x01" * 5000 + ",R000000,0.5\n")
+    # (any id is accepted outside the competition's rules: the bad value is the score)
+    predictions.write_text(HEADER + "Q00000,R000000," + "\x01" * 5000 + "\n")
     result = cli("eval", predictions, "--gt", inputs["gt.csv"])
-    line = one_line_error(result, "isc-eval", "line 2: query_id 'Q\\x01", "... (5,001 characters)")
+    line = one_line_error(result, "isc-eval", "line 2: score '\\x01", "... (5,000 characters)")
     assert len(line) < 600 and "\x01" not in line, line
 
 
@@ -454,7 +455,7 @@ def test_16_a_bad_ground_truth_is_refused_before_any_work(inputs: dict[str, Path
     bad = tmp_path / "gt.csv"
     bad.write_text("query_id,reference_id\nQ1,R000000\n")
     result = cli("run", tmp_path / "w", "--data", inputs["data"], "--gt", bad, "--model", "resnet10t")
-    one_line_error(result, "isc-run", f"{bad}: line 2: query_id 'Q1' is not a query id")
+    one_line_error(result, "isc-run", f"{bad}: query id #0 is 'Q1', not a query id", "competition ids")
     assert not (tmp_path / "w" / "descriptors").exists()
 
 
