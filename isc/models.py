@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from isc.io import InputError, atomic_path, check_file, file_digest
+from isc.core.files import InputError, atomic_path, check_file, file_digest
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

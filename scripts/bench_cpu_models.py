@@ -129,7 +129,7 @@ def run_measured(command: list[str]) -> dict[str, float]:
 
 
 def agreement(model: str, isc_output: Path, plain_output: Path) -> str:
-    from isc.io import read_descriptors
+    from isc.core.descriptors import read_descriptors
 
     _, rows, _ = read_descriptors(isc_output)
     plain = np.load(plain_output)

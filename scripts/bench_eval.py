@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from isc.io import read_ground_truth, read_predictions, write_ground_truth, write_predictions
-from isc.metrics import evaluate
+from isc.core.tables import read_ground_truth, read_predictions, write_ground_truth, write_predictions
+from isc.evaluate.metrics import evaluate
 
 
 def make_files(folder: Path, n_queries: int, n_predictions: int, seed: int = 0) -> tuple[Path, Path]:

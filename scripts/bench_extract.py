@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from isc.extract import extract
+from isc.extract.extraction import extract
 from isc.models import create_model
 
 MODELS = {"resnet50@224": ("timm:resnet50", 224), "efficientnet_lite0@320": ("efficientnet_lite0", 320)}

@@ -8,7 +8,7 @@ On generated ~500x400 JPEGs (``gpu_check.make_images``), warm page cache, batch 
 Stages: reading the files; the header check that routes a file to nvJPEG or Pillow; nvJPEG batch decode
 (one thread, and batches split over threads); libjpeg-turbo decode (``decode_jpeg`` on the CPU) in threads,
 with and without the resize beside it; resizing decoded images on the device; normalising; the model's
-forward pass alone; and ``isc.extract.extract`` whole, per decoder.
+forward pass alone; and ``isc.extract.extraction.extract`` whole, per decoder.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import make_images  # noqa: E402
 
 from isc.cli.common import positive_int  # noqa: E402
-from isc.distributed import check_device  # noqa: E402
-from isc.extract import extract  # noqa: E402
-from isc.images import resize_image  # noqa: E402
-from isc.io import InputError  # noqa: E402
+from isc.core.distributed import check_device  # noqa: E402
+from isc.core.files import InputError  # noqa: E402
+from isc.extract.decode import resize_image  # noqa: E402
+from isc.extract.extraction import extract  # noqa: E402
+from isc.extract.torch_batches import decode_jpegs, normalised_groups, read_for_decode  # noqa: E402
 from isc.models import create_model  # noqa: E402
-from isc.torch_batches import decode_jpegs, normalised_groups, read_for_decode  # noqa: E402
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", default="timm:resnet50")
     parser.add_argument("--sweep", action="store_true",
-                        help="only isc.extract.extract with nvJPEG, over reading threads and batch sizes")
+                        help="only isc.extract.extraction.extract with nvJPEG, over reading threads and batch sizes")
     args = parser.parse_args(argv)
     try:
         check_device(args.device)
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             for batch_size in (256, 512):
                 for readers in (4, 8, 16):
                     output = Path(work) / "sweep.h5"
-                    stage(f"isc.extract.extract, torchvision, batch {batch_size}, {readers} reading threads", n,
+                    stage(f"isc.extract.extraction.extract, torchvision, batch {batch_size}, {readers} reading threads", n,
                           lambda b=batch_size, r=readers, o=output: (o.unlink(missing_ok=True), extract(
                               images, o, model=create_model(args.model), device=args.device, decoder="torchvision",
                               batch_size=b, workers=r, quiet=True)))
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                   lambda: [model(inputs) for _ in range(steps)])
         for decoder in ("torchvision", "pil"):
             output = Path(work) / f"{decoder}.h5"
-            stage(f"isc.extract.extract, {decoder}", n, lambda d=decoder, o=output: (
+            stage(f"isc.extract.extraction.extract, {decoder}", n, lambda d=decoder, o=output: (
                 o.unlink(missing_ok=True),
                 extract(images, o, model=create_model(args.model), device=args.device, decoder=d,
                         batch_size=args.batch, workers=args.threads, quiet=True)))

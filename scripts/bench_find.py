@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
-from isc.images import list_images
+from isc.extract.image_files import list_images
 
 
 def _text(image: Image.Image) -> Image.Image:

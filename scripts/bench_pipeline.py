@@ -13,10 +13,12 @@ import argparse
 import time
 from pathlib import Path
 
-from isc.io import read_descriptors, read_ground_truth
-from isc.metrics import evaluate
-from isc.pipeline import DEMO_IMAGE_SIZE, RunConfig, run_demo
-from isc.search import search
+from isc.core.descriptors import read_descriptors
+from isc.core.tables import read_ground_truth
+from isc.evaluate.metrics import evaluate
+from isc.pipeline.demo import DEMO_IMAGE_SIZE, run_demo
+from isc.pipeline.run import RunConfig
+from isc.search.matching import search
 
 
 def ablation(descriptors: Path, ground_truth: Path, pca_dim: int) -> list[tuple[str, str, float, float | None]]:

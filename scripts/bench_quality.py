@@ -1,8 +1,8 @@
 """Quality of descriptor models and matching options on one dataset: µAP and recall at 90% precision.
 
-Every model's descriptors come from the toolkit's own extraction (``isc.extract.extract``, cached as HDF5
+Every model's descriptors come from the toolkit's own extraction (``isc.extract.extraction.extract``, cached as HDF5
 files in --work and reused while the images and the model are unchanged), every matching row from
-``isc.search.search``, every score from ``isc.metrics.evaluate``, on the same queries, references and
+``isc.search.matching.search``, every score from ``isc.evaluate.metrics.evaluate``, on the same queries, references and
 ground truth. One Markdown table row per (model, matching): no score normalisation, then for each β of
 --betas and neighbour range of --neighbors the score normalised by the training set (the query's bias
 only, as SSCD's evaluation; with --normalize-references also the reference's).
@@ -14,10 +14,10 @@ With --recipe, instead one row per option beyond SSCD's recipe (score normalisat
 negative-embedding subtraction, PCA-whitening or truncation to 256, ensembles), each with its difference
 to sscd raw and a 95% bootstrap interval over the queries (docs/BENCHMARKS.md, "Beating SSCD's recipe").
 
-With --verify, instead the tables of local-feature verification (isc.verify): candidate recall of sscd with
+With --verify, instead the tables of local-feature verification (isc.verify.verification): candidate recall of sscd with
 query crops, as extracted, PCA-whitened and their union, at k = 1 to 100; µAP of each query's first 1, 3, 10
 candidates verified with each geometry and combined with the global score by the fixed inlier bonus or by the
-logistic model of isc.calibrate, fitted on ground truth (two folds over the queries) or on --copies self-made
+logistic model of isc.verify.calibrate, fitted on ground truth (two folds over the queries) or on --copies self-made
 copies of training images, each with its bootstrap difference to isc-run's matching default; and the cost
 projected to 50,000 queries (docs/BENCHMARKS.md, "Verifying candidate pairs").
 """
@@ -36,14 +36,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from isc.extract import extract, extraction_config, is_complete
-from isc.images import crop_boxes, list_split_images, select_split_images
-from isc.io import SPLITS, atomic_path, read_descriptors, read_ground_truth, write_json
-from isc.knn import knn
-from isc.metrics import evaluate
+from isc.core.competition import SPLITS
+from isc.core.descriptors import read_descriptors
+from isc.core.files import atomic_path, write_json
+from isc.core.tables import read_ground_truth
+from isc.evaluate.metrics import evaluate
+from isc.extract.decode import crop_boxes
+from isc.extract.extraction import extract, extraction_config, is_complete
+from isc.extract.image_files import list_split_images, select_split_images
 from isc.models import create_model
-from isc.pca import concatenate_descriptors, learn_pca
-from isc.search import ScoreNorm, parse_neighbor_range, search, subtract_negative_embeddings
+from isc.search.knn import knn
+from isc.search.matching import search
+from isc.search.negatives import subtract_negative_embeddings
+from isc.search.normalisation import ScoreNorm, parse_neighbor_range
+from isc.search.pca import concatenate_descriptors, learn_pca
 
 
 def file_stem(model_name: str) -> str:
@@ -76,8 +82,8 @@ def descriptors(root: Path, phase: int, model_name: str, work: Path, quiet: bool
 
 
 def crop_descriptors(root: Path, phase: int, model_name: str, work: Path, quiet: bool) -> tuple[list[str], np.ndarray]:
-    """Query ids, each repeated once per view (the full image and its :func:`isc.images.crop_boxes`), and the views'
-    unit-length descriptors: the several-rows-per-query input of :func:`isc.search.search`."""
+    """Query ids, each repeated once per view (the full image and its :func:`isc.extract.decode.crop_boxes`), and the views'
+    unit-length descriptors: the several-rows-per-query input of :func:`isc.search.matching.search`."""
     queries = select_split_images(list_split_images(root, "query"), "query", phase)
     return view_descriptors(queries, f"query{phase}", model_name, work, quiet)
 
@@ -301,9 +307,10 @@ def within_depth(evidence: pd.DataFrame, k: int) -> pd.DataFrame:
 
 def verified_evidence(name: str, predictions: pd.DataFrame, queries: dict[str, Path], references: dict[str, Path],
                       args: argparse.Namespace, work: Path, geometry: str) -> tuple[pd.DataFrame, dict]:
-    """The evidence of each query's first max(VERIFIED_DEPTHS) candidates (isc.verify, features cached in
+    """The evidence of each query's first max(VERIFIED_DEPTHS) candidates (isc.verify.verification, features cached in
     WORK/verify-cache, the sidecar reused while it exists) and the run's counts and rates."""
-    from isc.verify import VerifyOptions, evidence_path, read_evidence, verify
+    from isc.verify.local_features import VerifyOptions
+    from isc.verify.verification import evidence_path, read_evidence, verify
 
     output = work / "verify" / f"{name.replace(' ', '_')}_{geometry}.csv"
     stats_path = output.with_suffix(".json")
@@ -318,10 +325,10 @@ def verified_evidence(name: str, predictions: pd.DataFrame, queries: dict[str, P
 
 def self_made_evidence(name: str, source: Source, args: argparse.Namespace, work: Path,
                        geometry: str) -> pd.DataFrame:
-    """Evidence of self-made copies (isc.calibrate.make_copies of --copies training images) searched as the
+    """Evidence of self-made copies (isc.verify.calibrate.make_copies of --copies training images) searched as the
     queries are, against the references and the rest of the training set, each copy's source its one
     positive: what a calibration fitted without ground truth learns from."""
-    from isc.calibrate import make_copies
+    from isc.verify.calibrate import make_copies
 
     project, _, _, rids, r, tids, t = source
     training = list_split_images(args.data, "training")
@@ -339,7 +346,7 @@ def self_made_evidence(name: str, source: Source, args: argparse.Namespace, work
 def cross_fitted_scores(evidence: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
     """Scores of a calibration fitted on the ground truth of half the queries and applied to the other half,
     and the other way round (two folds, queries drawn at random once)."""
-    from isc.calibrate import calibrate, ground_truth_labels
+    from isc.verify.calibrate import calibrate, ground_truth_labels
 
     queries = np.random.default_rng(0).permutation(truth["query_id"].to_numpy())
     scores = np.zeros(len(evidence))
@@ -355,7 +362,7 @@ def cpu_seconds(pairs: pd.DataFrame, paths: dict[str, Path], geometry: str, samp
     process with one OpenCV thread: the processor time, which a shared machine's load does not inflate."""
     import cv2
 
-    from isc.verify import VerifyOptions, describe_image, match_features
+    from isc.verify.local_features import VerifyOptions, describe_image, match_features
 
     cv2.setNumThreads(1)
     options = VerifyOptions(geometry=geometry)
@@ -402,8 +409,9 @@ def verification(args: argparse.Namespace, work: Path, truth: pd.DataFrame) -> N
     """The verification tables: candidate recall by source and depth, then µAP of isc-run's matching default
     (the baseline) against each query's first k candidates verified with each geometry and combination,
     with the paired bootstrap difference to the baseline, and the cost of verification."""
-    from isc.calibrate import calibrate, copy_labels
-    from isc.verify import GEOMETRIES, InlierBonus, rescore
+    from isc.verify.calibrate import calibrate, copy_labels
+    from isc.verify.local_features import GEOMETRIES
+    from isc.verify.verification import InlierBonus, rescore
 
     sources = candidate_sources(args, work)
     lists, shortlists = {}, {}
@@ -477,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                         "with its bootstrap difference to sscd raw: needs sscd, sscd_distilled, efficientnet_lite0")
     parser.add_argument("--verify", action="store_true",
                         help="instead, the verification tables: candidate recall of sscd + query crops as extracted "
-                        "and PCA-whitened, and µAP of each query's first 1, 3, 10 candidates verified by isc.verify "
+                        "and PCA-whitened, and µAP of each query's first 1, 3, 10 candidates verified by isc.verify.verification "
                         "(each geometry), with the bootstrap difference to isc-run's matching default")
     parser.add_argument("--copies", type=int, default=300,
                         help="training images copied to fit the calibration without ground truth with --verify; "

@@ -1,10 +1,10 @@
 """Reference views against their cost: matching-track µAP with each reference described as its full view
 and 5 crops (``isc-extract --crops`` on the references) or as its full view alone, queries with crops in both.
 
-Descriptors come from the toolkit's own extraction (``isc.extract.extract``, SSCD on the CPU, cached as HDF5
+Descriptors come from the toolkit's own extraction (``isc.extract.extraction.extract``, SSCD on the CPU, cached as HDF5
 files in --work and reused while the images and the model are unchanged); the plain training descriptors,
 for whitening and score normalisation, through ``bench_quality.descriptors``. Every row is
-``isc.search.search`` scored by ``isc.metrics.evaluate``; the last column is the µAP difference that
+``isc.search.matching.search`` scored by ``isc.evaluate.metrics.evaluate``; the last column is the µAP difference that
 reference views make, paired over 1,000 bootstrap resamples of the queries (mean [2.5%, 97.5%]).
 The cost: the seconds each crops extraction took (recorded when it ran), and the index size (rows × d × 4 bytes).
 
@@ -24,13 +24,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import bootstrap_muap, descriptors, unit  # noqa: E402
 
-from isc.extract import extract, extraction_config, is_complete  # noqa: E402
-from isc.images import list_split_images, select_split_images  # noqa: E402
-from isc.io import read_descriptors, read_ground_truth, write_json  # noqa: E402
-from isc.metrics import evaluate  # noqa: E402
+from isc.core.descriptors import read_descriptors  # noqa: E402
+from isc.core.files import write_json
+from isc.core.tables import read_ground_truth
+from isc.evaluate.metrics import evaluate  # noqa: E402
+from isc.extract.extraction import extract, extraction_config, is_complete  # noqa: E402
+from isc.extract.image_files import list_split_images, select_split_images  # noqa: E402
 from isc.models import create_model  # noqa: E402
-from isc.pca import learn_pca  # noqa: E402
-from isc.search import ScoreNorm, search  # noqa: E402
+from isc.search.matching import search
+from isc.search.normalisation import ScoreNorm  # noqa: E402
+from isc.search.pca import learn_pca  # noqa: E402
 
 MODEL = "sscd"
 

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from isc.knn import available_backends, knn, knn_torch
+from isc.search.knn import available_backends, knn, knn_torch
 
 
 def unit_vectors(rng: np.random.Generator, n: int, d: int, block: int = 1 << 17) -> np.ndarray:

@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from isc.io import write_descriptors, write_predictions
-from isc.submit import submit_descriptors, submit_matching
+from isc.core.descriptors import write_descriptors
+from isc.core.tables import write_predictions
+from isc.submit.descriptors import submit_descriptors
+from isc.submit.matching import submit_matching
 
 
 def random_descriptors(count: int, dim: int, rng: np.random.Generator) -> np.ndarray:

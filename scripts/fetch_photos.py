@@ -48,10 +48,10 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from isc.cli.common import finite_float, positive_int
-from isc.extract import extract, extraction_config, is_complete
-from isc.io import read_descriptors
+from isc.core.descriptors import read_descriptors
+from isc.extract.extraction import extract, extraction_config, is_complete
 from isc.models import create_model, default_model
-from isc.photos import detail, drawing_detail, grid_boxes
+from isc.synth.photos import detail, drawing_detail, grid_boxes
 
 WALLPAPER_PACKAGES = ("gnome-backgrounds", "plasma-workspace-wallpapers", "mate-backgrounds", "ukui-wallpapers",
                       "sway-backgrounds", "lomiri-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",

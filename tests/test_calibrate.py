@@ -1,4 +1,4 @@
-"""The logistic combination of global scores and local-feature evidence (isc.calibrate)."""
+"""The logistic combination of global scores and local-feature evidence (isc.verify.calibrate)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from isc.calibrate import (
+from isc.core.files import InputError
+from isc.evaluate.metrics import evaluate
+from isc.verify.calibrate import (
     FEATURES,
     Calibration,
     calibrate,
@@ -19,8 +21,6 @@ from isc.calibrate import (
     make_copies,
     pair_features,
 )
-from isc.io import InputError
-from isc.metrics import evaluate
 
 
 def evidence_of(queries: int, candidates: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:

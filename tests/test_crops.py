@@ -10,12 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from isc.extract import extract, extraction_config, full_views, is_complete
-from isc.images import CROP_VIEWS, crop_boxes, list_split_images, select_split_images
-from isc.io import InputError, read_descriptor_attrs, read_descriptors
+from isc.core.descriptors import read_descriptor_attrs, read_descriptors
+from isc.core.files import InputError
+from isc.core.partial_log import PartialLog
+from isc.extract.decode import CROP_VIEWS, crop_boxes
+from isc.extract.extraction import extract, extraction_config, full_views, is_complete
+from isc.extract.image_files import list_split_images, select_split_images
 from isc.models import create_model
-from isc.partial_log import PartialLog
-from isc.search import ScoreNorm, search
+from isc.search.matching import search
+from isc.search.normalisation import ScoreNorm
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 TINY = ["--model", "efficientnet_lite0", "--image-size", "64"]

@@ -21,11 +21,13 @@ from conftest import running, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from isc import download, s3
 from isc.cli.download import main
-from isc.io import InputError, read_metadata, write_metadata
-from isc.s3 import REGIONS, images_prefix, metadata_key
-from isc.s3server import s3_client
+from isc.core.files import InputError
+from isc.core.tables import read_metadata, write_metadata
+from isc.download.sync import s3
+from isc.download.s3 import REGIONS, images_prefix, metadata_key
+from isc.download.s3server import s3_client
+from isc.download.sync import download_split, local_name, passes_filters, select_rows
 
 BUCKET = REGIONS["us-west"].bucket
 PREFIX = images_prefix("query")
@@ -192,7 +194,7 @@ def test_region_bucket_mapping() -> None:
 ])
 def test_filters_have_the_aws_cli_meaning(filters: list[tuple[str, str]], included: set[str]) -> None:
     names = ["Q00001.jpg", "Q00012.jpg", "Q00123.jpg"]
-    assert {n for n in names if download.passes_filters(n, filters)} == included
+    assert {n for n in names if passes_filters(n, filters)} == included
 
 
 def _aws_cli_selects(name: str, filters: list[tuple[str, str]]) -> bool:
@@ -211,26 +213,26 @@ def _aws_cli_selects(name: str, filters: list[tuple[str, str]]) -> bool:
                                st.from_regex(r"[Q0-9*?.jpg\[\]]{1,8}", fullmatch=True)), max_size=4),
 )
 def test_filters_agree_with_the_aws_cli_code(name: str, filters: list[tuple[str, str]]) -> None:
-    assert download.passes_filters(name, filters) == _aws_cli_selects(name, filters)
+    assert passes_filters(name, filters) == _aws_cli_selects(name, filters)
 
 
 def test_select_rows_ranges_limit_and_bad_range(mini_dataset: Path) -> None:
     metadata = read_metadata(mini_dataset / "query_metadata.csv", "query")
-    rows = download.select_rows(metadata, "query", [("exclude", "*"), ("include", "Q0000*")], ["Q00003-Q00010"], 4)
+    rows = select_rows(metadata, "query", [("exclude", "*"), ("include", "Q0000*")], ["Q00003-Q00010"], 4)
     assert list(rows["image_id"]) == ["Q00003", "Q00004", "Q00005", "Q00006"]
-    assert list(download.select_rows(metadata, "query", id_ranges=["Q00002", "Q00020-Q00021"])["image_id"]) == [
+    assert list(select_rows(metadata, "query", id_ranges=["Q00002", "Q00020-Q00021"])["image_id"]) == [
         "Q00002", "Q00020", "Q00021"]
     for bad in ("R000001-R000002", "Q00009-Q00001", "Q1-Q2"):
         with pytest.raises(InputError, match="range"):
-            download.select_rows(metadata, "query", id_ranges=[bad])
+            select_rows(metadata, "query", id_ranges=[bad])
 
 
 def test_hostile_keys_never_land_outside_the_folder() -> None:
-    assert download.local_name(PREFIX + "Q00001.jpg", "query") == "Q00001.jpg"
+    assert local_name(PREFIX + "Q00001.jpg", "query") == "Q00001.jpg"
     for key in (PREFIX + "../../evil.jpg", PREFIX + "..", PREFIX + "sub/x.jpg", PREFIX, "all/other/Q1.jpg",
                 PREFIX + ".hidden.part", "../" + PREFIX + "Q00001.jpg", PREFIX + "..\\evil.jpg",
                 PREFIX + "Q1\x00.jpg", PREFIX + "/etc/passwd"):
-        assert download.local_name(key, "query") is None, key
+        assert local_name(key, "query") is None, key
 
 
 # ----------------------------------------------------------------------------- against the server
@@ -332,7 +334,7 @@ def test_gives_up_when_every_file_fails(mini_dataset: Path, s3_endpoint: str, tm
     metadata = read_metadata(mini_dataset / "query_metadata.csv", "query")
     with FaultProxy(s3_endpoint, fail_first=100) as proxy:
         getter = s3.ObjectGetter(s3.make_client("us-west", proxy.url), BUCKET, PREFIX, 2)
-        report = download.download_split(getter, "query", metadata, tmp_path, workers=2, attempts=1, quiet=True,
+        report = download_split(getter, "query", metadata, tmp_path, workers=2, attempts=1, quiet=True,
                                          give_up_after=5)
     assert report.aborted.startswith("stopped after 5 failed files in a row") and "HTTP 50" in report.aborted
     assert len(report.failed) == 5 and len(report.missing) == len(metadata) and not report.ok

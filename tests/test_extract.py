@@ -14,11 +14,13 @@ from PIL import Image
 from skimage import data
 
 from isc.cli.extract import main
-from isc.extract import extract
-from isc.images import list_images, list_split_images, nvjpeg_size
-from isc.io import InputError, read_descriptor_attrs, read_descriptors
+from isc.core.descriptors import read_descriptor_attrs, read_descriptors
+from isc.core.files import InputError
+from isc.core.partial_log import PartialLog
+from isc.extract.decode import nvjpeg_size
+from isc.extract.extraction import extract
+from isc.extract.image_files import list_images, list_split_images
 from isc.models import create_model, save_checkpoint
-from isc.partial_log import PartialLog
 
 SIZE = 64
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
@@ -149,7 +151,7 @@ def test_nvjpeg_routing_reads_the_markers_as_pillow_does(odd_images, tmp_path):
     routed = {}
     for path in files:
         if path.name == "huge.jpg":
-            continue  # Pillow refuses to open it; the pixel limit is isc.torch_batches.read_for_decode's, checked after
+            continue  # Pillow refuses to open it; the pixel limit is isc.extract.torch_batches.read_for_decode's, checked after
         data = path.read_bytes()
         size = nvjpeg_size(data)
         routed[path.name] = size is not None

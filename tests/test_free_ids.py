@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from isc.io import read_descriptors, read_predictions, write_descriptors, write_ground_truth
+from isc.core.descriptors import read_descriptors, write_descriptors
+from isc.core.tables import read_predictions, write_ground_truth
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,7 +85,7 @@ def test_eval_and_report_of_hostile_names_escape_them(described, hostile_folder,
 
 
 def test_report_finds_images_by_any_suffix_the_extractor_reads(tmp_path, mini_dataset):
-    from isc.report import image_path
+    from isc.evaluate.report import image_path
 
     (tmp_path / "reference_images").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "reference_images" / "R000001.png")

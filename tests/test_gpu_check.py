@@ -40,10 +40,10 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
 def test_gpu_path_modules_import_and_search_without_the_optional_packages():
     code = BLOCK + (
         "import importlib, numpy as np\n"
-        "for module in ('isc.io', 'isc.models', 'isc.extract', 'isc.knn', 'isc.search', 'isc.train', 'isc.cli.extract'):\n"
+        "for module in ('isc.core.descriptors', 'isc.models', 'isc.extract.extraction', 'isc.search.knn', 'isc.search.matching', 'isc.train.training', 'isc.cli.extract'):\n"
         "    importlib.import_module(module)\n"
-        "from isc.io import InputError\n"
-        "from isc.knn import available_backends, knn, resolve_backend\n"
+        "from isc.core.descriptors import InputError\n"
+        "from isc.search.knn import available_backends, knn, resolve_backend\n"
         "assert 'faiss-cpu' not in available_backends(), available_backends()\n"
         "try:\n"
         "    resolve_backend('faiss-cpu')\n"

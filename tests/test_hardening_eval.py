@@ -11,13 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-from isc.io import (
-    MATCHING_TRACK_MAX_ROWS,
-    InputError,
-    read_predictions,
-    write_descriptor_track,
-    write_descriptors,
-)
+from isc.core.competition import MATCHING_TRACK_MAX_ROWS
+from isc.core.descriptors import write_descriptor_track, write_descriptors
+from isc.core.files import InputError
+from isc.core.tables import read_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "query_id,reference_id,score\n"

@@ -19,12 +19,14 @@ from skimage import data
 
 from isc.cli.extract import main as extract_main
 from isc.cli.run import main as run_main
-from isc.extract import extract, extraction_config, is_complete
-from isc.images import decode_with_pillow, list_images, list_split_images
-from isc.io import InputError, read_descriptor_attrs, read_descriptors
+from isc.core.descriptors import read_descriptor_attrs, read_descriptors
+from isc.core.files import InputError
+from isc.core.partial_log import PartialLog
+from isc.extract.decode import decode_with_pillow
+from isc.extract.extraction import extract, extraction_config, is_complete
+from isc.extract.image_files import list_images, list_split_images
 from isc.models import create_model
-from isc.partial_log import PartialLog
-from isc.pipeline import Pipeline, RunConfig
+from isc.pipeline.run import Pipeline, RunConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 # a random-init ResNet at 32 pixels: fast, and enough wherever only ids, shapes and files are checked

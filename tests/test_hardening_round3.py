@@ -25,12 +25,16 @@ from PIL import Image
 from skimage import data
 from test_download import FaultProxy
 
-from isc.extract import extract, extraction_config, is_complete
-from isc.images import decode_with_pillow, list_images
-from isc.io import InputError, id_numbers, read_descriptors, split_of_id, write_descriptors, write_metadata
+from isc.core.competition import id_numbers, split_of_id
+from isc.core.descriptors import read_descriptors, write_descriptors
+from isc.core.files import InputError
+from isc.core.partial_log import PartialLog
+from isc.core.tables import write_metadata
+from isc.extract.decode import decode_with_pillow
+from isc.extract.extraction import extract, extraction_config, is_complete
+from isc.extract.image_files import list_images
 from isc.models import create_model
-from isc.partial_log import PartialLog
-from isc.search import prepare_descriptors
+from isc.search.vectors import prepare_descriptors
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "query_id,reference_id,score\n"

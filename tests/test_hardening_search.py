@@ -10,7 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from isc.io import read_descriptor_classes, read_descriptors, read_predictions, write_descriptors
+from isc.core.descriptors import read_descriptor_classes, read_descriptors, write_descriptors
+from isc.core.tables import read_predictions
 
 MODEL_A = {"model": "a", "model_fingerprint": "aaaa", "image_size": 64}
 MODEL_B = {"model": "b", "model_fingerprint": "bbbb", "image_size": 64}

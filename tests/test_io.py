@@ -8,21 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from isc.io import (
-    InputError,
-    atomic_path,
-    phase_query_ids,
-    query_phase,
+from isc.core.competition import phase_query_ids, query_phase, split_of_id, validate_ids
+from isc.core.descriptors import (
     read_descriptor_attrs,
     read_descriptor_track,
     read_descriptors,
+    write_descriptor_track,
+    write_descriptors,
+)
+from isc.core.files import InputError, atomic_path
+from isc.core.tables import (
     read_ground_truth,
     read_metadata,
     read_predictions,
-    split_of_id,
-    validate_ids,
-    write_descriptor_track,
-    write_descriptors,
     write_ground_truth,
     write_metadata,
     write_predictions,

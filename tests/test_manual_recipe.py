@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from isc.io import read_predictions
+from isc.core.tables import read_predictions
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"

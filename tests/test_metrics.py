@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from isc.io import InputError, read_ground_truth, read_predictions
-from isc.metrics import average_precision, evaluate, precision_recall
+from isc.core.files import InputError
+from isc.core.tables import read_ground_truth, read_predictions
+from isc.evaluate.metrics import average_precision, evaluate, precision_recall
 
 
 def predictions(rows):

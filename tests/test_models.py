@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from isc.io import InputError
+from isc.core.files import InputError
 from isc.models import (
     DescriptorModel,
     create_model,

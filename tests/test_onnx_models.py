@@ -13,9 +13,10 @@ import torch
 from PIL import Image, ImageEnhance
 from skimage import data
 
-from isc.extract import extract
-from isc.images import list_split_images
-from isc.io import InputError, read_descriptors
+from isc.core.descriptors import read_descriptors
+from isc.core.files import InputError
+from isc.extract.extraction import extract
+from isc.extract.image_files import list_split_images
 from isc.models import IMAGENET_MEAN, IMAGENET_STD, create_model, default_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from isc.cli.pca import main
-from isc.io import InputError, read_descriptors, write_descriptors
-from isc.pca import PCAWhitening, learn_pca
+from isc.core.descriptors import read_descriptors, write_descriptors
+from isc.core.files import InputError
+from isc.search.pca import PCAWhitening, learn_pca
 
 
 def _correlated(n: int, d: int, seed: int) -> np.ndarray:

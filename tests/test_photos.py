@@ -10,8 +10,10 @@ import pytest
 import skimage.data
 from PIL import Image, ImageDraw
 
-from isc.io import InputError, read_ground_truth, read_metadata
-from isc.photos import (
+from isc.core.files import InputError
+from isc.core.tables import read_ground_truth, read_metadata
+from isc.synth.dataset import generate_dataset, read_manifest
+from isc.synth.photos import (
     BaseSource,
     PhotoOptions,
     detail,
@@ -20,7 +22,6 @@ from isc.photos import (
     plan_base_images,
     render_base,
 )
-from isc.synth import generate_dataset, read_manifest
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "camera",
           "gravel", "grass", "brick", "moon", "retina")

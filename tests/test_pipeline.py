@@ -14,22 +14,25 @@ import pandas as pd
 import pytest
 from conftest import running, wait_until
 
-from isc.calibrate import Calibration
 from isc.cli import run as cli_run
 from isc.cli import search as cli_search
 from isc.cli.options import score_norm
 from isc.cli.run import main
-from isc.extract import extract
-from isc.images import list_split_images
-from isc.io import read_descriptor_track, read_descriptors, read_ground_truth, read_predictions
-from isc.manifest import read_manifest
-from isc.metrics import evaluate
+from isc.core.descriptors import read_descriptor_track, read_descriptors
+from isc.core.partial_log import PartialLog
+from isc.core.tables import read_ground_truth, read_predictions
+from isc.evaluate.metrics import evaluate
+from isc.extract.extraction import extract
+from isc.extract.image_files import list_split_images
 from isc.models import create_model
-from isc.partial_log import PartialLog
-from isc.pipeline import Pipeline, RunConfig, run_demo
-from isc.search import ScoreNorm
-from isc.submit import check_matching_csv
-from isc.verify import VerifyOptions, evidence_path, read_evidence
+from isc.pipeline.demo import run_demo
+from isc.pipeline.run import Pipeline, RunConfig
+from isc.search.normalisation import ScoreNorm
+from isc.submit.manifest import read_manifest
+from isc.submit.matching import check_matching_csv
+from isc.verify.calibrate import Calibration
+from isc.verify.local_features import VerifyOptions
+from isc.verify.verification import evidence_path, read_evidence
 
 # small and fast: 64-pixel inputs, 16-dimensional whitening (the mini dataset has 40 training images)
 FAST = {"image_size": 64, "pca_dim": 16, "batch_size": 8, "workers": 0, "quiet": True}

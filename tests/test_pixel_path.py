@@ -14,11 +14,12 @@ import pytest
 import torch
 from test_onnx_models import PixelsIn, TinyNet, _export
 
-from isc.extract import extract
-from isc.images import list_images
-from isc.io import InputError, model_differences, read_descriptors
+from isc.core.descriptors import model_differences, read_descriptors
+from isc.core.files import InputError
+from isc.core.partial_log import PartialLog
+from isc.extract.extraction import extract
+from isc.extract.image_files import list_images
 from isc.models import create_model
-from isc.partial_log import PartialLog
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKEN = {"empty": "empty file", "text": "not an image", "truncated": "cannot decode"}

@@ -6,9 +6,13 @@ import sys
 import numpy as np
 import pytest
 
-from isc.io import InputError, read_descriptors, read_predictions, write_descriptors
-from isc.pca import apply_pca_file, concatenate_descriptors, learn_pca
-from isc.search import ScoreNorm, neighbor_bias, search, subtract_negative_embeddings
+from isc.core.descriptors import read_descriptors, write_descriptors
+from isc.core.files import InputError
+from isc.core.tables import read_predictions
+from isc.search.matching import search
+from isc.search.negatives import subtract_negative_embeddings
+from isc.search.normalisation import ScoreNorm, neighbor_bias
+from isc.search.pca import apply_pca_file, concatenate_descriptors, learn_pca
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:

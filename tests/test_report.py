@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from isc.io import read_ground_truth, write_predictions
-from isc.metrics import evaluate
-from isc.report import (
+from isc.core.tables import read_ground_truth, write_predictions
+from isc.evaluate.metrics import evaluate
+from isc.evaluate.report import (
     build_report,
     label_predictions,
     load_thumbnail,

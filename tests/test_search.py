@@ -1,4 +1,4 @@
-"""isc.search and isc-search: backends against brute force, normalisation, approximate index, kNN graph, CLI."""
+"""isc.search.matching and isc-search: backends against brute force, normalisation, approximate index, kNN graph, CLI."""
 
 import subprocess
 import sys
@@ -7,17 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from isc.io import InputError, read_predictions, write_descriptors
-from isc.knn import knn, knn_torch
-from isc.metrics import evaluate
-from isc.search import (
-    ScoreNorm,
-    knn_graph,
-    neighbor_bias,
-    parse_neighbor_range,
-    search,
-    write_knn_graph,
-)
+from isc.core.descriptors import write_descriptors
+from isc.core.files import InputError
+from isc.core.tables import read_predictions
+from isc.evaluate.metrics import evaluate
+from isc.search.knn import knn, knn_torch
+from isc.search.knn_graph import knn_graph, write_knn_graph
+from isc.search.matching import search
+from isc.search.normalisation import ScoreNorm, neighbor_bias, parse_neighbor_range
 
 
 def unit(rng, n, d):

@@ -11,25 +11,20 @@ import pandas as pd
 import pytest
 
 import isc
-from isc.io import (
-    MATCHING_TRACK_MAX_ROWS,
-    InputError,
-    read_descriptor_track,
-    read_ground_truth,
-    read_predictions,
-    write_descriptors,
-    write_predictions,
+from isc.core.competition import MATCHING_TRACK_MAX_ROWS
+from isc.core.descriptors import read_descriptor_track, write_descriptors
+from isc.core.files import InputError
+from isc.core.tables import read_ground_truth, read_predictions, write_predictions
+from isc.evaluate.metrics import (
+    capped_l2_search,
+    descriptor_track_predictions,
+    evaluate,
+    score_descriptor_track,
 )
-from isc.manifest import default_submission_path, read_manifest
-from isc.metrics import capped_l2_search, descriptor_track_predictions, evaluate, score_descriptor_track
-from isc.submit import (
-    SubmissionError,
-    Violation,
-    check_matching_csv,
-    format_violations,
-    submit_descriptors,
-    submit_matching,
-)
+from isc.submit.descriptors import submit_descriptors
+from isc.submit.manifest import default_submission_path, read_manifest
+from isc.submit.matching import check_matching_csv, submit_matching
+from isc.submit.violations import SubmissionError, Violation, format_violations
 
 HEADER = "query_id,reference_id,score\n"
 GOOD_ROWS = "Q00001,R000010,0.9\nQ00002,R000020,0.5\n"
@@ -576,8 +571,8 @@ def test_cli_descriptors_and_score(synthetic):
 def test_mini_dataset_extracted_both_phases_cli(mini_dataset, tmp_path):
     """isc-extract (PDQ, 256 bits) on the mini dataset, then both phases through the CLI, phase 2 reusing
     phase 1's reference file; the µAP printed equals a brute-force global cut scored independently."""
-    from isc.extract import extract
-    from isc.images import list_split_images
+    from isc.extract.extraction import extract
+    from isc.extract.image_files import list_split_images
     from isc.models import create_model
 
     model = create_model("pdq")

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isc.io import image_id, write_descriptors
+from isc.core.competition import image_id
+from isc.core.descriptors import write_descriptors
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"training": 60, "query": 20, "reference": 30}

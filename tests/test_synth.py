@@ -11,10 +11,12 @@ from conftest import MINI_DATASET
 from PIL import Image
 
 from isc.cli import synth as cli_synth
-from isc.draw import base_image
-from isc.edits import EDITS, PHOTOMETRIC_EDITS, random_edit
-from isc.io import ID_PATTERNS, InputError, read_ground_truth, read_metadata
-from isc.synth import generate_dataset, read_manifest
+from isc.core.competition import ID_PATTERNS
+from isc.core.files import InputError
+from isc.core.tables import read_ground_truth, read_metadata
+from isc.synth.dataset import generate_dataset, read_manifest
+from isc.synth.draw import base_image
+from isc.synth.edits import EDITS, PHOTOMETRIC_EDITS, random_edit
 
 SPLITS = ("query", "reference", "training")
 CHANGE_COLOURS = {"colour", "overlay_onto"}  # the edits that leave little of the original colours

@@ -12,10 +12,10 @@ import torch
 
 from isc.cli.extract import main as extract_main
 from isc.cli.train import main as train_main
-from isc.io import read_descriptors
+from isc.core.descriptors import read_descriptors
 from isc.models import create_model, load_checkpoint
-from isc.train import instance_targets, learning_rate, sscd_loss
-from isc.training_data import MixBatch, TrainingOrder, mix_images
+from isc.train.training import instance_targets, learning_rate, sscd_loss
+from isc.train.training_data import MixBatch, TrainingOrder, mix_images
 
 
 def plain_targets(n_images: int, n_views: int) -> torch.Tensor:
@@ -39,7 +39,7 @@ def test_loss_is_lower_when_views_of_an_image_agree():
 
 
 def sscd_loss_by_the_formula(x: np.ndarray, targets: np.ndarray, temperature: float, entropy_weight: float) -> float:
-    """SSCD's loss written out row by row in float64, from the paper's definitions, apart from isc.train:
+    """SSCD's loss written out row by row in float64, from the paper's definitions, apart from isc.train.training:
     InfoNCE of each positive against the row's negatives (rows sharing no image), weighted by the share of
     images, averaged; plus the weight times the KoLeo term, -mean log ||x_i - its nearest negative||."""
     x = x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -18,23 +18,13 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from isc.calibrate import Calibration
 from isc.cli.verify import main
-from isc.draw import base_image
-from isc.edits import crop, overlay_image, rotate
-from isc.io import read_predictions
-from isc.verify import (
-    GEOMETRIES,
-    FeatureCache,
-    InlierBonus,
-    VerifyOptions,
-    candidate_pairs,
-    describe_image,
-    evidence_path,
-    match_features,
-    read_evidence,
-    verify,
-)
+from isc.core.tables import read_predictions
+from isc.synth.draw import base_image
+from isc.synth.edits import crop, overlay_image, rotate
+from isc.verify.calibrate import Calibration
+from isc.verify.local_features import GEOMETRIES, FeatureCache, VerifyOptions, describe_image, match_features
+from isc.verify.verification import InlierBonus, candidate_pairs, evidence_path, read_evidence, verify
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 EDITS = {"Q00000": (0, crop), "Q00001": (1, rotate), "Q00002": (2, overlay_image)}  # query: (reference, edit)

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from isc.io import InputError, check_parent_folders
+from isc.core.files import InputError, check_parent_folders
 
 PathArg = str | os.PathLike | None
 

@@ -7,10 +7,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from isc import download, s3
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
 from isc.cli.options import add_retry_options, add_s3_options
-from isc.io import SPLITS, InputError, check_file
+from isc.core.competition import SPLITS
+from isc.core.files import InputError, check_file
+from isc.download.sync import s3
+from isc.download.sync import DownloadReport, sync_split
 
 
 class _FilterAction(argparse.Action):
@@ -94,7 +96,7 @@ def _warn_about_leading_includes(filters: list[tuple[str, str]]) -> None:
                       f"as with the AWS CLI); to select only these files use --exclude '*' {shown}", stacklevel=2)
 
 
-def _summary(report: download.DownloadReport, report_path: Path) -> str:
+def _summary(report: DownloadReport, report_path: Path) -> str:
     lines = [f"{report.selected} selected: {report.downloaded} downloaded ({report.bytes / 1e6:,.1f} MB in "
              f"{report.seconds:.1f} s), {report.skipped} already verified, {len(report.failed)} failed"]
     if report.verify_only:
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     _warn_about_leading_includes(args.filters or [])
 
     try:
-        report, report_path = download.sync_split(
+        report, report_path = sync_split(
             args.region, args.split, args.dest, endpoint_url=args.endpoint_url, profile=args.profile,
             metadata_path=args.metadata, filters=args.filters or (), id_ranges=args.ids, limit=args.limit,
             workers=args.workers, attempts=args.attempts, verify_only=args.verify_only, repair=args.repair,

@@ -7,7 +7,8 @@ import json
 
 from isc.cli.common import check_outputs, run_command
 from isc.cli.options import add_input_options, read_inputs
-from isc.metrics import evaluate, image_format, plot_precision_recall
+from isc.evaluate.metrics import evaluate
+from isc.evaluate.plots import image_format, plot_precision_recall
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,12 +18,14 @@ from isc.cli.common import (
     run_command,
 )
 from isc.cli.options import add_model_options, model_choice
-from isc.distributed import check_device
-from isc.extract import DECODERS, extract
-from isc.images import DEFAULT_MAX_PIXELS, image_classes, list_images, list_split_images, select_split_images
-from isc.io import SPLITS, InputError, split_folder
+from isc.core.competition import SPLITS, split_folder
+from isc.core.distributed import check_device
+from isc.core.files import InputError
+from isc.core.partial_log import NoImageRead
+from isc.extract.decode import DEFAULT_MAX_PIXELS
+from isc.extract.extraction import DECODERS, extract
+from isc.extract.image_files import image_classes, list_images, list_split_images, select_split_images
 from isc.models import POOLINGS, RESIZE_MODES, create_model
-from isc.partial_log import NoImageRead
 
 
 def _scales(text: str) -> list[float]:

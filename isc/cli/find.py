@@ -8,8 +8,10 @@ from pathlib import Path
 
 from isc.cli.common import check_outputs, finite_float, positive_int, run_command
 from isc.cli.options import add_model_options, model_choice
-from isc.distributed import check_device
-from isc.find import (
+from isc.core.distributed import check_device
+from isc.evaluate.report import write_matches_page
+from isc.models import create_model
+from isc.pipeline.find import (
     DEFAULT_K,
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLD_NORMALISED,
@@ -17,8 +19,6 @@ from isc.find import (
     groups_of,
     write_matches,
 )
-from isc.models import create_model
-from isc.report import write_matches_page
 
 EPILOG = f"""\
 what it does: every image of the folders (searched recursively; ids are paths relative to the folder,

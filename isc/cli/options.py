@@ -8,12 +8,13 @@ import warnings
 from typing import TYPE_CHECKING
 
 from isc.cli.common import float_between, int_between, non_negative_int, positive_float, positive_int
-from isc.io import MATCHING_TRACK_MAX_ROWS, read_ground_truth, read_predictions
+from isc.core.competition import MATCHING_TRACK_MAX_ROWS
+from isc.core.tables import read_ground_truth, read_predictions
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from isc.search import ScoreNorm
+    from isc.search.normalisation import ScoreNorm
 
 # each adder imports its stage's module itself: isc-download, which shares the S3 options, must not load torch
 Parser = argparse.ArgumentParser | argparse._ArgumentGroup
@@ -22,7 +23,7 @@ Parser = argparse.ArgumentParser | argparse._ArgumentGroup
 def add_model_options(parser: Parser) -> None:
     """The model and how it runs: --model, --image-size, --batch-size, --device, --workers (isc-extract's and
     isc-run's)."""
-    from isc.extract import DEFAULT_BATCH_SIZE
+    from isc.extract.extraction import DEFAULT_BATCH_SIZE
     from isc.models import DEFAULT_MODEL, MAX_IMAGE_SIZE
 
     parser.add_argument("--model", default=None,
@@ -74,7 +75,7 @@ def add_s3_options(parser: Parser) -> None:
 def add_retry_options(parser: Parser) -> None:
     """How long to wait for the S3 endpoint, and how often to try: --attempts, --timeout (isc-download's and
     isc-run's)."""
-    from isc import s3
+    from isc.download.sync import s3
 
     parser.add_argument("--attempts", type=positive_int, default=s3.DEFAULT_ATTEMPTS,
                         help="tries per request (listing, metadata, each file), with exponential backoff, on 5xx or "
@@ -88,7 +89,7 @@ def add_retry_options(parser: Parser) -> None:
 
 def add_score_norm_options(parser: Parser) -> None:
     """The score-normalisation options, isc-search's and isc-run's, read back by :func:`score_norm`."""
-    from isc.search import AGGREGATIONS, MAX_BETA, ScoreNorm
+    from isc.search.normalisation import AGGREGATIONS, MAX_BETA, ScoreNorm
 
     default = ScoreNorm()
     first, last = default.neighbors
@@ -105,7 +106,7 @@ def add_score_norm_options(parser: Parser) -> None:
 
 def score_norm(args: argparse.Namespace) -> ScoreNorm:
     """The :class:`ScoreNorm` of the options :func:`add_score_norm_options` added; InputError when they are bad."""
-    from isc.search import ScoreNorm, parse_neighbor_range
+    from isc.search.normalisation import ScoreNorm, parse_neighbor_range
 
     return ScoreNorm(args.norm_beta, parse_neighbor_range(args.norm_neighbors), args.norm_agg,
                      args.normalize_references)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from isc.cli.common import check_outputs, float_between, positive_int, run_command
-from isc.io import DESCRIPTOR_TRACK_MAX_DIM, InputError
-from isc.pca import PCAWhitening, apply_pca_files, learn_pca_file
-from isc.search import MAX_BETA
+from isc.core.competition import DESCRIPTOR_TRACK_MAX_DIM
+from isc.core.files import InputError
+from isc.search.normalisation import MAX_BETA
+from isc.search.pca import PCAWhitening, apply_pca_files, learn_pca_file
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
 from isc.cli.options import add_input_options, read_inputs
-from isc.io import provenance_path
-from isc.report import GALLERY_SIZE, THUMBNAIL_SIZE, build_report, write_report, write_summary_png
+from isc.core.descriptors import provenance_path
+from isc.evaluate.report import GALLERY_SIZE, THUMBNAIL_SIZE, build_report, write_report, write_summary_png
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _evidence(args: argparse.Namespace) -> tuple:
     """(isc-verify's evidence of the predictions, the options it was found with), or (None, None)."""
-    from isc.verify import evidence_path, read_evidence, recorded_options
+    from isc.verify.verification import evidence_path, read_evidence, recorded_options
 
     path = args.evidence or evidence_path(args.predictions)
     if not args.evidence and not Path(path).is_file():

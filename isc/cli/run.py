@@ -8,7 +8,6 @@ import logging
 import os
 from pathlib import Path
 
-from isc import s3
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
 from isc.cli.options import (
     add_model_options,
@@ -18,13 +17,15 @@ from isc.cli.options import (
     model_choice,
     score_norm,
 )
-from isc.distributed import check_device
-from isc.io import InputError
-from isc.knn import BACKENDS
-from isc.manifest import SUBMISSIONS_DIR_ENV
-from isc.pipeline import DEMO_IMAGE_SIZE, PHASES, Pipeline, RunConfig, planned_outputs, run_demo
-from isc.search import DEFAULT_K
-from isc.verify import VerifyOptions
+from isc.core.distributed import check_device
+from isc.core.files import InputError
+from isc.download.sync import s3
+from isc.pipeline.demo import DEMO_IMAGE_SIZE, run_demo
+from isc.pipeline.run import PHASES, Pipeline, RunConfig, planned_outputs
+from isc.search.knn import BACKENDS
+from isc.search.matching import DEFAULT_K
+from isc.submit.manifest import SUBMISSIONS_DIR_ENV
+from isc.verify.local_features import VerifyOptions
 
 EPILOG = """\
 examples:

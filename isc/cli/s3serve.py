@@ -7,9 +7,10 @@ import threading
 from pathlib import Path
 
 from isc.cli.common import check_outputs, port_number, run_command
-from isc.io import SPLITS, atomic_path
-from isc.s3 import REGIONS
-from isc.s3server import LocalS3Server
+from isc.core.competition import SPLITS
+from isc.core.files import atomic_path
+from isc.download.s3 import REGIONS
+from isc.download.s3server import LocalS3Server
 
 
 def port_or_zero(text: str) -> int:

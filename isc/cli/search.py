@@ -7,21 +7,12 @@ from pathlib import Path
 
 from isc.cli.common import check_outputs, positive_int, run_command
 from isc.cli.options import add_score_norm_options, score_norm
-from isc.io import (
-    MATCHING_TRACK_MAX_ROWS,
-    InputError,
-    provenance_path,
-    read_descriptor_classes,
-    read_descriptors,
-)
-from isc.knn import BACKENDS
-from isc.search import (
-    DEFAULT_K,
-    knn_graph,
-    knn_graph_paths,
-    search_files,
-    write_knn_graph,
-)
+from isc.core.competition import MATCHING_TRACK_MAX_ROWS
+from isc.core.descriptors import provenance_path, read_descriptor_classes, read_descriptors
+from isc.core.files import InputError
+from isc.search.knn import BACKENDS
+from isc.search.knn_graph import knn_graph, knn_graph_paths, write_knn_graph
+from isc.search.matching import DEFAULT_K, search_files
 
 GRAPH_K = 80  # --knn-graph's default k
 

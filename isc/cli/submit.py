@@ -9,11 +9,14 @@ import sys
 import warnings
 
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
-from isc.io import MATCHING_TRACK_MAX_ROWS, provenance_path, read_ground_truth, write_predictions
-from isc.knn import BACKENDS
-from isc.manifest import SUBMISSIONS_DIR_ENV, default_submission_path, manifest_path, update_manifest
-from isc.metrics import RESULTS_PER_QUERY, Metrics, score_descriptor_track
-from isc.submit import split_file_paths, submit_descriptors, submit_matching
+from isc.core.competition import MATCHING_TRACK_MAX_ROWS
+from isc.core.descriptors import provenance_path
+from isc.core.tables import read_ground_truth, write_predictions
+from isc.evaluate.metrics import RESULTS_PER_QUERY, Metrics, score_descriptor_track
+from isc.search.knn import BACKENDS
+from isc.submit.descriptors import split_file_paths, submit_descriptors
+from isc.submit.manifest import SUBMISSIONS_DIR_ENV, default_submission_path, manifest_path, update_manifest
+from isc.submit.matching import submit_matching
 
 EPILOG = """\
 examples:

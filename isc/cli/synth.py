@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from isc.cli.common import check_outputs, non_negative_float, non_negative_int, positive_int, run_command
-from isc.photos import PhotoOptions
-from isc.synth import generate_dataset
+from isc.synth.dataset import generate_dataset
+from isc.synth.photos import PhotoOptions
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from isc.cli.common import (
     run_command,
 )
 from isc.models import DEFAULT_MODEL, MAX_IMAGE_SIZE
-from isc.train import TrainConfig, train
+from isc.train.training import TrainConfig, train
 
 
 def build_parser() -> argparse.ArgumentParser:

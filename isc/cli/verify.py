@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from isc.calibrate import Calibration, calibrate, ground_truth_labels
 from isc.cli.common import (
     check_outputs,
     non_negative_float,
@@ -21,13 +20,15 @@ from isc.cli.common import (
     run_command,
 )
 from isc.cli.options import PREDICTIONS_HELP
-from isc.images import list_images, list_split_images
-from isc.io import InputError, provenance_path, read_ground_truth, read_predictions
-from isc.partial_log import NoImageRead
-from isc.verify import (
-    GEOMETRIES,
+from isc.core.descriptors import provenance_path
+from isc.core.files import InputError
+from isc.core.partial_log import NoImageRead
+from isc.core.tables import read_ground_truth, read_predictions
+from isc.extract.image_files import list_images, list_split_images
+from isc.verify.calibrate import Calibration, calibrate, ground_truth_labels
+from isc.verify.local_features import GEOMETRIES, VerifyOptions
+from isc.verify.verification import (
     InlierBonus,
-    VerifyOptions,
     calibration_conditions,
     calibration_path,
     default_cache,

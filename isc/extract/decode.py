@@ -1,0 +1,264 @@
+"""How one image is read: decoded with Pillow (EXIF rotation, more than 8 bits, transparency), resized, cut
+into crop views; and :func:`nvjpeg_size`, which says from the markers alone whether nvJPEG can decode it.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold
+# we enforce our own pixel limit (max_pixels)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class BrokenImage(Exception):
+    """An image that cannot be turned into a descriptor; the message is the reason recorded."""
+
+
+def broken_reason(error: Exception) -> str:
+    """The reason recorded for an image whose reading raised ``error``: a :class:`BrokenImage`'s message, else
+    ``cannot read (...)`` with the OSError's strerror when it has one."""
+    if isinstance(error, BrokenImage):
+        return str(error)
+    return f"cannot read ({getattr(error, 'strerror', None) or error})"
+
+
+# ----------------------------------------------------------------------------------- preprocessing
+
+
+def resize_image(image: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Resize [3, H, W] (uint8 on the CPU, or float) to size x size, or short edge = size (antialiased)."""
+    height, width = image.shape[-2:]
+    if mode == "square":
+        target = (size, size)
+    else:
+        scale = size / min(height, width)
+        target = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if target == (height, width):
+        return image
+    if image.dtype == torch.uint8 and image.device.type != "cpu":
+        image = image.float()  # uint8 interpolation exists on the CPU only
+    return F.interpolate(image[None], size=target, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def crop_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """Boxes (left, top, right, bottom) of a query's crops: the four corners and the centre, each 2/3 of the
+    image in both directions (so the corner crops overlap), for a copy that fills only part of the query."""
+    w, h = round(width * 2 / 3), round(height * 2 / 3)
+    corners = [(0, 0), (width - w, 0), (0, height - h), (width - w, height - h), ((width - w) // 2, (height - h) // 2)]
+    return [(x, y, x + w, y + h) for x, y in corners]
+
+
+CROP_VIEWS = 1 + len(crop_boxes(3, 3))  # with crops: the full image, then each crop
+
+
+def crop_views(image: torch.Tensor, crops: bool, crop_source: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The views of a decoded image [3, H, W]: itself, then with ``crops`` each of its :func:`crop_boxes`, cut from
+    ``crop_source`` (the same image decoded with more pixels; default: ``image``)."""
+    if not crops:
+        return [image]
+    source = image if crop_source is None else crop_source
+    return [image, *(source[:, top:bottom, left:right] for left, top, right, bottom in crop_boxes(source.shape[-1],
+                                                                                                   source.shape[-2]))]
+
+
+def draft_size(sizes: Sequence[int], crops: bool) -> int:
+    """The smallest side to decode a JPEG at: a crop (2/3 of the image) still at least the largest view size."""
+    return -(-max(sizes) * 3 // 2) if crops else max(sizes)
+
+
+
+def _to_8_bits(image: Image.Image) -> Image.Image:
+    """A single-channel image of more than 8 bits (Pillow modes I;16*, I, F) scaled to 8-bit grey.
+
+    Pillow's own conversion clips every value above 255 to white. 16-bit modes, and 32-bit integers
+    within 0-65535, are scaled from 0-65535; floats within 0-1 from 0-1; any other range is stretched
+    from its minimum to its maximum. The range is that of the finite pixels (+inf is white, -inf and NaN black);
+    an image without one is broken.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    finite = np.isfinite(values)
+    if values.size and not finite.any():
+        raise BrokenImage(f"no finite pixel value ({image.mode} image of NaN or infinite values only)")
+    low, high = (float(values[finite].min()), float(values[finite].max())) if values.size else (0.0, 0.0)
+    if image.mode.startswith("I;16") or (image.mode == "I" and low >= 0 and high <= 65535):
+        low, high = 0.0, 65535.0
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        low, high = 0.0, 1.0
+    values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
+    scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    return Image.fromarray(np.round(scaled).clip(0, 255).astype(np.uint8))
+
+
+def _image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """An opened Pillow image as uint8 RGB [3, H, W]: EXIF rotation applied, more than 8 bits scaled down,
+    transparency over white."""
+    ImageOps.exif_transpose(image, in_place=True)  # in place: otherwise a copy of every unrotated image
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8_bits(image)
+    image = on_white(image)
+    # asarray is read-only, hence the copy; convert copies even an RGB image
+    return torch.from_numpy(np.asarray(image if image.mode == "RGB" else image.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+def _open_image(source: Path | bytes, max_pixels: int) -> Image.Image:
+    """Open (header only) and check the size; BrokenImage with the reason otherwise."""
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except Image.DecompressionBombError as e:
+        raise BrokenImage(f"too large ({e})") from None
+    except UnidentifiedImageError:
+        raise BrokenImage("not an image (unidentified format)") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise BrokenImage(f"too large ({width}x{height} pixels, limit {max_pixels})")
+    if width < 1 or height < 1:
+        raise BrokenImage(f"empty image ({width}x{height})")
+    return image
+
+
+def decode_with_pillow(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       draft_size: int | None = None) -> torch.Tensor:
+    """Decode an image file with Pillow to uint8 RGB [3, H, W]; JPEGs in draft mode down to ``draft_size``."""
+    if isinstance(source, Path) and source.stat().st_size == 0 or source == b"":
+        raise BrokenImage("empty file (0 bytes)")
+    with _open_image(source, max_pixels) as image:
+        if draft_size and image.format == "JPEG":
+            # DCT scaling by 1/2, 1/4 or 1/8 while both sides stay >= draft_size
+            image.draft("RGB", (draft_size, draft_size))
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise BrokenImage(f"cannot decode ({e})") from None
+        return _image_to_tensor(image)
+
+
+def _draft_pixels(source: Path | bytes, max_pixels: int, draft_size: int) -> tuple[int, int]:
+    """The (short, long) side of what :func:`decode_with_pillow` decodes at ``draft_size``, from the header."""
+    with _open_image(source, max_pixels) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
+        return min(image.size), max(image.size)
+
+
+def decode_for_views(source: Path | bytes, max_pixels: int, sizes: Sequence[int],
+                     crops: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the full view's image, the image its crops are cut from), uint8 [3, H, W], decoded with Pillow.
+
+    The full view is decoded at the draft size of an extraction without crops, so that its descriptor is
+    exactly that extraction's (a file's plain descriptors are its crops file's first views); the crops,
+    which need 1.5 times more pixels, come from a second decode when a larger draft size decodes more.
+    """
+    full = decode_with_pillow(source, max_pixels, draft_size(sizes, False))
+    if not crops or _draft_pixels(source, max_pixels, draft_size(sizes, True)) == tuple(sorted(full.shape[-2:])):
+        return full, full
+    return full, decode_with_pillow(source, max_pixels, draft_size(sizes, True))
+
+
+# ------------------------------------------------------------------------------- an image's views
+
+
+def decode_views(path: Path, sizes: Sequence[int], resize: str, max_pixels: int,
+                  crops: bool = False) -> tuple[list[torch.Tensor] | None, str | None]:
+    """(the uint8 views [3, h, w], None) of an image file: of each of its :func:`crop_views`, one per size
+    (view v at size s is item ``v * len(sizes) + s``); or (None, why it cannot be read)."""
+    try:
+        image, crop_source = decode_for_views(path, max_pixels, sizes, crops)
+    except (BrokenImage, OSError) as e:
+        return None, broken_reason(e)
+    return [resize_image(view, size, resize) for view in crop_views(image, crops, crop_source) for size in sizes], None
+
+
+def views_by_size(views_of_images: Sequence[Sequence], n_sizes: int) -> list[list]:
+    """Per size, the views of every image (image-major: an image's crop views adjacent) from
+    :func:`decode_views`' lists."""
+    return [[views[k] for views in views_of_images for k in range(s, len(views), n_sizes)] for s in range(n_sizes)]
+
+
+def positions_by_shape(views: Sequence, views_per_image: int = 1) -> list[list[int]]:
+    """The positions of ``views`` (tensors or arrays) grouped by shape, groups in the order of their first view.
+
+    With ``views_per_image`` (image-major views: each image's full view then its crops), full views and crops
+    are never grouped together: the full views of a batch then run through the model exactly as they do
+    without crops, so that their descriptors are the same bit for bit.
+    """
+    shapes: dict[tuple, list[int]] = {}
+    for i, view in enumerate(views):
+        shapes.setdefault((tuple(view.shape), i % views_per_image == 0), []).append(i)
+    return list(shapes.values())
+
+
+# ----------------------------------------------------------------------------------------- nvJPEG
+
+
+# start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic), not DHT/JPG/DAC
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def _exif_orientation(exif: bytes) -> int | None:
+    """The orientation tag (0x0112) of an EXIF block's first IFD, 0 without one; None when it cannot be read."""
+    order = {b"II": "<", b"MM": ">"}.get(exif[:2])
+    if order is None or len(exif) < 8:
+        return None
+    (offset,) = struct.unpack_from(order + "I", exif, 4)
+    if offset + 2 > len(exif):
+        return None
+    (entries,) = struct.unpack_from(order + "H", exif, offset)
+    for entry in range(offset + 2, min(offset + 2 + 12 * entries, len(exif) - 11), 12):
+        tag, kind, _ = struct.unpack_from(order + "HHI", exif, entry)
+        if tag == 0x0112:
+            return struct.unpack_from(order + "H", exif, entry + 8)[0] if kind == 3 else None
+    return 0
+
+
+def nvjpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG that nvJPEG decodes as Pillow would: 8-bit, grey or 3-channel, not a
+    multi-picture file, no EXIF rotation; None for any other file (Pillow decodes those). Reads the markers
+    only: Pillow's header parse costs more than the nvJPEG decode itself and would bound the GPU path."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    position, size = 2, None
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers carry no length
+            position += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, position + 2)
+        segment = data[position + 4:position + 2 + length]
+        if marker == 0xDA:  # start of scan: the header is over
+            return size
+        if marker in _SOF_MARKERS:
+            if len(segment) < 6 or segment[0] != 8 or segment[5] not in (1, 3):
+                return None
+            height, width = struct.unpack_from(">HH", segment, 1)
+            size = (width, height)
+        elif marker == 0xE1 and segment[:6] == b"Exif\x00\x00" and _exif_orientation(segment[6:]) not in (0, 1):
+            return None
+        elif marker == 0xE2 and segment[:4] == b"MPF\x00":
+            return None
+        position += 2 + length
+    return None
+
+
+def on_white(image: Image.Image) -> Image.Image:
+    """An image with transparency (alpha, or a palette's transparent colour) composited over white, as RGBA;
+    any other image as it is."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image

@@ -1,0 +1,278 @@
+"""Descriptor extraction: image files in, one HDF5 descriptor file out (datasets ``ids``, ``descriptors``).
+
+Two input pipelines feed the model (:mod:`isc.extract.torch_batches`), and both resize with
+:func:`isc.extract.decode.resize_image`, so their descriptors agree: ``torchvision`` (the fast path, default on a
+GPU: nvJPEG batch decoding, resizing and normalising on the device beside inference) and ``pil`` (default
+on the CPU: a DataLoader whose worker processes decode with Pillow). A model that takes uint8 pixels (PDQ,
+uint8 ONNX graphs: :attr:`DescriptorModel.takes_pixels`) gets them on the ``pil`` decoder, its default on
+every device, without torch batches or a float round trip (:mod:`isc.extract.pixel_batches`); its pixels, hence
+its descriptors, are the same as on the torch pipelines.
+
+Rows are appended to a log per rank (``OUT.rank0-of-1.partial``, :class:`isc.core.partial_log.PartialLog`), one
+checksummed record per batch, so that even a kill -9 leaves every finished batch readable; a killed run
+restarts from it (its model attributes must match; images whose size or modification time changed since are
+extracted again), and the logs are merged into ``OUT`` in id order. Under ``torchrun`` each rank
+extracts a contiguous shard of the sorted ids (:mod:`isc.core.distributed`).
+
+``OUT`` holds the datasets ``ids`` (ASCII), ``descriptors`` (float32 [n, d]), ``file_stamps`` (int64
+[n, 2]: size in bytes and st_ctime_ns of each image file when it was read, what :func:`is_complete`
+checks) and, for a class-per-folder tree (``ROOT/<class>/<image>``), ``classes`` (ASCII, one per row).
+Unreadable images are skipped and listed, with their reasons, in the ``broken`` attribute (JSON; their
+file stamps in ``broken_stamps``). Non-finite descriptors are refused, never written. With ``crops`` (query
+or reference files of the matching track) each image gives several adjacent rows with its id, the full view then each
+crop of :func:`isc.extract.decode.crop_boxes`, cut from the decoded image; the attribute ``views_per_id`` says how many.
+The full views are those of an extraction without crops, bit for bit: :func:`full_views` makes that file from
+them instead of describing every image twice."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from isc.core.descriptors import check_links, decode_id, model_differences, provenance, read_descriptor_attrs
+from isc.core.distributed import barrier, join_process_group, leave_process_group, this_device
+from isc.core.files import InputError, atomic_path
+from isc.core.partial_log import H5_LIBVER, MERGE_ROWS, PartialWriter, merge_partial_logs, partial_path
+from isc.extract.decode import CROP_VIEWS, DEFAULT_MAX_PIXELS
+from isc.extract.pixel_batches import pixel_batches
+from isc.extract.torch_batches import torch_batches
+from isc.models import DescriptorModel
+
+DECODERS = ("torchvision", "pil")
+
+DEFAULT_BATCH_SIZE = 64  # images per model call
+
+
+def file_stamp(path: Path) -> tuple[int, int]:
+    """(size, st_ctime_ns) of an image file, what says it changed; (-1, -1) when it cannot be stat'ed.
+
+    The status-change time, not the modification time: any write, rename or replacement sets it to now, and
+    no tool restores it (``touch -r`` and ``cp -p`` restore an mtime)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return -1, -1
+    return stat.st_size, stat.st_ctime_ns
+
+
+def view_sizes(model: DescriptorModel, scales: Sequence[float]) -> list[int]:
+    """The image size of each test-time scale."""
+    return [max(8, round(model.image_size * s)) for s in scales]
+
+
+def extraction_config(model: DescriptorModel, scales: Sequence[float] = (1.0,), flip: bool = False,
+                      crops: bool = False) -> dict[str, object]:
+    """The attributes that say how a descriptor file was made: the model's, plus test-time augmentation;
+    with ``crops``, ``views_per_id``: the rows of each image (its full view, then each crop)."""
+    return {**model.config(), "scales": json.dumps(list(map(float, scales))), "flip": bool(flip),
+            **({"views_per_id": CROP_VIEWS} if crops else {})}
+
+
+def is_complete(output: str | Path, images: Mapping[str, Path], config: Mapping[str, object]) -> bool:
+    """Whether ``output`` holds descriptors of exactly ``images`` (or lists them as broken), made as ``config``
+    says from the image files as they are now (same size and status-change time; a file without these
+    ``file_stamps``, written by an older isc-extract, is never complete)."""
+    output = Path(output)
+    if not output.is_file() or not h5py.is_hdf5(output):
+        return False
+    attrs = read_descriptor_attrs(output)
+    if model_differences(config, attrs):
+        return False  # before reading the ids and stamps: a different model needs none of them
+    with h5py.File(output, "r") as f:
+        try:
+            check_links(f, ("ids", "descriptors", "file_stamps"), output)
+        except InputError:  # a dataset missing, or a link that leads nowhere: extracted again, into a file of its own
+            return False
+        recorded = dict(zip((decode_id(x) for x in f["ids"][()]), map(tuple, f["file_stamps"][()].tolist()),
+                            strict=True))
+    recorded.update((image_id, tuple(stamp)) for image_id, stamp in json.loads(attrs.get("broken_stamps", "{}")).items())
+    return recorded.keys() == images.keys() and all(recorded[i] == file_stamp(path) for i, path in images.items())
+
+
+@dataclass
+class ExtractResult:
+    """What :func:`extract` did (the fields in the order of ``isc-extract --json``)."""
+
+    output: str
+    images: int  # of every rank
+    rank: int
+    world_size: int
+    processed: int  # images read by this run on this rank
+    resumed: int  # images of this rank found in the partial log of a killed run
+    seconds: float
+    images_per_second: float | None
+    model: str
+    dimension: int
+    device: str
+    decoder: str
+    pixels: bool  # whether the pixel path ran
+    views_per_id: int
+    extracted: int | None  # images written to the output (None on the ranks other than the first)
+    broken: dict[str, str]  # id: reason (of every rank on the first, of its own shard on the others)
+
+
+def _refuse_non_finite(descriptors: np.ndarray, ids: Sequence[str], half: bool) -> None:
+    """InputError naming the images whose descriptors hold NaN or infinity: they are never written."""
+    bad = [image_id for image_id, finite in zip(ids, np.isfinite(descriptors).all(axis=1), strict=True) if not finite]
+    if bad:
+        hint = "; float16 inference overflows more easily, try --fp32" if half else ""
+        raise InputError(f"the model gave NaN or infinite descriptors for {len(bad)} image(s): "
+                         f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}{hint}")
+
+
+def extract(
+    images: Mapping[str, Path] | Sequence[str | Path],
+    output: str | Path,
+    model: DescriptorModel,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | None = None,
+    workers: int | None = None,
+    decoder: str | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    crops: bool = False,
+    half: bool | None = None,
+    strict: bool = False,
+    resume: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    quiet: bool = False,
+    attrs: Mapping[str, object] | None = None,
+    classes: Mapping[str, str] | None = None,
+    max_broken: float = 0.01,
+) -> ExtractResult:
+    """Extract the descriptors of ``images`` (``{id: path}``, or paths whose stems are the ids) to ``output``.
+
+    ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available); ``decoder``: ``torchvision``
+    (default on cuda) or ``pil`` (default on the CPU, and for a model that takes uint8 pixels, which it then
+    gets as numpy arrays: the pixel path); ``workers``: reading threads (0 counts as 1) or decoding processes
+    (0: decode in this process; default up to 8, all cores on the pixel path); ``half``: float16 inference
+    (default on cuda);
+    ``scales``/``flip``: test-time augmentation, descriptors averaged. ``crops``: each image gives
+    :data:`isc.extract.decode.CROP_VIEWS` adjacent rows with its id, its full view then each of its
+    :func:`isc.extract.decode.crop_boxes` (a query or reference file for the matching track; the attribute
+    ``views_per_id`` says so).
+    ``strict``: the first broken image raises InputError. ``resume``: continue from the partial file of a
+    killed run, extracting again the images changed since. ``classes``: ``{id: class}``, written as the
+    dataset ``classes``. A warning when more than ``max_broken`` of the images are broken;
+    :class:`isc.core.partial_log.NoImageRead` when all are. Returns an :class:`ExtractResult` (counts, broken
+    images with reasons, images/s, ``pixels``: whether the pixel path ran).
+    """
+    items = dict(images) if isinstance(images, Mapping) else {Path(p).stem: Path(p) for p in images}
+    if len(items) != len(images):
+        raise InputError("two images have the same id (file stem)")
+    if not items:
+        raise InputError("no images to extract")
+    if decoder not in (None, *DECODERS):
+        raise InputError(f"unknown decoder {decoder!r} (choose from {', '.join(DECODERS)})")
+    if not scales or min(scales) <= 0:
+        raise InputError(f"scales must be positive, got {list(scales)}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise InputError(f"workers must be 0 or more, got {workers}")
+    if max_pixels < 1:
+        raise InputError(f"the pixel limit must be at least 1, got {max_pixels}")
+    if classes is not None and classes.keys() != items.keys():
+        raise InputError("classes must give one class name for every image id")
+    output = Path(output)
+    ids = sorted(items)
+    torch_device = this_device(device)
+    rank, world, started = join_process_group(torch_device)
+    on_gpu = torch_device.type == "cuda"
+    decoder = decoder or ("torchvision" if on_gpu and not model.takes_pixels else "pil")
+    pixels = decoder == "pil" and model.takes_pixels
+    if workers is None:
+        cores = os.cpu_count() or 1
+        # the pixel path's processes do all the decoding (and PDQ's hashing): every core, shared by local ranks
+        workers = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if pixels \
+            else min(16 if decoder == "torchvision" else 8, cores)
+    half = on_gpu if half is None else half
+    sizes = view_sizes(model, scales)
+    config = extraction_config(model, scales, flip, crops)
+    shards = [ids[r * len(ids) // world:(r + 1) * len(ids) // world] for r in range(world)]
+    shard = shards[rank]
+    stamps = {i: file_stamp(items[i]) for i in shard}  # before reading: a file changed later is seen as changed
+    partial = PartialWriter(partial_path(output, rank, world), config, resume)
+    todo = [i for i in shard if partial.done.get(i) != stamps[i]]
+    model = model.to(torch_device, memory_format=torch.channels_last if on_gpu else torch.preserve_format)
+    model = model.half() if half else model.float()
+    model.eval()
+    paths = [items[i] for i in todo]
+    batches = pixel_batches(paths, model, sizes, batch_size, workers, torch_device, max_pixels, flip, crops) \
+        if pixels else torch_batches(paths, model, sizes, batch_size, workers, torch_device, max_pixels, flip,
+                                     decoder, half, crops)
+    broken: dict[str, str] = {}
+    start = time.perf_counter()
+    try:
+        # closing: a failure stops the decoding processes or threads now, not when its traceback is freed
+        with contextlib.closing(batches), tqdm(total=len(shard), initial=len(shard) - len(todo), unit="img",
+                                               disable=quiet, desc=f"extract {output.name}"
+                                               + (f" [rank {rank}/{world}]" if world > 1 else "")) as bar:
+            for positions, descriptors, batch_broken in batches:
+                for position, reason in batch_broken.items():
+                    if strict:
+                        raise InputError(f"{items[todo[position]]}: {reason}")
+                    broken[todo[position]] = reason
+                if positions:
+                    batch_ids = [todo[p] for p in positions]
+                    _refuse_non_finite(descriptors, batch_ids, half)
+                    partial.append(batch_ids, descriptors, [stamps[i] for i in batch_ids])
+                if batch_broken:
+                    partial.record_broken(broken, stamps)
+                bar.update(len(positions) + len(batch_broken))
+        partial.record_broken(broken, stamps)
+    finally:
+        partial.close()
+    seconds = time.perf_counter() - start
+    extracted = None
+    barrier(world)
+    try:
+        if rank == 0:
+            extracted, broken = merge_partial_logs(
+                output, world, shards, provenance(**config, **(attrs or {}), n_images=len(ids), decoder=decoder),
+                classes, max_broken)
+    finally:
+        barrier(world)  # reached by every rank even when rank 0 fails, so that none waits forever
+        leave_process_group(started)
+    return ExtractResult(output=str(output), images=len(ids), rank=rank, world_size=world, processed=len(todo),
+                         resumed=len(shard) - len(todo), seconds=round(seconds, 3),
+                         images_per_second=round(len(todo) / seconds, 1) if seconds else None,
+                         model=model.name, dimension=model.dim, device=str(torch_device), decoder=decoder,
+                         pixels=pixels, views_per_id=CROP_VIEWS if crops else 1, extracted=extracted, broken=broken)
+
+
+
+def full_views(crops_file: str | Path, output: str | Path) -> int:
+    """Write ``output``, the file an extraction without crops makes, from ``crops_file`` (``extract(...,
+    crops=True)``): each image's first row (its full view, described exactly as without crops) of every
+    dataset, the attributes less ``views_per_id``. Returns the rows written."""
+    with h5py.File(crops_file, "r") as source:
+        views = int(source.attrs.get("views_per_id", 0))
+        if views < 2 or any(name not in source for name in ("ids", "descriptors", "file_stamps")):
+            raise InputError(f"{crops_file}: not a crops file of isc-extract (no views_per_id or file_stamps)")
+        n_rows = len(source["ids"]) // views
+        with atomic_path(output) as tmp, h5py.File(tmp, "w", libver=H5_LIBVER) as out:
+            for name, dataset in source.items():
+                if name == "descriptors":
+                    target = out.create_dataset(name, shape=(n_rows, dataset.shape[1]), dtype=dataset.dtype,
+                                                chunks=dataset.chunks and (min(dataset.chunks[0], max(1, n_rows)),
+                                                                           dataset.shape[1]))
+                    for start in range(0, n_rows, MERGE_ROWS):
+                        stop = min(n_rows, start + MERGE_ROWS)
+                        target[start:stop] = dataset[start * views:stop * views][::views]
+                else:
+                    target = out.create_dataset(name, data=dataset[()][::views])
+                target.attrs.update(dataset.attrs)
+            out.attrs.update({key: value for key, value in source.attrs.items() if key != "views_per_id"})
+    return n_rows

@@ -1,0 +1,265 @@
+"""Descriptors of image files through torch: float batches on the device, one model call per shape.
+
+- ``torchvision`` (the fast path, default on a GPU): background threads read the files, JPEGs of a batch
+  are decoded together by ``torchvision.io.decode_jpeg`` (nvJPEG on a GPU), resized and normalised on the
+  device, in half precision and channels-last; a producer thread prepares batch k+1 (on its own CUDA
+  stream) while the model runs on batch k.
+- ``pil`` (default on the CPU): a DataLoader whose worker processes decode with Pillow, in JPEG draft
+  mode when downscaling.
+
+Both resize with :func:`isc.extract.decode.resize_image`, so their descriptors agree."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from isc.extract.decode import (
+    CROP_VIEWS,
+    BrokenImage,
+    broken_reason,
+    crop_views,
+    decode_for_views,
+    decode_views,
+    nvjpeg_size,
+    positions_by_shape,
+    resize_image,
+    views_by_size,
+)
+from isc.models import DescriptorModel
+
+# torchvision's decoders still work, deprecated in favour of torchcodec
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+
+
+# -------------------------------------------------------------------------------- Pillow pipeline
+
+
+class _PillowImages(torch.utils.data.Dataset):
+    """Each item: (position, :func:`isc.extract.decode.decode_views`' list of uint8 views or None, reason or None),
+    decoded in a worker."""
+
+    def __init__(self, paths: Sequence[Path], sizes: Sequence[int], resize: str, max_pixels: int, crops: bool):
+        self.paths, self.sizes, self.resize, self.max_pixels = list(paths), list(sizes), resize, max_pixels
+        self.crops = crops
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, position: int):
+        return position, *decode_views(self.paths[position], self.sizes, self.resize, self.max_pixels, self.crops)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def _pillow_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
+                    workers: int, device: torch.device, max_pixels: int, crops: bool) -> Iterator[tuple]:
+    loader = torch.utils.data.DataLoader(
+        _PillowImages(paths, sizes, model.resize, max_pixels, crops), batch_size=batch_size, num_workers=workers,
+        collate_fn=_as_list, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+    for batch in loader:
+        ok = [(position, views) for position, views, _ in batch if views is not None]
+        broken = {position: reason for position, _, reason in batch if reason is not None}
+        per_scale = [[view.to(device, non_blocking=True) for view in views]
+                     for views in views_by_size([views for _, views in ok], len(sizes))]
+        yield [p for p, _ in ok], per_scale, broken
+
+
+# --------------------------------------------------------------------------- torchvision pipeline
+
+
+def read_for_decode(path: Path, max_pixels: int, sizes: Sequence[int],
+                    crops: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Read a file: its bytes (uint8 1-d) when nvJPEG can decode it, else Pillow-decoded images
+    (:func:`isc.extract.decode.decode_for_views`: the full view's, the crops')."""
+    data = path.read_bytes()
+    if not data:
+        raise BrokenImage("empty file (0 bytes)")
+    size = nvjpeg_size(data)
+    # CMYK, PNG, alpha, palettes, EXIF rotations (nvJPEG ignores them) and size errors go through Pillow
+    if size is not None and 0 < size[0] * size[1] <= max_pixels:
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return decode_for_views(data, max_pixels, sizes, crops)
+
+
+def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | str]:
+    """Decode JPEG bytes as one batch; if the batch fails, one by one (a string: why that image failed)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not encoded:
+        return []  # a batch without a JPEG: decode_jpeg refuses an empty list
+    options = {"mode": ImageReadMode.RGB, "device": device}
+    try:
+        return list(decode_jpeg(encoded, **options))
+    except RuntimeError:
+        decoded: list[torch.Tensor | str] = []
+        for data in encoded:
+            try:
+                decoded.append(decode_jpeg(data, **options))
+            except RuntimeError as e:
+                decoded.append(f"cannot decode ({str(e).splitlines()[0].split(', ')[-1]})")
+        return decoded
+
+
+def _to_device(image: torch.Tensor, crop_source: torch.Tensor,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, crop source) on ``device``, one copy when they are the same tensor."""
+    moved = image.to(device, non_blocking=True)
+    return moved, moved if crop_source is image else crop_source.to(device, non_blocking=True)
+
+
+def _torchvision_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
+                         workers: int, device: torch.device, max_pixels: int, crops: bool) -> Iterator[tuple]:
+    readers = ThreadPoolExecutor(max(1, workers), thread_name_prefix="isc-read")
+    batches = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
+    def submit(batch: range) -> list:
+        return [readers.submit(read_for_decode, paths[i], max_pixels, sizes, crops) for i in batch]
+
+    # keep a few batches of reads in flight ahead of decoding
+    pending = [submit(batch) for batch in batches[:4]]
+    try:
+        for k, batch in enumerate(batches):
+            if k + 4 < len(batches):
+                pending.append(submit(batches[k + 4]))
+            images: dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
+            broken: dict[int, str] = {}
+            for position, future in zip(batch, pending.pop(0), strict=True):
+                try:
+                    images[position] = future.result()
+                except (BrokenImage, OSError) as e:
+                    broken[position] = broken_reason(e)
+            jpegs = [p for p, t in images.items() if isinstance(t, torch.Tensor)]
+            for position, decoded in zip(jpegs, decode_jpegs([images[p] for p in jpegs], device), strict=True):
+                if isinstance(decoded, str):
+                    del images[position]
+                    broken[position] = decoded
+                else:
+                    images[position] = decoded, decoded  # decoded whole: the full view and the crops alike
+            ok = sorted(images)
+            on_device = {p: _to_device(*images[p], device) for p in ok}
+            per_scale = [[resize_image(view, size, model.resize) for p in ok
+                          for view in crop_views(on_device[p][0], crops, on_device[p][1])] for size in sizes]
+            yield ok, per_scale, broken
+    finally:
+        readers.shutdown(wait=True, cancel_futures=True)
+
+
+def torch_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
+                  workers: int, device: torch.device, max_pixels: int, flip: bool, decoder: str,
+                  half: bool, crops: bool = False) -> Iterator[tuple[list[int], np.ndarray | None, dict[int, str]]]:
+    """(positions, descriptors, broken) per batch, through a torch pipeline: float batches on ``device``.
+    With ``crops`` an image's row is its views' descriptors side by side."""
+    pipeline = _torchvision_batches if decoder == "torchvision" else _pillow_batches
+    views = pipeline(paths, model, sizes, batch_size, workers, device, max_pixels, crops)
+    n_views = CROP_VIEWS if crops else 1
+    dtype = torch.float16 if half else torch.float32
+    batches = ((positions, normalised_groups(model, per_scale, dtype, device.type == "cuda", n_views), broken)
+               for positions, per_scale, broken in views)
+    if decoder == "torchvision":
+        batches = _in_background(batches, device)  # decode, resize, normalise beside inference
+    for positions, grouped, broken in batches:
+        yield positions, (_embed(model, grouped, len(positions) * n_views, flip).reshape(len(positions), -1)
+                          if positions else None), broken
+
+
+# ------------------------------------------------------------------------------------- inference
+
+
+def normalised_groups(model: DescriptorModel, per_scale: list[list[torch.Tensor]], dtype: torch.dtype,
+                      channels_last: bool, views_per_image: int = 1) -> list[list[tuple[list[int], torch.Tensor]]]:
+    """Per scale, images of equal shape stacked and normalised: [(positions in the batch, [b, 3, h, w])]; the
+    full views apart from the crops (:func:`isc.extract.decode.positions_by_shape`)."""
+    if not per_scale or not per_scale[0]:
+        return []
+    device = per_scale[0][0].device
+    mean = torch.tensor(model.mean, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(model.std, device=device).view(1, 3, 1, 1) * 255
+    grouped = []
+    for views in per_scale:
+        groups = []
+        for positions in positions_by_shape(views, views_per_image):
+            batch = ((torch.stack([views[i] for i in positions]).float() - mean) / std).to(dtype)
+            groups.append((positions, batch.contiguous(memory_format=torch.channels_last) if channels_last
+                           else batch))
+        grouped.append(groups)
+    return grouped
+
+
+@torch.inference_mode()
+def _embed(model: DescriptorModel, grouped: list[list[tuple[list[int], torch.Tensor]]], n: int,
+           flip: bool) -> np.ndarray:
+    """Descriptors [n, D] of a prepared batch, averaged over scales (and flips), float32 on the CPU."""
+    total = None
+    for groups in grouped:
+        for flipped in (False, True) if flip else (False,):
+            out = None
+            for positions, batch in groups:
+                descriptors = model(batch.flip(-1) if flipped else batch).float()
+                if out is None:
+                    out = descriptors.new_zeros((n, descriptors.shape[1]))
+                out[positions] = descriptors
+            total = out if total is None else total + out
+    if len(grouped) > 1 or flip:
+        total = total / (len(grouped) * (2 if flip else 1))
+        if model.normalized:
+            total = F.normalize(total, dim=1)
+    return total.cpu().numpy()
+
+
+def _in_background(batches: Iterator[tuple], device: torch.device, depth: int = 2) -> Iterator[tuple]:
+    """Run a batch generator in a thread (its own CUDA stream on a GPU), ``depth`` batches ahead."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def produce():
+        try:
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                for item in batches:
+                    event = None
+                    if stream is not None:
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    while not stop.is_set():
+                        try:
+                            slots.put((item, event), timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            slots.put((None, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            slots.put((e, None))
+
+    thread = threading.Thread(target=produce, name="isc-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, event = slots.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if event is not None:
+                consumer = torch.cuda.current_stream(device)
+                consumer.wait_event(event)
+                for groups in item[1]:
+                    for _, batch in groups:
+                        batch.record_stream(consumer)  # memory made on the producer's stream, used on ours
+            yield item
+    finally:
+        stop.set()
+        thread.join()

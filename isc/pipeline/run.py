@@ -1,0 +1,567 @@
+"""The whole pipeline in one call: download → extract → whiten → search → eval → submit.
+
+Each step is skipped when its outputs are complete: downloads are checked against the metadata's MD5s,
+descriptor files against the image ids, the model and the size and modification time of every image
+(a replaced image is extracted again), derived files (PCA, whitened descriptors,
+predictions, submissions) by being newer than their inputs. An interrupted run, re-run with the same
+arguments, goes on where it stopped. Files under the work folder::
+
+    data/<split>_images/, data/<split>_metadata.csv         downloaded images and metadata
+    descriptors/<split>.h5, descriptors/query_phase<P>.h5   model descriptors (queries one file per phase)
+    descriptors/query_phase<P>_crops.h5                     with query crops: each query's full view and 5 crops,
+                                                            for the matching track; query_phase<P>.h5 is then
+                                                            its full views (the same descriptors, not extracted again)
+    descriptors/reference_crops.h5                          with reference crops: likewise for the references
+    descriptors/pca<D>.npz, descriptors/*_pca<D>.h5         PCA-whitening learnt on the training descriptors
+    predictions_phase<P>.csv                                matching-track predictions, score-normalised
+    predictions_phase<P>_verified.csv (+ .evidence.csv)     the same, each query's best candidates verified by
+                                                            local features (isc-verify) and re-scored
+    calibration.json, calibration/                          the logistic combination of score and evidence, fitted
+                                                            on edited copies of training images it makes itself
+    verify-cache/                                           local features of every image verified (both phases)
+    run_summary.json                                        the steps, their times and the µAP reached
+
+Submissions go to ``submissions/phase<P>_{matching.csv,descriptors.h5}`` with their manifests."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from isc.core.competition import (
+    DESCRIPTOR_TRACK_MAX_DIM,
+    MATCHING_TRACK_MAX_ROWS,
+    SPLITS,
+    metadata_file,
+    query_phase,
+    split_folder,
+    validate_ids,
+)
+from isc.core.descriptors import read_descriptor_attrs, read_descriptors
+from isc.core.distributed import check_device
+from isc.core.files import InputError, write_json
+from isc.core.tables import read_ground_truth, read_metadata, read_predictions, write_predictions
+from isc.download.sync import s3
+from isc.download.local_copy import VerifiedIndex, check_folder
+from isc.download.sync import sync_split
+from isc.evaluate.metrics import evaluate, score_descriptor_track
+from isc.extract.extraction import DEFAULT_BATCH_SIZE, extract, extraction_config, full_views, is_complete
+from isc.extract.image_files import list_split_images
+from isc.models import DEFAULT_MODEL, create_model
+from isc.search.matching import DEFAULT_K, search
+from isc.search.normalisation import ScoreNorm
+from isc.search.pca import apply_pca_file, learn_pca_file
+from isc.submit.descriptors import submit_descriptors
+from isc.submit.manifest import default_submission_path, manifest_path, update_manifest
+from isc.submit.matching import submit_matching
+from isc.verify.calibrate import Calibration, calibrate, copy_labels, make_copies
+from isc.verify.local_features import VerifyOptions
+from isc.verify.verification import (
+    Combiner,
+    InlierBonus,
+    calibration_conditions,
+    evidence_path,
+    read_evidence,
+    verify,
+)
+
+PHASES = (1, 2)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunConfig:
+    """What ``isc-run`` needs: where to work, where the images come from, which model, which phases."""
+
+    work: Path
+    data: Path | None = None  # a local copy holding <split>_images/; None: download into work/data
+    region: str = s3.DEFAULT_REGION
+    endpoint_url: str | None = None
+    profile: str | None = None
+    limit: int | None = None  # the first N images of each split (a trial run)
+    training_limit: int | None = None  # the first N training images: enough for PCA and normalisation
+    download_workers: int = s3.DEFAULT_WORKERS
+    attempts: int = s3.DEFAULT_ATTEMPTS  # tries per S3 request
+    timeout: float = s3.DEFAULT_TIMEOUT  # seconds to wait for a connection or for data
+    model: str = DEFAULT_MODEL
+    checkpoint: str | None = None
+    image_size: int | None = None
+    device: str | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int | None = None
+    pca_dim: int = DESCRIPTOR_TRACK_MAX_DIM  # 0: no whitening
+    k: int = DEFAULT_K
+    backend: str = "auto"
+    norm: ScoreNorm = ScoreNorm()  # the matching track's score normalisation by the training descriptors
+    query_crops: bool = True  # the matching track's queries as their full view and 5 crops (µAP +0.05 on photos)
+    # the matching track searches the descriptors as extracted: whitened ones lose copies from the candidates
+    matching_whitened: bool = False
+    verify: VerifyOptions | None = VerifyOptions()  # the matching track's candidates verified; None: not
+    calibration: Path | None = None  # a saved calibration to combine with, instead of one fitted on copies
+    calibration_copies: int = 300  # training images copied (edited) to fit the calibration on
+    reference_crops: bool = False  # the matching track's references likewise (6x the reference extraction and index)
+    phases: Sequence[int] = PHASES
+    ground_truth: Sequence[Path] = ()
+    restrict_to_gt_queries: bool = False
+    submissions: Path = Path("submissions")
+    quiet: bool = False
+
+
+@dataclass
+class Step:
+    """One line of the summary table."""
+
+    stage: str
+    target: str
+    images: int | None
+    seconds: float
+    skipped: bool
+    result: str
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunSummary:
+    steps: list[Step] = field(default_factory=list)
+    metrics: dict[str, dict[str, object]] = field(default_factory=dict)  # "phase 1 matching" -> Metrics.summary()
+
+    @property
+    def files(self) -> list[str]:
+        return [f for step in self.steps for f in step.files]
+
+    def table(self) -> str:
+        """The steps as an aligned text table, then the µAP reached and the files written."""
+        rows = [("stage", "what", "images", "seconds", "result")]
+        rows += [(s.stage, s.target, "" if s.images is None else f"{s.images:,}", f"{s.seconds:.1f}", s.result)
+                 for s in self.steps]
+        rows.append(("total", "", "", f"{sum(s.seconds for s in self.steps):.1f}", ""))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = ["  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]),
+                            row[3].rjust(widths[3]), row[4]]).rstrip() for row in rows]
+        lines += [f"µAP {name:<22} {m['muap']:.4f}   recall at P90 {_p90(m)}" for name, m in self.metrics.items()]
+        submissions = [f for f in self.files if Path(f).name.startswith("phase")]
+        lines += [f"submission: {f}" for f in submissions]
+        return "\n".join(lines)
+
+    def write(self, path: Path) -> None:
+        write_json(path, {"steps": [asdict(s) for s in self.steps], "metrics": self.metrics}, indent=1)
+
+
+def _p90(metrics: dict[str, object]) -> str:
+    return "not reached" if metrics["recall_at_p90"] is None else f"{metrics['recall_at_p90']:.4f}"
+
+
+def _fresh(outputs: Iterable[Path], inputs: Iterable[Path]) -> bool:
+    """Whether every output exists and is newer than every input (outputs are written atomically)."""
+    outputs = list(outputs)
+    if not all(p.is_file() for p in outputs):
+        return False
+    newest_input = max((p.stat().st_mtime_ns for p in inputs), default=0)
+    return min(p.stat().st_mtime_ns for p in outputs) >= newest_input
+
+
+def planned_outputs(config: RunConfig) -> list[Path]:
+    """The files a run of ``config`` may write (descriptors, predictions, submissions and their manifests)."""
+    work, phases = Path(config.work), sorted(config.phases)
+    names = ["training", "reference", *(f"query_phase{p}" for p in phases),
+             *(f"query_phase{p}_crops" for p in phases if config.query_crops),
+             *(["reference_crops"] if config.reference_crops else [])]
+    submissions = [default_submission_path(config.submissions, track, p)
+                   for p in phases for track in ("matching", "descriptors")]
+    verified = [work / f"predictions_phase{p}_verified.csv" for p in phases] if config.verify else []
+    return [work / "run_summary.json", *(work / "descriptors" / f"{name}.h5" for name in names),
+            *(work / f"predictions_phase{p}.csv" for p in phases), *verified, *map(evidence_path, verified),
+            *([work / "calibration.json"] if config.verify and config.calibration is None else []),
+            *submissions, *map(manifest_path, submissions)]
+
+
+class Pipeline:
+    """``Pipeline(config).run()`` runs every step of :class:`RunConfig` and returns a :class:`RunSummary`."""
+
+    def __init__(self, config: RunConfig) -> None:
+        if config.pca_dim < 0:
+            raise InputError(f"the PCA dimension must be 0 (none) or more, got {config.pca_dim}")
+        unknown = set(config.phases) - set(PHASES)
+        if unknown or not config.phases:
+            raise InputError(f"phases are 1 and 2, got {sorted(config.phases)}")
+        check_device(config.device)
+        if config.verify is not None:
+            config.verify.check()
+        if config.calibration_copies < 0:
+            raise InputError(f"the calibration copies must be 0 or more, got {config.calibration_copies}")
+        self.config = config
+        self.work = Path(config.work)
+        self.data = Path(config.data) if config.data else self.work / "data"
+        self.descriptors = self.work / "descriptors"
+        self.summary = RunSummary()
+
+    def _step(self, stage: str, target: str, images: int | None, began: float, skipped: bool, result: str,
+              files: Sequence[Path] = ()) -> None:
+        step = Step(stage, target, images, round(time.perf_counter() - began, 2), skipped, result, list(map(str, files)))
+        self.summary.steps.append(step)
+        log.info("%s %s: %s", stage, target, result)
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def download(self) -> None:
+        c = self.config
+        for split in SPLITS:
+            began = time.perf_counter()
+            if c.data is not None:
+                count = len(list_split_images(self.data, split))
+                self._step("download", split, count, began, True, f"local images in {self.data}")
+                continue
+            report, report_path = sync_split(
+                c.region, split, self.data, endpoint_url=c.endpoint_url, profile=c.profile, limit=self.limit(split),
+                workers=c.download_workers, attempts=c.attempts, timeout=c.timeout, quiet=c.quiet)
+            if not report.ok:
+                raise InputError(f"the {split} images are incomplete ({len(report.failed)} failed, "
+                                 f"{len(report.missing)} missing; details in {report_path}); re-run to resume")
+            fetched = f"{report.downloaded:,} downloaded ({report.bytes / 1e6:,.1f} MB), " if report.downloaded else ""
+            self._step("download", split, report.selected, began, report.downloaded == 0,
+                       f"{fetched}{report.skipped:,} already verified", [report_path])
+
+    def limit(self, split: str) -> int | None:
+        """How many of the split's first images the run uses (None: all)."""
+        limits = [self.config.limit, self.config.training_limit if split == "training" else None]
+        return min((n for n in limits if n is not None), default=None)
+
+    def images(self, split: str) -> dict[str, dict[str, Path]]:
+        """The images to describe, by descriptor file name: one file per split, queries one per phase.
+
+        With a metadata CSV beside the images, only its ids count (a folder may hold extra files).
+        """
+        images = list_split_images(self.data, split)
+        metadata = metadata_file(self.data, split)
+        if metadata.is_file():
+            listed = set(read_metadata(metadata, split)["image_id"])
+            missing = sorted(listed - set(images))
+            if missing and self.limit(split) is None:
+                raise InputError(f"{split_folder(self.data, split)}: {len(missing):,} images of {metadata} are "
+                                 f"missing, {missing[0]} first (download them first)")
+            images = {i: path for i, path in images.items() if i in listed}
+        if self.limit(split) is not None:
+            images = dict(sorted(images.items())[:self.limit(split)])  # the ids that download fetched
+        if split != "query":
+            return {split: images}
+        by_phase = {f"query_phase{p}": {i: path for i, path in images.items() if query_phase(i) == p}
+                    for p in self.config.phases}
+        return {name: chosen for name, chosen in by_phase.items() if chosen}
+
+    @functools.cached_property
+    def model(self):  # noqa: ANN201 - a DescriptorModel, created once for every extraction of the run
+        options = {"image_size": self.config.image_size} if self.config.image_size is not None else {}
+        return create_model(self.config.model, checkpoint=self.config.checkpoint, **options)
+
+    def extract(self) -> dict[str, Path]:
+        """Describe every split (queries per phase; with query or reference crops, the split as ``<name>_crops``
+        and the plain file as its full views); returns the descriptor files by name."""
+        c = self.config
+        files = {}
+        model = self.model
+        for split in SPLITS:
+            named = self.images(split)
+            if (split == "query" and c.query_crops) or (split == "reference" and c.reference_crops):
+                # the crops first: the plain file is their full views
+                named = {**{f"{name}_crops": images for name, images in named.items()}, **named}
+            for name, images in named.items():
+                began = time.perf_counter()
+                output = files[name] = self.descriptors / f"{name}.h5"
+                crops = name.endswith("_crops")
+                target = name.replace("_phase", " phase ").replace("_crops", " crops")
+                if is_complete(output, images, extraction_config(model, crops=crops)):
+                    self._step("extract", target, len(images), began, True, "up to date", [output])
+                    continue
+                if f"{name}_crops" in files:
+                    rows = full_views(files[f"{name}_crops"], output)
+                    self._step("extract", target, len(images), began, False,
+                               f"{rows:,} full views of {files[f'{name}_crops'].name}, not extracted again", [output])
+                    continue
+                result = extract(images, output, model, batch_size=c.batch_size, device=c.device,
+                                 workers=c.workers, quiet=c.quiet, crops=crops,
+                                 attrs={"source": str(split_folder(self.data, split)), "split": split,
+                                        "checkpoint": c.checkpoint})
+                broken = f", {len(result.broken)} broken" if result.broken else ""
+                broken += f", {result.resumed:,} resumed from an interrupted run" if result.resumed else ""
+                self._step("extract", target, len(images), began, False,
+                           f"{model.dim}-d {model.name} @{model.image_size} px, "
+                           f"{result.images_per_second} images/s on {result.device}{broken}", [output])
+        return files
+
+    def whiten(self, raw: dict[str, Path]) -> dict[str, Path]:
+        """PCA-whitening learnt on the training descriptors, applied to every file; returns the files to use."""
+        dim = self.config.pca_dim
+        if not dim:
+            return raw
+        began = time.perf_counter()
+        if "training" not in raw:
+            raise InputError("PCA-whitening is learnt on the training descriptors: no training images "
+                             "(or use --pca-dim 0)")
+        pca = self.descriptors / f"pca{dim}.npz"
+        whitened = {name: self.descriptors / f"{name}_pca{dim}.h5" for name in raw}
+        learn = not _fresh([pca], [raw["training"]])
+        if learn:
+            learn_pca_file(raw["training"], pca, dim)
+        stale = [name for name in raw if learn or not _fresh([whitened[name]], [raw[name], pca])]
+        for name in stale:
+            apply_pca_file(pca, raw[name], whitened[name])
+        learnt = "learnt on the training descriptors, " if learn else ""
+        self._step("whiten", f"PCA {dim}", None, began, not stale,
+                   f"{learnt}applied to {len(stale)} files" if stale else "up to date", [pca])
+        return whitened
+
+    @staticmethod
+    def _matching_queries(files: dict[str, Path], phase: int) -> Path | None:
+        """The query descriptors the matching track uses: the crops' file when there is one, else the plain one."""
+        return files.get(f"query_phase{phase}_crops", files.get(f"query_phase{phase}"))
+
+    @staticmethod
+    def _matching_references(files: dict[str, Path]) -> Path:
+        """The reference descriptors the matching track uses: the crops' file when there is one, else the plain one."""
+        return files.get("reference_crops", files["reference"])
+
+    def search(self, files: dict[str, Path], phase: int) -> Path | None:
+        """The matching track's predictions, from the query crops when there are."""
+        query = self._matching_queries(files, phase)
+        if query is None:
+            return None
+        began = time.perf_counter()
+        output = self.work / f"predictions_phase{phase}.csv"
+        reference = self._matching_references(files)
+        inputs = [query, reference, *([files["training"]] if "training" in files else [])]
+        if _fresh([output], inputs):
+            self._step("search", f"phase {phase}", None, began, True, "up to date", [output])
+            return output
+        query_ids, query_descriptors, _ = read_descriptors(query, split="query", views=True)
+        reference_ids, reference_descriptors, _ = read_descriptors(reference, split="reference", views=True)
+        training = read_descriptors(files["training"], split="training")[1] if "training" in files else None
+        predictions = search(query_ids, query_descriptors, reference_ids, reference_descriptors, training=training,
+                             norm=self.config.norm, k=self.config.k, max_results=MATCHING_TRACK_MAX_ROWS,
+                             backend=self.config.backend, quiet=self.config.quiet)
+        write_predictions(output, predictions)
+        normalised = f", normalised with {len(training):,} training images" if training is not None else ""
+        views = "".join(f", {len(ids) // len(set(ids))} views per {what}" for what, ids in
+                        (("query", query_ids), ("reference", reference_ids)) if len(set(ids)) < len(ids))
+        self._step("search", f"phase {phase}", len(set(query_ids)), began, False,
+                   f"{len(predictions):,} predictions{normalised}{views}", [output])
+        return output
+
+    def calibrate(self, files: dict[str, Path]) -> Combiner:
+        """The combination of a pair's score and its verification evidence: the given calibration, else a
+        logistic model fitted on edited copies of training images searched against the references and their
+        sources (:mod:`isc.verify.calibrate`), else (too few training images) the fixed inlier bonus."""
+        c = self.config
+        began = time.perf_counter()
+        reference_attributes = read_descriptor_attrs(files["reference"])
+        conditions = {**calibration_conditions(c.verify, {"inputs": {"reference": {
+            "model_attributes": reference_attributes}}}),
+            "search": {"norm": c.norm.recorded(), "k": c.k, "pca_dim": c.pca_dim if c.matching_whitened else 0,
+                       "query_crops": c.query_crops, "reference_crops": c.reference_crops}}
+        if c.calibration is not None:
+            calibration = Calibration.load(c.calibration)
+            calibration.check_conditions(conditions, c.calibration)
+            self._step("calibrate", "given", None, began, True, f"{calibration!r} from {c.calibration}")
+            return calibration
+        path = self.work / "calibration.json"
+        if "training" not in files:
+            self._step("calibrate", "copies", None, began, True, "no training images: fixed inlier bonus")
+            return InlierBonus()
+        if _fresh([path], [self._matching_references(files), files["training"]]):
+            calibration = Calibration.load(path)
+            if calibration.made_for(conditions):
+                self._step("calibrate", "copies", None, began, True, f"up to date: {calibration!r}", [path])
+                return calibration
+        training = self.images("training")["training"]
+        copies = min(c.calibration_copies, len(training) // 2)
+        if copies < 10:
+            self._step("calibrate", "copies", None, began, True,
+                       f"{len(training)} training images, too few to copy: fixed inlier bonus")
+            return InlierBonus()
+        evidence = self._copies_evidence(files, training, copies)
+        labels = copy_labels(evidence)
+        found = int(labels.sum())
+        if found in (0, len(labels)):
+            self._step("calibrate", "copies", copies, began, False, f"{found} of {len(labels)} candidate pairs are "
+                       "the copies' sources: nothing to learn from, fixed inlier bonus")
+            return InlierBonus()
+        calibration = calibrate(evidence, labels, f"{copies} edited copies of training images", conditions)
+        calibration.save(path)
+        self._step("calibrate", "copies", copies, began, False,
+                   f"{found} of {copies} sources among the copies' candidates; {calibration!r}", [path])
+        return calibration
+
+    def _copies_evidence(self, files: dict[str, Path], training: dict[str, Path], copies: int) -> pd.DataFrame:
+        """The verification evidence of edited copies of ``copies`` training images (chosen by a fixed seed),
+        each searched as the matching track searches a query, among the references plus the copied images,
+        the score normalised by the other training images."""
+        c = self.config
+        folder = self.work / "calibration"
+        ids = sorted(training)
+        chosen = np.sort(np.random.default_rng(0).choice(len(ids), copies, replace=False))
+        sources = {ids[i]: training[ids[i]] for i in chosen}
+        copy_images = make_copies(sources, folder / "copies")
+        raw = folder / ("copies_crops.h5" if c.query_crops else "copies.h5")
+        if not is_complete(raw, copy_images, extraction_config(self.model, crops=c.query_crops)):
+            extract(copy_images, raw, self.model, batch_size=c.batch_size, device=c.device, workers=c.workers,
+                    quiet=c.quiet, crops=c.query_crops, attrs={"source": str(folder / "copies")})
+        described = raw
+        if c.pca_dim and c.matching_whitened:
+            described = folder / f"{raw.stem}_pca{c.pca_dim}.h5"
+            pca = self.descriptors / f"pca{c.pca_dim}.npz"
+            if not _fresh([described], [raw, pca]):
+                apply_pca_file(pca, raw, described)
+        copy_ids, copy_x, _ = read_descriptors(described, views=True)
+        reference_ids, reference_x, _ = read_descriptors(self._matching_references(files), views=True)
+        training_ids, training_x, _ = read_descriptors(files["training"], split="training")
+        is_source = np.isin(np.asarray(training_ids, dtype=object), list(sources))
+        predictions = search(copy_ids, copy_x, [*reference_ids, *np.asarray(training_ids, dtype=object)[is_source]],
+                             np.vstack([reference_x, training_x[is_source]]), training=training_x[~is_source],
+                             norm=c.norm, k=c.k, backend=c.backend, quiet=c.quiet)
+        output = folder / "copies_verified.csv"
+        verify(predictions, copy_images, {**self.images("reference")["reference"], **sources}, output,
+               options=c.verify, cache=self.work / "verify-cache", quiet=c.quiet)
+        return read_evidence(evidence_path(output))
+
+    def verify(self, predictions: Path, phase: int, combiner: Combiner) -> Path:
+        """The predictions with each query's best candidates verified by local features and re-scored."""
+        c = self.config
+        began = time.perf_counter()
+        output = self.work / f"predictions_phase{phase}_verified.csv"
+        calibration = [self.work / "calibration.json"] if c.calibration is None else [Path(c.calibration)]
+        inputs = [predictions, *(p for p in calibration if p.is_file())]
+        if _fresh([output, evidence_path(output)], inputs):
+            self._step("verify", f"phase {phase}", None, began, True, "up to date", [output])
+            return output
+        queries = self.images("query")[f"query_phase{phase}"]
+        result = verify(read_predictions(predictions), queries, self.images("reference")["reference"], output,
+                        options=c.verify, cache=self.work / "verify-cache", combiner=combiner, quiet=c.quiet)
+        broken = f", {len(result.broken)} broken images" if result.broken else ""
+        self._step("verify", f"phase {phase}", result.queries, began, False,
+                   f"{result.pairs:,} pairs (k {c.verify.k}) at {result.pairs_per_second} pairs/s, "
+                   f"{result.described:,} images described, {result.cached:,} cached{broken}", [output])
+        return output
+
+    def submit(self, files: dict[str, Path], matching_files: dict[str, Path], phase: int, predictions: Path,
+               ground_truth: pd.DataFrame | None) -> None:
+        """Both tracks' submissions: the matching track's from ``predictions`` (searched in ``matching_files``),
+        the descriptor track's from ``files``; scored when there is a ground truth."""
+        c = self.config
+        expected_queries, expected_references = (metadata_file(self.data, split) for split in ("query", "reference"))
+        expected_queries = expected_queries if expected_queries.is_file() else None
+        expected_references = expected_references if expected_references.is_file() else None
+
+        began = time.perf_counter()
+        matching = default_submission_path(c.submissions, "matching", phase)
+        fresh = _fresh([matching, manifest_path(matching)], [predictions])
+        if not fresh:
+            query = self._matching_queries(matching_files, phase)
+            sources = [*([query] if query else []), self._matching_references(matching_files),
+                       *([matching_files["training"]] if "training" in matching_files else [])]
+            submit_matching(predictions, phase, matching, expected_queries, expected_references, sources)
+        self._step("submit", f"phase {phase} matching", None, began, fresh, "up to date" if fresh else "valid",
+                   [matching])
+
+        began = time.perf_counter()
+        query, reference = files[f"query_phase{phase}"], files["reference"]
+        dimension = int(read_descriptor_attrs(query)["dimension"])
+        descriptors = None
+        if dimension > DESCRIPTOR_TRACK_MAX_DIM:
+            self._step("submit", f"phase {phase} descriptors", None, began, True,
+                       f"not made: {dimension} dimensions, the track allows {DESCRIPTOR_TRACK_MAX_DIM} (--pca-dim)")
+        elif c.limit is not None:
+            self._step("submit", f"phase {phase} descriptors", None, began, True,
+                       "not made: --limit selects a subset, the track needs every query and reference")
+        else:
+            descriptors = default_submission_path(c.submissions, "descriptors", phase)
+            phase1 = default_submission_path(c.submissions, "descriptors", 1) if phase == 2 else None
+            phase1 = phase1 if phase1 and phase1.is_file() else None  # the reference the phase-2 file must reuse
+            fresh = _fresh([descriptors, manifest_path(descriptors)], [query, reference, *filter(None, [phase1])])
+            if not fresh:
+                submit_descriptors(query, reference, phase, descriptors, expected_queries, expected_references, phase1)
+            reuse = ", phase-1 references reused" if phase1 else ""
+            self._step("submit", f"phase {phase} descriptors", None, began, fresh,
+                       ("up to date" if fresh else "valid") + reuse, [descriptors])
+
+        if ground_truth is not None:
+            self.evaluate(phase, predictions, descriptors, ground_truth, matching)
+
+    def evaluate(self, phase: int, predictions: Path, descriptors: Path | None, ground_truth: pd.DataFrame,
+                 matching: Path) -> None:
+        restrict = self.config.restrict_to_gt_queries
+        began = time.perf_counter()
+        metrics = evaluate(read_predictions(predictions), ground_truth, restrict)
+        self._record(f"phase {phase} matching", metrics.summary(), matching, ground_truth, began)
+        if descriptors is not None:
+            began = time.perf_counter()
+            metrics, _ = score_descriptor_track(descriptors, ground_truth, None, restrict, self.config.backend)
+            self._record(f"phase {phase} descriptors", metrics.summary(), descriptors, ground_truth, began)
+
+    def _record(self, name: str, metrics: dict[str, object], submission: Path, ground_truth: pd.DataFrame,
+                began: float) -> None:
+        self.summary.metrics[name] = metrics
+        update_manifest(submission, local_evaluation={"ground_truth_queries": int(ground_truth["query_id"].nunique()),
+                                                      **metrics})
+        self._step("eval", name, None, began, False, f"µAP {metrics['muap']:.4f}, recall at P90 {_p90(metrics)}")
+
+    def ground_truth(self, combined: pd.DataFrame | None, phase: int) -> pd.DataFrame | None:
+        """The rows of the ground truth whose queries belong to ``phase`` (None when there are none)."""
+        if combined is None:
+            return None
+        rows = combined[combined["query_id"].map(query_phase) == phase]
+        if self.config.limit is not None:  # a trial scores the queries it kept, not the dataset's
+            rows = rows[rows["query_id"].isin(self.images("query").get(f"query_phase{phase}", {}))]
+        return rows.reset_index(drop=True) if len(rows) else None
+
+    def run(self) -> RunSummary:
+        # the ground truth first: a bad one is refused before hours of downloads and extraction
+        truth = pd.concat([competition_ground_truth(path) for path in self.config.ground_truth],
+                          ignore_index=True) if self.config.ground_truth else None
+        self.download()
+        raw = self.extract()
+        files = self.whiten(raw)
+        matching_files = files if self.config.matching_whitened else raw
+        combiner = None
+        for phase in self.config.phases:
+            predictions = self.search(matching_files, phase)
+            if predictions is None:
+                began = time.perf_counter()
+                self._step("search", f"phase {phase}", 0, began, True, "no query images of this phase")
+                continue
+            if self.config.verify is not None:
+                combiner = combiner or self.calibrate(matching_files)  # fitted once, used for both phases
+                predictions = self.verify(predictions, phase, combiner)
+            self.submit(files, matching_files, phase, predictions, self.ground_truth(truth, phase))
+        self.summary.write(self.work / "run_summary.json")
+        return self.summary
+
+
+def downloaded(dataset: Path, data: Path) -> bool:
+    """Whether ``data`` holds every image of ``dataset`` (an isc-synth folder), each verified against its MD5
+    (files verified before are trusted from the download's journal while unchanged)."""
+    for split in SPLITS:
+        if not metadata_file(dataset, split).is_file():
+            return False
+        metadata = read_metadata(metadata_file(dataset, split), split)
+        expected = dict(zip(metadata["s3_uri"].str.rpartition("/")[2], metadata["md5_checksum"], strict=True))
+        folder = split_folder(data, split)
+        check = check_folder(folder, expected, set(expected), VerifiedIndex(folder))
+        if check.missing or check.corrupt:
+            return False
+    return True
+
+
+def competition_ground_truth(path: str | Path) -> pd.DataFrame:
+    """A ground-truth CSV whose ids are the competition's (its queries say their phase)."""
+    truth = read_ground_truth(path)
+    why = "isc-run scores competition ids"
+    validate_ids(truth["query_id"], "query", path, "query id", why)
+    validate_ids(truth["reference_id"][truth["reference_id"] != ""], "reference", path, "reference id", why)
+    return truth

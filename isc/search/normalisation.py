@@ -1,0 +1,113 @@
+"""Score normalisation by a set of training images: :class:`ScoreNorm`
+``s'(q, r) = s(q, r) − β · agg(s(q, t_A..t_B))`` (and optionally the same for ``r``), checked once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from isc.core.files import InputError
+from isc.search.knn import check_pair, knn
+
+AGGREGATIONS = ("mean", "min")
+MAX_BETA = 10.0  # beta of a normalisation beyond it: the bias swamps the similarity (scores are -1..1)
+
+
+def parse_neighbor_range(text: str) -> tuple[int, int]:
+    """``"A:B"`` (or ``"B"`` for ``B:B``) → (A, B), 1-based and inclusive."""
+    parts = text.split(":")
+    try:
+        a, b = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
+    except ValueError:
+        a, b = 0, 0
+    if not 1 <= a <= b:
+        raise InputError(f"neighbour range {text!r}: expected A:B with 1 <= A <= B (e.g. 1:3, or 10:10)")
+    return a, b
+
+
+# ------------------------------------------------------------------------------------ normalisation
+
+
+def check_neighbourhood(neighbors: tuple[int, int], agg: str) -> None:
+    """InputError unless ``neighbors`` is a range (A, B) with 1 <= A <= B and ``agg`` one of :data:`AGGREGATIONS`."""
+    a, b = neighbors
+    if not 1 <= a <= b:
+        raise InputError(f"neighbour range {a}:{b}: expected 1 <= A <= B")
+    if agg not in AGGREGATIONS:
+        raise InputError(f"unknown aggregation {agg!r} (choose from {', '.join(AGGREGATIONS)})")
+
+
+@dataclass(frozen=True)
+class ScoreNorm:
+    """The training-set score normalisation ``s'(q, r) = s(q, r) − beta · agg(s(q, t_A..t_B))`` (and with
+    ``references`` also ``− beta · agg(s(r, t_A..t_B))``), :func:`neighbor_bias` over the training
+    descriptors given beside it; checked once, here.
+
+    The defaults, β = 0.5 and the 10th neighbour alone, scored best on photos (docs/BENCHMARKS.md), above
+    SSCD's β = 1, 1st-3rd (``ScoreNorm(1.0, (1, 3))``) and the isc2021 baseline's β = 2, 10th.
+    """
+
+    beta: float = 0.5
+    neighbors: tuple[int, int] = (10, 10)  # the A-th to B-th nearest training descriptors, 1-based, inclusive
+    agg: str = "mean"  # of those similarities, or their "min" (the B-th nearest one's)
+    references: bool = False  # also normalise each reference, folded into the search
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.beta):
+            raise InputError(f"normalisation beta must be a finite number, got {self.beta}")
+        if not 0 <= self.beta <= MAX_BETA:
+            raise InputError(f"normalisation beta must be within 0..{MAX_BETA:g}, got {self.beta:g}")
+        check_neighbourhood(self.neighbors, self.agg)
+
+    def recorded(self) -> dict[str, object]:
+        """The options as isc-search's provenance records them."""
+        return {"norm_beta": self.beta, "norm_neighbors": self.neighbors, "norm_agg": self.agg,
+                "normalize_references": self.references}
+
+
+def neighbor_bias(
+    descriptors: np.ndarray,
+    training: np.ndarray,
+    neighbors: tuple[int, int] = (1, 3),
+    agg: str = "mean",
+    backend: str = "auto",
+    quiet: bool = True,
+) -> np.ndarray:
+    """Per-descriptor similarity to its training neighbourhood: agg of s(x, t_i) for i in A..B.
+
+    ``neighbors=(A, B)``: the A-th to B-th nearest training descriptors, 1-based and inclusive
+    ((1, 3): the three nearest, SSCD's default; (10, 10): the 10th, the isc2021 baseline's).
+    ``agg``: ``"mean"`` of those similarities or their ``"min"`` (the B-th nearest one's).
+    """
+    check_neighbourhood(neighbors, agg)
+    a, b = neighbors
+    if b > len(training):
+        raise InputError(f"neighbour range {a}:{b} needs at least {b} training descriptors, got {len(training)}")
+    check_pair(descriptors, training, "query and training")
+    similarities = knn(descriptors, training, b, "ip", backend, quiet)[0][:, a - 1 : b]
+    return (similarities.mean(axis=1) if agg == "mean" else similarities.min(axis=1)).astype(np.float32)
+
+
+def normalise(
+    query: np.ndarray, reference: np.ndarray, training: np.ndarray, norm: ScoreNorm, backend: str = "auto",
+    quiet: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`search` searches with ``norm``: (query, reference, query bias [nq]), the score of a pair
+    being ``query · reference − query bias``.
+
+    ``query`` [nq, d], ``reference`` [nr, d], ``training`` [nt, d], all L2-normalised. With
+    ``norm.references``, query and reference get one more dimension: ``s(q, r) − β·bias(r) =
+    [q, 1]·[r, −β·bias(r)]``, so one exact search finds the normalised k best.
+    """
+
+    def bias(x: np.ndarray) -> np.ndarray:
+        return neighbor_bias(x, training, norm.neighbors, norm.agg, backend, quiet)
+
+    query_bias = norm.beta * bias(query)
+    if norm.references:
+        reference = np.hstack([reference, -norm.beta * bias(reference)[:, None]])
+        query = np.hstack([query, np.ones((len(query), 1), dtype=np.float32)])
+    return query, reference, query_bias

@@ -1,0 +1,44 @@
+"""Descriptor arrays as the search takes them: finite, float32, L2-normalised without overflow.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from isc.core.files import InputError
+
+NORM_TOLERANCE = 1e-3  # |‖x‖ − 1| above this counts as "not L2-normalised"
+
+
+# -------------------------------------------------------------------------------- descriptor checks
+
+
+def prepare_descriptors(descriptors: np.ndarray, name: str) -> np.ndarray:
+    """float32 copy, L2-normalised; warns when the input was not (zero vectors stay zero)."""
+    descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+    if descriptors.ndim != 2:
+        raise InputError(f"{name} descriptors must be a 2-d array [n, d], got shape {descriptors.shape}")
+    if descriptors.shape[0] == 0:
+        raise InputError(f"no {name} descriptors (empty file or array)")
+    if not np.isfinite(descriptors).all():
+        row = int(np.flatnonzero(~np.isfinite(descriptors).all(axis=1))[0])
+        raise InputError(f"{name} descriptor #{row} has NaN or infinite values")
+    normalised, norms = l2_normalise_rows(descriptors)
+    off = np.abs(norms - 1) > NORM_TOLERANCE
+    if off.any():
+        warnings.warn(f"{int(off.sum())} of {len(norms)} {name} descriptors are not L2-normalised "
+                      f"(norms {norms.min():.4g}..{norms.max():.4g}): normalising them", stacklevel=2)
+        descriptors = normalised
+    return descriptors
+
+
+def l2_normalise_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each row of float32 ``x`` L2-normalised, zero rows left zero; the rows' norms in float64), without
+    overflow: each row is divided by its largest magnitude first (the norm of a row of 1e37 is past float32)."""
+    scale = np.abs(x).max(axis=1, initial=0)
+    scale = np.where(scale > 0, scale, 1).astype(x.dtype)
+    scaled = x / scale[:, None]
+    scaled_norms = np.linalg.norm(scaled, axis=1)
+    return scaled / np.where(scaled_norms > 0, scaled_norms, 1)[:, None], scaled_norms.astype(np.float64) * scale

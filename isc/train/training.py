@@ -1,0 +1,456 @@
+"""Self-supervised copy-detection training on unlabeled images, the SSCD recipe in one short pipeline.
+
+- every image gives two or more views, each a random crop, often a chain of DISC21-style edits
+  (:func:`isc.synth.edits.random_edit`), a flip and colour jitter; the views of one image are positives, every other image of the (cross-process)
+  batch a negative;
+- a few mixup/cutmix images are appended to each batch: positive to both sources, weighted by their shares;
+- loss: InfoNCE with a temperature plus the differential-entropy (KoLeo) regulariser, as in SSCD;
+- AdamW with a linear warm-up and cosine decay, optionally frozen BatchNorm and early layers, gradient accumulation, mixed precision on the GPU,
+  ``torchrun`` for several processes (DistributedDataParallel, gloo on the CPU, nccl on GPUs);
+- ``RUN_DIR/last.pt`` every N steps (resumable), ``RUN_DIR/log.jsonl`` one line per step,
+  ``RUN_DIR/eval.jsonl`` µAP on a held-out mini dataset with and without score normalisation."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from isc.core.descriptors import read_descriptors
+from isc.core.distributed import barrier, join_process_group, leave_process_group, this_device
+from isc.core.files import InputError, atomic_path
+from isc.core.tables import read_ground_truth
+from isc.extract.extraction import extract
+from isc.extract.image_files import list_images, list_split_images
+from isc.models import create_model, load_checkpoint, save_checkpoint, untrainable
+from isc.search.matching import search
+from isc.train.training_data import AugmentedViews, CollateViews, MixBatch, TrainingOrder
+
+# --------------------------------------------------------------------------------------------- loss
+
+
+def instance_targets(sources: torch.Tensor, shares: torch.Tensor, n_instances: int, offset: int = 0) -> torch.Tensor:
+    """``[R, n_instances]``: each row's share of every image, ``offset`` added to the (per-process) indices."""
+    targets = torch.zeros(len(sources), n_instances, device=shares.device, dtype=torch.float32)
+    return targets.scatter_add_(1, sources + offset, shares.float())
+
+
+def sscd_loss(
+    embeddings: torch.Tensor,
+    targets: torch.Tensor,
+    all_embeddings: torch.Tensor | None = None,
+    all_targets: torch.Tensor | None = None,
+    offset: int = 0,
+    temperature: float = 0.05,
+    entropy_weight: float = 3.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """InfoNCE over a batch plus the differential-entropy (KoLeo) regulariser; returns (loss, statistics).
+
+    ``embeddings [R, D]`` and ``targets [R, G]`` are this process's rows; ``all_*`` the whole batch of all
+    processes (default: the same), in which this process's rows start at ``offset``. Two rows are positives in
+    proportion to the images they share (``targets @ all_targets.T``), negatives when they share none.
+    """
+    all_embeddings = embeddings if all_embeddings is None else all_embeddings
+    all_targets = targets if all_targets is None else all_targets
+    embeddings, all_embeddings = F.normalize(embeddings.float(), dim=1), F.normalize(all_embeddings.float(), dim=1)
+    similarity = embeddings @ all_embeddings.T
+    overlap = targets @ all_targets.T
+    rows = torch.arange(len(embeddings), device=embeddings.device)
+    is_self = torch.zeros_like(overlap, dtype=torch.bool)
+    is_self[rows, rows + offset] = True
+    positive = overlap.masked_fill(is_self, 0)
+    negative = overlap == 0
+
+    # SSCD's InfoNCE: each positive against the row's negatives only (not against the other positives)
+    logits = similarity / temperature
+    negatives_logsumexp = logits.masked_fill(~negative, -math.inf).logsumexp(dim=1, keepdim=True)
+    log_probability = logits - torch.logaddexp(logits, negatives_logsumexp)
+    infonce = (-(log_probability * positive).sum(1) / positive.sum(1).clamp_min(1e-6)).mean()
+
+    # KoLeo: push every row away from its nearest negative (the log distance estimates differential entropy)
+    nearest_negative = similarity.masked_fill(~negative, -1.0).max(dim=1).values
+    entropy = -(2 - 2 * nearest_negative).clamp_min(1e-6).sqrt().log().mean()
+    loss = infonce + entropy_weight * entropy
+    with torch.no_grad():
+        stats = {
+            "infonce": infonce.item(),
+            "entropy": entropy.item(),
+            "positive_similarity": ((similarity * positive).sum() / positive.sum().clamp_min(1e-6)).item(),
+            "negative_similarity": ((similarity * negative).sum() / negative.sum().clamp_min(1)).item(),
+            "nearest_negative_similarity": nearest_negative.mean().item(),
+        }
+    return loss, stats
+
+
+def gather_batch(embeddings: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Every process's rows (embeddings differentiably) and the offset of this process's rows among them."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return embeddings, targets, 0
+    import torch.distributed.nn.functional as distributed_nn
+
+    all_embeddings = torch.cat(distributed_nn.all_gather(embeddings))
+    gathered_targets = [torch.empty_like(targets) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered_targets, targets)
+    return all_embeddings, torch.cat(gathered_targets), dist.get_rank() * len(embeddings)
+
+
+def learning_rate(step: int, total_steps: int, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then a cosine decay to zero at ``total_steps``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def freeze_first_layers(model: nn.Module, fraction: float) -> None:
+    """Freeze the first ``fraction`` of the parameter tensors, in network order: the early, high-resolution
+    layers keep their ImageNet filters, and autograd skips their backward pass (the costliest one)."""
+    parameters = list(model.parameters())
+    for parameter in parameters[: round(fraction * len(parameters))]:
+        parameter.requires_grad_(False)
+
+
+def freeze_batch_norm(model: nn.Module) -> None:
+    """Keep BatchNorm layers on their ImageNet statistics and weights (small batches make poor estimates)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            module.requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------- loop
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; stored in ``RUN_DIR/config.json`` and in every checkpoint."""
+
+    data: str
+    run_dir: str
+    model: str = "efficientnet_lite0"
+    dim: int | None = 256
+    init_checkpoint: str | None = None
+    pretrained: bool = False
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 32
+    accumulate: int = 1
+    views: int = 2
+    image_size: int = 160
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup: float = 0.05
+    temperature: float = 0.05
+    entropy_weight: float = 3.0
+    mix_fraction: float = 0.125
+    edit_probability: float = 0.5
+    freeze_bn: bool = False
+    freeze_fraction: float = 0.0
+    amp: bool | None = None
+    device: str | None = None
+    workers: int = 4
+    checkpoint_every: int = 100
+    eval_data: str | None = None
+    eval_every: int = 0
+    seed: int = 0
+    resume: bool = False
+    torchscript: bool = False
+    quiet: bool = False
+
+
+class TrainingDiverged(InputError):
+    """The loss or the weights stopped being finite: the run stops before writing such weights."""
+
+
+def weights_are_finite(model: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer (BatchNorm statistics included) is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
+def evaluate_model(model: nn.Module, eval_data: str | Path, work_dir: str | Path, device: str = "cpu",
+                   workers: int | None = None, quiet: bool = True) -> dict[str, float] | None:
+    """µAP of ``model`` on an isc-synth dataset, with and without score normalisation by its training images.
+
+    Descriptors go through :func:`isc.extract.extraction.extract` (into ``work_dir``), predictions through
+    :func:`isc.search.matching.search`; under ``torchrun`` every process extracts a shard and the first one scores
+    (the others get None).
+    """
+    from isc.evaluate.metrics import evaluate  # needs pandas, which training without --eval-data does not
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ground_truth = read_ground_truth(Path(eval_data) / "ground_truth.csv")
+    scored = set(ground_truth["query_id"])
+    descriptors = {}
+    for split in ("query", "reference", "training"):
+        images = {i: p for i, p in list_split_images(eval_data, split).items() if split != "query" or i in scored}
+        # a copy: extraction converts the model (half precision on a GPU, channels-last)
+        extracted = extract(images, work_dir / f"{split}.h5", copy.deepcopy(model), device=device, workers=workers,
+                            resume=False, quiet=quiet)
+        if extracted.rank != 0:
+            continue
+        ids, vectors, _ = read_descriptors(work_dir / f"{split}.h5")
+        descriptors[split] = (ids, vectors)
+    if not descriptors:
+        return None
+    (query_ids, query), (reference_ids, reference) = descriptors["query"], descriptors["reference"]
+    plain = search(query_ids, query, reference_ids, reference, quiet=True)
+    normalized = search(query_ids, query, reference_ids, reference, training=descriptors["training"][1], quiet=True)
+    return {"muap": evaluate(plain, ground_truth).muap, "muap_normalized": evaluate(normalized, ground_truth).muap}
+
+
+def setup_process(device: str | None) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether the process group was started here) of this process; joins the
+    process group when started by ``torchrun``. Training refuses ``cuda:N`` (each rank takes its own GPU), in
+    its own words; the device itself is :func:`isc.core.distributed.this_device`'s choice."""
+    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind not in ("cpu", "cuda"):
+        raise InputError(f"--device must be cpu or cuda, got {kind!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no GPU is visible to torch")
+    where = this_device(kind)
+    rank, world_size, started = join_process_group(where)
+    return rank, world_size, where, started
+
+
+def set_training_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        freeze_batch_norm(model)
+
+
+def total_steps(config: TrainConfig, n_images: int, world_size: int) -> int:
+    """Optimiser steps of the run: ``--steps``, or ``--epochs`` passes over the images."""
+    batches_per_epoch = n_images // (config.batch_size * world_size)
+    if batches_per_epoch == 0:
+        raise InputError(f"{config.data}: {n_images} images, fewer than one batch "
+                         f"({config.batch_size} per process x {world_size} processes)")
+    if config.steps is not None:
+        return config.steps
+    return max(1, math.ceil((config.epochs or 1.0) * batches_per_epoch / config.accumulate))
+
+
+def check_config(config: TrainConfig) -> None:
+    reason = untrainable(config.model)
+    if reason:
+        raise InputError(f"model {config.model!r} cannot be trained: {reason} (isc-train fine-tunes timm models, "
+                         "e.g. efficientnet_lite0)")
+    for name in ("batch_size", "accumulate", "image_size", "checkpoint_every"):
+        if getattr(config, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.views < 2:
+        raise InputError(f"--views must be at least 2 (the views of an image are its positives), got {config.views}")
+    for name in ("lr", "weight_decay", "warmup", "temperature", "entropy_weight", "mix_fraction", "edit_probability",
+                 "freeze_fraction", "epochs"):
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if config.steps is not None and config.steps < 1 or config.epochs is not None and config.epochs <= 0:
+        raise InputError("--steps must be >= 1 and --epochs > 0")
+    if config.temperature <= 0 or config.lr <= 0:
+        raise InputError("--temperature and --lr must be positive")
+    if config.weight_decay < 0 or config.entropy_weight < 0:
+        raise InputError("--weight-decay and --entropy-weight must be >= 0")
+    if not all(0 <= value <= 1 for value in (config.mix_fraction, config.edit_probability, config.freeze_fraction)):
+        raise InputError("--mix-fraction, --edit-probability and --freeze-fraction must lie in [0, 1]")
+    if not 0 <= config.warmup < 1:
+        raise InputError(f"--warmup must lie in [0, 1), got {config.warmup}")
+    if config.eval_data is not None and not (Path(config.eval_data) / "ground_truth.csv").is_file():
+        raise InputError(f"--eval-data {config.eval_data}: no ground_truth.csv (expected an isc-synth dataset)")
+
+
+def _keep_log_until(path: Path, step: int) -> None:
+    """Drop the lines a crashed run logged after its last checkpoint, so that a resumed log has each step once."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did (the fields in the order of ``isc-train --json``)."""
+
+    steps: int  # the step reached
+    start: int  # the step this call started from (0, or the resumed checkpoint's)
+    checkpoint: str
+    torchscript: str | None
+    seconds: float
+    evaluations: list[dict[str, float]]  # {"step", "muap", "muap_normalized"} per evaluation
+    broken: dict[str, str]  # unreadable image path: why, skipped
+
+
+def train(config: TrainConfig) -> TrainResult | None:
+    """Train (or, with ``config.resume``, continue) a run; returns what it did, with the evaluations made
+    (None in the processes other than the first of a ``torchrun`` group)."""
+    check_config(config)
+    rank, world_size, device, started = setup_process(config.device)
+    try:
+        return _train(config, rank, world_size, device)
+    finally:
+        leave_process_group(started)
+
+
+def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> TrainResult | None:
+    run_dir, paths = Path(config.run_dir), list(list_images(config.data).values())
+    last = run_dir / "last.pt"
+    if config.resume and not last.is_file():
+        raise InputError(f"--resume: {last} does not exist")
+    if not config.resume and last.is_file():
+        raise InputError(f"{last} exists: pass --resume to continue that run, or choose another run directory")
+    steps = total_steps(config, len(paths), world_size)
+
+    torch.manual_seed(config.seed)  # the same new head on every process (DDP also broadcasts rank 0's)
+    if config.resume:
+        model, state = create_model(config.model, checkpoint=last), load_checkpoint(last)
+    else:
+        # the training resolution becomes the model's: isc-extract then resizes images as they were trained
+        model = create_model(config.model, checkpoint=config.init_checkpoint, pretrained=config.pretrained,
+                             dim=config.dim, image_size=config.image_size, resize="square")
+        state = {}
+    start = int(state.get("step", 0))
+    model.to(device)
+    freeze_first_layers(model, config.freeze_fraction)
+    set_training_mode(model, config.freeze_bn)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    amp = device.type == "cuda" if config.amp is None else config.amp
+    amp_dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
+    if state:
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError) as e:
+            raise InputError(f"{last}: its optimiser state does not fit ({e}); resume with the options of "
+                             f"{run_dir / 'config.json'}") from None
+        scaler.load_state_dict(state["scaler"])
+    trained = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+
+    # each process and each resumption draws other augmentations (the DataLoader seeds its workers from here)
+    torch.manual_seed(config.seed + 1_000_003 * (1 + rank) + start)
+    loader = DataLoader(
+        AugmentedViews(paths, config.image_size, model.mean, model.std, config.views, config.edit_probability),
+        batch_size=config.batch_size,
+        sampler=TrainingOrder(len(paths), config.batch_size, start * config.accumulate, steps * config.accumulate,
+                              config.seed, rank, world_size),
+        num_workers=config.workers,
+        collate_fn=CollateViews(MixBatch(config.mix_fraction)),
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
+    is_main = rank == 0
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+        _keep_log_until(run_dir / "log.jsonl", start)
+        _keep_log_until(run_dir / "eval.jsonl", start)
+    evaluations = []
+    broken: dict[str, str] = {}  # unreadable images skipped, path -> reason
+    saved = start  # the step that last.pt holds (0: none written)
+
+    def diverged(step: int, what: str) -> TrainingDiverged:
+        kept = f"{last} holds step {saved}" if saved else "no checkpoint was written"
+        return TrainingDiverged(f"step {step}: {what}, training diverged ({kept}); lower --lr (now {config.lr:g}) "
+                                "or --entropy-weight, or train without --amp")
+
+    def evaluate_now(step: int) -> None:
+        result = evaluate_model(model, config.eval_data, run_dir / "eval", device.type, config.workers, config.quiet)
+        if is_main:
+            result = {"step": step, **result}
+            evaluations.append(result)
+            with open(run_dir / "eval.jsonl", "a") as f:
+                f.write(json.dumps(result) + "\n")
+            if not config.quiet:
+                tqdm.write(f"step {step}: µAP {result['muap']:.4f}, with score normalisation {result['muap_normalized']:.4f}")
+        set_training_mode(model, config.freeze_bn)
+        barrier(world_size)
+
+    batches = iter(loader)  # before any evaluation, which draws from the seeds that the workers' seeds come from
+    if config.eval_data and start == 0:
+        evaluate_now(0)
+    warmup_steps = round(config.warmup * steps)
+    rows_per_process = config.batch_size * config.views + round(config.mix_fraction * config.batch_size)
+    began = time.perf_counter()
+    with open(run_dir / "log.jsonl" if is_main else os.devnull, "a") as log, tqdm(
+        total=steps, initial=start, desc="isc-train", unit="step", disable=config.quiet or not is_main
+    ) as bar:
+        for step in range(start, steps):
+            lr = learning_rate(step, steps, config.lr, warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            totals: dict[str, float] = {}
+            for micro in range(config.accumulate):
+                images, sources, shares, met = next(batches)
+                images, sources, shares = (t.to(device, non_blocking=True) for t in (images, sources, shares))
+                broken.update(met)
+                targets = instance_targets(sources, shares, config.batch_size * world_size, rank * config.batch_size)
+                # DDP: synchronise the gradients once per optimiser step, on the last micro-batch
+                last_micro = micro == config.accumulate - 1
+                with contextlib.nullcontext() if world_size == 1 or last_micro else trained.no_sync():
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                        embeddings = trained(images)
+                    all_embeddings, all_targets, offset = gather_batch(embeddings.float(), targets)
+                    loss, stats = sscd_loss(embeddings, targets, all_embeddings, all_targets, offset,
+                                            config.temperature, config.entropy_weight)
+                    if not math.isfinite(loss.item()):
+                        raise diverged(step + 1, f"the loss is {loss.item()}")
+                    scaler.scale(loss / config.accumulate).backward()
+                for key, value in {"loss": loss.item(), **stats}.items():
+                    totals[key] = totals.get(key, 0.0) + value / config.accumulate
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+
+            done, elapsed = step + 1, time.perf_counter() - began
+            record = {"step": done, "lr": lr, **totals, "seconds": round(elapsed, 3),
+                      "rows_per_s": round(rows_per_process * world_size * config.accumulate * (done - start) / elapsed, 2)}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{totals['loss']:.3f}", lr=f"{lr:.2e}")
+            bar.update()
+            save_due = done % config.checkpoint_every == 0 or done == steps
+            eval_due = config.eval_data and (config.eval_every and done % config.eval_every == 0 or done == steps)
+            # every process checks (they hold the same weights), so that all of them stop together
+            if (save_due or eval_due) and not weights_are_finite(model):
+                raise diverged(done, "the weights are no longer finite")
+            if is_main and save_due:
+                save_checkpoint(model, last, step=done, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                                config=asdict(config))
+                saved = done
+            if eval_due:
+                evaluate_now(done)
+
+    if world_size > 1:  # each process read other images: the first one lists them all
+        gathered: list[dict[str, str]] = [{} for _ in range(world_size)]
+        dist.all_gather_object(gathered, broken)
+        broken = {path: reason for part in gathered for path, reason in part.items()}
+    if not is_main:
+        return None
+    torchscript = None
+    if config.torchscript:
+        torchscript = run_dir / "model.torchscript.pt"
+        export_torchscript(model, torchscript, config.image_size)
+    return TrainResult(steps=steps, start=start, checkpoint=str(last),
+                       torchscript=str(torchscript) if torchscript else None,
+                       seconds=round(time.perf_counter() - began, 1), evaluations=evaluations,
+                       broken=dict(sorted(broken.items())))
+
+
+def export_torchscript(model: nn.Module, path: str | Path, image_size: int) -> None:
+    """Write ``model`` traced as TorchScript (normalised images in, descriptors out) for ``torchscript:PATH``."""
+    network = copy.deepcopy(model.net if hasattr(model, "net") else model).cpu().eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(network, torch.zeros(1, 3, image_size, image_size))
+    with atomic_path(path) as tmp:
+        traced.save(str(tmp))

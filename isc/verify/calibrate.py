@@ -1,0 +1,226 @@
+"""Scores that mean the same for every query: a logistic model over a candidate pair's global score and its
+local-feature evidence (``isc-verify``'s sidecar), fitted on labelled pairs and saved as a small JSON file.
+
+µAP ranks the pairs of all queries together, so a verified pair's new score must be comparable across
+queries. The model's log-odds is that score. It is fitted either on copies the toolkit makes itself
+(:func:`make_copies`: DISC21-style edits of training images, whose source is the one positive among the
+candidates, no ground truth needed) or on a labelled set such as the phase-1 public ground truth
+(:func:`ground_truth_labels`).
+
+Input: an evidence table with the columns ``query_id, score, rank, inliers, inlier_ratio`` (one row a
+(query, candidate) pair); output: one finite float per row (:meth:`Calibration.scores`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from isc.core.files import InputError, atomic_path
+
+FORMAT = "isc-calibration"
+VERSION = 1
+# what a pair is described by; the query-level columns make the scores of different queries comparable
+FEATURES = ("score", "gap_to_best_score", "log_rank", "log_inliers", "inlier_ratio", "log_best_inliers")
+EVIDENCE_COLUMNS = ("query_id", "score", "rank", "inliers", "inlier_ratio")
+COPY_SUFFIX = ".copy"  # a self-made copy's id is its source's id with this suffix
+
+
+def _check_evidence(evidence: pd.DataFrame) -> None:
+    missing = [c for c in EVIDENCE_COLUMNS if c not in evidence.columns]
+    if missing:
+        raise InputError(f"the evidence lacks the column(s) {', '.join(missing)}")
+    if evidence.empty:
+        raise InputError("the evidence has no pairs")
+    numbers = evidence[list(EVIDENCE_COLUMNS[1:])].to_numpy(dtype=np.float64)
+    if not np.isfinite(numbers).all():
+        raise InputError("the evidence holds non-finite numbers")
+    if (numbers[:, 1:] < 0).any() or (numbers[:, 3] > 1).any():
+        raise InputError("the evidence holds a negative rank or inlier count, or an inlier ratio above 1")
+
+
+def pair_features(evidence: pd.DataFrame) -> np.ndarray:
+    """The :data:`FEATURES` of each pair, float64 ``(pairs, len(FEATURES))``."""
+    _check_evidence(evidence)
+    by_query = evidence.groupby("query_id", sort=False)
+    score = evidence["score"].to_numpy(np.float64)
+    log_inliers = np.log1p(evidence["inliers"].to_numpy(np.float64))
+    best_score = by_query["score"].transform("max").to_numpy(np.float64)
+    best_inliers = by_query["inliers"].transform("max").to_numpy(np.float64)
+    return np.column_stack([
+        score,
+        best_score - score,
+        np.log1p(evidence["rank"].to_numpy(np.float64)),
+        log_inliers,
+        evidence["inlier_ratio"].to_numpy(np.float64),
+        np.log1p(best_inliers),
+    ])
+
+
+def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float = 1e-2,
+                 iterations: int = 100) -> tuple[np.ndarray, float]:
+    """Weights and bias of an L2-regularised logistic regression, by Newton's method (IRLS).
+
+    ``features`` should be standardised; ``l2`` is the penalty per pair on the weights, not on the bias.
+    """
+    n, d = features.shape
+    design = np.column_stack([features, np.ones(n)])
+    penalty = np.diag([l2 * n] * d + [0.0])
+    theta = np.zeros(d + 1)
+    for _ in range(iterations):
+        logits = design @ theta
+        p = 1.0 / (1.0 + np.exp(-np.clip(logits, -500, 500)))
+        gradient = design.T @ (p - labels) + penalty @ theta
+        hessian = (design * (p * (1 - p))[:, None]).T @ design + penalty + 1e-9 * np.eye(d + 1)
+        step = np.linalg.solve(hessian, gradient)
+        theta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return theta[:d], float(theta[d])
+
+
+def _canonical(value: object) -> str:
+    """A value as JSON text, the same before and after a round trip through a calibration file."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted logistic combination: ``scores(evidence)`` is its log-odds that each pair is a copy.
+
+    ``conditions`` records what the evidence must have been made with (descriptor model, score
+    normalisation, verification options): evidence made otherwise is refused by :meth:`check_conditions`.
+    """
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    fitted_on: str
+    pairs: int
+    positives: int
+    conditions: dict[str, object] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Calibration(fitted on {self.fitted_on}: {self.pairs} pairs, {self.positives} copies)"
+
+    def __call__(self, evidence: pd.DataFrame) -> np.ndarray:
+        """The combiner of :func:`isc.verify.verification.verify`: :meth:`scores`."""
+        return self.scores(evidence)
+
+    def scores(self, evidence: pd.DataFrame) -> np.ndarray:
+        """The log-odds of each pair of ``evidence`` (finite; comparable across queries)."""
+        standardised = (pair_features(evidence) - np.asarray(self.mean)) / np.asarray(self.std)
+        return standardised @ np.asarray(self.weights) + self.bias
+
+    def made_for(self, conditions: Mapping[str, object]) -> bool:
+        """Whether the calibration was fitted under exactly ``conditions``."""
+        return _canonical(self.conditions) == _canonical(conditions)
+
+    def check_conditions(self, conditions: Mapping[str, object], source: str | Path) -> None:
+        """Refuse evidence made with other settings than the calibration's (one line naming the first)."""
+        for key, wanted in self.conditions.items():
+            if key in conditions and _canonical(conditions[key]) != _canonical(wanted):
+                raise InputError(f"{source}: calibrated with {key}={wanted!r}, but this evidence was made with "
+                                 f"{key}={conditions[key]!r}: calibrate again for these settings")
+
+    def save(self, path: str | Path) -> Path:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, **asdict(self)}, indent=1,
+                                      default=str) + "\n", encoding="utf-8")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibration:
+        try:
+            content = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such calibration file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"{path}: not a calibration file ({type(error).__name__})") from None
+        if not isinstance(content, dict) or content.get("format") != FORMAT:
+            raise InputError(f"{path}: not a calibration file (written by isc-verify --calibrate-*)")
+        if content.get("version") != VERSION:
+            raise InputError(f"{path}: calibration format version {content.get('version')!r}, this toolkit reads {VERSION}")
+        try:
+            calibration = cls(features=tuple(content["features"]), mean=tuple(map(float, content["mean"])),
+                              std=tuple(map(float, content["std"])), weights=tuple(map(float, content["weights"])),
+                              bias=float(content["bias"]), fitted_on=str(content["fitted_on"]),
+                              pairs=int(content["pairs"]), positives=int(content["positives"]),
+                              conditions=dict(content.get("conditions") or {}))
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(f"{path}: damaged calibration file ({type(error).__name__}: {error})") from None
+        if calibration.features != FEATURES:
+            raise InputError(f"{path}: calibrated on the features {', '.join(calibration.features)}; "
+                             f"this toolkit computes {', '.join(FEATURES)}")
+        numbers = np.array([*calibration.mean, *calibration.std, *calibration.weights, calibration.bias])
+        if len(calibration.mean) != len(FEATURES) or len(calibration.std) != len(FEATURES) \
+                or len(calibration.weights) != len(FEATURES) or not np.isfinite(numbers).all() \
+                or min(calibration.std) <= 0:
+            raise InputError(f"{path}: damaged calibration file (sizes or non-finite numbers)")
+        return calibration
+
+
+def calibrate(evidence: pd.DataFrame, labels: np.ndarray, fitted_on: str,
+              conditions: Mapping[str, object] | None = None, l2: float = 1e-2) -> Calibration:
+    """Fit a :class:`Calibration` on ``evidence`` whose pairs are labelled copy (1) or not (0)."""
+    labels = np.asarray(labels, dtype=np.float64)
+    if labels.shape != (len(evidence),):
+        raise InputError(f"{len(labels)} labels for {len(evidence)} pairs")
+    positives = int(labels.sum())
+    if positives == 0 or positives == len(labels):
+        raise InputError(f"calibration needs copies and non-copies among the pairs: {positives} of "
+                         f"{len(labels)} are copies")
+    features = pair_features(evidence)
+    mean, std = features.mean(axis=0), features.std(axis=0)
+    std[std < 1e-12] = 1.0  # a constant feature (every rank 0 when k = 1) carries no information
+    weights, bias = fit_logistic((features - mean) / std, labels, l2=l2)
+    return Calibration(features=FEATURES, mean=tuple(mean.tolist()), std=tuple(std.tolist()),
+                       weights=tuple(weights.tolist()), bias=bias, fitted_on=fitted_on, pairs=len(labels),
+                       positives=positives, conditions=dict(conditions or {}))
+
+
+def ground_truth_labels(evidence: pd.DataFrame, ground_truth: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The pairs of ``evidence`` whose query the ground truth covers, and their labels (1: the query's copy)."""
+    covered = evidence[evidence["query_id"].isin(set(ground_truth["query_id"]))]
+    if covered.empty:
+        raise InputError("no query of the evidence is in the ground truth")
+    matched = ground_truth.dropna(subset=["reference_id"])
+    truth = pd.MultiIndex.from_arrays([matched["query_id"].astype(str), matched["reference_id"].astype(str)])
+    pairs = pd.MultiIndex.from_arrays([covered["query_id"].astype(str), covered["reference_id"].astype(str)])
+    return covered, pairs.isin(truth).astype(np.float64)
+
+
+def make_copies(sources: Mapping[str, Path], folder: str | Path, seed: int = 0) -> dict[str, Path]:
+    """A DISC21-style edited copy (:func:`isc.synth.edits.random_edit`) of each source image, written as a JPEG
+    ``folder/<source id>.copy.jpg``; returns ``{copy id: path}``, the copy id being ``<source id>.copy``.
+    Deterministic for a seed; a copy already written is kept (the copies of a re-run are the same)."""
+    from PIL import Image
+
+    from isc.synth.edits import random_edit
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = {}
+    for number, (source_id, path) in enumerate(sorted(sources.items())):
+        copy_id = f"{source_id}{COPY_SUFFIX}"
+        target = folder / f"{copy_id}.jpg"
+        if not target.is_file():
+            rng = np.random.default_rng([seed, number])
+            with Image.open(path) as image:
+                edited = random_edit(image, rng)
+            with atomic_path(target) as tmp:
+                edited.save(tmp, format="JPEG", quality=int(rng.integers(40, 95)))
+        copies[copy_id] = target
+    return copies
+
+
+def copy_labels(evidence: pd.DataFrame) -> np.ndarray:
+    """Labels of the pairs of self-made copies: 1 where the candidate is the copy's source image."""
+    sources = evidence["query_id"].astype(str).str.removesuffix(COPY_SUFFIX)
+    return (sources.to_numpy() == evidence["reference_id"].astype(str).to_numpy()).astype(np.float64)

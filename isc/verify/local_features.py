@@ -1,0 +1,242 @@
+"""Local features of one image and the geometric check of one pair.
+
+- :class:`VerifyOptions`: how features are made and matched, checked once.
+- :func:`describe_image` / :func:`match_features`: one image's OpenCV SIFT features, one pair's evidence
+  (ratio-test matches, a model fitted by RANSAC or MAGSAC, its inliers); the report draws them.
+- :class:`FeatureCache`: each image's features in one ``.npz`` under ``CACHE/<features tag>/<2 hex>/``,
+  keyed by id, file stamp and options, written atomically, reused by later runs.
+
+Keypoints are stored in the frame of the resized grey image (long side at most ``max_side``) with the
+factor back to the decoded image's pixels; the fitted transform maps query pixels to reference pixels of the
+decoded (EXIF-rotated) images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from isc.core.files import InputError, atomic_path
+from isc.extract.decode import DEFAULT_MAX_PIXELS, BrokenImage, broken_reason, decode_with_pillow
+
+GEOMETRIES = ("affine", "homography", "magsac")
+FEATURES_VERSION = 1  # bump when the features of the same options change: old cache entries are then ignored
+MAX_AREA_CHANGE = 64.0  # a fitted model scaling areas more (or less) than this is degenerate: no model
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How candidate pairs are verified; :meth:`check` refuses bad values with one line.
+
+    ``k``: candidates checked per query (by decreasing score); ``max_features``: SIFT keypoints per image;
+    ``max_side``: the long side the grey image is shrunk to before SIFT; ``ratio``: Lowe's ratio test;
+    ``geometry``: ``affine`` (rotation, uniform scale, translation: cv2.estimateAffinePartial2D),
+    ``homography`` (cv2.findHomography, RANSAC) or ``magsac`` (homography by USAC MAGSAC++);
+    ``threshold``: RANSAC reprojection error in pixels of the resized images; ``workers``: processes
+    (0: this process; None: every core, shared by the ranks of a machine under torchrun).
+    """
+
+    k: int = 10
+    max_features: int = 1000
+    max_side: int = 512
+    ratio: float = 0.8
+    geometry: str = "affine"
+    threshold: float = 8.0
+    workers: int | None = None
+
+    def check(self) -> VerifyOptions:
+        """Self, or InputError naming the first bad value."""
+        if self.k < 1:
+            raise InputError(f"k must be at least 1, got {self.k}")
+        if self.max_features < 2:
+            raise InputError(f"max_features must be at least 2, got {self.max_features}")
+        if self.max_side < 16:
+            raise InputError(f"max_side must be at least 16 pixels, got {self.max_side}")
+        if not 0 < self.ratio <= 1:
+            raise InputError(f"the ratio test needs 0 < ratio <= 1, got {self.ratio}")
+        if self.geometry not in GEOMETRIES:
+            raise InputError(f"unknown geometry {self.geometry!r} (choose from {', '.join(GEOMETRIES)})")
+        if not 0 < self.threshold < float("inf"):
+            raise InputError(f"the RANSAC threshold must be a finite number > 0, got {self.threshold}")
+        if self.workers is not None and self.workers < 0:
+            raise InputError(f"workers must be 0 or more, got {self.workers}")
+        return self
+
+    @property
+    def features_tag(self) -> str:
+        """What the features depend on, as a folder name of the cache."""
+        return f"sift{FEATURES_VERSION}-n{self.max_features}-s{self.max_side}"
+
+
+# ------------------------------------------------------------------------------------ features
+
+
+@dataclass
+class Features:
+    """One image's local features: keypoints [n, 2] float32 in the resized frame, SIFT descriptors [n, 128]
+    uint8 (OpenCV's SIFT values are whole numbers 0-255), ``scale``: decoded pixels per resized pixel."""
+
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    scale: float
+
+
+def cache_stamp(path: Path) -> tuple[int, int, int, int]:
+    """What a cache entry is keyed by besides the id: (size, mtime_ns, ctime_ns, inode) of the image file. A
+    rewritten file changes it even when its mtime is put back (setting the mtime sets the ctime); a copied
+    or moved dataset is described again. (-1, -1, -1, -1) when the file cannot be stat'ed."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return -1, -1, -1, -1
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
+
+
+def _sift(max_features: int):
+    import cv2
+
+    return cv2.SIFT_create(nfeatures=max_features)
+
+
+def decode_image(path: Path) -> np.ndarray:
+    """uint8 RGB [height, width, 3] of an image file decoded as extraction decodes it (EXIF rotation, more than
+    8 bits, transparency over white); BrokenImage when it cannot be read."""
+    try:
+        return decode_with_pillow(path, DEFAULT_MAX_PIXELS).permute(1, 2, 0).numpy()
+    except OSError as e:
+        raise BrokenImage(broken_reason(e)) from None
+
+
+def describe_pixels(rgb: np.ndarray, options: VerifyOptions) -> Features:
+    """SIFT features of uint8 RGB pixels [height, width, 3], made grey, long side shrunk to ``max_side``."""
+    import cv2
+
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    height, width = grey.shape
+    scale = max(height, width) / options.max_side
+    if scale > 1:
+        size = (max(1, round(width / scale)), max(1, round(height / scale)))
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        scale = width / size[0]
+    else:
+        scale = 1.0
+    keypoints, descriptors = _sift(options.max_features).detectAndCompute(grey, None)
+    if descriptors is None:  # a flat image: no keypoint at all
+        return Features(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), scale)
+    points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
+    return Features(points, np.clip(np.round(descriptors), 0, 255).astype(np.uint8), scale)
+
+
+def describe_image(path: Path, options: VerifyOptions) -> Features:
+    """SIFT features of an image file (:func:`decode_image`, :func:`describe_pixels`); BrokenImage when it
+    cannot be read."""
+    return describe_pixels(decode_image(path), options)
+
+
+class FeatureCache:
+    """Features on disk, one ``.npz`` per image: ``ROOT/<features tag>/<2 hex>/<sha1 of the id>.npz`` holding
+    the id, the file stamp and either the features or why the image is broken. An entry counts only for the
+    same id and stamp; it is written under a temporary name then renamed, so a killed run leaves none half
+    written, and two processes describing the same image write the same bytes."""
+
+    def __init__(self, root: str | Path, options: VerifyOptions) -> None:
+        self.root = Path(root) / options.features_tag
+
+    def path(self, image_id: str) -> Path:
+        digest = hashlib.sha1(image_id.encode()).hexdigest()
+        return self.root / digest[:2] / f"{digest}.npz"
+
+    def load(self, image_id: str, stamp: tuple[int, ...]) -> Features | str | None:
+        """The cached features, the reason the image is broken, or None when there is no valid entry."""
+        try:
+            with np.load(self.path(image_id)) as entry:
+                if str(entry["id"]) != image_id or tuple(entry["stamp"].tolist()) != tuple(stamp):
+                    return None
+                if str(entry["error"]):
+                    return str(entry["error"])
+                return Features(entry["keypoints"], entry["descriptors"], float(entry["scale"]))
+        except (OSError, ValueError, KeyError, EOFError):  # absent, or damaged by something other than us
+            return None
+
+    def save(self, image_id: str, stamp: tuple[int, ...], features: Features | str) -> None:
+        broken = isinstance(features, str)
+        arrays = {"keypoints": np.zeros((0, 2), np.float32), "descriptors": np.zeros((0, 128), np.uint8),
+                  "scale": 1.0} if broken else dataclasses.asdict(features)
+        with atomic_path(self.path(image_id)) as tmp, open(tmp, "wb") as f:
+            np.savez(f, id=image_id, stamp=np.asarray(stamp, np.int64), error=features if broken else "", **arrays)
+
+
+# ------------------------------------------------------------------------------------- matching
+
+
+@dataclass
+class PairMatch:
+    """One pair's evidence: ``matches`` after the ratio test, ``inliers`` of the fitted model, and the model
+    (``transform`` [2, 3] or [3, 3], query pixels to reference pixels, None when none was found);
+    ``query_points``/``reference_points`` [inliers, 2]: the inlier keypoints in decoded pixels."""
+
+    matches: int
+    inliers: int
+    transform: np.ndarray | None
+    query_points: np.ndarray
+    reference_points: np.ndarray
+
+    @property
+    def inlier_ratio(self) -> float:
+        return self.inliers / self.matches if self.matches else 0.0
+
+
+def _fit(source: np.ndarray, target: np.ndarray, options: VerifyOptions) -> tuple[np.ndarray | None, np.ndarray]:
+    """(model, inlier mask) of the geometric model; (None, all False) below its minimal sample."""
+    import cv2
+
+    none = None, np.zeros(len(source), bool)
+    if len(source) < (2 if options.geometry == "affine" else 4):
+        return none
+    if options.geometry == "affine":
+        model, mask = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC,
+                                                  ransacReprojThreshold=options.threshold)
+    else:
+        method = cv2.RANSAC if options.geometry == "homography" else cv2.USAC_MAGSAC
+        model, mask = cv2.findHomography(source, target, method, options.threshold)
+    if model is None or mask is None or not np.isfinite(model).all():
+        return none
+    linear = model[:2, :2] / (model[2, 2] if model.shape == (3, 3) and model[2, 2] else 1)
+    # a model that shrinks the query to a point makes every match of one reference spot an inlier
+    if not MAX_AREA_CHANGE ** -1 <= abs(np.linalg.det(linear)) <= MAX_AREA_CHANGE:
+        return none
+    return model, mask.ravel().astype(bool)
+
+
+def match_features(query: Features, reference: Features, options: VerifyOptions) -> PairMatch:
+    """kNN matches (k = 2) of the query's descriptors among the reference's, Lowe's ratio test, then the
+    geometric model by RANSAC; deterministic for given features."""
+    import cv2
+
+    empty = np.zeros((0, 2), np.float32)
+    if len(query.descriptors) == 0 or len(reference.descriptors) < 2:
+        return PairMatch(0, 0, None, empty, empty)
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(query.descriptors.astype(np.float32),
+                                                 reference.descriptors.astype(np.float32), k=2)
+    good = [(m.queryIdx, m.trainIdx) for m, n in pairs if m.distance < options.ratio * n.distance]
+    if not good:
+        return PairMatch(0, 0, None, empty, empty)
+    q, r = np.array(good).T
+    source, target = query.keypoints[q], reference.keypoints[r]
+    model, inliers = _fit(source, target, options)
+    if model is None:
+        return PairMatch(len(good), 0, None, empty, empty)
+    # the model maps resized query pixels to resized reference pixels: in decoded pixels, R · model · Q⁻¹
+    full = np.vstack([model, [0, 0, 1]]) if model.shape == (2, 3) else model
+    full = np.diag([reference.scale, reference.scale, 1.0]) @ full @ np.diag([1 / query.scale, 1 / query.scale, 1.0])
+    return PairMatch(len(good), int(inliers.sum()), full[: model.shape[0]],
+                     source[inliers] * query.scale, target[inliers] * reference.scale)
+
+
+def transform_text(transform: np.ndarray | None) -> str:
+    """A transform as the sidecar writes it: its entries row by row, space-separated ('' for none)."""
+    return "" if transform is None else " ".join(f"{v:.6g}" for v in transform.ravel())
