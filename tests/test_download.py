@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from isc.cli.download import main
 from isc.core.files import InputError
 from isc.core.tables import read_metadata, write_metadata
-from isc.download.sync import s3
+from isc.download import s3
 from isc.download.s3 import REGIONS, images_prefix, metadata_key
 from isc.download.s3server import s3_client
 from isc.download.sync import download_split, local_name, passes_filters, select_rows

@@ -11,7 +11,7 @@ from isc.cli.common import check_outputs, non_negative_int, positive_int, run_co
 from isc.cli.options import add_retry_options, add_s3_options
 from isc.core.competition import SPLITS
 from isc.core.files import InputError, check_file
-from isc.download.sync import s3
+from isc.download import s3
 from isc.download.sync import DownloadReport, sync_split
 
 

@@ -75,7 +75,7 @@ def add_s3_options(parser: Parser) -> None:
 def add_retry_options(parser: Parser) -> None:
     """How long to wait for the S3 endpoint, and how often to try: --attempts, --timeout (isc-download's and
     isc-run's)."""
-    from isc.download.sync import s3
+    from isc.download import s3
 
     parser.add_argument("--attempts", type=positive_int, default=s3.DEFAULT_ATTEMPTS,
                         help="tries per request (listing, metadata, each file), with exponential backoff, on 5xx or "

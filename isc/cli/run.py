@@ -19,7 +19,7 @@ from isc.cli.options import (
 )
 from isc.core.distributed import check_device
 from isc.core.files import InputError
-from isc.download.sync import s3
+from isc.download import s3
 from isc.pipeline.demo import DEMO_IMAGE_SIZE, run_demo
 from isc.pipeline.run import PHASES, Pipeline, RunConfig, planned_outputs
 from isc.search.knn import BACKENDS

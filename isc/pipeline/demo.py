@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from isc.download.sync import s3
+from isc.download import s3
 from isc.download.s3server import LocalS3Server
 from isc.pipeline.run import Pipeline, RunConfig, RunSummary, Step, downloaded
 from isc.synth.dataset import MANIFEST, generate_dataset, read_manifest

@@ -48,7 +48,7 @@ from isc.core.descriptors import read_descriptor_attrs, read_descriptors
 from isc.core.distributed import check_device
 from isc.core.files import InputError, write_json
 from isc.core.tables import read_ground_truth, read_metadata, read_predictions, write_predictions
-from isc.download.sync import s3
+from isc.download import s3
 from isc.download.local_copy import VerifiedIndex, check_folder
 from isc.download.sync import sync_split
 from isc.evaluate.metrics import evaluate, score_descriptor_track

@@ -1,5 +1,5 @@
 """Training a descriptor model on edited copies of the training images: the copies and their batches
 (:mod:`training_data`), the loop with its checkpoints and evaluation (:mod:`training`).
 
-Imports: :mod:`isc.core`, :mod:`isc.models`, :mod:`isc.extract.extraction`, :mod:`isc.evaluate`, :mod:`isc.synth.edits`.
+Imports: :mod:`isc.core`, :mod:`isc.models`, :mod:`isc.extract`, :mod:`isc.evaluate`, :mod:`isc.synth.edits`.
 """
