@@ -3,7 +3,8 @@
 - ``torchvision`` (the fast path, default on a GPU): background threads read the files, JPEGs of a batch
   are decoded together by ``torchvision.io.decode_jpeg`` (nvJPEG on a GPU), resized and normalised on the
   device, in half precision and channels-last; a producer thread prepares batch k+1 (on its own CUDA
-  stream) while the model runs on batch k.
+  stream) while the model runs on batch k. With ``decode_processes``, worker processes read, decode and
+  resize instead, out of this process's GIL (:mod:`isc.decode_workers`).
 - ``pil`` (default on the CPU): a DataLoader whose worker processes decode with Pillow, in JPEG draft
   mode when downscaling.
 
