@@ -12,6 +12,7 @@ from pathlib import Path
 from isc.cli.common import (
     check_outputs,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
     print_broken,
@@ -81,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "DataLoader workers, or, for a model that takes uint8 pixels, in worker processes that hand "
                         "it numpy pixels (PDQ hashes there) with no torch batches: the same descriptors, faster "
                         "(default: pil for those models and on the CPU, else torchvision)")
+    parser.add_argument("--decode-processes", type=non_negative_int, default=0, metavar="N",
+                        help="torchvision decoder: N processes read and decode (nvJPEG on a GPU) beside the one that "
+                        "runs the model, sharing the --workers reading threads; the same descriptors, bit for bit, "
+                        "faster when reading and decoding in one process cannot keep up with the model. 0: all in "
+                        "one process (the default, until scripts/gpu_check.py has measured the processes on a GPU)")
     parser.add_argument("--fp32", action="store_true", help="float32 inference on a GPU (default float16)")
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help=f"larger images are listed as broken (default {DEFAULT_MAX_PIXELS:,})")
@@ -128,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             decoder=args.decoder, scales=args.scales, flip=args.flip, crops=args.crops, half=False if args.fp32 else None,
             strict=args.strict, resume=not args.restart, max_pixels=args.max_pixels, quiet=args.quiet,
             classes=image_classes(images) if args.images and not listing else None, max_broken=args.max_broken,
+            decode_processes=args.decode_processes,
             attrs={"source": str(source), "split": args.split, "checkpoint": args.checkpoint, "phase": args.phase,
                    "ids": ",".join(args.ids) or None},
         )
@@ -146,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{count} of dimension {summary.dimension} ({summary.model}) "
           f"written to {summary.output}; {summary.processed} images this run "
           f"({summary.images_per_second} images/s on {summary.device}, {summary.decoder} decoder"
+          f"{f' in {summary.decode_processes} processes' if summary.decode_processes else ''}"
           f"{', uint8 pixels' if summary.pixels else ''}), "
           f"{summary.resumed} resumed, {len(broken)} broken")
     print_broken(broken, "attribute 'broken' of the output")

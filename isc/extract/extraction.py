@@ -2,7 +2,8 @@
 
 Two input pipelines feed the model (:mod:`isc.extract.torch_batches`), and both resize with
 :func:`isc.extract.decode.resize_image`, so their descriptors agree: ``torchvision`` (the fast path, default on a
-GPU: nvJPEG batch decoding, resizing and normalising on the device beside inference) and ``pil`` (default
+GPU: nvJPEG batch decoding, resizing and normalising on the device beside inference; with ``decode_processes``
+the reading and decoding run in processes of their own, :mod:`isc.extract.decode_workers`) and ``pil`` (default
 on the CPU: a DataLoader whose worker processes decode with Pillow). A model that takes uint8 pixels (PDQ,
 uint8 ONNX graphs: :attr:`DescriptorModel.takes_pixels`) gets them on the ``pil`` decoder, its default on
 every device, without torch batches or a float round trip (:mod:`isc.extract.pixel_batches`); its pixels, hence
@@ -115,6 +116,7 @@ class ExtractResult:
     dimension: int
     device: str
     decoder: str
+    decode_processes: int  # of the torchvision decoder (0: reading and decoding in the inference process)
     pixels: bool  # whether the pixel path ran
     views_per_id: int
     extracted: int | None  # images written to the output (None on the ranks other than the first)
@@ -150,14 +152,17 @@ def extract(
     attrs: Mapping[str, object] | None = None,
     classes: Mapping[str, str] | None = None,
     max_broken: float = 0.01,
+    decode_processes: int = 0,
 ) -> ExtractResult:
     """Extract the descriptors of ``images`` (``{id: path}``, or paths whose stems are the ids) to ``output``.
 
     ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available); ``decoder``: ``torchvision``
     (default on cuda) or ``pil`` (default on the CPU, and for a model that takes uint8 pixels, which it then
     gets as numpy arrays: the pixel path); ``workers``: reading threads (0 counts as 1) or decoding processes
-    (0: decode in this process; default up to 8, all cores on the pixel path); ``half``: float16 inference
-    (default on cuda);
+    (0: decode in this process; default up to 8, all cores on the pixel path); ``decode_processes``
+    (torchvision decoder): processes that read and decode beside inference, sharing the reading threads
+    (:mod:`isc.extract.decode_workers`; default 0: in this process, until measured on a GPU); ``half``: float16
+    inference (default on cuda);
     ``scales``/``flip``: test-time augmentation, descriptors averaged. ``crops``: each image gives
     :data:`isc.extract.decode.CROP_VIEWS` adjacent rows with its id, its full view then each of its
     :func:`isc.extract.decode.crop_boxes` (a query or reference file for the matching track; the attribute
@@ -181,6 +186,8 @@ def extract(
         raise InputError(f"batch size must be at least 1, got {batch_size}")
     if workers is not None and workers < 0:
         raise InputError(f"workers must be 0 or more, got {workers}")
+    if decode_processes < 0:
+        raise InputError(f"decode processes must be 0 or more, got {decode_processes}")
     if max_pixels < 1:
         raise InputError(f"the pixel limit must be at least 1, got {max_pixels}")
     if classes is not None and classes.keys() != items.keys():
@@ -198,6 +205,8 @@ def extract(
         workers = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if pixels \
             else min(16 if decoder == "torchvision" else 8, cores)
     half = on_gpu if half is None else half
+    if decoder != "torchvision" or pixels:
+        decode_processes = 0
     sizes = view_sizes(model, scales)
     config = extraction_config(model, scales, flip, crops)
     shards = [ids[r * len(ids) // world:(r + 1) * len(ids) // world] for r in range(world)]
@@ -211,7 +220,7 @@ def extract(
     paths = [items[i] for i in todo]
     batches = pixel_batches(paths, model, sizes, batch_size, workers, torch_device, max_pixels, flip, crops) \
         if pixels else torch_batches(paths, model, sizes, batch_size, workers, torch_device, max_pixels, flip,
-                                     decoder, half, crops)
+                                     decoder, half, crops, decode_processes)
     broken: dict[str, str] = {}
     start = time.perf_counter()
     try:
@@ -249,7 +258,8 @@ def extract(
                          resumed=len(shard) - len(todo), seconds=round(seconds, 3),
                          images_per_second=round(len(todo) / seconds, 1) if seconds else None,
                          model=model.name, dimension=model.dim, device=str(torch_device), decoder=decoder,
-                         pixels=pixels, views_per_id=CROP_VIEWS if crops else 1, extracted=extracted, broken=broken)
+                         decode_processes=decode_processes, pixels=pixels, views_per_id=CROP_VIEWS if crops else 1,
+                         extracted=extracted, broken=broken)
 
 
 

@@ -3,7 +3,8 @@
 - ``torchvision`` (the fast path, default on a GPU): background threads read the files, JPEGs of a batch
   are decoded together by ``torchvision.io.decode_jpeg`` (nvJPEG on a GPU), resized and normalised on the
   device, in half precision and channels-last; a producer thread prepares batch k+1 (on its own CUDA
-  stream) while the model runs on batch k.
+  stream) while the model runs on batch k. With ``decode_processes``, worker processes read, decode and
+  resize instead, out of this process's GIL (:mod:`isc.extract.decode_workers`).
 - ``pil`` (default on the CPU): a DataLoader whose worker processes decode with Pillow, in JPEG draft
   mode when downscaling.
 
@@ -15,8 +16,8 @@ import contextlib
 import queue
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,31 @@ def _to_device(image: torch.Tensor, crop_source: torch.Tensor,
     return moved, moved if crop_source is image else crop_source.to(device, non_blocking=True)
 
 
+def views_of_batch(reads: Iterable[tuple[int, Future]], sizes: Sequence[int], resize: str, device: torch.device,
+                   crops: bool) -> tuple[list[int], list[list[torch.Tensor]], dict[int, str]]:
+    """(positions decoded, their views per scale, broken: position -> reason) of a batch from its files'
+    :func:`read_for_decode` futures: JPEGs decoded together on ``device``, views cut and resized."""
+    images: dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
+    broken: dict[int, str] = {}
+    for position, future in reads:
+        try:
+            images[position] = future.result()
+        except (BrokenImage, OSError) as e:
+            broken[position] = broken_reason(e)
+    jpegs = [p for p, t in images.items() if isinstance(t, torch.Tensor)]
+    for position, decoded in zip(jpegs, decode_jpegs([images[p] for p in jpegs], device), strict=True):
+        if isinstance(decoded, str):
+            del images[position]
+            broken[position] = decoded
+        else:
+            images[position] = decoded, decoded  # decoded whole: the full view and the crops alike
+    ok = sorted(images)
+    on_device = {p: _to_device(*images[p], device) for p in ok}
+    per_scale = [[resize_image(view, size, resize) for p in ok
+                  for view in crop_views(on_device[p][0], crops, on_device[p][1])] for size in sizes]
+    return ok, per_scale, broken
+
+
 def _torchvision_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
                          workers: int, device: torch.device, max_pixels: int, crops: bool) -> Iterator[tuple]:
     readers = ThreadPoolExecutor(max(1, workers), thread_name_prefix="isc-read")
@@ -133,45 +159,37 @@ def _torchvision_batches(paths: Sequence[Path], model: DescriptorModel, sizes: S
         for k, batch in enumerate(batches):
             if k + 4 < len(batches):
                 pending.append(submit(batches[k + 4]))
-            images: dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
-            broken: dict[int, str] = {}
-            for position, future in zip(batch, pending.pop(0), strict=True):
-                try:
-                    images[position] = future.result()
-                except (BrokenImage, OSError) as e:
-                    broken[position] = broken_reason(e)
-            jpegs = [p for p, t in images.items() if isinstance(t, torch.Tensor)]
-            for position, decoded in zip(jpegs, decode_jpegs([images[p] for p in jpegs], device), strict=True):
-                if isinstance(decoded, str):
-                    del images[position]
-                    broken[position] = decoded
-                else:
-                    images[position] = decoded, decoded  # decoded whole: the full view and the crops alike
-            ok = sorted(images)
-            on_device = {p: _to_device(*images[p], device) for p in ok}
-            per_scale = [[resize_image(view, size, model.resize) for p in ok
-                          for view in crop_views(on_device[p][0], crops, on_device[p][1])] for size in sizes]
-            yield ok, per_scale, broken
+            yield views_of_batch(zip(batch, pending.pop(0), strict=True), sizes, model.resize, device, crops)
     finally:
         readers.shutdown(wait=True, cancel_futures=True)
 
 
 def torch_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
                   workers: int, device: torch.device, max_pixels: int, flip: bool, decoder: str,
-                  half: bool, crops: bool = False) -> Iterator[tuple[list[int], np.ndarray | None, dict[int, str]]]:
+                  half: bool, crops: bool = False,
+                  decode_processes: int = 0) -> Iterator[tuple[list[int], np.ndarray | None, dict[int, str]]]:
     """(positions, descriptors, broken) per batch, through a torch pipeline: float batches on ``device``.
-    With ``crops`` an image's row is its views' descriptors side by side."""
-    pipeline = _torchvision_batches if decoder == "torchvision" else _pillow_batches
-    views = pipeline(paths, model, sizes, batch_size, workers, device, max_pixels, crops)
+    With ``crops`` an image's row is its views' descriptors side by side. ``decode_processes`` (torchvision
+    decoder): that many processes read and decode beside this one (:mod:`isc.extract.decode_workers`), 0: threads."""
+    if decoder == "torchvision" and decode_processes:
+        from isc.extract.decode_workers import process_batches  # it builds on this module's functions
+
+        views = process_batches(paths, model.resize, sizes, batch_size, workers, device, max_pixels, crops,
+                                decode_processes)
+    else:
+        pipeline = _torchvision_batches if decoder == "torchvision" else _pillow_batches
+        views = pipeline(paths, model, sizes, batch_size, workers, device, max_pixels, crops)
     n_views = CROP_VIEWS if crops else 1
     dtype = torch.float16 if half else torch.float32
     batches = ((positions, normalised_groups(model, per_scale, dtype, device.type == "cuda", n_views), broken)
                for positions, per_scale, broken in views)
     if decoder == "torchvision":
         batches = _in_background(batches, device)  # decode, resize, normalise beside inference
-    for positions, grouped, broken in batches:
-        yield positions, (_embed(model, grouped, len(positions) * n_views, flip).reshape(len(positions), -1)
-                          if positions else None), broken
+    # closed now, not when a traceback is freed: the background thread first, then the threads or processes it read
+    with contextlib.closing(views), contextlib.closing(batches):
+        for positions, grouped, broken in batches:
+            yield positions, (_embed(model, grouped, len(positions) * n_views, flip).reshape(len(positions), -1)
+                              if positions else None), broken
 
 
 # ------------------------------------------------------------------------------------- inference
