@@ -21,8 +21,9 @@ from isc.cli.run import main
 from isc.core.descriptors import read_descriptor_track, read_descriptors
 from isc.core.partial_log import PartialLog
 from isc.core.tables import read_ground_truth, read_predictions
+from isc.download.s3 import DownloadOptions
 from isc.evaluate.metrics import evaluate
-from isc.extract.extraction import extract
+from isc.extract.extraction import ExtractOptions, extract
 from isc.extract.image_files import list_split_images
 from isc.models import create_model
 from isc.pipeline.demo import run_demo
@@ -35,7 +36,7 @@ from isc.verify.local_features import VerifyOptions
 from isc.verify.verification import evidence_path, read_evidence
 
 # small and fast: 64-pixel inputs, 16-dimensional whitening (the mini dataset has 40 training images)
-FAST = {"image_size": 64, "pca_dim": 16, "batch_size": 8, "workers": 0, "quiet": True}
+FAST = {"image_size": 64, "pca_dim": 16, "extraction": ExtractOptions(batch_size=8, workers=0), "quiet": True}
 RUN = [sys.executable, "-m", "isc.cli.run"]
 # the model named: without --model isc-run takes sscd where it is installed
 FAST_ARGS = ["--model", "efficientnet_lite0", "--image-size", "64", "--pca-dim", "16", "--batch-size", "8",
@@ -50,7 +51,7 @@ def ground_truth_files(mini_dataset: Path) -> list[Path]:
 def completed(s3_endpoint, mini_dataset, tmp_path_factory):
     """A finished run: (work folder, submissions folder, its summary)."""
     work = tmp_path_factory.mktemp("run")
-    config = RunConfig(work=work, endpoint_url=s3_endpoint, ground_truth=ground_truth_files(mini_dataset),
+    config = RunConfig(work=work, download=DownloadOptions(endpoint_url=s3_endpoint), ground_truth=ground_truth_files(mini_dataset),
                        submissions=work / "submissions", **FAST)
     return work, work / "submissions", Pipeline(config).run()
 
@@ -121,7 +122,7 @@ def test_second_run_skips_every_step_and_rewrites_nothing(completed, s3_endpoint
     # every file a step writes (data/ holds the bucket's metadata, fetched again on each run)
     outputs = sorted(p for p in work.rglob("*") if p.suffix in (".h5", ".csv", ".npz") and "data" not in p.parts)
     before = {p: p.stat().st_mtime_ns for p in outputs}
-    config = RunConfig(work=work, endpoint_url=s3_endpoint, ground_truth=ground_truth_files(mini_dataset),
+    config = RunConfig(work=work, download=DownloadOptions(endpoint_url=s3_endpoint), ground_truth=ground_truth_files(mini_dataset),
                        submissions=submissions, **FAST)
     again = Pipeline(config).run()
     not_skipped = [(s.stage, s.target) for s in again.steps if not s.skipped and s.stage != "eval"]
@@ -133,7 +134,7 @@ def test_second_run_skips_every_step_and_rewrites_nothing(completed, s3_endpoint
 def test_new_phase2_queries_extract_only_those(completed, s3_endpoint, mini_dataset, tmp_path):
     """Phase 2 after phase 1: the phase-1 and reference descriptors are reused, only new queries extracted."""
     work, _, _ = completed
-    config = RunConfig(work=work, endpoint_url=s3_endpoint, ground_truth=ground_truth_files(mini_dataset),
+    config = RunConfig(work=work, download=DownloadOptions(endpoint_url=s3_endpoint), ground_truth=ground_truth_files(mini_dataset),
                        submissions=tmp_path / "submissions", phases=[1], **FAST)
     Pipeline(config).run()
     (work / "descriptors" / "query_phase2.h5").unlink()
@@ -145,7 +146,7 @@ def test_new_phase2_queries_extract_only_those(completed, s3_endpoint, mini_data
 
 
 def test_limit_runs_a_trial_on_the_first_images(s3_endpoint, mini_dataset, tmp_path):
-    config = RunConfig(work=tmp_path / "work", endpoint_url=s3_endpoint, limit=10,
+    config = RunConfig(work=tmp_path / "work", download=DownloadOptions(endpoint_url=s3_endpoint), limit=10,
                        ground_truth=ground_truth_files(mini_dataset), submissions=tmp_path / "submissions",
                        **{**FAST, "pca_dim": 8})
     steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
@@ -160,7 +161,7 @@ def test_limit_runs_a_trial_on_the_first_images(s3_endpoint, mini_dataset, tmp_p
 
 
 def test_training_limit_uses_the_first_training_images_only(s3_endpoint, mini_dataset, tmp_path):
-    config = RunConfig(work=tmp_path / "work", endpoint_url=s3_endpoint, training_limit=20,
+    config = RunConfig(work=tmp_path / "work", download=DownloadOptions(endpoint_url=s3_endpoint), training_limit=20,
                        submissions=tmp_path / "submissions", **{**FAST, "pca_dim": 8})
     steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
     assert steps[("download", "training")].images == 20 and steps[("download", "reference")].images == 40
@@ -205,7 +206,7 @@ def test_demo_generates_serves_and_submits(tmp_path):
     config = RunConfig(work=tmp_path / "demo", submissions=tmp_path / "demo" / "submissions", **FAST)
     sizes = {"references": 30, "queries": 12, "phase2_queries": 6, "training": 30}
     summary = run_demo(config, seed=3, **sizes)
-    assert config.endpoint_url is None and config.ground_truth == ()  # the demo ran a copy
+    assert config.download.endpoint_url is None and config.ground_truth == ()  # the demo ran a copy
     stages = [s.stage for s in summary.steps]
     assert stages[:2] == ["synth", "serve"] and stages.count("download") == 3
     assert set(summary.metrics) == {f"phase {p} {t}" for p in (1, 2) for t in ("matching", "descriptors")}
@@ -251,7 +252,7 @@ def test_score_normalisation_options_are_isc_searchs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cli_run, "Pipeline", Recorded)
     assert main([str(tmp_path / "work"), "--model", "efficientnet_lite0", "--quiet", *NORM_ARGS]) == 0
-    assert configs[0].norm == ScoreNorm(1.5, (1, 3), "min", references=True)
+    assert configs[0].search.norm == ScoreNorm(1.5, (1, 3), "min", references=True)
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
