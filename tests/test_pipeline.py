@@ -18,7 +18,8 @@ from isc.cli import run as cli_run
 from isc.cli import search as cli_search
 from isc.cli.options import score_norm
 from isc.cli.run import main
-from isc.core.descriptors import read_descriptor_track, read_descriptors
+from isc.core.descriptors import provenance_path, read_descriptor_track, read_descriptors, write_descriptors
+from isc.core.files import InputError
 from isc.core.partial_log import PartialLog
 from isc.core.tables import read_ground_truth, read_predictions
 from isc.download.s3 import DownloadOptions
@@ -28,6 +29,7 @@ from isc.extract.image_files import list_split_images
 from isc.models import create_model
 from isc.pipeline.demo import run_demo
 from isc.pipeline.run import Pipeline, RunConfig
+from isc.search.matching import SearchOptions
 from isc.search.normalisation import ScoreNorm
 from isc.submit.manifest import read_manifest
 from isc.submit.matching import check_matching_csv
@@ -73,6 +75,9 @@ def test_round_trip_writes_valid_submissions_of_both_phases(completed, mini_data
             # the competition's checksum, computed independently of the toolkit's io.file_digest
             assert manifest["md5"] == hashlib.md5(submission.read_bytes()).hexdigest() and manifest["phase"] == phase
             assert "muap" in manifest["local_evaluation"]
+        # the search is isc-search's, with its record beside the predictions
+        searched = json.loads(provenance_path(work / f"predictions_phase{phase}.csv").read_text())
+        assert searched["command"] == "isc-search" and searched["options"]["phase"] == phase
     # the matching manifest records the descriptors (model, whitening) the predictions came from
     sources = read_manifest(submissions / "phase1_matching.csv")["provenance"]
     # (the matching track searches the descriptors as extracted; the descriptor track the whitened ones)
@@ -332,3 +337,27 @@ def test_reference_crops_and_plain_files_from_the_crops_full_views(mini_dataset,
     assert (predictions.groupby("query_id")["reference_id"].nunique() == 3).all()
     reference_ids = read_descriptor_track(tmp_path / "submissions" / "phase1_descriptors.h5")[2]
     assert reference_ids == sorted(pd.read_csv(mini_dataset / "reference_metadata.csv")["image_id"])
+
+
+def _descriptor_file(path: Path, ids: list[str], model: str) -> Path:
+    descriptors = np.random.default_rng(len(ids)).standard_normal((len(ids), 8)).astype(np.float32)
+    descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True)
+    write_descriptors(path, ids, descriptors, {"model": model, "model_fingerprint": model * 4})
+    return path
+
+
+def test_search_step_is_isc_searchs_with_its_provenance_and_same_model_check(tmp_path):
+    (tmp_path / "work").mkdir()
+    queries, references = [f"Q{i:05d}" for i in range(5)], [f"R{i:06d}" for i in range(20)]
+    files = {"query_phase1": _descriptor_file(tmp_path / "q.h5", queries, "a"),
+             "reference": _descriptor_file(tmp_path / "r.h5", references, "a")}
+    pipeline = Pipeline(RunConfig(work=tmp_path / "work", search=SearchOptions(k=3), quiet=True))
+    predictions = pipeline.search(files, 1)
+    record = json.loads(provenance_path(predictions).read_text())
+    assert record["command"] == "isc-search" and record["options"]["k"] == 3 and record["options"]["phase"] == 1
+    assert {split: Path(i["path"]).name for split, i in record["inputs"].items()} == {"query": "q.h5",
+                                                                                     "reference": "r.h5"}
+    assert record["predictions"] == {"rows": 15, "queries": 5}
+    files["reference"] = _descriptor_file(tmp_path / "other.h5", references, "b")
+    with pytest.raises(InputError, match="not made by the same model"):
+        pipeline.search(files, 1)
