@@ -285,7 +285,7 @@ def fastest_region(client_for: Callable[[str], object], split: str) -> tuple[str
             timings[region] = float("inf")
     best = min(timings, key=timings.get)
     if timings[best] == float("inf"):
-        raise InputError("no regional bucket answered (check the network, --endpoint-url or the AWS settings)")
+        raise InputError("no regional bucket answered (check the network, the endpoint or the AWS settings)")
     return best, timings
 
 
