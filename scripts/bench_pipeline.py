@@ -16,6 +16,7 @@ from pathlib import Path
 from isc.core.descriptors import read_descriptors
 from isc.core.tables import read_ground_truth
 from isc.evaluate.metrics import evaluate
+from isc.extract.extraction import ExtractOptions
 from isc.pipeline.demo import DEMO_IMAGE_SIZE, run_demo
 from isc.pipeline.run import RunConfig
 from isc.search.matching import search
@@ -56,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
 
     began = time.perf_counter()
-    config = RunConfig(work=Path(args.work), image_size=args.image_size, device=args.device,
+    config = RunConfig(work=Path(args.work), image_size=args.image_size, extraction=ExtractOptions(device=args.device),
                        submissions=Path(args.work) / "submissions", quiet=True)
     summary = run_demo(config)
     wall = time.perf_counter() - began

@@ -25,7 +25,7 @@ from isc.cli.download import main
 from isc.core.files import InputError
 from isc.core.tables import read_metadata, write_metadata
 from isc.download import s3
-from isc.download.s3 import REGIONS, images_prefix, metadata_key
+from isc.download.s3 import REGIONS, DownloadOptions, images_prefix, metadata_key
 from isc.download.s3server import s3_client
 from isc.download.sync import download_split, local_name, passes_filters, select_rows
 
@@ -181,6 +181,16 @@ def test_region_bucket_mapping() -> None:
     url = s3.ObjectGetter(client, REGIONS["asia"].bucket, PREFIX).url(PREFIX + "Q00012.jpg")
     assert url.startswith("https://drivendata-competition-fb-isc-data-asia.s3") and url.endswith("/all/query_images/Q00012.jpg")
     assert "Signature" not in url  # anonymous by default
+
+
+def test_bad_region_is_named_before_any_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    monkeypatch.setattr(boto3, "Session", lambda **_: pytest.fail("a client was made"))
+    with pytest.raises(InputError, match="unknown region 'mars' \\(choose from us-west, eu, asia, auto\\)"):
+        DownloadOptions(region="mars")
+    with pytest.raises(InputError, match="unknown region 'mars'"):
+        s3.make_client("mars")
 
 
 @pytest.mark.parametrize(("filters", "included"), [

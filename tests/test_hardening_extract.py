@@ -23,7 +23,7 @@ from isc.core.descriptors import read_descriptor_attrs, read_descriptors
 from isc.core.files import InputError
 from isc.core.partial_log import PartialLog
 from isc.extract.decode import decode_with_pillow
-from isc.extract.extraction import extract, extraction_config, is_complete
+from isc.extract.extraction import ExtractOptions, extract, extraction_config, is_complete
 from isc.extract.image_files import list_images, list_split_images
 from isc.models import create_model
 from isc.pipeline.run import Pipeline, RunConfig
@@ -223,8 +223,8 @@ def test_isc_run_extracts_again_a_replaced_reference_image(mini_dataset, tmp_pat
         for image in sorted((mini_dataset / f"{split}_images").glob("*.jpg"))[:4]:
             shutil.copy(image, data_root / f"{split}_images" / image.name)
     # fixed weights (a random init would differ between runs, and rightly never be up to date)
-    config = RunConfig(work=tmp_path / "work", data=data_root, model="efficientnet_lite0", image_size=32, workers=0,
-                       quiet=True)
+    config = RunConfig(work=tmp_path / "work", data=data_root, model="efficientnet_lite0", image_size=32,
+                       extraction=ExtractOptions(workers=0), quiet=True)
 
     def extract_steps() -> dict[str, bool]:
         pipeline = Pipeline(config)

@@ -18,15 +18,18 @@ from isc.cli import run as cli_run
 from isc.cli import search as cli_search
 from isc.cli.options import score_norm
 from isc.cli.run import main
-from isc.core.descriptors import read_descriptor_track, read_descriptors
+from isc.core.descriptors import provenance_path, read_descriptor_track, read_descriptors, write_descriptors
+from isc.core.files import InputError
 from isc.core.partial_log import PartialLog
 from isc.core.tables import read_ground_truth, read_predictions
+from isc.download.s3 import DownloadOptions
 from isc.evaluate.metrics import evaluate
-from isc.extract.extraction import extract
+from isc.extract.extraction import ExtractOptions, extract
 from isc.extract.image_files import list_split_images
 from isc.models import create_model
 from isc.pipeline.demo import run_demo
 from isc.pipeline.run import Pipeline, RunConfig
+from isc.search.matching import SearchOptions
 from isc.search.normalisation import ScoreNorm
 from isc.submit.manifest import read_manifest
 from isc.submit.matching import check_matching_csv
@@ -35,7 +38,7 @@ from isc.verify.local_features import VerifyOptions
 from isc.verify.verification import evidence_path, read_evidence
 
 # small and fast: 64-pixel inputs, 16-dimensional whitening (the mini dataset has 40 training images)
-FAST = {"image_size": 64, "pca_dim": 16, "batch_size": 8, "workers": 0, "quiet": True}
+FAST = {"image_size": 64, "pca_dim": 16, "extraction": ExtractOptions(batch_size=8, workers=0), "quiet": True}
 RUN = [sys.executable, "-m", "isc.cli.run"]
 # the model named: without --model isc-run takes sscd where it is installed
 FAST_ARGS = ["--model", "efficientnet_lite0", "--image-size", "64", "--pca-dim", "16", "--batch-size", "8",
@@ -50,7 +53,7 @@ def ground_truth_files(mini_dataset: Path) -> list[Path]:
 def completed(s3_endpoint, mini_dataset, tmp_path_factory):
     """A finished run: (work folder, submissions folder, its summary)."""
     work = tmp_path_factory.mktemp("run")
-    config = RunConfig(work=work, endpoint_url=s3_endpoint, ground_truth=ground_truth_files(mini_dataset),
+    config = RunConfig(work=work, download=DownloadOptions(endpoint_url=s3_endpoint), ground_truth=ground_truth_files(mini_dataset),
                        submissions=work / "submissions", **FAST)
     return work, work / "submissions", Pipeline(config).run()
 
@@ -72,6 +75,9 @@ def test_round_trip_writes_valid_submissions_of_both_phases(completed, mini_data
             # the competition's checksum, computed independently of the toolkit's io.file_digest
             assert manifest["md5"] == hashlib.md5(submission.read_bytes()).hexdigest() and manifest["phase"] == phase
             assert "muap" in manifest["local_evaluation"]
+        # the search is isc-search's, with its record beside the predictions
+        searched = json.loads(provenance_path(work / f"predictions_phase{phase}.csv").read_text())
+        assert searched["command"] == "isc-search" and searched["options"]["phase"] == phase
     # the matching manifest records the descriptors (model, whitening) the predictions came from
     sources = read_manifest(submissions / "phase1_matching.csv")["provenance"]
     # (the matching track searches the descriptors as extracted; the descriptor track the whitened ones)
@@ -121,7 +127,7 @@ def test_second_run_skips_every_step_and_rewrites_nothing(completed, s3_endpoint
     # every file a step writes (data/ holds the bucket's metadata, fetched again on each run)
     outputs = sorted(p for p in work.rglob("*") if p.suffix in (".h5", ".csv", ".npz") and "data" not in p.parts)
     before = {p: p.stat().st_mtime_ns for p in outputs}
-    config = RunConfig(work=work, endpoint_url=s3_endpoint, ground_truth=ground_truth_files(mini_dataset),
+    config = RunConfig(work=work, download=DownloadOptions(endpoint_url=s3_endpoint), ground_truth=ground_truth_files(mini_dataset),
                        submissions=submissions, **FAST)
     again = Pipeline(config).run()
     not_skipped = [(s.stage, s.target) for s in again.steps if not s.skipped and s.stage != "eval"]
@@ -133,7 +139,7 @@ def test_second_run_skips_every_step_and_rewrites_nothing(completed, s3_endpoint
 def test_new_phase2_queries_extract_only_those(completed, s3_endpoint, mini_dataset, tmp_path):
     """Phase 2 after phase 1: the phase-1 and reference descriptors are reused, only new queries extracted."""
     work, _, _ = completed
-    config = RunConfig(work=work, endpoint_url=s3_endpoint, ground_truth=ground_truth_files(mini_dataset),
+    config = RunConfig(work=work, download=DownloadOptions(endpoint_url=s3_endpoint), ground_truth=ground_truth_files(mini_dataset),
                        submissions=tmp_path / "submissions", phases=[1], **FAST)
     Pipeline(config).run()
     (work / "descriptors" / "query_phase2.h5").unlink()
@@ -145,7 +151,7 @@ def test_new_phase2_queries_extract_only_those(completed, s3_endpoint, mini_data
 
 
 def test_limit_runs_a_trial_on_the_first_images(s3_endpoint, mini_dataset, tmp_path):
-    config = RunConfig(work=tmp_path / "work", endpoint_url=s3_endpoint, limit=10,
+    config = RunConfig(work=tmp_path / "work", download=DownloadOptions(endpoint_url=s3_endpoint), limit=10,
                        ground_truth=ground_truth_files(mini_dataset), submissions=tmp_path / "submissions",
                        **{**FAST, "pca_dim": 8})
     steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
@@ -160,7 +166,7 @@ def test_limit_runs_a_trial_on_the_first_images(s3_endpoint, mini_dataset, tmp_p
 
 
 def test_training_limit_uses_the_first_training_images_only(s3_endpoint, mini_dataset, tmp_path):
-    config = RunConfig(work=tmp_path / "work", endpoint_url=s3_endpoint, training_limit=20,
+    config = RunConfig(work=tmp_path / "work", download=DownloadOptions(endpoint_url=s3_endpoint), training_limit=20,
                        submissions=tmp_path / "submissions", **{**FAST, "pca_dim": 8})
     steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
     assert steps[("download", "training")].images == 20 and steps[("download", "reference")].images == 40
@@ -205,7 +211,7 @@ def test_demo_generates_serves_and_submits(tmp_path):
     config = RunConfig(work=tmp_path / "demo", submissions=tmp_path / "demo" / "submissions", **FAST)
     sizes = {"references": 30, "queries": 12, "phase2_queries": 6, "training": 30}
     summary = run_demo(config, seed=3, **sizes)
-    assert config.endpoint_url is None and config.ground_truth == ()  # the demo ran a copy
+    assert config.download.endpoint_url is None and config.ground_truth == ()  # the demo ran a copy
     stages = [s.stage for s in summary.steps]
     assert stages[:2] == ["synth", "serve"] and stages.count("download") == 3
     assert set(summary.metrics) == {f"phase {p} {t}" for p in (1, 2) for t in ("matching", "descriptors")}
@@ -251,7 +257,7 @@ def test_score_normalisation_options_are_isc_searchs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cli_run, "Pipeline", Recorded)
     assert main([str(tmp_path / "work"), "--model", "efficientnet_lite0", "--quiet", *NORM_ARGS]) == 0
-    assert configs[0].norm == ScoreNorm(1.5, (1, 3), "min", references=True)
+    assert configs[0].search.norm == ScoreNorm(1.5, (1, 3), "min", references=True)
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
@@ -331,3 +337,27 @@ def test_reference_crops_and_plain_files_from_the_crops_full_views(mini_dataset,
     assert (predictions.groupby("query_id")["reference_id"].nunique() == 3).all()
     reference_ids = read_descriptor_track(tmp_path / "submissions" / "phase1_descriptors.h5")[2]
     assert reference_ids == sorted(pd.read_csv(mini_dataset / "reference_metadata.csv")["image_id"])
+
+
+def _descriptor_file(path: Path, ids: list[str], model: str) -> Path:
+    descriptors = np.random.default_rng(len(ids)).standard_normal((len(ids), 8)).astype(np.float32)
+    descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True)
+    write_descriptors(path, ids, descriptors, {"model": model, "model_fingerprint": model * 4})
+    return path
+
+
+def test_search_step_is_isc_searchs_with_its_provenance_and_same_model_check(tmp_path):
+    (tmp_path / "work").mkdir()
+    queries, references = [f"Q{i:05d}" for i in range(5)], [f"R{i:06d}" for i in range(20)]
+    files = {"query_phase1": _descriptor_file(tmp_path / "q.h5", queries, "a"),
+             "reference": _descriptor_file(tmp_path / "r.h5", references, "a")}
+    pipeline = Pipeline(RunConfig(work=tmp_path / "work", search=SearchOptions(k=3), quiet=True))
+    predictions = pipeline.search(files, 1)
+    record = json.loads(provenance_path(predictions).read_text())
+    assert record["command"] == "isc-search" and record["options"]["k"] == 3 and record["options"]["phase"] == 1
+    assert {split: Path(i["path"]).name for split, i in record["inputs"].items()} == {"query": "q.h5",
+                                                                                     "reference": "r.h5"}
+    assert record["predictions"] == {"rows": 15, "queries": 5}
+    files["reference"] = _descriptor_file(tmp_path / "other.h5", references, "b")
+    with pytest.raises(InputError, match="not made by the same model"):
+        pipeline.search(files, 1)

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from isc.core.files import InputError, check_parent_folders
+from isc.core.files import InputError, SettingError, check_parent_folders
 
 PathArg = str | os.PathLike | None
 
@@ -41,6 +41,9 @@ def run_command(
     engine_log.propagate = False
     try:
         return int(command(args) or 0)
+    except SettingError as e:  # the engine names the setting, the command its own flag
+        print(f"{parser.prog}: error: {flag_of(parser, e.setting) or e.setting} {e.problem}", file=sys.stderr)
+        return 2
     except InputError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
@@ -56,6 +59,19 @@ def run_command(
     finally:
         engine_log.handlers[:], level, engine_log.propagate = saved
         engine_log.setLevel(level)
+
+
+def flag_of(parser: argparse.ArgumentParser, setting: str) -> str | None:
+    """The long flag of ``parser`` (or of one of its subcommands) that sets ``setting`` (its dest), or None."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found = (flag_of(subcommand, setting) for subcommand in action.choices.values())
+            flag = next((f for f in found if f), None)
+            if flag:
+                return flag
+        elif action.dest == setting and action.option_strings:
+            return max(action.option_strings, key=len)
+    return None
 
 
 def one_line_usage_errors(parser: argparse.ArgumentParser) -> None:

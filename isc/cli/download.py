@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
-from isc.cli.options import add_retry_options, add_s3_options
+from isc.cli.options import add_retry_options, add_s3_options, download_options
 from isc.core.competition import SPLITS
 from isc.core.files import InputError, check_file
 from isc.download import s3
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--region", choices=s3.REGION_CHOICES,
                         help="bucket to read: us-west, eu (Frankfurt), asia (Singapore), or auto: time a small "
                         "request to each and use the fastest; required unless --endpoint-url (or $AWS_ENDPOINT_URL) "
-                        "names a mirror, where it defaults to us-west")
+                        f"names a mirror, where it defaults to {s3.DownloadOptions.region}")
     parser.add_argument("--split", required=True, choices=SPLITS, help="which images to fetch")
     parser.add_argument("--dest", required=True, metavar="DIR", help="destination folder; images go to DIR/<split>_images/")
     parser.add_argument("--metadata", metavar="CSV",
@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rehash", action="store_true",
                         help="re-hash every local file instead of trusting the record of files verified by earlier "
                         "runs (kept in DIR/<split>_images/.isc-verified.tsv, valid while size and mtime are unchanged)")
-    parser.add_argument("--workers", type=positive_int, default=s3.DEFAULT_WORKERS,
-                        help=f"parallel downloads (threads and pooled connections; default {s3.DEFAULT_WORKERS})")
+    parser.add_argument("--workers", type=positive_int, default=s3.DownloadOptions.workers,
+                        help=f"parallel downloads (threads and pooled connections; default {s3.DownloadOptions.workers})")
     add_retry_options(parser)
     parser.add_argument("--report", metavar="JSON",
                         help="machine-readable report (downloaded, skipped, failed with reasons, bytes, seconds); "
@@ -73,11 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> None:
     if args.repair and not args.verify_only:
         raise InputError("--repair goes with --verify-only (a plain run already fetches missing and corrupt files)")
-    if args.region is None:
-        if not s3.endpoint_url_or_environment(args.endpoint_url):
-            raise InputError(f"--region is required ({', '.join(s3.REGIONS)} or {s3.AUTO_REGION}) unless --endpoint-url "
-                             "names a mirror")
-        args.region = s3.DEFAULT_REGION  # a mirror serves every region's bucket, as isc-s3serve does
+    # a mirror serves every region's bucket, as isc-s3serve does: the default region's will do
+    if args.region is None and not s3.endpoint_url_or_environment(args.endpoint_url):
+        raise InputError(f"--region is required ({', '.join(s3.REGIONS)} or {s3.AUTO_REGION}) unless --endpoint-url "
+                         "names a mirror")
     if args.metadata:
         check_file(args.metadata, "metadata file")
     check_outputs(inputs=[args.metadata], outputs=[args.report], folders=[args.dest])
@@ -113,14 +112,14 @@ def _summary(report: DownloadReport, report_path: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    options = download_options(args, args.workers, verify_only=args.verify_only, repair=args.repair,
+                               rehash=args.rehash)
     _warn_about_leading_includes(args.filters or [])
 
     try:
         report, report_path = sync_split(
-            args.region, args.split, args.dest, endpoint_url=args.endpoint_url, profile=args.profile,
-            metadata_path=args.metadata, filters=args.filters or (), id_ranges=args.ids, limit=args.limit,
-            workers=args.workers, attempts=args.attempts, verify_only=args.verify_only, repair=args.repair,
-            rehash=args.rehash, report_path=args.report, quiet=args.quiet, timeout=args.timeout,
+            args.split, args.dest, options, metadata_path=args.metadata, filters=args.filters or (),
+            id_ranges=args.ids, limit=args.limit, report_path=args.report, quiet=args.quiet,
         )
     except s3.EndpointUnresponsive as e:  # not bad input: the download did not happen, a re-run may work
         print(f"isc-download: error: {e}", file=sys.stderr)

@@ -18,13 +18,11 @@ from isc.cli.common import (
     print_broken,
     run_command,
 )
-from isc.cli.options import add_model_options, model_choice
+from isc.cli.options import add_model_options, add_phase_option, extract_options, model_choice
 from isc.core.competition import SPLITS, split_folder
-from isc.core.distributed import check_device
 from isc.core.files import InputError
 from isc.core.partial_log import NoImageRead
-from isc.extract.decode import DEFAULT_MAX_PIXELS
-from isc.extract.extraction import DECODERS, extract
+from isc.extract.extraction import DECODERS, ExtractOptions, extract
 from isc.extract.image_files import image_classes, list_images, list_split_images, select_split_images
 from isc.models import POOLINGS, RESIZE_MODES, create_model
 
@@ -37,6 +35,7 @@ def _scales(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    defaults = ExtractOptions()
     parser = argparse.ArgumentParser(
         prog="isc-extract",
         description="Extract one descriptor per image into an HDF5 file (datasets ids, descriptors, file_stamps: "
@@ -53,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "file listing one image path a line (id = file name without suffix; relative paths are "
                         "relative to the list file's folder; a missing file is listed as broken)")
     parser.add_argument("--data", metavar="ROOT", help="dataset root of --split (where isc-download writes)")
-    parser.add_argument("--phase", type=int, choices=(1, 2),
-                        help="with --split query: only the queries of this phase (1: Q00000-Q49999, 2: Q50000-Q99999)")
+    add_phase_option(parser, "with --split query: only the queries of this phase")
     parser.add_argument("--ids", action="append", default=[], metavar="FIRST-LAST",
                         help="with --split: only ids in this inclusive range (e.g. R000000-R000099) or this single "
                         "id; repeatable")
@@ -68,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the model's)")
     parser.add_argument("--pool", choices=POOLINGS, help="pooling of a timm backbone (default gem)")
     parser.add_argument("--dim", type=positive_int, help="linear projection of a timm backbone to this dimension")
-    parser.add_argument("--scales", type=_scales, default=[1.0], metavar="S1,S2",
+    parser.add_argument("--scales", type=_scales, default=defaults.scales, metavar="S1,S2",
                         help="test-time scales relative to the image size, descriptors averaged (default 1)")
     parser.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
     parser.add_argument("--crops", action="store_true",
@@ -82,16 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "DataLoader workers, or, for a model that takes uint8 pixels, in worker processes that hand "
                         "it numpy pixels (PDQ hashes there) with no torch batches: the same descriptors, faster "
                         "(default: pil for those models and on the CPU, else torchvision)")
-    parser.add_argument("--decode-processes", type=non_negative_int, default=0, metavar="N",
+    parser.add_argument("--decode-processes", type=non_negative_int, default=defaults.decode_processes, metavar="N",
                         help="torchvision decoder: N processes read and decode (nvJPEG on a GPU) beside the one that "
                         "runs the model, sharing the --workers reading threads; the same descriptors, bit for bit, "
                         "faster when reading and decoding in one process cannot keep up with the model. 0: all in "
                         "one process (the default, until scripts/gpu_check.py has measured the processes on a GPU)")
     parser.add_argument("--fp32", action="store_true", help="float32 inference on a GPU (default float16)")
-    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                        help=f"larger images are listed as broken (default {DEFAULT_MAX_PIXELS:,})")
-    parser.add_argument("--max-broken", type=non_negative_float, default=0.01, metavar="FRACTION",
-                        help="warn when more than this fraction of the images is broken (default 0.01; 1: never). "
+    parser.add_argument("--max-pixels", type=positive_int, default=defaults.max_pixels,
+                        help=f"larger images are listed as broken (default {defaults.max_pixels:,})")
+    parser.add_argument("--max-broken", type=non_negative_float, default=defaults.max_broken, metavar="FRACTION",
+                        help=f"warn when more than this fraction of the images is broken (default {defaults.max_broken:g}; "
+                        "1: never). "
                         "When no image at all can be read, nothing is written and the exit status is 1")
     parser.add_argument("--strict", action="store_true", help="fail on the first broken image instead of "
                         "listing it")
@@ -119,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
     # an output that does not exist yet cannot be an input: resolving a million image paths is then skipped
     check_outputs(inputs=[listing, args.checkpoint, *(images.values() if os.path.lexists(args.output) else ())],
                   outputs=[args.output])
-    check_device(args.device)
+    extraction = extract_options(
+        args, decoder=args.decoder, scales=args.scales, flip=args.flip, crops=args.crops,
+        half=False if args.fp32 else None, strict=args.strict, resume=not args.restart, max_pixels=args.max_pixels,
+        max_broken=args.max_broken, decode_processes=args.decode_processes)
     options = {key: value for key, value in
                {"image_size": args.image_size, "resize": args.resize, "pool": args.pool, "dim": args.dim}.items()
                if value is not None}
@@ -130,11 +132,8 @@ def run(args: argparse.Namespace) -> int:
     source = split_folder(args.data, args.split) if args.split else args.images
     try:
         summary = extract(
-            images, args.output, model, batch_size=args.batch_size, device=args.device, workers=args.workers,
-            decoder=args.decoder, scales=args.scales, flip=args.flip, crops=args.crops, half=False if args.fp32 else None,
-            strict=args.strict, resume=not args.restart, max_pixels=args.max_pixels, quiet=args.quiet,
-            classes=image_classes(images) if args.images and not listing else None, max_broken=args.max_broken,
-            decode_processes=args.decode_processes,
+            images, args.output, model, extraction, quiet=args.quiet,
+            classes=image_classes(images) if args.images and not listing else None,
             attrs={"source": str(source), "split": args.split, "checkpoint": args.checkpoint, "phase": args.phase,
                    "ids": ",".join(args.ids) or None},
         )

@@ -7,18 +7,17 @@ import sys
 from pathlib import Path
 
 from isc.cli.common import check_outputs, finite_float, positive_int, run_command
-from isc.cli.options import add_model_options, model_choice
-from isc.core.distributed import check_device
+from isc.cli.options import add_model_options, extract_options, model_choice
 from isc.evaluate.report import write_matches_page
 from isc.models import create_model
 from isc.pipeline.find import (
-    DEFAULT_K,
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLD_NORMALISED,
     find_copies,
     groups_of,
     write_matches,
 )
+from isc.search.matching import DEFAULT_K
 
 EPILOG = f"""\
 what it does: every image of the folders (searched recursively; ids are paths relative to the folder,
@@ -82,15 +81,14 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     cache = Path(args.cache) if args.cache else output.with_name(output.name + ".cache")
     check_outputs(inputs=[args.checkpoint], outputs=[args.output, args.report], folders=[cache])
-    check_device(args.device)
+    extraction = extract_options(args)
     model_name, why = model_choice(args)
     options = {key: value for key, value in {"image_size": args.image_size}.items() if value is not None}
     model = create_model(model_name, checkpoint=args.checkpoint, **options)
     if why and not args.quiet:
         print(f"isc-find: no --model given, using {model_name}; {why}", file=sys.stderr)
-    found = find_copies(args.folders, cache, model, threshold=args.threshold, training=args.training,
-                        crops=not args.no_crops, k=args.k, quiet=args.quiet, batch_size=args.batch_size,
-                        device=args.device, workers=args.workers)
+    found = find_copies(args.folders, cache, model, extraction, threshold=args.threshold, training=args.training,
+                        crops=not args.no_crops, k=args.k, quiet=args.quiet)
     write_matches(output, found.matches, found.paths, found.record, found.same_images)
     threshold = found.record["threshold"]
     summary = (f"{len(found.matches)} pairs scoring >= {threshold:g} ({model.name}, "

@@ -1,5 +1,7 @@
 """Option definitions shared by two commands (a stage's and ``isc-run``, or isc-eval and isc-report), each
-with the function that reads it back: written once, so that both take the same names, types, defaults and help."""
+with the function that reads it back, as the stage's options object where it has one (:class:`ExtractOptions`,
+:class:`DownloadOptions`, :class:`SearchOptions`): written once, so that both take the same names, types,
+defaults and help, and build the same checked object."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ import warnings
 from typing import TYPE_CHECKING
 
 from isc.cli.common import float_between, int_between, non_negative_int, positive_float, positive_int
-from isc.core.competition import MATCHING_TRACK_MAX_ROWS
+from isc.core.competition import MATCHING_TRACK_MAX_ROWS, PHASE_QUERY_RANGES, PHASES
 from isc.core.tables import read_ground_truth, read_predictions
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from isc.download.s3 import DownloadOptions
+    from isc.extract.extraction import ExtractOptions
+    from isc.search.matching import SearchOptions
     from isc.search.normalisation import ScoreNorm
 
 # each adder imports its stage's module itself: isc-download, which shares the S3 options, must not load torch
@@ -53,6 +58,24 @@ def model_choice(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return default_model()
 
 
+def extract_options(args: argparse.Namespace, **settings: object) -> ExtractOptions:
+    """The :class:`ExtractOptions` of the options :func:`add_model_options` added (batch size, device, workers)
+    and the command's other ``settings``; InputError when they are bad (a bad device included)."""
+    from isc.extract.extraction import ExtractOptions
+
+    return ExtractOptions(batch_size=args.batch_size, device=args.device, workers=args.workers, **settings)
+
+
+def phase_ranges() -> str:
+    """The competition's phases and their query ids, for a --phase option's help."""
+    return ", ".join(f"{phase}: Q{lo:05d}-Q{hi:05d}" for phase, (lo, hi) in PHASE_QUERY_RANGES.items())
+
+
+def add_phase_option(parser: Parser, what: str, required: bool = False) -> None:
+    """--phase, one of the competition's phases, for ``what`` (isc-extract's, isc-search's and isc-submit's)."""
+    parser.add_argument("--phase", type=int, choices=PHASES, required=required, help=f"{what} ({phase_ranges()})")
+
+
 def http_url(text: str) -> str:
     """The option type of an endpoint: an http:// or https:// URL with a host."""
     import urllib.parse
@@ -85,6 +108,47 @@ def add_retry_options(parser: Parser) -> None:
                         help="wait at most this long for a connection, or for the next bytes of an answer, before "
                         f"trying again; an answer still under {s3.MIN_BYTES_PER_SECOND // 1024} kB/s after this long "
                         f"has stalled and is tried again too (default {s3.DEFAULT_TIMEOUT:g})")
+
+
+def download_options(args: argparse.Namespace, workers: int, **settings: object) -> DownloadOptions:
+    """The :class:`DownloadOptions` of --region (when None, the default region), the options of
+    :func:`add_s3_options` and :func:`add_retry_options`, ``workers`` parallel downloads and the command's other
+    ``settings``; InputError when they are bad."""
+    from isc.download.s3 import DownloadOptions
+
+    region = {} if args.region is None else {"region": args.region}
+    return DownloadOptions(**region, endpoint_url=args.endpoint_url, profile=args.profile, workers=workers,
+                           attempts=args.attempts, timeout=args.timeout, **settings)
+
+
+def add_backend_option(parser: Parser) -> None:
+    """--backend, the nearest-neighbour search's (isc-search's, isc-run's and isc-submit's)."""
+    from isc.search.knn import BACKENDS
+
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="auto (default): torch on a GPU if CUDA is available, else faiss-gpu if the installed "
+                        "faiss has GPU support, else faiss-cpu")
+
+
+def add_search_options(parser: Parser) -> None:
+    """What a search keeps and how: --k, --backend and the score normalisation (isc-search's and isc-run's),
+    read back by :func:`search_options`."""
+    from isc.search.matching import DEFAULT_K
+
+    parser.add_argument("--k", type=positive_int,
+                        help=f"references kept per query (default {DEFAULT_K}); reduced, with a warning, to the "
+                        "number of references")
+    add_backend_option(parser)
+    add_score_norm_options(parser)
+
+
+def search_options(args: argparse.Namespace, **settings: object) -> SearchOptions:
+    """The :class:`SearchOptions` of the options :func:`add_search_options` added and the command's other
+    ``settings``; InputError when they are bad."""
+    from isc.search.matching import SearchOptions
+
+    k = {} if args.k is None else {"k": args.k}
+    return SearchOptions(**k, backend=args.backend, norm=score_norm(args), **settings)
 
 
 def add_score_norm_options(parser: Parser) -> None:

@@ -7,6 +7,7 @@ import argparse
 from isc.cli.common import check_outputs, float_between, positive_int, run_command
 from isc.core.competition import DESCRIPTOR_TRACK_MAX_DIM
 from isc.core.files import InputError
+from isc.search.negatives import NegativeEmbeddings
 from isc.search.normalisation import MAX_BETA
 from isc.search.pca import PCAWhitening, apply_pca_files, learn_pca_file
 
@@ -39,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "normalisation): subtract from each whitened descriptor --neg-beta x the mean of its --neg-k "
                        "nearest descriptors of this training file (whitened alike), then L2-normalise; give the "
                        "query and reference files, not this one")
-    apply.add_argument("--neg-beta", type=float_between(0, MAX_BETA), default=0.25,
+    apply.add_argument("--neg-beta", type=float_between(0, MAX_BETA), default=NegativeEmbeddings.beta,
                        help=f"weight of the subtracted training neighbours, 0 to {MAX_BETA:g} (default %(default)s)")
-    apply.add_argument("--neg-k", type=positive_int, default=3,
+    apply.add_argument("--neg-k", type=positive_int, default=NegativeEmbeddings.k,
                        help="training neighbours averaged (default %(default)s)")
     apply.add_argument("--quiet", action="store_true", help="no messages")
     return parser
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(inputs=[args.pca, *args.inputs, *negatives], outputs=args.output)
     pca = PCAWhitening.load(args.pca)
     pairs = list(zip(args.inputs, args.output, strict=True))
-    written = apply_pca_files(pca, pairs, args.negatives, args.neg_beta, args.neg_k, args.quiet)
+    written = apply_pca_files(pca, pairs, args.negatives, NegativeEmbeddings(args.neg_beta, args.neg_k), args.quiet)
     for (source, target), rows in zip(pairs, written, strict=True):
         if not args.quiet:
             print(f"{source} -> {target}: {rows} descriptors of dimension {pca.dim}")

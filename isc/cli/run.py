@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
@@ -13,18 +12,18 @@ from isc.cli.options import (
     add_model_options,
     add_retry_options,
     add_s3_options,
-    add_score_norm_options,
+    add_search_options,
+    download_options,
+    extract_options,
     model_choice,
-    score_norm,
+    search_options,
 )
-from isc.core.distributed import check_device
+from isc.core.competition import PHASES
 from isc.core.files import InputError
 from isc.download import s3
 from isc.pipeline.demo import DEMO_IMAGE_SIZE, run_demo
-from isc.pipeline.run import PHASES, Pipeline, RunConfig, planned_outputs
-from isc.search.knn import BACKENDS
-from isc.search.matching import DEFAULT_K
-from isc.submit.manifest import SUBMISSIONS_DIR_ENV
+from isc.pipeline.run import Pipeline, RunConfig, planned_outputs
+from isc.submit.manifest import SUBMISSIONS_DIR_ENV, default_submissions_dir
 from isc.verify.local_features import VerifyOptions
 
 EPILOG = """\
@@ -59,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_argument_group("images")
     source.add_argument("--data", metavar="ROOT", help="use the images already under ROOT/<split>_images/ "
                         "instead of downloading into WORK/data")
-    source.add_argument("--region", default=s3.DEFAULT_REGION, choices=s3.REGION_CHOICES,
-                        help="bucket to download from (default: %(default)s; auto: the fastest)")
+    source.add_argument("--region", choices=s3.REGION_CHOICES,
+                        help=f"bucket to download from (default: {s3.DownloadOptions.region}; auto: the fastest)")
     add_s3_options(source)
     add_retry_options(source)
     source.add_argument("--limit", type=positive_int, metavar="N",
@@ -68,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--training-limit", type=positive_int, metavar="N",
                         help="only the first N training images, which learn the whitening and normalise the scores "
                         "(e.g. 100000 instead of 1M: a tenth of the training downloads and extraction)")
-    source.add_argument("--download-workers", type=positive_int, default=s3.DEFAULT_WORKERS,
+    source.add_argument("--download-workers", type=positive_int, default=s3.DownloadOptions.workers,
                         help="parallel downloads (default: %(default)s)")
     model = parser.add_argument_group("descriptors")
     add_model_options(model)
@@ -87,10 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "track), each pair scored by its best (query view, reference view): 6x the reference "
                        "extraction and index; gain and cost in docs/BENCHMARKS.md (default: off)")
     search = parser.add_argument_group("search, scoring and submission")
-    search.add_argument("--k", type=positive_int, default=DEFAULT_K,
-                        help="references kept per query (default: %(default)s)")
-    search.add_argument("--backend", default="auto", choices=BACKENDS, help="search backend (default: %(default)s)")
-    add_score_norm_options(search)
+    add_search_options(search)
     model.add_argument("--matching-whitened", action="store_true",
                        help="search the matching track in the PCA-whitened descriptors too (by default it searches "
                        "them as extracted: on photos they hold more copies among each query's candidates, and with "
@@ -130,23 +126,23 @@ def run(args: argparse.Namespace) -> int:
     model_name, why = model_choice(args)
     if why:
         logging.getLogger("isc.cli.run").info("no --model given, using %s; %s", model_name, why)
-    submissions = args.submissions_dir or (work / "submissions" if args.demo
-                                           else os.environ.get(SUBMISSIONS_DIR_ENV, "submissions"))
+    submissions = Path(args.submissions_dir) if args.submissions_dir else (
+        work / "submissions" if args.demo else default_submissions_dir())
+    # the stages' options, as their own commands build them: a bad one (a device, say) is refused before --demo
+    # generates its dataset
     config = RunConfig(
-        work=work, data=Path(args.data) if args.data else None, region=args.region, endpoint_url=args.endpoint_url,
-        profile=args.profile, limit=args.limit, training_limit=args.training_limit,
-        download_workers=args.download_workers, attempts=args.attempts, timeout=args.timeout, model=model_name, checkpoint=args.checkpoint,
-        image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None), device=args.device,
-        batch_size=args.batch_size, workers=args.workers, pca_dim=args.pca_dim, k=args.k, query_crops=args.query_crops,
-        reference_crops=args.reference_crops,
-        backend=args.backend, norm=score_norm(args), phases=sorted(set(args.phases)),
+        work=work, data=Path(args.data) if args.data else None, download=download_options(args, args.download_workers),
+        limit=args.limit, training_limit=args.training_limit, model=model_name, checkpoint=args.checkpoint,
+        image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None), extraction=extract_options(args),
+        pca_dim=args.pca_dim, search=search_options(args), query_crops=args.query_crops,
+        reference_crops=args.reference_crops, phases=sorted(set(args.phases)),
         ground_truth=[Path(p) for p in args.gt], restrict_to_gt_queries=args.restrict_to_gt_queries,
-        submissions=Path(submissions), quiet=args.quiet,
-        matching_whitened=args.matching_whitened, verify=VerifyOptions(k=args.verify_k, workers=args.workers) if args.verify else None,
+        submissions=submissions, quiet=args.quiet, matching_whitened=args.matching_whitened,
+        verify=VerifyOptions(k=args.verify_k, workers=args.workers) if args.verify else None,
         calibration=Path(args.calibration) if args.calibration else None, calibration_copies=args.calibration_copies,
     )
-    check_outputs(inputs=[args.checkpoint, *args.gt, args.calibration], outputs=planned_outputs(config), folders=[work, submissions])
-    check_device(args.device)  # before --demo generates its dataset
+    check_outputs(inputs=[args.checkpoint, *args.gt, args.calibration], outputs=planned_outputs(config),
+                  folders=[work, submissions])
     summary = run_demo(config) if args.demo else Pipeline(config).run()
     if args.json:
         print(json.dumps({"steps": [vars(step) for step in summary.steps], "metrics": summary.metrics}))

@@ -6,13 +6,11 @@ import argparse
 from pathlib import Path
 
 from isc.cli.common import check_outputs, positive_int, run_command
-from isc.cli.options import add_score_norm_options, score_norm
-from isc.core.competition import MATCHING_TRACK_MAX_ROWS
+from isc.cli.options import add_phase_option, add_search_options, search_options
 from isc.core.descriptors import provenance_path, read_descriptor_classes, read_descriptors
 from isc.core.files import InputError
-from isc.search.knn import BACKENDS
 from isc.search.knn_graph import knn_graph, knn_graph_paths, write_knn_graph
-from isc.search.matching import DEFAULT_K, search_files
+from isc.search.matching import SearchOptions, search_files
 
 GRAPH_K = 80  # --knn-graph's default k
 
@@ -48,6 +46,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    defaults = SearchOptions()
     parser = argparse.ArgumentParser(
         prog="isc-search",
         description="k-nearest-neighbour search of query descriptors among reference descriptors (inner "
@@ -65,26 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True,
                         help="predictions CSV to write, with its provenance <output>.provenance.json (with "
                         "--knn-graph: the output folder)")
-    parser.add_argument("--phase", type=int, choices=(1, 2),
-                        help="search only the queries of this competition phase (1: Q00000-Q49999, "
-                        "2: Q50000-Q99999); refused when the query file has none")
-    parser.add_argument("--k", type=positive_int, default=None,
-                        help=f"neighbours per query (default {DEFAULT_K}; with --knn-graph default {GRAPH_K}); "
-                        "reduced, with a warning, to the number of references")
-    parser.add_argument("--max-results", type=positive_int, default=MATCHING_TRACK_MAX_ROWS,
+    add_phase_option(parser, "search only the queries of this competition phase; refused when the query file "
+                     "has none")
+    add_search_options(parser)
+    parser.add_argument("--max-results", type=positive_int, default=defaults.max_results,
                         help=f"keep the best N (query, reference) pairs over all queries (default "
-                        f"{MATCHING_TRACK_MAX_ROWS}, the matching track's limit)")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="auto (default): torch on a GPU if CUDA is available, else faiss-gpu if the "
-                        "installed faiss has GPU support, else faiss-cpu")
-    add_score_norm_options(parser)
+                        f"{defaults.max_results}, the matching track's limit)")
     parser.add_argument("--index", metavar="FAISS_STRING",
                         help="approximate search with a FAISS index (e.g. IVF1024,Flat or IVF1024,PQ32), trained "
                         "on the training descriptors if given, else the references; prints its recall@k "
                         "against the exact search on 1000 queries")
-    parser.add_argument("--nprobe", type=positive_int, default=16, help="IVF lists visited per query (default 16)")
+    parser.add_argument("--nprobe", type=positive_int, default=defaults.nprobe,
+                        help=f"IVF lists visited per query (default {defaults.nprobe})")
     parser.add_argument("--knn-graph", metavar="DESC.h5",
-                        help="export the kNN graph of this descriptor file against itself into the folder -o: "
+                        help=f"export the kNN graph of this descriptor file against itself, its --k nearest (here "
+                        f"by default {GRAPH_K}), into the folder -o: "
                         "<name>.npz (ids, neighbours, similarities), features/<name>.bin and "
                         "knns/<name>/faiss_k_<k>.npz (learn-to-cluster's layout), and labels/<name>.meta "
                         "when the file has classes (isc-extract --images over one folder per class)")
@@ -102,20 +96,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--query and --reference are required (or --knn-graph DESC.h5)")
     if args.normalize_references and not args.training:
         raise InputError("--normalize-references needs --training")
+    options = search_options(args, max_results=args.max_results, index=args.index, nprobe=args.nprobe)
     check_outputs(inputs=[args.query, args.reference, args.training],
                   outputs=[args.output, provenance_path(args.output)])
-    predictions = search_files(
-        args.query, args.reference, args.output, args.training,
-        norm=score_norm(args),
-        phase=args.phase,
-        ignore_attributes=args.ignore_attribute,
-        k=DEFAULT_K if args.k is None else args.k,
-        max_results=args.max_results,
-        backend=args.backend,
-        index=args.index,
-        nprobe=args.nprobe,
-        quiet=args.quiet,
-    )
+    predictions = search_files(args.query, args.reference, args.output, args.training, options, phase=args.phase,
+                               ignore_attributes=args.ignore_attribute, quiet=args.quiet)
     if not args.quiet:
         phase = f" (phase {args.phase})" if args.phase else ""
         print(f"{len(predictions)} predictions for {predictions['query_id'].nunique()} queries{phase} written to "

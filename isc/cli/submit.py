@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
+from isc.cli.options import add_backend_option, add_phase_option
 from isc.core.competition import MATCHING_TRACK_MAX_ROWS
 from isc.core.descriptors import provenance_path
 from isc.core.tables import read_ground_truth, write_predictions
-from isc.evaluate.metrics import RESULTS_PER_QUERY, Metrics, score_descriptor_track
-from isc.search.knn import BACKENDS
+from isc.evaluate.metrics import RESULTS_PER_QUERY, Metrics
 from isc.submit.descriptors import split_file_paths, submit_descriptors
-from isc.submit.manifest import SUBMISSIONS_DIR_ENV, default_submission_path, manifest_path, update_manifest
+from isc.submit.manifest import (
+    SUBMISSIONS_DIR_ENV,
+    default_submission_path,
+    default_submissions_dir,
+    manifest_path,
+)
 from isc.submit.matching import submit_matching
+from isc.submit.scoring import record_evaluation, score_submission
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EPILOG = """\
 examples:
@@ -34,20 +44,13 @@ descriptors' or predictions' provenance, this command line, the toolkit version 
 
 
 def _add_common(parser: argparse.ArgumentParser, track: str) -> None:
-    parser.add_argument(
-        "--phase",
-        type=int,
-        choices=(1, 2),
-        required=True,
-        help="competition phase: 1 (queries Q00000-Q49999) or 2 (queries Q50000-Q99999)",
-    )
+    add_phase_option(parser, "competition phase", required=True)
     parser.add_argument(
         "-o", "--output", metavar="OUT", help=f"file to write (default: <submissions dir>/phase<P>_{track})"
     )
     parser.add_argument(
         "--submissions-dir",
         metavar="DIR",
-        default=os.environ.get(SUBMISSIONS_DIR_ENV, "submissions"),
         help=f"folder of the default output (default: ${SUBMISSIONS_DIR_ENV} or ./submissions)",
     )
     parser.add_argument(
@@ -86,7 +89,7 @@ def _add_scoring(parser: argparse.ArgumentParser) -> None:
         help="drop pairs of queries absent from the ground truth after the cut, as the competition "
         "platform did with the public phase-1 ground truth (first 25,000 queries)",
     )
-    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="search backend (default auto)")
+    add_backend_option(parser)
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
 
@@ -198,17 +201,23 @@ def _print_metrics(args: argparse.Namespace, metrics: Metrics) -> None:
     )
 
 
-def _score(args: argparse.Namespace, path: str) -> Metrics:
-    metrics, predictions = score_descriptor_track(
-        path, read_ground_truth(args.gt), args.max_results, args.restrict_to_gt_queries, args.backend, args.quiet
-    )
+def _score(args: argparse.Namespace, path: str | Path, ground_truth: pd.DataFrame) -> Metrics:
+    metrics, predictions = score_submission(
+        path, "descriptors", ground_truth, restrict_to_gt_queries=args.restrict_to_gt_queries,
+        max_results=args.max_results, backend=args.backend, quiet=args.quiet)
     if getattr(args, "write_predictions", None):
         write_predictions(args.write_predictions, predictions)
     return metrics
 
 
+def _output(args: argparse.Namespace, track: str) -> Path:
+    """-o, else the track's file of the phase in --submissions-dir (default: :func:`default_submissions_dir`)."""
+    folder = args.submissions_dir or default_submissions_dir()
+    return Path(args.output) if args.output else default_submission_path(folder, track, args.phase)
+
+
 def run_matching(args: argparse.Namespace) -> int:
-    out = args.output or default_submission_path(args.submissions_dir, "matching", args.phase)
+    out = _output(args, "matching")
     sidecar = provenance_path(args.predictions)
     check_outputs(
         inputs=[args.predictions, sidecar, args.expected_queries, args.expected_references, *args.provenance],
@@ -222,7 +231,7 @@ def run_matching(args: argparse.Namespace) -> int:
 
 
 def run_descriptors(args: argparse.Namespace) -> int:
-    out = args.output or default_submission_path(args.submissions_dir, "descriptors", args.phase)
+    out = _output(args, "descriptors")
     split_files = [] if args.split_files is None else list(split_file_paths(args.split_files).values())
     check_outputs(
         inputs=[args.query, args.reference, args.phase1_reference, args.expected_queries, args.expected_references,
@@ -241,8 +250,9 @@ def run_descriptors(args: argparse.Namespace) -> int:
     if split_files:
         _info(args, f"organisers' per-split files: {', '.join(map(str, split_files))}")
     if args.gt:
-        metrics = _score(args, str(path))
-        update_manifest(path, local_evaluation={"ground_truth": args.gt, **metrics.summary()})
+        ground_truth = read_ground_truth(args.gt)
+        metrics = _score(args, path, ground_truth)
+        record_evaluation(path, metrics, ground_truth, args.gt)
         _print_metrics(args, metrics)
     return 0
 
@@ -253,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "descriptors":
         return run_descriptors(args)
     check_outputs(inputs=[args.submission, args.gt], outputs=[args.write_predictions])
-    _print_metrics(args, _score(args, args.submission))
+    _print_metrics(args, _score(args, args.submission, read_ground_truth(args.gt)))
     return 0
 
 

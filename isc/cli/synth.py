@@ -7,11 +7,12 @@ import time
 from pathlib import Path
 
 from isc.cli.common import check_outputs, non_negative_float, non_negative_int, positive_int, run_command
-from isc.synth.dataset import generate_dataset
+from isc.synth.dataset import SynthOptions, generate_dataset
 from isc.synth.photos import PhotoOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
+    defaults = SynthOptions()
     parser = argparse.ArgumentParser(
         prog="isc-synth",
         description="Write a synthetic dataset in the layout of the ISC 2021 competition: "
@@ -22,17 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("out_dir", metavar="OUT_DIR",
                         help="folder to write; must be new, empty, or a previous isc-synth output (then overwritten)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--references", type=non_negative_int, default=600, help="number of reference images (default: %(default)s)")
-    parser.add_argument("--queries", type=non_negative_int, default=300, help="number of phase-1 queries (default: %(default)s)")
-    parser.add_argument("--phase2-queries", type=non_negative_int, default=100,
+    parser.add_argument("--seed", type=non_negative_int, default=defaults.seed, help="random seed (default: %(default)s)")
+    parser.add_argument("--references", type=non_negative_int, default=defaults.references, help="number of reference images (default: %(default)s)")
+    parser.add_argument("--queries", type=non_negative_int, default=defaults.queries, help="number of phase-1 queries (default: %(default)s)")
+    parser.add_argument("--phase2-queries", type=non_negative_int, default=defaults.phase2_queries,
                         help="number of phase-2 queries, ids from Q50000 (default: %(default)s)")
-    parser.add_argument("--training", type=non_negative_int, default=600, help="number of training images (default: %(default)s)")
-    parser.add_argument("--min-size", type=positive_int, default=200,
+    parser.add_argument("--training", type=non_negative_int, default=defaults.training, help="number of training images (default: %(default)s)")
+    parser.add_argument("--min-size", type=positive_int, default=defaults.min_size,
                         help="smallest long side of a base image in pixels, at least 8 (default: %(default)s)")
-    parser.add_argument("--max-size", type=positive_int, default=400,
+    parser.add_argument("--max-size", type=positive_int, default=defaults.max_size,
                         help="largest long side of a base image in pixels; queries may reach twice it (default: %(default)s)")
-    parser.add_argument("--match-fraction", type=non_negative_float, default=0.5,
+    parser.add_argument("--match-fraction", type=non_negative_float, default=defaults.match_fraction,
                         help="fraction of the queries of each phase that copy a reference (default: %(default)s)")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="processes drawing images (default: one per CPU core); the output does not depend on it")
@@ -65,11 +66,10 @@ def run(args: argparse.Namespace) -> int:
             drawings=None if args.drawings is None else Path(args.drawings),
             tile_size=args.tile_size, max_tiles_per_photo=args.max_tiles_per_photo, min_detail=args.min_detail)
     start = time.perf_counter()
-    summary = generate_dataset(
-        args.out_dir, seed=args.seed, references=args.references, queries=args.queries,
-        phase2_queries=args.phase2_queries, training=args.training, min_size=args.min_size, max_size=args.max_size,
-        match_fraction=args.match_fraction, workers=args.workers, quiet=args.quiet, base_images=base_images,
-    )
+    options = SynthOptions(seed=args.seed, references=args.references, queries=args.queries,
+                           phase2_queries=args.phase2_queries, training=args.training, min_size=args.min_size,
+                           max_size=args.max_size, match_fraction=args.match_fraction)
+    summary = generate_dataset(args.out_dir, options, base_images=base_images, workers=args.workers, quiet=args.quiet)
     if not args.quiet:
         print(f"{args.out_dir}: {summary['references']} references, {summary['training']} training images, "
               f"{summary['queries']} phase-1 queries ({summary['matches']} copies of a reference), "

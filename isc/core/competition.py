@@ -25,6 +25,7 @@ ID_DIGITS = {"query": 5, "reference": 6, "training": 6}  # Q00000, R000000, T000
 # [0-9], not \d: \d also matches non-ASCII digits (full-width "０"), which no competition id holds
 ID_PATTERNS = {split: re.compile(rf"{ID_PREFIX[split]}[0-9]{{{ID_DIGITS[split]}}}") for split in SPLITS}
 PHASE_QUERY_RANGES = {1: (0, 49_999), 2: (50_000, 99_999)}
+PHASES = tuple(PHASE_QUERY_RANGES)  # the competition's phases, 1 and 2
 DESCRIPTOR_TRACK_MAX_DIM = 256
 MATCHING_TRACK_MAX_ROWS = 500_000
 

@@ -26,7 +26,7 @@ def check_device(device: str | None) -> None:
         raise InputError(f"device {device!r}: not a device (cpu, cuda or cuda:N)")
     visible = torch.cuda.device_count() if kind == "cuda" and torch.cuda.is_available() else 0
     if kind == "cuda" and not visible:
-        raise InputError(f"device {device!r}: no GPU is visible to torch (use --device cpu)")
+        raise InputError(f"device {device!r}: no GPU is visible to torch (use the cpu device)")
     if kind == "cuda" and colon and int(index) >= visible:
         raise InputError(f"device {device!r}: torch sees {visible} GPU(s), cuda:0 to cuda:{visible - 1}")
 

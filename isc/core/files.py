@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -21,6 +22,15 @@ from pathlib import Path
 
 class InputError(ValueError):
     """Bad input from the user: the CLI prints it as one line and exits non-zero."""
+
+
+class SettingError(InputError):
+    """A setting of an options object out of its range, said as ``<setting> <problem>``: a command names the
+    setting by its own flag instead."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting} {problem}")
+        self.setting, self.problem = setting, problem
 
 
 def shown(value: object, limit: int = 100) -> str:
@@ -112,11 +122,26 @@ def os_error_at(error: OSError, path: str | Path, tmp_path: str | Path | None = 
     return OSError(number, reason, str(path))
 
 
+def jsonable(value: object) -> object:
+    """``value`` as JSON can hold it: numpy arrays and scalars as lists and numbers, bytes as text, keys as
+    text, a non-finite float as its text (JSON has none), anything else unknown (a path) as its str."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if hasattr(value, "tolist"):  # a numpy array or scalar, without importing numpy here
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value if value is None or isinstance(value, str | int | float) else str(value)
+
+
 def write_json(path: str | Path, content: object, indent: int = 2, sort_keys: bool = False) -> Path:
-    """Write ``content`` as JSON (non-JSON values as their str), atomically; returns ``path``."""
+    """Write ``content`` as JSON (:func:`jsonable`), atomically; returns ``path``."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(content, indent=indent, sort_keys=sort_keys, default=str) + "\n",
-                       encoding="utf-8")
+        tmp.write_text(json.dumps(jsonable(content), indent=indent, sort_keys=sort_keys) + "\n", encoding="utf-8")
     return Path(path)
 
 

@@ -127,7 +127,7 @@ class PartialWriter:
         differences = model_differences(log.config, config)
         if differences:
             raise InputError(f"{self.path}: holds descriptors made otherwise than this run ({'; '.join(differences)}); "
-                             "delete it or rerun with --restart")
+                             "delete it or start again without resuming")
         return log
 
     def _write(self, kind: bytes, payload: bytes) -> None:

@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import random
 import re
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import isc
-from isc.core.files import InputError
+from isc.core.files import InputError, SettingError
 
 if TYPE_CHECKING:
     import botocore.exceptions
@@ -65,11 +66,51 @@ AUTO_REGION = "auto"  # not a bucket: time a small request to each region and us
 REGION_CHOICES = (*REGIONS, AUTO_REGION)  # what isc-download's and isc-run's --region accept
 
 
+def check_region(name: str, choices: Sequence[str] = REGION_CHOICES) -> None:
+    """InputError naming ``name`` when it is none of ``choices`` (region names, or ``auto`` too)."""
+    if name not in choices:
+        raise InputError(f"unknown region {name!r} (choose from {', '.join(choices)})")
+
+
+def region_named(name: str) -> Region:
+    """The bucket and AWS region of a region name (``us-west``, ``eu``, ``asia``)."""
+    check_region(name, tuple(REGIONS))
+    return REGIONS[name]
+
+
 def bucket_for_region(region: str) -> str:
     """The competition's bucket for a region name (``us-west``, ``eu``, ``asia``)."""
-    if region not in REGIONS:
-        raise InputError(f"unknown region {region!r} (choose from {', '.join(REGIONS)})")
-    return REGIONS[region].bucket
+    return region_named(region).bucket
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """Where the images come from and how they are fetched; checked once, here, before any client is made.
+
+    ``region``: a bucket of :data:`REGIONS`, or ``auto`` (the fastest); ``endpoint_url``: a mirror or a local
+    server instead of AWS (default ``$AWS_ENDPOINT_URL``); ``profile``: sign with this AWS profile (default
+    anonymous unless ``$AWS_PROFILE``); ``workers`` parallel downloads; every request tried ``attempts``
+    times, waiting at most ``timeout`` seconds for a connection or for data. ``verify_only``: re-hash the
+    local files and fetch nothing, unless ``repair``; ``rehash``: trust no record of files verified before.
+    """
+
+    region: str = DEFAULT_REGION
+    endpoint_url: str | None = None
+    profile: str | None = None
+    workers: int = DEFAULT_WORKERS
+    attempts: int = DEFAULT_ATTEMPTS
+    timeout: float = DEFAULT_TIMEOUT
+    verify_only: bool = False
+    repair: bool = False
+    rehash: bool = False
+
+    def __post_init__(self) -> None:
+        check_region(self.region)
+        for name in ("workers", "attempts"):
+            if getattr(self, name) < 1:
+                raise SettingError(name, f"must be at least 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise SettingError("timeout", f"must be a positive number of seconds, got {self.timeout}")
 
 
 def images_prefix(split: str) -> str:
@@ -98,7 +139,7 @@ def endpoint_url_or_environment(endpoint_url: str | None) -> str | None:
 
 
 def make_client(
-    region: str = DEFAULT_REGION,
+    region: str,
     endpoint_url: str | None = None,
     profile: str | None = None,
     max_pool_connections: int = DEFAULT_WORKERS,
@@ -119,6 +160,7 @@ def make_client(
     from botocore import UNSIGNED
     from botocore.config import Config
 
+    aws_region = aws_region or region_named(region).aws_region
     profile = profile or os.environ.get("AWS_PROFILE") or None
     endpoint_url = endpoint_url_or_environment(endpoint_url)
     config = Config(
@@ -133,7 +175,7 @@ def make_client(
     )
     try:
         client = boto3.Session(profile_name=profile).client(
-            "s3", region_name=aws_region or REGIONS[region].aws_region, endpoint_url=endpoint_url, config=config
+            "s3", region_name=aws_region, endpoint_url=endpoint_url, config=config
         )
     except botocore.exceptions.ProfileNotFound:
         raise InputError(f"AWS profile {profile!r} not found in the AWS config files") from None
@@ -191,29 +233,34 @@ def check_reachable(client: BaseClient, bucket: str, split: str) -> str | None:
     return answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
 
 
-def connect(
-    region: str, split: str, endpoint_url: str | None = None, profile: str | None = None,
-    max_pool_connections: int = DEFAULT_WORKERS, check: bool = True, attempts: int = DEFAULT_ATTEMPTS,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> tuple[str, object, dict[str, float]]:
-    """(region, client, probe timings) for a region name or ``auto`` (the fastest bucket; timings empty otherwise).
+@dataclass(frozen=True)
+class Connection:
+    """A client of the chosen region's bucket; ``timings``: each region's probe in seconds (``auto`` only)."""
+
+    region: str
+    bucket: str
+    client: BaseClient
+    timings: dict[str, float]
+
+
+def connect(options: DownloadOptions, split: str, check: bool = True) -> Connection:
+    """A client of ``options.region``'s bucket, or with ``auto`` of the fastest one, as ``options`` say.
 
     ``check``: list one key first, so that an unreachable bucket fails at once, and follow S3 when it says the
-    bucket lives in another AWS region than assumed. ``attempts`` and ``timeout`` bound every request.
+    bucket lives in another AWS region than assumed.
     """
     def client_for(name: str, aws_region: str | None = None) -> BaseClient:
-        return make_client(name, endpoint_url, profile, max_pool_connections, max_attempts=attempts,
-                           aws_region=aws_region, timeout=timeout)
+        return make_client(name, options.endpoint_url, options.profile, options.workers,
+                           max_attempts=options.attempts, aws_region=aws_region, timeout=options.timeout)
 
-    timings: dict[str, float] = {}
-    if region == AUTO_REGION:
-        region, timings = fastest_region(client_for, split)
+    region, timings = fastest_region(client_for, split) if options.region == AUTO_REGION else (options.region, {})
+    bucket = bucket_for_region(region)
     client = client_for(region)
     if check:
-        bucket_region = check_reachable(client, bucket_for_region(region), split)
+        bucket_region = check_reachable(client, bucket, split)
         if bucket_region and bucket_region != client.meta.region_name:
             client = client_for(region, bucket_region)
-    return region, client, timings
+    return Connection(region, bucket, client, timings)
 
 
 def probe_seconds(client: BaseClient, bucket: str, split: str, repeats: int = 3) -> float:
@@ -238,7 +285,7 @@ def fastest_region(client_for: Callable[[str], object], split: str) -> tuple[str
             timings[region] = float("inf")
     best = min(timings, key=timings.get)
     if timings[best] == float("inf"):
-        raise InputError("no regional bucket answered (check the network, --endpoint-url or the AWS settings)")
+        raise InputError("no regional bucket answered (check the network, the endpoint or the AWS settings)")
     return best, timings
 
 

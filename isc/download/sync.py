@@ -21,7 +21,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -36,11 +36,8 @@ from isc.core.tables import read_metadata
 from isc.core.threads import bounded_map
 from isc.download.local_copy import VerifiedIndex, check_folder, remove_stale_parts
 from isc.download.s3 import (
-    DEFAULT_ATTEMPTS,
-    DEFAULT_TIMEOUT,
-    DEFAULT_WORKERS,
+    DownloadOptions,
     ObjectGetter,
-    bucket_for_region,
     connect,
     fetch_object,
     images_prefix,
@@ -199,23 +196,25 @@ def download_split(
     split: str,
     rows: pd.DataFrame,
     dest: str | Path,
+    options: DownloadOptions = DownloadOptions(),
+    *,
     all_names: set[str] | None = None,
-    workers: int = DEFAULT_WORKERS,
-    attempts: int = DEFAULT_ATTEMPTS,
-    verify_only: bool = False,
-    repair: bool = False,
-    rehash: bool = False,
     quiet: bool = False,
     report: DownloadReport | None = None,
     give_up_after: int | None = None,
+    **settings: object,
 ) -> DownloadReport:
-    """Bring ``dest/<split>_images/`` up to date with ``rows`` (metadata rows): check, then fetch what is wrong.
+    """Bring ``dest/<split>_images/`` up to date with ``rows`` (metadata rows): check, then fetch what is wrong,
+    with ``options``'s workers, attempts and verification (:class:`DownloadOptions`, its fields overridden by
+    ``settings``).
 
     ``verify_only`` re-hashes every selected file and fetches nothing unless ``repair``. After ``give_up_after``
     failed files in a row (default max(50, 4 × workers): the network or the bucket is gone) the run stops
     rather than failing every remaining file. ``report`` is filled in place (so that an interrupted run still
     has one) and returned.
     """
+    options = replace(options, **settings)
+    workers, verify_only = options.workers, options.verify_only
     start = time.perf_counter()
     folder = split_folder(dest, split)
     report = report or DownloadReport(split, "", getter.bucket, None, str(folder))
@@ -236,18 +235,19 @@ def download_split(
     remove_stale_parts(folder)
     index = VerifiedIndex(folder)
     try:
-        check = check_folder(folder, expected, all_names, index, rehash=rehash or verify_only,
+        check = check_folder(folder, expected, all_names, index, rehash=options.rehash or verify_only,
                              workers=min(workers, os.cpu_count() or 1), quiet=quiet)
         report.skipped = len(check.verified)
         report.missing, report.corrupt, report.extra = check.missing, check.corrupt, check.extra
         todo = check.missing + check.corrupt
-        if verify_only and not repair:
+        if verify_only and not options.repair:
             return report
         fixed = set()
         give_up_after = give_up_after or max(50, 4 * workers)
         failed_in_a_row = 0
         progress = _Progress(len(todo), f"{split} images", quiet or not todo)
-        fetch = lambda name: fetch_object(getter, keys[name], folder / name, expected[name], attempts)  # noqa: E731
+        fetch = lambda name: fetch_object(getter, keys[name], folder / name, expected[name],  # noqa: E731
+                                          options.attempts)
         results = bounded_map(fetch, sorted(todo), workers)
         try:
             for result in results:
@@ -279,48 +279,41 @@ def download_split(
 
 
 def sync_split(
-    region: str,
     split: str,
     dest: str | Path,
+    options: DownloadOptions = DownloadOptions(),
     *,
-    endpoint_url: str | None = None,
-    profile: str | None = None,
     metadata_path: str | Path | None = None,
     filters: Sequence[tuple[str, str]] = (),
     id_ranges: Sequence[str] = (),
     limit: int | None = None,
-    workers: int = DEFAULT_WORKERS,
-    attempts: int = DEFAULT_ATTEMPTS,
-    verify_only: bool = False,
-    repair: bool = False,
-    rehash: bool = False,
     report_path: str | Path | None = None,
     quiet: bool = False,
-    timeout: float = DEFAULT_TIMEOUT,
 ) -> tuple[DownloadReport, Path]:
-    """All of ``isc-download``: pick the bucket, read the metadata, bring ``dest/<split>_images/`` up to date.
+    """All of ``isc-download``: pick the bucket, read the metadata, bring ``dest/<split>_images/`` up to date, as
+    ``options`` say (:class:`DownloadOptions`); ``filters``, ``id_ranges`` and ``limit`` select the images
+    (:func:`select_rows`).
 
     The report goes to ``report_path`` (default ``dest/<split>_download_report.json``), also when interrupted;
-    returns it and its path. Every request waits at most ``timeout`` seconds for a connection or for data, and
-    is tried ``attempts`` times; an endpoint that never answers ends in :class:`isc.download.s3.EndpointUnresponsive`.
+    returns it and its path. An endpoint that never answers ends in :class:`isc.download.s3.EndpointUnresponsive`.
     """
     # a metadata file given is read before any request: a bad one is refused at once, network or not
     given = read_metadata(metadata_path, split) if metadata_path is not None else None
-    region, client, timings = connect(region, split, endpoint_url, profile, workers,
-                                      check=not verify_only or repair, attempts=attempts, timeout=timeout)
-    if timings:
-        log.info("fastest region: %s (%s)", region, ", ".join(f"{r} {t * 1000:.0f} ms" for r, t in timings.items()))
-    bucket = bucket_for_region(region)
-    metadata = given if given is not None else load_metadata(client, bucket, split, dest,
-                                                              reuse_saved=verify_only and not repair)
+    offline = options.verify_only and not options.repair
+    connection = connect(options, split, check=not offline)
+    if connection.timings:
+        log.info("fastest region: %s (%s)", connection.region,
+                 ", ".join(f"{r} {t * 1000:.0f} ms" for r, t in connection.timings.items()))
+    client, bucket = connection.client, connection.bucket
+    metadata = given if given is not None else load_metadata(client, bucket, split, dest, reuse_saved=offline)
     rows = select_rows(metadata, split, filters, id_ranges, limit)
     all_names = {uri.rpartition("/")[2] for uri in metadata["s3_uri"]}
-    getter = ObjectGetter(client, bucket, images_prefix(split), workers)
+    getter = ObjectGetter(client, bucket, images_prefix(split), options.workers)
     report_path = Path(report_path or Path(dest) / f"{split}_download_report.json")
-    report = DownloadReport(split, region, bucket, client.meta.endpoint_url, str(split_folder(dest, split)))
+    report = DownloadReport(split, connection.region, bucket, client.meta.endpoint_url,
+                            str(split_folder(dest, split)))
     try:
-        download_split(getter, split, rows, dest, all_names, workers=workers, attempts=attempts,
-                       verify_only=verify_only, repair=repair, rehash=rehash, quiet=quiet, report=report)
+        download_split(getter, split, rows, dest, options, all_names=all_names, quiet=quiet, report=report)
     finally:
         report.write(report_path)
     return report, report_path

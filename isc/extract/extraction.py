@@ -32,7 +32,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -41,8 +41,8 @@ import torch
 from tqdm import tqdm
 
 from isc.core.descriptors import check_links, decode_id, model_differences, provenance, read_descriptor_attrs
-from isc.core.distributed import barrier, join_process_group, leave_process_group, this_device
-from isc.core.files import InputError, atomic_path
+from isc.core.distributed import barrier, check_device, join_process_group, leave_process_group, this_device
+from isc.core.files import InputError, SettingError, atomic_path
 from isc.core.partial_log import H5_LIBVER, MERGE_ROWS, PartialWriter, merge_partial_logs, partial_path
 from isc.extract.decode import CROP_VIEWS, DEFAULT_MAX_PIXELS
 from isc.extract.pixel_batches import pixel_batches
@@ -127,34 +127,14 @@ def _refuse_non_finite(descriptors: np.ndarray, ids: Sequence[str], half: bool) 
     """InputError naming the images whose descriptors hold NaN or infinity: they are never written."""
     bad = [image_id for image_id, finite in zip(ids, np.isfinite(descriptors).all(axis=1), strict=True) if not finite]
     if bad:
-        hint = "; float16 inference overflows more easily, try --fp32" if half else ""
+        hint = "; float16 inference overflows more easily, try float32" if half else ""
         raise InputError(f"the model gave NaN or infinite descriptors for {len(bad)} image(s): "
                          f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}{hint}")
 
 
-def extract(
-    images: Mapping[str, Path] | Sequence[str | Path],
-    output: str | Path,
-    model: DescriptorModel,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    device: str | None = None,
-    workers: int | None = None,
-    decoder: str | None = None,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    crops: bool = False,
-    half: bool | None = None,
-    strict: bool = False,
-    resume: bool = True,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    quiet: bool = False,
-    attrs: Mapping[str, object] | None = None,
-    classes: Mapping[str, str] | None = None,
-    max_broken: float = 0.01,
-    decode_processes: int = 0,
-) -> ExtractResult:
-    """Extract the descriptors of ``images`` (``{id: path}``, or paths whose stems are the ids) to ``output``.
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How :func:`extract` describes images; checked once, here.
 
     ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available); ``decoder``: ``torchvision``
     (default on cuda) or ``pil`` (default on the CPU, and for a model that takes uint8 pixels, which it then
@@ -162,39 +142,74 @@ def extract(
     (0: decode in this process; default up to 8, all cores on the pixel path); ``decode_processes``
     (torchvision decoder): processes that read and decode beside inference, sharing the reading threads
     (:mod:`isc.extract.decode_workers`; default 0: in this process, until measured on a GPU); ``half``: float16
-    inference (default on cuda);
-    ``scales``/``flip``: test-time augmentation, descriptors averaged. ``crops``: each image gives
-    :data:`isc.extract.decode.CROP_VIEWS` adjacent rows with its id, its full view then each of its
+    inference (default on cuda); ``scales``/``flip``: test-time augmentation, descriptors averaged. ``crops``: each image
+    gives :data:`isc.extract.decode.CROP_VIEWS` adjacent rows with its id, its full view then each of its
     :func:`isc.extract.decode.crop_boxes` (a query or reference file for the matching track; the attribute
-    ``views_per_id`` says so).
-    ``strict``: the first broken image raises InputError. ``resume``: continue from the partial file of a
-    killed run, extracting again the images changed since. ``classes``: ``{id: class}``, written as the
-    dataset ``classes``. A warning when more than ``max_broken`` of the images are broken;
-    :class:`isc.core.partial_log.NoImageRead` when all are. Returns an :class:`ExtractResult` (counts, broken
-    images with reasons, images/s, ``pixels``: whether the pixel path ran).
+    ``views_per_id`` says so). ``strict``: the first broken image raises InputError. ``resume``: continue from
+    the partial file of a killed run, extracting again the images changed since. ``max_pixels``: larger images
+    are broken; a warning when more than ``max_broken`` of the images are broken.
     """
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: str | None = None
+    workers: int | None = None
+    decoder: str | None = None
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    crops: bool = False
+    half: bool | None = None
+    strict: bool = False
+    resume: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_broken: float = 0.01
+    decode_processes: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(self.scales))  # a list given: kept as the frozen tuple
+        if self.decoder not in (None, *DECODERS):
+            raise InputError(f"unknown decoder {self.decoder!r} (choose from {', '.join(DECODERS)})")
+        if not self.scales or min(self.scales) <= 0:
+            raise SettingError("scales", f"must be positive, got {list(self.scales)}")
+        for name, least in (("batch_size", 1), ("workers", 0), ("max_pixels", 1), ("decode_processes", 0)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise SettingError(name, f"must be at least {least}, got {value}")
+        if not self.max_broken >= 0:
+            raise SettingError("max_broken", f"must be at least 0, got {self.max_broken}")
+        check_device(self.device)
+
+
+def extract(
+    images: Mapping[str, Path] | Sequence[str | Path],
+    output: str | Path,
+    model: DescriptorModel,
+    options: ExtractOptions = ExtractOptions(),
+    *,
+    quiet: bool = False,
+    attrs: Mapping[str, object] | None = None,
+    classes: Mapping[str, str] | None = None,
+    **settings: object,
+) -> ExtractResult:
+    """Extract the descriptors of ``images`` (``{id: path}``, or paths whose stems are the ids) to ``output``,
+    as ``options`` (:class:`ExtractOptions`) says, its fields overridden by ``settings``.
+
+    ``classes``: ``{id: class}``, written as the dataset ``classes``; ``attrs``: more attributes of the output.
+    :class:`isc.core.partial_log.NoImageRead` when no image could be read. Returns an :class:`ExtractResult`
+    (counts, broken images with reasons, images/s, ``pixels``: whether the pixel path ran).
+    """
+    options = replace(options, **settings)
     items = dict(images) if isinstance(images, Mapping) else {Path(p).stem: Path(p) for p in images}
     if len(items) != len(images):
         raise InputError("two images have the same id (file stem)")
     if not items:
         raise InputError("no images to extract")
-    if decoder not in (None, *DECODERS):
-        raise InputError(f"unknown decoder {decoder!r} (choose from {', '.join(DECODERS)})")
-    if not scales or min(scales) <= 0:
-        raise InputError(f"scales must be positive, got {list(scales)}")
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
-    if workers is not None and workers < 0:
-        raise InputError(f"workers must be 0 or more, got {workers}")
-    if decode_processes < 0:
-        raise InputError(f"decode processes must be 0 or more, got {decode_processes}")
-    if max_pixels < 1:
-        raise InputError(f"the pixel limit must be at least 1, got {max_pixels}")
     if classes is not None and classes.keys() != items.keys():
         raise InputError("classes must give one class name for every image id")
+    batch_size, decoder, workers, half = options.batch_size, options.decoder, options.workers, options.half
+    scales, flip, crops, max_pixels = options.scales, options.flip, options.crops, options.max_pixels
     output = Path(output)
     ids = sorted(items)
-    torch_device = this_device(device)
+    torch_device = this_device(options.device)
     rank, world, started = join_process_group(torch_device)
     on_gpu = torch_device.type == "cuda"
     decoder = decoder or ("torchvision" if on_gpu and not model.takes_pixels else "pil")
@@ -205,14 +220,13 @@ def extract(
         workers = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if pixels \
             else min(16 if decoder == "torchvision" else 8, cores)
     half = on_gpu if half is None else half
-    if decoder != "torchvision" or pixels:
-        decode_processes = 0
+    decode_processes = options.decode_processes if decoder == "torchvision" and not pixels else 0
     sizes = view_sizes(model, scales)
     config = extraction_config(model, scales, flip, crops)
     shards = [ids[r * len(ids) // world:(r + 1) * len(ids) // world] for r in range(world)]
     shard = shards[rank]
     stamps = {i: file_stamp(items[i]) for i in shard}  # before reading: a file changed later is seen as changed
-    partial = PartialWriter(partial_path(output, rank, world), config, resume)
+    partial = PartialWriter(partial_path(output, rank, world), config, options.resume)
     todo = [i for i in shard if partial.done.get(i) != stamps[i]]
     model = model.to(torch_device, memory_format=torch.channels_last if on_gpu else torch.preserve_format)
     model = model.half() if half else model.float()
@@ -230,7 +244,7 @@ def extract(
                                                + (f" [rank {rank}/{world}]" if world > 1 else "")) as bar:
             for positions, descriptors, batch_broken in batches:
                 for position, reason in batch_broken.items():
-                    if strict:
+                    if options.strict:
                         raise InputError(f"{items[todo[position]]}: {reason}")
                     broken[todo[position]] = reason
                 if positions:
@@ -250,7 +264,7 @@ def extract(
         if rank == 0:
             extracted, broken = merge_partial_logs(
                 output, world, shards, provenance(**config, **(attrs or {}), n_images=len(ids), decoder=decoder),
-                classes, max_broken)
+                classes, options.max_broken)
     finally:
         barrier(world)  # reached by every rank even when rank 0 fails, so that none waits forever
         leave_process_group(started)

@@ -42,10 +42,10 @@ def run_demo(config: RunConfig, seed: int = 0, **sizes: int) -> RunSummary:
         return pipeline.run()
     with LocalS3Server(mini, regions=[s3.DEFAULT_REGION], quiet=config.quiet) as server:
         steps.append(Step("serve", "local S3", None, round(time.perf_counter() - began, 2), False,
-                          f"{server.endpoint_url} (bucket {s3.REGIONS[s3.DEFAULT_REGION].bucket})"))
+                          f"{server.endpoint_url} (bucket {s3.bucket_for_region(s3.DEFAULT_REGION)})"))
         # the caller's config stays as it was: the demo runs a copy pointed at its own server and ground truth
-        demo = replace(config, endpoint_url=server.endpoint_url, region=s3.DEFAULT_REGION, data=None,
-                       ground_truth=ground_truth)
+        download = replace(config.download, endpoint_url=server.endpoint_url, region=s3.DEFAULT_REGION)
+        demo = replace(config, download=download, data=None, ground_truth=ground_truth)
         pipeline = Pipeline(demo)
         pipeline.summary.steps.extend(steps)
         return pipeline.run()

@@ -17,7 +17,7 @@ applies to its score."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -27,17 +27,15 @@ import pandas as pd
 from isc.core.descriptors import DescriptorFile, decode_id, model_differences, read_descriptor_attrs
 from isc.core.files import InputError, atomic_path, write_json
 from isc.core.partial_log import PartialWriter, partial_path
-from isc.extract.extraction import extract, extraction_config, is_complete
+from isc.extract.extraction import ExtractOptions, extract, extraction_config, is_complete
 from isc.extract.image_files import list_images
 from isc.models import DescriptorModel
-from isc.search.matching import search
-from isc.search.normalisation import ScoreNorm
+from isc.search.matching import DEFAULT_K, SearchOptions, search
 
 # SSCD with query crops: precision 0.98 on photo set B (docs/BENCHMARKS.md, isc-find), plain scores (recall
 # 0.69) and scores normalised by the set's training images (recall 0.67)
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_THRESHOLD_NORMALISED = 0.45
-DEFAULT_K = 10  # references kept per query before the threshold
 
 
 @dataclass
@@ -86,19 +84,20 @@ def seed_resume_log(cache: Path, config: Mapping[str, object]) -> bool:
 
 
 def describe(
-    folder: str | Path, cache: str | Path, model: DescriptorModel, crops: bool = False, quiet: bool = False,
-    **extract_options: object,
+    folder: str | Path, cache: str | Path, model: DescriptorModel, extraction: ExtractOptions = ExtractOptions(),
+    quiet: bool = False,
 ) -> Described:
     """The descriptors of every image under ``folder`` (ids: paths relative to it, without suffix), from the
-    cache file ``cache`` where it is up to date, else extracted into it (only new or changed images)."""
+    cache file ``cache`` where it is up to date, else extracted into it as ``extraction`` says (only new or
+    changed images, the broken ones listed, never refused)."""
     images = list_images(folder)
     cache = Path(cache)
-    config = extraction_config(model, crops=crops)
+    config = extraction_config(model, extraction.scales, extraction.flip, extraction.crops)
     processed = 0
     if not is_complete(cache, images, config):
         seed_resume_log(cache, config)
-        processed = extract(images, cache, model, crops=crops, resume=True, quiet=quiet,
-                            attrs={"source": str(folder)}, max_broken=1.0, **extract_options).processed
+        processed = extract(images, cache, model, extraction, resume=True, max_broken=1.0, quiet=quiet,
+                            attrs={"source": str(folder)}).processed
     described = DescriptorFile.read(cache, views=True)
     views = int(described.attrs.get("views_per_id", 1))
     return Described(images, described.ids, described.descriptors, views, processed)
@@ -106,16 +105,15 @@ def describe(
 
 def candidate_pairs(
     queries: Described, references: Described, training: Described | None = None, same_images: bool = False,
-    k: int = DEFAULT_K, norm: ScoreNorm | None = None, quiet: bool = False,
+    options: SearchOptions = SearchOptions(), quiet: bool = False,
 ) -> pd.DataFrame:
-    """Each query's ``k`` nearest references, ``query_id, reference_id, score`` by decreasing score; a query
-    with crops scores a pair by its best view; with ``training``, scores are normalised (``norm``);
+    """Each query's ``options.k`` nearest references, ``query_id, reference_id, score`` by decreasing score; a
+    query with crops scores a pair by its best view; with ``training``, scores are normalised (``options.norm``);
     ``same_images``: the two sides are one folder, a pair of an image with itself is left out."""
     reference_ids, reference = references.full_views()
     training_x = None if training is None else training.full_views()[1]
-    return search(queries.ids, queries.descriptors, reference_ids, reference, training=training_x,
-                  norm=norm or ScoreNorm(),
-                  k=k, max_results=len(queries.ids) * k, exclude_self=same_images, quiet=quiet)
+    return search(queries.ids, queries.descriptors, reference_ids, reference, options, training=training_x,
+                  max_results=len(queries.ids) * options.k, exclude_self=same_images, quiet=quiet)
 
 
 def matches_above(candidates: pd.DataFrame, threshold: float, same_images: bool = False) -> pd.DataFrame:
@@ -180,35 +178,35 @@ class FindResult:
 
 
 def find_copies(
-    folders: list[str | Path], cache_dir: str | Path, model: DescriptorModel, *,
-    threshold: float | None = None, training: str | Path | None = None, crops: bool = True,
-    k: int = DEFAULT_K, quiet: bool = False, **extract_options: object,
+    folders: list[str | Path], cache_dir: str | Path, model: DescriptorModel,
+    extraction: ExtractOptions = ExtractOptions(), *, threshold: float | None = None,
+    training: str | Path | None = None, crops: bool = True, k: int = DEFAULT_K, quiet: bool = False,
 ) -> FindResult:
     """The copies of ``folders``: ``[QUERIES, REFERENCES]``, each query's copies among the references, or
-    ``[FOLDER]``, the copies within one folder (a pair of an image with itself left out); descriptors cached
-    in ``cache_dir``. ``threshold``: by default :data:`DEFAULT_THRESHOLD`, or with ``training`` (scores
-    normalised by those images) :data:`DEFAULT_THRESHOLD_NORMALISED`."""
+    ``[FOLDER]``, the copies within one folder (a pair of an image with itself left out); descriptors made as
+    ``extraction`` says (``crops``: the queries' crops too) and cached in ``cache_dir``. ``threshold``: by default
+    :data:`DEFAULT_THRESHOLD`, or with ``training`` (scores normalised by those images)
+    :data:`DEFAULT_THRESHOLD_NORMALISED`."""
     if len(folders) not in (1, 2):
         raise InputError(f"give one folder, or a query folder and a reference folder, not {len(folders)}")
     same_images = len(folders) == 1 or Path(folders[0]).resolve() == Path(folders[1]).resolve()
+    queried, plain = replace(extraction, crops=crops), replace(extraction, crops=False)
     if same_images:
-        queries = references = describe(folders[0], cache_path(cache_dir, "folder", model, crops), model, crops,
-                                        quiet, **extract_options)
+        queries = references = describe(folders[0], cache_path(cache_dir, "folder", model, crops), model, queried,
+                                        quiet)
     else:
-        queries = describe(folders[0], cache_path(cache_dir, "queries", model, crops), model, crops, quiet,
-                           **extract_options)
-        references = describe(folders[1], cache_path(cache_dir, "references", model, False), model, False, quiet,
-                              **extract_options)
+        queries = describe(folders[0], cache_path(cache_dir, "queries", model, crops), model, queried, quiet)
+        references = describe(folders[1], cache_path(cache_dir, "references", model, False), model, plain, quiet)
     described_training = None if training is None else describe(
-        training, cache_path(cache_dir, "training", model, False), model, False, quiet, **extract_options)
+        training, cache_path(cache_dir, "training", model, False), model, plain, quiet)
     if threshold is None:
         threshold = DEFAULT_THRESHOLD if training is None else DEFAULT_THRESHOLD_NORMALISED
-    norm = ScoreNorm()
-    candidates = candidate_pairs(queries, references, described_training, same_images, k, norm, quiet)
+    options = SearchOptions(k=k)
+    candidates = candidate_pairs(queries, references, described_training, same_images, options, quiet)
     matches = matches_above(candidates, threshold, same_images)
     record = {
         "model": model.name, "threshold": threshold, "query_crops": crops, "k": k,
-        "score_normalisation": None if training is None else {**norm.recorded(), "training": str(training)},
+        "score_normalisation": None if training is None else {**options.norm.recorded(), "training": str(training)},
         "folders": [str(f) for f in folders], "queries": len(queries.paths), "references": len(references.paths),
         "described": queries.described + (0 if same_images else references.described)
         + (0 if described_training is None else described_training.described),

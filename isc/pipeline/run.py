@@ -29,7 +29,7 @@ import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,30 +37,28 @@ import pandas as pd
 
 from isc.core.competition import (
     DESCRIPTOR_TRACK_MAX_DIM,
-    MATCHING_TRACK_MAX_ROWS,
+    PHASES,
     SPLITS,
     metadata_file,
     query_phase,
     split_folder,
     validate_ids,
 )
-from isc.core.descriptors import read_descriptor_attrs, read_descriptors
-from isc.core.distributed import check_device
+from isc.core.descriptors import provenance_path, read_descriptor_attrs, read_descriptors
 from isc.core.files import InputError, write_json
-from isc.core.tables import read_ground_truth, read_metadata, read_predictions, write_predictions
-from isc.download import s3
+from isc.core.tables import read_ground_truth, read_metadata, read_predictions
 from isc.download.local_copy import VerifiedIndex, check_folder
+from isc.download.s3 import DownloadOptions
 from isc.download.sync import sync_split
-from isc.evaluate.metrics import evaluate, score_descriptor_track
-from isc.extract.extraction import DEFAULT_BATCH_SIZE, extract, extraction_config, full_views, is_complete
+from isc.extract.extraction import ExtractOptions, extract, extraction_config, full_views, is_complete
 from isc.extract.image_files import list_split_images
 from isc.models import DEFAULT_MODEL, create_model
-from isc.search.matching import DEFAULT_K, search
-from isc.search.normalisation import ScoreNorm
+from isc.search.matching import SearchOptions, search, search_files
 from isc.search.pca import apply_pca_file, learn_pca_file
 from isc.submit.descriptors import submit_descriptors
-from isc.submit.manifest import default_submission_path, manifest_path, update_manifest
+from isc.submit.manifest import default_submission_path, default_submissions_dir, manifest_path
 from isc.submit.matching import submit_matching
+from isc.submit.scoring import record_evaluation, score_submission
 from isc.verify.calibrate import Calibration, calibrate, copy_labels, make_copies
 from isc.verify.local_features import VerifyOptions
 from isc.verify.verification import (
@@ -72,8 +70,6 @@ from isc.verify.verification import (
     verify,
 )
 
-PHASES = (1, 2)
-
 log = logging.getLogger(__name__)
 
 
@@ -83,24 +79,16 @@ class RunConfig:
 
     work: Path
     data: Path | None = None  # a local copy holding <split>_images/; None: download into work/data
-    region: str = s3.DEFAULT_REGION
-    endpoint_url: str | None = None
-    profile: str | None = None
+    download: DownloadOptions = DownloadOptions()  # where the images come from (isc-download's options)
     limit: int | None = None  # the first N images of each split (a trial run)
     training_limit: int | None = None  # the first N training images: enough for PCA and normalisation
-    download_workers: int = s3.DEFAULT_WORKERS
-    attempts: int = s3.DEFAULT_ATTEMPTS  # tries per S3 request
-    timeout: float = s3.DEFAULT_TIMEOUT  # seconds to wait for a connection or for data
     model: str = DEFAULT_MODEL
     checkpoint: str | None = None
     image_size: int | None = None
-    device: str | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-    workers: int | None = None
+    extraction: ExtractOptions = ExtractOptions()  # isc-extract's options; crops as query_crops and reference_crops say
     pca_dim: int = DESCRIPTOR_TRACK_MAX_DIM  # 0: no whitening
-    k: int = DEFAULT_K
-    backend: str = "auto"
-    norm: ScoreNorm = ScoreNorm()  # the matching track's score normalisation by the training descriptors
+    # the matching track's search (isc-search's options), its scores normalised by the training descriptors
+    search: SearchOptions = SearchOptions()
     query_crops: bool = True  # the matching track's queries as their full view and 5 crops (µAP +0.05 on photos)
     # the matching track searches the descriptors as extracted: whitened ones lose copies from the candidates
     matching_whitened: bool = False
@@ -111,7 +99,7 @@ class RunConfig:
     phases: Sequence[int] = PHASES
     ground_truth: Sequence[Path] = ()
     restrict_to_gt_queries: bool = False
-    submissions: Path = Path("submissions")
+    submissions: Path = field(default_factory=default_submissions_dir)
     quiet: bool = False
 
 
@@ -177,8 +165,9 @@ def planned_outputs(config: RunConfig) -> list[Path]:
     submissions = [default_submission_path(config.submissions, track, p)
                    for p in phases for track in ("matching", "descriptors")]
     verified = [work / f"predictions_phase{p}_verified.csv" for p in phases] if config.verify else []
+    searched = [work / f"predictions_phase{p}.csv" for p in phases]
     return [work / "run_summary.json", *(work / "descriptors" / f"{name}.h5" for name in names),
-            *(work / f"predictions_phase{p}.csv" for p in phases), *verified, *map(evidence_path, verified),
+            *searched, *map(provenance_path, searched), *verified, *map(evidence_path, verified),
             *([work / "calibration.json"] if config.verify and config.calibration is None else []),
             *submissions, *map(manifest_path, submissions)]
 
@@ -191,8 +180,7 @@ class Pipeline:
             raise InputError(f"the PCA dimension must be 0 (none) or more, got {config.pca_dim}")
         unknown = set(config.phases) - set(PHASES)
         if unknown or not config.phases:
-            raise InputError(f"phases are 1 and 2, got {sorted(config.phases)}")
-        check_device(config.device)
+            raise InputError(f"phases are {' and '.join(map(str, PHASES))}, got {sorted(config.phases)}")
         if config.verify is not None:
             config.verify.check()
         if config.calibration_copies < 0:
@@ -219,9 +207,7 @@ class Pipeline:
                 count = len(list_split_images(self.data, split))
                 self._step("download", split, count, began, True, f"local images in {self.data}")
                 continue
-            report, report_path = sync_split(
-                c.region, split, self.data, endpoint_url=c.endpoint_url, profile=c.profile, limit=self.limit(split),
-                workers=c.download_workers, attempts=c.attempts, timeout=c.timeout, quiet=c.quiet)
+            report, report_path = sync_split(split, self.data, c.download, limit=self.limit(split), quiet=c.quiet)
             if not report.ok:
                 raise InputError(f"the {split} images are incomplete ({len(report.failed)} failed, "
                                  f"{len(report.missing)} missing; details in {report_path}); re-run to resume")
@@ -277,7 +263,8 @@ class Pipeline:
                 output = files[name] = self.descriptors / f"{name}.h5"
                 crops = name.endswith("_crops")
                 target = name.replace("_phase", " phase ").replace("_crops", " crops")
-                if is_complete(output, images, extraction_config(model, crops=crops)):
+                options = replace(c.extraction, crops=crops)
+                if is_complete(output, images, extraction_config(model, options.scales, options.flip, crops)):
                     self._step("extract", target, len(images), began, True, "up to date", [output])
                     continue
                 if f"{name}_crops" in files:
@@ -285,8 +272,7 @@ class Pipeline:
                     self._step("extract", target, len(images), began, False,
                                f"{rows:,} full views of {files[f'{name}_crops'].name}, not extracted again", [output])
                     continue
-                result = extract(images, output, model, batch_size=c.batch_size, device=c.device,
-                                 workers=c.workers, quiet=c.quiet, crops=crops,
+                result = extract(images, output, model, options, quiet=c.quiet,
                                  attrs={"source": str(split_folder(self.data, split)), "split": split,
                                         "checkpoint": c.checkpoint})
                 broken = f", {len(result.broken)} broken" if result.broken else ""
@@ -304,7 +290,7 @@ class Pipeline:
         began = time.perf_counter()
         if "training" not in raw:
             raise InputError("PCA-whitening is learnt on the training descriptors: no training images "
-                             "(or use --pca-dim 0)")
+                             "(or whiten nothing: PCA dimension 0)")
         pca = self.descriptors / f"pca{dim}.npz"
         whitened = {name: self.descriptors / f"{name}_pca{dim}.h5" for name in raw}
         learn = not _fresh([pca], [raw["training"]])
@@ -337,20 +323,18 @@ class Pipeline:
         output = self.work / f"predictions_phase{phase}.csv"
         reference = self._matching_references(files)
         inputs = [query, reference, *([files["training"]] if "training" in files else [])]
-        if _fresh([output], inputs):
+        if _fresh([output, provenance_path(output)], inputs):
             self._step("search", f"phase {phase}", None, began, True, "up to date", [output])
             return output
-        query_ids, query_descriptors, _ = read_descriptors(query, split="query", views=True)
-        reference_ids, reference_descriptors, _ = read_descriptors(reference, split="reference", views=True)
-        training = read_descriptors(files["training"], split="training")[1] if "training" in files else None
-        predictions = search(query_ids, query_descriptors, reference_ids, reference_descriptors, training=training,
-                             norm=self.config.norm, k=self.config.k, max_results=MATCHING_TRACK_MAX_ROWS,
-                             backend=self.config.backend, quiet=self.config.quiet)
-        write_predictions(output, predictions)
-        normalised = f", normalised with {len(training):,} training images" if training is not None else ""
-        views = "".join(f", {len(ids) // len(set(ids))} views per {what}" for what, ids in
-                        (("query", query_ids), ("reference", reference_ids)) if len(set(ids)) < len(ids))
-        self._step("search", f"phase {phase}", len(set(query_ids)), began, False,
+        # isc-search's stage: the same-model check, and the provenance that the submission's manifest quotes
+        predictions = search_files(query, reference, output, files.get("training"), self.config.search, phase=phase,
+                                   quiet=self.config.quiet)
+        searched = predictions.attrs["provenance"]["inputs"]
+        normalised = f", normalised with {searched['training']['rows']:,} training images" \
+            if "training" in searched else ""
+        views = "".join(f", {searched[what]['rows'] // searched[what]['images']} views per {what}"
+                        for what in ("query", "reference") if searched[what]["rows"] > searched[what]["images"])
+        self._step("search", f"phase {phase}", searched["query"]["images"], began, False,
                    f"{len(predictions):,} predictions{normalised}{views}", [output])
         return output
 
@@ -363,7 +347,7 @@ class Pipeline:
         reference_attributes = read_descriptor_attrs(files["reference"])
         conditions = {**calibration_conditions(c.verify, {"inputs": {"reference": {
             "model_attributes": reference_attributes}}}),
-            "search": {"norm": c.norm.recorded(), "k": c.k, "pca_dim": c.pca_dim if c.matching_whitened else 0,
+            "search": {"norm": c.search.norm.recorded(), "k": c.search.k, "pca_dim": c.pca_dim if c.matching_whitened else 0,
                        "query_crops": c.query_crops, "reference_crops": c.reference_crops}}
         if c.calibration is not None:
             calibration = Calibration.load(c.calibration)
@@ -409,9 +393,10 @@ class Pipeline:
         sources = {ids[i]: training[ids[i]] for i in chosen}
         copy_images = make_copies(sources, folder / "copies")
         raw = folder / ("copies_crops.h5" if c.query_crops else "copies.h5")
-        if not is_complete(raw, copy_images, extraction_config(self.model, crops=c.query_crops)):
-            extract(copy_images, raw, self.model, batch_size=c.batch_size, device=c.device, workers=c.workers,
-                    quiet=c.quiet, crops=c.query_crops, attrs={"source": str(folder / "copies")})
+        options = replace(c.extraction, crops=c.query_crops)
+        if not is_complete(raw, copy_images, extraction_config(self.model, options.scales, options.flip,
+                                                               options.crops)):
+            extract(copy_images, raw, self.model, options, quiet=c.quiet, attrs={"source": str(folder / "copies")})
         described = raw
         if c.pca_dim and c.matching_whitened:
             described = folder / f"{raw.stem}_pca{c.pca_dim}.h5"
@@ -423,8 +408,8 @@ class Pipeline:
         training_ids, training_x, _ = read_descriptors(files["training"], split="training")
         is_source = np.isin(np.asarray(training_ids, dtype=object), list(sources))
         predictions = search(copy_ids, copy_x, [*reference_ids, *np.asarray(training_ids, dtype=object)[is_source]],
-                             np.vstack([reference_x, training_x[is_source]]), training=training_x[~is_source],
-                             norm=c.norm, k=c.k, backend=c.backend, quiet=c.quiet)
+                             np.vstack([reference_x, training_x[is_source]]), c.search,
+                             training=training_x[~is_source], quiet=c.quiet)
         output = folder / "copies_verified.csv"
         verify(predictions, copy_images, {**self.images("reference")["reference"], **sources}, output,
                options=c.verify, cache=self.work / "verify-cache", quiet=c.quiet)
@@ -491,25 +476,24 @@ class Pipeline:
                        ("up to date" if fresh else "valid") + reuse, [descriptors])
 
         if ground_truth is not None:
-            self.evaluate(phase, predictions, descriptors, ground_truth, matching)
+            self.evaluate(phase, {"matching": matching, "descriptors": descriptors}, ground_truth)
 
-    def evaluate(self, phase: int, predictions: Path, descriptors: Path | None, ground_truth: pd.DataFrame,
-                 matching: Path) -> None:
-        restrict = self.config.restrict_to_gt_queries
-        began = time.perf_counter()
-        metrics = evaluate(read_predictions(predictions), ground_truth, restrict)
-        self._record(f"phase {phase} matching", metrics.summary(), matching, ground_truth, began)
-        if descriptors is not None:
+    def evaluate(self, phase: int, submissions: dict[str, Path | None], ground_truth: pd.DataFrame) -> None:
+        """Each submission made for ``phase`` (by track; None: not made) scored against its ground truth as the
+        organisers scored it, the score recorded in its manifest."""
+        source = ", ".join(map(str, self.config.ground_truth))
+        for track, submission in submissions.items():
+            if submission is None:
+                continue
             began = time.perf_counter()
-            metrics, _ = score_descriptor_track(descriptors, ground_truth, None, restrict, self.config.backend)
-            self._record(f"phase {phase} descriptors", metrics.summary(), descriptors, ground_truth, began)
-
-    def _record(self, name: str, metrics: dict[str, object], submission: Path, ground_truth: pd.DataFrame,
-                began: float) -> None:
-        self.summary.metrics[name] = metrics
-        update_manifest(submission, local_evaluation={"ground_truth_queries": int(ground_truth["query_id"].nunique()),
-                                                      **metrics})
-        self._step("eval", name, None, began, False, f"µAP {metrics['muap']:.4f}, recall at P90 {_p90(metrics)}")
+            metrics, _ = score_submission(submission, track, ground_truth,
+                                          restrict_to_gt_queries=self.config.restrict_to_gt_queries,
+                                          backend=self.config.search.backend)
+            record_evaluation(submission, metrics, ground_truth, source)
+            name = f"phase {phase} {track}"
+            self.summary.metrics[name] = metrics.summary()
+            self._step("eval", name, None, began, False,
+                       f"µAP {metrics.muap:.4f}, recall at P90 {_p90(self.summary.metrics[name])}")
 
     def ground_truth(self, combined: pd.DataFrame | None, phase: int) -> pd.DataFrame | None:
         """The rows of the ground truth whose queries belong to ``phase`` (None when there are none)."""

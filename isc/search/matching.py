@@ -6,10 +6,10 @@ nearest-neighbour search itself is :mod:`isc.search.knn`'s.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,9 +23,9 @@ from isc.core.descriptors import (
     provenance_path,
     read_descriptors,
 )
-from isc.core.files import InputError, atomic_path
+from isc.core.files import InputError, SettingError, write_json
 from isc.core.tables import write_predictions
-from isc.search.knn import build_index, check_pair, clamp_k, index_search, knn, recall_against_exact
+from isc.search.knn import BACKENDS, build_index, check_pair, clamp_k, index_search, knn, recall_against_exact
 from isc.search.normalisation import ScoreNorm, normalise
 from isc.search.vectors import prepare_descriptors
 
@@ -40,24 +40,51 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------- search
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """How :func:`search` matches queries against references; checked once, here.
+
+    ``k`` references kept per query, the best ``max_results`` pairs over all queries; ``backend``: the
+    nearest-neighbour search's (:data:`isc.search.knn.BACKENDS`); ``norm``: the score normalisation, applied
+    when training descriptors are given; ``index``: a FAISS index string for an approximate search, ``nprobe``
+    lists visited, its recall against the exact search measured on ``recall_queries`` queries.
+    """
+
+    k: int = DEFAULT_K
+    max_results: int = MATCHING_TRACK_MAX_ROWS
+    backend: str = "auto"
+    norm: ScoreNorm = ScoreNorm()
+    index: str | None = None
+    nprobe: int = 16
+    recall_queries: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("k", "max_results", "nprobe", "recall_queries"):
+            if getattr(self, name) < 1:
+                raise SettingError(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.backend not in BACKENDS:
+            raise InputError(f"unknown backend {self.backend!r} (choose from {', '.join(BACKENDS)})")
+
+    def recorded(self) -> dict[str, object]:
+        """The options as the provenance of a predictions file records them."""
+        return {"k": self.k, "max_results": self.max_results, "backend": self.backend, "index": self.index,
+                "nprobe": self.nprobe, **self.norm.recorded()}
+
+
 def search(
     query_ids: list[str],
     query: np.ndarray,
     reference_ids: list[str],
     reference: np.ndarray,
+    options: SearchOptions = SearchOptions(),
     *,
     training: np.ndarray | None = None,
-    norm: ScoreNorm = ScoreNorm(),
-    k: int = DEFAULT_K,
-    max_results: int = MATCHING_TRACK_MAX_ROWS,
-    backend: str = "auto",
-    index: str | None = None,
-    nprobe: int = 16,
-    recall_queries: int = 1000,
     exclude_self: bool = False,
     quiet: bool = False,
+    **settings: object,
 ) -> pd.DataFrame:
-    """Matching-track predictions: each query's ``k`` best references, the best ``max_results`` kept.
+    """Matching-track predictions: each query's ``k`` best references, the best ``max_results`` kept, as
+    ``options`` (:class:`SearchOptions`) says, its fields overridden by ``settings``.
 
     ``query_ids`` [nq] and ``query`` [nq, d], ``reference_ids`` [nr] and ``reference`` [nr, d]; scores are
     inner products of L2-normalised descriptors. With ``training`` [nt, d], the scores are normalised by
@@ -75,15 +102,15 @@ def search(
     of an id with itself is left out, each query keeping ``k`` others.
     Returns a DataFrame ``query_id, reference_id, score`` sorted by decreasing score.
     """
+    options = replace(options, **settings)
+    norm, backend, index = options.norm, options.backend, options.index
     if len(query_ids) != len(query) or len(reference_ids) != len(reference):
         raise InputError("ids and descriptors differ in length")
-    if max_results < 1:
-        raise InputError(f"max_results must be at least 1, got {max_results}")
     query = prepare_descriptors(query, "query")
     reference = prepare_descriptors(reference, "reference")
     check_pair(query, reference)
     distinct_ids, reference_of_row = view_groups(reference_ids)
-    k = clamp_k(k, len(distinct_ids) - exclude_self, "references")
+    k = clamp_k(options.k, len(distinct_ids) - exclude_self, "references")
     views = int(np.bincount(reference_of_row).max())
     searched = k + exclude_self  # one more, in place of the query itself
     depth = min(searched * views, len(reference))  # that many distinct references lie within these best rows
@@ -99,11 +126,11 @@ def search(
         scores, indices = knn(query, reference, depth, "ip", backend, quiet)
     else:
         train = reference if training is None or norm.references else training
-        scores, indices = index_search(build_index(index, reference, train, nprobe), query, depth, quiet)
-        sample = np.linspace(0, len(query) - 1, min(recall_queries, len(query))).astype(int)
+        scores, indices = index_search(build_index(index, reference, train, options.nprobe), query, depth, quiet)
+        sample = np.linspace(0, len(query) - 1, min(options.recall_queries, len(query))).astype(int)
         recall = recall_against_exact(indices[sample], knn(query[sample], reference, depth, "ip", backend)[1])
         log.info("index %s (nprobe %d): recall@%d against exact search %.4f on %d queries",
-                 index, nprobe, depth, recall, len(sample))
+                 index, options.nprobe, depth, recall, len(sample))
     scores = scores - query_bias[:, None]
     if views > 1:
         scores, indices = best_reference_views(scores, indices, reference_of_row, searched)
@@ -111,9 +138,10 @@ def search(
     if exclude_self:
         scores, indices = drop_self_matches(query_ids, reference_ids, scores, indices, k)
     if len(set(query_ids)) < len(query_ids):
-        result = best_view_pairs(top_pairs(query_ids, reference_ids, scores, indices, scores.size), k, max_results)
+        result = best_view_pairs(top_pairs(query_ids, reference_ids, scores, indices, scores.size), k,
+                                 options.max_results)
     else:
-        result = top_pairs(query_ids, reference_ids, scores, indices, max_results)
+        result = top_pairs(query_ids, reference_ids, scores, indices, options.max_results)
     result.attrs["recall"] = recall
     return result
 
@@ -239,35 +267,34 @@ def check_same_model(files: Sequence[tuple[str | Path, dict[str, object]]], igno
                              + "; ".join(differences))
 
 
-def _json_value(value: object) -> object:
-    """What json cannot write itself: attribute arrays as lists, anything else as text."""
-    return value.tolist() if isinstance(value, np.ndarray | np.generic) else str(value)
-
-
 def search_files(
     query: str | Path,
     reference: str | Path,
     output: str | Path,
     training: str | Path | None = None,
+    options: SearchOptions = SearchOptions(),
     *,
-    norm: ScoreNorm = ScoreNorm(),
     phase: int | None = None,
     ignore_attributes: Sequence[str] = (),
-    **options: object,
+    quiet: bool = False,
+    **settings: object,
 ) -> pd.DataFrame:
     """:func:`search` over descriptor files: writes the predictions CSV ``output`` and its provenance sidecar.
 
     ``phase``: keep only that phase's queries. Query and reference rows may be several views of each image
     (a file with the attribute ``views_per_id``), each pair scored by its best two views. The files must come from the
-    same model (:func:`check_same_model`). ``norm`` and ``options``: keyword arguments of :func:`search`. The
+    same model (:func:`check_same_model`). ``options`` and ``settings``: as :func:`search` takes them. The
     sidecar ``<output>.provenance.json``, which isc-submit records in the submission's manifest, holds the
-    options, each input's path, size and model attributes, and the toolkit version.
+    options, each input's path, size, rows and images searched and model attributes, and the toolkit version;
+    it is also the returned predictions' ``attrs["provenance"]``.
     """
+    options = replace(options, **settings)
     paths = {"query": query, "reference": reference, **({"training": training} if training is not None else {})}
     files = {split: read_descriptors(path, views=split != "training") for split, path in paths.items()}
     query_ids, query_x, _ = files["query"]
     if phase is not None:
         query_ids, query_x = phase_queries(query_ids, query_x, phase, query)
+        files["query"] = query_ids, query_x, files["query"][2]
         for split in list(files)[1:]:
             validate_ids(files[split][0], split, paths[split], why=PHASE_RULE)
     for split in list(files)[1:]:  # reference, training: a clearer message than "dimension: a != b" below
@@ -278,13 +305,14 @@ def search_files(
     reference_ids, reference_x, _ = files["reference"]
     training_x = files["training"][1] if "training" in files else None
     exclude_self = same_images(query, files["query"][2], reference, files["reference"][2])
-    predictions = search(query_ids, query_x, reference_ids, reference_x, training=training_x, norm=norm,
-                         exclude_self=exclude_self, **options)
+    predictions = search(query_ids, query_x, reference_ids, reference_x, options, training=training_x,
+                         exclude_self=exclude_self, quiet=quiet)
     record = provenance(
         command="isc-search",
-        options={**options, **norm.recorded(), "phase": phase, "ignore_attributes": list(ignore_attributes),
+        options={**options.recorded(), "phase": phase, "ignore_attributes": list(ignore_attributes),
                  "exclude_self": exclude_self},
         inputs={split: {"path": str(Path(path).resolve()), "bytes": Path(path).stat().st_size,
+                        "rows": len(files[split][0]), "images": len(set(files[split][0])),
                         "model_attributes": model_attributes(files[split][2])} for split, path in paths.items()},
         predictions={"rows": len(predictions), "queries": int(predictions["query_id"].nunique())},
         recall=predictions.attrs.get("recall"),
@@ -292,6 +320,6 @@ def search_files(
     sidecar = provenance_path(output)
     sidecar.unlink(missing_ok=True)  # a crash between the two writes must not leave an older run's record
     write_predictions(output, predictions)
-    with atomic_path(sidecar) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, default=_json_value) + "\n", encoding="utf-8")
+    write_json(sidecar, record)
+    predictions.attrs["provenance"] = record
     return predictions

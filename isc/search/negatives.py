@@ -3,11 +3,34 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 
 from isc.core.files import InputError
 from isc.search.knn import check_pair, knn
+from isc.search.normalisation import MAX_BETA
 from isc.search.vectors import prepare_descriptors
+
+
+@dataclass(frozen=True)
+class NegativeEmbeddings:
+    """How much of its nearest training descriptors each descriptor loses: ``beta`` times the mean of its
+    ``k`` nearest; checked once, here."""
+
+    beta: float = 0.25
+    k: int = 3
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.beta) and 0 <= self.beta <= MAX_BETA):
+            raise InputError(f"negative-embedding beta must be a finite number within 0..{MAX_BETA:g}, got {self.beta}")
+        if self.k < 1:
+            raise InputError(f"negative-embedding k must be at least 1, got {self.k}")
+
+    def recorded(self) -> dict[str, object]:
+        """The settings as a whitened file's attributes record them."""
+        return {"beta": self.beta, "k": self.k}
 
 
 def subtract_negative_embeddings(
@@ -19,11 +42,10 @@ def subtract_negative_embeddings(
     track): what a descriptor shares with its nearest unrelated images is removed from the descriptor
     itself. ``training`` must not hold the descriptors themselves (each would subtract itself).
     """
-    if not np.isfinite(beta) or beta < 0:
-        raise InputError(f"negative-embedding beta must be a finite number >= 0 (--neg-beta), got {beta}")
-    if not 1 <= k <= len(training):
-        raise InputError(f"negative-embedding k must be between 1 and the {len(training)} training descriptors "
-                         f"(--neg-k), got {k}")
+    NegativeEmbeddings(beta, k)  # the settings' checks
+    if k > len(training):
+        raise InputError(f"negative-embedding k must be between 1 and the {len(training)} training descriptors, "
+                         f"got {k}")
     descriptors = prepare_descriptors(descriptors, "descriptor")
     training = prepare_descriptors(training, "training")
     check_pair(descriptors, training, "descriptor and training")

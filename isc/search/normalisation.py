@@ -17,25 +17,30 @@ MAX_BETA = 10.0  # beta of a normalisation beyond it: the bias swamps the simila
 
 
 def parse_neighbor_range(text: str) -> tuple[int, int]:
-    """``"A:B"`` (or ``"B"`` for ``B:B``) → (A, B), 1-based and inclusive."""
+    """``"A:B"`` (or ``"B"`` for ``B:B``) → (A, B), 1-based and inclusive, checked by :func:`check_neighbor_range`."""
     parts = text.split(":")
     try:
-        a, b = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
+        neighbors = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
     except ValueError:
-        a, b = 0, 0
-    if not 1 <= a <= b:
-        raise InputError(f"neighbour range {text!r}: expected A:B with 1 <= A <= B (e.g. 1:3, or 10:10)")
-    return a, b
+        neighbors = (0, 0)
+    check_neighbor_range(neighbors, repr(text))
+    return neighbors
 
 
 # ------------------------------------------------------------------------------------ normalisation
 
 
-def check_neighbourhood(neighbors: tuple[int, int], agg: str) -> None:
-    """InputError unless ``neighbors`` is a range (A, B) with 1 <= A <= B and ``agg`` one of :data:`AGGREGATIONS`."""
+def check_neighbor_range(neighbors: tuple[int, int], written: str | None = None) -> None:
+    """InputError unless ``neighbors`` is a range (A, B) with 1 <= A <= B; ``written``: the range as the user
+    wrote it, for the message."""
     a, b = neighbors
     if not 1 <= a <= b:
-        raise InputError(f"neighbour range {a}:{b}: expected 1 <= A <= B")
+        raise InputError(f"neighbour range {written or f'{a}:{b}'}: expected A:B with 1 <= A <= B (e.g. 1:3, or 10:10)")
+
+
+def check_neighbourhood(neighbors: tuple[int, int], agg: str) -> None:
+    """InputError unless ``neighbors`` is a range (A, B) with 1 <= A <= B and ``agg`` one of :data:`AGGREGATIONS`."""
+    check_neighbor_range(neighbors)
     if agg not in AGGREGATIONS:
         raise InputError(f"unknown aggregation {agg!r} (choose from {', '.join(AGGREGATIONS)})")
 

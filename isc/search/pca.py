@@ -15,6 +15,7 @@ import numpy as np
 from isc.core.competition import DESCRIPTOR_TRACK_MAX_DIM, first_bad_id
 from isc.core.descriptors import DescriptorFile, write_descriptors
 from isc.core.files import InputError, atomic_path, check_file
+from isc.search.negatives import NegativeEmbeddings, subtract_negative_embeddings
 
 CHUNK_ROWS = 65_536
 
@@ -165,25 +166,23 @@ def _check_pca_input(pca: PCAWhitening, path: str | Path, attrs: dict[str, objec
 
 
 def apply_pca_file(pca: PCAWhitening | str | Path, descriptors_file: str | Path, output: str | Path,
-                   negatives: str | Path | None = None, neg_beta: float = 0.25, neg_k: int = 3,
+                   negatives: str | Path | None = None, subtraction: NegativeEmbeddings = NegativeEmbeddings(),
                    quiet: bool = True) -> int:
     """Whiten a descriptor file into ``output`` (same ids, attributes extended); returns the rows written.
 
     Refuses descriptors of another model than the PCA's training descriptors (model fingerprints differ).
-    ``negatives``: a training descriptor file, whitened alike, whose ``neg_k`` nearest descriptors are
-    subtracted from each output descriptor with weight ``neg_beta``
+    ``negatives``: a training descriptor file, whitened alike, whose ``subtraction.k`` nearest descriptors are
+    subtracted from each output descriptor with weight ``subtraction.beta``
     (:func:`isc.search.negatives.subtract_negative_embeddings`).
     """
-    return next(apply_pca_files(pca, [(descriptors_file, output)], negatives, neg_beta, neg_k, quiet))
+    return next(apply_pca_files(pca, [(descriptors_file, output)], negatives, subtraction, quiet))
 
 
 def apply_pca_files(pca: PCAWhitening | str | Path, pairs: Sequence[tuple[str | Path, str | Path]],
-                    negatives: str | Path | None = None, neg_beta: float = 0.25, neg_k: int = 3,
+                    negatives: str | Path | None = None, subtraction: NegativeEmbeddings = NegativeEmbeddings(),
                     quiet: bool = True) -> Iterator[int]:
     """:func:`apply_pca_file` for each (descriptor file, output) of ``pairs``, the ``negatives`` read and
     whitened once for all; yields the rows written as each file is done."""
-    from isc.search.negatives import subtract_negative_embeddings
-
     pca = pca if isinstance(pca, PCAWhitening) else PCAWhitening.load(pca)
     whitened_negatives = None
     for descriptors_file, output in pairs:
@@ -196,9 +195,10 @@ def apply_pca_files(pca: PCAWhitening | str | Path, pairs: Sequence[tuple[str | 
                 training = DescriptorFile.read(negatives)
                 _check_pca_input(pca, negatives, training.attrs)
                 whitened_negatives, negatives_split = pca.apply(training.descriptors), descriptor_split(training)
-            whitened = subtract_negative_embeddings(whitened, whitened_negatives, neg_beta, neg_k, quiet=quiet)
+            whitened = subtract_negative_embeddings(whitened, whitened_negatives, subtraction.beta, subtraction.k,
+                                                    quiet=quiet)
             extra["negative_embeddings"] = json.dumps({"training": str(negatives), "split": negatives_split,
-                                                       "beta": neg_beta, "k": neg_k})
+                                                       **subtraction.recorded()})
         write_descriptors(output, source.ids, whitened, {**source.attrs, "pca": json.dumps(pca.attrs),
                                                          "pca_whiten": pca.whiten, "normalized": True, **extra})
         yield len(source.ids)

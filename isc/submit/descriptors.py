@@ -217,8 +217,8 @@ def submit_descriptors(
     for path in (query, reference):
         views = int(read_descriptor_attrs(path).get("views_per_id", 1))
         if views > 1:
-            raise InputError(f"{path}: {views} views per image (isc-extract --crops); the descriptor track takes one "
-                             "descriptor per image: give the file extracted without --crops")
+            raise InputError(f"{path}: {views} views per image (extracted with crops); the descriptor track takes one "
+                             "descriptor per image: give the file extracted without crops")
     query_file, reference_file = DescriptorFile.read(query, "query"), DescriptorFile.read(reference, "reference")
     phase1 = read_phase1_reference(phase1_reference) if phase1_reference is not None else None
     violations = check_descriptor_submission(

@@ -4,6 +4,7 @@ provenance, command line, toolkit version, UTC time) and the provenance it quote
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -11,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 import isc
 from isc.core.descriptors import provenance_path, read_descriptor_attrs
@@ -19,6 +19,11 @@ from isc.core.files import InputError, check_file, file_digest, write_json
 
 MANIFEST_SUFFIX = ".manifest.json"
 SUBMISSIONS_DIR_ENV = "ISC_SUBMISSIONS_DIR"  # the default submissions folder of isc-submit and isc-run
+
+
+def default_submissions_dir() -> Path:
+    """Where submissions go unless told: ``$ISC_SUBMISSIONS_DIR``, else ``./submissions``."""
+    return Path(os.environ.get(SUBMISSIONS_DIR_ENV) or "submissions")
 
 
 def default_submission_path(directory: str | Path, track: str, phase: int) -> Path:
@@ -31,22 +36,6 @@ def default_submission_path(directory: str | Path, track: str, phase: int) -> Pa
 
 def manifest_path(submission: str | Path) -> Path:
     return Path(str(submission) + MANIFEST_SUFFIX)
-
-
-def _jsonable(value: object) -> object:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    return value
 
 
 def write_manifest(submission: str | Path, record: dict[str, object]) -> Path:
@@ -62,7 +51,7 @@ def write_manifest(submission: str | Path, record: dict[str, object]) -> Path:
         "isc_version": isc.__version__,
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    return write_json(manifest_path(submission), _jsonable(manifest))
+    return write_json(manifest_path(submission), manifest)
 
 
 def read_manifest(submission: str | Path) -> dict[str, object] | None:
@@ -81,7 +70,7 @@ def update_manifest(submission: str | Path, **fields: object) -> Path:
     manifest = read_manifest(submission)
     if manifest is None or manifest.get("md5") != file_digest(submission):
         raise InputError(f"{submission}: no manifest, or it describes another file")
-    return write_json(manifest_path(submission), _jsonable({**manifest, **fields}))
+    return write_json(manifest_path(submission), {**manifest, **fields})
 
 
 # ------------------------------------------------------------------------------------------ provenance

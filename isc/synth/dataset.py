@@ -13,7 +13,7 @@ import io
 import json
 import multiprocessing
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 import isc
 from isc.core.competition import ID_PATTERNS, image_id, metadata_file, split_folder
-from isc.core.files import InputError, atomic_path, write_json
+from isc.core.files import InputError, SettingError, atomic_path, write_json
 from isc.core.tables import write_ground_truth, write_metadata
-from isc.download.s3 import DEFAULT_REGION, REGIONS, images_prefix
+from isc.download.s3 import DEFAULT_REGION, bucket_for_region, images_prefix
 from isc.synth.draw import base_image
 from isc.synth.edits import random_edit_chain
 from isc.synth.photos import BaseSource, PhotoOptions, render_base, with_base_images
@@ -112,46 +112,61 @@ def _check_out_dir(out_dir: Path) -> None:
                              "choose a new or empty folder")
 
 
+@dataclass(frozen=True)
+class SynthOptions:
+    """What a synthetic dataset holds; checked once, here. ``match_fraction`` of the queries of each phase are
+    edited copies of random references, the others edited images found nowhere else; the base images' long
+    sides lie in [``min_size``, ``max_size``] (queries up to twice)."""
+
+    seed: int = 0
+    references: int = 600
+    queries: int = 300  # of phase 1
+    phase2_queries: int = 100
+    training: int = 600
+    min_size: int = 200
+    max_size: int = 400
+    match_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("seed", "references", "queries", "phase2_queries", "training"):
+            if getattr(self, name) < 0:
+                raise SettingError(name, f"must be >= 0, got {getattr(self, name)}")
+        if max(self.queries, self.phase2_queries) > 50_000 or max(self.references, self.training) > 1_000_000:
+            raise InputError("at most 50,000 queries per phase and 1,000,000 references or training images "
+                             "(the ids' range)")
+        if not 8 <= self.min_size <= self.max_size:
+            raise InputError(f"image sizes need 8 <= min_size <= max_size, got {self.min_size} and {self.max_size}")
+        if not 0 <= self.match_fraction <= 1:
+            raise SettingError("match_fraction", f"must be in [0, 1], got {self.match_fraction}")
+
+
 def generate_dataset(
     out_dir: str | Path,
-    seed: int = 0,
-    references: int = 600,
-    queries: int = 300,
-    phase2_queries: int = 100,
-    training: int = 600,
-    min_size: int = 200,
-    max_size: int = 400,
-    match_fraction: float = 0.5,
+    options: SynthOptions = SynthOptions(),
+    *,
+    base_images: PhotoOptions | None = None,
     workers: int | None = None,
     quiet: bool = False,
-    base_images: PhotoOptions | None = None,
+    **settings: object,
 ) -> dict[str, int]:
-    """Write a synthetic dataset in the competition's layout under ``out_dir``; returns counts.
+    """Write a synthetic dataset in the competition's layout under ``out_dir`` as ``options`` say
+    (:class:`SynthOptions`, its fields overridden by ``settings``); returns counts.
 
-    ``match_fraction`` of the queries of each phase are edited copies of random references, the others
-    edited images found nowhere else. Images' long sides lie in [min_size, max_size] (queries up to twice).
-    ``base_images``: cut the base images from real photos and drawings (:mod:`isc.synth.photos`), not procedural ones.
+    ``base_images``: cut the base images from real photos and drawings (:mod:`isc.synth.photos`), not procedural
+    ones. ``workers``: processes drawing images (the bytes do not depend on them).
     """
     import pandas as pd  # here only: the spawned workers import this module and need no pandas
 
-    for name, value in (("seed", seed), ("references", references), ("queries", queries),
-                        ("phase2_queries", phase2_queries), ("training", training)):
-        if value < 0:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
-    if queries > 50_000 or phase2_queries > 50_000 or references > 1_000_000 or training > 1_000_000:
-        raise InputError("at most 50,000 queries per phase and 1,000,000 references or training images (the ids' range)")
-    if not 8 <= min_size <= max_size:
-        raise InputError(f"image sizes need 8 <= min_size <= max_size, got {min_size} and {max_size}")
-    if not 0 <= match_fraction <= 1:
-        raise InputError(f"match fraction must be in [0, 1], got {match_fraction}")
+    options = replace(options, **settings)
+    seed, references, queries, training = options.seed, options.references, options.queries, options.training
+    phase2_queries, min_size, max_size = options.phase2_queries, options.min_size, options.max_size
     if base_images is not None:
         base_images.check()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     for split in ("query", "reference", "training"):
         split_folder(out_dir, split).mkdir(parents=True, exist_ok=True)
-    params = {"seed": seed, "references": references, "queries": queries, "phase2_queries": phase2_queries,
-              "training": training, "min_size": min_size, "max_size": max_size, "match_fraction": match_fraction}
+    params: dict[str, object] = asdict(options)
     if base_images is not None:
         params["base_images"] = base_images.params()
     # written first, so that an interrupted run can be overwritten by the next one
@@ -159,8 +174,8 @@ def generate_dataset(
                                     "params": params}, indent=1, sort_keys=True)
 
     plan_rng = np.random.default_rng([seed, 0])
-    matches = {**_match_plan(plan_rng, 0, queries, references, match_fraction),
-               **_match_plan(plan_rng, 50_000, phase2_queries, references, match_fraction)}
+    matches = {**_match_plan(plan_rng, 0, queries, references, options.match_fraction),
+               **_match_plan(plan_rng, 50_000, phase2_queries, references, options.match_fraction)}
     ref_path = {i: str(split_folder(out_dir, "reference") / f"{i}.jpg") for i in matches.values()}
     first_stage = [_Task("reference", i, image_id("reference", i)) for i in range(references)]
     first_stage += [_Task("training", i, image_id("training", i)) for i in range(training)]
@@ -193,7 +208,7 @@ def generate_dataset(
     for split, tasks in (("reference", first_stage[:references]), ("training", first_stage[references:]),
                          ("query", second_stage)):
         ids = [t.image_id for t in tasks]
-        uri = f"s3://{REGIONS[DEFAULT_REGION].bucket}/{images_prefix(split)}"
+        uri = f"s3://{bucket_for_region(DEFAULT_REGION)}/{images_prefix(split)}"
         write_metadata(metadata_file(out_dir, split), pd.DataFrame(
             {"image_id": ids, "s3_uri": [f"{uri}{i}.jpg" for i in ids], "md5_checksum": [results[i][0] for i in ids]}))
         _remove_stale_images(split_folder(out_dir, split), set(ids), split)

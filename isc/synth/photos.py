@@ -229,7 +229,7 @@ def plan_base_images(options: PhotoOptions, needs: dict[str, int], seed: int,
         raise InputError(
             f"not enough base images: {needs['reference']} references + {needs['training']} training images + "
             f"{needs['query']} distractor queries wanted, {given} (detail >= {options.min_detail}); add photos or "
-            "--drawings, lower --min-detail or --tile-size, raise --max-tiles-per-photo, or ask for fewer images")
+            "drawings, lower the minimum detail or the tile size, raise the tiles per photo, or ask for fewer images")
     return plan
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from isc.core.descriptors import read_descriptors
 from isc.core.distributed import barrier, join_process_group, leave_process_group, this_device
-from isc.core.files import InputError, atomic_path
+from isc.core.files import InputError, SettingError, atomic_path
 from isc.core.tables import read_ground_truth
 from isc.extract.extraction import extract
 from isc.extract.image_files import list_images, list_split_images
@@ -213,14 +213,11 @@ def evaluate_model(model: nn.Module, eval_data: str | Path, work_dir: str | Path
 
 def setup_process(device: str | None) -> tuple[int, int, torch.device, bool]:
     """(rank, world size, device, whether the process group was started here) of this process; joins the
-    process group when started by ``torchrun``. Training refuses ``cuda:N`` (each rank takes its own GPU), in
-    its own words; the device itself is :func:`isc.core.distributed.this_device`'s choice."""
-    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind not in ("cpu", "cuda"):
-        raise InputError(f"--device must be cpu or cuda, got {kind!r}")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no GPU is visible to torch")
-    where = this_device(kind)
+    process group when started by ``torchrun``. Training refuses ``cuda:N`` (each rank takes its own GPU); the
+    device itself is :func:`isc.core.distributed.this_device`'s choice, by the rule of its ``check_device``."""
+    if device is not None and ":" in device:
+        raise SettingError("device", f"must be cpu or cuda (each rank takes its own GPU), got {device!r}")
+    where = this_device(device)
     rank, world_size, started = join_process_group(where)
     return rank, world_size, where, started
 
@@ -243,32 +240,36 @@ def total_steps(config: TrainConfig, n_images: int, world_size: int) -> int:
 
 
 def check_config(config: TrainConfig) -> None:
+    """InputError (:class:`SettingError` naming the setting) unless every setting of ``config`` is in range."""
     reason = untrainable(config.model)
     if reason:
         raise InputError(f"model {config.model!r} cannot be trained: {reason} (isc-train fine-tunes timm models, "
                          "e.g. efficientnet_lite0)")
-    for name in ("batch_size", "accumulate", "image_size", "checkpoint_every"):
-        if getattr(config, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    for name in ("batch_size", "accumulate", "image_size", "checkpoint_every", "steps"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise SettingError(name, f"must be at least 1, got {value}")
     if config.views < 2:
-        raise InputError(f"--views must be at least 2 (the views of an image are its positives), got {config.views}")
+        raise SettingError("views", f"must be at least 2 (the views of an image are its positives), got {config.views}")
     for name in ("lr", "weight_decay", "warmup", "temperature", "entropy_weight", "mix_fraction", "edit_probability",
                  "freeze_fraction", "epochs"):
         value = getattr(config, name)
         if value is not None and not math.isfinite(value):
-            raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    if config.steps is not None and config.steps < 1 or config.epochs is not None and config.epochs <= 0:
-        raise InputError("--steps must be >= 1 and --epochs > 0")
-    if config.temperature <= 0 or config.lr <= 0:
-        raise InputError("--temperature and --lr must be positive")
-    if config.weight_decay < 0 or config.entropy_weight < 0:
-        raise InputError("--weight-decay and --entropy-weight must be >= 0")
-    if not all(0 <= value <= 1 for value in (config.mix_fraction, config.edit_probability, config.freeze_fraction)):
-        raise InputError("--mix-fraction, --edit-probability and --freeze-fraction must lie in [0, 1]")
+            raise SettingError(name, f"must be a finite number, got {value}")
+    for name in ("temperature", "lr", "epochs"):
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            raise SettingError(name, f"must be positive, got {value}")
+    for name in ("weight_decay", "entropy_weight"):
+        if getattr(config, name) < 0:
+            raise SettingError(name, f"must be >= 0, got {getattr(config, name)}")
+    for name in ("mix_fraction", "edit_probability", "freeze_fraction"):
+        if not 0 <= getattr(config, name) <= 1:
+            raise SettingError(name, f"must lie in [0, 1], got {getattr(config, name)}")
     if not 0 <= config.warmup < 1:
-        raise InputError(f"--warmup must lie in [0, 1), got {config.warmup}")
+        raise SettingError("warmup", f"must lie in [0, 1), got {config.warmup}")
     if config.eval_data is not None and not (Path(config.eval_data) / "ground_truth.csv").is_file():
-        raise InputError(f"--eval-data {config.eval_data}: no ground_truth.csv (expected an isc-synth dataset)")
+        raise SettingError("eval_data", f"{config.eval_data}: no ground_truth.csv (expected an isc-synth dataset)")
 
 
 def _keep_log_until(path: Path, step: int) -> None:
@@ -306,9 +307,10 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
     run_dir, paths = Path(config.run_dir), list(list_images(config.data).values())
     last = run_dir / "last.pt"
     if config.resume and not last.is_file():
-        raise InputError(f"--resume: {last} does not exist")
+        raise SettingError("resume", f"is set, but {last} does not exist")
     if not config.resume and last.is_file():
-        raise InputError(f"{last} exists: pass --resume to continue that run, or choose another run directory")
+        raise SettingError("resume", f"is not set, but {last} exists: set it to continue that run, or choose another "
+                           "run directory")
     steps = total_steps(config, len(paths), world_size)
 
     torch.manual_seed(config.seed)  # the same new head on every process (DDP also broadcasts rank 0's)
@@ -361,8 +363,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
 
     def diverged(step: int, what: str) -> TrainingDiverged:
         kept = f"{last} holds step {saved}" if saved else "no checkpoint was written"
-        return TrainingDiverged(f"step {step}: {what}, training diverged ({kept}); lower --lr (now {config.lr:g}) "
-                                "or --entropy-weight, or train without --amp")
+        return TrainingDiverged(f"step {step}: {what}, training diverged ({kept}); lower the learning rate "
+                                f"(now {config.lr:g}) or the entropy weight, or train without mixed precision")
 
     def evaluate_now(step: int) -> None:
         result = evaluate_model(model, config.eval_data, run_dir / "eval", device.type, config.workers, config.quiet)

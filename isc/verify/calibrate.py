@@ -144,7 +144,7 @@ class Calibration:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise InputError(f"{path}: not a calibration file ({type(error).__name__})") from None
         if not isinstance(content, dict) or content.get("format") != FORMAT:
-            raise InputError(f"{path}: not a calibration file (written by isc-verify --calibrate-*)")
+            raise InputError(f"{path}: not a calibration file (written by isc-verify's calibration)")
         if content.get("version") != VERSION:
             raise InputError(f"{path}: calibration format version {content.get('version')!r}, this toolkit reads {VERSION}")
         try:
