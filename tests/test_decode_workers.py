@@ -1,4 +1,4 @@
-"""Reading and decoding in worker processes (isc.decode_workers, isc-extract --decode-processes): the file of the
+"""Reading and decoding in worker processes (isc.extract.decode_workers, isc-extract --decode-processes): the file of the
 single-process path bit for bit, broken images and crops included; resume after kill -9; errors, worker deaths,
 Ctrl-C and a killed parent leave no process behind."""
 
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import h5py
-import isc.decode_workers
+import isc.extract.decode_workers
 import numpy as np
 import psutil
 import pytest
@@ -135,8 +135,8 @@ def test_the_gpus_start_method_gives_the_same_file(images, models, tmp_path, mon
     import multiprocessing
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["isc.decode_workers"])
-    monkeypatch.setattr(isc.decode_workers, "_context", lambda device: context)
+    context.set_forkserver_preload(["isc.extract.decode_workers"])
+    monkeypatch.setattr(isc.extract.decode_workers, "_context", lambda device: context)
     one = _extract(images, tmp_path / "one.h5", models["square"], batch_size=6, crops=True)
     many = _extract(images, tmp_path / "many.h5", models["square"], batch_size=6, crops=True, decode_processes=2)
     assert many.broken == one.broken
