@@ -23,22 +23,13 @@ from isc.core.competition import (
 )
 from isc.core.files import atomic_path, check_text_file, shown
 from isc.core.tables import PREDICTION_COLUMNS, is_prediction_row
+from isc.submit import violations as rules
 from isc.submit.manifest import provenance_records, write_manifest
-from isc.submit.violations import (
-    WRONG_FIELD_COUNT,
-    SubmissionError,
-    Violation,
-    check_phase,
-    expected_numbers,
-    id_range,
-    phase_range_text,
-    read_expected_ids,
-)
 
 # ---------------------------------------------------------------------------------- matching track
 
 
-def _read_raw_csv(path: Path) -> tuple[list[str], list[list[str]], list[int], list[Violation]]:
+def _read_raw_csv(path: Path) -> tuple[list[str], list[list[str]], list[int], list[rules.Violation]]:
     """Header ([] if the file is empty), the rows of the header's width with their line numbers, and a
     violation for every other row."""
     raw = path.read_bytes()
@@ -48,7 +39,7 @@ def _read_raw_csv(path: Path) -> tuple[list[str], list[list[str]], list[int], li
     except UnicodeDecodeError as e:
         # go on with the bad bytes replaced, so that the other violations are found too
         line = raw.count(b"\n", 0, e.start) + 1
-        violations.append(Violation("not UTF-8", f"bytes that are not UTF-8 text ({e.reason})", line))
+        violations.append(rules.Violation("not UTF-8", f"bytes that are not UTF-8 text ({e.reason})", line))
         text = raw.decode("utf-8", errors="replace")
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header, rows, lines = [], [], []
@@ -62,30 +53,30 @@ def _read_raw_csv(path: Path) -> tuple[list[str], list[list[str]], list[int], li
                 lines.append(reader.line_num)
             else:
                 message = f"{len(row)} fields, the header has {len(header)}"
-                violations.append(Violation(WRONG_FIELD_COUNT, message, reader.line_num))
+                violations.append(rules.Violation(rules.WRONG_FIELD_COUNT, message, reader.line_num))
     except csv.Error as e:
-        violations.append(Violation("unreadable CSV", f"not a valid CSV from here on ({e})", reader.line_num))
+        violations.append(rules.Violation("unreadable CSV", f"not a valid CSV from here on ({e})", reader.line_num))
     return header, rows, lines, violations
 
 
-def _per_row(rule: str, mask: np.ndarray, lines: np.ndarray, message: Callable[[int], str]) -> list[Violation]:
-    return [Violation(rule, message(i), int(lines[i])) for i in np.flatnonzero(mask)]
+def _per_row(rule: str, mask: np.ndarray, lines: np.ndarray, message: Callable[[int], str]) -> list[rules.Violation]:
+    return [rules.Violation(rule, message(i), int(lines[i])) for i in np.flatnonzero(mask)]
 
 
 def _id_violations(
     values: pd.Series, lines: np.ndarray, split: str, phase: int, expected: np.ndarray | None, source: str
-) -> tuple[list[Violation], np.ndarray]:
+) -> tuple[list[rules.Violation], np.ndarray]:
     """Violations of the ``query_id`` or ``reference_id`` column, and the mask of well-formed ids."""
     column = f"{split}_id"
     numbers, well_formed = id_numbers(values, split)
-    lo, hi = id_range(split, phase)
+    lo, hi = rules.id_range(split, phase)
     outside = well_formed & ((numbers < lo) | (numbers > hi))  # never for a well-formed reference id
     unknown = well_formed & ~outside & (False if expected is None else ~np.isin(numbers, expected))
     violations = (
         _per_row(f"malformed {column}", ~well_formed, lines, lambda i: f"{column} {shown(values.iloc[i])} is not a "
                  f"{split} id ({ID_PREFIX[split]} + {ID_DIGITS[split]} digits)")
         + _per_row("query outside the phase", outside, lines, lambda i: f"{column} {values.iloc[i]} is not a "
-                   f"phase-{phase} query ({phase_range_text(phase)})")
+                   f"phase-{phase} query ({rules.phase_range_text(phase)})")
         + _per_row(f"unknown {column}", unknown, lines, lambda i: f"{column} {values.iloc[i]} is not in {source}")
     )
     return violations, well_formed
@@ -97,7 +88,7 @@ def check_matching_csv(
     expected_queries: Sequence[str] | None = None,
     expected_references: Sequence[str] | None = None,
     expected_sources: tuple[str, str] = ("the expected queries", "the expected references"),
-) -> tuple[pd.DataFrame, list[Violation]]:
+) -> tuple[pd.DataFrame, list[rules.Violation]]:
     """Every violation of a matching-track CSV, by line, and its rows (``score`` float, NaN where unreadable).
 
     Rules: the header is exactly ``query_id,reference_id,score``, or absent (the first row a prediction, as
@@ -106,26 +97,26 @@ def check_matching_csv(
     ``phase`` (and of ``expected_queries`` when given); reference ids of ``expected_references`` when
     given; finite scores; no (query, reference) pair twice.
     """
-    check_phase(phase)
+    rules.check_phase(phase)
     path = Path(path)
     check_text_file(path, "predictions CSV")
     header, rows, lines, violations = _read_raw_csv(path)
     if not header:
         message = f"empty file, expected the header {','.join(PREDICTION_COLUMNS)}"
-        return pd.DataFrame(columns=list(PREDICTION_COLUMNS)), [*violations, Violation("empty file", message)]
+        return pd.DataFrame(columns=list(PREDICTION_COLUMNS)), [*violations, rules.Violation("empty file", message)]
     if header != list(PREDICTION_COLUMNS) and is_prediction_row(header):
         # no header row, as the organisers' writer makes them: the first row is a prediction
         rows, lines, header = [header, *rows], [1, *lines], list(PREDICTION_COLUMNS)
-    n_rows = len(rows) + sum(v.rule == WRONG_FIELD_COUNT for v in violations)
+    n_rows = len(rows) + sum(v.rule == rules.WRONG_FIELD_COUNT for v in violations)
     if header != list(PREDICTION_COLUMNS):
         message = (f"header is {shown(','.join(header))}, expected exactly {','.join(PREDICTION_COLUMNS)!r} "
                    "(or no header row, the file starting with a prediction)")
-        violations.append(Violation("header", message, 1))
+        violations.append(rules.Violation("header", message, 1))
     if n_rows > MATCHING_TRACK_MAX_ROWS:
         message = f"{n_rows:,} predictions, the matching track allows at most {MATCHING_TRACK_MAX_ROWS:,}"
-        violations.append(Violation("too many rows", message))
+        violations.append(rules.Violation("too many rows", message))
     if n_rows == 0:
-        violations.append(Violation("no predictions", "no predictions (the file has a header only)"))
+        violations.append(rules.Violation("no predictions", "no predictions (the file has a header only)"))
     # a misspelt or reordered header is reported above; the columns found are still checked row by row
     names = [name.strip() for name in header]
     found = {name: names.index(name) for name in PREDICTION_COLUMNS if name in names}
@@ -135,7 +126,7 @@ def check_matching_csv(
     for split, expected, source in (("query", expected_queries, expected_sources[0]),
                                     ("reference", expected_references, expected_sources[1])):
         if f"{split}_id" in df:
-            numbers = None if expected is None else expected_numbers(split, phase, expected)
+            numbers = None if expected is None else rules.expected_numbers(split, phase, expected)
             found_violations, well_formed = _id_violations(
                 df[f"{split}_id"], line_numbers, split, phase, numbers, source)
             violations += found_violations
@@ -169,7 +160,7 @@ def submit_matching(
     """Check a matching-track CSV and copy it, byte for byte, to ``out`` with its manifest; returns ``out``.
 
     A file without a header row (as the organisers' isc2021 scripts write them) gets the header put first,
-    the manifest saying so (``header_added``). Raises :class:`SubmissionError` listing every violation, and writes nothing, when it is invalid.
+    the manifest saying so (``header_added``). Raises :class:`rules.SubmissionError` listing every violation, and writes nothing, when it is invalid.
     ``expected_queries``/``expected_references``: a metadata CSV or a list of ids the ids must belong to.
     ``provenance``: JSON or descriptor files whose content or attributes the manifest records (default:
     the sidecar ``<predictions>.provenance.json`` when there is one).
@@ -177,12 +168,12 @@ def submit_matching(
     predictions, out = Path(predictions), Path(out)
     df, violations = check_matching_csv(
         predictions, phase,
-        None if expected_queries is None else read_expected_ids(expected_queries, "query"),
-        None if expected_references is None else read_expected_ids(expected_references, "reference"),
+        None if expected_queries is None else rules.read_expected_ids(expected_queries, "query"),
+        None if expected_references is None else rules.read_expected_ids(expected_references, "reference"),
         (str(expected_queries), str(expected_references)),
     )
     if violations:
-        raise SubmissionError(predictions, violations, max_listed)
+        raise rules.SubmissionError(predictions, violations, max_listed)
     records = provenance_records(predictions, provenance)
     with atomic_path(out) as tmp:
         header_added = _copy_with_header(predictions, tmp)
