@@ -16,8 +16,9 @@ import functools
 import math
 
 import numpy as np
+from PIL import Image
 
-BLOCK = 32  # outputs per matrix product
+BLOCK = 16  # outputs per matrix product
 ONE_THREAD = 1 << 18  # OpenBLAS computes a product of m*n*k up to this on the calling thread alone
 Blocks = list[tuple[int, int, int, int, np.ndarray]]  # (first output, end, first input, end, weights)
 
@@ -95,11 +96,17 @@ def resize_pixels(image: np.ndarray, size: int, mode: str) -> np.ndarray:
     target_height, target_width = resized_shape(height, width, size, mode)
     if (target_height, target_width) == (height, width):
         return image
-    pixels = image.transpose(1, 2, 0)
+    pixels = np.ascontiguousarray(image.transpose(1, 2, 0))
     if target_width != width:  # the width first, as torch does: each pass rounds
-        columns = np.ascontiguousarray(pixels.transpose(1, 0, 2), dtype=np.float32).reshape(width, -1)
-        resized = _resample(columns, target_width).reshape(target_width, height, 3)
-        pixels = np.ascontiguousarray(resized.transpose(1, 0, 2))
+        columns = _transposed(pixels).reshape(width, -1)
+        resized = _resample(columns, target_width).astype(np.uint8).reshape(target_width, height, 3)
+        pixels = _transposed(resized)
     if target_height != height:
-        pixels = _resample(pixels.reshape(height, -1), target_height).reshape(target_height, target_width, 3)
-    return pixels.astype(np.uint8).transpose(2, 0, 1)
+        resized = _resample(pixels.reshape(height, -1), target_height)
+        pixels = resized.astype(np.uint8).reshape(target_height, target_width, 3)
+    return pixels.transpose(2, 0, 1)
+
+
+def _transposed(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] as [W, H, 3], by Pillow: several times faster than numpy's copy of a transposed view."""
+    return np.asarray(Image.fromarray(pixels).transpose(Image.Transpose.TRANSPOSE))
