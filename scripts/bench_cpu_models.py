@@ -105,7 +105,7 @@ def _tree_pss_kb(pid: int) -> int:
     return total
 
 
-def run_measured(command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+def run_measured(command: list[str], cwd: Path | None = None) -> dict[str, float]:
     """Run a command to its end: wall seconds, CPU seconds of all its processes, their peak memory (MB), the
     load average before, and the seconds of its loop over the images when it prints them (``seconds`` of a
     JSON last line)."""
@@ -113,7 +113,7 @@ def run_measured(command: list[str], env: dict[str, str] | None = None) -> dict[
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryFile() as log:
         start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
         peak = 0
         while process.poll() is None:
             peak = max(peak, _tree_pss_kb(process.pid))
@@ -194,14 +194,14 @@ def main() -> None:
                     "plain library loop": ([sys.executable, __file__, "--plain", model, str(folder),
                                             f"{tmp}/{model}.npy"], None),
                 }
-                if args.before:
+                if args.before:  # run from the checkout: python -m finds the package in the working directory first
                     commands["isc-extract (before)"] = ([sys.executable, *extract, f"{tmp}/{model}_before.h5"],
-                                                        {**os.environ, "PYTHONPATH": str(args.before.resolve())})
+                                                        args.before.resolve())
                 if immaculate:
                     commands["Immaculate"] = ([args.immaculate_python, "-m", "immaculate", str(folder), "--method",
                                                model, "--json"], None)
-                for label, (command, env) in commands.items():
-                    result = run_measured(command, env)
+                for label, (command, cwd) in commands.items():
+                    result = run_measured(command, cwd)
                     print(f"{model:15s} {label:20s} {result['wall_s']:7.2f} s  CPU {result['cpu_s']:7.1f} s  "
                           f"{result['peak_mb']:6,} MB  "
                           f"(load before {result['load_before']})", flush=True)

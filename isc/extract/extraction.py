@@ -151,9 +151,9 @@ def extract(
 ) -> ExtractResult:
     """Extract the descriptors of ``images`` (``{id: path}``, or paths whose stems are the ids) to ``output``.
 
-    ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available, for a model a GPU runs); ``decoder``: ``torchvision``
-    (default on cuda) or ``pil`` (default on the CPU, and for a model that takes uint8 pixels, which it then
-    gets as numpy arrays: the pixel path); ``workers``: reading threads (0 counts as 1) or decoding processes
+    ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available, for a model a GPU runs);
+    ``decoder``: ``torchvision`` (default on cuda) or ``pil`` (default on the CPU, and for a model that takes
+    uint8 pixels, which it then gets as numpy arrays: the pixel path); ``workers``: reading threads (0 counts as 1) or decoding processes
     (0: decode in this process; default up to 8, all cores on the pixel path); ``half``: float16 inference
     (default on cuda);
     ``scales``/``flip``: test-time augmentation, descriptors averaged. ``crops``: each image gives
