@@ -20,7 +20,6 @@ from PIL import Image
 
 BLOCK = 16  # outputs per matrix product
 ONE_THREAD = 1 << 18  # OpenBLAS computes a product of m*n*k up to this on the calling thread alone
-Blocks = list[tuple[int, int, int, int, np.ndarray]]  # (first output, end, first input, end, weights)
 
 
 def resized_shape(height: int, width: int, size: int, mode: str) -> tuple[int, int]:
@@ -56,30 +55,29 @@ def _weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 @functools.lru_cache(maxsize=64)
-def _axis(in_size: int, out_size: int) -> tuple[Blocks, int, type]:
-    """The weights of one axis as dense blocks of :data:`BLOCK` outputs, their precision, and the float type
-    whose products are exact."""
+def _axis(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The weights of one axis as dense blocks of :data:`BLOCK` outputs: (first input of each block, end,
+    weights [blocks, BLOCK, widest span] in the float type whose products are exact, precision)."""
     first, count, weights, precision = _weights(in_size, out_size)
     exact32 = 255 * weights.sum(axis=1).max() + (1 << (precision - 1)) < (1 << 24)
-    dtype = np.float32 if exact32 else np.float64
-    blocks = []
-    for start in range(0, out_size, BLOCK):
-        stop = min(start + BLOCK, out_size)
-        low, high = int(first[start:stop].min()), int((first + count)[start:stop].max())
-        matrix = np.zeros((stop - start, max(high - low, 0)), dtype)
-        for k in range(weights.shape[1]):
-            rows = np.flatnonzero(k < count[start:stop])
-            matrix[rows, first[start + rows] + k - low] = weights[start + rows, k]
-        blocks.append((start, stop, low, high, matrix))
-    return blocks, precision, dtype
+    starts = np.arange(0, out_size, BLOCK)
+    low, high = np.minimum.reduceat(first, starts), np.maximum.reduceat(first + count, starts)
+    block = np.arange(out_size) // BLOCK
+    matrices = np.zeros((len(starts) * BLOCK, max(int((high - low).max()), 0)), np.float32 if exact32 else np.float64)
+    for k in range(weights.shape[1]):
+        used = np.flatnonzero(k < count)
+        matrices[used, first[used] + k - low[block[used]]] = weights[used, k]
+    return low, high, matrices.reshape(len(starts), BLOCK, -1), precision
 
 
 def _resample(rows: np.ndarray, out_size: int) -> np.ndarray:
     """Axis 0 of ``rows`` [n, m] (integers 0-255) resampled to [out_size, m], rounded as torch rounds (floats)."""
-    blocks, precision, dtype = _axis(rows.shape[0], out_size)
-    rows = rows.astype(dtype, copy=False)
-    out = np.empty((out_size, rows.shape[1]), dtype)
-    for start, stop, low, high, matrix in blocks:
+    lows, highs, matrices, precision = _axis(rows.shape[0], out_size)
+    rows = rows.astype(matrices.dtype, copy=False)
+    out = np.empty((out_size, rows.shape[1]), matrices.dtype)
+    for start, low, high, matrix in zip(range(0, out_size, BLOCK), lows, highs, matrices, strict=True):
+        stop = min(start + BLOCK, out_size)
+        matrix = matrix[:stop - start, :high - low]
         step = max(1, ONE_THREAD // max(1, matrix.size))  # columns per product: more would start BLAS threads
         for column in range(0, rows.shape[1], step):
             np.matmul(matrix, rows[low:high, column:column + step], out=out[start:stop, column:column + step])

@@ -22,8 +22,15 @@ from isc.models.base import (
     RESIZE_MODES,
     DescriptorModel,
 )
-from isc.models.onnx_graphs import SSCD_MODELS
-from isc.models.registry import DEFAULT_MODEL, REGISTRY, ModelEntry, create_model, default_model, untrainable
+from isc.models.registry import (
+    DEFAULT_MODEL,
+    REGISTRY,
+    SSCD_MODELS,
+    ModelEntry,
+    create_model,
+    default_model,
+    untrainable,
+)
 
 __all__ = ["DEFAULT_MODEL", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_IMAGE_SIZE", "POOLINGS", "REGISTRY", "RESIZE_MODES",
            "SSCD_MODELS", "DescriptorModel", "ModelEntry", "create_model", "default_model", "untrainable"]

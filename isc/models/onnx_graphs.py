@@ -13,7 +13,6 @@ from isc.core.files import InputError, check_file, file_digest
 from isc.models.array_model import ArrayModel
 from isc.models.base import IMAGENET_MEAN, IMAGENET_STD
 
-SSCD_MODELS = ("sscd", "sscd_distilled")
 SSCD_INSTALL = "pip install 'isc[sscd]' (Python >= 3.12)"
 ONNX_INSTALL = "pip install 'isc[onnx]'"
 ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}

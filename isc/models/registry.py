@@ -94,6 +94,7 @@ REGISTRY = (
                "a timm architecture with timm's initialisation (random, or downloaded with --pretrained)"),
     ModelEntry(ANY_ARCH, "timm_models:build_timm", TENSORS, "any other timm architecture, e.g. resnet50"),
 )
+SSCD_MODELS = tuple(entry.name for entry in REGISTRY if entry.builder == "onnx_graphs:build_sscd")
 
 
 def model_entry(name: str) -> ModelEntry:
