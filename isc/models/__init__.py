@@ -4,7 +4,7 @@ the models that are torch networks (:mod:`torch_model`, :mod:`timm_models`, :mod
 run outside torch on numpy arrays (:mod:`array_model`, :mod:`pdq`, :mod:`onnx_graphs`), and the checkpoint
 format (:mod:`checkpoints`).
 
-Imports: :mod:`isc.core` only; torch only in :mod:`torch_model`, :mod:`timm_models`, :mod:`torchscript` and
+Imports: :mod:`isc.core` (and numpy, each model's own library, imported where it is built); torch only in :mod:`torch_model`, :mod:`timm_models`, :mod:`torchscript` and
 :mod:`checkpoints`, which load when a torch model or a checkpoint is used: importing this package, building PDQ
 or an ONNX model and running them never import torch. Their names (``save_checkpoint``, ``load_checkpoint``,
 ``efficientnet_lite_state_dict``, ``TorchModel``, ...) are still importable from here, on first use.

@@ -27,8 +27,8 @@ ONNX_REASON = "it is an ONNX graph, run as it is by onnxruntime"
 class ModelEntry:
     """One model, or one family of names (``onnx:PATH``: a prefix and what follows it).
 
-    ``builder``: ``module:function`` in this package, called as ``function(name, pretrained, **options)``
-    (None: the family does not hold that name); ``takes``: the input contract; ``untrainable``: why
+    ``builder``: ``module:function`` in this package, called as ``function(name, pretrained, **options)``,
+    which returns None for a name the family does not hold; ``takes``: the input contract; ``untrainable``: why
     isc-train cannot train it (None: it can); ``extra``: what to install for it, and ``needs``: the modules
     that install brings."""
 
