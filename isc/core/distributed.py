@@ -1,20 +1,22 @@
 """Several processes under ``torchrun``: joining its process group, this process's rank and GPU, barriers.
 
-Shared by extraction (each rank extracts a shard of the ids) and training (DistributedDataParallel)."""
+Shared by extraction (each rank extracts a shard of the ids) and training (DistributedDataParallel). torch is
+imported only where a GPU or a process group is involved: a single process on the CPU runs without it."""
 
 from __future__ import annotations
 
 import os
-
-import torch
-import torch.distributed as dist
+import sys
+from typing import TYPE_CHECKING
 
 from isc.core.files import InputError
 
+if TYPE_CHECKING:
+    import torch
 
-def local_gpu() -> torch.device:
-    """This process's GPU: ``cuda:LOCAL_RANK`` under torchrun, ``cuda:0`` alone."""
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def check_device(device: str | None) -> None:
@@ -24,47 +26,82 @@ def check_device(device: str | None) -> None:
     kind, colon, index = device.partition(":")
     if kind not in ("cpu", "cuda") or (colon and (kind == "cpu" or not index.isdigit())):
         raise InputError(f"device {device!r}: not a device (cpu, cuda or cuda:N)")
-    visible = torch.cuda.device_count() if kind == "cuda" and torch.cuda.is_available() else 0
-    if kind == "cuda" and not visible:
+    if kind == "cpu":
+        return
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not visible:
         raise InputError(f"device {device!r}: no GPU is visible to torch (use the cpu device)")
-    if kind == "cuda" and colon and int(index) >= visible:
+    if colon and int(index) >= visible:
         raise InputError(f"device {device!r}: torch sees {visible} GPU(s), cuda:0 to cuda:{visible - 1}")
 
 
-def this_device(device: str | None) -> torch.device:
-    """This rank's device: ``device`` itself when it names a GPU or the CPU, else (cuda, or None with a GPU
-    visible) the rank's own GPU under torchrun."""
+def device_name(device: str | None) -> str:
+    """This rank's device as torch names it: ``device`` itself when it names a GPU or the CPU, else (cuda, or
+    None with a GPU visible) the rank's own GPU under torchrun, ``cuda:LOCAL_RANK``. torch is imported only to
+    look for a GPU, never for ``cpu``."""
     check_device(device)
-    want_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    if want_cuda:
-        return torch.device(device) if device and ":" in device else local_gpu()
-    return torch.device(device or "cpu")
+    if device == "cpu":
+        return "cpu"
+    if device is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "cpu"
+    return device if device and ":" in device else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
 
-def join_process_group(device: torch.device) -> tuple[int, int, bool]:
+def this_device(device: str | None) -> torch.device:
+    """:func:`device_name` as a torch device."""
+    import torch
+
+    return torch.device(device_name(device))
+
+
+def _distributed():  # noqa: ANN202 - the torch.distributed module, or None
+    """torch.distributed when a process group may exist (under torchrun, or torch already loaded by the caller),
+    else None: a lone process that has not loaded torch has no group."""
+    if not _under_torchrun() and "torch" not in sys.modules:
+        return None
+    import torch.distributed as dist
+
+    return dist if dist.is_available() else None
+
+
+def join_process_group(device: torch.device | str) -> tuple[int, int, bool]:
     """(rank, world size, whether this call started the process group) of this process.
 
     Under torchrun (``WORLD_SIZE`` > 1) joins its process group, NCCL for a GPU ``device``, else gloo,
     unless the group already exists; alone, (0, 1, False). A GPU ``device`` becomes the current one.
     """
-    if device.type == "cuda":
+    on_gpu = str(device).startswith("cuda")
+    if on_gpu:
+        import torch
+
         torch.cuda.set_device(device)  # before NCCL starts, so that each rank talks from its own GPU
+    dist = _distributed()
+    if dist is None:
+        return 0, 1, False
     started = False
-    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized() and _under_torchrun():
+        dist.init_process_group("nccl" if on_gpu else "gloo")
         started = True
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() \
-        else (0, 1)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     return rank, world, started
 
 
 def leave_process_group(started: bool) -> None:
     """Destroy the process group if :func:`join_process_group` started it (a caller's group stays)."""
     if started:
+        import torch.distributed as dist
+
         dist.destroy_process_group()
 
 
 def barrier(world: int) -> None:
     """Wait for every rank (nothing to wait for alone)."""
     if world > 1:
+        import torch.distributed as dist
+
         dist.barrier()

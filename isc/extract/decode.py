@@ -1,5 +1,9 @@
 """How one image is read: decoded with Pillow (EXIF rotation, more than 8 bits, transparency), resized, cut
 into crop views; and :func:`nvjpeg_size`, which says from the markers alone whether nvJPEG can decode it.
+
+Decoded images are numpy uint8 [3, H, W] (views of Pillow's [H, W, 3] pixels, laid out as the torch pipeline's
+tensors) and are resized by :func:`isc.extract.resample.resize_pixels`, torch's resize in numpy: reading an image
+never imports torch. :func:`decode_with_pillow` and :func:`resize_image` are the torch pipeline's twins.
 """
 
 from __future__ import annotations
@@ -7,13 +11,19 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from isc.extract.resample import resize_pixels, resized_shape
+
+if TYPE_CHECKING:
+    import torch
+
+    ImageArray = np.ndarray | torch.Tensor  # an image [3, H, W] of either pipeline
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold
 # we enforce our own pixel limit (max_pixels)
@@ -37,12 +47,11 @@ def broken_reason(error: Exception) -> str:
 
 def resize_image(image: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     """Resize [3, H, W] (uint8 on the CPU, or float) to size x size, or short edge = size (antialiased)."""
+    import torch
+    import torch.nn.functional as F
+
     height, width = image.shape[-2:]
-    if mode == "square":
-        target = (size, size)
-    else:
-        scale = size / min(height, width)
-        target = (max(1, round(height * scale)), max(1, round(width * scale)))
+    target = resized_shape(height, width, size, mode)
     if target == (height, width):
         return image
     if image.dtype == torch.uint8 and image.device.type != "cpu":
@@ -61,9 +70,9 @@ def crop_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
 CROP_VIEWS = 1 + len(crop_boxes(3, 3))  # with crops: the full image, then each crop
 
 
-def crop_views(image: torch.Tensor, crops: bool, crop_source: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """The views of a decoded image [3, H, W]: itself, then with ``crops`` each of its :func:`crop_boxes`, cut from
-    ``crop_source`` (the same image decoded with more pixels; default: ``image``)."""
+def crop_views(image: ImageArray, crops: bool, crop_source: ImageArray | None = None) -> list[ImageArray]:
+    """The views of a decoded image [3, H, W] (numpy or torch): itself, then with ``crops`` each of its
+    :func:`crop_boxes`, cut from ``crop_source`` (the same image decoded with more pixels; default: ``image``)."""
     if not crops:
         return [image]
     source = image if crop_source is None else crop_source
@@ -99,15 +108,15 @@ def _to_8_bits(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.round(scaled).clip(0, 255).astype(np.uint8))
 
 
-def _image_to_tensor(image: Image.Image) -> torch.Tensor:
+def _image_to_array(image: Image.Image) -> np.ndarray:
     """An opened Pillow image as uint8 RGB [3, H, W]: EXIF rotation applied, more than 8 bits scaled down,
     transparency over white."""
     ImageOps.exif_transpose(image, in_place=True)  # in place: otherwise a copy of every unrotated image
     if image.mode.startswith("I") or image.mode == "F":
         image = _to_8_bits(image)
     image = on_white(image)
-    # asarray is read-only, hence the copy; convert copies even an RGB image
-    return torch.from_numpy(np.asarray(image if image.mode == "RGB" else image.convert("RGB")).copy()).permute(2, 0, 1)
+    # asarray is read-only, hence the copy (torch takes writable arrays only); convert copies even an RGB image
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB")).copy().transpose(2, 0, 1)
 
 
 def _open_image(source: Path | bytes, max_pixels: int) -> Image.Image:
@@ -127,8 +136,8 @@ def _open_image(source: Path | bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def decode_with_pillow(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
-                       draft_size: int | None = None) -> torch.Tensor:
+def decode_pixels(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  draft_size: int | None = None) -> np.ndarray:
     """Decode an image file with Pillow to uint8 RGB [3, H, W]; JPEGs in draft mode down to ``draft_size``."""
     if isinstance(source, Path) and source.stat().st_size == 0 or source == b"":
         raise BrokenImage("empty file (0 bytes)")
@@ -140,7 +149,15 @@ def decode_with_pillow(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXEL
             image.load()
         except (OSError, SyntaxError, ValueError) as e:
             raise BrokenImage(f"cannot decode ({e})") from None
-        return _image_to_tensor(image)
+        return _image_to_array(image)
+
+
+def decode_with_pillow(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                       draft_size: int | None = None) -> torch.Tensor:
+    """:func:`decode_pixels` as a torch tensor."""
+    import torch
+
+    return torch.from_numpy(decode_pixels(source, max_pixels, draft_size))
 
 
 def _draft_pixels(source: Path | bytes, max_pixels: int, draft_size: int) -> tuple[int, int]:
@@ -152,31 +169,33 @@ def _draft_pixels(source: Path | bytes, max_pixels: int, draft_size: int) -> tup
 
 
 def decode_for_views(source: Path | bytes, max_pixels: int, sizes: Sequence[int],
-                     crops: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                     crops: bool) -> tuple[np.ndarray, np.ndarray]:
     """(the full view's image, the image its crops are cut from), uint8 [3, H, W], decoded with Pillow.
 
     The full view is decoded at the draft size of an extraction without crops, so that its descriptor is
     exactly that extraction's (a file's plain descriptors are its crops file's first views); the crops,
     which need 1.5 times more pixels, come from a second decode when a larger draft size decodes more.
     """
-    full = decode_with_pillow(source, max_pixels, draft_size(sizes, False))
+    full = decode_pixels(source, max_pixels, draft_size(sizes, False))
     if not crops or _draft_pixels(source, max_pixels, draft_size(sizes, True)) == tuple(sorted(full.shape[-2:])):
         return full, full
-    return full, decode_with_pillow(source, max_pixels, draft_size(sizes, True))
+    return full, decode_pixels(source, max_pixels, draft_size(sizes, True))
 
 
 # ------------------------------------------------------------------------------- an image's views
 
 
-def decode_views(path: Path, sizes: Sequence[int], resize: str, max_pixels: int,
-                  crops: bool = False) -> tuple[list[torch.Tensor] | None, str | None]:
+def decode_views(path: Path, sizes: Sequence[int], resize: str, max_pixels: int, crops: bool = False,
+                 resizer: Callable[[np.ndarray, int, str], ImageArray] = resize_pixels,
+                 ) -> tuple[list[ImageArray] | None, str | None]:
     """(the uint8 views [3, h, w], None) of an image file: of each of its :func:`crop_views`, one per size
-    (view v at size s is item ``v * len(sizes) + s``); or (None, why it cannot be read)."""
+    (view v at size s is item ``v * len(sizes) + s``), resized by ``resizer`` (the torch pipeline passes
+    torch's own, whose pixels are the same); or (None, why it cannot be read)."""
     try:
         image, crop_source = decode_for_views(path, max_pixels, sizes, crops)
     except (BrokenImage, OSError) as e:
         return None, broken_reason(e)
-    return [resize_image(view, size, resize) for view in crop_views(image, crops, crop_source) for size in sizes], None
+    return [resizer(view, size, resize) for view in crop_views(image, crops, crop_source) for size in sizes], None
 
 
 def views_by_size(views_of_images: Sequence[Sequence], n_sizes: int) -> list[list]:

@@ -6,8 +6,8 @@ GPU: nvJPEG batch decoding, resizing and normalising on the device beside infere
 the reading and decoding run in processes of their own, :mod:`isc.extract.decode_workers`) and ``pil`` (default
 on the CPU: a DataLoader whose worker processes decode with Pillow). A model that takes uint8 pixels (PDQ,
 uint8 ONNX graphs: :attr:`DescriptorModel.takes_pixels`) gets them on the ``pil`` decoder, its default on
-every device, without torch batches or a float round trip (:mod:`isc.extract.pixel_batches`); its pixels, hence
-its descriptors, are the same as on the torch pipelines.
+every device, without torch at all (:mod:`isc.extract.pixel_batches`); its pixels, hence its descriptors, are
+the same as on the torch pipelines.
 
 Rows are appended to a log per rank (``OUT.rank0-of-1.partial``, :class:`isc.core.partial_log.PartialLog`), one
 checksummed record per batch, so that even a kill -9 leaves every finished batch readable; a killed run
@@ -37,16 +37,14 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from isc.core.descriptors import check_links, decode_id, model_differences, provenance, read_descriptor_attrs
-from isc.core.distributed import barrier, check_device, join_process_group, leave_process_group, this_device
+from isc.core.distributed import barrier, check_device, device_name, join_process_group, leave_process_group
 from isc.core.files import InputError, SettingError, atomic_path
 from isc.core.partial_log import H5_LIBVER, MERGE_ROWS, PartialWriter, merge_partial_logs, partial_path
 from isc.extract.decode import CROP_VIEWS, DEFAULT_MAX_PIXELS
 from isc.extract.pixel_batches import pixel_batches
-from isc.extract.torch_batches import torch_batches
 from isc.models import DescriptorModel
 
 DECODERS = ("torchvision", "pil")
@@ -136,7 +134,7 @@ def _refuse_non_finite(descriptors: np.ndarray, ids: Sequence[str], half: bool) 
 class ExtractOptions:
     """How :func:`extract` describes images; checked once, here.
 
-    ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available); ``decoder``: ``torchvision``
+    ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available, for a model a GPU runs); ``decoder``: ``torchvision``
     (default on cuda) or ``pil`` (default on the CPU, and for a model that takes uint8 pixels, which it then
     gets as numpy arrays: the pixel path); ``workers``: reading threads (0 counts as 1) or decoding processes
     (0: decode in this process; default up to 8, all cores on the pixel path); ``decode_processes``
@@ -209,9 +207,11 @@ def extract(
     scales, flip, crops, max_pixels = options.scales, options.flip, options.crops, options.max_pixels
     output = Path(output)
     ids = sorted(items)
-    torch_device = this_device(options.device)
-    rank, world, started = join_process_group(torch_device)
-    on_gpu = torch_device.type == "cuda"
+    # a model no GPU runs (PDQ; ONNX without onnxruntime's CUDA provider) stays on the CPU unless told: on the
+    # pixel path it then runs without torch
+    device = device_name(options.device if options.device or model.gpu_capable else "cpu")
+    rank, world, started = join_process_group(device)
+    on_gpu = device.startswith("cuda")
     decoder = decoder or ("torchvision" if on_gpu and not model.takes_pixels else "pil")
     pixels = decoder == "pil" and model.takes_pixels
     if workers is None:
@@ -228,13 +228,14 @@ def extract(
     stamps = {i: file_stamp(items[i]) for i in shard}  # before reading: a file changed later is seen as changed
     partial = PartialWriter(partial_path(output, rank, world), config, options.resume)
     todo = [i for i in shard if partial.done.get(i) != stamps[i]]
-    model = model.to(torch_device, memory_format=torch.channels_last if on_gpu else torch.preserve_format)
-    model = model.half() if half else model.float()
-    model.eval()
     paths = [items[i] for i in todo]
-    batches = pixel_batches(paths, model, sizes, batch_size, workers, torch_device, max_pixels, flip, crops) \
-        if pixels else torch_batches(paths, model, sizes, batch_size, workers, torch_device, max_pixels, flip,
-                                     decoder, half, crops, decode_processes)
+    if pixels:
+        batches = pixel_batches(paths, model, sizes, batch_size, workers, device, max_pixels, flip, crops)
+    else:
+        from isc.extract.torch_batches import torch_batches  # torch: this pipeline alone needs it
+
+        batches = torch_batches(paths, model, sizes, batch_size, workers, device, max_pixels, flip, decoder, half,
+                                crops, decode_processes)
     broken: dict[str, str] = {}
     start = time.perf_counter()
     try:
@@ -271,7 +272,7 @@ def extract(
     return ExtractResult(output=str(output), images=len(ids), rank=rank, world_size=world, processed=len(todo),
                          resumed=len(shard) - len(todo), seconds=round(seconds, 3),
                          images_per_second=round(len(todo) / seconds, 1) if seconds else None,
-                         model=model.name, dimension=model.dim, device=str(torch_device), decoder=decoder,
+                         model=model.name, dimension=model.dim, device=device, decoder=decoder,
                          decode_processes=decode_processes, pixels=pixels, views_per_id=CROP_VIEWS if crops else 1,
                          extracted=extracted, broken=broken)
 

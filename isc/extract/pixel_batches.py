@@ -1,10 +1,10 @@
 """The pixel path: descriptors of a model that takes uint8 pixels (PDQ, uint8 ONNX graphs:
-:attr:`isc.models.DescriptorModel.takes_pixels`), without torch batches or a float round trip.
+:attr:`isc.models.DescriptorModel.takes_pixels`), without torch: no torch batches, no float round trip.
 
 Worker processes (all cores) decode and resize each image as the torch pipelines do
-(:func:`isc.extract.decode.decode_views`) and send back numpy pixels [H, W, 3], which this process stacks for
-onnxruntime; PDQ hashes in the workers, so only its 256 values come back. The pixels, hence the
-descriptors, are the same as on the torch pipelines."""
+(:func:`isc.extract.decode.decode_views`, whose numpy resize gives torch's pixels) and send back numpy pixels
+[H, W, 3], which this process stacks for onnxruntime; PDQ hashes in the workers, so only its 256 values come
+back. The pixels, hence the descriptors, are the same as on the torch pipelines."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from isc.extract.decode import CROP_VIEWS, decode_views, positions_by_shape, views_by_size
 from isc.models import DescriptorModel
@@ -49,7 +48,7 @@ def _decode_pixels(paths: Sequence[Path], sizes: Sequence[int], resize: str, max
         if views is None:
             results.append((None, reason))
             continue
-        pixels = [view.permute(1, 2, 0).numpy() for view in views]
+        pixels = [view.transpose(1, 2, 0) for view in views]
         if describe is not None:
             per_crop = [pixels[start:start + len(sizes)] for start in range(0, len(pixels), len(sizes))]
             pixels = np.concatenate([
@@ -59,19 +58,15 @@ def _decode_pixels(paths: Sequence[Path], sizes: Sequence[int], resize: str, max
     return results
 
 
-def _single_threaded_torch() -> None:
-    torch.set_num_threads(1)  # a forked OpenMP pool would hang, and the processes already fill the cores
-
-
 def _in_order(function: Callable, chunks: Sequence, workers: int, ahead: int) -> Iterator:
     """``function(chunk)`` of each chunk, in order, computed by ``workers`` processes at most ``ahead`` chunks
     ahead (0 workers: in this process)."""
     if workers == 0 or not chunks:
         yield from map(function, chunks)
         return
-    # fork: the workers start at once, without importing torch again
+    # fork: the workers start at once, without importing anything again
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
-    pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context, initializer=_single_threaded_torch)
+    pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context)
     try:
         pending = collections.deque(pool.submit(function, chunk) for chunk in chunks[:ahead])
         for chunk in itertools.chain(chunks[ahead:], itertools.repeat(None, len(pending))):
@@ -84,7 +79,7 @@ def _in_order(function: Callable, chunks: Sequence, workers: int, ahead: int) ->
 
 
 def _embed_pixels(model: DescriptorModel, per_scale: list[list[np.ndarray]], flip: bool,
-                  device: torch.device, views_per_image: int = 1) -> np.ndarray:
+                  device: str, views_per_image: int = 1) -> np.ndarray:
     """Descriptors [n, D] of images given as uint8 pixels per scale: images of equal shape stacked into one
     batch (the groups of :func:`isc.extract.torch_batches.normalised_groups`), views averaged as
     :func:`isc.extract.torch_batches._embed` does."""
@@ -104,7 +99,7 @@ def _embed_pixels(model: DescriptorModel, per_scale: list[list[np.ndarray]], fli
 
 
 def pixel_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
-                  workers: int, device: torch.device, max_pixels: int, flip: bool,
+                  workers: int, device: str, max_pixels: int, flip: bool,
                   crops: bool = False) -> Iterator[tuple[list[int], np.ndarray | None, dict[int, str]]]:
     """(positions, descriptors, broken) per batch of a model that takes uint8 pixels: worker processes decode
     (and describe, for a per-image model such as PDQ), this process runs the model on stacked pixels.

@@ -8,7 +8,8 @@
 - ``pil`` (default on the CPU): a DataLoader whose worker processes decode with Pillow, in JPEG draft
   mode when downscaling.
 
-Both resize with :func:`isc.extract.decode.resize_image`, so their descriptors agree."""
+Both resize with :func:`isc.extract.decode.resize_image`, so their descriptors agree (and agree bit for bit
+with the pixel path's, whose numpy resize gives the same pixels)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,13 @@ class _PillowImages(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, position: int):
-        return position, *decode_views(self.paths[position], self.sizes, self.resize, self.max_pixels, self.crops)
+        return position, *decode_views(self.paths[position], self.sizes, self.resize, self.max_pixels, self.crops,
+                                       _resize_tensor)
+
+
+def _resize_tensor(view: np.ndarray, size: int, mode: str) -> torch.Tensor:
+    """A decoded numpy view resized by torch (the pixels of :func:`isc.extract.resample.resize_pixels`, faster)."""
+    return resize_image(torch.from_numpy(view), size, mode)
 
 
 def _as_list(batch: list) -> list:
@@ -92,7 +99,9 @@ def read_for_decode(path: Path, max_pixels: int, sizes: Sequence[int],
     # CMYK, PNG, alpha, palettes, EXIF rotations (nvJPEG ignores them) and size errors go through Pillow
     if size is not None and 0 < size[0] * size[1] <= max_pixels:
         return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    return decode_for_views(data, max_pixels, sizes, crops)
+    full, crop_source = decode_for_views(data, max_pixels, sizes, crops)
+    image = torch.from_numpy(full)
+    return image, image if crop_source is full else torch.from_numpy(crop_source)
 
 
 def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | str]:
@@ -165,12 +174,15 @@ def _torchvision_batches(paths: Sequence[Path], model: DescriptorModel, sizes: S
 
 
 def torch_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
-                  workers: int, device: torch.device, max_pixels: int, flip: bool, decoder: str,
+                  workers: int, device: str, max_pixels: int, flip: bool, decoder: str,
                   half: bool, crops: bool = False,
                   decode_processes: int = 0) -> Iterator[tuple[list[int], np.ndarray | None, dict[int, str]]]:
-    """(positions, descriptors, broken) per batch, through a torch pipeline: float batches on ``device``.
-    With ``crops`` an image's row is its views' descriptors side by side. ``decode_processes`` (torchvision
-    decoder): that many processes read and decode beside this one (:mod:`isc.extract.decode_workers`), 0: threads."""
+    """(positions, descriptors, broken) per batch, through a torch pipeline: float batches on ``device``
+    (the model moved there, in float16 if ``half``). With ``crops`` an image's row is its views' descriptors
+    side by side. ``decode_processes`` (torchvision decoder): that many processes read and decode beside this
+    one (:mod:`isc.extract.decode_workers`), 0: threads."""
+    device = torch.device(device)
+    model = model.prepare(str(device), half)
     if decoder == "torchvision" and decode_processes:
         from isc.extract.decode_workers import process_batches  # it builds on this module's functions
 

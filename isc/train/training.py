@@ -34,7 +34,7 @@ from isc.core.files import InputError, SettingError, atomic_path
 from isc.core.tables import read_ground_truth
 from isc.extract.extraction import extract
 from isc.extract.image_files import list_images, list_split_images
-from isc.models import create_model, load_checkpoint, save_checkpoint, untrainable
+from isc.models import DEFAULT_MODEL, create_model, load_checkpoint, save_checkpoint, untrainable
 from isc.search.matching import search
 from isc.train.training_data import AugmentedViews, CollateViews, MixBatch, TrainingOrder
 
@@ -139,7 +139,7 @@ class TrainConfig:
 
     data: str
     run_dir: str
-    model: str = "efficientnet_lite0"
+    model: str = DEFAULT_MODEL
     dim: int | None = 256
     init_checkpoint: str | None = None
     pretrained: bool = False
@@ -244,7 +244,7 @@ def check_config(config: TrainConfig) -> None:
     reason = untrainable(config.model)
     if reason:
         raise InputError(f"model {config.model!r} cannot be trained: {reason} (isc-train fine-tunes timm models, "
-                         "e.g. efficientnet_lite0)")
+                         f"e.g. {DEFAULT_MODEL})")
     for name in ("batch_size", "accumulate", "image_size", "checkpoint_every", "steps"):
         value = getattr(config, name)
         if value is not None and value < 1:
