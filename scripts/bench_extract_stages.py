@@ -32,7 +32,8 @@ from isc.core.distributed import check_device  # noqa: E402
 from isc.core.files import InputError  # noqa: E402
 from isc.extract.decode import resize_image  # noqa: E402
 from isc.extract.extraction import extract  # noqa: E402
-from isc.extract.torch_batches import decode_jpegs, normalised_groups, read_for_decode  # noqa: E402
+from isc.extract.nvjpeg_batches import decode_jpegs, read_for_decode  # noqa: E402
+from isc.extract.torch_batches import normalised_groups  # noqa: E402
 from isc.models import create_model  # noqa: E402
 
 

@@ -19,7 +19,7 @@ from conftest import running, wait_until
 from PIL import Image
 
 import isc.extract.decode_workers
-import isc.extract.torch_batches
+import isc.extract.nvjpeg_batches
 from isc.cli.extract import main
 from isc.core.partial_log import PartialLog
 from isc.extract.extraction import extract
@@ -145,7 +145,7 @@ def test_the_gpus_start_method_gives_the_same_file(images, models, tmp_path, mon
 
 def _fail_in_workers(how):
     """A decode_jpegs that runs ``how`` in a worker process (forked: it inherits the patch) and decodes here."""
-    parent, decode = os.getpid(), isc.extract.torch_batches.decode_jpegs
+    parent, decode = os.getpid(), isc.extract.nvjpeg_batches.decode_jpegs
 
     def decode_jpegs(encoded, device):
         if os.getpid() != parent:
@@ -165,7 +165,7 @@ def _raise():
 ], ids=["exception", "killed"])
 def test_an_error_in_a_worker_ends_the_run_and_every_worker(how, error, message, images, models, tmp_path,
                                                             monkeypatch):
-    monkeypatch.setattr(isc.extract.torch_batches, "decode_jpegs", _fail_in_workers(how))
+    monkeypatch.setattr(isc.extract.nvjpeg_batches, "decode_jpegs", _fail_in_workers(how))
     before = _descendants()
     with pytest.raises(error, match=message):
         _extract(images, tmp_path / "out.h5", models["square"], batch_size=2, decode_processes=3)

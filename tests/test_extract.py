@@ -151,7 +151,7 @@ def test_nvjpeg_routing_reads_the_markers_as_pillow_does(odd_images, tmp_path):
     routed = {}
     for path in files:
         if path.name == "huge.jpg":
-            continue  # Pillow refuses to open it; the pixel limit is isc.extract.torch_batches.read_for_decode's, checked after
+            continue  # Pillow refuses to open it; the pixel limit is isc.extract.nvjpeg_batches.read_for_decode's, checked after
         data = path.read_bytes()
         size = nvjpeg_size(data)
         routed[path.name] = size is not None

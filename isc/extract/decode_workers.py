@@ -2,8 +2,8 @@
 
 In one process the file reads, the batch JPEG decoding and the resizing share the interpreter lock with
 inference, which caps the whole at well under the rate of each stage alone. Here each of N processes reads
-(threads), routes (:func:`isc.extract.torch_batches.read_for_decode`: nvJPEG or Pillow), decodes and resizes whole
-batches exactly as the single-process path does (:func:`isc.extract.torch_batches.views_of_batch`), and hands each
+(threads), routes (:func:`isc.extract.nvjpeg_batches.read_for_decode`: nvJPEG or Pillow), decodes and resizes whole
+batches exactly as the single-process path does (:func:`isc.extract.nvjpeg_batches.views_of_batch`), and hands each
 batch's views over as one tensor: shared memory on the CPU, CUDA IPC on a GPU (nvJPEG decodes in the
 workers). Batch k goes to worker k mod N and is received from it, so the order is kept without a reorder
 buffer; at most 2 batches per worker are in flight. Broken images are reported as on the single-process
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing  # noqa: F401 (registers the pickling of tensors through shared memory and CUDA IPC)
 
-from isc.extract.torch_batches import read_for_decode, views_of_batch
+from isc.extract.nvjpeg_batches import read_for_decode, views_of_batch
 
 BATCHES_PER_WORKER = 2  # in flight: one decoded while the next is read
 JOIN_SECONDS = 10  # a worker told to stop has finished its batches: it exits at once

@@ -3,7 +3,7 @@
 - ``torchvision`` (the fast path, default on a GPU): background threads read the files, JPEGs of a batch
   are decoded together by ``torchvision.io.decode_jpeg`` (nvJPEG on a GPU), resized and normalised on the
   device, in half precision and channels-last; a producer thread prepares batch k+1 (on its own CUDA
-  stream) while the model runs on batch k. With ``decode_processes``, worker processes read, decode and
+  stream) while the model runs on batch k (:mod:`isc.extract.nvjpeg_batches`). With ``decode_processes``, worker processes read, decode and
   resize instead, out of this process's GIL (:mod:`isc.extract.decode_workers`).
 - ``pil`` (default on the CPU): a DataLoader whose worker processes decode with Pillow, in JPEG draft
   mode when downscaling.
@@ -17,8 +17,7 @@ import contextlib
 import queue
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +26,12 @@ import torch.nn.functional as F
 
 from isc.extract.decode import (
     CROP_VIEWS,
-    BrokenImage,
-    broken_reason,
-    crop_views,
-    decode_for_views,
     decode_views,
-    nvjpeg_size,
     positions_by_shape,
     resize_image,
     views_by_size,
 )
+from isc.extract.nvjpeg_batches import torchvision_batches
 from isc.models import DescriptorModel
 
 # torchvision's decoders still work, deprecated in favour of torchcodec
@@ -85,94 +80,6 @@ def _pillow_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequen
         yield [p for p, _ in ok], per_scale, broken
 
 
-# --------------------------------------------------------------------------- torchvision pipeline
-
-
-def read_for_decode(path: Path, max_pixels: int, sizes: Sequence[int],
-                    crops: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Read a file: its bytes (uint8 1-d) when nvJPEG can decode it, else Pillow-decoded images
-    (:func:`isc.extract.decode.decode_for_views`: the full view's, the crops')."""
-    data = path.read_bytes()
-    if not data:
-        raise BrokenImage("empty file (0 bytes)")
-    size = nvjpeg_size(data)
-    # CMYK, PNG, alpha, palettes, EXIF rotations (nvJPEG ignores them) and size errors go through Pillow
-    if size is not None and 0 < size[0] * size[1] <= max_pixels:
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    full, crop_source = decode_for_views(data, max_pixels, sizes, crops)
-    image = torch.from_numpy(full)
-    return image, image if crop_source is full else torch.from_numpy(crop_source)
-
-
-def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | str]:
-    """Decode JPEG bytes as one batch; if the batch fails, one by one (a string: why that image failed)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    if not encoded:
-        return []  # a batch without a JPEG: decode_jpeg refuses an empty list
-    options = {"mode": ImageReadMode.RGB, "device": device}
-    try:
-        return list(decode_jpeg(encoded, **options))
-    except RuntimeError:
-        decoded: list[torch.Tensor | str] = []
-        for data in encoded:
-            try:
-                decoded.append(decode_jpeg(data, **options))
-            except RuntimeError as e:
-                decoded.append(f"cannot decode ({str(e).splitlines()[0].split(', ')[-1]})")
-        return decoded
-
-
-def _to_device(image: torch.Tensor, crop_source: torch.Tensor,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image, crop source) on ``device``, one copy when they are the same tensor."""
-    moved = image.to(device, non_blocking=True)
-    return moved, moved if crop_source is image else crop_source.to(device, non_blocking=True)
-
-
-def views_of_batch(reads: Iterable[tuple[int, Future]], sizes: Sequence[int], resize: str, device: torch.device,
-                   crops: bool) -> tuple[list[int], list[list[torch.Tensor]], dict[int, str]]:
-    """(positions decoded, their views per scale, broken: position -> reason) of a batch from its files'
-    :func:`read_for_decode` futures: JPEGs decoded together on ``device``, views cut and resized."""
-    images: dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
-    broken: dict[int, str] = {}
-    for position, future in reads:
-        try:
-            images[position] = future.result()
-        except (BrokenImage, OSError) as e:
-            broken[position] = broken_reason(e)
-    jpegs = [p for p, t in images.items() if isinstance(t, torch.Tensor)]
-    for position, decoded in zip(jpegs, decode_jpegs([images[p] for p in jpegs], device), strict=True):
-        if isinstance(decoded, str):
-            del images[position]
-            broken[position] = decoded
-        else:
-            images[position] = decoded, decoded  # decoded whole: the full view and the crops alike
-    ok = sorted(images)
-    on_device = {p: _to_device(*images[p], device) for p in ok}
-    per_scale = [[resize_image(view, size, resize) for p in ok
-                  for view in crop_views(on_device[p][0], crops, on_device[p][1])] for size in sizes]
-    return ok, per_scale, broken
-
-
-def _torchvision_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
-                         workers: int, device: torch.device, max_pixels: int, crops: bool) -> Iterator[tuple]:
-    readers = ThreadPoolExecutor(max(1, workers), thread_name_prefix="isc-read")
-    batches = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
-    def submit(batch: range) -> list:
-        return [readers.submit(read_for_decode, paths[i], max_pixels, sizes, crops) for i in batch]
-
-    # keep a few batches of reads in flight ahead of decoding
-    pending = [submit(batch) for batch in batches[:4]]
-    try:
-        for k, batch in enumerate(batches):
-            if k + 4 < len(batches):
-                pending.append(submit(batches[k + 4]))
-            yield views_of_batch(zip(batch, pending.pop(0), strict=True), sizes, model.resize, device, crops)
-    finally:
-        readers.shutdown(wait=True, cancel_futures=True)
-
-
 def torch_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
                   workers: int, device: str, max_pixels: int, flip: bool, decoder: str,
                   half: bool, crops: bool = False,
@@ -189,7 +96,7 @@ def torch_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence
         views = process_batches(paths, model.resize, sizes, batch_size, workers, device, max_pixels, crops,
                                 decode_processes)
     else:
-        pipeline = _torchvision_batches if decoder == "torchvision" else _pillow_batches
+        pipeline = torchvision_batches if decoder == "torchvision" else _pillow_batches
         views = pipeline(paths, model, sizes, batch_size, workers, device, max_pixels, crops)
     n_views = CROP_VIEWS if crops else 1
     dtype = torch.float16 if half else torch.float32
