@@ -12,11 +12,12 @@ peak memory of all its processes together (PSS, sampled every 0.1 s):
   M``, a Rust near-duplicate finder that hashes or embeds every image (and then groups them, a negligible cost);
   ``--immaculate-python`` names the interpreter of a separate environment that has it.
 
+``--image-sizes N ...`` also times ``isc-extract --image-size N`` (agreement: with the default size's bits).
 ``--before DIR`` also times ``isc-extract`` from another checkout (e.g. ``git worktree add /tmp/before
 HEAD~1``), for a before/after. Each round runs everything back to back; the median of the rounds is reported.
 
 The agreement column compares isc-extract's descriptors with the plain loop's: mean Hamming distance of the
-PDQ bits (the model hashes a 512 x 512 resize, the loop the full image) or mean cosine similarity.
+PDQ bits (the model hashes a 128 x 128 resize by default, the loop the full image) or mean cosine similarity.
 
     python scripts/bench_cpu_models.py --images 1000 --dir /tmp/bench_cpu --models pdq sscd_distilled \
         --repeat 5 --immaculate-python /tmp/venv-imm/bin/python --before /tmp/before
@@ -133,13 +134,16 @@ def run_measured(command: list[str], cwd: Path | None = None) -> dict[str, float
             "load_before": round(load, 1)}
 
 
-def agreement(model: str, isc_output: Path, plain_output: Path) -> str:
+def agreement(model: str, isc_output: Path, plain_output: Path, other: str = "the plain loop's") -> str:
+    """How close isc-extract's descriptors are to the plain loop's (an .npy file) or to another isc-extract file's."""
     from isc.core.descriptors import read_descriptors
 
     _, rows, _ = read_descriptors(isc_output)
-    plain = np.load(plain_output)
+    plain = read_descriptors(plain_output)[1] if plain_output.suffix == ".h5" else np.load(plain_output)
     if model == "pdq":
-        return f"{np.mean(np.sum((rows > 0) != plain.astype(bool), axis=1)):.1f} bits of 256 differ (mean)"
+        hamming = np.sum((rows > 0) != (plain > 0), axis=1)
+        return (f"{np.mean(hamming):.1f} bits of 256 differ from {other} (mean; median {np.median(hamming):.0f}, "
+                f"max {np.max(hamming)})")
     cosine = np.sum(rows * plain, axis=1) / (np.linalg.norm(rows, axis=1) * np.linalg.norm(plain, axis=1))
     return f"cosine {np.mean(cosine):.4f} (mean), {np.min(cosine):.4f} (min)"
 
@@ -161,6 +165,8 @@ def main() -> None:
     parser.add_argument("--immaculate-python", default=sys.executable,
                         help="the Python that has Immaculate (default: this one)")
     parser.add_argument("--before", type=Path, metavar="DIR", help="also time isc-extract from this checkout")
+    parser.add_argument("--image-sizes", type=int, nargs="+", default=[], metavar="N",
+                        help="also time isc-extract --image-size N, compared with isc-extract at the model's default")
     parser.add_argument("--dir", type=Path, help="where the JPEGs are kept and reused (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--plain", nargs=3, metavar=("MODEL", "FOLDER", "OUT_NPY"), help=argparse.SUPPRESS)
@@ -183,7 +189,8 @@ def main() -> None:
               f"({platform.processor() or platform.machine()}); Python {platform.python_version()}; "
               f"immaculate {'installed' if immaculate else 'not installed'}", flush=True)
         rounds: dict[tuple[str, str], list[dict]] = {}
-        labels = ["isc-extract", *(["isc-extract (before)"] if args.before else []), "plain library loop",
+        sized = {f"isc-extract --image-size {n}": n for n in args.image_sizes}
+        labels = ["isc-extract", *sized, *(["isc-extract (before)"] if args.before else []), "plain library loop",
                   "Immaculate"]
         for _ in range(args.repeat):
             for model in args.models:
@@ -194,6 +201,9 @@ def main() -> None:
                     "plain library loop": ([sys.executable, __file__, "--plain", model, str(folder),
                                             f"{tmp}/{model}.npy"], None),
                 }
+                for label, size in sized.items():
+                    commands[label] = ([sys.executable, *extract[:-2], "--image-size", str(size), "--json", "-o",
+                                        f"{tmp}/{model}_{size}.h5"], None)
                 if args.before:  # run from the checkout: python -m finds the package in the working directory first
                     commands["isc-extract (before)"] = ([sys.executable, *extract, f"{tmp}/{model}_before.h5"],
                                                         args.before.resolve())
@@ -211,12 +221,15 @@ def main() -> None:
         for model in args.models:
             runs[(model, "isc-extract")]["agreement"] = agreement(model, Path(f"{tmp}/{model}.h5"),
                                                                   Path(f"{tmp}/{model}.npy"))
+            for label, size in sized.items():
+                runs[(model, label)]["agreement"] = agreement(model, Path(f"{tmp}/{model}_{size}.h5"),
+                                                              Path(f"{tmp}/{model}.h5"), "isc-extract's")
             if args.before:
                 runs[(model, "isc-extract (before)")]["agreement"] = identical(Path(f"{tmp}/{model}.h5"),
                                                                                Path(f"{tmp}/{model}_before.h5"))
         print()
         print("| model | run | whole process, s | images/s, whole process | images/s, image loop only | "
-              "CPU s, all processes | peak memory, MB | load before | isc-extract vs the plain loop |")
+              "CPU s, all processes | peak memory, MB | load before | descriptors |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---|")
         for model in args.models:
             for label in labels:

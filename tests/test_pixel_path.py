@@ -86,7 +86,7 @@ def test_pdq_hashed_in_the_workers_agrees_with_the_torch_path(flip, images, tmp_
                                        workers=0, flip=flip)
     assert fast.pixels and ids == torch_ids
     hamming = np.sum(np.sign(rows) != np.sign(torch_rows), axis=1)
-    assert hamming.mean() == 0, hamming  # the same 512 x 512 pixels go into pdqhash
+    assert hamming.mean() == 0, hamming  # the same 128 x 128 pixels go into pdqhash
     np.testing.assert_array_equal(rows, torch_rows)
 
 
