@@ -107,7 +107,7 @@ def test_pca_takes_any_ids(tmp_path):
 
 def test_phase_and_submit_apply_the_competition_id_rules_and_say_so(described, tmp_path):
     one_line_error(cli("search", "--query", described, "--reference", described, "-o", tmp_path / "p.csv",
-                       "--phase", 1), "not a query id", "--phase applies the competition's id rules")
+                       "--phase", 1), "not a query id", "a phase applies the competition's id rules")
     one_line_error(cli("submit", "descriptors", "--query", described, "--reference", described, "--phase", 1,
                        "-o", tmp_path / "s.h5"), "not a query id", "the competition's id rules apply here")
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "s.h5").exists()

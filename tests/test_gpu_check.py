@@ -54,7 +54,7 @@ def test_gpu_path_modules_import_and_search_without_the_optional_packages():
         "print('loaded', sorted(m for m in ('faiss', 'pandas', 'skimage', 'matplotlib') if sys.modules[m]))\n")
     result = run_python(code, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "refused: faiss is not installed (pip install faiss-cpu), or use --backend torch" in result.stdout
+    assert "refused: faiss is not installed (pip install faiss-cpu), or use the torch backend" in result.stdout
     assert "neighbours [0, 1, 2, 3]" in result.stdout
     assert "loaded []" in result.stdout
 

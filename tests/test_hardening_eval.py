@@ -190,9 +190,9 @@ def oversized(tmp_path_factory) -> dict[str, Path]:
 def test_more_rows_than_the_track_allows_are_refused_unless_asked(oversized):
     limit = f"{MATCHING_TRACK_MAX_ROWS + 1:,} predictions, more than the {MATCHING_TRACK_MAX_ROWS:,}"
     args = [oversized["p"], "--gt", oversized["gt"], "--restrict-to-gt-queries"]
-    one_line_error(cli("eval", *args), limit, "too many predictions", "--no-row-limit")
+    one_line_error(cli("eval", *args), limit, "too many predictions", "without the row limit")
     report = oversized["dir"] / "r.html"
-    one_line_error(cli("report", *args, "--data", oversized["dir"], "-o", report), limit, "--no-row-limit")
+    one_line_error(cli("report", *args, "--data", oversized["dir"], "-o", report), limit, "without the row limit")
     assert not report.exists()
     result = cli("eval", *args, "--no-row-limit", "--json")
     assert result.returncode == 0, result.stderr

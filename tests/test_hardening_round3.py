@@ -451,7 +451,7 @@ def test_16_isc_run_has_the_timeout_it_advises_and_shows_each_failed_attempt(tmp
         result = cli("run", tmp_path / "w", "--endpoint-url", f"http://127.0.0.1:{silent.getsockname()[1]}",
                      "--timeout", "0.3", "--attempts", "2", "--model", "resnet10t", timeout=120)
     line = one_line_error(result, "isc-run", "no answer from the S3 endpoint", "2 attempts of up to 0.3 s",
-                          "raise --timeout")
+                          "raise the timeout")
     assert line and result.stdout.count("attempt 1 failed") >= 1, result.stdout
 
 

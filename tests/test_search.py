@@ -277,7 +277,7 @@ def test_cli_search_and_errors(vectors, tmp_path):
     assert not (tmp_path / "bad.csv").exists()
     swapped = isc_search("--query", tmp_path / "r.h5", "--reference", tmp_path / "q.h5", "-o", tmp_path / "x.csv",
                          "--phase", 1)
-    assert swapped.returncode == 2 and "not a query id" in swapped.stderr and "--phase applies the competition" \
+    assert swapped.returncode == 2 and "not a query id" in swapped.stderr and "a phase applies the competition" \
         in swapped.stderr
     missing = isc_search("--reference", tmp_path / "r.h5", "-o", tmp_path / "x.csv")
     assert missing.returncode == 2 and "--query and --reference are required" in missing.stderr

@@ -147,7 +147,7 @@ def read_predictions(path: str | Path, duplicates: str = "error", max_rows: int 
     ``duplicates``: ``"error"`` rejects a repeated (query, reference) pair, as the organisers' scorer
     does; ``"keep-best"`` keeps the highest score of each pair and warns. ``max_rows``: refuse a file of
     more rows (:data:`MATCHING_TRACK_MAX_ROWS`, the track's limit, enforced by the organisers' scorer);
-    the message names the ``--no-row-limit`` option of the commands that pass it.
+    the message says that the commands' row limit can be lifted.
     """
     import pandas as pd
 
@@ -155,11 +155,11 @@ def read_predictions(path: str | Path, duplicates: str = "error", max_rows: int 
     first_line = 2 if header else 1  # the file's line number of the first prediction
     # pandas' own type inference is the fast path for the scores; ids stay text ("001" is not 1)
     df = read_csv_columns(path, PREDICTION_COLUMNS, "predictions", dtype={"query_id": str, "reference_id": str},
-                   header=header)
+                          header=header)
     if max_rows is not None and len(df) > max_rows:
         raise InputError(
             f"{path}: {len(df):,} predictions, more than the {max_rows:,} a matching-track file may hold "
-            "(the organisers' scorer refuses it: too many predictions); --no-row-limit reads it anyway"
+            "(the organisers' scorer refuses it: too many predictions); without the row limit it is read anyway"
         )
     for column in ("query_id", "reference_id"):
         _check_non_empty(df, column, path, first_line)

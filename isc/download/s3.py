@@ -207,7 +207,7 @@ def request_failure(client: BaseClient, error: botocore.exceptions.BotoCoreError
         return EndpointUnresponsive(
             f"no answer from the S3 endpoint {client.meta.endpoint_url} ({error}) in "
             f"{config.retries['total_max_attempts']} attempts of up to {config.read_timeout:g} s; re-run later "
-            "or raise --timeout")
+            "or raise the timeout")
     if isinstance(error, botocore.exceptions.EndpointConnectionError):
         return InputError(f"cannot reach the S3 endpoint ({error})")
     return InputError(f"S3 request failed: {error}")  # e.g. a profile without credentials

@@ -62,7 +62,7 @@ def fetch_metadata(client: BaseClient, bucket: str, split: str, path: str | Path
         if code in ("NoSuchKey", "404", "AccessDenied", "403", "NoSuchBucket"):
             raise InputError(
                 f"s3://{bucket}/{key} not found ({code}): the competition's buckets do not hold the metadata; "
-                f"download {split}_metadata.csv from the competition's data page and pass --metadata PATH"
+                f"download {split}_metadata.csv from the competition's data page and give it as the metadata file"
             ) from None
         raise
     with atomic_path(path) as tmp:

@@ -21,13 +21,13 @@ def list_split_images(root: str | Path, split: str) -> dict[str, Path]:
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder}: is not a directory (a folder of {split} images is needed)")
     if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder (expected the {split} images under --data {root})")
+        raise InputError(f"{folder}: no such folder (expected the {split} images under the data root {root})")
     images = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() == ".jpg"
               and not p.name.startswith(".")}
     if not images:
         raise InputError(f"{folder}: no .jpg images")
     validate_ids(list(images), split, folder, what="image",
-                 why="a competition data root holds the competition's ids (--images takes any file names)")
+                 why="a competition data root holds the competition's ids (a folder of your own images takes any file names)")
     return dict(sorted(images.items()))
 
 

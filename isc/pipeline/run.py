@@ -460,10 +460,10 @@ class Pipeline:
         descriptors = None
         if dimension > DESCRIPTOR_TRACK_MAX_DIM:
             self._step("submit", f"phase {phase} descriptors", None, began, True,
-                       f"not made: {dimension} dimensions, the track allows {DESCRIPTOR_TRACK_MAX_DIM} (--pca-dim)")
+                       f"not made: {dimension} dimensions, the track allows {DESCRIPTOR_TRACK_MAX_DIM} (the PCA dimension)")
         elif c.limit is not None:
             self._step("submit", f"phase {phase} descriptors", None, began, True,
-                       "not made: --limit selects a subset, the track needs every query and reference")
+                       "not made: an image limit selects a subset, the track needs every query and reference")
         else:
             descriptors = default_submission_path(c.submissions, "descriptors", phase)
             phase1 = default_submission_path(c.submissions, "descriptors", 1) if phase == 2 else None

@@ -40,7 +40,7 @@ def faiss_installed() -> bool:
 def _faiss():
     """The faiss module, imported on first use; InputError when it is not installed."""
     if not faiss_installed():
-        raise InputError("faiss is not installed (pip install faiss-cpu), or use --backend torch")
+        raise InputError("faiss is not installed (pip install faiss-cpu), or use the torch backend")
     import faiss
 
     return faiss
@@ -85,7 +85,7 @@ def resolve_backend(backend: str) -> str:
         _faiss()  # InputError without faiss
     if backend == "faiss-gpu" and not faiss_gpu_count():
         raise InputError("backend faiss-gpu: the installed faiss has no GPU support or sees no GPU "
-                         "(install faiss-gpu, or use --backend torch)")
+                         "(install faiss-gpu, or use the torch backend)")
     return backend
 
 
@@ -162,7 +162,7 @@ def _knn_faiss_gpu(
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
     if k > FAISS_GPU_MAX_K:
-        raise InputError(f"backend faiss-gpu supports k <= {FAISS_GPU_MAX_K}, got {k} (use --backend torch)")
+        raise InputError(f"backend faiss-gpu supports k <= {FAISS_GPU_MAX_K}, got {k} (use the torch backend)")
     blocks = (reference[r0 : r0 + reference_block] for r0 in range(0, len(reference), reference_block))
     # faiss's contrib shards each reference block over all GPUs and merges the blocks in a heap
     scores, indices = knn_ground_truth(query, blocks, k, metric_type=getattr(faiss, METRICS[metric]), shard=True)

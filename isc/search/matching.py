@@ -235,7 +235,7 @@ def phase_queries(query_ids: list[str], query: np.ndarray, phase: int, source: s
     return [i for i, kept in zip(query_ids, keep, strict=True) if kept], query[keep]
 
 
-PHASE_RULE = "--phase applies the competition's id rules"
+PHASE_RULE = "a phase applies the competition's id rules"
 
 
 def same_images(query: str | Path, query_attrs: dict[str, object], reference: str | Path,
