@@ -439,7 +439,7 @@ def test_missing_metadata_object_says_to_pass_metadata(s3_endpoint: str, tmp_pat
     with FaultProxy(s3_endpoint, hide_metadata=True) as proxy:
         assert run_cli("--dest", str(tmp_path), endpoint=proxy.url) == 2
     err = capsys.readouterr().err
-    assert metadata_key("query") in err and "--metadata" in err and "data page" in err
+    assert metadata_key("query") in err and "metadata file" in err and "data page" in err
 
 
 def test_region_auto_picks_the_fastest_bucket(mini_dataset: Path, s3_endpoint: str, tmp_path: Path,
