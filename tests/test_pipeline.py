@@ -159,7 +159,7 @@ def test_limit_runs_a_trial_on_the_first_images(s3_endpoint, mini_dataset, tmp_p
     assert sorted(p.name for p in (tmp_path / "work" / "data" / "query_images").glob("*.jpg")) == \
         [f"Q{i:05d}.jpg" for i in range(10)]
     assert steps[("submit", "phase 1 matching")].result == "valid"
-    assert steps[("submit", "phase 1 descriptors")].result.startswith("not made: --limit")
+    assert steps[("submit", "phase 1 descriptors")].result.startswith("not made: an image limit")
     assert ("search", "phase 2") in steps and steps[("search", "phase 2")].images == 0
     evaluation = read_manifest(tmp_path / "submissions" / "phase1_matching.csv")["local_evaluation"]
     assert evaluation["ground_truth_queries"] == 10  # the trial's queries only

@@ -83,7 +83,7 @@ def test_a_phase_search_normalises_with_training_images_only(files):
     refused = cli("search", "--query", files / "query.h5", "--reference", files / "reference.h5", "--training",
                   files / "mine.h5", "--phase", 1, "-o", files / "p.csv")
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
-    assert "mine.h5: id #0 is 'photo 0', not a training id" in refused.stderr and "--phase" in refused.stderr
+    assert "mine.h5: id #0 is 'photo 0', not a training id" in refused.stderr and "a phase applies" in refused.stderr
     assert not (files / "p.csv").exists()
     done = cli("search", "--query", files / "query.h5", "--reference", files / "reference.h5", "--training",
                files / "training.h5", "--phase", 1, "-o", files / "p.csv")
