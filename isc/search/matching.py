@@ -25,7 +25,16 @@ from isc.core.descriptors import (
 )
 from isc.core.files import InputError, SettingError, write_json
 from isc.core.tables import write_predictions
-from isc.search.knn import BACKENDS, build_index, check_pair, clamp_k, index_search, knn, recall_against_exact
+from isc.search.knn import (
+    BACKENDS,
+    build_index,
+    check_pair,
+    clamp_k,
+    id_ranks,
+    index_search,
+    knn,
+    recall_against_exact,
+)
 from isc.search.normalisation import ScoreNorm, normalise
 from isc.search.vectors import prepare_descriptors
 
@@ -193,15 +202,17 @@ def drop_self_matches(
 def top_pairs(
     query_ids: list[str], reference_ids: list[str], scores: np.ndarray, indices: np.ndarray, max_results: int
 ) -> pd.DataFrame:
-    """The ``max_results`` best (query, reference, score) of per-query results, by decreasing score."""
+    """The ``max_results`` best (query, reference, score) of per-query results, by decreasing score; equal
+    scores by query id, then reference id, so which pairs tied at the cut are kept is defined."""
     import pandas as pd
 
     rows, cols = np.nonzero(indices >= 0)
     flat = scores[rows, cols]
     if len(flat) > max_results:
-        keep = np.argpartition(-flat, max_results - 1)[:max_results]
+        keep = np.flatnonzero(flat >= np.partition(flat, len(flat) - max_results)[len(flat) - max_results])
         rows, cols, flat = rows[keep], cols[keep], flat[keep]
-    order = np.argsort(-flat, kind="stable")
+    order = np.lexsort((id_ranks(reference_ids)[indices[rows, cols]], id_ranks(query_ids)[rows], -flat))
+    order = order[:max_results]
     rows, cols, flat = rows[order], cols[order], flat[order]
     return pd.DataFrame({
         "query_id": np.asarray(query_ids, dtype=object)[rows],
