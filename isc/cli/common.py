@@ -32,8 +32,8 @@ def run_command(
     warnings.showwarning = one_line_warning
     engine_log = logging.getLogger("isc")
     # what the engine reports doing goes to stdout, one prefixed line each, none under --quiet: stderr stays
-    # for warnings and the one-line error
-    handler = logging.StreamHandler(sys.stdout)
+    # for warnings and the one-line error; under --json stdout holds the JSON alone, so the lines go to stderr
+    handler = logging.StreamHandler(sys.stderr if getattr(args, "json", False) else sys.stdout)
     handler.setFormatter(logging.Formatter(f"{parser.prog}: %(message)s"))
     saved = engine_log.handlers[:], engine_log.level, engine_log.propagate
     engine_log.handlers[:] = [handler]
