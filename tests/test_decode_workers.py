@@ -3,6 +3,7 @@ single-process path bit for bit, broken images and crops included; resume after 
 Ctrl-C and a killed parent leave no process behind."""
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -85,7 +86,13 @@ def _contents(path: Path) -> dict[str, object]:
 
 
 def _descendants() -> set[psutil.Process]:
-    return {p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
+    """The live decoding processes under this one: not multiprocessing's forkserver and resource tracker, which
+    serve every later run of this process by design."""
+    from multiprocessing import forkserver, resource_tracker
+
+    servers = {forkserver._forkserver._forkserver_pid, resource_tracker._resource_tracker._pid}
+    return {p for p in psutil.Process().children(recursive=True)
+            if p.status() != psutil.STATUS_ZOMBIE and p.pid not in servers}
 
 
 def _all_gone(processes: list[psutil.Process], seconds: float = 20) -> bool:
@@ -130,21 +137,9 @@ def test_processes_write_the_file_of_one_process_bit_for_bit(batch_size, process
     assert _contents(tmp_path / "many.h5") == _contents(tmp_path / "one.h5")
 
 
-def test_the_gpus_start_method_gives_the_same_file(images, models, tmp_path, monkeypatch):
-    """forkserver (what a GPU uses): the workers start from a fresh interpreter, their arguments pickled."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["isc.extract.decode_workers"])
-    monkeypatch.setattr(isc.extract.decode_workers, "_context", lambda device: context)
-    one = _extract(images, tmp_path / "one.h5", models["square"], batch_size=6, crops=True)
-    many = _extract(images, tmp_path / "many.h5", models["square"], batch_size=6, crops=True, decode_processes=2)
-    assert many.broken == one.broken
-    assert _contents(tmp_path / "many.h5") == _contents(tmp_path / "one.h5")
-
-
 def _fail_in_workers(how):
-    """A decode_jpegs that runs ``how`` in a worker process (forked: it inherits the patch) and decodes here."""
+    """A decode_jpegs that runs ``how`` in a worker process and decodes here (the workers are forked for this:
+    a forkserver's would not inherit the patch)."""
     parent, decode = os.getpid(), isc.extract.nvjpeg_batches.decode_jpegs
 
     def decode_jpegs(encoded, device):
@@ -166,6 +161,7 @@ def _raise():
 def test_an_error_in_a_worker_ends_the_run_and_every_worker(how, error, message, images, models, tmp_path,
                                                             monkeypatch):
     monkeypatch.setattr(isc.extract.nvjpeg_batches, "decode_jpegs", _fail_in_workers(how))
+    monkeypatch.setattr(isc.extract.decode_workers, "worker_context", lambda preload: multiprocessing.get_context("fork"))
     before = _descendants()
     with pytest.raises(error, match=message):
         _extract(images, tmp_path / "out.h5", models["square"], batch_size=2, decode_processes=3)
@@ -195,25 +191,28 @@ def _command(folder: Path, output: Path, processes: int, *extra: str) -> list[st
             "--decoder", "torchvision", "--decode-processes", str(processes), "--max-broken", "1", "--quiet", *extra]
 
 
-def _stopped_mid_run(folder: Path, output: Path, stop: signal.Signals) -> tuple[int, str, list[psutil.Process]]:
-    """(exit status, stderr, its workers) of isc-extract with 2 decoding processes sent ``stop`` once 3 images are
+def _stopped_mid_run(folder: Path, output: Path, stop: signal.Signals
+                     ) -> tuple[int, str, list[psutil.Process], list[psutil.Process]]:
+    """(exit status, stderr, its decoding workers, all its child processes) of isc-extract with 2 decoding processes sent ``stop`` once 3 images are
     in its partial log: SIGINT to its whole process group, as a terminal's Ctrl-C; SIGKILL to it alone, as the
     kernel's out-of-memory killer."""
     partial = Path(f"{output}.rank0-of-1.partial")
     with running(_command(folder, output, 2), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                  text=True, start_new_session=True) as child:
         wait_until(lambda: partial.exists() and len(PartialLog.read(partial).ids) >= 3, child)
-        workers = psutil.Process(child.pid).children(recursive=True)
+        processes = psutil.Process(child.pid).children(recursive=True)
+        workers = [p for p in processes if "forkserver" in " ".join(p.parent().cmdline())]  # forked by the server
         (os.killpg if stop == signal.SIGINT else os.kill)(child.pid, stop)
         _, stderr = child.communicate(timeout=60)
-    return child.returncode, stderr, workers
+    return child.returncode, stderr, workers, processes
 
 
 def test_kill_9_then_resume_gives_the_file_of_one_uninterrupted_run(many_images, tmp_path):
     out = tmp_path / "out.h5"
-    status, _, workers = _stopped_mid_run(many_images, out, signal.SIGKILL)
+    status, _, workers, processes = _stopped_mid_run(many_images, out, signal.SIGKILL)
     assert status == -signal.SIGKILL and not out.exists()
-    assert len(workers) == 2 and _all_gone(workers)  # the orphaned workers saw their parent die
+    # the orphaned workers saw their parent die, and so did the forkserver and the resource tracker
+    assert len(workers) == 2 and _all_gone(processes)
     resumed = subprocess.run(_command(many_images, out, 2, "--json"), cwd=ROOT, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr
@@ -228,7 +227,7 @@ def test_kill_9_then_resume_gives_the_file_of_one_uninterrupted_run(many_images,
 
 def test_ctrl_c_stops_the_run_and_its_workers(many_images, tmp_path):
     out = tmp_path / "out.h5"
-    status, stderr, workers = _stopped_mid_run(many_images, out, signal.SIGINT)
+    status, stderr, workers, processes = _stopped_mid_run(many_images, out, signal.SIGINT)
     assert status == 130 and stderr.strip().splitlines() == ["isc-extract: interrupted"]
-    assert len(workers) == 2 and _all_gone(workers, 5)
+    assert len(workers) == 2 and _all_gone(processes, 5)
     assert not out.exists() and len(PartialLog.read(Path(f"{out}.rank0-of-1.partial")).ids) >= 3

@@ -2,6 +2,7 @@
 workers included, with the descriptors of the torch pipeline; the numpy resize that lets them is torch's,
 pixel for pixel."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ from isc.extract.resample import resize_pixels
 from isc.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-# a finder ahead of all others: any import of torch, in this process or a forked worker, says so and fails
+# a finder ahead of all others, installed at every interpreter's start (sitecustomize): any import of torch, in
+# the command or in a worker process it starts (forkserver: a fresh interpreter), says so and fails
 NO_TORCH = """import sys
 class NoTorch:
     def find_spec(self, name, path=None, target=None):
@@ -27,14 +29,15 @@ class NoTorch:
             print("torch was imported", file=sys.stderr)
             raise ImportError("torch is blocked")
 sys.meta_path.insert(0, NoTorch())
-from isc.cli.extract import main
-raise SystemExit(main(sys.argv[1:]))
 """
 
 
-def _extract_without_torch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", NO_TORCH, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+def _extract_without_torch(*args: str, site: Path) -> subprocess.CompletedProcess:
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(NO_TORCH)
+    path = os.pathsep.join(filter(None, [str(site), str(ROOT), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "isc.cli.extract", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONPATH": path})
 
 
 @pytest.mark.parametrize("model_name", ["pdq", "uint8 onnx"])
@@ -48,7 +51,7 @@ def test_pixel_models_extract_without_torch_and_agree_with_the_torch_pipeline(mo
     output = tmp_path / "out.h5"
     result = _extract_without_torch("--images", str(mini_dataset / "reference_images"), "-o", str(output),
                                     "--model", name, "--workers", "2", "--flip", "--quiet",
-                                    *(("--image-size", "64") if options else ()))
+                                    *(("--image-size", "64") if options else ()), site=tmp_path / "site")
     assert result.returncode == 0 and "torch was imported" not in result.stderr, result.stderr
     assert "on cpu, pil decoder, uint8 pixels" in result.stdout
     ids, rows, attrs = read_descriptors(output)

@@ -19,7 +19,6 @@ import math
 import multiprocessing
 import pickle
 import signal
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,22 +29,13 @@ from pathlib import Path
 import torch
 import torch.multiprocessing  # noqa: F401 (registers the pickling of tensors through shared memory and CUDA IPC)
 
+from isc.core.processes import worker_context
 from isc.extract.nvjpeg_batches import read_for_decode, views_of_batch
 
 BATCHES_PER_WORKER = 2  # in flight: one decoded while the next is read
 JOIN_SECONDS = 10  # a worker told to stop has finished its batches: it exits at once
 
 
-def _context(device: torch.device) -> multiprocessing.context.BaseContext:
-    """fork on the CPU under Linux (starts at once); on a GPU forkserver, whose server imports torch once
-    without touching CUDA, which a forked child of this process could not use; spawn elsewhere."""
-    if sys.platform != "linux":
-        return multiprocessing.get_context("spawn")
-    if device.type != "cuda":
-        return multiprocessing.get_context("fork")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
 
 
 def _pack(per_scale: list[list[torch.Tensor]]) -> tuple[torch.Tensor | None, list[list[tuple[int, ...]]]]:
@@ -146,7 +136,7 @@ def process_batches(paths: Sequence[Path], resize: str, sizes: Sequence[int], ba
     processes = min(processes, n_batches)
     if not processes:
         return
-    context = _context(device)
+    context = worker_context([__name__])  # the server imports torch once, never CUDA: a GPU's workers need that
     names = [str(path) for path in paths]  # sent to a spawned worker once: strings pickle fast
     task_pipes = [context.Pipe(duplex=False) for _ in range(processes)]
     result_pipes = [context.Pipe(duplex=False) for _ in range(processes)]

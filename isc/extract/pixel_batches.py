@@ -12,14 +12,13 @@ import collections
 import contextlib
 import functools
 import itertools
-import multiprocessing
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from isc.core.processes import worker_context
 from isc.extract.decode import CROP_VIEWS, decode_views, positions_by_shape, views_by_size
 from isc.models import DescriptorModel
 
@@ -64,9 +63,7 @@ def _in_order(function: Callable, chunks: Sequence, workers: int, ahead: int) ->
     if workers == 0 or not chunks:
         yield from map(function, chunks)
         return
-    # fork: the workers start at once, without importing anything again
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
-    pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context)
+    pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=worker_context([__name__]))
     try:
         pending = collections.deque(pool.submit(function, chunk) for chunk in chunks[:ahead])
         for chunk in itertools.chain(chunks[ahead:], itertools.repeat(None, len(pending))):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from isc.core.processes import worker_context
 from isc.extract.decode import (
     CROP_VIEWS,
     decode_views,
@@ -71,7 +72,8 @@ def _pillow_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequen
                     workers: int, device: torch.device, max_pixels: int, crops: bool) -> Iterator[tuple]:
     loader = torch.utils.data.DataLoader(
         _PillowImages(paths, sizes, model.resize, max_pixels, crops), batch_size=batch_size, num_workers=workers,
-        collate_fn=_as_list, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+        collate_fn=_as_list, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+        multiprocessing_context=worker_context([__name__]) if workers else None)
     for batch in loader:
         ok = [(position, views) for position, views, _ in batch if views is not None]
         broken = {position: reason for position, _, reason in batch if reason is not None}
