@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -46,6 +47,7 @@ from isc.core.competition import (
 )
 from isc.core.descriptors import provenance_path, read_descriptor_attrs, read_descriptors
 from isc.core.files import InputError, write_json
+from isc.core.made_from import MISSING, MadeFrom
 from isc.core.tables import read_ground_truth, read_metadata, read_predictions
 from isc.download.local_copy import VerifiedIndex, check_folder
 from isc.download.s3 import DownloadOptions
@@ -147,13 +149,9 @@ def _p90(metrics: dict[str, object]) -> str:
     return "not reached" if metrics["recall_at_p90"] is None else f"{metrics['recall_at_p90']:.4f}"
 
 
-def _fresh(outputs: Iterable[Path], inputs: Iterable[Path]) -> bool:
-    """Whether every output exists and is newer than every input (outputs are written atomically)."""
-    outputs = list(outputs)
-    if not all(p.is_file() for p in outputs):
-        return False
-    newest_input = max((p.stat().st_mtime_ns for p in inputs), default=0)
-    return min(p.stat().st_mtime_ns for p in outputs) >= newest_input
+def _redone(reason: str, result: str) -> str:
+    """A step's result after why it was made again (nothing said of a file made for the first time)."""
+    return result if reason == MISSING else f"{reason}: {result}"
 
 
 def planned_outputs(config: RunConfig) -> list[Path]:
@@ -293,16 +291,34 @@ class Pipeline:
                              "(or whiten nothing: PCA dimension 0)")
         pca = self.descriptors / f"pca{dim}.npz"
         whitened = {name: self.descriptors / f"{name}_pca{dim}.h5" for name in raw}
-        learn = not _fresh([pca], [raw["training"]])
-        if learn:
+        learnt = self._made_from({"PCA dimension": dim}, [raw["training"]])
+        relearn = learnt.why_redo(pca)
+        if relearn:
             learn_pca_file(raw["training"], pca, dim)
-        stale = [name for name in raw if learn or not _fresh([whitened[name]], [raw[name], pca])]
-        for name in stale:
-            apply_pca_file(pca, raw[name], whitened[name])
-        learnt = "learnt on the training descriptors, " if learn else ""
+            learnt.record(pca)
+        stale = {}
+        for name in raw:
+            why = self._whiten_file(pca, raw[name], whitened[name])
+            if why:
+                stale[name] = why
+        said = "learnt on the training descriptors, " if relearn else ""
         self._step("whiten", f"PCA {dim}", None, began, not stale,
-                   f"{learnt}applied to {len(stale)} files" if stale else "up to date", [pca])
+                   _redone(relearn or next(iter(stale.values())), f"{said}applied to {len(stale)} files")
+                   if stale else "up to date", [pca])
         return whitened
+
+    def _made_from(self, settings: dict[str, object], inputs: Iterable[Path]) -> MadeFrom:
+        """What a file of the work folder is made from now (isc.core.made_from's rule)."""
+        return MadeFrom.of(settings, inputs, self.work)
+
+    def _whiten_file(self, pca: Path, raw: Path, output: Path) -> str | None:
+        """``raw`` whitened by ``pca`` into ``output`` unless it is up to date; returns why it was made (None: not)."""
+        wanted = self._made_from({"PCA dimension": self.config.pca_dim}, [raw, pca])
+        why = wanted.why_redo(output)
+        if why:
+            apply_pca_file(pca, raw, output)
+            wanted.record(output)
+        return why
 
     @staticmethod
     def _matching_queries(files: dict[str, Path], phase: int) -> Path | None:
@@ -322,20 +338,26 @@ class Pipeline:
         began = time.perf_counter()
         output = self.work / f"predictions_phase{phase}.csv"
         reference = self._matching_references(files)
-        inputs = [query, reference, *([files["training"]] if "training" in files else [])]
-        if _fresh([output, provenance_path(output)], inputs):
+        c = self.config
+        wanted = self._made_from(
+            {"phase": phase, "search": c.search.recorded(), "query crops": c.query_crops,
+             "reference crops": c.reference_crops, "matching whitened": bool(c.matching_whitened and c.pca_dim)},
+            [query, reference, *([files["training"]] if "training" in files else [])])
+        why = wanted.why_redo(output, provenance_path(output))
+        if not why:
             self._step("search", f"phase {phase}", None, began, True, "up to date", [output])
             return output
         # isc-search's stage: the same-model check, and the provenance that the submission's manifest quotes
-        predictions = search_files(query, reference, output, files.get("training"), self.config.search, phase=phase,
-                                   quiet=self.config.quiet)
+        predictions = search_files(query, reference, output, files.get("training"), c.search, phase=phase,
+                                   quiet=c.quiet)
+        wanted.record(output)
         searched = predictions.attrs["provenance"]["inputs"]
         normalised = f", normalised with {searched['training']['rows']:,} training images" \
             if "training" in searched else ""
         views = "".join(f", {searched[what]['rows'] // searched[what]['images']} views per {what}"
                         for what in ("query", "reference") if searched[what]["rows"] > searched[what]["images"])
         self._step("search", f"phase {phase}", searched["query"]["images"], began, False,
-                   f"{len(predictions):,} predictions{normalised}{views}", [output])
+                   _redone(why, f"{len(predictions):,} predictions{normalised}{views}"), [output])
         return output
 
     def calibrate(self, files: dict[str, Path]) -> Combiner:
@@ -358,13 +380,15 @@ class Pipeline:
         if "training" not in files:
             self._step("calibrate", "copies", None, began, True, "no training images: fixed inlier bonus")
             return InlierBonus()
-        if _fresh([path], [self._matching_references(files), files["training"]]):
-            calibration = Calibration.load(path)
-            if calibration.made_for(conditions):
-                self._step("calibrate", "copies", None, began, True, f"up to date: {calibration!r}", [path])
-                return calibration
         training = self.images("training")["training"]
         copies = min(c.calibration_copies, len(training) // 2)
+        wanted = self._made_from({**conditions, "calibration copies": copies},
+                                 [self._matching_references(files), files["training"]])
+        why = wanted.why_redo(path)
+        if copies >= 10 and not why:
+            calibration = Calibration.load(path)
+            self._step("calibrate", "copies", None, began, True, f"up to date: {calibration!r}", [path])
+            return calibration
         if copies < 10:
             self._step("calibrate", "copies", None, began, True,
                        f"{len(training)} training images, too few to copy: fixed inlier bonus")
@@ -378,8 +402,9 @@ class Pipeline:
             return InlierBonus()
         calibration = calibrate(evidence, labels, f"{copies} edited copies of training images", conditions)
         calibration.save(path)
+        wanted.record(path)
         self._step("calibrate", "copies", copies, began, False,
-                   f"{found} of {copies} sources among the copies' candidates; {calibration!r}", [path])
+                   _redone(why, f"{found} of {copies} sources among the copies' candidates; {calibration!r}"), [path])
         return calibration
 
     def _copies_evidence(self, files: dict[str, Path], training: dict[str, Path], copies: int) -> pd.DataFrame:
@@ -391,7 +416,7 @@ class Pipeline:
         ids = sorted(training)
         chosen = np.sort(np.random.default_rng(0).choice(len(ids), copies, replace=False))
         sources = {ids[i]: training[ids[i]] for i in chosen}
-        copy_images = make_copies(sources, folder / "copies")
+        copy_images = self._copies(sources, folder / "copies")
         raw = folder / ("copies_crops.h5" if c.query_crops else "copies.h5")
         options = replace(c.extraction, crops=c.query_crops)
         if not is_complete(raw, copy_images, extraction_config(self.model, options.scales, options.flip,
@@ -400,9 +425,7 @@ class Pipeline:
         described = raw
         if c.pca_dim and c.matching_whitened:
             described = folder / f"{raw.stem}_pca{c.pca_dim}.h5"
-            pca = self.descriptors / f"pca{c.pca_dim}.npz"
-            if not _fresh([described], [raw, pca]):
-                apply_pca_file(pca, raw, described)
+            self._whiten_file(self.descriptors / f"pca{c.pca_dim}.npz", raw, described)
         copy_ids, copy_x, _ = read_descriptors(described, views=True)
         reference_ids, reference_x, _ = read_descriptors(self._matching_references(files), views=True)
         training_ids, training_x, _ = read_descriptors(files["training"], split="training")
@@ -415,23 +438,41 @@ class Pipeline:
                options=c.verify, cache=self.work / "verify-cache", quiet=c.quiet)
         return read_evidence(evidence_path(output))
 
+    def _copies(self, sources: dict[str, Path], folder: Path) -> dict[str, Path]:
+        """The edited copies of ``sources``, made again when the sources changed: make_copies keeps a copy already
+        written, whose edit was drawn for its rank among the sources of its run."""
+        listed = folder.with_suffix(".json")  # which copy is of which source: what the record is kept beside
+        wanted = self._made_from({"copies": len(sources)}, sources.values())
+        if wanted.why_redo(listed):
+            shutil.rmtree(folder, ignore_errors=True)
+            copies = make_copies(sources, folder)
+            write_json(listed, {copy_id: path.name for copy_id, path in copies.items()})
+            wanted.record(listed)
+        return make_copies(sources, folder)
+
     def verify(self, predictions: Path, phase: int, combiner: Combiner) -> Path:
         """The predictions with each query's best candidates verified by local features and re-scored."""
         c = self.config
         began = time.perf_counter()
         output = self.work / f"predictions_phase{phase}_verified.csv"
-        calibration = [self.work / "calibration.json"] if c.calibration is None else [Path(c.calibration)]
-        inputs = [predictions, *(p for p in calibration if p.is_file())]
-        if _fresh([output, evidence_path(output)], inputs):
+        # a fitted calibration by its file; the fixed bonus by its weights
+        calibrated = isinstance(combiner, Calibration)
+        calibration = Path(c.calibration) if c.calibration is not None else self.work / "calibration.json"
+        wanted = self._made_from({**calibration_conditions(c.verify, None),
+                                  "combiner": "calibration" if calibrated else repr(combiner)},
+                                 [predictions, *([calibration] if calibrated else [])])
+        why = wanted.why_redo(output, evidence_path(output))
+        if not why:
             self._step("verify", f"phase {phase}", None, began, True, "up to date", [output])
             return output
         queries = self.images("query")[f"query_phase{phase}"]
         result = verify(read_predictions(predictions), queries, self.images("reference")["reference"], output,
                         options=c.verify, cache=self.work / "verify-cache", combiner=combiner, quiet=c.quiet)
+        wanted.record(output)
         broken = f", {len(result.broken)} broken images" if result.broken else ""
         self._step("verify", f"phase {phase}", result.queries, began, False,
-                   f"{result.pairs:,} pairs (k {c.verify.k}) at {result.pairs_per_second} pairs/s, "
-                   f"{result.described:,} images described, {result.cached:,} cached{broken}", [output])
+                   _redone(why, f"{result.pairs:,} pairs (k {c.verify.k}) at {result.pairs_per_second} pairs/s, "
+                           f"{result.described:,} images described, {result.cached:,} cached{broken}"), [output])
         return output
 
     def submit(self, files: dict[str, Path], matching_files: dict[str, Path], phase: int, predictions: Path,
@@ -442,17 +483,21 @@ class Pipeline:
         expected_queries, expected_references = (metadata_file(self.data, split) for split in ("query", "reference"))
         expected_queries = expected_queries if expected_queries.is_file() else None
         expected_references = expected_references if expected_references.is_file() else None
+        expected = [p for p in (expected_queries, expected_references) if p is not None]
 
         began = time.perf_counter()
         matching = default_submission_path(c.submissions, "matching", phase)
-        fresh = _fresh([matching, manifest_path(matching)], [predictions])
-        if not fresh:
-            query = self._matching_queries(matching_files, phase)
-            sources = [*([query] if query else []), self._matching_references(matching_files),
-                       *([matching_files["training"]] if "training" in matching_files else [])]
+        query = self._matching_queries(matching_files, phase)
+        sources = [*([query] if query else []), self._matching_references(matching_files),
+                   *([matching_files["training"]] if "training" in matching_files else [])]
+        wanted = self._made_from({"phase": phase, "verified": c.verify is not None},
+                                 [predictions, *sources, *expected])
+        why = wanted.why_redo(matching, manifest_path(matching))
+        if why:
             submit_matching(predictions, phase, matching, expected_queries, expected_references, sources)
-        self._step("submit", f"phase {phase} matching", None, began, fresh, "up to date" if fresh else "valid",
-                   [matching])
+            wanted.record(matching)
+        self._step("submit", f"phase {phase} matching", None, began, not why,
+                   _redone(why, "valid") if why else "up to date", [matching])
 
         began = time.perf_counter()
         query, reference = files[f"query_phase{phase}"], files["reference"]
@@ -468,12 +513,14 @@ class Pipeline:
             descriptors = default_submission_path(c.submissions, "descriptors", phase)
             phase1 = default_submission_path(c.submissions, "descriptors", 1) if phase == 2 else None
             phase1 = phase1 if phase1 and phase1.is_file() else None  # the reference the phase-2 file must reuse
-            fresh = _fresh([descriptors, manifest_path(descriptors)], [query, reference, *filter(None, [phase1])])
-            if not fresh:
+            wanted = self._made_from({"phase": phase, "PCA dimension": c.pca_dim}, [query, reference, *filter(None, [phase1]), *expected])
+            why = wanted.why_redo(descriptors, manifest_path(descriptors))
+            if why:
                 submit_descriptors(query, reference, phase, descriptors, expected_queries, expected_references, phase1)
+                wanted.record(descriptors)
             reuse = ", phase-1 references reused" if phase1 else ""
-            self._step("submit", f"phase {phase} descriptors", None, began, fresh,
-                       ("up to date" if fresh else "valid") + reuse, [descriptors])
+            self._step("submit", f"phase {phase} descriptors", None, began, not why,
+                       (_redone(why, "valid") if why else "up to date") + reuse, [descriptors])
 
         if ground_truth is not None:
             self.evaluate(phase, {"matching": matching, "descriptors": descriptors}, ground_truth)
