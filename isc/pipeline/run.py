@@ -1,10 +1,14 @@
 """The whole pipeline in one call: download → extract → whiten → search → eval → submit.
 
 Each step is skipped when its outputs are complete: downloads are checked against the metadata's MD5s,
-descriptor files against the image ids, the model and the size and modification time of every image
-(a replaced image is extracted again), derived files (PCA, whitened descriptors,
-predictions, submissions) by being newer than their inputs. An interrupted run, re-run with the same
-arguments, goes on where it stopped. Files under the work folder::
+descriptor files against the image ids, the model (its weights, image size, crops and test-time augmentation)
+and the size and change time of every image (a replaced image is extracted again), every derived file (PCA,
+whitened descriptors, predictions, the calibration and its copies, verified predictions, submissions) by the
+record beside it of what made it (:mod:`isc.core.made_from`: the settings that change its content and a
+fingerprint of each input), which must equal what this run would use; a step made again says why in its
+line. An interrupted run, re-run with the same arguments, goes on where it stopped. Outputs that a setting turns
+off (the verified predictions after ``verify=None``, say) stay on disk, but nothing of this run reads them.
+Files under the work folder::
 
     data/<split>_images/, data/<split>_metadata.csv         downloaded images and metadata
     descriptors/<split>.h5, descriptors/query_phase<P>.h5   model descriptors (queries one file per phase)
