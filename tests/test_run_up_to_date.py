@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,8 +125,8 @@ def _same_outputs(changed: Path, fresh: Path) -> None:
 
 @pytest.fixture(scope="module")
 def rerun(mini_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., RunSummary]:
-    """``rerun(after, before)``: a run with ``before`` (default: the base settings) then one with ``after`` in
-    the same folder, compared with a fresh folder's run of ``after``; returns the second run's summary. Every
+    """``rerun(after, before, between)``: a run with ``before`` (default: the base settings), ``between()``, then
+    one with ``after`` in the same folder, compared with a fresh folder's run of ``after``; returns the second run's summary. Every
     run works at one path (outputs quote their folder), the folders moved aside between runs."""
     root = tmp_path_factory.mktemp("up_to_date")
     work, kept = root / "work", {}
@@ -135,12 +136,15 @@ def rerun(mini_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Calla
         return RunConfig(work=work, data=mini_dataset, ground_truth=ground_truth, submissions=work / "submissions",
                          **{**BASE, **settings})
 
-    def run(after: dict[str, object], before: dict[str, object] | None = None) -> RunSummary:
+    def run(after: dict[str, object], before: dict[str, object] | None = None,
+            between: Callable[[], None] | None = None) -> RunSummary:
         key = json.dumps(before or {}, sort_keys=True, default=repr)
         if key not in kept:  # the first settings' run, kept aside and copied (times kept) for each case
             Pipeline(config(before or {})).run()
             kept[key] = work.rename(root / f"before{len(kept)}")
         shutil.copytree(kept[key], work, symlinks=True)
+        if between is not None:  # what changes outside the settings (a model's weights)
+            between()
         changed = Pipeline(config(after)).run()
         work.rename(root / "changed")
         Pipeline(config(after)).run()
@@ -220,6 +224,24 @@ def test_search_options(rerun, search):
     results = _results(rerun({"search": search}))
     assert results[("search", "phase 1")].startswith("settings changed (search ")
     assert results[("calibrate", "copies")].startswith("settings changed (search ")
+
+
+def test_new_weights_of_the_same_model_file(rerun, tmp_path):
+    """A model file replaced by other weights (a new checkpoint at the same path): extracted again."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "net.pt"
+
+    def save(seed: int) -> None:
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 24, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still a format isc reads
+            torch.jit.script(net.eval()).save(str(path))
+    save(0)
+    scripted = {"model": f"torchscript:{path}", "image_size": 32}
+    results = _results(rerun(scripted, scripted, between=lambda: save(1)))
+    assert results[("extract", "reference")].startswith("24-d torchscript")
+    assert results[("whiten", "PCA 16")].startswith("input changed (descriptors/training.h5): learnt")
 
 
 def test_training_limit(rerun):

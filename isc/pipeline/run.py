@@ -487,15 +487,16 @@ class Pipeline:
         expected_queries, expected_references = (metadata_file(self.data, split) for split in ("query", "reference"))
         expected_queries = expected_queries if expected_queries.is_file() else None
         expected_references = expected_references if expected_references.is_file() else None
-        expected = [p for p in (expected_queries, expected_references) if p is not None]
 
+        # made from the predictions and descriptors, not from the metadata (rewritten by each download): the
+        # metadata chooses the images, so a change there changes the descriptors
         began = time.perf_counter()
         matching = default_submission_path(c.submissions, "matching", phase)
         query = self._matching_queries(matching_files, phase)
         sources = [*([query] if query else []), self._matching_references(matching_files),
                    *([matching_files["training"]] if "training" in matching_files else [])]
         wanted = self._made_from({"phase": phase, "verified": c.verify is not None},
-                                 [predictions, *sources, *expected])
+                                 [predictions, *sources])
         why = wanted.why_redo(matching, manifest_path(matching))
         if why:
             submit_matching(predictions, phase, matching, expected_queries, expected_references, sources)
@@ -517,7 +518,8 @@ class Pipeline:
             descriptors = default_submission_path(c.submissions, "descriptors", phase)
             phase1 = default_submission_path(c.submissions, "descriptors", 1) if phase == 2 else None
             phase1 = phase1 if phase1 and phase1.is_file() else None  # the reference the phase-2 file must reuse
-            wanted = self._made_from({"phase": phase, "PCA dimension": c.pca_dim}, [query, reference, *filter(None, [phase1]), *expected])
+            wanted = self._made_from({"phase": phase, "PCA dimension": c.pca_dim},
+                                     [query, reference, *filter(None, [phase1])])
             why = wanted.why_redo(descriptors, manifest_path(descriptors))
             if why:
                 submit_descriptors(query, reference, phase, descriptors, expected_queries, expected_references, phase1)
