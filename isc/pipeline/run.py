@@ -452,7 +452,8 @@ class Pipeline:
             copies = make_copies(sources, folder)
             write_json(listed, {copy_id: path.name for copy_id, path in copies.items()})
             wanted.record(listed)
-        return make_copies(sources, folder)
+            return copies
+        return make_copies(sources, folder)  # each copy is there (or made again as it was): their paths
 
     def verify(self, predictions: Path, phase: int, combiner: Combiner) -> Path:
         """The predictions with each query's best candidates verified by local features and re-scored."""
