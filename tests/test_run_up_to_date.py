@@ -244,6 +244,14 @@ def test_new_weights_of_the_same_model_file(rerun, tmp_path):
     assert results[("whiten", "PCA 16")].startswith("input changed (descriptors/training.h5): learnt")
 
 
+def test_limit_after_a_full_run_says_the_descriptor_track_file_is_an_earlier_runs(rerun):
+    results = _results(rerun({"limit": 20}))
+    assert results[("extract", "reference")].startswith("256-d pdq")
+    assert results[("submit", "phase 1 descriptors")] == (
+        "not made: an image limit selects a subset, the track needs every query and reference; "
+        "phase1_descriptors.h5 there is an earlier run's, with other settings")
+
+
 def test_training_limit(rerun):
     results = _results(rerun({"training_limit": 30}))
     assert results[("extract", "training")].startswith("256-d pdq")

@@ -508,15 +508,19 @@ class Pipeline:
         began = time.perf_counter()
         query, reference = files[f"query_phase{phase}"], files["reference"]
         dimension = int(read_descriptor_attrs(query)["dimension"])
-        descriptors = None
+        descriptors = default_submission_path(c.submissions, "descriptors", phase)
+        # a file left by a run of other settings is kept, but never taken for this run's
+        earlier = f"; {descriptors.name} there is an earlier run's, with other settings" if descriptors.is_file() else ""
         if dimension > DESCRIPTOR_TRACK_MAX_DIM:
             self._step("submit", f"phase {phase} descriptors", None, began, True,
-                       f"not made: {dimension} dimensions, the track allows {DESCRIPTOR_TRACK_MAX_DIM} (the PCA dimension)")
+                       f"not made: {dimension} dimensions, the track allows {DESCRIPTOR_TRACK_MAX_DIM} "
+                       f"(the PCA dimension){earlier}")
+            descriptors = None
         elif c.limit is not None:
             self._step("submit", f"phase {phase} descriptors", None, began, True,
-                       "not made: an image limit selects a subset, the track needs every query and reference")
+                       f"not made: an image limit selects a subset, the track needs every query and reference{earlier}")
+            descriptors = None
         else:
-            descriptors = default_submission_path(c.submissions, "descriptors", phase)
             phase1 = default_submission_path(c.submissions, "descriptors", 1) if phase == 2 else None
             phase1 = phase1 if phase1 and phase1.is_file() else None  # the reference the phase-2 file must reuse
             wanted = self._made_from({"phase": phase, "PCA dimension": c.pca_dim},
