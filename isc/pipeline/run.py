@@ -386,17 +386,17 @@ class Pipeline:
             return InlierBonus()
         training = self.images("training")["training"]
         copies = min(c.calibration_copies, len(training) // 2)
-        wanted = self._made_from({**conditions, "calibration copies": copies},
-                                 [self._matching_references(files), files["training"]])
-        why = wanted.why_redo(path)
-        if copies >= 10 and not why:
-            calibration = Calibration.load(path)
-            self._step("calibrate", "copies", None, began, True, f"up to date: {calibration!r}", [path])
-            return calibration
         if copies < 10:
             self._step("calibrate", "copies", None, began, True,
                        f"{len(training)} training images, too few to copy: fixed inlier bonus")
             return InlierBonus()
+        wanted = self._made_from({**conditions, "calibration copies": copies},
+                                 [self._matching_references(files), files["training"]])
+        why = wanted.why_redo(path)
+        if not why:
+            calibration = Calibration.load(path)
+            self._step("calibrate", "copies", None, began, True, f"up to date: {calibration!r}", [path])
+            return calibration
         evidence = self._copies_evidence(files, training, copies)
         labels = copy_labels(evidence)
         found = int(labels.sum())
