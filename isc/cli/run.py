@@ -33,9 +33,10 @@ examples:
   isc-run work/ --data /datasets/disc21 --checkpoint runs/sscd/last.pt --device cuda
 
 Every step is skipped when its outputs are complete (downloads verified by MD5, descriptor files
-holding every image with this model, derived files newer than their inputs): an interrupted run,
-re-run with the same arguments, goes on where it stopped. The summary table is also written to
-WORK/run_summary.json.
+holding every image with this model, derived files made from the same inputs with the same settings,
+as FILE.made-from.json records): an interrupted run, re-run with the same arguments, goes on where it
+stopped; a step whose settings or inputs changed is made again and its line says why. The summary
+table is also written to WORK/run_summary.json.
 """
 
 

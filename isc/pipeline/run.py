@@ -1,10 +1,14 @@
 """The whole pipeline in one call: download → extract → whiten → search → eval → submit.
 
 Each step is skipped when its outputs are complete: downloads are checked against the metadata's MD5s,
-descriptor files against the image ids, the model and the size and modification time of every image
-(a replaced image is extracted again), derived files (PCA, whitened descriptors,
-predictions, submissions) by being newer than their inputs. An interrupted run, re-run with the same
-arguments, goes on where it stopped. Files under the work folder::
+descriptor files against the image ids, the model (its weights, image size, crops and test-time augmentation)
+and the size and change time of every image (a replaced image is extracted again), every derived file (PCA,
+whitened descriptors, predictions, the calibration and its copies, verified predictions, submissions) by the
+record beside it of what made it (:mod:`isc.core.made_from`: the settings that change its content and a
+fingerprint of each input), which must equal what this run would use; a step made again says why in its
+line. An interrupted run, re-run with the same arguments, goes on where it stopped. Outputs that a setting turns
+off (the verified predictions after ``verify=None``, say) stay on disk, but nothing of this run reads them.
+Files under the work folder::
 
     data/<split>_images/, data/<split>_metadata.csv         downloaded images and metadata
     descriptors/<split>.h5, descriptors/query_phase<P>.h5   model descriptors (queries one file per phase)
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -46,6 +51,7 @@ from isc.core.competition import (
 )
 from isc.core.descriptors import provenance_path, read_descriptor_attrs, read_descriptors
 from isc.core.files import InputError, write_json
+from isc.core.made_from import MISSING, MadeFrom
 from isc.core.tables import read_ground_truth, read_metadata, read_predictions
 from isc.download.local_copy import VerifiedIndex, check_folder
 from isc.download.s3 import DownloadOptions
@@ -147,13 +153,9 @@ def _p90(metrics: dict[str, object]) -> str:
     return "not reached" if metrics["recall_at_p90"] is None else f"{metrics['recall_at_p90']:.4f}"
 
 
-def _fresh(outputs: Iterable[Path], inputs: Iterable[Path]) -> bool:
-    """Whether every output exists and is newer than every input (outputs are written atomically)."""
-    outputs = list(outputs)
-    if not all(p.is_file() for p in outputs):
-        return False
-    newest_input = max((p.stat().st_mtime_ns for p in inputs), default=0)
-    return min(p.stat().st_mtime_ns for p in outputs) >= newest_input
+def _redone(reason: str, result: str) -> str:
+    """A step's result after why it was made again (nothing said of a file made for the first time)."""
+    return result if reason == MISSING else f"{reason}: {result}"
 
 
 def planned_outputs(config: RunConfig) -> list[Path]:
@@ -293,16 +295,34 @@ class Pipeline:
                              "(or whiten nothing: PCA dimension 0)")
         pca = self.descriptors / f"pca{dim}.npz"
         whitened = {name: self.descriptors / f"{name}_pca{dim}.h5" for name in raw}
-        learn = not _fresh([pca], [raw["training"]])
-        if learn:
+        learnt = self._made_from({"PCA dimension": dim}, [raw["training"]])
+        relearn = learnt.why_redo(pca)
+        if relearn:
             learn_pca_file(raw["training"], pca, dim)
-        stale = [name for name in raw if learn or not _fresh([whitened[name]], [raw[name], pca])]
-        for name in stale:
-            apply_pca_file(pca, raw[name], whitened[name])
-        learnt = "learnt on the training descriptors, " if learn else ""
+            learnt.record(pca)
+        stale = {}
+        for name in raw:
+            why = self._whiten_file(pca, raw[name], whitened[name])
+            if why:
+                stale[name] = why
+        said = "learnt on the training descriptors, " if relearn else ""
         self._step("whiten", f"PCA {dim}", None, began, not stale,
-                   f"{learnt}applied to {len(stale)} files" if stale else "up to date", [pca])
+                   _redone(relearn or next(iter(stale.values())), f"{said}applied to {len(stale)} files")
+                   if stale else "up to date", [pca])
         return whitened
+
+    def _made_from(self, settings: dict[str, object], inputs: Iterable[Path]) -> MadeFrom:
+        """What a file of the work folder is made from now (isc.core.made_from's rule)."""
+        return MadeFrom.of(settings, inputs, self.work)
+
+    def _whiten_file(self, pca: Path, raw: Path, output: Path) -> str | None:
+        """``raw`` whitened by ``pca`` into ``output`` unless it is up to date; returns why it was made (None: not)."""
+        wanted = self._made_from({"PCA dimension": self.config.pca_dim}, [raw, pca])
+        why = wanted.why_redo(output)
+        if why:
+            apply_pca_file(pca, raw, output)
+            wanted.record(output)
+        return why
 
     @staticmethod
     def _matching_queries(files: dict[str, Path], phase: int) -> Path | None:
@@ -322,20 +342,26 @@ class Pipeline:
         began = time.perf_counter()
         output = self.work / f"predictions_phase{phase}.csv"
         reference = self._matching_references(files)
-        inputs = [query, reference, *([files["training"]] if "training" in files else [])]
-        if _fresh([output, provenance_path(output)], inputs):
+        c = self.config
+        wanted = self._made_from(
+            {"phase": phase, "search": c.search.recorded(), "query crops": c.query_crops,
+             "reference crops": c.reference_crops, "matching whitened": bool(c.matching_whitened and c.pca_dim)},
+            [query, reference, *([files["training"]] if "training" in files else [])])
+        why = wanted.why_redo(output, provenance_path(output))
+        if not why:
             self._step("search", f"phase {phase}", None, began, True, "up to date", [output])
             return output
         # isc-search's stage: the same-model check, and the provenance that the submission's manifest quotes
-        predictions = search_files(query, reference, output, files.get("training"), self.config.search, phase=phase,
-                                   quiet=self.config.quiet)
+        predictions = search_files(query, reference, output, files.get("training"), c.search, phase=phase,
+                                   quiet=c.quiet)
+        wanted.record(output)
         searched = predictions.attrs["provenance"]["inputs"]
         normalised = f", normalised with {searched['training']['rows']:,} training images" \
             if "training" in searched else ""
         views = "".join(f", {searched[what]['rows'] // searched[what]['images']} views per {what}"
                         for what in ("query", "reference") if searched[what]["rows"] > searched[what]["images"])
         self._step("search", f"phase {phase}", searched["query"]["images"], began, False,
-                   f"{len(predictions):,} predictions{normalised}{views}", [output])
+                   _redone(why, f"{len(predictions):,} predictions{normalised}{views}"), [output])
         return output
 
     def calibrate(self, files: dict[str, Path]) -> Combiner:
@@ -358,17 +384,19 @@ class Pipeline:
         if "training" not in files:
             self._step("calibrate", "copies", None, began, True, "no training images: fixed inlier bonus")
             return InlierBonus()
-        if _fresh([path], [self._matching_references(files), files["training"]]):
-            calibration = Calibration.load(path)
-            if calibration.made_for(conditions):
-                self._step("calibrate", "copies", None, began, True, f"up to date: {calibration!r}", [path])
-                return calibration
         training = self.images("training")["training"]
         copies = min(c.calibration_copies, len(training) // 2)
         if copies < 10:
             self._step("calibrate", "copies", None, began, True,
                        f"{len(training)} training images, too few to copy: fixed inlier bonus")
             return InlierBonus()
+        wanted = self._made_from({**conditions, "calibration copies": copies},
+                                 [self._matching_references(files), files["training"]])
+        why = wanted.why_redo(path)
+        if not why:
+            calibration = Calibration.load(path)
+            self._step("calibrate", "copies", None, began, True, f"up to date: {calibration!r}", [path])
+            return calibration
         evidence = self._copies_evidence(files, training, copies)
         labels = copy_labels(evidence)
         found = int(labels.sum())
@@ -378,8 +406,9 @@ class Pipeline:
             return InlierBonus()
         calibration = calibrate(evidence, labels, f"{copies} edited copies of training images", conditions)
         calibration.save(path)
+        wanted.record(path)
         self._step("calibrate", "copies", copies, began, False,
-                   f"{found} of {copies} sources among the copies' candidates; {calibration!r}", [path])
+                   _redone(why, f"{found} of {copies} sources among the copies' candidates; {calibration!r}"), [path])
         return calibration
 
     def _copies_evidence(self, files: dict[str, Path], training: dict[str, Path], copies: int) -> pd.DataFrame:
@@ -391,7 +420,7 @@ class Pipeline:
         ids = sorted(training)
         chosen = np.sort(np.random.default_rng(0).choice(len(ids), copies, replace=False))
         sources = {ids[i]: training[ids[i]] for i in chosen}
-        copy_images = make_copies(sources, folder / "copies")
+        copy_images = self._copies(sources, folder / "copies")
         raw = folder / ("copies_crops.h5" if c.query_crops else "copies.h5")
         options = replace(c.extraction, crops=c.query_crops)
         if not is_complete(raw, copy_images, extraction_config(self.model, options.scales, options.flip,
@@ -400,9 +429,7 @@ class Pipeline:
         described = raw
         if c.pca_dim and c.matching_whitened:
             described = folder / f"{raw.stem}_pca{c.pca_dim}.h5"
-            pca = self.descriptors / f"pca{c.pca_dim}.npz"
-            if not _fresh([described], [raw, pca]):
-                apply_pca_file(pca, raw, described)
+            self._whiten_file(self.descriptors / f"pca{c.pca_dim}.npz", raw, described)
         copy_ids, copy_x, _ = read_descriptors(described, views=True)
         reference_ids, reference_x, _ = read_descriptors(self._matching_references(files), views=True)
         training_ids, training_x, _ = read_descriptors(files["training"], split="training")
@@ -415,23 +442,42 @@ class Pipeline:
                options=c.verify, cache=self.work / "verify-cache", quiet=c.quiet)
         return read_evidence(evidence_path(output))
 
+    def _copies(self, sources: dict[str, Path], folder: Path) -> dict[str, Path]:
+        """The edited copies of ``sources``, made again when the sources changed: make_copies keeps a copy already
+        written, whose edit was drawn for its rank among the sources of its run."""
+        listed = folder.with_suffix(".json")  # which copy is of which source: what the record is kept beside
+        wanted = self._made_from({"copies": len(sources)}, sources.values())
+        if wanted.why_redo(listed):
+            shutil.rmtree(folder, ignore_errors=True)
+            copies = make_copies(sources, folder)
+            write_json(listed, {copy_id: path.name for copy_id, path in copies.items()})
+            wanted.record(listed)
+            return copies
+        return make_copies(sources, folder)  # each copy is there (or made again as it was): their paths
+
     def verify(self, predictions: Path, phase: int, combiner: Combiner) -> Path:
         """The predictions with each query's best candidates verified by local features and re-scored."""
         c = self.config
         began = time.perf_counter()
         output = self.work / f"predictions_phase{phase}_verified.csv"
-        calibration = [self.work / "calibration.json"] if c.calibration is None else [Path(c.calibration)]
-        inputs = [predictions, *(p for p in calibration if p.is_file())]
-        if _fresh([output, evidence_path(output)], inputs):
+        # a fitted calibration by its file; the fixed bonus by its weights
+        calibrated = isinstance(combiner, Calibration)
+        calibration = Path(c.calibration) if c.calibration is not None else self.work / "calibration.json"
+        wanted = self._made_from({**calibration_conditions(c.verify, None),
+                                  "combiner": "calibration" if calibrated else repr(combiner)},
+                                 [predictions, *([calibration] if calibrated else [])])
+        why = wanted.why_redo(output, evidence_path(output))
+        if not why:
             self._step("verify", f"phase {phase}", None, began, True, "up to date", [output])
             return output
         queries = self.images("query")[f"query_phase{phase}"]
         result = verify(read_predictions(predictions), queries, self.images("reference")["reference"], output,
                         options=c.verify, cache=self.work / "verify-cache", combiner=combiner, quiet=c.quiet)
+        wanted.record(output)
         broken = f", {len(result.broken)} broken images" if result.broken else ""
         self._step("verify", f"phase {phase}", result.queries, began, False,
-                   f"{result.pairs:,} pairs (k {c.verify.k}) at {result.pairs_per_second} pairs/s, "
-                   f"{result.described:,} images described, {result.cached:,} cached{broken}", [output])
+                   _redone(why, f"{result.pairs:,} pairs (k {c.verify.k}) at {result.pairs_per_second} pairs/s, "
+                           f"{result.described:,} images described, {result.cached:,} cached{broken}"), [output])
         return output
 
     def submit(self, files: dict[str, Path], matching_files: dict[str, Path], phase: int, predictions: Path,
@@ -443,37 +489,49 @@ class Pipeline:
         expected_queries = expected_queries if expected_queries.is_file() else None
         expected_references = expected_references if expected_references.is_file() else None
 
+        # made from the predictions and descriptors, not from the metadata (rewritten by each download): the
+        # metadata chooses the images, so a change there changes the descriptors
         began = time.perf_counter()
         matching = default_submission_path(c.submissions, "matching", phase)
-        fresh = _fresh([matching, manifest_path(matching)], [predictions])
-        if not fresh:
-            query = self._matching_queries(matching_files, phase)
-            sources = [*([query] if query else []), self._matching_references(matching_files),
-                       *([matching_files["training"]] if "training" in matching_files else [])]
+        query = self._matching_queries(matching_files, phase)
+        sources = [*([query] if query else []), self._matching_references(matching_files),
+                   *([matching_files["training"]] if "training" in matching_files else [])]
+        wanted = self._made_from({"phase": phase, "verified": c.verify is not None},
+                                 [predictions, *sources])
+        why = wanted.why_redo(matching, manifest_path(matching))
+        if why:
             submit_matching(predictions, phase, matching, expected_queries, expected_references, sources)
-        self._step("submit", f"phase {phase} matching", None, began, fresh, "up to date" if fresh else "valid",
-                   [matching])
+            wanted.record(matching)
+        self._step("submit", f"phase {phase} matching", None, began, not why,
+                   _redone(why, "valid") if why else "up to date", [matching])
 
         began = time.perf_counter()
         query, reference = files[f"query_phase{phase}"], files["reference"]
         dimension = int(read_descriptor_attrs(query)["dimension"])
-        descriptors = None
+        descriptors = default_submission_path(c.submissions, "descriptors", phase)
+        # a file left by a run of other settings is kept, but never taken for this run's
+        earlier = f"; {descriptors.name} there is an earlier run's, with other settings" if descriptors.is_file() else ""
         if dimension > DESCRIPTOR_TRACK_MAX_DIM:
             self._step("submit", f"phase {phase} descriptors", None, began, True,
-                       f"not made: {dimension} dimensions, the track allows {DESCRIPTOR_TRACK_MAX_DIM} (the PCA dimension)")
+                       f"not made: {dimension} dimensions, the track allows {DESCRIPTOR_TRACK_MAX_DIM} "
+                       f"(the PCA dimension){earlier}")
+            descriptors = None
         elif c.limit is not None:
             self._step("submit", f"phase {phase} descriptors", None, began, True,
-                       "not made: an image limit selects a subset, the track needs every query and reference")
+                       f"not made: an image limit selects a subset, the track needs every query and reference{earlier}")
+            descriptors = None
         else:
-            descriptors = default_submission_path(c.submissions, "descriptors", phase)
             phase1 = default_submission_path(c.submissions, "descriptors", 1) if phase == 2 else None
             phase1 = phase1 if phase1 and phase1.is_file() else None  # the reference the phase-2 file must reuse
-            fresh = _fresh([descriptors, manifest_path(descriptors)], [query, reference, *filter(None, [phase1])])
-            if not fresh:
+            wanted = self._made_from({"phase": phase, "PCA dimension": c.pca_dim},
+                                     [query, reference, *filter(None, [phase1])])
+            why = wanted.why_redo(descriptors, manifest_path(descriptors))
+            if why:
                 submit_descriptors(query, reference, phase, descriptors, expected_queries, expected_references, phase1)
+                wanted.record(descriptors)
             reuse = ", phase-1 references reused" if phase1 else ""
-            self._step("submit", f"phase {phase} descriptors", None, began, fresh,
-                       ("up to date" if fresh else "valid") + reuse, [descriptors])
+            self._step("submit", f"phase {phase} descriptors", None, began, not why,
+                       (_redone(why, "valid") if why else "up to date") + reuse, [descriptors])
 
         if ground_truth is not None:
             self.evaluate(phase, {"matching": matching, "descriptors": descriptors}, ground_truth)

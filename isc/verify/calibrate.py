@@ -118,10 +118,6 @@ class Calibration:
         standardised = (pair_features(evidence) - np.asarray(self.mean)) / np.asarray(self.std)
         return standardised @ np.asarray(self.weights) + self.bias
 
-    def made_for(self, conditions: Mapping[str, object]) -> bool:
-        """Whether the calibration was fitted under exactly ``conditions``."""
-        return _canonical(self.conditions) == _canonical(conditions)
-
     def check_conditions(self, conditions: Mapping[str, object], source: str | Path) -> None:
         """Refuse evidence made with other settings than the calibration's (one line naming the first)."""
         for key, wanted in self.conditions.items():
