@@ -50,8 +50,9 @@ inliers, inlier_ratio, transform: the fitted model's matrix row by row, query pi
 error, new_score) and OUT.csv.provenance.json (options, inputs, counts).
 
 feature cache: one .npz per image (keypoints, uint8 SIFT descriptors) under CACHE/<options>/, keyed by id
-and file stamp (size, modification and change time, inode); an image is described once, later runs (and a
-killed run run again) reuse it, a changed file is described again.
+and file stamp (size, modification and change time, inode, a digest of its first and last 4 KiB); an image
+is described once, later runs (and a killed run run again) reuse it, a changed file is described again, and
+a damaged entry counts as missing (described again, said once).
 
 examples:
   isc-verify predictions.csv --data data/ -o verified.csv
