@@ -18,7 +18,7 @@ from isc.cli.options import (
     model_choice,
     search_options,
 )
-from isc.core.competition import PHASES
+from isc.core.competition import PHASES, SPLITS, split_folder
 from isc.core.files import InputError
 from isc.download import s3
 from isc.pipeline.demo import DEMO_IMAGE_SIZE, run_demo
@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
         calibration=Path(args.calibration) if args.calibration else None, calibration_copies=args.calibration_copies,
     )
     check_outputs(inputs=[args.checkpoint, *args.gt, args.calibration], outputs=planned_outputs(config),
-                  folders=[work, submissions])
+                  folders=[work, submissions],
+                  image_folders=[split_folder(args.data, split) for split in SPLITS] if args.data else ())
     summary = run_demo(config) if args.demo else Pipeline(config).run()
     if args.json:
         print(json.dumps({"steps": [vars(step) for step in summary.steps], "metrics": summary.metrics}))

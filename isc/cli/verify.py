@@ -20,11 +20,11 @@ from isc.cli.common import (
     run_command,
 )
 from isc.cli.options import PREDICTIONS_HELP
+from isc.core.competition import split_folder
 from isc.core.descriptors import provenance_path
 from isc.core.files import InputError
 from isc.core.partial_log import NoImageRead
 from isc.core.tables import read_ground_truth, read_predictions
-from isc.core.competition import split_folder
 from isc.extract.image_files import list_images, list_split_images
 from isc.verify.calibrate import Calibration, calibrate, ground_truth_labels
 from isc.verify.local_features import GEOMETRIES, VerifyOptions
