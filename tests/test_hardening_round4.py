@@ -129,8 +129,8 @@ def test_extract_and_report_refuse_an_output_over_an_image(dataset, tmp_path):
     before = image.read_bytes()
     done = cli("extract", "--images", dataset / "reference_images", "-o", image, "--model", "pdq", "--quiet")
     assert done.returncode == 2
-    assert done.stderr == error_of("extract", f"output {image} is the input image {image}: writing it would "
-                                   "destroy the input")
+    assert done.stderr == error_of("extract", f"output {image} is the input {image}: writing it would destroy the "
+                                   "input")
     gt = tmp_path / "gt.csv"
     gt.write_text("query_id,reference_id\nQ00000,R000000\n")
     done = cli("report", dataset / "pred.csv", "--gt", gt, "--data", dataset, "-o", image)

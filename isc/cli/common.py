@@ -220,8 +220,8 @@ def _check_image_inputs(outputs: list[PathArg], images: Iterable[PathArg], image
     if existing:  # an output that does not exist yet is no image: the (maybe million) images are not looked at
         parents: dict[str, str] = {}
         read = {_entry(image, parents): image for image in images if image is not None}
-        for path in existing:
-            image = read.get(_entry(path, parents))
+        for path in existing:  # the output's own name, or the file a symbolic link of that name leads to
+            image = read.get(_entry(path, parents)) or read.get(_entry(_resolved(path), parents))
             if image is not None:
                 raise InputError(f"output {path} is the input image {image}: writing it would destroy the input")
     roots = [(folder, _resolved(folder)) for folder in image_folders if folder is not None]

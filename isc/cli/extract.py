@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -115,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
     images = _images(args)
     listing = args.images if args.images and not Path(args.images).is_dir() else None
     # an output that does not exist yet cannot be an input: resolving a million image paths is then skipped
-    check_outputs(inputs=[listing, args.checkpoint], outputs=[args.output], images=images.values(),
+    # an output that does not exist yet cannot be an input: resolving a million image paths is then skipped
+    check_outputs(inputs=[listing, args.checkpoint, *(images.values() if os.path.lexists(args.output) else ())],
+                  outputs=[args.output],
                   image_folders=[args.images if args.images and listing is None else None,
                                  split_folder(args.data, args.split) if args.split else None])
     extraction = extract_options(
