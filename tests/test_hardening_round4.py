@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from isc.core.descriptors import read_descriptor_attrs
 from isc.verify.calibrate import calibrate
 from isc.verify.local_features import VerifyOptions
 from isc.verify.verification import calibration_conditions
@@ -91,9 +92,9 @@ def test_verify_never_writes_over_a_query_image(dataset, tmp_path):
     new = dataset / "query_images" / "new.jpg"
     done = cli("verify", dataset / "pred.csv", "--data", dataset, "-o", new, "--cache", tmp_path / "cache")
     assert done.returncode == 2 and not new.exists()
-    assert done.stderr == error_of("verify", f"output {new} would lie in the input image folder "
-                                   f"{dataset / 'query_images'} with an image suffix (.jpg): a later run would read "
-                                   "it as an image, write it elsewhere")
+    assert done.stderr == error_of("verify", f"output {new} would be an image of the input image folder "
+                                   f"{dataset / 'query_images'} (suffix .jpg): write it elsewhere, or with another "
+                                   "suffix")
 
 
 def test_find_never_writes_over_an_image_nor_its_report(folders, tmp_path):
@@ -112,18 +113,18 @@ def test_find_never_writes_over_an_image_nor_its_report(folders, tmp_path):
     assert not (tmp_path / "c").exists() and not (tmp_path / "m.csv").exists()
 
 
-def test_an_existing_file_inside_an_image_folder_is_refused(folders, tmp_path):
-    notes = folders / "real" / "notes.txt"
-    notes.write_text("mine")
+def test_an_image_suffix_inside_an_image_folder_is_refused_another_file_written(folders, tmp_path):
+    """Every name with an image suffix is listed (a broken one too): such an output would be read next run; a
+    file of another suffix (an earlier run's output) is no image any listing reads."""
+    notes = folders / "real" / "notes.json"
+    notes.write_text("an earlier run's")
     try:
-        done = cli("find", folders / "real", "-o", notes, "--model", "pdq", "--cache", tmp_path / "c")
-        assert done.returncode == 2 and notes.read_text() == "mine"
-        assert done.stderr == error_of("find", f"output {notes} already exists in the input image folder "
-                                       f"{folders / 'real'}: it may be an image read, write the output elsewhere")
+        done = cli("find", folders / "real", "-o", notes, "--model", "pdq", "--cache", tmp_path / "c", "--quiet")
+        assert done.returncode == 0, done.stderr
+        assert "pairs" in json.loads(notes.read_text())
     finally:
         notes.unlink()
-
-
+    assert sorted(p.name for p in (folders / "real").iterdir()) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "r"]
 def test_extract_and_report_refuse_an_output_over_an_image(dataset, tmp_path):
     image = dataset / "reference_images" / "R000001.jpg"
     before = image.read_bytes()
@@ -135,8 +136,8 @@ def test_extract_and_report_refuse_an_output_over_an_image(dataset, tmp_path):
     gt.write_text("query_id,reference_id\nQ00000,R000000\n")
     done = cli("report", dataset / "pred.csv", "--gt", gt, "--data", dataset, "-o", image)
     assert done.returncode == 2
-    assert done.stderr == error_of("report", f"output {image} already exists in the input image folder {dataset}: "
-                                   "it may be an image read, write the output elsewhere")
+    assert done.stderr == error_of("report", f"output {image} is an image of the input image folder {dataset} "
+                                   "(suffix .jpg): write it elsewhere, or with another suffix")
     assert image.read_bytes() == before
 
 
@@ -319,3 +320,25 @@ def test_find_cache_sees_changed_and_deleted_images(folders, tmp_path):
     pd.testing.assert_frame_equal(cached, fresh)
     assert not cached.equals(before[before["query_id"] != "chelsea"].reset_index(drop=True))
     assert "chelsea" not in set(cached["query_id"]) | set(cached["reference_id"])
+
+
+def test_find_cache_sees_another_checkpoint_under_the_same_name(folders, tmp_path):
+    import torch
+
+    from isc.models import create_model
+    from isc.models.checkpoints import save_checkpoint
+
+    checkpoint = tmp_path / "model.pt"
+    model = create_model("resnet10t", dim=8, image_size=32, pretrained=False)
+    save_checkpoint(model, checkpoint)
+    args = [folders / "real", "--checkpoint", checkpoint, "--device", "cpu", "--workers", "0", "--threshold", "-1",
+            "--no-crops", "--quiet", "--cache", tmp_path / "c"]
+    assert cli("find", *args, "-o", tmp_path / "before.csv").returncode == 0
+    with torch.no_grad():
+        model.net.head.projection.weight.mul_(-1)
+    save_checkpoint(model, checkpoint)  # the same model name and path, other weights
+    assert cli("find", *args, "-o", tmp_path / "after.csv").returncode == 0
+    # the cache now holds the new weights' descriptors (two torch runs: the model under test is a real network)
+    assert read_descriptor_attrs(tmp_path / "c" / "folder_resnet10t.h5")["model_fingerprint"] == model.fingerprint()
+    before, after = (pd.read_csv(tmp_path / f"{name}.csv") for name in ("before", "after"))
+    assert not after["score"].equals(before["score"])

@@ -214,8 +214,9 @@ def _entry(path: PathArg, parents: dict[str, str]) -> tuple[str, str]:
 
 
 def _check_image_inputs(outputs: list[PathArg], images: Iterable[PathArg], image_folders: Iterable[PathArg]) -> None:
-    """Refuse an output that is one of the ``images`` read, or that lies in an input image folder and either
-    exists already (it may be an image read) or has an image suffix (the folder's next listing would read it)."""
+    """Refuse an output that is one of the ``images`` read, or that lies in an input image folder with an image
+    suffix: an image of the folder, or listed by its next listing (which takes every such name, broken or not).
+    Another file there is no image any listing reads (a report of an earlier run): it may be written."""
     existing = [path for path in outputs if os.path.lexists(os.path.expanduser(os.fspath(path)))]
     if existing:  # an output that does not exist yet is no image: the (maybe million) images are not looked at
         parents: dict[str, str] = {}
@@ -230,12 +231,10 @@ def _check_image_inputs(outputs: list[PathArg], images: Iterable[PathArg], image
         folder = next((given for given, root in roots if root in resolved.parents), None)
         if folder is None:
             continue
-        if os.path.lexists(os.path.expanduser(os.fspath(path))):
-            raise InputError(f"output {path} already exists in the input image folder {folder}: it may be an image "
-                             "read, write the output elsewhere")
         if resolved.suffix.lower() in IMAGE_SUFFIXES and not resolved.name.startswith("."):
-            raise InputError(f"output {path} would lie in the input image folder {folder} with an image suffix "
-                             f"({resolved.suffix}): a later run would read it as an image, write it elsewhere")
+            being = "is" if os.path.lexists(os.path.expanduser(os.fspath(path))) else "would be"
+            raise InputError(f"output {path} {being} an image of the input image folder {folder} (suffix "
+                             f"{resolved.suffix}): write it elsewhere, or with another suffix")
 
 
 def check_outputs(
@@ -250,7 +249,7 @@ def check_outputs(
     ``inputs``: files read (None entries ignored); ``outputs``: files written; ``folders``: output folders,
     refused when they are an existing file or when an input lies at the very same path; ``images``: the image
     files read (only looked at when an output exists already); ``image_folders``: folders whose images are read
-    (searched recursively), where an output is refused unless it is a new file that no listing takes for an image.
+    (searched recursively), where an output with an image suffix is refused.
     """
     inputs, outputs, folders = [p for p in inputs if p is not None], list(outputs), list(folders)
     seen_inputs = {_resolved(p): str(p) for p in inputs}

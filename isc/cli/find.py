@@ -34,9 +34,9 @@ image) and lower; the default is then {DEFAULT_THRESHOLD_NORMALISED} (precision 
 outputs: a .csv output lists the pairs (query_id,reference_id,score,query_path,reference_path, best
 first), and the unreadable images (path,reason) in OUT.unreadable.csv; a .json output holds the groups
 (connected components of the pairs, lists of paths, largest first), the pairs, the settings and the
-unreadable images. In one folder each pair is listed once; an image never matches itself, nor a file
-the same file under another path (a folder inside the other). An output inside an image folder must be
-a new file without an image suffix.
+unreadable images. In one folder each pair is listed once; an image never matches itself, nor the same
+file under another path (a folder inside the other). An output inside an image folder must not have an
+image suffix.
 
 examples:
   isc-find queries/ references/ -o matches.csv --report matches.html
