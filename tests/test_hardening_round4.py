@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from skimage import data
 
 from isc.core.descriptors import read_descriptor_attrs
+from isc.synth.draw import base_image
 from isc.verify.calibrate import calibrate
 from isc.verify.local_features import VerifyOptions
 from isc.verify.verification import calibration_conditions
@@ -35,9 +35,8 @@ def error_of(command: str, message: str) -> str:
 
 
 def _photo(name: str, size: int = 128) -> Image.Image:
-    image = Image.fromarray(getattr(data, name)()).convert("RGB")
-    image.thumbnail((size, size))
-    return image
+    """A procedural photo named ``name`` (its seed), long side ``size``."""
+    return base_image(np.random.default_rng(list(name.encode())), size, size)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +62,8 @@ def folders(tmp_path_factory) -> Path:
     for name in PHOTOS:
         photo = _photo(name, 96)
         photo.save(root / "real" / f"{name}.jpg", quality=90)
-        photo.crop((4, 4, 92, 70)).save(root / "real" / "r" / f"{name} crop.jpg", quality=90)
+        photo.crop((4, 4, photo.width - 4, photo.height * 3 // 4)).save(root / "real" / "r" / f"{name} crop.jpg",
+                                                                         quality=90)
     return root
 
 
@@ -342,3 +342,11 @@ def test_find_cache_sees_another_checkpoint_under_the_same_name(folders, tmp_pat
     assert read_descriptor_attrs(tmp_path / "c" / "folder_resnet10t.h5")["model_fingerprint"] == model.fingerprint()
     before, after = (pd.read_csv(tmp_path / f"{name}.csv") for name in ("before", "after"))
     assert not after["score"].equals(before["score"])
+
+
+def test_run_checks_a_given_calibration_before_any_step(tmp_path):
+    calibration = tmp_path / "cal.json"
+    calibration.write_text(json.dumps({"format": "isc-calibration", "version": 1}))
+    done = cli("run", tmp_path / "work", "--data", tmp_path / "data", "--model", "pdq", "--calibration", calibration)
+    assert done.returncode == 2 and not (tmp_path / "work").exists()
+    assert done.stderr == error_of("run", f"{calibration}: damaged calibration file (KeyError: 'features')")

@@ -24,6 +24,7 @@ from isc.download import s3
 from isc.pipeline.demo import DEMO_IMAGE_SIZE, run_demo
 from isc.pipeline.run import Pipeline, RunConfig, planned_outputs
 from isc.submit.manifest import SUBMISSIONS_DIR_ENV, default_submissions_dir
+from isc.verify.calibrate import Calibration
 from isc.verify.local_features import VerifyOptions
 
 EPILOG = """\
@@ -144,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(inputs=[args.checkpoint, *args.gt, args.calibration], outputs=planned_outputs(config),
                   folders=[work, submissions],
                   image_folders=[split_folder(args.data, split) for split in SPLITS] if args.data else ())
+    if args.calibration:  # a bad file refused now, not after the steps before the calibration
+        Calibration.load(args.calibration)
     summary = run_demo(config) if args.demo else Pipeline(config).run()
     if args.json:
         print(json.dumps({"steps": [vars(step) for step in summary.steps], "metrics": summary.metrics}))

@@ -26,6 +26,7 @@ from isc.core.files import InputError
 from isc.core.partial_log import NoImageRead
 from isc.core.tables import read_ground_truth, read_predictions
 from isc.extract.image_files import list_images, list_split_images
+from isc.submit.manifest import read_provenance
 from isc.verify.calibrate import Calibration, calibrate, ground_truth_labels
 from isc.verify.local_features import GEOMETRIES, VerifyOptions
 from isc.verify.verification import (
@@ -144,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     saved_calibration = Path(args.calibration) if args.calibration else calibration_path(output)
     source = provenance_path(args.predictions)
-    search_record = json.loads(source.read_text()) if source.is_file() else None
+    search_record = read_provenance(source) if source.is_file() else None
+    if search_record is not None and not isinstance(search_record, dict):
+        raise InputError(f"{source}: not a provenance record (a JSON object is needed)")
     conditions = calibration_conditions(options, search_record)
     if args.calibration and not args.calibrate_gt:  # a bad calibration is refused before any work
         combiner = Calibration.load(args.calibration)
