@@ -154,6 +154,13 @@ def test_find_never_pairs_a_file_with_itself_across_nested_folders(folders, tmp_
     assert len(pairs) > 0 and not any(same)
     # every query is still searched: the 3 photos and the 3 crops (each against the 2 other crops)
     assert pairs["query_id"].nunique() == 6
+    lone = tmp_path / "lone"  # a lone reference, inside the queries: no search is left for its own query
+    (lone / "r").mkdir(parents=True)
+    shutil.copy(folders / "real" / "coffee.jpg", lone / "r")
+    shutil.copy(folders / "real" / "chelsea.jpg", lone)
+    done = cli("find", lone, lone / "r", "-o", out, "--model", "pdq", "--threshold", "-1", "--no-crops", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert pd.read_csv(out)[["query_id", "reference_id"]].values.tolist() == [["chelsea", "coffee"]]
 
 
 def test_find_lists_unreadable_files(folders, tmp_path):

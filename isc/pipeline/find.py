@@ -141,11 +141,13 @@ def candidate_pairs(
         query_ids = [f"r{same_files[i]}" if i in same_files else f"q{i}" for i in queries.ids]
         original = dict(zip(query_ids, queries.ids, strict=True))
         reference_ids = [f"r{i}" for i in reference_ids]
+    # a lone reference leaves nothing to search in place of a query's own file: that pair is dropped below
+    exclude_self = same_images or (bool(same_files) and len(reference_ids) > 1)
     found = search(query_ids, queries.descriptors, reference_ids, reference, options, training=training_x,
-                   max_results=len(queries.ids) * options.k, exclude_self=same_images or bool(same_files),
-                   quiet=quiet)
+                   max_results=len(queries.ids) * options.k, exclude_self=exclude_self, quiet=quiet)
     if same_files:
         found = found.assign(query_id=found["query_id"].map(original), reference_id=found["reference_id"].str[1:])
+        found = found[found["query_id"].map(same_files) != found["reference_id"]].reset_index(drop=True)
     return found
 
 
