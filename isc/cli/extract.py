@@ -116,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
     images = _images(args)
     listing = args.images if args.images and not Path(args.images).is_dir() else None
     # an output that does not exist yet cannot be an input: resolving a million image paths is then skipped
-    # an output that does not exist yet cannot be an input: resolving a million image paths is then skipped
     check_outputs(inputs=[listing, args.checkpoint, *(images.values() if os.path.lexists(args.output) else ())],
                   outputs=[args.output],
                   image_folders=[args.images if args.images and listing is None else None,

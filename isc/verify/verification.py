@@ -56,7 +56,7 @@ def _start_worker() -> None:
 
 
 def _features_task(args: tuple[Path, str, Path, tuple[int, ...], VerifyOptions]) -> tuple[str, bool, str, int]:
-    """(id, whether it was described now, why it is broken or '', whether its cache entry was damaged): the
+    """(id, whether it was described now, why it is broken or '', 1 when its cache entry was damaged): the
     cached features of one image, made and cached when missing or damaged."""
     cache_root, image_id, path, stamp, options = args
     cache = FeatureCache(cache_root, options)
