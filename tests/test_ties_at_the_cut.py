@@ -85,7 +85,7 @@ def test_matching_cut_keeps_tied_pairs_by_query_then_reference_id():
     indices = np.stack([rng.choice(50, 5, replace=False) for _ in range(20)])
     expected = sorted((-float(scores[q, j]), query_ids[q], reference_ids[indices[q, j]])
                       for q in range(20) for j in range(5))[:37]
-    assert expected[36][0] == sorted((-s for s in scores.ravel()))[37], "the cut must fall inside a tie"
+    assert expected[36][0] == sorted(-s for s in scores.ravel())[37], "the cut must fall inside a tie"
     for seed in range(3):
         order = np.random.default_rng(seed).permutation(20)
         pairs = top_pairs([query_ids[i] for i in order], reference_ids, scores[order], indices[order], 37)

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from isc.core.files import InputError, SettingError, check_parent_folders
+from isc.core.files import IMAGE_SUFFIXES, InputError, SettingError, check_parent_folders
 
 PathArg = str | os.PathLike | None
 
@@ -204,15 +204,52 @@ def _same_file(path: PathArg, inputs: Iterable[PathArg]) -> PathArg | None:
     return None
 
 
+def _entry(path: PathArg, parents: dict[str, str]) -> tuple[str, str]:
+    """(the real path of the folder, the name): the directory entry that writing ``path`` replaces (a rename
+    replaces a symlink, not its target); ``parents`` caches the folders' real paths."""
+    folder, name = os.path.split(os.path.expanduser(os.fspath(path)))
+    if folder not in parents:
+        parents[folder] = os.path.realpath(folder or ".")
+    return parents[folder], name
+
+
+def _check_image_inputs(outputs: list[PathArg], images: Iterable[PathArg], image_folders: Iterable[PathArg]) -> None:
+    """Refuse an output that is one of the ``images`` read, or that lies in an input image folder with an image
+    suffix: an image of the folder, or listed by its next listing (which takes every such name, broken or not).
+    Another file there is no image any listing reads (a report of an earlier run): it may be written."""
+    existing = [path for path in outputs if os.path.lexists(os.path.expanduser(os.fspath(path)))]
+    if existing:  # an output that does not exist yet is no image: the (maybe million) images are not looked at
+        parents: dict[str, str] = {}
+        read = {_entry(image, parents): image for image in images if image is not None}
+        for path in existing:  # the output's own name, or the file a symbolic link of that name leads to
+            image = read.get(_entry(path, parents)) or read.get(_entry(_resolved(path), parents))
+            if image is not None:
+                raise InputError(f"output {path} is the input image {image}: writing it would destroy the input")
+    roots = [(folder, _resolved(folder)) for folder in image_folders if folder is not None]
+    for path in outputs:
+        resolved = Path(_entry(path, {})[0], Path(path).name)
+        folder = next((given for given, root in roots if root in resolved.parents), None)
+        if folder is None:
+            continue
+        if resolved.suffix.lower() in IMAGE_SUFFIXES and not resolved.name.startswith("."):
+            being = "is" if os.path.lexists(os.path.expanduser(os.fspath(path))) else "would be"
+            raise InputError(f"output {path} {being} an image of the input image folder {folder} (suffix "
+                             f"{resolved.suffix}): write it elsewhere, or with another suffix")
+
+
 def check_outputs(
     inputs: Iterable[PathArg] = (),
     outputs: Iterable[PathArg] = (),
     folders: Iterable[PathArg] = (),
+    images: Iterable[PathArg] = (),
+    image_folders: Iterable[PathArg] = (),
 ) -> None:
     """Refuse, before any work, an output file that would overwrite an input or another output, or that is a folder.
 
     ``inputs``: files read (None entries ignored); ``outputs``: files written; ``folders``: output folders,
-    refused when they are an existing file or when an input lies at the very same path.
+    refused when they are an existing file or when an input lies at the very same path; ``images``: the image
+    files read (only looked at when an output exists already); ``image_folders``: folders whose images are read
+    (searched recursively), where an output with an image suffix is refused.
     """
     inputs, outputs, folders = [p for p in inputs if p is not None], list(outputs), list(folders)
     seen_inputs = {_resolved(p): str(p) for p in inputs}
@@ -245,3 +282,4 @@ def check_outputs(
     for path in outputs:  # after the folders' own check, whose message names the folder given
         if path is not None:
             check_parent_folders(path)
+    _check_image_inputs([path for path in outputs if path is not None], images, image_folders)

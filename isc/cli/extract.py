@@ -117,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
     listing = args.images if args.images and not Path(args.images).is_dir() else None
     # an output that does not exist yet cannot be an input: resolving a million image paths is then skipped
     check_outputs(inputs=[listing, args.checkpoint, *(images.values() if os.path.lexists(args.output) else ())],
-                  outputs=[args.output])
+                  outputs=[args.output],
+                  image_folders=[args.images if args.images and listing is None else None,
+                                 split_folder(args.data, args.split) if args.split else None])
     extraction = extract_options(
         args, decoder=args.decoder, scales=args.scales, flip=args.flip, crops=args.crops,
         half=False if args.fp32 else None, strict=args.strict, resume=not args.restart, max_pixels=args.max_pixels,

@@ -9,12 +9,14 @@ from pathlib import Path
 from isc.cli.common import check_outputs, finite_float, positive_int, run_command
 from isc.cli.options import add_model_options, extract_options, model_choice
 from isc.evaluate.report import write_matches_page
+from isc.extract.image_files import list_images
 from isc.models import create_model
 from isc.pipeline.find import (
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLD_NORMALISED,
     find_copies,
     groups_of,
+    unreadable_path,
     write_matches,
 )
 from isc.search.matching import DEFAULT_K
@@ -30,9 +32,11 @@ images added or changed since. Each query keeps its --k nearest references, and 
 image) and lower; the default is then {DEFAULT_THRESHOLD_NORMALISED} (precision 0.98, recall 0.67 there).
 
 outputs: a .csv output lists the pairs (query_id,reference_id,score,query_path,reference_path, best
-first); a .json output holds the groups (connected components of the pairs, lists of paths, largest
-first), the pairs and the settings. In one folder each pair is listed once and an image never matches
-itself.
+first), and the unreadable images (path,reason) in OUT.unreadable.csv; a .json output holds the groups
+(connected components of the pairs, lists of paths, largest first), the pairs, the settings and the
+unreadable images. In one folder each pair is listed once; an image never matches itself, nor the same
+file under another path (a folder inside the other). An output inside an image folder must not have an
+image suffix.
 
 examples:
   isc-find queries/ references/ -o matches.csv --report matches.html
@@ -80,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     cache = Path(args.cache) if args.cache else output.with_name(output.name + ".cache")
-    check_outputs(inputs=[args.checkpoint], outputs=[args.output, args.report], folders=[cache])
+    sources = [*args.folders, *([args.training] if args.training else [])]
+    lists = [source for source in sources if Path(source).is_file()]  # a list file: the images listed are read
+    sidecar = unreadable_path(output) if output.suffix.lower() != ".json" else None
+    check_outputs(inputs=[args.checkpoint, *lists], outputs=[args.output, args.report, sidecar], folders=[cache],
+                  images=(path for source in sources for path in list_images(source).values()),  # listed if needed
+                  image_folders=[source for source in sources if Path(source).is_dir()])
     extraction = extract_options(args)
     model_name, why = model_choice(args)
     options = {key: value for key, value in {"image_size": args.image_size}.items() if value is not None}
@@ -101,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
         below = found.candidates[found.candidates["score"] < threshold]
         write_matches_page(args.report, found.matches, below, lambda side, i: found.paths[side][i], summary,
                            quiet=args.quiet)
+    unreadable = found.record["unreadable"]
+    if unreadable and not args.quiet:
+        print(f"isc-find: warning: {len(unreadable)} unreadable image(s) left out, listed in "
+              f"{sidecar or output}", file=sys.stderr)
     if not args.quiet:
         groups = f", {len(groups_of(found.matches, True))} groups" if found.same_images else ""
         print(f"isc-find: {summary}{groups}; written to {output}" + (f", report {args.report}" if args.report else ""))

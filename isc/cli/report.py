@@ -55,7 +55,8 @@ def _evidence(args: argparse.Namespace) -> tuple:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_outputs(inputs=[args.predictions, args.gt, args.evidence], outputs=[args.output, args.png])
+    check_outputs(inputs=[args.predictions, args.gt, args.evidence], outputs=[args.output, args.png],
+                  image_folders=[args.data])
     predictions, ground_truth = read_inputs(args)
     evidence, verify_options = _evidence(args)
     report = build_report(

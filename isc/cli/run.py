@@ -18,12 +18,13 @@ from isc.cli.options import (
     model_choice,
     search_options,
 )
-from isc.core.competition import PHASES
+from isc.core.competition import PHASES, SPLITS, split_folder
 from isc.core.files import InputError
 from isc.download import s3
 from isc.pipeline.demo import DEMO_IMAGE_SIZE, run_demo
 from isc.pipeline.run import Pipeline, RunConfig, planned_outputs
 from isc.submit.manifest import SUBMISSIONS_DIR_ENV, default_submissions_dir
+from isc.verify.calibrate import Calibration
 from isc.verify.local_features import VerifyOptions
 
 EPILOG = """\
@@ -143,7 +144,10 @@ def run(args: argparse.Namespace) -> int:
         calibration=Path(args.calibration) if args.calibration else None, calibration_copies=args.calibration_copies,
     )
     check_outputs(inputs=[args.checkpoint, *args.gt, args.calibration], outputs=planned_outputs(config),
-                  folders=[work, submissions])
+                  folders=[work, submissions],
+                  image_folders=[split_folder(args.data, split) for split in SPLITS] if args.data else ())
+    if args.calibration:  # a bad file refused now, not after the steps before the calibration
+        Calibration.load(args.calibration)
     summary = run_demo(config) if args.demo else Pipeline(config).run()
     if args.json:
         print(json.dumps({"steps": [vars(step) for step in summary.steps], "metrics": summary.metrics}))

@@ -20,11 +20,13 @@ from isc.cli.common import (
     run_command,
 )
 from isc.cli.options import PREDICTIONS_HELP
+from isc.core.competition import split_folder
 from isc.core.descriptors import provenance_path
 from isc.core.files import InputError
 from isc.core.partial_log import NoImageRead
 from isc.core.tables import read_ground_truth, read_predictions
 from isc.extract.image_files import list_images, list_split_images
+from isc.submit.manifest import read_provenance
 from isc.verify.calibrate import Calibration, calibrate, ground_truth_labels
 from isc.verify.local_features import GEOMETRIES, VerifyOptions
 from isc.verify.verification import (
@@ -49,8 +51,9 @@ inliers, inlier_ratio, transform: the fitted model's matrix row by row, query pi
 error, new_score) and OUT.csv.provenance.json (options, inputs, counts).
 
 feature cache: one .npz per image (keypoints, uint8 SIFT descriptors) under CACHE/<options>/, keyed by id
-and file stamp (size, modification and change time, inode); an image is described once, later runs (and a
-killed run run again) reuse it, a changed file is described again.
+and file stamp (size, modification and change time, inode, a digest of its first and last 4 KiB); an image
+is described once, later runs (and a killed run run again) reuse it, a changed file is described again, and
+a damaged entry counts as missing (described again, said once).
 
 examples:
   isc-verify predictions.csv --data data/ -o verified.csv
@@ -105,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration", metavar="FILE.json",
                         help="combine with this calibration instead of the inlier bonus; with --calibrate-gt, where "
                         "the fitted one is saved (default OUT.calibration.json)")
+    parser.add_argument("--assume-same-model", action="store_true",
+                        help="apply --calibration to predictions without a provenance sidecar, whose descriptor model "
+                        "cannot be checked against the calibration's: scores of another model are re-scored wrongly")
     parser.add_argument("--calibrate-gt", metavar="GT.csv",
                         help="fit the combination on this run's pairs whose query the ground truth covers (such as "
                         "phase 1's public ground truth), save it and re-score with it")
@@ -118,13 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _images(args: argparse.Namespace, split: str) -> dict[str, Path]:
+def _images(args: argparse.Namespace, split: str) -> tuple[dict[str, Path], Path | None]:
+    """(the images of ``split``, the folder listed for them, None for a list file)."""
     given = args.queries if split == "query" else args.references
     if given:
-        return list_images(given)
+        return list_images(given), Path(given) if Path(given).is_dir() else None
     if not args.data:
         raise InputError(f"the {split} images are needed: --data ROOT or --{'queries' if split == 'query' else 'references'}")
-    return list_split_images(args.data, split)
+    return list_split_images(args.data, split), split_folder(args.data, split)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,18 +139,27 @@ def run(args: argparse.Namespace) -> int:
                             args.workers).check()
     if (args.calibration or args.calibrate_gt) and (args.weight is not None or args.cap is not None):
         raise InputError("--weight and --cap set the fixed inlier bonus, which a calibration replaces")
+    if args.assume_same_model and not (args.calibration and not args.calibrate_gt):
+        raise InputError("--assume-same-model applies a given --calibration (without --calibrate-gt)")
     combiner = InlierBonus(*[value for value in (args.weight, args.cap) if value is not None])
     output = Path(args.output)
     saved_calibration = Path(args.calibration) if args.calibration else calibration_path(output)
-    check_outputs(inputs=[args.predictions, provenance_path(args.predictions),
-                          *([args.calibrate_gt] if args.calibrate_gt else [])],
+    source = provenance_path(args.predictions)
+    search_record = read_provenance(source) if source.is_file() else None
+    if search_record is not None and not isinstance(search_record, dict):
+        raise InputError(f"{source}: not a provenance record (a JSON object is needed)")
+    conditions = calibration_conditions(options, search_record)
+    if args.calibration and not args.calibrate_gt:  # a bad calibration is refused before any work
+        combiner = Calibration.load(args.calibration)
+        combiner.check_conditions(conditions, args.calibration, args.assume_same_model)
+    (queries, query_folder), (references, reference_folder) = _images(args, "query"), _images(args, "reference")
+    check_outputs(inputs=[args.predictions, source, *([args.calibrate_gt] if args.calibrate_gt else []),
+                          *([args.calibration] if args.calibration and not args.calibrate_gt else [])],
                   outputs=[output, evidence_path(output), provenance_path(output),
                            *([saved_calibration] if args.calibrate_gt else [])],
-                  folders=[args.cache or default_cache(output)])
+                  folders=[args.cache or default_cache(output)],
+                  images=[*queries.values(), *references.values()], image_folders=[query_folder, reference_folder])
     predictions = read_predictions(args.predictions)
-    source = provenance_path(args.predictions)
-    search_record = json.loads(source.read_text()) if source.is_file() else None
-    conditions = calibration_conditions(options, search_record)
     fit = None
     if args.calibrate_gt:
         ground_truth = read_ground_truth(args.calibrate_gt)
@@ -154,10 +170,6 @@ def run(args: argparse.Namespace) -> int:
                                conditions)
             fitted.save(saved_calibration)
             return fitted
-    elif args.calibration:
-        combiner = Calibration.load(args.calibration)
-        combiner.check_conditions(conditions, args.calibration)
-    queries, references = _images(args, "query"), _images(args, "reference")
     try:
         result = verify(
             predictions, queries, references, output, options=options, cache=args.cache, combiner=combiner, fit=fit,

@@ -210,9 +210,12 @@ def extract(
     # a model no GPU runs (PDQ; ONNX without onnxruntime's CUDA provider) stays on the CPU unless told: on the
     # pixel path it then runs without torch
     device = device_name(options.device if options.device or model.gpu_capable else "cpu")
-    rank, world, started = join_process_group(device)
     on_gpu = device.startswith("cuda")
     decoder = decoder or ("torchvision" if on_gpu and not model.takes_pixels else "pil")
+    if options.decode_processes and decoder != "torchvision":  # refused, not ignored: pil decodes in its workers
+        raise SettingError("decode_processes", f"needs the torchvision decoder, and this run decodes with {decoder} "
+                           "(whose decoding runs in the worker processes)")
+    rank, world, started = join_process_group(device)
     pixels = decoder == "pil" and model.takes_pixels
     if workers is None:
         cores = os.cpu_count() or 1

@@ -16,6 +16,8 @@ applies to its score."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,6 +50,7 @@ class Described:
     descriptors: np.ndarray
     views: int
     described: int  # images described by this call, the others read from the cache
+    unreadable: dict[str, str]  # id: why, the images of ``paths`` without descriptors
 
     def full_views(self) -> tuple[list[str], np.ndarray]:
         """One row per image, its full view: (ids, descriptors)."""
@@ -85,12 +88,12 @@ def seed_resume_log(cache: Path, config: Mapping[str, object]) -> bool:
 
 def describe(
     folder: str | Path, cache: str | Path, model: DescriptorModel, extraction: ExtractOptions = ExtractOptions(),
-    quiet: bool = False,
+    quiet: bool = False, images: Mapping[str, Path] | None = None,
 ) -> Described:
-    """The descriptors of every image under ``folder`` (ids: paths relative to it, without suffix), from the
-    cache file ``cache`` where it is up to date, else extracted into it as ``extraction`` says (only new or
-    changed images, the broken ones listed, never refused)."""
-    images = list_images(folder)
+    """The descriptors of every image under ``folder`` (ids: paths relative to it, without suffix; ``images``:
+    its listing when already made), from the cache file ``cache`` where it is up to date, else extracted into it
+    as ``extraction`` says (only new or changed images; the broken ones listed as unreadable, never refused)."""
+    images = dict(list_images(folder) if images is None else images)
     cache = Path(cache)
     config = extraction_config(model, extraction.scales, extraction.flip, extraction.crops)
     processed = 0
@@ -100,20 +103,52 @@ def describe(
                             attrs={"source": str(folder)}).processed
     described = DescriptorFile.read(cache, views=True)
     views = int(described.attrs.get("views_per_id", 1))
-    return Described(images, described.ids, described.descriptors, views, processed)
+    reasons = json.loads(described.attrs.get("broken", "{}"))
+    found = set(described.ids)
+    unreadable = {i: reasons.get(i, "not described") for i in images if i not in found}
+    return Described(images, described.ids, described.descriptors, views, processed, unreadable)
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` leads to: two paths of one file (a link, a folder inside the other)
+    share it; None when it cannot be stat'ed."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def shared_files(images: Mapping[str, Path], others: Mapping[str, Path]) -> dict[str, str]:
+    """``{id in images: id in others}`` of the images that are the very file of one of ``others``."""
+    files = {file_identity(path): other for other, path in sorted(others.items(), reverse=True)}
+    files.pop(None, None)
+    return {image: files[key] for image, path in images.items() if (key := file_identity(path)) in files}
 
 
 def candidate_pairs(
     queries: Described, references: Described, training: Described | None = None, same_images: bool = False,
-    options: SearchOptions = SearchOptions(), quiet: bool = False,
+    options: SearchOptions = SearchOptions(), quiet: bool = False, same_files: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Each query's ``options.k`` nearest references, ``query_id, reference_id, score`` by decreasing score; a
     query with crops scores a pair by its best view; with ``training``, scores are normalised (``options.norm``);
-    ``same_images``: the two sides are one folder, a pair of an image with itself is left out."""
+    ``same_images``: the two sides are one folder, a pair of an image with itself is left out; ``same_files``:
+    ``{query id: reference id}`` of queries that are a reference's very file, whose pair is left out too."""
     reference_ids, reference = references.full_views()
     training_x = None if training is None else training.full_views()[1]
-    return search(queries.ids, queries.descriptors, reference_ids, reference, options, training=training_x,
-                  max_results=len(queries.ids) * options.k, exclude_self=same_images, quiet=quiet)
+    query_ids = queries.ids
+    if same_files:  # one name per file on both sides, so that the search leaves out a file's pair with itself
+        query_ids = [f"r{same_files[i]}" if i in same_files else f"q{i}" for i in queries.ids]
+        original = dict(zip(query_ids, queries.ids, strict=True))
+        reference_ids = [f"r{i}" for i in reference_ids]
+    # a lone reference leaves nothing to search in place of a query's own file: that pair is dropped below
+    exclude_self = same_images or (bool(same_files) and len(reference_ids) > 1)
+    found = search(query_ids, queries.descriptors, reference_ids, reference, options, training=training_x,
+                   max_results=len(queries.ids) * options.k, exclude_self=exclude_self, quiet=quiet)
+    if same_files:
+        found = found.assign(query_id=found["query_id"].map(original), reference_id=found["reference_id"].str[1:])
+        found = found[found["query_id"].map(same_files) != found["reference_id"]].reset_index(drop=True)
+    return found
 
 
 def matches_above(candidates: pd.DataFrame, threshold: float, same_images: bool = False) -> pd.DataFrame:
@@ -147,15 +182,29 @@ def groups_of(matches: pd.DataFrame, same_images: bool = False) -> list[list[tup
     return sorted((sorted(group) for group in members.values()), key=lambda g: (-len(g), g))
 
 
+def unreadable_path(output: str | Path) -> Path:
+    """Where a CSV output's unreadable images are listed: ``OUT.unreadable.csv`` beside ``OUT.csv``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.unreadable.csv")
+
+
 def write_matches(
     path: str | Path, matches: pd.DataFrame, paths: Mapping[str, Mapping[str, Path]], record: Mapping[str, object],
     same_images: bool = False,
 ) -> None:
-    """Write the matches: a ``.json`` file holds ``record``, the groups (lists of image paths) and the pairs;
-    any other suffix a CSV ``query_id,reference_id,score,query_path,reference_path`` (quoted as needed)."""
+    """Write the matches: a ``.json`` file holds ``record`` (its ``unreadable`` images included), the groups
+    (lists of image paths) and the pairs; any other suffix a CSV ``query_id,reference_id,score,query_path,
+    reference_path`` (quoted as needed), with the unreadable images ``path,reason`` in :func:`unreadable_path`
+    when there are any (an older run's list removed when there are none)."""
     table = matches.assign(query_path=[str(paths["query"][i]) for i in matches["query_id"]],
                            reference_path=[str(paths["reference"][i]) for i in matches["reference_id"]])
     if Path(path).suffix.lower() != ".json":
+        unreadable = dict(record.get("unreadable") or {})
+        if unreadable:
+            with atomic_path(unreadable_path(path)) as tmp:
+                pd.DataFrame({"path": list(unreadable), "reason": list(unreadable.values())}).to_csv(tmp, index=False)
+        else:
+            unreadable_path(path).unlink(missing_ok=True)
         with atomic_path(path) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
         return
@@ -190,26 +239,46 @@ def find_copies(
     if len(folders) not in (1, 2):
         raise InputError(f"give one folder, or a query folder and a reference folder, not {len(folders)}")
     same_images = len(folders) == 1 or Path(folders[0]).resolve() == Path(folders[1]).resolve()
+    listed = [list_images(folder) for folder in folders[:1 if same_images else 2]]
+    same_files = {} if same_images else shared_files(listed[0], listed[1])
+    training_images = None if training is None else list_images(training)
+    if training_images is not None:
+        for role, images in zip(("query", "reference"), listed * (2 if same_images else 1), strict=True):
+            shared = shared_files(training_images, images)
+            if shared:
+                raise InputError(f"the training images {training} include {len(shared)} of the {role} images (first "
+                                 f"{images[next(iter(shared.values()))]}): training images must be unrelated to "
+                                 "them, the scores would be normalised by the images' own copies")
     queried, plain = replace(extraction, crops=crops), replace(extraction, crops=False)
     if same_images:
         queries = references = describe(folders[0], cache_path(cache_dir, "folder", model, crops), model, queried,
-                                        quiet)
+                                        quiet, listed[0])
+        if len(queries.ids) // queries.views < 2:
+            raise InputError(f"{folders[0]}: {len(queries.ids) // queries.views} readable image(s) of "
+                             f"{len(queries.paths)}: copies within one folder need at least 2")
     else:
-        queries = describe(folders[0], cache_path(cache_dir, "queries", model, crops), model, queried, quiet)
-        references = describe(folders[1], cache_path(cache_dir, "references", model, False), model, plain, quiet)
+        queries = describe(folders[0], cache_path(cache_dir, "queries", model, crops), model, queried, quiet, listed[0])
+        references = describe(folders[1], cache_path(cache_dir, "references", model, False), model, plain, quiet,
+                              listed[1])
+        same_files = {q: r for q, r in same_files.items() if q not in queries.unreadable
+                      and r not in references.unreadable}
     described_training = None if training is None else describe(
-        training, cache_path(cache_dir, "training", model, False), model, plain, quiet)
+        training, cache_path(cache_dir, "training", model, False), model, plain, quiet, training_images)
     if threshold is None:
         threshold = DEFAULT_THRESHOLD if training is None else DEFAULT_THRESHOLD_NORMALISED
     options = SearchOptions(k=k)
-    candidates = candidate_pairs(queries, references, described_training, same_images, options, quiet)
+    candidates = candidate_pairs(queries, references, described_training, same_images, options, quiet, same_files)
     matches = matches_above(candidates, threshold, same_images)
+    sides = [queries] if same_images else [queries, references]
+    unreadable = {str(side.paths[i]): reason for side in [*sides, *filter(None, [described_training])]
+                  for i, reason in side.unreadable.items()}
     record = {
         "model": model.name, "threshold": threshold, "query_crops": crops, "k": k,
         "score_normalisation": None if training is None else {**options.norm.recorded(), "training": str(training)},
         "folders": [str(f) for f in folders], "queries": len(queries.paths), "references": len(references.paths),
         "described": queries.described + (0 if same_images else references.described)
         + (0 if described_training is None else described_training.described),
+        "unreadable": dict(sorted(unreadable.items())),
     }
     return FindResult(candidates, matches, {"query": queries.paths, "reference": references.paths}, record,
                       same_images)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from isc.core.files import InputError, atomic_path
+from isc.core.files import InputError, SettingError, atomic_path
 
 FORMAT = "isc-calibration"
 VERSION = 1
@@ -118,8 +118,16 @@ class Calibration:
         standardised = (pair_features(evidence) - np.asarray(self.mean)) / np.asarray(self.std)
         return standardised @ np.asarray(self.weights) + self.bias
 
-    def check_conditions(self, conditions: Mapping[str, object], source: str | Path) -> None:
-        """Refuse evidence made with other settings than the calibration's (one line naming the first)."""
+    def check_conditions(self, conditions: Mapping[str, object], source: str | Path,
+                         assume_same_model: bool = False) -> None:
+        """Refuse evidence made with other settings than the calibration's (one line naming the first), and
+        evidence whose descriptor model is unknown (predictions without provenance) unless ``assume_same_model``."""
+        wanted_model = self.conditions.get("descriptors")
+        if wanted_model and "descriptors" not in conditions and not assume_same_model:
+            model = wanted_model.get("model", wanted_model) if isinstance(wanted_model, Mapping) else wanted_model
+            raise SettingError("assume_same_model", f"is needed to apply {source}, fitted on {model} scores, to "
+                               "predictions of an unknown model (no provenance sidecar): another model's scores "
+                               "would be re-scored wrongly")
         for key, wanted in self.conditions.items():
             if key in conditions and _canonical(conditions[key]) != _canonical(wanted):
                 raise InputError(f"{source}: calibrated with {key}={wanted!r}, but this evidence was made with "
@@ -159,6 +167,8 @@ class Calibration:
                 or len(calibration.weights) != len(FEATURES) or not np.isfinite(numbers).all() \
                 or min(calibration.std) <= 0:
             raise InputError(f"{path}: damaged calibration file (sizes or non-finite numbers)")
+        if not isinstance(content.get("conditions"), dict) or not content["conditions"]:
+            raise InputError(f"{path}: damaged calibration file (no conditions: what it was fitted under is unknown)")
         return calibration
 
 

@@ -55,20 +55,20 @@ def _start_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _features_task(args: tuple[Path, str, Path, tuple[int, ...], VerifyOptions]) -> tuple[str, bool, str]:
-    """(id, whether it was described now, why it is broken or ''): the cached features of one image, made
-    and cached when missing."""
+def _features_task(args: tuple[Path, str, Path, tuple[int, ...], VerifyOptions]) -> tuple[str, bool, str, int]:
+    """(id, whether it was described now, why it is broken or '', 1 when its cache entry was damaged): the
+    cached features of one image, made and cached when missing or damaged."""
     cache_root, image_id, path, stamp, options = args
     cache = FeatureCache(cache_root, options)
     cached = cache.load(image_id, stamp)
     if cached is not None:
-        return image_id, False, cached if isinstance(cached, str) else ""
+        return image_id, False, cached if isinstance(cached, str) else "", 0
     try:
         features: Features | str = describe_image(Path(path), options)
     except BrokenImage as e:
         features = str(e)
     cache.save(image_id, stamp, features)
-    return image_id, True, features if isinstance(features, str) else ""
+    return image_id, True, features if isinstance(features, str) else "", cache.damaged
 
 
 def _match_task(args: tuple[Path, Sequence[tuple[str, tuple[int, ...], str, tuple[int, ...]]], VerifyOptions]
@@ -253,16 +253,20 @@ def _describe_all(task_map: TaskMap, ids: Sequence[str], paths: Mapping[str, Pat
                   stamps: Mapping[str, tuple[int, ...]], cache_root: Path, options: VerifyOptions, strict: bool,
                   label: str, quiet: bool) -> tuple[int, dict[str, str]]:
     """Phase 1: the cached features of every image of ``ids``, described when missing; (described, broken)."""
-    described, broken = 0, {}
+    described, broken, damaged = 0, {}, 0
     tasks = ((cache_root, i, paths[i], stamps[i], options) for i in ids)
     with tqdm(total=len(ids), unit="img", desc=f"features{label}", disable=quiet) as bar:
-        for image_id, made, reason in task_map(_features_task, tasks, 8):
+        for image_id, made, reason, was_damaged in task_map(_features_task, tasks, 8):
             described += made
+            damaged += was_damaged
             if reason:
                 if strict:
                     raise InputError(f"{paths[image_id]}: {reason}")
                 broken[image_id] = reason
             bar.update()
+    if damaged and not quiet:
+        warnings.warn(f"{damaged} damaged feature cache entr{'y' if damaged == 1 else 'ies'} under {cache_root}: "
+                      "described again", stacklevel=2)
     return described, broken
 
 
