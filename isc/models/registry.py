@@ -18,7 +18,7 @@ from isc.models.onnx_graphs import ONNX_INSTALL, SSCD_INSTALL
 PIXELS = "uint8 pixels"  # input contracts: uint8 RGB pixels (the pixel path, without torch)
 TENSORS = "float tensors"  # normalised float batches (the torch pipeline)
 FROM_GRAPH = "uint8 pixels or float tensors, as the graph's input says"
-DEFAULT_MODEL = "efficientnet_lite0"  # installed with isc, and trainable
+DEFAULT_MODEL = "efficientnet_lite0"  # trainable; its weights come with the torch extra
 PREFERRED_MODEL = "sscd"  # the default where its extra is installed
 ANY_ARCH = "ARCH"  # the entry of any other name: a timm architecture
 ONNX_REASON = "it is an ONNX graph, run as it is by onnxruntime"
