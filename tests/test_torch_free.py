@@ -16,6 +16,7 @@ import torch
 from test_onnx_models import PixelsIn, TinyNet, _export
 
 from isc.core.descriptors import read_descriptors, write_descriptors
+from isc.core.distributed import LINUX_GPU_PATHS
 from isc.core.tables import read_predictions
 from isc.extract.decode import resize_image
 from isc.extract.extraction import extract
@@ -163,3 +164,12 @@ def test_what_needs_torch_says_which_extra_in_one_line(command, args, what, phot
     assert errors == [f"isc-{command}: error: {what} needs torch, torchvision and timm, not installed: "
                       "pip install 'isc[torch]'"] and "Traceback" not in result.stderr, result.stderr
     assert not output.exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(any(os.path.exists(path) for path in LINUX_GPU_PATHS), reason="a GPU may be here: torch asked")
+def test_a_search_on_a_machine_without_a_gpu_never_imports_torch():
+    code = ("import sys\nimport numpy as np\nfrom isc.search.knn import available_backends, knn\n"
+            "x = np.eye(3, dtype=np.float32)\n"
+            "print(available_backends(), knn(x, x, 1)[1].ravel().tolist(), 'torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split("\n")[0] == "['faiss-cpu', 'torch'] [0, 1, 2] False", result.stderr

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 TORCH_INSTALL = "pip install 'isc[torch]'"  # the extra of torch, torchvision and timm
 TORCH_MODULES = ("torch", "torchvision", "timm")
+# what Linux shows where CUDA may run: NVIDIA's driver, its control device (also in a sandbox without the
+# driver's /proc entry), WSL's GPU device
+LINUX_GPU_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")
 
 
 def torch_absent(error: ImportError) -> bool:
@@ -36,12 +39,12 @@ def torch_installed() -> bool:
 
 def cuda_possible() -> bool:
     """Whether torch may see a CUDA GPU, asked without importing torch (seconds and hundreds of MB) where the
-    answer is known: not without torch, nor on Linux without NVIDIA's driver (or WSL's GPU device)."""
+    answer is known: not without torch, nor on Linux without NVIDIA's driver or device (or WSL's GPU device)."""
     if "torch" in sys.modules:
         return sys.modules["torch"].cuda.is_available()
     if not torch_installed():
         return False
-    return sys.platform != "linux" or os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/dxg")
+    return sys.platform != "linux" or any(os.path.exists(path) for path in LINUX_GPU_PATHS)
 
 
 def _under_torchrun() -> bool:
