@@ -1,8 +1,11 @@
 """The models run outside torch (PDQ, uint8 ONNX graphs) extract in a process where torch cannot be imported,
 workers included, with the descriptors of the torch pipeline; the numpy resize that lets them is torch's,
-pixel for pixel."""
+pixel for pixel. Without the torch extra (torch, torchvision, timm not installed), isc-find and isc-search
+run end to end, and what needs torch ends in one line naming the extra."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +15,15 @@ import pytest
 import torch
 from test_onnx_models import PixelsIn, TinyNet, _export
 
-from isc.core.descriptors import read_descriptors
+from isc.core.descriptors import read_descriptors, write_descriptors
+from isc.core.distributed import LINUX_GPU_PATHS
+from isc.core.tables import read_predictions
 from isc.extract.decode import resize_image
 from isc.extract.extraction import extract
 from isc.extract.image_files import list_split_images
 from isc.extract.resample import resize_pixels
 from isc.models import create_model
+from isc.search.matching import search
 
 ROOT = Path(__file__).resolve().parents[1]
 # a finder ahead of all others, installed at every interpreter's start (sitecustomize): any import of torch, in
@@ -30,14 +36,27 @@ class NoTorch:
             raise ImportError("torch is blocked")
 sys.meta_path.insert(0, NoTorch())
 """
+# the light install ('isc[sscd]', no torch extra): the path finder finds none of torch, torchvision and timm, so
+# that looking for them answers None and importing them fails as a module that is not installed does
+NOT_INSTALLED = """import importlib.machinery
+import sys
+class WithoutTorch(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "torchvision", "timm"):
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+sys.meta_path[sys.meta_path.index(importlib.machinery.PathFinder)] = WithoutTorch
+"""
 
 
-def _extract_without_torch(*args: str, site: Path) -> subprocess.CompletedProcess:
+def _without_torch(command: str, *args: str, site: Path, finder: str = NO_TORCH) -> subprocess.CompletedProcess:
+    """``python -m isc.cli.COMMAND ARGS`` with ``finder`` installed at the start of every interpreter."""
     site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(NO_TORCH)
+    (site / "sitecustomize.py").write_text(finder)
     path = os.pathsep.join(filter(None, [str(site), str(ROOT), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "isc.cli.extract", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONPATH": path})
+    return subprocess.run([sys.executable, "-m", f"isc.cli.{command}", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": path})
 
 
 @pytest.mark.parametrize("model_name", ["pdq", "uint8 onnx"])
@@ -49,7 +68,7 @@ def test_pixel_models_extract_without_torch_and_agree_with_the_torch_pipeline(mo
                         {0: "batch", 1: "height", 2: "width"})
         name, options = f"onnx:{graph}", {"image_size": 64}
     output = tmp_path / "out.h5"
-    result = _extract_without_torch("--images", str(mini_dataset / "reference_images"), "-o", str(output),
+    result = _without_torch("extract", "--images", str(mini_dataset / "reference_images"), "-o", str(output),
                                     "--model", name, "--workers", "2", "--flip", "--quiet",
                                     *(("--image-size", "64") if options else ()), site=tmp_path / "site")
     assert result.returncode == 0 and "torch was imported" not in result.stderr, result.stderr
@@ -81,3 +100,76 @@ def test_numpy_resize_gives_the_pixels_of_torch():
         expected = resize_image(torch.from_numpy(np.ascontiguousarray(view.transpose(1, 2, 0))).permute(2, 0, 1),
                                 size, mode).numpy()
         np.testing.assert_array_equal(resize_pixels(view, size, mode), expected, err_msg=f"{view.shape} {size} {mode}")
+
+
+@pytest.fixture(scope="module")
+def photos(mini_dataset, tmp_path_factory) -> Path:
+    """Six reference images of the mini dataset and an exact copy of the first under another name, in a sub-folder."""
+    folder = tmp_path_factory.mktemp("photos")
+    images = sorted((mini_dataset / "reference_images").glob("*.jpg"))[:6]
+    for image in images:
+        shutil.copy(image, folder / image.name)
+    (folder / "copies").mkdir()
+    shutil.copy(images[0], folder / "copies" / "the same photo.jpg")
+    return folder
+
+
+def test_find_runs_without_the_torch_extra(photos, tmp_path):
+    output = tmp_path / "groups.json"
+    result = _without_torch("find", photos, "-o", output, "--model", "pdq", "--quiet", site=tmp_path / "site",
+                            finder=NOT_INSTALLED)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    found = json.loads(output.read_text())
+    first = sorted(photos.glob("*.jpg"))[0]
+    assert sorted(found["groups"][0]) == sorted([str(first), str(photos / "copies" / "the same photo.jpg")])
+    assert found["pairs"][0]["score"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_search_runs_without_the_torch_extra(tmp_path):
+    rng = np.random.default_rng(0)
+    query, reference = (rng.standard_normal((n, 16)).astype(np.float32) for n in (20, 300))
+    query, reference = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (query, reference))
+    query_ids, reference_ids = [f"Q{i:05d}" for i in range(20)], [f"R{i:06d}" for i in range(300)]
+    write_descriptors(tmp_path / "q.h5", query_ids, query)
+    write_descriptors(tmp_path / "r.h5", reference_ids, reference)
+    result = _without_torch("search", "--query", tmp_path / "q.h5", "--reference", tmp_path / "r.h5", "-o",
+                            tmp_path / "p.csv", "--k", 3, "--quiet", site=tmp_path / "site", finder=NOT_INSTALLED)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    expected = search(query_ids, query, reference_ids, reference, k=3, quiet=True)
+    predictions = read_predictions(tmp_path / "p.csv")
+    assert predictions[["query_id", "reference_id"]].values.tolist() == \
+        expected[["query_id", "reference_id"]].values.tolist()
+    np.testing.assert_allclose(predictions["score"], expected["score"], atol=1e-6)
+
+
+@pytest.mark.parametrize(("command", "args", "what"), [
+    ("find", ("--model", "efficientnet_lite0"), "model 'efficientnet_lite0'"),
+    ("find", ("--model", "resnet50"), "model 'resnet50'"),
+    ("extract", ("--model", "pdq", "--device", "cuda"), "device 'cuda'"),
+    ("search", ("--backend", "torch"), "backend torch"),
+    ("train", (), "training"),
+])
+def test_what_needs_torch_says_which_extra_in_one_line(command, args, what, photos, mini_dataset, tmp_path):
+    output = tmp_path / "out.csv"
+    if command == "search":
+        write_descriptors(tmp_path / "q.h5", ["Q00000"], np.ones((1, 4), np.float32))
+        args = ("--query", tmp_path / "q.h5", "--reference", tmp_path / "q.h5", "-o", output, *args)
+    elif command == "train":
+        args = (mini_dataset / "training_images", tmp_path / "run")
+    else:
+        args = (*(("--images",) if command == "extract" else ()), photos, "-o", output, *args)
+    result = _without_torch(command, *args, site=tmp_path / "site", finder=NOT_INSTALLED)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]  # warnings may come before
+    assert errors == [f"isc-{command}: error: {what} needs torch, torchvision and timm, not installed: "
+                      "pip install 'isc[torch]'"] and "Traceback" not in result.stderr, result.stderr
+    assert not output.exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(any(os.path.exists(path) for path in LINUX_GPU_PATHS), reason="a GPU may be here: torch asked")
+def test_a_search_on_a_machine_without_a_gpu_never_imports_torch():
+    code = ("import sys\nimport numpy as np\nfrom isc.search.knn import available_backends, knn\n"
+            "x = np.eye(3, dtype=np.float32)\n"
+            "print(available_backends(), knn(x, x, 1)[1].ravel().tolist(), 'torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split("\n")[0] == "['faiss-cpu', 'torch'] [0, 1, 2] False", result.stderr

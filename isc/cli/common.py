@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from isc.core.distributed import TORCH_INSTALL, torch_absent
 from isc.core.files import IMAGE_SUFFIXES, InputError, SettingError, check_parent_folders
 
 PathArg = str | os.PathLike | None
@@ -53,6 +54,11 @@ def run_command(
     except OSError as e:  # a read-only file system, a full disk, a name too long, an I/O error: one line too
         print(f"{parser.prog}: error: {os_error_line(e)}", file=sys.stderr)
         return 1 if e.errno in FAILED_RUN_ERRNOS else 2
+    except ImportError as e:  # a path only the torch extra runs, reached without it: say what to install
+        if not torch_absent(e):
+            raise
+        print(f"{parser.prog}: error: {e}: {TORCH_INSTALL}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130

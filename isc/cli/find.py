@@ -8,7 +8,6 @@ from pathlib import Path
 
 from isc.cli.common import check_outputs, finite_float, positive_int, run_command
 from isc.cli.options import add_model_options, extract_options, model_choice
-from isc.evaluate.report import write_matches_page
 from isc.extract.image_files import list_images
 from isc.models import create_model
 from isc.pipeline.find import (
@@ -107,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
                   else f"{found.record['queries']} queries and {found.record['references']} references")
                + f", {found.record['described']} described this run, the others cached")
     if args.report:
+        from isc.evaluate.report import write_matches_page  # here: its imports would slow every run
+
         below = found.candidates[found.candidates["score"] < threshold]
         write_matches_page(args.report, found.matches, below, lambda side, i: found.paths[side][i], summary,
                            quiet=args.quiet)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
 from isc.cli.common import (
     check_outputs,
@@ -16,12 +17,14 @@ from isc.cli.common import (
     print_broken,
     run_command,
 )
+from isc.core.distributed import needs_torch, torch_installed
 from isc.models import DEFAULT_MODEL, MAX_IMAGE_SIZE
 from isc.models.registry import models_help
-from isc.train.training import TrainConfig, train
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from isc.train.training import TrainConfig  # torch: main() checks it is installed first
+
     defaults = TrainConfig(data="", run_dir="")
     parser = argparse.ArgumentParser(
         prog="isc-train",
@@ -106,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from isc.train.training import TrainConfig, train
+
     check_outputs(inputs=[args.data, args.init_checkpoint, args.eval_data], folders=[args.output])
     config = TrainConfig(
         data=args.data, run_dir=args.output, model=args.model, dim=args.dim or None, init_checkpoint=args.init_checkpoint,
@@ -133,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not torch_installed():  # the parser's defaults are the trainer's, which is torch's: one line, no traceback
+        print(f"isc-train: error: {needs_torch('training')}", file=sys.stderr)
+        return 2
     return run_command(build_parser(), run, argv)
 
 

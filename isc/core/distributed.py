@@ -5,6 +5,7 @@ imported only where a GPU or a process group is involved: a single process on th
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -13,6 +14,37 @@ from isc.core.files import InputError
 
 if TYPE_CHECKING:
     import torch
+
+TORCH_INSTALL = "pip install 'isc[torch]'"  # the extra of torch, torchvision and timm
+TORCH_MODULES = ("torch", "torchvision", "timm")
+# what Linux shows where CUDA may run: NVIDIA's driver, its control device (also in a sandbox without the
+# driver's /proc entry), WSL's GPU device
+LINUX_GPU_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")
+
+
+def torch_absent(error: ImportError) -> bool:
+    """Whether ``error`` says that torch, torchvision or timm is not installed (the torch extra)."""
+    return (error.name or "").partition(".")[0] in TORCH_MODULES
+
+
+def needs_torch(what: str) -> InputError:
+    """The error of ``what`` (a model, a device, a command) asked for without the torch extra."""
+    return InputError(f"{what} needs torch, torchvision and timm, not installed: {TORCH_INSTALL}")
+
+
+def torch_installed() -> bool:
+    """Whether torch can be imported, without importing it."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def cuda_possible() -> bool:
+    """Whether torch may see a CUDA GPU, asked without importing torch (seconds and hundreds of MB) where the
+    answer is known: not without torch, nor on Linux without NVIDIA's driver or device (or WSL's GPU device)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].cuda.is_available()
+    if not torch_installed():
+        return False
+    return sys.platform != "linux" or any(os.path.exists(path) for path in LINUX_GPU_PATHS)
 
 
 def _under_torchrun() -> bool:
@@ -28,6 +60,8 @@ def check_device(device: str | None) -> None:
         raise InputError(f"device {device!r}: not a device (cpu, cuda or cuda:N)")
     if kind == "cpu":
         return
+    if not torch_installed():
+        raise needs_torch(f"device {device!r}")
     import torch
 
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -45,6 +79,8 @@ def device_name(device: str | None) -> str:
     if device == "cpu":
         return "cpu"
     if device is None:
+        if not cuda_possible():
+            return "cpu"
         import torch
 
         if not torch.cuda.is_available():

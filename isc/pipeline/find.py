@@ -21,10 +21,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from isc.core.descriptors import DescriptorFile, decode_id, model_differences, read_descriptor_attrs
 from isc.core.files import InputError, atomic_path, write_json
@@ -33,6 +33,9 @@ from isc.extract.extraction import ExtractOptions, extract, extraction_config, i
 from isc.extract.image_files import list_images
 from isc.models import DescriptorModel
 from isc.search.matching import DEFAULT_K, SearchOptions, search
+
+if TYPE_CHECKING:
+    import pandas as pd  # annotations only: the search loads it, the worker processes need not
 
 # SSCD with query crops: precision 0.98 on photo set B (docs/BENCHMARKS.md, isc-find), plain scores (recall
 # 0.69) and scores normalised by the set's training images (recall 0.67)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from isc.core.distributed import cuda_possible, needs_torch, torch_installed
 from isc.core.files import InputError
 
 if TYPE_CHECKING:
@@ -56,7 +57,9 @@ def faiss_gpu_count() -> int:
 
 
 def torch_has_cuda() -> bool:
-    """Whether torch sees a CUDA GPU."""
+    """Whether torch sees a CUDA GPU (torch imported only where one may exist: a CPU search runs without it)."""
+    if not cuda_possible():
+        return False
     import torch
 
     return torch.cuda.is_available()
@@ -71,7 +74,7 @@ def available_backends() -> list[str]:
         found.append("faiss-gpu")
     if faiss_installed():
         found.append("faiss-cpu")
-    if "torch" not in found:
+    if "torch" not in found and torch_installed():
         found.append("torch")  # torch on the CPU: correct but slower than faiss-cpu
     return found
 
@@ -81,9 +84,12 @@ def resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if backend == "auto":
-        return available_backends()[0]
+        found = available_backends()
+        return found[0] if found else resolve_backend("faiss-cpu")  # neither installed: faiss's install line
     if backend == "faiss-cpu":
         _faiss()  # InputError without faiss
+    if backend == "torch" and not torch_installed():
+        raise needs_torch("backend torch")
     if backend == "faiss-gpu" and not faiss_gpu_count():
         raise InputError("backend faiss-gpu: the installed faiss has no GPU support or sees no GPU "
                          "(install faiss-gpu, or use the torch backend)")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from isc.core.files import InputError, atomic_path
-from isc.extract.decode import DEFAULT_MAX_PIXELS, BrokenImage, broken_reason, decode_with_pillow
+from isc.extract.decode import DEFAULT_MAX_PIXELS, BrokenImage, broken_reason, decode_pixels
 
 GEOMETRIES = ("affine", "homography", "magsac")
 FEATURES_VERSION = 1  # bump when the features of the same options change: old cache entries are then ignored
@@ -123,7 +123,7 @@ def decode_image(path: Path) -> np.ndarray:
     """uint8 RGB [height, width, 3] of an image file decoded as extraction decodes it (EXIF rotation, more than
     8 bits, transparency over white); BrokenImage when it cannot be read."""
     try:
-        return decode_with_pillow(path, DEFAULT_MAX_PIXELS).permute(1, 2, 0).numpy()
+        return decode_pixels(path, DEFAULT_MAX_PIXELS).transpose(1, 2, 0)  # the same pixels, without torch
     except OSError as e:
         raise BrokenImage(broken_reason(e)) from None
 

@@ -48,11 +48,11 @@ PAIRS_PER_TASK = 32  # pairs sent to a worker at once: small enough for a smooth
 
 def _start_worker() -> None:
     import cv2
-    import torch
 
     # one process per core already; a forked OpenMP pool would hang
     cv2.setNumThreads(1)
-    torch.set_num_threads(1)
+    if "torch" in sys.modules:  # torch's pool too where the caller loaded it: verifying itself runs without torch
+        sys.modules["torch"].set_num_threads(1)
 
 
 def _features_task(args: tuple[Path, str, Path, tuple[int, ...], VerifyOptions]) -> tuple[str, bool, str, int]:
@@ -361,7 +361,6 @@ def verify(
     Under torchrun the queries are sharded across ranks and the first rank writes the files.
     """
     import pandas as pd
-    import torch
 
     from isc.core.descriptors import provenance, provenance_path
     from isc.core.distributed import join_process_group, leave_process_group
@@ -383,7 +382,7 @@ def verify(
     cache_root = Path(cache) if cache is not None else default_cache(output)
     ranked = candidate_pairs(predictions, len(predictions))
     checked = ranked[ranked["rank"] < options.k]
-    rank, world, started = join_process_group(torch.device("cpu"))
+    rank, world, started = join_process_group("cpu")
     try:
         query_ids = sorted(checked["query_id"].unique())
         shard = set(query_ids[rank * len(query_ids) // world:(rank + 1) * len(query_ids) // world])
