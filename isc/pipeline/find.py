@@ -202,6 +202,8 @@ def write_matches(
     table = matches.assign(query_path=[str(paths["query"][i]) for i in matches["query_id"]],
                            reference_path=[str(paths["reference"][i]) for i in matches["reference_id"]])
     if Path(path).suffix.lower() != ".json":
+        import pandas as pd  # loaded already with the matches; imported at the top for annotations only
+
         unreadable = dict(record.get("unreadable") or {})
         if unreadable:
             with atomic_path(unreadable_path(path)) as tmp:
