@@ -50,7 +50,7 @@ def _start_worker() -> None:
     import cv2
     import torch
 
-    # one process per core already; a forked OpenMP pool would hang
+    # one process per core already
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
 
@@ -92,6 +92,19 @@ def _match_task(args: tuple[Path, Sequence[tuple[str, tuple[int, ...], str, tupl
 
 
 TaskMap = Callable[[Callable, Iterator, int], Iterator]
+# what the workers run (torch: the pixels are decoded into a tensor), imported once by the fork server
+WORKER_MODULES = ("isc.verify.verification", "cv2", "torch")
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """forkserver where there is one (Linux, macOS): this process has torch's threads by now, and a fork() of a
+    multi-threaded process may deadlock its child; the single-threaded server forks the workers with
+    :data:`WORKER_MODULES` already imported. spawn elsewhere (Windows)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(WORKER_MODULES))
+    return context
 
 
 @contextlib.contextmanager
@@ -101,9 +114,7 @@ def _task_map(workers: int) -> Iterator[TaskMap]:
         _start_worker()
         yield lambda function, tasks, chunksize: map(function, tasks)
         return
-    # fork on Linux, as the pixel path does: the workers start at once, without importing torch again
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
-    with context.Pool(workers, initializer=_start_worker) as pool:
+    with _pool_context().Pool(workers, initializer=_start_worker) as pool:
         yield lambda function, tasks, chunksize: pool.imap(function, tasks, chunksize=chunksize)
 
 
