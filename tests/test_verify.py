@@ -20,10 +20,10 @@ from PIL import Image
 from skimage import data
 
 from isc.cli.verify import main
-from isc.core.tables import read_predictions
+from isc.core.tables import read_ground_truth, read_predictions
 from isc.synth.draw import base_image
 from isc.synth.edits import crop, overlay_image, rotate
-from isc.verify.calibrate import Calibration
+from isc.verify.calibrate import Calibration, calibrate, ground_truth_labels
 from isc.verify.local_features import GEOMETRIES, FeatureCache, VerifyOptions, describe_image, match_features
 from isc.verify.verification import (
     InlierBonus,
@@ -222,9 +222,21 @@ def test_cli_calibrates_on_ground_truth_and_reuses_the_calibration(dataset, tmp_
     provenance = json.loads(Path(f"{tmp_path / 'fitted.csv'}.provenance.json").read_text())
     assert "ground_truth.csv" in provenance["options"]["combiner"]
 
+    # held out: each labelled query scored by the fit on the other half (Q00000, Q00002, Q00004 | Q00001, Q00003)
+    evidence = read_evidence(evidence_path(tmp_path / "fitted.csv"))
+    _, labels = ground_truth_labels(evidence, read_ground_truth(dataset / "ground_truth.csv"))
+    written = pd.read_csv(evidence_path(tmp_path / "fitted.csv"), usecols=["new_score"])["new_score"].to_numpy()
+    for half in ({"Q00000", "Q00002", "Q00004"}, {"Q00001", "Q00003"}):
+        scored = evidence["query_id"].isin(half).to_numpy()
+        other = calibrate(evidence[~scored], labels[~scored], "the other half")
+        np.testing.assert_allclose(written[scored], other.scores(evidence[scored]), rtol=1e-6, atol=1e-6)
+        assert not np.allclose(written[scored], calibration.scores(evidence[scored]), atol=1e-3)
+
     reused = isc_verify(*common, "--calibration", tmp_path / "fitted.calibration.json", "-o", tmp_path / "reused.csv")
     assert reused.returncode == 0, reused.stderr
-    assert (tmp_path / "reused.csv").read_bytes() == (tmp_path / "fitted.csv").read_bytes()
+    reused_evidence = read_evidence(evidence_path(tmp_path / "reused.csv"))  # the saved fit, on every pair
+    reused_scores = pd.read_csv(evidence_path(tmp_path / "reused.csv"), usecols=["new_score"])["new_score"]
+    np.testing.assert_allclose(reused_scores, calibration.scores(reused_evidence), rtol=1e-6, atol=1e-6)
     assert "calibrated with verification=" in one_error_line(isc_verify(
         *common[:4], 2, *common[5:], "--calibration", tmp_path / "fitted.calibration.json", "-o", tmp_path / "k2.csv"))
     assert "a calibration replaces" in one_error_line(isc_verify(
