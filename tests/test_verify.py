@@ -268,12 +268,17 @@ def test_cli_killed_and_run_again_writes_the_same_bytes(dataset, tmp_path):
         assert (tmp_path / name.format("killed")).read_bytes() == (tmp_path / name.format("clean")).read_bytes()
 
 
-def test_cli_lists_broken_images_and_flags_their_pairs(dataset, tmp_path, capsys):
-    images = tmp_path / "images"
+def linked_images(dataset: Path, images: Path) -> Path:
+    """``images``: the dataset's query and reference folders as links, one of which a test may replace."""
     for split in ("query", "reference"):
         (images / f"{split}_images").mkdir(parents=True)
         for path in (dataset / f"{split}_images").iterdir():
             (images / f"{split}_images" / path.name).symlink_to(path)
+    return images
+
+
+def test_cli_lists_broken_images_and_flags_their_pairs(dataset, tmp_path, capsys):
+    images = linked_images(dataset, tmp_path / "images")
     broken = images / "reference_images" / "R000002.jpg"
     broken.unlink()
     broken.write_bytes(b"\xff\xd8 not a jpeg")
@@ -356,11 +361,7 @@ def test_torchrun_two_ranks_on_a_cold_cache_count_each_image_once_and_write_what
 
 
 def test_torchrun_a_failing_rank_ends_every_rank_with_its_error(dataset, tmp_path):
-    images = tmp_path / "images"
-    for split in ("query", "reference"):
-        (images / f"{split}_images").mkdir(parents=True)
-        for path in (dataset / f"{split}_images").iterdir():
-            (images / f"{split}_images" / path.name).symlink_to(path)
+    images = linked_images(dataset, tmp_path / "images")
     broken = images / "query_images" / "Q00003.jpg"  # a query of rank 1's shard only
     broken.unlink()
     broken.write_bytes(b"\xff\xd8 not a jpeg")
