@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -102,7 +103,9 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(WORKER_MODULES))
+    # and the command's module, which each worker runs again (as __mp_main__): then with its imports made once
+    main = getattr(sys.modules["__main__"].__spec__, "name", "")
+    context.set_forkserver_preload([*WORKER_MODULES, *([main] if main and not main.endswith("__main__") else [])])
     return context
 
 
