@@ -103,9 +103,11 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    # and the command's module, which each worker runs again (as __mp_main__): then with its imports made once
+    # and the toolkit's modules the command has loaded: each worker runs the command's module again (as
+    # __mp_main__), its imports then already made; not that module itself, which runpy would warn of
     main = getattr(sys.modules["__main__"].__spec__, "name", "")
-    context.set_forkserver_preload([*WORKER_MODULES, *([main] if main and not main.endswith("__main__") else [])])
+    loaded = sorted(name for name in list(sys.modules) if name.startswith("isc.") and name != main)
+    context.set_forkserver_preload([*WORKER_MODULES, *loaded])
     return context
 
 
