@@ -1,16 +1,21 @@
 """isc-find on folders of one's own: copies of references among queries, groups within one folder, the
 descriptor cache that describes only new or changed images, any file names."""
 
+import functools
 import importlib.util
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from conftest import running, wait_until
 from PIL import Image, ImageOps
 
 from isc.pipeline.find import groups_of, matches_above
@@ -29,6 +34,13 @@ EDITS = {
     "R000004": ("padded \"frame\".jpg", lambda im: ImageOps.expand(im, border=im.width // 8, fill=(255, 255, 255))),
 }
 UNRELATED = ["R000030", "R000031"]  # references of the mini dataset not among the references here
+# what PDQ (a global hash, needs no extra) finds at 0.3: the resized and the padded copy, neither the crop nor
+# the mirror image (the copies score 0.95 and 0.34, every other pair at most 0.16)
+PDQ_THRESHOLD = 0.3
+PDQ_FOUND = {("a copy, smaller", "holiday 1"), ('padded "frame"', "holiday 4")}
+# each model: (its marks, what it finds, the arguments that choose it)
+MODELS = {"sscd": ((needs_sscd,), None, []), "pdq": ((), PDQ_FOUND, ["--model", "pdq", "--threshold", PDQ_THRESHOLD])}
+BY_MODEL = [pytest.param(name, marks=marks) for name, (marks, _, _) in MODELS.items()]
 
 
 def find(*args: object) -> subprocess.CompletedProcess:
@@ -56,57 +68,66 @@ def folders(mini_dataset, tmp_path_factory) -> dict[str, Path]:
     return {"references": references, "queries": queries, "all": everything}
 
 
-def expected_pairs() -> set[tuple[str, str]]:
-    return {(Path(name).stem, f"holiday {int(reference[1:])}") for reference, (name, _) in EDITS.items()}
+def expected_pairs(model: str = "sscd") -> set[tuple[str, str]]:
+    return MODELS[model][1] or {(Path(name).stem, f"holiday {int(reference[1:])}")
+                                for reference, (name, _) in EDITS.items()}
 
 
-@needs_sscd
-def test_queries_against_references_find_every_copy_and_nothing_else(folders, tmp_path):
+def read_matches(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"query_id": str, "reference_id": str}, keep_default_na=False)
+
+
+@pytest.mark.parametrize("model", BY_MODEL)
+def test_queries_against_references_find_every_copy_and_nothing_else(folders, tmp_path, model):
     out = tmp_path / "matches.csv"
-    done = find(folders["queries"], folders["references"], "-o", out, "--report", tmp_path / "m.html")
+    done = find(folders["queries"], folders["references"], "-o", out, "--report", tmp_path / "m.html",
+                *MODELS[model][2])
     assert done.returncode == 0, done.stderr
-    matches = pd.read_csv(out, dtype={"query_id": str, "reference_id": str}, keep_default_na=False)
-    assert set(zip(matches["query_id"], matches["reference_id"], strict=True)) == expected_pairs()
+    matches = read_matches(out)
+    assert set(zip(matches["query_id"], matches["reference_id"], strict=True)) == expected_pairs(model)
     assert list(matches.columns) == ["query_id", "reference_id", "score", "query_path", "reference_path"]
-    assert matches["score"].is_monotonic_decreasing and (matches["score"] >= 0.5).all()
+    threshold = PDQ_THRESHOLD if model == "pdq" else 0.5
+    assert matches["score"].is_monotonic_decreasing and (matches["score"] >= threshold).all()
     assert all(Path(p).is_file() for p in [*matches["query_path"], *matches["reference_path"]])
     assert "14 described this run" in done.stdout  # 6 queries (with crops) and 8 references
     page = (tmp_path / "m.html").read_text(encoding="utf-8")
     assert "&lt;b&gt;mirrored" in page and "<b>mirrored" not in page
 
 
-@needs_sscd
-def test_one_folder_gives_groups_without_self_matches(folders, tmp_path):
+@pytest.mark.parametrize("model", BY_MODEL)
+def test_one_folder_gives_groups_without_self_matches(folders, tmp_path, model):
     out = tmp_path / "groups.json"
-    done = find(folders["all"], "-o", out)
+    done = find(folders["all"], "-o", out, *MODELS[model][2])
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text(encoding="utf-8"))
     groups = {frozenset(Path(p).stem for p in group) for group in result["groups"]}
-    assert groups == {frozenset(pair) for pair in expected_pairs()}
+    assert groups == {frozenset(pair) for pair in expected_pairs(model)}
     assert all(pair["query"] != pair["reference"] for pair in result["pairs"])
-    assert len(result["pairs"]) == len(EDITS)  # each pair once, not (a, b) and (b, a)
-    assert result["model"] == "sscd" and result["query_crops"] and result["threshold"] == 0.5
+    assert len(result["pairs"]) == len(expected_pairs(model))  # each pair once, not (a, b) and (b, a)
+    threshold = PDQ_THRESHOLD if model == "pdq" else 0.5
+    assert result["model"] == model and result["query_crops"] and result["threshold"] == threshold
 
 
-@needs_sscd
-def test_a_rerun_describes_only_new_or_changed_images(folders, tmp_path):
+@pytest.mark.parametrize("model", BY_MODEL)
+def test_a_rerun_describes_only_new_or_changed_images(folders, tmp_path, model):
     folder = tmp_path / "grown"
     shutil.copytree(folders["references"], folder)
     out = tmp_path / "groups.json"
-    first = find(folder, "-o", out, "--no-crops")
+    with_model = functools.partial(find, *MODELS[model][2])
+    first = with_model(folder, "-o", out, "--no-crops")
     assert first.returncode == 0 and "8 described this run" in first.stdout, first.stderr
-    cache = tmp_path / "groups.json.cache" / "folder_sscd.h5"
+    cache = tmp_path / "groups.json.cache" / f"folder_{model}.h5"
     before = dict(_descriptor_rows(cache))
     shutil.copy(folders["queries"] / "<b>mirrored.png", folder / "new one.png")
     with Image.open(folder / "holiday 7.jpg") as image:
         ImageOps.flip(image).save(folder / "holiday 7.jpg")
     os.utime(folder / "holiday 7.jpg", ns=(1, 1))  # an older time than before: a change is not a later mtime
-    again = find(folder, "-o", out, "--no-crops")
+    again = with_model(folder, "-o", out, "--no-crops")
     assert again.returncode == 0 and "2 described this run" in again.stdout, again.stderr
     after = dict(_descriptor_rows(cache))
     assert all((after[i] == row).all() for i, row in before.items() if i != "holiday 7") and "new one" in after
     assert not (after["holiday 7"] == before["holiday 7"]).all()
-    assert find(folder, "-o", out, "--no-crops").stdout.count("0 described this run") == 1
+    assert with_model(folder, "-o", out, "--no-crops").stdout.count("0 described this run") == 1
 
 
 def _descriptor_rows(path: Path):
@@ -135,3 +156,104 @@ def test_bad_input_is_one_line(args, message, tmp_path):
     done = find(*args, "-o", tmp_path / "x.csv", "--model", "pdq")
     assert done.returncode == 2 and done.stderr.strip().endswith(message), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.csv").exists()
+
+
+# ------------------------------------------------------------------ --k, --threshold, --training, resume (pdq)
+
+
+def test_k_keeps_each_querys_best_references_and_threshold_cuts_them(folders, tmp_path):
+    every = ["--model", "pdq", "--threshold", -1, "--cache", tmp_path / "cache"]  # pdq scores are cosines >= -1
+    done = find(folders["queries"], folders["references"], "-o", tmp_path / "all.csv", *every, "--k", 8)
+    assert done.returncode == 0, done.stderr
+    candidates = read_matches(tmp_path / "all.csv")
+    assert len(candidates) == 6 * 8  # every query against every reference
+    done = find(folders["queries"], folders["references"], "-o", tmp_path / "two.csv", *every, "--k", 2)
+    assert done.returncode == 0 and "0 described this run" in done.stdout, done.stderr
+    best = read_matches(tmp_path / "two.csv")
+    assert (best.groupby("query_id").size() == 2).all() and best["query_id"].nunique() == 6
+    scored = candidates.set_index(["query_id", "reference_id"])["score"]
+    assert (scored.loc[list(zip(best["query_id"], best["reference_id"], strict=True))].to_numpy()
+            == best["score"].to_numpy()).all()
+    for query, rows in candidates.groupby("query_id"):  # the two highest scores (ties may pick either)
+        kept = best.loc[best["query_id"] == query, "score"]
+        assert sorted(kept, reverse=True) == sorted(rows["score"], reverse=True)[:2], query
+
+    out = tmp_path / "above.json"
+    done = find(folders["queries"], folders["references"], "-o", out, "--model", "pdq", "--k", 2,
+                "--threshold", 0.3, "--cache", tmp_path / "cache")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text(encoding="utf-8"))
+    pairs = {(Path(p["query"]).stem, Path(p["reference"]).stem) for p in result["pairs"]}
+    above = best[best["score"] >= 0.3]
+    assert pairs == set(zip(above["query_id"], above["reference_id"], strict=True)) == PDQ_FOUND
+    assert result["threshold"] == 0.3 and result["k"] == 2 and result["score_normalisation"] is None
+
+
+def test_training_subtracts_half_the_querys_similarity_to_its_10th_nearest_training_image(folders, mini_dataset,
+                                                                                          tmp_path):
+    from isc.pipeline.find import DEFAULT_THRESHOLD_NORMALISED
+
+    common = [folders["queries"], folders["references"], "--model", "pdq", "--no-crops", "--k", 8,
+              "--cache", tmp_path / "cache"]
+    raw = find(*common, "--threshold", -1, "-o", tmp_path / "raw.csv")
+    training = mini_dataset / "training_images"
+    normalised = find(*common, "--threshold", -1, "--training", training, "-o", tmp_path / "normalised.csv")
+    assert raw.returncode == 0 and normalised.returncode == 0, raw.stderr + normalised.stderr
+    assert "40 described this run" in normalised.stdout  # the training images only, the others cached
+    merged = read_matches(tmp_path / "raw.csv").merge(read_matches(tmp_path / "normalised.csv"),
+                                                      on=["query_id", "reference_id"], suffixes=("_raw", ""))
+    assert len(merged) == 6 * 8
+    ids, queries = zip(*_descriptor_rows(tmp_path / "cache" / "queries_pdq.h5"), strict=True)
+    train = np.stack([row for _, row in _descriptor_rows(tmp_path / "cache" / "training_pdq.h5")])
+    assert len(train) == 40
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    tenth = np.sort(unit(np.stack(queries)) @ unit(train).T, axis=1)[:, -10]
+    expected = merged["score_raw"] - 0.5 * merged["query_id"].map(dict(zip(ids, tenth, strict=True)))
+    np.testing.assert_allclose(merged["score"], expected, atol=2e-6)  # the CSV's 6 decimals
+
+    out = tmp_path / "default.json"
+    done = find(*common, "--training", training, "-o", out)
+    assert done.returncode == 0 and "0 described this run" in done.stdout, done.stderr
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["threshold"] == DEFAULT_THRESHOLD_NORMALISED
+    assert result["score_normalisation"]["training"] == str(training)
+    kept = merged[merged["score"] >= DEFAULT_THRESHOLD_NORMALISED]
+    assert {(Path(p["query"]).stem, Path(p["reference"]).stem) for p in result["pairs"]} == \
+        set(zip(kept["query_id"], kept["reference_id"], strict=True))
+
+
+def test_killed_and_run_again_writes_what_an_uninterrupted_run_writes(mini_dataset, tmp_path):
+    folder = tmp_path / "photos"  # 112 images, described 4 at a time: a kill lands mid-way
+    for split in ("reference", "query", "training"):
+        shutil.copytree(mini_dataset / f"{split}_images", folder, dirs_exist_ok=True)
+    # the pairs as CSV: a .json output also records how many images this run described
+    common = ["--model", "pdq", "--threshold", 0.3, "--batch-size", 4, "--workers", 0, "--quiet"]
+    clean = find(folder, "-o", tmp_path / "clean" / "pairs.csv", *common)
+    assert clean.returncode == 0, clean.stderr
+    output = tmp_path / "killed" / "pairs.csv"
+    cache = Path(f"{output}.cache")
+    command = [sys.executable, "-m", "isc.cli.find", str(folder), "-o", str(output), *map(str, common)]
+    with running(command, cwd=REPO) as child:
+        # the resume log holds some rows (a few kB beyond its header) but the run is not done
+        wait_until(lambda: any(p.stat().st_size > 4096 for p in cache.glob("*.partial")), child)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    assert not output.exists() and not list(cache.glob("*.h5"))
+    again = find(folder, "-o", output, *common[:-1])
+    assert again.returncode == 0, again.stderr
+    described = int(re.search(r"(\d+) described this run", again.stdout).group(1))
+    assert described < len(list(folder.iterdir())), again.stdout  # resumed, not restarted
+    assert output.read_bytes() == (tmp_path / "clean" / "pairs.csv").read_bytes()
+    for killed, uninterrupted in zip(*(sorted((tmp_path / run / "pairs.csv.cache").glob("*.h5"))
+                                       for run in ("killed", "clean")), strict=True):
+        assert dict(_h5_datasets(killed)) == dict(_h5_datasets(uninterrupted)), killed.name
+
+
+def _h5_datasets(path: Path):
+    """(name, bytes) of every dataset of an HDF5 file, and its attributes as text."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        yield "attributes", json.dumps({k: str(v) for k, v in sorted(f.attrs.items())})
+        for name, value in f.items():
+            yield name, np.asarray(value[()]).tobytes()

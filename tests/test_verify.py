@@ -4,6 +4,7 @@ invalidated, a killed run re-run gives the same bytes, bad input gets one line, 
 import base64
 import io
 import json
+import operator
 import os
 import re
 import signal
@@ -19,12 +20,19 @@ from PIL import Image
 from skimage import data
 
 from isc.cli.verify import main
-from isc.core.tables import read_predictions
+from isc.core.tables import read_ground_truth, read_predictions
 from isc.synth.draw import base_image
 from isc.synth.edits import crop, overlay_image, rotate
-from isc.verify.calibrate import Calibration
+from isc.verify.calibrate import Calibration, calibrate, ground_truth_labels
 from isc.verify.local_features import GEOMETRIES, FeatureCache, VerifyOptions, describe_image, match_features
-from isc.verify.verification import InlierBonus, candidate_pairs, evidence_path, read_evidence, verify
+from isc.verify.verification import (
+    InlierBonus,
+    _task_map,
+    candidate_pairs,
+    evidence_path,
+    read_evidence,
+    verify,
+)
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 EDITS = {"Q00000": (0, crop), "Q00001": (1, rotate), "Q00002": (2, overlay_image)}  # query: (reference, edit)
@@ -214,9 +222,21 @@ def test_cli_calibrates_on_ground_truth_and_reuses_the_calibration(dataset, tmp_
     provenance = json.loads(Path(f"{tmp_path / 'fitted.csv'}.provenance.json").read_text())
     assert "ground_truth.csv" in provenance["options"]["combiner"]
 
+    # held out: each labelled query scored by the fit on the other half (Q00000, Q00002, Q00004 | Q00001, Q00003)
+    evidence = read_evidence(evidence_path(tmp_path / "fitted.csv"))
+    _, labels = ground_truth_labels(evidence, read_ground_truth(dataset / "ground_truth.csv"))
+    written = pd.read_csv(evidence_path(tmp_path / "fitted.csv"), usecols=["new_score"])["new_score"].to_numpy()
+    for half in ({"Q00000", "Q00002", "Q00004"}, {"Q00001", "Q00003"}):
+        scored = evidence["query_id"].isin(half).to_numpy()
+        other = calibrate(evidence[~scored], labels[~scored], "the other half")
+        np.testing.assert_allclose(written[scored], other.scores(evidence[scored]), rtol=1e-6, atol=1e-6)
+        assert not np.allclose(written[scored], calibration.scores(evidence[scored]), atol=1e-3)
+
     reused = isc_verify(*common, "--calibration", tmp_path / "fitted.calibration.json", "-o", tmp_path / "reused.csv")
     assert reused.returncode == 0, reused.stderr
-    assert (tmp_path / "reused.csv").read_bytes() == (tmp_path / "fitted.csv").read_bytes()
+    reused_evidence = read_evidence(evidence_path(tmp_path / "reused.csv"))  # the saved fit, on every pair
+    reused_scores = pd.read_csv(evidence_path(tmp_path / "reused.csv"), usecols=["new_score"])["new_score"]
+    np.testing.assert_allclose(reused_scores, calibration.scores(reused_evidence), rtol=1e-6, atol=1e-6)
     assert "calibrated with verification=" in one_error_line(isc_verify(
         *common[:4], 2, *common[5:], "--calibration", tmp_path / "fitted.calibration.json", "-o", tmp_path / "k2.csv"))
     assert "a calibration replaces" in one_error_line(isc_verify(
@@ -248,12 +268,17 @@ def test_cli_killed_and_run_again_writes_the_same_bytes(dataset, tmp_path):
         assert (tmp_path / name.format("killed")).read_bytes() == (tmp_path / name.format("clean")).read_bytes()
 
 
-def test_cli_lists_broken_images_and_flags_their_pairs(dataset, tmp_path, capsys):
-    images = tmp_path / "images"
+def linked_images(dataset: Path, images: Path) -> Path:
+    """``images``: the dataset's query and reference folders as links, one of which a test may replace."""
     for split in ("query", "reference"):
         (images / f"{split}_images").mkdir(parents=True)
         for path in (dataset / f"{split}_images").iterdir():
             (images / f"{split}_images" / path.name).symlink_to(path)
+    return images
+
+
+def test_cli_lists_broken_images_and_flags_their_pairs(dataset, tmp_path, capsys):
+    images = linked_images(dataset, tmp_path / "images")
     broken = images / "reference_images" / "R000002.jpg"
     broken.unlink()
     broken.write_bytes(b"\xff\xd8 not a jpeg")
@@ -307,21 +332,53 @@ def test_cli_refuses_bad_input_in_one_line(dataset, tmp_path, capsys):
         InlierBonus(cap=0)
 
 
-def test_torchrun_two_ranks_write_what_one_process_writes(dataset, tmp_path):
+def torchrun_verify(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "isc.cli.verify", *map(str, args)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout,
+        cwd=Path(__file__).parent.parent)
+
+
+def test_torchrun_two_ranks_on_a_cold_cache_count_each_image_once_and_write_what_one_process_writes(dataset, tmp_path):
     common = [dataset / "predictions.csv", "--data", dataset, "--k", 2, "--workers", 0, "--quiet",
               "--cache", tmp_path / "cache"]
-    single = isc_verify(*common, "-o", tmp_path / "single.csv")
-    assert single.returncode == 0, single.stderr
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    sharded = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "isc.cli.verify", *map(str, common), "--json", "-o", str(tmp_path / "sharded.csv")],
-        capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parent.parent)
+    sharded = torchrun_verify(*common, "--json", "-o", tmp_path / "sharded.csv")
     assert sharded.returncode == 0, sharded.stderr[-2000:]
     summary = json.loads(sharded.stdout)
-    assert summary["world_size"] == 2 and summary["pairs"] == 10 and summary["described"] == 0
+    # rank 0 verifies Q00000-1, rank 1 Q00002-4: both need R000000 and R000001, which count once
+    evidence = read_evidence(tmp_path / "sharded.evidence.csv")
+    checked = evidence[evidence["verified"]]
+    images = set(checked["query_id"]) | set(checked["reference_id"])
+    assert summary["world_size"] == 2 and summary["pairs"] == 10 and len(images) == 8
+    assert summary["images"] == 8 and summary["described"] == 8 and summary["cached"] == 0
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 8
+    single = isc_verify(*common, "--json", "-o", tmp_path / "single.csv")
+    assert single.returncode == 0, single.stderr
+    assert json.loads(single.stdout)["cached"] == 8  # the ranks' cache is whole: nothing described again
     for name in ("{}.csv", "{}.evidence.csv"):
         assert (tmp_path / name.format("sharded")).read_bytes() == (tmp_path / name.format("single")).read_bytes()
+
+
+def test_torchrun_a_failing_rank_ends_every_rank_with_its_error(dataset, tmp_path):
+    images = linked_images(dataset, tmp_path / "images")
+    broken = images / "query_images" / "Q00003.jpg"  # a query of rank 1's shard only
+    broken.unlink()
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    began = time.monotonic()
+    done = torchrun_verify(dataset / "predictions.csv", "--data", images, "--workers", 0, "--quiet", "--strict",
+                           "--cache", tmp_path / "cache", "-o", tmp_path / "out.csv", timeout=240)
+    # the failing rank's one line (torchrun then prints its own report of the failed ranks)
+    assert done.returncode != 0 and re.search(r"^isc-verify: error: .*Q00003.jpg: not an image", done.stderr,
+                                              re.MULTILINE), done.stderr[-2000:]
+    assert time.monotonic() - began < 120  # rank 0 did not wait for rank 1 until a timeout
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_the_pool_starts_its_workers_from_a_fork_server_not_from_this_process():
+    with _task_map(2) as task_map:
+        parents = set(task_map(operator.call, iter([os.getppid] * 4), 1))
+    assert len(parents) == 1 and os.getpid() not in parents  # this process, which has threads, never forks
 
 
 # ------------------------------------------------------------------------------------ the report

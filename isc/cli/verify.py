@@ -27,7 +27,7 @@ from isc.core.partial_log import NoImageRead
 from isc.core.tables import read_ground_truth, read_predictions
 from isc.extract.image_files import list_images, list_split_images
 from isc.submit.manifest import read_provenance
-from isc.verify.calibrate import Calibration, calibrate, ground_truth_labels
+from isc.verify.calibrate import Calibration, CrossFitted, cross_fit
 from isc.verify.local_features import GEOMETRIES, VerifyOptions
 from isc.verify.verification import (
     InlierBonus,
@@ -42,7 +42,7 @@ EPILOG = """\
 the new score of a pair is score + WEIGHT * min(inliers, CAP) / CAP, or with --calibration the log-odds of a
 logistic model over the score, the gap to the query's best score, the rank, the inliers, the inlier ratio and
 the query's most inliers (isc-run fits one on copies it makes of training images; --calibrate-gt fits one on
-labelled queries); candidates beyond --k, and pairs with an unreadable image (listed, and flagged in the
+labelled queries, and scores each of them by the fit on the other half); candidates beyond --k, and pairs with an unreadable image (listed, and flagged in the
 evidence's error column), count as zero inliers.
 
 files: OUT.csv (the re-scored predictions, by decreasing score), OUT.evidence.csv (query_id, reference_id,
@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "cannot be checked against the calibration's: scores of another model are re-scored wrongly")
     parser.add_argument("--calibrate-gt", metavar="GT.csv",
                         help="fit the combination on this run's pairs whose query the ground truth covers (such as "
-                        "phase 1's public ground truth), save it and re-score with it")
+                        "phase 1's public ground truth), save it and re-score with it; those queries are scored "
+                        "cross-fitted: each by the combination fitted on the other half of them")
     parser.add_argument("--max-broken", type=non_negative_float, default=0.01, metavar="FRACTION",
                         help="warn when more than this fraction of the images is broken (default 0.01; 1: never). "
                         "When no image at all can be read, nothing is written and the exit status is 1")
@@ -164,11 +165,9 @@ def run(args: argparse.Namespace) -> int:
     if args.calibrate_gt:
         ground_truth = read_ground_truth(args.calibrate_gt)
 
-        def fit(evidence: pd.DataFrame) -> Calibration:
-            labelled, labels = ground_truth_labels(evidence, ground_truth)
-            fitted = calibrate(labelled, labels, f"{labelled['query_id'].nunique()} queries of {args.calibrate_gt}",
-                               conditions)
-            fitted.save(saved_calibration)
+        def fit(evidence: pd.DataFrame) -> CrossFitted:
+            fitted = cross_fit(evidence, ground_truth, args.calibrate_gt, conditions)
+            fitted.full.save(saved_calibration)
             return fitted
     try:
         result = verify(

@@ -31,12 +31,13 @@ from tqdm import tqdm
 from isc.core.descriptors import read_descriptors
 from isc.core.distributed import barrier, join_process_group, leave_process_group, this_device
 from isc.core.files import InputError, SettingError, atomic_path
+from isc.core.processes import worker_context
 from isc.core.tables import read_ground_truth
 from isc.extract.extraction import extract
 from isc.extract.image_files import list_images, list_split_images
 from isc.models import DEFAULT_MODEL, create_model, load_checkpoint, save_checkpoint, untrainable
 from isc.search.matching import search
-from isc.train.training_data import AugmentedViews, CollateViews, MixBatch, TrainingOrder
+from isc.train.training_data import AugmentedViews, CollateViews, MixBatch, NumberedOrder, TrainingOrder
 
 # --------------------------------------------------------------------------------------------- loss
 
@@ -339,17 +340,18 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
         scaler.load_state_dict(state["scaler"])
     trained = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
 
-    # each process and each resumption draws other augmentations (the DataLoader seeds its workers from here)
-    torch.manual_seed(config.seed + 1_000_003 * (1 + rank) + start)
+    # each sample draws its augmentations from its own seed: a resumed run draws what an uninterrupted one does
     loader = DataLoader(
-        AugmentedViews(paths, config.image_size, model.mean, model.std, config.views, config.edit_probability),
+        AugmentedViews(paths, config.image_size, model.mean, model.std, config.views, config.edit_probability,
+                       seed=config.seed),
         batch_size=config.batch_size,
-        sampler=TrainingOrder(len(paths), config.batch_size, start * config.accumulate, steps * config.accumulate,
-                              config.seed, rank, world_size),
+        sampler=NumberedOrder(TrainingOrder(len(paths), config.batch_size, start * config.accumulate,
+                                            steps * config.accumulate, config.seed, rank, world_size)),
         num_workers=config.workers,
         collate_fn=CollateViews(MixBatch(config.mix_fraction)),
         pin_memory=device.type == "cuda",
         drop_last=True,
+        multiprocessing_context=worker_context(["isc.train.training_data"]) if config.workers else None,
     )
     is_main = rank == 0
     if is_main:
@@ -378,7 +380,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
         set_training_mode(model, config.freeze_bn)
         barrier(world_size)
 
-    batches = iter(loader)  # before any evaluation, which draws from the seeds that the workers' seeds come from
+    batches = iter(loader)
     if config.eval_data and start == 0:
         evaluate_now(0)
     warmup_steps = round(config.warmup * steps)
@@ -388,6 +390,8 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
         total=steps, initial=start, desc="isc-train", unit="step", disable=config.quiet or not is_main
     ) as bar:
         for step in range(start, steps):
+            # what the step draws (dropout, drop path) from a seed of its own, as a resumed run draws it
+            torch.manual_seed(config.seed + 1_000_003 * (1 + rank) + step)
             lr = learning_rate(step, steps, config.lr, warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -1,6 +1,10 @@
 """Training batches for :mod:`isc.train.training`: each image as several augmented views (random crops, DISC21-style
 edits from :mod:`isc.synth.edits`, flips, colour jitter), a few mixup/cutmix images appended to each batch, and
-an order of images that every ``torchrun`` process shares and a resumed run continues."""
+an order of images that every ``torchrun`` process shares and a resumed run continues.
+
+Every random draw of a sample comes from its own seed (the run's seed and the sample's place in the training
+order), never from a stream that depends on what a process drew before: a run resumed at a step draws what an
+uninterrupted run draws there, whatever the number of loader processes."""
 
 from __future__ import annotations
 
@@ -20,14 +24,29 @@ from isc.extract.decode import broken_reason
 from isc.synth.edits import random_edit
 
 
+class Overlays(Sequence[Image.Image]):
+    """Images of the training set that an edit may paste its image onto or over (as DISC21 pasted copies onto
+    other photos), decoded only when an edit takes one."""
+
+    def __init__(self, views: AugmentedViews, indices: Sequence[int]) -> None:
+        self.views, self.indices = views, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> Image.Image:  # type: ignore[override]  # no slices: the edits pick one
+        image, _ = self.views.load_readable(self.indices[item])
+        return image.resize((self.views.image_size, self.views.image_size))
+
+
 class AugmentedViews(Dataset):
-    """Item ``i``: a ``[views, 3, S, S]`` tensor of independently augmented copies of image ``i``, and the
-    unreadable images met while reading it (``{path: reason}``).
+    """Item ``(number, i)``: a ``[views, 3, S, S]`` tensor of independently augmented copies of image ``i``, the
+    unreadable images met while reading it (``{path: reason}``), and a seed for the batch's mixing; every draw
+    from the seed ``(seed, number)``, ``number`` being the sample's place in the training order
+    (:class:`NumberedOrder`).
 
     An unreadable image is replaced by the next readable one, so that every batch keeps its size (the processes
-    of a torchrun group gather equal batches). Runs in the DataLoader's worker processes; the recently decoded
-    images of a worker are the overlays that the edits paste the image onto or over, as DISC21 pasted copies
-    onto other photos.
+    of a torchrun group gather equal batches). Runs in the DataLoader's worker processes.
     """
 
     max_skipped = 100  # unreadable images in a row before the folder is deemed unusable
@@ -41,9 +60,10 @@ class AugmentedViews(Dataset):
         views: int = 2,
         edit_probability: float = 0.5,
         n_overlays: int = 4,
+        seed: int = 0,
     ) -> None:
         self.paths, self.image_size, self.views = list(paths), image_size, views
-        self.edit_probability, self.n_overlays = edit_probability, n_overlays
+        self.edit_probability, self.n_overlays, self.seed = edit_probability, n_overlays, seed
         # mild: the DISC21-style edits bring the strong crops, colour changes and overlays
         self.crop = transforms.RandomResizedCrop(image_size, scale=(0.5, 1.0))
         self.finish = transforms.Compose([
@@ -54,7 +74,6 @@ class AugmentedViews(Dataset):
             transforms.ToTensor(),
             transforms.Normalize(mean, std),
         ])
-        self.overlays: list[Image.Image] = []
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -77,17 +96,21 @@ class AugmentedViews(Dataset):
                 broken[str(self.paths[position])] = broken_reason(e)
         raise InputError(f"{len(broken)} images in a row cannot be read, e.g. {next(iter(broken.items()))}")
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, str]]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, dict[str, str], int]:
+        number, index = item
         image, broken = self.load_readable(index)
-        rng = np.random.default_rng(int(torch.randint(2**62, ())))  # torch seeds each worker; the edits follow it
-        views = torch.stack([self.view(image, rng) for _ in range(self.views)])
-        self.overlays = [image.resize((self.image_size, self.image_size))] + self.overlays[: self.n_overlays - 1]
-        return views, broken
+        rng = np.random.default_rng([self.seed, number])
+        overlays = Overlays(self, rng.choice(len(self.paths), min(self.n_overlays, len(self.paths)), replace=False))
+        # torchvision's transforms draw from torch's global generator: seeded here, restored after
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**62)))
+            views = torch.stack([self.view(image, rng, overlays) for _ in range(self.views)])
+        return views, broken, int(rng.integers(2**62))
 
-    def view(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+    def view(self, image: Image.Image, rng: np.random.Generator, overlays: Sequence[Image.Image]) -> torch.Tensor:
         image = self.crop(image)
         if rng.random() < self.edit_probability:
-            image = random_edit(image, rng, self.overlays)
+            image = random_edit(image, rng, overlays)
         return self.finish(image)
 
 
@@ -112,6 +135,23 @@ class TrainingOrder(Sampler[int]):
                 order = torch.randperm(self.n_images, generator=torch.Generator().manual_seed(self.seed + epoch))
             first = (batch % self.per_epoch) * self.batch_size * self.world_size + self.rank * self.batch_size
             yield from order[first : first + self.batch_size].tolist()
+
+
+class NumberedOrder(Sampler[tuple[int, int]]):
+    """:class:`TrainingOrder`'s indices as ``(number, index)``: ``number`` the sample's place in the order of every
+    process together (micro-batch, then process, then place in the batch), the same in a resumed run."""
+
+    def __init__(self, order: TrainingOrder) -> None:
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        o = self.order
+        for place, index in enumerate(o):
+            batch, within = o.start + place // o.batch_size, place % o.batch_size
+            yield (batch * o.world_size + o.rank) * o.batch_size + within, index
 
 
 def mix_images(first: torch.Tensor, second: torch.Tensor, rng: np.random.Generator, mixup_alpha: float = 1.0,
@@ -142,7 +182,9 @@ class MixBatch:
     cutmix_alpha: float = 1.0
     cutmix_probability: float = 0.5
 
-    def __call__(self, samples: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, samples: list[torch.Tensor], rng: np.random.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``rng``: where the mixing draws from (default: a generator seeded from torch's)."""
         views = torch.stack(samples)  # [N, V, 3, S, S]
         n_images, n_views = views.shape[:2]
         images = views.flatten(0, 1)
@@ -150,7 +192,7 @@ class MixBatch:
         shares = torch.tensor([[1.0, 0.0]]).repeat(len(images), 1)
         n_mixed = round(self.fraction * n_images) if n_images > 1 else 0
         if n_mixed:
-            rng = np.random.default_rng(int(torch.randint(2**62, ())))
+            rng = rng or np.random.default_rng(int(torch.randint(2**62, ())))
             mixed, mixed_sources, mixed_shares = [], [], []
             for _ in range(n_mixed):
                 a, b = rng.choice(n_images, size=2, replace=False)
@@ -168,10 +210,11 @@ class MixBatch:
 @dataclass
 class CollateViews:
     """DataLoader ``collate_fn`` of :class:`AugmentedViews`: ``mix``'s (images, sources, shares) of the views,
-    and the unreadable images met while reading them (``{path: reason}``)."""
+    mixed from the first sample's seed, and the unreadable images met while reading them (``{path: reason}``)."""
 
     mix: MixBatch
 
-    def __call__(self, samples: list[tuple[torch.Tensor, dict[str, str]]]) -> tuple:
-        broken = {path: reason for _, met in samples for path, reason in met.items()}
-        return (*self.mix([views for views, _ in samples]), broken)
+    def __call__(self, samples: list[tuple[torch.Tensor, dict[str, str], int]]) -> tuple:
+        broken = {path: reason for _, met, _ in samples for path, reason in met.items()}
+        mixed = self.mix([views for views, _, _ in samples], np.random.default_rng(samples[0][2]))
+        return (*mixed, broken)

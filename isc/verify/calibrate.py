@@ -230,3 +230,47 @@ def copy_labels(evidence: pd.DataFrame) -> np.ndarray:
     """Labels of the pairs of self-made copies: 1 where the candidate is the copy's source image."""
     sources = evidence["query_id"].astype(str).str.removesuffix(COPY_SUFFIX)
     return (sources.to_numpy() == evidence["reference_id"].astype(str).to_numpy()).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class CrossFitted:
+    """The combiner of a calibration fitted on labelled queries that are scored too: each labelled query's pairs
+    by the calibration of the other half (:func:`cross_fit`), so that no pair is scored by a model fitted on it;
+    the queries the labels do not cover by ``full``, fitted on every labelled pair (the one saved for later runs)."""
+
+    full: Calibration
+    halves: tuple[Calibration, Calibration]  # halves[i]: fitted on the queries of half 1 - i
+    half_of: Mapping[str, int]  # labelled query id: its half
+
+    def __repr__(self) -> str:
+        return f"CrossFitted(two halves of the queries; {self.full!r})"
+
+    def __call__(self, evidence: pd.DataFrame) -> np.ndarray:
+        half = evidence["query_id"].astype(str).map(self.half_of).to_numpy()
+        scores = self.full.scores(evidence)
+        for i, calibration in enumerate(self.halves):
+            rows = half == i
+            if rows.any():  # the query-level features need the query's every row: a query is wholly in one half
+                scores[rows] = calibration.scores(evidence[rows])
+        return scores
+
+
+def cross_fit(evidence: pd.DataFrame, ground_truth: pd.DataFrame, fitted_on: str,
+              conditions: Mapping[str, object] | None = None) -> CrossFitted:
+    """Calibrations fitted on the pairs of ``evidence`` whose query ``ground_truth`` covers: one on all of them and
+    one on each half of those queries (sorted by id, alternately), each half scored by the other's."""
+    labelled, labels = ground_truth_labels(evidence, ground_truth)
+    queries = sorted(set(labelled["query_id"].astype(str)))
+    half_of = {query: number % 2 for number, query in enumerate(queries)}
+    half = labelled["query_id"].astype(str).map(half_of).to_numpy()
+    halves = []
+    for scored in (0, 1):
+        fit = half != scored
+        count = len(set(labelled["query_id"][fit]))
+        try:
+            halves.append(calibrate(labelled[fit], labels[fit], f"{count} queries of {fitted_on}", conditions))
+        except InputError as error:
+            raise InputError(f"scoring the labelled queries on a calibration fitted on the others (half of "
+                             f"{len(queries)}): {error}") from None
+    full = calibrate(labelled, labels, f"{len(queries)} queries of {fitted_on}", conditions)
+    return CrossFitted(full, (halves[0], halves[1]), half_of)

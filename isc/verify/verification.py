@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from isc.core.files import InputError, atomic_path
+from isc.core.processes import worker_context
 from isc.extract.decode import BrokenImage
 from isc.verify.local_features import (
     FeatureCache,
@@ -49,7 +50,7 @@ PAIRS_PER_TASK = 32  # pairs sent to a worker at once: small enough for a smooth
 def _start_worker() -> None:
     import cv2
 
-    # one process per core already; a forked OpenMP pool would hang
+    # one process per core already
     cv2.setNumThreads(1)
     if "torch" in sys.modules:  # torch's pool too where the caller loaded it: verifying itself runs without torch
         sys.modules["torch"].set_num_threads(1)
@@ -92,6 +93,17 @@ def _match_task(args: tuple[Path, Sequence[tuple[str, tuple[int, ...], str, tupl
 
 
 TaskMap = Callable[[Callable, Iterator, int], Iterator]
+# what the workers run, imported once by the fork server
+WORKER_MODULES = ("isc.verify.verification", "cv2")
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """:func:`~isc.core.processes.worker_context` with :data:`WORKER_MODULES` and the toolkit's modules the command
+    has loaded: each worker runs the command's module again (as __mp_main__), its imports then already made; not
+    that module itself, which runpy would warn of."""
+    main = getattr(sys.modules["__main__"].__spec__, "name", "")
+    loaded = sorted(name for name in list(sys.modules) if name.startswith("isc.") and name != main)
+    return worker_context([*WORKER_MODULES, *loaded])
 
 
 @contextlib.contextmanager
@@ -101,9 +113,7 @@ def _task_map(workers: int) -> Iterator[TaskMap]:
         _start_worker()
         yield lambda function, tasks, chunksize: map(function, tasks)
         return
-    # fork on Linux, as the pixel path does: the workers start at once, without importing torch again
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
-    with context.Pool(workers, initializer=_start_worker) as pool:
+    with _pool_context().Pool(workers, initializer=_start_worker) as pool:
         yield lambda function, tasks, chunksize: pool.imap(function, tasks, chunksize=chunksize)
 
 
@@ -251,13 +261,15 @@ def _check_ids(predictions: pd.DataFrame, column: str, images: Mapping[str, Path
 
 def _describe_all(task_map: TaskMap, ids: Sequence[str], paths: Mapping[str, Path],
                   stamps: Mapping[str, tuple[int, ...]], cache_root: Path, options: VerifyOptions, strict: bool,
-                  label: str, quiet: bool) -> tuple[int, dict[str, str]]:
-    """Phase 1: the cached features of every image of ``ids``, described when missing; (described, broken)."""
-    described, broken, damaged = 0, {}, 0
+                  label: str, quiet: bool) -> tuple[set[str], dict[str, str]]:
+    """Phase 1: the cached features of every image of ``ids``, described when missing or damaged; (the ids
+    described now, broken)."""
+    described, broken, damaged = set(), {}, 0
     tasks = ((cache_root, i, paths[i], stamps[i], options) for i in ids)
     with tqdm(total=len(ids), unit="img", desc=f"features{label}", disable=quiet) as bar:
         for image_id, made, reason, was_damaged in task_map(_features_task, tasks, 8):
-            described += made
+            if made:
+                described.add(image_id)
             damaged += was_damaged
             if reason:
                 if strict:
@@ -315,8 +327,9 @@ def _shard_evidence(pairs: pd.DataFrame, paths: Mapping[str, Path], cache_root: 
             {"matches": matches, "inliers": inliers, "inlier_ratio": ratios, "transform": transforms},
             index=evidence.index[good])
     cache = FeatureCache(cache_root, options)
-    sizes = [cache.path(i).stat().st_size for i in ids if cache.path(i).is_file()]
-    counts = {"images": len(ids), "described": described, "cache_bytes": sum(sizes), "cache_files": len(sizes),
+    # by id: ranks share references, and the merged counts hold each image once
+    counts = {"images": ids, "described": described,
+              "cache_bytes": {i: cache.path(i).stat().st_size for i in ids if cache.path(i).is_file()},
               "features_seconds": features_seconds, "matching_seconds": matching_seconds,
               "pairs": len(pairs), "matched": int(good.sum()), "broken": broken}
     return evidence, counts
@@ -443,15 +456,18 @@ def _result(output: Path, cache_root: Path, rank: int, world: int, predictions: 
     def total(key: str) -> int | float:
         return sum(c[key] for c in counts)
 
+    images = set().union(*(c["images"] for c in counts))
+    described = len(set().union(*(c["described"] for c in counts)))  # by two ranks at once on a cold cache: once
+    cache_bytes = {i: size for c in counts for i, size in c["cache_bytes"].items()}
     features_seconds = max(c["features_seconds"] for c in counts)
     matching_seconds = max(c["matching_seconds"] for c in counts)
     return VerifyResult(
         output=str(output), evidence=str(evidence_path(output)), cache=str(cache_root), rank=rank, world_size=world,
         predictions=predictions, queries=queries, pairs=total("pairs"),
-        failed_pairs=total("pairs") - total("matched"), images=total("images"), described=total("described"),
-        cached=total("images") - total("described"),
-        cache_bytes_per_image=round(total("cache_bytes") / total("cache_files")) if total("cache_files") else None,
+        failed_pairs=total("pairs") - total("matched"), images=len(images), described=described,
+        cached=len(images) - described,
+        cache_bytes_per_image=round(sum(cache_bytes.values()) / len(cache_bytes)) if cache_bytes else None,
         features_seconds=round(features_seconds, 3), matching_seconds=round(matching_seconds, 3),
-        images_per_second=round(total("described") / features_seconds, 1) if features_seconds else None,
+        images_per_second=round(described / features_seconds, 1) if features_seconds else None,
         pairs_per_second=round(total("matched") / matching_seconds, 1) if matching_seconds else None,
         broken={i: r for c in counts for i, r in c["broken"].items()})
