@@ -67,7 +67,7 @@ def test_queries_against_references_find_every_copy_and_nothing_else(folders, tm
     assert done.returncode == 0, done.stderr
     matches = pd.read_csv(out, dtype={"query_id": str, "reference_id": str}, keep_default_na=False)
     assert set(zip(matches["query_id"], matches["reference_id"], strict=True)) == expected_pairs()
-    assert list(matches.columns) == ["query_id", "reference_id", "score", "query_path", "reference_path"]
+    assert list(matches.columns) == ["query_id", "reference_id", "score", "query_path", "reference_path", "exact"]
     assert matches["score"].is_monotonic_decreasing and (matches["score"] >= 0.5).all()
     assert all(Path(p).is_file() for p in [*matches["query_path"], *matches["reference_path"]])
     assert "14 described this run" in done.stdout  # 6 queries (with crops) and 8 references
@@ -89,13 +89,13 @@ def test_one_folder_gives_groups_without_self_matches(folders, tmp_path):
 
 
 @needs_sscd
-def test_a_rerun_describes_only_new_or_changed_images(folders, tmp_path):
+def test_a_rerun_describes_only_new_or_changed_images(folders, tmp_path, user_cache):
     folder = tmp_path / "grown"
     shutil.copytree(folders["references"], folder)
     out = tmp_path / "groups.json"
     first = find(folder, "-o", out, "--no-crops")
     assert first.returncode == 0 and "8 described this run" in first.stdout, first.stderr
-    cache = tmp_path / "groups.json.cache" / "folder_sscd.h5"
+    [cache] = (user_cache / "isc" / "find").glob("grown-*/sscd.h5")  # the folder's, whatever the output
     before = dict(_descriptor_rows(cache))
     shutil.copy(folders["queries"] / "<b>mirrored.png", folder / "new one.png")
     with Image.open(folder / "holiday 7.jpg") as image:
