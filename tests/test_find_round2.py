@@ -104,7 +104,7 @@ def test_without_output_the_groups_go_to_stdout_exact_copies_marked(photos, tmp_
     out = tmp_path / "m.csv"
     assert find(photos, "-o", out, *PDQ, "--quiet").returncode == 0
     table = pd.read_csv(out, keep_default_na=False)
-    exact = dict(zip(zip(table["query_path"], table["reference_path"]), table["exact"], strict=True))
+    exact = dict(zip(zip(table["query_path"], table["reference_path"], strict=True), table["exact"], strict=True))
     assert exact.get((str(photos / "beach.png"), str(copy))) == "bytes"
     assert exact.get((str(photos / "forêt.png"), str(pixels))) == "pixels"
     assert exact.get((str(photos / "l'hôtel.jpg"), str(photos / "l'hôtel smaller.jpg"))) == ""
