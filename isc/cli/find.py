@@ -23,7 +23,7 @@ from isc.pipeline.find import (
 )
 from isc.search.matching import DEFAULT_K
 
-FIND_BATCH_SIZE = 8
+FIND_BATCH_SIZE = 8  # small batches: the progress bar moves every 8 images, in the same time (docs/BENCHMARKS.md)
 # warnings about what a run did as told, not about its result: --quiet leaves them out
 INFORMATIONAL_WARNINGS = (r"k = \d+ is larger than", r".* descriptors are not L2-normalised")
 
@@ -85,10 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the descriptors are kept between runs, a sub-folder per image folder (default: "
                         f"{default_cache_dir()})")
     model = parser.add_argument_group("model")
-    add_model_options(model)
-    batch_size = next(action for action in model._group_actions if action.dest == "batch_size")
-    # small batches: the progress bar moves every few images, in the same time (docs/BENCHMARKS.md)
-    batch_size.default, batch_size.help = FIND_BATCH_SIZE, f"images per batch (default {FIND_BATCH_SIZE})"
+    add_model_options(model, batch_size=FIND_BATCH_SIZE)
     model.add_argument("--checkpoint", metavar="PATH", help="weights saved by isc-train")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars, summary or warnings that do not question the result")
