@@ -32,20 +32,21 @@ what it does: every image of the folders (searched recursively; ids are paths re
 without suffix, or with it where two files share a stem: beach.jpg and beach.png) is described by the
 model (default: sscd when installed), each query also by 5 crops (a pair scores its best view), once: the
 descriptors are cached per folder and model in --cache (default $XDG_CACHE_HOME/isc/find/, else
-~/.cache/isc/find/), whatever the output, and a re-run describes only the images added or changed since. Each query keeps its --k nearest references, and the pairs scoring at least
---threshold are written. The default threshold, {DEFAULT_THRESHOLD}, kept 63 pairs, 62 of them copies
-(precision 0.98, recall 0.69) with sscd and query crops on a photo benchmark (docs/BENCHMARKS.md). With
---training the scores are normalised (s - 0.5 x the similarity of the query to its 10th nearest training
-image) and lower; the default is then {DEFAULT_THRESHOLD_NORMALISED} (precision 0.98, recall 0.67 there).
+~/.cache/isc/find/), whatever the output, and a re-run describes only the images added or changed since.
+Each query keeps its --k nearest references, and the pairs scoring at least --threshold are written.
+The default threshold, {DEFAULT_THRESHOLD}, kept 63 pairs, 62 of them copies (precision 0.98, recall 0.69)
+with sscd and query crops on a photo benchmark (docs/BENCHMARKS.md). With --training the scores are
+normalised (s - 0.5 x the similarity of the query to its 10th nearest training image) and lower; the
+default is then {DEFAULT_THRESHOLD_NORMALISED} (precision 0.98, recall 0.67 there).
 
 outputs: without -o the groups (connected components of the pairs, largest first) go to stdout, a block
 of paths a group, blocks apart by an empty line, an exact copy followed by a tab and "same bytes as PATH"
 or "same pixels as PATH". A .csv output lists the pairs (query_id,reference_id,score,query_path,
 reference_path,exact, best first; exact: bytes, pixels or empty for an edited copy), and the unreadable
 images (path,reason) in OUT.unreadable.csv; a .json output holds the groups (lists of paths), the pairs,
-the settings and the unreadable images. In one folder each pair is listed once; an image never matches itself, nor the same
-file under another path (a folder inside the other). An output inside an image folder must not have an
-image suffix.
+the settings and the unreadable images. In one folder each pair is listed once; an image never matches
+itself, nor the same file under another path (a folder inside the other). An output inside an image
+folder must not have an image suffix.
 
 examples:
   isc-find queries/ references/ -o matches.csv --report matches.html
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", metavar="OUT.csv|OUT.json",
                         help="the pairs as CSV, or (.json) the groups and the pairs (default: the groups on stdout)")
     parser.add_argument("--report", metavar="REPORT.html",
-                        help="also write an HTML page showing the matches and the closest pairs below the threshold")
+                        help="also write an HTML page showing the groups (one folder), the matches and the closest "
+                        "pairs below the threshold, each image's path linked")
     parser.add_argument("--threshold", type=finite_float,
                         help=f"keep pairs scoring at least this, in (0, 1] (default {DEFAULT_THRESHOLD}, with "
                         f"--training {DEFAULT_THRESHOLD_NORMALISED}: precision 0.98 on a photo benchmark)")
