@@ -6,7 +6,9 @@ changed since the cache was written (isc-extract's resume log, started from the 
 :func:`candidate_pairs` searches each query's nearest references (query crops, score normalisation when
 training images are given, self-matches left out); :func:`matches_above` keeps the pairs at or above a
 score threshold, :func:`groups_of` joins them into groups (connected components), and
-:func:`write_matches` writes them as CSV or JSON; :func:`find_copies` does it all.
+:func:`write_matches` writes them as CSV or JSON (:func:`groups_text` as text), each pair marked when it is an
+exact copy (:func:`exact_copy`); :func:`find_copies` does it all, with a cache per folder and model
+(:func:`cache_path`).
 
 The defaults are the best the photo benchmarks found (docs/BENCHMARKS.md): SSCD, each query described as
 its full view and 5 crops (a pair scores its best view), and the training-set score normalisation when a
