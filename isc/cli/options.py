@@ -29,10 +29,10 @@ def add_model_options(parser: Parser, batch_size: int | None = None) -> None:
     """The model and how it runs: --model, --image-size, --batch-size (default ``batch_size``, else the
     extraction's), --device, --workers (isc-extract's and isc-run's)."""
     from isc.extract.extraction import DEFAULT_BATCH_SIZE
-
-    batch_size = batch_size or DEFAULT_BATCH_SIZE
     from isc.models import MAX_IMAGE_SIZE
     from isc.models.registry import DEFAULT_MODEL, PREFERRED_MODEL, models_help, pixel_models
+
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
 
     parser.add_argument("--model", default=None,
                         help=f"{models_help()} (default: the checkpoint's model, else {PREFERRED_MODEL} when "

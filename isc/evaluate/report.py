@@ -487,7 +487,8 @@ def write_matches_page(
 ) -> None:
     """An HTML page of found copies (no ground truth): the ``groups`` (lists of (side, id)) when given, the best
     ``gallery_size`` matches, then the best pairs scoring just below the threshold, each image read from
-    ``locate(side, id)`` and labelled by its side and path, a link to the file."""
+    ``locate(side, id)`` and labelled by its path, a link to the file (and by its side without ``groups``: two
+    folders)."""
     galleries = [
         Gallery("Matches", "Pairs at or above the threshold, best first.", matches.head(gallery_size), len(matches)),
         Gallery("Closest below the threshold", "The best pairs that were not kept: copies missed, if any.",
