@@ -127,6 +127,15 @@ def test_quiet_silences_informational_warnings_not_errors(photos, tmp_path):
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
     broken = find(photos, "-o", tmp_path / "m.csv", *PDQ, "--quiet", "--k", "0")
     assert broken.returncode == 2 and "error" in broken.stderr
+    # unreadable images without an output file: the warning is their only record, --quiet keeps it
+    folder = tmp_path / "some"
+    folder.mkdir()
+    for name in ("l'hôtel.jpg", "l'hôtel smaller.jpg"):
+        shutil.copy(photos / name, folder / name)
+    (folder / "broken «é».jpg").write_bytes(b"not a JPEG")
+    done = find(folder, *PDQ, "--quiet")
+    assert done.returncode == 0 and done.stdout.count("\n") == 2, done.stderr
+    assert done.stderr.startswith(f"isc-find: warning: 1 unreadable image(s) left out: {folder / 'broken «é».jpg'} (")
 
 
 def test_the_progress_bar_moves_every_few_images():

@@ -140,7 +140,7 @@ def find(args: argparse.Namespace) -> int:
         write_matches_page(args.report, found.matches, below, lambda side, i: found.paths[side][i], summary,
                            groups=groups_of(found.matches, True) if found.same_images else None, quiet=args.quiet)
     unreadable = found.record["unreadable"]
-    if unreadable and not args.quiet:
+    if unreadable and not (args.quiet and output):  # without an output file, this line is their only record
         where = f", listed in {sidecar or output}" if output else ": " + "; ".join(
             f"{path} ({reason})" for path, reason in unreadable.items())
         print(f"isc-find: warning: {len(unreadable)} unreadable image(s) left out{where}", file=sys.stderr)
