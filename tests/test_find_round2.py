@@ -90,6 +90,17 @@ def test_the_cache_follows_the_images_and_the_model_not_the_output(photos, tmp_p
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "is the input" in refused.stderr
 
 
+def test_a_cache_per_folder_whatever_its_name(tmp_path):
+    from isc.models import create_model
+    from isc.pipeline.find import cache_path
+
+    pdq, long_name = create_model("pdq"), tmp_path / ("é" * 120)  # 240 bytes: the name alone nearly fills NAME_MAX
+    first = cache_path(tmp_path / "c", long_name, pdq, crops=True)
+    assert first == cache_path(tmp_path / "c", tmp_path / "x" / ".." / ("é" * 120), pdq, crops=True)  # resolved
+    assert first.parent != cache_path(tmp_path / "c", tmp_path / ("é" * 119), pdq, crops=True).parent
+    assert len(os.fsencode(first.parent.name)) <= 255 and first.name == "pdq_crops.h5"
+
+
 def test_without_output_the_groups_go_to_stdout_exact_copies_marked(photos, tmp_path):
     done = find(photos, *PDQ)
     assert done.returncode == 0, done.stderr

@@ -75,7 +75,8 @@ def cache_path(cache_dir: str | Path, folder: str | Path, model: DescriptorModel
     the output: ``CACHE/<folder name>-<hash>/<model>[_crops].h5``."""
     resolved = Path(folder).resolve()
     key = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:16]
-    return Path(cache_dir) / f"{resolved.name}-{key}" / f"{model.name.replace('/', '_')}{'_crops' if crops else ''}.h5"
+    # the name only helps a reader (the hash keys it): cut so that a long one stays within a file name's 255 bytes
+    return Path(cache_dir) / f"{resolved.name[:40]}-{key}" / f"{model.name.replace('/', '_')}{'_crops' if crops else ''}.h5"
 
 
 def seed_resume_log(cache: Path, config: Mapping[str, object]) -> bool:
