@@ -52,3 +52,11 @@ def wait_until(condition: Callable[[], bool], child: subprocess.Popen, seconds: 
         assert child.poll() is None, "the child ended before the awaited point"
         assert time.monotonic() < deadline, f"not reached in {seconds} s"
         time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user cache folder of the test's own (isc-find's default cache lives there), never the real one."""
+    folder = tmp_path_factory.mktemp("xdg_cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    return folder

@@ -85,7 +85,7 @@ def test_queries_against_references_find_every_copy_and_nothing_else(folders, tm
     assert done.returncode == 0, done.stderr
     matches = read_matches(out)
     assert set(zip(matches["query_id"], matches["reference_id"], strict=True)) == expected_pairs(model)
-    assert list(matches.columns) == ["query_id", "reference_id", "score", "query_path", "reference_path"]
+    assert list(matches.columns) == ["query_id", "reference_id", "score", "query_path", "reference_path", "exact"]
     threshold = PDQ_THRESHOLD if model == "pdq" else 0.5
     assert matches["score"].is_monotonic_decreasing and (matches["score"] >= threshold).all()
     assert all(Path(p).is_file() for p in [*matches["query_path"], *matches["reference_path"]])
@@ -109,14 +109,14 @@ def test_one_folder_gives_groups_without_self_matches(folders, tmp_path, model):
 
 
 @pytest.mark.parametrize("model", BY_MODEL)
-def test_a_rerun_describes_only_new_or_changed_images(folders, tmp_path, model):
+def test_a_rerun_describes_only_new_or_changed_images(folders, tmp_path, model, user_cache):
     folder = tmp_path / "grown"
     shutil.copytree(folders["references"], folder)
     out = tmp_path / "groups.json"
     with_model = functools.partial(find, *MODELS[model][2])
     first = with_model(folder, "-o", out, "--no-crops")
     assert first.returncode == 0 and "8 described this run" in first.stdout, first.stderr
-    cache = tmp_path / "groups.json.cache" / f"folder_{model}.h5"
+    [cache] = (user_cache / "isc" / "find").glob(f"grown-*/{model}.h5")  # the folder's, whatever the output
     before = dict(_descriptor_rows(cache))
     shutil.copy(folders["queries"] / "<b>mirrored.png", folder / "new one.png")
     with Image.open(folder / "holiday 7.jpg") as image:
@@ -161,26 +161,35 @@ def test_bad_input_is_one_line(args, message, tmp_path):
 # ------------------------------------------------------------------ --k, --threshold, --training, resume (pdq)
 
 
+def engine_candidates(folders: dict[str, Path], cache: Path, **options: object) -> pd.DataFrame:
+    """Every candidate pair (each query's 8 nearest references), before any threshold, from isc-find's engine."""
+    from isc.extract.extraction import ExtractOptions
+    from isc.models import create_model
+    from isc.pipeline.find import find_copies
+
+    found = find_copies([folders["queries"], folders["references"]], cache, create_model("pdq"),
+                        ExtractOptions(workers=0), k=8, quiet=True, **options)
+    return found.candidates
+
+
 def test_k_keeps_each_querys_best_references_and_threshold_cuts_them(folders, tmp_path):
-    every = ["--model", "pdq", "--threshold", -1, "--cache", tmp_path / "cache"]  # pdq scores are cosines >= -1
-    done = find(folders["queries"], folders["references"], "-o", tmp_path / "all.csv", *every, "--k", 8)
-    assert done.returncode == 0, done.stderr
-    candidates = read_matches(tmp_path / "all.csv")
+    cache = tmp_path / "cache"
+    candidates = engine_candidates(folders, cache, crops=True)
     assert len(candidates) == 6 * 8  # every query against every reference
-    done = find(folders["queries"], folders["references"], "-o", tmp_path / "two.csv", *every, "--k", 2)
+    low = 1e-6  # pdq scores are cosines: the unrelated pairs scatter around 0
+    done = find(folders["queries"], folders["references"], "-o", tmp_path / "two.csv", "--model", "pdq",
+                "--threshold", low, "--k", 2, "--cache", cache)
     assert done.returncode == 0 and "0 described this run" in done.stdout, done.stderr
     best = read_matches(tmp_path / "two.csv")
-    assert (best.groupby("query_id").size() == 2).all() and best["query_id"].nunique() == 6
-    scored = candidates.set_index(["query_id", "reference_id"])["score"]
-    assert (scored.loc[list(zip(best["query_id"], best["reference_id"], strict=True))].to_numpy()
-            == best["score"].to_numpy()).all()
-    for query, rows in candidates.groupby("query_id"):  # the two highest scores (ties may pick either)
-        kept = best.loc[best["query_id"] == query, "score"]
-        assert sorted(kept, reverse=True) == sorted(rows["score"], reverse=True)[:2], query
+    assert (best.groupby("query_id").size() <= 2).all()
+    top_two = candidates.sort_values("score", ascending=False, kind="stable").groupby("query_id").head(2)
+    expected = top_two[top_two["score"] >= low]
+    assert sorted(zip(best["query_id"], best["score"].round(5), strict=True)) == \
+        sorted(zip(expected["query_id"], expected["score"].round(5), strict=True))  # ties may pick either reference
 
     out = tmp_path / "above.json"
     done = find(folders["queries"], folders["references"], "-o", out, "--model", "pdq", "--k", 2,
-                "--threshold", 0.3, "--cache", tmp_path / "cache")
+                "--threshold", 0.3, "--cache", cache)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text(encoding="utf-8"))
     pairs = {(Path(p["query"]).stem, Path(p["reference"]).stem) for p in result["pairs"]}
@@ -193,26 +202,23 @@ def test_training_subtracts_half_the_querys_similarity_to_its_10th_nearest_train
                                                                                           tmp_path):
     from isc.pipeline.find import DEFAULT_THRESHOLD_NORMALISED
 
-    common = [folders["queries"], folders["references"], "--model", "pdq", "--no-crops", "--k", 8,
-              "--cache", tmp_path / "cache"]
-    raw = find(*common, "--threshold", -1, "-o", tmp_path / "raw.csv")
-    training = mini_dataset / "training_images"
-    normalised = find(*common, "--threshold", -1, "--training", training, "-o", tmp_path / "normalised.csv")
-    assert raw.returncode == 0 and normalised.returncode == 0, raw.stderr + normalised.stderr
-    assert "40 described this run" in normalised.stdout  # the training images only, the others cached
-    merged = read_matches(tmp_path / "raw.csv").merge(read_matches(tmp_path / "normalised.csv"),
-                                                      on=["query_id", "reference_id"], suffixes=("_raw", ""))
+    cache, training = tmp_path / "cache", mini_dataset / "training_images"
+    merged = engine_candidates(folders, cache, crops=False).merge(
+        engine_candidates(folders, cache, crops=False, training=training),
+        on=["query_id", "reference_id"], suffixes=("_raw", ""))
     assert len(merged) == 6 * 8
-    ids, queries = zip(*_descriptor_rows(tmp_path / "cache" / "queries_pdq.h5"), strict=True)
-    train = np.stack([row for _, row in _descriptor_rows(tmp_path / "cache" / "training_pdq.h5")])
+    [queries_file], [training_file] = cache.glob("queries-*/pdq.h5"), cache.glob("training_images-*/pdq.h5")
+    ids, queries = zip(*_descriptor_rows(queries_file), strict=True)
+    train = np.stack([row for _, row in _descriptor_rows(training_file)])
     assert len(train) == 40
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
     tenth = np.sort(unit(np.stack(queries)) @ unit(train).T, axis=1)[:, -10]
     expected = merged["score_raw"] - 0.5 * merged["query_id"].map(dict(zip(ids, tenth, strict=True)))
-    np.testing.assert_allclose(merged["score"], expected, atol=2e-6)  # the CSV's 6 decimals
+    np.testing.assert_allclose(merged["score"], expected, atol=1e-6)
 
     out = tmp_path / "default.json"
-    done = find(*common, "--training", training, "-o", out)
+    done = find(folders["queries"], folders["references"], "--model", "pdq", "--no-crops", "--k", 8, "--cache", cache,
+                "--training", training, "-o", out)
     assert done.returncode == 0 and "0 described this run" in done.stdout, done.stderr
     result = json.loads(out.read_text(encoding="utf-8"))
     assert result["threshold"] == DEFAULT_THRESHOLD_NORMALISED
@@ -228,23 +234,23 @@ def test_killed_and_run_again_writes_what_an_uninterrupted_run_writes(mini_datas
         shutil.copytree(mini_dataset / f"{split}_images", folder, dirs_exist_ok=True)
     # the pairs as CSV: a .json output also records how many images this run described
     common = ["--model", "pdq", "--threshold", 0.3, "--batch-size", 4, "--workers", 0, "--quiet"]
-    clean = find(folder, "-o", tmp_path / "clean" / "pairs.csv", *common)
+    clean = find(folder, "-o", tmp_path / "clean" / "pairs.csv", "--cache", tmp_path / "clean" / "cache", *common)
     assert clean.returncode == 0, clean.stderr
-    output = tmp_path / "killed" / "pairs.csv"
-    cache = Path(f"{output}.cache")
-    command = [sys.executable, "-m", "isc.cli.find", str(folder), "-o", str(output), *map(str, common)]
+    output, cache = tmp_path / "killed" / "pairs.csv", tmp_path / "killed" / "cache"
+    command = [sys.executable, "-m", "isc.cli.find", str(folder), "-o", str(output), "--cache", str(cache),
+               *map(str, common)]
     with running(command, cwd=REPO) as child:
         # the resume log holds some rows (a few kB beyond its header) but the run is not done
-        wait_until(lambda: any(p.stat().st_size > 4096 for p in cache.glob("*.partial")), child)
+        wait_until(lambda: any(p.stat().st_size > 4096 for p in cache.rglob("*.partial")), child)
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=30) == -signal.SIGKILL
-    assert not output.exists() and not list(cache.glob("*.h5"))
-    again = find(folder, "-o", output, *common[:-1])
+    assert not output.exists() and not list(cache.rglob("*.h5"))
+    again = find(folder, "-o", output, "--cache", cache, *common[:-1])
     assert again.returncode == 0, again.stderr
     described = int(re.search(r"(\d+) described this run", again.stdout).group(1))
     assert described < len(list(folder.iterdir())), again.stdout  # resumed, not restarted
     assert output.read_bytes() == (tmp_path / "clean" / "pairs.csv").read_bytes()
-    for killed, uninterrupted in zip(*(sorted((tmp_path / run / "pairs.csv.cache").glob("*.h5"))
+    for killed, uninterrupted in zip(*(sorted((tmp_path / run / "cache").rglob("*.h5"))
                                        for run in ("killed", "clean")), strict=True):
         assert dict(_h5_datasets(killed)) == dict(_h5_datasets(uninterrupted)), killed.name
 

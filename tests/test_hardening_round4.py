@@ -146,7 +146,7 @@ def test_extract_and_report_refuse_an_output_over_an_image(dataset, tmp_path):
 
 def test_find_never_pairs_a_file_with_itself_across_nested_folders(folders, tmp_path):
     out = tmp_path / "m.csv"
-    done = cli("find", folders / "real", folders / "real" / "r", "-o", out, "--model", "pdq", "--threshold", "-1",
+    done = cli("find", folders / "real", folders / "real" / "r", "-o", out, "--model", "pdq", "--threshold", "1e-9",
                "--cache", tmp_path / "c", "--quiet")
     assert done.returncode == 0, done.stderr
     pairs = pd.read_csv(out)
@@ -158,7 +158,7 @@ def test_find_never_pairs_a_file_with_itself_across_nested_folders(folders, tmp_
     (lone / "r").mkdir(parents=True)
     shutil.copy(folders / "real" / "coffee.jpg", lone / "r")
     shutil.copy(folders / "real" / "chelsea.jpg", lone)
-    done = cli("find", lone, lone / "r", "-o", out, "--model", "pdq", "--threshold", "-1", "--no-crops", "--quiet")
+    done = cli("find", lone, lone / "r", "-o", out, "--model", "pdq", "--threshold", "1e-9", "--no-crops", "--quiet")
     assert done.returncode == 0, done.stderr
     assert pd.read_csv(out)[["query_id", "reference_id"]].values.tolist() == [["chelsea", "coffee"]]
 
@@ -317,7 +317,7 @@ def test_verify_cache_sees_changed_and_deleted_images(dataset, tmp_path):
 def test_find_cache_sees_changed_and_deleted_images(folders, tmp_path):
     folder = tmp_path / "photos"
     shutil.copytree(folders / "real", folder)
-    args = ["--model", "pdq", "--threshold", "-1", "--no-crops", "--quiet"]
+    args = ["--model", "pdq", "--threshold", "1e-9", "--no-crops", "--quiet"]
     assert cli("find", folder, "-o", tmp_path / "before.csv", "--cache", tmp_path / "c", *args).returncode == 0
     _same_size_and_times(folder / "coffee.jpg", _photo("rocket", 96))
     (folder / "chelsea.jpg").unlink()
@@ -338,7 +338,7 @@ def test_find_cache_sees_another_checkpoint_under_the_same_name(folders, tmp_pat
     checkpoint = tmp_path / "model.pt"
     model = create_model("resnet10t", dim=8, image_size=32, pretrained=False)
     save_checkpoint(model, checkpoint)
-    args = [folders / "real", "--checkpoint", checkpoint, "--device", "cpu", "--workers", "0", "--threshold", "-1",
+    args = [folders / "real", "--checkpoint", checkpoint, "--device", "cpu", "--workers", "0", "--threshold", "1e-9",
             "--no-crops", "--quiet", "--cache", tmp_path / "c"]
     assert cli("find", *args, "-o", tmp_path / "before.csv").returncode == 0
     with torch.no_grad():
@@ -346,7 +346,8 @@ def test_find_cache_sees_another_checkpoint_under_the_same_name(folders, tmp_pat
     save_checkpoint(model, checkpoint)  # the same model name and path, other weights
     assert cli("find", *args, "-o", tmp_path / "after.csv").returncode == 0
     # the cache now holds the new weights' descriptors (two torch runs: the model under test is a real network)
-    assert read_descriptor_attrs(tmp_path / "c" / "folder_resnet10t.h5")["model_fingerprint"] == model.fingerprint()
+    [cache] = (tmp_path / "c").glob("real-*/resnet10t.h5")  # the folder's cache, by folder and model
+    assert read_descriptor_attrs(cache)["model_fingerprint"] == model.fingerprint()
     before, after = (pd.read_csv(tmp_path / f"{name}.csv") for name in ("before", "after"))
     assert not after["score"].equals(before["score"])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from isc.cli.common import check_outputs, finite_float, positive_int, run_command
@@ -13,32 +14,43 @@ from isc.models import create_model
 from isc.pipeline.find import (
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLD_NORMALISED,
+    default_cache_dir,
     find_copies,
     groups_of,
+    groups_text,
     unreadable_path,
     write_matches,
 )
 from isc.search.matching import DEFAULT_K
 
+FIND_BATCH_SIZE = 8  # small batches: the progress bar moves every 8 images, in the same time (docs/BENCHMARKS.md)
+# warnings about what a run did as told, not about its result: --quiet leaves them out
+INFORMATIONAL_WARNINGS = (r"k = \d+ is larger than", r".* descriptors are not L2-normalised")
+
 EPILOG = f"""\
 what it does: every image of the folders (searched recursively; ids are paths relative to the folder,
-without suffix) is described by the model (default: sscd when installed), each query also by 5 crops (a
-pair scores its best view), once: the descriptors are cached in --cache, and a re-run describes only the
-images added or changed since. Each query keeps its --k nearest references, and the pairs scoring at least
---threshold are written. The default threshold, {DEFAULT_THRESHOLD}, kept 63 pairs, 62 of them copies
-(precision 0.98, recall 0.69) with sscd and query crops on a photo benchmark (docs/BENCHMARKS.md). With
---training the scores are normalised (s - 0.5 x the similarity of the query to its 10th nearest training
-image) and lower; the default is then {DEFAULT_THRESHOLD_NORMALISED} (precision 0.98, recall 0.67 there).
+without suffix, or with it where two files share a stem: beach.jpg and beach.png) is described by the
+model (default: sscd when installed), each query also by 5 crops (a pair scores its best view), once: the
+descriptors are cached per folder and model in --cache (default $XDG_CACHE_HOME/isc/find/, else
+~/.cache/isc/find/), whatever the output, and a re-run describes only the images added or changed since.
+Each query keeps its --k nearest references, and the pairs scoring at least --threshold are written.
+The default threshold, {DEFAULT_THRESHOLD}, kept 63 pairs, 62 of them copies (precision 0.98, recall 0.69)
+with sscd and query crops on a photo benchmark (docs/BENCHMARKS.md). With --training the scores are
+normalised (s - 0.5 x the similarity of the query to its 10th nearest training image) and lower; the
+default is then {DEFAULT_THRESHOLD_NORMALISED} (precision 0.98, recall 0.67 there).
 
-outputs: a .csv output lists the pairs (query_id,reference_id,score,query_path,reference_path, best
-first), and the unreadable images (path,reason) in OUT.unreadable.csv; a .json output holds the groups
-(connected components of the pairs, lists of paths, largest first), the pairs, the settings and the
-unreadable images. In one folder each pair is listed once; an image never matches itself, nor the same
-file under another path (a folder inside the other). An output inside an image folder must not have an
-image suffix.
+outputs: without -o the groups (connected components of the pairs, largest first) go to stdout, a block
+of paths a group, blocks apart by an empty line, an exact copy followed by a tab and "same bytes as PATH"
+or "same pixels as PATH". A .csv output lists the pairs (query_id,reference_id,score,query_path,
+reference_path,exact, best first; exact: bytes, pixels or empty for an edited copy), and the unreadable
+images (path,reason) in OUT.unreadable.csv; a .json output holds the groups (lists of paths), the pairs,
+the settings and the unreadable images. In one folder each pair is listed once; an image never matches
+itself, nor the same file under another path (a folder inside the other). An output inside an image
+folder must not have an image suffix.
 
 examples:
   isc-find queries/ references/ -o matches.csv --report matches.html
+  isc-find photos/
   isc-find photos/ -o groups.json
   isc-find photos/ -o groups.json --training unrelated_photos/
 """
@@ -55,13 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("folders", nargs="+", metavar="FOLDER",
                         help="QUERIES REFERENCES (two folders), or one FOLDER searched against itself")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.csv|OUT.json",
-                        help="the pairs as CSV, or (.json) the groups and the pairs")
+    parser.add_argument("-o", "--output", metavar="OUT.csv|OUT.json",
+                        help="the pairs as CSV, or (.json) the groups and the pairs (default: the groups on stdout)")
     parser.add_argument("--report", metavar="REPORT.html",
-                        help="also write an HTML page showing the matches and the closest pairs below the threshold")
+                        help="also write an HTML page showing the groups (one folder), the matches and the closest "
+                        "pairs below the threshold, each image's path linked")
     parser.add_argument("--threshold", type=finite_float,
-                        help=f"keep pairs scoring at least this (default {DEFAULT_THRESHOLD}, with --training "
-                        f"{DEFAULT_THRESHOLD_NORMALISED}: precision 0.98 on a photo benchmark)")
+                        help=f"keep pairs scoring at least this, in (0, 1] (default {DEFAULT_THRESHOLD}, with "
+                        f"--training {DEFAULT_THRESHOLD_NORMALISED}: precision 0.98 on a photo benchmark)")
     parser.add_argument("--k", type=positive_int, default=DEFAULT_K,
                         help=f"references considered per query (default {DEFAULT_K})")
     parser.add_argument("--training", metavar="DIR",
@@ -71,23 +84,33 @@ def build_parser() -> argparse.ArgumentParser:
                         help="describe each query by its full view only (about 6 times less work, fewer copies "
                         "found that fill only part of the query)")
     parser.add_argument("--cache", metavar="DIR",
-                        help="where the descriptors are kept between runs (default: <output>.cache/ beside the "
-                        "output)")
+                        help="where the descriptors are kept between runs, a sub-folder per image folder (default: "
+                        f"{default_cache_dir()})")
     model = parser.add_argument_group("model")
-    add_model_options(model)
+    add_model_options(model, batch_size=FIND_BATCH_SIZE)
     model.add_argument("--checkpoint", metavar="PATH", help="weights saved by isc-train")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars, summary or warnings that do not question the result")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    output = Path(args.output)
-    cache = Path(args.cache) if args.cache else output.with_name(output.name + ".cache")
+    with warnings.catch_warnings():
+        if args.quiet:
+            for message in INFORMATIONAL_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+        return find(args)
+
+
+def find(args: argparse.Namespace) -> int:
+    output = Path(args.output) if args.output else None
+    cache = Path(args.cache) if args.cache else default_cache_dir()
     sources = [*args.folders, *([args.training] if args.training else [])]
     lists = [source for source in sources if Path(source).is_file()]  # a list file: the images listed are read
-    sidecar = unreadable_path(output) if output.suffix.lower() != ".json" else None
-    check_outputs(inputs=[args.checkpoint, *lists], outputs=[args.output, args.report, sidecar], folders=[cache],
-                  images=(path for source in sources for path in list_images(source).values()),  # listed if needed
+    sidecar = unreadable_path(output) if output and output.suffix.lower() != ".json" else None
+    check_outputs(inputs=[args.checkpoint, *lists], outputs=[output, args.report, sidecar], folders=[cache],
+                  images=(path for source in sources
+                          for path in list_images(source, suffix_on_clash=True).values()),  # listed if needed
                   image_folders=[source for source in sources if Path(source).is_dir()])
     extraction = extract_options(args)
     model_name, why = model_choice(args)
@@ -97,7 +120,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"isc-find: no --model given, using {model_name}; {why}", file=sys.stderr)
     found = find_copies(args.folders, cache, model, extraction, threshold=args.threshold, training=args.training,
                         crops=not args.no_crops, k=args.k, quiet=args.quiet)
-    write_matches(output, found.matches, found.paths, found.record, found.same_images)
+    if output:
+        write_matches(output, found.matches, found.paths, found.record, found.same_images)
+    else:  # the groups alone on stdout, what the summary and warnings say on stderr
+        text = groups_text(found.matches, found.paths, found.same_images)
+        if text:
+            print(text, flush=True)
     threshold = found.record["threshold"]
     summary = (f"{len(found.matches)} pairs scoring >= {threshold:g} ({model.name}, "
                f"{'query crops' if not args.no_crops else 'no crops'}"
@@ -110,14 +138,17 @@ def run(args: argparse.Namespace) -> int:
 
         below = found.candidates[found.candidates["score"] < threshold]
         write_matches_page(args.report, found.matches, below, lambda side, i: found.paths[side][i], summary,
-                           quiet=args.quiet)
+                           groups=groups_of(found.matches, True) if found.same_images else None, quiet=args.quiet)
     unreadable = found.record["unreadable"]
-    if unreadable and not args.quiet:
-        print(f"isc-find: warning: {len(unreadable)} unreadable image(s) left out, listed in "
-              f"{sidecar or output}", file=sys.stderr)
+    if unreadable and not (args.quiet and output):  # without an output file, this line is their only record
+        where = f", listed in {sidecar or output}" if output else ": " + "; ".join(
+            f"{path} ({reason})" for path, reason in unreadable.items())
+        print(f"isc-find: warning: {len(unreadable)} unreadable image(s) left out{where}", file=sys.stderr)
     if not args.quiet:
         groups = f", {len(groups_of(found.matches, True))} groups" if found.same_images else ""
-        print(f"isc-find: {summary}{groups}; written to {output}" + (f", report {args.report}" if args.report else ""))
+        written = f"; written to {output}" if output else ""
+        print(f"isc-find: {summary}{groups}{written}" + (f", report {args.report}" if args.report else ""),
+              file=sys.stdout if output else sys.stderr)
     return 0
 
 

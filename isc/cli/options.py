@@ -25,20 +25,22 @@ if TYPE_CHECKING:
 Parser = argparse.ArgumentParser | argparse._ArgumentGroup
 
 
-def add_model_options(parser: Parser) -> None:
-    """The model and how it runs: --model, --image-size, --batch-size, --device, --workers (isc-extract's and
-    isc-run's)."""
+def add_model_options(parser: Parser, batch_size: int | None = None) -> None:
+    """The model and how it runs: --model, --image-size, --batch-size (default ``batch_size``, else the
+    extraction's), --device, --workers (isc-extract's and isc-run's)."""
     from isc.extract.extraction import DEFAULT_BATCH_SIZE
     from isc.models import MAX_IMAGE_SIZE
     from isc.models.registry import DEFAULT_MODEL, PREFERRED_MODEL, models_help, pixel_models
+
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
 
     parser.add_argument("--model", default=None,
                         help=f"{models_help()} (default: the checkpoint's model, else {PREFERRED_MODEL} when "
                         f"installed, else {DEFAULT_MODEL})")
     parser.add_argument("--image-size", type=int_between(1, MAX_IMAGE_SIZE),
                         help=f"input size in pixels, 8 to {MAX_IMAGE_SIZE} (default: the model's)")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                        help=f"images per batch (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size,
+                        help=f"images per batch (default {batch_size})")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available; one GPU per "
                         "rank under torchrun)")
     parser.add_argument("--workers", type=non_negative_int,

@@ -13,11 +13,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -92,6 +94,7 @@ def sample_pairs(pairs: pd.DataFrame, n: int, seed: int = 0, by: str = "score") 
 # ----------------------------------------------------------------------------- images
 
 
+EMPTY = '<p class="empty">none</p>'  # a gallery without a card
 SIDES = ("query", "reference")  # the two columns of a pair, each shown by its own image
 ImageLocator = Callable[[str, str], Path]  # (side, id) -> the image file
 
@@ -258,11 +261,12 @@ def build_report(
 
 
 def load_thumbnails(
-    galleries: list[Gallery], locate: ImageLocator, size: int = THUMBNAIL_SIZE, quiet: bool = False
+    galleries: list[Gallery], locate: ImageLocator, size: int = THUMBNAIL_SIZE, quiet: bool = False,
+    more: Iterable[tuple[str, str]] = (),
 ) -> tuple[dict[tuple[str, str], Image.Image], list[str]]:
-    """Thumbnails of every image the galleries show, by (side, id), each read from ``locate(side, id)``
-    (placeholders for missing ones), and the missing ids."""
-    keys = sorted({(side, i) for g in galleries for side in SIDES for i in g.pairs[f"{side}_id"]})
+    """Thumbnails of every image the galleries show and of ``more`` (side, id), by (side, id), each read from
+    ``locate(side, id)`` (placeholders for missing ones), and the missing ids."""
+    keys = sorted({(side, i) for g in galleries for side in SIDES for i in g.pairs[f"{side}_id"]} | set(more))
     thumbnails, missing = {}, []
     for side, image_id in tqdm(keys, desc="thumbnails", unit="img", disable=quiet):
         thumbnail = load_thumbnail(locate(side, image_id), size)
@@ -340,6 +344,8 @@ def pair_caption(row: pd.Series) -> str:
         parts.append(f"rank {int(row['rank'])} for its query")
     if "true_reference_id" in row:
         parts.append(f"true match {row['true_reference_id']}" if row["true_reference_id"] else "query has no match")
+    if row.get("exact"):
+        parts.append(f"exact copy: same {row['exact']}")
     if row.get("verified"):
         parts.append(f"{int(row['inliers'])} inliers")
     elif row.get("error"):
@@ -348,9 +354,12 @@ def pair_caption(row: pd.Series) -> str:
 
 
 def gallery_html(gallery: Gallery, thumbnails: dict[tuple[str, str], Image.Image],
-                 matches: dict[tuple[str, str], Image.Image] | None = None) -> str:
-    """A gallery section: one card per pair, query beside reference, with ids and caption; a pair of
-    ``matches`` (:func:`match_pictures`) is shown as its picture with the inlier matches drawn."""
+                 matches: dict[tuple[str, str], Image.Image] | None = None,
+                 label: Callable[[str, str], str] | None = None) -> str:
+    """A gallery section: one card per pair, query beside reference, with ids (or ``label(side, id)``, HTML)
+    and caption; a pair of ``matches`` (:func:`match_pictures`) is shown as its picture with the inlier matches
+    drawn."""
+    label = label or (lambda _, image_id: html.escape(image_id))
     cards = []
     for _, row in gallery.pairs.iterrows():
         pair = (row["query_id"], row["reference_id"])
@@ -361,14 +370,14 @@ def gallery_html(gallery: Gallery, thumbnails: dict[tuple[str, str], Image.Image
         else:
             images = "".join(
                 f'<figure><img src="{jpeg_data_uri(thumbnails[side, row[f"{side}_id"]])}" '
-                f'alt="{html.escape(row[f"{side}_id"])}"><figcaption>{html.escape(row[f"{side}_id"])}</figcaption>'
+                f'alt="{html.escape(row[f"{side}_id"])}"><figcaption>{label(side, row[f"{side}_id"])}</figcaption>'
                 "</figure>"
                 for side in SIDES
             )
         cards.append(f'<div class="pair"><div class="images">{images}</div>'
                      f'<div class="caption">{html.escape(pair_caption(row))}</div></div>')
     shown = f"{len(gallery.pairs):,} shown of {gallery.total:,}"
-    body = "".join(cards) if cards else '<p class="empty">none</p>'
+    body = "".join(cards) if cards else EMPTY
     return (f"<section><h2>{html.escape(gallery.title)} <small>({shown})</small></h2>"
             f"<p>{html.escape(gallery.description)}</p><div class=\"gallery\">{body}</div></section>")
 
@@ -432,13 +441,14 @@ def render_html(report: Report) -> str:
 
 
 def page_html(title: str, header: str, galleries: list[Gallery], thumbnails: dict[tuple[str, str], Image.Image],
-              thumbnail_size: int = THUMBNAIL_SIZE, matches: dict[tuple[str, str], Image.Image] | None = None) -> str:
-    """A self-contained page: the title, ``header`` (HTML), then the galleries."""
+              thumbnail_size: int = THUMBNAIL_SIZE, matches: dict[tuple[str, str], Image.Image] | None = None,
+              label: Callable[[str, str], str] | None = None) -> str:
+    """A self-contained page: the title, ``header`` (HTML), then the galleries (``label``: :func:`gallery_html`'s)."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title>{style_html(thumbnail_size)}</head><body>"
         f"<h1>{html.escape(title)}</h1>{header}"
-        + "".join(gallery_html(g, thumbnails, matches) for g in galleries)
+        + "".join(gallery_html(g, thumbnails, matches, label) for g in galleries)
         + "</body></html>\n"
     )
 
@@ -473,15 +483,38 @@ def write_summary_png(report: Report, path: str | Path) -> None:
 def write_matches_page(
     path: str | Path, matches: pd.DataFrame, below: pd.DataFrame, locate: ImageLocator, summary: str,
     gallery_size: int = 200, thumbnail_size: int = THUMBNAIL_SIZE, quiet: bool = False,
+    groups: list[list[tuple[str, str]]] | None = None,
 ) -> None:
-    """An HTML page of found copies (no ground truth): the best ``gallery_size`` matches, then the best pairs
-    scoring just below the threshold, each image read from ``locate(side, id)``."""
+    """An HTML page of found copies (no ground truth): the ``groups`` (lists of (side, id)) when given, the best
+    ``gallery_size`` matches, then the best pairs scoring just below the threshold, each image read from
+    ``locate(side, id)`` and labelled by its path, a link to the file (and by its side without ``groups``: two
+    folders)."""
     galleries = [
         Gallery("Matches", "Pairs at or above the threshold, best first.", matches.head(gallery_size), len(matches)),
         Gallery("Closest below the threshold", "The best pairs that were not kept: copies missed, if any.",
                 below.head(min(gallery_size, GALLERY_SIZE)), len(below)),
     ]
-    thumbnails, _ = load_thumbnails(galleries, locate, thumbnail_size, quiet)
+    shown_groups = (groups or [])[:gallery_size]
+    thumbnails, _ = load_thumbnails(galleries, locate, thumbnail_size, quiet,
+                                    more=[node for group in shown_groups for node in group])
+    folder = Path(path).resolve().parent
+
+    def label(side: str, image_id: str) -> str:
+        image = Path(locate(side, image_id))
+        link = quote(Path(os.path.relpath(image.resolve(), folder)).as_posix())
+        side_label = "" if groups is not None else f"{side}: "  # one folder: both sides are its images
+        return f'{side_label}<a href="{html.escape(link)}">{html.escape(str(image))}</a>'
+
+    header = f"<p>{html.escape(summary)}</p>"
+    if groups is not None:
+        cards = "".join(
+            '<div class="pair"><div class="images">' + "".join(
+                f'<figure><img src="{jpeg_data_uri(thumbnails[node])}" alt="{html.escape(node[1])}">'
+                f"<figcaption>{label(*node)}</figcaption></figure>" for node in group) + "</div></div>"
+            for group in shown_groups)
+        header += (f"<section><h2>Groups <small>({len(shown_groups):,} shown of {len(groups):,})</small></h2>"
+                   "<p>Images that are copies of one another (connected by the matches), largest group first."
+                   f'</p><div class="gallery">{cards or EMPTY}</div></section>')
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(page_html("Copies found", f"<p>{html.escape(summary)}</p>", galleries, thumbnails,
-                                       thumbnail_size), encoding="utf-8")
+        Path(tmp).write_text(page_html("Copies found", header, galleries, thumbnails, thumbnail_size, label=label),
+                             encoding="utf-8")

@@ -4,6 +4,7 @@ ids are file stems or relative paths, and a class-per-folder tree gives each ima
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,14 +32,15 @@ def list_split_images(root: str | Path, split: str) -> dict[str, Path]:
     return dict(sorted(images.items()))
 
 
-def list_images(source: str | Path) -> dict[str, Path]:
+def list_images(source: str | Path, suffix_on_clash: bool = False) -> dict[str, Path]:
     """``{id: path}`` of the images in a folder (searched recursively) or a list file (one path a line).
 
     In a folder an id is the path relative to it without its suffix (``cat/001``), and every entry with an
     image suffix counts: a directory named ``x.jpg``, a dangling link or a symlink loop is then listed as
     broken by the extraction, not skipped unseen. In a list file an id is the file's stem, a relative path
     is relative to the list file's folder, and a listed file that is missing is listed as broken.
-    Two images with the same id are refused.
+    Two images with the same id are refused, unless ``suffix_on_clash``: then the ids that two files would
+    share keep the file's suffix (``beach.jpg`` beside ``beach.png``, as RAW+JPEG exports are), the others stay.
     """
     source = Path(source)
     if source.is_dir():
@@ -57,12 +59,27 @@ def list_images(source: str | Path) -> dict[str, Path]:
                          else f"{source}: no such folder or list file")
     if not paths:
         raise InputError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    if suffix_on_clash:
+        paths = ids_keeping_suffixes(paths)
     images: dict[str, Path] = {}
     for image_id, path in paths:
         if image_id in images:
             raise InputError(f"{source}: {images[image_id]} and {path} would both have id {image_id!r}")
         images[image_id] = path
     return dict(sorted(images.items()))
+
+
+def ids_keeping_suffixes(paths: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    """``paths`` (id without suffix, path) where every id that two paths share keeps its suffix, repeated until
+    none is shared (``a.jpg.png``'s id ``a.jpg`` then keeps its own too); the same answer in any order."""
+    named = [(image_id, path, False) for image_id, path in paths]  # (id, path, suffix kept)
+    while True:
+        counts = Counter(image_id for image_id, _, _ in named)
+        renamed = [(f"{image_id}{path.suffix}", path, True) if counts[image_id] > 1 and not kept
+                   else (image_id, path, kept) for image_id, path, kept in named]
+        if renamed == named:  # no shared id left, or only the same name listed twice: refused by the caller
+            return [(image_id, path) for image_id, path, _ in named]
+        named = renamed
 
 
 def image_classes(images: Mapping[str, Path]) -> dict[str, str] | None:

@@ -6,7 +6,9 @@ changed since the cache was written (isc-extract's resume log, started from the 
 :func:`candidate_pairs` searches each query's nearest references (query crops, score normalisation when
 training images are given, self-matches left out); :func:`matches_above` keeps the pairs at or above a
 score threshold, :func:`groups_of` joins them into groups (connected components), and
-:func:`write_matches` writes them as CSV or JSON; :func:`find_copies` does it all.
+:func:`write_matches` writes them as CSV or JSON (:func:`groups_text` as text), each pair marked when it is an
+exact copy (:func:`exact_copy`); :func:`find_copies` does it all, with a cache per folder and model
+(:func:`cache_path`).
 
 The defaults are the best the photo benchmarks found (docs/BENCHMARKS.md): SSCD, each query described as
 its full view and 5 crops (a pair scores its best view), and the training-set score normalisation when a
@@ -16,6 +18,8 @@ applies to its score."""
 
 from __future__ import annotations
 
+import filecmp
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -27,7 +31,7 @@ import h5py
 import numpy as np
 
 from isc.core.descriptors import DescriptorFile, decode_id, model_differences, read_descriptor_attrs
-from isc.core.files import InputError, atomic_path, write_json
+from isc.core.files import InputError, SettingError, atomic_path, write_json
 from isc.core.partial_log import PartialWriter, partial_path
 from isc.extract.extraction import ExtractOptions, extract, extraction_config, is_complete
 from isc.extract.image_files import list_images
@@ -60,9 +64,19 @@ class Described:
         return self.ids[:: self.views], self.descriptors[:: self.views]
 
 
-def cache_path(cache_dir: str | Path, role: str, model: DescriptorModel, crops: bool) -> Path:
-    """The cache file of a folder's descriptors: ``CACHE/<role>_<model>[_crops].h5``."""
-    return Path(cache_dir) / f"{role}_{model.name.replace('/', '_')}{'_crops' if crops else ''}.h5"
+def default_cache_dir() -> Path:
+    """Where the descriptors are cached unless told: the user's cache folder (``$XDG_CACHE_HOME``, else
+    ``~/.cache``), ``isc/find/``; never inside the image folders."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "isc" / "find"
+
+
+def cache_path(cache_dir: str | Path, folder: str | Path, model: DescriptorModel, crops: bool) -> Path:
+    """The cache file of a folder's descriptors, keyed by the folder (its resolved path) and the model, whatever
+    the output: ``CACHE/<folder name>-<hash>/<model>[_crops].h5``."""
+    resolved = Path(folder).resolve()
+    key = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:16]
+    # the name only helps a reader (the hash keys it): cut so that a long one stays within a file name's 255 bytes
+    return Path(cache_dir) / f"{resolved.name[:40]}-{key}" / f"{model.name.replace('/', '_')}{'_crops' if crops else ''}.h5"
 
 
 def seed_resume_log(cache: Path, config: Mapping[str, object]) -> bool:
@@ -96,7 +110,7 @@ def describe(
     """The descriptors of every image under ``folder`` (ids: paths relative to it, without suffix; ``images``:
     its listing when already made), from the cache file ``cache`` where it is up to date, else extracted into it
     as ``extraction`` says (only new or changed images; the broken ones listed as unreadable, never refused)."""
-    images = dict(list_images(folder) if images is None else images)
+    images = dict(list_images(folder, suffix_on_clash=True) if images is None else images)
     cache = Path(cache)
     config = extraction_config(model, extraction.scales, extraction.flip, extraction.crops)
     processed = 0
@@ -185,6 +199,22 @@ def groups_of(matches: pd.DataFrame, same_images: bool = False) -> list[list[tup
     return sorted((sorted(group) for group in members.values()), key=lambda g: (-len(g), g))
 
 
+def exact_copy(first: Path, second: Path) -> str:
+    """``"bytes"`` when two image files are the same bytes, ``"pixels"`` when they decode to the same pixels
+    (another format or metadata), else ``""`` (an edited copy, or unreadable)."""
+    from PIL import Image  # here: only matched pairs are compared
+
+    try:
+        if filecmp.cmp(first, second, shallow=False):
+            return "bytes"
+        with Image.open(first) as a, Image.open(second) as b:
+            if a.size != b.size:  # from the headers: most pairs end here, undecoded
+                return ""
+            return "pixels" if a.convert("RGBA").tobytes() == b.convert("RGBA").tobytes() else ""
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return ""
+
+
 def unreadable_path(output: str | Path) -> Path:
     """Where a CSV output's unreadable images are listed: ``OUT.unreadable.csv`` beside ``OUT.csv``."""
     output = Path(output)
@@ -195,12 +225,14 @@ def write_matches(
     path: str | Path, matches: pd.DataFrame, paths: Mapping[str, Mapping[str, Path]], record: Mapping[str, object],
     same_images: bool = False,
 ) -> None:
-    """Write the matches: a ``.json`` file holds ``record`` (its ``unreadable`` images included), the groups
-    (lists of image paths) and the pairs; any other suffix a CSV ``query_id,reference_id,score,query_path,
-    reference_path`` (quoted as needed), with the unreadable images ``path,reason`` in :func:`unreadable_path`
-    when there are any (an older run's list removed when there are none)."""
-    table = matches.assign(query_path=[str(paths["query"][i]) for i in matches["query_id"]],
-                           reference_path=[str(paths["reference"][i]) for i in matches["reference_id"]])
+    """Write the matches (with their ``exact`` column, :func:`exact_copy`): a ``.json`` file holds ``record`` (its
+    ``unreadable`` images included), the groups (lists of image paths) and the pairs; any other suffix a CSV
+    ``query_id,reference_id,score,query_path,reference_path,exact`` (quoted as needed), with the unreadable
+    images ``path,reason`` in :func:`unreadable_path` when there are any (an older run's list removed when there
+    are none)."""
+    table = matches.drop(columns="exact").assign(
+        query_path=[str(paths["query"][i]) for i in matches["query_id"]],
+        reference_path=[str(paths["reference"][i]) for i in matches["reference_id"]], exact=matches["exact"])
     if Path(path).suffix.lower() != ".json":
         import pandas as pd  # loaded already with the matches; imported at the top for annotations only
 
@@ -214,9 +246,33 @@ def write_matches(
             table.to_csv(tmp, index=False, float_format="%.6g")
         return
     groups = [[str(paths[side][i]) for side, i in group] for group in groups_of(matches, same_images)]
-    pairs = [{"query": q, "reference": r, "score": round(float(s), 6)}
-             for q, r, s in zip(table["query_path"], table["reference_path"], table["score"], strict=True)]
+    pairs = [{"query": q, "reference": r, "score": round(float(s), 6), "exact": e or None}
+             for q, r, s, e in zip(table["query_path"], table["reference_path"], table["score"], table["exact"],
+                                   strict=True)]
     write_json(path, {**record, "groups": groups, "pairs": pairs})
+
+
+def groups_text(matches: pd.DataFrame, paths: Mapping[str, Mapping[str, Path]], same_images: bool = False) -> str:
+    """The groups as text: a block of lines per group (largest first), one path a line, blocks apart by an empty
+    line; an image that is an exact copy of one listed before it says so after a tab (``same bytes as PATH``,
+    ``same pixels as PATH``)."""
+    reference_side = "query" if same_images else "reference"
+    exact = {}  # node: (node it copies exactly, how)
+    for query, reference, how in zip(matches["query_id"], matches["reference_id"], matches["exact"], strict=True):
+        if how:
+            first, second = sorted([("query", query), (reference_side, reference)])
+            exact.setdefault(second, (first, how))
+    blocks = []
+    for group in groups_of(matches, same_images):
+        lines = []
+        for side, image_id in group:
+            line = str(paths[side][image_id])
+            if (side, image_id) in exact:
+                (other_side, other), how = exact[side, image_id]
+                line += f"\tsame {how} as {paths[other_side][other]}"
+            lines.append(line)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 @dataclass
@@ -232,21 +288,25 @@ class FindResult:
 
 
 def find_copies(
-    folders: list[str | Path], cache_dir: str | Path, model: DescriptorModel,
+    folders: list[str | Path], cache_dir: str | Path | None, model: DescriptorModel,
     extraction: ExtractOptions = ExtractOptions(), *, threshold: float | None = None,
     training: str | Path | None = None, crops: bool = True, k: int = DEFAULT_K, quiet: bool = False,
 ) -> FindResult:
     """The copies of ``folders``: ``[QUERIES, REFERENCES]``, each query's copies among the references, or
     ``[FOLDER]``, the copies within one folder (a pair of an image with itself left out); descriptors made as
-    ``extraction`` says (``crops``: the queries' crops too) and cached in ``cache_dir``. ``threshold``: by default
+    ``extraction`` says (``crops``: the queries' crops too) and cached in ``cache_dir`` (None:
+    :func:`default_cache_dir`), one file per folder and model. ``threshold``, in (0, 1]: by default
     :data:`DEFAULT_THRESHOLD`, or with ``training`` (scores normalised by those images)
-    :data:`DEFAULT_THRESHOLD_NORMALISED`."""
+    :data:`DEFAULT_THRESHOLD_NORMALISED`. Each match says whether it is an exact copy (:func:`exact_copy`)."""
     if len(folders) not in (1, 2):
         raise InputError(f"give one folder, or a query folder and a reference folder, not {len(folders)}")
+    if threshold is not None and not 0 < threshold <= 1:  # a cosine score: above 1 nothing is ever kept
+        raise SettingError("threshold", f"must be in (0, 1] (1: the same image), got {threshold:g}")
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     same_images = len(folders) == 1 or Path(folders[0]).resolve() == Path(folders[1]).resolve()
-    listed = [list_images(folder) for folder in folders[:1 if same_images else 2]]
+    listed = [list_images(folder, suffix_on_clash=True) for folder in folders[:1 if same_images else 2]]
     same_files = {} if same_images else shared_files(listed[0], listed[1])
-    training_images = None if training is None else list_images(training)
+    training_images = None if training is None else list_images(training, suffix_on_clash=True)
     if training_images is not None:
         for role, images in zip(("query", "reference"), listed * (2 if same_images else 1), strict=True):
             shared = shared_files(training_images, images)
@@ -256,24 +316,27 @@ def find_copies(
                                  "them, the scores would be normalised by the images' own copies")
     queried, plain = replace(extraction, crops=crops), replace(extraction, crops=False)
     if same_images:
-        queries = references = describe(folders[0], cache_path(cache_dir, "folder", model, crops), model, queried,
+        queries = references = describe(folders[0], cache_path(cache_dir, folders[0], model, crops), model, queried,
                                         quiet, listed[0])
         if len(queries.ids) // queries.views < 2:
             raise InputError(f"{folders[0]}: {len(queries.ids) // queries.views} readable image(s) of "
                              f"{len(queries.paths)}: copies within one folder need at least 2")
     else:
-        queries = describe(folders[0], cache_path(cache_dir, "queries", model, crops), model, queried, quiet, listed[0])
-        references = describe(folders[1], cache_path(cache_dir, "references", model, False), model, plain, quiet,
+        queries = describe(folders[0], cache_path(cache_dir, folders[0], model, crops), model, queried, quiet,
+                           listed[0])
+        references = describe(folders[1], cache_path(cache_dir, folders[1], model, False), model, plain, quiet,
                               listed[1])
         same_files = {q: r for q, r in same_files.items() if q not in queries.unreadable
                       and r not in references.unreadable}
     described_training = None if training is None else describe(
-        training, cache_path(cache_dir, "training", model, False), model, plain, quiet, training_images)
+        training, cache_path(cache_dir, training, model, False), model, plain, quiet, training_images)
     if threshold is None:
         threshold = DEFAULT_THRESHOLD if training is None else DEFAULT_THRESHOLD_NORMALISED
     options = SearchOptions(k=k)
     candidates = candidate_pairs(queries, references, described_training, same_images, options, quiet, same_files)
     matches = matches_above(candidates, threshold, same_images)
+    matches = matches.assign(exact=[exact_copy(queries.paths[q], references.paths[r])
+                                    for q, r in zip(matches["query_id"], matches["reference_id"], strict=True)])
     sides = [queries] if same_images else [queries, references]
     unreadable = {str(side.paths[i]): reason for side in [*sides, *filter(None, [described_training])]
                   for i, reason in side.unreadable.items()}
