@@ -13,12 +13,14 @@ from isc.models import create_model
 from isc.pipeline.find import (
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLD_NORMALISED,
+    DEFAULT_THRESHOLD_VERIFIED,
     find_copies,
     groups_of,
     unreadable_path,
     write_matches,
 )
 from isc.search.matching import DEFAULT_K
+from isc.verify.local_features import VerifyOptions
 
 EPILOG = f"""\
 what it does: every image of the folders (searched recursively; ids are paths relative to the folder,
@@ -70,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-crops", action="store_true",
                         help="describe each query by its full view only (about 6 times less work, fewer copies "
                         "found that fill only part of the query)")
+    checking = parser.add_mutually_exclusive_group()
+    checking.add_argument("--verify", action="store_true",
+                          help="re-score the candidate pairs by local features (isc-verify's SIFT and geometric "
+                          f"check, score + 0.2 x min(inliers, 10) / 10; default threshold then {DEFAULT_THRESHOLD_VERIFIED})"
+                          "; off by default")
+    checking.add_argument("--no-verify", dest="verify", action="store_false", help="no verification (the default)")
+    parser.add_argument("--verify-k", type=positive_int, default=VerifyOptions.k,
+                        help="with --verify, pairs checked: each image's this many best candidates, on either side "
+                        "(default %(default)s)")
     parser.add_argument("--cache", metavar="DIR",
                         help="where the descriptors are kept between runs (default: <output>.cache/ beside the "
                         "output)")
@@ -95,8 +106,9 @@ def run(args: argparse.Namespace) -> int:
     model = create_model(model_name, checkpoint=args.checkpoint, **options)
     if why and not args.quiet:
         print(f"isc-find: no --model given, using {model_name}; {why}", file=sys.stderr)
+    verification = VerifyOptions(k=args.verify_k) if args.verify else None
     found = find_copies(args.folders, cache, model, extraction, threshold=args.threshold, training=args.training,
-                        crops=not args.no_crops, k=args.k, quiet=args.quiet)
+                        crops=not args.no_crops, k=args.k, quiet=args.quiet, verification=verification)
     write_matches(output, found.matches, found.paths, found.record, found.same_images)
     threshold = found.record["threshold"]
     summary = (f"{len(found.matches)} pairs scoring >= {threshold:g} ({model.name}, "
