@@ -4,15 +4,15 @@ against itself, with any file names.
 :func:`describe` extracts a folder's descriptors into a cache file, describing again only the images added or
 changed since the cache was written (isc-extract's resume log, started from the cache's rows);
 :func:`candidate_pairs` searches each query's nearest references (query crops, score normalisation when
-training images are given, self-matches left out); :func:`matches_above` keeps the pairs at or above a
-score threshold, :func:`groups_of` joins them into groups (connected components), and
-:func:`write_matches` writes them as CSV or JSON; :func:`find_copies` does it all.
+training images are given, self-matches left out), and two folders are searched both ways and merged
+(:func:`both_ways`); :func:`verify_candidates` re-scores the candidates by local features (isc-verify's
+engine) when asked; :func:`matches_above` keeps the pairs at or above a score threshold, :func:`groups_of`
+joins them into groups (connected components), and :func:`write_matches` writes them as CSV or JSON;
+:func:`find_copies` does it all.
 
-The defaults are the best the photo benchmarks found (docs/BENCHMARKS.md): SSCD, each query described as
+The defaults are the best the photo benchmarks found (docs/BENCHMARKS.md): SSCD, each image described as
 its full view and 5 crops (a pair scores its best view), and the training-set score normalisation when a
-training folder is given. A verification step (local features re-scoring the candidates) belongs between
-:func:`candidate_pairs` and :func:`matches_above`: it re-scores the candidate pairs, and the threshold then
-applies to its score."""
+training folder is given."""
 
 from __future__ import annotations
 
