@@ -134,3 +134,18 @@ def test_bad_verification_options_are_one_line(folders, tmp_path, args, message)
     done = find(folders["originals"], "-o", tmp_path / "out.csv", "--model", "pdq", *args)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_verify_takes_one_id_on_both_sides_only_when_it_is_one_file(folders, tmp_path):
+    import pandas as pd
+
+    from isc.core.files import InputError
+    from isc.verify.verification import verify
+
+    images = {f"p{n}": folders["originals"] / f"picture {n}.png" for n in range(2)}
+    pairs = pd.DataFrame({"query_id": ["p0", "p1"], "reference_id": ["p1", "p0"], "score": [0.5, 0.5]})
+    result = verify(pairs, images, images, tmp_path / "v.csv", options=VerifyOptions(workers=0), quiet=True)
+    assert result.pairs == 2 and result.images == 2  # one folder against itself: each image described once
+    other = {**images, "p0": folders["edited"] / "zoomed.png"}
+    with pytest.raises(InputError, match="id p0 is both a query and a reference image"):
+        verify(pairs, images, other, tmp_path / "w.csv", options=VerifyOptions(workers=0), quiet=True)
