@@ -24,10 +24,12 @@ from isc.verify.local_features import VerifyOptions
 
 EPILOG = f"""\
 what it does: every image of the folders (searched recursively; ids are paths relative to the folder,
-without suffix) is described by the model (default: sscd when installed), each query also by 5 crops (a
+without suffix) is described by the model (default: sscd when installed), each image also by 5 crops (a
 pair scores its best view), once: the descriptors are cached in --cache, and a re-run describes only the
-images added or changed since. Each query keeps its --k nearest references, and the pairs scoring at least
---threshold are written. The default threshold, {DEFAULT_THRESHOLD}, kept 63 pairs, 62 of them copies
+images added or changed since. Each image keeps its --k nearest images of the other folder: two folders
+are searched both ways, each pair with its better score, so that which folder comes first changes only
+which side of a pair is which. With --verify these candidates are re-scored by local features. The pairs
+scoring at least --threshold are written. The default threshold, {DEFAULT_THRESHOLD}, kept 63 pairs, 62 of them copies
 (precision 0.98, recall 0.69) with sscd and query crops on a photo benchmark (docs/BENCHMARKS.md). With
 --training the scores are normalised (s - 0.5 x the similarity of the query to its 10th nearest training
 image) and lower; the default is then {DEFAULT_THRESHOLD_NORMALISED} (precision 0.98, recall 0.67 there).
@@ -65,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"keep pairs scoring at least this (default {DEFAULT_THRESHOLD}, with --training "
                         f"{DEFAULT_THRESHOLD_NORMALISED}: precision 0.98 on a photo benchmark)")
     parser.add_argument("--k", type=positive_int, default=DEFAULT_K,
-                        help=f"references considered per query (default {DEFAULT_K})")
+                        help=f"nearest images of the other folder considered per image (default {DEFAULT_K})")
     parser.add_argument("--training", metavar="DIR",
                         help="a folder of unrelated images: normalises the scores by them (isc-search's default "
                         "normalisation); the threshold then applies to the normalised scores")
     parser.add_argument("--no-crops", action="store_true",
-                        help="describe each query by its full view only (about 6 times less work, fewer copies "
-                        "found that fill only part of the query)")
+                        help="describe each image by its full view only (about 6 times less work, fewer copies "
+                        "found that fill only part of the other image)")
     checking = parser.add_mutually_exclusive_group()
     checking.add_argument("--verify", action="store_true",
                           help="re-score the candidate pairs by local features (isc-verify's SIFT and geometric "
@@ -113,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     threshold = found.record["threshold"]
     summary = (f"{len(found.matches)} pairs scoring >= {threshold:g} ({model.name}, "
                f"{'query crops' if not args.no_crops else 'no crops'}"
-               f"{', normalised by ' + args.training if args.training else ''}) among "
+               f"{', normalised by ' + args.training if args.training else ''}"
+               f"{', verified by local features' if args.verify else ''}) among "
                + (f"{found.record['queries']} images" if found.same_images
                   else f"{found.record['queries']} queries and {found.record['references']} references")
                + f", {found.record['described']} described this run, the others cached")
