@@ -17,6 +17,7 @@ from isc.pipeline.find import (
     find_copies,
     groups_of,
     unreadable_path,
+    verifies_by_default,
     write_matches,
 )
 from isc.search.matching import DEFAULT_K
@@ -28,11 +29,16 @@ without suffix) is described by the model (default: sscd when installed), each i
 pair scores its best view), once: the descriptors are cached in --cache, and a re-run describes only the
 images added or changed since. Each image keeps its --k nearest images of the other folder: two folders
 are searched both ways, each pair with its better score, so that which folder comes first changes only
-which side of a pair is which. With --verify these candidates are re-scored by local features. The pairs
-scoring at least --threshold are written. The default threshold, {DEFAULT_THRESHOLD}, kept 63 pairs, 62 of them copies
-(precision 0.98, recall 0.69) with sscd and query crops on a photo benchmark (docs/BENCHMARKS.md). With
---training the scores are normalised (s - 0.5 x the similarity of the query to its 10th nearest training
-image) and lower; the default is then {DEFAULT_THRESHOLD_NORMALISED} (precision 0.98, recall 0.67 there).
+which side of a pair is which. Then, unless --no-verify (or with --training), each image's --verify-k best
+candidates, on either side, are checked by local features (SIFT, a geometric fit) and re-scored: score +
+0.2 x min(inliers, 10) / 10, the features cached in --cache. The pairs scoring at least --threshold are
+written. The default for verified scores, {DEFAULT_THRESHOLD_VERIFIED}, kept 58 pairs, 55 of them copies
+(precision 0.95, recall 0.69) on a photo set where unverified scores at {DEFAULT_THRESHOLD} kept 48, 45
+copies (precision 0.94, recall 0.56; docs/BENCHMARKS.md). Unverified, {DEFAULT_THRESHOLD} kept 63 pairs, 62
+of them copies (precision 0.98, recall 0.69) with sscd and query crops, searched one way, on another photo
+benchmark. With --training the scores are normalised (s - 0.5 x the similarity of the query to its 10th
+nearest training image) and lower; the default is then {DEFAULT_THRESHOLD_NORMALISED} (precision 0.98,
+recall 0.67 there), unverified.
 
 outputs: a .csv output lists the pairs (query_id,reference_id,score,query_path,reference_path, best
 first), and the unreadable images (path,reason) in OUT.unreadable.csv; a .json output holds the groups
@@ -64,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", metavar="REPORT.html",
                         help="also write an HTML page showing the matches and the closest pairs below the threshold")
     parser.add_argument("--threshold", type=finite_float,
-                        help=f"keep pairs scoring at least this (default {DEFAULT_THRESHOLD}, with --training "
-                        f"{DEFAULT_THRESHOLD_NORMALISED}: precision 0.98 on a photo benchmark)")
+                        help=f"keep pairs scoring at least this (default {DEFAULT_THRESHOLD_VERIFIED} verified, "
+                        f"{DEFAULT_THRESHOLD} with --no-verify, {DEFAULT_THRESHOLD_NORMALISED} with --training; "
+                        "precisions on photo benchmarks in the notes below)")
     parser.add_argument("--k", type=positive_int, default=DEFAULT_K,
                         help=f"nearest images of the other folder considered per image (default {DEFAULT_K})")
     parser.add_argument("--training", metavar="DIR",
@@ -75,13 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="describe each image by its full view only (about 6 times less work, fewer copies "
                         "found that fill only part of the other image)")
     checking = parser.add_mutually_exclusive_group()
-    checking.add_argument("--verify", action="store_true",
+    checking.add_argument("--verify", action="store_true", default=None,
                           help="re-score the candidate pairs by local features (isc-verify's SIFT and geometric "
-                          f"check, score + 0.2 x min(inliers, 10) / 10; default threshold then {DEFAULT_THRESHOLD_VERIFIED})"
-                          "; off by default")
-    checking.add_argument("--no-verify", dest="verify", action="store_false", help="no verification (the default)")
+                          "check: score + 0.2 x min(inliers, 10) / 10; default threshold then "
+                          f"{DEFAULT_THRESHOLD_VERIFIED}); the default without --training")
+    checking.add_argument("--no-verify", dest="verify", action="store_false",
+                          help="no verification (the default with --training)")
     parser.add_argument("--verify-k", type=positive_int, default=VerifyOptions.k,
-                        help="with --verify, pairs checked: each image's this many best candidates, on either side "
+                        help="pairs verified: each image's this many best candidates, on either side "
                         "(default %(default)s)")
     parser.add_argument("--cache", metavar="DIR",
                         help="where the descriptors are kept between runs (default: <output>.cache/ beside the "
@@ -108,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     model = create_model(model_name, checkpoint=args.checkpoint, **options)
     if why and not args.quiet:
         print(f"isc-find: no --model given, using {model_name}; {why}", file=sys.stderr)
-    verification = VerifyOptions(k=args.verify_k) if args.verify else None
+    verifying = verifies_by_default(args.training) if args.verify is None else args.verify
+    verification = VerifyOptions(k=args.verify_k) if verifying else None
     found = find_copies(args.folders, cache, model, extraction, threshold=args.threshold, training=args.training,
                         crops=not args.no_crops, k=args.k, quiet=args.quiet, verification=verification)
     write_matches(output, found.matches, found.paths, found.record, found.same_images)
@@ -116,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     summary = (f"{len(found.matches)} pairs scoring >= {threshold:g} ({model.name}, "
                f"{'query crops' if not args.no_crops else 'no crops'}"
                f"{', normalised by ' + args.training if args.training else ''}"
-               f"{', verified by local features' if args.verify else ''}) among "
+               f"{', verified by local features' if verifying else ''}) among "
                + (f"{found.record['queries']} images" if found.same_images
                   else f"{found.record['queries']} queries and {found.record['references']} references")
                + f", {found.record['described']} described this run, the others cached")
