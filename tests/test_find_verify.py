@@ -149,3 +149,24 @@ def test_verify_takes_one_id_on_both_sides_only_when_it_is_one_file(folders, tmp
     other = {**images, "p0": folders["edited"] / "zoomed.png"}
     with pytest.raises(InputError, match="id p0 is both a query and a reference image"):
         verify(pairs, images, other, tmp_path / "w.csv", options=VerifyOptions(workers=0), quiet=True)
+
+
+def test_verification_is_on_by_default_except_with_training(folders, tmp_path):
+    output = tmp_path / "default.json"
+    done = find(folders["originals"], folders["edited"], "-o", output, "--model", "pdq", "--threshold", "0.6")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(output.read_text())["verification"]["pairs_verified"] > 0
+    assert "verified by local features" in done.stdout
+    training = tmp_path / "training"
+    training.mkdir()
+    for number in range(50, 60):  # the normalisation's 10th neighbour needs 10 training images
+        texture(number, 64).save(training / f"t{number}.png")
+    plain = find(folders["originals"], folders["edited"], "-o", tmp_path / "t.json", "--model", "pdq", "--training",
+                 training, "--quiet")
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads((tmp_path / "t.json").read_text())["verification"] is None
+    asked = find(folders["originals"], folders["edited"], "-o", tmp_path / "v.json", "--model", "pdq", "--training",
+                 training, "--verify")
+    assert asked.returncode == 2 and not (tmp_path / "v.json").exists()
+    assert asked.stderr.strip() == ("isc-find: error: --threshold has no default for verified scores normalised "
+                                    "by training images: give one")

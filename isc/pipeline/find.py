@@ -316,6 +316,8 @@ def find_copies(
     :data:`DEFAULT_THRESHOLD_NORMALISED`, with ``verification`` :data:`DEFAULT_THRESHOLD_VERIFIED`."""
     if len(folders) not in (1, 2):
         raise InputError(f"give one folder, or a query folder and a reference folder, not {len(folders)}")
+    if threshold is None and verification is not None and training is not None:
+        raise SettingError("threshold", "has no default for verified scores normalised by training images: give one")
     same_images = len(folders) == 1 or Path(folders[0]).resolve() == Path(folders[1]).resolve()
     listed = [list_images(folder) for folder in folders[:1 if same_images else 2]]
     same_files = {} if same_images else shared_files(listed[0], listed[1])
@@ -343,8 +345,6 @@ def find_copies(
                       and r not in references.unreadable}
     described_training = None if training is None else describe(
         training, cache_path(cache_dir, "training", model, False), model, plain, quiet, training_images)
-    if threshold is None and verification is not None and training is not None:
-        raise SettingError("threshold", "has no default for verified scores normalised by training images: give one")
     if threshold is None:
         threshold = DEFAULT_THRESHOLD_VERIFIED if verification is not None else \
             DEFAULT_THRESHOLD if training is None else DEFAULT_THRESHOLD_NORMALISED
