@@ -85,7 +85,8 @@ def test_one_folder_gives_groups_without_self_matches(folders, tmp_path):
     assert groups == {frozenset(pair) for pair in expected_pairs()}
     assert all(pair["query"] != pair["reference"] for pair in result["pairs"])
     assert len(result["pairs"]) == len(EDITS)  # each pair once, not (a, b) and (b, a)
-    assert result["model"] == "sscd" and result["query_crops"] and result["threshold"] == 0.5
+    assert result["model"] == "sscd" and result["query_crops"] and result["threshold"] == 0.55  # verified
+    assert result["verification"]["pairs_verified"] > 0
 
 
 @needs_sscd
