@@ -2,6 +2,7 @@
 
     python scripts/bench_find.py build PHOTOS OUT      # OUT/references, OUT/queries, OUT/all, OUT/truth.json
     python scripts/bench_find.py score OUT/truth.json GROUPS.json [GROUPS.json ...]
+    python scripts/bench_find.py table GROUND_TRUTH.csv PAIRS.csv [PAIRS.csv ...]   # isc-find --threshold -10
 
 ``build`` takes 26 photos of PHOTOS (seeded choice): 20 references, and 20 queries made of 14 edited copies
 of references (the edits of the experiment in the README: crops, rotations, text, JPEG quality 10, flips,
@@ -9,7 +10,9 @@ padding, blur, ...) and 6 unrelated photos; ``all/`` holds the 40 images under o
 groups written as ``{"groups": [[path, ...]]}`` (isc-find) or ``{"near": [[path, ...]], "exact": [...]}``
 (Immaculate's --json) and counts, against the 14 true pairs, the groups that are exactly a true pair, the
 groups that hold images of two different true groups or an unrelated photo (false), and the true pairs
-found inside any group.
+found inside any group. ``table`` reads isc-find's CSV pairs of a set with ground truth (an ``isc-synth``
+set's ``ground_truth.csv``; only its queries that appear in the pairs count) and prints, by threshold, the
+pairs kept, the copies among them, precision and recall, and the lowest threshold at each target precision.
 """
 
 from __future__ import annotations
@@ -103,6 +106,40 @@ def score(truth_path: Path, groups_path: Path) -> dict[str, int]:
             "true pairs": len(pairs)}
 
 
+THRESHOLDS = [round(0.3 + 0.05 * i, 2) for i in range(11)]
+TARGETS = (0.95, 0.98)
+
+
+def table(truth_path: Path, pairs_path: Path) -> dict[str, object]:
+    import pandas as pd
+
+    from isc.core.tables import read_ground_truth
+
+    pairs = pd.read_csv(pairs_path, dtype={"query_id": str, "reference_id": str})
+    truth = read_ground_truth(truth_path)
+    truth = truth[truth["query_id"].isin(set(pairs["query_id"])) & (truth["reference_id"] != "")]
+    copies = set(zip(truth["query_id"], truth["reference_id"], strict=True))
+    # one score per true pair: the kept pairs' order by decreasing score, ties by ids
+    ordered = pairs.sort_values(["score", "query_id", "reference_id"], ascending=[False, True, True])
+    correct = [pair in copies for pair in zip(ordered["query_id"], ordered["reference_id"], strict=True)]
+    rows = []
+    for threshold in THRESHOLDS:
+        kept = ordered["score"].to_numpy() >= threshold
+        hits = sum(c for c, k in zip(correct, kept, strict=True) if k)
+        rows.append({"threshold": threshold, "kept": int(kept.sum()), "copies": hits,
+                     "precision": round(hits / kept.sum(), 3) if kept.sum() else None,
+                     "recall": round(hits / len(copies), 3)})
+    lowest = {}
+    for target in TARGETS:  # the lowest score whose pairs at or above it reach this precision
+        hits, best = 0, None
+        for number, (is_copy, score) in enumerate(zip(correct, ordered["score"], strict=True), start=1):
+            hits += is_copy
+            if hits / number >= target:
+                best = (round(float(score), 4), round(hits / len(copies), 3))
+        lowest[f"precision >= {target}"] = best
+    return {"true pairs": len(copies), "rows": rows, "lowest threshold, recall": lowest}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -113,7 +150,14 @@ def main() -> None:
     judge = commands.add_parser("score")
     judge.add_argument("truth", type=Path)
     judge.add_argument("groups", type=Path, nargs="+")
+    tabulate = commands.add_parser("table")
+    tabulate.add_argument("truth", type=Path)
+    tabulate.add_argument("pairs", type=Path, nargs="+")
     args = parser.parse_args()
+    if args.command == "table":
+        for path in args.pairs:
+            print(path, json.dumps(table(args.truth, path), indent=1))
+        return
     if args.command == "build":
         record = build(args.photos, args.out, args.seed)
         print(f"{len(record['pairs'])} copies of 20 references and 6 unrelated photos in {args.out}")

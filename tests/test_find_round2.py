@@ -124,11 +124,14 @@ def test_without_output_the_groups_go_to_stdout_exact_copies_marked(photos, tmp_
     assert {pair["exact"] for pair in pairs} >= {"bytes", "pixels", None}
 
 
-@pytest.mark.parametrize("threshold", ["1.5", "0", "-1"])
-def test_a_threshold_outside_0_1_is_refused(photos, tmp_path, threshold):
-    done = find(photos, "-o", tmp_path / "m.csv", *PDQ, "--threshold", threshold)
+@pytest.mark.parametrize("threshold, verified", [("1.5", True), ("0", True), ("-1", True), ("1.1", False)])
+def test_a_threshold_outside_0_1_is_refused(photos, tmp_path, threshold, verified):
+    """A score is a cosine, at most 1; verified, plus a bonus of up to 0.2 for matching local features."""
+    done = find(photos, "-o", tmp_path / "m.csv", *PDQ, "--threshold", threshold, *([] if verified else ["--no-verify"]))
     assert done.returncode == 2 and done.stdout == "" and not (tmp_path / "m.csv").exists()
-    assert done.stderr == f"isc-find: error: --threshold must be in (0, 1] (1: the same image), got {threshold}\n"
+    highest = "1.2" if verified else "1"
+    assert done.stderr == (f"isc-find: error: --threshold must be in (0, {highest}] ({highest}: the same image"
+                           f"{', verified' if verified else ''}), got {threshold}\n")
 
 
 def test_quiet_silences_informational_warnings_not_errors(photos, tmp_path):

@@ -4,17 +4,16 @@ against itself, with any file names.
 :func:`describe` extracts a folder's descriptors into a cache file, describing again only the images added or
 changed since the cache was written (isc-extract's resume log, started from the cache's rows);
 :func:`candidate_pairs` searches each query's nearest references (query crops, score normalisation when
-training images are given, self-matches left out); :func:`matches_above` keeps the pairs at or above a
-score threshold, :func:`groups_of` joins them into groups (connected components), and
-:func:`write_matches` writes them as CSV or JSON (:func:`groups_text` as text), each pair marked when it is an
-exact copy (:func:`exact_copy`); :func:`find_copies` does it all, with a cache per folder and model
-(:func:`cache_path`).
+training images are given, self-matches left out), and two folders are searched both ways and merged
+(:func:`both_ways`); :func:`verify_candidates` re-scores the candidates by local features (isc-verify's
+engine) when asked; :func:`matches_above` keeps the pairs at or above a score threshold, :func:`groups_of`
+joins them into groups (connected components), and :func:`write_matches` writes them as CSV or JSON
+(:func:`groups_text` as text), each pair marked when it is an exact copy (:func:`exact_copy`);
+:func:`find_copies` does it all, with a cache per folder and model (:func:`cache_path`).
 
-The defaults are the best the photo benchmarks found (docs/BENCHMARKS.md): SSCD, each query described as
+The defaults are the best the photo benchmarks found (docs/BENCHMARKS.md): SSCD, each image described as
 its full view and 5 crops (a pair scores its best view), and the training-set score normalisation when a
-training folder is given. A verification step (local features re-scoring the candidates) belongs between
-:func:`candidate_pairs` and :func:`matches_above`: it re-scores the candidate pairs, and the threshold then
-applies to its score."""
+training folder is given."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +36,16 @@ from isc.extract.extraction import ExtractOptions, extract, extraction_config, i
 from isc.extract.image_files import list_images
 from isc.models import DescriptorModel
 from isc.search.matching import DEFAULT_K, SearchOptions, search
+from isc.verify.local_features import VerifyOptions
+from isc.verify.verification import (
+    Combiner,
+    InlierBonus,
+    VerifyResult,
+    evidence_path,
+    read_evidence,
+    rescore,
+    verify,
+)
 
 if TYPE_CHECKING:
     import pandas as pd  # annotations only: the search loads it, the worker processes need not
@@ -45,6 +54,16 @@ if TYPE_CHECKING:
 # 0.69) and scores normalised by the set's training images (recall 0.67)
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_THRESHOLD_NORMALISED = 0.45
+# verified scores (COMBINER): the precision of the plain default on the photo set L, recall 0.69 against 0.56
+DEFAULT_THRESHOLD_VERIFIED = 0.55
+# isc-run's combination without labels: score + 0.2 x min(inliers, 10) / 10
+COMBINER = InlierBonus()
+
+
+def verifies_by_default(training: str | Path | None) -> bool:
+    """Whether the candidates are verified unless told: where verification was measured to find more copies
+    at the same precision (plain scores; no threshold was measured for verified normalised scores)."""
+    return training is None
 
 
 @dataclass
@@ -166,6 +185,56 @@ def candidate_pairs(
         found = found.assign(query_id=found["query_id"].map(original), reference_id=found["reference_id"].str[1:])
         found = found[found["query_id"].map(same_files) != found["reference_id"]].reset_index(drop=True)
     return found
+
+
+def both_ways(forward: pd.DataFrame, backward: pd.DataFrame) -> pd.DataFrame:
+    """The union of the pairs of folder A searched in folder B (``forward``) and of B in A (``backward``, its
+    sides swapped back), each pair once with its better score: the result does not depend on which folder is
+    given first. By decreasing score, ties by query id then reference id."""
+    import pandas as pd  # loaded already with the candidates; imported at the top for annotations only
+
+    swapped = backward.rename(columns={"query_id": "reference_id", "reference_id": "query_id"})
+    union = pd.concat([forward, swapped[forward.columns]], ignore_index=True)
+    best = union.groupby(["query_id", "reference_id"], as_index=False, sort=False)["score"].max()
+    return best.sort_values(["score", "query_id", "reference_id"], ascending=[False, True, True],
+                            kind="stable").reset_index(drop=True)
+
+
+def verify_candidates(
+    candidates: pd.DataFrame, paths: Mapping[str, Mapping[str, Path]], cache_dir: str | Path,
+    options: VerifyOptions, combiner: Combiner = COMBINER, quiet: bool = False,
+) -> tuple[pd.DataFrame, VerifyResult]:
+    """The candidates re-scored by local features (isc-verify's engine, its feature cache under
+    ``cache_dir``/features): a pair is verified when it is among the ``options.k`` best of its query or of its
+    reference (so either side's best are checked, whichever folder is called the queries), and scored by
+    ``combiner``; the others keep their score (zero evidence). ``paths``: each side's image paths by id."""
+    def best(side: str) -> np.ndarray:
+        ordered = candidates.sort_values([side, "score", "query_id", "reference_id"],
+                                         ascending=[True, False, True, True], kind="stable")
+        return (ordered.groupby(side, sort=False).cumcount() < options.k).reindex(candidates.index).to_numpy()
+
+    chosen = candidates[best("query_id") | best("reference_id")]
+    # an image is keyed by its resolved path: one folder on both sides shares one feature cache entry
+    files = {side: {i: Path(path).resolve() for i, path in side_paths.items()} for side, side_paths in paths.items()}
+    first = chosen["query_id"].map(lambda i: str(files["query"][i]))
+    second = chosen["reference_id"].map(lambda i: str(files["reference"][i]))
+    # matching is not symmetric: each pair is matched from its smaller path, whichever side it is on
+    keyed = chosen.assign(query_id=np.minimum(first, second), reference_id=np.maximum(first, second))
+    keyed = keyed.drop_duplicates(["query_id", "reference_id"])  # in one folder (a, b) and (b, a) are one pair
+    images = {str(path): path for side in files.values() for path in side.values()}
+    per_query = int(keyed["query_id"].value_counts().max())  # every chosen pair of a query is verified
+    output = Path(cache_dir) / "verified.csv"
+    result = verify(keyed, images, images, output, options=replace(options, k=per_query),
+                    cache=Path(cache_dir) / "features", combiner=combiner, quiet=quiet,
+                    record={"candidates": "isc-find"})
+    evidence = read_evidence(evidence_path(output))
+    inliers = dict(zip(zip(evidence["query_id"], evidence["reference_id"], strict=True), evidence["inliers"],
+                       strict=True))
+    scored = candidates.assign(inliers=[0] * len(candidates))
+    scored.loc[chosen.index, "inliers"] = [inliers[min(pair), max(pair)] for pair in zip(first, second, strict=True)]
+    rescored = scored.assign(score=rescore(scored, combiner)).drop(columns="inliers")
+    return rescored.sort_values(["score", "query_id", "reference_id"], ascending=[False, True, True],
+                                kind="stable").reset_index(drop=True), result
 
 
 def matches_above(candidates: pd.DataFrame, threshold: float, same_images: bool = False) -> pd.DataFrame:
@@ -291,17 +360,25 @@ def find_copies(
     folders: list[str | Path], cache_dir: str | Path | None, model: DescriptorModel,
     extraction: ExtractOptions = ExtractOptions(), *, threshold: float | None = None,
     training: str | Path | None = None, crops: bool = True, k: int = DEFAULT_K, quiet: bool = False,
+    verification: VerifyOptions | None = None,
 ) -> FindResult:
     """The copies of ``folders``: ``[QUERIES, REFERENCES]``, each query's copies among the references, or
-    ``[FOLDER]``, the copies within one folder (a pair of an image with itself left out); descriptors made as
-    ``extraction`` says (``crops``: the queries' crops too) and cached in ``cache_dir`` (None:
-    :func:`default_cache_dir`), one file per folder and model. ``threshold``, in (0, 1]: by default
-    :data:`DEFAULT_THRESHOLD`, or with ``training`` (scores normalised by those images)
-    :data:`DEFAULT_THRESHOLD_NORMALISED`. Each match says whether it is an exact copy (:func:`exact_copy`)."""
+    ``[FOLDER]``, the copies within one folder (a pair of an image with itself left out); two folders are
+    searched both ways (:func:`both_ways`), so that swapping them swaps the sides of the pairs and nothing else.
+    Descriptors made as ``extraction`` says (``crops``: each image's crops too) and cached in ``cache_dir``
+    (None: :func:`default_cache_dir`), one file per folder and model. ``verification``: the candidates
+    re-scored by local features (:func:`verify_candidates`), None: not. ``threshold``, in (0, 1] (verified:
+    up to 1 plus the inlier bonus's weight): by default :data:`DEFAULT_THRESHOLD`, with ``training`` (scores
+    normalised by those images) :data:`DEFAULT_THRESHOLD_NORMALISED`, with ``verification``
+    :data:`DEFAULT_THRESHOLD_VERIFIED`. Each match says whether it is an exact copy (:func:`exact_copy`)."""
     if len(folders) not in (1, 2):
         raise InputError(f"give one folder, or a query folder and a reference folder, not {len(folders)}")
-    if threshold is not None and not 0 < threshold <= 1:  # a cosine score: above 1 nothing is ever kept
-        raise SettingError("threshold", f"must be in (0, 1] (1: the same image), got {threshold:g}")
+    highest = 1 if verification is None else 1 + COMBINER.weight  # a cosine, plus the bonus for inliers
+    if threshold is not None and not 0 < threshold <= highest:  # above it nothing is ever kept
+        raise SettingError("threshold", f"must be in (0, {highest:g}] ({highest:g}: the same image"
+                           f"{', verified' if verification is not None else ''}), got {threshold:g}")
+    if threshold is None and verification is not None and training is not None:
+        raise SettingError("threshold", "has no default for verified scores normalised by training images: give one")
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     same_images = len(folders) == 1 or Path(folders[0]).resolve() == Path(folders[1]).resolve()
     listed = [list_images(folder, suffix_on_clash=True) for folder in folders[:1 if same_images else 2]]
@@ -324,16 +401,26 @@ def find_copies(
     else:
         queries = describe(folders[0], cache_path(cache_dir, folders[0], model, crops), model, queried, quiet,
                            listed[0])
-        references = describe(folders[1], cache_path(cache_dir, folders[1], model, False), model, plain, quiet,
+        # described as the queries are: the second folder is searched in the first too
+        references = describe(folders[1], cache_path(cache_dir, folders[1], model, crops), model, queried, quiet,
                               listed[1])
         same_files = {q: r for q, r in same_files.items() if q not in queries.unreadable
                       and r not in references.unreadable}
     described_training = None if training is None else describe(
         training, cache_path(cache_dir, training, model, False), model, plain, quiet, training_images)
     if threshold is None:
-        threshold = DEFAULT_THRESHOLD if training is None else DEFAULT_THRESHOLD_NORMALISED
+        threshold = DEFAULT_THRESHOLD_VERIFIED if verification is not None else \
+            DEFAULT_THRESHOLD if training is None else DEFAULT_THRESHOLD_NORMALISED
     options = SearchOptions(k=k)
     candidates = candidate_pairs(queries, references, described_training, same_images, options, quiet, same_files)
+    if not same_images:
+        backward = candidate_pairs(references, queries, described_training, False, options, quiet,
+                                   {r: q for q, r in sorted(same_files.items(), reverse=True)})
+        candidates = both_ways(candidates, backward)
+    paths = {"query": queries.paths, "reference": references.paths}
+    verified = None
+    if verification is not None and len(candidates):
+        candidates, verified = verify_candidates(candidates, paths, cache_dir, verification, quiet=quiet)
     matches = matches_above(candidates, threshold, same_images)
     matches = matches.assign(exact=[exact_copy(queries.paths[q], references.paths[r])
                                     for q, r in zip(matches["query_id"], matches["reference_id"], strict=True)])
@@ -347,6 +434,9 @@ def find_copies(
         "described": queries.described + (0 if same_images else references.described)
         + (0 if described_training is None else described_training.described),
         "unreadable": dict(sorted(unreadable.items())),
+        "both_ways": not same_images,
+        "verification": None if verification is None else {
+            **{key: value for key, value in asdict(verification).items() if key != "workers"},
+            "combiner": repr(COMBINER), "pairs_verified": 0 if verified is None else verified.pairs},
     }
-    return FindResult(candidates, matches, {"query": queries.paths, "reference": references.paths}, record,
-                      same_images)
+    return FindResult(candidates, matches, paths, record, same_images)

@@ -388,7 +388,9 @@ def verify(
         raise InputError(f"max_broken must be >= 0, got {max_broken}")
     _check_ids(predictions, "query_id", queries, "query")
     _check_ids(predictions, "reference_id", references, "reference")
-    overlap = next(iter(set(predictions["query_id"]) & set(predictions["reference_id"])), None)
+    # one id on both sides is one image only when it is one path (one folder searched against itself)
+    overlap = next((i for i in sorted(set(predictions["query_id"]) & set(predictions["reference_id"]))
+                    if Path(queries[i]) != Path(references[i])), None)
     if overlap is not None:
         raise InputError(f"id {overlap} is both a query and a reference image: the feature cache keys images by id")
     output = Path(output)
