@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import cli, one_line_error
 from PIL import Image
 
-from conftest import cli, one_line_error
 from isc.core.descriptors import read_descriptors, write_descriptors
 from isc.core.tables import read_predictions, write_ground_truth
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import cli, one_line_error
+
 from isc.core.competition import MATCHING_TRACK_MAX_ROWS
 from isc.core.descriptors import write_descriptor_track, write_descriptors
 from isc.core.files import InputError
