@@ -142,7 +142,7 @@ def test_non_finite_descriptors_are_refused_naming_the_images(tmp_path):
     Image.new("RGB", (40, 30), "white").save(folder / "white.png")
     out = tmp_path / "out.h5"
     result = cli("extract", "--images", str(folder), "-o", str(out), "--model", f"torchscript:{tmp_path / 'nan.pt'}",
-                  "--image-size", "32", "--workers", "0", "--quiet")
+                 "--image-size", "32", "--workers", "0", "--quiet")
     one_line_error(result, "isc-extract", "NaN or infinite descriptors for 1 image(s): black")
     assert not out.exists()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import running, wait_until
+from conftest import REPO, cli, one_line_error, running, wait_until
 from PIL import Image
 from skimage import data
 from test_download import FaultProxy
@@ -36,30 +36,10 @@ from isc.extract.image_files import list_images
 from isc.models import create_model
 from isc.search.vectors import prepare_descriptors
 
-REPO = Path(__file__).resolve().parents[1]
 HEADER = "query_id,reference_id,score\n"
 ROWS = "Q00000,R000000,0.9\nQ00001,R000001,0.7\n"
 GT = "query_id,reference_id\nQ00000,R000000\nQ00001,R000001\n"
 ATTRS = {"model": "resnet50", "image_size": 224}
-
-
-def cli(module: str, *args: object, timeout: float = 120, cwd: Path = REPO,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``python -m isc.cli.MODULE ARGS``, without the AWS settings of the environment."""
-    env = env or {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    return subprocess.run([sys.executable, "-m", f"isc.cli.{module}", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd, env=env)
-
-
-def one_line_error(result: subprocess.CompletedProcess, prog: str, *fragments: str, status: int = 2) -> str:
-    """The last line of stderr is ``PROG: error: ...`` holding every fragment; no traceback; exit ``status``."""
-    assert result.returncode == status, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"{prog}: error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in line, line
-    return line
 
 
 def photo(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
@@ -140,10 +120,10 @@ def test_3_an_image_replaced_with_its_mtime_restored_is_extracted_again(tmp_path
 def test_4_score_normalisation_weights_are_bounded(option: str, value: str, message: str, tmp_path: Path) -> None:
     result = cli("search", "--query", tmp_path / "q.h5", "--reference", tmp_path / "r.h5", "-o", tmp_path / "p.csv",
                  option, value)
-    assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1], result.stderr
+    one_line_error(result, "isc-search", message)
     result = cli("pca", "apply", tmp_path / "pca.npz", tmp_path / "q.h5", "-o", tmp_path / "o.h5",
                  "--neg-beta", value)
-    assert result.returncode == 2 and "argument --neg-beta: must be" in result.stderr, result.stderr
+    one_line_error(result, "isc-pca apply", "argument --neg-beta: must be")
 
 
 def huge_descriptor_files(tmp_path: Path) -> dict[str, Path]:
