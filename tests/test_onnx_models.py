@@ -10,6 +10,7 @@ import onnx  # noqa: F401 (the dev extra requires onnx and onnxruntime: a broken
 import onnxruntime  # noqa: F401
 import pytest
 import torch
+from conftest import cli, one_line_error
 from PIL import Image, ImageEnhance
 from skimage import data
 
@@ -183,8 +184,6 @@ def test_sscd_distilled_finds_the_edited_copy(photos, tmp_path):
 
 
 def test_isc_run_says_which_default_model_it_took(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "isc.cli.run", str(tmp_path / "work"), "--data",
-                             str(tmp_path / "nowhere"), "--submissions-dir", str(tmp_path / "sub")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    result = cli("run", tmp_path / "work", "--data", tmp_path / "nowhere", "--submissions-dir", tmp_path / "sub")
+    one_line_error(result, "isc-run")
     assert f"isc-run: no --model given, using {default_model()[0]}; " in result.stdout
