@@ -3,12 +3,11 @@ workers included, with the descriptors of the torch pipeline; the numpy resize t
 pixel for pixel."""
 
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_python
 from test_onnx_models import PixelsIn, TinyNet, _export
 
 from isc.core.descriptors import read_descriptors
@@ -18,7 +17,6 @@ from isc.extract.image_files import list_split_images
 from isc.extract.resample import resize_pixels
 from isc.models import create_model
 
-ROOT = Path(__file__).resolve().parents[1]
 # a finder ahead of all others: any import of torch, in this process or a forked worker, says so and fails
 NO_TORCH = """import sys
 class NoTorch:
@@ -33,8 +31,7 @@ raise SystemExit(main(sys.argv[1:]))
 
 
 def _extract_without_torch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", NO_TORCH, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    return run_python("-c", NO_TORCH, *args, timeout=600)
 
 
 @pytest.mark.parametrize("model_name", ["pdq", "uint8 onnx"])
