@@ -25,12 +25,14 @@ TINY = ["--model", "efficientnet_lite0", "--image-size", "64"]
 
 @pytest.fixture(scope="module")
 def files(mini_dataset, tmp_path_factory) -> dict[str, Path]:
-    """Phase-1 queries and the references, with and without crops, all extracted by the CLI."""
+    """12 phase-1 queries and 20 references, with and without crops, all extracted by the CLI (half the mini
+    dataset: the crops files hold 6 views an image)."""
     folder = tmp_path_factory.mktemp("crops")
     out = {name: folder / f"{name}.h5" for name in ("plain", "crops", "reference", "reference_crops")}
-    for name, extra in (("plain", ["--split", "query", "--phase", 1]), ("crops", ["--split", "query", "--phase", 1,
-                                                                                  "--crops"]),
-                        ("reference", ["--split", "reference"]), ("reference_crops", ["--split", "reference", "--crops"])):
+    queries = ["--split", "query", "--phase", 1, "--ids", "Q00000-Q00011"]
+    references = ["--split", "reference", "--ids", "R000000-R000019"]
+    for name, extra in (("plain", queries), ("crops", [*queries, "--crops"]), ("reference", references),
+                        ("reference_crops", [*references, "--crops"])):
         result = cli("extract", "--data", mini_dataset, *extra, *TINY, "-o", out[name], "--quiet")
         assert result.returncode == 0, result.stderr
     return out

@@ -210,6 +210,7 @@ def _stopped_mid_run(folder: Path, output: Path, stop: signal.Signals) -> tuple[
     return child.returncode, stderr, workers
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_file_of_one_uninterrupted_run(many_images, tmp_path):
     out = tmp_path / "out.h5"
     status, _, workers = _stopped_mid_run(many_images, out, signal.SIGKILL)
@@ -227,6 +228,7 @@ def test_kill_9_then_resume_gives_the_file_of_one_uninterrupted_run(many_images,
     assert _contents(out) == _contents(tmp_path / "fresh.h5")
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_run_and_its_workers(many_images, tmp_path):
     out = tmp_path / "out.h5"
     status, stderr, workers = _stopped_mid_run(many_images, out, signal.SIGINT)

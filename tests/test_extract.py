@@ -281,6 +281,7 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     one_line_error(capsys.readouterr().err, "isc-extract", "no such folder or list file")
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_merge_in_id_order(mini_dataset, tmp_path):
     model = create_model("resnet10t", image_size=32)
     save_checkpoint(model, tmp_path / "model.pt")

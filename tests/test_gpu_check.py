@@ -57,6 +57,7 @@ def test_gpu_path_modules_import_and_search_without_the_optional_packages():
     assert "loaded []" in result.stdout
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_passes_every_part(smoke_run):
     out, result = smoke_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -86,6 +87,7 @@ def test_cpu_smoke_run_passes_every_part(smoke_run):
     assert "| descriptors on the device |" in markdown
 
 
+@pytest.mark.slow
 def test_extract_correctness_with_every_package_there_uses_the_default_model(tmp_path):
     """The smoke run blocks onnxruntime, so its default model is efficientnet_lite0; with the packages installed
     (and the sscd extra, where there is one) the default is sscd, an onnxruntime session, which the part must
@@ -103,6 +105,7 @@ def test_extract_correctness_with_every_package_there_uses_the_default_model(tmp
     assert all(check["passed"] for check in part["checks"]), part["checks"]
 
 
+@pytest.mark.slow
 def test_rerun_of_some_parts_keeps_the_others(smoke_run, tmp_path):
     out, _ = smoke_run
     before = json.loads((out / "gpu_check.json").read_text())["parts"]

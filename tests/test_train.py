@@ -161,6 +161,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_train_resume_extract_and_torchscript(mini_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     run = tmp_path / "run"
     common = ["--data", str(mini_dataset / "training_images"), "-o", str(run), *TINY, "--checkpoint-every", "1"]
@@ -202,6 +203,7 @@ def test_train_resume_extract_and_torchscript(mini_dataset: Path, tmp_path: Path
     assert model.dim == 256 and model.image_size == 32
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_the_cpu(mini_dataset: Path, tmp_path: Path):
     run = tmp_path / "ddp"
     result = isc_train("--data", str(mini_dataset / "training_images"), "-o", str(run), *TINY, "--steps", "2",
