@@ -2,6 +2,7 @@
 processes that never outlive their test; the one way to run a command and to check its one-line error."""
 
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -72,13 +73,17 @@ def cli(module: str, *args: object, **options: object) -> subprocess.CompletedPr
     return run_python("-m", f"isc.cli.{module}", *args, **options)
 
 
-def one_line_error(result: subprocess.CompletedProcess | str, prog: str, *fragments: str, status: int = 2) -> str:
+def one_line_error(result: subprocess.CompletedProcess | str, prog: str, *fragments: str, status: int = 2,
+                   warned: bool = False) -> str:
     """The error line of a refused command: its WHOLE stderr is the one line ``PROG: error: ...`` holding every
-    fragment, and a finished child (not the text of stderr alone) exited ``status``."""
+    fragment (after one-line ``PROG: warning: ...`` lines only where ``warned``: what the input deserved before
+    the error), and a finished child (not the text of stderr alone) exited ``status``."""
     stderr = result if isinstance(result, str) else result.stderr
     if not isinstance(result, str):
         assert result.returncode == status, (result.returncode, stderr)
     lines = stderr.splitlines()
+    if warned:
+        lines = list(itertools.dropwhile(lambda line: line.startswith(f"{prog}: warning: "), lines))
     assert len(lines) == 1 and stderr.endswith("\n"), stderr
     assert lines[0].startswith(f"{prog}: error: "), stderr
     for fragment in fragments:
