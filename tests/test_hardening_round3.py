@@ -307,6 +307,7 @@ def _result(root: Path, name: str) -> subprocess.CompletedProcess:
                                        (root / "results" / f"{name}.err").read_text())
 
 
+@pytest.mark.slow
 @needs_mounts
 @pytest.mark.parametrize("name", COMMANDS)
 def test_9_a_read_only_file_system_is_one_line_naming_the_path(name: str, read_only_results: Path) -> None:
@@ -316,6 +317,7 @@ def test_9_a_read_only_file_system_is_one_line_naming_the_path(name: str, read_o
     assert not TEMPORARY_NAME.search(line), line  # the user's path, not its temporary twin
 
 
+@pytest.mark.slow
 @needs_mounts
 @pytest.mark.parametrize("name", COMMANDS)
 def test_9_a_full_disk_is_one_line_and_leaves_no_temporary_file(name: str, full_disk_results: Path) -> None:
@@ -549,6 +551,7 @@ def test_20_an_output_hard_linked_to_an_input_is_refused(inputs: dict[str, Path]
 # ------------------------------------------------------------------------------------ holes in the tests
 
 
+@pytest.mark.slow
 def test_kill_9_of_isc_extract_then_resume_gives_the_descriptors_of_one_run(mini_dataset: Path,
                                                                           tmp_path: Path) -> None:
     images = tmp_path / "images"
@@ -578,6 +581,7 @@ def test_kill_9_of_isc_extract_then_resume_gives_the_descriptors_of_one_run(mini
     np.testing.assert_allclose(descriptors, fresh_descriptors, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_kill_9_of_isc_train_leaves_a_checkpoint_that_resumes(mini_dataset: Path, tmp_path: Path) -> None:
     from isc.models import load_checkpoint
 
