@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli, one_line_error
 from PIL import Image
 from skimage import data
 
@@ -258,17 +259,12 @@ def test_split_listing_and_bad_inputs(mini_dataset, tmp_path):
         list_images(tmp_path / "missing")
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "isc.cli.extract", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
-
-
 def test_cli_with_a_training_checkpoint(mini_dataset, tmp_path):
     trained = create_model("resnet10t", image_size=SIZE, dim=32)
     save_checkpoint(trained, tmp_path / "run" / "last.pt", optimizer={}, epoch=1)
     out = tmp_path / "query.h5"
-    result = _cli("--data", str(mini_dataset), "--split", "query", "-o", str(out), "--checkpoint",
-                  str(tmp_path / "run" / "last.pt"), "--workers", "0", "--quiet", "--json")
+    result = cli("extract", "--data", str(mini_dataset), "--split", "query", "-o", str(out), "--checkpoint",
+                 str(tmp_path / "run" / "last.pt"), "--workers", "0", "--quiet", "--json")
     assert result.returncode == 0, result.stderr
     ids, descriptors, attrs = read_descriptors(out, split="query")
     assert ids == sorted(list_split_images(mini_dataset, "query")) and descriptors.shape == (len(ids), 32)
@@ -279,11 +275,13 @@ def test_cli_with_a_training_checkpoint(mini_dataset, tmp_path):
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert main(["--split", "query", "-o", str(tmp_path / "out.h5")]) == 2
-    assert capsys.readouterr().err.strip() == "isc-extract: error: --split needs --data ROOT (the folder holding <split>_images/)"
+    assert one_line_error(capsys.readouterr().err, "isc-extract") == \
+        "isc-extract: error: --split needs --data ROOT (the folder holding <split>_images/)"
     assert main(["--images", str(tmp_path / "missing"), "-o", str(tmp_path / "out.h5")]) == 2
-    assert "no such folder or list file" in capsys.readouterr().err
+    one_line_error(capsys.readouterr().err, "isc-extract", "no such folder or list file")
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_merge_in_id_order(mini_dataset, tmp_path):
     model = create_model("resnet10t", image_size=32)
     save_checkpoint(model, tmp_path / "model.pt")

@@ -4,12 +4,11 @@ the modules on the GPU paths import (and the torch search runs) without them."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, run_python
 
-REPO = Path(__file__).resolve().parents[1]
 PARTS = ("environment", "extract_correctness", "search_correctness", "train_amp", "torchrun", "extract_timing",
          "search_timing", "train_timing")
 GPU_ONLY = ("torchrun",)
@@ -19,16 +18,15 @@ ABSENT = ("faiss", "pandas", "boto3", "botocore", "skimage", "onnxruntime", "mat
 BLOCK = f"import sys\nfor name in {ABSENT!r}:\n    sys.modules[name] = None\n"
 
 
-def run_python(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+# the scripts import isc from this checkout, not from whatever the environment installed
+WITH_REPO = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def gpu_check(out: Path, work: Path, *options: str) -> subprocess.CompletedProcess:
     """The script's CPU smoke run, in a fresh interpreter where the ABSENT packages cannot be imported."""
     argv = ["scripts/gpu_check.py", "--quick", "--device", "cpu", "--out", str(out), "--work", str(work), *options]
-    return run_python(BLOCK + "import runpy\nsys.path.insert(0, 'scripts')\n"
-                      f"sys.argv = {argv!r}\nrunpy.run_path('scripts/gpu_check.py', run_name='__main__')\n")
+    return run_python("-c", BLOCK + "import runpy\nsys.path.insert(0, 'scripts')\n"
+                      f"sys.argv = {argv!r}\nrunpy.run_path('scripts/gpu_check.py', run_name='__main__')\n", env=WITH_REPO)
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +50,14 @@ def test_gpu_path_modules_import_and_search_without_the_optional_packages():
         "x = np.eye(4, dtype=np.float32)\n"
         "print('neighbours', knn(x, x, 1, backend='auto')[1].ravel().tolist())\n"
         "print('loaded', sorted(m for m in ('faiss', 'pandas', 'skimage', 'matplotlib') if sys.modules[m]))\n")
-    result = run_python(code, timeout=120)
+    result = run_python("-c", code, timeout=120, env=WITH_REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "refused: faiss is not installed (pip install faiss-cpu), or use the torch backend" in result.stdout
     assert "neighbours [0, 1, 2, 3]" in result.stdout
     assert "loaded []" in result.stdout
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_passes_every_part(smoke_run):
     out, result = smoke_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -88,6 +87,7 @@ def test_cpu_smoke_run_passes_every_part(smoke_run):
     assert "| descriptors on the device |" in markdown
 
 
+@pytest.mark.slow
 def test_extract_correctness_with_every_package_there_uses_the_default_model(tmp_path):
     """The smoke run blocks onnxruntime, so its default model is efficientnet_lite0; with the packages installed
     (and the sscd extra, where there is one) the default is sscd, an onnxruntime session, which the part must
@@ -97,8 +97,7 @@ def test_extract_correctness_with_every_package_there_uses_the_default_model(tmp
     out = tmp_path / "out"
     argv = ["scripts/gpu_check.py", "--quick", "--device", "cpu", "--out", str(out), "--work", str(tmp_path),
             "--parts", "extract_correctness"]
-    result = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = run_python(*argv, timeout=600, env=WITH_REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     part = json.loads((out / "gpu_check.json").read_text())["parts"]["extract_correctness"]
     assert part["status"] == "ok", part["errors"]
@@ -106,6 +105,7 @@ def test_extract_correctness_with_every_package_there_uses_the_default_model(tmp
     assert all(check["passed"] for check in part["checks"]), part["checks"]
 
 
+@pytest.mark.slow
 def test_rerun_of_some_parts_keeps_the_others(smoke_run, tmp_path):
     out, _ = smoke_run
     before = json.loads((out / "gpu_check.json").read_text())["parts"]
@@ -118,15 +118,16 @@ def test_rerun_of_some_parts_keeps_the_others(smoke_run, tmp_path):
 
 
 def test_unknown_part_is_refused(tmp_path):
-    result = subprocess.run([sys.executable, "scripts/gpu_check.py", "--out", str(tmp_path), "--parts", "nope"],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    # argparse's usage then the error, not one line: gpu_check.py is a developer's script, not an isc command
+    result = run_python("scripts/gpu_check.py", "--out", tmp_path, "--parts", "nope", timeout=60)
     assert result.returncode == 2
     assert "unknown part(s) nope" in result.stderr
 
 
 @pytest.mark.parametrize("args", [["--count", "0"], ["--threads", "nan"], ["--batch", "-1"], ["--device", "tpu"]])
-def test_stage_benchmark_refuses_bad_options_in_one_line(args):
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_extract_stages.py"), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+def test_stage_benchmark_refuses_bad_options_without_a_traceback(args):
+    done = run_python(REPO / "scripts" / "bench_extract_stages.py", *args, timeout=120, env=WITH_REPO)
+    # argparse's usage lines come first: the script is not an isc command (no one_line_usage_errors), so the
+    # error is its last line, not its only one
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("bench_extract_stages.py: error:")

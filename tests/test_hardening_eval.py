@@ -3,37 +3,23 @@ folder, unknown image formats, queries absent from the ground truth, files over 
 organisers' own layouts (predictions without a header row, per-split descriptor files)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from conftest import cli, one_line_error
 
 from isc.core.competition import MATCHING_TRACK_MAX_ROWS
 from isc.core.descriptors import write_descriptor_track, write_descriptors
 from isc.core.files import InputError
 from isc.core.tables import read_predictions
 
-REPO = Path(__file__).resolve().parents[1]
 HEADER = "query_id,reference_id,score\n"
 # the organisers' write_predictions_from_arrays: no header row, scores with 6 decimals
 ROWS = "Q00000,R000000,0.900000\nQ00002,R000005,0.800000\nQ00001,R000001,0.700000\n"
 GT = "query_id,reference_id\nQ00000,R000000\nQ00001,R000001\nQ00002,\n"
 ATTRS = {"model": "resnet50", "image_size": 224}
-
-
-def cli(module: str, *args: object, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"isc.cli.{module}", *map(str, args)], capture_output=True,
-                          text=True, timeout=120, cwd=cwd)
-
-
-def one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
 
 
 @pytest.fixture
@@ -70,7 +56,7 @@ def submit_descriptors_args(d: dict[str, Path], *extra: object) -> list[object]:
 def test_eval_plot_onto_an_input_is_refused(files, target):
     before = files[target].read_bytes()
     result = cli("eval", files["p"], "--gt", files["gt"], "--plot", files[target])
-    one_line_error(result, "is the input")
+    one_line_error(result, "isc-eval", "is the input")
     assert files[target].read_bytes() == before
 
 
@@ -79,7 +65,7 @@ def test_report_outputs_onto_an_input_are_refused(files, option, target):
     before = files[target].read_bytes()
     outputs = {"-o": files["dir"] / "r.html", "--png": files["dir"] / "s.png", option: files[target]}
     args = [arg for name, path in outputs.items() for arg in (name, path)]
-    one_line_error(cli("report", files["p"], "--gt", files["gt"], "--data", files["dir"], *args), "is the input")
+    one_line_error(cli("report", files["p"], "--gt", files["gt"], "--data", files["dir"], *args), "isc-report", "is the input")
     assert files[target].read_bytes() == before
     assert not (files["dir"] / "r.html").exists() and not (files["dir"] / "s.png").exists()
 
@@ -90,7 +76,7 @@ def test_an_existing_folder_as_output_names_the_users_path(files):
                          ("report", (files["p"], "--gt", files["gt"], "--data", files["dir"], "-o", "out")),
                          ("submit", ("matching", files["p"], "--phase", "1", "-o", "out"))]:
         result = cli(module, *args, cwd=files["dir"])
-        one_line_error(result, "out: is a directory")
+        one_line_error(result, f"isc-{module}", "out: is a directory")
         assert ".part" not in result.stderr  # the user's path, not the temporary name
     assert list((files["dir"] / "out").iterdir()) == []
 
@@ -99,13 +85,13 @@ def test_submit_score_cannot_write_predictions_over_the_ground_truth(files, desc
     submission = files["dir"] / "sub.h5"
     write_descriptor_track(submission, ["Q00000"], np.ones((1, 4)), ["R000000"], np.ones((1, 4)))
     result = cli("submit", "score", submission, "--gt", files["gt"], "--write-predictions", files["gt"])
-    one_line_error(result, "is the input")
+    one_line_error(result, "isc-submit", "is the input")
     assert files["gt"].read_text() == GT
 
 
 def test_submit_matching_onto_its_input_is_refused(files):
     before = files["p"].read_bytes()
-    one_line_error(cli("submit", "matching", files["p"], "--phase", "1", "-o", files["p"]), "is the input")
+    one_line_error(cli("submit", "matching", files["p"], "--phase", "1", "-o", files["p"]), "isc-submit", "is the input")
     assert files["p"].read_bytes() == before
     assert not Path(str(files["p"]) + ".manifest.json").exists()
 
@@ -119,7 +105,7 @@ def test_submit_descriptors_onto_its_input_is_refused(descriptor_files, where):
         d["q"] = d["q"].rename(d["dir"] / "query.h5")
         before = d["q"].read_bytes()
     extra = ["-o", d["q"]] if where == "output" else ["-o", d["dir"] / "sub.h5", "--split-files", d["dir"]]
-    one_line_error(cli("submit", *submit_descriptors_args(d, *extra)), "is the input")
+    one_line_error(cli("submit", *submit_descriptors_args(d, *extra)), "isc-submit", "is the input")
     assert d["q"].read_bytes() == before
     assert not (d["dir"] / "sub.h5").exists()
 
@@ -131,7 +117,7 @@ def test_eval_plot_with_an_unknown_suffix_is_refused_before_scoring(files):
     plot = files["dir"] / "x.csv"
     files["p"].write_text(HEADER + "Q00000,R000000,nan\n")  # scoring would fail on this: the suffix is seen first
     result = cli("eval", files["p"], "--gt", files["gt"], "--plot", plot)
-    one_line_error(result, "unknown image format .csv", ".png", ".svg", ".pdf")
+    one_line_error(result, "isc-eval", "unknown image format .csv", ".png", ".svg", ".pdf")
     assert not plot.exists()
 
 
@@ -190,9 +176,9 @@ def oversized(tmp_path_factory) -> dict[str, Path]:
 def test_more_rows_than_the_track_allows_are_refused_unless_asked(oversized):
     limit = f"{MATCHING_TRACK_MAX_ROWS + 1:,} predictions, more than the {MATCHING_TRACK_MAX_ROWS:,}"
     args = [oversized["p"], "--gt", oversized["gt"], "--restrict-to-gt-queries"]
-    one_line_error(cli("eval", *args), limit, "too many predictions", "without the row limit")
+    one_line_error(cli("eval", *args), "isc-eval", limit, "too many predictions", "without the row limit")
     report = oversized["dir"] / "r.html"
-    one_line_error(cli("report", *args, "--data", oversized["dir"], "-o", report), limit, "without the row limit")
+    one_line_error(cli("report", *args, "--data", oversized["dir"], "-o", report), "isc-report", limit, "without the row limit")
     assert not report.exists()
     result = cli("eval", *args, "--no-row-limit", "--json")
     assert result.returncode == 0, result.stderr
@@ -248,13 +234,13 @@ def test_headerless_predictions_score_as_with_the_header(files):
 )
 def test_a_first_row_neither_header_nor_prediction_is_one_line(files, text, message):
     files["p"].write_text(text)
-    one_line_error(cli("eval", files["p"], "--gt", files["gt"]), str(files["p"]), message)
+    one_line_error(cli("eval", files["p"], "--gt", files["gt"]), "isc-eval", str(files["p"]), message)
 
 
 def test_headerless_ground_truth_is_refused(files):
     # the official ground-truth files (public_ground_truth.csv, subset_1_ground_truth.csv) all have the header
     files["gt"].write_text(GT.split("\n", 1)[1])
-    one_line_error(cli("eval", files["p"], "--gt", files["gt"]), "missing column")
+    one_line_error(cli("eval", files["p"], "--gt", files["gt"]), "isc-eval", "missing column")
 
 
 def test_submit_matching_adds_the_header_to_a_headerless_file_and_records_the_provenance(files):
@@ -308,5 +294,5 @@ def test_split_files_onto_an_existing_file_is_refused(descriptor_files):
     d = descriptor_files
     (d["dir"] / "taken").write_text("not a folder")
     result = cli("submit", *submit_descriptors_args(d, "-o", d["dir"] / "sub.h5", "--split-files", d["dir"] / "taken"))
-    one_line_error(result, "exists and is not a directory")
+    one_line_error(result, "isc-submit", "exists and is not a directory")
     assert not (d["dir"] / "sub.h5").exists()

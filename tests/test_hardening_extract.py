@@ -5,8 +5,6 @@ phase and id selections, class-per-folder trees."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import cli, one_line_error
 from PIL import Image
 from skimage import data
 
@@ -34,18 +33,8 @@ FAST = ["--model", "resnet10t", "--image-size", "32", "--workers", "0", "--quiet
 RUN_FAST = ["--model", "resnet10t", "--quiet"]
 
 
-def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "isc.cli.extract", *args], capture_output=True, text=True,
-                          cwd=cwd or Path(__file__).parent.parent, timeout=300)
-
-
 def _photo(name: str, size=(96, 72)) -> Image.Image:
     return Image.fromarray(getattr(data, name)()).convert("RGB").resize(size)
-
-
-def _one_error_line(stderr: str) -> str:
-    assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
-    return stderr
 
 
 @pytest.fixture
@@ -75,9 +64,8 @@ def _descriptors(path: Path) -> dict[str, np.ndarray]:
 def test_output_onto_an_input_image_is_refused_naming_both(photos, tmp_path):
     image = photos / "R000000.jpg"
     before = image.read_bytes()
-    result = _cli("--images", str(photos), "-o", str(image), *FAST)
-    assert result.returncode == 2
-    assert f"output {image} is the input {image}" in _one_error_line(result.stderr)
+    result = cli("extract", "--images", str(photos), "-o", str(image), *FAST)
+    one_line_error(result, "isc-extract", f"output {image} is the input {image}")
     (tmp_path / "link.h5").symlink_to(photos / "R000001.jpg")  # the same through a symbolic link
     assert extract_main(["--images", str(photos), "-o", str(tmp_path / "link.h5"), *FAST]) == 2
     assert image.read_bytes() == before and sorted(p.name for p in photos.iterdir()) == \
@@ -87,7 +75,7 @@ def test_output_onto_an_input_image_is_refused_naming_both(photos, tmp_path):
 def test_output_that_is_a_directory_is_named_as_given(photos, tmp_path, capsys):
     (tmp_path / "out.h5").mkdir()
     assert extract_main(["--images", str(photos), "-o", str(tmp_path / "out.h5"), *FAST]) == 2
-    err = _one_error_line(capsys.readouterr().err)
+    err = one_line_error(capsys.readouterr().err, "isc-extract")
     assert f"{tmp_path / 'out.h5'}: is a directory" in err and ".part" not in err
 
 
@@ -97,10 +85,10 @@ def test_isc_run_refuses_an_output_onto_its_ground_truth(tmp_path, capsys):
     truth.parent.mkdir()
     truth.write_text("query_id,reference_id\n")
     assert run_main([str(work), "--gt", str(truth), "--submissions-dir", str(tmp_path / "sub"), *RUN_FAST]) == 2
-    assert f"is the input {truth}" in _one_error_line(capsys.readouterr().err)
+    one_line_error(capsys.readouterr().err, "isc-run", f"is the input {truth}")
     (tmp_path / "file").write_text("")
     assert run_main([str(tmp_path / "file"), "--submissions-dir", str(tmp_path / "sub"), *RUN_FAST]) == 2
-    assert "exists and is not a directory" in _one_error_line(capsys.readouterr().err)
+    one_line_error(capsys.readouterr().err, "isc-run", "exists and is not a directory")
 
 
 # ------------------------------------------------------------------------------------------ numbers
@@ -122,8 +110,8 @@ def test_extract_numbers_are_checked_when_parsed(option, value, message, photos,
 
 
 def test_image_size_below_eight_is_one_line(photos, tmp_path):
-    result = _cli("--images", str(photos), "-o", str(tmp_path / "out.h5"), *FAST, "--image-size", "4")
-    assert result.returncode == 2 and "image size 4 is too small" in _one_error_line(result.stderr)
+    result = cli("extract", "--images", str(photos), "-o", str(tmp_path / "out.h5"), *FAST, "--image-size", "4")
+    one_line_error(result, "isc-extract", "image size 4 is too small")
 
 
 @pytest.mark.parametrize(("option", "value"), [
@@ -153,10 +141,9 @@ def test_non_finite_descriptors_are_refused_naming_the_images(tmp_path):
     Image.new("RGB", (40, 30), "black").save(folder / "black.png")
     Image.new("RGB", (40, 30), "white").save(folder / "white.png")
     out = tmp_path / "out.h5"
-    result = _cli("--images", str(folder), "-o", str(out), "--model", f"torchscript:{tmp_path / 'nan.pt'}",
-                  "--image-size", "32", "--workers", "0", "--quiet")
-    assert result.returncode == 2
-    assert "NaN or infinite descriptors for 1 image(s): black" in _one_error_line(result.stderr)
+    result = cli("extract", "--images", str(folder), "-o", str(out), "--model", f"torchscript:{tmp_path / 'nan.pt'}",
+                 "--image-size", "32", "--workers", "0", "--quiet")
+    one_line_error(result, "isc-extract", "NaN or infinite descriptors for 1 image(s): black")
     assert not out.exists()
 
 
@@ -253,15 +240,14 @@ def test_nothing_readable_exits_1_and_writes_nothing(tmp_path):
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "text.jpg").write_text("not an image")
     out = tmp_path / "out.h5"
-    result = _cli("--images", str(folder), "-o", str(out), *FAST)
-    assert result.returncode == 1
-    assert "none of the 2 images could be read (empty: empty file" in _one_error_line(result.stderr)
+    result = cli("extract", "--images", str(folder), "-o", str(out), *FAST)
+    one_line_error(result, "isc-extract", "none of the 2 images could be read (empty: empty file", status=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # no output, no partial file
 
 
 def test_many_broken_images_are_warned_about_in_one_line(photos, lite, tmp_path):
     (photos / "R000003.jpg").write_bytes(b"")
-    result = _cli("--images", str(photos), "-o", str(tmp_path / "out.h5"), *FAST)
+    result = cli("extract", "--images", str(photos), "-o", str(tmp_path / "out.h5"), *FAST)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == (f"isc-extract: warning: {tmp_path / 'out.h5'}: 1 of 4 images (25.0%) are "
                                      "broken, more than 1.0% (listed in its attribute 'broken')")
@@ -301,31 +287,31 @@ def test_sixteen_bit_and_float_images_are_scaled_not_clipped(lite, tmp_path):
 ])
 def test_bad_device_is_one_line(device, message, photos, tmp_path, capsys):
     assert extract_main(["--images", str(photos), "-o", str(tmp_path / "out.h5"), *FAST, "--device", device]) == 2
-    assert message in _one_error_line(capsys.readouterr().err)
+    one_line_error(capsys.readouterr().err, "isc-extract", message)
     assert run_main([str(tmp_path / "work"), "--data", str(photos), "--device", device,
                      "--submissions-dir", str(tmp_path / "sub"), *RUN_FAST]) == 2
-    assert message in _one_error_line(capsys.readouterr().err)
+    one_line_error(capsys.readouterr().err, "isc-run", message)
 
 
 def test_cuda_without_a_gpu_is_one_line_in_a_subprocess(photos, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    result = _cli("--images", str(photos), "-o", str(tmp_path / "out.h5"), *FAST, "--device", "cuda")
-    assert result.returncode == 2 and "no GPU is visible" in _one_error_line(result.stderr)
+    result = cli("extract", "--images", str(photos), "-o", str(tmp_path / "out.h5"), *FAST, "--device", "cuda")
+    one_line_error(result, "isc-extract", "no GPU is visible")
 
 
 def test_a_folder_for_a_file_and_a_file_for_a_folder_are_named(photos, tmp_path, capsys):
     out = str(tmp_path / "out.h5")
     assert extract_main(["--images", str(photos), "-o", out, *FAST, "--checkpoint", str(tmp_path)]) == 2
-    assert f"{tmp_path}: is a directory (a checkpoint file is needed)" in _one_error_line(capsys.readouterr().err)
+    one_line_error(capsys.readouterr().err, "isc-extract", f"{tmp_path}: is a directory (a checkpoint file is needed)")
     assert extract_main(["--images", str(photos), "-o", out, "--model", f"torchscript:{tmp_path}"]) == 2
-    assert "is a directory (a TorchScript file is needed)" in _one_error_line(capsys.readouterr().err)
+    one_line_error(capsys.readouterr().err, "isc-extract", "is a directory (a TorchScript file is needed)")
     a_file = photos / "R000000.jpg"
     assert extract_main(["--split", "reference", "--data", str(a_file), "-o", out, *FAST]) == 2
-    assert f"{a_file}: is not a directory" in _one_error_line(capsys.readouterr().err)
+    one_line_error(capsys.readouterr().err, "isc-extract", f"{a_file}: is not a directory")
     assert run_main([str(tmp_path / "work"), "--data", str(a_file), "--submissions-dir", str(tmp_path / "s"),
                      *RUN_FAST]) == 2
-    assert f"{a_file}: is not a directory" in _one_error_line(capsys.readouterr().err)
+    one_line_error(capsys.readouterr().err, "isc-run", f"{a_file}: is not a directory")
 
 
 def test_links_and_folders_named_like_images_are_listed_as_broken(photos, tmp_path):
@@ -334,7 +320,7 @@ def test_links_and_folders_named_like_images_are_listed_as_broken(photos, tmp_pa
     (photos / "folder.jpg").mkdir()
     (photos / "sub").mkdir()
     (photos / "sub" / "up.jpg").symlink_to(photos)  # a link to a folder above: not followed forever
-    result = _cli("--images", str(photos), "-o", str(tmp_path / "out.h5"), *FAST, "--max-broken", "1", "--json")
+    result = cli("extract", "--images", str(photos), "-o", str(tmp_path / "out.h5"), *FAST, "--max-broken", "1", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["extracted"] == 3
@@ -353,8 +339,8 @@ def test_list_file_ids_are_stems_paths_relative_to_the_list(photos, tmp_path):
     (lists / "images.txt").write_text(f"../photos/R000000.jpg\n{photos / 'R000001.jpg'}\n\nmissing.jpg\n")
     out = tmp_path / "out.h5"
     # run from another folder: the relative lines are relative to the list, not to the working directory
-    result = _cli("--images", str(lists / "images.txt"), "-o", str(out), *FAST, "--max-broken", "1", "--json",
-                  cwd=photos)
+    result = cli("extract", "--images", str(lists / "images.txt"), "-o", str(out), *FAST, "--max-broken", "1", "--json",
+                 cwd=photos)
     assert result.returncode == 0, result.stderr
     assert read_descriptors(out)[0] == ["R000000", "R000001"]
     assert json.loads(read_descriptor_attrs(out)["broken"]) == {"missing": "cannot read (No such file or directory)"}
@@ -366,7 +352,7 @@ def test_list_file_with_two_files_of_the_same_stem_is_refused(photos, tmp_path, 
     listing = tmp_path / "list.txt"
     listing.write_text("photos/R000000.jpg\nother/R000000.png\n")
     assert extract_main(["--images", str(listing), "-o", str(tmp_path / "out.h5"), *FAST]) == 2
-    err = _one_error_line(capsys.readouterr().err)
+    err = one_line_error(capsys.readouterr().err, "isc-extract")
     assert f"{tmp_path / 'photos/R000000.jpg'} and {tmp_path / 'other/R000000.png'}" in err
     assert "id 'R000000'" in err
 
@@ -376,7 +362,7 @@ def test_list_file_with_two_files_of_the_same_stem_is_refused(photos, tmp_path, 
 
 def test_phase_and_id_ranges_select_and_are_recorded(mini_dataset, tmp_path):
     phase2 = tmp_path / "phase2.h5"
-    result = _cli("--data", str(mini_dataset), "--split", "query", "--phase", "2", "-o", str(phase2), *FAST)
+    result = cli("extract", "--data", str(mini_dataset), "--split", "query", "--phase", "2", "-o", str(phase2), *FAST)
     assert result.returncode == 0, result.stderr
     ids = read_descriptors(phase2, split="query")[0]
     assert ids == [i for i in list_split_images(mini_dataset, "query") if i >= "Q50000"] and len(ids) == 8
@@ -398,7 +384,7 @@ def test_phase_and_id_ranges_select_and_are_recorded(mini_dataset, tmp_path):
 def test_bad_selections_are_one_line(args, message, mini_dataset, tmp_path, capsys):
     args = [a.format(mini=mini_dataset) for a in args]
     assert extract_main([*args, "--data", str(mini_dataset), "-o", str(tmp_path / "out.h5"), *FAST]) == 2
-    assert message in _one_error_line(capsys.readouterr().err)
+    one_line_error(capsys.readouterr().err, "isc-extract", message)
 
 
 # -------------------------------------------------------------------------------- class-per-folder

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, cli, one_line_error, run_python
 from PIL import Image
 
 from isc.cli.download import main as download_main
@@ -23,32 +24,14 @@ from isc.cli.synth import main as synth_main
 from isc.cli.train import main as train_main
 from isc.models import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_python(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """``python ARGS`` in the repository, without the AWS settings of the environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def run_module(module: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return run_python("-m", module, *args, timeout=timeout)
-
-
-def assert_one_line_error(stderr: str, prog: str, message: str) -> None:
-    lines = stderr.strip().splitlines()
-    assert lines and lines[-1].startswith(f"{prog}: error:") and message in lines[-1], stderr
-    assert "Traceback" not in stderr, stderr
-
 
 def assert_argument_refused(main: Callable[[list[str]], int], prog: str, argv: list[str], message: str,
                             capsys: pytest.CaptureFixture[str]) -> None:
-    """argparse refuses ``argv`` (exit 2) with ``message`` on the last line of stderr."""
+    """argparse refuses ``argv`` (exit 2) with ``message``, stderr its one line."""
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2, argv
-    assert_one_line_error(capsys.readouterr().err, prog, message)
+    one_line_error(capsys.readouterr().err, prog, message)
 
 
 @pytest.fixture
@@ -63,26 +46,22 @@ def silent_server() -> Iterator[int]:
 
 def test_download_from_a_silent_endpoint_times_out_in_one_line(silent_server: int, tmp_path: Path) -> None:
     # no --region: it defaults to us-west when an endpoint is given
-    result = run_module("isc.cli.download", "--split", "query", "--dest", str(tmp_path / "d"), "--endpoint-url",
-                        f"http://127.0.0.1:{silent_server}", "--timeout", "0.3", "--attempts", "2", "--quiet")
-    assert result.returncode == 1, result.stderr
-    assert result.stderr.count("\n") == 1
-    assert_one_line_error(result.stderr, "isc-download", "no answer from the S3 endpoint")
-    assert "2 attempts of up to 0.3 s" in result.stderr  # a hang would end in run_module's timeout
+    result = cli("download", "--split", "query", "--dest", str(tmp_path / "d"), "--endpoint-url",
+                 f"http://127.0.0.1:{silent_server}", "--timeout", "0.3", "--attempts", "2", "--quiet", timeout=60)
+    one_line_error(result, "isc-download", "no answer from the S3 endpoint", status=1)
+    assert "2 attempts of up to 0.3 s" in result.stderr  # a hang would end in cli's timeout
 
 
 def test_download_region_required_without_an_endpoint(tmp_path: Path) -> None:
-    result = run_module("isc.cli.download", "--split", "query", "--dest", str(tmp_path / "d"))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert_one_line_error(result.stderr, "isc-download", "--region is required")
+    result = cli("download", "--split", "query", "--dest", str(tmp_path / "d"))
+    one_line_error(result, "isc-download", "--region is required")
 
 
 def test_download_dest_that_is_a_file_and_bad_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dest = tmp_path / "file"
     dest.write_text("keep me")
-    result = run_module("isc.cli.download", "--split", "query", "--dest", str(dest), "--region", "eu")
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert_one_line_error(result.stderr, "isc-download", "exists and is not a directory")
+    result = cli("download", "--split", "query", "--dest", str(dest), "--region", "eu")
+    one_line_error(result, "isc-download", "exists and is not a directory")
     assert dest.read_text() == "keep me"
     for args, message in ((["--timeout", "0"], "argument --timeout: must be > 0"),
                           (["--timeout", "nan"], "argument --timeout: must be a finite number"),
@@ -95,7 +74,7 @@ def test_download_dest_that_is_a_file_and_bad_numbers(tmp_path: Path, capsys: py
     metadata.write_text("image_id,s3_uri,md5_checksum\n")
     assert download_main(["--split", "query", "--dest", str(tmp_path / "d"), "--region", "eu", "--metadata",
                           str(metadata), "--report", str(metadata)]) == 2
-    assert_one_line_error(capsys.readouterr().err, "isc-download", "would destroy the input")
+    one_line_error(capsys.readouterr().err, "isc-download", "would destroy the input")
     assert metadata.read_text() == "image_id,s3_uri,md5_checksum\n"
 
 
@@ -146,16 +125,14 @@ def test_s3serve_shows_progress_and_is_quiet_under_quiet(tmp_path: Path) -> None
 def test_s3serve_port_in_use_is_one_line(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        result = run_module("isc.cli.s3serve", str(tiny_dataset(tmp_path)), "--port", str(port), timeout=30)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert_one_line_error(result.stderr, "isc-s3serve", f"cannot listen on 127.0.0.1:{port}")
+        result = cli("s3serve", str(tiny_dataset(tmp_path)), "--port", str(port), timeout=30)
+    one_line_error(result, "isc-s3serve", f"cannot listen on 127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize("port", ["-1", "65536", "http"])
 def test_s3serve_invalid_port_refused(port: str, tmp_path: Path) -> None:
-    result = run_module("isc.cli.s3serve", str(tmp_path), "--port", port, timeout=30)
-    assert result.returncode == 2
-    assert_one_line_error(result.stderr, "isc-s3serve", "argument --port:")
+    result = cli("s3serve", str(tmp_path), "--port", port, timeout=30)
+    one_line_error(result, "isc-s3serve", "argument --port:")
 
 
 def test_s3serve_without_moto_names_the_extra(tmp_path: Path) -> None:
@@ -170,8 +147,7 @@ def test_s3serve_without_moto_names_the_extra(tmp_path: Path) -> None:
         "raise SystemExit(main(sys.argv[1:]))\n"
     )
     result = run_python("-c", blocker, str(tiny_dataset(tmp_path)), timeout=30)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert_one_line_error(result.stderr, "isc-s3serve", "pip install 'isc[server]'")
+    one_line_error(result, "isc-s3serve", "pip install 'isc[server]'")
 
 
 # --------------------------------------------------------------------------------------------- isc-train
@@ -213,7 +189,7 @@ def test_train_output_that_is_a_file(six_images: Path, tmp_path: Path, capsys: p
     output = tmp_path / "run"
     output.write_text("keep me")
     assert train_main(["--data", str(six_images), "-o", str(output), "--steps", "1", *TINY]) == 2
-    assert_one_line_error(capsys.readouterr().err, "isc-train", "exists and is not a directory")
+    one_line_error(capsys.readouterr().err, "isc-train", "exists and is not a directory")
     assert output.read_text() == "keep me"
 
 
@@ -224,8 +200,8 @@ def test_train_stops_on_the_first_non_finite_loss(six_images: Path, tmp_path: Pa
     code = train_main(["--data", str(six_images), "-o", str(run), "--batch-size", "2", "--steps", "3", "--lr", "1e30",
                        "--checkpoint-every", "1", *TINY])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1
-    assert_one_line_error(err, "isc-train", "training diverged")
+    assert code == 2
+    one_line_error(err, "isc-train", "training diverged")
     assert "the loss is nan" in err or "no longer finite" in err
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert all(row["loss"] == row["loss"] for row in log) and len(log) < 3  # no NaN logged, stopped early
@@ -269,8 +245,7 @@ def test_synth_numbers_refused_at_parse_time(args: list[str], message: str, tmp_
 def test_synth_output_that_is_a_file(tmp_path: Path) -> None:
     output = tmp_path / "out"
     output.write_text("keep me")
-    result = run_module("isc.cli.synth", str(output), "--references", "1", "--queries", "1", "--training", "1",
+    result = cli("synth", str(output), "--references", "1", "--queries", "1", "--training", "1",
                         "--phase2-queries", "0", "--workers", "1")
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert_one_line_error(result.stderr, "isc-synth", "exists and is not a directory")
+    one_line_error(result, "isc-synth", "exists and is not a directory")
     assert output.read_text() == "keep me"

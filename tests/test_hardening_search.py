@@ -3,23 +3,18 @@ mixed models, phases, provenance, the organisers' descriptor layout, class label
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from conftest import cli, one_line_error
 
 from isc.core.descriptors import read_descriptor_classes, read_descriptors, write_descriptors
 from isc.core.tables import read_predictions
 
 MODEL_A = {"model": "a", "model_fingerprint": "aaaa", "image_size": 64}
 MODEL_B = {"model": "b", "model_fingerprint": "bbbb", "image_size": 64}
-
-
-def cli(module: str, *args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"isc.cli.{module}", *map(str, args)], capture_output=True,
-                          text=True, cwd=Path(__file__).parent.parent, timeout=300)
 
 
 def isc_search(*args: object) -> subprocess.CompletedProcess:
@@ -34,13 +29,6 @@ def unit(seed: int, n: int, d: int = 8) -> np.ndarray:
 
 def ids(prefix: str, numbers) -> list[str]:
     return [f"{prefix}{i:0{5 if prefix == 'Q' else 6}d}" for i in numbers]
-
-
-def one_error_line(done: subprocess.CompletedProcess) -> str:
-    """The single stderr line of a refused command (exit 2, no traceback)."""
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    return done.stderr.strip()
 
 
 def write_isc2021(path: Path, names: list[str], vectors: np.ndarray) -> None:
@@ -64,24 +52,24 @@ def files(tmp_path: Path) -> Path:
 
 def test_search_refuses_to_write_over_its_reference_file(files):
     before = (files / "r.h5").read_bytes()
-    line = one_error_line(isc_search("--query", files / "q.h5", "--reference", files / "r.h5", "-o", files / "r.h5"))
+    line = one_line_error(isc_search("--query", files / "q.h5", "--reference", files / "r.h5", "-o", files / "r.h5"), "isc-search")
     assert f"output {files / 'r.h5'} is the input" in line
     assert (files / "r.h5").read_bytes() == before
 
 
 def test_pca_learn_refuses_to_write_over_its_training_file(files):
     before = (files / "t.h5").read_bytes()
-    line = one_error_line(cli("pca", "learn", files / "t.h5", "--dim", 4, "-o", files / "t.h5"))
+    line = one_line_error(cli("pca", "learn", files / "t.h5", "--dim", 4, "-o", files / "t.h5"), "isc-pca")
     assert "is the input" in line and (files / "t.h5").read_bytes() == before
 
 
 def test_pca_apply_refuses_an_output_over_an_input_or_twice_the_same_output(files):
     assert cli("pca", "learn", files / "t.h5", "--dim", 4, "-o", files / "pca.npz", "--quiet").returncode == 0
     before = (files / "q.h5").read_bytes()
-    line = one_error_line(cli("pca", "apply", files / "pca.npz", files / "q.h5", "-o", files / "q.h5"))
+    line = one_line_error(cli("pca", "apply", files / "pca.npz", files / "q.h5", "-o", files / "q.h5"), "isc-pca")
     assert "is the input" in line and (files / "q.h5").read_bytes() == before
-    line = one_error_line(cli("pca", "apply", files / "pca.npz", files / "q.h5", files / "r.h5",
-                              "-o", files / "dd.h5", files / "dd.h5"))
+    line = one_line_error(cli("pca", "apply", files / "pca.npz", files / "q.h5", files / "r.h5",
+                              "-o", files / "dd.h5", files / "dd.h5"), "isc-pca")
     assert "are the same file" in line and not (files / "dd.h5").exists()
 
 
@@ -90,14 +78,12 @@ def test_an_existing_directory_as_output_file(files, command):
     (files / "out").mkdir()
     args = (["search", "--query", "q.h5", "--reference", "r.h5", "-o", "out"] if command == "search"
             else ["pca", "learn", "t.h5", "--dim", 4, "-o", "out"])
-    done = subprocess.run([sys.executable, "-m", f"isc.cli.{args[0]}", *map(str, args[1:])], capture_output=True,
-                          text=True, cwd=files, timeout=300)
-    assert one_error_line(done).endswith("out: is a directory (an output file is needed here)")
+    assert one_line_error(cli(*args, cwd=files), f"isc-{args[0]}").endswith("out: is a directory (an output file is needed here)")
 
 
 def test_knn_graph_into_an_existing_file(files):
     (files / "graph").write_text("keep me")
-    line = one_error_line(isc_search("--knn-graph", files / "r.h5", "-o", files / "graph"))
+    line = one_line_error(isc_search("--knn-graph", files / "r.h5", "-o", files / "graph"), "isc-search")
     assert f"{files / 'graph'}: exists and is not a directory" in line
     assert (files / "graph").read_text() == "keep me"
 
@@ -108,7 +94,7 @@ def test_a_directory_given_as_descriptor_file(files, command):
     args = {"search": ["search", "--query", files / "dir.h5", "--reference", files / "r.h5", "-o", files / "p.csv"],
             "pca learn": ["pca", "learn", files / "dir.h5", "-o", files / "pca.npz"],
             "knn-graph": ["search", "--knn-graph", files / "dir.h5", "-o", files / "graph"]}[command]
-    line = one_error_line(cli(*args))
+    line = one_line_error(cli(*args), f"isc-{args[0]}")
     assert f"{files / 'dir.h5'}: is a directory" in line and "no such file" not in line
 
 
@@ -138,8 +124,8 @@ def test_search_refuses_descriptors_of_another_model(files):
     write_descriptors(files / "rb.h5", ids("R", range(60)), unit(1, 60), MODEL_B)
     write_descriptors(files / "tb.h5", ids("T", range(40)), unit(2, 40), MODEL_B)
     for reference, training in (("rb.h5", "t.h5"), ("r.h5", "tb.h5")):
-        line = one_error_line(isc_search("--query", files / "q.h5", "--reference", files / reference,
-                                  "--training", files / training, "-o", files / "p.csv"))
+        line = one_line_error(isc_search("--query", files / "q.h5", "--reference", files / reference,
+                                  "--training", files / training, "-o", files / "p.csv"), "isc-search")
         assert "were not made by the same model" in line and "model_fingerprint: 'aaaa' != 'bbbb'" in line
         assert not (files / "p.csv").exists()
     done = isc_search("--query", files / "q.h5", "--reference", files / "rb.h5", "-o", files / "p.csv",
@@ -169,8 +155,8 @@ def test_search_phase_keeps_that_phase_queries(tmp_path, files):
         assert f"queries (phase {phase}) written to" in done.stdout
         queries = set(read_predictions(tmp_path / f"p{phase}.csv")["query_id"])
         assert queries == set(ids("Q", both[:10] if phase == 1 else both[10:]))
-    line = one_error_line(isc_search("--query", files / "q.h5", "--reference", files / "r.h5", "--phase", 2,
-                              "-o", tmp_path / "none.csv"))
+    line = one_line_error(isc_search("--query", files / "q.h5", "--reference", files / "r.h5", "--phase", 2,
+                              "-o", tmp_path / "none.csv"), "isc-search")
     assert "none of its 20 queries is a phase-2 query (Q50000-Q99999)" in line
     assert not (tmp_path / "none.csv").exists()
 
@@ -257,7 +243,7 @@ def test_a_file_of_neither_layout_names_the_datasets_expected(tmp_path):
     for args in (["search", "--query", tmp_path / "other.h5", "--reference", tmp_path / "other.h5",
                   "-o", tmp_path / "p.csv"],
                  ["pca", "learn", tmp_path / "other.h5", "-o", tmp_path / "pca.npz"]):
-        line = one_error_line(cli(*args))
+        line = one_line_error(cli(*args), f"isc-{args[0]}")
         assert "not a descriptor file" in line and "found features" in line
         assert "ids and descriptors (isc-extract) or image_names and vectors (isc2021)" in line
 
@@ -290,5 +276,5 @@ def test_classes_not_aligned_with_the_rows(tmp_path):
         f.create_dataset("ids", data=np.array([b"a", b"b", b"c"]))
         f.create_dataset("descriptors", data=unit(5, 3))
         f.create_dataset("classes", data=np.array([b"x", b"y"]))
-    line = one_error_line(isc_search("--knn-graph", tmp_path / "bad.h5", "-o", tmp_path / "graph"))
+    line = one_line_error(isc_search("--knn-graph", tmp_path / "bad.h5", "-o", tmp_path / "graph"), "isc-search")
     assert "2 classes for 3 descriptors" in line

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from isc.core.tables import read_predictions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +38,7 @@ def command_folder(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_readme_manual_recipe_runs_as_written(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()

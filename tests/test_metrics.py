@@ -2,12 +2,11 @@
 
 import itertools
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import cli, one_line_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -155,18 +154,15 @@ def test_isc_eval_cli(tmp_path):
     )
     GT.to_csv(gt_csv, index=False)
     plot = tmp_path / "pr.png"
-    out = subprocess.run(
-        [sys.executable, "-m", "isc.cli.eval", str(preds_csv), "--gt", str(gt_csv), "--json", "--plot", str(plot)],
-        capture_output=True, text=True, check=True, timeout=300,
-    )
+    out = cli("eval", preds_csv, "--gt", gt_csv, "--json", "--plot", plot)
+    assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["muap"] == pytest.approx(0.5 + 1 / 3)
     assert result["recall_at_p90"] == pytest.approx(0.5)
     assert (result["n_predictions"], result["n_positives"]) == (3, 2)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    text = subprocess.run([sys.executable, "-m", "isc.cli.eval", str(preds_csv), "--gt", str(gt_csv)],
-                          capture_output=True, text=True, check=True, timeout=300).stdout
-    assert "0.83333" in text
+    text = cli("eval", preds_csv, "--gt", gt_csv)
+    assert text.returncode == 0 and "0.83333" in text.stdout, text.stderr
 
 
 def test_isc_eval_cli_bad_file_is_one_line(tmp_path):
@@ -174,12 +170,9 @@ def test_isc_eval_cli_bad_file_is_one_line(tmp_path):
     preds_csv.write_text("query_id,reference_id,score\nQ00000,R000000,0.5\nQ00000,R000000,0.4\n")
     gt_csv = tmp_path / "gt.csv"
     GT.to_csv(gt_csv, index=False)
-    out = subprocess.run([sys.executable, "-m", "isc.cli.eval", str(preds_csv), "--gt", str(gt_csv)],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2
-    assert out.stderr.count("\n") == 1 and "line 3" in out.stderr and "Traceback" not in out.stderr
-    keep = subprocess.run([sys.executable, "-m", "isc.cli.eval", str(preds_csv), "--gt", str(gt_csv),
-                           "--allow-duplicates", "--json"], capture_output=True, text=True, check=True, timeout=300)
+    one_line_error(cli("eval", preds_csv, "--gt", gt_csv), "isc-eval", "line 3")
+    keep = cli("eval", preds_csv, "--gt", gt_csv, "--allow-duplicates", "--json")
+    assert keep.returncode == 0, keep.stderr
     assert json.loads(keep.stdout)["n_predictions"] == 1
     assert "duplicated" in keep.stderr
 

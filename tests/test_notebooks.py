@@ -35,6 +35,7 @@ def test_there_are_notebooks_and_they_are_committed_without_outputs():
         assert code and all(not cell.outputs and cell.execution_count is None for cell in code), path.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom(path: Path, kernel_name: str, tmp_path: Path):
     notebook = nbformat.read(path, as_version=4)

@@ -10,6 +10,7 @@ import onnx  # noqa: F401 (the dev extra requires onnx and onnxruntime: a broken
 import onnxruntime  # noqa: F401
 import pytest
 import torch
+from conftest import cli, one_line_error, run_python
 from PIL import Image, ImageEnhance
 from skimage import data
 
@@ -20,7 +21,6 @@ from isc.extract.image_files import list_split_images
 from isc.models import IMAGENET_MEAN, IMAGENET_STD, create_model, default_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class TinyNet(torch.nn.Module):
@@ -109,7 +109,7 @@ def _cli(*args: str, prelude: str | None = None) -> subprocess.CompletedProcess:
     """isc-extract in a fresh interpreter; ``prelude`` runs first (e.g. to hide a package)."""
     command = ["-m", "isc.cli.extract", *args] if prelude is None else \
         ["-c", f"{prelude}; from isc.cli.extract import main; raise SystemExit(main({list(args)!r}))"]
-    return subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return run_python(*command, timeout=600)
 
 
 def test_bad_onnx_files_are_one_line_errors(tmp_path, mini_dataset):
@@ -122,10 +122,9 @@ def test_bad_onnx_files_are_one_line_errors(tmp_path, mini_dataset):
     wrong = _export(torch.nn.Linear(5, 4), torch.zeros(1, 5), tmp_path / "vector.onnx", {0: "batch"})
     result = _cli("--images", str(mini_dataset / "reference_images"), "-o", str(tmp_path / "out.h5"),
                   "--model", f"onnx:{wrong}", "--quiet")
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines() == [
+    assert one_line_error(result, "isc-extract") == (
         f"isc-extract: error: {wrong}: input 'image' is tensor(float) ['batch', 5]; expected uint8 [batch, height, "
-        "width, 3] (RGB pixels) or float [batch, 3, height, width] (normalised)"]
+        "width, 3] (RGB pixels) or float [batch, 3, height, width] (normalised)")
     assert not (tmp_path / "out.h5").exists()
 
 
@@ -183,8 +182,6 @@ def test_sscd_distilled_finds_the_edited_copy(photos, tmp_path):
 
 
 def test_isc_run_says_which_default_model_it_took(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "isc.cli.run", str(tmp_path / "work"), "--data",
-                             str(tmp_path / "nowhere"), "--submissions-dir", str(tmp_path / "sub")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    result = cli("run", tmp_path / "work", "--data", tmp_path / "nowhere", "--submissions-dir", tmp_path / "sub")
+    one_line_error(result, "isc-run")
     assert f"isc-run: no --model given, using {default_model()[0]}; " in result.stdout

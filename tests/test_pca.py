@@ -1,10 +1,9 @@
 """PCA-whitening: whitened statistics, saved and reloaded identically, files checked against the model."""
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import cli
 
 from isc.cli.pca import main
 from isc.core.descriptors import read_descriptors, write_descriptors
@@ -58,8 +57,7 @@ def test_cli_learn_and_apply_refuses_another_model(tmp_path, capsys):
     write_descriptors(tmp_path / "query.h5", query_ids, _correlated(10, 32, 1), attrs)
     write_descriptors(tmp_path / "other.h5", query_ids, _correlated(10, 32, 1),
                       {"model": "b", "model_fingerprint": "bbbb"})
-    learn = subprocess.run([sys.executable, "-m", "isc.cli.pca", "learn", str(tmp_path / "training.h5"), "--dim",
-                            "16", "-o", str(tmp_path / "pca.npz")], capture_output=True, text=True, timeout=300)
+    learn = cli("pca", "learn", tmp_path / "training.h5", "--dim", "16", "-o", tmp_path / "pca.npz")
     assert learn.returncode == 0, learn.stderr
     assert main(["apply", str(tmp_path / "pca.npz"), str(tmp_path / "query.h5"), "-o",
                  str(tmp_path / "query_pca.h5")]) == 0

@@ -1,13 +1,12 @@
 """isc-synth --photos/--drawings: non-overlapping detailed tiles, one split per photo, each base image used once."""
 
-import subprocess
-import sys
 from collections import defaultdict
 from itertools import combinations
 
 import numpy as np
 import pytest
 import skimage.data
+from conftest import cli, one_line_error
 from PIL import Image, ImageDraw
 
 from isc.core.files import InputError
@@ -168,17 +167,13 @@ def test_too_few_base_images_is_one_clear_error(folders, tmp_path):
 
 def test_cli_photos_and_drawings(folders, tmp_path):
     out = tmp_path / "set"
-    run = subprocess.run([sys.executable, "-m", "isc.cli.synth", str(out), "--photos", str(folders[0]), "--drawings",
-                          str(folders[1]), "--tile-size", "128", "--max-tiles-per-photo", "3", "--references", "8",
-                          "--training", "4", "--queries", "4", "--phase2-queries", "0", "--min-size", "48",
-                          "--max-size", "64", "--workers", "1", "--quiet"], capture_output=True, text=True, timeout=300)
+    run = cli("synth", out, "--photos", folders[0], "--drawings", folders[1], "--tile-size", "128",
+              "--max-tiles-per-photo", "3", "--references", "8", "--training", "4", "--queries", "4",
+              "--phase2-queries", "0", "--min-size", "48", "--max-size", "64", "--workers", "1", "--quiet")
     assert run.returncode == 0, run.stderr
     assert read_manifest(out)["params"]["base_images"]["tile_size"] == 128
     assert len(list((out / "reference_images").iterdir())) == 8
     for bad, message in ((["--photos", str(tmp_path / "missing")], "not a folder"),
                          (["--photos", str(folders[0]), "--tile-size", "0"], "--tile-size"),
                          (["--photos", str(folders[0]), "--references", "5000"], "not enough base images")):
-        run = subprocess.run([sys.executable, "-m", "isc.cli.synth", str(tmp_path / "bad"), *bad, "--quiet"],
-                             capture_output=True, text=True, timeout=300)
-        assert run.returncode == 2 and message in run.stderr.splitlines()[-1] and "Traceback" not in run.stderr
-        assert len(run.stderr.splitlines()) == 1 or run.stderr.startswith("usage:")  # argparse shows its usage
+        one_line_error(cli("synth", tmp_path / "bad", *bad, "--quiet"), "isc-synth", message)

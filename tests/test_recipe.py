@@ -1,10 +1,9 @@
 """Beyond SSCD's recipe: negative-embedding subtraction, several views per query, ensembles of descriptors."""
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import cli, one_line_error
 
 from isc.core.descriptors import read_descriptors, write_descriptors
 from isc.core.files import InputError
@@ -71,10 +70,8 @@ def test_isc_search_reads_a_views_query_file(tmp_path):
     views = np.vstack([reference[[2, 2, 5]], _unit(1, 8, 9)])
     write_descriptors(tmp_path / "query.h5", ["Q00000", "Q00000", "Q00001", "Q00001"], views,
                       {"model": "m", "views_per_id": 2})
-    done = subprocess.run([sys.executable, "-m", "isc.cli.search", "--query", str(tmp_path / "query.h5"),
-                           "--reference", str(tmp_path / "reference.h5"), "-o", str(tmp_path / "p.csv"),
-                           "--k", "4", "--quiet"],
-                          capture_output=True, text=True, timeout=300)
+    done = cli("search", "--query", tmp_path / "query.h5", "--reference", tmp_path / "reference.h5",
+               "-o", tmp_path / "p.csv", "--k", "4", "--quiet")
     assert done.returncode == 0, done.stderr
     predictions = read_predictions(tmp_path / "p.csv")
     assert len(predictions) == 8 and not predictions.duplicated(["query_id", "reference_id"]).any()
@@ -102,9 +99,9 @@ def test_isc_pca_apply_subtracts_negative_embeddings(tmp_path):
     write_descriptors(tmp_path / "query.h5", [f"Q{i:05d}" for i in range(10)], query, attrs)
     pca = learn_pca(training, dim=8, attrs=attrs)
     pca.save(tmp_path / "pca.npz")
-    command = [sys.executable, "-m", "isc.cli.pca", "apply", str(tmp_path / "pca.npz"), str(tmp_path / "query.h5"),
-               "--negatives", str(tmp_path / "training.h5"), "--neg-beta", "0.5", "--neg-k", "2", "--quiet", "-o"]
-    done = subprocess.run([*command, str(tmp_path / "out.h5")], capture_output=True, text=True, timeout=300)
+    command = ["apply", tmp_path / "pca.npz", tmp_path / "query.h5", "--negatives", tmp_path / "training.h5",
+               "--neg-beta", "0.5", "--neg-k", "2", "--quiet", "-o"]
+    done = cli("pca", *command, tmp_path / "out.h5")
     assert done.returncode == 0, done.stderr
     _, out, out_attrs = read_descriptors(tmp_path / "out.h5")
     expected = subtract_negative_embeddings(pca.apply(query), pca.apply(training), 0.5, 2)
@@ -112,14 +109,11 @@ def test_isc_pca_apply_subtracts_negative_embeddings(tmp_path):
     assert '"beta": 0.5' in out_attrs["negative_embeddings"] and out_attrs["model"] == "m"
     apply_pca_file(pca, tmp_path / "query.h5", tmp_path / "plain.h5")
     assert "negative_embeddings" not in read_descriptors(tmp_path / "plain.h5")[2]
-    refused = subprocess.run([*command, str(tmp_path / "training.h5")], capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "training.h5" in refused.stderr and "Traceback" not in refused.stderr
-    negative = subprocess.run([*command[:-4], "--neg-beta", "-1", "-o", str(tmp_path / "x.h5")],
-                              capture_output=True, text=True, timeout=300)
-    assert negative.returncode == 2 and "--neg-beta" in negative.stderr
-    not_finite = subprocess.run([*command[:-4], "--neg-beta", "nan", "-o", str(tmp_path / "x.h5")],
-                                capture_output=True, text=True, timeout=300)
-    assert not_finite.returncode == 2 and "must be a finite number" in not_finite.stderr
+    one_line_error(cli("pca", *command, tmp_path / "training.h5"), "isc-pca", "training.h5")
+    one_line_error(cli("pca", *command[:-4], "--neg-beta", "-1", "-o", tmp_path / "x.h5"), "isc-pca apply",
+                   "--neg-beta")
+    one_line_error(cli("pca", *command[:-4], "--neg-beta", "nan", "-o", tmp_path / "x.h5"), "isc-pca apply",
+                   "must be a finite number")
     assert not (tmp_path / "x.h5").exists()
 
 
@@ -131,10 +125,9 @@ def test_isc_pca_apply_of_several_files_subtracts_the_same_negatives_from_each(t
     write_descriptors(tmp_path / "reference.h5", [f"R{i:06d}" for i in range(30)], reference, attrs)
     pca = learn_pca(training, dim=8, attrs=attrs)
     pca.save(tmp_path / "pca.npz")
-    done = subprocess.run([sys.executable, "-m", "isc.cli.pca", "apply", str(tmp_path / "pca.npz"),
-                           str(tmp_path / "query.h5"), str(tmp_path / "reference.h5"), "--negatives",
-                           str(tmp_path / "training.h5"), "--neg-beta", "0.5", "--neg-k", "2",
-                           "-o", str(tmp_path / "q8.h5"), str(tmp_path / "r8.h5")], capture_output=True, text=True, timeout=300)
+    done = cli("pca", "apply", tmp_path / "pca.npz", tmp_path / "query.h5", tmp_path / "reference.h5", "--negatives",
+               tmp_path / "training.h5", "--neg-beta", "0.5", "--neg-k", "2", "-o", tmp_path / "q8.h5",
+               tmp_path / "r8.h5")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"{tmp_path / 'query.h5'} -> {tmp_path / 'q8.h5'}: 10 descriptors of dimension 8",
                                         f"{tmp_path / 'reference.h5'} -> {tmp_path / 'r8.h5'}: 30 descriptors of dimension 8"]

@@ -7,12 +7,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import cli, one_line_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -137,11 +137,8 @@ def mini_report(mini_dataset, mini_predictions, tmp_path_factory) -> tuple[Path,
     """isc-report run as a subprocess on the mini dataset: (html, png, stdout)."""
     out = tmp_path_factory.mktemp("report_out")
     html_path, png_path = out / "report.html", out / "summary.png"
-    result = subprocess.run(
-        [sys.executable, "-m", "isc.cli.report", str(mini_predictions), "--gt", str(mini_dataset / "ground_truth.csv"),
-         "--data", str(mini_dataset), "-o", str(html_path), "--png", str(png_path), "--gallery-size", "6", "--quiet"],
-        capture_output=True, text=True, timeout=120,
-    )
+    result = cli("report", mini_predictions, "--gt", mini_dataset / "ground_truth.csv", "--data", mini_dataset,
+                 "-o", html_path, "--png", png_path, "--gallery-size", "6", "--quiet")
     assert result.returncode == 0, result.stderr
     return html_path, png_path, result.stdout
 
@@ -202,10 +199,6 @@ def test_large_predictions_file_gives_bounded_galleries(mini_dataset, tmp_path):
     assert (tmp_path / "big.html").stat().st_size < 2_000_000
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "isc.cli.report", *args], capture_output=True, text=True, timeout=60)
-
-
 def test_bad_input_is_one_line_and_leaves_the_output_alone(mini_dataset, mini_predictions, tmp_path):
     output = tmp_path / "report.html"
     output.write_text("previous report")
@@ -216,9 +209,8 @@ def test_bad_input_is_one_line_and_leaves_the_output_alone(mini_dataset, mini_pr
         ((str(mini_predictions), "--gt", str(mini_dataset / "query_metadata.csv"), "--data", str(mini_dataset)),
          "reference_id"),
     ]:
-        result = run_cli(*args, "-o", str(output), "-q")
-        assert result.returncode == 2, result.stderr
-        assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+        result = cli("report", *args, "-o", str(output), "-q")
+        one_line_error(result, "isc-report", message)
         assert output.read_text() == "previous report"
 
 

@@ -3,22 +3,16 @@ from the training split only."""
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli, one_line_error
 
 from isc.core.competition import image_id
 from isc.core.descriptors import write_descriptors
 
-REPO = Path(__file__).resolve().parents[1]
 SIZES = {"training": 60, "query": 20, "reference": 30}
-
-
-def cli(module: str, *args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"isc.cli.{module}", *map(str, args)], capture_output=True,
-                          text=True, timeout=120, cwd=REPO)
 
 
 @pytest.fixture
@@ -82,8 +76,7 @@ def test_negatives_from_another_split_are_refused(files):
 def test_a_phase_search_normalises_with_training_images_only(files):
     refused = cli("search", "--query", files / "query.h5", "--reference", files / "reference.h5", "--training",
                   files / "mine.h5", "--phase", 1, "-o", files / "p.csv")
-    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
-    assert "mine.h5: id #0 is 'photo 0', not a training id" in refused.stderr and "a phase applies" in refused.stderr
+    one_line_error(refused, "isc-search", "mine.h5: id #0 is 'photo 0', not a training id", "a phase applies")
     assert not (files / "p.csv").exists()
     done = cli("search", "--query", files / "query.h5", "--reference", files / "reference.h5", "--training",
                files / "training.h5", "--phase", 1, "-o", files / "p.csv")

@@ -3,12 +3,12 @@
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import one_line_error, run_python
 
 from isc.cli.extract import main as extract_main
 from isc.cli.train import main as train_main
@@ -154,14 +154,14 @@ TINY = ["--batch-size", "4", "--image-size", "32", "--workers", "0", "--quiet"]
 
 def isc_train(*args: str, torchrun: int = 0) -> subprocess.CompletedProcess:
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}"] if torchrun else []
-    return subprocess.run([sys.executable, *launcher, "-m", "isc.cli.train", *args], capture_output=True, text=True,
-                          timeout=300)
+    return run_python(*launcher, "-m", "isc.cli.train", *args)
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_train_resume_extract_and_torchscript(mini_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     run = tmp_path / "run"
     common = ["--data", str(mini_dataset / "training_images"), "-o", str(run), *TINY, "--checkpoint-every", "1"]
@@ -172,7 +172,7 @@ def test_train_resume_extract_and_torchscript(mini_dataset: Path, tmp_path: Path
 
     # a second run into the same folder must say --resume; then it continues at step 3
     assert train_main([*common, "--steps", "3"]) == 2
-    assert "--resume" in capsys.readouterr().err
+    one_line_error(capsys.readouterr().err, "isc-train", "--resume")
     resumed = isc_train(*common, "--steps", "3", "--resume", "--torchscript", "--eval-data", str(mini_dataset), "--json")
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
@@ -203,6 +203,7 @@ def test_train_resume_extract_and_torchscript(mini_dataset: Path, tmp_path: Path
     assert model.dim == 256 and model.image_size == 32
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_the_cpu(mini_dataset: Path, tmp_path: Path):
     run = tmp_path / "ddp"
     result = isc_train("--data", str(mini_dataset / "training_images"), "-o", str(run), *TINY, "--steps", "2",
@@ -217,13 +218,13 @@ def test_torchrun_two_processes_on_the_cpu(mini_dataset: Path, tmp_path: Path):
 
 def test_bad_input_is_one_line(tmp_path: Path, mini_dataset: Path, capsys: pytest.CaptureFixture):
     missing = isc_train("--data", str(tmp_path / "nowhere"), "-o", str(tmp_path / "run"), "--steps", "1")
-    assert missing.returncode == 2 and missing.stderr.startswith("isc-train: error:") and missing.stderr.count("\n") == 1
+    one_line_error(missing, "isc-train")
     training = ["--data", str(mini_dataset / "training_images"), "-o", str(tmp_path / "run"), "--steps", "1"]
     for extra, message in ((["--resume"], "last.pt does not exist"), (["--batch-size", "64"], "fewer than one batch"),
                            (["--views", "1"], "--views must be at least 2"),
                            (["--eval-data", str(tmp_path)], "no ground_truth.csv")):
         assert train_main([*training, *extra]) == 2
-        assert message in capsys.readouterr().err
+        one_line_error(capsys.readouterr().err, "isc-train", message)
     assert not (tmp_path / "run").exists()
 
 
