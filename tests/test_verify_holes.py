@@ -121,3 +121,19 @@ def test_isc_runs_default_verification_beats_no_verify_by_a_clear_margin(runs):
     steps = {name: {(s["stage"], s["target"]) for s in runs[name][1]["steps"]} for name in runs}
     verifying = {("calibrate", "copies"), ("verify", "phase 1")}  # the calibration fitted on self-made copies
     assert verifying <= steps["verify"] and not verifying & steps["no-verify"]
+
+
+def test_verifying_in_this_process_leaves_its_thread_counts():
+    """workers=0 verifies here with one thread per library, as a worker does, then gives the caller its own
+    counts back: a later extraction in the same process computes with the threads it had (and the same bits)."""
+    import cv2
+    import torch
+
+    from isc.verify.verification import _task_map
+
+    torch.set_num_threads(2)
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    with _task_map(0) as task_map:
+        assert list(task_map(abs, iter([-1, 2]), 1)) == [1, 2]
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (1, 1)
+    assert (torch.get_num_threads(), cv2.getNumThreads()) == before

@@ -109,9 +109,18 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 @contextlib.contextmanager
 def _task_map(workers: int) -> Iterator[TaskMap]:
     """``map(function, tasks, chunksize)``, ordered, over a pool of ``workers`` processes (0: this one)."""
-    if workers == 0:
+    if workers == 0:  # as a worker would, then the caller's thread counts back: an in-process run leaks nothing
+        import cv2
+
+        torch = sys.modules.get("torch")
+        saved = cv2.getNumThreads(), torch.get_num_threads() if torch else None
         _start_worker()
-        yield lambda function, tasks, chunksize: map(function, tasks)
+        try:
+            yield lambda function, tasks, chunksize: map(function, tasks)
+        finally:
+            cv2.setNumThreads(saved[0])
+            if torch:
+                torch.set_num_threads(saved[1])
         return
     with _pool_context().Pool(workers, initializer=_start_worker) as pool:
         yield lambda function, tasks, chunksize: pool.imap(function, tasks, chunksize=chunksize)
