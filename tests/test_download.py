@@ -467,10 +467,10 @@ def test_cli_subprocess_with_environment_and_profile(mini_dataset: Path, s3_endp
                "--exclude", "*", "--include", "Q0000[0-3].jpg"]
     done = subprocess.run([*command, "--profile", "isc-test"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "4 downloaded" in done.stdout and "report:" in done.stdout
+    assert "4 downloaded" in done.stderr and "report:" in done.stderr
     assert_verified(tmp_path, mini_dataset, {f"Q0000{i}.jpg" for i in range(4)})
     again = subprocess.run([*command, "--verify-only"], env=env, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and "4 already verified" in again.stdout, again.stderr
+    assert again.returncode == 0 and "4 already verified" in again.stderr, again.stderr
 
 
 def test_signed_urls_are_presigned(mini_dataset: Path, s3_endpoint: str, tmp_path: Path,

@@ -83,7 +83,7 @@ def test_2_a_file_found_corrupt_leaves_the_journal_and_is_fetched_again(mini_dat
     assert verify.returncode == 1 and "corrupt: Q00001.jpg" in verify.stderr, verify.stderr
     again = cli("download", *common)
     assert again.returncode == 0, again.stderr
-    assert "3 selected: 1 downloaded" in again.stdout and "2 already verified" in again.stdout, again.stderr
+    assert "3 selected: 1 downloaded" in again.stderr and "2 already verified" in again.stderr, again.stderr
     assert image.read_bytes() == (mini_dataset / "query_images" / "Q00001.jpg").read_bytes()
 
 

@@ -124,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
     except s3.EndpointUnresponsive as e:  # not bad input: the download did not happen, a re-run may work
         print(f"isc-download: error: {e}", file=sys.stderr)
         return 1
-    if not args.quiet:  # what was done goes to stdout, as every command's report; stderr is for what went wrong
-        print(_summary(report, report_path))
+    if not args.quiet:
+        print(_summary(report, report_path), file=sys.stderr)
     if report.selected == 0:  # nothing to download is no success: the listing or the selection is wrong
         print(f"isc-download: error: no {args.split} image selected (the metadata lists none, or --ids, "
               "--include/--exclude and --limit left none)", file=sys.stderr)
