@@ -26,13 +26,13 @@ def prepare_descriptors(descriptors: np.ndarray, name: str) -> np.ndarray:
     if descriptors.shape[0] == 0:
         raise InputError(f"no {name} descriptors (empty file or array)")
     norms = np.empty(len(descriptors))
-    for start in range(0, len(descriptors), ROWS_PER_BLOCK):
-        block = descriptors[start:start + ROWS_PER_BLOCK]
-        finite = np.isfinite(block).all(axis=1)
-        if not finite.all():
-            raise InputError(f"{name} descriptor #{start + int(np.flatnonzero(~finite)[0])} has NaN or infinite "
-                             "values")
-        norms[start:start + len(block)] = _normalised_block(block)[1]
+    with np.errstate(invalid="ignore"):  # a row holding an infinity gives NaN (inf / inf): refused below, in one line
+        for start in range(0, len(descriptors), ROWS_PER_BLOCK):
+            norms[start:start + ROWS_PER_BLOCK] = _normalised_block(descriptors[start:start + ROWS_PER_BLOCK])[1]
+    # the norm of a row is NaN exactly where the row holds a NaN or an infinity (scaled by an infinite maximum)
+    finite = np.isfinite(norms)
+    if not finite.all():
+        raise InputError(f"{name} descriptor #{int(np.flatnonzero(~finite)[0])} has NaN or infinite values")
     off = np.abs(norms - 1) > NORM_TOLERANCE
     if off.any():
         warnings.warn(f"{int(off.sum())} of {len(norms)} {name} descriptors are not L2-normalised "
