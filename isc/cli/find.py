@@ -15,6 +15,7 @@ from isc.pipeline.find import (
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLD_NORMALISED,
     DEFAULT_THRESHOLD_VERIFIED,
+    IN_PROCESS_DECODING,
     default_cache_dir,
     find_copies,
     groups_of,
@@ -36,6 +37,8 @@ without suffix, or with it where two files share a stem: beach.jpg and beach.png
 model (default: sscd when installed), each image also by 5 crops (a pair scores its best view), once: the
 descriptors are cached per folder and model in --cache (default $XDG_CACHE_HOME/isc/find/, else
 ~/.cache/isc/find/), whatever the output, and a re-run describes only the images added or changed since.
+A folder of at most {IN_PROCESS_DECODING} images is decoded in isc-find's own process unless --workers is given
+(starting the decoding processes costs more than decoding so few).
 Each image keeps its --k nearest images of the other folder: two folders are searched both ways, each pair
 with its better score, so that which folder comes first changes only which side of a pair is which. Then,
 unless --no-verify (or with --training), each image's --verify-k best candidates, on either side, are checked
