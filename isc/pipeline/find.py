@@ -54,7 +54,8 @@ if TYPE_CHECKING:
 # 0.69) and scores normalised by the set's training images (recall 0.67)
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_THRESHOLD_NORMALISED = 0.45
-# verified scores (COMBINER): the precision of the plain default on the photo set L, recall 0.69 against 0.56
+# verified scores (COMBINER): the precision of the plain default on photo sets L and B, recall 0.69 against 0.56
+# and 0.73 against 0.63 (docs/BENCHMARKS.md)
 DEFAULT_THRESHOLD_VERIFIED = 0.55
 # isc-run's combination without labels: score + 0.2 x min(inliers, 10) / 10
 COMBINER = InlierBonus()
