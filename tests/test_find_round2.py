@@ -181,3 +181,28 @@ def test_the_report_labels_each_side_links_the_files_and_shows_the_groups(photos
     assert "<h2>Groups <small>(3 shown of 3)</small></h2>" in text
     assert html.escape(quote(os.path.relpath(photos / "trip 2021" / 'beach "copy" é.png', tmp_path))) in text
     assert "exact copy: same bytes" in text
+
+
+def test_a_small_folder_is_decoded_in_this_process_with_the_same_descriptors(photos, tmp_path, monkeypatch):
+    """Issue 28, item 6: a folder of at most IN_PROCESS_DECODING images starts no decoding process (their start
+    cost more than the decoding on 55 images) unless --workers is given, and its descriptors are the same."""
+    from isc.extract import pixel_batches
+    from isc.extract.extraction import ExtractOptions
+    from isc.models import create_model
+    from isc.pipeline.find import IN_PROCESS_DECODING, describe
+
+    class NoPool:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("a decoding process was started")
+
+    model = create_model("pdq")
+    images = list_images(photos, suffix_on_clash=True)
+    assert 2 <= len(images) <= IN_PROCESS_DECODING
+    pooled = describe(photos, tmp_path / "pooled.h5", model, ExtractOptions(workers=2), quiet=True)
+    with monkeypatch.context() as patched:
+        patched.setattr(pixel_batches, "ProcessPoolExecutor", NoPool)
+        here = describe(photos, tmp_path / "here.h5", model, ExtractOptions(), quiet=True)
+        with pytest.raises(AssertionError, match="decoding process"):  # told: the processes start
+            describe(photos, tmp_path / "told.h5", model, ExtractOptions(workers=2), quiet=True)
+    assert here.ids == pooled.ids and here.unreadable == pooled.unreadable
+    assert np.array_equal(here.descriptors, pooled.descriptors)

@@ -15,6 +15,7 @@ from isc.pipeline.find import (
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLD_NORMALISED,
     DEFAULT_THRESHOLD_VERIFIED,
+    IN_PROCESS_DECODING,
     default_cache_dir,
     find_copies,
     groups_of,
@@ -36,14 +37,17 @@ without suffix, or with it where two files share a stem: beach.jpg and beach.png
 model (default: sscd when installed), each image also by 5 crops (a pair scores its best view), once: the
 descriptors are cached per folder and model in --cache (default $XDG_CACHE_HOME/isc/find/, else
 ~/.cache/isc/find/), whatever the output, and a re-run describes only the images added or changed since.
+A folder of at most {IN_PROCESS_DECODING} images is decoded in isc-find's own process unless --workers is given
+(starting the decoding processes costs more than decoding so few).
 Each image keeps its --k nearest images of the other folder: two folders are searched both ways, each pair
 with its better score, so that which folder comes first changes only which side of a pair is which. Then,
 unless --no-verify (or with --training), each image's --verify-k best candidates, on either side, are checked
 by local features (SIFT, a geometric fit) and re-scored: score + 0.2 x min(inliers, 10) / 10, the features
 cached in --cache. The pairs scoring at least --threshold are written. The default for verified scores,
 {DEFAULT_THRESHOLD_VERIFIED}, kept 58 pairs, 55 of them copies (precision 0.95, recall 0.69) on a photo set
-where unverified scores at {DEFAULT_THRESHOLD} kept 48, 45 copies (precision 0.94, recall 0.56;
-docs/BENCHMARKS.md). Unverified, {DEFAULT_THRESHOLD} kept 63 pairs, 62 of them copies (precision 0.98,
+where unverified scores at {DEFAULT_THRESHOLD} kept 48, 45 copies (precision 0.94, recall 0.56), and on a set of
+photos and drawings 109 pairs, 105 copies (precision 0.96, recall 0.73) against 94, 91 unverified (precision
+0.97, recall 0.63; docs/BENCHMARKS.md). Unverified, {DEFAULT_THRESHOLD} kept 63 pairs, 62 of them copies (precision 0.98,
 recall 0.69) with sscd and query crops, searched one way, on another photo benchmark. With --training the
 scores are normalised (s - 0.5 x the similarity of the query to its 10th nearest training image) and lower;
 the default is then {DEFAULT_THRESHOLD_NORMALISED} (precision 0.98, recall 0.67 there), unverified.
