@@ -22,10 +22,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from isc.cli.download import main
+from isc.core.competition import REGIONS, bucket_for_region, images_prefix, metadata_key
 from isc.core.files import InputError
 from isc.core.tables import read_metadata, write_metadata
 from isc.download import s3
-from isc.download.s3 import REGIONS, DownloadOptions, images_prefix, metadata_key
+from isc.download.s3 import DownloadOptions
 from isc.download.s3server import s3_client
 from isc.download.sync import download_split, local_name, passes_filters, select_rows
 
@@ -171,11 +172,11 @@ def assert_verified(dest: Path, mini_dataset: Path, names: set[str]) -> None:
 
 
 def test_region_bucket_mapping() -> None:
-    assert s3.bucket_for_region("us-west") == "drivendata-competition-fb-isc-data"
-    assert s3.bucket_for_region("eu") == "drivendata-competition-fb-isc-data-eu"
-    assert s3.bucket_for_region("asia") == "drivendata-competition-fb-isc-data-asia"
+    assert bucket_for_region("us-west") == "drivendata-competition-fb-isc-data"
+    assert bucket_for_region("eu") == "drivendata-competition-fb-isc-data-eu"
+    assert bucket_for_region("asia") == "drivendata-competition-fb-isc-data-asia"
     with pytest.raises(InputError, match="unknown region"):
-        s3.bucket_for_region("mars")
+        bucket_for_region("mars")
     client = s3.make_client("asia")
     assert client.meta.region_name == "ap-southeast-1"
     url = s3.ObjectGetter(client, REGIONS["asia"].bucket, PREFIX).url(PREFIX + "Q00012.jpg")

@@ -18,7 +18,7 @@ from isc.cli.options import (
     model_choice,
     search_options,
 )
-from isc.core.competition import PHASES, SPLITS, split_folder
+from isc.core.competition import PHASES, REGION_CHOICES, SPLITS, split_folder
 from isc.core.files import InputError
 from isc.download import s3
 from isc.pipeline.demo import DEMO_IMAGE_SIZE, run_demo
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_argument_group("images")
     source.add_argument("--data", metavar="ROOT", help="use the images already under ROOT/<split>_images/ "
                         "instead of downloading into WORK/data")
-    source.add_argument("--region", choices=s3.REGION_CHOICES,
+    source.add_argument("--region", choices=REGION_CHOICES,
                         help=f"bucket to download from (default: {s3.DownloadOptions.region}; auto: the fastest)")
     add_s3_options(source)
     add_retry_options(source)

@@ -22,8 +22,7 @@ from isc.cli.common import (
 from isc.cli.options import PREDICTIONS_HELP
 from isc.core.competition import split_folder
 from isc.core.descriptors import provenance_path
-from isc.core.files import InputError
-from isc.core.partial_log import NoImageRead
+from isc.core.files import InputError, NoImageRead
 from isc.core.tables import read_ground_truth, read_predictions
 from isc.extract.image_files import list_images, list_split_images
 from isc.submit.manifest import read_provenance

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from isc.core.files import InputError, atomic_path
-from isc.extract.decode import DEFAULT_MAX_PIXELS, BrokenImage, broken_reason, decode_pixels
+from isc.core.images import BrokenImage, broken_reason
+from isc.extract.decode import DEFAULT_MAX_PIXELS, decode_pixels
 
 GEOMETRIES = ("affine", "homography", "magsac")
 FEATURES_VERSION = 1  # bump when the features of the same options change: old cache entries are then ignored

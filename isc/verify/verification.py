@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from isc.core.files import InputError, atomic_path
+from isc.core.files import InputError, NoImageRead, atomic_path
+from isc.core.images import BrokenImage
 from isc.core.processes import worker_context
-from isc.extract.decode import BrokenImage
 from isc.verify.local_features import (
     FeatureCache,
     Features,
@@ -379,7 +379,7 @@ def verify(
     instead (a calibration fitted on this run's labelled pairs); candidates beyond k and pairs with a
     broken image count as zero evidence (``verified`` False; ``error`` says why for the latter).
     ``strict``: the first broken image raises InputError; more than ``max_broken`` of the images broken
-    warns, all of them raises :class:`isc.core.partial_log.NoImageRead`. ``record``: more for the provenance.
+    warns, all of them raises :class:`isc.core.files.NoImageRead`. ``record``: more for the provenance.
     Under torchrun the queries are sharded across ranks and the first rank writes the files.
     """
     import pandas as pd
@@ -387,7 +387,6 @@ def verify(
     from isc.core.descriptors import provenance, provenance_path
     from isc.core.distributed import join_process_group, leave_process_group
     from isc.core.files import write_json
-    from isc.core.partial_log import NoImageRead
     from isc.core.tables import write_predictions
 
     options.check()
