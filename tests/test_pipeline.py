@@ -275,7 +275,7 @@ def test_score_normalisation_options_are_isc_searchs(tmp_path, monkeypatch):
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--norm-beta", "nan", "argument --norm-beta: must be a finite number, got 'nan'"),
     ("--norm-agg", "max", "argument --norm-agg: invalid choice: 'max'"),
-    ("--norm-neighbors", "3:1", "error: neighbour range '3:1': expected A:B with 1 <= A <= B"),
+    ("--norm-neighbors", "3:1", "error: --norm-neighbors must be a range A:B with 1 <= A <= B (e.g. 1:3, or 10:10), got '3:1'"),
 ])
 def test_score_normalisation_options_refused_as_isc_search_does(option, value, message, tmp_path, capsys):
     commands = {"isc-run": (main, [str(tmp_path / "work"), "--model", "efficientnet_lite0"]),

@@ -7,7 +7,7 @@ import pytest
 from conftest import cli, one_line_error
 
 from isc.core.descriptors import write_descriptors
-from isc.core.files import InputError
+from isc.core.files import InputError, SettingError
 from isc.core.tables import read_predictions
 from isc.evaluate.metrics import evaluate
 from isc.search.knn import knn, knn_torch
@@ -186,14 +186,14 @@ def test_search_bad_inputs(vectors):
     with pytest.raises(InputError, match="needs at least 20 training descriptors"):
         search(ids("Q", 150), query, ids("R", 3000), reference, training=reference[:10],
                norm=ScoreNorm(neighbors=(10, 20)), quiet=True)
-    with pytest.raises(InputError, match="normalisation beta must be a finite number"):
+    with pytest.raises(SettingError, match="^norm_beta must be a finite number"):
         ScoreNorm(float("nan"))
-    with pytest.raises(InputError, match="neighbour range 3:1"):
+    with pytest.raises(SettingError, match="^norm_neighbors must be a range A:B .* got 3:1$"):
         ScoreNorm(neighbors=(3, 1))
-    with pytest.raises(InputError, match="unknown aggregation 'max'"):
+    with pytest.raises(SettingError, match="^norm_agg must be one of mean, min, got 'max'"):
         ScoreNorm(agg="max")
     for text in ("3:1", "0:2", "a:b", "1:2:3"):
-        with pytest.raises(InputError, match="neighbour range"):
+        with pytest.raises(SettingError, match="^norm_neighbors must be a range"):
             parse_neighbor_range(text)
     assert parse_neighbor_range("10") == (10, 10) and parse_neighbor_range("1:3") == (1, 3)
 

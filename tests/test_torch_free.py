@@ -126,6 +126,20 @@ def test_find_runs_without_the_torch_extra(photos, tmp_path):
     assert found["pairs"][0]["score"] == pytest.approx(1.2, abs=1e-6)
 
 
+def test_verification_never_imports_torch(photos, tmp_path):
+    """Installed or not, torch is not imported by isc-verify, nor by its SIFT worker processes."""
+    references = sorted(photos.glob("*.jpg"))
+    predictions = tmp_path / "predictions.csv"
+    predictions.write_text("query_id,reference_id,score\n" + "".join(
+        f"the same photo,{path.stem},{0.9 - i / 10:.1f}\n" for i, path in enumerate(references[:3])))
+    output = tmp_path / "verified.csv"
+    result = _without_torch("verify", predictions, "--queries", photos / "copies", "--references", photos, "-o",
+                            output, "--k", "3", "--workers", "1", "--quiet", site=tmp_path / "site")
+    assert result.returncode == 0 and "torch was imported" not in result.stderr, result.stderr
+    rescored = read_predictions(output)
+    assert rescored.iloc[0]["reference_id"] == references[0].stem and rescored.iloc[0]["score"] > 1.0
+
+
 def test_search_runs_without_the_torch_extra(tmp_path):
     rng = np.random.default_rng(0)
     query, reference = (rng.standard_normal((n, 16)).astype(np.float32) for n in (20, 300))

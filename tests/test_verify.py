@@ -23,13 +23,14 @@ from isc.cli.verify import main
 from isc.core.tables import read_ground_truth, read_predictions
 from isc.synth.draw import base_image
 from isc.synth.edits import crop, overlay_image, rotate
-from isc.verify.calibrate import Calibration, calibrate, ground_truth_labels
+from isc.verify.calibrate import CALIBRATION_COLUMNS, Calibration, calibrate, ground_truth_labels
 from isc.verify.local_features import GEOMETRIES, FeatureCache, VerifyOptions, describe_image, match_features
 from isc.verify.verification import (
+    EVIDENCE_COLUMNS,
     InlierBonus,
     _task_map,
-    candidate_pairs,
     evidence_path,
+    ranked_candidates,
     read_evidence,
     verify,
 )
@@ -123,13 +124,17 @@ def test_descriptors_are_stored_as_uint8_and_read_back(dataset, tmp_path):
     assert FeatureCache(tmp_path, VerifyOptions(max_features=301)).load("R000000", (1, 2, 3, 4)) is None
 
 
-def test_candidate_pairs_rank_each_querys_best():
+def test_ranked_candidates_are_each_querys_best():
     predictions = pd.DataFrame({"query_id": ["Q00001", "Q00000", "Q00000", "Q00000"],
                                 "reference_id": ["R000001", "R000001", "R000002", "R000003"],
                                 "score": [0.1, 0.5, 0.9, 0.7]})
-    pairs = candidate_pairs(predictions, 2)
+    pairs = ranked_candidates(predictions, 2)
     assert pairs[["query_id", "reference_id", "rank"]].values.tolist() == [
         ["Q00000", "R000002", 0], ["Q00000", "R000003", 1], ["Q00001", "R000001", 0]]
+
+
+def test_a_calibration_reads_columns_of_the_evidence_sidecar():
+    assert set(CALIBRATION_COLUMNS) < set(EVIDENCE_COLUMNS)
 
 
 def test_rescoring_promotes_copies_and_leaves_candidates_beyond_k_unverified(dataset, tmp_path):
@@ -138,7 +143,7 @@ def test_rescoring_promotes_copies_and_leaves_candidates_beyond_k_unverified(dat
     output = tmp_path / "verified.csv"
     result = verify(predictions, images["query"], images["reference"], output, options=VerifyOptions(k=3, workers=0),
                     quiet=True)
-    needed = 5 + candidate_pairs(predictions, 3)["reference_id"].nunique()  # each reference described once
+    needed = 5 + ranked_candidates(predictions, 3)["reference_id"].nunique()  # each reference described once
     assert result.pairs == 5 * 3 and result.described == result.images == needed and not result.broken
     evidence = pd.read_csv(evidence_path(output), keep_default_na=False)
     assert (evidence["verified"] == (evidence["rank"] < 3)).all()
@@ -313,8 +318,8 @@ def test_cli_refuses_bad_input_in_one_line(dataset, tmp_path, capsys):
         ([tmp_path / "nope.csv", "--data", dataset], "nope.csv: no such file"),
         ([absent, "--data", dataset], "2 query id(s) of the predictions are not among the query images, first Q00099"),
         ([predictions], "--data ROOT or --queries"),
-        ([predictions, "--data", dataset, "--ratio", 1.5], "0 < ratio <= 1, got 1.5"),
-        ([predictions, "--data", dataset, "--max-side", 8], "max_side must be at least 16"),
+        ([predictions, "--data", dataset, "--ratio", 1.5], "--ratio must be within (0, 1] (Lowe's ratio test), got 1.5"),
+        ([predictions, "--data", dataset, "--max-side", 8], "--max-side must be at least 16 pixels"),
         ([predictions, "--data", tmp_path / "no_data"], "no such folder"),
     ]
     out = ["-o", tmp_path / "out.csv"]

@@ -8,7 +8,13 @@ import warnings
 from pathlib import Path
 
 from isc.cli.common import check_outputs, finite_float, positive_int, run_command
-from isc.cli.options import add_model_options, extract_options, model_choice
+from isc.cli.options import (
+    add_model_options,
+    add_verify_options,
+    extract_options,
+    model_choice,
+    verify_options,
+)
 from isc.extract.image_files import list_images
 from isc.models import create_model
 from isc.pipeline.find import (
@@ -24,7 +30,6 @@ from isc.pipeline.find import (
     write_matches,
 )
 from isc.search.matching import DEFAULT_K
-from isc.verify.local_features import VerifyOptions
 
 FIND_BATCH_SIZE = 8  # small batches: the progress bar moves every 8 images, in the same time (docs/BENCHMARKS.md)
 # warnings about what a run did as told, not about its result: --quiet leaves them out
@@ -101,9 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{DEFAULT_THRESHOLD_VERIFIED}); the default without --training")
     checking.add_argument("--no-verify", dest="verify", action="store_false",
                           help="no verification (the default with --training)")
-    parser.add_argument("--verify-k", type=positive_int, default=VerifyOptions.k,
-                        help="pairs verified: each image's this many best candidates, on either side "
-                        "(default %(default)s)")
+    add_verify_options(parser.add_argument_group("verification"), prefix="verify-", per="per image, on either side")
     parser.add_argument("--cache", metavar="DIR",
                         help="where the descriptors are kept between runs, a sub-folder per image folder (default: "
                         f"{default_cache_dir()})")
@@ -140,7 +143,7 @@ def find(args: argparse.Namespace) -> int:
     if why and not args.quiet:
         print(f"isc-find: no --model given, using {model_name}; {why}", file=sys.stderr)
     verifying = verifies_by_default(args.training) if args.verify is None else args.verify
-    verification = VerifyOptions(k=args.verify_k) if verifying else None
+    verification = verify_options(args, prefix="verify-") if verifying else None
     found = find_copies(args.folders, cache, model, extraction, threshold=args.threshold, training=args.training,
                         crops=not args.no_crops, k=args.k, quiet=args.quiet, verification=verification)
     if output:

@@ -13,10 +13,12 @@ from isc.cli.options import (
     add_retry_options,
     add_s3_options,
     add_search_options,
+    add_verify_options,
     download_options,
     extract_options,
     model_choice,
     search_options,
+    verify_options,
 )
 from isc.core.competition import PHASES, REGION_CHOICES, SPLITS, split_folder
 from isc.core.files import InputError
@@ -25,7 +27,6 @@ from isc.pipeline.demo import DEMO_IMAGE_SIZE, run_demo
 from isc.pipeline.run import Pipeline, RunConfig, planned_outputs
 from isc.submit.manifest import SUBMISSIONS_DIR_ENV, default_submissions_dir
 from isc.verify.calibrate import Calibration
-from isc.verify.local_features import VerifyOptions
 
 EPILOG = """\
 examples:
@@ -97,8 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     verification.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                               help="verify each query's best candidates by SIFT matching and re-score them "
                               "(predictions_phase<P>_verified.csv; default: on)")
-    verification.add_argument("--verify-k", type=positive_int, default=VerifyOptions.k,
-                              help="candidates verified per query (default: %(default)s)")
+    add_verify_options(verification, prefix="verify-")
     verification.add_argument("--calibration", metavar="FILE.json",
                               help="combine score and evidence with this calibration (isc-verify --calibrate-gt) "
                               "instead of one fitted on edited copies of training images")
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         reference_crops=args.reference_crops, phases=sorted(set(args.phases)),
         ground_truth=[Path(p) for p in args.gt], restrict_to_gt_queries=args.restrict_to_gt_queries,
         submissions=submissions, quiet=args.quiet, matching_whitened=args.matching_whitened,
-        verify=VerifyOptions(k=args.verify_k, workers=args.workers) if args.verify else None,
+        verify=verify_options(args, prefix="verify-") if args.verify else None,
         calibration=Path(args.calibration) if args.calibration else None, calibration_copies=args.calibration_copies,
     )
     check_outputs(inputs=[args.checkpoint, *args.gt, args.calibration], outputs=planned_outputs(config),

@@ -183,8 +183,6 @@ class Pipeline:
         unknown = set(config.phases) - set(PHASES)
         if unknown or not config.phases:
             raise InputError(f"phases are {' and '.join(map(str, PHASES))}, got {sorted(config.phases)}")
-        if config.verify is not None:
-            config.verify.check()
         if config.calibration_copies < 0:
             raise InputError(f"the calibration copies must be 0 or more, got {config.calibration_copies}")
         self.config = config

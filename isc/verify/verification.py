@@ -129,7 +129,7 @@ def _task_map(workers: int) -> Iterator[TaskMap]:
 # ------------------------------------------------------------------------------------ evidence
 
 
-def candidate_pairs(predictions: pd.DataFrame, k: int) -> pd.DataFrame:
+def ranked_candidates(predictions: pd.DataFrame, k: int) -> pd.DataFrame:
     """Each query's ``k`` best candidates by decreasing score (ties by reference id), with their 0-based ``rank``."""
     ordered = predictions.sort_values(["query_id", "score", "reference_id"], ascending=[True, False, True],
                                       kind="stable")
@@ -157,7 +157,7 @@ def recorded_options(record: Mapping[str, object]) -> VerifyOptions:
     """The :class:`VerifyOptions` a provenance record of isc-verify holds (defaults for those it lacks)."""
     options = record.get("options") if record.get("command") == "isc-verify" else None
     names = {field.name for field in dataclasses.fields(VerifyOptions)}
-    return VerifyOptions(**{k: v for k, v in (options or {}).items() if k in names}).check()
+    return VerifyOptions(**{k: v for k, v in (options or {}).items() if k in names})
 
 
 def calibration_conditions(options: VerifyOptions, search_record: Mapping[str, object] | None) -> dict[str, object]:
@@ -389,7 +389,6 @@ def verify(
     from isc.core.files import write_json
     from isc.core.tables import write_predictions
 
-    options.check()
     if len(predictions) == 0:
         raise InputError("no predictions to verify")
     if not 0 <= max_broken:
@@ -403,7 +402,7 @@ def verify(
         raise InputError(f"id {overlap} is both a query and a reference image: the feature cache keys images by id")
     output = Path(output)
     cache_root = Path(cache) if cache is not None else default_cache(output)
-    ranked = candidate_pairs(predictions, len(predictions))
+    ranked = ranked_candidates(predictions, len(predictions))
     checked = ranked[ranked["rank"] < options.k]
     rank, world, started = join_process_group("cpu")
     try:
