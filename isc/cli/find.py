@@ -45,13 +45,11 @@ Each image keeps its --k nearest images of the other folder: two folders are sea
 with its better score, so that which folder comes first changes only which side of a pair is which. Then,
 unless --no-verify (or with --training), each image's --verify-k best candidates, on either side, are checked
 by local features (SIFT, a geometric fit) and re-scored: score + 0.2 x min(inliers, 10) / 10, the features
-cached in --cache. The pairs scoring at least --threshold are written. The default for verified scores,
-{DEFAULT_THRESHOLD_VERIFIED}, kept 58 pairs, 55 of them copies (precision 0.95, recall 0.69) on a photo set
-where unverified scores at {DEFAULT_THRESHOLD} kept 48, 45 copies (precision 0.94, recall 0.56;
-docs/BENCHMARKS.md). Unverified, {DEFAULT_THRESHOLD} kept 63 pairs, 62 of them copies (precision 0.98,
-recall 0.69) with sscd and query crops, searched one way, on another photo benchmark. With --training the
-scores are normalised (s - 0.5 x the similarity of the query to its 10th nearest training image) and lower;
-the default is then {DEFAULT_THRESHOLD_NORMALISED} (precision 0.98, recall 0.67 there), unverified.
+cached in --cache. The pairs scoring at least --threshold are written: by default {DEFAULT_THRESHOLD_VERIFIED}
+for verified scores, {DEFAULT_THRESHOLD} unverified. With --training the scores are normalised (s - 0.5 x the
+similarity of the query to its 10th nearest training image) and lower; the default is then
+{DEFAULT_THRESHOLD_NORMALISED}, unverified. Each default was chosen on photo benchmarks: their precision and
+recall are in docs/BENCHMARKS.md ("Copies in one's own folders").
 
 outputs: without -o the groups (connected components of the pairs, largest first) go to stdout, a block
 of paths a group, blocks apart by an empty line, an exact copy followed by a tab and "same bytes as PATH"
@@ -89,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=finite_float,
                         help=f"keep pairs scoring at least this, in (0, 1] (0, 1.2] verified (default "
                         f"{DEFAULT_THRESHOLD_VERIFIED} verified, {DEFAULT_THRESHOLD} with --no-verify, "
-                        f"{DEFAULT_THRESHOLD_NORMALISED} with --training; precisions on photo benchmarks in the notes "
-                        "below)")
+                        f"{DEFAULT_THRESHOLD_NORMALISED} with --training; chosen on photo benchmarks, "
+                        "docs/BENCHMARKS.md)")
     parser.add_argument("--k", type=positive_int, default=DEFAULT_K,
                         help=f"nearest images of the other folder considered per image (default {DEFAULT_K})")
     parser.add_argument("--training", metavar="DIR",

@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--query-crops", action=argparse.BooleanOptionalAction, default=True,
                        help="for the matching track, describe each query again as its full view and 5 crops (the "
                        "corners and the centre, 2/3 of each side; descriptors/query_phase<P>_crops.h5), each pair "
-                       "scored by its best view: µAP 0.728 -> 0.781 with sscd on photos, 6x the query extraction "
-                       "work; the descriptor track keeps one row per query (default: on)")
+                       "scored by its best view: 6x the query extraction work, gain in docs/BENCHMARKS.md; the "
+                       "descriptor track keeps one row per query (default: on)")
     model.add_argument("--reference-crops", action=argparse.BooleanOptionalAction, default=False,
                        help="for the matching track, describe each reference as its full view and 5 crops too "
                        "(descriptors/reference_crops.h5; reference.h5 is then its full views, for the descriptor "
@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_options(search)
     model.add_argument("--matching-whitened", action="store_true",
                        help="search the matching track in the PCA-whitened descriptors too (by default it searches "
-                       "them as extracted: on photos they hold more copies among each query's candidates, and with "
-                       "verification µAP +0.040 against +0.037, held-out +0.062 against +0.025)")
+                       "them as extracted: on photos they hold more copies among each query's candidates; "
+                       "docs/BENCHMARKS.md)")
     verification = parser.add_argument_group("verification of the matching track's candidates (isc-verify)")
     verification.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                               help="verify each query's best candidates by SIFT matching and re-score them "

@@ -13,7 +13,7 @@ from isc.download.s3server import LocalS3Server
 from isc.pipeline.run import Pipeline, RunConfig, RunSummary, Step, downloaded
 from isc.synth.dataset import MANIFEST, generate_dataset, read_manifest
 
-DEMO_IMAGE_SIZE = 160  # measured: sscd's 288 matched no better on the mini dataset (0.816 vs 0.841) at 3x the pixels
+DEMO_IMAGE_SIZE = 160  # sscd's 288 matched no better on the mini dataset, at 3x the pixels (docs/BENCHMARKS.md)
 
 
 def run_demo(config: RunConfig, seed: int = 0, **sizes: int) -> RunSummary:

@@ -95,7 +95,7 @@ class RunConfig:
     pca_dim: int = DESCRIPTOR_TRACK_MAX_DIM  # 0: no whitening
     # the matching track's search (isc-search's options), its scores normalised by the training descriptors
     search: SearchOptions = SearchOptions()
-    query_crops: bool = True  # the matching track's queries as their full view and 5 crops (µAP +0.05 on photos)
+    query_crops: bool = True  # the matching track's queries as their full view and 5 crops (docs/BENCHMARKS.md)
     # the matching track searches the descriptors as extracted: whitened ones lose copies from the candidates
     matching_whitened: bool = False
     verify: VerifyOptions | None = VerifyOptions()  # the matching track's candidates verified; None: not
