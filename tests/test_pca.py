@@ -1,6 +1,8 @@
 """PCA-whitening: whitened statistics, saved and reloaded identically, files checked against the model."""
 
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import cli
@@ -72,3 +74,19 @@ def test_cli_learn_and_apply_refuses_another_model(tmp_path, capsys):
     assert main(["apply", str(tmp_path / "pca.npz"), str(tmp_path / "query_pca.h5"), "-o",
                  str(tmp_path / "x.h5")]) == 2
     assert "already PCA-whitened" in capsys.readouterr().err
+
+
+def test_a_descriptor_overflowing_when_whitened_is_refused_without_a_numpy_warning():
+    rng = np.random.default_rng(0)
+    pca = learn_pca(rng.standard_normal((50, 16)).astype(np.float32), dim=4)
+    # each coordinate float32's largest, signed along the first whitened axis: that coordinate overflows
+    huge = np.tile(np.finfo(np.float32).max * np.sign(pca.matrix()[:, 0]), (3, 1)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's RuntimeWarning would fail here, before the one-line error
+        with pytest.raises(InputError, match="descriptor #0 overflows float32 when whitened"):
+            pca.apply(huge)
+        with pytest.raises(InputError, match="variance overflows float32"):
+            learn_pca(rng.standard_normal((50, 16)).astype(np.float32) * 1e37, dim=4)
+        whitened = pca.apply(np.full((3, 16), 1e38, np.float32))  # finite once whitened, its norm is not
+    assert np.isfinite(whitened).all()
+    np.testing.assert_allclose(np.linalg.norm(whitened, axis=1), 1, rtol=1e-6)
