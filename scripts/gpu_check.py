@@ -932,6 +932,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", type=parse_parts, default=list(PARTS),
                         help="comma-separated parts to run (default: all); others in --out are kept")
     parser.add_argument("--work", type=Path, help="scratch folder for images and files (default: a temporary one)")
+    # the isc commands' one-line usage error, not argparse's usage
+    from isc.cli.common import one_line_usage_errors
+
+    one_line_usage_errors(parser)
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out}: exists and is not a folder")
