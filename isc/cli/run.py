@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         Calibration.load(args.calibration)
     summary = run_demo(config) if args.demo else Pipeline(config).run()
     if args.json:
-        print(json.dumps({"steps": [vars(step) for step in summary.steps], "metrics": summary.metrics}))
+        print(json.dumps({"steps": [vars(step) for step in summary.steps], "metrics": summary.metrics,
+                          "left_over": summary.left_over}))
     else:
         print(summary.table())
     return 0
