@@ -92,7 +92,7 @@ OPTIONAL = {"faiss": ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12"), "pandas": ("p
 REQUIRED = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "h5py": "h5py", "numpy": "numpy",
             "PIL": "Pillow"}
 GPU_PATH_MODULES = ("isc.core.descriptors", "isc.models", "isc.extract.extraction", "isc.search.knn", "isc.search.matching", "isc.train.training", "isc.cli.extract")
-# tests/test_extract.py::test_both_decoders_give_the_same_descriptors: the two decoders' descriptors agree so
+# tests/extract/test_extract.py::test_both_decoders_give_the_same_descriptors: the two decoders' descriptors agree so
 DECODER_MAX_ABS, DECODER_MIN_COSINE = 0.03, 0.99
 TARGETS = {"extract_warm": 6000.0, "extract_vs_pillow": 5.0, "extract_cold_vs_read": 0.85, "search_on_gpu_s": 0.3}
 CARRY_TQDM = ("pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl tqdm (with network), then "

@@ -27,7 +27,7 @@ from isc.extract.extraction import extract
 from isc.extract.image_files import list_images
 from isc.models import create_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIZE = 32
 MANY = 40  # images of the kill-and-resume runs: each of their three extractions reads them all, one per batch
 BROKEN = {"empty": "empty file", "text": "not an image", "truncated": "cannot decode"}

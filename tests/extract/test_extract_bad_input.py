@@ -1,6 +1,5 @@
-"""isc-extract and isc-run against bad input: outputs onto inputs, bad numbers and devices, non-finite
-descriptors, images changed after a kill, nothing readable, high bit depths, odd entries and list files,
-phase and id selections, class-per-folder trees."""
+"""isc-extract against bad input: outputs onto inputs, bad numbers and devices, non-finite descriptors,
+images replaced under a resume, broken, 16-bit and float images, links, list files and selections."""
 
 import json
 import os
@@ -22,14 +21,17 @@ from isc.core.descriptors import read_descriptor_attrs, read_descriptors
 from isc.core.files import InputError
 from isc.core.partial_log import PartialLog
 from isc.extract.decode import decode_with_pillow
-from isc.extract.extraction import ExtractOptions, extract, extraction_config, is_complete
+from isc.extract.extraction import extract, extraction_config, is_complete
 from isc.extract.image_files import list_images, list_split_images
 from isc.models import create_model
-from isc.pipeline.run import Pipeline, RunConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
+
+
 # a random-init ResNet at 32 pixels: fast, and enough wherever only ids, shapes and files are checked
 FAST = ["--model", "resnet10t", "--image-size", "32", "--workers", "0", "--quiet"]
+
+
 RUN_FAST = ["--model", "resnet10t", "--quiet"]
 
 
@@ -58,9 +60,6 @@ def _descriptors(path: Path) -> dict[str, np.ndarray]:
     return dict(zip(ids, descriptors, strict=True))
 
 
-# ------------------------------------------------------------------------------------------ outputs
-
-
 def test_output_onto_an_input_image_is_refused_naming_both(photos, tmp_path):
     image = photos / "R000000.jpg"
     before = image.read_bytes()
@@ -77,21 +76,6 @@ def test_output_that_is_a_directory_is_named_as_given(photos, tmp_path, capsys):
     assert extract_main(["--images", str(photos), "-o", str(tmp_path / "out.h5"), *FAST]) == 2
     err = one_line_error(capsys.readouterr().err, "isc-extract")
     assert f"{tmp_path / 'out.h5'}: is a directory" in err and ".part" not in err
-
-
-def test_isc_run_refuses_an_output_onto_its_ground_truth(tmp_path, capsys):
-    work = tmp_path / "work"
-    truth = work / "predictions_phase1.csv"  # what the run would write over
-    truth.parent.mkdir()
-    truth.write_text("query_id,reference_id\n")
-    assert run_main([str(work), "--gt", str(truth), "--submissions-dir", str(tmp_path / "sub"), *RUN_FAST]) == 2
-    one_line_error(capsys.readouterr().err, "isc-run", f"is the input {truth}")
-    (tmp_path / "file").write_text("")
-    assert run_main([str(tmp_path / "file"), "--submissions-dir", str(tmp_path / "sub"), *RUN_FAST]) == 2
-    one_line_error(capsys.readouterr().err, "isc-run", "exists and is not a directory")
-
-
-# ------------------------------------------------------------------------------------------ numbers
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
@@ -114,20 +98,6 @@ def test_image_size_below_eight_is_one_line(photos, tmp_path):
     one_line_error(result, "isc-extract", "image size 4 is too small")
 
 
-@pytest.mark.parametrize(("option", "value"), [
-    ("--limit", "0"), ("--training-limit", "0"), ("--image-size", "0"), ("--workers", "-1"), ("--batch-size", "0"),
-    ("--k", "0"), ("--pca-dim", "-3"), ("--download-workers", "0"),
-])
-def test_run_numbers_are_checked_when_parsed(option, value, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_status:
-        run_main([str(tmp_path / "work"), option, value])
-    assert exit_status.value.code == 2 and f"argument {option}: must be" in capsys.readouterr().err
-    assert not (tmp_path / "work").exists()
-
-
-# --------------------------------------------------------------------------------------- non-finite
-
-
 def test_non_finite_descriptors_are_refused_naming_the_images(tmp_path):
     class LogOfMean(torch.nn.Module):
         def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -145,9 +115,6 @@ def test_non_finite_descriptors_are_refused_naming_the_images(tmp_path):
                  "--image-size", "32", "--workers", "0", "--quiet")
     one_line_error(result, "isc-extract", "NaN or infinite descriptors for 1 image(s): black")
     assert not out.exists()
-
-
-# ------------------------------------------------------------------------------- changed inputs
 
 
 def test_resume_extracts_again_an_image_replaced_after_a_kill(photos, lite, tmp_path):
@@ -203,37 +170,6 @@ def test_is_complete_notices_a_replaced_or_repaired_image(photos, tmp_path):
     assert not is_complete(out, images, config)
 
 
-def test_isc_run_extracts_again_a_replaced_reference_image(mini_dataset, tmp_path):
-    data_root = tmp_path / "data"
-    for split in ("query", "reference", "training"):
-        (data_root / f"{split}_images").mkdir(parents=True)
-        for image in sorted((mini_dataset / f"{split}_images").glob("*.jpg"))[:4]:
-            shutil.copy(image, data_root / f"{split}_images" / image.name)
-    # fixed weights (a random init would differ between runs, and rightly never be up to date)
-    config = RunConfig(work=tmp_path / "work", data=data_root, model="efficientnet_lite0", image_size=32,
-                       extraction=ExtractOptions(workers=0), quiet=True)
-
-    def extract_steps() -> dict[str, bool]:
-        pipeline = Pipeline(config)
-        pipeline.extract()
-        return {step.target: step.skipped for step in pipeline.summary.steps}
-
-    assert not any(extract_steps().values())
-    assert all(extract_steps().values())
-    reference = tmp_path / "work" / "descriptors" / "reference.h5"
-    before = _descriptors(reference)
-    replaced = data_root / "reference_images" / "R000000.jpg"
-    shutil.copy(data_root / "training_images" / "T000000.jpg", replaced)
-    assert extract_steps() == {"query phase 1": True, "query phase 1 crops": True, "reference": False,
-                               "training": True}
-    after = _descriptors(reference)
-    assert not np.allclose(before["R000000"], after["R000000"])
-    np.testing.assert_allclose(before["R000001"], after["R000001"], atol=1e-5)
-
-
-# --------------------------------------------------------------------------------- broken images
-
-
 def test_nothing_readable_exits_1_and_writes_nothing(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -256,9 +192,6 @@ def test_many_broken_images_are_warned_about_in_one_line(photos, lite, tmp_path)
         extract(list_images(photos), tmp_path / "quiet.h5", lite, workers=0, quiet=True, max_broken=0.25)
 
 
-# ---------------------------------------------------------------------------------- bit depths
-
-
 def test_sixteen_bit_and_float_images_are_scaled_not_clipped(lite, tmp_path):
     grey = np.asarray(_photo("astronaut", (128, 96)).convert("L"))
     Image.fromarray(grey).save(tmp_path / "grey8.png")
@@ -274,9 +207,6 @@ def test_sixteen_bit_and_float_images_are_scaled_not_clipped(lite, tmp_path):
     descriptors = _descriptors(tmp_path / "out.h5")
     for name in ("grey16_png", "float_tif"):
         np.testing.assert_allclose(descriptors[name], descriptors["grey8_png"], atol=1e-3)
-
-
-# ------------------------------------------------------------------------------ devices and paths
 
 
 @pytest.mark.parametrize(("device", "message"), [
@@ -330,9 +260,6 @@ def test_links_and_folders_named_like_images_are_listed_as_broken(photos, tmp_pa
                                  "sub/up": "cannot read (Is a directory)"}
 
 
-# --------------------------------------------------------------------------------------- list files
-
-
 def test_list_file_ids_are_stems_paths_relative_to_the_list(photos, tmp_path):
     lists = tmp_path / "lists"
     lists.mkdir()
@@ -355,9 +282,6 @@ def test_list_file_with_two_files_of_the_same_stem_is_refused(photos, tmp_path, 
     err = one_line_error(capsys.readouterr().err, "isc-extract")
     assert f"{tmp_path / 'photos/R000000.jpg'} and {tmp_path / 'other/R000000.png'}" in err
     assert "id 'R000000'" in err
-
-
-# ---------------------------------------------------------------------------------------- selection
 
 
 def test_phase_and_id_ranges_select_and_are_recorded(mini_dataset, tmp_path):
@@ -387,9 +311,6 @@ def test_bad_selections_are_one_line(args, message, mini_dataset, tmp_path, caps
     one_line_error(capsys.readouterr().err, "isc-extract", message)
 
 
-# -------------------------------------------------------------------------------- class-per-folder
-
-
 def test_class_per_folder_tree_keeps_each_images_class(tmp_path):
     root = tmp_path / "reid"
     for person, photo_names in {"0001": ["astronaut", "coffee"], "0002": ["chelsea"]}.items():
@@ -410,3 +331,12 @@ def test_class_per_folder_tree_keeps_each_images_class(tmp_path):
     assert extract_main(["--images", str(root), "-o", str(tmp_path / "flat.h5"), *FAST, "--max-broken", "1"]) == 0
     with h5py.File(tmp_path / "flat.h5") as f:
         assert "classes" not in f
+
+
+def test_decode_processes_are_refused_with_the_pil_decoder(mini_dataset, tmp_path):
+    out = tmp_path / "e.h5"
+    done = cli("extract", "--images", mini_dataset / "reference_images", "-o", out, "--model", "pdq", "--decoder", "pil",
+               "--decode-processes", "2", "--quiet")
+    assert not out.exists()
+    one_line_error(done, "isc-extract", "--decode-processes needs the torchvision decoder, and this run decodes "
+                   "with pil (whose decoding runs in the worker processes)")

@@ -12,7 +12,7 @@ import onnxruntime  # noqa: F401 (the dev extra requires it: a broken install fa
 import pdqhash  # noqa: F401 (installed with isc)
 import pytest
 import torch
-from test_onnx_models import PixelsIn, TinyNet, _export
+from onnx_nets import PixelsIn, TinyNet, export_onnx
 
 from isc.core.descriptors import model_differences, read_descriptors
 from isc.core.files import InputError
@@ -21,7 +21,7 @@ from isc.extract.extraction import extract
 from isc.extract.image_files import list_images
 from isc.models import create_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BROKEN = {"empty": "empty file", "text": "not an image", "truncated": "cannot decode"}
 
 
@@ -40,7 +40,7 @@ def images(mini_dataset, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def uint8_graph(tmp_path_factory) -> Path:
-    return _export(PixelsIn(TinyNet()), torch.zeros(1, 64, 64, 3, dtype=torch.uint8),
+    return export_onnx(PixelsIn(TinyNet()), torch.zeros(1, 64, 64, 3, dtype=torch.uint8),
                    tmp_path_factory.mktemp("graph") / "pixels.onnx", {0: "batch", 1: "height", 2: "width"})
 
 
@@ -134,7 +134,7 @@ class LogOfMean(torch.nn.Module):
 def test_non_finite_descriptors_on_the_pixel_path_are_refused(tmp_path):
     from PIL import Image
 
-    graph = _export(LogOfMean(), torch.zeros(1, 32, 32, 3, dtype=torch.uint8), tmp_path / "log.onnx",
+    graph = export_onnx(LogOfMean(), torch.zeros(1, 32, 32, 3, dtype=torch.uint8), tmp_path / "log.onnx",
                     {0: "batch", 1: "height", 2: "width"})
     folder = tmp_path / "images"
     folder.mkdir()

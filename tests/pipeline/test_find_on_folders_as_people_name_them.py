@@ -18,7 +18,7 @@ from PIL import Image
 
 from isc.extract.image_files import ids_keeping_suffixes, list_images
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PDQ = ("--model", "pdq", "--workers", "1")
 
 

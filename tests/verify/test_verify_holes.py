@@ -17,7 +17,7 @@ from isc.core.tables import write_metadata
 from isc.synth.draw import base_image
 from isc.synth.edits import colour, crop, jpeg, rotate, scale, text
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = (256, 192)
 GROUPS, MEMBERS = 6, 3  # references: 6 groups of 3 near-duplicates
 

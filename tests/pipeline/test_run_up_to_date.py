@@ -170,6 +170,14 @@ def test_no_verify_after_a_verified_run_submits_and_scores_the_unverified_predic
     assert "phase 1 matching" in summary.metrics
 
 
+def test_a_run_that_skips_phase_2_says_its_submissions_are_an_earlier_runs(rerun):
+    summary = rerun({"phases": [1]})
+    assert [Path(f).name for f in summary.left_over] == ["phase2_matching.csv", "phase2_descriptors.h5"]
+    assert all("phase2" not in Path(f).name for f in summary.files)  # not among this run's files
+    table = summary.table().splitlines()
+    assert f"not this run's (its phase skipped), left by an earlier run: {summary.left_over[0]}" in table
+
+
 def test_verify_k_and_no_calibration_after_a_calibrated_run(rerun):
     results = _results(rerun({"verify": VerifyOptions(k=5, workers=0), "calibration_copies": 0}))
     assert results[("calibrate", "copies")].endswith("too few to copy: fixed inlier bonus")

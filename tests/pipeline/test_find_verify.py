@@ -14,7 +14,7 @@ from isc.models import create_model
 from isc.pipeline.find import both_ways, find_copies
 from isc.verify.local_features import VerifyOptions
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def texture(seed: int, size: int = 256) -> Image.Image:

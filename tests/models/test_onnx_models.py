@@ -11,6 +11,7 @@ import onnxruntime  # noqa: F401
 import pytest
 import torch
 from conftest import cli, one_line_error, run_python
+from onnx_nets import PixelsIn, TinyNet, export_onnx
 from PIL import Image, ImageEnhance
 from skimage import data
 
@@ -18,47 +19,9 @@ from isc.core.descriptors import read_descriptors
 from isc.core.files import InputError
 from isc.extract.extraction import extract
 from isc.extract.image_files import list_split_images
-from isc.models import IMAGENET_MEAN, IMAGENET_STD, create_model, default_model
+from isc.models import create_model, default_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
-
-
-class TinyNet(torch.nn.Module):
-    """A small convolutional descriptor: normalised [B, 3, H, W] -> L2-normalised [B, 16], any size."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv1 = torch.nn.Conv2d(3, 12, 3, stride=2)
-        self.conv2 = torch.nn.Conv2d(12, 24, 3, stride=2)
-        self.fc = torch.nn.Linear(24, 16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
-        return torch.nn.functional.normalize(self.fc(x.mean(dim=(2, 3))), dim=1)
-
-
-class PixelsIn(torch.nn.Module):
-    """TinyNet behind SSCD's contract: uint8 RGB [B, H, W, 3] in, ImageNet normalisation inside."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.permute(0, 3, 1, 2).float() / 255
-        return self.net((x - self.mean) / self.std)
-
-
-def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, dynamic: dict[int, str]) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter is deprecated; the new one needs onnxscript
-        torch.onnx.export(module.eval(), (example,), str(path), input_names=["image"], output_names=["embedding"],
-                          dynamic_axes={"image": dynamic, "embedding": {0: "batch"}} if dynamic else None,
-                          dynamo=False)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +35,13 @@ def torchscript_net(tmp_path_factory) -> Path:
 
 # (contract, export, options of the torch model that sees the same preprocessing)
 CONTRACTS = {
-    "float NCHW, any size": (lambda path: _export(TinyNet(), torch.zeros(1, 3, 64, 64), path,
+    "float NCHW, any size": (lambda path: export_onnx(TinyNet(), torch.zeros(1, 3, 64, 64), path,
                                                   {0: "batch", 2: "height", 3: "width"}),
                              {"image_size": 64}, {"image_size": 64}),
-    "uint8 NHWC, any size": (lambda path: _export(PixelsIn(TinyNet()), torch.zeros(1, 64, 64, 3, dtype=torch.uint8),
+    "uint8 NHWC, any size": (lambda path: export_onnx(PixelsIn(TinyNet()), torch.zeros(1, 64, 64, 3, dtype=torch.uint8),
                                                   path, {0: "batch", 1: "height", 2: "width"}),
                              {"image_size": 64}, {"image_size": 64}),
-    "float NCHW, fixed 1 x 48 x 48": (lambda path: _export(TinyNet(), torch.zeros(1, 3, 48, 48), path, {}),
+    "float NCHW, fixed 1 x 48 x 48": (lambda path: export_onnx(TinyNet(), torch.zeros(1, 3, 48, 48), path, {}),
                                       {}, {"image_size": 48, "resize": "square"}),
 }
 
@@ -119,7 +82,7 @@ def test_bad_onnx_files_are_one_line_errors(tmp_path, mini_dataset):
         create_model(f"onnx:{junk}")
     with pytest.raises(InputError, match="no such ONNX file"):
         create_model(f"onnx:{tmp_path / 'missing.onnx'}")
-    wrong = _export(torch.nn.Linear(5, 4), torch.zeros(1, 5), tmp_path / "vector.onnx", {0: "batch"})
+    wrong = export_onnx(torch.nn.Linear(5, 4), torch.zeros(1, 5), tmp_path / "vector.onnx", {0: "batch"})
     result = _cli("--images", str(mini_dataset / "reference_images"), "-o", str(tmp_path / "out.h5"),
                   "--model", f"onnx:{wrong}", "--quiet")
     assert one_line_error(result, "isc-extract") == (

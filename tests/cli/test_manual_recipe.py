@@ -14,7 +14,7 @@ import pytest
 
 from isc.core.tables import read_predictions
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 
 

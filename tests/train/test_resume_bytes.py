@@ -12,7 +12,7 @@ from conftest import running, wait_until
 
 from isc.models import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STEPS = 6
 
 

@@ -76,7 +76,7 @@ def dataset(tmp_path_factory) -> Path:
 
 def isc_verify(*args: object, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "isc.cli.verify", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=Path(__file__).parent.parent)
+                          timeout=timeout, cwd=Path(__file__).parents[2])
 
 
 # ------------------------------------------------------------------------------------ the engine
@@ -257,7 +257,7 @@ def test_cli_killed_and_run_again_writes_the_same_bytes(dataset, tmp_path):
     assert clean.returncode == 0, clean.stderr
     output, cache = tmp_path / "killed.csv", tmp_path / "cache"
     process = subprocess.Popen([sys.executable, "-m", "isc.cli.verify", *map(str, common), "--cache", str(cache),
-                                "-o", str(output)], start_new_session=True, cwd=Path(__file__).parent.parent)
+                                "-o", str(output)], start_new_session=True, cwd=Path(__file__).parents[2])
     try:
         deadline = time.monotonic() + 120
         while not list(cache.rglob("*.npz")) and time.monotonic() < deadline and process.poll() is None:
@@ -342,7 +342,7 @@ def torchrun_verify(*args: object, timeout: float = 300) -> subprocess.Completed
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "isc.cli.verify", *map(str, args)],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=timeout,
-        cwd=Path(__file__).parent.parent)
+        cwd=Path(__file__).parents[2])
 
 
 def test_torchrun_two_ranks_on_a_cold_cache_count_each_image_once_and_write_what_one_process_writes(dataset, tmp_path):
