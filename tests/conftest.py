@@ -44,6 +44,24 @@ def scored_files(tmp_path: Path) -> dict[str, Path]:
     return {"dir": tmp_path, "p": predictions, "gt": gt}
 
 
+@pytest.fixture
+def run_configs(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The RunConfig of each ``isc.cli.run.main`` call of the test, recorded instead of run."""
+    from isc.cli import run as cli_run
+
+    configs = []
+
+    class Recorded:
+        def __init__(self, config: object) -> None:
+            configs.append(config)
+
+        def run(self) -> object:
+            return type("Summary", (), {"table": lambda self: ""})()
+
+    monkeypatch.setattr(cli_run, "Pipeline", Recorded)
+    return configs
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint(mini_dataset: Path) -> Iterator[str]:
     """Endpoint URL of a local S3 server serving ``mini_dataset`` as the competition's three regional buckets."""
@@ -80,6 +98,18 @@ def user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
     folder = tmp_path_factory.mktemp("xdg_cache")
     monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
     return folder
+
+
+def error_of(command: str, message: str) -> str:
+    """The whole stderr of ``isc-COMMAND`` refusing its input with ``message``."""
+    return f"isc-{command}: error: {message}\n"
+
+
+def named_photo(name: str, size: int = 128) -> Image.Image:
+    """A procedural photo seeded by ``name``, ``size`` x ``size``."""
+    from isc.synth.draw import base_image
+
+    return base_image(np.random.default_rng(list(name.encode())), size, size)
 
 
 def photo(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:

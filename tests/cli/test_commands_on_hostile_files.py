@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO, cli, one_line_error, photo
+from conftest import REPO, cli, error_of, one_line_error, photo
 
 from isc.core.descriptors import read_descriptors, write_descriptors
 from isc.core.files import InputError
@@ -392,10 +392,6 @@ def test_progress_bars_show_a_rate_and_an_eta(inputs: dict[str, Path], s3_endpoi
     quiet = cli("extract", "--images", inputs["photos"], "-o", tmp_path / "y.h5", "--model", "resnet10t",
                 "--image-size", "32", "--workers", "0", "--quiet")
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
-
-
-def error_of(command: str, message: str) -> str:
-    return f"isc-{command}: error: {message}\n"
 
 
 def test_extract_and_report_refuse_an_output_over_an_image(mini_dataset, tmp_path):

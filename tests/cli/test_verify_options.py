@@ -46,17 +46,8 @@ def test_isc_verify_reads_every_field(tmp_path):
     assert verify_options(cli_verify.build_parser().parse_args(["p.csv", "-o", "o.csv"])) == VerifyOptions()
 
 
-def test_isc_run_reaches_every_field_and_keeps_workers_for_extraction(tmp_path, monkeypatch):
-    configs = []
-
-    class Recorded:
-        def __init__(self, config):
-            configs.append(config)
-
-        def run(self):
-            return type("Summary", (), {"table": lambda self: ""})()
-
-    monkeypatch.setattr(cli_run, "Pipeline", Recorded)
+def test_isc_run_reaches_every_field_and_keeps_workers_for_extraction(tmp_path, run_configs):
+    configs = run_configs
     argv = [str(tmp_path / "work"), "--model", "pdq", "--quiet", "--workers", "0"]
     assert cli_run.main([*argv, *flags("verify-")]) == 0
     assert configs[0].verify == SET and configs[0].extraction.workers == 0

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import GT, HEADER, ROWS, cli, one_line_error
-from isc.core.files import InputError
 
 from isc.core.competition import MATCHING_TRACK_MAX_ROWS
+from isc.core.files import InputError
 from isc.core.tables import read_predictions
 
 

@@ -8,25 +8,13 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli, rewrite_keeping_size_and_times
-from PIL import Image
+from conftest import cli, error_of, named_photo, rewrite_keeping_size_and_times
 
 from isc.core.descriptors import read_descriptor_attrs
-from isc.synth.draw import base_image
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
-
-
-def error_of(command: str, message: str) -> str:
-    return f"isc-{command}: error: {message}\n"
-
-
-def _photo(name: str, size: int = 128) -> Image.Image:
-    """A procedural photo named ``name`` (its seed), long side ``size``."""
-    return base_image(np.random.default_rng(list(name.encode())), size, size)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +23,7 @@ def folders(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("round4_find")
     (root / "real" / "r").mkdir(parents=True)
     for name in PHOTOS:
-        photo = _photo(name, 96)
+        photo = named_photo(name, 96)
         photo.save(root / "real" / f"{name}.jpg", quality=90)
         photo.crop((4, 4, photo.width - 4, photo.height * 3 // 4)).save(root / "real" / "r" / f"{name} crop.jpg",
                                                                          quality=90)
@@ -136,7 +124,7 @@ def test_find_cache_sees_changed_and_deleted_images(folders, tmp_path):
     shutil.copytree(folders / "real", folder)
     args = ["--model", "pdq", "--threshold", "1e-9", "--no-crops", "--quiet"]
     assert cli("find", folder, "-o", tmp_path / "before.csv", "--cache", tmp_path / "c", *args).returncode == 0
-    rewrite_keeping_size_and_times(folder / "coffee.jpg", _photo("rocket", 96))
+    rewrite_keeping_size_and_times(folder / "coffee.jpg", named_photo("rocket", 96))
     (folder / "chelsea.jpg").unlink()
     assert cli("find", folder, "-o", tmp_path / "cached.csv", "--cache", tmp_path / "c", *args).returncode == 0
     assert cli("find", folder, "-o", tmp_path / "fresh.csv", "--cache", tmp_path / "f", *args).returncode == 0

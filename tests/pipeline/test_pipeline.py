@@ -254,20 +254,11 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, mini_dataset,
 NORM_ARGS = ["--norm-beta", "1.5", "--norm-neighbors", "1:3", "--norm-agg", "min", "--normalize-references"]
 
 
-def test_score_normalisation_options_are_isc_searchs(tmp_path, monkeypatch):
+def test_score_normalisation_options_are_isc_searchs(tmp_path, run_configs):
     run_defaults = cli_run.build_parser().parse_args([str(tmp_path)])
     search_defaults = cli_search.build_parser().parse_args(["-o", "p.csv"])
     assert score_norm(run_defaults) == score_norm(search_defaults) == ScoreNorm()
-    configs = []
-
-    class Recorded:
-        def __init__(self, config):
-            configs.append(config)
-
-        def run(self):
-            return type("Summary", (), {"table": lambda self: ""})()
-
-    monkeypatch.setattr(cli_run, "Pipeline", Recorded)
+    configs = run_configs
     assert main([str(tmp_path / "work"), "--model", "efficientnet_lite0", "--quiet", *NORM_ARGS]) == 0
     assert configs[0].search.norm == ScoreNorm(1.5, (1, 3), "min", references=True)
 

@@ -9,24 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli, rewrite_keeping_size_and_times
-from PIL import Image
+from conftest import cli, error_of, named_photo, rewrite_keeping_size_and_times
 
-from isc.synth.draw import base_image
 from isc.verify.calibrate import calibrate
 from isc.verify.local_features import VerifyOptions
 from isc.verify.verification import calibration_conditions
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
-
-
-def error_of(command: str, message: str) -> str:
-    return f"isc-{command}: error: {message}\n"
-
-
-def _photo(name: str, size: int = 128) -> Image.Image:
-    """A procedural photo named ``name`` (its seed), long side ``size``."""
-    return base_image(np.random.default_rng(list(name.encode())), size, size)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +25,7 @@ def dataset(tmp_path_factory) -> Path:
     (root / "reference_images").mkdir()
     (root / "query_images").mkdir()
     for i, name in enumerate(PHOTOS):
-        photo = _photo(name)
+        photo = named_photo(name)
         photo.save(root / "reference_images" / f"R{i:06d}.jpg", quality=90)
         photo.crop((8, 8, photo.width - 8, photo.height - 8)).save(root / "query_images" / f"Q{i:05d}.jpg", quality=90)
     rows = [(f"Q{q:05d}", f"R{r:06d}", 0.5 - 0.1 * ((r - q) % 3)) for q in range(3) for r in range(3)]
@@ -136,7 +125,7 @@ def test_verify_cache_sees_changed_and_deleted_images(dataset, tmp_path):
     args = [dataset / "pred.csv", "--queries", images / "query_images", "--references", references, "--cache",
             tmp_path / "cache", "--workers", "0", "--quiet"]
     assert cli("verify", *args, "-o", tmp_path / "before.csv").returncode == 0
-    rewrite_keeping_size_and_times(images / "reference_images" / "R000000.jpg", _photo("rocket"))
+    rewrite_keeping_size_and_times(images / "reference_images" / "R000000.jpg", named_photo("rocket"))
     (images / "reference_images" / "R000001.jpg").unlink()
     assert cli("verify", *args, "-o", tmp_path / "cached.csv").returncode == 0
     fresh = [*args[:5], "--cache", tmp_path / "fresh", "--workers", "0", "--quiet"]
