@@ -93,7 +93,9 @@ def torch_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence
     device = torch.device(device)
     model = model.prepare(str(device), half)
     if decoder == "torchvision" and decode_processes:
-        from isc.extract.decode_workers import process_batches  # it builds on this module's functions
+        from isc.extract.decode_workers import (
+            process_batches,  # its process machinery only where processes are asked
+        )
 
         views = process_batches(paths, model.resize, sizes, batch_size, workers, device, max_pixels, crops,
                                 decode_processes)

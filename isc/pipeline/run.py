@@ -95,7 +95,7 @@ class RunConfig:
     pca_dim: int = DESCRIPTOR_TRACK_MAX_DIM  # 0: no whitening
     # the matching track's search (isc-search's options), its scores normalised by the training descriptors
     search: SearchOptions = SearchOptions()
-    query_crops: bool = True  # the matching track's queries as their full view and 5 crops (µAP +0.05 on photos)
+    query_crops: bool = True  # the matching track's queries as their full view and 5 crops (docs/BENCHMARKS.md)
     # the matching track searches the descriptors as extracted: whitened ones lose copies from the candidates
     matching_whitened: bool = False
     verify: VerifyOptions | None = VerifyOptions()  # the matching track's candidates verified; None: not
@@ -126,6 +126,8 @@ class Step:
 class RunSummary:
     steps: list[Step] = field(default_factory=list)
     metrics: dict[str, dict[str, object]] = field(default_factory=dict)  # "phase 1 matching" -> Metrics.summary()
+    # submissions of a phase this run skipped, left in the submissions folder by an earlier run: not this run's
+    left_over: list[str] = field(default_factory=list)
 
     @property
     def files(self) -> list[str]:
@@ -143,10 +145,12 @@ class RunSummary:
         lines += [f"µAP {name:<22} {m['muap']:.4f}   recall at P90 {_p90(m)}" for name, m in self.metrics.items()]
         submissions = [f for f in self.files if Path(f).name.startswith("phase")]
         lines += [f"submission: {f}" for f in submissions]
+        lines += [f"not this run's (its phase skipped), left by an earlier run: {f}" for f in self.left_over]
         return "\n".join(lines)
 
     def write(self, path: Path) -> None:
-        write_json(path, {"steps": [asdict(s) for s in self.steps], "metrics": self.metrics}, indent=1)
+        write_json(path, {"steps": [asdict(s) for s in self.steps], "metrics": self.metrics,
+                          "left_over": self.left_over}, indent=1)
 
 
 def _p90(metrics: dict[str, object]) -> str:
@@ -183,8 +187,6 @@ class Pipeline:
         unknown = set(config.phases) - set(PHASES)
         if unknown or not config.phases:
             raise InputError(f"phases are {' and '.join(map(str, PHASES))}, got {sorted(config.phases)}")
-        if config.verify is not None:
-            config.verify.check()
         if config.calibration_copies < 0:
             raise InputError(f"the calibration copies must be 0 or more, got {config.calibration_copies}")
         self.config = config
@@ -571,6 +573,7 @@ class Pipeline:
         files = self.whiten(raw)
         matching_files = files if self.config.matching_whitened else raw
         combiner = None
+        submitted = set()
         for phase in self.config.phases:
             predictions = self.search(matching_files, phase)
             if predictions is None:
@@ -581,6 +584,11 @@ class Pipeline:
                 combiner = combiner or self.calibrate(matching_files)  # fitted once, used for both phases
                 predictions = self.verify(predictions, phase, combiner)
             self.submit(files, matching_files, phase, predictions, self.ground_truth(truth, phase))
+            submitted.add(phase)
+        # said, not removed: a user's earlier submission is theirs to keep or delete
+        self.summary.left_over = [str(path) for phase in PHASES if phase not in submitted
+                                  for track in ("matching", "descriptors")
+                                  if (path := default_submission_path(self.config.submissions, track, phase)).is_file()]
         self.summary.write(self.work / "run_summary.json")
         return self.summary
 
