@@ -62,7 +62,7 @@ def in_order(ids: list[str], x: np.ndarray, wanted: list[str]) -> np.ndarray:
     return x[[row[i] for i in wanted]]
 
 
-def transform(lever: Lever, data: dict, views: tuple[list[str], np.ndarray],
+def transform(lever: Lever, data: dict, views: tuple[list[str], np.ndarray] | None,
               dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(query, reference) descriptors of the descriptor-track file ``lever`` makes, float32 [n, dim]."""
     clock = time.process_time
@@ -119,7 +119,7 @@ def transform(lever: Lever, data: dict, views: tuple[list[str], np.ndarray],
 def levers(models: list[str]) -> list[Lever]:
     """Every row: the default, each lever alone, then together."""
     lyakaap = NegativeEmbeddings(0.35, 10)
-    rows = [Lever("isc-run's default: sscd full view, PCA-whitened 256")]
+    rows = [Lever("isc-run's default: sscd full view, PCA-whitened")]
     for k in (1, 2, 3):
         rows.append(Lever(f"a. DBA of the references k={k} α=3", dba=Expansion(k, 3.0)))
     for k in (1, 2, 3):
@@ -130,7 +130,7 @@ def levers(models: list[str]) -> list[Lever]:
     for ensemble in ensembles:
         for weight in (0.5, 1.0):
             weights = (1.0, *[weight] * (len(ensemble) - 1))
-            rows.append(Lever(f"b. {'+'.join(ensemble)} weights {','.join(f'{w:g}' for w in weights)}, PCA 256",
+            rows.append(Lever(f"b. {'+'.join(ensemble)} weights {','.join(f'{w:g}' for w in weights)}, PCA",
                               models=ensemble, weights=weights))
     for pooling in (ViewPooling("mean"), ViewPooling("gem", 3.0)):
         name = "mean" if pooling.method == "mean" else f"GeM p={pooling.p:g}"
@@ -148,6 +148,12 @@ def levers(models: list[str]) -> list[Lever]:
                           pooling=mean))
         rows.append(Lever(f"b+c+d. {'+'.join(ensemble)} 0.5 + pooled (mean) + negatives β=0.35 k=10",
                           models=ensemble, weights=weights, pooling=mean, negatives=lyakaap))
+    if "sscd_distilled" in models:  # the best ensemble with the other levers that did not lose
+        pair = ("sscd", "sscd_distilled")
+        rows.append(Lever("b+d. sscd+sscd_distilled 1,1 + negatives β=0.25 k=3", models=pair, weights=(1.0, 1.0),
+                          negatives=NegativeEmbeddings(0.25, 3)))
+        rows.append(Lever("b+a. sscd+sscd_distilled 1,1 + αQE k=1 α=3", models=pair, weights=(1.0, 1.0),
+                          qe=Expansion(1, 3.0)))
     rows.append(Lever("c+d+a. pooled (mean) + negatives β=0.35 k=10 + DBA k=1 + αQE k=1", pooling=mean,
                       negatives=lyakaap, dba=Expansion(1, 3.0), qe=Expansion(1, 3.0)))
     return rows
@@ -164,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
     parser.add_argument("--dim", type=int, default=DESCRIPTOR_TRACK_MAX_DIM,
                         help="the PCA's dimensions (default: %(default)s, the track's limit; less for a tiny trial set)")
-    parser.add_argument("--only", default="", help="only the rows whose label contains this text (and the default)")
+    parser.add_argument("--only", type=lambda text: tuple(text.split(",")), default=("",),
+                        help="comma-separated label starts (a., b., c., d., b+c., ...): only those rows and the default")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     truth = read_ground_truth(args.data / ("ground_truth.csv" if args.phase == 1 else "ground_truth_phase2.csv"))
@@ -173,21 +180,23 @@ def main(argv: list[str] | None = None) -> int:
     for model in ["sscd", *models]:
         loaded = descriptors(args.data, args.phase, model, args.work, args.quiet)[0]
         data[model] = {split: loaded[split] for split in SPLITS}
-    views = crop_descriptors(args.data, args.phase, "sscd", args.work, args.quiet)
+    rows = levers(models)
+    rows = rows[:1] + [lever for lever in rows[1:] if lever.label.startswith(args.only)]
+    # the query crops' descriptors only where a row pools them
+    views = crop_descriptors(args.data, args.phase, "sscd", args.work, args.quiet) \
+        if any(lever.pooling for lever in rows) else None
     timings = json.loads((args.work / "extract_seconds.json").read_text()) \
         if (args.work / "extract_seconds.json").is_file() else {}
     sizes = {split: len(data["sscd"][split][0]) for split in SPLITS}
     print(f"{args.data}: phase {args.phase}, {len(truth)} queries ({(truth['reference_id'] != '').sum()} with a "
-          f"match), {sizes['reference']} references, {sizes['training']} training images; extraction seconds "
+          f"match), {sizes['reference']} references, {sizes['training']} training images, PCA to {args.dim}; extraction seconds "
           f"recorded: {json.dumps({k: round(v) for k, v in timings.items()})}", flush=True)
     weights = np.random.default_rng(0).multinomial(len(truth), np.full(len(truth), 1 / len(truth)),
                                                    size=args.resamples)
     print("| configuration | µAP | recall@P90 | µAP − default (95% bootstrap) | lever CPU s |")
     print("|---|---:|---:|---|---|", flush=True)
     baseline = None
-    for lever in levers(models):
-        if baseline is not None and args.only not in lever.label:
-            continue
+    for lever in rows:
         query, reference = transform(lever, data, views, args.dim)
         assert query.shape[1] <= DESCRIPTOR_TRACK_MAX_DIM and query.dtype == reference.dtype == np.float32
         predictions = descriptor_track_predictions(data["sscd"]["query"][0], query, data["sscd"]["reference"][0],
