@@ -1,4 +1,5 @@
-"""The descriptor track's levers over arrays: DBA and αQE (isc.search.expansion), view pooling (isc.search.pooling)."""
+"""The descriptor track's levers over arrays: DBA and αQE (isc.search.expansion), view pooling (isc.search.pooling),
+the track's vectors (isc.search.descriptor_track)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import numpy as np
 import pytest
 
 from isc.core.files import InputError
+from isc.search.descriptor_track import DescriptorTrack, track_descriptors
 from isc.search.expansion import (
     Expansion,
     database_side_augmentation,
     nearest_neighbours,
     query_expansion,
 )
+from isc.search.negatives import NegativeEmbeddings
 from isc.search.pooling import ViewPooling, pool_views
 
 
@@ -102,3 +105,16 @@ def test_pooling_refuses_bad_input() -> None:
         ViewPooling("max")
     with pytest.raises(InputError, match="no view descriptors"):
         pool_views([], np.zeros((0, 2), np.float32))
+
+
+def test_track_descriptors_pool_then_subtract_and_refuse_what_they_cannot_do() -> None:
+    track = DescriptorTrack(ViewPooling("mean"), NegativeEmbeddings(0.5, 1))
+    ids, out = track_descriptors(["Q1", "Q1"], POINTS[:2], POINTS[2:], track)
+    pooled = unit(POINTS[:1] + POINTS[1:2])
+    nearest = POINTS[2]  # 90° is nearer to the pooled 5° than 100° is
+    np.testing.assert_allclose(out, unit(pooled - 0.5 * nearest), atol=1e-6)
+    assert ids == ["Q1"]
+    with pytest.raises(InputError, match="several views of an image and no pooling"):
+        track_descriptors(["Q1", "Q1"], POINTS[:2], None, DescriptorTrack())
+    with pytest.raises(InputError, match="needs the training descriptors"):
+        track_descriptors(["Q1"], POINTS[:1], None, DescriptorTrack(negatives=NegativeEmbeddings()))
