@@ -3,15 +3,16 @@ submission (each query and reference one vector of at most 256 dimensions, an ex
 10 × n_queries closest pairs), each row with its difference to the default paired over bootstrap resamples
 of the queries (mean [2.5%, 97.5%]).
 
-The default: `sscd` of each image's full view, PCA-whitened to 256 on the training descriptors. The levers:
+The default: `sscd` of each image's full view, PCA-whitened to 256 (--dim) on the training descriptors. The levers:
 database-side augmentation of the references and α-query expansion with them (isc.search.expansion; both
 against the ISC 2021 rules, which describe each query and reference on its own: measured, never a
 default), negative-embedding subtraction (isc.search.negatives), with the training set smoothed by DBA as
 the track's winner did, several models concatenated before the PCA (isc.search.pca.concatenate_descriptors)
 and a query's six views (full view and 5 crops) pooled into its one descriptor (isc.search.pooling).
 Descriptors come from bench_quality's caches in --work (extracted there when missing), so a copy of the
-work folder of `bench_quality.py --verify` holds what the default, pooling and negatives need; the other
-models of --models are extracted for the ensembles. The lever's own seconds (CPU, this machine) are printed
+work folder of `bench_quality.py --verify` holds what the default, pooling and negatives need (link its
+crops folder rather than copy it: a copy changes the crops' change times and they are described again); the
+other models of --models are extracted for the ensembles, whose pooled rows pool sscd's views alone. The lever's own seconds (CPU, this machine) are printed
 beside each row.
 
     python scripts/bench_descriptor_track.py --data setA --work workA_copy
