@@ -95,7 +95,7 @@ class RunConfig:
     image_size: int | None = None
     extraction: ExtractOptions = ExtractOptions()  # isc-extract's options; crops as query_crops and reference_crops say
     pca_dim: int = DESCRIPTOR_TRACK_MAX_DIM  # 0: no whitening
-    descriptor_track: DescriptorTrack = DescriptorTrack()  # the track's vectors from the whitened ones (views pooled...)
+    descriptor_track: DescriptorTrack = DescriptorTrack()  # views pooled, negatives subtracted for the descriptor track
     # the matching track's search (isc-search's options), its scores normalised by the training descriptors
     search: SearchOptions = SearchOptions()
     query_crops: bool = True  # the matching track's queries as their full view and 5 crops (µAP +0.05 on photos)
@@ -513,7 +513,7 @@ class Pipeline:
                    _redone(why, "valid") if why else "up to date", [matching])
 
         began = time.perf_counter()
-        query, reference = self._track_files(files, phase)
+        query, reference = files[f"query_phase{phase}"], files["reference"]
         dimension = int(read_descriptor_attrs(query)["dimension"])
         descriptors = default_submission_path(c.submissions, "descriptors", phase)
         # a file left by a run of other settings is kept, but never taken for this run's
@@ -528,6 +528,7 @@ class Pipeline:
                        f"not made: an image limit selects a subset, the track needs every query and reference{earlier}")
             descriptors = None
         else:
+            query, reference = self._track_files(files, phase)  # made only where the file is
             phase1 = default_submission_path(c.submissions, "descriptors", 1) if phase == 2 else None
             phase1 = phase1 if phase1 and phase1.is_file() else None  # the reference the phase-2 file must reuse
             wanted = self._made_from({"phase": phase, "PCA dimension": c.pca_dim},
@@ -546,8 +547,7 @@ class Pipeline:
     def _track_files(self, files: dict[str, Path], phase: int) -> tuple[Path, Path]:
         """The descriptor track's (query, reference) files: the plain ones, or made from them (the query's from
         its views when they are pooled) and the training descriptors as ``descriptor_track`` says."""
-        track = self.config.descriptor_track
-        query, reference = files[f"query_phase{phase}"], files["reference"]
+        track, query, reference = self.config.descriptor_track, files[f"query_phase{phase}"], files["reference"]
         if not track.active:
             return query, reference
         views = files.get(f"query_phase{phase}_crops") if track.pooling else None
