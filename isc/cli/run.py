@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
+from isc.cli.common import check_outputs, float_between, non_negative_int, positive_int, run_command
 from isc.cli.options import (
     add_model_options,
     add_retry_options,
@@ -25,6 +25,10 @@ from isc.core.files import InputError
 from isc.download import s3
 from isc.pipeline.demo import DEMO_IMAGE_SIZE, run_demo
 from isc.pipeline.run import Pipeline, RunConfig, planned_outputs
+from isc.search.descriptor_track import DescriptorTrack
+from isc.search.negatives import NegativeEmbeddings
+from isc.search.normalisation import MAX_BETA
+from isc.search.pooling import POOLINGS, ViewPooling
 from isc.submit.manifest import SUBMISSIONS_DIR_ENV, default_submissions_dir
 from isc.verify.calibrate import Calibration
 
@@ -88,6 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "(descriptors/reference_crops.h5; reference.h5 is then its full views, for the descriptor "
                        "track), each pair scored by its best (query view, reference view): 6x the reference "
                        "extraction and index; gain and cost in docs/BENCHMARKS.md (default: off)")
+    track = parser.add_argument_group("the descriptor track's one vector per image (docs/BENCHMARKS.md, "
+                                      "\"The descriptor track's levers\")")
+    track.add_argument("--descriptor-pooling", choices=("none", *POOLINGS), default="none",
+                       help="each query's descriptor as its whitened views (full view and 5 crops, --query-crops) "
+                       "pooled by their mean or signed GeM, then L2-normalised; µAP -0.042 and -0.008 on two photo sets "
+                       "(default: %(default)s: its full view)")
+    track.add_argument("--descriptor-gem-p", type=float_between(1, 100), default=ViewPooling.p,
+                       help="the GeM power of --descriptor-pooling gem (default: %(default)s)")
+    track.add_argument("--descriptor-negatives", action=argparse.BooleanOptionalAction, default=False,
+                       help="subtract from each query and reference descriptor --descriptor-neg-beta x the mean of its "
+                       "--descriptor-neg-k nearest training descriptors, then L2-normalise; no gain on two photo sets "
+                       "of 300-400 training images, the ISC 2021 winner's recipe with 1M (default: off)")
+    track.add_argument("--descriptor-neg-beta", type=float_between(0, MAX_BETA), default=0.35,
+                       help="weight of the subtracted training neighbours (default: %(default)s)")
+    track.add_argument("--descriptor-neg-k", type=positive_int, default=10,
+                       help="training neighbours averaged (default: %(default)s)")
     search = parser.add_argument_group("search, scoring and submission")
     add_search_options(search)
     model.add_argument("--matching-whitened", action="store_true",
@@ -121,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def descriptor_track(args: argparse.Namespace) -> DescriptorTrack:
+    """The descriptor track's options from the flags."""
+    pooling = None if args.descriptor_pooling == "none" else ViewPooling(args.descriptor_pooling, args.descriptor_gem_p)
+    negatives = NegativeEmbeddings(args.descriptor_neg_beta, args.descriptor_neg_k) if args.descriptor_negatives else None
+    return DescriptorTrack(pooling, negatives)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.demo and args.data:
         raise InputError("--demo serves its own mini dataset: leave out --data")
@@ -136,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         work=work, data=Path(args.data) if args.data else None, download=download_options(args, args.download_workers),
         limit=args.limit, training_limit=args.training_limit, model=model_name, checkpoint=args.checkpoint,
         image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None), extraction=extract_options(args),
-        pca_dim=args.pca_dim, search=search_options(args), query_crops=args.query_crops,
+        pca_dim=args.pca_dim, search=search_options(args), descriptor_track=descriptor_track(args), query_crops=args.query_crops,
         reference_crops=args.reference_crops, phases=sorted(set(args.phases)),
         ground_truth=[Path(p) for p in args.gt], restrict_to_gt_queries=args.restrict_to_gt_queries,
         submissions=submissions, quiet=args.quiet, matching_whitened=args.matching_whitened,
