@@ -96,14 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
                                       "\"The descriptor track's levers\")")
     track.add_argument("--descriptor-pooling", choices=("none", *POOLINGS), default="none",
                        help="each query's descriptor as its whitened views (full view and 5 crops, --query-crops) "
-                       "pooled by their mean or signed GeM, then L2-normalised; µAP -0.042 and -0.008 on two photo sets "
-                       "(default: %(default)s: its full view)")
+                       "pooled by their mean or signed GeM, then L2-normalised (default: %(default)s: its full view)")
     track.add_argument("--descriptor-gem-p", type=float_between(1, 100), default=ViewPooling.p,
                        help="the GeM power of --descriptor-pooling gem (default: %(default)s)")
     track.add_argument("--descriptor-negatives", action=argparse.BooleanOptionalAction, default=False,
                        help="subtract from each query and reference descriptor --descriptor-neg-beta x the mean of its "
-                       "--descriptor-neg-k nearest training descriptors, then L2-normalise; no gain on two photo sets "
-                       "of 300-400 training images, the ISC 2021 winner's recipe with 1M (default: off)")
+                       "--descriptor-neg-k nearest training descriptors, then L2-normalise: the ISC 2021 winner's recipe "
+                       "(default: off)")
     track.add_argument("--descriptor-neg-beta", type=float_between(0, MAX_BETA), default=0.35,
                        help="weight of the subtracted training neighbours (default: %(default)s)")
     track.add_argument("--descriptor-neg-k", type=positive_int, default=10,
