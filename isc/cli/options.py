@@ -224,3 +224,21 @@ def read_inputs(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
             stacklevel=1,
         )
     return predictions, ground_truth
+
+
+def add_adaptive_verify_options(parser: Parser, k_flag: str) -> None:
+    """Adaptive depth of verification (isc-verify's and isc-run's): --deep-k, --deep-inliers; ``k_flag``: the
+    command's flag of the candidates verified for every query."""
+    from isc.verify.local_features import VerifyOptions
+
+    parser.add_argument("--deep-k", type=positive_int, metavar="N",
+                        help=f"verify further, down to the N best candidates, each query whose first {k_flag} all "
+                        "show fewer than --deep-inliers inliers (default: no query deeper)")
+    parser.add_argument("--deep-inliers", type=positive_int, default=VerifyOptions.deep_inliers, metavar="N",
+                        help=f"inliers a candidate needs for its query not to be verified deeper with --deep-k "
+                        f"(default {VerifyOptions.deep_inliers})")
+
+
+def adaptive_verify_fields(args: argparse.Namespace) -> dict[str, int | None]:
+    """The :class:`VerifyOptions` fields of the options :func:`add_adaptive_verify_options` added."""
+    return {"deep_k": args.deep_k, "deep_inliers": args.deep_inliers}

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
 from isc.cli.options import (
+    adaptive_verify_fields,
+    add_adaptive_verify_options,
     add_model_options,
     add_retry_options,
     add_s3_options,
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "(predictions_phase<P>_verified.csv; default: on)")
     verification.add_argument("--verify-k", type=positive_int, default=VerifyOptions.k,
                               help="candidates verified per query (default: %(default)s)")
+    add_adaptive_verify_options(verification, "--verify-k")
     verification.add_argument("--calibration", metavar="FILE.json",
                               help="combine score and evidence with this calibration (isc-verify --calibrate-gt) "
                               "instead of one fitted on edited copies of training images")
@@ -140,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         reference_crops=args.reference_crops, phases=sorted(set(args.phases)),
         ground_truth=[Path(p) for p in args.gt], restrict_to_gt_queries=args.restrict_to_gt_queries,
         submissions=submissions, quiet=args.quiet, matching_whitened=args.matching_whitened,
-        verify=VerifyOptions(k=args.verify_k, workers=args.workers) if args.verify else None,
+        verify=VerifyOptions(k=args.verify_k, workers=args.workers, **adaptive_verify_fields(args))
+        if args.verify else None,
         calibration=Path(args.calibration) if args.calibration else None, calibration_copies=args.calibration_copies,
     )
     check_outputs(inputs=[args.checkpoint, *args.gt, args.calibration], outputs=planned_outputs(config),

@@ -19,7 +19,7 @@ from isc.cli.common import (
     print_broken,
     run_command,
 )
-from isc.cli.options import PREDICTIONS_HELP
+from isc.cli.options import PREDICTIONS_HELP, adaptive_verify_fields, add_adaptive_verify_options
 from isc.core.competition import split_folder
 from isc.core.descriptors import provenance_path
 from isc.core.files import InputError
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="re-scored predictions to write, with OUT.evidence.csv and OUT.csv.provenance.json")
     parser.add_argument("--k", type=positive_int, default=default.k,
                         help=f"candidates verified per query, by decreasing score (default {default.k})")
+    add_adaptive_verify_options(parser, "--k")
     parser.add_argument("--max-features", type=positive_int, default=default.max_features,
                         help=f"SIFT keypoints per image (default {default.max_features})")
     parser.add_argument("--max-side", type=positive_int, default=default.max_side,
@@ -137,7 +138,7 @@ def _images(args: argparse.Namespace, split: str) -> tuple[dict[str, Path], Path
 
 def run(args: argparse.Namespace) -> int:
     options = VerifyOptions(args.k, args.max_features, args.max_side, args.ratio, args.geometry, args.threshold,
-                            args.workers).check()
+                            args.workers, **adaptive_verify_fields(args)).check()
     if (args.calibration or args.calibrate_gt) and (args.weight is not None or args.cap is not None):
         raise InputError("--weight and --cap set the fixed inlier bonus, which a calibration replaces")
     if args.assume_same_model and not (args.calibration and not args.calibrate_gt):

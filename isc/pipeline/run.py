@@ -50,7 +50,7 @@ from isc.core.competition import (
     validate_ids,
 )
 from isc.core.descriptors import provenance_path, read_descriptor_attrs, read_descriptors
-from isc.core.files import InputError, write_json
+from isc.core.files import InputError, SettingError, write_json
 from isc.core.made_from import MISSING, MadeFrom
 from isc.core.tables import read_ground_truth, read_metadata, read_predictions
 from isc.download.local_copy import VerifiedIndex, check_folder
@@ -185,6 +185,9 @@ class Pipeline:
             raise InputError(f"phases are {' and '.join(map(str, PHASES))}, got {sorted(config.phases)}")
         if config.verify is not None:
             config.verify.check()
+            if (config.verify.deep_k or 0) > config.search.k:
+                raise SettingError("deep_k", f"must be at most the candidates the search keeps per query "
+                                   f"({config.search.k}), got {config.verify.deep_k}")
         if config.calibration_copies < 0:
             raise InputError(f"the calibration copies must be 0 or more, got {config.calibration_copies}")
         self.config = config
