@@ -10,8 +10,9 @@ bootstrap resamples of the queries (bench_quality's helpers).
 
     python scripts/bench_candidates.py --data SET --work WORK --copies 300 [--tables recall,adaptive,views,calibration]
 
-Depths beyond 10 are read from one run verifying every query's first 30 candidates (and the copies' likewise):
-a run verifying fewer pairs has the same evidence for those it verifies, the others' zero (``within_depth``).
+Every depth is read from one run of isc.verify.adaptive verifying each query's first 10 candidates and down to
+30 for those with fewer than 16 inliers on each (the copies likewise): a run verifying fewer pairs has the same
+evidence for those it verifies, the others' zero (``within_depth``, :func:`adaptive`).
 """
 
 from __future__ import annotations
@@ -99,10 +100,11 @@ def recall_table(lists: dict[str, pd.DataFrame], truth: pd.DataFrame) -> None:
 
 def deep_runs(args: argparse.Namespace, work: Path, source: tuple, top: pd.DataFrame, queries: dict,
               references: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(the queries' evidence of their first DEEP_K candidates, the copies' likewise, the queries' run counts)."""
-    evidence, stats = verified_evidence(f"{DEFAULT} top{DEEP_K}", top, queries, references, args, work, "affine",
-                                        k=DEEP_K)
-    copies = self_made_evidence(f"{DEFAULT} top{DEEP_K}", source, args, work, "affine", k=DEEP_K)
+    """(the queries' evidence, adaptive to DEEP_K below max(DEEP_INLIERS), the copies' likewise, the queries' run
+    counts)."""
+    deep = {"k": K, "deep_k": DEEP_K, "deep_inliers": max(DEEP_INLIERS)}
+    evidence, stats = verified_evidence(f"{DEFAULT} adaptive", top, queries, references, args, work, "affine", **deep)
+    copies = self_made_evidence(f"{DEFAULT} adaptive", source, args, work, "affine", **deep)
     return evidence, copies, stats
 
 
@@ -126,11 +128,10 @@ def adaptive_table(evidence: pd.DataFrame, copies: pd.DataFrame, truth: pd.DataF
         deeper = len(without_evidence(first, threshold))
         row(f"{DEEP_K} | first {K}, to {DEEP_K} where < {threshold} inliers ({deeper} of "
             f"{first['query_id'].nunique()} queries)", seen, made)
-    row(f"{DEEP_K} | first {DEEP_K}", evidence, copies)
     queries = first["query_id"].nunique()
     print(f"\nExtra work at {QUERIES_AT_SCALE:,} queries on {CORES_AT_SCALE} cores (one core's CPU time, {per_pair * 1e3:.1f} "
           f"ms a pair, {per_image * 1e3:.0f} ms an image, every extra candidate a new reference described):")
-    extra["every query"] = int(evidence["verified"].sum()) - base
+    extra["every query"] = (DEEP_K - K) * queries
     for which, pairs in extra.items():
         at_scale = pairs / queries * QUERIES_AT_SCALE
         print(f"- deeper {which}: {pairs / queries:.2f} extra pairs a query, {at_scale:,.0f} pairs, "
@@ -188,7 +189,7 @@ def calibration_table(args: argparse.Namespace, work: Path, source: tuple, evide
         shallow = within_depth(made, k)
         table.row(f"copies, first {k} verified | {count} | {int(shallow['verified'].sum()):,} | 6",
                   calibrated(first, shallow))
-    plain = self_made_evidence(DEFAULT, source, args, work, "affine", crops=False)
+    plain = self_made_evidence(f"{DEFAULT} without crops", source, args, work, "affine", crops=False, k=K)
     table.row(f"copies without crops, first {K} verified | {count} | {int(plain['verified'].sum()):,} | 1",
               calibrated(first, plain))
     for k in COPY_DEPTHS:

@@ -310,10 +310,10 @@ def within_depth(evidence: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def verified_evidence(name: str, predictions: pd.DataFrame, queries: dict[str, Path], references: dict[str, Path],
-                      args: argparse.Namespace, work: Path, geometry: str,
-                      k: int = max(VERIFIED_DEPTHS)) -> tuple[pd.DataFrame, dict]:
-    """The evidence of each query's first ``k`` candidates (isc.verify.verification, features cached in
-    WORK/verify-cache, the sidecar reused while it exists) and the run's counts and rates."""
+                      args: argparse.Namespace, work: Path, geometry: str, **settings: int) -> tuple[pd.DataFrame, dict]:
+    """The evidence of each query's first max(VERIFIED_DEPTHS) candidates, or as ``settings`` of VerifyOptions say
+    (isc.verify.verification, features cached in WORK/verify-cache, the sidecar reused while it exists) and the
+    run's counts and rates."""
     from isc.verify.local_features import VerifyOptions
     from isc.verify.verification import evidence_path, read_evidence, verify
 
@@ -322,18 +322,20 @@ def verified_evidence(name: str, predictions: pd.DataFrame, queries: dict[str, P
     if not (evidence_path(output).is_file() and stats_path.is_file()):
         output.parent.mkdir(exist_ok=True)
         result = verify(predictions, queries, references, output, quiet=args.quiet, cache=work / "verify-cache",
-                        options=VerifyOptions(k=k, geometry=geometry, workers=args.workers))
+                        options=VerifyOptions(**{"k": max(VERIFIED_DEPTHS), **settings}, geometry=geometry,
+                                              workers=args.workers))
         write_json(stats_path, dataclasses.asdict(result), indent=1)
     evidence = read_evidence(evidence_path(output)).astype({"score": np.float64, "inlier_ratio": np.float64})
     return evidence, json.loads(stats_path.read_text())
 
 
 def self_made_evidence(name: str, source: Source, args: argparse.Namespace, work: Path, geometry: str,
-                       k: int = max(VERIFIED_DEPTHS), crops: bool = True) -> pd.DataFrame:
+                       crops: bool = True, **settings: int) -> pd.DataFrame:
     """Evidence of self-made copies (isc.verify.calibrate.make_copies of --copies training images) searched as the
     queries are, against the references and the rest of the training set, each copy's source its one
-    positive: what a calibration fitted without ground truth learns from. ``k``: candidates kept (at least
-    --k) and verified; ``crops``: the copies described with their crops (else by their full view alone)."""
+    positive: what a calibration fitted without ground truth learns from. ``crops``: the copies described with
+    their crops (else by their full view alone); ``settings``: as :func:`verified_evidence`'s, the candidates kept
+    at least --k and as deep as they verify."""
     from isc.verify.calibrate import make_copies
 
     project, _, _, rids, r, tids, t = source
@@ -344,10 +346,11 @@ def self_made_evidence(name: str, source: Source, args: argparse.Namespace, work
                                        **({} if crops else {"boxes": lambda width, height: [], "tag": "full"}))
     # the sources stay searchable but leave the normalisation set, as a query's reference is not in it
     rest = np.array([i not in chosen for i in tids])
-    predictions = search(copy_ids, project(views), rids + tids, project(np.vstack([r, t])), k=max(args.k, k),
+    predictions = search(copy_ids, project(views), rids + tids, project(np.vstack([r, t])), k=max(args.k, settings.get("deep_k") or 0),
                          training=project(t[rest]), norm=ScoreNorm(), quiet=True)
     return verified_evidence(f"copies {name}", predictions, copies,
-                             {**list_split_images(args.data, "reference"), **training}, args, work, geometry, k)[0]
+                             {**list_split_images(args.data, "reference"), **training}, args, work, geometry,
+                             **settings)[0]
 
 
 def cross_fitted_scores(evidence: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
