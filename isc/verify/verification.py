@@ -250,7 +250,7 @@ class VerifyResult:
     world_size: int
     predictions: int  # rows re-scored
     queries: int
-    pairs: int  # pairs verified (within each query's k best)
+    pairs: int  # pairs verified (each query's k best, down to deep_k for those without evidence)
     failed_pairs: int  # of those, pairs with a broken image (zero evidence, the error in the sidecar)
     images: int  # distinct images the pairs need
     described: int  # of those, described by this run
