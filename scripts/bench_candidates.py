@@ -166,13 +166,15 @@ def views_table(args: argparse.Namespace, work: Path, source: tuple, copies: pd.
     recall_table(lists, truth)
     table = Table(truth, "query views | views a query | verified")
     first = copies[copies["rank"] < K]
-    for name, predictions in lists.items():
+    for name, predictions in lists.items():  # the default's verified row first: the baseline
         views = len(variants[name][0]) // len(queries)
         top = predictions.groupby("query_id", sort=False).head(K)
-        table.row(f"{name} | {views} | none", top)
         evidence, _ = verified_evidence(f"{DEFAULT} views {name.split(' (')[0]}", top, queries, references, args,
                                         work, "affine")
         table.row(f"{name} | {views} | first {K}, calibration of the default's copies", calibrated(evidence, first))
+    for name, predictions in lists.items():
+        table.row(f"{name} | {len(variants[name][0]) // len(queries)} | none",
+                  predictions.groupby("query_id", sort=False).head(K))
 
 
 def calibration_table(args: argparse.Namespace, work: Path, source: tuple, evidence: pd.DataFrame,
