@@ -88,28 +88,32 @@ def crop_descriptors(root: Path, phase: int, model_name: str, work: Path, quiet:
     return view_descriptors(queries, f"query{phase}", model_name, work, quiet)
 
 
-def view_descriptors(images: dict[str, Path], name: str, model_name: str, work: Path,
-                     quiet: bool) -> tuple[list[str], np.ndarray]:
-    """:func:`crop_descriptors` of any images ``{id: path}``, the crops and descriptors cached under ``name``."""
+def view_descriptors(images: dict[str, Path], name: str, model_name: str, work: Path, quiet: bool,
+                     boxes: Callable[[int, int], list] = crop_boxes, tag: str = "crops",
+                     full: bool = True) -> tuple[list[str], np.ndarray]:
+    """:func:`crop_descriptors` of any images ``{id: path}``, the crops and descriptors cached under ``name``;
+    ``boxes``: (width, height) -> the views' boxes, other than the crops under another ``tag``; ``full``: with
+    the full image as the first view."""
     from PIL import Image
 
-    folder = work / f"crops{name.removeprefix('query')}"
+    folder = work / f"{tag}{name.removeprefix('query')}"
     folder.mkdir(exist_ok=True)
     views = {}
     for qid, path in images.items():
-        views[f"{qid}.c0"] = path
-        boxes = None
-        for n in range(1, 6):
+        if full:
+            views[f"{qid}.c0"] = path
+        cut = None
+        for n in range(1, 1 + len(boxes(64, 64))):
             target = folder / f"{qid}.c{n}.jpg"
             if not target.is_file():
                 with Image.open(path) as image:
                     image = image.convert("RGB")
-                    boxes = boxes or crop_boxes(*image.size)
+                    cut = cut or boxes(*image.size)
                     with atomic_path(target) as tmp:
-                        image.crop(boxes[n - 1]).save(tmp, format="JPEG", quality=95)
+                        image.crop(cut[n - 1]).save(tmp, format="JPEG", quality=95)
             views[f"{qid}.c{n}"] = target
     model = create_model(model_name)
-    output = work / f"{file_stem(model_name)}_{name}_crops.h5"
+    output = work / f"{file_stem(model_name)}_{name}_{tag}.h5"
     if not is_complete(output, views, extraction_config(model)):
         extract(views, output, model, device="cpu", quiet=quiet, resume=False)
     ids, vectors, _ = read_descriptors(output)
@@ -306,9 +310,10 @@ def within_depth(evidence: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def verified_evidence(name: str, predictions: pd.DataFrame, queries: dict[str, Path], references: dict[str, Path],
-                      args: argparse.Namespace, work: Path, geometry: str) -> tuple[pd.DataFrame, dict]:
-    """The evidence of each query's first max(VERIFIED_DEPTHS) candidates (isc.verify.verification, features cached in
-    WORK/verify-cache, the sidecar reused while it exists) and the run's counts and rates."""
+                      args: argparse.Namespace, work: Path, geometry: str, **settings: int) -> tuple[pd.DataFrame, dict]:
+    """The evidence of each query's first max(VERIFIED_DEPTHS) candidates, or as ``settings`` of VerifyOptions say
+    (isc.verify.verification, features cached in WORK/verify-cache, the sidecar reused while it exists) and the
+    run's counts and rates."""
     from isc.verify.local_features import VerifyOptions
     from isc.verify.verification import evidence_path, read_evidence, verify
 
@@ -317,30 +322,35 @@ def verified_evidence(name: str, predictions: pd.DataFrame, queries: dict[str, P
     if not (evidence_path(output).is_file() and stats_path.is_file()):
         output.parent.mkdir(exist_ok=True)
         result = verify(predictions, queries, references, output, quiet=args.quiet, cache=work / "verify-cache",
-                        options=VerifyOptions(k=max(VERIFIED_DEPTHS), geometry=geometry, workers=args.workers))
+                        options=VerifyOptions(**{"k": max(VERIFIED_DEPTHS), **settings}, geometry=geometry,
+                                              workers=args.workers))
         write_json(stats_path, dataclasses.asdict(result), indent=1)
     evidence = read_evidence(evidence_path(output)).astype({"score": np.float64, "inlier_ratio": np.float64})
     return evidence, json.loads(stats_path.read_text())
 
 
-def self_made_evidence(name: str, source: Source, args: argparse.Namespace, work: Path,
-                       geometry: str) -> pd.DataFrame:
+def self_made_evidence(name: str, source: Source, args: argparse.Namespace, work: Path, geometry: str,
+                       crops: bool = True, **settings: int) -> pd.DataFrame:
     """Evidence of self-made copies (isc.verify.calibrate.make_copies of --copies training images) searched as the
     queries are, against the references and the rest of the training set, each copy's source its one
-    positive: what a calibration fitted without ground truth learns from."""
+    positive: what a calibration fitted without ground truth learns from. ``crops``: the copies described with
+    their crops (else by their full view alone); ``settings``: as :func:`verified_evidence`'s, the candidates kept
+    at least --k and as deep as they verify."""
     from isc.verify.calibrate import make_copies
 
     project, _, _, rids, r, tids, t = source
     training = list_split_images(args.data, "training")
     chosen = set(np.random.default_rng(0).choice(tids, size=min(args.copies, len(tids)), replace=False).tolist())
     copies = make_copies({i: training[i] for i in sorted(chosen)}, work / "copies")
-    copy_ids, views = view_descriptors(copies, "copies", "sscd", work, args.quiet)
+    copy_ids, views = view_descriptors(copies, "copies", "sscd", work, args.quiet,
+                                       **({} if crops else {"boxes": lambda width, height: [], "tag": "full"}))
     # the sources stay searchable but leave the normalisation set, as a query's reference is not in it
     rest = np.array([i not in chosen for i in tids])
-    predictions = search(copy_ids, project(views), rids + tids, project(np.vstack([r, t])), k=args.k,
+    predictions = search(copy_ids, project(views), rids + tids, project(np.vstack([r, t])), k=max(args.k, settings.get("deep_k") or 0),
                          training=project(t[rest]), norm=ScoreNorm(), quiet=True)
     return verified_evidence(f"copies {name}", predictions, copies,
-                             {**list_split_images(args.data, "reference"), **training}, args, work, geometry)[0]
+                             {**list_split_images(args.data, "reference"), **training}, args, work, geometry,
+                             **settings)[0]
 
 
 def cross_fitted_scores(evidence: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:

@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{DEFAULT_THRESHOLD_VERIFIED}); the default without --training")
     checking.add_argument("--no-verify", dest="verify", action="store_false",
                           help="no verification (the default with --training)")
-    add_verify_options(parser.add_argument_group("verification"), prefix="verify-", per="per image, on either side")
+    add_verify_options(parser.add_argument_group("verification"), prefix="verify-", per="per image, on either side",
+                       deep=False)
     parser.add_argument("--cache", metavar="DIR",
                         help="where the descriptors are kept between runs, a sub-folder per image folder (default: "
                         f"{default_cache_dir()})")

@@ -181,13 +181,15 @@ def score_norm(args: argparse.Namespace) -> ScoreNorm:
 
 # the VerifyOptions fields that add_verify_options gives a flag: --FIELD, or --verify-FIELD beside other stages
 VERIFY_FLAGS = ("k", "max_features", "max_side", "ratio", "geometry", "threshold", "workers")
+# adaptive depth: isc-verify's and isc-run's only (isc-find picks its pairs from both sides' best candidates)
+DEEP_FLAGS = ("deep_k", "deep_inliers")
 
 
-def add_verify_options(parser: Parser, prefix: str = "", per: str = "per query") -> None:
+def add_verify_options(parser: Parser, prefix: str = "", per: str = "per query", deep: bool = True) -> None:
     """How candidate pairs are verified, read back by :func:`verify_options`: isc-verify's --k, --max-features,
-    --max-side, --ratio, --geometry, --threshold, --workers; with ``prefix`` ``verify-`` isc-run's and isc-find's
+    --max-side, --ratio, --geometry, --threshold, --workers, --deep-k, --deep-inliers; with ``prefix`` ``verify-`` isc-run's and isc-find's
     --verify-k, ..., --verify-workers, beside their search's --k and --threshold and their extraction's --workers.
-    ``per``: what each ``k`` candidates belong to, for the help."""
+    ``per``: what each ``k`` candidates belong to, for the help; ``deep``: with --deep-k and --deep-inliers."""
     from isc.verify.local_features import GEOMETRIES, VerifyOptions
 
     default = VerifyOptions()
@@ -207,6 +209,14 @@ def add_verify_options(parser: Parser, prefix: str = "", per: str = "per query")
                         help=f"RANSAC reprojection error in pixels of the resized images (default {default.threshold:g})")
     parser.add_argument(f"{flag}workers", type=non_negative_int,
                         help="SIFT processes (0: this one; default every core, shared by the ranks of a machine)")
+    if not deep:
+        return
+    parser.add_argument(f"{flag}deep-k", type=positive_int, metavar="N",
+                        help=f"verify further, down to the N best candidates, each query whose first {flag}k all "
+                        f"show fewer than {flag}deep-inliers inliers (default: no query deeper)")
+    parser.add_argument(f"{flag}deep-inliers", type=positive_int, default=default.deep_inliers, metavar="N",
+                        help=f"inliers a candidate needs for its query not to be verified deeper with {flag}deep-k "
+                        f"(default {default.deep_inliers})")
 
 
 def verify_options(args: argparse.Namespace, prefix: str = "") -> VerifyOptions:
@@ -216,7 +226,8 @@ def verify_options(args: argparse.Namespace, prefix: str = "") -> VerifyOptions:
 
     dest = prefix.replace("-", "_")
     try:
-        return VerifyOptions(**{name: getattr(args, dest + name) for name in VERIFY_FLAGS})
+        return VerifyOptions(**{name: getattr(args, dest + name) for name in (*VERIFY_FLAGS, *DEEP_FLAGS)
+                                if hasattr(args, dest + name)})
     except SettingError as e:  # the field's flag is the prefixed one
         raise SettingError(dest + e.setting, e.problem) from None
 

@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     verification.add_argument("--calibration-copies", type=non_negative_int, default=RunConfig.calibration_copies,
                               help="training images copied with random edits to fit the calibration on "
                               "(default: %(default)s, at most half the training images)")
+    verification.add_argument("--calibration-k", type=positive_int, default=RunConfig.calibration_k,
+                              help="candidates verified per copy (default: as many as per query, --verify-k)")
+    verification.add_argument("--calibration-crops", action=argparse.BooleanOptionalAction,
+                              default=RunConfig.calibration_crops,
+                              help="describe the copies with crops where the queries have them (default: on)")
     search.add_argument("--phases", type=int, nargs="+", default=list(PHASES), choices=PHASES,
                         help="phases to submit (default: both, where their query images exist)")
     search.add_argument("--gt", action="append", default=[], metavar="CSV",
@@ -168,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         submissions=submissions, quiet=args.quiet, matching_whitened=args.matching_whitened,
         verify=verify_options(args, prefix="verify-") if args.verify else None,
         calibration=Path(args.calibration) if args.calibration else None, calibration_copies=args.calibration_copies,
+        calibration_k=args.calibration_k, calibration_crops=args.calibration_crops,
     )
     check_outputs(inputs=[args.checkpoint, *args.gt, args.calibration], outputs=planned_outputs(config),
                   folders=[work, submissions],

@@ -56,6 +56,19 @@ def crop_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
     return [(x, y, x + w, y + h) for x, y in corners]
 
 
+def grid_boxes(width: int, height: int, fraction: float, per_side: int) -> list[tuple[int, int, int, int]]:
+    """Boxes (left, top, right, bottom) of a grid of views, row by row: ``per_side`` x ``per_side`` windows of
+    ``fraction`` of the image in both directions, evenly spaced from one edge to the other (overlapping where
+    ``fraction * per_side > 1``), for a copy pasted into a corner or cut off-centre, which the 2/3 crops miss."""
+    if not 0 < fraction <= 1 or per_side < 1:
+        raise ValueError(f"a grid needs 0 < fraction <= 1 and at least 1 window a side, got {fraction}, {per_side}")
+    w, h = max(1, round(width * fraction)), max(1, round(height * fraction))
+    # one window a side: centred
+    xs = [round(i * (width - w) / (per_side - 1)) for i in range(per_side)] if per_side > 1 else [(width - w) // 2]
+    ys = [round(i * (height - h) / (per_side - 1)) for i in range(per_side)] if per_side > 1 else [(height - h) // 2]
+    return [(x, y, x + w, y + h) for y in ys for x in xs]
+
+
 CROP_VIEWS = 1 + len(crop_boxes(3, 3))  # with crops: the full image, then each crop
 
 

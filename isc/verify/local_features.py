@@ -40,7 +40,9 @@ class VerifyOptions:
     ``geometry``: ``affine`` (rotation, uniform scale, translation: cv2.estimateAffinePartial2D),
     ``homography`` (cv2.findHomography, RANSAC) or ``magsac`` (homography by USAC MAGSAC++);
     ``threshold``: RANSAC reprojection error in pixels of the resized images; ``workers``: processes
-    (0: this process; None: every core, shared by the ranks of a machine under torchrun).
+    (0: this process; None: every core, shared by the ranks of a machine under torchrun);
+    ``deep_k``: candidates verified for a query whose first ``k`` all show fewer than ``deep_inliers``
+    inliers (adaptive depth, :mod:`isc.verify.adaptive`; None: ``k`` for every query).
     """
 
     k: int = 10
@@ -50,6 +52,8 @@ class VerifyOptions:
     geometry: str = "affine"
     threshold: float = 8.0
     workers: int | None = None
+    deep_k: int | None = None
+    deep_inliers: int = 8
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -66,6 +70,11 @@ class VerifyOptions:
             raise SettingError("threshold", f"must be a finite number of pixels > 0, got {self.threshold}")
         if self.workers is not None and self.workers < 0:
             raise SettingError("workers", f"must be 0 or more, got {self.workers}")
+        if self.deep_k is not None and self.deep_k <= self.k:
+            raise SettingError("deep_k", f"must be more than the candidates verified for every query ({self.k}), "
+                               f"got {self.deep_k}")
+        if self.deep_inliers < 1:
+            raise SettingError("deep_inliers", f"must be at least 1, got {self.deep_inliers}")
 
     @property
     def features_tag(self) -> str:

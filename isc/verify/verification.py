@@ -27,6 +27,7 @@ from tqdm import tqdm
 from isc.core.files import InputError, NoImageRead, atomic_path
 from isc.core.images import BrokenImage
 from isc.core.processes import worker_context
+from isc.verify.adaptive import evidence_in_depth, verified_depth
 from isc.verify.local_features import (
     FeatureCache,
     Features,
@@ -163,8 +164,10 @@ def recorded_options(record: Mapping[str, object]) -> VerifyOptions:
 def calibration_conditions(options: VerifyOptions, search_record: Mapping[str, object] | None) -> dict[str, object]:
     """What a calibration of verified pairs holds for: the verification options (not the number of
     processes) and, when the predictions' provenance says, the descriptor model that scored them."""
+    # adaptive depth's settings only where it is on: a calibration fitted before they existed still applies
+    off = {"workers", *(("deep_k", "deep_inliers") if options.deep_k is None else ())}
     conditions: dict[str, object] = {"verification": {k: v for k, v in dataclasses.asdict(options).items()
-                                                      if k != "workers"}}
+                                                      if k not in off}}
     inputs = (search_record or {}).get("inputs") or {}
     attributes = (inputs.get("reference") or {}).get("model_attributes") or {} if isinstance(inputs, dict) else {}
     if "model" in attributes:
@@ -247,7 +250,7 @@ class VerifyResult:
     world_size: int
     predictions: int  # rows re-scored
     queries: int
-    pairs: int  # pairs verified (within each query's k best)
+    pairs: int  # pairs verified (each query's k best, down to deep_k for those without evidence)
     failed_pairs: int  # of those, pairs with a broken image (zero evidence, the error in the sidecar)
     images: int  # distinct images the pairs need
     described: int  # of those, described by this run
@@ -370,7 +373,8 @@ def verify(
     quiet: bool = False,
     record: Mapping[str, object] | None = None,
 ) -> VerifyResult:
-    """Verify each query's ``options.k`` best candidates of ``predictions`` and write the re-scored predictions
+    """Verify each query's ``options.k`` best candidates of ``predictions`` (deeper where ``options.deep_k`` says:
+    :mod:`isc.verify.adaptive`) and write the re-scored predictions
     ``output``, the evidence sidecar (:func:`evidence_path`) and the provenance sidecar.
 
     ``queries``/``references``: ``{id: path}`` holding every id of the predictions. ``cache``: the feature
@@ -403,7 +407,7 @@ def verify(
     output = Path(output)
     cache_root = Path(cache) if cache is not None else default_cache(output)
     ranked = ranked_candidates(predictions, len(predictions))
-    checked = ranked[ranked["rank"] < options.k]
+    checked = ranked[ranked["rank"] < verified_depth(options)]
     rank, world, started = join_process_group("cpu")
     try:
         query_ids = sorted(checked["query_id"].unique())
@@ -414,8 +418,8 @@ def verify(
         label = f" [rank {rank}/{world}]" if world > 1 else ""
         paths = {**references, **queries}
         try:
-            shard_result: tuple | Exception = _shard_evidence(mine, paths, cache_root, options, workers, strict,
-                                                              label, quiet)
+            shard_result: tuple | Exception = evidence_in_depth(mine, options, lambda pairs: _shard_evidence(
+                pairs, paths, cache_root, options, workers, strict, label, quiet))
         except Exception as e:  # still gathered: no rank waits forever for one that failed
             shard_result = e
         gathered = _gather(shard_result, world)
@@ -437,8 +441,9 @@ def verify(
         warnings.warn(f"{len(broken):,} of {images:,} images ({len(broken) / images:.1%}) are broken, more than "
                       f"{max_broken:.1%}: their pairs count as unverified (listed in {evidence_path(output)})",
                       stacklevel=2)
-    unchecked = ranked[ranked["rank"] >= options.k].assign(verified=False, matches=0, inliers=0, inlier_ratio=0.0,
-                                                          transform="", error="")
+    verified_ranks = pd.MultiIndex.from_frame(evidence[["query_id", "rank"]])
+    unchecked = ranked[~pd.MultiIndex.from_frame(ranked[["query_id", "rank"]]).isin(verified_ranks)].assign(
+        verified=False, matches=0, inliers=0, inlier_ratio=0.0, transform="", error="")
     evidence = pd.concat([evidence, unchecked]).sort_values(["query_id", "rank"], kind="stable")
     evidence = evidence[list(EVIDENCE_COLUMNS)].reset_index(drop=True)
     if fit is not None:

@@ -1,5 +1,5 @@
 """isc-verify, isc-run and isc-find take the same verification options (one add_verify_options), each field of
-VerifyOptions reached by all three; a bad value is refused by VerifyOptions itself, said by each command as its
+VerifyOptions reached by all three (the adaptive depth by isc-verify and isc-run only); a bad value is refused by VerifyOptions itself, said by each command as its
 own flag in one line."""
 
 import numpy as np
@@ -10,21 +10,24 @@ from PIL import Image
 from isc.cli import find as cli_find
 from isc.cli import run as cli_run
 from isc.cli import verify as cli_verify
-from isc.cli.options import VERIFY_FLAGS, verify_options
+from isc.cli.options import DEEP_FLAGS, VERIFY_FLAGS, verify_options
 from isc.core.files import InputError, SettingError
 from isc.verify.local_features import VerifyOptions
 
 SET = VerifyOptions(k=3, max_features=300, max_side=256, ratio=0.7, geometry="homography", threshold=4.0, workers=1)
+DEEP = VerifyOptions(k=3, max_features=300, max_side=256, ratio=0.7, geometry="homography", threshold=4.0, workers=1,
+                     deep_k=5, deep_inliers=6)
 FLAGS = ["k", "3", "max-features", "300", "max-side", "256", "ratio", "0.7", "geometry", "homography",
          "threshold", "4", "workers", "1"]
+DEEP_ARGS = ["deep-k", "5", "deep-inliers", "6"]
 
 
-def flags(prefix: str) -> list[str]:
-    return [f"--{prefix}{item}" if i % 2 == 0 else item for i, item in enumerate(FLAGS)]
+def flags(prefix: str, deep: bool = False) -> list[str]:
+    return [f"--{prefix}{item}" if i % 2 == 0 else item for i, item in enumerate(FLAGS + DEEP_ARGS * deep)]
 
 
 def test_every_field_has_a_flag():
-    assert set(VERIFY_FLAGS) == {field for field in VerifyOptions.__dataclass_fields__}
+    assert {*VERIFY_FLAGS, *DEEP_FLAGS} == {field for field in VerifyOptions.__dataclass_fields__}
 
 
 @pytest.mark.parametrize(("field", "value", "problem"), [
@@ -41,16 +44,16 @@ def test_verify_options_check_themselves(field, value, problem):
 
 
 def test_isc_verify_reads_every_field(tmp_path):
-    args = cli_verify.build_parser().parse_args(["p.csv", "-o", str(tmp_path / "o.csv"), *flags("")])
-    assert verify_options(args) == SET
+    args = cli_verify.build_parser().parse_args(["p.csv", "-o", str(tmp_path / "o.csv"), *flags("", deep=True)])
+    assert verify_options(args) == DEEP
     assert verify_options(cli_verify.build_parser().parse_args(["p.csv", "-o", "o.csv"])) == VerifyOptions()
 
 
 def test_isc_run_reaches_every_field_and_keeps_workers_for_extraction(tmp_path, run_configs):
     configs = run_configs
     argv = [str(tmp_path / "work"), "--model", "pdq", "--quiet", "--workers", "0"]
-    assert cli_run.main([*argv, *flags("verify-")]) == 0
-    assert configs[0].verify == SET and configs[0].extraction.workers == 0
+    assert cli_run.main([*argv, *flags("verify-", deep=True)]) == 0
+    assert configs[0].verify == DEEP and configs[0].extraction.workers == 0
     assert cli_run.main(argv) == 0 and configs[1].verify == VerifyOptions()  # SIFT processes: every core
 
 
@@ -68,6 +71,8 @@ def test_isc_find_reaches_every_field(tmp_path, monkeypatch):
     monkeypatch.setattr(cli_find, "find_copies", recorded)
     assert cli_find.main([str(folder), "--model", "pdq", "--quiet", *flags("verify-")]) == 2
     assert seen == [SET]
+    with pytest.raises(SystemExit):  # adaptive depth is not isc-find's: an unknown option
+        cli_find.main([str(folder), "--model", "pdq", "--quiet", "--verify-deep-k", "5"])
 
 
 @pytest.mark.parametrize(("command", "prog", "args", "flag"), [

@@ -1,0 +1,50 @@
+"""The calibration's cost (isc-run's copies verified less deep, described without crops) and the grid of query
+views: what the run writes and re-uses, and the boxes."""
+
+import pytest
+
+from isc.core.files import SettingError
+from isc.extract.decode import grid_boxes
+from isc.extract.extraction import ExtractOptions
+from isc.pipeline.run import Pipeline, RunConfig
+from isc.verify.calibrate import Calibration
+from isc.verify.local_features import VerifyOptions
+from isc.verify.verification import evidence_path, read_evidence
+
+FAST = {"model": "efficientnet_lite0", "image_size": 64, "pca_dim": 16, "phases": [1], "quiet": True,
+        "extraction": ExtractOptions(batch_size=8, workers=0)}
+
+
+def test_grid_boxes_tile_the_image_evenly_and_overlap_when_asked():
+    assert grid_boxes(100, 60, 0.5, 2) == [(0, 0, 50, 30), (50, 0, 100, 30), (0, 30, 50, 60), (50, 30, 100, 60)]
+    three = grid_boxes(100, 60, 0.5, 3)
+    assert len(three) == 9 and three[4] == (25, 15, 75, 45) and {three[i] for i in (0, 2, 6, 8)} == set(
+        grid_boxes(100, 60, 0.5, 2))
+    assert grid_boxes(90, 90, 1 / 3, 1) == [(30, 30, 60, 60)]  # one window: centred
+    with pytest.raises(ValueError, match="0 < fraction <= 1"):
+        grid_boxes(10, 10, 0, 2)
+
+
+@pytest.mark.slow  # two isc-run runs (about 40 s of CPU): the only way to see the calibration step redone
+def test_copies_verified_less_deep_and_without_crops_and_refitted_when_that_changes(mini_dataset, tmp_path):
+    config = RunConfig(work=tmp_path, data=mini_dataset, verify=VerifyOptions(k=3, workers=0), calibration_k=1,
+                       calibration_crops=False, **FAST)
+    steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
+    assert not steps["calibrate", "copies"].skipped
+    folder = tmp_path / "calibration"
+    assert (folder / "copies.h5").is_file() and not (folder / "copies_crops.h5").exists()  # the queries have crops
+    copies = read_evidence(evidence_path(folder / "copies_verified.csv"))
+    assert set(copies.loc[copies["verified"], "rank"]) == {0} and (copies["rank"] > 0).any()
+    # the calibration holds for the queries' k, which verify 3 each
+    assert Calibration.load(tmp_path / "calibration.json").conditions["verification"]["k"] == 3
+    queries = read_evidence(evidence_path(tmp_path / "predictions_phase1_verified.csv"))
+    assert set(queries.loc[queries["verified"], "rank"]) == {0, 1, 2}
+
+    deeper = RunConfig(work=tmp_path, data=mini_dataset, verify=VerifyOptions(k=3, workers=0), calibration_k=2,
+                       calibration_crops=False, **FAST)
+    steps = {(s.stage, s.target): s for s in Pipeline(deeper).run().steps}
+    assert not steps["calibrate", "copies"].skipped and steps["extract", "query phase 1"].skipped
+    copies = read_evidence(evidence_path(folder / "copies_verified.csv"))
+    assert set(copies.loc[copies["verified"], "rank"]) == {0, 1}
+    with pytest.raises(SettingError, match="calibration_k must be at least 1"):
+        Pipeline(RunConfig(work=tmp_path, calibration_k=0))
