@@ -39,7 +39,9 @@ class VerifyOptions:
     ``geometry``: ``affine`` (rotation, uniform scale, translation: cv2.estimateAffinePartial2D),
     ``homography`` (cv2.findHomography, RANSAC) or ``magsac`` (homography by USAC MAGSAC++);
     ``threshold``: RANSAC reprojection error in pixels of the resized images; ``workers``: processes
-    (0: this process; None: every core, shared by the ranks of a machine under torchrun).
+    (0: this process; None: every core, shared by the ranks of a machine under torchrun);
+    ``region_inliers``: pairs with at least this many inliers also get their matched regions described by the
+    descriptor model (:mod:`isc.verify.regions`; 0: none).
     """
 
     k: int = 10
@@ -49,6 +51,7 @@ class VerifyOptions:
     geometry: str = "affine"
     threshold: float = 8.0
     workers: int | None = None
+    region_inliers: int = 0
 
     def check(self) -> VerifyOptions:
         """Self, or InputError naming the first bad value."""
@@ -66,6 +69,8 @@ class VerifyOptions:
             raise InputError(f"the RANSAC threshold must be a finite number > 0, got {self.threshold}")
         if self.workers is not None and self.workers < 0:
             raise InputError(f"workers must be 0 or more, got {self.workers}")
+        if self.region_inliers < 0:
+            raise InputError(f"region_inliers must be 0 (no region evidence) or more, got {self.region_inliers}")
         return self
 
     @property
