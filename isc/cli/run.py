@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     verification.add_argument("--calibration-copies", type=non_negative_int, default=RunConfig.calibration_copies,
                               help="training images copied with random edits to fit the calibration on "
                               "(default: %(default)s, at most half the training images)")
+    verification.add_argument("--region-inliers", type=non_negative_int, default=VerifyOptions.region_inliers,
+                              metavar="N", help="pairs with at least N inliers also get the regions that match cut "
+                              "from both images and described by the model, their cosine a feature of the "
+                              "calibration (default 0: off)")
     search.add_argument("--phases", type=int, nargs="+", default=list(PHASES), choices=PHASES,
                         help="phases to submit (default: both, where their query images exist)")
     search.add_argument("--gt", action="append", default=[], metavar="CSV",
@@ -140,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         reference_crops=args.reference_crops, phases=sorted(set(args.phases)),
         ground_truth=[Path(p) for p in args.gt], restrict_to_gt_queries=args.restrict_to_gt_queries,
         submissions=submissions, quiet=args.quiet, matching_whitened=args.matching_whitened,
-        verify=VerifyOptions(k=args.verify_k, workers=args.workers) if args.verify else None,
+        verify=VerifyOptions(k=args.verify_k, workers=args.workers, region_inliers=args.region_inliers)
+        if args.verify else None,
         calibration=Path(args.calibration) if args.calibration else None, calibration_copies=args.calibration_copies,
     )
     check_outputs(inputs=[args.checkpoint, *args.gt, args.calibration], outputs=planned_outputs(config),

@@ -67,6 +67,7 @@ from isc.submit.matching import submit_matching
 from isc.submit.scoring import record_evaluation, score_submission
 from isc.verify.calibrate import Calibration, calibrate, copy_labels, make_copies
 from isc.verify.local_features import VerifyOptions
+from isc.verify.regions import RegionDescriber
 from isc.verify.verification import (
     Combiner,
     InlierBonus,
@@ -439,7 +440,7 @@ class Pipeline:
                              training=training_x[~is_source], quiet=c.quiet)
         output = folder / "copies_verified.csv"
         verify(predictions, copy_images, {**self.images("reference")["reference"], **sources}, output,
-               options=c.verify, cache=self.work / "verify-cache", quiet=c.quiet)
+               options=c.verify, cache=self.work / "verify-cache", quiet=c.quiet, regions=self._regions())
         return read_evidence(evidence_path(output))
 
     def _copies(self, sources: dict[str, Path], folder: Path) -> dict[str, Path]:
@@ -454,6 +455,11 @@ class Pipeline:
             wanted.record(listed)
             return copies
         return make_copies(sources, folder)  # each copy is there (or made again as it was): their paths
+
+    def _regions(self) -> RegionDescriber | None:
+        """The search's model, run as extraction runs it, describing the matched regions when asked for."""
+        c = self.config
+        return RegionDescriber(self.model, c.extraction) if c.verify and c.verify.region_inliers else None
 
     def verify(self, predictions: Path, phase: int, combiner: Combiner) -> Path:
         """The predictions with each query's best candidates verified by local features and re-scored."""
@@ -472,7 +478,8 @@ class Pipeline:
             return output
         queries = self.images("query")[f"query_phase{phase}"]
         result = verify(read_predictions(predictions), queries, self.images("reference")["reference"], output,
-                        options=c.verify, cache=self.work / "verify-cache", combiner=combiner, quiet=c.quiet)
+                        options=c.verify, cache=self.work / "verify-cache", combiner=combiner, quiet=c.quiet,
+                        regions=self._regions())
         wanted.record(output)
         broken = f", {len(result.broken)} broken images" if result.broken else ""
         self._step("verify", f"phase {phase}", result.queries, began, False,
