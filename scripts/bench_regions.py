@@ -1,9 +1,9 @@
 """Region evidence and a second model's view as calibration features, against isc-run's default verification.
 
 The candidates, their verification and the self-made copies are those of ``scripts/bench_quality.py --verify``
-(sscd with query crops, PCA-whitened to 256, normalised; each query's 10 best verified with affine SIFT, the
-evidence reused from WORK/verify); the default row is the calibration fitted on those copies over the default
-features. Each other row adds to the evidence of both the queries and the copies:
+(sscd with query crops, 512-d as extracted, normalised: isc-run's default; each query's 10 best verified with
+affine SIFT, the evidence reused from WORK/verify); the default row is the calibration fitted on those copies
+over the default features. Each other row adds to the evidence of both the queries and the copies:
 
 - ``region_similarity`` (:mod:`isc.verify.regions`): the pairs with at least N inliers cut to their matched regions,
   both cuts described by sscd (the search's model), their cosine; for N of --region-inliers;
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.data}: phase {args.phase}, {len(truth)} queries ({(truth['reference_id'] != '').sum()} with a "
           f"match), k={args.k}, {args.copies} self-made copies", flush=True)
 
-    name = "whitened 256"
+    name = "raw 512"  # isc-run's matching default: the candidates as extracted
     source = candidate_sources(args, work)[name]
     project, qids, q, rids, r, _, t = source
     shortlist = search(qids, project(q), rids, project(r), k=args.k, training=project(t), norm=ScoreNorm(),
