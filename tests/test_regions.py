@@ -2,6 +2,8 @@
 their cosine as a calibration feature; a second model's cosine as another; calibrations without them."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -161,3 +163,35 @@ def test_a_second_models_cosine_takes_each_querys_best_view():
         pair_cosines(evidence.assign(query_id="c"), ["a", "a", "b"], queries, ["x", "y"], references)
     with pytest.raises(InputError, match="non-finite"):
         pair_cosines(evidence, ["a", "a", "b"], queries * np.nan, ["x", "y"], references)
+
+
+def test_isc_run_describes_regions_for_the_queries_and_the_calibration_and_is_then_up_to_date(mini_dataset, tmp_path):
+    def isc_run(*extra: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "isc.cli.run", str(tmp_path / "work"), "--data", str(mini_dataset),
+                               "--model", "pdq", "--pca-dim", "16", "--batch-size", "8", "--workers", "0",
+                               "--verify-k", "3", "--calibration-copies", "12", "--k", "5", "--phases", "1",
+                               "--quiet", "--json", *extra], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return {(s["stage"], s["target"]): s["result"] for s in json.loads(done.stdout)["steps"]}
+
+    isc_run("--region-inliers", "4")
+    work = tmp_path / "work"
+    calibration = json.loads((work / "calibration.json").read_text())
+    assert calibration["features"][-1] == "region_similarity"
+    assert calibration["conditions"]["verification"]["region_inliers"] == 4
+    evidence = read_evidence(work / "predictions_phase1_verified.evidence.csv")
+    with_region = evidence["region_similarity"] != 0
+    assert with_region.any() and (evidence.loc[with_region, "inliers"] >= 4).all()
+    again = isc_run("--region-inliers", "4")
+    assert again[("calibrate", "copies")].startswith("up to date") and again[("verify", "phase 1")] == "up to date"
+    off = isc_run()  # without regions: the calibration is fitted again, without the feature
+    assert off[("calibrate", "copies")].startswith("settings changed")
+    assert json.loads((work / "calibration.json").read_text())["features"] == list(FEATURES)
+    assert "region_similarity" not in read_evidence(work / "predictions_phase1_verified.evidence.csv").columns
+
+
+def test_isc_run_refuses_a_negative_region_threshold_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "isc.cli.run", str(tmp_path / "work"), "--region-inliers", "-1"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) <= 3 and "--region-inliers" in done.stderr
+    assert "Traceback" not in done.stderr
