@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import (  # noqa: E402  (the script's own folder, as python scripts/... runs it)
     QUERIES_AT_SCALE,
     bootstrap_muap,
-    candidate_sources,
+    crop_descriptors,
     cross_fitted_scores,
     descriptors,
     file_stem,
@@ -103,9 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.data}: phase {args.phase}, {len(truth)} queries ({(truth['reference_id'] != '').sum()} with a "
           f"match), k={args.k}, {args.copies} self-made copies", flush=True)
 
-    name = "raw 512"  # isc-run's matching default: the candidates as extracted
-    source = candidate_sources(args, work)[name]
-    project, qids, q, rids, r, _, t = source
+    name = "raw 512"  # isc-run's matching default: the candidates as extracted (bench_quality's source of that name)
+    data = descriptors(args.data, args.phase, "sscd", work, args.quiet)[0]
+    (rids, r), (tids, t) = data["reference"], data["training"]
+    qids, q = crop_descriptors(args.data, args.phase, "sscd", work, args.quiet)
+
+    def project(x: np.ndarray) -> np.ndarray:
+        return x
+
+    source = (project, qids, q, rids, r, tids, t)
     shortlist = search(qids, project(q), rids, project(r), k=args.k, training=project(t), norm=ScoreNorm(),
                        quiet=True)
     queries = select_split_images(list_split_images(args.data, "query"), "query", args.phase)
