@@ -195,3 +195,15 @@ def test_isc_run_refuses_a_negative_region_threshold_in_one_line(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) <= 3 and "--region-inliers" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_similarities_do_not_depend_on_how_many_decoded_images_are_kept(pasted, monkeypatch):
+    import isc.verify.regions as regions
+
+    root, _, queries, references, model, _, output, _ = pasted
+    evidence = read_evidence(evidence_path(output))
+    monkeypatch.setattr(regions, "DECODED_IMAGES", 1)  # each reference pushes the others out, never the query
+    similarity, cuts = regions.region_similarities(evidence, {**queries, **references}, 8, RegionDescriber(model),
+                                                   root / "cache" / "regions", root / "again.regions.h5", quiet=True)
+    np.testing.assert_allclose(similarity, evidence["region_similarity"].to_numpy(), atol=1e-6)
+    assert cuts == 2

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 REGION_MARGIN = 0.05  # of the box's side, on each side: the transform's corners are only as exact as RANSAC
 REGION_MIN_SIDE = 32  # pixels: a smaller cut says too little for a global descriptor
 REGION_COLUMN = "region_similarity"
+DECODED_IMAGES = 64  # decoded images kept at once: the evidence is sorted by query, whose images come together
 Box = tuple[int, int, int, int]  # left, top, right, bottom in decoded pixels
 
 
@@ -122,15 +123,15 @@ def region_similarities(evidence: pd.DataFrame, paths: Mapping[str, Path], min_i
     if not len(chosen):
         return similarity, 0
     folder.mkdir(parents=True, exist_ok=True)
-    decoded: dict[str, np.ndarray | None] = {}
+    decoded: dict[str, np.ndarray | None] = {}  # the current query's image always among them
     cuts: dict[str, Path] = {}
     rows: dict[int, tuple[str, str]] = {}  # evidence row: (query cut id, reference cut id)
     for row in chosen:
         query_id, reference_id = evidence["query_id"].iat[row], evidence["reference_id"].iat[row]
         for image_id in (query_id, reference_id):
             if image_id not in decoded:
-                if len(decoded) > 64:  # the evidence is sorted by query: its images are needed together
-                    decoded.clear()
+                if len(decoded) >= DECODED_IMAGES:
+                    decoded = {key: value for key, value in decoded.items() if key == query_id}
                 try:
                     decoded[image_id] = decode_image(paths[image_id])
                 except BrokenImage:
