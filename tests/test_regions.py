@@ -174,7 +174,7 @@ def test_isc_run_describes_regions_for_the_queries_and_the_calibration_and_is_th
         assert done.returncode == 0, done.stderr
         return {(s["stage"], s["target"]): s["result"] for s in json.loads(done.stdout)["steps"]}
 
-    isc_run("--region-inliers", "4")
+    isc_run("--region-inliers", "4")  # the default is 8: a lower threshold gives PDQ's small images a region
     work = tmp_path / "work"
     calibration = json.loads((work / "calibration.json").read_text())
     assert calibration["features"][-1] == "region_similarity"
@@ -184,7 +184,7 @@ def test_isc_run_describes_regions_for_the_queries_and_the_calibration_and_is_th
     assert with_region.any() and (evidence.loc[with_region, "inliers"] >= 4).all()
     again = isc_run("--region-inliers", "4")
     assert again[("calibrate", "copies")].startswith("up to date") and again[("verify", "phase 1")] == "up to date"
-    off = isc_run()  # without regions: the calibration is fitted again, without the feature
+    off = isc_run("--region-inliers", "0")  # without regions: the calibration is fitted again, without the feature
     assert off[("calibrate", "copies")].startswith("settings changed")
     assert json.loads((work / "calibration.json").read_text())["features"] == list(FEATURES)
     assert "region_similarity" not in read_evidence(work / "predictions_phase1_verified.evidence.csv").columns

@@ -105,10 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     verification.add_argument("--calibration-copies", type=non_negative_int, default=RunConfig.calibration_copies,
                               help="training images copied with random edits to fit the calibration on "
                               "(default: %(default)s, at most half the training images)")
-    verification.add_argument("--region-inliers", type=non_negative_int, default=VerifyOptions.region_inliers,
+    verification.add_argument("--region-inliers", type=non_negative_int, default=RunConfig.verify.region_inliers,
                               metavar="N", help="pairs with at least N inliers also get the regions that match cut "
                               "from both images and described by the model, their cosine a feature of the "
-                              "calibration (default 0: off)")
+                              "calibration (default %(default)s; 0: off)")
     search.add_argument("--phases", type=int, nargs="+", default=list(PHASES), choices=PHASES,
                         help="phases to submit (default: both, where their query images exist)")
     search.add_argument("--gt", action="append", default=[], metavar="CSV",

@@ -99,7 +99,9 @@ class RunConfig:
     query_crops: bool = True  # the matching track's queries as their full view and 5 crops (µAP +0.05 on photos)
     # the matching track searches the descriptors as extracted: whitened ones lose copies from the candidates
     matching_whitened: bool = False
-    verify: VerifyOptions | None = VerifyOptions()  # the matching track's candidates verified; None: not
+    # the matching track's candidates verified (None: not); the regions of pairs with 8 inliers or more described:
+    # +0.010 [+0.005, +0.015] µAP on set A, +0.006 [+0.002, +0.011] on set B (docs/BENCHMARKS.md)
+    verify: VerifyOptions | None = VerifyOptions(region_inliers=8)
     calibration: Path | None = None  # a saved calibration to combine with, instead of one fitted on copies
     calibration_copies: int = 300  # training images copied (edited) to fit the calibration on
     reference_crops: bool = False  # the matching track's references likewise (6x the reference extraction and index)
