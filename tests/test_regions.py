@@ -92,13 +92,13 @@ def test_the_pasted_copys_regions_are_far_more_alike_than_the_whole_images(paste
 
 def test_a_second_run_reuses_the_cuts_and_their_descriptors(pasted):
     root, predictions, queries, references, model, options, output, _ = pasted
-    regions_file = output.with_name("verified.regions.h5")
     cuts = root / "cache" / "regions"
-    before = regions_file.stat().st_mtime_ns, sorted(p.stat().st_mtime_ns for p in cuts.iterdir())
+    regions_file = cuts / "verified.h5"
+    before = regions_file.stat().st_mtime_ns, sorted(p.stat().st_mtime_ns for p in cuts.glob("*.png"))
     evidence = read_evidence(evidence_path(output))
     verify(predictions, queries, references, output, options=options, quiet=True, regions=RegionDescriber(model),
            cache=root / "cache")
-    assert (regions_file.stat().st_mtime_ns, sorted(p.stat().st_mtime_ns for p in cuts.iterdir())) == before
+    assert (regions_file.stat().st_mtime_ns, sorted(p.stat().st_mtime_ns for p in cuts.glob("*.png"))) == before
     pd.testing.assert_frame_equal(read_evidence(evidence_path(output)), evidence)
 
 

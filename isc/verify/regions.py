@@ -9,8 +9,8 @@ region (too few inliers, no transform, a cut under :data:`REGION_MIN_SIDE` pixel
 pasted into a larger image, overlaid or strongly cropped is then judged on the part that matches.
 
 The cuts are PNG files named by the pair, the images' stamps and the box under ``CACHE/regions/`` (kept: a later
-run with the same evidence reuses them, and their descriptors while the descriptor file beside the output is
-complete). They are described in one batched extraction (:func:`isc.extract.extraction.extract`) in the calling
+run with the same evidence reuses them, and their descriptors while ``CACHE/regions/<output's stem>.h5`` holds
+exactly these cuts; a cut's id there is the same in every run). They are described in one batched extraction (:func:`isc.extract.extraction.extract`) in the calling
 process, after the SIFT pool has returned: verification's worker processes never load torch.
 """
 
@@ -94,11 +94,11 @@ class RegionDescriber:
     extraction: ExtractOptions = field(default_factory=ExtractOptions)
 
 
-def _cut(pixels: np.ndarray, box: Box, key: str, folder: Path) -> tuple[str, Path]:
-    """(id, PNG file) of the cut ``box`` of ``pixels``, both named by a digest of ``key`` (what the cut depends
-    on), the file written once."""
+def _cut(pixels: np.ndarray, box: Box, key: str, stamps: str, folder: Path) -> tuple[str, Path]:
+    """(id, PNG file) of the cut ``box`` of ``pixels``: the id a digest of ``key`` (the same in every run), the file
+    named by a digest of ``key`` and the images' ``stamps`` (a changed image is cut again), written once."""
     cut_id = hashlib.sha1(key.encode()).hexdigest()
-    target = folder / f"{cut_id}.png"
+    target = folder / f"{hashlib.sha1(f'{key}{stamps}'.encode()).hexdigest()}.png"
     if not target.is_file():
         from PIL import Image
 
@@ -143,9 +143,10 @@ def region_similarities(evidence: pd.DataFrame, paths: Mapping[str, Path], min_i
                              reference.shape[1::-1])
         if boxes is None:
             continue
-        pair = (f"{query_id}\0{reference_id}\0{cache_stamp(paths[query_id])}\0{cache_stamp(paths[reference_id])}"
-                f"\0{boxes}")
-        names = _cut(query, boxes[0], f"query\0{pair}", folder), _cut(reference, boxes[1], f"reference\0{pair}", folder)
+        pair = f"{query_id}\0{reference_id}\0{boxes}"
+        stamps = f"\0{cache_stamp(paths[query_id])}\0{cache_stamp(paths[reference_id])}"
+        names = (_cut(query, boxes[0], f"query\0{pair}", stamps, folder),
+                 _cut(reference, boxes[1], f"reference\0{pair}", stamps, folder))
         cuts.update(names)
         rows[int(row)] = names[0][0], names[1][0]
     if not cuts:

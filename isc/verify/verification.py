@@ -463,7 +463,7 @@ def verify(
     if options.region_inliers:  # here, after the SIFT pool: its workers never load the model
         similarity, described_regions = region_similarities(
             evidence, paths, options.region_inliers, regions, cache_root / "regions",
-            output.with_name(f"{output.stem}.regions.h5"), quiet)
+            cache_root / "regions" / f"{output.stem}.h5", quiet)
         evidence = evidence.assign(**{REGION_COLUMN: similarity})
     if fit is not None:
         combiner = fit(evidence)
