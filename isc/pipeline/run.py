@@ -22,7 +22,8 @@ Files under the work folder::
                                                             local features (isc-verify) and re-scored
     calibration.json, calibration/                          the logistic combination of score and evidence, fitted
                                                             on edited copies of training images it makes itself
-    verify-cache/                                           local features of every image verified (both phases)
+    verify-cache/                                           local features of every image verified (both phases);
+                                                            regions/: the matched regions' cuts and descriptors
     run_summary.json                                        the steps, their times and the µAP reached
 
 Submissions go to ``submissions/phase<P>_{matching.csv,descriptors.h5}`` with their manifests."""
