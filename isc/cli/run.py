@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from isc.cli.common import check_outputs, float_between, non_negative_int, positive_int, run_command
@@ -129,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     verification.add_argument("--calibration-crops", action=argparse.BooleanOptionalAction,
                               default=RunConfig.calibration_crops,
                               help="describe the copies with crops where the queries have them (default: on)")
+    verification.add_argument("--region-inliers", type=non_negative_int, default=RunConfig.verify.region_inliers,
+                              metavar="N", help="pairs with at least N inliers also get the regions that match cut "
+                              "from both images and described by the model, their cosine a feature of the "
+                              "calibration (default %(default)s; 0: off)")
     search.add_argument("--phases", type=int, nargs="+", default=list(PHASES), choices=PHASES,
                         help="phases to submit (default: both, where their query images exist)")
     search.add_argument("--gt", action="append", default=[], metavar="CSV",
@@ -171,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
         reference_crops=args.reference_crops, phases=sorted(set(args.phases)),
         ground_truth=[Path(p) for p in args.gt], restrict_to_gt_queries=args.restrict_to_gt_queries,
         submissions=submissions, quiet=args.quiet, matching_whitened=args.matching_whitened,
-        verify=verify_options(args, prefix="verify-") if args.verify else None,
+        verify=replace(verify_options(args, prefix="verify-"), region_inliers=args.region_inliers) if args.verify
+        else None,
         calibration=Path(args.calibration) if args.calibration else None, calibration_copies=args.calibration_copies,
         calibration_k=args.calibration_k, calibration_crops=args.calibration_crops,
     )

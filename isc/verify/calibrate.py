@@ -8,12 +8,13 @@ candidates, no ground truth needed) or on a labelled set such as the phase-1 pub
 (:func:`ground_truth_labels`).
 
 Input: an evidence table with the columns ``query_id, score, rank, inliers, inlier_ratio`` (one row a
-(query, candidate) pair); output: one finite float per row (:meth:`Calibration.scores`)."""
+(query, candidate) pair), and any of :data:`OPTIONAL_FEATURES` it holds (fitted on where present, then needed);
+output: one finite float per row (:meth:`Calibration.scores`)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,9 @@ VERSION = 1
 FEATURES = ("score", "gap_to_best_score", "log_rank", "log_inliers", "inlier_ratio", "log_best_inliers")
 # the columns of the evidence sidecar (isc.verify.verification.EVIDENCE_COLUMNS) that a calibration reads
 CALIBRATION_COLUMNS = ("query_id", "score", "rank", "inliers", "inlier_ratio")
+# evidence columns taken as they are where the evidence holds them: the cosine of the pair's matched regions
+# (isc.verify.regions) and the pair's cosine under a second descriptor model (:func:`pair_cosines`)
+OPTIONAL_FEATURES = ("region_similarity", "second_model_score")
 COPY_SUFFIX = ".copy"  # a self-made copy's id is its source's id with this suffix
 
 
@@ -44,9 +48,31 @@ def _check_evidence(evidence: pd.DataFrame) -> None:
         raise InputError("the evidence holds a negative rank or inlier count, or an inlier ratio above 1")
 
 
-def pair_features(evidence: pd.DataFrame) -> np.ndarray:
-    """The :data:`FEATURES` of each pair, float64 ``(pairs, len(FEATURES))``."""
+def evidence_features(evidence: pd.DataFrame) -> tuple[str, ...]:
+    """The features a calibration fitted on ``evidence`` uses: :data:`FEATURES`, then the optional ones it holds."""
+    return (*FEATURES, *(name for name in OPTIONAL_FEATURES if name in evidence.columns))
+
+
+def _check_features(features: Sequence[str]) -> None:
+    optional = tuple(features[len(FEATURES):])
+    if tuple(features[:len(FEATURES)]) != FEATURES or optional != tuple(f for f in OPTIONAL_FEATURES if f in optional):
+        raise InputError(f"features {', '.join(features)}: this toolkit computes {', '.join(FEATURES)}, then any "
+                         f"of {', '.join(OPTIONAL_FEATURES)} in that order")
+
+
+def pair_features(evidence: pd.DataFrame, features: Sequence[str] = FEATURES) -> np.ndarray:
+    """The ``features`` (:data:`FEATURES`, then some of :data:`OPTIONAL_FEATURES`) of each pair, float64
+    ``(pairs, len(features))``; InputError when the evidence lacks an optional one or holds a non-finite value."""
     _check_evidence(evidence)
+    _check_features(features)
+    optional = list(features[len(FEATURES):])
+    missing = [name for name in optional if name not in evidence.columns]
+    if missing:
+        raise InputError(f"the evidence lacks {', '.join(missing)}, which the calibration was fitted with: verify "
+                         "with it (region evidence, the second model) or calibrate again without it")
+    extra = evidence[optional].to_numpy(dtype=np.float64)
+    if not np.isfinite(extra).all():
+        raise InputError(f"the evidence holds non-finite numbers in {', '.join(optional)}")
     by_query = evidence.groupby("query_id", sort=False)
     score = evidence["score"].to_numpy(np.float64)
     log_inliers = np.log1p(evidence["inliers"].to_numpy(np.float64))
@@ -59,7 +85,28 @@ def pair_features(evidence: pd.DataFrame) -> np.ndarray:
         log_inliers,
         evidence["inlier_ratio"].to_numpy(np.float64),
         np.log1p(best_inliers),
+        extra,
     ])
+
+
+def pair_cosines(evidence: pd.DataFrame, query_ids: Sequence[str], queries: np.ndarray,
+                 reference_ids: Sequence[str], references: np.ndarray) -> np.ndarray:
+    """The cosine of each evidence pair under other descriptors (a second model's ``second_model_score``): a query
+    with several rows (views) takes its best view. InputError when a pair's image has no descriptor or the
+    descriptors are not finite."""
+    for name, ids, vectors in (("query", query_ids, queries), ("reference", reference_ids, references)):
+        if len(ids) != len(vectors) or not np.isfinite(vectors).all():
+            raise InputError(f"{len(ids)} {name} ids for {len(vectors)} descriptors, or non-finite descriptors")
+        absent = set(evidence[f"{name}_id"]) - set(ids)
+        if absent:
+            raise InputError(f"{len(absent)} {name} image(s) of the pairs have no descriptor, first {min(absent)}")
+    unit = [x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in (queries, references)]
+    views = pd.Series(np.arange(len(query_ids))).groupby(np.asarray(query_ids, dtype=object)).agg(list)
+    reference_row = {image_id: i for i, image_id in enumerate(reference_ids)}
+    cosines = np.empty(len(evidence))
+    for row, (query_id, reference_id) in enumerate(zip(evidence["query_id"], evidence["reference_id"], strict=True)):
+        cosines[row] = (unit[0][views[query_id]] @ unit[1][reference_row[reference_id]]).max()
+    return cosines
 
 
 def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float = 1e-2,
@@ -116,7 +163,7 @@ class Calibration:
 
     def scores(self, evidence: pd.DataFrame) -> np.ndarray:
         """The log-odds of each pair of ``evidence`` (finite; comparable across queries)."""
-        standardised = (pair_features(evidence) - np.asarray(self.mean)) / np.asarray(self.std)
+        standardised = (pair_features(evidence, self.features) - np.asarray(self.mean)) / np.asarray(self.std)
         return standardised @ np.asarray(self.weights) + self.bias
 
     def check_conditions(self, conditions: Mapping[str, object], source: str | Path,
@@ -160,12 +207,14 @@ class Calibration:
                               conditions=dict(content.get("conditions") or {}))
         except (KeyError, TypeError, ValueError) as error:
             raise InputError(f"{path}: damaged calibration file ({type(error).__name__}: {error})") from None
-        if calibration.features != FEATURES:
-            raise InputError(f"{path}: calibrated on the features {', '.join(calibration.features)}; "
-                             f"this toolkit computes {', '.join(FEATURES)}")
+        try:
+            _check_features(calibration.features)
+        except InputError as error:
+            raise InputError(f"{path}: calibrated on {error}") from None
         numbers = np.array([*calibration.mean, *calibration.std, *calibration.weights, calibration.bias])
-        if len(calibration.mean) != len(FEATURES) or len(calibration.std) != len(FEATURES) \
-                or len(calibration.weights) != len(FEATURES) or not np.isfinite(numbers).all() \
+        size = len(calibration.features)
+        if len(calibration.mean) != size or len(calibration.std) != size \
+                or len(calibration.weights) != size or not np.isfinite(numbers).all() \
                 or min(calibration.std) <= 0:
             raise InputError(f"{path}: damaged calibration file (sizes or non-finite numbers)")
         if not isinstance(content.get("conditions"), dict) or not content["conditions"]:
@@ -175,7 +224,8 @@ class Calibration:
 
 def calibrate(evidence: pd.DataFrame, labels: np.ndarray, fitted_on: str,
               conditions: Mapping[str, object] | None = None, l2: float = 1e-2) -> Calibration:
-    """Fit a :class:`Calibration` on ``evidence`` whose pairs are labelled copy (1) or not (0)."""
+    """Fit a :class:`Calibration` on ``evidence`` whose pairs are labelled copy (1) or not (0), over the
+    :func:`evidence_features` of the evidence."""
     labels = np.asarray(labels, dtype=np.float64)
     if labels.shape != (len(evidence),):
         raise InputError(f"{len(labels)} labels for {len(evidence)} pairs")
@@ -183,11 +233,12 @@ def calibrate(evidence: pd.DataFrame, labels: np.ndarray, fitted_on: str,
     if positives == 0 or positives == len(labels):
         raise InputError(f"calibration needs copies and non-copies among the pairs: {positives} of "
                          f"{len(labels)} are copies")
-    features = pair_features(evidence)
+    names = evidence_features(evidence)
+    features = pair_features(evidence, names)
     mean, std = features.mean(axis=0), features.std(axis=0)
     std[std < 1e-12] = 1.0  # a constant feature (every rank 0 when k = 1) carries no information
     weights, bias = fit_logistic((features - mean) / std, labels, l2=l2)
-    return Calibration(features=FEATURES, mean=tuple(mean.tolist()), std=tuple(std.tolist()),
+    return Calibration(features=names, mean=tuple(mean.tolist()), std=tuple(std.tolist()),
                        weights=tuple(weights.tolist()), bias=bias, fitted_on=fitted_on, pairs=len(labels),
                        positives=positives, conditions=dict(conditions or {}))
 

@@ -43,6 +43,8 @@ class VerifyOptions:
     (0: this process; None: every core, shared by the ranks of a machine under torchrun);
     ``deep_k``: candidates verified for a query whose first ``k`` all show fewer than ``deep_inliers``
     inliers (adaptive depth, :mod:`isc.verify.adaptive`; None: ``k`` for every query).
+    ``region_inliers``: pairs with at least this many inliers also get their matched regions described by the
+    descriptor model (:mod:`isc.verify.regions`; 0: none).
     """
 
     k: int = 10
@@ -54,6 +56,7 @@ class VerifyOptions:
     workers: int | None = None
     deep_k: int | None = None
     deep_inliers: int = 8
+    region_inliers: int = 0
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -75,6 +78,8 @@ class VerifyOptions:
                                f"got {self.deep_k}")
         if self.deep_inliers < 1:
             raise SettingError("deep_inliers", f"must be at least 1, got {self.deep_inliers}")
+        if self.region_inliers < 0:
+            raise SettingError("region_inliers", f"must be 0 (no region evidence) or more, got {self.region_inliers}")
 
     @property
     def features_tag(self) -> str:

@@ -37,6 +37,7 @@ from isc.verify.local_features import (
     match_features,
     transform_text,
 )
+from isc.verify.regions import REGION_COLUMN, RegionDescriber, region_similarities
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,14 +140,20 @@ def ranked_candidates(predictions: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def read_evidence(path: str | Path) -> pd.DataFrame:
-    """The evidence sidecar of :func:`verify` (its columns :data:`EVIDENCE_COLUMNS`), ``verified`` as bool and
-    the counts as numbers; InputError naming the file when it is not one."""
+    """The evidence sidecar of :func:`verify` (its columns :data:`EVIDENCE_COLUMNS`, and ``region_similarity``
+    where the run described regions), ``verified`` as bool and the counts as numbers; InputError naming the file when it is not one."""
     import pandas as pd
 
     from isc.core.tables import read_csv_columns
 
-    evidence = read_csv_columns(path, EVIDENCE_COLUMNS, "isc-verify evidence")
-    numbers = {column: pd.to_numeric(evidence[column], errors="coerce") for column in ("rank", "matches", "inliers")}
+    try:  # the region column where the run described regions; a file that cannot be read fails below, named
+        with open(path, encoding="utf-8", errors="replace") as f:
+            optional = (REGION_COLUMN,) if REGION_COLUMN in f.readline().strip().split(",") else ()
+    except OSError:
+        optional = ()
+    evidence = read_csv_columns(path, (*EVIDENCE_COLUMNS, *optional), "isc-verify evidence")
+    numbers = {column: pd.to_numeric(evidence[column], errors="coerce")
+               for column in ("rank", "matches", "inliers", *optional)}
     for column, values in numbers.items():
         if values.isna().any():
             row = int(np.flatnonzero(values.isna().to_numpy())[0])
@@ -164,8 +171,10 @@ def recorded_options(record: Mapping[str, object]) -> VerifyOptions:
 def calibration_conditions(options: VerifyOptions, search_record: Mapping[str, object] | None) -> dict[str, object]:
     """What a calibration of verified pairs holds for: the verification options (not the number of
     processes) and, when the predictions' provenance says, the descriptor model that scored them."""
-    # adaptive depth's settings only where it is on: a calibration fitted before they existed still applies
-    off = {"workers", *(("deep_k", "deep_inliers") if options.deep_k is None else ())}
+    # adaptive depth's and regions' settings only where they are on: a calibration fitted before they existed
+    # still applies
+    off = {"workers", *(("deep_k", "deep_inliers") if options.deep_k is None else ()),
+           *(("region_inliers",) if not options.region_inliers else ())}
     conditions: dict[str, object] = {"verification": {k: v for k, v in dataclasses.asdict(options).items()
                                                       if k not in off}}
     inputs = (search_record or {}).get("inputs") or {}
@@ -261,6 +270,7 @@ class VerifyResult:
     images_per_second: float | None  # described by this run
     pairs_per_second: float | None
     broken: dict[str, str]  # id: reason
+    regions_described: int = 0  # matched regions cut and described by the descriptor model (two per pair)
 
 
 def _check_ids(predictions: pd.DataFrame, column: str, images: Mapping[str, Path], what: str) -> None:
@@ -372,6 +382,7 @@ def verify(
     max_broken: float = 0.01,
     quiet: bool = False,
     record: Mapping[str, object] | None = None,
+    regions: RegionDescriber | None = None,
 ) -> VerifyResult:
     """Verify each query's ``options.k`` best candidates of ``predictions`` (deeper where ``options.deep_k`` says:
     :mod:`isc.verify.adaptive`) and write the re-scored predictions
@@ -384,6 +395,8 @@ def verify(
     broken image count as zero evidence (``verified`` False; ``error`` says why for the latter).
     ``strict``: the first broken image raises InputError; more than ``max_broken`` of the images broken
     warns, all of them raises :class:`isc.core.files.NoImageRead`. ``record``: more for the provenance.
+    ``regions``: the descriptor model that describes the matched regions when ``options.region_inliers`` asks for
+    them (:mod:`isc.verify.regions`; the evidence then has a ``region_similarity`` column).
     Under torchrun the queries are sharded across ranks and the first rank writes the files.
     """
     import pandas as pd
@@ -393,6 +406,10 @@ def verify(
     from isc.core.files import write_json
     from isc.core.tables import write_predictions
 
+    if options.region_inliers and regions is None:
+        raise InputError("region evidence needs the descriptor model that searched, to describe the regions")
+    if options.region_inliers and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # before any rank joins
+        raise InputError("region evidence is described by one process: verify without torchrun to describe regions")
     if len(predictions) == 0:
         raise InputError("no predictions to verify")
     if not 0 <= max_broken:
@@ -446,6 +463,12 @@ def verify(
         verified=False, matches=0, inliers=0, inlier_ratio=0.0, transform="", error="")
     evidence = pd.concat([evidence, unchecked]).sort_values(["query_id", "rank"], kind="stable")
     evidence = evidence[list(EVIDENCE_COLUMNS)].reset_index(drop=True)
+    described_regions = 0
+    if options.region_inliers:  # here, after the SIFT pool: its workers never load the model
+        similarity, described_regions = region_similarities(
+            evidence, paths, options.region_inliers, regions, cache_root / "regions",
+            cache_root / "regions" / f"{output.stem}.h5", quiet)
+        evidence = evidence.assign(**{REGION_COLUMN: similarity})
     if fit is not None:
         combiner = fit(evidence)
     new_scores = rescore(evidence, combiner)
@@ -455,13 +478,16 @@ def verify(
     write_predictions(output, evidence[["query_id", "reference_id", "new_score"]].rename(columns={"new_score": "score"}))
     with atomic_path(evidence_path(output)) as tmp:
         evidence.to_csv(tmp, index=False, float_format="%.7g")
-    result = _result(output, cache_root, rank, world, len(evidence), evidence["query_id"].nunique(), all_counts)
+    result = dataclasses.replace(
+        _result(output, cache_root, rank, world, len(evidence), evidence["query_id"].nunique(), all_counts),
+        regions_described=described_regions)
     write_json(sidecar, provenance(
         command="isc-verify", options={**dataclasses.asdict(options), "combiner": repr(combiner), "strict": strict,
                                        "max_broken": max_broken},
         **(record or {}), evidence=str(evidence_path(output)),
         counts={"predictions": result.predictions, "queries": result.queries, "pairs": result.pairs,
-                "failed_pairs": result.failed_pairs, "images": result.images, "broken": len(broken)}))
+                "failed_pairs": result.failed_pairs, "images": result.images, "broken": len(broken),
+                "regions_described": result.regions_described}))
     return result
 
 

@@ -2,6 +2,8 @@
 VerifyOptions reached by all three (the adaptive depth by isc-verify and isc-run only); a bad value is refused by VerifyOptions itself, said by each command as its
 own flag in one line."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from conftest import cli, one_line_error
@@ -26,8 +28,8 @@ def flags(prefix: str, deep: bool = False) -> list[str]:
     return [f"--{prefix}{item}" if i % 2 == 0 else item for i, item in enumerate(FLAGS + DEEP_ARGS * deep)]
 
 
-def test_every_field_has_a_flag():
-    assert {*VERIFY_FLAGS, *DEEP_FLAGS} == {field for field in VerifyOptions.__dataclass_fields__}
+def test_every_field_has_a_flag():  # but region_inliers: isc-run's own --region-inliers (the regions need its model)
+    assert {*VERIFY_FLAGS, *DEEP_FLAGS, "region_inliers"} == {field for field in VerifyOptions.__dataclass_fields__}
 
 
 @pytest.mark.parametrize(("field", "value", "problem"), [
@@ -53,8 +55,8 @@ def test_isc_run_reaches_every_field_and_keeps_workers_for_extraction(tmp_path, 
     configs = run_configs
     argv = [str(tmp_path / "work"), "--model", "pdq", "--quiet", "--workers", "0"]
     assert cli_run.main([*argv, *flags("verify-", deep=True)]) == 0
-    assert configs[0].verify == DEEP and configs[0].extraction.workers == 0
-    assert cli_run.main(argv) == 0 and configs[1].verify == VerifyOptions()  # SIFT processes: every core
+    assert replace(configs[0].verify, region_inliers=0) == DEEP and configs[0].extraction.workers == 0
+    assert cli_run.main(argv) == 0 and configs[1].verify == VerifyOptions(region_inliers=8)  # SIFT: every core
 
 
 def test_isc_find_reaches_every_field(tmp_path, monkeypatch):
