@@ -14,7 +14,8 @@ from isc.cli.options import add_backend_option, add_phase_option
 from isc.core.competition import MATCHING_TRACK_MAX_ROWS
 from isc.core.descriptors import provenance_path
 from isc.core.tables import read_ground_truth, write_predictions
-from isc.evaluate.metrics import RESULTS_PER_QUERY, Metrics
+from isc.evaluate.metrics import Metrics
+from isc.search.capped_search import RESULTS_PER_QUERY
 from isc.submit.descriptors import split_file_paths, submit_descriptors
 from isc.submit.manifest import (
     SUBMISSIONS_DIR_ENV,

@@ -1,7 +1,7 @@
 """Stage 3, search: descriptor arrays checked (:mod:`vectors`), k-nearest-neighbour backends (:mod:`knn`),
 score normalisation (:mod:`normalisation`), negative embeddings (:mod:`negatives`), PCA whitening
-(:mod:`pca`), the search of descriptor files into a predictions CSV (:mod:`matching`), and the kNN-graph
-export (:mod:`knn_graph`).
+(:mod:`pca`), the search of descriptor files into a predictions CSV (:mod:`matching`), the descriptor track's
+capped search as the organisers ran it (:mod:`capped_search`), and the kNN-graph export (:mod:`knn_graph`).
 
 Imports: :mod:`isc.core`, faiss (or torch for the GPU backend).
 """
