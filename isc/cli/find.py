@@ -158,7 +158,7 @@ def find(args: argparse.Namespace) -> int:
                   else f"{found.record['queries']} queries and {found.record['references']} references")
                + f", {found.record['described']} described this run, the others cached")
     if args.report:
-        from isc.evaluate.report import write_matches_page  # here: its imports would slow every run
+        from isc.evaluate.matches_page import write_matches_page  # here: its imports would slow every run
 
         below = found.candidates[found.candidates["score"] < threshold]
         write_matches_page(args.report, found.matches, below, lambda side, i: found.paths[side][i], summary,
