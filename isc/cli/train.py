@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--seed", type=non_negative_int, default=defaults.seed, help="seed of the data order and augmentations")
 
     run = parser.add_argument_group("running")
-    run.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when a GPU is visible")
+    run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when a GPU is visible; under torchrun, "
+                     "cuda: each process takes its own GPU)")
     run.add_argument("--amp", action=argparse.BooleanOptionalAction,
                      help="mixed precision (default: on for cuda: bfloat16, or float16 with loss scaling)")
     run.add_argument("--workers", type=non_negative_int, default=defaults.workers,
