@@ -10,7 +10,7 @@ from pathlib import Path
 from isc.cli.common import check_outputs, finite_float, positive_int, run_command
 from isc.cli.options import add_model_options, extract_options, model_choice
 from isc.extract.image_files import list_images
-from isc.models import create_model
+from isc.models import create_model, given_options
 from isc.pipeline.find import (
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLD_NORMALISED,
@@ -135,8 +135,7 @@ def find(args: argparse.Namespace) -> int:
                   image_folders=[source for source in sources if Path(source).is_dir()])
     extraction = extract_options(args)
     model_name, why = model_choice(args)
-    options = {key: value for key, value in {"image_size": args.image_size}.items() if value is not None}
-    model = create_model(model_name, checkpoint=args.checkpoint, **options)
+    model = create_model(model_name, checkpoint=args.checkpoint, **given_options(image_size=args.image_size))
     if why and not args.quiet:
         print(f"isc-find: no --model given, using {model_name}; {why}", file=sys.stderr)
     verifying = verifies_by_default(args.training) if args.verify is None else args.verify

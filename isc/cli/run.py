@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         work=work, data=Path(args.data) if args.data else None, download=download_options(args, args.download_workers),
         limit=args.limit, training_limit=args.training_limit, model=model_name, checkpoint=args.checkpoint,
         image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None), extraction=extract_options(args),
-        pca_dim=args.pca_dim, search=search_options(args), query_crops=args.query_crops,
+        pca_dim=args.pca_dim, search=search_options(args, device=args.device), query_crops=args.query_crops,
         reference_crops=args.reference_crops, phases=sorted(set(args.phases)),
         ground_truth=[Path(p) for p in args.gt], restrict_to_gt_queries=args.restrict_to_gt_queries,
         submissions=submissions, quiet=args.quiet, matching_whitened=args.matching_whitened,
