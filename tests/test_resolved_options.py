@@ -12,7 +12,6 @@ import isc.search.knn
 from isc.core.descriptors import read_descriptors
 from isc.core.files import InputError, SettingError
 from isc.extract.extraction import ExtractOptions, extract
-from isc.extract.plan import plan_extraction
 from isc.models import create_model, given_options
 from isc.search.matching import SearchOptions, search
 
@@ -30,15 +29,15 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_the_plan_resolves_every_default_once():
     model = create_model("pdq")
-    plan = plan_extraction(ExtractOptions(batch_size=8, workers=2, flip=True), model, (64,))
+    plan = ExtractOptions(batch_size=8, workers=2, flip=True, scales=(1.0, 0.5)).plan(model)
     assert (plan.device, plan.decoder, plan.pixels, plan.half) == ("cpu", "pil", True, False)
-    assert (plan.workers, plan.batch_size, plan.sizes, plan.flip, plan.crops) == (2, 8, (64,), True, False)
-    assert plan.decode_processes == 0
-    assert isinstance(plan_extraction(ExtractOptions(), model, (64,)).workers, int)  # None resolved
+    assert (plan.workers, plan.batch_size, plan.flip, plan.crops) == (2, 8, True, False)
+    assert plan.sizes == (model.image_size, round(model.image_size / 2)) and plan.decode_processes == 0
+    assert isinstance(ExtractOptions().plan(model).workers, int)  # None resolved
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.workers = 3  # type: ignore[misc]
     with pytest.raises(SettingError, match="^decode_processes needs the torchvision decoder"):
-        plan_extraction(ExtractOptions(decode_processes=2), model, (64,))
+        ExtractOptions(decode_processes=2).plan(model)
 
 
 def test_extraction_updates_its_output_from_the_rows_it_holds(photos: dict[str, Path], tmp_path: Path):

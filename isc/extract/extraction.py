@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -39,12 +40,12 @@ import numpy as np
 from tqdm import tqdm
 
 from isc.core.descriptors import check_links, decode_id, model_differences, provenance, read_descriptor_attrs
-from isc.core.distributed import barrier, check_device, join_process_group, leave_process_group
+from isc.core.distributed import barrier, check_device, device_name, join_process_group, leave_process_group
 from isc.core.files import InputError, SettingError, atomic_path
 from isc.core.partial_log import H5_LIBVER, MERGE_ROWS, PartialWriter, merge_partial_logs, partial_path
 from isc.extract.decode import CROP_VIEWS, DEFAULT_MAX_PIXELS
 from isc.extract.pixel_batches import pixel_batches
-from isc.extract.plan import plan_extraction
+from isc.extract.plan import ExtractionPlan
 from isc.models import DescriptorModel
 
 DECODERS = ("torchvision", "pil")
@@ -179,6 +180,30 @@ class ExtractOptions:
             raise SettingError("max_broken", f"must be at least 0, got {self.max_broken}")
         check_device(self.device)
 
+    def plan(self, model: DescriptorModel) -> ExtractionPlan:
+        """These options' defaults resolved for ``model`` on this machine. SettingError for decode processes
+        without the torchvision decoder."""
+        # a model no GPU runs (PDQ; ONNX without onnxruntime's CUDA provider) stays on the CPU unless told: on the
+        # pixel path it then runs without torch
+        device = device_name(self.device if self.device or model.gpu_capable else "cpu")
+        on_gpu = device.startswith("cuda")
+        decoder = self.decoder or ("torchvision" if on_gpu and not model.takes_pixels else "pil")
+        if self.decode_processes and decoder != "torchvision":  # refused, not ignored: pil decodes in its workers
+            raise SettingError("decode_processes", f"needs the torchvision decoder, and this run decodes with "
+                               f"{decoder} (whose decoding runs in the worker processes)")
+        pixels = decoder == "pil" and model.takes_pixels
+        workers = self.workers
+        if workers is None:
+            cores = os.cpu_count() or 1
+            # the pixel path's processes do all the decoding (and PDQ's hashing): every core, shared by local ranks
+            workers = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if pixels \
+                else min(16 if decoder == "torchvision" else 8, cores)
+        return ExtractionPlan(
+            device=device, decoder=decoder, pixels=pixels, workers=workers, half=on_gpu if self.half is None else self.half,
+            decode_processes=self.decode_processes if decoder == "torchvision" and not pixels else 0,
+            sizes=tuple(view_sizes(model, self.scales)), batch_size=self.batch_size, max_pixels=self.max_pixels,
+            flip=self.flip, crops=self.crops)
+
 
 def _seed_resume_log(cache: Path, config: Mapping[str, object]) -> bool:
     """Start the resume log of an extraction into ``cache`` from the rows the cache already holds, when the
@@ -240,7 +265,7 @@ def extract(
     items = _image_items(images, classes)
     output = Path(output)
     ids = sorted(items)
-    plan = plan_extraction(options, model, tuple(view_sizes(model, options.scales)))
+    plan = options.plan(model)
     rank, world, started = join_process_group(plan.device)
     config = extraction_config(model, options.scales, options.flip, options.crops)
     shards = [ids[r * len(ids) // world:(r + 1) * len(ids) // world] for r in range(world)]
