@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli, one_line_error
 from PIL import Image
 
 import isc.search.knn
@@ -94,3 +95,12 @@ def test_isc_train_takes_the_devices_extraction_takes():
         with pytest.raises(InputError, match="no GPU is visible"):  # cuda:N is a device isc-train takes
             setup_process("cuda:0")
 
+
+
+def test_isc_train_refuses_a_device_in_one_line(tmp_path: Path):
+    refused = cli("train", "--data", tmp_path, "-o", tmp_path / "run", "--steps", "1", "--device", "cpu:0")
+    one_line_error(refused, "isc-train", "not a device (cpu, cuda or cuda:N)")
+    if not isc.search.knn.torch_has_cuda():
+        one_line_error(cli("train", "--data", tmp_path, "-o", tmp_path / "run", "--device", "cuda:0"), "isc-train",
+                       "no GPU is visible")
+    assert not (tmp_path / "run").exists()
