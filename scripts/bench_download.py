@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from isc.core.competition import REGIONS, images_prefix
 from isc.core.tables import write_metadata
-from isc.download.s3 import REGIONS, images_prefix
 
 BUCKET = REGIONS["us-west"].bucket
 

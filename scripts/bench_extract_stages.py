@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import make_images  # noqa: E402
 
-from isc.cli.common import positive_int  # noqa: E402
+from isc.cli.common import one_line_usage_errors, positive_int  # noqa: E402
 from isc.core.distributed import check_device  # noqa: E402
 from isc.core.files import InputError  # noqa: E402
 from isc.extract.decode import resize_image  # noqa: E402
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="timm:resnet50")
     parser.add_argument("--sweep", action="store_true",
                         help="only isc.extract.extraction.extract with nvJPEG, over reading threads and batch sizes")
+    one_line_usage_errors(parser)
     args = parser.parse_args(argv)
     try:
         check_device(args.device)

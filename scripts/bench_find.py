@@ -2,7 +2,7 @@
 
     python scripts/bench_find.py build PHOTOS OUT      # OUT/references, OUT/queries, OUT/all, OUT/truth.json
     python scripts/bench_find.py score OUT/truth.json GROUPS.json [GROUPS.json ...]
-    python scripts/bench_find.py table GROUND_TRUTH.csv PAIRS.csv [PAIRS.csv ...]   # isc-find --threshold -10
+    python scripts/bench_find.py table GROUND_TRUTH.csv PAIRS.csv [PAIRS.csv ...]   # isc-find --threshold 0.000001
 
 ``build`` takes 26 photos of PHOTOS (seeded choice): 20 references, and 20 queries made of 14 edited copies
 of references (the edits of the experiment in the README: crops, rotations, text, JPEG quality 10, flips,

@@ -7,18 +7,26 @@ so every backend's recall@1 on them and its agreement with the first backend's n
 
     python scripts/bench_search.py                      # every backend available here
     python scripts/bench_search.py --backends faiss-cpu,torch --torch-cpu-queries 1000
+
+The whole-process pair (issue 28, item 6): ``isc-search`` against a plain faiss script on the same files.
+``--pair-data DIR`` writes DIR/query.h5 and DIR/reference.h5 (``--queries``, ``--references``, ``--dim``,
+isc-extract's layout) and prints both commands; ``--plain Q.h5 R.h5 OUT.csv`` is that plain script (h5py,
+``faiss.knn``, csv: nothing else imported), to time against ``isc-search --query Q.h5 --reference R.h5 -o
+OUT.csv --quiet`` as whole processes:
+
+    python scripts/bench_search.py --pair-data /tmp/pair --queries 2000 --references 200000
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
-
-from isc.search.knn import available_backends, knn, knn_torch
 
 
 def unit_vectors(rng: np.random.Generator, n: int, d: int, block: int = 1 << 17) -> np.ndarray:
@@ -73,6 +81,8 @@ def cuda_device_resident_time(query: np.ndarray, reference: np.ndarray, k: int, 
     """(best seconds, peak GPU GB) of the torch search with the descriptors already on the GPU."""
     import torch
 
+    from isc.search.knn import knn_torch
+
     q, r = torch.from_numpy(query).cuda(), torch.from_numpy(reference).cuda()
     knn_torch(q, r, k)  # warm-up: kernels, allocator
     torch.cuda.synchronize()
@@ -86,6 +96,39 @@ def cuda_device_resident_time(query: np.ndarray, reference: np.ndarray, k: int, 
     return best, (torch.cuda.max_memory_allocated() - base) / 1e9
 
 
+def plain_search(query: str, reference: str, output: str, k: int) -> None:
+    """The plain faiss script of the pair: both files read with h5py, exact inner-product search, the
+    predictions ``query_id,reference_id,score`` written with csv."""
+    import csv
+
+    import faiss
+    import h5py
+
+    with h5py.File(query) as f:
+        query_ids, q = [i.decode() for i in f["ids"][:]], np.ascontiguousarray(f["descriptors"][:], np.float32)
+    with h5py.File(reference) as f:
+        reference_ids, r = [i.decode() for i in f["ids"][:]], np.ascontiguousarray(f["descriptors"][:], np.float32)
+    scores, indices = faiss.knn(q, r, k, metric=faiss.METRIC_INNER_PRODUCT)
+    with open(output, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["query_id", "reference_id", "score"])
+        for query_id, row_scores, row_indices in zip(query_ids, scores, indices, strict=True):
+            writer.writerows([query_id, reference_ids[j], f"{score:.6f}"] for score, j in zip(row_scores, row_indices,
+                                                                                             strict=True))
+
+
+def write_pair_data(folder: Path, n_query: int, n_reference: int, d: int) -> None:
+    """The pair's inputs: random unit queries (half of them noisy copies) and references, isc-extract's layout."""
+    from isc.core.descriptors import write_descriptors
+
+    query, reference, _, _ = make_data(n_query, n_reference, 0, d)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_descriptors(folder / "query.h5", [f"Q{i:05d}" for i in range(n_query)], query)
+    write_descriptors(folder / "reference.h5", [f"R{i:06d}" for i in range(n_reference)], reference)
+    print(f"A: isc-search --query {folder}/query.h5 --reference {folder}/reference.h5 -o {folder}/a.csv --quiet\n"
+          f"B: {sys.executable} {__file__} --plain {folder}/query.h5 {folder}/reference.h5 {folder}/b.csv")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=50_000)
@@ -94,11 +137,23 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--norm-neighbors", type=int, default=3, help="training neighbours searched (SSCD: 3)")
-    parser.add_argument("--backends", default=",".join(available_backends()),
+    parser.add_argument("--backends",
                         help="comma-separated, first one is the reference for agreement (default: all available)")
     parser.add_argument("--torch-cpu-queries", type=int, default=None,
                         help="run torch on the CPU on only the first N queries (it is slow on few cores)")
+    parser.add_argument("--pair-data", metavar="DIR", type=Path,
+                        help="write the whole-process pair's inputs to DIR and print its two commands")
+    parser.add_argument("--plain", nargs=3, metavar=("Q.h5", "R.h5", "OUT.csv"),
+                        help="the pair's plain faiss script: search Q in R, write OUT")
     args = parser.parse_args()
+    if args.plain:
+        plain_search(*args.plain, k=args.k)
+        return
+    if args.pair_data:
+        write_pair_data(args.pair_data, args.queries, args.references, args.dim)
+        return
+    from isc.search.knn import available_backends, knn
+
 
     t0 = time.perf_counter()
     query, reference, training, sources = make_data(args.queries, args.references, args.training, args.dim)
@@ -107,7 +162,7 @@ def main() -> None:
     import torch
 
     rows, first = [], None
-    for backend in args.backends.split(","):
+    for backend in (args.backends or ",".join(available_backends())).split(","):
         on_cpu_torch = backend == "torch" and not torch.cuda.is_available()
         nq = min(args.torch_cpu_queries or args.queries, args.queries) if on_cpu_torch else args.queries
         q = query[:nq]

@@ -92,7 +92,7 @@ OPTIONAL = {"faiss": ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12"), "pandas": ("p
 REQUIRED = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "h5py": "h5py", "numpy": "numpy",
             "PIL": "Pillow"}
 GPU_PATH_MODULES = ("isc.core.descriptors", "isc.models", "isc.extract.extraction", "isc.search.knn", "isc.search.matching", "isc.train.training", "isc.cli.extract")
-# tests/test_extract.py::test_both_decoders_give_the_same_descriptors: the two decoders' descriptors agree so
+# tests/extract/test_extract.py::test_both_decoders_give_the_same_descriptors: the two decoders' descriptors agree so
 DECODER_MAX_ABS, DECODER_MIN_COSINE = 0.03, 0.99
 TARGETS = {"extract_warm": 6000.0, "extract_vs_pillow": 5.0, "extract_cold_vs_read": 0.85, "search_on_gpu_s": 0.3}
 CARRY_TQDM = ("pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl tqdm (with network), then "
@@ -932,6 +932,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", type=parse_parts, default=list(PARTS),
                         help="comma-separated parts to run (default: all); others in --out are kept")
     parser.add_argument("--work", type=Path, help="scratch folder for images and files (default: a temporary one)")
+    # the isc commands' one-line usage error, not argparse's usage
+    from isc.cli.common import one_line_usage_errors
+
+    one_line_usage_errors(parser)
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out}: exists and is not a folder")

@@ -2,6 +2,7 @@
 processes that never outlive their test; the one way to run a command and to check its one-line error."""
 
 import contextlib
+import io
 import itertools
 import os
 import subprocess
@@ -10,7 +11,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from isc.synth.dataset import generate_dataset
 
@@ -18,6 +21,10 @@ from isc.synth.dataset import generate_dataset
 MINI_DATASET = {"seed": 0, "references": 40, "queries": 24, "phase2_queries": 8, "training": 40,
                 "min_size": 96, "max_size": 192}
 REPO = Path(__file__).resolve().parents[1]
+HEADER = "query_id,reference_id,score\n"
+# the organisers' write_predictions_from_arrays: no header row, scores with 6 decimals
+ROWS = "Q00000,R000000,0.900000\nQ00002,R000005,0.800000\nQ00001,R000001,0.700000\n"
+GT = "query_id,reference_id\nQ00000,R000000\nQ00001,R000001\nQ00002,\n"
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +33,33 @@ def mini_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mini_dataset")
     generate_dataset(root, workers=1, quiet=True, **MINI_DATASET)
     return root
+
+
+@pytest.fixture
+def scored_files(tmp_path: Path) -> dict[str, Path]:
+    """Predictions (``HEADER + ROWS``) and their ground truth (``GT``) in ``tmp_path``: {"dir", "p", "gt"}."""
+    predictions, gt = tmp_path / "p.csv", tmp_path / "gt.csv"
+    predictions.write_text(HEADER + ROWS)
+    gt.write_text(GT)
+    return {"dir": tmp_path, "p": predictions, "gt": gt}
+
+
+@pytest.fixture
+def run_configs(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The RunConfig of each ``isc.cli.run.main`` call of the test, recorded instead of run."""
+    from isc.cli import run as cli_run
+
+    configs = []
+
+    class Recorded:
+        def __init__(self, config: object) -> None:
+            configs.append(config)
+
+        def run(self) -> object:
+            return type("Summary", (), {"table": lambda self: ""})()
+
+    monkeypatch.setattr(cli_run, "Pipeline", Recorded)
+    return configs
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +100,43 @@ def user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
     return folder
 
 
+def error_of(command: str, message: str) -> str:
+    """The whole stderr of ``isc-COMMAND`` refusing its input with ``message``."""
+    return f"isc-{command}: error: {message}\n"
+
+
+def named_photo(name: str, size: int = 128) -> Image.Image:
+    """A procedural photo seeded by ``name``, ``size`` x ``size``."""
+    from isc.synth.draw import base_image
+
+    return base_image(np.random.default_rng(list(name.encode())), size, size)
+
+
+def photo(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
+    """A smooth random picture, different for each seed."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+
+
+def rewrite_keeping_size_and_times(path: Path, replacement: Image.Image) -> None:
+    """Write ``replacement`` over ``path`` as a JPEG of the same size (padded after its end), times put back."""
+    stat, size = path.stat(), path.stat().st_size
+    for quality in range(90, 10, -10):
+        encoded = _jpeg_bytes(replacement, quality)
+        if len(encoded) <= size:
+            break
+    path.write_bytes(encoded + b"\0" * (size - len(encoded)))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+
+def _jpeg_bytes(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 def run_python(*args: object, timeout: float = 300, cwd: Path = REPO,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python ARGS`` in a child process run from ``cwd``, its output captured as text; by default in this
@@ -79,6 +150,15 @@ def run_python(*args: object, timeout: float = 300, cwd: Path = REPO,
 def cli(module: str, *args: object, **options: object) -> subprocess.CompletedProcess:
     """``python -m isc.cli.MODULE ARGS``, as :func:`run_python` runs it (same ``timeout``, ``cwd``, ``env``)."""
     return run_python("-m", f"isc.cli.{module}", *args, **options)
+
+
+def assert_argument_refused(main: Callable[[list[str]], int], prog: str, argv: list[str], message: str,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse refuses ``argv`` (exit 2) with ``message``, stderr its one line."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2, argv
+    one_line_error(capsys.readouterr().err, prog, message)
 
 
 def one_line_error(result: subprocess.CompletedProcess | str, prog: str, *fragments: str, status: int = 2,

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_python
+from conftest import REPO, one_line_error, run_python
 
 PARTS = ("environment", "extract_correctness", "search_correctness", "train_amp", "torchrun", "extract_timing",
          "search_timing", "train_timing")
@@ -117,17 +117,14 @@ def test_rerun_of_some_parts_keeps_the_others(smoke_run, tmp_path):
     assert "--parts search_correctness" in (out / "gpu_check.md").read_text()
 
 
-def test_unknown_part_is_refused(tmp_path):
-    # argparse's usage then the error, not one line: gpu_check.py is a developer's script, not an isc command
-    result = run_python("scripts/gpu_check.py", "--out", tmp_path, "--parts", "nope", timeout=60)
-    assert result.returncode == 2
-    assert "unknown part(s) nope" in result.stderr
+@pytest.mark.parametrize(("args", "fragment"), [(["--parts", "nope"], "unknown part(s) nope"),
+                                               (["--device", "tpu"], "invalid choice: 'tpu'")])
+def test_a_bad_option_is_one_line(tmp_path, args, fragment):
+    result = run_python("scripts/gpu_check.py", "--out", tmp_path, *args, timeout=60, env=WITH_REPO)
+    one_line_error(result, "gpu_check.py", fragment)
 
 
 @pytest.mark.parametrize("args", [["--count", "0"], ["--threads", "nan"], ["--batch", "-1"], ["--device", "tpu"]])
-def test_stage_benchmark_refuses_bad_options_without_a_traceback(args):
+def test_stage_benchmark_refuses_a_bad_option_in_one_line(args):
     done = run_python(REPO / "scripts" / "bench_extract_stages.py", *args, timeout=120, env=WITH_REPO)
-    # argparse's usage lines come first: the script is not an isc command (no one_line_usage_errors), so the
-    # error is its last line, not its only one
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("bench_extract_stages.py: error:")
+    one_line_error(done, "bench_extract_stages.py", args[0].lstrip("-"), args[1])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
 from isc.cli.options import add_retry_options, add_s3_options, download_options
-from isc.core.competition import SPLITS
+from isc.core.competition import AUTO_REGION, REGION_CHOICES, REGIONS, SPLITS
 from isc.core.files import InputError, check_file
 from isc.download import s3
 from isc.download.sync import DownloadReport, sync_split
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or wrong. Exit status 0 only when every selected file is present and verified; 1 when some are not, or "
         "when the endpoint did not answer (re-run later to resume); 2 on bad arguments or an unreachable endpoint.",
     )
-    parser.add_argument("--region", choices=s3.REGION_CHOICES,
+    parser.add_argument("--region", choices=REGION_CHOICES,
                         help="bucket to read: us-west, eu (Frankfurt), asia (Singapore), or auto: time a small "
                         "request to each and use the fastest; required unless --endpoint-url (or $AWS_ENDPOINT_URL) "
                         f"names a mirror, where it defaults to {s3.DownloadOptions.region}")
@@ -75,7 +75,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("--repair goes with --verify-only (a plain run already fetches missing and corrupt files)")
     # a mirror serves every region's bucket, as isc-s3serve does: the default region's will do
     if args.region is None and not s3.endpoint_url_or_environment(args.endpoint_url):
-        raise InputError(f"--region is required ({', '.join(s3.REGIONS)} or {s3.AUTO_REGION}) unless --endpoint-url "
+        raise InputError(f"--region is required ({', '.join(REGIONS)} or {AUTO_REGION}) unless --endpoint-url "
                          "names a mirror")
     if args.metadata:
         check_file(args.metadata, "metadata file")

@@ -20,8 +20,7 @@ from isc.cli.common import (
 )
 from isc.cli.options import add_model_options, add_phase_option, extract_options, model_choice
 from isc.core.competition import SPLITS, split_folder
-from isc.core.files import InputError
-from isc.core.partial_log import NoImageRead
+from isc.core.files import InputError, NoImageRead
 from isc.extract.extraction import DECODERS, ExtractOptions, extract
 from isc.extract.image_files import image_classes, list_images, list_split_images, select_split_images
 from isc.models import POOLINGS, RESIZE_MODES, create_model, given_options

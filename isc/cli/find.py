@@ -8,13 +8,20 @@ import warnings
 from pathlib import Path
 
 from isc.cli.common import check_outputs, finite_float, positive_int, run_command
-from isc.cli.options import add_model_options, extract_options, model_choice
+from isc.cli.options import (
+    add_model_options,
+    add_verify_options,
+    extract_options,
+    model_choice,
+    verify_options,
+)
 from isc.extract.image_files import list_images
 from isc.models import create_model, given_options
 from isc.pipeline.find import (
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLD_NORMALISED,
     DEFAULT_THRESHOLD_VERIFIED,
+    IN_PROCESS_DECODING,
     default_cache_dir,
     find_copies,
     groups_of,
@@ -24,7 +31,6 @@ from isc.pipeline.find import (
     write_matches,
 )
 from isc.search.matching import DEFAULT_K
-from isc.verify.local_features import VerifyOptions
 
 FIND_BATCH_SIZE = 8  # small batches: the progress bar moves every 8 images, in the same time (docs/BENCHMARKS.md)
 # warnings about what a run did as told, not about its result: --quiet leaves them out
@@ -36,17 +42,17 @@ without suffix, or with it where two files share a stem: beach.jpg and beach.png
 model (default: sscd when installed), each image also by 5 crops (a pair scores its best view), once: the
 descriptors are cached per folder and model in --cache (default $XDG_CACHE_HOME/isc/find/, else
 ~/.cache/isc/find/), whatever the output, and a re-run describes only the images added or changed since.
+A folder of at most {IN_PROCESS_DECODING} images is decoded in isc-find's own process unless --workers is given
+(starting the decoding processes costs more than decoding so few).
 Each image keeps its --k nearest images of the other folder: two folders are searched both ways, each pair
 with its better score, so that which folder comes first changes only which side of a pair is which. Then,
 unless --no-verify (or with --training), each image's --verify-k best candidates, on either side, are checked
 by local features (SIFT, a geometric fit) and re-scored: score + 0.2 x min(inliers, 10) / 10, the features
-cached in --cache. The pairs scoring at least --threshold are written. The default for verified scores,
-{DEFAULT_THRESHOLD_VERIFIED}, kept 58 pairs, 55 of them copies (precision 0.95, recall 0.69) on a photo set
-where unverified scores at {DEFAULT_THRESHOLD} kept 48, 45 copies (precision 0.94, recall 0.56;
-docs/BENCHMARKS.md). Unverified, {DEFAULT_THRESHOLD} kept 63 pairs, 62 of them copies (precision 0.98,
-recall 0.69) with sscd and query crops, searched one way, on another photo benchmark. With --training the
-scores are normalised (s - 0.5 x the similarity of the query to its 10th nearest training image) and lower;
-the default is then {DEFAULT_THRESHOLD_NORMALISED} (precision 0.98, recall 0.67 there), unverified.
+cached in --cache. The pairs scoring at least --threshold are written: by default {DEFAULT_THRESHOLD_VERIFIED}
+for verified scores, {DEFAULT_THRESHOLD} unverified. With --training the scores are normalised (s - 0.5 x the
+similarity of the query to its 10th nearest training image) and lower; the default is then
+{DEFAULT_THRESHOLD_NORMALISED}, unverified. Each default was chosen on photo benchmarks: their precision and
+recall are in docs/BENCHMARKS.md ("Copies in one's own folders").
 
 outputs: without -o the groups (connected components of the pairs, largest first) go to stdout, a block
 of paths a group, blocks apart by an empty line, an exact copy followed by a tab and "same bytes as PATH"
@@ -84,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=finite_float,
                         help=f"keep pairs scoring at least this, in (0, 1] (0, 1.2] verified (default "
                         f"{DEFAULT_THRESHOLD_VERIFIED} verified, {DEFAULT_THRESHOLD} with --no-verify, "
-                        f"{DEFAULT_THRESHOLD_NORMALISED} with --training; precisions on photo benchmarks in the notes "
-                        "below)")
+                        f"{DEFAULT_THRESHOLD_NORMALISED} with --training; chosen on photo benchmarks, "
+                        "docs/BENCHMARKS.md)")
     parser.add_argument("--k", type=positive_int, default=DEFAULT_K,
                         help=f"nearest images of the other folder considered per image (default {DEFAULT_K})")
     parser.add_argument("--training", metavar="DIR",
@@ -101,9 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                           f"{DEFAULT_THRESHOLD_VERIFIED}); the default without --training")
     checking.add_argument("--no-verify", dest="verify", action="store_false",
                           help="no verification (the default with --training)")
-    parser.add_argument("--verify-k", type=positive_int, default=VerifyOptions.k,
-                        help="pairs verified: each image's this many best candidates, on either side "
-                        "(default %(default)s)")
+    add_verify_options(parser.add_argument_group("verification"), prefix="verify-", per="per image, on either side")
     parser.add_argument("--cache", metavar="DIR",
                         help="where the descriptors are kept between runs, a sub-folder per image folder (default: "
                         f"{default_cache_dir()})")
@@ -139,7 +143,7 @@ def find(args: argparse.Namespace) -> int:
     if why and not args.quiet:
         print(f"isc-find: no --model given, using {model_name}; {why}", file=sys.stderr)
     verifying = verifies_by_default(args.training) if args.verify is None else args.verify
-    verification = VerifyOptions(k=args.verify_k) if verifying else None
+    verification = verify_options(args, prefix="verify-") if verifying else None
     found = find_copies(args.folders, cache, model, extraction, threshold=args.threshold, training=args.training,
                         crops=not args.no_crops, k=args.k, quiet=args.quiet, verification=verification)
     if output:

@@ -1,7 +1,7 @@
 """Option definitions shared by two commands (a stage's and ``isc-run``, or isc-eval and isc-report), each
 with the function that reads it back, as the stage's options object where it has one (:class:`ExtractOptions`,
-:class:`DownloadOptions`, :class:`SearchOptions`): written once, so that both take the same names, types,
-defaults and help, and build the same checked object."""
+:class:`DownloadOptions`, :class:`SearchOptions`, :class:`VerifyOptions`): written once, so that both take the
+same names, types, defaults and help, and build the same checked object."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from isc.cli.common import float_between, int_between, non_negative_int, positive_float, positive_int
 from isc.core.competition import MATCHING_TRACK_MAX_ROWS, PHASE_QUERY_RANGES, PHASES
+from isc.core.files import SettingError
 from isc.core.tables import read_ground_truth, read_predictions
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from isc.extract.extraction import ExtractOptions
     from isc.search.matching import SearchOptions
     from isc.search.normalisation import ScoreNorm
+    from isc.verify.local_features import VerifyOptions
 
 # each adder imports its stage's module itself: isc-download, which shares the S3 options, must not load torch
 Parser = argparse.ArgumentParser | argparse._ArgumentGroup
@@ -175,6 +177,48 @@ def score_norm(args: argparse.Namespace) -> ScoreNorm:
 
     return ScoreNorm(args.norm_beta, parse_neighbor_range(args.norm_neighbors), args.norm_agg,
                      args.normalize_references)
+
+
+# the VerifyOptions fields that add_verify_options gives a flag: --FIELD, or --verify-FIELD beside other stages
+VERIFY_FLAGS = ("k", "max_features", "max_side", "ratio", "geometry", "threshold", "workers")
+
+
+def add_verify_options(parser: Parser, prefix: str = "", per: str = "per query") -> None:
+    """How candidate pairs are verified, read back by :func:`verify_options`: isc-verify's --k, --max-features,
+    --max-side, --ratio, --geometry, --threshold, --workers; with ``prefix`` ``verify-`` isc-run's and isc-find's
+    --verify-k, ..., --verify-workers, beside their search's --k and --threshold and their extraction's --workers.
+    ``per``: what each ``k`` candidates belong to, for the help."""
+    from isc.verify.local_features import GEOMETRIES, VerifyOptions
+
+    default = VerifyOptions()
+    flag = f"--{prefix}"
+    parser.add_argument(f"{flag}k", type=positive_int, default=default.k,
+                        help=f"candidates verified {per}, by decreasing score (default {default.k})")
+    parser.add_argument(f"{flag}max-features", type=positive_int, default=default.max_features,
+                        help=f"SIFT keypoints per image (default {default.max_features})")
+    parser.add_argument(f"{flag}max-side", type=positive_int, default=default.max_side,
+                        help=f"long side in pixels the image is shrunk to before SIFT (default {default.max_side})")
+    parser.add_argument(f"{flag}ratio", type=positive_float, default=default.ratio,
+                        help=f"Lowe's ratio test, in (0, 1] (default {default.ratio:g})")
+    parser.add_argument(f"{flag}geometry", choices=GEOMETRIES, default=default.geometry,
+                        help="affine: rotation, scale and translation (default); homography: RANSAC homography; "
+                        "magsac: homography by USAC MAGSAC++")
+    parser.add_argument(f"{flag}threshold", type=positive_float, default=default.threshold,
+                        help=f"RANSAC reprojection error in pixels of the resized images (default {default.threshold:g})")
+    parser.add_argument(f"{flag}workers", type=non_negative_int,
+                        help="SIFT processes (0: this one; default every core, shared by the ranks of a machine)")
+
+
+def verify_options(args: argparse.Namespace, prefix: str = "") -> VerifyOptions:
+    """The :class:`VerifyOptions` of the options :func:`add_verify_options` added with ``prefix``; a bad one is a
+    SettingError naming the flag's destination, which the command says as its flag."""
+    from isc.verify.local_features import VerifyOptions
+
+    dest = prefix.replace("-", "_")
+    try:
+        return VerifyOptions(**{name: getattr(args, dest + name) for name in VERIFY_FLAGS})
+    except SettingError as e:  # the field's flag is the prefixed one
+        raise SettingError(dest + e.setting, e.problem) from None
 
 
 PREDICTIONS_HELP = "predictions CSV query_id,reference_id,score, with or without its header row (the organisers' "\

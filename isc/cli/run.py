@@ -7,25 +7,30 @@ import json
 import logging
 from pathlib import Path
 
-from isc.cli.common import check_outputs, non_negative_int, positive_int, run_command
+from isc.cli.common import check_outputs, float_between, non_negative_int, positive_int, run_command
 from isc.cli.options import (
     add_model_options,
     add_retry_options,
     add_s3_options,
     add_search_options,
+    add_verify_options,
     download_options,
     extract_options,
     model_choice,
     search_options,
+    verify_options,
 )
-from isc.core.competition import PHASES, SPLITS, split_folder
+from isc.core.competition import PHASES, REGION_CHOICES, SPLITS, split_folder
 from isc.core.files import InputError
 from isc.download import s3
 from isc.pipeline.demo import DEMO_IMAGE_SIZE, run_demo
 from isc.pipeline.run import Pipeline, RunConfig, planned_outputs
+from isc.search.descriptor_track import DescriptorTrack
+from isc.search.negatives import NegativeEmbeddings
+from isc.search.normalisation import MAX_BETA
+from isc.search.pooling import POOLINGS, ViewPooling
 from isc.submit.manifest import SUBMISSIONS_DIR_ENV, default_submissions_dir
 from isc.verify.calibrate import Calibration
-from isc.verify.local_features import VerifyOptions
 
 EPILOG = """\
 examples:
@@ -60,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_argument_group("images")
     source.add_argument("--data", metavar="ROOT", help="use the images already under ROOT/<split>_images/ "
                         "instead of downloading into WORK/data")
-    source.add_argument("--region", choices=s3.REGION_CHOICES,
+    source.add_argument("--region", choices=REGION_CHOICES,
                         help=f"bucket to download from (default: {s3.DownloadOptions.region}; auto: the fastest)")
     add_s3_options(source)
     add_retry_options(source)
@@ -80,25 +85,39 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--query-crops", action=argparse.BooleanOptionalAction, default=True,
                        help="for the matching track, describe each query again as its full view and 5 crops (the "
                        "corners and the centre, 2/3 of each side; descriptors/query_phase<P>_crops.h5), each pair "
-                       "scored by its best view: µAP 0.728 -> 0.781 with sscd on photos, 6x the query extraction "
-                       "work; the descriptor track keeps one row per query (default: on)")
+                       "scored by its best view: 6x the query extraction work, gain in docs/BENCHMARKS.md; the "
+                       "descriptor track keeps one row per query (default: on)")
     model.add_argument("--reference-crops", action=argparse.BooleanOptionalAction, default=False,
                        help="for the matching track, describe each reference as its full view and 5 crops too "
                        "(descriptors/reference_crops.h5; reference.h5 is then its full views, for the descriptor "
                        "track), each pair scored by its best (query view, reference view): 6x the reference "
                        "extraction and index; gain and cost in docs/BENCHMARKS.md (default: off)")
+    track = parser.add_argument_group("the descriptor track's one vector per image (docs/BENCHMARKS.md, "
+                                      "\"The descriptor track's levers\")")
+    track.add_argument("--descriptor-pooling", choices=("none", *POOLINGS), default="none",
+                       help="each query's descriptor as its whitened views (full view and 5 crops, --query-crops) "
+                       "pooled by their mean or signed GeM, then L2-normalised (default: %(default)s: its full view)")
+    track.add_argument("--descriptor-gem-p", type=float_between(1, 100), default=ViewPooling.p,
+                       help="the GeM power of --descriptor-pooling gem (default: %(default)s)")
+    track.add_argument("--descriptor-negatives", action=argparse.BooleanOptionalAction, default=False,
+                       help="subtract from each query and reference descriptor --descriptor-neg-beta x the mean of its "
+                       "--descriptor-neg-k nearest training descriptors, then L2-normalise: the ISC 2021 winner's recipe "
+                       "(default: off)")
+    track.add_argument("--descriptor-neg-beta", type=float_between(0, MAX_BETA), default=0.35,
+                       help="weight of the subtracted training neighbours (default: %(default)s)")
+    track.add_argument("--descriptor-neg-k", type=positive_int, default=10,
+                       help="training neighbours averaged (default: %(default)s)")
     search = parser.add_argument_group("search, scoring and submission")
     add_search_options(search)
     model.add_argument("--matching-whitened", action="store_true",
                        help="search the matching track in the PCA-whitened descriptors too (by default it searches "
-                       "them as extracted: on photos they hold more copies among each query's candidates, and with "
-                       "verification µAP +0.040 against +0.037, held-out +0.062 against +0.025)")
+                       "them as extracted: on photos they hold more copies among each query's candidates; "
+                       "docs/BENCHMARKS.md)")
     verification = parser.add_argument_group("verification of the matching track's candidates (isc-verify)")
     verification.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                               help="verify each query's best candidates by SIFT matching and re-score them "
                               "(predictions_phase<P>_verified.csv; default: on)")
-    verification.add_argument("--verify-k", type=positive_int, default=VerifyOptions.k,
-                              help="candidates verified per query (default: %(default)s)")
+    add_verify_options(verification, prefix="verify-")
     verification.add_argument("--calibration", metavar="FILE.json",
                               help="combine score and evidence with this calibration (isc-verify --calibrate-gt) "
                               "instead of one fitted on edited copies of training images")
@@ -121,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def descriptor_track(args: argparse.Namespace) -> DescriptorTrack:
+    """The descriptor track's options from the flags."""
+    pooling = None if args.descriptor_pooling == "none" else ViewPooling(args.descriptor_pooling, args.descriptor_gem_p)
+    negatives = NegativeEmbeddings(args.descriptor_neg_beta, args.descriptor_neg_k) if args.descriptor_negatives else None
+    return DescriptorTrack(pooling, negatives)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.demo and args.data:
         raise InputError("--demo serves its own mini dataset: leave out --data")
@@ -136,11 +162,12 @@ def run(args: argparse.Namespace) -> int:
         work=work, data=Path(args.data) if args.data else None, download=download_options(args, args.download_workers),
         limit=args.limit, training_limit=args.training_limit, model=model_name, checkpoint=args.checkpoint,
         image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None), extraction=extract_options(args),
-        pca_dim=args.pca_dim, search=search_options(args, device=args.device), query_crops=args.query_crops,
+        pca_dim=args.pca_dim, search=search_options(args, device=args.device), descriptor_track=descriptor_track(args),
+        query_crops=args.query_crops,
         reference_crops=args.reference_crops, phases=sorted(set(args.phases)),
         ground_truth=[Path(p) for p in args.gt], restrict_to_gt_queries=args.restrict_to_gt_queries,
         submissions=submissions, quiet=args.quiet, matching_whitened=args.matching_whitened,
-        verify=VerifyOptions(k=args.verify_k, workers=args.workers) if args.verify else None,
+        verify=verify_options(args, prefix="verify-") if args.verify else None,
         calibration=Path(args.calibration) if args.calibration else None, calibration_copies=args.calibration_copies,
     )
     check_outputs(inputs=[args.checkpoint, *args.gt, args.calibration], outputs=planned_outputs(config),
@@ -150,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
         Calibration.load(args.calibration)
     summary = run_demo(config) if args.demo else Pipeline(config).run()
     if args.json:
-        print(json.dumps({"steps": [vars(step) for step in summary.steps], "metrics": summary.metrics}))
+        print(json.dumps({"steps": [vars(step) for step in summary.steps], "metrics": summary.metrics,
+                          "left_over": summary.left_over}))
     else:
         print(summary.table())
     return 0

@@ -7,9 +7,8 @@ import threading
 from pathlib import Path
 
 from isc.cli.common import check_outputs, port_number, run_command
-from isc.core.competition import SPLITS
+from isc.core.competition import REGIONS, SPLITS, images_prefix
 from isc.core.files import atomic_path
-from isc.download.s3 import REGIONS
 from isc.download.s3server import LocalS3Server
 
 
@@ -27,16 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="isc-s3serve",
         description="Serve a folder in the competition's layout (<split>_images/<id>.jpg, <split>_metadata.csv) "
-        "as the three regional buckets (drivendata-competition-fb-isc-data[-eu|-asia], prefix all/<split>_images/) "
-        "on a local S3 server bound to loopback. Anonymous reads work, as on the real buckets. Runs until "
-        "interrupted. Needs moto's server mode: pip install 'isc[server]'.",
+        f"as the competition's regional buckets ({', '.join(region.bucket for region in REGIONS.values())}; "
+        f"images under {images_prefix('<split>')}) on a local S3 server bound to loopback. Anonymous reads work, "
+        "as on the real buckets. Runs until interrupted. Needs moto's server mode: pip install 'isc[server]'.",
     )
     parser.add_argument("data", help="dataset folder, e.g. one written by isc-synth")
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=port_or_zero, default=0,
                         help="port to bind, 1-65535; 0 picks a free one (default); a port in use is an error")
     parser.add_argument("--regions", nargs="+", choices=list(REGIONS), default=list(REGIONS),
-                        help="regional buckets to create (default: all three)")
+                        help="regional buckets to create (default: all of them)")
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
                         help="splits to upload (default: all three)")
     parser.add_argument("--endpoint-file", metavar="PATH",

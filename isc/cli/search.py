@@ -25,8 +25,8 @@ torch on the CPU is exact but slower than faiss-cpu.
 score normalisation (--training): s'(q, r) = s(q, r) - B * agg(s(q, t_i)), t_i the A-th to B-th
 nearest training descriptors of q (--norm-neighbors A:B, 1-based, inclusive); the isc2021 baseline
 used --norm-beta 2 --norm-neighbors 10:10, SSCD --norm-beta 1 --norm-neighbors 1:3; the default,
---norm-beta 0.5 --norm-neighbors 10:10, scored best on photos (docs/BENCHMARKS.md: +0.046 µAP over
-SSCD's with 500 training images; the best range may move with a larger training set).
+--norm-beta 0.5 --norm-neighbors 10:10, scored best on photos (docs/BENCHMARKS.md; the best range may move
+with a larger training set).
 
 the query and reference files may hold several views (crops) of each image, the same id repeated, when
 their attribute views_per_id says so (isc-extract --crops): each pair then scores its best (query view,

@@ -13,22 +13,18 @@ import pandas as pd
 from isc.cli.common import (
     check_outputs,
     non_negative_float,
-    non_negative_int,
-    positive_float,
     positive_int,
     print_broken,
     run_command,
 )
-from isc.cli.options import PREDICTIONS_HELP
+from isc.cli.options import PREDICTIONS_HELP, add_verify_options, verify_options
 from isc.core.competition import split_folder
 from isc.core.descriptors import provenance_path
-from isc.core.files import InputError
-from isc.core.partial_log import NoImageRead
+from isc.core.files import InputError, NoImageRead
 from isc.core.tables import read_ground_truth, read_predictions
 from isc.extract.image_files import list_images, list_split_images
 from isc.submit.manifest import read_provenance
 from isc.verify.calibrate import Calibration, CrossFitted, cross_fit
-from isc.verify.local_features import GEOMETRIES, VerifyOptions
 from isc.verify.verification import (
     InlierBonus,
     calibration_conditions,
@@ -66,7 +62,6 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    default = VerifyOptions()
     bonus = InlierBonus()
     parser = argparse.ArgumentParser(
         prog="isc-verify",
@@ -85,21 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--references", metavar="DIR_OR_LIST", help="reference images (default ROOT/reference_images)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.csv",
                         help="re-scored predictions to write, with OUT.evidence.csv and OUT.csv.provenance.json")
-    parser.add_argument("--k", type=positive_int, default=default.k,
-                        help=f"candidates verified per query, by decreasing score (default {default.k})")
-    parser.add_argument("--max-features", type=positive_int, default=default.max_features,
-                        help=f"SIFT keypoints per image (default {default.max_features})")
-    parser.add_argument("--max-side", type=positive_int, default=default.max_side,
-                        help=f"long side in pixels the image is shrunk to before SIFT (default {default.max_side})")
-    parser.add_argument("--ratio", type=positive_float, default=default.ratio,
-                        help=f"Lowe's ratio test, in (0, 1] (default {default.ratio:g})")
-    parser.add_argument("--geometry", choices=GEOMETRIES, default=default.geometry,
-                        help="affine: rotation, scale and translation (default); homography: RANSAC homography; "
-                        "magsac: homography by USAC MAGSAC++")
-    parser.add_argument("--threshold", type=positive_float, default=default.threshold,
-                        help=f"RANSAC reprojection error in pixels of the resized images (default {default.threshold:g})")
-    parser.add_argument("--workers", type=non_negative_int,
-                        help="processes (0: this one; default every core, shared by the ranks of a machine)")
+    add_verify_options(parser)
     parser.add_argument("--cache", metavar="DIR", help="feature cache folder (default: isc-verify-cache/ beside "
                         "the output)")
     parser.add_argument("--weight", type=non_negative_float,
@@ -136,8 +117,7 @@ def _images(args: argparse.Namespace, split: str) -> tuple[dict[str, Path], Path
 
 
 def run(args: argparse.Namespace) -> int:
-    options = VerifyOptions(args.k, args.max_features, args.max_side, args.ratio, args.geometry, args.threshold,
-                            args.workers).check()
+    options = verify_options(args)
     if (args.calibration or args.calibrate_gt) and (args.weight is not None or args.cap is not None):
         raise InputError("--weight and --cap set the fixed inlier bonus, which a calibration replaces")
     if args.assume_same_model and not (args.calibration and not args.calibrate_gt):

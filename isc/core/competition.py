@@ -1,4 +1,5 @@
-"""The competition's data: splits, image ids and phases, the data root's layout and the two tracks' limits.
+"""The competition's data: splits, image ids and phases, the data root's layout, the two tracks' limits, and
+where the organisers publish it (the regional S3 buckets and their keys).
 
 Ids are any text elsewhere (a file's stem or its path relative to a folder); the rules here (queries ``Q`` +
 5 digits, references ``R`` + 6, training ``T`` + 6, ASCII) apply only where the competition needs them: a
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,3 +122,52 @@ def phase_query_ids(phase: int) -> list[str]:
     """Every query id of a competition phase, in order."""
     lo, hi = PHASE_QUERY_RANGES[phase]
     return [image_id("query", i) for i in range(lo, hi + 1)]
+
+
+# ------------------------------------------------------------------------------------------- regions
+
+
+@dataclass(frozen=True)
+class Region:
+    """One copy of the competition's data: its public bucket and the AWS region that hosts it."""
+
+    bucket: str
+    aws_region: str
+
+
+# the competition's public buckets, one copy per region (US West, Frankfurt, Singapore)
+REGIONS = {
+    "us-west": Region("drivendata-competition-fb-isc-data", "us-west-2"),
+    "eu": Region("drivendata-competition-fb-isc-data-eu", "eu-central-1"),
+    "asia": Region("drivendata-competition-fb-isc-data-asia", "ap-southeast-1"),
+}
+DEFAULT_REGION = "us-west"
+AUTO_REGION = "auto"  # not a bucket: time a small request to each region and use the fastest
+REGION_CHOICES = (*REGIONS, AUTO_REGION)  # what isc-download's and isc-run's --region accept
+
+
+def check_region(name: str, choices: Sequence[str] = REGION_CHOICES) -> None:
+    """InputError naming ``name`` when it is none of ``choices`` (region names, or ``auto`` too)."""
+    if name not in choices:
+        raise InputError(f"unknown region {name!r} (choose from {', '.join(choices)})")
+
+
+def region_named(name: str) -> Region:
+    """The bucket and AWS region of a region name (``us-west``, ``eu``, ``asia``)."""
+    check_region(name, tuple(REGIONS))
+    return REGIONS[name]
+
+
+def bucket_for_region(region: str) -> str:
+    """The competition's bucket for a region name (``us-west``, ``eu``, ``asia``)."""
+    return region_named(region).bucket
+
+
+def images_prefix(split: str) -> str:
+    """The key prefix of a split's images in the competition's buckets."""
+    return f"all/{split}_images/"
+
+
+def metadata_key(split: str) -> str:
+    """Where a mirror of the competition (such as isc-s3serve) keeps a split's metadata CSV."""
+    return f"all/{split}_metadata.csv"

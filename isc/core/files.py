@@ -33,6 +33,10 @@ class SettingError(InputError):
         self.setting, self.problem = setting, problem
 
 
+class NoImageRead(InputError):
+    """Not one of the images could be read (to describe, or to verify): nothing is written."""
+
+
 def shown(value: object, limit: int = 100) -> str:
     """A value quoted in a message: its repr (non-printable characters escaped), cut after ``limit`` characters."""
     text = str(value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value)

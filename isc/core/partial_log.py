@@ -15,14 +15,10 @@ import h5py
 import numpy as np
 
 from isc.core.descriptors import decode_id, encode_ids, model_differences
-from isc.core.files import InputError, atomic_path, os_error_at
+from isc.core.files import InputError, NoImageRead, atomic_path, os_error_at
 
 H5_LIBVER = ("v108", "latest")  # dense attribute storage: the broken-image list can exceed 64 KB
 MERGE_ROWS = 8192
-
-
-class NoImageRead(InputError):
-    """Not one of the images could be read: no descriptor file is written."""
 
 
 class PartialLog:

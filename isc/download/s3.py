@@ -1,15 +1,14 @@
-"""The competition's S3 buckets and how to read them: the region table, the buckets' layout, clients, and
-MD5-checked GETs of single objects.
+"""How the competition's S3 buckets are read: the download's options, clients, and MD5-checked GETs of single
+objects. The buckets themselves (the region table, their keys) are :mod:`isc.core.competition`'s.
 
-1. :data:`REGIONS`: the three copies of the data, each a bucket in an AWS region; ``auto`` picks the fastest.
+1. :class:`DownloadOptions`: a region of :data:`isc.core.competition.REGIONS`, or ``auto`` (the fastest).
 2. ``make_client`` / ``connect``: an anonymous (unsigned) botocore S3 client by default, signed with a named
    profile when asked; it lists, probes regions and fetches the metadata, with botocore's retries.
 3. ``fetch_object``: GET one object through :class:`ObjectGetter` (URLs made by botocore, bytes over one
    bounded urllib3 pool), stream it to ``.<name>.part`` while hashing it, rename it only when the MD5
    matches; 5xx, throttling, dropped connections and mismatches are retried with backoff.
 
-boto3, botocore and urllib3 are imported where they are used, so that the region table and the layout
-(which isc-synth needs) import without them."""
+boto3, botocore and urllib3 are imported where they are used."""
 
 from __future__ import annotations
 
@@ -22,12 +21,21 @@ import re
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import isc
+from isc.core.competition import (
+    AUTO_REGION,
+    DEFAULT_REGION,
+    REGIONS,
+    bucket_for_region,
+    check_region,
+    images_prefix,
+    region_named,
+)
 from isc.core.files import InputError, SettingError
 
 if TYPE_CHECKING:
@@ -43,45 +51,6 @@ DEFAULT_TIMEOUT = 60.0  # seconds for a connection, or for the next bytes of an 
 CHUNK_BYTES = 1 << 20
 MIN_BYTES_PER_SECOND = 1024  # an answer slower than this on average, once the timeout has passed, has stalled
 PART_SUFFIX = ".part"  # an object being fetched lives under ``.<name>.part`` until its MD5 matches
-
-# ------------------------------------------------------------------------------------------- regions
-
-
-@dataclass(frozen=True)
-class Region:
-    """One copy of the competition's data: its public bucket and the AWS region that hosts it."""
-
-    bucket: str
-    aws_region: str
-
-
-# the competition's public buckets, one copy per region (US West, Frankfurt, Singapore)
-REGIONS = {
-    "us-west": Region("drivendata-competition-fb-isc-data", "us-west-2"),
-    "eu": Region("drivendata-competition-fb-isc-data-eu", "eu-central-1"),
-    "asia": Region("drivendata-competition-fb-isc-data-asia", "ap-southeast-1"),
-}
-DEFAULT_REGION = "us-west"
-AUTO_REGION = "auto"  # not a bucket: time a small request to each region and use the fastest
-REGION_CHOICES = (*REGIONS, AUTO_REGION)  # what isc-download's and isc-run's --region accept
-
-
-def check_region(name: str, choices: Sequence[str] = REGION_CHOICES) -> None:
-    """InputError naming ``name`` when it is none of ``choices`` (region names, or ``auto`` too)."""
-    if name not in choices:
-        raise InputError(f"unknown region {name!r} (choose from {', '.join(choices)})")
-
-
-def region_named(name: str) -> Region:
-    """The bucket and AWS region of a region name (``us-west``, ``eu``, ``asia``)."""
-    check_region(name, tuple(REGIONS))
-    return REGIONS[name]
-
-
-def bucket_for_region(region: str) -> str:
-    """The competition's bucket for a region name (``us-west``, ``eu``, ``asia``)."""
-    return region_named(region).bucket
-
 
 @dataclass(frozen=True)
 class DownloadOptions:
@@ -111,16 +80,6 @@ class DownloadOptions:
                 raise SettingError(name, f"must be at least 1, got {getattr(self, name)}")
         if not (math.isfinite(self.timeout) and self.timeout > 0):
             raise SettingError("timeout", f"must be a positive number of seconds, got {self.timeout}")
-
-
-def images_prefix(split: str) -> str:
-    """The key prefix of a split's images in the competition's buckets."""
-    return f"all/{split}_images/"
-
-
-def metadata_key(split: str) -> str:
-    """Where a mirror of the competition (such as isc-s3serve) keeps a split's metadata CSV."""
-    return f"all/{split}_metadata.csv"
 
 
 # -------------------------------------------------------------------------------------------- client

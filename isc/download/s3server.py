@@ -1,8 +1,9 @@
 """A local S3 server (moto's server mode, loopback only) that serves a dataset folder as the
-competition's three regional buckets, for the demo, the tests and the download benchmark.
+competition's regional buckets (:data:`isc.core.competition.REGIONS`), for the demo, the tests and the download
+benchmark.
 
 The folder has the competition's layout (``<split>_images/<id>.jpg`` and ``<split>_metadata.csv``,
-as ``isc-synth`` writes it). Objects land under ``all/<split>_images/`` in every regional bucket,
+as ``isc-synth`` writes it). Objects land under the buckets' keys (:func:`isc.core.competition.images_prefix`),
 with a public-read policy so that anonymous (unsigned) requests work as they do on the real buckets.
 moto (``pip install 'isc[server]'``) is imported only when a server starts."""
 
@@ -23,9 +24,8 @@ from botocore.client import BaseClient
 from botocore.config import Config
 from tqdm import tqdm
 
-from isc.core.competition import SPLITS, metadata_file, split_folder
+from isc.core.competition import REGIONS, SPLITS, images_prefix, metadata_file, metadata_key, split_folder
 from isc.core.files import InputError
-from isc.download.s3 import REGIONS, images_prefix, metadata_key
 
 # moto accepts any credentials; these only sign the uploads that fill the buckets
 SERVER_CREDENTIALS = {"aws_access_key_id": "isc-local", "aws_secret_access_key": "isc-local"}
@@ -75,7 +75,7 @@ def populate_buckets(
             bucket = REGIONS[region].bucket
             client.create_bucket(Bucket=bucket)
             client.put_bucket_policy(Bucket=bucket, Policy=_public_read_policy(bucket))
-            # the server shares this process's GIL: more threads only add contention (4: 7.5 s, 16: 11 s for 1,600 puts)
+            # the server shares this process's GIL: more threads only add contention
             with ThreadPoolExecutor(4) as pool:
                 for _ in pool.map(lambda item, b=bucket: client.put_object(Bucket=b, Key=item[0], Body=item[1].read_bytes()),
                                   files):

@@ -30,7 +30,7 @@ import pandas as pd
 from botocore.client import BaseClient
 from tqdm import tqdm
 
-from isc.core.competition import metadata_file, parse_id_range, split_folder
+from isc.core.competition import images_prefix, metadata_file, metadata_key, parse_id_range, split_folder
 from isc.core.files import InputError, atomic_path, write_json
 from isc.core.tables import read_metadata
 from isc.core.threads import bounded_map
@@ -40,8 +40,6 @@ from isc.download.s3 import (
     ObjectGetter,
     connect,
     fetch_object,
-    images_prefix,
-    metadata_key,
     request_failure,
 )
 

@@ -52,7 +52,7 @@ def match_picture(query: np.ndarray, reference: np.ndarray, options: VerifyOptio
 def match_pictures(galleries: list[Gallery], data_root: str | Path, options: VerifyOptions | None = None,
                    size: int = THUMBNAIL_SIZE, quiet: bool = False) -> dict[tuple[str, str], Image.Image]:
     """:func:`match_picture` of every verified pair the galleries show whose images can be read."""
-    from isc.extract.decode import BrokenImage
+    from isc.core.images import BrokenImage
     from isc.verify.local_features import VerifyOptions, decode_image
 
     options = options or VerifyOptions()

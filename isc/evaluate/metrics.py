@@ -1,6 +1,6 @@
 """The competition's metric: micro-average precision (µAP) and recall at 90% precision, for both tracks.
 
-Computed as the organisers' scorer (facebookresearch/isc2021, ``isc/evaluate/metrics.py``) does it:
+Computed as the organisers' scorer (facebookresearch/isc2021, ``isc/metrics.py``) does it:
 all predictions of all queries are ranked together by decreasing score, with the wrong pairs
 placed before the right ones on equal scores (the worst case, so a constant score cannot help);
 µAP = Σ (recall_i − recall_{i−1}) × precision_i with no interpolation, recall's denominator

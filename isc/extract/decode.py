@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from isc.core.images import BrokenImage, broken_reason, on_white
 from isc.extract.resample import resize_pixels, resized_shape
 
 if TYPE_CHECKING:
@@ -28,18 +29,6 @@ if TYPE_CHECKING:
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold
 # we enforce our own pixel limit (max_pixels)
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-
-class BrokenImage(Exception):
-    """An image that cannot be turned into a descriptor; the message is the reason recorded."""
-
-
-def broken_reason(error: Exception) -> str:
-    """The reason recorded for an image whose reading raised ``error``: a :class:`BrokenImage`'s message, else
-    ``cannot read (...)`` with the OSError's strerror when it has one."""
-    if isinstance(error, BrokenImage):
-        return str(error)
-    return f"cannot read ({getattr(error, 'strerror', None) or error})"
 
 
 # ----------------------------------------------------------------------------------- preprocessing
@@ -272,12 +261,3 @@ def nvjpeg_size(data: bytes) -> tuple[int, int] | None:
             return None
         position += 2 + length
     return None
-
-
-def on_white(image: Image.Image) -> Image.Image:
-    """An image with transparency (alpha, or a palette's transparent colour) composited over white, as RGBA;
-    any other image as it is."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return image

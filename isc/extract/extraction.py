@@ -258,7 +258,7 @@ def extract(
     as ``options`` (:class:`ExtractOptions`) says, its fields overridden by ``settings``.
 
     ``classes``: ``{id: class}``, written as the dataset ``classes``; ``attrs``: more attributes of the output.
-    :class:`isc.core.partial_log.NoImageRead` when no image could be read. Returns an :class:`ExtractResult`
+    :class:`isc.core.files.NoImageRead` when no image could be read. Returns an :class:`ExtractResult`
     (counts, broken images with reasons, images/s, ``pixels``: whether the pixel path ran).
     """
     options = replace(options, **settings)

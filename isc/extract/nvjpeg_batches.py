@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
+from isc.core.images import BrokenImage, broken_reason
 from isc.extract.decode import (
-    BrokenImage,
-    broken_reason,
     crop_views,
     decode_for_views,
     nvjpeg_size,

@@ -93,7 +93,9 @@ def torch_batches(paths: Sequence[Path], model: DescriptorModel,
     device, decoder, flip = torch.device(plan.device), plan.decoder, plan.flip
     model = model.prepare(str(device), plan.half)
     if decoder == "torchvision" and plan.decode_processes:
-        from isc.extract.decode_workers import process_batches  # it builds on this module's functions
+        from isc.extract.decode_workers import (
+            process_batches,  # its process machinery only where processes are asked
+        )
 
         views = process_batches(paths, model.resize, plan)
     else:

@@ -12,9 +12,8 @@ import numpy as np
 from isc.core.files import InputError, check_file, file_digest
 from isc.models.array_model import ArrayModel
 from isc.models.base import IMAGENET_MEAN, IMAGENET_STD
+from isc.models.registry import ONNX_INSTALL, SSCD_INSTALL
 
-SSCD_INSTALL = "pip install 'isc[sscd]' (Python >= 3.12)"
-ONNX_INSTALL = "pip install 'isc[onnx]'"
 ONNX_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 SSCD_IMAGE_SIZE = 288  # SSCD's evaluation preprocessing ("small_288"): short edge resized to 288
 

@@ -31,6 +31,6 @@ def build_pdq(name: str, pretrained: bool, *, image_size: int = 128) -> ArrayMod
     # PDQ reduces the luminance to 64x64 itself (Jarosz box filters); a square resize is what it sees of a whole
     # image. 128 px, not 512: the bits differ from 512's by ~6-9 of 256 (PDQ's own noise: 512 differs as much
     # from the full image), the µAP of edited copies is the same, and a JPEG decodes in draft mode at 1/2 or 1/4
-    # scale, ~3x faster in all (docs/BENCHMARKS.md)
+    # scale, faster in all (docs/BENCHMARKS.md)
     return ArrayModel(PdqHash(), name=name, options={"image_size": image_size}, dim=256, image_size=image_size,
                       resize="square", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), normalized=False)

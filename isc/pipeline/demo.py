@@ -8,12 +8,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from isc.download import s3
+from isc.core.competition import DEFAULT_REGION, bucket_for_region
 from isc.download.s3server import LocalS3Server
 from isc.pipeline.run import Pipeline, RunConfig, RunSummary, Step, downloaded
 from isc.synth.dataset import MANIFEST, generate_dataset, read_manifest
 
-DEMO_IMAGE_SIZE = 160  # measured: sscd's 288 matched no better on the mini dataset (0.816 vs 0.841) at 3x the pixels
+DEMO_IMAGE_SIZE = 160  # sscd's 288 matched no better on the mini dataset, at 3x the pixels (docs/BENCHMARKS.md)
 
 
 def run_demo(config: RunConfig, seed: int = 0, **sizes: int) -> RunSummary:
@@ -40,11 +40,11 @@ def run_demo(config: RunConfig, seed: int = 0, **sizes: int) -> RunSummary:
         pipeline = Pipeline(replace(config, data=data, ground_truth=ground_truth))
         pipeline.summary.steps.extend(steps)
         return pipeline.run()
-    with LocalS3Server(mini, regions=[s3.DEFAULT_REGION], quiet=config.quiet) as server:
+    with LocalS3Server(mini, regions=[DEFAULT_REGION], quiet=config.quiet) as server:
         steps.append(Step("serve", "local S3", None, round(time.perf_counter() - began, 2), False,
-                          f"{server.endpoint_url} (bucket {s3.bucket_for_region(s3.DEFAULT_REGION)})"))
+                          f"{server.endpoint_url} (bucket {bucket_for_region(DEFAULT_REGION)})"))
         # the caller's config stays as it was: the demo runs a copy pointed at its own server and ground truth
-        download = replace(config.download, endpoint_url=server.endpoint_url, region=s3.DEFAULT_REGION)
+        download = replace(config.download, endpoint_url=server.endpoint_url, region=DEFAULT_REGION)
         demo = replace(config, download=download, data=None, ground_truth=ground_truth)
         pipeline = Pipeline(demo)
         pipeline.summary.steps.extend(steps)

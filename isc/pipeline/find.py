@@ -52,10 +52,14 @@ if TYPE_CHECKING:
 # 0.69) and scores normalised by the set's training images (recall 0.67)
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_THRESHOLD_NORMALISED = 0.45
-# verified scores (COMBINER): the precision of the plain default on the photo set L, recall 0.69 against 0.56
+# verified scores (COMBINER): the precision of the plain default on photo sets L and B, recall 0.69 against 0.56
+# and 0.73 against 0.63 (docs/BENCHMARKS.md)
 DEFAULT_THRESHOLD_VERIFIED = 0.55
 # isc-run's combination without labels: score + 0.2 x min(inliers, 10) / 10
 COMBINER = InlierBonus()
+# a folder of at most this many images is decoded in this process unless the workers are told: starting the
+# decoding processes took 0.4 s of processor time for 55 images, more than decoding them (docs/BENCHMARKS.md)
+IN_PROCESS_DECODING = 64
 
 
 def verifies_by_default(training: str | Path | None) -> bool:
@@ -102,12 +106,16 @@ def describe(
 ) -> Described:
     """The descriptors of every image under ``folder`` (ids: paths relative to it, without suffix; ``images``:
     its listing when already made), from the cache file ``cache`` where it is up to date, else extracted into it
-    as ``extraction`` says (only new or changed images; the broken ones listed as unreadable, never refused)."""
+    as ``extraction`` says (only new or changed images; the broken ones listed as unreadable, never refused;
+    decoded in this process when the folder holds at most :data:`IN_PROCESS_DECODING` images and
+    ``extraction.workers`` is None)."""
     images = dict(list_images(folder, suffix_on_clash=True) if images is None else images)
     cache = Path(cache)
     config = extraction_config(model, extraction.scales, extraction.flip, extraction.crops)
     processed = 0
     if not is_complete(cache, images, config):
+        if extraction.workers is None and len(images) <= IN_PROCESS_DECODING:
+            extraction = replace(extraction, workers=0)
         processed = extract(images, cache, model, extraction, resume=True, update=True, max_broken=1.0, quiet=quiet,
                             attrs={"source": str(folder)}).processed
     described = DescriptorFile.read(cache, views=True)

@@ -30,6 +30,7 @@ Submissions go to ``submissions/phase<P>_{matching.csv,descriptors.h5}`` with th
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import shutil
 import time
@@ -59,6 +60,7 @@ from isc.download.sync import sync_split
 from isc.extract.extraction import ExtractOptions, extract, extraction_config, full_views, is_complete
 from isc.extract.image_files import list_split_images
 from isc.models import DEFAULT_MODEL, create_model, given_options
+from isc.search.descriptor_track import DescriptorTrack, write_track_file
 from isc.search.matching import SearchOptions, search, search_files
 from isc.search.pca import apply_pca_file, learn_pca_file
 from isc.submit.descriptors import submit_descriptors
@@ -93,9 +95,10 @@ class RunConfig:
     image_size: int | None = None
     extraction: ExtractOptions = ExtractOptions()  # isc-extract's options; crops as query_crops and reference_crops say
     pca_dim: int = DESCRIPTOR_TRACK_MAX_DIM  # 0: no whitening
+    descriptor_track: DescriptorTrack = DescriptorTrack()  # views pooled, negatives subtracted for the descriptor track
     # the matching track's search (isc-search's options), its scores normalised by the training descriptors
     search: SearchOptions = SearchOptions()
-    query_crops: bool = True  # the matching track's queries as their full view and 5 crops (µAP +0.05 on photos)
+    query_crops: bool = True  # the matching track's queries as their full view and 5 crops (docs/BENCHMARKS.md)
     # the matching track searches the descriptors as extracted: whitened ones lose copies from the candidates
     matching_whitened: bool = False
     verify: VerifyOptions | None = VerifyOptions()  # the matching track's candidates verified; None: not
@@ -126,6 +129,8 @@ class Step:
 class RunSummary:
     steps: list[Step] = field(default_factory=list)
     metrics: dict[str, dict[str, object]] = field(default_factory=dict)  # "phase 1 matching" -> Metrics.summary()
+    # submissions of a phase this run skipped, left in the submissions folder by an earlier run: not this run's
+    left_over: list[str] = field(default_factory=list)
 
     @property
     def files(self) -> list[str]:
@@ -143,10 +148,12 @@ class RunSummary:
         lines += [f"µAP {name:<22} {m['muap']:.4f}   recall at P90 {_p90(m)}" for name, m in self.metrics.items()]
         submissions = [f for f in self.files if Path(f).name.startswith("phase")]
         lines += [f"submission: {f}" for f in submissions]
+        lines += [f"not this run's (its phase skipped), left by an earlier run: {f}" for f in self.left_over]
         return "\n".join(lines)
 
     def write(self, path: Path) -> None:
-        write_json(path, {"steps": [asdict(s) for s in self.steps], "metrics": self.metrics}, indent=1)
+        write_json(path, {"steps": [asdict(s) for s in self.steps], "metrics": self.metrics,
+                          "left_over": self.left_over}, indent=1)
 
 
 def _p90(metrics: dict[str, object]) -> str:
@@ -167,9 +174,11 @@ def planned_outputs(config: RunConfig) -> list[Path]:
     submissions = [default_submission_path(config.submissions, track, p)
                    for p in phases for track in ("matching", "descriptors")]
     verified = [work / f"predictions_phase{p}_verified.csv" for p in phases] if config.verify else []
+    track = [work / "descriptors" / f"{name}_track.h5" for name in ["reference", *(f"query_phase{p}" for p in phases)]
+             if config.descriptor_track.active]
     searched = [work / f"predictions_phase{p}.csv" for p in phases]
     return [work / "run_summary.json", *(work / "descriptors" / f"{name}.h5" for name in names),
-            *searched, *map(provenance_path, searched), *verified, *map(evidence_path, verified),
+            *searched, *map(provenance_path, searched), *verified, *track, *map(evidence_path, verified),
             *([work / "calibration.json"] if config.verify and config.calibration is None else []),
             *submissions, *map(manifest_path, submissions)]
 
@@ -183,10 +192,10 @@ class Pipeline:
         unknown = set(config.phases) - set(PHASES)
         if unknown or not config.phases:
             raise InputError(f"phases are {' and '.join(map(str, PHASES))}, got {sorted(config.phases)}")
-        if config.verify is not None:
-            config.verify.check()
         if config.calibration_copies < 0:
             raise InputError(f"the calibration copies must be 0 or more, got {config.calibration_copies}")
+        if config.descriptor_track.pooling is not None and not config.query_crops:
+            raise InputError("the descriptor track pools each query's views: the queries need their crops")
         self.config = config
         self.work = Path(config.work)
         self.data = Path(config.data) if config.data else self.work / "data"
@@ -521,6 +530,7 @@ class Pipeline:
                        f"not made: an image limit selects a subset, the track needs every query and reference{earlier}")
             descriptors = None
         else:
+            query, reference = self._track_files(files, phase)  # made only where the file is
             phase1 = default_submission_path(c.submissions, "descriptors", 1) if phase == 2 else None
             phase1 = phase1 if phase1 and phase1.is_file() else None  # the reference the phase-2 file must reuse
             wanted = self._made_from({"phase": phase, "PCA dimension": c.pca_dim},
@@ -535,6 +545,28 @@ class Pipeline:
 
         if ground_truth is not None:
             self.evaluate(phase, {"matching": matching, "descriptors": descriptors}, ground_truth)
+
+    def _track_files(self, files: dict[str, Path], phase: int) -> tuple[Path, Path]:
+        """The descriptor track's (query, reference) files: the plain ones, or made from them (the query's from
+        its views when they are pooled) and the training descriptors as ``descriptor_track`` says."""
+        track, query, reference = self.config.descriptor_track, files[f"query_phase{phase}"], files["reference"]
+        if not track.active:
+            return query, reference
+        views = files.get(f"query_phase{phase}_crops") if track.pooling else None
+        training = files.get("training") if track.negatives else None
+        began, made, why = time.perf_counter(), [], []
+        for source, extra in ((query, views), (reference, None)):
+            output = self.descriptors / f"{source.name.split('_pca')[0].removesuffix('.h5')}_track.h5"
+            wanted = self._made_from({"descriptor track": track.recorded()}, filter(None, [source, extra, training]))
+            why.append(wanted.why_redo(output))
+            if why[-1]:
+                write_track_file(source, training, track, output, views=extra)
+                wanted.record(output)
+            made.append(output)
+        self._step("describe", f"phase {phase} descriptor track", None, began, not any(why),
+                   _redone(next(filter(None, why)), f"{json.dumps(track.recorded())}") if any(why) else "up to date",
+                   made)
+        return made[0], made[1]
 
     def evaluate(self, phase: int, submissions: dict[str, Path | None], ground_truth: pd.DataFrame) -> None:
         """Each submission made for ``phase`` (by track; None: not made) scored against its ground truth as the
@@ -571,6 +603,7 @@ class Pipeline:
         files = self.whiten(raw)
         matching_files = files if self.config.matching_whitened else raw
         combiner = None
+        submitted = set()
         for phase in self.config.phases:
             predictions = self.search(matching_files, phase)
             if predictions is None:
@@ -581,6 +614,11 @@ class Pipeline:
                 combiner = combiner or self.calibrate(matching_files)  # fitted once, used for both phases
                 predictions = self.verify(predictions, phase, combiner)
             self.submit(files, matching_files, phase, predictions, self.ground_truth(truth, phase))
+            submitted.add(phase)
+        # said, not removed: a user's earlier submission is theirs to keep or delete
+        self.summary.left_over = [str(path) for phase in PHASES if phase not in submitted
+                                  for track in ("matching", "descriptors")
+                                  if (path := default_submission_path(self.config.submissions, track, phase)).is_file()]
         self.summary.write(self.work / "run_summary.json")
         return self.summary
 

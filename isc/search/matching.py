@@ -164,7 +164,10 @@ def search(
 def view_groups(ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """(the distinct ids in the order of their first row, each row's position among them [n] int64): the
     rows of one id are views of one image."""
-    position: dict[str, int] = {}
+    position = dict(zip(ids, range(len(ids)), strict=True))
+    if len(position) == len(ids):  # distinct ids, the usual case: one row each, in order
+        return list(position), np.arange(len(ids), dtype=np.int64)
+    position = {}
     rows = np.fromiter((position.setdefault(i, len(position)) for i in ids), dtype=np.int64, count=len(ids))
     return list(position), rows
 

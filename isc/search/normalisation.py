@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from isc.core.files import InputError
+from isc.core.files import InputError, SettingError
 from isc.search.knn import check_pair, knn
 
 AGGREGATIONS = ("mean", "min")
@@ -31,25 +31,27 @@ def parse_neighbor_range(text: str) -> tuple[int, int]:
 
 
 def check_neighbor_range(neighbors: tuple[int, int], written: str | None = None) -> None:
-    """InputError unless ``neighbors`` is a range (A, B) with 1 <= A <= B; ``written``: the range as the user
-    wrote it, for the message."""
+    """SettingError (``norm_neighbors``) unless ``neighbors`` is a range (A, B) with 1 <= A <= B; ``written``: the
+    range as the user wrote it, for the message."""
     a, b = neighbors
     if not 1 <= a <= b:
-        raise InputError(f"neighbour range {written or f'{a}:{b}'}: expected A:B with 1 <= A <= B (e.g. 1:3, or 10:10)")
+        raise SettingError("norm_neighbors", f"must be a range A:B with 1 <= A <= B (e.g. 1:3, or 10:10), got "
+                           f"{written or f'{a}:{b}'}")
 
 
 def check_neighbourhood(neighbors: tuple[int, int], agg: str) -> None:
-    """InputError unless ``neighbors`` is a range (A, B) with 1 <= A <= B and ``agg`` one of :data:`AGGREGATIONS`."""
+    """SettingError unless ``neighbors`` is a range (A, B) with 1 <= A <= B and ``agg`` one of :data:`AGGREGATIONS`."""
     check_neighbor_range(neighbors)
     if agg not in AGGREGATIONS:
-        raise InputError(f"unknown aggregation {agg!r} (choose from {', '.join(AGGREGATIONS)})")
+        raise SettingError("norm_agg", f"must be one of {', '.join(AGGREGATIONS)}, got {agg!r}")
 
 
 @dataclass(frozen=True)
 class ScoreNorm:
     """The training-set score normalisation ``s'(q, r) = s(q, r) − beta · agg(s(q, t_A..t_B))`` (and with
     ``references`` also ``− beta · agg(s(r, t_A..t_B))``), :func:`neighbor_bias` over the training
-    descriptors given beside it; checked once, here.
+    descriptors given beside it; checked once, here (a :class:`SettingError` names the setting as
+    :meth:`recorded` does).
 
     The defaults, β = 0.5 and the 10th neighbour alone, scored best on photos (docs/BENCHMARKS.md), above
     SSCD's β = 1, 1st-3rd (``ScoreNorm(1.0, (1, 3))``) and the isc2021 baseline's β = 2, 10th.
@@ -61,10 +63,8 @@ class ScoreNorm:
     references: bool = False  # also normalise each reference, folded into the search
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.beta):
-            raise InputError(f"normalisation beta must be a finite number, got {self.beta}")
-        if not 0 <= self.beta <= MAX_BETA:
-            raise InputError(f"normalisation beta must be within 0..{MAX_BETA:g}, got {self.beta:g}")
+        if not (math.isfinite(self.beta) and 0 <= self.beta <= MAX_BETA):
+            raise SettingError("norm_beta", f"must be a finite number within 0..{MAX_BETA:g}, got {self.beta:g}")
         check_neighbourhood(self.neighbors, self.agg)
 
     def recorded(self) -> dict[str, object]:

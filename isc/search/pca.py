@@ -48,14 +48,19 @@ class PCAWhitening:
                              f"{self.mean.shape[0]}-d descriptors")
         matrix, mean = self.matrix(), self.mean.astype(np.float32)
         out = np.empty((len(descriptors), self.dim), np.float32)
-        for start in range(0, len(descriptors), CHUNK_ROWS):
-            out[start:start + CHUNK_ROWS] = (descriptors[start:start + CHUNK_ROWS] - mean) @ matrix
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is the one-line error below, not a warning
+            for start in range(0, len(descriptors), CHUNK_ROWS):
+                out[start:start + CHUNK_ROWS] = (descriptors[start:start + CHUNK_ROWS] - mean) @ matrix
         if not np.isfinite(out).all():
             row = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
             raise InputError(f"descriptor #{row} overflows float32 when whitened (values up to "
                              f"{np.abs(descriptors[row]).max():.3g}): L2-normalise the descriptors first")
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-12)
+        with np.errstate(over="ignore"):
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+        huge = ~np.isfinite(norms[:, 0])  # a norm beyond float32 (not its descriptor): taken in float64
+        norms = norms.astype(np.float64)
+        norms[huge] = np.linalg.norm(out[huge].astype(np.float64), axis=1, keepdims=True)
+        return (out / np.maximum(norms, 1e-12)).astype(np.float32)
 
     def save(self, path: str | Path) -> None:
         """Write an .npz file (arrays plus a JSON ``attrs``), atomically."""
@@ -103,7 +108,8 @@ def learn_pca(descriptors: np.ndarray, dim: int = DESCRIPTOR_TRACK_MAX_DIM, whit
         centred = descriptors[start:start + CHUNK_ROWS] - mean
         covariance += centred.T @ centred
     eigenvalues, eigenvectors = np.linalg.eigh(covariance / (n - 1))
-    if not np.isfinite(eigenvalues.astype(np.float32)).all():
+    # compared, not cast: a cast to float32 would warn of the overflow before this one-line error says it
+    if not np.all(np.abs(eigenvalues) <= np.finfo(np.float32).max):
         raise InputError(f"the descriptors' variance overflows float32 (values up to {np.abs(descriptors).max():.3g}): "
                          "L2-normalise the descriptors first")
     top = np.argsort(eigenvalues)[::-1][:dim]

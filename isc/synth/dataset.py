@@ -21,10 +21,17 @@ from PIL import Image
 from tqdm import tqdm
 
 import isc
-from isc.core.competition import ID_PATTERNS, image_id, metadata_file, split_folder
+from isc.core.competition import (
+    DEFAULT_REGION,
+    ID_PATTERNS,
+    bucket_for_region,
+    image_id,
+    images_prefix,
+    metadata_file,
+    split_folder,
+)
 from isc.core.files import InputError, SettingError, atomic_path, write_json
 from isc.core.tables import write_ground_truth, write_metadata
-from isc.download.s3 import DEFAULT_REGION, bucket_for_region, images_prefix
 from isc.synth.draw import base_image
 from isc.synth.edits import random_edit_chain
 from isc.synth.photos import BaseSource, PhotoOptions, render_base, with_base_images

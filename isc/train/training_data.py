@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import transforms
 
 from isc.core.files import InputError
-from isc.extract.decode import broken_reason
+from isc.core.images import broken_reason
 from isc.synth.edits import random_edit
 
 

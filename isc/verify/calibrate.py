@@ -26,17 +26,18 @@ FORMAT = "isc-calibration"
 VERSION = 1
 # what a pair is described by; the query-level columns make the scores of different queries comparable
 FEATURES = ("score", "gap_to_best_score", "log_rank", "log_inliers", "inlier_ratio", "log_best_inliers")
-EVIDENCE_COLUMNS = ("query_id", "score", "rank", "inliers", "inlier_ratio")
+# the columns of the evidence sidecar (isc.verify.verification.EVIDENCE_COLUMNS) that a calibration reads
+CALIBRATION_COLUMNS = ("query_id", "score", "rank", "inliers", "inlier_ratio")
 COPY_SUFFIX = ".copy"  # a self-made copy's id is its source's id with this suffix
 
 
 def _check_evidence(evidence: pd.DataFrame) -> None:
-    missing = [c for c in EVIDENCE_COLUMNS if c not in evidence.columns]
+    missing = [c for c in CALIBRATION_COLUMNS if c not in evidence.columns]
     if missing:
         raise InputError(f"the evidence lacks the column(s) {', '.join(missing)}")
     if evidence.empty:
         raise InputError("the evidence has no pairs")
-    numbers = evidence[list(EVIDENCE_COLUMNS[1:])].to_numpy(dtype=np.float64)
+    numbers = evidence[list(CALIBRATION_COLUMNS[1:])].to_numpy(dtype=np.float64)
     if not np.isfinite(numbers).all():
         raise InputError("the evidence holds non-finite numbers")
     if (numbers[:, 1:] < 0).any() or (numbers[:, 3] > 1).any():

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from isc.core.files import InputError, atomic_path
-from isc.extract.decode import DEFAULT_MAX_PIXELS, BrokenImage, broken_reason, decode_pixels
+from isc.core.files import SettingError, atomic_path
+from isc.core.images import BrokenImage, broken_reason
+from isc.extract.decode import DEFAULT_MAX_PIXELS, decode_pixels
 
 GEOMETRIES = ("affine", "homography", "magsac")
 FEATURES_VERSION = 1  # bump when the features of the same options change: old cache entries are then ignored
@@ -32,7 +33,7 @@ MAX_AREA_CHANGE = 64.0  # a fitted model scaling areas more (or less) than this 
 
 @dataclass(frozen=True)
 class VerifyOptions:
-    """How candidate pairs are verified; :meth:`check` refuses bad values with one line.
+    """How candidate pairs are verified; checked once, here (a :class:`SettingError` names the field).
 
     ``k``: candidates checked per query (by decreasing score); ``max_features``: SIFT keypoints per image;
     ``max_side``: the long side the grey image is shrunk to before SIFT; ``ratio``: Lowe's ratio test;
@@ -50,23 +51,21 @@ class VerifyOptions:
     threshold: float = 8.0
     workers: int | None = None
 
-    def check(self) -> VerifyOptions:
-        """Self, or InputError naming the first bad value."""
+    def __post_init__(self) -> None:
         if self.k < 1:
-            raise InputError(f"k must be at least 1, got {self.k}")
+            raise SettingError("k", f"must be at least 1, got {self.k}")
         if self.max_features < 2:
-            raise InputError(f"max_features must be at least 2, got {self.max_features}")
+            raise SettingError("max_features", f"must be at least 2, got {self.max_features}")
         if self.max_side < 16:
-            raise InputError(f"max_side must be at least 16 pixels, got {self.max_side}")
+            raise SettingError("max_side", f"must be at least 16 pixels, got {self.max_side}")
         if not 0 < self.ratio <= 1:
-            raise InputError(f"the ratio test needs 0 < ratio <= 1, got {self.ratio}")
+            raise SettingError("ratio", f"must be within (0, 1] (Lowe's ratio test), got {self.ratio}")
         if self.geometry not in GEOMETRIES:
-            raise InputError(f"unknown geometry {self.geometry!r} (choose from {', '.join(GEOMETRIES)})")
+            raise SettingError("geometry", f"must be one of {', '.join(GEOMETRIES)}, got {self.geometry!r}")
         if not 0 < self.threshold < float("inf"):
-            raise InputError(f"the RANSAC threshold must be a finite number > 0, got {self.threshold}")
+            raise SettingError("threshold", f"must be a finite number of pixels > 0, got {self.threshold}")
         if self.workers is not None and self.workers < 0:
-            raise InputError(f"workers must be 0 or more, got {self.workers}")
-        return self
+            raise SettingError("workers", f"must be 0 or more, got {self.workers}")
 
     @property
     def features_tag(self) -> str:

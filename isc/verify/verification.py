@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from isc.core.files import InputError, atomic_path
+from isc.core.files import InputError, NoImageRead, atomic_path
+from isc.core.images import BrokenImage
 from isc.core.processes import worker_context
-from isc.extract.decode import BrokenImage
 from isc.verify.local_features import (
     FeatureCache,
     Features,
@@ -129,7 +129,7 @@ def _task_map(workers: int) -> Iterator[TaskMap]:
 # ------------------------------------------------------------------------------------ evidence
 
 
-def candidate_pairs(predictions: pd.DataFrame, k: int) -> pd.DataFrame:
+def ranked_candidates(predictions: pd.DataFrame, k: int) -> pd.DataFrame:
     """Each query's ``k`` best candidates by decreasing score (ties by reference id), with their 0-based ``rank``."""
     ordered = predictions.sort_values(["query_id", "score", "reference_id"], ascending=[True, False, True],
                                       kind="stable")
@@ -157,7 +157,7 @@ def recorded_options(record: Mapping[str, object]) -> VerifyOptions:
     """The :class:`VerifyOptions` a provenance record of isc-verify holds (defaults for those it lacks)."""
     options = record.get("options") if record.get("command") == "isc-verify" else None
     names = {field.name for field in dataclasses.fields(VerifyOptions)}
-    return VerifyOptions(**{k: v for k, v in (options or {}).items() if k in names}).check()
+    return VerifyOptions(**{k: v for k, v in (options or {}).items() if k in names})
 
 
 def calibration_conditions(options: VerifyOptions, search_record: Mapping[str, object] | None) -> dict[str, object]:
@@ -379,7 +379,7 @@ def verify(
     instead (a calibration fitted on this run's labelled pairs); candidates beyond k and pairs with a
     broken image count as zero evidence (``verified`` False; ``error`` says why for the latter).
     ``strict``: the first broken image raises InputError; more than ``max_broken`` of the images broken
-    warns, all of them raises :class:`isc.core.partial_log.NoImageRead`. ``record``: more for the provenance.
+    warns, all of them raises :class:`isc.core.files.NoImageRead`. ``record``: more for the provenance.
     Under torchrun the queries are sharded across ranks and the first rank writes the files.
     """
     import pandas as pd
@@ -387,10 +387,8 @@ def verify(
     from isc.core.descriptors import provenance, provenance_path
     from isc.core.distributed import join_process_group, leave_process_group
     from isc.core.files import write_json
-    from isc.core.partial_log import NoImageRead
     from isc.core.tables import write_predictions
 
-    options.check()
     if len(predictions) == 0:
         raise InputError("no predictions to verify")
     if not 0 <= max_broken:
@@ -404,7 +402,7 @@ def verify(
         raise InputError(f"id {overlap} is both a query and a reference image: the feature cache keys images by id")
     output = Path(output)
     cache_root = Path(cache) if cache is not None else default_cache(output)
-    ranked = candidate_pairs(predictions, len(predictions))
+    ranked = ranked_candidates(predictions, len(predictions))
     checked = ranked[ranked["rank"] < options.k]
     rank, world, started = join_process_group("cpu")
     try:
