@@ -34,7 +34,8 @@ from bench_quality import bootstrap_muap, crop_descriptors, descriptors  # noqa:
 
 from isc.core.competition import DESCRIPTOR_TRACK_MAX_DIM, SPLITS  # noqa: E402
 from isc.core.tables import read_ground_truth  # noqa: E402
-from isc.evaluate.metrics import descriptor_track_predictions, evaluate  # noqa: E402
+from isc.evaluate.metrics import evaluate  # noqa: E402
+from isc.search.capped_search import descriptor_track_predictions  # noqa: E402
 from isc.search.expansion import Expansion, database_side_augmentation, query_expansion  # noqa: E402
 from isc.search.negatives import NegativeEmbeddings, subtract_negative_embeddings  # noqa: E402
 from isc.search.pca import concatenate_descriptors, learn_pca  # noqa: E402

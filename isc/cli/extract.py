@@ -23,7 +23,7 @@ from isc.core.competition import SPLITS, split_folder
 from isc.core.files import InputError, NoImageRead
 from isc.extract.extraction import DECODERS, ExtractOptions, extract
 from isc.extract.image_files import image_classes, list_images, list_split_images, select_split_images
-from isc.models import POOLINGS, RESIZE_MODES, create_model
+from isc.models import POOLINGS, RESIZE_MODES, create_model, given_options
 
 
 def _scales(text: str) -> list[float]:
@@ -123,9 +123,7 @@ def run(args: argparse.Namespace) -> int:
         args, decoder=args.decoder, scales=args.scales, flip=args.flip, crops=args.crops,
         half=False if args.fp32 else None, strict=args.strict, resume=not args.restart, max_pixels=args.max_pixels,
         max_broken=args.max_broken, decode_processes=args.decode_processes)
-    options = {key: value for key, value in
-               {"image_size": args.image_size, "resize": args.resize, "pool": args.pool, "dim": args.dim}.items()
-               if value is not None}
+    options = given_options(image_size=args.image_size, resize=args.resize, pool=args.pool, dim=args.dim)
     model_name, why = model_choice(args)
     model = create_model(model_name, checkpoint=args.checkpoint, pretrained=args.pretrained, **options)
     if why and not args.quiet:

@@ -16,7 +16,7 @@ from isc.cli.options import (
     verify_options,
 )
 from isc.extract.image_files import list_images
-from isc.models import create_model
+from isc.models import create_model, given_options
 from isc.pipeline.find import (
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLD_NORMALISED,
@@ -140,8 +140,7 @@ def find(args: argparse.Namespace) -> int:
                   image_folders=[source for source in sources if Path(source).is_dir()])
     extraction = extract_options(args)
     model_name, why = model_choice(args)
-    options = {key: value for key, value in {"image_size": args.image_size}.items() if value is not None}
-    model = create_model(model_name, checkpoint=args.checkpoint, **options)
+    model = create_model(model_name, checkpoint=args.checkpoint, **given_options(image_size=args.image_size))
     if why and not args.quiet:
         print(f"isc-find: no --model given, using {model_name}; {why}", file=sys.stderr)
     verifying = verifies_by_default(args.training) if args.verify is None else args.verify
@@ -163,7 +162,7 @@ def find(args: argparse.Namespace) -> int:
                   else f"{found.record['queries']} queries and {found.record['references']} references")
                + f", {found.record['described']} described this run, the others cached")
     if args.report:
-        from isc.evaluate.report import write_matches_page  # here: its imports would slow every run
+        from isc.evaluate.matches_page import write_matches_page  # here: its imports would slow every run
 
         below = found.candidates[found.candidates["score"] < threshold]
         write_matches_page(args.report, found.matches, below, lambda side, i: found.paths[side][i], summary,

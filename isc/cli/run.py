@@ -47,6 +47,25 @@ table is also written to WORK/run_summary.json.
 """
 
 
+def add_descriptor_track_options(parser: argparse.ArgumentParser) -> None:
+    """The descriptor track's pooling and negatives, read back by :func:`descriptor_track`."""
+    track = parser.add_argument_group("the descriptor track's one vector per image (docs/BENCHMARKS.md, "
+                                      "\"The descriptor track's levers\")")
+    track.add_argument("--descriptor-pooling", choices=("none", *POOLINGS), default="none",
+                       help="each query's descriptor as its whitened views (full view and 5 crops, --query-crops) "
+                       "pooled by their mean or signed GeM, then L2-normalised (default: %(default)s: its full view)")
+    track.add_argument("--descriptor-gem-p", type=float_between(1, 100), default=ViewPooling.p,
+                       help="the GeM power of --descriptor-pooling gem (default: %(default)s)")
+    track.add_argument("--descriptor-negatives", action=argparse.BooleanOptionalAction, default=False,
+                       help="subtract from each query and reference descriptor --descriptor-neg-beta x the mean of its "
+                       "--descriptor-neg-k nearest training descriptors, then L2-normalise: the ISC 2021 winner's recipe "
+                       "(default: off)")
+    track.add_argument("--descriptor-neg-beta", type=float_between(0, MAX_BETA), default=0.35,
+                       help="weight of the subtracted training neighbours (default: %(default)s)")
+    track.add_argument("--descriptor-neg-k", type=positive_int, default=10,
+                       help="training neighbours averaged (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="isc-run",
@@ -93,21 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(descriptors/reference_crops.h5; reference.h5 is then its full views, for the descriptor "
                        "track), each pair scored by its best (query view, reference view): 6x the reference "
                        "extraction and index; gain and cost in docs/BENCHMARKS.md (default: off)")
-    track = parser.add_argument_group("the descriptor track's one vector per image (docs/BENCHMARKS.md, "
-                                      "\"The descriptor track's levers\")")
-    track.add_argument("--descriptor-pooling", choices=("none", *POOLINGS), default="none",
-                       help="each query's descriptor as its whitened views (full view and 5 crops, --query-crops) "
-                       "pooled by their mean or signed GeM, then L2-normalised (default: %(default)s: its full view)")
-    track.add_argument("--descriptor-gem-p", type=float_between(1, 100), default=ViewPooling.p,
-                       help="the GeM power of --descriptor-pooling gem (default: %(default)s)")
-    track.add_argument("--descriptor-negatives", action=argparse.BooleanOptionalAction, default=False,
-                       help="subtract from each query and reference descriptor --descriptor-neg-beta x the mean of its "
-                       "--descriptor-neg-k nearest training descriptors, then L2-normalise: the ISC 2021 winner's recipe "
-                       "(default: off)")
-    track.add_argument("--descriptor-neg-beta", type=float_between(0, MAX_BETA), default=0.35,
-                       help="weight of the subtracted training neighbours (default: %(default)s)")
-    track.add_argument("--descriptor-neg-k", type=positive_int, default=10,
-                       help="training neighbours averaged (default: %(default)s)")
+    add_descriptor_track_options(parser)
     search = parser.add_argument_group("search, scoring and submission")
     add_search_options(search)
     model.add_argument("--matching-whitened", action="store_true",
@@ -172,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
         work=work, data=Path(args.data) if args.data else None, download=download_options(args, args.download_workers),
         limit=args.limit, training_limit=args.training_limit, model=model_name, checkpoint=args.checkpoint,
         image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None), extraction=extract_options(args),
-        pca_dim=args.pca_dim, search=search_options(args), descriptor_track=descriptor_track(args), query_crops=args.query_crops,
+        pca_dim=args.pca_dim, search=search_options(args, device=args.device), descriptor_track=descriptor_track(args),
+        query_crops=args.query_crops,
         reference_crops=args.reference_crops, phases=sorted(set(args.phases)),
         ground_truth=[Path(p) for p in args.gt], restrict_to_gt_queries=args.restrict_to_gt_queries,
         submissions=submissions, quiet=args.quiet, matching_whitened=args.matching_whitened,

@@ -14,7 +14,8 @@ from isc.cli.options import add_backend_option, add_phase_option
 from isc.core.competition import MATCHING_TRACK_MAX_ROWS
 from isc.core.descriptors import provenance_path
 from isc.core.tables import read_ground_truth, write_predictions
-from isc.evaluate.metrics import RESULTS_PER_QUERY, Metrics
+from isc.evaluate.metrics import Metrics
+from isc.search.capped_search import RESULTS_PER_QUERY
 from isc.submit.descriptors import split_file_paths, submit_descriptors
 from isc.submit.manifest import (
     SUBMISSIONS_DIR_ENV,
@@ -93,38 +94,8 @@ def _add_scoring(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="isc-submit",
-        description="Check a submission against every rule of the competition and write the file to upload, "
-        "with a manifest. Valid: exit 0 and the path written is printed. Invalid: exit 2, every violation "
-        "listed (with its line), and nothing written.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{matching,descriptors,score}")
-
-    matching = commands.add_parser(
-        "matching",
-        help="check a predictions CSV and copy it, unchanged but for a missing header row, into the submissions folder",
-        description="Matching track: the header is exactly query_id,reference_id,score, or absent (the file "
-        "starting with a prediction, as the organisers' isc2021 scripts write it); at most "
-        f"{MATCHING_TRACK_MAX_ROWS:,} rows; ids well formed; query ids of the phase; reference ids "
-        "R000000-R999999 (or of --expected-references); finite scores; no (query, reference) pair twice. "
-        "The file is copied byte for byte, the header row put first when it has none.",
-    )
-    matching.add_argument("predictions", help="predictions CSV query_id,reference_id,score (from isc-search, or "
-                          "the organisers' scripts)")
-    _add_common(matching, "matching.csv")
-    matching.add_argument(
-        "--provenance",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="JSON file, or descriptor HDF5 whose attributes describe the model, to record in the "
-        "manifest (repeatable; default: PREDICTIONS.provenance.json if it exists)",
-    )
-
+def _add_descriptors_command(commands: argparse._SubParsersAction) -> None:
+    """``isc-submit descriptors``: the descriptor track's file from a query and a reference descriptor file."""
     descriptors = commands.add_parser(
         "descriptors",
         help="write the descriptor-track HDF5 from a query and a reference descriptor file",
@@ -164,6 +135,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--gt", metavar="GT.csv", help="also score the written file against this ground truth"
     )
     _add_scoring(descriptors)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isc-submit",
+        description="Check a submission against every rule of the competition and write the file to upload, "
+        "with a manifest. Valid: exit 0 and the path written is printed. Invalid: exit 2, every violation "
+        "listed (with its line), and nothing written.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{matching,descriptors,score}")
+
+    matching = commands.add_parser(
+        "matching",
+        help="check a predictions CSV and copy it, unchanged but for a missing header row, into the submissions folder",
+        description="Matching track: the header is exactly query_id,reference_id,score, or absent (the file "
+        "starting with a prediction, as the organisers' isc2021 scripts write it); at most "
+        f"{MATCHING_TRACK_MAX_ROWS:,} rows; ids well formed; query ids of the phase; reference ids "
+        "R000000-R999999 (or of --expected-references); finite scores; no (query, reference) pair twice. "
+        "The file is copied byte for byte, the header row put first when it has none.",
+    )
+    matching.add_argument("predictions", help="predictions CSV query_id,reference_id,score (from isc-search, or "
+                          "the organisers' scripts)")
+    _add_common(matching, "matching.csv")
+    matching.add_argument(
+        "--provenance",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="JSON file, or descriptor HDF5 whose attributes describe the model, to record in the "
+        "manifest (repeatable; default: PREDICTIONS.provenance.json if it exists)",
+    )
+
+    _add_descriptors_command(commands)
 
     score = commands.add_parser(
         "score",

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from isc.cli.common import (
     check_outputs,
@@ -20,6 +21,31 @@ from isc.cli.common import (
 from isc.core.distributed import needs_torch, torch_installed
 from isc.models import DEFAULT_MODEL, MAX_IMAGE_SIZE
 from isc.models.registry import models_help
+
+if TYPE_CHECKING:
+    from isc.train.training import TrainConfig
+
+
+def add_recipe_options(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    """The "recipe" group: the views, the loss, the mixing, the edits and the frozen layers."""
+    recipe = parser.add_argument_group("recipe")
+    recipe.add_argument("--views", type=positive_int, default=defaults.views, help=f"augmented views per image (default {defaults.views})")
+    recipe.add_argument("--temperature", type=positive_float, default=defaults.temperature,
+                        help=f"InfoNCE temperature (default {defaults.temperature})")
+    recipe.add_argument("--entropy-weight", type=non_negative_float, default=defaults.entropy_weight,
+                        help=f"weight of the KoLeo differential-entropy regulariser (default {defaults.entropy_weight}; "
+                        "0: off; SSCD used 30 with 4,096-image batches, which stalls small batches)")
+    recipe.add_argument("--mix-fraction", type=non_negative_float, default=defaults.mix_fraction,
+                        help="mixup/cutmix images appended per batch, as a fraction of its images (default "
+                        f"{defaults.mix_fraction}; 0: off)")
+    recipe.add_argument("--edit-probability", type=non_negative_float, default=defaults.edit_probability,
+                        help=f"chance that a view gets DISC21-style edits (default {defaults.edit_probability})")
+    recipe.add_argument("--freeze-bn", action="store_true",
+                        help="keep BatchNorm statistics and weights at their starting values (small batches)")
+    recipe.add_argument("--freeze-fraction", type=non_negative_float, default=defaults.freeze_fraction,
+                        help="freeze the first fraction of the network's parameter tensors (early layers keep their "
+                        "ImageNet filters; steps get cheaper as their backward pass is skipped; default 0)")
+    recipe.add_argument("--seed", type=non_negative_int, default=defaults.seed, help="seed of the data order and augmentations")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,27 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--warmup", type=non_negative_float, default=defaults.warmup,
                           help=f"fraction of the steps with a linear warm-up, then cosine decay (default {defaults.warmup})")
 
-    recipe = parser.add_argument_group("recipe")
-    recipe.add_argument("--views", type=positive_int, default=defaults.views, help=f"augmented views per image (default {defaults.views})")
-    recipe.add_argument("--temperature", type=positive_float, default=defaults.temperature,
-                        help=f"InfoNCE temperature (default {defaults.temperature})")
-    recipe.add_argument("--entropy-weight", type=non_negative_float, default=defaults.entropy_weight,
-                        help=f"weight of the KoLeo differential-entropy regulariser (default {defaults.entropy_weight}; "
-                        "0: off; SSCD used 30 with 4,096-image batches, which stalls small batches)")
-    recipe.add_argument("--mix-fraction", type=non_negative_float, default=defaults.mix_fraction,
-                        help="mixup/cutmix images appended per batch, as a fraction of its images (default "
-                        f"{defaults.mix_fraction}; 0: off)")
-    recipe.add_argument("--edit-probability", type=non_negative_float, default=defaults.edit_probability,
-                        help=f"chance that a view gets DISC21-style edits (default {defaults.edit_probability})")
-    recipe.add_argument("--freeze-bn", action="store_true",
-                        help="keep BatchNorm statistics and weights at their starting values (small batches)")
-    recipe.add_argument("--freeze-fraction", type=non_negative_float, default=defaults.freeze_fraction,
-                        help="freeze the first fraction of the network's parameter tensors (early layers keep their "
-                        "ImageNet filters; steps get cheaper as their backward pass is skipped; default 0)")
-    recipe.add_argument("--seed", type=non_negative_int, default=defaults.seed, help="seed of the data order and augmentations")
+    add_recipe_options(parser, defaults)
 
     run = parser.add_argument_group("running")
-    run.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when a GPU is visible")
+    run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when a GPU is visible; under torchrun, "
+                     "cuda: each process takes its own GPU)")
     run.add_argument("--amp", action=argparse.BooleanOptionalAction,
                      help="mixed precision (default: on for cuda: bfloat16, or float16 with loss scaling)")
     run.add_argument("--workers", type=non_negative_int, default=defaults.workers,

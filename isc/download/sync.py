@@ -189,6 +189,22 @@ class _Progress:
         self.bar.close()
 
 
+def _expected_files(rows: pd.DataFrame, split: str, folder: Path,
+                    report: DownloadReport) -> tuple[dict[str, str], dict[str, str]]:
+    """({file name: MD5}, {file name: object key}) of the metadata ``rows``; a row whose key would not land as
+    ``<id>.jpg`` in ``folder`` goes to ``report.failed`` instead."""
+    expected, keys = {}, {}
+    for image_id, uri, md5 in rows[["image_id", "s3_uri", "md5_checksum"]].itertuples(index=False):
+        key = object_key(uri)
+        name = local_name(key, split)
+        if name != f"{image_id}.jpg":
+            reason = "refused: key would land outside the folder" if name is None else f"refused: key is not {image_id}.jpg"
+            report.failed.append({"id": image_id, "key": key, "reason": f"{reason} ({folder})"})
+            continue
+        expected[name], keys[name] = md5, key
+    return expected, keys
+
+
 def download_split(
     getter: ObjectGetter,
     split: str,
@@ -218,15 +234,7 @@ def download_split(
     report = report or DownloadReport(split, "", getter.bucket, None, str(folder))
     report.verify_only = verify_only
     report.selected = len(rows)
-    expected, keys = {}, {}
-    for image_id, uri, md5 in rows[["image_id", "s3_uri", "md5_checksum"]].itertuples(index=False):
-        key = object_key(uri)
-        name = local_name(key, split)
-        if name != f"{image_id}.jpg":
-            reason = "refused: key would land outside the folder" if name is None else f"refused: key is not {image_id}.jpg"
-            report.failed.append({"id": image_id, "key": key, "reason": f"{reason} ({folder})"})
-            continue
-        expected[name], keys[name] = md5, key
+    expected, keys = _expected_files(rows, split, folder, report)
     if all_names is None:
         all_names = set(expected)
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
 
 from isc.core.files import InputError, atomic_path
 from isc.evaluate.metrics import REQUIRED_PRECISION, Metrics
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def image_format(path: str | Path) -> str:
@@ -51,4 +56,40 @@ def plot_precision_recall(
     if path is not None:
         with atomic_path(path) as tmp:
             ax.figure.savefig(tmp, format=image_type)
+    return ax
+
+
+def figure_png(fig: Figure) -> bytes:
+    """A matplotlib figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def precision_recall_png(metrics: Metrics) -> bytes:
+    """The scorer's own precision-recall plot, as PNG bytes."""
+    return figure_png(plot_precision_recall(metrics).figure)
+
+
+def plot_score_histograms(labeled: pd.DataFrame, threshold: float | None, ax: Axes | None = None) -> Axes:
+    """Histograms of the scores of true and false pairs (log counts), with the 90%-precision threshold."""
+    if ax is None:
+        # a bare Figure, not pyplot: no global backend switch, nothing left open
+        from matplotlib.figure import Figure
+
+        ax = Figure(figsize=(6, 4.5), dpi=100).subplots()
+    scores = labeled["score"].to_numpy()
+    is_match = labeled["is_match"].to_numpy()
+    edges = np.histogram_bin_edges(scores, bins=60) if len(scores) else np.linspace(0, 1, 61)
+    false_counts = ax.hist(scores[~is_match], bins=edges, color="C3", alpha=0.6,
+                           label=f"false pairs ({(~is_match).sum():,})")[0]
+    true_counts = ax.hist(scores[is_match], bins=edges, color="C2", alpha=0.6, label=f"true pairs ({is_match.sum():,})")[0]
+    if threshold is not None:
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold at P90 = {threshold:.4g}")
+    if max(false_counts.max(initial=0), true_counts.max(initial=0)) > 100:
+        ax.set_yscale("log")  # false pairs usually outnumber true ones by orders of magnitude
+    ax.set(xlabel="score", ylabel="predictions", title="score distributions")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+    ax.figure.tight_layout()
     return ax

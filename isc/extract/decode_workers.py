@@ -31,6 +31,7 @@ import torch.multiprocessing  # noqa: F401 (registers the pickling of tensors th
 
 from isc.core.processes import worker_context
 from isc.extract.nvjpeg_batches import read_for_decode, views_of_batch
+from isc.extract.plan import ExtractionPlan
 
 BATCHES_PER_WORKER = 2  # in flight: one decoded while the next is read
 JOIN_SECONDS = 10  # a worker told to stop has finished its batches: it exits at once
@@ -126,12 +127,12 @@ def _stop(workers: list[BaseProcess], tasks: list[Connection], finished: bool) -
             worker.join()
 
 
-def process_batches(paths: Sequence[Path], resize: str, sizes: Sequence[int], batch_size: int, threads: int,
-                    device: torch.device, max_pixels: int, crops: bool,
-                    processes: int) -> Iterator[tuple[list[int], list[list[torch.Tensor]], dict[int, str]]]:
-    """(positions decoded, their views per scale on ``device``, broken: position -> reason) per batch of
-    ``batch_size`` paths in order, as the single-process torchvision pipeline yields them, made by
-    ``processes`` worker processes that share ``threads`` reading threads."""
+def process_batches(paths: Sequence[Path], resize: str,
+                    plan: ExtractionPlan) -> Iterator[tuple[list[int], list[list[torch.Tensor]], dict[int, str]]]:
+    """(positions decoded, their views per scale on ``plan.device``, broken: position -> reason) per batch of
+    ``plan.batch_size`` paths in order, as the single-process torchvision pipeline yields them, made by
+    ``plan.decode_processes`` worker processes that share ``plan.workers`` reading threads."""
+    batch_size, threads, processes = plan.batch_size, plan.workers, plan.decode_processes
     n_batches = math.ceil(len(paths) / batch_size)
     processes = min(processes, n_batches)
     if not processes:
@@ -141,7 +142,7 @@ def process_batches(paths: Sequence[Path], resize: str, sizes: Sequence[int], ba
     task_pipes = [context.Pipe(duplex=False) for _ in range(processes)]
     result_pipes = [context.Pipe(duplex=False) for _ in range(processes)]
     workers = [context.Process(target=_work, name=f"isc-decode-{w}", daemon=True, args=(
-        names, batch_size, task_pipes[w][0], result_pipes[w][1], tuple(sizes), resize, str(device), max_pixels, crops,
+        names, batch_size, task_pipes[w][0], result_pipes[w][1], plan.sizes, resize, plan.device, plan.max_pixels, plan.crops,
         max(1, -(-threads // processes)))) for w in range(processes)]
     tasks, results = [pipe[1] for pipe in task_pipes], [pipe[0] for pipe in result_pipes]
     ahead = BATCHES_PER_WORKER * processes

@@ -45,6 +45,7 @@ from isc.core.files import InputError, SettingError, atomic_path
 from isc.core.partial_log import H5_LIBVER, MERGE_ROWS, PartialWriter, merge_partial_logs, partial_path
 from isc.extract.decode import CROP_VIEWS, DEFAULT_MAX_PIXELS
 from isc.extract.pixel_batches import pixel_batches
+from isc.extract.plan import ExtractionPlan
 from isc.models import DescriptorModel
 
 DECODERS = ("torchvision", "pil")
@@ -144,7 +145,9 @@ class ExtractOptions:
     gives :data:`isc.extract.decode.CROP_VIEWS` adjacent rows with its id, its full view then each of its
     :func:`isc.extract.decode.crop_boxes` (a query or reference file for the matching track; the attribute
     ``views_per_id`` says so). ``strict``: the first broken image raises InputError. ``resume``: continue from
-    the partial file of a killed run, extracting again the images changed since. ``max_pixels``: larger images
+    the partial file of a killed run, extracting again the images changed since; ``update``: when there is no
+    such file, start from the rows the output already holds, if the same model made them, so that only images
+    added or changed since are described (isc-find's cache of a folder). ``max_pixels``: larger images
     are broken; a warning when more than ``max_broken`` of the images are broken.
     """
 
@@ -158,6 +161,7 @@ class ExtractOptions:
     half: bool | None = None
     strict: bool = False
     resume: bool = True
+    update: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_broken: float = 0.01
     decode_processes: int = 0
@@ -175,6 +179,68 @@ class ExtractOptions:
         if not self.max_broken >= 0:
             raise SettingError("max_broken", f"must be at least 0, got {self.max_broken}")
         check_device(self.device)
+
+    def plan(self, model: DescriptorModel) -> ExtractionPlan:
+        """These options' defaults resolved for ``model`` on this machine. SettingError for decode processes
+        without the torchvision decoder."""
+        # a model no GPU runs (PDQ; ONNX without onnxruntime's CUDA provider) stays on the CPU unless told: on the
+        # pixel path it then runs without torch
+        device = device_name(self.device if self.device or model.gpu_capable else "cpu")
+        on_gpu = device.startswith("cuda")
+        decoder = self.decoder or ("torchvision" if on_gpu and not model.takes_pixels else "pil")
+        if self.decode_processes and decoder != "torchvision":  # refused, not ignored: pil decodes in its workers
+            raise SettingError("decode_processes", f"needs the torchvision decoder, and this run decodes with "
+                               f"{decoder} (whose decoding runs in the worker processes)")
+        pixels = decoder == "pil" and model.takes_pixels
+        workers = self.workers
+        if workers is None:
+            cores = os.cpu_count() or 1
+            # the pixel path's processes do all the decoding (and PDQ's hashing): every core, shared by local ranks
+            workers = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if pixels \
+                else min(16 if decoder == "torchvision" else 8, cores)
+        return ExtractionPlan(
+            device=device, decoder=decoder, pixels=pixels, workers=workers, half=on_gpu if self.half is None else self.half,
+            decode_processes=self.decode_processes if decoder == "torchvision" and not pixels else 0,
+            sizes=tuple(view_sizes(model, self.scales)), batch_size=self.batch_size, max_pixels=self.max_pixels,
+            flip=self.flip, crops=self.crops)
+
+
+def _seed_resume_log(cache: Path, config: Mapping[str, object]) -> bool:
+    """Start the resume log of an extraction into ``cache`` from the rows the cache already holds, when the
+    same model made them, so that only images added or changed since are described; returns whether it did."""
+    partial = partial_path(cache, 0, 1)
+    if partial.exists() or not cache.is_file():
+        return False  # a killed run's log is resumed as it is
+    try:
+        if model_differences(dict(config), read_descriptor_attrs(cache)):
+            return False
+        with h5py.File(cache, "r") as f:
+            ids, descriptors, stamps = f["ids"][()], f["descriptors"][()], f["file_stamps"][()]
+    except (InputError, OSError, KeyError):
+        return False  # not a cache of this toolkit's: described again, then replaced
+    views = int(config.get("views_per_id", 1))
+    writer = PartialWriter(partial, dict(config), resume=False)
+    try:
+        # the log holds one row of all the views per image
+        writer.append([decode_id(i) for i in ids[::views]], descriptors.reshape(len(ids) // views, -1),
+                      [tuple(s) for s in stamps[::views].tolist()])
+    finally:
+        writer.close()
+    return True
+
+
+def _image_items(images: Mapping[str, Path] | Sequence[str | Path],
+                 classes: Mapping[str, str] | None) -> dict[str, Path]:
+    """``images`` as ``{id: path}``; InputError when two share an id, when there are none, or when ``classes``
+    does not name the class of each one."""
+    items = dict(images) if isinstance(images, Mapping) else {Path(p).stem: Path(p) for p in images}
+    if len(items) != len(images):
+        raise InputError("two images have the same id (file stem)")
+    if not items:
+        raise InputError("no images to extract")
+    if classes is not None and classes.keys() != items.keys():
+        raise InputError("classes must give one class name for every image id")
+    return items
 
 
 def extract(
@@ -196,49 +262,26 @@ def extract(
     (counts, broken images with reasons, images/s, ``pixels``: whether the pixel path ran).
     """
     options = replace(options, **settings)
-    items = dict(images) if isinstance(images, Mapping) else {Path(p).stem: Path(p) for p in images}
-    if len(items) != len(images):
-        raise InputError("two images have the same id (file stem)")
-    if not items:
-        raise InputError("no images to extract")
-    if classes is not None and classes.keys() != items.keys():
-        raise InputError("classes must give one class name for every image id")
-    batch_size, decoder, workers, half = options.batch_size, options.decoder, options.workers, options.half
-    scales, flip, crops, max_pixels = options.scales, options.flip, options.crops, options.max_pixels
+    items = _image_items(images, classes)
     output = Path(output)
     ids = sorted(items)
-    # a model no GPU runs (PDQ; ONNX without onnxruntime's CUDA provider) stays on the CPU unless told: on the
-    # pixel path it then runs without torch
-    device = device_name(options.device if options.device or model.gpu_capable else "cpu")
-    on_gpu = device.startswith("cuda")
-    decoder = decoder or ("torchvision" if on_gpu and not model.takes_pixels else "pil")
-    if options.decode_processes and decoder != "torchvision":  # refused, not ignored: pil decodes in its workers
-        raise SettingError("decode_processes", f"needs the torchvision decoder, and this run decodes with {decoder} "
-                           "(whose decoding runs in the worker processes)")
-    rank, world, started = join_process_group(device)
-    pixels = decoder == "pil" and model.takes_pixels
-    if workers is None:
-        cores = os.cpu_count() or 1
-        # the pixel path's processes do all the decoding (and PDQ's hashing): every core, shared by local ranks
-        workers = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if pixels \
-            else min(16 if decoder == "torchvision" else 8, cores)
-    half = on_gpu if half is None else half
-    decode_processes = options.decode_processes if decoder == "torchvision" and not pixels else 0
-    sizes = view_sizes(model, scales)
-    config = extraction_config(model, scales, flip, crops)
+    plan = options.plan(model)
+    rank, world, started = join_process_group(plan.device)
+    config = extraction_config(model, options.scales, options.flip, options.crops)
     shards = [ids[r * len(ids) // world:(r + 1) * len(ids) // world] for r in range(world)]
     shard = shards[rank]
     stamps = {i: file_stamp(items[i]) for i in shard}  # before reading: a file changed later is seen as changed
+    if options.update and options.resume and world == 1:
+        _seed_resume_log(output, config)
     partial = PartialWriter(partial_path(output, rank, world), config, options.resume)
     todo = [i for i in shard if partial.done.get(i) != stamps[i]]
     paths = [items[i] for i in todo]
-    if pixels:
-        batches = pixel_batches(paths, model, sizes, batch_size, workers, device, max_pixels, flip, crops)
+    if plan.pixels:
+        batches = pixel_batches(paths, model, plan)
     else:
         from isc.extract.torch_batches import torch_batches  # torch: this pipeline alone needs it
 
-        batches = torch_batches(paths, model, sizes, batch_size, workers, device, max_pixels, flip, decoder, half,
-                                crops, decode_processes)
+        batches = torch_batches(paths, model, plan)
     broken: dict[str, str] = {}
     start = time.perf_counter()
     try:
@@ -253,7 +296,7 @@ def extract(
                     broken[todo[position]] = reason
                 if positions:
                     batch_ids = [todo[p] for p in positions]
-                    _refuse_non_finite(descriptors, batch_ids, half)
+                    _refuse_non_finite(descriptors, batch_ids, plan.half)
                     partial.append(batch_ids, descriptors, [stamps[i] for i in batch_ids])
                 if batch_broken:
                     partial.record_broken(broken, stamps)
@@ -267,7 +310,7 @@ def extract(
     try:
         if rank == 0:
             extracted, broken = merge_partial_logs(
-                output, world, shards, provenance(**config, **(attrs or {}), n_images=len(ids), decoder=decoder),
+                output, world, shards, provenance(**config, **(attrs or {}), n_images=len(ids), decoder=plan.decoder),
                 classes, options.max_broken)
     finally:
         barrier(world)  # reached by every rank even when rank 0 fails, so that none waits forever
@@ -275,8 +318,9 @@ def extract(
     return ExtractResult(output=str(output), images=len(ids), rank=rank, world_size=world, processed=len(todo),
                          resumed=len(shard) - len(todo), seconds=round(seconds, 3),
                          images_per_second=round(len(todo) / seconds, 1) if seconds else None,
-                         model=model.name, dimension=model.dim, device=device, decoder=decoder,
-                         decode_processes=decode_processes, pixels=pixels, views_per_id=CROP_VIEWS if crops else 1,
+                         model=model.name, dimension=model.dim, device=plan.device, decoder=plan.decoder,
+                         decode_processes=plan.decode_processes, pixels=plan.pixels,
+                         views_per_id=CROP_VIEWS if options.crops else 1,
                          extracted=extracted, broken=broken)
 
 

@@ -19,6 +19,7 @@ from isc.extract.decode import (
     nvjpeg_size,
     resize_image,
 )
+from isc.extract.plan import ExtractionPlan
 from isc.models import DescriptorModel
 
 # torchvision's decoders still work, deprecated in favour of torchcodec
@@ -94,11 +95,12 @@ def views_of_batch(reads: Iterable[tuple[int, Future]], sizes: Sequence[int], re
     return ok, per_scale, broken
 
 
-def torchvision_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
-                        workers: int, device: torch.device, max_pixels: int, crops: bool) -> Iterator[tuple]:
-    """(positions, views per scale, broken) per batch: reading threads a few batches ahead, each batch decoded
-    by :func:`views_of_batch` in this process."""
-    readers = ThreadPoolExecutor(max(1, workers), thread_name_prefix="isc-read")
+def torchvision_batches(paths: Sequence[Path], model: DescriptorModel, plan: ExtractionPlan) -> Iterator[tuple]:
+    """(positions, views per scale, broken) per batch: ``plan.workers`` reading threads a few batches ahead,
+    each batch decoded by :func:`views_of_batch` in this process."""
+    sizes, batch_size, max_pixels, crops = plan.sizes, plan.batch_size, plan.max_pixels, plan.crops
+    device = torch.device(plan.device)
+    readers = ThreadPoolExecutor(max(1, plan.workers), thread_name_prefix="isc-read")
     batches = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
     def submit(batch: range) -> list:
         return [readers.submit(read_for_decode, paths[i], max_pixels, sizes, crops) for i in batch]

@@ -20,6 +20,7 @@ import numpy as np
 
 from isc.core.processes import worker_context
 from isc.extract.decode import CROP_VIEWS, decode_views, positions_by_shape, views_by_size
+from isc.extract.plan import ExtractionPlan
 from isc.models import DescriptorModel
 
 PIXEL_CHUNK = 16  # images per task of a pixel-path decoding process: small, so that a short run uses them all
@@ -95,14 +96,14 @@ def _embed_pixels(model: DescriptorModel, per_scale: list[list[np.ndarray]], fli
     return _mean_of_views(outputs, model.normalized)
 
 
-def pixel_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
-                  workers: int, device: str, max_pixels: int, flip: bool,
-                  crops: bool = False) -> Iterator[tuple[list[int], np.ndarray | None, dict[int, str]]]:
-    """(positions, descriptors, broken) per batch of a model that takes uint8 pixels: worker processes decode
-    (and describe, for a per-image model such as PDQ), this process runs the model on stacked pixels.
-    With ``crops`` an image's row is its views' descriptors side by side."""
+def pixel_batches(paths: Sequence[Path], model: DescriptorModel,
+                  plan: ExtractionPlan) -> Iterator[tuple[list[int], np.ndarray | None, dict[int, str]]]:
+    """(positions, descriptors, broken) per batch of a model that takes uint8 pixels: ``plan.workers`` worker
+    processes decode (and describe, for a per-image model such as PDQ), this process runs the model on stacked
+    pixels. With ``plan.crops`` an image's row is its views' descriptors side by side."""
     describe = model.per_image_descriptor
-    decode = functools.partial(_decode_pixels, sizes=tuple(sizes), resize=model.resize, max_pixels=max_pixels,
+    sizes, batch_size, workers, flip, crops = plan.sizes, plan.batch_size, plan.workers, plan.flip, plan.crops
+    decode = functools.partial(_decode_pixels, sizes=sizes, resize=model.resize, max_pixels=plan.max_pixels,
                                flip=flip, describe=describe, normalized=model.normalized, crops=crops)
     chunk = min(batch_size, PIXEL_CHUNK)
     chunks = [paths[start:start + chunk] for start in range(0, len(paths), chunk)]
@@ -120,6 +121,6 @@ def pixel_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence
                 descriptors = np.stack([batch[k][0] for k in ok])
             else:
                 per_scale = views_by_size([batch[k][0] for k in ok], len(sizes))
-                descriptors = _embed_pixels(model, per_scale, flip, device,
+                descriptors = _embed_pixels(model, per_scale, flip, plan.device,
                                             CROP_VIEWS if crops else 1).reshape(len(ok), -1)
             yield [start + k for k in ok], descriptors, broken

@@ -33,6 +33,7 @@ from isc.extract.decode import (
     views_by_size,
 )
 from isc.extract.nvjpeg_batches import torchvision_batches
+from isc.extract.plan import ExtractionPlan
 from isc.models import DescriptorModel
 
 # torchvision's decoders still work, deprecated in favour of torchcodec
@@ -68,10 +69,11 @@ def _as_list(batch: list) -> list:
     return batch
 
 
-def _pillow_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
-                    workers: int, device: torch.device, max_pixels: int, crops: bool) -> Iterator[tuple]:
+def _pillow_batches(paths: Sequence[Path], model: DescriptorModel, plan: ExtractionPlan) -> Iterator[tuple]:
+    device, sizes, workers = torch.device(plan.device), plan.sizes, plan.workers
     loader = torch.utils.data.DataLoader(
-        _PillowImages(paths, sizes, model.resize, max_pixels, crops), batch_size=batch_size, num_workers=workers,
+        _PillowImages(paths, sizes, model.resize, plan.max_pixels, plan.crops), batch_size=plan.batch_size,
+        num_workers=workers,
         collate_fn=_as_list, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
         multiprocessing_context=worker_context([__name__]) if workers else None)
     for batch in loader:
@@ -82,28 +84,25 @@ def _pillow_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequen
         yield [p for p, _ in ok], per_scale, broken
 
 
-def torch_batches(paths: Sequence[Path], model: DescriptorModel, sizes: Sequence[int], batch_size: int,
-                  workers: int, device: str, max_pixels: int, flip: bool, decoder: str,
-                  half: bool, crops: bool = False,
-                  decode_processes: int = 0) -> Iterator[tuple[list[int], np.ndarray | None, dict[int, str]]]:
-    """(positions, descriptors, broken) per batch, through a torch pipeline: float batches on ``device``
-    (the model moved there, in float16 if ``half``). With ``crops`` an image's row is its views' descriptors
-    side by side. ``decode_processes`` (torchvision decoder): that many processes read and decode beside this
-    one (:mod:`isc.extract.decode_workers`), 0: threads."""
-    device = torch.device(device)
-    model = model.prepare(str(device), half)
-    if decoder == "torchvision" and decode_processes:
+def torch_batches(paths: Sequence[Path], model: DescriptorModel,
+                  plan: ExtractionPlan) -> Iterator[tuple[list[int], np.ndarray | None, dict[int, str]]]:
+    """(positions, descriptors, broken) per batch, through ``plan.decoder``'s torch pipeline: float batches on
+    ``plan.device`` (the model moved there, in float16 if ``plan.half``). With ``plan.crops`` an image's row is
+    its views' descriptors side by side. ``plan.decode_processes`` (torchvision decoder): that many processes
+    read and decode beside this one (:mod:`isc.extract.decode_workers`), 0: threads."""
+    device, decoder, flip = torch.device(plan.device), plan.decoder, plan.flip
+    model = model.prepare(str(device), plan.half)
+    if decoder == "torchvision" and plan.decode_processes:
         from isc.extract.decode_workers import (
             process_batches,  # its process machinery only where processes are asked
         )
 
-        views = process_batches(paths, model.resize, sizes, batch_size, workers, device, max_pixels, crops,
-                                decode_processes)
+        views = process_batches(paths, model.resize, plan)
     else:
         pipeline = torchvision_batches if decoder == "torchvision" else _pillow_batches
-        views = pipeline(paths, model, sizes, batch_size, workers, device, max_pixels, crops)
-    n_views = CROP_VIEWS if crops else 1
-    dtype = torch.float16 if half else torch.float32
+        views = pipeline(paths, model, plan)
+    n_views = CROP_VIEWS if plan.crops else 1
+    dtype = torch.float16 if plan.half else torch.float32
     batches = ((positions, normalised_groups(model, per_scale, dtype, device.type == "cuda", n_views), broken)
                for positions, per_scale, broken in views)
     if decoder == "torchvision":

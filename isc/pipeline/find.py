@@ -26,12 +26,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 
-from isc.core.descriptors import DescriptorFile, decode_id, model_differences, read_descriptor_attrs
+from isc.core.descriptors import DescriptorFile
 from isc.core.files import InputError, SettingError, atomic_path, write_json
-from isc.core.partial_log import PartialWriter, partial_path
 from isc.extract.extraction import ExtractOptions, extract, extraction_config, is_complete
 from isc.extract.image_files import list_images
 from isc.models import DescriptorModel
@@ -102,30 +100,6 @@ def cache_path(cache_dir: str | Path, folder: str | Path, model: DescriptorModel
     return Path(cache_dir) / f"{resolved.name[:40]}-{key}" / f"{model.name.replace('/', '_')}{'_crops' if crops else ''}.h5"
 
 
-def seed_resume_log(cache: Path, config: Mapping[str, object]) -> bool:
-    """Start the resume log of an extraction into ``cache`` from the rows the cache already holds, when the
-    same model made them, so that only images added or changed since are described; returns whether it did."""
-    partial = partial_path(cache, 0, 1)
-    if partial.exists() or not cache.is_file():
-        return False  # a killed run's log is resumed as it is
-    try:
-        if model_differences(dict(config), read_descriptor_attrs(cache)):
-            return False
-        with h5py.File(cache, "r") as f:
-            ids, descriptors, stamps = f["ids"][()], f["descriptors"][()], f["file_stamps"][()]
-    except (InputError, OSError, KeyError):
-        return False  # not a cache of this toolkit's: described again, then replaced
-    views = int(config.get("views_per_id", 1))
-    writer = PartialWriter(partial, dict(config), resume=False)
-    try:
-        # the log holds one row of all the views per image
-        writer.append([decode_id(i) for i in ids[::views]], descriptors.reshape(len(ids) // views, -1),
-                      [tuple(s) for s in stamps[::views].tolist()])
-    finally:
-        writer.close()
-    return True
-
-
 def describe(
     folder: str | Path, cache: str | Path, model: DescriptorModel, extraction: ExtractOptions = ExtractOptions(),
     quiet: bool = False, images: Mapping[str, Path] | None = None,
@@ -140,10 +114,9 @@ def describe(
     config = extraction_config(model, extraction.scales, extraction.flip, extraction.crops)
     processed = 0
     if not is_complete(cache, images, config):
-        seed_resume_log(cache, config)
         if extraction.workers is None and len(images) <= IN_PROCESS_DECODING:
             extraction = replace(extraction, workers=0)
-        processed = extract(images, cache, model, extraction, resume=True, max_broken=1.0, quiet=quiet,
+        processed = extract(images, cache, model, extraction, resume=True, update=True, max_broken=1.0, quiet=quiet,
                             attrs={"source": str(folder)}).processed
     described = DescriptorFile.read(cache, views=True)
     views = int(described.attrs.get("views_per_id", 1))
@@ -419,7 +392,7 @@ def find_copies(
     if threshold is None:
         threshold = DEFAULT_THRESHOLD_VERIFIED if verification is not None else \
             DEFAULT_THRESHOLD if training is None else DEFAULT_THRESHOLD_NORMALISED
-    options = SearchOptions(k=k)
+    options = SearchOptions(k=k, device=extraction.device)  # the search's device, even when no image is extracted
     candidates = candidate_pairs(queries, references, described_training, same_images, options, quiet, same_files)
     if not same_images:
         backward = candidate_pairs(references, queries, described_training, False, options, quiet,

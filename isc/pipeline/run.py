@@ -60,7 +60,7 @@ from isc.download.s3 import DownloadOptions
 from isc.download.sync import sync_split
 from isc.extract.extraction import ExtractOptions, extract, extraction_config, full_views, is_complete
 from isc.extract.image_files import list_split_images
-from isc.models import DEFAULT_MODEL, create_model
+from isc.models import DEFAULT_MODEL, create_model, given_options
 from isc.search.descriptor_track import DescriptorTrack, write_track_file
 from isc.search.matching import SearchOptions, search, search_files
 from isc.search.pca import apply_pca_file, learn_pca_file
@@ -268,8 +268,8 @@ class Pipeline:
 
     @functools.cached_property
     def model(self):  # noqa: ANN201 - a DescriptorModel, created once for every extraction of the run
-        options = {"image_size": self.config.image_size} if self.config.image_size is not None else {}
-        return create_model(self.config.model, checkpoint=self.config.checkpoint, **options)
+        return create_model(self.config.model, checkpoint=self.config.checkpoint,
+                            **given_options(image_size=self.config.image_size))
 
     def extract(self) -> dict[str, Path]:
         """Describe every split (queries per phase; with query or reference crops, the split as ``<name>_crops``

@@ -135,11 +135,13 @@ def knn(
     metric: str = "ip",
     backend: str = "auto",
     quiet: bool = True,
+    device: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest references of each query: (scores [nq, k] float32, indices [nq, k] int64).
 
     ``metric`` ``"ip"``: inner products, highest first; ``"l2"``: squared L2 distances, lowest first.
-    ``k`` larger than the number of references is reduced to it, with a warning.
+    ``k`` larger than the number of references is reduced to it, with a warning. ``device``: where the torch
+    backend runs (:func:`knn_torch`'s default when None).
     """
     if metric not in METRICS:
         raise InputError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
@@ -152,7 +154,7 @@ def knn(
         return _knn_faiss_cpu(query, reference, k, metric, quiet)
     if backend == "faiss-gpu":
         return _knn_faiss_gpu(query, reference, k, metric)
-    return knn_torch(query, reference, k, metric, quiet=quiet)
+    return knn_torch(query, reference, k, metric, device, quiet=quiet)
 
 
 def _knn_faiss_cpu(

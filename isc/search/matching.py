@@ -23,6 +23,7 @@ from isc.core.descriptors import (
     provenance_path,
     read_descriptors,
 )
+from isc.core.distributed import check_device
 from isc.core.files import InputError, SettingError, write_json
 from isc.core.tables import write_predictions
 from isc.search.knn import (
@@ -56,7 +57,9 @@ class SearchOptions:
     ``k`` references kept per query, the best ``max_results`` pairs over all queries; ``backend``: the
     nearest-neighbour search's (:data:`isc.search.knn.BACKENDS`); ``norm``: the score normalisation, applied
     when training descriptors are given; ``index``: a FAISS index string for an approximate search, ``nprobe``
-    lists visited, its recall against the exact search measured on ``recall_queries`` queries.
+    lists visited, its recall against the exact search measured on ``recall_queries`` queries. ``device``: where
+    the torch backend searches (``cpu``, ``cuda`` or ``cuda:N``; default: cuda when available), the one given, not
+    the one an extraction before it left current.
     """
 
     k: int = DEFAULT_K
@@ -66,6 +69,7 @@ class SearchOptions:
     index: str | None = None
     nprobe: int = 16
     recall_queries: int = 1000
+    device: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("k", "max_results", "nprobe", "recall_queries"):
@@ -73,6 +77,7 @@ class SearchOptions:
                 raise SettingError(name, f"must be at least 1, got {getattr(self, name)}")
         if self.backend not in BACKENDS:
             raise InputError(f"unknown backend {self.backend!r} (choose from {', '.join(BACKENDS)})")
+        check_device(self.device)
 
     def recorded(self) -> dict[str, object]:
         """The options as the provenance of a predictions file records them."""
@@ -126,18 +131,19 @@ def search(
     query_bias = np.zeros(len(query), dtype=np.float32)
     if training is not None:
         training = prepare_descriptors(training, "training")
-        query, reference, query_bias = normalise(query, reference, training, norm, backend, quiet)
+        query, reference, query_bias = normalise(query, reference, training, norm, backend, quiet, options.device)
     elif norm.references:
         raise InputError("normalize_references needs training descriptors")
 
     recall = None
     if index is None:
-        scores, indices = knn(query, reference, depth, "ip", backend, quiet)
+        scores, indices = knn(query, reference, depth, "ip", backend, quiet, options.device)
     else:
         train = reference if training is None or norm.references else training
         scores, indices = index_search(build_index(index, reference, train, options.nprobe), query, depth, quiet)
         sample = np.linspace(0, len(query) - 1, min(options.recall_queries, len(query))).astype(int)
-        recall = recall_against_exact(indices[sample], knn(query[sample], reference, depth, "ip", backend)[1])
+        recall = recall_against_exact(indices[sample], knn(query[sample], reference, depth, "ip", backend,
+                                                           device=options.device)[1])
         log.info("index %s (nprobe %d): recall@%d against exact search %.4f on %d queries",
                  index, options.nprobe, depth, recall, len(sample))
     scores = scores - query_bias[:, None]

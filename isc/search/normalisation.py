@@ -80,8 +80,10 @@ def neighbor_bias(
     agg: str = "mean",
     backend: str = "auto",
     quiet: bool = True,
+    device: str | None = None,
 ) -> np.ndarray:
-    """Per-descriptor similarity to its training neighbourhood: agg of s(x, t_i) for i in A..B.
+    """Per-descriptor similarity to its training neighbourhood: agg of s(x, t_i) for i in A..B (searched by
+    :func:`isc.search.knn.knn` with ``backend`` on ``device``).
 
     ``neighbors=(A, B)``: the A-th to B-th nearest training descriptors, 1-based and inclusive
     ((1, 3): the three nearest, SSCD's default; (10, 10): the 10th, the isc2021 baseline's).
@@ -92,13 +94,13 @@ def neighbor_bias(
     if b > len(training):
         raise InputError(f"neighbour range {a}:{b} needs at least {b} training descriptors, got {len(training)}")
     check_pair(descriptors, training, "query and training")
-    similarities = knn(descriptors, training, b, "ip", backend, quiet)[0][:, a - 1 : b]
+    similarities = knn(descriptors, training, b, "ip", backend, quiet, device)[0][:, a - 1 : b]
     return (similarities.mean(axis=1) if agg == "mean" else similarities.min(axis=1)).astype(np.float32)
 
 
 def normalise(
     query: np.ndarray, reference: np.ndarray, training: np.ndarray, norm: ScoreNorm, backend: str = "auto",
-    quiet: bool = True,
+    quiet: bool = True, device: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What :func:`search` searches with ``norm``: (query, reference, query bias [nq]), the score of a pair
     being ``query · reference − query bias``.
@@ -109,7 +111,7 @@ def normalise(
     """
 
     def bias(x: np.ndarray) -> np.ndarray:
-        return neighbor_bias(x, training, norm.neighbors, norm.agg, backend, quiet)
+        return neighbor_bias(x, training, norm.neighbors, norm.agg, backend, quiet, device)
 
     query_bias = norm.beta * bias(query)
     if norm.references:

@@ -147,6 +147,28 @@ class SynthOptions:
             raise SettingError("match_fraction", f"must be in [0, 1], got {self.match_fraction}")
 
 
+def _draw_images(first_stage: list[_Task], second_stage: list[_Task], common: tuple, workers: int | None,
+                 quiet: bool) -> dict[str, tuple[str, list[str]]]:
+    """{image id: (MD5, edits)} of every task drawn, the first stage's before the second's; ``common``:
+    :func:`_make_image`'s other arguments."""
+    results: dict[str, tuple[str, list[str]]] = {}
+    n_workers = max(1, min(workers or os.cpu_count() or 1, 16))
+    with tqdm(total=len(first_stage) + len(second_stage), desc="isc-synth", unit="img", disable=quiet) as bar:
+        if n_workers == 1:
+            for task in first_stage + second_stage:
+                image, md5, edits = _make_image(task, *common)
+                results[image] = (md5, edits)
+                bar.update()
+        else:
+            # spawn: safe beside threads (an S3 server, a test runner); every image has its own seed anyway
+            with multiprocessing.get_context("spawn").Pool(n_workers) as pool:
+                for stage in (first_stage, second_stage):  # queries read the references written by the first stage
+                    for image, md5, edits in pool.imap_unordered(_run_task, [(t, *common) for t in stage], chunksize=4):
+                        results[image] = (md5, edits)
+                        bar.update()
+    return results
+
+
 def generate_dataset(
     out_dir: str | Path,
     options: SynthOptions = SynthOptions(),
@@ -195,22 +217,7 @@ def generate_dataset(
         tasks = with_base_images(first_stage + second_stage, base_images, seed, quiet)
         first_stage, second_stage = tasks[:len(first_stage)], tasks[len(first_stage):]
 
-    common = (out_dir, seed, min_size, max_size)
-    results: dict[str, tuple[str, list[str]]] = {}
-    n_workers = max(1, min(workers or os.cpu_count() or 1, 16))
-    with tqdm(total=len(first_stage) + len(second_stage), desc="isc-synth", unit="img", disable=quiet) as bar:
-        if n_workers == 1:
-            for task in first_stage + second_stage:
-                image, md5, edits = _make_image(task, *common)
-                results[image] = (md5, edits)
-                bar.update()
-        else:
-            # spawn: safe beside threads (an S3 server, a test runner); every image has its own seed anyway
-            with multiprocessing.get_context("spawn").Pool(n_workers) as pool:
-                for stage in (first_stage, second_stage):  # queries read the references written by the first stage
-                    for image, md5, edits in pool.imap_unordered(_run_task, [(t, *common) for t in stage], chunksize=4):
-                        results[image] = (md5, edits)
-                        bar.update()
+    results = _draw_images(first_stage, second_stage, (out_dir, seed, min_size, max_size), workers, quiet)
 
     for split, tasks in (("reference", first_stage[:references]), ("training", first_stage[references:]),
                          ("query", second_stage)):

@@ -18,118 +18,32 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from isc.core.descriptors import read_descriptors
 from isc.core.distributed import barrier, join_process_group, leave_process_group, this_device
 from isc.core.files import InputError, SettingError, atomic_path
 from isc.core.processes import worker_context
-from isc.core.tables import read_ground_truth
-from isc.extract.extraction import extract
-from isc.extract.image_files import list_images, list_split_images
+from isc.extract.image_files import list_images
 from isc.models import DEFAULT_MODEL, create_model, load_checkpoint, save_checkpoint, untrainable
-from isc.search.matching import search
+from isc.train.evaluation import evaluate_model
+from isc.train.objective import (
+    freeze_batch_norm,
+    freeze_first_layers,
+    gather_batch,
+    instance_targets,
+    learning_rate,
+    sscd_loss,
+)
 from isc.train.training_data import AugmentedViews, CollateViews, MixBatch, NumberedOrder, TrainingOrder
-
-# --------------------------------------------------------------------------------------------- loss
-
-
-def instance_targets(sources: torch.Tensor, shares: torch.Tensor, n_instances: int, offset: int = 0) -> torch.Tensor:
-    """``[R, n_instances]``: each row's share of every image, ``offset`` added to the (per-process) indices."""
-    targets = torch.zeros(len(sources), n_instances, device=shares.device, dtype=torch.float32)
-    return targets.scatter_add_(1, sources + offset, shares.float())
-
-
-def sscd_loss(
-    embeddings: torch.Tensor,
-    targets: torch.Tensor,
-    all_embeddings: torch.Tensor | None = None,
-    all_targets: torch.Tensor | None = None,
-    offset: int = 0,
-    temperature: float = 0.05,
-    entropy_weight: float = 3.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """InfoNCE over a batch plus the differential-entropy (KoLeo) regulariser; returns (loss, statistics).
-
-    ``embeddings [R, D]`` and ``targets [R, G]`` are this process's rows; ``all_*`` the whole batch of all
-    processes (default: the same), in which this process's rows start at ``offset``. Two rows are positives in
-    proportion to the images they share (``targets @ all_targets.T``), negatives when they share none.
-    """
-    all_embeddings = embeddings if all_embeddings is None else all_embeddings
-    all_targets = targets if all_targets is None else all_targets
-    embeddings, all_embeddings = F.normalize(embeddings.float(), dim=1), F.normalize(all_embeddings.float(), dim=1)
-    similarity = embeddings @ all_embeddings.T
-    overlap = targets @ all_targets.T
-    rows = torch.arange(len(embeddings), device=embeddings.device)
-    is_self = torch.zeros_like(overlap, dtype=torch.bool)
-    is_self[rows, rows + offset] = True
-    positive = overlap.masked_fill(is_self, 0)
-    negative = overlap == 0
-
-    # SSCD's InfoNCE: each positive against the row's negatives only (not against the other positives)
-    logits = similarity / temperature
-    negatives_logsumexp = logits.masked_fill(~negative, -math.inf).logsumexp(dim=1, keepdim=True)
-    log_probability = logits - torch.logaddexp(logits, negatives_logsumexp)
-    infonce = (-(log_probability * positive).sum(1) / positive.sum(1).clamp_min(1e-6)).mean()
-
-    # KoLeo: push every row away from its nearest negative (the log distance estimates differential entropy)
-    nearest_negative = similarity.masked_fill(~negative, -1.0).max(dim=1).values
-    entropy = -(2 - 2 * nearest_negative).clamp_min(1e-6).sqrt().log().mean()
-    loss = infonce + entropy_weight * entropy
-    with torch.no_grad():
-        stats = {
-            "infonce": infonce.item(),
-            "entropy": entropy.item(),
-            "positive_similarity": ((similarity * positive).sum() / positive.sum().clamp_min(1e-6)).item(),
-            "negative_similarity": ((similarity * negative).sum() / negative.sum().clamp_min(1)).item(),
-            "nearest_negative_similarity": nearest_negative.mean().item(),
-        }
-    return loss, stats
-
-
-def gather_batch(embeddings: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Every process's rows (embeddings differentiably) and the offset of this process's rows among them."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return embeddings, targets, 0
-    import torch.distributed.nn.functional as distributed_nn
-
-    all_embeddings = torch.cat(distributed_nn.all_gather(embeddings))
-    gathered_targets = [torch.empty_like(targets) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered_targets, targets)
-    return all_embeddings, torch.cat(gathered_targets), dist.get_rank() * len(embeddings)
-
-
-def learning_rate(step: int, total_steps: int, peak: float, warmup_steps: int) -> float:
-    """Linear warm-up to ``peak`` over ``warmup_steps``, then a cosine decay to zero at ``total_steps``."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def freeze_first_layers(model: nn.Module, fraction: float) -> None:
-    """Freeze the first ``fraction`` of the parameter tensors, in network order: the early, high-resolution
-    layers keep their ImageNet filters, and autograd skips their backward pass (the costliest one)."""
-    parameters = list(model.parameters())
-    for parameter in parameters[: round(fraction * len(parameters))]:
-        parameter.requires_grad_(False)
-
-
-def freeze_batch_norm(model: nn.Module) -> None:
-    """Keep BatchNorm layers on their ImageNet statistics and weights (small batches make poor estimates)."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
-            module.requires_grad_(False)
-
 
 # --------------------------------------------------------------------------------------------- loop
 
@@ -180,44 +94,13 @@ def weights_are_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
-def evaluate_model(model: nn.Module, eval_data: str | Path, work_dir: str | Path, device: str = "cpu",
-                   workers: int | None = None, quiet: bool = True) -> dict[str, float] | None:
-    """µAP of ``model`` on an isc-synth dataset, with and without score normalisation by its training images.
-
-    Descriptors go through :func:`isc.extract.extraction.extract` (into ``work_dir``), predictions through
-    :func:`isc.search.matching.search`; under ``torchrun`` every process extracts a shard and the first one scores
-    (the others get None).
-    """
-    from isc.evaluate.metrics import evaluate  # needs pandas, which training without --eval-data does not
-
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    ground_truth = read_ground_truth(Path(eval_data) / "ground_truth.csv")
-    scored = set(ground_truth["query_id"])
-    descriptors = {}
-    for split in ("query", "reference", "training"):
-        images = {i: p for i, p in list_split_images(eval_data, split).items() if split != "query" or i in scored}
-        # a copy: extraction converts the model (half precision on a GPU, channels-last)
-        extracted = extract(images, work_dir / f"{split}.h5", copy.deepcopy(model), device=device, workers=workers,
-                            resume=False, quiet=quiet)
-        if extracted.rank != 0:
-            continue
-        ids, vectors, _ = read_descriptors(work_dir / f"{split}.h5")
-        descriptors[split] = (ids, vectors)
-    if not descriptors:
-        return None
-    (query_ids, query), (reference_ids, reference) = descriptors["query"], descriptors["reference"]
-    plain = search(query_ids, query, reference_ids, reference, quiet=True)
-    normalized = search(query_ids, query, reference_ids, reference, training=descriptors["training"][1], quiet=True)
-    return {"muap": evaluate(plain, ground_truth).muap, "muap_normalized": evaluate(normalized, ground_truth).muap}
-
-
 def setup_process(device: str | None) -> tuple[int, int, torch.device, bool]:
     """(rank, world size, device, whether the process group was started here) of this process; joins the
-    process group when started by ``torchrun``. Training refuses ``cuda:N`` (each rank takes its own GPU); the
-    device itself is :func:`isc.core.distributed.this_device`'s choice, by the rule of its ``check_device``."""
-    if device is not None and ":" in device:
-        raise SettingError("device", f"must be cpu or cuda (each rank takes its own GPU), got {device!r}")
+    process group when started by ``torchrun``. ``device``: ``cpu``, ``cuda`` or ``cuda:N`` (one process on that
+    GPU; under ``torchrun``, whose ranks each take their own GPU, refused); the device itself is
+    :func:`isc.core.distributed.this_device`'s choice, by the rule of its ``check_device``."""
+    if device is not None and ":" in device and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SettingError("device", f"names one GPU ({device!r}), and each process of torchrun takes its own: use cuda")
     where = this_device(device)
     rank, world_size, started = join_process_group(where)
     return rank, world_size, where, started
@@ -304,16 +187,30 @@ def train(config: TrainConfig) -> TrainResult | None:
         leave_process_group(started)
 
 
-def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> TrainResult | None:
-    run_dir, paths = Path(config.run_dir), list(list_images(config.data).values())
-    last = run_dir / "last.pt"
+@dataclass
+class _Optimisation:
+    """The weights a process trains and what updates them, new or from ``last.pt``."""
+
+    model: nn.Module
+    trained: nn.Module  # the model, or its DistributedDataParallel wrapper across processes
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp: bool
+    amp_dtype: torch.dtype
+    start: int  # the step the run starts from (0, or the resumed checkpoint's)
+
+
+def _check_resume(config: TrainConfig, last: Path) -> None:
+    """SettingError unless ``resume`` agrees with what the run directory holds."""
     if config.resume and not last.is_file():
         raise SettingError("resume", f"is set, but {last} does not exist")
     if not config.resume and last.is_file():
         raise SettingError("resume", f"is not set, but {last} exists: set it to continue that run, or choose another "
                            "run directory")
-    steps = total_steps(config, len(paths), world_size)
 
+
+def _prepare_model(config: TrainConfig, last: Path, device: torch.device, world_size: int) -> _Optimisation:
+    """The model on ``device`` with its optimiser and loss scaler, restored from ``last`` when resuming."""
     torch.manual_seed(config.seed)  # the same new head on every process (DDP also broadcasts rank 0's)
     if config.resume:
         model, state = create_model(config.model, checkpoint=last), load_checkpoint(last)
@@ -322,7 +219,6 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
         model = create_model(config.model, checkpoint=config.init_checkpoint, pretrained=config.pretrained,
                              dim=config.dim, image_size=config.image_size, resize="square")
         state = {}
-    start = int(state.get("step", 0))
     model.to(device)
     freeze_first_layers(model, config.freeze_fraction)
     set_training_mode(model, config.freeze_bn)
@@ -336,12 +232,17 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
             optimizer.load_state_dict(state["optimizer"])
         except (KeyError, ValueError) as e:
             raise InputError(f"{last}: its optimiser state does not fit ({e}); resume with the options of "
-                             f"{run_dir / 'config.json'}") from None
+                             f"{Path(config.run_dir) / 'config.json'}") from None
         scaler.load_state_dict(state["scaler"])
     trained = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+    return _Optimisation(model, trained, optimizer, scaler, amp, amp_dtype, int(state.get("step", 0)))
 
+
+def _training_loader(config: TrainConfig, paths: list[Path], model: nn.Module, start: int, steps: int, rank: int,
+                     world_size: int, device: torch.device) -> DataLoader:
+    """This process's batches of augmented views from step ``start`` to ``steps``."""
     # each sample draws its augmentations from its own seed: a resumed run draws what an uninterrupted one does
-    loader = DataLoader(
+    return DataLoader(
         AugmentedViews(paths, config.image_size, model.mean, model.std, config.views, config.edit_probability,
                        seed=config.seed),
         batch_size=config.batch_size,
@@ -353,36 +254,100 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
         drop_last=True,
         multiprocessing_context=worker_context(["isc.train.training_data"]) if config.workers else None,
     )
+
+
+def _open_run_dir(config: TrainConfig, run_dir: Path, start: int) -> None:
+    """Write the run's config and cut its logs back to the step it starts from."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    _keep_log_until(run_dir / "log.jsonl", start)
+    _keep_log_until(run_dir / "eval.jsonl", start)
+
+
+def _diverged(config: TrainConfig, last: Path, saved: int, step: int, what: str) -> TrainingDiverged:
+    kept = f"{last} holds step {saved}" if saved else "no checkpoint was written"
+    return TrainingDiverged(f"step {step}: {what}, training diverged ({kept}); lower the learning rate "
+                            f"(now {config.lr:g}) or the entropy weight, or train without mixed precision")
+
+
+def _evaluate_at(config: TrainConfig, model: nn.Module, device: torch.device, rank: int, world_size: int, step: int,
+                 evaluations: list[dict[str, float]]) -> None:
+    """µAP of the model at ``step`` (:func:`evaluate_model`), appended to ``evaluations`` and ``eval.jsonl`` by the
+    first process; every process then goes back to training together."""
+    run_dir = Path(config.run_dir)
+    result = evaluate_model(model, config.eval_data, run_dir / "eval", str(device), config.workers, config.quiet)
+    if rank == 0:
+        result = {"step": step, **result}
+        evaluations.append(result)
+        with open(run_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps(result) + "\n")
+        if not config.quiet:
+            tqdm.write(f"step {step}: µAP {result['muap']:.4f}, with score normalisation {result['muap_normalized']:.4f}")
+    set_training_mode(model, config.freeze_bn)
+    barrier(world_size)
+
+
+def _optimiser_step(config: TrainConfig, run: _Optimisation, batches: Iterator, step: int, lr: float, rank: int,
+                    world_size: int, device: torch.device, broken: dict[str, str],
+                    diverged: Callable[[int, str], TrainingDiverged]) -> dict[str, float]:
+    """One optimiser step over ``accumulate`` micro-batches at learning rate ``lr``; returns the mean loss and
+    statistics, adds the unreadable images met to ``broken``, raises ``diverged`` on a non-finite loss."""
+    # what the step draws (dropout, drop path) from a seed of its own, as a resumed run draws it
+    torch.manual_seed(config.seed + 1_000_003 * (1 + rank) + step)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    totals: dict[str, float] = {}
+    for micro in range(config.accumulate):
+        images, sources, shares, met = next(batches)
+        images, sources, shares = (t.to(device, non_blocking=True) for t in (images, sources, shares))
+        broken.update(met)
+        targets = instance_targets(sources, shares, config.batch_size * world_size, rank * config.batch_size)
+        # DDP: synchronise the gradients once per optimiser step, on the last micro-batch
+        last_micro = micro == config.accumulate - 1
+        with contextlib.nullcontext() if world_size == 1 or last_micro else run.trained.no_sync():
+            with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.amp):
+                embeddings = run.trained(images)
+            all_embeddings, all_targets, offset = gather_batch(embeddings.float(), targets)
+            loss, stats = sscd_loss(embeddings, targets, all_embeddings, all_targets, offset,
+                                    config.temperature, config.entropy_weight)
+            if not math.isfinite(loss.item()):
+                raise diverged(step + 1, f"the loss is {loss.item()}")
+            run.scaler.scale(loss / config.accumulate).backward()
+        for key, value in {"loss": loss.item(), **stats}.items():
+            totals[key] = totals.get(key, 0.0) + value / config.accumulate
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return totals
+
+
+def _all_broken(broken: dict[str, str], world_size: int) -> dict[str, str]:
+    """The unreadable images of every process (each read other images), sorted by path."""
+    if world_size > 1:
+        gathered: list[dict[str, str]] = [{} for _ in range(world_size)]
+        dist.all_gather_object(gathered, broken)
+        broken = {path: reason for part in gathered for path, reason in part.items()}
+    return dict(sorted(broken.items()))
+
+
+def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device) -> TrainResult | None:
+    run_dir, paths = Path(config.run_dir), list(list_images(config.data).values())
+    last = run_dir / "last.pt"
+    _check_resume(config, last)
+    steps = total_steps(config, len(paths), world_size)
+    run = _prepare_model(config, last, device, world_size)
+    model, start = run.model, run.start
+    loader = _training_loader(config, paths, model, start, steps, rank, world_size, device)
     is_main = rank == 0
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-        _keep_log_until(run_dir / "log.jsonl", start)
-        _keep_log_until(run_dir / "eval.jsonl", start)
-    evaluations = []
+        _open_run_dir(config, run_dir, start)
+    evaluations: list[dict[str, float]] = []
     broken: dict[str, str] = {}  # unreadable images skipped, path -> reason
     saved = start  # the step that last.pt holds (0: none written)
 
-    def diverged(step: int, what: str) -> TrainingDiverged:
-        kept = f"{last} holds step {saved}" if saved else "no checkpoint was written"
-        return TrainingDiverged(f"step {step}: {what}, training diverged ({kept}); lower the learning rate "
-                                f"(now {config.lr:g}) or the entropy weight, or train without mixed precision")
-
-    def evaluate_now(step: int) -> None:
-        result = evaluate_model(model, config.eval_data, run_dir / "eval", device.type, config.workers, config.quiet)
-        if is_main:
-            result = {"step": step, **result}
-            evaluations.append(result)
-            with open(run_dir / "eval.jsonl", "a") as f:
-                f.write(json.dumps(result) + "\n")
-            if not config.quiet:
-                tqdm.write(f"step {step}: µAP {result['muap']:.4f}, with score normalisation {result['muap_normalized']:.4f}")
-        set_training_mode(model, config.freeze_bn)
-        barrier(world_size)
-
     batches = iter(loader)
     if config.eval_data and start == 0:
-        evaluate_now(0)
+        _evaluate_at(config, model, device, rank, world_size, 0, evaluations)
     warmup_steps = round(config.warmup * steps)
     rows_per_process = config.batch_size * config.views + round(config.mix_fraction * config.batch_size)
     began = time.perf_counter()
@@ -390,34 +355,9 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
         total=steps, initial=start, desc="isc-train", unit="step", disable=config.quiet or not is_main
     ) as bar:
         for step in range(start, steps):
-            # what the step draws (dropout, drop path) from a seed of its own, as a resumed run draws it
-            torch.manual_seed(config.seed + 1_000_003 * (1 + rank) + step)
             lr = learning_rate(step, steps, config.lr, warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            totals: dict[str, float] = {}
-            for micro in range(config.accumulate):
-                images, sources, shares, met = next(batches)
-                images, sources, shares = (t.to(device, non_blocking=True) for t in (images, sources, shares))
-                broken.update(met)
-                targets = instance_targets(sources, shares, config.batch_size * world_size, rank * config.batch_size)
-                # DDP: synchronise the gradients once per optimiser step, on the last micro-batch
-                last_micro = micro == config.accumulate - 1
-                with contextlib.nullcontext() if world_size == 1 or last_micro else trained.no_sync():
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                        embeddings = trained(images)
-                    all_embeddings, all_targets, offset = gather_batch(embeddings.float(), targets)
-                    loss, stats = sscd_loss(embeddings, targets, all_embeddings, all_targets, offset,
-                                            config.temperature, config.entropy_weight)
-                    if not math.isfinite(loss.item()):
-                        raise diverged(step + 1, f"the loss is {loss.item()}")
-                    scaler.scale(loss / config.accumulate).backward()
-                for key, value in {"loss": loss.item(), **stats}.items():
-                    totals[key] = totals.get(key, 0.0) + value / config.accumulate
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-
+            totals = _optimiser_step(config, run, batches, step, lr, rank, world_size, device, broken,
+                                     partial(_diverged, config, last, saved))
             done, elapsed = step + 1, time.perf_counter() - began
             record = {"step": done, "lr": lr, **totals, "seconds": round(elapsed, 3),
                       "rows_per_s": round(rows_per_process * world_size * config.accumulate * (done - start) / elapsed, 2)}
@@ -429,18 +369,15 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
             eval_due = config.eval_data and (config.eval_every and done % config.eval_every == 0 or done == steps)
             # every process checks (they hold the same weights), so that all of them stop together
             if (save_due or eval_due) and not weights_are_finite(model):
-                raise diverged(done, "the weights are no longer finite")
+                raise _diverged(config, last, saved, done, "the weights are no longer finite")
             if is_main and save_due:
-                save_checkpoint(model, last, step=done, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                                config=asdict(config))
+                save_checkpoint(model, last, step=done, optimizer=run.optimizer.state_dict(),
+                                scaler=run.scaler.state_dict(), config=asdict(config))
                 saved = done
             if eval_due:
-                evaluate_now(done)
+                _evaluate_at(config, model, device, rank, world_size, done, evaluations)
 
-    if world_size > 1:  # each process read other images: the first one lists them all
-        gathered: list[dict[str, str]] = [{} for _ in range(world_size)]
-        dist.all_gather_object(gathered, broken)
-        broken = {path: reason for part in gathered for path, reason in part.items()}
+    broken = _all_broken(broken, world_size)
     if not is_main:
         return None
     torchscript = None
@@ -449,8 +386,7 @@ def _train(config: TrainConfig, rank: int, world_size: int, device: torch.device
         export_torchscript(model, torchscript, config.image_size)
     return TrainResult(steps=steps, start=start, checkpoint=str(last),
                        torchscript=str(torchscript) if torchscript else None,
-                       seconds=round(time.perf_counter() - began, 1), evaluations=evaluations,
-                       broken=dict(sorted(broken.items())))
+                       seconds=round(time.perf_counter() - began, 1), evaluations=evaluations, broken=broken)
 
 
 def export_torchscript(model: nn.Module, path: str | Path, image_size: int) -> None:

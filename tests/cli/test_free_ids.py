@@ -69,7 +69,7 @@ def test_eval_and_report_of_hostile_names_escape_them(described, hostile_folder,
 
 
 def test_report_finds_images_by_any_suffix_the_extractor_reads(tmp_path, mini_dataset):
-    from isc.evaluate.report import image_path
+    from isc.evaluate.thumbnails import image_path
 
     (tmp_path / "reference_images").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "reference_images" / "R000001.png")

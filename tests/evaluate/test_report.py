@@ -19,16 +19,9 @@ from PIL import Image
 
 from isc.core.tables import read_ground_truth, write_predictions
 from isc.evaluate.metrics import evaluate
-from isc.evaluate.report import (
-    build_report,
-    label_predictions,
-    load_thumbnail,
-    missed_pairs,
-    sample_pairs,
-    top_false_matches,
-    write_report,
-    write_summary_png,
-)
+from isc.evaluate.pairs import label_predictions, missed_pairs, sample_pairs, top_false_matches
+from isc.evaluate.report import build_report, write_report, write_summary_png
+from isc.evaluate.thumbnails import load_thumbnail
 
 DATA_URI = re.compile(r'src="(data:image/(jpeg|png);base64,([A-Za-z0-9+/=]+))"')
 

@@ -6,7 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from isc.evaluate.metrics import capped_l2_search, descriptor_track_predictions, evaluate
+from isc.evaluate.metrics import evaluate
+from isc.search.capped_search import capped_l2_search, descriptor_track_predictions
 from isc.search.matching import top_pairs
 
 

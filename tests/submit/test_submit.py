@@ -15,12 +15,8 @@ from isc.core.competition import MATCHING_TRACK_MAX_ROWS
 from isc.core.descriptors import read_descriptor_track, write_descriptors
 from isc.core.files import InputError
 from isc.core.tables import read_ground_truth, read_predictions, write_predictions
-from isc.evaluate.metrics import (
-    capped_l2_search,
-    descriptor_track_predictions,
-    evaluate,
-    score_descriptor_track,
-)
+from isc.evaluate.metrics import evaluate, score_descriptor_track
+from isc.search.capped_search import capped_l2_search, descriptor_track_predictions
 from isc.submit.descriptors import submit_descriptors
 from isc.submit.manifest import default_submission_path, read_manifest
 from isc.submit.matching import check_matching_csv, submit_matching

@@ -15,14 +15,8 @@ from isc.cli.train import main as train_main
 from isc.core.descriptors import read_descriptors
 from isc.core.files import SettingError
 from isc.models import create_model, load_checkpoint
-from isc.train.training import (
-    TrainConfig,
-    check_config,
-    instance_targets,
-    learning_rate,
-    setup_process,
-    sscd_loss,
-)
+from isc.train.objective import instance_targets, learning_rate, sscd_loss
+from isc.train.training import TrainConfig, check_config, setup_process
 from isc.train.training_data import MixBatch, TrainingOrder, mix_images
 
 
@@ -228,8 +222,9 @@ def test_bad_input_is_one_line(tmp_path: Path, mini_dataset: Path, capsys: pytes
     assert not (tmp_path / "run").exists()
 
 
-def test_the_engine_names_a_setting_the_command_its_flag():
+def test_the_engine_names_a_setting_the_command_its_flag(monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(SettingError, match="^views must be at least 2"):
         check_config(TrainConfig(data="", run_dir="", views=1))
-    with pytest.raises(SettingError, match="^device must be cpu or cuda"):
-        setup_process("cpu:0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's: each process takes its own GPU
+    with pytest.raises(SettingError, match="^device names one GPU"):
+        setup_process("cuda:1")
