@@ -10,6 +10,7 @@ from pathlib import Path
 
 from isc.cli.common import check_outputs, float_between, non_negative_int, positive_int, run_command
 from isc.cli.options import (
+    Parser,
     add_model_options,
     add_retry_options,
     add_s3_options,
@@ -45,6 +46,25 @@ as FILE.made-from.json records): an interrupted run, re-run with the same argume
 stopped; a step whose settings or inputs changed is made again and its line says why. The summary
 table is also written to WORK/run_summary.json.
 """
+
+
+def add_calibration_options(verification: Parser) -> None:
+    """The calibration of verified scores (fitted on self-made copies, or given) and the regions' evidence."""
+    verification.add_argument("--calibration", metavar="FILE.json",
+                              help="combine score and evidence with this calibration (isc-verify --calibrate-gt) "
+                              "instead of one fitted on edited copies of training images")
+    verification.add_argument("--calibration-copies", type=non_negative_int, default=RunConfig.calibration_copies,
+                              help="training images copied with random edits to fit the calibration on "
+                              "(default: %(default)s, at most half the training images)")
+    verification.add_argument("--calibration-k", type=positive_int, default=RunConfig.calibration_k,
+                              help="candidates verified per copy (default: as many as per query, --verify-k)")
+    verification.add_argument("--calibration-crops", action=argparse.BooleanOptionalAction,
+                              default=RunConfig.calibration_crops,
+                              help="describe the copies with crops where the queries have them (default: on)")
+    verification.add_argument("--region-inliers", type=non_negative_int, default=RunConfig.verify.region_inliers,
+                              metavar="N", help="pairs with at least N inliers also get the regions that match cut "
+                              "from both images and described by the model, their cosine a feature of the "
+                              "calibration (default %(default)s; 0: off)")
 
 
 def add_descriptor_track_options(parser: argparse.ArgumentParser) -> None:
@@ -124,21 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                               help="verify each query's best candidates by SIFT matching and re-score them "
                               "(predictions_phase<P>_verified.csv; default: on)")
     add_verify_options(verification, prefix="verify-")
-    verification.add_argument("--calibration", metavar="FILE.json",
-                              help="combine score and evidence with this calibration (isc-verify --calibrate-gt) "
-                              "instead of one fitted on edited copies of training images")
-    verification.add_argument("--calibration-copies", type=non_negative_int, default=RunConfig.calibration_copies,
-                              help="training images copied with random edits to fit the calibration on "
-                              "(default: %(default)s, at most half the training images)")
-    verification.add_argument("--calibration-k", type=positive_int, default=RunConfig.calibration_k,
-                              help="candidates verified per copy (default: as many as per query, --verify-k)")
-    verification.add_argument("--calibration-crops", action=argparse.BooleanOptionalAction,
-                              default=RunConfig.calibration_crops,
-                              help="describe the copies with crops where the queries have them (default: on)")
-    verification.add_argument("--region-inliers", type=non_negative_int, default=RunConfig.verify.region_inliers,
-                              metavar="N", help="pairs with at least N inliers also get the regions that match cut "
-                              "from both images and described by the model, their cosine a feature of the "
-                              "calibration (default %(default)s; 0: off)")
+    add_calibration_options(verification)
     search.add_argument("--phases", type=int, nargs="+", default=list(PHASES), choices=PHASES,
                         help="phases to submit (default: both, where their query images exist)")
     search.add_argument("--gt", action="append", default=[], metavar="CSV",

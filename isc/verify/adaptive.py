@@ -16,7 +16,7 @@ import pandas as pd
 
 from isc.verify.local_features import VerifyOptions
 
-# pairs -> (their evidence: the pairs plus inliers and more; counts, as isc.verify.verification._shard_evidence)
+# pairs -> (their evidence: the pairs plus inliers and more; counts, as isc.verify.workers.shard_evidence)
 ShardRun = Callable[[pd.DataFrame], tuple[pd.DataFrame, dict]]
 
 

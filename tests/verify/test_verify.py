@@ -28,12 +28,12 @@ from isc.verify.local_features import GEOMETRIES, FeatureCache, VerifyOptions, d
 from isc.verify.verification import (
     EVIDENCE_COLUMNS,
     InlierBonus,
-    _task_map,
     evidence_path,
     ranked_candidates,
     read_evidence,
     verify,
 )
+from isc.verify.workers import task_map
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 EDITS = {"Q00000": (0, crop), "Q00001": (1, rotate), "Q00002": (2, overlay_image)}  # query: (reference, edit)
@@ -381,8 +381,8 @@ def test_torchrun_a_failing_rank_ends_every_rank_with_its_error(dataset, tmp_pat
 
 
 def test_the_pool_starts_its_workers_from_a_fork_server_not_from_this_process():
-    with _task_map(2) as task_map:
-        parents = set(task_map(operator.call, iter([os.getppid] * 4), 1))
+    with task_map(2) as map_tasks:
+        parents = set(map_tasks(operator.call, iter([os.getppid] * 4), 1))
     assert len(parents) == 1 and os.getpid() not in parents  # this process, which has threads, never forks
 
 

@@ -129,11 +129,11 @@ def test_verifying_in_this_process_leaves_its_thread_counts():
     import cv2
     import torch
 
-    from isc.verify.verification import _task_map
+    from isc.verify.workers import task_map
 
     torch.set_num_threads(2)
     before = torch.get_num_threads(), cv2.getNumThreads()
-    with _task_map(0) as task_map:
-        assert list(task_map(abs, iter([-1, 2]), 1)) == [1, 2]
+    with task_map(0) as map_tasks:
+        assert list(map_tasks(abs, iter([-1, 2]), 1)) == [1, 2]
         assert (torch.get_num_threads(), cv2.getNumThreads()) == (1, 1)
     assert (torch.get_num_threads(), cv2.getNumThreads()) == before
