@@ -33,13 +33,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from isc.core.competition import (
@@ -49,34 +47,31 @@ from isc.core.competition import (
     metadata_file,
     query_phase,
     split_folder,
-    validate_ids,
 )
-from isc.core.descriptors import provenance_path, read_descriptor_attrs, read_descriptors
+from isc.core.descriptors import provenance_path, read_descriptor_attrs
 from isc.core.files import InputError, SettingError, write_json
-from isc.core.made_from import MISSING, MadeFrom
-from isc.core.tables import read_ground_truth, read_metadata, read_predictions
-from isc.download.local_copy import VerifiedIndex, check_folder
+from isc.core.made_from import MadeFrom
+from isc.core.tables import competition_ground_truth, read_metadata, read_predictions
 from isc.download.s3 import DownloadOptions
 from isc.download.sync import sync_split
 from isc.extract.extraction import ExtractOptions, extract, extraction_config, full_views, is_complete
 from isc.extract.image_files import list_split_images
 from isc.models import DEFAULT_MODEL, create_model
+from isc.pipeline.calibration import CopiesCalibration, calibrate_run
+from isc.pipeline.work import matching_queries, matching_references, redone, region_describer, whiten_file
 from isc.search.descriptor_track import DescriptorTrack, write_track_file
-from isc.search.matching import SearchOptions, search, search_files
-from isc.search.pca import apply_pca_file, learn_pca_file
+from isc.search.matching import SearchOptions, search_files
+from isc.search.pca import learn_pca_file
 from isc.submit.descriptors import submit_descriptors
 from isc.submit.manifest import default_submission_path, default_submissions_dir, manifest_path
 from isc.submit.matching import submit_matching
 from isc.submit.scoring import record_evaluation, score_submission
-from isc.verify.calibrate import Calibration, calibrate, copy_labels, make_copies
+from isc.verify.calibrate import Calibration
 from isc.verify.local_features import VerifyOptions
-from isc.verify.regions import RegionDescriber
 from isc.verify.verification import (
     Combiner,
-    InlierBonus,
     calibration_conditions,
     evidence_path,
-    read_evidence,
     verify,
 )
 
@@ -166,11 +161,6 @@ class RunSummary:
 
 def _p90(metrics: dict[str, object]) -> str:
     return "not reached" if metrics["recall_at_p90"] is None else f"{metrics['recall_at_p90']:.4f}"
-
-
-def _redone(reason: str, result: str) -> str:
-    """A step's result after why it was made again (nothing said of a file made for the first time)."""
-    return result if reason == MISSING else f"{reason}: {result}"
 
 
 def planned_outputs(config: RunConfig) -> list[Path]:
@@ -324,12 +314,12 @@ class Pipeline:
             learnt.record(pca)
         stale = {}
         for name in raw:
-            why = self._whiten_file(pca, raw[name], whitened[name])
+            why = whiten_file(pca, raw[name], whitened[name], dim, self.work)
             if why:
                 stale[name] = why
         said = "learnt on the training descriptors, " if relearn else ""
         self._step("whiten", f"PCA {dim}", None, began, not stale,
-                   _redone(relearn or next(iter(stale.values())), f"{said}applied to {len(stale)} files")
+                   redone(relearn or next(iter(stale.values())), f"{said}applied to {len(stale)} files")
                    if stale else "up to date", [pca])
         return whitened
 
@@ -337,33 +327,14 @@ class Pipeline:
         """What a file of the work folder is made from now (isc.core.made_from's rule)."""
         return MadeFrom.of(settings, inputs, self.work)
 
-    def _whiten_file(self, pca: Path, raw: Path, output: Path) -> str | None:
-        """``raw`` whitened by ``pca`` into ``output`` unless it is up to date; returns why it was made (None: not)."""
-        wanted = self._made_from({"PCA dimension": self.config.pca_dim}, [raw, pca])
-        why = wanted.why_redo(output)
-        if why:
-            apply_pca_file(pca, raw, output)
-            wanted.record(output)
-        return why
-
-    @staticmethod
-    def _matching_queries(files: dict[str, Path], phase: int) -> Path | None:
-        """The query descriptors the matching track uses: the crops' file when there is one, else the plain one."""
-        return files.get(f"query_phase{phase}_crops", files.get(f"query_phase{phase}"))
-
-    @staticmethod
-    def _matching_references(files: dict[str, Path]) -> Path:
-        """The reference descriptors the matching track uses: the crops' file when there is one, else the plain one."""
-        return files.get("reference_crops", files["reference"])
-
     def search(self, files: dict[str, Path], phase: int) -> Path | None:
         """The matching track's predictions, from the query crops when there are."""
-        query = self._matching_queries(files, phase)
+        query = matching_queries(files, phase)
         if query is None:
             return None
         began = time.perf_counter()
         output = self.work / f"predictions_phase{phase}.csv"
-        reference = self._matching_references(files)
+        reference = matching_references(files)
         c = self.config
         wanted = self._made_from(
             {"phase": phase, "search": c.search.recorded(), "query crops": c.query_crops,
@@ -383,112 +354,20 @@ class Pipeline:
         views = "".join(f", {searched[what]['rows'] // searched[what]['images']} views per {what}"
                         for what in ("query", "reference") if searched[what]["rows"] > searched[what]["images"])
         self._step("search", f"phase {phase}", searched["query"]["images"], began, False,
-                   _redone(why, f"{len(predictions):,} predictions{normalised}{views}"), [output])
+                   redone(why, f"{len(predictions):,} predictions{normalised}{views}"), [output])
         return output
 
     def calibrate(self, files: dict[str, Path]) -> Combiner:
-        """The combination of a pair's score and its verification evidence: the given calibration, else a
-        logistic model fitted on edited copies of training images searched against the references and their
-        sources (:mod:`isc.verify.calibrate`), else (too few training images) the fixed inlier bonus."""
+        """The combination of a pair's score and its verification evidence (:mod:`isc.pipeline.calibration`)."""
         c = self.config
         began = time.perf_counter()
-        reference_attributes = read_descriptor_attrs(files["reference"])
-        conditions = {**calibration_conditions(c.verify, {"inputs": {"reference": {
-            "model_attributes": reference_attributes}}}),
-            "search": {"norm": c.search.norm.recorded(), "k": c.search.k, "pca_dim": c.pca_dim if c.matching_whitened else 0,
-                       "query_crops": c.query_crops, "reference_crops": c.reference_crops}}
-        if c.calibration is not None:
-            calibration = Calibration.load(c.calibration)
-            calibration.check_conditions(conditions, c.calibration)
-            self._step("calibrate", "given", None, began, True, f"{calibration!r} from {c.calibration}")
-            return calibration
-        path = self.work / "calibration.json"
-        if "training" not in files:
-            self._step("calibrate", "copies", None, began, True, "no training images: fixed inlier bonus")
-            return InlierBonus()
-        training = self.images("training")["training"]
-        copies = min(c.calibration_copies, len(training) // 2)
-        if copies < 10:
-            self._step("calibrate", "copies", None, began, True,
-                       f"{len(training)} training images, too few to copy: fixed inlier bonus")
-            return InlierBonus()
-        wanted = self._made_from({**conditions, "calibration copies": copies, "copies verified": self._copies_k(),
-                                  "copies with crops": c.query_crops and c.calibration_crops},
-                                 [self._matching_references(files), files["training"]])
-        why = wanted.why_redo(path)
-        if not why:
-            calibration = Calibration.load(path)
-            self._step("calibrate", "copies", None, began, True, f"up to date: {calibration!r}", [path])
-            return calibration
-        evidence = self._copies_evidence(files, training, copies)
-        labels = copy_labels(evidence)
-        found = int(labels.sum())
-        if found in (0, len(labels)):
-            self._step("calibrate", "copies", copies, began, False, f"{found} of {len(labels)} candidate pairs are "
-                       "the copies' sources: nothing to learn from, fixed inlier bonus")
-            return InlierBonus()
-        calibration = calibrate(evidence, labels, f"{copies} edited copies of training images", conditions)
-        calibration.save(path)
-        wanted.record(path)
-        self._step("calibrate", "copies", copies, began, False,
-                   _redone(why, f"{found} of {copies} sources among the copies' candidates; {calibration!r}"), [path])
-        return calibration
-
-    def _copies_evidence(self, files: dict[str, Path], training: dict[str, Path], copies: int) -> pd.DataFrame:
-        """The verification evidence of edited copies of ``copies`` training images (chosen by a fixed seed),
-        each searched as the matching track searches a query, among the references plus the copied images,
-        the score normalised by the other training images."""
-        c = self.config
-        folder = self.work / "calibration"
-        ids = sorted(training)
-        chosen = np.sort(np.random.default_rng(0).choice(len(ids), copies, replace=False))
-        sources = {ids[i]: training[ids[i]] for i in chosen}
-        copy_images = self._copies(sources, folder / "copies")
-        crops = c.query_crops and c.calibration_crops
-        raw = folder / ("copies_crops.h5" if crops else "copies.h5")
-        options = replace(c.extraction, crops=crops)
-        if not is_complete(raw, copy_images, extraction_config(self.model, options.scales, options.flip,
-                                                               options.crops)):
-            extract(copy_images, raw, self.model, options, quiet=c.quiet, attrs={"source": str(folder / "copies")})
-        described = raw
-        if c.pca_dim and c.matching_whitened:
-            described = folder / f"{raw.stem}_pca{c.pca_dim}.h5"
-            self._whiten_file(self.descriptors / f"pca{c.pca_dim}.npz", raw, described)
-        copy_ids, copy_x, _ = read_descriptors(described, views=True)
-        reference_ids, reference_x, _ = read_descriptors(self._matching_references(files), views=True)
-        training_ids, training_x, _ = read_descriptors(files["training"], split="training")
-        is_source = np.isin(np.asarray(training_ids, dtype=object), list(sources))
-        predictions = search(copy_ids, copy_x, [*reference_ids, *np.asarray(training_ids, dtype=object)[is_source]],
-                             np.vstack([reference_x, training_x[is_source]]), c.search,
-                             training=training_x[~is_source], quiet=c.quiet)
-        output = folder / "copies_verified.csv"
-        verify(predictions, copy_images, {**self.images("reference")["reference"], **sources}, output,
-               options=replace(c.verify, k=self._copies_k()), cache=self.work / "verify-cache", quiet=c.quiet,
-               regions=self._regions())
-        return read_evidence(evidence_path(output))
-
-    def _copies_k(self) -> int:
-        """Candidates verified per self-made copy: ``calibration_k``, at most the queries' ``k``."""
-        k = self.config.verify.k
-        return min(k, self.config.calibration_k or k)
-
-    def _copies(self, sources: dict[str, Path], folder: Path) -> dict[str, Path]:
-        """The edited copies of ``sources``, made again when the sources changed: make_copies keeps a copy already
-        written, whose edit was drawn for its rank among the sources of its run."""
-        listed = folder.with_suffix(".json")  # which copy is of which source: what the record is kept beside
-        wanted = self._made_from({"copies": len(sources)}, sources.values())
-        if wanted.why_redo(listed):
-            shutil.rmtree(folder, ignore_errors=True)
-            copies = make_copies(sources, folder)
-            write_json(listed, {copy_id: path.name for copy_id, path in copies.items()})
-            wanted.record(listed)
-            return copies
-        return make_copies(sources, folder)  # each copy is there (or made again as it was): their paths
-
-    def _regions(self) -> RegionDescriber | None:
-        """The search's model, run as extraction runs it, describing the matched regions when asked for."""
-        c = self.config
-        return RegionDescriber(self.model, c.extraction) if c.verify and c.verify.region_inliers else None
+        setup = CopiesCalibration(
+            self.work, self.model, c.verify, c.search, c.extraction, c.pca_dim if c.matching_whitened else 0,
+            c.query_crops, c.reference_crops, c.calibration_copies, c.calibration_k, c.calibration_crops,
+            c.calibration, c.quiet)
+        done = calibrate_run(setup, files, lambda split: self.images(split)[split])
+        self._step("calibrate", done.target, done.images, began, done.skipped, done.result, done.files)
+        return done.combiner
 
     def verify(self, predictions: Path, phase: int, combiner: Combiner) -> Path:
         """The predictions with each query's best candidates verified by local features and re-scored."""
@@ -508,11 +387,11 @@ class Pipeline:
         queries = self.images("query")[f"query_phase{phase}"]
         result = verify(read_predictions(predictions), queries, self.images("reference")["reference"], output,
                         options=c.verify, cache=self.work / "verify-cache", combiner=combiner, quiet=c.quiet,
-                        regions=self._regions())
+                        regions=region_describer(self.model, c.extraction, c.verify))
         wanted.record(output)
         broken = f", {len(result.broken)} broken images" if result.broken else ""
         self._step("verify", f"phase {phase}", result.queries, began, False,
-                   _redone(why, f"{result.pairs:,} pairs (k {c.verify.k}) at {result.pairs_per_second} pairs/s, "
+                   redone(why, f"{result.pairs:,} pairs (k {c.verify.k}) at {result.pairs_per_second} pairs/s, "
                            f"{result.described:,} images described, {result.cached:,} cached{broken}"), [output])
         return output
 
@@ -529,8 +408,8 @@ class Pipeline:
         # metadata chooses the images, so a change there changes the descriptors
         began = time.perf_counter()
         matching = default_submission_path(c.submissions, "matching", phase)
-        query = self._matching_queries(matching_files, phase)
-        sources = [*([query] if query else []), self._matching_references(matching_files),
+        query = matching_queries(matching_files, phase)
+        sources = [*([query] if query else []), matching_references(matching_files),
                    *([matching_files["training"]] if "training" in matching_files else [])]
         wanted = self._made_from({"phase": phase, "verified": c.verify is not None},
                                  [predictions, *sources])
@@ -539,7 +418,7 @@ class Pipeline:
             submit_matching(predictions, phase, matching, expected_queries, expected_references, sources)
             wanted.record(matching)
         self._step("submit", f"phase {phase} matching", None, began, not why,
-                   _redone(why, "valid") if why else "up to date", [matching])
+                   redone(why, "valid") if why else "up to date", [matching])
 
         began = time.perf_counter()
         query, reference = files[f"query_phase{phase}"], files["reference"]
@@ -568,7 +447,7 @@ class Pipeline:
                 wanted.record(descriptors)
             reuse = ", phase-1 references reused" if phase1 else ""
             self._step("submit", f"phase {phase} descriptors", None, began, not why,
-                       (_redone(why, "valid") if why else "up to date") + reuse, [descriptors])
+                       (redone(why, "valid") if why else "up to date") + reuse, [descriptors])
 
         if ground_truth is not None:
             self.evaluate(phase, {"matching": matching, "descriptors": descriptors}, ground_truth)
@@ -591,7 +470,7 @@ class Pipeline:
                 wanted.record(output)
             made.append(output)
         self._step("describe", f"phase {phase} descriptor track", None, began, not any(why),
-                   _redone(next(filter(None, why)), f"{json.dumps(track.recorded())}") if any(why) else "up to date",
+                   redone(next(filter(None, why)), f"{json.dumps(track.recorded())}") if any(why) else "up to date",
                    made)
         return made[0], made[1]
 
@@ -648,27 +527,3 @@ class Pipeline:
                                   if (path := default_submission_path(self.config.submissions, track, phase)).is_file()]
         self.summary.write(self.work / "run_summary.json")
         return self.summary
-
-
-def downloaded(dataset: Path, data: Path) -> bool:
-    """Whether ``data`` holds every image of ``dataset`` (an isc-synth folder), each verified against its MD5
-    (files verified before are trusted from the download's journal while unchanged)."""
-    for split in SPLITS:
-        if not metadata_file(dataset, split).is_file():
-            return False
-        metadata = read_metadata(metadata_file(dataset, split), split)
-        expected = dict(zip(metadata["s3_uri"].str.rpartition("/")[2], metadata["md5_checksum"], strict=True))
-        folder = split_folder(data, split)
-        check = check_folder(folder, expected, set(expected), VerifiedIndex(folder))
-        if check.missing or check.corrupt:
-            return False
-    return True
-
-
-def competition_ground_truth(path: str | Path) -> pd.DataFrame:
-    """A ground-truth CSV whose ids are the competition's (its queries say their phase)."""
-    truth = read_ground_truth(path)
-    why = "isc-run scores competition ids"
-    validate_ids(truth["query_id"], "query", path, "query id", why)
-    validate_ids(truth["reference_id"][truth["reference_id"] != ""], "reference", path, "reference id", why)
-    return truth
