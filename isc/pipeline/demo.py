@@ -12,7 +12,9 @@ from isc.core.competition import DEFAULT_REGION, SPLITS, bucket_for_region, meta
 from isc.core.tables import read_metadata
 from isc.download.local_copy import VerifiedIndex, check_folder
 from isc.download.s3server import LocalS3Server
-from isc.pipeline.run import Pipeline, RunConfig, RunSummary, Step
+from isc.pipeline.config import RunConfig
+from isc.pipeline.run import Pipeline
+from isc.pipeline.summary import RunSummary, Step
 from isc.synth.dataset import MANIFEST, generate_dataset, read_manifest
 
 DEMO_IMAGE_SIZE = 160  # sscd's 288 matched no better on the mini dataset, at 3x the pixels (docs/BENCHMARKS.md)

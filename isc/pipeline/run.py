@@ -35,7 +35,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -45,29 +45,36 @@ from isc.core.competition import (
     PHASES,
     SPLITS,
     metadata_file,
-    query_phase,
     split_folder,
 )
 from isc.core.descriptors import provenance_path, read_descriptor_attrs
-from isc.core.files import InputError, SettingError, write_json
+from isc.core.files import InputError, SettingError
 from isc.core.made_from import MadeFrom
-from isc.core.tables import competition_ground_truth, read_metadata, read_predictions
-from isc.download.s3 import DownloadOptions
+from isc.core.tables import competition_ground_truth, read_predictions
 from isc.download.sync import sync_split
-from isc.extract.extraction import ExtractOptions, extract, extraction_config, full_views, is_complete
+from isc.extract.extraction import extract, extraction_config, full_views, is_complete
 from isc.extract.image_files import list_split_images
-from isc.models import DEFAULT_MODEL, create_model
+from isc.models import create_model
 from isc.pipeline.calibration import CopiesCalibration, calibrate_run
-from isc.pipeline.work import matching_queries, matching_references, redone, region_describer, whiten_file
-from isc.search.descriptor_track import DescriptorTrack, write_track_file
-from isc.search.matching import SearchOptions, search_files
+from isc.pipeline.config import RunConfig
+from isc.pipeline.summary import RunSummary, Step, p90_text
+from isc.pipeline.work import (
+    matching_queries,
+    matching_references,
+    phase_ground_truth,
+    redone,
+    region_describer,
+    split_images,
+    track_files,
+    whiten_file,
+)
+from isc.search.matching import search_files
 from isc.search.pca import learn_pca_file
 from isc.submit.descriptors import submit_descriptors
-from isc.submit.manifest import default_submission_path, default_submissions_dir, manifest_path
+from isc.submit.manifest import default_submission_path, manifest_path
 from isc.submit.matching import submit_matching
 from isc.submit.scoring import record_evaluation, score_submission
 from isc.verify.calibrate import Calibration
-from isc.verify.local_features import VerifyOptions
 from isc.verify.verification import (
     Combiner,
     calibration_conditions,
@@ -76,109 +83,6 @@ from isc.verify.verification import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunConfig:
-    """What ``isc-run`` needs: where to work, where the images come from, which model, which phases."""
-
-    work: Path
-    data: Path | None = None  # a local copy holding <split>_images/; None: download into work/data
-    download: DownloadOptions = DownloadOptions()  # where the images come from (isc-download's options)
-    limit: int | None = None  # the first N images of each split (a trial run)
-    training_limit: int | None = None  # the first N training images: enough for PCA and normalisation
-    model: str = DEFAULT_MODEL
-    checkpoint: str | None = None
-    image_size: int | None = None
-    extraction: ExtractOptions = ExtractOptions()  # isc-extract's options; crops as query_crops and reference_crops say
-    pca_dim: int = DESCRIPTOR_TRACK_MAX_DIM  # 0: no whitening
-    descriptor_track: DescriptorTrack = DescriptorTrack()  # views pooled, negatives subtracted for the descriptor track
-    # the matching track's search (isc-search's options), its scores normalised by the training descriptors
-    search: SearchOptions = SearchOptions()
-    query_crops: bool = True  # the matching track's queries as their full view and 5 crops (docs/BENCHMARKS.md)
-    # the matching track searches the descriptors as extracted: whitened ones lose copies from the candidates
-    matching_whitened: bool = False
-    # the matching track's candidates verified (None: not); the regions of pairs with 8 inliers or more described:
-    # +0.010 [+0.005, +0.015] µAP on set A, +0.006 [+0.002, +0.011] on set B (docs/BENCHMARKS.md)
-    verify: VerifyOptions | None = VerifyOptions(region_inliers=8)
-    calibration: Path | None = None  # a saved calibration to combine with, instead of one fitted on copies
-    # training images copied (edited) to fit the calibration on: 100 score as 300 on two photo sets, for a third
-    # of the calibration's work
-    calibration_copies: int = 100
-    calibration_k: int | None = None  # candidates verified per copy (None: as many as per query)
-    calibration_crops: bool = True  # the copies described with crops where the queries are (else the full view)
-    reference_crops: bool = False  # the matching track's references likewise (6x the reference extraction and index)
-    phases: Sequence[int] = PHASES
-    ground_truth: Sequence[Path] = ()
-    restrict_to_gt_queries: bool = False
-    submissions: Path = field(default_factory=default_submissions_dir)
-    quiet: bool = False
-
-
-@dataclass
-class Step:
-    """One line of the summary table."""
-
-    stage: str
-    target: str
-    images: int | None
-    seconds: float
-    skipped: bool
-    result: str
-    files: list[str] = field(default_factory=list)
-
-
-@dataclass
-class RunSummary:
-    steps: list[Step] = field(default_factory=list)
-    metrics: dict[str, dict[str, object]] = field(default_factory=dict)  # "phase 1 matching" -> Metrics.summary()
-    # submissions of a phase this run skipped, left in the submissions folder by an earlier run: not this run's
-    left_over: list[str] = field(default_factory=list)
-
-    @property
-    def files(self) -> list[str]:
-        return [f for step in self.steps for f in step.files]
-
-    def table(self) -> str:
-        """The steps as an aligned text table, then the µAP reached and the files written."""
-        rows = [("stage", "what", "images", "seconds", "result")]
-        rows += [(s.stage, s.target, "" if s.images is None else f"{s.images:,}", f"{s.seconds:.1f}", s.result)
-                 for s in self.steps]
-        rows.append(("total", "", "", f"{sum(s.seconds for s in self.steps):.1f}", ""))
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        lines = ["  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]),
-                            row[3].rjust(widths[3]), row[4]]).rstrip() for row in rows]
-        lines += [f"µAP {name:<22} {m['muap']:.4f}   recall at P90 {_p90(m)}" for name, m in self.metrics.items()]
-        submissions = [f for f in self.files if Path(f).name.startswith("phase")]
-        lines += [f"submission: {f}" for f in submissions]
-        lines += [f"not this run's (its phase skipped), left by an earlier run: {f}" for f in self.left_over]
-        return "\n".join(lines)
-
-    def write(self, path: Path) -> None:
-        write_json(path, {"steps": [asdict(s) for s in self.steps], "metrics": self.metrics,
-                          "left_over": self.left_over}, indent=1)
-
-
-def _p90(metrics: dict[str, object]) -> str:
-    return "not reached" if metrics["recall_at_p90"] is None else f"{metrics['recall_at_p90']:.4f}"
-
-
-def planned_outputs(config: RunConfig) -> list[Path]:
-    """The files a run of ``config`` may write (descriptors, predictions, submissions and their manifests)."""
-    work, phases = Path(config.work), sorted(config.phases)
-    names = ["training", "reference", *(f"query_phase{p}" for p in phases),
-             *(f"query_phase{p}_crops" for p in phases if config.query_crops),
-             *(["reference_crops"] if config.reference_crops else [])]
-    submissions = [default_submission_path(config.submissions, track, p)
-                   for p in phases for track in ("matching", "descriptors")]
-    verified = [work / f"predictions_phase{p}_verified.csv" for p in phases] if config.verify else []
-    track = [work / "descriptors" / f"{name}_track.h5" for name in ["reference", *(f"query_phase{p}" for p in phases)]
-             if config.descriptor_track.active]
-    searched = [work / f"predictions_phase{p}.csv" for p in phases]
-    return [work / "run_summary.json", *(work / "descriptors" / f"{name}.h5" for name in names),
-            *searched, *map(provenance_path, searched), *verified, *track, *map(evidence_path, verified),
-            *([work / "calibration.json"] if config.verify and config.calibration is None else []),
-            *submissions, *map(manifest_path, submissions)]
 
 
 class Pipeline:
@@ -235,26 +139,8 @@ class Pipeline:
         return min((n for n in limits if n is not None), default=None)
 
     def images(self, split: str) -> dict[str, dict[str, Path]]:
-        """The images to describe, by descriptor file name: one file per split, queries one per phase.
-
-        With a metadata CSV beside the images, only its ids count (a folder may hold extra files).
-        """
-        images = list_split_images(self.data, split)
-        metadata = metadata_file(self.data, split)
-        if metadata.is_file():
-            listed = set(read_metadata(metadata, split)["image_id"])
-            missing = sorted(listed - set(images))
-            if missing and self.limit(split) is None:
-                raise InputError(f"{split_folder(self.data, split)}: {len(missing):,} images of {metadata} are "
-                                 f"missing, {missing[0]} first (download them first)")
-            images = {i: path for i, path in images.items() if i in listed}
-        if self.limit(split) is not None:
-            images = dict(sorted(images.items())[:self.limit(split)])  # the ids that download fetched
-        if split != "query":
-            return {split: images}
-        by_phase = {f"query_phase{p}": {i: path for i, path in images.items() if query_phase(i) == p}
-                    for p in self.config.phases}
-        return {name: chosen for name, chosen in by_phase.items() if chosen}
+        """The images to describe, by descriptor file name (:func:`isc.pipeline.work.split_images`)."""
+        return split_images(self.data, split, self.limit(split), self.config.phases)
 
     @functools.cached_property
     def model(self):  # noqa: ANN201 - a DescriptorModel, created once for every extraction of the run
@@ -453,22 +339,13 @@ class Pipeline:
             self.evaluate(phase, {"matching": matching, "descriptors": descriptors}, ground_truth)
 
     def _track_files(self, files: dict[str, Path], phase: int) -> tuple[Path, Path]:
-        """The descriptor track's (query, reference) files: the plain ones, or made from them (the query's from
-        its views when they are pooled) and the training descriptors as ``descriptor_track`` says."""
-        track, query, reference = self.config.descriptor_track, files[f"query_phase{phase}"], files["reference"]
+        """The descriptor track's (query, reference) files: the plain ones, or made from them as
+        ``descriptor_track`` says (:func:`isc.pipeline.work.track_files`)."""
+        track = self.config.descriptor_track
         if not track.active:
-            return query, reference
-        views = files.get(f"query_phase{phase}_crops") if track.pooling else None
-        training = files.get("training") if track.negatives else None
-        began, made, why = time.perf_counter(), [], []
-        for source, extra in ((query, views), (reference, None)):
-            output = self.descriptors / f"{source.name.split('_pca')[0].removesuffix('.h5')}_track.h5"
-            wanted = self._made_from({"descriptor track": track.recorded()}, filter(None, [source, extra, training]))
-            why.append(wanted.why_redo(output))
-            if why[-1]:
-                write_track_file(source, training, track, output, views=extra)
-                wanted.record(output)
-            made.append(output)
+            return files[f"query_phase{phase}"], files["reference"]
+        began = time.perf_counter()
+        made, why = track_files(track, files, phase, self.descriptors, self.work)
         self._step("describe", f"phase {phase} descriptor track", None, began, not any(why),
                    redone(next(filter(None, why)), f"{json.dumps(track.recorded())}") if any(why) else "up to date",
                    made)
@@ -489,16 +366,7 @@ class Pipeline:
             name = f"phase {phase} {track}"
             self.summary.metrics[name] = metrics.summary()
             self._step("eval", name, None, began, False,
-                       f"µAP {metrics.muap:.4f}, recall at P90 {_p90(self.summary.metrics[name])}")
-
-    def ground_truth(self, combined: pd.DataFrame | None, phase: int) -> pd.DataFrame | None:
-        """The rows of the ground truth whose queries belong to ``phase`` (None when there are none)."""
-        if combined is None:
-            return None
-        rows = combined[combined["query_id"].map(query_phase) == phase]
-        if self.config.limit is not None:  # a trial scores the queries it kept, not the dataset's
-            rows = rows[rows["query_id"].isin(self.images("query").get(f"query_phase{phase}", {}))]
-        return rows.reset_index(drop=True) if len(rows) else None
+                       f"µAP {metrics.muap:.4f}, recall at P90 {p90_text(self.summary.metrics[name])}")
 
     def run(self) -> RunSummary:
         # the ground truth first: a bad one is refused before hours of downloads and extraction
@@ -519,7 +387,9 @@ class Pipeline:
             if self.config.verify is not None:
                 combiner = combiner or self.calibrate(matching_files)  # fitted once, used for both phases
                 predictions = self.verify(predictions, phase, combiner)
-            self.submit(files, matching_files, phase, predictions, self.ground_truth(truth, phase))
+            trial = truth is not None and self.config.limit is not None  # a trial scores the queries it kept
+            kept = self.images("query").get(f"query_phase{phase}", {}) if trial else None
+            self.submit(files, matching_files, phase, predictions, phase_ground_truth(truth, phase, kept))
             submitted.add(phase)
         # said, not removed: a user's earlier submission is theirs to keep or delete
         self.summary.left_over = [str(path) for phase in PHASES if phase not in submitted
