@@ -40,13 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from isc.core.competition import (
-    DESCRIPTOR_TRACK_MAX_DIM,
-    PHASES,
-    SPLITS,
-    metadata_file,
-    split_folder,
-)
+from isc.core.competition import DESCRIPTOR_TRACK_MAX_DIM, PHASES, SPLITS, metadata_file, split_folder
 from isc.core.descriptors import provenance_path, read_descriptor_attrs
 from isc.core.files import InputError, SettingError
 from isc.core.made_from import MadeFrom
@@ -75,12 +69,7 @@ from isc.submit.manifest import default_submission_path, manifest_path
 from isc.submit.matching import submit_matching
 from isc.submit.scoring import record_evaluation, score_submission
 from isc.verify.calibrate import Calibration
-from isc.verify.verification import (
-    Combiner,
-    calibration_conditions,
-    evidence_path,
-    verify,
-)
+from isc.verify.verification import Combiner, calibration_conditions, evidence_path, verify
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +237,10 @@ class Pipeline:
         c = self.config
         began = time.perf_counter()
         setup = CopiesCalibration(
-            self.work, self.model, c.verify, c.search, c.extraction, c.pca_dim if c.matching_whitened else 0,
-            c.query_crops, c.reference_crops, c.calibration_copies, c.calibration_k, c.calibration_crops,
-            c.calibration, c.quiet)
+            work=self.work, model=self.model, verify=c.verify, search=c.search, extraction=c.extraction,
+            whitened=c.pca_dim if c.matching_whitened else 0, query_crops=c.query_crops,
+            reference_crops=c.reference_crops, copies=c.calibration_copies, copies_k=c.calibration_k,
+            copies_crops=c.calibration_crops, given=c.calibration, quiet=c.quiet)
         done = calibrate_run(setup, files, lambda split: self.images(split)[split])
         self._step("calibrate", done.target, done.images, began, done.skipped, done.result, done.files)
         return done.combiner
