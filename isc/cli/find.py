@@ -24,12 +24,9 @@ from isc.pipeline.find import (
     IN_PROCESS_DECODING,
     default_cache_dir,
     find_copies,
-    groups_of,
-    groups_text,
-    unreadable_path,
     verifies_by_default,
-    write_matches,
 )
+from isc.pipeline.groups import groups_of, groups_text, unreadable_path, write_matches
 from isc.search.matching import DEFAULT_K
 
 FIND_BATCH_SIZE = 8  # small batches: the progress bar moves every 8 images, in the same time (docs/BENCHMARKS.md)
@@ -164,8 +161,7 @@ def find(args: argparse.Namespace) -> int:
     if args.report:
         from isc.evaluate.matches_page import write_matches_page  # here: its imports would slow every run
 
-        below = found.candidates[found.candidates["score"] < threshold]
-        write_matches_page(args.report, found.matches, below, lambda side, i: found.paths[side][i], summary,
+        write_matches_page(args.report, found.matches, found.near_misses, lambda side, i: found.paths[side][i], summary,
                            groups=groups_of(found.matches, True) if found.same_images else None, quiet=args.quiet)
     unreadable = found.record["unreadable"]
     if unreadable and not (args.quiet and output):  # without an output file, this line is their only record

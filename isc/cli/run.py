@@ -25,8 +25,9 @@ from isc.cli.options import (
 from isc.core.competition import PHASES, REGION_CHOICES, SPLITS, split_folder
 from isc.core.files import InputError
 from isc.download import s3
+from isc.pipeline.config import RunConfig, planned_outputs
 from isc.pipeline.demo import DEMO_IMAGE_SIZE, run_demo
-from isc.pipeline.run import Pipeline, RunConfig, planned_outputs
+from isc.pipeline.run import Pipeline
 from isc.search.descriptor_track import DescriptorTrack
 from isc.search.negatives import NegativeEmbeddings
 from isc.search.normalisation import MAX_BETA

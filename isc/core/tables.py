@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from isc.core.competition import ID_PATTERNS
+from isc.core.competition import ID_PATTERNS, validate_ids
 from isc.core.files import InputError, atomic_path, check_text_file, shown
 
 if TYPE_CHECKING:
@@ -211,6 +211,15 @@ def read_ground_truth(path: str | Path) -> pd.DataFrame:
         raise InputError(f"{path}: line {row + 2}: pair ({df['query_id'].iloc[row]}, "
                          f"{df['reference_id'].iloc[row] or 'no match'}) already at line {first + 2}")
     return df
+
+
+def competition_ground_truth(path: str | Path) -> pd.DataFrame:
+    """A ground-truth CSV whose ids are the competition's (its queries say their phase)."""
+    truth = read_ground_truth(path)
+    why = "isc-run scores competition ids"
+    validate_ids(truth["query_id"], "query", path, "query id", why)
+    validate_ids(truth["reference_id"][truth["reference_id"] != ""], "reference", path, "reference id", why)
+    return truth
 
 
 def write_ground_truth(path: str | Path, ground_truth: pd.DataFrame) -> None:

@@ -3,13 +3,13 @@ against itself, with any file names.
 
 :func:`describe` extracts a folder's descriptors into a cache file, describing again only the images added or
 changed since the cache was written (isc-extract's resume log, started from the cache's rows);
-:func:`candidate_pairs` searches each query's nearest references (query crops, score normalisation when
+:func:`search_candidates` searches each query's nearest references (query crops, score normalisation when
 training images are given, self-matches left out), and two folders are searched both ways and merged
 (:func:`both_ways`); :func:`verify_candidates` re-scores the candidates by local features (isc-verify's
-engine) when asked; :func:`matches_above` keeps the pairs at or above a score threshold, :func:`groups_of`
-joins them into groups (connected components), and :func:`write_matches` writes them as CSV or JSON
-(:func:`groups_text` as text), each pair marked when it is an exact copy (:func:`exact_copy`);
-:func:`find_copies` does it all, with a cache per folder and model (:func:`cache_path`).
+engine) when asked; :func:`matches_above` keeps the pairs at or above a score threshold;
+:func:`find_copies` does it all, with a cache per folder and model (:func:`cache_path`), and splits the
+candidates into matches, each marked when it is an exact copy, and near misses. The groups and the outputs
+are :mod:`isc.pipeline.groups`'s.
 
 The defaults are the best the photo benchmarks found (docs/BENCHMARKS.md): SSCD, each image described as
 its full view and 5 crops (a pair scores its best view), and the training-set score normalisation when a
@@ -17,7 +17,6 @@ training folder is given."""
 
 from __future__ import annotations
 
-import filecmp
 import hashlib
 import json
 import os
@@ -29,10 +28,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from isc.core.descriptors import DescriptorFile
-from isc.core.files import InputError, SettingError, atomic_path, write_json
+from isc.core.files import InputError, SettingError
 from isc.extract.extraction import ExtractOptions, extract, extraction_config, is_complete
 from isc.extract.image_files import list_images
 from isc.models import DescriptorModel
+from isc.pipeline.groups import exact_copy
 from isc.search.matching import DEFAULT_K, SearchOptions, search
 from isc.verify.local_features import VerifyOptions
 from isc.verify.verification import (
@@ -143,7 +143,7 @@ def shared_files(images: Mapping[str, Path], others: Mapping[str, Path]) -> dict
     return {image: files[key] for image, path in images.items() if (key := file_identity(path)) in files}
 
 
-def candidate_pairs(
+def search_candidates(
     queries: Described, references: Described, training: Described | None = None, same_images: bool = False,
     options: SearchOptions = SearchOptions(), quiet: bool = False, same_files: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
@@ -229,112 +229,56 @@ def matches_above(candidates: pd.DataFrame, threshold: float, same_images: bool 
     return matches.reset_index(drop=True)
 
 
-def groups_of(matches: pd.DataFrame, same_images: bool = False) -> list[list[tuple[str, str]]]:
-    """The connected components of the matched pairs: each a list of (side, id), sorted, largest group first;
-    ``same_images``: both sides are one folder, an id is one image (side ``query``)."""
-    reference_side = "query" if same_images else "reference"
-    parent: dict[tuple[str, str], tuple[str, str]] = {}
-
-    def root(node: tuple[str, str]) -> tuple[str, str]:
-        while parent.setdefault(node, node) != node:
-            parent[node] = parent[parent[node]]  # path halving
-            node = parent[node]
-        return node
-
-    for query, reference in zip(matches["query_id"], matches["reference_id"], strict=True):
-        parent[root(("query", query))] = root((reference_side, reference))
-    members: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for node in list(parent):
-        members.setdefault(root(node), []).append(node)
-    return sorted((sorted(group) for group in members.values()), key=lambda g: (-len(g), g))
-
-
-def exact_copy(first: Path, second: Path) -> str:
-    """``"bytes"`` when two image files are the same bytes, ``"pixels"`` when they decode to the same pixels
-    (another format or metadata), else ``""`` (an edited copy, or unreadable)."""
-    from PIL import Image  # here: only matched pairs are compared
-
-    try:
-        if filecmp.cmp(first, second, shallow=False):
-            return "bytes"
-        with Image.open(first) as a, Image.open(second) as b:
-            if a.size != b.size:  # from the headers: most pairs end here, undecoded
-                return ""
-            return "pixels" if a.convert("RGBA").tobytes() == b.convert("RGBA").tobytes() else ""
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return ""
-
-
-def unreadable_path(output: str | Path) -> Path:
-    """Where a CSV output's unreadable images are listed: ``OUT.unreadable.csv`` beside ``OUT.csv``."""
-    output = Path(output)
-    return output.with_name(f"{output.stem}.unreadable.csv")
-
-
-def write_matches(
-    path: str | Path, matches: pd.DataFrame, paths: Mapping[str, Mapping[str, Path]], record: Mapping[str, object],
-    same_images: bool = False,
-) -> None:
-    """Write the matches (with their ``exact`` column, :func:`exact_copy`): a ``.json`` file holds ``record`` (its
-    ``unreadable`` images included), the groups (lists of image paths) and the pairs; any other suffix a CSV
-    ``query_id,reference_id,score,query_path,reference_path,exact`` (quoted as needed), with the unreadable
-    images ``path,reason`` in :func:`unreadable_path` when there are any (an older run's list removed when there
-    are none)."""
-    table = matches.drop(columns="exact").assign(
-        query_path=[str(paths["query"][i]) for i in matches["query_id"]],
-        reference_path=[str(paths["reference"][i]) for i in matches["reference_id"]], exact=matches["exact"])
-    if Path(path).suffix.lower() != ".json":
-        import pandas as pd  # loaded already with the matches; imported at the top for annotations only
-
-        unreadable = dict(record.get("unreadable") or {})
-        if unreadable:
-            with atomic_path(unreadable_path(path)) as tmp:
-                pd.DataFrame({"path": list(unreadable), "reason": list(unreadable.values())}).to_csv(tmp, index=False)
-        else:
-            unreadable_path(path).unlink(missing_ok=True)
-        with atomic_path(path) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.6g")
-        return
-    groups = [[str(paths[side][i]) for side, i in group] for group in groups_of(matches, same_images)]
-    pairs = [{"query": q, "reference": r, "score": round(float(s), 6), "exact": e or None}
-             for q, r, s, e in zip(table["query_path"], table["reference_path"], table["score"], table["exact"],
-                                   strict=True)]
-    write_json(path, {**record, "groups": groups, "pairs": pairs})
-
-
-def groups_text(matches: pd.DataFrame, paths: Mapping[str, Mapping[str, Path]], same_images: bool = False) -> str:
-    """The groups as text: a block of lines per group (largest first), one path a line, blocks apart by an empty
-    line; an image that is an exact copy of one listed before it says so after a tab (``same bytes as PATH``,
-    ``same pixels as PATH``)."""
-    reference_side = "query" if same_images else "reference"
-    exact = {}  # node: (node it copies exactly, how)
-    for query, reference, how in zip(matches["query_id"], matches["reference_id"], matches["exact"], strict=True):
-        if how:
-            first, second = sorted([("query", query), (reference_side, reference)])
-            exact.setdefault(second, (first, how))
-    blocks = []
-    for group in groups_of(matches, same_images):
-        lines = []
-        for side, image_id in group:
-            line = str(paths[side][image_id])
-            if (side, image_id) in exact:
-                (other_side, other), how = exact[side, image_id]
-                line += f"\tsame {how} as {paths[other_side][other]}"
-            lines.append(line)
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)
-
-
 @dataclass
 class FindResult:
-    """What :func:`find_copies` found: the candidates and the matches above the threshold (``query_id,
-    reference_id, score``), each side's image paths by id, and what it did (``record``)."""
+    """What :func:`find_copies` found: the candidates, split by the threshold into the matches (at or above it;
+    in one folder each pair once, with its ``exact`` column) and the near misses (below it), each ``query_id,
+    reference_id, score``; each side's image paths by id, and what it did (``record``)."""
 
     candidates: pd.DataFrame
     matches: pd.DataFrame
+    near_misses: pd.DataFrame
     paths: dict[str, dict[str, Path]]
     record: dict[str, object]
     same_images: bool  # one folder searched against itself
+
+
+def describe_folders(
+    folders: list[str | Path], cache_dir: str | Path, model: DescriptorModel, queried: ExtractOptions,
+    training: str | Path | None, same_images: bool, quiet: bool,
+) -> tuple[Described, Described, Described | None, dict[str, str]]:
+    """The queries, the references (one folder: the queries again) and the training images (None: none), each
+    described into its cache as ``queried`` says (the training images without crops), and ``{query id:
+    reference id}`` of the readable queries that are a reference's very file. Refused: training images that
+    are query or reference files, a single folder with fewer than 2 readable images."""
+    listed = [list_images(folder, suffix_on_clash=True) for folder in folders[:1 if same_images else 2]]
+    same_files = {} if same_images else shared_files(listed[0], listed[1])
+    training_images = None if training is None else list_images(training, suffix_on_clash=True)
+    if training_images is not None:
+        for role, images in zip(("query", "reference"), listed * (2 if same_images else 1), strict=True):
+            shared = shared_files(training_images, images)
+            if shared:
+                raise InputError(f"the training images {training} include {len(shared)} of the {role} images (first "
+                                 f"{images[next(iter(shared.values()))]}): training images must be unrelated to "
+                                 "them, the scores would be normalised by the images' own copies")
+    plain, crops = replace(queried, crops=False), queried.crops
+    if same_images:
+        queries = references = describe(folders[0], cache_path(cache_dir, folders[0], model, crops), model, queried,
+                                        quiet, listed[0])
+        if len(queries.ids) // queries.views < 2:
+            raise InputError(f"{folders[0]}: {len(queries.ids) // queries.views} readable image(s) of "
+                             f"{len(queries.paths)}: copies within one folder need at least 2")
+    else:
+        queries = describe(folders[0], cache_path(cache_dir, folders[0], model, crops), model, queried, quiet,
+                           listed[0])
+        # described as the queries are: the second folder is searched in the first too
+        references = describe(folders[1], cache_path(cache_dir, folders[1], model, crops), model, queried, quiet,
+                              listed[1])
+        same_files = {q: r for q, r in same_files.items() if q not in queries.unreadable
+                      and r not in references.unreadable}
+    described_training = None if training is None else describe(
+        training, cache_path(cache_dir, training, model, False), model, plain, quiet, training_images)
+    return queries, references, described_training, same_files
 
 
 def find_copies(
@@ -362,40 +306,15 @@ def find_copies(
         raise SettingError("threshold", "has no default for verified scores normalised by training images: give one")
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     same_images = len(folders) == 1 or Path(folders[0]).resolve() == Path(folders[1]).resolve()
-    listed = [list_images(folder, suffix_on_clash=True) for folder in folders[:1 if same_images else 2]]
-    same_files = {} if same_images else shared_files(listed[0], listed[1])
-    training_images = None if training is None else list_images(training, suffix_on_clash=True)
-    if training_images is not None:
-        for role, images in zip(("query", "reference"), listed * (2 if same_images else 1), strict=True):
-            shared = shared_files(training_images, images)
-            if shared:
-                raise InputError(f"the training images {training} include {len(shared)} of the {role} images (first "
-                                 f"{images[next(iter(shared.values()))]}): training images must be unrelated to "
-                                 "them, the scores would be normalised by the images' own copies")
-    queried, plain = replace(extraction, crops=crops), replace(extraction, crops=False)
-    if same_images:
-        queries = references = describe(folders[0], cache_path(cache_dir, folders[0], model, crops), model, queried,
-                                        quiet, listed[0])
-        if len(queries.ids) // queries.views < 2:
-            raise InputError(f"{folders[0]}: {len(queries.ids) // queries.views} readable image(s) of "
-                             f"{len(queries.paths)}: copies within one folder need at least 2")
-    else:
-        queries = describe(folders[0], cache_path(cache_dir, folders[0], model, crops), model, queried, quiet,
-                           listed[0])
-        # described as the queries are: the second folder is searched in the first too
-        references = describe(folders[1], cache_path(cache_dir, folders[1], model, crops), model, queried, quiet,
-                              listed[1])
-        same_files = {q: r for q, r in same_files.items() if q not in queries.unreadable
-                      and r not in references.unreadable}
-    described_training = None if training is None else describe(
-        training, cache_path(cache_dir, training, model, False), model, plain, quiet, training_images)
+    queries, references, described_training, same_files = describe_folders(
+        folders, cache_dir, model, replace(extraction, crops=crops), training, same_images, quiet)
     if threshold is None:
         threshold = DEFAULT_THRESHOLD_VERIFIED if verification is not None else \
             DEFAULT_THRESHOLD if training is None else DEFAULT_THRESHOLD_NORMALISED
     options = SearchOptions(k=k, device=extraction.device)  # the search's device, even when no image is extracted
-    candidates = candidate_pairs(queries, references, described_training, same_images, options, quiet, same_files)
+    candidates = search_candidates(queries, references, described_training, same_images, options, quiet, same_files)
     if not same_images:
-        backward = candidate_pairs(references, queries, described_training, False, options, quiet,
+        backward = search_candidates(references, queries, described_training, False, options, quiet,
                                    {r: q for q, r in sorted(same_files.items(), reverse=True)})
         candidates = both_ways(candidates, backward)
     paths = {"query": queries.paths, "reference": references.paths}
@@ -420,4 +339,5 @@ def find_copies(
             **{key: value for key, value in asdict(verification).items() if key != "workers"},
             "combiner": repr(COMBINER), "pairs_verified": 0 if verified is None else verified.pairs},
     }
-    return FindResult(candidates, matches, paths, record, same_images)
+    near_misses = candidates[candidates["score"] < threshold]
+    return FindResult(candidates, matches, near_misses, paths, record, same_images)

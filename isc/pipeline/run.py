@@ -33,162 +33,45 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from isc.core.competition import (
-    DESCRIPTOR_TRACK_MAX_DIM,
-    PHASES,
-    SPLITS,
-    metadata_file,
-    query_phase,
-    split_folder,
-    validate_ids,
-)
-from isc.core.descriptors import provenance_path, read_descriptor_attrs, read_descriptors
-from isc.core.files import InputError, SettingError, write_json
-from isc.core.made_from import MISSING, MadeFrom
-from isc.core.tables import read_ground_truth, read_metadata, read_predictions
-from isc.download.local_copy import VerifiedIndex, check_folder
-from isc.download.s3 import DownloadOptions
+from isc.core.competition import DESCRIPTOR_TRACK_MAX_DIM, PHASES, SPLITS, metadata_file, split_folder
+from isc.core.descriptors import provenance_path, read_descriptor_attrs
+from isc.core.files import InputError, SettingError
+from isc.core.made_from import MadeFrom
+from isc.core.tables import competition_ground_truth, read_predictions
 from isc.download.sync import sync_split
-from isc.extract.extraction import ExtractOptions, extract, extraction_config, full_views, is_complete
+from isc.extract.extraction import extract, extraction_config, full_views, is_complete
 from isc.extract.image_files import list_split_images
-from isc.models import DEFAULT_MODEL, create_model, given_options
-from isc.search.descriptor_track import DescriptorTrack, write_track_file
-from isc.search.matching import SearchOptions, search, search_files
-from isc.search.pca import apply_pca_file, learn_pca_file
+from isc.models import create_model, given_options
+from isc.pipeline.calibration import CopiesCalibration, calibrate_run
+from isc.pipeline.config import RunConfig
+from isc.pipeline.summary import RunSummary, Step, p90_text
+from isc.pipeline.work import (
+    matching_queries,
+    matching_references,
+    phase_ground_truth,
+    redone,
+    region_describer,
+    split_images,
+    track_files,
+    whiten_file,
+)
+from isc.search.matching import search_files
+from isc.search.pca import learn_pca_file
 from isc.submit.descriptors import submit_descriptors
-from isc.submit.manifest import default_submission_path, default_submissions_dir, manifest_path
+from isc.submit.manifest import default_submission_path, manifest_path
 from isc.submit.matching import submit_matching
 from isc.submit.scoring import record_evaluation, score_submission
-from isc.verify.calibrate import Calibration, calibrate, copy_labels, make_copies
-from isc.verify.local_features import VerifyOptions
-from isc.verify.regions import RegionDescriber
-from isc.verify.verification import (
-    Combiner,
-    InlierBonus,
-    calibration_conditions,
-    evidence_path,
-    read_evidence,
-    verify,
-)
+from isc.verify.calibrate import Calibration
+from isc.verify.verification import Combiner, calibration_conditions, evidence_path, verify
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunConfig:
-    """What ``isc-run`` needs: where to work, where the images come from, which model, which phases."""
-
-    work: Path
-    data: Path | None = None  # a local copy holding <split>_images/; None: download into work/data
-    download: DownloadOptions = DownloadOptions()  # where the images come from (isc-download's options)
-    limit: int | None = None  # the first N images of each split (a trial run)
-    training_limit: int | None = None  # the first N training images: enough for PCA and normalisation
-    model: str = DEFAULT_MODEL
-    checkpoint: str | None = None
-    image_size: int | None = None
-    extraction: ExtractOptions = ExtractOptions()  # isc-extract's options; crops as query_crops and reference_crops say
-    pca_dim: int = DESCRIPTOR_TRACK_MAX_DIM  # 0: no whitening
-    descriptor_track: DescriptorTrack = DescriptorTrack()  # views pooled, negatives subtracted for the descriptor track
-    # the matching track's search (isc-search's options), its scores normalised by the training descriptors
-    search: SearchOptions = SearchOptions()
-    query_crops: bool = True  # the matching track's queries as their full view and 5 crops (docs/BENCHMARKS.md)
-    # the matching track searches the descriptors as extracted: whitened ones lose copies from the candidates
-    matching_whitened: bool = False
-    # the matching track's candidates verified (None: not); the regions of pairs with 8 inliers or more described:
-    # +0.010 [+0.005, +0.015] µAP on set A, +0.006 [+0.002, +0.011] on set B (docs/BENCHMARKS.md)
-    verify: VerifyOptions | None = VerifyOptions(region_inliers=8)
-    calibration: Path | None = None  # a saved calibration to combine with, instead of one fitted on copies
-    # training images copied (edited) to fit the calibration on: 100 score as 300 on two photo sets, for a third
-    # of the calibration's work
-    calibration_copies: int = 100
-    calibration_k: int | None = None  # candidates verified per copy (None: as many as per query)
-    calibration_crops: bool = True  # the copies described with crops where the queries are (else the full view)
-    reference_crops: bool = False  # the matching track's references likewise (6x the reference extraction and index)
-    phases: Sequence[int] = PHASES
-    ground_truth: Sequence[Path] = ()
-    restrict_to_gt_queries: bool = False
-    submissions: Path = field(default_factory=default_submissions_dir)
-    quiet: bool = False
-
-
-@dataclass
-class Step:
-    """One line of the summary table."""
-
-    stage: str
-    target: str
-    images: int | None
-    seconds: float
-    skipped: bool
-    result: str
-    files: list[str] = field(default_factory=list)
-
-
-@dataclass
-class RunSummary:
-    steps: list[Step] = field(default_factory=list)
-    metrics: dict[str, dict[str, object]] = field(default_factory=dict)  # "phase 1 matching" -> Metrics.summary()
-    # submissions of a phase this run skipped, left in the submissions folder by an earlier run: not this run's
-    left_over: list[str] = field(default_factory=list)
-
-    @property
-    def files(self) -> list[str]:
-        return [f for step in self.steps for f in step.files]
-
-    def table(self) -> str:
-        """The steps as an aligned text table, then the µAP reached and the files written."""
-        rows = [("stage", "what", "images", "seconds", "result")]
-        rows += [(s.stage, s.target, "" if s.images is None else f"{s.images:,}", f"{s.seconds:.1f}", s.result)
-                 for s in self.steps]
-        rows.append(("total", "", "", f"{sum(s.seconds for s in self.steps):.1f}", ""))
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        lines = ["  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]),
-                            row[3].rjust(widths[3]), row[4]]).rstrip() for row in rows]
-        lines += [f"µAP {name:<22} {m['muap']:.4f}   recall at P90 {_p90(m)}" for name, m in self.metrics.items()]
-        submissions = [f for f in self.files if Path(f).name.startswith("phase")]
-        lines += [f"submission: {f}" for f in submissions]
-        lines += [f"not this run's (its phase skipped), left by an earlier run: {f}" for f in self.left_over]
-        return "\n".join(lines)
-
-    def write(self, path: Path) -> None:
-        write_json(path, {"steps": [asdict(s) for s in self.steps], "metrics": self.metrics,
-                          "left_over": self.left_over}, indent=1)
-
-
-def _p90(metrics: dict[str, object]) -> str:
-    return "not reached" if metrics["recall_at_p90"] is None else f"{metrics['recall_at_p90']:.4f}"
-
-
-def _redone(reason: str, result: str) -> str:
-    """A step's result after why it was made again (nothing said of a file made for the first time)."""
-    return result if reason == MISSING else f"{reason}: {result}"
-
-
-def planned_outputs(config: RunConfig) -> list[Path]:
-    """The files a run of ``config`` may write (descriptors, predictions, submissions and their manifests)."""
-    work, phases = Path(config.work), sorted(config.phases)
-    names = ["training", "reference", *(f"query_phase{p}" for p in phases),
-             *(f"query_phase{p}_crops" for p in phases if config.query_crops),
-             *(["reference_crops"] if config.reference_crops else [])]
-    submissions = [default_submission_path(config.submissions, track, p)
-                   for p in phases for track in ("matching", "descriptors")]
-    verified = [work / f"predictions_phase{p}_verified.csv" for p in phases] if config.verify else []
-    track = [work / "descriptors" / f"{name}_track.h5" for name in ["reference", *(f"query_phase{p}" for p in phases)]
-             if config.descriptor_track.active]
-    searched = [work / f"predictions_phase{p}.csv" for p in phases]
-    return [work / "run_summary.json", *(work / "descriptors" / f"{name}.h5" for name in names),
-            *searched, *map(provenance_path, searched), *verified, *track, *map(evidence_path, verified),
-            *([work / "calibration.json"] if config.verify and config.calibration is None else []),
-            *submissions, *map(manifest_path, submissions)]
 
 
 class Pipeline:
@@ -245,26 +128,8 @@ class Pipeline:
         return min((n for n in limits if n is not None), default=None)
 
     def images(self, split: str) -> dict[str, dict[str, Path]]:
-        """The images to describe, by descriptor file name: one file per split, queries one per phase.
-
-        With a metadata CSV beside the images, only its ids count (a folder may hold extra files).
-        """
-        images = list_split_images(self.data, split)
-        metadata = metadata_file(self.data, split)
-        if metadata.is_file():
-            listed = set(read_metadata(metadata, split)["image_id"])
-            missing = sorted(listed - set(images))
-            if missing and self.limit(split) is None:
-                raise InputError(f"{split_folder(self.data, split)}: {len(missing):,} images of {metadata} are "
-                                 f"missing, {missing[0]} first (download them first)")
-            images = {i: path for i, path in images.items() if i in listed}
-        if self.limit(split) is not None:
-            images = dict(sorted(images.items())[:self.limit(split)])  # the ids that download fetched
-        if split != "query":
-            return {split: images}
-        by_phase = {f"query_phase{p}": {i: path for i, path in images.items() if query_phase(i) == p}
-                    for p in self.config.phases}
-        return {name: chosen for name, chosen in by_phase.items() if chosen}
+        """The images to describe, by descriptor file name (:func:`isc.pipeline.work.split_images`)."""
+        return split_images(self.data, split, self.limit(split), self.config.phases)
 
     @functools.cached_property
     def model(self):  # noqa: ANN201 - a DescriptorModel, created once for every extraction of the run
@@ -324,12 +189,12 @@ class Pipeline:
             learnt.record(pca)
         stale = {}
         for name in raw:
-            why = self._whiten_file(pca, raw[name], whitened[name])
+            why = whiten_file(pca, raw[name], whitened[name], dim, self.work)
             if why:
                 stale[name] = why
         said = "learnt on the training descriptors, " if relearn else ""
         self._step("whiten", f"PCA {dim}", None, began, not stale,
-                   _redone(relearn or next(iter(stale.values())), f"{said}applied to {len(stale)} files")
+                   redone(relearn or next(iter(stale.values())), f"{said}applied to {len(stale)} files")
                    if stale else "up to date", [pca])
         return whitened
 
@@ -337,33 +202,14 @@ class Pipeline:
         """What a file of the work folder is made from now (isc.core.made_from's rule)."""
         return MadeFrom.of(settings, inputs, self.work)
 
-    def _whiten_file(self, pca: Path, raw: Path, output: Path) -> str | None:
-        """``raw`` whitened by ``pca`` into ``output`` unless it is up to date; returns why it was made (None: not)."""
-        wanted = self._made_from({"PCA dimension": self.config.pca_dim}, [raw, pca])
-        why = wanted.why_redo(output)
-        if why:
-            apply_pca_file(pca, raw, output)
-            wanted.record(output)
-        return why
-
-    @staticmethod
-    def _matching_queries(files: dict[str, Path], phase: int) -> Path | None:
-        """The query descriptors the matching track uses: the crops' file when there is one, else the plain one."""
-        return files.get(f"query_phase{phase}_crops", files.get(f"query_phase{phase}"))
-
-    @staticmethod
-    def _matching_references(files: dict[str, Path]) -> Path:
-        """The reference descriptors the matching track uses: the crops' file when there is one, else the plain one."""
-        return files.get("reference_crops", files["reference"])
-
     def search(self, files: dict[str, Path], phase: int) -> Path | None:
         """The matching track's predictions, from the query crops when there are."""
-        query = self._matching_queries(files, phase)
+        query = matching_queries(files, phase)
         if query is None:
             return None
         began = time.perf_counter()
         output = self.work / f"predictions_phase{phase}.csv"
-        reference = self._matching_references(files)
+        reference = matching_references(files)
         c = self.config
         wanted = self._made_from(
             {"phase": phase, "search": c.search.recorded(), "query crops": c.query_crops,
@@ -383,112 +229,21 @@ class Pipeline:
         views = "".join(f", {searched[what]['rows'] // searched[what]['images']} views per {what}"
                         for what in ("query", "reference") if searched[what]["rows"] > searched[what]["images"])
         self._step("search", f"phase {phase}", searched["query"]["images"], began, False,
-                   _redone(why, f"{len(predictions):,} predictions{normalised}{views}"), [output])
+                   redone(why, f"{len(predictions):,} predictions{normalised}{views}"), [output])
         return output
 
     def calibrate(self, files: dict[str, Path]) -> Combiner:
-        """The combination of a pair's score and its verification evidence: the given calibration, else a
-        logistic model fitted on edited copies of training images searched against the references and their
-        sources (:mod:`isc.verify.calibrate`), else (too few training images) the fixed inlier bonus."""
+        """The combination of a pair's score and its verification evidence (:mod:`isc.pipeline.calibration`)."""
         c = self.config
         began = time.perf_counter()
-        reference_attributes = read_descriptor_attrs(files["reference"])
-        conditions = {**calibration_conditions(c.verify, {"inputs": {"reference": {
-            "model_attributes": reference_attributes}}}),
-            "search": {"norm": c.search.norm.recorded(), "k": c.search.k, "pca_dim": c.pca_dim if c.matching_whitened else 0,
-                       "query_crops": c.query_crops, "reference_crops": c.reference_crops}}
-        if c.calibration is not None:
-            calibration = Calibration.load(c.calibration)
-            calibration.check_conditions(conditions, c.calibration)
-            self._step("calibrate", "given", None, began, True, f"{calibration!r} from {c.calibration}")
-            return calibration
-        path = self.work / "calibration.json"
-        if "training" not in files:
-            self._step("calibrate", "copies", None, began, True, "no training images: fixed inlier bonus")
-            return InlierBonus()
-        training = self.images("training")["training"]
-        copies = min(c.calibration_copies, len(training) // 2)
-        if copies < 10:
-            self._step("calibrate", "copies", None, began, True,
-                       f"{len(training)} training images, too few to copy: fixed inlier bonus")
-            return InlierBonus()
-        wanted = self._made_from({**conditions, "calibration copies": copies, "copies verified": self._copies_k(),
-                                  "copies with crops": c.query_crops and c.calibration_crops},
-                                 [self._matching_references(files), files["training"]])
-        why = wanted.why_redo(path)
-        if not why:
-            calibration = Calibration.load(path)
-            self._step("calibrate", "copies", None, began, True, f"up to date: {calibration!r}", [path])
-            return calibration
-        evidence = self._copies_evidence(files, training, copies)
-        labels = copy_labels(evidence)
-        found = int(labels.sum())
-        if found in (0, len(labels)):
-            self._step("calibrate", "copies", copies, began, False, f"{found} of {len(labels)} candidate pairs are "
-                       "the copies' sources: nothing to learn from, fixed inlier bonus")
-            return InlierBonus()
-        calibration = calibrate(evidence, labels, f"{copies} edited copies of training images", conditions)
-        calibration.save(path)
-        wanted.record(path)
-        self._step("calibrate", "copies", copies, began, False,
-                   _redone(why, f"{found} of {copies} sources among the copies' candidates; {calibration!r}"), [path])
-        return calibration
-
-    def _copies_evidence(self, files: dict[str, Path], training: dict[str, Path], copies: int) -> pd.DataFrame:
-        """The verification evidence of edited copies of ``copies`` training images (chosen by a fixed seed),
-        each searched as the matching track searches a query, among the references plus the copied images,
-        the score normalised by the other training images."""
-        c = self.config
-        folder = self.work / "calibration"
-        ids = sorted(training)
-        chosen = np.sort(np.random.default_rng(0).choice(len(ids), copies, replace=False))
-        sources = {ids[i]: training[ids[i]] for i in chosen}
-        copy_images = self._copies(sources, folder / "copies")
-        crops = c.query_crops and c.calibration_crops
-        raw = folder / ("copies_crops.h5" if crops else "copies.h5")
-        options = replace(c.extraction, crops=crops)
-        if not is_complete(raw, copy_images, extraction_config(self.model, options.scales, options.flip,
-                                                               options.crops)):
-            extract(copy_images, raw, self.model, options, quiet=c.quiet, attrs={"source": str(folder / "copies")})
-        described = raw
-        if c.pca_dim and c.matching_whitened:
-            described = folder / f"{raw.stem}_pca{c.pca_dim}.h5"
-            self._whiten_file(self.descriptors / f"pca{c.pca_dim}.npz", raw, described)
-        copy_ids, copy_x, _ = read_descriptors(described, views=True)
-        reference_ids, reference_x, _ = read_descriptors(self._matching_references(files), views=True)
-        training_ids, training_x, _ = read_descriptors(files["training"], split="training")
-        is_source = np.isin(np.asarray(training_ids, dtype=object), list(sources))
-        predictions = search(copy_ids, copy_x, [*reference_ids, *np.asarray(training_ids, dtype=object)[is_source]],
-                             np.vstack([reference_x, training_x[is_source]]), c.search,
-                             training=training_x[~is_source], quiet=c.quiet)
-        output = folder / "copies_verified.csv"
-        verify(predictions, copy_images, {**self.images("reference")["reference"], **sources}, output,
-               options=replace(c.verify, k=self._copies_k()), cache=self.work / "verify-cache", quiet=c.quiet,
-               regions=self._regions())
-        return read_evidence(evidence_path(output))
-
-    def _copies_k(self) -> int:
-        """Candidates verified per self-made copy: ``calibration_k``, at most the queries' ``k``."""
-        k = self.config.verify.k
-        return min(k, self.config.calibration_k or k)
-
-    def _copies(self, sources: dict[str, Path], folder: Path) -> dict[str, Path]:
-        """The edited copies of ``sources``, made again when the sources changed: make_copies keeps a copy already
-        written, whose edit was drawn for its rank among the sources of its run."""
-        listed = folder.with_suffix(".json")  # which copy is of which source: what the record is kept beside
-        wanted = self._made_from({"copies": len(sources)}, sources.values())
-        if wanted.why_redo(listed):
-            shutil.rmtree(folder, ignore_errors=True)
-            copies = make_copies(sources, folder)
-            write_json(listed, {copy_id: path.name for copy_id, path in copies.items()})
-            wanted.record(listed)
-            return copies
-        return make_copies(sources, folder)  # each copy is there (or made again as it was): their paths
-
-    def _regions(self) -> RegionDescriber | None:
-        """The search's model, run as extraction runs it, describing the matched regions when asked for."""
-        c = self.config
-        return RegionDescriber(self.model, c.extraction) if c.verify and c.verify.region_inliers else None
+        setup = CopiesCalibration(
+            work=self.work, model=self.model, verify=c.verify, search=c.search, extraction=c.extraction,
+            whitened=c.pca_dim if c.matching_whitened else 0, query_crops=c.query_crops,
+            reference_crops=c.reference_crops, copies=c.calibration_copies, copies_k=c.calibration_k,
+            copies_crops=c.calibration_crops, given=c.calibration, quiet=c.quiet)
+        done = calibrate_run(setup, files, lambda split: self.images(split)[split])
+        self._step("calibrate", done.target, done.images, began, done.skipped, done.result, done.files)
+        return done.combiner
 
     def verify(self, predictions: Path, phase: int, combiner: Combiner) -> Path:
         """The predictions with each query's best candidates verified by local features and re-scored."""
@@ -508,11 +263,11 @@ class Pipeline:
         queries = self.images("query")[f"query_phase{phase}"]
         result = verify(read_predictions(predictions), queries, self.images("reference")["reference"], output,
                         options=c.verify, cache=self.work / "verify-cache", combiner=combiner, quiet=c.quiet,
-                        regions=self._regions())
+                        regions=region_describer(self.model, c.extraction, c.verify))
         wanted.record(output)
         broken = f", {len(result.broken)} broken images" if result.broken else ""
         self._step("verify", f"phase {phase}", result.queries, began, False,
-                   _redone(why, f"{result.pairs:,} pairs (k {c.verify.k}) at {result.pairs_per_second} pairs/s, "
+                   redone(why, f"{result.pairs:,} pairs (k {c.verify.k}) at {result.pairs_per_second} pairs/s, "
                            f"{result.described:,} images described, {result.cached:,} cached{broken}"), [output])
         return output
 
@@ -529,8 +284,8 @@ class Pipeline:
         # metadata chooses the images, so a change there changes the descriptors
         began = time.perf_counter()
         matching = default_submission_path(c.submissions, "matching", phase)
-        query = self._matching_queries(matching_files, phase)
-        sources = [*([query] if query else []), self._matching_references(matching_files),
+        query = matching_queries(matching_files, phase)
+        sources = [*([query] if query else []), matching_references(matching_files),
                    *([matching_files["training"]] if "training" in matching_files else [])]
         wanted = self._made_from({"phase": phase, "verified": c.verify is not None},
                                  [predictions, *sources])
@@ -539,7 +294,7 @@ class Pipeline:
             submit_matching(predictions, phase, matching, expected_queries, expected_references, sources)
             wanted.record(matching)
         self._step("submit", f"phase {phase} matching", None, began, not why,
-                   _redone(why, "valid") if why else "up to date", [matching])
+                   redone(why, "valid") if why else "up to date", [matching])
 
         began = time.perf_counter()
         query, reference = files[f"query_phase{phase}"], files["reference"]
@@ -568,30 +323,21 @@ class Pipeline:
                 wanted.record(descriptors)
             reuse = ", phase-1 references reused" if phase1 else ""
             self._step("submit", f"phase {phase} descriptors", None, began, not why,
-                       (_redone(why, "valid") if why else "up to date") + reuse, [descriptors])
+                       (redone(why, "valid") if why else "up to date") + reuse, [descriptors])
 
         if ground_truth is not None:
             self.evaluate(phase, {"matching": matching, "descriptors": descriptors}, ground_truth)
 
     def _track_files(self, files: dict[str, Path], phase: int) -> tuple[Path, Path]:
-        """The descriptor track's (query, reference) files: the plain ones, or made from them (the query's from
-        its views when they are pooled) and the training descriptors as ``descriptor_track`` says."""
-        track, query, reference = self.config.descriptor_track, files[f"query_phase{phase}"], files["reference"]
+        """The descriptor track's (query, reference) files: the plain ones, or made from them as
+        ``descriptor_track`` says (:func:`isc.pipeline.work.track_files`)."""
+        track = self.config.descriptor_track
         if not track.active:
-            return query, reference
-        views = files.get(f"query_phase{phase}_crops") if track.pooling else None
-        training = files.get("training") if track.negatives else None
-        began, made, why = time.perf_counter(), [], []
-        for source, extra in ((query, views), (reference, None)):
-            output = self.descriptors / f"{source.name.split('_pca')[0].removesuffix('.h5')}_track.h5"
-            wanted = self._made_from({"descriptor track": track.recorded()}, filter(None, [source, extra, training]))
-            why.append(wanted.why_redo(output))
-            if why[-1]:
-                write_track_file(source, training, track, output, views=extra)
-                wanted.record(output)
-            made.append(output)
+            return files[f"query_phase{phase}"], files["reference"]
+        began = time.perf_counter()
+        made, why = track_files(track, files, phase, self.descriptors, self.work)
         self._step("describe", f"phase {phase} descriptor track", None, began, not any(why),
-                   _redone(next(filter(None, why)), f"{json.dumps(track.recorded())}") if any(why) else "up to date",
+                   redone(next(filter(None, why)), f"{json.dumps(track.recorded())}") if any(why) else "up to date",
                    made)
         return made[0], made[1]
 
@@ -610,16 +356,7 @@ class Pipeline:
             name = f"phase {phase} {track}"
             self.summary.metrics[name] = metrics.summary()
             self._step("eval", name, None, began, False,
-                       f"µAP {metrics.muap:.4f}, recall at P90 {_p90(self.summary.metrics[name])}")
-
-    def ground_truth(self, combined: pd.DataFrame | None, phase: int) -> pd.DataFrame | None:
-        """The rows of the ground truth whose queries belong to ``phase`` (None when there are none)."""
-        if combined is None:
-            return None
-        rows = combined[combined["query_id"].map(query_phase) == phase]
-        if self.config.limit is not None:  # a trial scores the queries it kept, not the dataset's
-            rows = rows[rows["query_id"].isin(self.images("query").get(f"query_phase{phase}", {}))]
-        return rows.reset_index(drop=True) if len(rows) else None
+                       f"µAP {metrics.muap:.4f}, recall at P90 {p90_text(self.summary.metrics[name])}")
 
     def run(self) -> RunSummary:
         # the ground truth first: a bad one is refused before hours of downloads and extraction
@@ -640,7 +377,9 @@ class Pipeline:
             if self.config.verify is not None:
                 combiner = combiner or self.calibrate(matching_files)  # fitted once, used for both phases
                 predictions = self.verify(predictions, phase, combiner)
-            self.submit(files, matching_files, phase, predictions, self.ground_truth(truth, phase))
+            trial = truth is not None and self.config.limit is not None  # a trial scores the queries it kept
+            kept = self.images("query").get(f"query_phase{phase}", {}) if trial else None
+            self.submit(files, matching_files, phase, predictions, phase_ground_truth(truth, phase, kept))
             submitted.add(phase)
         # said, not removed: a user's earlier submission is theirs to keep or delete
         self.summary.left_over = [str(path) for phase in PHASES if phase not in submitted
@@ -648,27 +387,3 @@ class Pipeline:
                                   if (path := default_submission_path(self.config.submissions, track, phase)).is_file()]
         self.summary.write(self.work / "run_summary.json")
         return self.summary
-
-
-def downloaded(dataset: Path, data: Path) -> bool:
-    """Whether ``data`` holds every image of ``dataset`` (an isc-synth folder), each verified against its MD5
-    (files verified before are trusted from the download's journal while unchanged)."""
-    for split in SPLITS:
-        if not metadata_file(dataset, split).is_file():
-            return False
-        metadata = read_metadata(metadata_file(dataset, split), split)
-        expected = dict(zip(metadata["s3_uri"].str.rpartition("/")[2], metadata["md5_checksum"], strict=True))
-        folder = split_folder(data, split)
-        check = check_folder(folder, expected, set(expected), VerifiedIndex(folder))
-        if check.missing or check.corrupt:
-            return False
-    return True
-
-
-def competition_ground_truth(path: str | Path) -> pd.DataFrame:
-    """A ground-truth CSV whose ids are the competition's (its queries say their phase)."""
-    truth = read_ground_truth(path)
-    why = "isc-run scores competition ids"
-    validate_ids(truth["query_id"], "query", path, "query id", why)
-    validate_ids(truth["reference_id"][truth["reference_id"] != ""], "reference", path, "reference id", why)
-    return truth

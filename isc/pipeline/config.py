@@ -1,0 +1,74 @@
+"""What ``isc-run`` is told (:class:`RunConfig`) and the files a run of it may write (:func:`planned_outputs`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from isc.core.competition import DESCRIPTOR_TRACK_MAX_DIM, PHASES
+from isc.core.descriptors import provenance_path
+from isc.download.s3 import DownloadOptions
+from isc.extract.extraction import ExtractOptions
+from isc.models import DEFAULT_MODEL
+from isc.search.descriptor_track import DescriptorTrack
+from isc.search.matching import SearchOptions
+from isc.submit.manifest import default_submission_path, default_submissions_dir, manifest_path
+from isc.verify.local_features import VerifyOptions
+from isc.verify.verification import evidence_path
+
+
+@dataclass
+class RunConfig:
+    """What ``isc-run`` needs: where to work, where the images come from, which model, which phases."""
+
+    work: Path
+    data: Path | None = None  # a local copy holding <split>_images/; None: download into work/data
+    download: DownloadOptions = DownloadOptions()  # where the images come from (isc-download's options)
+    limit: int | None = None  # the first N images of each split (a trial run)
+    training_limit: int | None = None  # the first N training images: enough for PCA and normalisation
+    model: str = DEFAULT_MODEL
+    checkpoint: str | None = None
+    image_size: int | None = None
+    extraction: ExtractOptions = ExtractOptions()  # isc-extract's options; crops as query_crops and reference_crops say
+    pca_dim: int = DESCRIPTOR_TRACK_MAX_DIM  # 0: no whitening
+    descriptor_track: DescriptorTrack = DescriptorTrack()  # views pooled, negatives subtracted for the descriptor track
+    # the matching track's search (isc-search's options), its scores normalised by the training descriptors
+    search: SearchOptions = SearchOptions()
+    query_crops: bool = True  # the matching track's queries as their full view and 5 crops (docs/BENCHMARKS.md)
+    # the matching track searches the descriptors as extracted: whitened ones lose copies from the candidates
+    matching_whitened: bool = False
+    # the matching track's candidates verified (None: not); the regions of pairs with 8 inliers or more described:
+    # +0.010 [+0.005, +0.015] µAP on set A, +0.006 [+0.002, +0.011] on set B (docs/BENCHMARKS.md)
+    verify: VerifyOptions | None = VerifyOptions(region_inliers=8)
+    calibration: Path | None = None  # a saved calibration to combine with, instead of one fitted on copies
+    # training images copied (edited) to fit the calibration on: 100 score as 300 on two photo sets, for a third
+    # of the calibration's work
+    calibration_copies: int = 100
+    calibration_k: int | None = None  # candidates verified per copy (None: as many as per query)
+    calibration_crops: bool = True  # the copies described with crops where the queries are (else the full view)
+    reference_crops: bool = False  # the matching track's references likewise (6x the reference extraction and index)
+    phases: Sequence[int] = PHASES
+    ground_truth: Sequence[Path] = ()
+    restrict_to_gt_queries: bool = False
+    submissions: Path = field(default_factory=default_submissions_dir)
+    quiet: bool = False
+
+
+def planned_outputs(config: RunConfig) -> list[Path]:
+    """The files a run of ``config`` may write (descriptors, predictions, submissions and their manifests)."""
+    work, phases = Path(config.work), sorted(config.phases)
+    names = ["training", "reference", *(f"query_phase{p}" for p in phases),
+             *(f"query_phase{p}_crops" for p in phases if config.query_crops),
+             *(["reference_crops"] if config.reference_crops else [])]
+    submissions = [default_submission_path(config.submissions, track, p)
+                   for p in phases for track in ("matching", "descriptors")]
+    verified = [work / f"predictions_phase{p}_verified.csv" for p in phases] if config.verify else []
+    track = [work / "descriptors" / f"{name}_track.h5" for name in ["reference", *(f"query_phase{p}" for p in phases)]
+             if config.descriptor_track.active]
+    searched = [work / f"predictions_phase{p}.csv" for p in phases]
+    return [work / "run_summary.json", *(work / "descriptors" / f"{name}.h5" for name in names),
+            *searched, *map(provenance_path, searched), *verified, *track, *map(evidence_path, verified),
+            *([work / "calibration.json"] if config.verify and config.calibration is None else []),
+            *submissions, *map(manifest_path, submissions)]
+
