@@ -48,7 +48,7 @@ from isc.models import create_model
 from isc.search.knn import knn
 from isc.search.matching import search
 from isc.search.negatives import subtract_negative_embeddings
-from isc.search.normalisation import ScoreNorm, parse_neighbor_range
+from isc.search.normalisation import ScoreNorm, parse_neighbour_range
 from isc.search.pca import concatenate_descriptors, learn_pca
 
 
@@ -137,7 +137,7 @@ def matchings(args: argparse.Namespace) -> list[tuple[str, dict]]:
     rows = [("raw", {})]
     for beta in args.betas:
         for text in args.neighbors:
-            neighbors = parse_neighbor_range(text)
+            neighbors = parse_neighbour_range(text)
             rows.append((f"norm β={beta:g} n={text}", {"norm": ScoreNorm(beta, neighbors)}))
             if args.normalize_references:
                 rows.append((f"norm β={beta:g} n={text} +refs", {"norm": ScoreNorm(beta, neighbors, references=True)}))
@@ -173,14 +173,14 @@ def recipe_configurations(sets: dict, track: str) -> list[tuple[str, dict, dict]
         for beta in (0.25, 0.5, 0.75, 1.0):
             for text in ("1:1", "1:3", "1:10", "10:10"):
                 for refs in (False, True):
-                    options = {"norm": ScoreNorm(beta, parse_neighbor_range(text), references=refs)}
+                    options = {"norm": ScoreNorm(beta, parse_neighbour_range(text), references=refs)}
                     rows.append((f"sscd 512, norm β={beta:g} n={text}{' +refs' if refs else ''}", sets["sscd"], options))
         pca = learn_pca(t, 256)  # isc-run's matching track: whitened descriptors, then normalised scores
         whitened = [(qids, pca.apply(q)), (rids, pca.apply(r)), (None, pca.apply(t))]
         rows.append(("sscd PCA-whitened 256, raw", whitened, {}))
         for beta, text in ((0.25, "10:10"), (0.5, "1:3"), (0.5, "10:10"), (1.0, "1:3"), (1.0, "10:10")):
             rows.append((f"sscd PCA-whitened 256, norm β={beta:g} n={text}", whitened,
-                         {"norm": ScoreNorm(beta, parse_neighbor_range(text))}))
+                         {"norm": ScoreNorm(beta, parse_neighbour_range(text))}))
         best = {"norm": ScoreNorm(0.5, (10, 10))}
         # several descriptors per query: the matching track only (the descriptor track takes one per image)
         (cq, crops), _, _ = sets["sscd+crops"]

@@ -2,7 +2,7 @@
 
 Every GPU path (nvJPEG batch decode, float16 inference, the torch GPU search, training with AMP, torchrun
 under NCCL) is run through the toolkit's own functions (``isc.extract.extraction.extract``, ``isc.models.create_model``,
-``isc.search.knn.knn_torch`` / ``knn(backend="torch")`` / ``isc.search.normalisation.neighbor_bias``, ``isc.train.training.train``, ``isc-extract``)
+``isc.search.knn.knn_torch`` / ``knn(backend="torch")`` / ``isc.search.normalisation.neighbour_bias``, ``isc.train.training.train``, ``isc-extract``)
 and compared with its CPU equivalent or timed against the targets, on generated images (numpy + Pillow,
 ~500x400 px, JPEG quality 90, ~110 KB). Run from the repository root::
 
@@ -717,7 +717,7 @@ def part_search_timing(part: Part, ctx: Context) -> None:
     from bench_search import make_data
 
     from isc.search.knn import knn, knn_torch
-    from isc.search.normalisation import neighbor_bias
+    from isc.search.normalisation import neighbour_bias
 
     nq, nr, nt, d = ctx.sizes.search_timing
     k, norm_neighbours = 10, 3
@@ -755,7 +755,7 @@ def part_search_timing(part: Part, ctx: Context) -> None:
         r["runs"]["descriptors in host memory"] = {"seconds": round(seconds, 3), "repeats": min(2, repeats)}
 
     def normalisation() -> None:
-        seconds, _ = best_of(lambda: neighbor_bias(query, training, (1, norm_neighbours), backend="torch"), 1)
+        seconds, _ = best_of(lambda: neighbour_bias(query, training, (1, norm_neighbours), backend="torch"), 1)
         r["runs"][f"normalisation: {nt:,} training, {norm_neighbours} nearest, from host"] = {
             "seconds": round(seconds, 3), "repeats": 1}
 

@@ -173,9 +173,9 @@ def add_score_norm_options(parser: Parser) -> None:
 
 def score_norm(args: argparse.Namespace) -> ScoreNorm:
     """The :class:`ScoreNorm` of the options :func:`add_score_norm_options` added; InputError when they are bad."""
-    from isc.search.normalisation import ScoreNorm, parse_neighbor_range
+    from isc.search.normalisation import ScoreNorm, parse_neighbour_range
 
-    return ScoreNorm(args.norm_beta, parse_neighbor_range(args.norm_neighbors), args.norm_agg,
+    return ScoreNorm(args.norm_beta, parse_neighbour_range(args.norm_neighbors), args.norm_agg,
                      args.normalize_references)
 
 

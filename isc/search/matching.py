@@ -40,7 +40,7 @@ from isc.search.normalisation import ScoreNorm, normalise
 from isc.search.vectors import prepare_descriptors
 
 if TYPE_CHECKING:
-    # imported where used: neighbor_bias runs on GPU machines (gpu_check) that have no pandas
+    # imported where used: neighbour_bias runs on GPU machines (gpu_check) that have no pandas
     import pandas as pd
 DEFAULT_K = 10  # references kept per query, by isc-search and isc-run alike
 

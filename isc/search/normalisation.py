@@ -16,21 +16,21 @@ AGGREGATIONS = ("mean", "min")
 MAX_BETA = 10.0  # beta of a normalisation beyond it: the bias swamps the similarity (scores are -1..1)
 
 
-def parse_neighbor_range(text: str) -> tuple[int, int]:
-    """``"A:B"`` (or ``"B"`` for ``B:B``) → (A, B), 1-based and inclusive, checked by :func:`check_neighbor_range`."""
+def parse_neighbour_range(text: str) -> tuple[int, int]:
+    """``"A:B"`` (or ``"B"`` for ``B:B``) → (A, B), 1-based and inclusive, checked by :func:`check_neighbour_range`."""
     parts = text.split(":")
     try:
         neighbors = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
     except ValueError:
         neighbors = (0, 0)
-    check_neighbor_range(neighbors, repr(text))
+    check_neighbour_range(neighbors, repr(text))
     return neighbors
 
 
 # ------------------------------------------------------------------------------------ normalisation
 
 
-def check_neighbor_range(neighbors: tuple[int, int], written: str | None = None) -> None:
+def check_neighbour_range(neighbors: tuple[int, int], written: str | None = None) -> None:
     """SettingError (``norm_neighbors``) unless ``neighbors`` is a range (A, B) with 1 <= A <= B; ``written``: the
     range as the user wrote it, for the message."""
     a, b = neighbors
@@ -41,7 +41,7 @@ def check_neighbor_range(neighbors: tuple[int, int], written: str | None = None)
 
 def check_neighbourhood(neighbors: tuple[int, int], agg: str) -> None:
     """SettingError unless ``neighbors`` is a range (A, B) with 1 <= A <= B and ``agg`` one of :data:`AGGREGATIONS`."""
-    check_neighbor_range(neighbors)
+    check_neighbour_range(neighbors)
     if agg not in AGGREGATIONS:
         raise SettingError("norm_agg", f"must be one of {', '.join(AGGREGATIONS)}, got {agg!r}")
 
@@ -49,7 +49,7 @@ def check_neighbourhood(neighbors: tuple[int, int], agg: str) -> None:
 @dataclass(frozen=True)
 class ScoreNorm:
     """The training-set score normalisation ``s'(q, r) = s(q, r) − beta · agg(s(q, t_A..t_B))`` (and with
-    ``references`` also ``− beta · agg(s(r, t_A..t_B))``), :func:`neighbor_bias` over the training
+    ``references`` also ``− beta · agg(s(r, t_A..t_B))``), :func:`neighbour_bias` over the training
     descriptors given beside it; checked once, here (a :class:`SettingError` names the setting as
     :meth:`recorded` does).
 
@@ -73,7 +73,7 @@ class ScoreNorm:
                 "normalize_references": self.references}
 
 
-def neighbor_bias(
+def neighbour_bias(
     descriptors: np.ndarray,
     training: np.ndarray,
     neighbors: tuple[int, int] = (1, 3),
@@ -111,7 +111,7 @@ def normalise(
     """
 
     def bias(x: np.ndarray) -> np.ndarray:
-        return neighbor_bias(x, training, norm.neighbors, norm.agg, backend, quiet, device)
+        return neighbour_bias(x, training, norm.neighbors, norm.agg, backend, quiet, device)
 
     query_bias = norm.beta * bias(query)
     if norm.references:

@@ -10,7 +10,7 @@ from isc.core.files import InputError
 from isc.core.tables import read_predictions
 from isc.search.matching import search
 from isc.search.negatives import subtract_negative_embeddings
-from isc.search.normalisation import ScoreNorm, neighbor_bias
+from isc.search.normalisation import ScoreNorm, neighbour_bias
 from isc.search.pca import apply_pca_file, concatenate_descriptors, learn_pca
 
 
@@ -44,7 +44,7 @@ def test_views_of_a_query_score_each_pair_by_the_best_view():
     assert (result.groupby("query_id").size() == 3).all()
     assert list(result["score"]) == sorted(result["score"], reverse=True)
     # each view normalised by its own training neighbours, then the best view kept
-    normalised = views @ reference.T - 0.5 * neighbor_bias(views, training)[:, None]
+    normalised = views @ reference.T - 0.5 * neighbour_bias(views, training)[:, None]
     for qid, rows in (("Q00000", [0, 1]), ("Q00001", [2, 3])):
         best = normalised[rows].max(axis=0)
         got = result[result["query_id"] == qid].set_index("reference_id")["score"]

@@ -13,7 +13,7 @@ from isc.evaluate.metrics import evaluate
 from isc.search.knn import knn, knn_torch
 from isc.search.knn_graph import knn_graph, write_knn_graph
 from isc.search.matching import search
-from isc.search.normalisation import ScoreNorm, neighbor_bias, parse_neighbor_range
+from isc.search.normalisation import ScoreNorm, neighbour_bias, parse_neighbour_range
 
 
 def unit(rng, n, d):
@@ -98,12 +98,12 @@ def test_unknown_backend_and_unavailable_gpu():
 # ------------------------------------------------------------------------------------ normalisation
 
 
-def test_neighbor_bias_matches_numpy(vectors):
+def test_neighbour_bias_matches_numpy(vectors):
     query, training = vectors
     sorted_sims = -np.sort(-(query @ training.T), axis=1)
-    np.testing.assert_allclose(neighbor_bias(query, training, (1, 3), "mean"), sorted_sims[:, :3].mean(1), atol=1e-6)
-    np.testing.assert_allclose(neighbor_bias(query, training, (10, 10), "mean"), sorted_sims[:, 9], atol=1e-6)
-    np.testing.assert_allclose(neighbor_bias(query, training, (2, 5), "min"), sorted_sims[:, 4], atol=1e-6)
+    np.testing.assert_allclose(neighbour_bias(query, training, (1, 3), "mean"), sorted_sims[:, :3].mean(1), atol=1e-6)
+    np.testing.assert_allclose(neighbour_bias(query, training, (10, 10), "mean"), sorted_sims[:, 9], atol=1e-6)
+    np.testing.assert_allclose(neighbour_bias(query, training, (2, 5), "min"), sorted_sims[:, 4], atol=1e-6)
 
 
 def test_search_with_normalisation_matches_brute_force():
@@ -194,8 +194,8 @@ def test_search_bad_inputs(vectors):
         ScoreNorm(agg="max")
     for text in ("3:1", "0:2", "a:b", "1:2:3"):
         with pytest.raises(SettingError, match="^norm_neighbors must be a range"):
-            parse_neighbor_range(text)
-    assert parse_neighbor_range("10") == (10, 10) and parse_neighbor_range("1:3") == (1, 3)
+            parse_neighbour_range(text)
+    assert parse_neighbour_range("10") == (10, 10) and parse_neighbour_range("1:3") == (1, 3)
 
 
 # ------------------------------------------------------------------------------- approximate search
@@ -259,7 +259,7 @@ def test_cli_search_and_errors(vectors, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "500 of 500 training descriptors are not L2-normalised" in done.stderr  # a one-line warning
     predictions = read_predictions(tmp_path / "p.csv")
-    bias = neighbor_bias(query, reference[:500], (2, 3))
+    bias = neighbour_bias(query, reference[:500], (2, 3))
     expected = search(ids("Q", 150), query, ids("R", 3000), reference, k=3, training=reference[:500],
                       norm=ScoreNorm(2, (2, 3)), quiet=True)
     assert len(predictions) == 450 and predictions["score"].is_monotonic_decreasing
