@@ -5,6 +5,7 @@ import contextlib
 import io
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,11 @@ HEADER = "query_id,reference_id,score\n"
 # the organisers' write_predictions_from_arrays: no header row, scores with 6 decimals
 ROWS = "Q00000,R000000,0.900000\nQ00002,R000005,0.800000\nQ00001,R000001,0.700000\n"
 GT = "query_id,reference_id\nQ00000,R000000\nQ00001,R000001\nQ00002,\n"
+
+# a suite started in the background (`bash scripts/test.sh &` without job control) inherits Ctrl-C ignored, and
+# so would every command it starts: the tests that interrupt one would wait in vain; handled, it is reset at exec
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
@@ -177,3 +183,4 @@ def one_line_error(result: subprocess.CompletedProcess | str, prog: str, *fragme
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
