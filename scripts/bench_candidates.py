@@ -31,6 +31,7 @@ from bench_quality import (  # noqa: E402
     candidate_sources,
     cpu_seconds,
     reference_ranks,
+    self_made_copies,
     self_made_evidence,
     verified_evidence,
     view_descriptors,
@@ -142,36 +143,63 @@ def adaptive_table(evidence: pd.DataFrame, copies: pd.DataFrame, truth: pd.DataF
               f"{at_scale * (per_pair + per_image) / CORES_AT_SCALE / 60:.1f} min", flush=True)
 
 
+def grid_variants(crop_ids: list[str], crops: np.ndarray, grid_ids: list[str], grid: np.ndarray,
+                  per_side: int) -> dict[str, tuple[list[str], np.ndarray]]:
+    """The view sets of the views table, (image id per view, descriptors) each: the default's full view and crops,
+    with the grid's 2 x 2 corners added, with a 3 x 3 grid added and the 3 x 3 grid alone (``per_side`` 3), or
+    with the 2 x 2 grid added (``per_side`` 2)."""
+    if per_side == 2:
+        return {"full + 5 crops (default)": (crop_ids, crops),
+                "+ 2 x 2 of 1/2": (crop_ids + grid_ids, np.vstack([crops, grid]))}
+    corners = np.isin(np.arange(len(grid_ids)) % 9, [0, 2, 6, 8])  # 3 x 3 of 1/2: its corners are 2 x 2
+    return {"full + 5 crops (default)": (crop_ids, crops),
+            "+ 2 x 2 of 1/2": (crop_ids + [g for g, c in zip(grid_ids, corners, strict=True) if c],
+                               np.vstack([crops, grid[corners]])),
+            "+ 3 x 3 of 1/2 (overlapping)": (crop_ids + grid_ids, np.vstack([crops, grid])),
+            "3 x 3 of 1/2 alone (no full view, no crops)": (grid_ids, grid)}
+
+
+def grid_views(images: dict, name: str, args: argparse.Namespace, work: Path) -> tuple[list[str], np.ndarray, float]:
+    """(image id per view, descriptors, seconds) of the --grid x --grid views of half the side of ``images``."""
+    start = time.perf_counter()
+    ids, grid = view_descriptors(images, name, "sscd", work, args.quiet, full=False,
+                                 boxes=lambda width, height: grid_boxes(width, height, 0.5, args.grid),
+                                 tag="grid" if args.grid == 3 else f"grid{args.grid}x")
+    return ids, grid, time.perf_counter() - start
+
+
 def views_table(args: argparse.Namespace, work: Path, source: tuple, copies: pd.DataFrame, truth: pd.DataFrame,
                 queries: dict, references: dict) -> None:
-    """Candidate recall and verified µAP of the query crops with a grid of views added."""
+    """Candidate recall and verified µAP of the query crops with a grid of views added; each verified row
+    re-scored by the calibration of the default's copies, and by one fitted on copies described with the same
+    views."""
     project, crop_ids, crops, rids, r, _, t = source
-    start = time.perf_counter()
-    grid_ids, grid = view_descriptors(queries, f"query{args.phase}", "sscd", work, args.quiet,
-                                      boxes=lambda width, height: grid_boxes(width, height, 0.5, 3), tag="grid",
-                                      full=False)
-    seconds = time.perf_counter() - start
-    per_query = len(grid_ids) // len(queries)
-    corners = np.isin(np.arange(len(grid_ids)) % per_query, [0, 2, 6, 8])  # 3 x 3 of 1/2: its corners are 2 x 2
-    variants: dict[str, tuple[list[str], np.ndarray]] = {
-        "full + 5 crops (default)": (crop_ids, crops),
-        "+ 2 x 2 of 1/2": (crop_ids + [g for g, c in zip(grid_ids, corners, strict=True) if c],
-                           np.vstack([crops, grid[corners]])),
-        "+ 3 x 3 of 1/2 (overlapping)": (crop_ids + grid_ids, np.vstack([crops, grid])),
-        "3 x 3 of 1/2 alone (no full view, no crops)": (grid_ids, grid),
-    }
-    print(f"\nGrid views: {len(grid_ids):,} ({per_query} a query) described in {seconds:.0f} s (0 when cached)")
+    grid_ids, grid, seconds = grid_views(queries, f"query{args.phase}", args, work)
+    copy_crop_ids, copy_crops = view_descriptors(self_made_copies(source, args, work), "copies", "sscd", work,
+                                                 args.quiet)
+    copy_grid_ids, copy_grid, copy_seconds = grid_views(self_made_copies(source, args, work), "copies", args, work)
+    variants = grid_variants(crop_ids, crops, grid_ids, grid, args.grid)
+    copy_variants = grid_variants(copy_crop_ids, copy_crops, copy_grid_ids, copy_grid, args.grid)
+    print(f"\nGrid views: {len(grid_ids):,} ({len(grid_ids) // len(queries)} a query) described in {seconds:.0f} s, "
+          f"the copies' {len(copy_grid_ids):,} in {copy_seconds:.0f} s (0 when cached)")
     lists = {name: search(ids, project(x), rids, project(r), k=max(RECALL_DEPTHS), training=project(t),
                           norm=ScoreNorm(), quiet=True) for name, (ids, x) in variants.items()}
     recall_table(lists, truth)
-    table = Table(truth, "query views | views a query | verified")
+    table = Table(truth, "query views | views a query | verified, calibration fitted on")
     first = copies[copies["rank"] < K]
+    rows = []
     for name, predictions in lists.items():  # the default's verified row first: the baseline
-        views = len(variants[name][0]) // len(queries)
+        label = name.split(" (")[0]
         top = predictions.groupby("query_id", sort=False).head(K)
-        evidence, _ = verified_evidence(f"{DEFAULT} views {name.split(' (')[0]}", top, queries, references, args,
-                                        work, "affine")
-        table.row(f"{name} | {views} | first {K}, calibration of the default's copies", calibrated(evidence, first))
+        evidence, _ = verified_evidence(f"{DEFAULT} views {label}", top, queries, references, args, work, "affine")
+        same = first if name == next(iter(variants)) else self_made_evidence(
+            f"{DEFAULT} views {label}", source, args, work, "affine", views=copy_variants[name], k=K)
+        rows.append((name, evidence, same))
+    for name, evidence, same in rows:
+        views = len(variants[name][0]) // len(queries)
+        table.row(f"{name} | {views} | first {K}, the default's copies (6 views)", calibrated(evidence, first))
+        if same is not first:
+            table.row(f"{name} | {views} | first {K}, copies described with the same views", calibrated(evidence, same))
     for name, predictions in lists.items():
         table.row(f"{name} | {len(variants[name][0]) // len(queries)} | none",
                   predictions.groupby("query_id", sort=False).head(K))
@@ -219,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="verification processes (default: every core)")
     parser.add_argument("--tables", default="recall,adaptive,views,calibration",
                         help="comma-separated tables to print (default: %(default)s)")
+    parser.add_argument("--grid", type=int, choices=(2, 3), default=3,
+                        help="the views table's grid: 3 (3 x 3 of half the side and its 2 x 2 corners) or 2 (2 x 2 only)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     args.k = K  # bench_quality's helpers: the candidates kept per query

@@ -329,21 +329,32 @@ def verified_evidence(name: str, predictions: pd.DataFrame, queries: dict[str, P
     return evidence, json.loads(stats_path.read_text())
 
 
-def self_made_evidence(name: str, source: Source, args: argparse.Namespace, work: Path, geometry: str,
-                       crops: bool = True, **settings: int) -> pd.DataFrame:
-    """Evidence of self-made copies (isc.verify.calibrate.make_copies of --copies training images) searched as the
-    queries are, against the references and the rest of the training set, each copy's source its one
-    positive: what a calibration fitted without ground truth learns from. ``crops``: the copies described with
-    their crops (else by their full view alone); ``settings``: as :func:`verified_evidence`'s, the candidates kept
-    at least --k and as deep as they verify."""
+def self_made_copies(source: Source, args: argparse.Namespace, work: Path) -> dict[str, Path]:
+    """The self-made copies (isc.verify.calibrate.make_copies of --copies training images drawn once) ``{id: path}``."""
     from isc.verify.calibrate import make_copies
+
+    tids = source[5]
+    training = list_split_images(args.data, "training")
+    chosen = np.random.default_rng(0).choice(tids, size=min(args.copies, len(tids)), replace=False).tolist()
+    return make_copies({i: training[i] for i in sorted(chosen)}, work / "copies")
+
+
+def self_made_evidence(name: str, source: Source, args: argparse.Namespace, work: Path, geometry: str,
+                       crops: bool = True, views: tuple[list[str], np.ndarray] | None = None,
+                       **settings: int) -> pd.DataFrame:
+    """Evidence of :func:`self_made_copies` searched as the queries are, against the references and the rest of
+    the training set, each copy's source its one positive: what a calibration fitted without ground truth learns
+    from. ``crops``: the copies described with their crops (else by their full view alone); ``views``: (copy id
+    per view, unit descriptors) describing them instead; ``settings``: as :func:`verified_evidence`'s, the
+    candidates kept at least --k and as deep as they verify."""
+    from isc.verify.calibrate import COPY_SUFFIX
 
     project, _, _, rids, r, tids, t = source
     training = list_split_images(args.data, "training")
-    chosen = set(np.random.default_rng(0).choice(tids, size=min(args.copies, len(tids)), replace=False).tolist())
-    copies = make_copies({i: training[i] for i in sorted(chosen)}, work / "copies")
-    copy_ids, views = view_descriptors(copies, "copies", "sscd", work, args.quiet,
-                                       **({} if crops else {"boxes": lambda width, height: [], "tag": "full"}))
+    copies = self_made_copies(source, args, work)
+    chosen = {copy_id.removesuffix(COPY_SUFFIX) for copy_id in copies}
+    copy_ids, views = views or view_descriptors(copies, "copies", "sscd", work, args.quiet,
+                                                **({} if crops else {"boxes": lambda width, height: [], "tag": "full"}))
     # the sources stay searchable but leave the normalisation set, as a query's reference is not in it
     rest = np.array([i not in chosen for i in tids])
     predictions = search(copy_ids, project(views), rids + tids, project(np.vstack([r, t])), k=max(args.k, settings.get("deep_k") or 0),

@@ -18,7 +18,13 @@ from isc.cli.common import (
     print_broken,
     run_command,
 )
-from isc.cli.options import add_model_options, add_phase_option, extract_options, model_choice
+from isc.cli.options import (
+    add_grid_option,
+    add_model_options,
+    add_phase_option,
+    extract_options,
+    model_choice,
+)
 from isc.core.competition import SPLITS, split_folder
 from isc.core.files import InputError, NoImageRead
 from isc.extract.extraction import DECODERS, ExtractOptions, extract
@@ -74,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "side), each its own descriptor (attribute views_per_id); isc-search scores each pair by its "
                         "best (query view, reference view). Not for the descriptor track, which takes one row per "
                         "image (isc-submit descriptors refuses the file)")
+    add_grid_option(parser, ExtractOptions.grid, "with --crops, each image")
     parser.add_argument("--decoder", choices=DECODERS,
                         help="torchvision: batched JPEG decode on the device (nvJPEG on a GPU); pil: Pillow in "
                         "DataLoader workers, or, for a model that takes uint8 pixels, in worker processes that hand "
@@ -119,8 +126,10 @@ def run(args: argparse.Namespace) -> int:
                   outputs=[args.output],
                   image_folders=[args.images if args.images and listing is None else None,
                                  split_folder(args.data, args.split) if args.split else None])
+    if args.grid and not args.crops:  # refused, not ignored: the grid views are views beside the crops
+        raise InputError("--grid needs --crops (the grid views follow an image's full view and crops)")
     extraction = extract_options(
-        args, decoder=args.decoder, scales=args.scales, flip=args.flip, crops=args.crops,
+        args, decoder=args.decoder, scales=args.scales, flip=args.flip, crops=args.crops, grid=args.grid,
         half=False if args.fp32 else None, strict=args.strict, resume=not args.restart, max_pixels=args.max_pixels,
         max_broken=args.max_broken, decode_processes=args.decode_processes)
     options = given_options(image_size=args.image_size, resize=args.resize, pool=args.pool, dim=args.dim)

@@ -51,6 +51,16 @@ def add_model_options(parser: Parser, batch_size: int | None = None) -> None:
                         f"model that takes uint8 pixels: {pixel_models()} of a uint8 graph)")
 
 
+def add_grid_option(parser: Parser, default: int, what: str, flag: str = "--grid") -> None:
+    """The grid views of an image described with crops (:attr:`ExtractOptions.grid`, read back as ``args.grid``):
+    ``--grid`` (isc-extract, isc-find), ``--query-grid`` (isc-run)."""
+    parser.add_argument(flag, dest="grid", type=non_negative_int, default=default, metavar="N",
+                        help=f"{what} also as N x N views of half its side (2: its four quarters), each its own row "
+                        "after the crops (attribute grid_views), for a copy pasted into a corner or cut off-centre "
+                        "that the 2/3 crops miss; 0: none; N 0 or 2; gain and cost in docs/BENCHMARKS.md "
+                        f"(default: {default})")
+
+
 def model_choice(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """(model name, why it was chosen) of the options :func:`add_model_options` added: ``--model`` as given (why
     None); with neither --model nor --checkpoint, the default model and why (which the command reports)."""

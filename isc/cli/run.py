@@ -11,6 +11,7 @@ from pathlib import Path
 from isc.cli.common import check_outputs, float_between, non_negative_int, positive_int, run_command
 from isc.cli.options import (
     Parser,
+    add_grid_option,
     add_model_options,
     add_retry_options,
     add_s3_options,
@@ -133,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(descriptors/reference_crops.h5; reference.h5 is then its full views, for the descriptor "
                        "track), each pair scored by its best (query view, reference view): 6x the reference "
                        "extraction and index; gain and cost in docs/BENCHMARKS.md (default: off)")
+    add_grid_option(model, RunConfig.extraction.grid, "with --query-crops, describe each query (and each of the "
+                    "calibration's copies)", flag="--query-grid")
     add_descriptor_track_options(parser)
     search = parser.add_argument_group("search, scoring and submission")
     add_search_options(search)
@@ -183,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
     config = RunConfig(
         work=work, data=Path(args.data) if args.data else None, download=download_options(args, args.download_workers),
         limit=args.limit, training_limit=args.training_limit, model=model_name, checkpoint=args.checkpoint,
-        image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None), extraction=extract_options(args),
+        image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None),
+        extraction=extract_options(args, grid=args.grid),
         pca_dim=args.pca_dim, search=search_options(args, device=args.device), descriptor_track=descriptor_track(args),
         query_crops=args.query_crops,
         reference_crops=args.reference_crops, phases=sorted(set(args.phases)),

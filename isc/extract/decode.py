@@ -70,21 +70,39 @@ def grid_boxes(width: int, height: int, fraction: float, per_side: int) -> list[
 
 
 CROP_VIEWS = 1 + len(crop_boxes(3, 3))  # with crops: the full image, then each crop
+GRID_FRACTION = 0.5  # a grid view's side, of the image's: a copy pasted into a quarter of the query
+GRID_SIDES = (0, 2)  # windows a side of the grid views extraction offers (0: none; docs/BENCHMARKS.md)
 
 
-def crop_views(image: ImageArray, crops: bool, crop_source: ImageArray | None = None) -> list[ImageArray]:
+def view_count(crops: bool, grid: int = 0) -> int:
+    """The rows an image gives: 1, or with ``crops`` its full view, its crops and ``grid`` x ``grid`` grid views."""
+    return CROP_VIEWS + grid * grid if crops else 1
+
+
+def view_boxes(width: int, height: int, grid: int = 0) -> list[tuple[int, int, int, int]]:
+    """The boxes of an image's views beyond the full one: its :func:`crop_boxes`, then its ``grid`` x ``grid``
+    :func:`grid_boxes` of :data:`GRID_FRACTION` of the side (none for 0)."""
+    return crop_boxes(width, height) + (grid_boxes(width, height, GRID_FRACTION, grid) if grid else [])
+
+
+def crop_views(image: ImageArray, crops: bool, crop_source: ImageArray | None = None,
+               grid: int = 0) -> list[ImageArray]:
     """The views of a decoded image [3, H, W] (numpy or torch): itself, then with ``crops`` each of its
-    :func:`crop_boxes`, cut from ``crop_source`` (the same image decoded with more pixels; default: ``image``)."""
+    :func:`view_boxes` (the crops, then ``grid`` x ``grid`` grid views), cut from ``crop_source`` (the same image
+    decoded with more pixels; default: ``image``)."""
     if not crops:
         return [image]
     source = image if crop_source is None else crop_source
-    return [image, *(source[:, top:bottom, left:right] for left, top, right, bottom in crop_boxes(source.shape[-1],
-                                                                                                   source.shape[-2]))]
+    return [image, *(source[:, top:bottom, left:right]
+                     for left, top, right, bottom in view_boxes(source.shape[-1], source.shape[-2], grid))]
 
 
-def draft_size(sizes: Sequence[int], crops: bool) -> int:
-    """The smallest side to decode a JPEG at: a crop (2/3 of the image) still at least the largest view size."""
-    return -(-max(sizes) * 3 // 2) if crops else max(sizes)
+def draft_size(sizes: Sequence[int], crops: bool, grid: int = 0) -> int:
+    """The smallest side to decode a JPEG at: a crop (2/3 of the image), or a grid view (1/2) where there are,
+    still at least the largest view size."""
+    if not crops:
+        return max(sizes)
+    return 2 * max(sizes) if grid else -(-max(sizes) * 3 // 2)
 
 
 
@@ -171,33 +189,37 @@ def _draft_pixels(source: Path | bytes, max_pixels: int, draft_size: int) -> tup
 
 
 def decode_for_views(source: Path | bytes, max_pixels: int, sizes: Sequence[int],
-                     crops: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(the full view's image, the image its crops are cut from), uint8 [3, H, W], decoded with Pillow.
+                     crops: bool, grid: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(the full view's image, the image its crops and ``grid`` views are cut from), uint8 [3, H, W], decoded with
+    Pillow.
 
     The full view is decoded at the draft size of an extraction without crops, so that its descriptor is
     exactly that extraction's (a file's plain descriptors are its crops file's first views); the crops,
-    which need 1.5 times more pixels, come from a second decode when a larger draft size decodes more.
+    which need 1.5 times more pixels (the grid views 2), come from a second decode when a larger draft size
+    decodes more.
     """
     full = decode_pixels(source, max_pixels, draft_size(sizes, False))
-    if not crops or _draft_pixels(source, max_pixels, draft_size(sizes, True)) == tuple(sorted(full.shape[-2:])):
+    larger = draft_size(sizes, True, grid)
+    if not crops or _draft_pixels(source, max_pixels, larger) == tuple(sorted(full.shape[-2:])):
         return full, full
-    return full, decode_pixels(source, max_pixels, draft_size(sizes, True))
+    return full, decode_pixels(source, max_pixels, larger)
 
 
 # ------------------------------------------------------------------------------- an image's views
 
 
 def decode_views(path: Path, sizes: Sequence[int], resize: str, max_pixels: int, crops: bool = False,
-                 resizer: Callable[[np.ndarray, int, str], ImageArray] = resize_pixels,
+                 resizer: Callable[[np.ndarray, int, str], ImageArray] = resize_pixels, grid: int = 0,
                  ) -> tuple[list[ImageArray] | None, str | None]:
-    """(the uint8 views [3, h, w], None) of an image file: of each of its :func:`crop_views`, one per size
-    (view v at size s is item ``v * len(sizes) + s``), resized by ``resizer`` (the torch pipeline passes
-    torch's own, whose pixels are the same); or (None, why it cannot be read)."""
+    """(the uint8 views [3, h, w], None) of an image file: of each of its :func:`crop_views` (``grid``: with its
+    grid views), one per size (view v at size s is item ``v * len(sizes) + s``), resized by ``resizer`` (the
+    torch pipeline passes torch's own, whose pixels are the same); or (None, why it cannot be read)."""
     try:
-        image, crop_source = decode_for_views(path, max_pixels, sizes, crops)
+        image, crop_source = decode_for_views(path, max_pixels, sizes, crops, grid)
     except (BrokenImage, OSError) as e:
         return None, broken_reason(e)
-    return [resizer(view, size, resize) for view in crop_views(image, crops, crop_source) for size in sizes], None
+    return [resizer(view, size, resize) for view in crop_views(image, crops, crop_source, grid)
+            for size in sizes], None
 
 
 def views_by_size(views_of_images: Sequence[Sequence], n_sizes: int) -> list[list]:

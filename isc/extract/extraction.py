@@ -43,7 +43,7 @@ from isc.core.descriptors import check_links, decode_id, model_differences, prov
 from isc.core.distributed import barrier, check_device, device_name, join_process_group, leave_process_group
 from isc.core.files import InputError, SettingError, atomic_path
 from isc.core.partial_log import H5_LIBVER, MERGE_ROWS, PartialWriter, merge_partial_logs, partial_path
-from isc.extract.decode import CROP_VIEWS, DEFAULT_MAX_PIXELS
+from isc.extract.decode import DEFAULT_MAX_PIXELS, GRID_SIDES, view_count
 from isc.extract.pixel_batches import pixel_batches
 from isc.extract.plan import ExtractionPlan
 from isc.models import DescriptorModel
@@ -71,11 +71,13 @@ def view_sizes(model: DescriptorModel, scales: Sequence[float]) -> list[int]:
 
 
 def extraction_config(model: DescriptorModel, scales: Sequence[float] = (1.0,), flip: bool = False,
-                      crops: bool = False) -> dict[str, object]:
+                      crops: bool = False, grid: int = 0) -> dict[str, object]:
     """The attributes that say how a descriptor file was made: the model's, plus test-time augmentation;
-    with ``crops``, ``views_per_id``: the rows of each image (its full view, then each crop)."""
+    with ``crops``, ``views_per_id``: the rows of each image (its full view, then each crop), and with ``grid``
+    ``grid_views``: the grid's windows a side (absent without, as in the files made before grids)."""
     return {**model.config(), "scales": json.dumps(list(map(float, scales))), "flip": bool(flip),
-            **({"views_per_id": CROP_VIEWS} if crops else {})}
+            **({"views_per_id": view_count(crops, grid)} if crops else {}),
+            **({"grid_views": int(grid)} if crops and grid else {})}
 
 
 def is_complete(output: str | Path, images: Mapping[str, Path], config: Mapping[str, object]) -> bool:
@@ -144,7 +146,8 @@ class ExtractOptions:
     inference (default on cuda); ``scales``/``flip``: test-time augmentation, descriptors averaged. ``crops``: each image
     gives :data:`isc.extract.decode.CROP_VIEWS` adjacent rows with its id, its full view then each of its
     :func:`isc.extract.decode.crop_boxes` (a query or reference file for the matching track; the attribute
-    ``views_per_id`` says so). ``strict``: the first broken image raises InputError. ``resume``: continue from
+    ``views_per_id`` says so); ``grid`` (with crops): then ``grid`` x ``grid`` views of half the side
+    (:func:`isc.extract.decode.view_boxes`, 0: none; the attribute ``grid_views``). ``strict``: the first broken image raises InputError. ``resume``: continue from
     the partial file of a killed run, extracting again the images changed since; ``update``: when there is no
     such file, start from the rows the output already holds, if the same model made them, so that only images
     added or changed since are described (isc-find's cache of a folder). ``max_pixels``: larger images
@@ -158,6 +161,7 @@ class ExtractOptions:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     crops: bool = False
+    grid: int = 0
     half: bool | None = None
     strict: bool = False
     resume: bool = True
@@ -176,9 +180,15 @@ class ExtractOptions:
             value = getattr(self, name)
             if value is not None and value < least:
                 raise SettingError(name, f"must be at least {least}, got {value}")
+        if self.grid not in GRID_SIDES:
+            raise SettingError("grid", f"must be one of {', '.join(map(str, GRID_SIDES))}, got {self.grid}")
         if not self.max_broken >= 0:
             raise SettingError("max_broken", f"must be at least 0, got {self.max_broken}")
         check_device(self.device)
+
+    def config(self, model: DescriptorModel) -> dict[str, object]:
+        """The attributes of a descriptor file these options make with ``model`` (:func:`extraction_config`)."""
+        return extraction_config(model, self.scales, self.flip, self.crops, self.grid)
 
     def plan(self, model: DescriptorModel) -> ExtractionPlan:
         """These options' defaults resolved for ``model`` on this machine. SettingError for decode processes
@@ -202,7 +212,7 @@ class ExtractOptions:
             device=device, decoder=decoder, pixels=pixels, workers=workers, half=on_gpu if self.half is None else self.half,
             decode_processes=self.decode_processes if decoder == "torchvision" and not pixels else 0,
             sizes=tuple(view_sizes(model, self.scales)), batch_size=self.batch_size, max_pixels=self.max_pixels,
-            flip=self.flip, crops=self.crops)
+            flip=self.flip, crops=self.crops, grid=self.grid if self.crops else 0)
 
 
 def _seed_resume_log(cache: Path, config: Mapping[str, object]) -> bool:
@@ -267,7 +277,7 @@ def extract(
     ids = sorted(items)
     plan = options.plan(model)
     rank, world, started = join_process_group(plan.device)
-    config = extraction_config(model, options.scales, options.flip, options.crops)
+    config = options.config(model)
     shards = [ids[r * len(ids) // world:(r + 1) * len(ids) // world] for r in range(world)]
     shard = shards[rank]
     stamps = {i: file_stamp(items[i]) for i in shard}  # before reading: a file changed later is seen as changed
@@ -320,7 +330,7 @@ def extract(
                          images_per_second=round(len(todo) / seconds, 1) if seconds else None,
                          model=model.name, dimension=model.dim, device=plan.device, decoder=plan.decoder,
                          decode_processes=plan.decode_processes, pixels=plan.pixels,
-                         views_per_id=CROP_VIEWS if options.crops else 1,
+                         views_per_id=view_count(options.crops, options.grid),
                          extracted=extracted, broken=broken)
 
 
@@ -328,7 +338,7 @@ def extract(
 def full_views(crops_file: str | Path, output: str | Path) -> int:
     """Write ``output``, the file an extraction without crops makes, from ``crops_file`` (``extract(...,
     crops=True)``): each image's first row (its full view, described exactly as without crops) of every
-    dataset, the attributes less ``views_per_id``. Returns the rows written."""
+    dataset, the attributes less ``views_per_id`` and ``grid_views``. Returns the rows written."""
     with h5py.File(crops_file, "r") as source:
         views = int(source.attrs.get("views_per_id", 0))
         if views < 2 or any(name not in source for name in ("ids", "descriptors", "file_stamps")):
@@ -346,5 +356,6 @@ def full_views(crops_file: str | Path, output: str | Path) -> int:
                 else:
                     target = out.create_dataset(name, data=dataset[()][::views])
                 target.attrs.update(dataset.attrs)
-            out.attrs.update({key: value for key, value in source.attrs.items() if key != "views_per_id"})
+            out.attrs.update({key: value for key, value in source.attrs.items()
+                              if key not in ("views_per_id", "grid_views")})
     return n_rows

@@ -29,7 +29,7 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 
 
 def read_for_decode(path: Path, max_pixels: int, sizes: Sequence[int],
-                    crops: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                    crops: bool = False, grid: int = 0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Read a file: its bytes (uint8 1-d) when nvJPEG can decode it, else Pillow-decoded images
     (:func:`isc.extract.decode.decode_for_views`: the full view's, the crops')."""
     data = path.read_bytes()
@@ -39,7 +39,7 @@ def read_for_decode(path: Path, max_pixels: int, sizes: Sequence[int],
     # CMYK, PNG, alpha, palettes, EXIF rotations (nvJPEG ignores them) and size errors go through Pillow
     if size is not None and 0 < size[0] * size[1] <= max_pixels:
         return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    full, crop_source = decode_for_views(data, max_pixels, sizes, crops)
+    full, crop_source = decode_for_views(data, max_pixels, sizes, crops, grid)
     image = torch.from_numpy(full)
     return image, image if crop_source is full else torch.from_numpy(crop_source)
 
@@ -71,7 +71,7 @@ def _to_device(image: torch.Tensor, crop_source: torch.Tensor,
 
 
 def views_of_batch(reads: Iterable[tuple[int, Future]], sizes: Sequence[int], resize: str, device: torch.device,
-                   crops: bool) -> tuple[list[int], list[list[torch.Tensor]], dict[int, str]]:
+                   crops: bool, grid: int = 0) -> tuple[list[int], list[list[torch.Tensor]], dict[int, str]]:
     """(positions decoded, their views per scale, broken: position -> reason) of a batch from its files'
     :func:`read_for_decode` futures: JPEGs decoded together on ``device``, views cut and resized."""
     images: dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
@@ -91,7 +91,7 @@ def views_of_batch(reads: Iterable[tuple[int, Future]], sizes: Sequence[int], re
     ok = sorted(images)
     on_device = {p: _to_device(*images[p], device) for p in ok}
     per_scale = [[resize_image(view, size, resize) for p in ok
-                  for view in crop_views(on_device[p][0], crops, on_device[p][1])] for size in sizes]
+                  for view in crop_views(on_device[p][0], crops, on_device[p][1], grid)] for size in sizes]
     return ok, per_scale, broken
 
 
@@ -103,7 +103,7 @@ def torchvision_batches(paths: Sequence[Path], model: DescriptorModel, plan: Ext
     readers = ThreadPoolExecutor(max(1, plan.workers), thread_name_prefix="isc-read")
     batches = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
     def submit(batch: range) -> list:
-        return [readers.submit(read_for_decode, paths[i], max_pixels, sizes, crops) for i in batch]
+        return [readers.submit(read_for_decode, paths[i], max_pixels, sizes, crops, plan.grid) for i in batch]
 
     # keep a few batches of reads in flight ahead of decoding
     pending = [submit(batch) for batch in batches[:4]]
@@ -111,6 +111,7 @@ def torchvision_batches(paths: Sequence[Path], model: DescriptorModel, plan: Ext
         for k, batch in enumerate(batches):
             if k + 4 < len(batches):
                 pending.append(submit(batches[k + 4]))
-            yield views_of_batch(zip(batch, pending.pop(0), strict=True), sizes, model.resize, device, crops)
+            yield views_of_batch(zip(batch, pending.pop(0), strict=True), sizes, model.resize, device, crops,
+                                 plan.grid)
     finally:
         readers.shutdown(wait=True, cancel_futures=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from isc.core.processes import worker_context
-from isc.extract.decode import CROP_VIEWS, decode_views, positions_by_shape, views_by_size
+from isc.extract.decode import decode_views, positions_by_shape, view_count, views_by_size
 from isc.extract.plan import ExtractionPlan
 from isc.models import DescriptorModel
 
@@ -38,13 +38,13 @@ def _mean_of_views(outputs: list[np.ndarray], normalized: bool) -> np.ndarray:
 
 def _decode_pixels(paths: Sequence[Path], sizes: Sequence[int], resize: str, max_pixels: int, flip: bool,
                    describe: Callable[[np.ndarray], np.ndarray] | None, normalized: bool,
-                   crops: bool = False) -> list[tuple[list[np.ndarray] | np.ndarray | None, str | None]]:
+                   crops: bool = False, grid: int = 0) -> list[tuple[list[np.ndarray] | np.ndarray | None, str | None]]:
     """Per image file: (uint8 pixels [h, w, 3] of each view and size, ordered as :func:`isc.extract.decode.decode_views`, None),
     or with ``describe`` (the descriptors it makes of them, one per crop view averaged over sizes and flips,
     concatenated, None), or (None, why it cannot be read)."""
     results = []
     for path in paths:
-        views, reason = decode_views(path, sizes, resize, max_pixels, crops)
+        views, reason = decode_views(path, sizes, resize, max_pixels, crops, grid=grid)
         if views is None:
             results.append((None, reason))
             continue
@@ -104,7 +104,7 @@ def pixel_batches(paths: Sequence[Path], model: DescriptorModel,
     describe = model.per_image_descriptor
     sizes, batch_size, workers, flip, crops = plan.sizes, plan.batch_size, plan.workers, plan.flip, plan.crops
     decode = functools.partial(_decode_pixels, sizes=sizes, resize=model.resize, max_pixels=plan.max_pixels,
-                               flip=flip, describe=describe, normalized=model.normalized, crops=crops)
+                               flip=flip, describe=describe, normalized=model.normalized, crops=crops, grid=plan.grid)
     chunk = min(batch_size, PIXEL_CHUNK)
     chunks = [paths[start:start + chunk] for start in range(0, len(paths), chunk)]
     # a few batches decoded ahead, and every process busy
@@ -122,5 +122,5 @@ def pixel_batches(paths: Sequence[Path], model: DescriptorModel,
             else:
                 per_scale = views_by_size([batch[k][0] for k in ok], len(sizes))
                 descriptors = _embed_pixels(model, per_scale, flip, plan.device,
-                                            CROP_VIEWS if crops else 1).reshape(len(ok), -1)
+                                            view_count(crops, plan.grid)).reshape(len(ok), -1)
             yield [start + k for k in ok], descriptors, broken

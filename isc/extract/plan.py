@@ -22,3 +22,4 @@ class ExtractionPlan:
     max_pixels: int
     flip: bool
     crops: bool
+    grid: int = 0  # with crops: grid views a side (isc.extract.decode.view_boxes)

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 
 from isc.core.processes import worker_context
 from isc.extract.decode import (
-    CROP_VIEWS,
     decode_views,
     positions_by_shape,
     resize_image,
+    view_count,
     views_by_size,
 )
 from isc.extract.nvjpeg_batches import torchvision_batches
@@ -48,16 +48,17 @@ class _PillowImages(torch.utils.data.Dataset):
     """Each item: (position, :func:`isc.extract.decode.decode_views`' list of uint8 views or None, reason or None),
     decoded in a worker."""
 
-    def __init__(self, paths: Sequence[Path], sizes: Sequence[int], resize: str, max_pixels: int, crops: bool):
+    def __init__(self, paths: Sequence[Path], sizes: Sequence[int], resize: str, max_pixels: int, crops: bool,
+                 grid: int):
         self.paths, self.sizes, self.resize, self.max_pixels = list(paths), list(sizes), resize, max_pixels
-        self.crops = crops
+        self.crops, self.grid = crops, grid
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, position: int):
         return position, *decode_views(self.paths[position], self.sizes, self.resize, self.max_pixels, self.crops,
-                                       _resize_tensor)
+                                       _resize_tensor, self.grid)
 
 
 def _resize_tensor(view: np.ndarray, size: int, mode: str) -> torch.Tensor:
@@ -72,7 +73,7 @@ def _as_list(batch: list) -> list:
 def _pillow_batches(paths: Sequence[Path], model: DescriptorModel, plan: ExtractionPlan) -> Iterator[tuple]:
     device, sizes, workers = torch.device(plan.device), plan.sizes, plan.workers
     loader = torch.utils.data.DataLoader(
-        _PillowImages(paths, sizes, model.resize, plan.max_pixels, plan.crops), batch_size=plan.batch_size,
+        _PillowImages(paths, sizes, model.resize, plan.max_pixels, plan.crops, plan.grid), batch_size=plan.batch_size,
         num_workers=workers,
         collate_fn=_as_list, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
         multiprocessing_context=worker_context([__name__]) if workers else None)
@@ -101,7 +102,7 @@ def torch_batches(paths: Sequence[Path], model: DescriptorModel,
     else:
         pipeline = torchvision_batches if decoder == "torchvision" else _pillow_batches
         views = pipeline(paths, model, plan)
-    n_views = CROP_VIEWS if plan.crops else 1
+    n_views = view_count(plan.crops, plan.grid)
     dtype = torch.float16 if plan.half else torch.float32
     batches = ((positions, normalised_groups(model, per_scale, dtype, device.type == "cuda", n_views), broken)
                for positions, per_scale, broken in views)

@@ -17,7 +17,7 @@ import pandas as pd
 from isc.core.descriptors import read_descriptor_attrs, read_descriptors
 from isc.core.files import write_json
 from isc.core.made_from import MadeFrom
-from isc.extract.extraction import ExtractOptions, extract, extraction_config, is_complete
+from isc.extract.extraction import ExtractOptions, extract, is_complete
 from isc.models import DescriptorModel
 from isc.pipeline.work import matching_references, redone, region_describer, whiten_file
 from isc.search.matching import SearchOptions, search
@@ -44,13 +44,23 @@ class CopiesCalibration:
     search: SearchOptions
     extraction: ExtractOptions
     whitened: int  # the PCA dimension of the descriptors the matching track searches (0: as extracted)
-    query_crops: bool
+    query_crops: bool  # with ``extraction.grid``: the queries' grid views too
     reference_crops: bool
     copies: int  # training images copied (edited) to fit on
     copies_k: int | None  # candidates verified per copy (None: as many as per query)
     copies_crops: bool  # the copies described with crops where the queries are
     given: Path | None = None  # a saved calibration, instead of one fitted on copies
     quiet: bool = False
+
+    @property
+    def query_grid(self) -> int:
+        """The grid views a side of the queries (0: none, or no crops)."""
+        return self.extraction.grid if self.query_crops else 0
+
+    @property
+    def copies_grid(self) -> int:
+        """The grid views a side of the copies: the queries' where the copies have crops."""
+        return self.query_grid if self.copies_crops else 0
 
     @property
     def verified_per_copy(self) -> int:
@@ -79,7 +89,9 @@ def calibrate_run(
     conditions = {**calibration_conditions(setup.verify, {"inputs": {"reference": {
         "model_attributes": read_descriptor_attrs(files["reference"])}}}),
         "search": {"norm": setup.search.norm.recorded(), "k": setup.search.k, "pca_dim": setup.whitened,
-                   "query_crops": setup.query_crops, "reference_crops": setup.reference_crops}}
+                   "query_crops": setup.query_crops, "reference_crops": setup.reference_crops,
+                   # only where on: a calibration fitted before the grid existed still applies
+                   **({"query_grid": setup.query_grid} if setup.query_grid else {})}}
     if setup.given is not None:
         calibration = Calibration.load(setup.given)
         calibration.check_conditions(conditions, setup.given)
@@ -93,7 +105,8 @@ def calibrate_run(
         return Calibrated(InlierBonus(), "copies", None, True,
                           f"{len(training)} training images, too few to copy: fixed inlier bonus")
     wanted = MadeFrom.of({**conditions, "calibration copies": copies, "copies verified": setup.verified_per_copy,
-                          "copies with crops": setup.query_crops and setup.copies_crops},
+                          "copies with crops": setup.query_crops and setup.copies_crops,
+                          **({"copies grid": setup.copies_grid} if setup.copies_grid else {})},
                          [matching_references(files), files["training"]], setup.work)
     why = wanted.why_redo(path)
     if not why:
@@ -126,9 +139,8 @@ def copies_evidence(
     copy_images = made_copies(sources, folder / "copies", setup.work)
     crops = setup.query_crops and setup.copies_crops
     raw = folder / ("copies_crops.h5" if crops else "copies.h5")
-    options = replace(setup.extraction, crops=crops)
-    if not is_complete(raw, copy_images, extraction_config(setup.model, options.scales, options.flip,
-                                                           options.crops)):
+    options = replace(setup.extraction, crops=crops, grid=setup.copies_grid)  # described with the queries' views
+    if not is_complete(raw, copy_images, options.config(setup.model)):
         extract(copy_images, raw, setup.model, options, quiet=setup.quiet, attrs={"source": str(folder / "copies")})
     described = raw
     if setup.whitened:

@@ -29,7 +29,7 @@ import numpy as np
 
 from isc.core.descriptors import DescriptorFile
 from isc.core.files import InputError, SettingError
-from isc.extract.extraction import ExtractOptions, extract, extraction_config, is_complete
+from isc.extract.extraction import ExtractOptions, extract, is_complete
 from isc.extract.image_files import list_images
 from isc.models import DescriptorModel
 from isc.pipeline.groups import exact_copy
@@ -55,6 +55,9 @@ DEFAULT_THRESHOLD_NORMALISED = 0.45
 # verified scores (COMBINER): the precision of the plain default on photo sets L and B, recall 0.69 against 0.56
 # and 0.73 against 0.63 (docs/BENCHMARKS.md)
 DEFAULT_THRESHOLD_VERIFIED = 0.55
+# grid views a side beside the crops (isc-run's --query-grid): off, for the thresholds above were chosen on
+# images described without them
+DEFAULT_GRID = 0
 # isc-run's combination without labels: score + 0.2 x min(inliers, 10) / 10
 COMBINER = InlierBonus()
 # a folder of at most this many images is decoded in this process unless the workers are told: starting the
@@ -71,7 +74,7 @@ def verifies_by_default(training: str | Path | None) -> bool:
 @dataclass
 class Described:
     """A folder's images and their descriptors: ``paths`` by id; ``ids`` and ``descriptors`` by row (with
-    crops, :data:`~isc.extract.decode.CROP_VIEWS` adjacent rows per id, the full view first)."""
+    crops, ``views`` adjacent rows per id, the full view first)."""
 
     paths: dict[str, Path]
     ids: list[str]
@@ -91,13 +94,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "isc" / "find"
 
 
-def cache_path(cache_dir: str | Path, folder: str | Path, model: DescriptorModel, crops: bool) -> Path:
-    """The cache file of a folder's descriptors, keyed by the folder (its resolved path) and the model, whatever
-    the output: ``CACHE/<folder name>-<hash>/<model>[_crops].h5``."""
+def cache_path(cache_dir: str | Path, folder: str | Path, model: DescriptorModel, crops: bool, grid: int = 0) -> Path:
+    """The cache file of a folder's descriptors, keyed by the folder (its resolved path), the model and the views,
+    whatever the output: ``CACHE/<folder name>-<hash>/<model>[_crops[_grid<N>]].h5``."""
     resolved = Path(folder).resolve()
     key = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:16]
     # the name only helps a reader (the hash keys it): cut so that a long one stays within a file name's 255 bytes
-    return Path(cache_dir) / f"{resolved.name[:40]}-{key}" / f"{model.name.replace('/', '_')}{'_crops' if crops else ''}.h5"
+    views = (f"_crops_grid{grid}" if grid else "_crops") if crops else ""
+    return Path(cache_dir) / f"{resolved.name[:40]}-{key}" / f"{model.name.replace('/', '_')}{views}.h5"
 
 
 def describe(
@@ -111,7 +115,7 @@ def describe(
     ``extraction.workers`` is None)."""
     images = dict(list_images(folder, suffix_on_clash=True) if images is None else images)
     cache = Path(cache)
-    config = extraction_config(model, extraction.scales, extraction.flip, extraction.crops)
+    config = extraction.config(model)
     processed = 0
     if not is_complete(cache, images, config):
         if extraction.workers is None and len(images) <= IN_PROCESS_DECODING:
@@ -261,19 +265,19 @@ def describe_folders(
                 raise InputError(f"the training images {training} include {len(shared)} of the {role} images (first "
                                  f"{images[next(iter(shared.values()))]}): training images must be unrelated to "
                                  "them, the scores would be normalised by the images' own copies")
-    plain, crops = replace(queried, crops=False), queried.crops
+    plain, crops, grid = replace(queried, crops=False), queried.crops, queried.grid if queried.crops else 0
     if same_images:
-        queries = references = describe(folders[0], cache_path(cache_dir, folders[0], model, crops), model, queried,
-                                        quiet, listed[0])
+        queries = references = describe(folders[0], cache_path(cache_dir, folders[0], model, crops, grid), model,
+                                        queried, quiet, listed[0])
         if len(queries.ids) // queries.views < 2:
             raise InputError(f"{folders[0]}: {len(queries.ids) // queries.views} readable image(s) of "
                              f"{len(queries.paths)}: copies within one folder need at least 2")
     else:
-        queries = describe(folders[0], cache_path(cache_dir, folders[0], model, crops), model, queried, quiet,
+        queries = describe(folders[0], cache_path(cache_dir, folders[0], model, crops, grid), model, queried, quiet,
                            listed[0])
         # described as the queries are: the second folder is searched in the first too
-        references = describe(folders[1], cache_path(cache_dir, folders[1], model, crops), model, queried, quiet,
-                              listed[1])
+        references = describe(folders[1], cache_path(cache_dir, folders[1], model, crops, grid), model, queried,
+                              quiet, listed[1])
         same_files = {q: r for q, r in same_files.items() if q not in queries.unreadable
                       and r not in references.unreadable}
     described_training = None if training is None else describe(
@@ -290,7 +294,8 @@ def find_copies(
     """The copies of ``folders``: ``[QUERIES, REFERENCES]``, each query's copies among the references, or
     ``[FOLDER]``, the copies within one folder (a pair of an image with itself left out); two folders are
     searched both ways (:func:`both_ways`), so that swapping them swaps the sides of the pairs and nothing else.
-    Descriptors made as ``extraction`` says (``crops``: each image's crops too) and cached in ``cache_dir``
+    Descriptors made as ``extraction`` says (``crops``: each image's crops too, and its grid views where
+    ``extraction.grid`` says) and cached in ``cache_dir``
     (None: :func:`default_cache_dir`), one file per folder and model. ``verification``: the candidates
     re-scored by local features (:func:`verify_candidates`), None: not. ``threshold``, in (0, 1] (verified:
     up to 1 plus the inlier bonus's weight): by default :data:`DEFAULT_THRESHOLD`, with ``training`` (scores
@@ -329,6 +334,7 @@ def find_copies(
                   for i, reason in side.unreadable.items()}
     record = {
         "model": model.name, "threshold": threshold, "query_crops": crops, "k": k,
+        **({"grid_views": extraction.grid} if crops and extraction.grid else {}),
         "score_normalisation": None if training is None else {**options.norm.recorded(), "training": str(training)},
         "folders": [str(f) for f in folders], "queries": len(queries.paths), "references": len(references.paths),
         "described": queries.described + (0 if same_images else references.described)

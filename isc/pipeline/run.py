@@ -46,7 +46,7 @@ from isc.core.files import InputError, SettingError
 from isc.core.made_from import MadeFrom
 from isc.core.tables import competition_ground_truth, read_predictions
 from isc.download.sync import sync_split
-from isc.extract.extraction import extract, extraction_config, full_views, is_complete
+from isc.extract.extraction import extract, full_views, is_complete
 from isc.extract.image_files import list_split_images
 from isc.models import create_model, given_options
 from isc.pipeline.calibration import CopiesCalibration, calibrate_run
@@ -152,8 +152,9 @@ class Pipeline:
                 output = files[name] = self.descriptors / f"{name}.h5"
                 crops = name.endswith("_crops")
                 target = name.replace("_phase", " phase ").replace("_crops", " crops")
-                options = replace(c.extraction, crops=crops)
-                if is_complete(output, images, extraction_config(model, options.scales, options.flip, crops)):
+                # the grid views are the queries' (and their copies'), never the references'
+                options = replace(c.extraction, crops=crops, grid=c.extraction.grid if split == "query" else 0)
+                if is_complete(output, images, options.config(model)):
                     self._step("extract", target, len(images), began, True, "up to date", [output])
                     continue
                 if f"{name}_crops" in files:

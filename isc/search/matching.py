@@ -319,9 +319,9 @@ def search_files(
             validate_ids(files[split][0], split, paths[split], why=PHASE_RULE)
     for split in list(files)[1:]:  # reference, training: a clearer message than "dimension: a != b" below
         check_pair(query_x, files[split][1], f"query and {split}")
-    # views (crops) of the queries or references are made by the same model: not a model difference
+    # views (crops, grid views) of the queries or references are made by the same model: not a model difference
     check_same_model([(paths[split], attrs) for split, (_, _, attrs) in files.items()],
-                     [*ignore_attributes, "views_per_id"])
+                     [*ignore_attributes, "views_per_id", "grid_views"])
     reference_ids, reference_x, _ = files["reference"]
     training_x = files["training"][1] if "training" in files else None
     exclude_self = same_images(query, files["query"][2], reference, files["reference"][2])

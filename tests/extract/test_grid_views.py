@@ -1,0 +1,125 @@
+"""Grid views beside the crops (isc-extract --crops --grid 2, isc-run --query-grid, isc-find --grid): each image's
+rows, the attribute that keeps files of other views from being reused or resumed, the bad values refused."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cli, one_line_error
+
+from isc.core.descriptors import model_differences, read_descriptor_attrs, read_descriptors
+from isc.core.files import SettingError
+from isc.extract.decode import CROP_VIEWS, GRID_FRACTION, grid_boxes, view_count
+from isc.extract.extraction import ExtractOptions, extract, full_views, is_complete
+from isc.extract.image_files import list_split_images, select_split_images
+from isc.models import create_model
+from isc.pipeline.find import cache_path
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
+TINY = ["--model", "efficientnet_lite0", "--image-size", "64"]
+GRID = 2
+VIEWS = CROP_VIEWS + GRID * GRID
+
+
+@pytest.fixture(scope="module")
+def images(mini_dataset, tmp_path_factory) -> dict[str, Path]:
+    """Four phase-1 queries as PNGs of 160 x 120 pixels: lossless, so that a quarter cut and saved is the very
+    pixels the extraction cuts."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("grid_images")
+    queries = select_split_images(list_split_images(mini_dataset, "query"), "query", 1)
+    out = {}
+    for image_id, path in list(queries.items())[:4]:
+        with Image.open(path) as image:
+            image.convert("RGB").resize((160, 120)).save(folder / f"{image_id}.png")
+        out[image_id] = folder / f"{image_id}.png"
+    return out
+
+
+@pytest.fixture(scope="module")
+def extracted(images, tmp_path_factory) -> dict[str, Path]:
+    """The images described by the CLI three ways: plain, with crops, with crops and the 2 x 2 grid."""
+    folder = tmp_path_factory.mktemp("grid_files")
+    out = {name: folder / f"{name}.h5" for name in ("plain", "crops", "grid")}
+    for name, extra in (("plain", []), ("crops", ["--crops"]), ("grid", ["--crops", "--grid", GRID])):
+        result = cli("extract", "--images", next(iter(images.values())).parent, *extra, *TINY, "--device", "cpu",
+                     "--workers", 0, "-o", out[name], "--quiet")
+        assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_grid_views_follow_the_crops_each_the_descriptor_of_its_quarter(images, extracted, tmp_path):
+    from PIL import Image
+
+    ids, grid, attrs = read_descriptors(extracted["grid"], views=True)
+    assert attrs["views_per_id"] == VIEWS == view_count(True, GRID) == 10 and attrs["grid_views"] == GRID
+    assert ids == [i for i in sorted(images) for _ in range(VIEWS)]  # each query's 10 rows adjacent
+    crop_ids, crops, crop_attrs = read_descriptors(extracted["crops"], views=True)
+    assert "grid_views" not in crop_attrs and crop_attrs["views_per_id"] == CROP_VIEWS
+    per_image = grid.reshape(len(images), VIEWS, -1)
+    # a PNG is decoded whole for every view: the full view and the crops are the crops file's, bit for bit
+    assert per_image[:, :CROP_VIEWS].tobytes() == crops.tobytes()
+    # the grid views: each quarter of the image, described as an image of its own
+    quarters = {}
+    for image_id, path in images.items():
+        with Image.open(path) as image:
+            for n, box in enumerate(grid_boxes(*image.size, GRID_FRACTION, GRID)):
+                quarters[f"{image_id}_{n}"] = tmp_path / f"{image_id}_{n}.png"
+                image.crop(box).save(quarters[f"{image_id}_{n}"])
+    model = create_model("efficientnet_lite0", image_size=64)
+    extract(quarters, tmp_path / "quarters.h5", model, device="cpu", workers=0, quiet=True)
+    quarter_ids, described, _ = read_descriptors(tmp_path / "quarters.h5")
+    assert quarter_ids == [f"{i}_{n}" for i in sorted(images) for n in range(GRID * GRID)]
+    np.testing.assert_allclose(per_image[:, CROP_VIEWS:].reshape(-1, described.shape[1]), described, atol=1e-5)
+
+
+def test_a_file_of_other_views_is_not_reused_and_its_full_views_are_the_plain_file(images, extracted, tmp_path):
+    model = create_model("efficientnet_lite0", image_size=64)
+    crops, grid = ExtractOptions(crops=True), ExtractOptions(crops=True, grid=GRID)
+    assert is_complete(extracted["grid"], images, grid.config(model))
+    assert not is_complete(extracted["grid"], images, crops.config(model))
+    assert not is_complete(extracted["crops"], images, grid.config(model))
+    # isc-find's cache: one file per set of views, so that switching the grid on and off describes nothing twice
+    cached = {cache_path(tmp_path, "folder", model, True, g) for g in (0, GRID)} | {cache_path(tmp_path, "folder",
+                                                                                               model, False)}
+    assert len(cached) == 3
+    # a crops file in the output's place: described again with the grid, every image, not resumed from it
+    output = tmp_path / "out.h5"
+    output.write_bytes(extracted["crops"].read_bytes())
+    result = extract(images, output, model, grid, device="cpu", workers=0, quiet=True, update=True)
+    assert result.processed == len(images) and result.views_per_id == VIEWS
+    assert read_descriptor_attrs(output)["grid_views"] == GRID
+    # the plain file made from the grid file's first views: the plain extraction, attributes and rows
+    assert full_views(output, tmp_path / "full.h5") == len(images)
+    full = read_descriptor_attrs(tmp_path / "full.h5")
+    assert "grid_views" not in full and not model_differences(full, read_descriptor_attrs(extracted["plain"]))
+    assert read_descriptors(tmp_path / "full.h5")[1].tobytes() == read_descriptors(extracted["plain"])[1].tobytes()
+
+
+def test_a_query_grid_file_is_searched_against_plain_references(extracted, tmp_path):
+    result = cli("search", "--query", extracted["grid"], "--reference", extracted["plain"], "--k", 2,
+                 "-o", tmp_path / "p.csv", "--quiet")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_grid_other_than_0_or_2_is_refused():
+    with pytest.raises(SettingError, match="grid must be one of 0, 2, got 3"):
+        ExtractOptions(crops=True, grid=3)
+
+
+@pytest.mark.parametrize(("command", "argv", "message"), [
+    ("extract", ["--crops", "--grid", "3"], "--grid must be one of 0, 2, got 3"),
+    ("extract", ["--grid", "2"], "--grid needs --crops"),
+    ("extract", ["--crops", "--grid", "two"], "argument --grid: not an integer: 'two'"),
+    ("run", ["--query-grid", "5"], "--query-grid must be one of 0, 2, got 5"),
+    ("find", ["--grid", "-1"], "--grid"),
+])
+def test_the_cli_refuses_a_bad_grid_in_one_line(images, tmp_path, command, argv, message):
+    folder = next(iter(images.values())).parent
+    where = {"extract": ["--images", folder, "-o", tmp_path / "x.h5"], "run": [tmp_path / "w", "--data",
+                                                                              tmp_path / "none"],
+             "find": [folder, "-o", tmp_path / "x.csv"]}[command]
+    result = cli(command, *where, *TINY, *argv)
+    one_line_error(result, f"isc-{command}", message)
+    assert not any(tmp_path.iterdir())
