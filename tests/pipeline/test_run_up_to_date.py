@@ -201,6 +201,29 @@ def test_reference_crops_on_and_off(rerun, before, after):
     assert results[("search", "phase 1")].startswith(f"settings changed (reference crops {said}): ")
 
 
+GRID = {"extraction": ExtractOptions(batch_size=8, workers=0, grid=2)}
+
+
+def test_query_grid_on(rerun):
+    results = _results(rerun(GRID))
+    assert "images/s" in results[("extract", "query phase 1 crops")]  # described again, not reused
+    assert results[("extract", "query phase 1")] == results[("extract", "reference")] == "up to date"
+    assert not results[("calibrate", "copies")].startswith("up to date")  # its copies described with the grid too
+
+
+def test_query_grid_describes_the_queries_and_the_calibrations_copies(mini_dataset, tmp_path):
+    work = tmp_path / "work"
+    Pipeline(RunConfig(work=work, data=mini_dataset, submissions=work / "submissions", phases=[1],
+                       **{**BASE, **GRID})).run()
+    for name in ("descriptors/query_phase1_crops.h5", "calibration/copies_crops.h5"):
+        with h5py.File(work / name) as f:
+            assert (f.attrs["views_per_id"], f.attrs["grid_views"]) == (10, 2), name
+    for name in ("query_phase1", "reference", "training"):
+        with h5py.File(work / "descriptors" / f"{name}.h5") as f:
+            assert "grid_views" not in f.attrs and "views_per_id" not in f.attrs, name
+    assert json.loads((work / "calibration.json").read_text())["conditions"]["search"]["query_grid"] == 2
+
+
 def test_matching_whitened(rerun):
     results = _results(rerun({"matching_whitened": True}))
     assert results[("search", "phase 1")].startswith("settings changed (matching whitened on): ")
