@@ -21,7 +21,8 @@ checks) and, for a class-per-folder tree (``ROOT/<class>/<image>``), ``classes``
 Unreadable images are skipped and listed, with their reasons, in the ``broken`` attribute (JSON; their
 file stamps in ``broken_stamps``). Non-finite descriptors are refused, never written. With ``crops`` (query
 or reference files of the matching track) each image gives several adjacent rows with its id, the full view then each
-crop of :func:`isc.extract.decode.crop_boxes`, cut from the decoded image; the attribute ``views_per_id`` says how many.
+crop of :func:`isc.extract.decode.crop_boxes`, cut from the decoded image, then with ``grid`` its grid views (attribute
+``grid_views``); the attribute ``views_per_id`` says how many.
 The full views are those of an extraction without crops, bit for bit: :func:`full_views` makes that file from
 them instead of describing every image twice."""
 

@@ -50,8 +50,6 @@ def extracted(images, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_grid_views_follow_the_crops_each_the_descriptor_of_its_quarter(images, extracted, tmp_path):
-    from PIL import Image
-
     ids, grid, attrs = read_descriptors(extracted["grid"], views=True)
     assert attrs["views_per_id"] == VIEWS == view_count(True, GRID) == 10 and attrs["grid_views"] == GRID
     assert ids == [i for i in sorted(images) for _ in range(VIEWS)]  # each query's 10 rows adjacent
@@ -60,18 +58,39 @@ def test_grid_views_follow_the_crops_each_the_descriptor_of_its_quarter(images, 
     per_image = grid.reshape(len(images), VIEWS, -1)
     # a PNG is decoded whole for every view: the full view and the crops are the crops file's, bit for bit
     assert per_image[:, :CROP_VIEWS].tobytes() == crops.tobytes()
-    # the grid views: each quarter of the image, described as an image of its own
+    described = quarter_descriptors(images, create_model("efficientnet_lite0", image_size=64), tmp_path)
+    np.testing.assert_allclose(per_image[:, CROP_VIEWS:].reshape(-1, described.shape[1]), described, atol=1e-5)
+
+
+def quarter_descriptors(images: dict[str, Path], model, folder: Path) -> np.ndarray:
+    """The descriptors of each image's quarters (its grid views), each cut and described as an image of its own."""
+    from PIL import Image
+
     quarters = {}
     for image_id, path in images.items():
         with Image.open(path) as image:
             for n, box in enumerate(grid_boxes(*image.size, GRID_FRACTION, GRID)):
-                quarters[f"{image_id}_{n}"] = tmp_path / f"{image_id}_{n}.png"
+                quarters[f"{image_id}_{n}"] = folder / f"{image_id}_{n}.png"
                 image.crop(box).save(quarters[f"{image_id}_{n}"])
-    model = create_model("efficientnet_lite0", image_size=64)
-    extract(quarters, tmp_path / "quarters.h5", model, device="cpu", workers=0, quiet=True)
-    quarter_ids, described, _ = read_descriptors(tmp_path / "quarters.h5")
+    extract(quarters, folder / "quarters.h5", model, device="cpu", workers=0, quiet=True)
+    quarter_ids, described, _ = read_descriptors(folder / "quarters.h5")
     assert quarter_ids == [f"{i}_{n}" for i in sorted(images) for n in range(GRID * GRID)]
-    np.testing.assert_allclose(per_image[:, CROP_VIEWS:].reshape(-1, described.shape[1]), described, atol=1e-5)
+    return described
+
+
+@pytest.mark.parametrize(("model_name", "settings"), [("efficientnet_lite0", {"decoder": "torchvision"}),
+                                                      ("efficientnet_lite0", {"decoder": "torchvision",
+                                                                              "decode_processes": 1}),
+                                                      ("pdq", {})])
+def test_every_pipeline_cuts_the_same_grid_views(images, tmp_path, model_name, settings):
+    # the torchvision decoder (in this process, or in a decoding process) and the pixel path without torch
+    model = create_model(model_name, **({} if model_name == "pdq" else {"image_size": 64}))
+    extract(images, tmp_path / "grid.h5", model, ExtractOptions(crops=True, grid=GRID), device="cpu", workers=0,
+            batch_size=3, quiet=True, **settings)
+    _, grid, _ = read_descriptors(tmp_path / "grid.h5", views=True)
+    described = quarter_descriptors(images, model, tmp_path)
+    rows = grid.reshape(len(images), VIEWS, -1)[:, CROP_VIEWS:].reshape(-1, described.shape[1])
+    np.testing.assert_allclose(rows, described, atol=1e-5)
 
 
 def test_a_file_of_other_views_is_not_reused_and_its_full_views_are_the_plain_file(images, extracted, tmp_path):
@@ -117,8 +136,8 @@ def test_a_grid_other_than_0_or_2_is_refused():
 ])
 def test_the_cli_refuses_a_bad_grid_in_one_line(images, tmp_path, command, argv, message):
     folder = next(iter(images.values())).parent
-    where = {"extract": ["--images", folder, "-o", tmp_path / "x.h5"], "run": [tmp_path / "w", "--data",
-                                                                              tmp_path / "none"],
+    where = {"extract": ["--images", folder, "-o", tmp_path / "x.h5"],
+             "run": [tmp_path / "w", "--data", tmp_path / "none"],
              "find": [folder, "-o", tmp_path / "x.csv"]}[command]
     result = cli(command, *where, *TINY, *argv)
     one_line_error(result, f"isc-{command}", message)
