@@ -148,10 +148,11 @@ class ExtractOptions:
     gives :data:`isc.extract.decode.CROP_VIEWS` adjacent rows with its id, its full view then each of its
     :func:`isc.extract.decode.crop_boxes` (a query or reference file for the matching track; the attribute
     ``views_per_id`` says so); ``grid`` (with crops): then ``grid`` x ``grid`` views of half the side
-    (:func:`isc.extract.decode.view_boxes`, 0: none; the attribute ``grid_views``). ``strict``: the first broken image raises InputError. ``resume``: continue from
-    the partial file of a killed run, extracting again the images changed since; ``update``: when there is no
-    such file, start from the rows the output already holds, if the same model made them, so that only images
-    added or changed since are described (isc-find's cache of a folder). ``max_pixels``: larger images
+    (:func:`isc.extract.decode.view_boxes`, 0: none; the attribute ``grid_views``). ``strict``: the first broken
+    image raises InputError. ``resume``: continue from the partial file of a killed run, extracting again the
+    images changed since; ``update``: when there is no such file, start from the rows the output already holds,
+    if the same model made them, so that only images added or changed since are described (isc-find's cache of a
+    folder). ``max_pixels``: larger images
     are broken; a warning when more than ``max_broken`` of the images are broken.
     """
 
