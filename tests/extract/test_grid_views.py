@@ -142,3 +142,17 @@ def test_the_cli_refuses_a_bad_grid_in_one_line(images, tmp_path, command, argv,
     result = cli(command, *where, *TINY, *argv)
     one_line_error(result, f"isc-{command}", message)
     assert not any(tmp_path.iterdir())
+
+
+def test_isc_find_describes_a_folder_with_its_grid_views_into_a_cache_of_their_own(images, tmp_path):
+    import json
+
+    folder = next(iter(images.values())).parent
+    done = cli("find", folder, "-o", tmp_path / "found.json", "--model", "pdq", "--grid", GRID, "--no-verify",
+               "--cache", tmp_path / "cache", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "found.json").read_text())["grid_views"] == GRID
+    [cached] = (tmp_path / "cache").glob("*/pdq*.h5")
+    assert cached.name == "pdq_crops_grid2.h5"
+    ids, _, attrs = read_descriptors(cached, views=True)
+    assert (attrs["views_per_id"], attrs["grid_views"]) == (VIEWS, GRID) and len(ids) == VIEWS * len(images)
