@@ -55,9 +55,9 @@ def add_grid_option(parser: Parser, default: int, what: str, flag: str = "--grid
     """The grid views of an image described with crops (:attr:`ExtractOptions.grid`, read back as ``args.grid``):
     ``--grid`` (isc-extract, isc-find), ``--query-grid`` (isc-run)."""
     parser.add_argument(flag, dest="grid", type=non_negative_int, default=default, metavar="N",
-                        help=f"{what} also as N x N views of half its side (2: its four quarters), each its own row "
-                        "after the crops (attribute grid_views), for a copy pasted into a corner or cut off-centre "
-                        "that the 2/3 crops miss; 0: none; N 0 or 2; gain and cost in docs/BENCHMARKS.md "
+                        help=f"{what} also as N x N views of half its side, each its own row after the crops "
+                        "(attribute grid_views): 2, its four quarters, for a copy pasted into a corner or cut "
+                        "off-centre that the 2/3 crops miss; 0: none; gain and cost in docs/BENCHMARKS.md "
                         f"(default: {default})")
 
 
