@@ -10,6 +10,10 @@ bootstrap resamples of the queries (bench_quality's helpers).
 
     python scripts/bench_candidates.py --data SET --work WORK --copies 300 [--tables recall,adaptive,views,calibration]
 
+The views table adds a grid of views of half the side to the queries' (--grid 3: 3 x 3 and its 2 x 2 corners;
+--grid 2: 2 x 2 alone) and scores each verified list with the calibration of the default's copies and with one
+fitted on copies described with the same views (isc-run --query-grid).
+
 Every depth is read from one run of isc.verify.adaptive verifying each query's first 10 candidates and down to
 30 for those with fewer than 16 inliers on each (the copies likewise): a run verifying fewer pairs has the same
 evidence for those it verifies, the others' zero (``within_depth``, :func:`adaptive`).
