@@ -73,10 +73,11 @@ def add_descriptor_track_options(parser: argparse.ArgumentParser) -> None:
     track = parser.add_argument_group("the descriptor track's one vector per image (docs/BENCHMARKS.md, "
                                       "\"The descriptor track's levers\")")
     track.add_argument("--descriptor-models", dest="ensemble", type=weighted_models, metavar="MODEL:WEIGHT,...",
-                       help="other models whose descriptors of every image (full view) join the --model's, each "
-                       "L2-normalised and weighted (the --model's weight 1), before the PCA-whitening of the descriptor "
-                       "track, in descriptors/<MODEL>/; 'none': the --model's alone (default: sscd_distilled:0.5 with "
-                       "--model sscd where installed, else none; gain and cost in docs/BENCHMARKS.md)")
+                       help="other models that describe every image (full view, at --image-size when given; "
+                       "descriptors/<MODEL>/), their descriptors joined to the --model's, each L2-normalised and weighted "
+                       "(the --model's weight 1), before the PCA-whitening of the descriptor track; the matching track is "
+                       "unchanged; 'none': the --model's alone (default: sscd_distilled:0.5 with --model sscd where "
+                       "installed, else none; gain and cost in docs/BENCHMARKS.md)")
     track.add_argument("--descriptor-pooling", choices=("none", *POOLINGS), default="none",
                        help="each query's descriptor as its whitened views (full view and 5 crops, --query-crops) "
                        "pooled by their mean or signed GeM, then L2-normalised (default: %(default)s: its full view)")
