@@ -373,7 +373,8 @@ class Pipeline:
         self.download()
         raw = self.extract()
         files = self.whiten(raw)
-        track = self.join(raw) if self.ensemble else files
+        # a trial (an image limit) makes no descriptor-track file: nothing to join for it
+        track = self.join(raw) if self.ensemble and self.config.limit is None else files
         matching_files = files if self.config.matching_whitened else raw
         combiner = None
         submitted = set()

@@ -6,6 +6,7 @@ is the first model alone."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,13 @@ def test_same_settings_up_to_date_and_other_models_never_reuse_the_track(run, mi
     assert alone[("submit", "phase 1 descriptors")].startswith("inputs changed")
     ids, plain, _ = read_descriptors(work / "descriptors" / "query_phase1_pca16.h5")
     np.testing.assert_allclose(read_descriptor_track(submission)[1], plain[np.argsort(ids)], atol=1e-6)
+
+
+def test_a_trial_run_describes_nothing_with_the_other_model(tmp_path, mini_dataset, tiny):
+    trial = steps(Pipeline(replace(config(tmp_path, mini_dataset, ((tiny, 0.5),)), limit=20)).run())
+    assert trial[("submit", "phase 1 descriptors")].startswith("not made: an image limit selects a subset")
+    assert not [step for step in trial if tiny in step[1]]
+    assert not other_model_folder(tmp_path / "descriptors", tiny).exists()
 
 
 @pytest.mark.parametrize(("given", "message"), [
