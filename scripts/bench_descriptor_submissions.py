@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import bootstrap_muap  # noqa: E402
+from bench_quality import paired_cells  # noqa: E402
 
 from isc.core.descriptors import read_descriptor_track  # noqa: E402
 from isc.core.tables import read_ground_truth  # noqa: E402
-from isc.evaluate.metrics import evaluate  # noqa: E402
 from isc.search.capped_search import descriptor_track_predictions  # noqa: E402
 
 
@@ -37,13 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.submissions:
         query_ids, query, reference_ids, reference = read_descriptor_track(path)
         predictions = descriptor_track_predictions(query_ids, query, reference_ids, reference)
-        metrics = evaluate(predictions, truth)
-        resampled = bootstrap_muap(predictions, truth, weights)
+        resampled, cells = paired_cells(predictions, truth, weights, baseline)
         baseline = resampled if baseline is None else baseline
-        low, high = np.percentile(resampled - baseline, [2.5, 97.5])
-        p90 = "-" if metrics.recall_at_p90 is None else f"{metrics.recall_at_p90:.3f}"
-        print(f"| {path} | {query.shape[1]} | {metrics.muap:.3f} | {p90} | {np.mean(resampled - baseline):+.3f} "
-              f"[{low:+.3f}, {high:+.3f}] |", flush=True)
+        print(f"| {path} | {query.shape[1]} | {cells} |", flush=True)
     return 0
 
 
