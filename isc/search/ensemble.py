@@ -4,8 +4,9 @@ track: each model's row L2-normalised and weighted, concatenated and L2-normalis
 training descriptors and applied alike to queries and references, so the track's file stays at most 256
 dimensions.
 
-A joined file records each other model's attributes and weight (``ensemble``) and a fingerprint of the whole
-(``model_fingerprint``): files joined from other models or weights never mix, in a PCA or a submission.
+A joined file records each other model's attributes and weight (``ensemble``), the models' names and weights
+(``model``: ``sscd + sscd_distilled x0.5``) and a fingerprint of the whole (``model_fingerprint``): files joined
+from other models or weights never mix, in a PCA or a submission.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def read_joined(first: str | Path, others: Sequence[tuple[str | Path, float]], v
     joined = concatenate_descriptors(parts, [1.0, *(float(weight) for _, weight in others)])
     ensemble = json.dumps(recorded, sort_keys=True)
     fingerprint = hashlib.sha256(f"{main.attrs.get('model_fingerprint')}|{ensemble}".encode()).hexdigest()[:16]
-    attrs = {**main.attrs, "ensemble": ensemble, "model_fingerprint": fingerprint}
+    # named as the whitening step says it, so that a refusal names the ensemble, not its first model
+    model = " + ".join([str(main.attrs.get("model")), *(f"{part['model']} x{part['weight']:g}" for part in recorded)])
+    attrs = {**main.attrs, "model": model, "ensemble": ensemble, "model_fingerprint": fingerprint}
     return DescriptorFile(Path(first), main.ids, joined.astype(np.float32), attrs)
 
 
