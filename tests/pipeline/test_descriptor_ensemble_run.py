@@ -21,8 +21,10 @@ from isc.extract.extraction import ExtractOptions
 from isc.models.registry import model_entry
 from isc.pipeline.config import descriptor_ensemble, other_model_folder
 from isc.pipeline.run import Pipeline, RunConfig
-from isc.search.descriptor_track import DescriptorTrack
-from isc.search.pca import concatenate_descriptors, learn_pca
+from isc.search.descriptor_track import DescriptorTrack, track_descriptors
+from isc.search.negatives import NegativeEmbeddings
+from isc.search.pca import PCAWhitening, concatenate_descriptors, learn_pca
+from isc.search.pooling import ViewPooling
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*not L2-normalised")  # PDQ hashes are ±1 vectors
 
@@ -100,6 +102,21 @@ def test_same_settings_up_to_date_and_other_models_never_reuse_the_track(run, mi
     assert alone[("submit", "phase 1 descriptors")].startswith("inputs changed")
     ids, plain, _ = read_descriptors(work / "descriptors" / "query_phase1_pca16.h5")
     np.testing.assert_allclose(read_descriptor_track(submission)[1], plain[np.argsort(ids)], atol=1e-6)
+
+
+def test_pooled_views_each_join_the_other_models_full_view_before_the_whitening(tmp_path, mini_dataset, tiny):
+    track = DescriptorTrack(ViewPooling("mean"), NegativeEmbeddings(0.35, 5), ((tiny, 0.5),))
+    Pipeline(replace(config(tmp_path, mini_dataset, None), query_crops=True, descriptor_track=track)).run()
+    descriptors = tmp_path / "descriptors"
+    view_ids, views, _ = read_descriptors(descriptors / "query_phase1_crops.h5", views=True)
+    other_ids, other, _ = read_descriptors(other_model_folder(descriptors, tiny) / "query_phase1.h5")
+    joined = concatenate_descriptors([views, other[[other_ids.index(i) for i in view_ids]]], [1.0, 0.5])
+    whitened = PCAWhitening.load(descriptors / "pca16_ensemble.npz").apply(joined)
+    _, training, _ = read_descriptors(descriptors / "training_pca16_ensemble.h5")
+    ids, expected = track_descriptors(view_ids, whitened, training, track)
+    query_ids, query, _, _ = read_descriptor_track(tmp_path / "submissions" / "phase1_descriptors.h5")
+    np.testing.assert_allclose(query, np.asarray(expected)[np.argsort(ids)], atol=1e-5)
+    assert query_ids == sorted(ids) and query.shape[1] == 16
 
 
 def test_a_trial_run_describes_nothing_with_the_other_model(tmp_path, mini_dataset, tiny):
