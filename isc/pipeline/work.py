@@ -1,7 +1,7 @@
-"""What the steps of ``isc-run`` share about the work folder: the images of a split and the ground truth
-of a phase, which descriptor files the matching track searches, the descriptor track's files (several models'
-joined and whitened: :func:`whiten_joined`), a descriptor file whitened unless up to date, and how a step made
-again says why."""
+"""What the steps of ``isc-run`` share about the work folder: the images of a split and their descriptor file
+unless complete (:func:`describe`), the ground truth of a phase, which descriptor files the matching track
+searches, the descriptor track's files, descriptor files whitened unless up to date (several models' joined
+first: :func:`whiten_files`), and how a step made again says why."""
 
 from __future__ import annotations
 

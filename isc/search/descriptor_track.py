@@ -1,7 +1,8 @@
 """The descriptor track's one vector per image, made from whitened descriptors (of one model, or of several
 joined before the PCA: :mod:`isc.search.ensemble`): a query's views pooled (:mod:`isc.search.pooling`) and
-negative embeddings subtracted (:mod:`isc.search.negatives`), the same transform for queries and references. DBA and query expansion (:mod:`isc.search.expansion`) are not offered
-here: they describe a reference or a query with the other references, which the ISC 2021 rules forbid.
+negative embeddings subtracted (:mod:`isc.search.negatives`), the same transform for queries and references.
+DBA and query expansion (:mod:`isc.search.expansion`) are not offered here: they describe a reference or a
+query with the other references, which the ISC 2021 rules forbid.
 """
 
 from __future__ import annotations
