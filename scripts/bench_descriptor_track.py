@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import bootstrap_muap, crop_descriptors, descriptors  # noqa: E402
+from bench_quality import crop_descriptors, descriptors, paired_cells  # noqa: E402
 
 from isc.core.competition import DESCRIPTOR_TRACK_MAX_DIM, SPLITS  # noqa: E402
 from isc.core.tables import read_ground_truth  # noqa: E402
-from isc.evaluate.metrics import evaluate  # noqa: E402
 from isc.search.capped_search import descriptor_track_predictions  # noqa: E402
 from isc.search.expansion import Expansion, database_side_augmentation, query_expansion  # noqa: E402
 from isc.search.negatives import NegativeEmbeddings, subtract_negative_embeddings  # noqa: E402
@@ -203,14 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         assert query.shape[1] <= DESCRIPTOR_TRACK_MAX_DIM and query.dtype == reference.dtype == np.float32
         predictions = descriptor_track_predictions(data["sscd"]["query"][0], query, data["sscd"]["reference"][0],
                                                    reference)
-        metrics = evaluate(predictions, truth)
-        resampled = bootstrap_muap(predictions, truth, weights)
+        resampled, cells = paired_cells(predictions, truth, weights, baseline)
         baseline = resampled if baseline is None else baseline
-        low, high = np.percentile(resampled - baseline, [2.5, 97.5])
-        p90 = "-" if metrics.recall_at_p90 is None else f"{metrics.recall_at_p90:.3f}"
         cost = ", ".join(f"{name} {s:.1f}" for name, s in lever.seconds.items() if name != "PCA")
-        print(f"| {lever.label} | {metrics.muap:.3f} | {p90} | {np.mean(resampled - baseline):+.3f} "
-              f"[{low:+.3f}, {high:+.3f}] | {cost or '-'} |", flush=True)
+        print(f"| {lever.label} | {cells} | {cost or '-'} |", flush=True)
     return 0
 
 

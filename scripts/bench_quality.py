@@ -164,6 +164,18 @@ def bootstrap_muap(predictions: pd.DataFrame, truth: pd.DataFrame, weights: np.n
     return (w * correct * precision).sum(axis=1) / n_positives
 
 
+def paired_cells(predictions: pd.DataFrame, truth: pd.DataFrame, weights: np.ndarray,
+                 baseline: np.ndarray | None) -> tuple[np.ndarray, str]:
+    """The resamples of ``predictions``' µAP (:func:`bootstrap_muap`) and a table's cells: µAP, recall at P90 and
+    the difference to ``baseline``'s resamples (None: to itself), mean [2.5%, 97.5%]."""
+    metrics = evaluate(predictions, truth)
+    resampled = bootstrap_muap(predictions, truth, weights)
+    difference = resampled - (resampled if baseline is None else baseline)
+    low, high = np.percentile(difference, [2.5, 97.5])
+    p90 = "-" if metrics.recall_at_p90 is None else f"{metrics.recall_at_p90:.3f}"
+    return resampled, f"{metrics.muap:.3f} | {p90} | {np.mean(difference):+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def recipe_configurations(sets: dict, track: str) -> list[tuple[str, dict, dict]]:
     """(label, {split: (ids, descriptors)}, search options) of every configuration of the recipe table."""
     (qids, q), (rids, r), (_, t) = sets["sscd"]

@@ -49,7 +49,7 @@ def run_command(
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
-        print(f"{parser.prog}: error: {e.strerror}: {e.filename}", file=sys.stderr)
+        print(f"{parser.prog}: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # a read-only file system, a full disk, a name too long, an I/O error: one line too
         print(f"{parser.prog}: error: {os_error_line(e)}", file=sys.stderr)

@@ -73,6 +73,12 @@ def add_descriptor_track_options(parser: argparse.ArgumentParser) -> None:
     """The descriptor track's pooling and negatives, read back by :func:`descriptor_track`."""
     track = parser.add_argument_group("the descriptor track's one vector per image (docs/BENCHMARKS.md, "
                                       "\"The descriptor track's levers\")")
+    track.add_argument("--descriptor-models", dest="ensemble", type=weighted_models, metavar="MODEL:WEIGHT,...",
+                       help="other models that describe every image (full view, at --image-size when given; "
+                       "descriptors/<MODEL>/), their descriptors joined to the --model's, each L2-normalised and weighted "
+                       "(the --model's weight 1), before the PCA-whitening of the descriptor track; the matching track is "
+                       "unchanged; 'none': the --model's alone (default: sscd_distilled:0.5 with --model sscd where "
+                       "installed, else none; gain and cost in docs/BENCHMARKS.md)")
     track.add_argument("--descriptor-pooling", choices=("none", *POOLINGS), default="none",
                        help="each query's descriptor as its whitened views (full view and 5 crops, --query-crops) "
                        "pooled by their mean or signed GeM, then L2-normalised (default: %(default)s: its full view)")
@@ -165,11 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def weighted_models(text: str) -> tuple[tuple[str, float], ...]:
+    """The option type of --descriptor-models: ``MODEL:WEIGHT,...`` (a model's name may hold colons), or none."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    parts = []
+    for part in text.split(","):
+        name, _, weight = part.strip().rpartition(":")
+        try:
+            parts.append((name, float(weight)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not MODEL:WEIGHT (a number): {part.strip()[:100]!r}") from None
+    return tuple(parts)
+
+
 def descriptor_track(args: argparse.Namespace) -> DescriptorTrack:
     """The descriptor track's options from the flags."""
     pooling = None if args.descriptor_pooling == "none" else ViewPooling(args.descriptor_pooling, args.descriptor_gem_p)
     negatives = NegativeEmbeddings(args.descriptor_neg_beta, args.descriptor_neg_k) if args.descriptor_negatives else None
-    return DescriptorTrack(pooling, negatives)
+    return DescriptorTrack(pooling, negatives, args.ensemble)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,16 +1,20 @@
-"""What ``isc-run`` is told (:class:`RunConfig`) and the files a run of it may write (:func:`planned_outputs`)."""
+"""What ``isc-run`` is told (:class:`RunConfig`), the other models of its descriptor track
+(:func:`descriptor_ensemble`) and the files a run of it may write (:func:`planned_outputs`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from isc.core.competition import DESCRIPTOR_TRACK_MAX_DIM, PHASES
 from isc.core.descriptors import provenance_path
+from isc.core.files import InputError
 from isc.download.s3 import DownloadOptions
 from isc.extract.extraction import ExtractOptions
 from isc.models import DEFAULT_MODEL
+from isc.models.registry import model_entry
 from isc.search.descriptor_track import DescriptorTrack
 from isc.search.matching import SearchOptions
 from isc.submit.manifest import default_submission_path, default_submissions_dir, manifest_path
@@ -55,8 +59,35 @@ class RunConfig:
     quiet: bool = False
 
 
+# the one ensemble that won on both photo sets: sscd + sscd_distilled at 0.5, +0.013 [+0.004, +0.023] µAP on set A,
+# +0.016 [+0.003, +0.031] on set B (docs/BENCHMARKS.md, "The descriptor track's levers")
+DEFAULT_ENSEMBLES: dict[str, tuple[tuple[str, float], ...]] = {"sscd": (("sscd_distilled", 0.5),)}
+
+
+def descriptor_ensemble(config: RunConfig) -> tuple[tuple[str, float], ...]:
+    """The other models, each (name, weight), whose descriptors join the run's model's for the descriptor track:
+    those ``config.descriptor_track`` names, else the default of the run's model where every one is installed
+    and the run whitens (none for a model without one)."""
+    given = config.descriptor_track.ensemble
+    if given is None:
+        default = DEFAULT_ENSEMBLES.get(config.model or "", ()) if config.checkpoint is None and config.pca_dim else ()
+        return default if all(model_entry(name).installed() for name, _ in default) else ()
+    if given and not config.pca_dim:
+        raise InputError("the descriptor ensemble is joined before the PCA: it needs a PCA dimension (not 0)")
+    if config.model in {name for name, _ in given}:
+        raise InputError(f"{config.model} is the run's model: the descriptor ensemble joins other models to it")
+    return given
+
+
+def other_model_folder(descriptors: Path, model: str) -> Path:
+    """The folder of ``descriptors`` holding another model's files, named by the model (``onnx:a/b.onnx`` ->
+    ``onnx_a_b.onnx``)."""
+    return descriptors / re.sub(r"[^A-Za-z0-9_.-]", "_", model)
+
+
 def planned_outputs(config: RunConfig) -> list[Path]:
-    """The files a run of ``config`` may write (descriptors, predictions, submissions and their manifests)."""
+    """The files a run of ``config`` may write (descriptors, the other models' too, predictions, submissions and
+    their manifests); InputError when its descriptor ensemble is refused (:func:`descriptor_ensemble`)."""
     work, phases = Path(config.work), sorted(config.phases)
     names = ["training", "reference", *(f"query_phase{p}" for p in phases),
              *(f"query_phase{p}_crops" for p in phases if config.query_crops),
@@ -67,7 +98,9 @@ def planned_outputs(config: RunConfig) -> list[Path]:
     track = [work / "descriptors" / f"{name}_track.h5" for name in ["reference", *(f"query_phase{p}" for p in phases)]
              if config.descriptor_track.active]
     searched = [work / f"predictions_phase{p}.csv" for p in phases]
-    return [work / "run_summary.json", *(work / "descriptors" / f"{name}.h5" for name in names),
+    others = [other_model_folder(work / "descriptors", model) / f"{name}.h5"
+              for model, _ in descriptor_ensemble(config) for name in names if not name.endswith("_crops")]
+    return [work / "run_summary.json", *(work / "descriptors" / f"{name}.h5" for name in names), *others,
             *searched, *map(provenance_path, searched), *verified, *track, *map(evidence_path, verified),
             *([work / "calibration.json"] if config.verify and config.calibration is None else []),
             *submissions, *map(manifest_path, submissions)]

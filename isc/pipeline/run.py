@@ -17,6 +17,8 @@ Files under the work folder::
                                                             its full views (the same descriptors, not extracted again)
     descriptors/reference_crops.h5                          with reference crops: likewise for the references
     descriptors/pca<D>.npz, descriptors/*_pca<D>.h5         PCA-whitening learnt on the training descriptors
+    descriptors/<model>/<split>.h5, query_phase<P>.h5       the descriptor ensemble's other models (full views);
+    descriptors/pca<D>_ensemble.npz, *_pca<D>_ensemble.h5   every model's joined, whitened: the descriptor track's
     predictions_phase<P>.csv                                matching-track predictions, score-normalised
     predictions_phase<P>_verified.csv (+ .evidence.csv)     the same, each query's best candidates verified by
                                                             local features (isc-verify) and re-scored
@@ -46,13 +48,13 @@ from isc.core.files import InputError, SettingError
 from isc.core.made_from import MadeFrom
 from isc.core.tables import competition_ground_truth, read_predictions
 from isc.download.sync import sync_split
-from isc.extract.extraction import extract, full_views, is_complete
 from isc.extract.image_files import list_split_images
-from isc.models import create_model, given_options
+from isc.models import DescriptorModel, create_model, given_options
 from isc.pipeline.calibration import CopiesCalibration, calibrate_run
-from isc.pipeline.config import RunConfig
+from isc.pipeline.config import RunConfig, descriptor_ensemble, other_model_folder
 from isc.pipeline.summary import RunSummary, Step, p90_text
 from isc.pipeline.work import (
+    describe,
     matching_queries,
     matching_references,
     phase_ground_truth,
@@ -60,10 +62,9 @@ from isc.pipeline.work import (
     region_describer,
     split_images,
     track_files,
-    whiten_file,
+    whiten_files,
 )
 from isc.search.matching import search_files
-from isc.search.pca import learn_pca_file
 from isc.submit.descriptors import submit_descriptors
 from isc.submit.manifest import default_submission_path, manifest_path
 from isc.submit.matching import submit_matching
@@ -93,6 +94,9 @@ class Pipeline:
         if config.descriptor_track.pooling is not None and not config.query_crops:
             raise InputError("the descriptor track pools each query's views: the queries need their crops")
         self.config = config
+        self.ensemble = descriptor_ensemble(config)
+        # built now: an unknown model is refused before hours of downloads
+        self.others = [create_model(name, **given_options(image_size=config.image_size)) for name, _ in self.ensemble]
         self.work = Path(config.work)
         self.data = Path(config.data) if config.data else self.work / "data"
         self.descriptors = self.work / "descriptors"
@@ -140,40 +144,45 @@ class Pipeline:
         """Describe every split (queries per phase; with query or reference crops, the split as ``<name>_crops``
         and the plain file as its full views); returns the descriptor files by name."""
         c = self.config
-        files = {}
-        model = self.model
+        files: dict[str, Path] = {}
         for split in SPLITS:
             named = self.images(split)
             if (split == "query" and c.query_crops) or (split == "reference" and c.reference_crops):
                 # the crops first: the plain file is their full views
                 named = {**{f"{name}_crops": images for name, images in named.items()}, **named}
             for name, images in named.items():
-                began = time.perf_counter()
-                output = files[name] = self.descriptors / f"{name}.h5"
-                crops = name.endswith("_crops")
-                target = name.replace("_phase", " phase ").replace("_crops", " crops")
-                # the grid views are the queries' (and their copies'), never the references'
-                options = replace(c.extraction, crops=crops, grid=c.extraction.grid if split == "query" else 0)
-                if is_complete(output, images, options.config(model)):
-                    self._step("extract", target, len(images), began, True, "up to date", [output])
-                    continue
-                if f"{name}_crops" in files:
-                    rows = full_views(files[f"{name}_crops"], output)
-                    self._step("extract", target, len(images), began, False,
-                               f"{rows:,} full views of {files[f'{name}_crops'].name}, not extracted again", [output])
-                    continue
-                result = extract(images, output, model, options, quiet=c.quiet,
-                                 attrs={"source": str(split_folder(self.data, split)), "split": split,
-                                        "checkpoint": c.checkpoint})
-                broken = f", {len(result.broken)} broken" if result.broken else ""
-                broken += f", {result.resumed:,} resumed from an interrupted run" if result.resumed else ""
-                self._step("extract", target, len(images), began, False,
-                           f"{model.dim}-d {model.name} @{model.image_size} px, "
-                           f"{result.images_per_second} images/s on {result.device}{broken}", [output])
+                files[name] = self._describe(self.model, split, name, images, self.descriptors,
+                                             files.get(f"{name}_crops"))
         return files
 
-    def whiten(self, raw: dict[str, Path]) -> dict[str, Path]:
-        """PCA-whitening learnt on the training descriptors, applied to every file; returns the files to use."""
+    def extract_others(self) -> dict[str, dict[str, Path]]:
+        """The full views of every split described by each other model of the descriptor ensemble, in its own
+        folder of descriptors/; returns the files by model name, then by name."""
+        return {name: {file: self._describe(model, split, file, images, other_model_folder(self.descriptors, name))
+                       for split in SPLITS for file, images in self.images(split).items()}
+                for (name, _), model in zip(self.ensemble, self.others, strict=True)}
+
+    def _describe(self, model: DescriptorModel, split: str, name: str, images: dict[str, Path], folder: Path,
+                  crops_file: Path | None = None) -> Path:
+        """``folder``/``name``.h5 (:func:`isc.pipeline.work.describe`); its step line names the model when it is not
+        the run's."""
+        began = time.perf_counter()
+        c = self.config
+        attrs = {"source": str(split_folder(self.data, split)), "split": split,
+                 "checkpoint": c.checkpoint if model is self.model else None}
+        # the grid views are the queries' (and their copies'), never the references'
+        options = replace(c.extraction, crops=name.endswith("_crops"), grid=c.extraction.grid if split == "query" else 0)
+        output, skipped, result = describe(model, images, folder / f"{name}.h5", options, attrs, crops_file, c.quiet)
+        target = name.replace("_phase", " phase ").replace("_crops", " crops")
+        self._step("extract", target + ("" if model is self.model else f" {model.name}"), len(images), began, skipped,
+                   result, [output])
+        return output
+
+    def whiten(self, raw: dict[str, Path], names: Sequence[str] | None = None,
+               others: dict[str, dict[str, Path]] | None = None) -> dict[str, Path]:
+        """PCA-whitening learnt on the training descriptors, applied to ``names`` (None: every file); with
+        ``others``, the ensemble's other models' files by model, each file joined with theirs first; returns the
+        files to use (:func:`isc.pipeline.work.whiten_files`)."""
         dim = self.config.pca_dim
         if not dim:
             return raw
@@ -181,23 +190,22 @@ class Pipeline:
         if "training" not in raw:
             raise InputError("PCA-whitening is learnt on the training descriptors: no training images "
                              "(or whiten nothing: PCA dimension 0)")
-        pca = self.descriptors / f"pca{dim}.npz"
-        whitened = {name: self.descriptors / f"{name}_pca{dim}.h5" for name in raw}
-        learnt = self._made_from({"PCA dimension": dim}, [raw["training"]])
-        relearn = learnt.why_redo(pca)
-        if relearn:
-            learn_pca_file(raw["training"], pca, dim)
-            learnt.record(pca)
-        stale = {}
-        for name in raw:
-            why = whiten_file(pca, raw[name], whitened[name], dim, self.work)
-            if why:
-                stale[name] = why
-        said = "learnt on the training descriptors, " if relearn else ""
-        self._step("whiten", f"PCA {dim}", None, began, not stale,
-                   redone(relearn or next(iter(stale.values())), f"{said}applied to {len(stale)} files")
-                   if stale else "up to date", [pca])
+        ensemble = self.ensemble if others else ()
+        whitened, why = whiten_files(raw, names or list(raw), dim, self.descriptors, self.work, ensemble, others)
+        joined = " + ".join([self.model.name, *(f"{name} x{weight:g}" for name, weight in ensemble)])
+        said = (f"{joined}: " if ensemble else "") + ("learnt on the training descriptors, " if why[0] else "")
+        suffix = "_ensemble" if ensemble else ""
+        self._step("whiten", f"PCA {dim}{suffix.replace('_', ' ')}", None, began, not any(why),
+                   redone(next(filter(None, why)), f"{said}applied to {sum(map(bool, why[1:]))} files") if any(why)
+                   else "up to date", [self.descriptors / f"pca{dim}{suffix}.npz"])
         return whitened
+
+    def join(self, raw: dict[str, Path]) -> dict[str, Path]:
+        """The descriptor track's files of the ensemble: the files it uses of every model joined, then whitened."""
+        track = self.config.descriptor_track
+        names = [*(["training"] if track.negatives else []), "reference",
+                 *(name for name in raw if name.startswith("query_phase") and (track.pooling or "_crops" not in name))]
+        return self.whiten(raw, names, self.extract_others())
 
     def _made_from(self, settings: dict[str, object], inputs: Iterable[Path]) -> MadeFrom:
         """What a file of the work folder is made from now (isc.core.made_from's rule)."""
@@ -366,6 +374,8 @@ class Pipeline:
         self.download()
         raw = self.extract()
         files = self.whiten(raw)
+        # a trial (an image limit) makes no descriptor-track file: nothing to join for it
+        track = self.join(raw) if self.ensemble and self.config.limit is None else files
         matching_files = files if self.config.matching_whitened else raw
         combiner = None
         submitted = set()
@@ -380,7 +390,7 @@ class Pipeline:
                 predictions = self.verify(predictions, phase, combiner)
             trial = truth is not None and self.config.limit is not None  # a trial scores the queries it kept
             kept = self.images("query").get(f"query_phase{phase}", {}) if trial else None
-            self.submit(files, matching_files, phase, predictions, phase_ground_truth(truth, phase, kept))
+            self.submit(track, matching_files, phase, predictions, phase_ground_truth(truth, phase, kept))
             submitted.add(phase)
         # said, not removed: a user's earlier submission is theirs to keep or delete
         self.summary.left_over = [str(path) for phase in PHASES if phase not in submitted

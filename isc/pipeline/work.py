@@ -1,5 +1,7 @@
-"""What the steps of ``isc-run`` share about the work folder: the images of a split and the ground truth
-of a phase, which descriptor files the matching track searches, the descriptor track's files, a descriptor file whitened unless up to date, and how a step made again says why."""
+"""What the steps of ``isc-run`` share about the work folder: the images of a split and their descriptor file
+unless complete (:func:`describe`), the ground truth of a phase, which descriptor files the matching track
+searches, the descriptor track's files, descriptor files whitened unless up to date (several models' joined
+first: :func:`whiten_files`), and how a step made again says why."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ from isc.core.competition import metadata_file, query_phase, split_folder
 from isc.core.files import InputError
 from isc.core.made_from import MISSING, MadeFrom
 from isc.core.tables import read_metadata
-from isc.extract.extraction import ExtractOptions
+from isc.extract.extraction import ExtractOptions, extract, full_views, is_complete
 from isc.extract.image_files import list_split_images
 from isc.models import DescriptorModel
 from isc.search.descriptor_track import DescriptorTrack, write_track_file
-from isc.search.pca import apply_pca_file
+from isc.search.ensemble import learn_joined_pca, write_joined_whitened
+from isc.search.pca import PCAWhitening, apply_pca_file
 from isc.verify.local_features import VerifyOptions
 from isc.verify.regions import RegionDescriber
 
@@ -106,3 +109,52 @@ def phase_ground_truth(combined: pd.DataFrame | None, phase: int, kept: Collecti
     if kept is not None:
         rows = rows[rows["query_id"].isin(kept)]
     return rows.reset_index(drop=True) if len(rows) else None
+
+
+def whiten_files(raw: dict[str, Path], names: Sequence[str], dim: int, descriptors: Path, work: Path,
+                 ensemble: Sequence[tuple[str, float]] = (), others: dict[str, dict[str, Path]] | None = None,
+                 ) -> tuple[dict[str, Path], list[str | None]]:
+    """Each of ``names`` whitened into ``descriptors`` by a PCA to ``dim`` learnt on the training file, unless up
+    to date (the record of ``work``'s files); with an ``ensemble`` (other models, each (name, weight)), ``raw``'s
+    file joined first with each of those models' file of ``others`` (by model, then name; a crops file with their
+    full views), into files of their own (``*_ensemble``). Returns the files by name and why each was made (None:
+    not), the PCA's first."""
+    settings = {"PCA dimension": dim, **({"descriptor ensemble": [list(part) for part in ensemble]} if ensemble else {})}
+    suffix = "_ensemble" if ensemble else ""
+
+    def parts(name: str) -> list[tuple[Path, float]]:
+        return [(others[model][name.removesuffix("_crops")], weight) for model, weight in ensemble] if others else []
+
+    pca_file = descriptors / f"pca{dim}{suffix}.npz"
+    learnt = MadeFrom.of(settings, [raw["training"], *(path for path, _ in parts("training"))], work)
+    why: list[str | None] = [learnt.why_redo(pca_file)]
+    pca = None
+    if why[0]:
+        pca = learn_joined_pca(raw["training"], parts("training"), pca_file, dim)
+        learnt.record(pca_file)
+    files = {}
+    for name in names:
+        output = files[name] = descriptors / f"{name}_pca{dim}{suffix}.h5"
+        wanted = MadeFrom.of(settings, [raw[name], *(path for path, _ in parts(name)), pca_file], work)
+        why.append(wanted.why_redo(output))
+        if why[-1]:
+            pca = pca or PCAWhitening.load(pca_file)
+            write_joined_whitened(pca, raw[name], parts(name), output)
+            wanted.record(output)
+    return files, why
+
+
+def describe(model: DescriptorModel, images: dict[str, Path], output: Path, options: ExtractOptions,
+             attrs: dict[str, object], crops_file: Path | None, quiet: bool) -> tuple[Path, bool, str]:
+    """``output``: ``images`` described by ``model`` as ``options`` say (``attrs`` recorded), unless complete, or
+    the full views of ``crops_file`` where given; returns it, whether it was up to date, and its step's result."""
+    if is_complete(output, images, options.config(model)):
+        return output, True, "up to date"
+    if crops_file is not None:
+        rows = full_views(crops_file, output)
+        return output, False, f"{rows:,} full views of {crops_file.name}, not extracted again"
+    result = extract(images, output, model, options, quiet=quiet, attrs=attrs)
+    broken = f", {len(result.broken)} broken" if result.broken else ""
+    broken += f", {result.resumed:,} resumed from an interrupted run" if result.resumed else ""
+    return output, False, (f"{model.dim}-d {model.name} @{model.image_size} px, "
+                           f"{result.images_per_second} images/s on {result.device}{broken}")

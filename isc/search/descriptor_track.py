@@ -1,12 +1,14 @@
-"""The descriptor track's one vector per image, made from whitened descriptors: a query's views pooled
-(:mod:`isc.search.pooling`) and negative embeddings subtracted (:mod:`isc.search.negatives`), the same
-transform for queries and references. DBA and query expansion (:mod:`isc.search.expansion`) are not offered
-here: they describe a reference or a query with the other references, which the ISC 2021 rules forbid.
+"""The descriptor track's one vector per image, made from whitened descriptors (of one model, or of several
+joined before the PCA: :mod:`isc.search.ensemble`): a query's views pooled (:mod:`isc.search.pooling`) and
+negative embeddings subtracted (:mod:`isc.search.negatives`), the same transform for queries and references.
+DBA and query expansion (:mod:`isc.search.expansion`) are not offered here: they describe a reference or a
+query with the other references, which the ISC 2021 rules forbid.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from isc.core.descriptors import DescriptorFile, write_descriptors
-from isc.core.files import InputError
+from isc.core.files import InputError, SettingError
 from isc.search.negatives import NegativeEmbeddings, subtract_negative_embeddings
 from isc.search.pca import descriptor_split
 from isc.search.pooling import ViewPooling, pool_views
@@ -22,15 +24,28 @@ from isc.search.pooling import ViewPooling, pool_views
 
 @dataclass(frozen=True)
 class DescriptorTrack:
-    """What is done to the whitened descriptors before they go into the descriptor-track file: ``pooling``
-    (None: each query's full view alone), ``negatives`` (None: none subtracted)."""
+    """What the descriptor-track file is made of: ``ensemble``, the other models whose descriptors join the
+    run's model's before the PCA, each (model name, weight; the run's model weighs 1) (None: the run's default,
+    which its model decides; (): none); then what is done to the whitened descriptors: ``pooling`` (None: each
+    query's full view alone), ``negatives`` (None: none subtracted)."""
 
     pooling: ViewPooling | None = None
     negatives: NegativeEmbeddings | None = None
+    ensemble: tuple[tuple[str, float], ...] | None = None
+
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.ensemble or ()]
+        for name, weight in self.ensemble or ():
+            if not name:
+                raise SettingError("ensemble", "names a model without its name (MODEL:WEIGHT)")
+            if not (math.isfinite(weight) and weight > 0):
+                raise SettingError("ensemble", f"weights are finite and above 0, got {weight:g} for {name}")
+        if len(set(names)) != len(names):
+            raise SettingError("ensemble", f"names a model twice: {', '.join(names)}")
 
     @property
     def active(self) -> bool:
-        """Whether the descriptors change at all (else the whitened files are the track's)."""
+        """Whether the whitened descriptors change at all (else the whitened files are the track's)."""
         return self.pooling is not None or self.negatives is not None
 
     def recorded(self) -> dict[str, object]:

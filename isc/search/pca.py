@@ -135,8 +135,13 @@ def learn_pca_file(train: str | Path, output: str | Path, dim: int = DESCRIPTOR_
                    whiten: bool = True) -> PCAWhitening:
     """Learn from a descriptor file (e.g. the training split's) and save to ``output`` (.npz), recording the
     file, its split (:func:`descriptor_split`: the rules allow only the training split's) and its model."""
-    training = DescriptorFile.read(train)
-    source = {"trained_on": str(train), "trained_split": descriptor_split(training),
+    return learn_pca_descriptors(DescriptorFile.read(train), output, dim, whiten)
+
+
+def learn_pca_descriptors(training: DescriptorFile, output: str | Path, dim: int = DESCRIPTOR_TRACK_MAX_DIM,
+                          whiten: bool = True) -> PCAWhitening:
+    """:func:`learn_pca_file` of descriptors already read (or joined: :mod:`isc.search.ensemble`)."""
+    source = {"trained_on": str(training.path), "trained_split": descriptor_split(training),
               **{k: training.attrs[k] for k in ("model", "model_fingerprint") if k in training.attrs}}
     pca = learn_pca(training.descriptors, dim, whiten, attrs=source)
     pca.save(output)
@@ -193,8 +198,7 @@ def apply_pca_files(pca: PCAWhitening | str | Path, pairs: Sequence[tuple[str | 
     whitened_negatives = None
     for descriptors_file, output in pairs:
         source = DescriptorFile.read(descriptors_file, views=True)
-        _check_pca_input(pca, descriptors_file, source.attrs)
-        whitened = pca.apply(source.descriptors)
+        whitened = whiten_descriptors(pca, source)
         extra: dict[str, object] = {}
         if negatives is not None:
             if whitened_negatives is None:  # after the first file's check, as one file at a time did
@@ -205,6 +209,16 @@ def apply_pca_files(pca: PCAWhitening | str | Path, pairs: Sequence[tuple[str | 
                                                     quiet=quiet)
             extra["negative_embeddings"] = json.dumps({"training": str(negatives), "split": negatives_split,
                                                        **subtraction.recorded()})
-        write_descriptors(output, source.ids, whitened, {**source.attrs, "pca": json.dumps(pca.attrs),
-                                                         "pca_whiten": pca.whiten, "normalized": True, **extra})
+        write_descriptors(output, source.ids, whitened, {**whitened_attrs(pca, source.attrs), **extra})
         yield len(source.ids)
+
+
+def whiten_descriptors(pca: PCAWhitening, source: DescriptorFile) -> np.ndarray:
+    """``source``'s descriptors whitened by ``pca``, refused when another model made them than its training's."""
+    _check_pca_input(pca, source.path, source.attrs)
+    return pca.apply(source.descriptors)
+
+
+def whitened_attrs(pca: PCAWhitening, attrs: dict[str, object]) -> dict[str, object]:
+    """A descriptor file's attributes once ``pca`` whitened it."""
+    return {**attrs, "pca": json.dumps(pca.attrs), "pca_whiten": pca.whiten, "normalized": True}
