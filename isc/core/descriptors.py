@@ -216,11 +216,9 @@ def read_descriptors(
     _check_descriptors(ids, descriptors, path)
     if split is not None:
         validate_ids(ids, split, path, why="the competition's id rules apply here")
-    import pandas as pd
-
-    duplicated = pd.Index(ids).duplicated()
-    if duplicated.any() and not (views and attrs.get("views_per_id")):
-        row = int(np.flatnonzero(duplicated)[0])
+    if len(set(ids)) < len(ids) and not (views and attrs.get("views_per_id")):
+        seen: set[str] = set()
+        row = next(row for row, i in enumerate(ids) if i in seen or seen.add(i))
         raise InputError(f"{path}: id {ids[row]} appears more than once (row {row})")
     return ids, descriptors, attrs
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -189,6 +189,15 @@ def read_predictions(path: str | Path, duplicates: str = "error", max_rows: int 
             stacklevel=2,
         )
     return df
+
+
+def write_rows(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A CSV of a header row and ``rows``, written atomically, quoted and ended as pandas' ``to_csv`` writes it
+    (the same bytes), without pandas."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
 
 
 def write_predictions(path: str | Path, predictions: pd.DataFrame) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -119,13 +118,6 @@ def clamp_k(k: int, n: int, what: str) -> int:
         warnings.warn(f"k = {k} is larger than the {n} {what}: using k = {n}", stacklevel=3)
         return n
     return k
-
-
-def id_ranks(ids: Sequence[str]) -> np.ndarray:
-    """Each id's rank in sorted order: pairs tied at a cut are kept by id, whatever the files' order."""
-    ranks = np.empty(len(ids), dtype=np.int64)
-    ranks[np.argsort(np.asarray(ids, dtype=object), kind="stable")] = np.arange(len(ids))
-    return ranks
 
 
 def knn(
