@@ -18,6 +18,7 @@ import numpy as np
 
 from isc.core.competition import ID_PATTERNS, validate_ids
 from isc.core.files import InputError, atomic_path, check_text_file, shown
+from isc.core.pairs import Pairs
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where used: descriptor files and extraction work without pandas
@@ -200,13 +201,15 @@ def write_rows(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence
         writer.writerows(rows)
 
 
-def write_predictions(path: str | Path, predictions: pd.DataFrame) -> None:
-    """Write a matching-track CSV sorted by decreasing score."""
-    ordered = predictions[list(PREDICTION_COLUMNS)].sort_values(
-        "score", ascending=False, kind="stable"
-    )
-    with atomic_path(path) as tmp:
-        ordered.to_csv(tmp, index=False, float_format="%.7g")
+def write_predictions(path: str | Path, predictions: pd.DataFrame | Pairs) -> None:
+    """Write a matching-track CSV sorted by decreasing score, equal scores in their order (the bytes pandas'
+    ``to_csv`` wrote: scores to 7 significant digits, a missing one empty)."""
+    if not isinstance(predictions, Pairs):
+        predictions = Pairs.from_frame(predictions)
+    order = np.argsort(-predictions.score, kind="stable")
+    scores = ("" if np.isnan(score) else f"{score:.7g}" for score in predictions.score[order])
+    rows = zip(predictions.query_id[order], predictions.reference_id[order], scores, strict=True)
+    write_rows(path, PREDICTION_COLUMNS, rows)
 
 
 def read_ground_truth(path: str | Path) -> pd.DataFrame:

@@ -308,15 +308,16 @@ def search_files(
     ignore_attributes: Sequence[str] = (),
     quiet: bool = False,
     **settings: object,
-) -> pd.DataFrame:
-    """:func:`search` over descriptor files: writes the predictions CSV ``output`` and its provenance sidecar.
+) -> tuple[Pairs, dict[str, object]]:
+    """:func:`search_pairs` over descriptor files: writes the predictions CSV ``output`` and its provenance sidecar,
+    and returns both (the pairs, the record).
 
     ``phase``: keep only that phase's queries. Query and reference rows may be several views of each image
     (a file with the attribute ``views_per_id``), each pair scored by its best two views. The files must come from the
     same model (:func:`check_same_model`). ``options`` and ``settings``: as :func:`search` takes them. The
     sidecar ``<output>.provenance.json``, which isc-submit records in the submission's manifest, holds the
     options, each input's path, size, rows and images searched and model attributes, and the toolkit version;
-    it is also the returned predictions' ``attrs["provenance"]``.
+    it is also the record returned.
     """
     options = replace(options, **settings)
     paths = {"query": query, "reference": reference, **({"training": training} if training is not None else {})}
@@ -335,8 +336,8 @@ def search_files(
     reference_ids, reference_x, _ = files["reference"]
     training_x = files["training"][1] if "training" in files else None
     exclude_self = same_images(query, files["query"][2], reference, files["reference"][2])
-    predictions = search(query_ids, query_x, reference_ids, reference_x, options, training=training_x,
-                         exclude_self=exclude_self, quiet=quiet)
+    predictions, recall = search_pairs(query_ids, query_x, reference_ids, reference_x, options, training=training_x,
+                                       exclude_self=exclude_self, quiet=quiet)
     record = provenance(
         command="isc-search",
         options={**options.recorded(), "phase": phase, "ignore_attributes": list(ignore_attributes),
@@ -344,12 +345,11 @@ def search_files(
         inputs={split: {"path": str(Path(path).resolve()), "bytes": Path(path).stat().st_size,
                         "rows": len(files[split][0]), "images": len(set(files[split][0])),
                         "model_attributes": model_attributes(files[split][2])} for split, path in paths.items()},
-        predictions={"rows": len(predictions), "queries": int(predictions["query_id"].nunique())},
-        recall=predictions.attrs.get("recall"),
+        predictions={"rows": len(predictions), "queries": len(set(predictions.query_id))},
+        recall=recall,
     )
     sidecar = provenance_path(output)
     sidecar.unlink(missing_ok=True)  # a crash between the two writes must not leave an older run's record
     write_predictions(output, predictions)
     write_json(sidecar, record)
-    predictions.attrs["provenance"] = record
-    return predictions
+    return predictions, record
