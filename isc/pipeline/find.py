@@ -23,6 +23,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,28 +36,28 @@ from isc.models import DescriptorModel
 from isc.pipeline.groups import exact_copy
 from isc.search.matching import DEFAULT_K, SearchOptions, search_pairs
 from isc.verify.local_features import VerifyOptions
-from isc.verify.verification import (
-    Combiner,
-    InlierBonus,
-    VerifyResult,
-    evidence_path,
-    read_evidence,
-    rescore,
-    verify,
-)
+
+if TYPE_CHECKING:
+    # imported where used: an unverified run never loads verification's modules
+    from isc.verify.verification import Combiner, VerifyResult
 
 # SSCD with query crops: precision 0.98 on photo set B (docs/BENCHMARKS.md, isc-find), plain scores (recall
 # 0.69) and scores normalised by the set's training images (recall 0.67)
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_THRESHOLD_NORMALISED = 0.45
-# verified scores (COMBINER): the precision of the plain default on photo sets L and B, recall 0.69 against 0.56
-# and 0.73 against 0.63 (docs/BENCHMARKS.md)
+# verified scores (default_combiner): the precision of the plain default on photo sets L and B, recall 0.69
+# against 0.56 and 0.73 against 0.63 (docs/BENCHMARKS.md)
 DEFAULT_THRESHOLD_VERIFIED = 0.55
-# isc-run's combination without labels: score + 0.2 x min(inliers, 10) / 10
-COMBINER = InlierBonus()
 # a folder of at most this many images is decoded in this process unless the workers are told: starting the
 # decoding processes took 0.4 s of processor time for 55 images, more than decoding them (docs/BENCHMARKS.md)
 IN_PROCESS_DECODING = 64
+
+
+def default_combiner() -> Combiner:
+    """isc-run's combination without labels: score + 0.2 x min(inliers, 10) / 10."""
+    from isc.verify.verification import InlierBonus  # here: only a verified run loads verification's modules
+
+    return InlierBonus()
 
 
 def verifies_by_default(training: str | Path | None) -> bool:
@@ -182,12 +183,16 @@ def both_ways(forward: Pairs, backward: Pairs) -> Pairs:
 
 def verify_candidates(
     pairs: Pairs, paths: Mapping[str, Mapping[str, Path]], cache_dir: str | Path,
-    options: VerifyOptions, combiner: Combiner = COMBINER, quiet: bool = False,
+    options: VerifyOptions, combiner: Combiner | None = None, quiet: bool = False,
 ) -> tuple[Pairs, VerifyResult]:
     """The candidates re-scored by local features (isc-verify's engine, its feature cache under
     ``cache_dir``/features): a pair is verified when it is among the ``options.k`` best of its query or of its
     reference (so either side's best are checked, whichever folder is called the queries), and scored by
-    ``combiner``; the others keep their score (zero evidence). ``paths``: each side's image paths by id."""
+    ``combiner`` (default :func:`default_combiner`); the others keep their score (zero evidence). ``paths``: each
+    side's image paths by id."""
+    from isc.verify.verification import evidence_path, read_evidence, rescore, verify
+
+    combiner = default_combiner() if combiner is None else combiner
     candidates = pairs.to_frame()  # verification's engine works on tables
 
     def best(side: str) -> np.ndarray:
@@ -298,7 +303,7 @@ def find_copies(
     :data:`DEFAULT_THRESHOLD_VERIFIED`. Each match says whether it is an exact copy (:func:`exact_copy`)."""
     if len(folders) not in (1, 2):
         raise InputError(f"give one folder, or a query folder and a reference folder, not {len(folders)}")
-    highest = 1 if verification is None else 1 + COMBINER.weight  # a cosine, plus the bonus for inliers
+    highest = 1 if verification is None else 1 + default_combiner().weight  # a cosine, plus the bonus for inliers
     if threshold is not None and not 0 < threshold <= highest:  # above it nothing is ever kept
         raise SettingError("threshold", f"must be in (0, {highest:g}] ({highest:g}: the same image"
                            f"{', verified' if verification is not None else ''}), got {threshold:g}")
@@ -338,7 +343,7 @@ def find_copies(
         "both_ways": not same_images,
         "verification": None if verification is None else {
             **{key: value for key, value in asdict(verification).items() if key != "workers"},
-            "combiner": repr(COMBINER), "pairs_verified": 0 if verified is None else verified.pairs},
+            "combiner": repr(default_combiner()), "pairs_verified": 0 if verified is None else verified.pairs},
     }
     near_misses = candidates.take(candidates.score < threshold)
     return FindResult(candidates, matches, near_misses, paths, record, same_images)
