@@ -164,7 +164,7 @@ def find(args: argparse.Namespace) -> int:
     if args.report:
         from isc.evaluate.matches_page import write_matches_page  # here: its imports would slow every run
 
-        write_matches_page(args.report, found.matches, found.near_misses, lambda side, i: found.paths[side][i], summary,
+        write_matches_page(args.report, found.matches.to_frame(), found.near_misses.to_frame(), lambda side, i: found.paths[side][i], summary,
                            groups=groups_of(found.matches, True) if found.same_images else None, quiet=args.quiet)
     unreadable = found.record["unreadable"]
     if unreadable and not (args.quiet and output):  # without an output file, this line is their only record

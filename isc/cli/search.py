@@ -99,12 +99,12 @@ def run(args: argparse.Namespace) -> int:
     options = search_options(args, max_results=args.max_results, index=args.index, nprobe=args.nprobe)
     check_outputs(inputs=[args.query, args.reference, args.training],
                   outputs=[args.output, provenance_path(args.output)])
-    predictions = search_files(args.query, args.reference, args.output, args.training, options, phase=args.phase,
-                               ignore_attributes=args.ignore_attribute, quiet=args.quiet)
+    _, record = search_files(args.query, args.reference, args.output, args.training, options, phase=args.phase,
+                             ignore_attributes=args.ignore_attribute, quiet=args.quiet)
     if not args.quiet:
         phase = f" (phase {args.phase})" if args.phase else ""
-        print(f"{len(predictions)} predictions for {predictions['query_id'].nunique()} queries{phase} written to "
-              f"{args.output}")
+        found = record["predictions"]
+        print(f"{found['rows']} predictions for {found['queries']} queries{phase} written to {args.output}")
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from isc.core.competition import ID_PATTERNS, validate_ids
 from isc.core.files import InputError, atomic_path, check_text_file, shown
+from isc.core.pairs import Pairs
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where used: descriptor files and extraction work without pandas
@@ -191,13 +192,24 @@ def read_predictions(path: str | Path, duplicates: str = "error", max_rows: int 
     return df
 
 
-def write_predictions(path: str | Path, predictions: pd.DataFrame) -> None:
-    """Write a matching-track CSV sorted by decreasing score."""
-    ordered = predictions[list(PREDICTION_COLUMNS)].sort_values(
-        "score", ascending=False, kind="stable"
-    )
-    with atomic_path(path) as tmp:
-        ordered.to_csv(tmp, index=False, float_format="%.7g")
+def write_rows(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A CSV of a header row and ``rows``, written atomically, quoted and ended as pandas' ``to_csv`` writes it
+    (the same bytes), without pandas."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+
+
+def write_predictions(path: str | Path, predictions: pd.DataFrame | Pairs) -> None:
+    """Write a matching-track CSV sorted by decreasing score, equal scores in their order (the bytes pandas'
+    ``to_csv`` wrote: scores to 7 significant digits, a missing one empty)."""
+    if not isinstance(predictions, Pairs):
+        predictions = Pairs.from_frame(predictions)
+    order = np.argsort(-predictions.score, kind="stable")
+    scores = ("" if np.isnan(score) else f"{score:.7g}" for score in predictions.score[order])
+    rows = zip(predictions.query_id[order], predictions.reference_id[order], scores, strict=True)
+    write_rows(path, PREDICTION_COLUMNS, rows)
 
 
 def read_ground_truth(path: str | Path) -> pd.DataFrame:

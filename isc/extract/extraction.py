@@ -38,12 +38,12 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from isc.core.descriptors import check_links, decode_id, model_differences, provenance, read_descriptor_attrs
 from isc.core.distributed import barrier, check_device, device_name, join_process_group, leave_process_group
 from isc.core.files import InputError, SettingError, atomic_path
 from isc.core.partial_log import H5_LIBVER, MERGE_ROWS, PartialWriter, merge_partial_logs, partial_path
+from isc.core.progress import progress
 from isc.extract.decode import DEFAULT_MAX_PIXELS, GRID_SIDES, view_count
 from isc.extract.pixel_batches import pixel_batches
 from isc.extract.plan import ExtractionPlan
@@ -298,9 +298,9 @@ def extract(
     start = time.perf_counter()
     try:
         # closing: a failure stops the decoding processes or threads now, not when its traceback is freed
-        with contextlib.closing(batches), tqdm(total=len(shard), initial=len(shard) - len(todo), unit="img",
-                                               disable=quiet, desc=f"extract {output.name}"
-                                               + (f" [rank {rank}/{world}]" if world > 1 else "")) as bar:
+        with contextlib.closing(batches), progress(total=len(shard), initial=len(shard) - len(todo), unit="img",
+                                                   disable=quiet, desc=f"extract {output.name}"
+                                                   + (f" [rank {rank}/{world}]" if world > 1 else "")) as bar:
             for positions, descriptors, batch_broken in batches:
                 for position, reason in batch_broken.items():
                     if options.strict:

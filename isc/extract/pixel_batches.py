@@ -13,7 +13,6 @@ import contextlib
 import functools
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +63,8 @@ def _in_order(function: Callable, chunks: Sequence, workers: int, ahead: int) ->
     if workers == 0 or not chunks:
         yield from map(function, chunks)
         return
+    from concurrent.futures import ProcessPoolExecutor  # here: a folder decoded in this process needs none
+
     pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=worker_context([__name__]))
     try:
         pending = collections.deque(pool.submit(function, chunk) for chunk in chunks[:ahead])

@@ -29,40 +29,38 @@ import numpy as np
 
 from isc.core.descriptors import DescriptorFile
 from isc.core.files import InputError, SettingError
+from isc.core.pairs import Pairs, group_ranks, id_codes
 from isc.extract.extraction import ExtractOptions, extract, is_complete
 from isc.extract.image_files import list_images
 from isc.models import DescriptorModel
 from isc.pipeline.groups import exact_copy
-from isc.search.matching import DEFAULT_K, SearchOptions, search
+from isc.search.matching import DEFAULT_K, SearchOptions, search_pairs
 from isc.verify.local_features import VerifyOptions
-from isc.verify.verification import (
-    Combiner,
-    InlierBonus,
-    VerifyResult,
-    evidence_path,
-    read_evidence,
-    rescore,
-    verify,
-)
 
 if TYPE_CHECKING:
-    import pandas as pd  # annotations only: the search loads it, the worker processes need not
+    # imported where used: an unverified run never loads verification's modules
+    from isc.verify.verification import Combiner, VerifyResult
 
 # SSCD with query crops: precision 0.98 on photo set B (docs/BENCHMARKS.md, isc-find), plain scores (recall
 # 0.69) and scores normalised by the set's training images (recall 0.67)
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_THRESHOLD_NORMALISED = 0.45
-# verified scores (COMBINER): the precision of the plain default on photo sets L and B, recall 0.69 against 0.56
-# and 0.73 against 0.63 (docs/BENCHMARKS.md)
+# verified scores (default_combiner): the precision of the plain default on photo sets L and B, recall 0.69
+# against 0.56 and 0.73 against 0.63 (docs/BENCHMARKS.md)
 DEFAULT_THRESHOLD_VERIFIED = 0.55
 # grid views a side beside the crops (isc-run's --query-grid): off, for the thresholds above were chosen on
 # images described without them
 DEFAULT_GRID = 0
-# isc-run's combination without labels: score + 0.2 x min(inliers, 10) / 10
-COMBINER = InlierBonus()
 # a folder of at most this many images is decoded in this process unless the workers are told: starting the
 # decoding processes took 0.4 s of processor time for 55 images, more than decoding them (docs/BENCHMARKS.md)
 IN_PROCESS_DECODING = 64
+
+
+def default_combiner() -> Combiner:
+    """isc-run's combination without labels: score + 0.2 x min(inliers, 10) / 10."""
+    from isc.verify.verification import InlierBonus  # here: only a verified run loads verification's modules
+
+    return InlierBonus()
 
 
 def verifies_by_default(training: str | Path | None) -> bool:
@@ -150,7 +148,7 @@ def shared_files(images: Mapping[str, Path], others: Mapping[str, Path]) -> dict
 def search_candidates(
     queries: Described, references: Described, training: Described | None = None, same_images: bool = False,
     options: SearchOptions = SearchOptions(), quiet: bool = False, same_files: Mapping[str, str] | None = None,
-) -> pd.DataFrame:
+) -> Pairs:
     """Each query's ``options.k`` nearest references, ``query_id, reference_id, score`` by decreasing score; a
     query with crops scores a pair by its best view; with ``training``, scores are normalised (``options.norm``);
     ``same_images``: the two sides are one folder, a pair of an image with itself is left out; ``same_files``:
@@ -164,35 +162,43 @@ def search_candidates(
         reference_ids = [f"r{i}" for i in reference_ids]
     # a lone reference leaves nothing to search in place of a query's own file: that pair is dropped below
     exclude_self = same_images or (bool(same_files) and len(reference_ids) > 1)
-    found = search(query_ids, queries.descriptors, reference_ids, reference, options, training=training_x,
-                   max_results=len(queries.ids) * options.k, exclude_self=exclude_self, quiet=quiet)
+    found, _ = search_pairs(query_ids, queries.descriptors, reference_ids, reference, options, training=training_x,
+                            max_results=len(queries.ids) * options.k, exclude_self=exclude_self, quiet=quiet)
     if same_files:
-        found = found.assign(query_id=found["query_id"].map(original), reference_id=found["reference_id"].str[1:])
-        found = found[found["query_id"].map(same_files) != found["reference_id"]].reset_index(drop=True)
+        found = Pairs([original[i] for i in found.query_id], [i[1:] for i in found.reference_id], found.score)
+        found = found.take(np.array([same_files.get(q) != r for q, r in zip(found.query_id, found.reference_id,
+                                                                            strict=True)], dtype=bool))
     return found
 
 
-def both_ways(forward: pd.DataFrame, backward: pd.DataFrame) -> pd.DataFrame:
+def both_ways(forward: Pairs, backward: Pairs) -> Pairs:
     """The union of the pairs of folder A searched in folder B (``forward``) and of B in A (``backward``, its
     sides swapped back), each pair once with its better score: the result does not depend on which folder is
     given first. By decreasing score, ties by query id then reference id."""
-    import pandas as pd  # loaded already with the candidates; imported at the top for annotations only
-
-    swapped = backward.rename(columns={"query_id": "reference_id", "reference_id": "query_id"})
-    union = pd.concat([forward, swapped[forward.columns]], ignore_index=True)
-    best = union.groupby(["query_id", "reference_id"], as_index=False, sort=False)["score"].max()
-    return best.sort_values(["score", "query_id", "reference_id"], ascending=[False, True, True],
-                            kind="stable").reset_index(drop=True)
+    union = Pairs(np.concatenate([forward.query_id, backward.reference_id]),
+                  np.concatenate([forward.reference_id, backward.query_id]),
+                  np.concatenate([forward.score, backward.score]))
+    query, reference = id_codes(union.query_id), id_codes(union.reference_id)
+    # each pair's rows best first: its first row holds its better score
+    order = np.lexsort((-union.score, reference, query))
+    pair = query[order] * (int(reference.max(initial=0)) + 1) + reference[order]
+    return union.take(order[group_ranks(pair) == 0]).ranked()
 
 
 def verify_candidates(
-    candidates: pd.DataFrame, paths: Mapping[str, Mapping[str, Path]], cache_dir: str | Path,
-    options: VerifyOptions, combiner: Combiner = COMBINER, quiet: bool = False,
-) -> tuple[pd.DataFrame, VerifyResult]:
+    pairs: Pairs, paths: Mapping[str, Mapping[str, Path]], cache_dir: str | Path,
+    options: VerifyOptions, combiner: Combiner | None = None, quiet: bool = False,
+) -> tuple[Pairs, VerifyResult]:
     """The candidates re-scored by local features (isc-verify's engine, its feature cache under
     ``cache_dir``/features): a pair is verified when it is among the ``options.k`` best of its query or of its
     reference (so either side's best are checked, whichever folder is called the queries), and scored by
-    ``combiner``; the others keep their score (zero evidence). ``paths``: each side's image paths by id."""
+    ``combiner`` (default :func:`default_combiner`); the others keep their score (zero evidence). ``paths``: each
+    side's image paths by id."""
+    from isc.verify.verification import evidence_path, read_evidence, rescore, verify
+
+    combiner = default_combiner() if combiner is None else combiner
+    candidates = pairs.to_frame()  # verification's engine works on tables
+
     def best(side: str) -> np.ndarray:
         ordered = candidates.sort_values([side, "score", "query_id", "reference_id"],
                                          ascending=[True, False, True, True], kind="stable")
@@ -217,20 +223,19 @@ def verify_candidates(
                        strict=True))
     scored = candidates.assign(inliers=[0] * len(candidates))
     scored.loc[chosen.index, "inliers"] = [inliers[min(pair), max(pair)] for pair in zip(first, second, strict=True)]
-    rescored = scored.assign(score=rescore(scored, combiner)).drop(columns="inliers")
-    return rescored.sort_values(["score", "query_id", "reference_id"], ascending=[False, True, True],
-                                kind="stable").reset_index(drop=True), result
+    return Pairs(candidates["query_id"], candidates["reference_id"], rescore(scored, combiner)).ranked(), result
 
 
-def matches_above(candidates: pd.DataFrame, threshold: float, same_images: bool = False) -> pd.DataFrame:
-    """The candidate pairs scoring at least ``threshold``; within one folder each pair once (a, b), with the
-    better score of (a, b) and (b, a)."""
-    matches = candidates[candidates["score"] >= threshold]
-    if same_images:
-        first = matches[["query_id", "reference_id"]].min(axis=1)
-        second = matches[["query_id", "reference_id"]].max(axis=1)
-        matches = matches.assign(query_id=first, reference_id=second).drop_duplicates(["query_id", "reference_id"])
-    return matches.reset_index(drop=True)
+def matches_above(candidates: Pairs, threshold: float, same_images: bool = False) -> Pairs:
+    """The candidate pairs scoring at least ``threshold``, in their order; within one folder each pair once (a, b),
+    with the better score of (a, b) and (b, a) (the first of the two in ``candidates``, ranked best first)."""
+    matches = candidates.take(candidates.score >= threshold)
+    if not same_images:
+        return matches
+    pairs = [(min(q, r), max(q, r)) for q, r in zip(matches.query_id, matches.reference_id, strict=True)]
+    first = {pair: row for row, pair in reversed(list(enumerate(pairs)))}
+    rows = sorted(first.values())
+    return Pairs([pairs[row][0] for row in rows], [pairs[row][1] for row in rows], matches.score[rows])
 
 
 @dataclass
@@ -239,9 +244,9 @@ class FindResult:
     in one folder each pair once, with its ``exact`` column) and the near misses (below it), each ``query_id,
     reference_id, score``; each side's image paths by id, and what it did (``record``)."""
 
-    candidates: pd.DataFrame
-    matches: pd.DataFrame
-    near_misses: pd.DataFrame
+    candidates: Pairs
+    matches: Pairs
+    near_misses: Pairs
     paths: dict[str, dict[str, Path]]
     record: dict[str, object]
     same_images: bool  # one folder searched against itself
@@ -303,7 +308,7 @@ def find_copies(
     :data:`DEFAULT_THRESHOLD_VERIFIED`. Each match says whether it is an exact copy (:func:`exact_copy`)."""
     if len(folders) not in (1, 2):
         raise InputError(f"give one folder, or a query folder and a reference folder, not {len(folders)}")
-    highest = 1 if verification is None else 1 + COMBINER.weight  # a cosine, plus the bonus for inliers
+    highest = 1 if verification is None else 1 + default_combiner().weight  # a cosine, plus the bonus for inliers
     if threshold is not None and not 0 < threshold <= highest:  # above it nothing is ever kept
         raise SettingError("threshold", f"must be in (0, {highest:g}] ({highest:g}: the same image"
                            f"{', verified' if verification is not None else ''}), got {threshold:g}")
@@ -327,8 +332,9 @@ def find_copies(
     if verification is not None and len(candidates):
         candidates, verified = verify_candidates(candidates, paths, cache_dir, verification, quiet=quiet)
     matches = matches_above(candidates, threshold, same_images)
-    matches = matches.assign(exact=[exact_copy(queries.paths[q], references.paths[r])
-                                    for q, r in zip(matches["query_id"], matches["reference_id"], strict=True)])
+    matches = Pairs(matches.query_id, matches.reference_id, matches.score,
+                    [exact_copy(queries.paths[q], references.paths[r])
+                     for q, r in zip(matches.query_id, matches.reference_id, strict=True)])
     sides = [queries] if same_images else [queries, references]
     unreadable = {str(side.paths[i]): reason for side in [*sides, *filter(None, [described_training])]
                   for i, reason in side.unreadable.items()}
@@ -343,7 +349,7 @@ def find_copies(
         "both_ways": not same_images,
         "verification": None if verification is None else {
             **{key: value for key, value in asdict(verification).items() if key != "workers"},
-            "combiner": repr(COMBINER), "pairs_verified": 0 if verified is None else verified.pairs},
+            "combiner": repr(default_combiner()), "pairs_verified": 0 if verified is None else verified.pairs},
     }
-    near_misses = candidates[candidates["score"] < threshold]
+    near_misses = candidates.take(candidates.score < threshold)
     return FindResult(candidates, matches, near_misses, paths, record, same_images)

@@ -7,15 +7,13 @@ from __future__ import annotations
 import filecmp
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from isc.core.files import atomic_path, write_json
-
-if TYPE_CHECKING:
-    import pandas as pd  # annotations only: the search loads it
+from isc.core.files import write_json
+from isc.core.pairs import Pairs
+from isc.core.tables import write_rows
 
 
-def groups_of(matches: pd.DataFrame, same_images: bool = False) -> list[list[tuple[str, str]]]:
+def groups_of(matches: Pairs, same_images: bool = False) -> list[list[tuple[str, str]]]:
     """The connected components of the matched pairs: each a list of (side, id), sorted, largest group first;
     ``same_images``: both sides are one folder, an id is one image (side ``query``)."""
     reference_side = "query" if same_images else "reference"
@@ -58,7 +56,7 @@ def unreadable_path(output: str | Path) -> Path:
 
 
 def write_matches(
-    path: str | Path, matches: pd.DataFrame, paths: Mapping[str, Mapping[str, Path]], record: Mapping[str, object],
+    path: str | Path, matches: Pairs, paths: Mapping[str, Mapping[str, Path]], record: Mapping[str, object],
     same_images: bool = False,
 ) -> None:
     """Write the matches (with their ``exact`` column, :func:`exact_copy`): a ``.json`` file holds ``record`` (its
@@ -66,29 +64,25 @@ def write_matches(
     ``query_id,reference_id,score,query_path,reference_path,exact`` (quoted as needed), with the unreadable
     images ``path,reason`` in :func:`unreadable_path` when there are any (an older run's list removed when there
     are none)."""
-    table = matches.drop(columns="exact").assign(
-        query_path=[str(paths["query"][i]) for i in matches["query_id"]],
-        reference_path=[str(paths["reference"][i]) for i in matches["reference_id"]], exact=matches["exact"])
+    query_paths = [str(paths["query"][i]) for i in matches.query_id]
+    reference_paths = [str(paths["reference"][i]) for i in matches.reference_id]
     if Path(path).suffix.lower() != ".json":
-        import pandas as pd  # loaded already with the matches; imported at the top for annotations only
-
         unreadable = dict(record.get("unreadable") or {})
         if unreadable:
-            with atomic_path(unreadable_path(path)) as tmp:
-                pd.DataFrame({"path": list(unreadable), "reason": list(unreadable.values())}).to_csv(tmp, index=False)
+            write_rows(unreadable_path(path), ("path", "reason"), unreadable.items())
         else:
             unreadable_path(path).unlink(missing_ok=True)
-        with atomic_path(path) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.6g")
+        write_rows(path, ("query_id", "reference_id", "score", "query_path", "reference_path", "exact"),
+                   zip(matches.query_id, matches.reference_id, (f"{s:.6g}" for s in matches.score), query_paths,
+                       reference_paths, matches.exact, strict=True))
         return
     groups = [[str(paths[side][i]) for side, i in group] for group in groups_of(matches, same_images)]
     pairs = [{"query": q, "reference": r, "score": round(float(s), 6), "exact": e or None}
-             for q, r, s, e in zip(table["query_path"], table["reference_path"], table["score"], table["exact"],
-                                   strict=True)]
+             for q, r, s, e in zip(query_paths, reference_paths, matches.score, matches.exact, strict=True)]
     write_json(path, {**record, "groups": groups, "pairs": pairs})
 
 
-def groups_text(matches: pd.DataFrame, paths: Mapping[str, Mapping[str, Path]], same_images: bool = False) -> str:
+def groups_text(matches: Pairs, paths: Mapping[str, Mapping[str, Path]], same_images: bool = False) -> str:
     """The groups as text: a block of lines per group (largest first), one path a line, blocks apart by an empty
     line; an image that is an exact copy of one listed before it says so after a tab (``same bytes as PATH``,
     ``same pixels as PATH``)."""

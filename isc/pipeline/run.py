@@ -229,10 +229,10 @@ class Pipeline:
             self._step("search", f"phase {phase}", None, began, True, "up to date", [output])
             return output
         # isc-search's stage: the same-model check, and the provenance that the submission's manifest quotes
-        predictions = search_files(query, reference, output, files.get("training"), c.search, phase=phase,
-                                   quiet=c.quiet)
+        predictions, record = search_files(query, reference, output, files.get("training"), c.search, phase=phase,
+                                           quiet=c.quiet)
         wanted.record(output)
-        searched = predictions.attrs["provenance"]["inputs"]
+        searched = record["inputs"]
         normalised = f", normalised with {searched['training']['rows']:,} training images" \
             if "training" in searched else ""
         views = "".join(f", {searched[what]['rows'] // searched[what]['images']} views per {what}"

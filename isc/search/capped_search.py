@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from isc.core.files import InputError
-from isc.search.knn import id_ranks, knn
+from isc.core.pairs import id_ranks
+from isc.search.knn import knn
 
 RESULTS_PER_QUERY = 10  # the organisers scored a descriptor submission on 10 × n_queries pairs
 

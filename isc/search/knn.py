@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
 
 from isc.core.distributed import cuda_possible, needs_torch, torch_installed
 from isc.core.files import InputError
+from isc.core.progress import progress
 
 if TYPE_CHECKING:
     # imported where used: the torch backend runs on GPU machines without faiss, faiss-cpu ones without torch's CUDA
@@ -121,13 +120,6 @@ def clamp_k(k: int, n: int, what: str) -> int:
     return k
 
 
-def id_ranks(ids: Sequence[str]) -> np.ndarray:
-    """Each id's rank in sorted order: pairs tied at a cut are kept by id, whatever the files' order."""
-    ranks = np.empty(len(ids), dtype=np.int64)
-    ranks[np.argsort(np.asarray(ids, dtype=object), kind="stable")] = np.arange(len(ids))
-    return ranks
-
-
 def knn(
     query: np.ndarray,
     reference: np.ndarray,
@@ -164,7 +156,7 @@ def _knn_faiss_cpu(
     faiss = _faiss()
     scores = np.empty((len(query), k), dtype=np.float32)
     indices = np.empty((len(query), k), dtype=np.int64)
-    for q0 in tqdm(range(0, len(query), QUERY_BLOCK), desc="search (faiss-cpu)", unit="block", disable=quiet):
+    for q0 in progress(range(0, len(query), QUERY_BLOCK), desc="search (faiss-cpu)", unit="block", disable=quiet):
         q1 = q0 + QUERY_BLOCK
         scores[q0:q1], indices[q0:q1] = faiss.knn(query[q0:q1], reference, k, metric=getattr(faiss, METRICS[metric]))
     return scores, indices
@@ -246,7 +238,7 @@ def knn_torch(
     query_norm = float(q32.norm(dim=1).max())
     best_scores = torch.full((nq, k), -float("inf"), device=dev)
     best_indices = torch.full((nq, k), -1, dtype=torch.int64, device=dev)
-    progress = tqdm(total=nq * ((n_ref + rb - 1) // rb), desc=f"search (torch, {dev.type})", unit="query",
+    bar = progress(total=nq * ((n_ref + rb - 1) // rb), desc=f"search (torch, {dev.type})", unit="query",
                     unit_scale=True, disable=quiet)
     with torch.inference_mode():
         for r0 in range(0, n_ref, rb):
@@ -268,8 +260,8 @@ def knn_torch(
                 indices = torch.cat([best_indices[q0:q1], candidates + r0], dim=1)
                 top, picked = scores.topk(k, dim=1)
                 best_scores[q0:q1], best_indices[q0:q1] = top, indices.gather(1, picked)
-                progress.update(q1 - q0)
-    progress.close()
+                bar.update(q1 - q0)
+    bar.close()
     return (best_scores * sign).cpu().numpy(), best_indices.cpu().numpy()
 
 
@@ -308,7 +300,7 @@ def index_search(index: faiss.Index, query: np.ndarray, k: int, quiet: bool = Tr
     found fewer than k."""
     scores = np.empty((len(query), k), dtype=np.float32)
     indices = np.empty((len(query), k), dtype=np.int64)
-    for q0 in tqdm(range(0, len(query), QUERY_BLOCK), desc="search (index)", unit="block", disable=quiet):
+    for q0 in progress(range(0, len(query), QUERY_BLOCK), desc="search (index)", unit="block", disable=quiet):
         scores[q0 : q0 + QUERY_BLOCK], indices[q0 : q0 + QUERY_BLOCK] = index.search(query[q0 : q0 + QUERY_BLOCK], k)
     return scores, indices
 

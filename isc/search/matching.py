@@ -25,13 +25,13 @@ from isc.core.descriptors import (
 )
 from isc.core.distributed import check_device
 from isc.core.files import InputError, SettingError, write_json
+from isc.core.pairs import Pairs, group_ranks, id_codes, id_ranks
 from isc.core.tables import write_predictions
 from isc.search.knn import (
     BACKENDS,
     build_index,
     check_pair,
     clamp_k,
-    id_ranks,
     index_search,
     knn,
     recall_against_exact,
@@ -91,12 +91,28 @@ def search(
     reference_ids: list[str],
     reference: np.ndarray,
     options: SearchOptions = SearchOptions(),
+    **settings: object,
+) -> pd.DataFrame:
+    """:func:`search_pairs`' predictions as a DataFrame ``query_id, reference_id, score`` sorted by decreasing
+    score, the approximate index's recall in ``attrs["recall"]`` (None for an exact search)."""
+    pairs, recall = search_pairs(query_ids, query, reference_ids, reference, options, **settings)
+    result = pairs.to_frame()
+    result.attrs["recall"] = recall
+    return result
+
+
+def search_pairs(
+    query_ids: list[str],
+    query: np.ndarray,
+    reference_ids: list[str],
+    reference: np.ndarray,
+    options: SearchOptions = SearchOptions(),
     *,
     training: np.ndarray | None = None,
     exclude_self: bool = False,
     quiet: bool = False,
     **settings: object,
-) -> pd.DataFrame:
+) -> tuple[Pairs, float | None]:
     """Matching-track predictions: each query's ``k`` best references, the best ``max_results`` kept, as
     ``options`` (:class:`SearchOptions`) says, its fields overridden by ``settings``.
 
@@ -106,7 +122,7 @@ def search(
     (an extra dimension) so that each query's k best are those of the normalised score. ``index``: a FAISS
     index string for an approximate search (``"IVF1024,Flat"``, ``"IVF1024,PQ32"``, ``nprobe`` lists
     visited), trained on ``training`` when given, else on the references; its recall against the exact
-    search, on ``recall_queries`` queries, is reported on stderr and in ``result.attrs["recall"]``.
+    search, on ``recall_queries`` queries, is reported on stderr and returned (None for an exact search).
     A query id may repeat: its rows are views of one query (crops, scales), each normalised on its own,
     and a (query, reference) pair scores its best view's score, once; the query keeps its ``k`` best
     references over all its views. A reference id may repeat too (reference views, each normalised on its
@@ -114,7 +130,7 @@ def search(
     ``k`` × (most views of one reference) deep, so that it still finds its ``k`` best distinct references.
     ``exclude_self``: queries and references are the same images (a folder searched against itself): a pair
     of an id with itself is left out, each query keeping ``k`` others.
-    Returns a DataFrame ``query_id, reference_id, score`` sorted by decreasing score.
+    Returns (the pairs sorted by decreasing score, equal scores by query id then reference id; the recall).
     """
     options = replace(options, **settings)
     norm, backend, index = options.norm, options.backend, options.index
@@ -157,8 +173,7 @@ def search(
                                  options.max_results)
     else:
         result = top_pairs(query_ids, reference_ids, scores, indices, options.max_results)
-    result.attrs["recall"] = recall
-    return result
+    return result, recall
 
 
 def view_groups(ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -210,11 +225,9 @@ def drop_self_matches(
 
 def top_pairs(
     query_ids: list[str], reference_ids: list[str], scores: np.ndarray, indices: np.ndarray, max_results: int
-) -> pd.DataFrame:
+) -> Pairs:
     """The ``max_results`` best (query, reference, score) of per-query results, by decreasing score; equal
     scores by query id, then reference id, so which pairs tied at the cut are kept is defined."""
-    import pandas as pd
-
     rows, cols = np.nonzero(indices >= 0)
     flat = scores[rows, cols]
     if len(flat) > max_results:
@@ -223,19 +236,16 @@ def top_pairs(
     order = np.lexsort((id_ranks(reference_ids)[indices[rows, cols]], id_ranks(query_ids)[rows], -flat))
     order = order[:max_results]
     rows, cols, flat = rows[order], cols[order], flat[order]
-    return pd.DataFrame({
-        "query_id": np.asarray(query_ids, dtype=object)[rows],
-        "reference_id": np.asarray(reference_ids, dtype=object)[indices[rows, cols]],
-        "score": flat.astype(np.float64),
-    })
+    return Pairs(np.asarray(query_ids, dtype=object)[rows], np.asarray(reference_ids, dtype=object)[indices[rows, cols]],
+                 flat)
 
 
-def best_view_pairs(pairs: pd.DataFrame, k: int, max_results: int) -> pd.DataFrame:
+def best_view_pairs(pairs: Pairs, k: int, max_results: int) -> Pairs:
     """Of pairs sorted by decreasing score whose query ids repeat (views): each pair's best score, each
     query's ``k`` best references, the ``max_results`` best pairs."""
-    best = pairs.drop_duplicates(["query_id", "reference_id"], keep="first")
-    best = best[best.groupby("query_id", sort=False).cumcount() < k]
-    return best.head(max_results).reset_index(drop=True)
+    query, reference = id_codes(pairs.query_id), id_codes(pairs.reference_id)
+    first = np.sort(np.unique(query * (int(reference.max(initial=0)) + 1) + reference, return_index=True)[1])
+    return pairs.take(first[group_ranks(query[first]) < k][:max_results])
 
 
 # ------------------------------------------------------------------------------------- descriptor files
@@ -298,15 +308,16 @@ def search_files(
     ignore_attributes: Sequence[str] = (),
     quiet: bool = False,
     **settings: object,
-) -> pd.DataFrame:
-    """:func:`search` over descriptor files: writes the predictions CSV ``output`` and its provenance sidecar.
+) -> tuple[Pairs, dict[str, object]]:
+    """:func:`search_pairs` over descriptor files: writes the predictions CSV ``output`` and its provenance sidecar,
+    and returns both (the pairs, the record).
 
     ``phase``: keep only that phase's queries. Query and reference rows may be several views of each image
     (a file with the attribute ``views_per_id``), each pair scored by its best two views. The files must come from the
     same model (:func:`check_same_model`). ``options`` and ``settings``: as :func:`search` takes them. The
     sidecar ``<output>.provenance.json``, which isc-submit records in the submission's manifest, holds the
     options, each input's path, size, rows and images searched and model attributes, and the toolkit version;
-    it is also the returned predictions' ``attrs["provenance"]``.
+    it is also the record returned.
     """
     options = replace(options, **settings)
     paths = {"query": query, "reference": reference, **({"training": training} if training is not None else {})}
@@ -325,8 +336,8 @@ def search_files(
     reference_ids, reference_x, _ = files["reference"]
     training_x = files["training"][1] if "training" in files else None
     exclude_self = same_images(query, files["query"][2], reference, files["reference"][2])
-    predictions = search(query_ids, query_x, reference_ids, reference_x, options, training=training_x,
-                         exclude_self=exclude_self, quiet=quiet)
+    predictions, recall = search_pairs(query_ids, query_x, reference_ids, reference_x, options, training=training_x,
+                                       exclude_self=exclude_self, quiet=quiet)
     record = provenance(
         command="isc-search",
         options={**options.recorded(), "phase": phase, "ignore_attributes": list(ignore_attributes),
@@ -334,12 +345,11 @@ def search_files(
         inputs={split: {"path": str(Path(path).resolve()), "bytes": Path(path).stat().st_size,
                         "rows": len(files[split][0]), "images": len(set(files[split][0])),
                         "model_attributes": model_attributes(files[split][2])} for split, path in paths.items()},
-        predictions={"rows": len(predictions), "queries": int(predictions["query_id"].nunique())},
-        recall=predictions.attrs.get("recall"),
+        predictions={"rows": len(predictions), "queries": len(set(predictions.query_id))},
+        recall=recall,
     )
     sidecar = provenance_path(output)
     sidecar.unlink(missing_ok=True)  # a crash between the two writes must not leave an older run's record
     write_predictions(output, predictions)
     write_json(sidecar, record)
-    predictions.attrs["provenance"] = record
-    return predictions
+    return predictions, record

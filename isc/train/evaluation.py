@@ -37,7 +37,9 @@ def evaluate_model(model: nn.Module, eval_data: str | Path, work_dir: str | Path
                             quiet=quiet)
     if extracted.rank != 0:
         return None
-    plain = search_files(files["query"], files["reference"], work_dir / "predictions.csv", quiet=True, device=device)
-    normalized = search_files(files["query"], files["reference"], work_dir / "predictions_normalized.csv",
-                              files["training"], quiet=True, device=device)
-    return {"muap": evaluate(plain, ground_truth).muap, "muap_normalized": evaluate(normalized, ground_truth).muap}
+    plain, _ = search_files(files["query"], files["reference"], work_dir / "predictions.csv", quiet=True,
+                            device=device)
+    normalized, _ = search_files(files["query"], files["reference"], work_dir / "predictions_normalized.csv",
+                                 files["training"], quiet=True, device=device)
+    return {"muap": evaluate(plain.to_frame(), ground_truth).muap,
+            "muap_normalized": evaluate(normalized.to_frame(), ground_truth).muap}

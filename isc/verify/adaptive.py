@@ -11,13 +11,15 @@ merged counts.
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from isc.verify.local_features import VerifyOptions
 
+if TYPE_CHECKING:
+    import pandas as pd  # imported where used: isc-find imports this module and needs no tables unverified
+
 # pairs -> (their evidence: the pairs plus inliers and more; counts, as isc.verify.workers.shard_evidence)
-ShardRun = Callable[[pd.DataFrame], tuple[pd.DataFrame, dict]]
+ShardRun = Callable[["pd.DataFrame"], tuple["pd.DataFrame", dict]]
 
 
 def verified_depth(options: VerifyOptions) -> int:
@@ -57,5 +59,7 @@ def evidence_in_depth(pairs: pd.DataFrame, options: VerifyOptions, run: ShardRun
     if deeper.empty:
         return evidence, counts
     more, more_counts = run(deeper)
+    import pandas as pd  # loaded already with the evidence
+
     both = pd.concat([evidence, more]).sort_values(["query_id", "rank"], kind="stable")
     return both, _merged(counts, more_counts)

@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 from isc.core.files import InputError
 from isc.core.images import BrokenImage
 from isc.core.processes import worker_context
+from isc.core.progress import progress
 from isc.verify.local_features import (
     FeatureCache,
     Features,
@@ -127,7 +126,7 @@ def _describe_all(task_map: TaskMap, ids: Sequence[str], paths: Mapping[str, Pat
     described now, broken)."""
     described, broken, damaged = set(), {}, 0
     tasks = ((cache_root, i, paths[i], stamps[i], options) for i in ids)
-    with tqdm(total=len(ids), unit="img", desc=f"features{label}", disable=quiet) as bar:
+    with progress(total=len(ids), unit="img", desc=f"features{label}", disable=quiet) as bar:
         for image_id, made, reason, was_damaged in task_map(_features_task, tasks, 8):
             if made:
                 described.add(image_id)
@@ -156,7 +155,7 @@ def _match_all(task_map: TaskMap, pairs: pd.DataFrame, stamps: Mapping[str, tupl
                options: VerifyOptions, label: str, quiet: bool) -> list[tuple[int, int, float, str]]:
     """Phase 2: the evidence of every pair, in order."""
     rows: list[tuple[int, int, float, str]] = []
-    with tqdm(total=len(pairs), unit="pair", desc=f"match{label}", disable=quiet) as bar:
+    with progress(total=len(pairs), unit="pair", desc=f"match{label}", disable=quiet) as bar:
         for chunk in task_map(_match_task, _pair_tasks(pairs, stamps, cache_root, options), 1):
             rows += chunk
             bar.update(len(chunk))

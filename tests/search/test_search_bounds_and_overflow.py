@@ -53,3 +53,37 @@ def test_descriptors_of_huge_norms_are_normalised_without_overflow(tmp_path: Pat
     # the one line alone: no numpy RuntimeWarning ("overflow encountered in cast") before it
     one_line_error(learn, "isc-pca", "overflows float32", "L2-normalise the descriptors first")
     assert not (tmp_path / "pca.npz").exists()
+
+
+
+def test_row_norms_in_one_pass_match_the_exact_norms_at_every_magnitude() -> None:
+    """The one-pass norms (float32 squares) measure again the rows whose squares leave float32's range: every
+    norm within float32 rounding of float64's, NaN exactly for a row holding a NaN or an infinity."""
+    from isc.search.vectors import row_norms
+
+    x = np.random.default_rng(2).standard_normal((40, 16)).astype(np.float32)
+    x[1] *= 1e37  # squares overflow
+    x[2] *= 1e-30  # squares underflow
+    x[3] = 0
+    x[4, 5], x[5, 0] = np.nan, -np.inf
+    x[6, :2] = 3e38  # finite, its sum past float32
+    with np.errstate(over="ignore", invalid="ignore"):
+        exact = np.linalg.norm(x.astype(np.float64), axis=1)
+    with np.errstate(over="raise", invalid="raise"):  # no warning: every overflow is measured again, quietly
+        norms = row_norms(x)
+    finite = np.isfinite(exact)
+    assert (np.isnan(norms) == ~finite).all() and np.allclose(norms[finite], exact[finite], rtol=1e-6, atol=0)
+    assert norms[2] > 0 and norms[3] == 0
+
+
+def test_a_finite_row_past_float32s_sum_is_kept_and_the_first_non_finite_row_named(tmp_path: Path) -> None:
+    from isc.core.descriptors import read_descriptors
+    from isc.core.files import InputError
+
+    x = np.random.default_rng(3).standard_normal((6, 8)).astype(np.float32)
+    x[1, :3] = 3e38  # finite: its sum overflows float32, its values do not
+    write_descriptors(tmp_path / "big.h5", [f"R{i}" for i in range(6)], x)
+    assert np.array_equal(read_descriptors(tmp_path / "big.h5")[1], x)
+    x[4, 2], x[5, 0] = np.inf, np.nan
+    with pytest.raises(InputError, match=r"descriptor #4 \(R4\) has NaN or infinite values"):
+        write_descriptors(tmp_path / "bad.h5", [f"R{i}" for i in range(6)], x)
