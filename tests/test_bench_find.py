@@ -16,7 +16,11 @@ TRUTH = "query_id,reference_id\nQ1,R1\nQ2,R2\nQ3,R3\nQ4,\n"
 # Q1 with its copy and an unrelated reference (2 pairs, 1 true); Q4 and Q2 grouped without a reference (no pair);
 # R2 and R7 alone together (no pair); Q3 with R3 and R5 (2 pairs, 1 true)
 GROUPS = {"groups": [["/a/Q1.jpg", "/a/R1.jpg", "/a/R9.png"], ["/a/Q4.jpg", "/a/Q2.jpg"], ["/a/R2.jpg", "/a/R7.jpg"],
-                     ["/a/R5.jpg", "/a/Q3.jpg", "/a/R3.jpg"]]}
+                     ["/a/R5.jpg", "/a/Q3.jpg", "/a/R3.jpg"]],
+          # the matches that joined them: Q1 to R9 and Q3 to R5 only through another image
+          "pairs": [{"query": "/a/Q1.jpg", "reference": "/a/R1.jpg"}, {"query": "/a/R9.png", "reference": "/a/R1.jpg"},
+                    {"query": "/a/Q2.jpg", "reference": "/a/Q4.jpg"}, {"query": "/a/R3.jpg", "reference": "/a/Q3.jpg"},
+                    {"query": "/a/R3.jpg", "reference": "/a/R5.jpg"}]}
 IMMACULATE = {"exact": [["/a/Q2.jpg", "/a/R2.jpg"]], "near": [["/a/Q1.jpg", "/a/R1.jpg"]], "skipped": ["/a/x.jpg"]}
 PAIRS = ("query_id,reference_id,score,query_path,reference_path,exact\n"
          "Q1,R1,0.9,/q/Q1.jpg,/r/R1.jpg,\nQ4,R8,0.6,/q/Q4.jpg,/r/R8.jpg,\n")
@@ -42,6 +46,8 @@ def _bench_find():
 def test_every_query_reference_pair_within_a_group_counts_as_found(outputs: Path) -> None:
     found = _bench_find().groups_table(outputs / "truth.csv", outputs / "groups.json")
     assert found == {"pairs found": 4, "copies found": 2, "precision": 0.5, "recall": 0.667, "copies": 3}
+    matched = _bench_find().groups_table(outputs / "truth.csv", outputs / "groups.json", matched=True)
+    assert matched == {"pairs found": 2, "copies found": 2, "precision": 1.0, "recall": 0.667, "copies": 3}
 
 
 def test_immaculate_exact_and_near_groups_and_isc_find_pairs_are_scored(outputs: Path) -> None:
