@@ -15,9 +15,9 @@ found inside any group. ``table`` reads isc-find's CSV pairs of a set with groun
 set's ``ground_truth.csv``; only its queries that appear in the pairs count) and prints, by threshold, the
 pairs kept, the copies among them, precision and recall, and the lowest threshold at each target precision.
 ``groups-table`` scores what a tool found in a set's queries and references put in one folder (file stems are
-the set's ids): groups as ``score`` reads them, every (query, reference) pair within a group counted as found,
-or isc-find's CSV pairs of two folders (``--matched``: its JSON's pairs, not the groups); it prints the pairs found, the copies among them, precision and recall
-of all the ground truth's copies.
+the set's ids): groups as ``score`` reads them, every (query, reference) pair within a group counted as found
+(``--matched``: isc-find's JSON pairs instead of its groups), or isc-find's CSV pairs of two folders; it prints
+the pairs found, the copies among them, precision, and recall of all the ground truth's copies.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
+from isc.cli.common import one_line_usage_errors
 from isc.extract.image_files import list_images
 
 
@@ -120,9 +121,10 @@ def found_pairs(found_path: Path, queries: set[str], matched: bool = False) -> s
         with found_path.open(newline="") as handle:
             return {(row["query_id"], row["reference_id"]) for row in csv.DictReader(handle)}
     result = json.loads(found_path.read_text())
-    groups = result.get("groups", []) + result.get("near", []) + result.get("exact", [])
     if matched:
         groups = [[pair["query"], pair["reference"]] for pair in result["pairs"]]
+    else:
+        groups = result.get("groups", []) + result.get("near", []) + result.get("exact", [])
     pairs = set()
     for group in groups:
         stems = {Path(p).stem for p in group}
@@ -131,6 +133,7 @@ def found_pairs(found_path: Path, queries: set[str], matched: bool = False) -> s
 
 
 def groups_table(truth_path: Path, found_path: Path, matched: bool = False) -> dict[str, object]:
+    """Pairs found, the copies among them, precision, and recall of the ground truth's every copy."""
     from isc.core.tables import read_ground_truth
 
     truth = read_ground_truth(truth_path)
@@ -193,10 +196,14 @@ def main() -> None:
     by_groups.add_argument("truth", type=Path)
     by_groups.add_argument("found", type=Path, nargs="+")
     by_groups.add_argument("--matched", action="store_true", help="isc-find's JSON pairs, not its groups")
+    one_line_usage_errors(parser)
     args = parser.parse_args()
     if args.command == "groups-table":
         for path in args.found:
-            print(path, json.dumps(groups_table(args.truth, path, args.matched)))
+            try:
+                print(path, json.dumps(groups_table(args.truth, path, args.matched)))
+            except (OSError, ValueError, KeyError, TypeError) as e:  # InputError is a ValueError
+                parser.error(f"scoring {path}: {type(e).__name__}: {e}")
         return
     if args.command == "table":
         for path in args.pairs:

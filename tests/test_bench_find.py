@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_python
+from conftest import REPO, one_line_error, run_python
 
 SCRIPT = REPO / "scripts" / "bench_find.py"
 # three copies among four queries; Q4 has none
@@ -65,3 +65,9 @@ def test_the_command_prints_one_line_per_output(outputs: Path) -> None:
     assert len(lines) == 2 and lines[0].startswith(str(outputs / "immaculate.json"))
     assert json.loads(lines[0].split(" ", 1)[1])["precision"] == 1.0
     assert json.loads(lines[1].split(" ", 1)[1])["copies found"] == 1
+
+
+def test_an_output_without_what_is_scored_is_one_line(outputs: Path) -> None:
+    done = run_python(SCRIPT, "groups-table", outputs / "truth.csv", outputs / "immaculate.json", "--matched",
+                      timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    one_line_error(done, "bench_find.py", "immaculate.json", "KeyError")
