@@ -3,6 +3,7 @@
     python scripts/bench_find.py build PHOTOS OUT      # OUT/references, OUT/queries, OUT/all, OUT/truth.json
     python scripts/bench_find.py score OUT/truth.json GROUPS.json [GROUPS.json ...]
     python scripts/bench_find.py table GROUND_TRUTH.csv PAIRS.csv [PAIRS.csv ...]   # isc-find --threshold 0.000001
+    python scripts/bench_find.py groups-table GROUND_TRUTH.csv FOUND.json|FOUND.csv [...] [--matched]
 
 ``build`` takes 26 photos of PHOTOS (seeded choice): 20 references, and 20 queries made of 14 edited copies
 of references (the edits of the experiment in the README: crops, rotations, text, JPEG quality 10, flips,
@@ -13,11 +14,16 @@ groups that hold images of two different true groups or an unrelated photo (fals
 found inside any group. ``table`` reads isc-find's CSV pairs of a set with ground truth (an ``isc-synth``
 set's ``ground_truth.csv``; only its queries that appear in the pairs count) and prints, by threshold, the
 pairs kept, the copies among them, precision and recall, and the lowest threshold at each target precision.
+``groups-table`` scores what a tool found in a set's queries and references put in one folder (file stems are
+the set's ids): groups as ``score`` reads them, every (query, reference) pair within a group counted as found
+(``--matched``: isc-find's JSON pairs instead of its groups), or isc-find's CSV pairs of two folders; it prints
+the pairs found, the copies among them, precision, and recall of all the ground truth's copies.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
 from collections.abc import Callable
@@ -25,6 +31,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
+from isc.cli.common import one_line_usage_errors
 from isc.extract.image_files import list_images
 
 
@@ -106,6 +113,38 @@ def score(truth_path: Path, groups_path: Path) -> dict[str, int]:
             "true pairs": len(pairs)}
 
 
+def found_pairs(found_path: Path, queries: set[str], matched: bool = False) -> set[tuple[str, str]]:
+    """The (query, reference) pairs of a tool's output: a CSV's rows, or every pair of a query and a reference
+    (an image whose stem is not among ``queries``) within one group of a JSON file; ``matched``: within one of
+    isc-find's JSON pairs instead (the matches themselves, not the groups they join)."""
+    if found_path.suffix.lower() == ".csv":
+        with found_path.open(newline="") as handle:
+            return {(row["query_id"], row["reference_id"]) for row in csv.DictReader(handle)}
+    result = json.loads(found_path.read_text())
+    if matched:
+        groups = [[pair["query"], pair["reference"]] for pair in result["pairs"]]
+    else:
+        groups = result.get("groups", []) + result.get("near", []) + result.get("exact", [])
+    pairs = set()
+    for group in groups:
+        stems = {Path(p).stem for p in group}
+        pairs |= {(q, r) for q in stems & queries for r in stems - queries}
+    return pairs
+
+
+def groups_table(truth_path: Path, found_path: Path, matched: bool = False) -> dict[str, object]:
+    """Pairs found, the copies among them, precision, and recall of the ground truth's every copy."""
+    from isc.core.tables import read_ground_truth
+
+    truth = read_ground_truth(truth_path)
+    copies = {(q, r) for q, r in zip(truth["query_id"], truth["reference_id"], strict=True) if r}
+    found = found_pairs(found_path, set(truth["query_id"]), matched)
+    hits = len(found & copies)
+    return {"pairs found": len(found), "copies found": hits,
+            "precision": round(hits / len(found), 3) if found else None,
+            "recall": round(hits / len(copies), 3), "copies": len(copies)}
+
+
 THRESHOLDS = [round(0.3 + 0.05 * i, 2) for i in range(11)]
 TARGETS = (0.95, 0.98)
 
@@ -153,7 +192,19 @@ def main() -> None:
     tabulate = commands.add_parser("table")
     tabulate.add_argument("truth", type=Path)
     tabulate.add_argument("pairs", type=Path, nargs="+")
+    by_groups = commands.add_parser("groups-table")
+    by_groups.add_argument("truth", type=Path)
+    by_groups.add_argument("found", type=Path, nargs="+")
+    by_groups.add_argument("--matched", action="store_true", help="isc-find's JSON pairs, not its groups")
+    one_line_usage_errors(parser)
     args = parser.parse_args()
+    if args.command == "groups-table":
+        for path in args.found:
+            try:
+                print(path, json.dumps(groups_table(args.truth, path, args.matched)))
+            except (OSError, ValueError, KeyError, TypeError) as e:  # InputError is a ValueError
+                parser.error(f"scoring {path}: {type(e).__name__}: {e}")
+        return
     if args.command == "table":
         for path in args.pairs:
             print(path, json.dumps(table(args.truth, path), indent=1))
