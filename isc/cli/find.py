@@ -20,9 +20,7 @@ from isc.extract.image_files import list_images
 from isc.models import create_model, given_options
 from isc.pipeline.find import (
     DEFAULT_GRID,
-    DEFAULT_THRESHOLD,
-    DEFAULT_THRESHOLD_NORMALISED,
-    DEFAULT_THRESHOLD_VERIFIED,
+    DEFAULT_THRESHOLDS,
     IN_PROCESS_DECODING,
     default_cache_dir,
     find_copies,
@@ -34,6 +32,10 @@ from isc.search.matching import DEFAULT_K
 FIND_BATCH_SIZE = 8  # small batches: the progress bar moves every 8 images, in the same time (docs/BENCHMARKS.md)
 # warnings about what a run did as told, not about its result: --quiet leaves them out
 INFORMATIONAL_WARNINGS = (r"k = \d+ is larger than", r".* descriptors are not L2-normalised")
+# each model's default thresholds, as the epilog lists them
+MEASURED = "; ".join(f"{name} {t.verified:g} verified, {t.plain:g} unverified"
+                     + (f", {t.normalised:g} with --training" if t.normalised is not None else "")
+                     for name, t in DEFAULT_THRESHOLDS.items())
 
 EPILOG = f"""\
 what it does: every image of the folders (searched recursively; ids are paths relative to the folder,
@@ -47,11 +49,13 @@ Each image keeps its --k nearest images of the other folder: two folders are sea
 with its better score, so that which folder comes first changes only which side of a pair is which. Then,
 unless --no-verify (or with --training), each image's --verify-k best candidates, on either side, are checked
 by local features (SIFT, a geometric fit) and re-scored: score + 0.2 x min(inliers, 10) / 10, the features
-cached in --cache. The pairs scoring at least --threshold are written: by default {DEFAULT_THRESHOLD_VERIFIED}
-for verified scores, {DEFAULT_THRESHOLD} unverified. With --training the scores are normalised (s - 0.5 x the
-similarity of the query to its 10th nearest training image) and lower; the default is then
-{DEFAULT_THRESHOLD_NORMALISED}, unverified. Each default was chosen on photo benchmarks: their precision and
-recall are in docs/BENCHMARKS.md ("Copies in one's own folders").
+cached in --cache. The pairs scoring at least --threshold are written: by default the threshold measured for
+the model, on verified or unverified scores. With --training the scores are normalised (s - 0.5 x the
+similarity of the query to its 10th nearest training image) and lower, and the default is the normalised
+one, unverified. The defaults, chosen on photo benchmarks (their precision and recall are in
+docs/BENCHMARKS.md, "Copies in one's own folders"): {MEASURED}. Any other model, a --checkpoint or
+--image-size has no default: --threshold must be given (a threshold measured for one model means another
+precision for another).
 
 outputs: without -o the groups (connected components of the pairs, largest first) go to stdout, a block
 of paths a group, blocks apart by an empty line, an exact copy followed by a tab and "same bytes as PATH"
@@ -87,10 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write an HTML page showing the groups (one folder), the matches and the closest "
                         "pairs below the threshold, each image's path linked")
     parser.add_argument("--threshold", type=finite_float,
-                        help=f"keep pairs scoring at least this, in (0, 1] (0, 1.2] verified (default "
-                        f"{DEFAULT_THRESHOLD_VERIFIED} verified, {DEFAULT_THRESHOLD} with --no-verify, "
-                        f"{DEFAULT_THRESHOLD_NORMALISED} with --training; chosen on photo benchmarks, "
-                        "docs/BENCHMARKS.md)")
+                        help="keep pairs scoring at least this, in (0, 1] (0, 1.2] verified (default: the one measured for "
+                        f"the model, verified, unverified or with --training; {', '.join(DEFAULT_THRESHOLDS)} only, "
+                        "on photo benchmarks, docs/BENCHMARKS.md)")
     parser.add_argument("--k", type=positive_int, default=DEFAULT_K,
                         help=f"nearest images of the other folder considered per image (default {DEFAULT_K})")
     parser.add_argument("--training", metavar="DIR",
@@ -103,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     checking = parser.add_mutually_exclusive_group()
     checking.add_argument("--verify", action="store_true", default=None,
                           help="re-score the candidate pairs by local features (isc-verify's SIFT and geometric "
-                          "check: score + 0.2 x min(inliers, 10) / 10; default threshold then "
-                          f"{DEFAULT_THRESHOLD_VERIFIED}); the default without --training")
+                          "check: score + 0.2 x min(inliers, 10) / 10; the model's verified default threshold "
+                          "then); the default without --training")
     checking.add_argument("--no-verify", dest="verify", action="store_false",
                           help="no verification (the default with --training)")
     add_verify_options(parser.add_argument_group("verification"), prefix="verify-", per="per image, on either side",
@@ -146,7 +149,8 @@ def find(args: argparse.Namespace) -> int:
     verifying = verifies_by_default(args.training) if args.verify is None else args.verify
     verification = verify_options(args, prefix="verify-") if verifying else None
     found = find_copies(args.folders, cache, model, extraction, threshold=args.threshold, training=args.training,
-                        crops=not args.no_crops, k=args.k, quiet=args.quiet, verification=verification)
+                        crops=not args.no_crops, k=args.k, quiet=args.quiet, verification=verification,
+                        as_benchmarked=args.checkpoint is None and args.image_size is None)
     if output:
         write_matches(output, found.matches, found.paths, found.record, found.same_images)
     else:  # the groups alone on stdout, what the summary and warnings say on stderr

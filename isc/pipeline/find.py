@@ -41,13 +41,41 @@ if TYPE_CHECKING:
     # imported where used: an unverified run never loads verification's modules
     from isc.verify.verification import Combiner, VerifyResult
 
-# SSCD with query crops: precision 0.98 on photo set B (docs/BENCHMARKS.md, isc-find), plain scores (recall
-# 0.69) and scores normalised by the set's training images (recall 0.67)
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_THRESHOLD_NORMALISED = 0.45
-# verified scores (default_combiner): the precision of the plain default on photo sets L and B, recall 0.69
-# against 0.56 and 0.73 against 0.63 (docs/BENCHMARKS.md)
-DEFAULT_THRESHOLD_VERIFIED = 0.55
+@dataclass(frozen=True)
+class Thresholds:
+    """A model's default thresholds, each measured on photo benchmarks (docs/BENCHMARKS.md, isc-find): on plain
+    scores, on scores normalised by training images (None: not measured) and on verified scores."""
+
+    plain: float
+    normalised: float | None
+    verified: float
+
+
+# the default threshold by model, as the benchmarks ran it (its own weights and options); a model not listed has none
+DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
+    # plain 0.5: precision 0.98 on photo set B, normalised 0.45: the same (recall 0.69, 0.67); verified 0.55: the
+    # plain default's precision on photo sets L and B, recall 0.69 against 0.56 and 0.73 against 0.63
+    "sscd": Thresholds(plain=0.5, normalised=0.45, verified=0.55),
+}
+
+def default_threshold(model: str, verified: bool, normalised: bool, as_benchmarked: bool = True) -> float:
+    """The threshold measured for ``model`` (:data:`DEFAULT_THRESHOLDS`) on verified, normalised or plain scores;
+    ``as_benchmarked`` False (other weights or options): none. Refused where none was measured: another model's
+    would be silently wrong (sscd's 0.55 chains sscd_distilled's pairs into one group of 82 images on set B)."""
+    if verified and normalised:
+        raise SettingError("threshold", "has no default for verified scores normalised by training images: give one")
+    thresholds = DEFAULT_THRESHOLDS.get(model) if as_benchmarked else None
+    value = None if thresholds is None else thresholds.verified if verified else \
+        thresholds.normalised if normalised else thresholds.plain
+    if value is None:
+        scores = " on scores normalised by training images" if normalised else ""
+        have = [name for name, measured in DEFAULT_THRESHOLDS.items() if not normalised or measured.normalised]
+        which = f"model {model!r}" + ("" if as_benchmarked else " with other weights or options")
+        raise SettingError("threshold", f"has no default for {which}{scores}: give one (measured for "
+                           f"{', '.join(have)} with their own weights and options; docs/BENCHMARKS.md)")
+    return value
+
+
 # grid views a side beside the crops (isc-run's --query-grid): off, for the thresholds above were chosen on
 # images described without them
 DEFAULT_GRID = 0
@@ -294,7 +322,7 @@ def find_copies(
     folders: list[str | Path], cache_dir: str | Path | None, model: DescriptorModel,
     extraction: ExtractOptions = ExtractOptions(), *, threshold: float | None = None,
     training: str | Path | None = None, crops: bool = True, k: int = DEFAULT_K, quiet: bool = False,
-    verification: VerifyOptions | None = None,
+    verification: VerifyOptions | None = None, as_benchmarked: bool = True,
 ) -> FindResult:
     """The copies of ``folders``: ``[QUERIES, REFERENCES]``, each query's copies among the references, or
     ``[FOLDER]``, the copies within one folder (a pair of an image with itself left out); two folders are
@@ -303,24 +331,21 @@ def find_copies(
     ``extraction.grid`` says) and cached in ``cache_dir``
     (None: :func:`default_cache_dir`), one file per folder and model. ``verification``: the candidates
     re-scored by local features (:func:`verify_candidates`), None: not. ``threshold``, in (0, 1] (verified:
-    up to 1 plus the inlier bonus's weight): by default :data:`DEFAULT_THRESHOLD`, with ``training`` (scores
-    normalised by those images) :data:`DEFAULT_THRESHOLD_NORMALISED`, with ``verification``
-    :data:`DEFAULT_THRESHOLD_VERIFIED`. Each match says whether it is an exact copy (:func:`exact_copy`)."""
+    up to 1 plus the inlier bonus's weight): by default the model's (:func:`default_threshold`; ``as_benchmarked``
+    False: the model has other weights or options than the benchmarks', no default). Each match says whether it is an exact copy (:func:`exact_copy`)."""
     if len(folders) not in (1, 2):
         raise InputError(f"give one folder, or a query folder and a reference folder, not {len(folders)}")
     highest = 1 if verification is None else 1 + default_combiner().weight  # a cosine, plus the bonus for inliers
     if threshold is not None and not 0 < threshold <= highest:  # above it nothing is ever kept
         raise SettingError("threshold", f"must be in (0, {highest:g}] ({highest:g}: the same image"
                            f"{', verified' if verification is not None else ''}), got {threshold:g}")
-    if threshold is None and verification is not None and training is not None:
-        raise SettingError("threshold", "has no default for verified scores normalised by training images: give one")
+    given = threshold is not None
+    if not given:  # refused before any image is described
+        threshold = default_threshold(model.name, verification is not None, training is not None, as_benchmarked)
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     same_images = len(folders) == 1 or Path(folders[0]).resolve() == Path(folders[1]).resolve()
     queries, references, described_training, same_files = describe_folders(
         folders, cache_dir, model, replace(extraction, crops=crops), training, same_images, quiet)
-    if threshold is None:
-        threshold = DEFAULT_THRESHOLD_VERIFIED if verification is not None else \
-            DEFAULT_THRESHOLD if training is None else DEFAULT_THRESHOLD_NORMALISED
     options = SearchOptions(k=k, device=extraction.device)  # the search's device, even when no image is extracted
     candidates = search_candidates(queries, references, described_training, same_images, options, quiet, same_files)
     if not same_images:
@@ -339,7 +364,10 @@ def find_copies(
     unreadable = {str(side.paths[i]): reason for side in [*sides, *filter(None, [described_training])]
                   for i, reason in side.unreadable.items()}
     record = {
-        "model": model.name, "threshold": threshold, "query_crops": crops, "k": k,
+        "model": model.name, "threshold": threshold,
+        "threshold_from": "given" if given else f"the default of {model.name}, "
+        + ("verified" if verification is not None else "normalised" if training is not None else "plain") + " scores",
+        "query_crops": crops, "k": k,
         **({"grid_views": extraction.grid} if crops and extraction.grid else {}),
         "score_normalisation": None if training is None else {**options.norm.recorded(), "training": str(training)},
         "folders": [str(f) for f in folders], "queries": len(queries.paths), "references": len(references.paths),
