@@ -2,7 +2,7 @@
 
     python scripts/bench_find.py build PHOTOS OUT      # OUT/references, OUT/queries, OUT/all, OUT/truth.json
     python scripts/bench_find.py score OUT/truth.json GROUPS.json [GROUPS.json ...]
-    python scripts/bench_find.py table GROUND_TRUTH.csv PAIRS.csv [PAIRS.csv ...]   # isc-find --threshold 0.000001
+    python scripts/bench_find.py table GROUND_TRUTH.csv PAIRS.csv [PAIRS.csv ...] [--precision P ...]
     python scripts/bench_find.py groups-table GROUND_TRUTH.csv FOUND.json|FOUND.csv [...] [--matched]
 
 ``build`` takes 26 photos of PHOTOS (seeded choice): 20 references, and 20 queries made of 14 edited copies
@@ -13,7 +13,8 @@ groups written as ``{"groups": [[path, ...]]}`` (isc-find) or ``{"near": [[path,
 groups that hold images of two different true groups or an unrelated photo (false), and the true pairs
 found inside any group. ``table`` reads isc-find's CSV pairs of a set with ground truth (an ``isc-synth``
 set's ``ground_truth.csv``; only its queries that appear in the pairs count) and prints, by threshold, the
-pairs kept, the copies among them, precision and recall, and the lowest threshold at each target precision.
+pairs kept, the copies among them, precision and recall, and the lowest threshold at each target precision
+(0.95 and 0.98, or ``--precision``'s); its pairs are isc-find's with ``--threshold 0.000001`` (every candidate).
 ``groups-table`` scores what a tool found in a set's queries and references put in one folder (file stems are
 the set's ids): groups as ``score`` reads them, every (query, reference) pair within a group counted as found
 (``--matched``: isc-find's JSON pairs instead of its groups), or isc-find's CSV pairs of two folders; it prints
@@ -149,7 +150,7 @@ THRESHOLDS = [round(0.3 + 0.05 * i, 2) for i in range(11)]
 TARGETS = (0.95, 0.98)
 
 
-def table(truth_path: Path, pairs_path: Path) -> dict[str, object]:
+def table(truth_path: Path, pairs_path: Path, targets: tuple[float, ...] = TARGETS) -> dict[str, object]:
     import pandas as pd
 
     from isc.core.tables import read_ground_truth
@@ -169,7 +170,7 @@ def table(truth_path: Path, pairs_path: Path) -> dict[str, object]:
                      "precision": round(hits / kept.sum(), 3) if kept.sum() else None,
                      "recall": round(hits / len(copies), 3)})
     lowest = {}
-    for target in TARGETS:  # the lowest score whose pairs at or above it reach this precision
+    for target in targets:  # the lowest score whose pairs at or above it reach this precision
         hits, best = 0, None
         for number, (is_copy, score) in enumerate(zip(correct, ordered["score"], strict=True), start=1):
             hits += is_copy
@@ -192,6 +193,8 @@ def main() -> None:
     tabulate = commands.add_parser("table")
     tabulate.add_argument("truth", type=Path)
     tabulate.add_argument("pairs", type=Path, nargs="+")
+    tabulate.add_argument("--precision", type=float, nargs="+", default=TARGETS,
+                          help="the target precisions whose lowest threshold is printed")
     by_groups = commands.add_parser("groups-table")
     by_groups.add_argument("truth", type=Path)
     by_groups.add_argument("found", type=Path, nargs="+")
@@ -207,7 +210,7 @@ def main() -> None:
         return
     if args.command == "table":
         for path in args.pairs:
-            print(path, json.dumps(table(args.truth, path), indent=1))
+            print(path, json.dumps(table(args.truth, path, tuple(args.precision)), indent=1))
         return
     if args.command == "build":
         record = build(args.photos, args.out, args.seed)

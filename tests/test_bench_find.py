@@ -1,6 +1,6 @@
 """scripts/bench_find.py groups-table: what a tool found in one folder of a set's queries and references, scored as
 (query, reference) pairs against the set's ground truth, from groups (isc-find's and Immaculate's JSON) and from
-isc-find's CSV pairs."""
+isc-find's CSV pairs; table: the lowest threshold reaching each target precision."""
 
 import importlib.util
 import json
@@ -55,6 +55,15 @@ def test_immaculate_exact_and_near_groups_and_isc_find_pairs_are_scored(outputs:
     assert bench_find.found_pairs(outputs / "immaculate.json", {"Q1", "Q2", "Q3", "Q4"}) == {("Q1", "R1"), ("Q2", "R2")}
     pairs = bench_find.groups_table(outputs / "truth.csv", outputs / "pairs.csv")
     assert pairs == {"pairs found": 2, "copies found": 1, "precision": 0.5, "recall": 0.333, "copies": 3}
+
+
+def test_table_gives_the_lowest_threshold_reaching_each_target_precision(outputs: Path) -> None:
+    # by decreasing score: Q1-R1 (0.9, a copy), then Q4-R8 (0.6, not): precision 1 down to 0.9, 0.5 down to 0.6
+    done = run_python(SCRIPT, "table", outputs / "truth.csv", outputs / "pairs.csv", "--precision", "0.5", "0.9",
+                      timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    lowest = json.loads(done.stdout.split(" ", 1)[1])["lowest threshold, recall"]
+    assert lowest == {"precision >= 0.5": [0.6, 1.0], "precision >= 0.9": [0.9, 1.0]}  # of Q1 and Q4's one copy
 
 
 def test_the_command_prints_one_line_per_output(outputs: Path) -> None:

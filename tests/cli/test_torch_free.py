@@ -116,7 +116,7 @@ def photos(mini_dataset, tmp_path_factory) -> Path:
 
 def test_find_runs_without_the_torch_extra(photos, tmp_path):
     output = tmp_path / "groups.json"
-    result = _without_torch("find", photos, "-o", output, "--model", "pdq", "--quiet", site=tmp_path / "site",
+    result = _without_torch("find", photos, "-o", output, "--model", "pdq", "--threshold", "0.55", "--quiet", site=tmp_path / "site",
                             finder=NOT_INSTALLED)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     found = json.loads(output.read_text())

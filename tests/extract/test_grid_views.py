@@ -148,7 +148,7 @@ def test_isc_find_describes_a_folder_with_its_grid_views_into_a_cache_of_their_o
     import json
 
     folder = next(iter(images.values())).parent
-    done = cli("find", folder, "-o", tmp_path / "found.json", "--model", "pdq", "--grid", GRID, "--no-verify",
+    done = cli("find", folder, "-o", tmp_path / "found.json", "--model", "pdq", "--threshold", "0.5", "--grid", GRID, "--no-verify",
                "--cache", tmp_path / "cache", "--quiet")
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "found.json").read_text())["grid_views"] == GRID

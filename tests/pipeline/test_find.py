@@ -39,6 +39,7 @@ UNRELATED = ["R000030", "R000031"]  # references of the mini dataset not among t
 # what PDQ (a global hash, needs no extra) finds at 0.3: the resized and the padded copy, neither the crop nor
 # the mirror image (the copies score 0.95 and 0.34, every other pair at most 0.16)
 PDQ_THRESHOLD = 0.3
+NORMALISED = 0.45  # a threshold on normalised scores: PDQ has no default
 # the resized and padded copies by their descriptors, the crop once verification adds its inliers
 PDQ_FOUND = {("a copy, smaller", "holiday 1"), ('padded "frame"', "holiday 4"), ("crop, 80%", "holiday 3")}
 # each model: (its marks, what it finds, the arguments that choose it)
@@ -223,8 +224,6 @@ def test_k_keeps_each_images_best_matches_and_threshold_cuts_them(folders, tmp_p
 
 def test_training_subtracts_half_the_querys_similarity_to_its_10th_nearest_training_image(folders, mini_dataset,
                                                                                           tmp_path):
-    from isc.pipeline.find import DEFAULT_THRESHOLD_NORMALISED
-
     cache, training = tmp_path / "cache", mini_dataset / "training_images"
     merged = engine_candidates(folders, cache, crops=False).merge(
         engine_candidates(folders, cache, crops=False, training=training),
@@ -246,13 +245,14 @@ def test_training_subtracts_half_the_querys_similarity_to_its_10th_nearest_train
     np.testing.assert_allclose(merged["score"], expected, atol=1e-6)
 
     out = tmp_path / "default.json"
-    done = find(folders["queries"], folders["references"], "--model", "pdq", "--no-crops", "--k", 8, "--cache", cache,
+    done = find(folders["queries"], folders["references"], "--model", "pdq", "--threshold", NORMALISED,
+                "--no-crops", "--k", 8, "--cache", cache,
                 "--training", training, "-o", out)
     assert done.returncode == 0 and "0 described this run" in done.stdout, done.stderr
     result = json.loads(out.read_text(encoding="utf-8"))
-    assert result["threshold"] == DEFAULT_THRESHOLD_NORMALISED
+    assert result["threshold"] == NORMALISED
     assert result["score_normalisation"]["training"] == str(training)
-    kept = merged[merged["score"] >= DEFAULT_THRESHOLD_NORMALISED]
+    kept = merged[merged["score"] >= NORMALISED]
     assert {(Path(p["query"]).stem, Path(p["reference"]).stem) for p in result["pairs"]} == \
         set(zip(kept["query_id"], kept["reference_id"], strict=True))
 

@@ -19,7 +19,8 @@ from PIL import Image
 from isc.extract.image_files import ids_keeping_suffixes, list_images
 
 REPO = Path(__file__).resolve().parents[2]
-PDQ = ("--model", "pdq", "--workers", "1")
+# PDQ has no default threshold: sscd's verified one, which these images were made to pass
+PDQ = ("--model", "pdq", "--workers", "1", "--threshold", "0.55")
 
 
 def find(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -52,7 +52,7 @@ def test_an_image_suffix_inside_an_image_folder_is_refused_another_file_written(
     notes = folders / "real" / "notes.json"
     notes.write_text("an earlier run's")
     try:
-        done = cli("find", folders / "real", "-o", notes, "--model", "pdq", "--cache", tmp_path / "c", "--quiet")
+        done = cli("find", folders / "real", "-o", notes, "--model", "pdq", "--threshold", "0.55", "--cache", tmp_path / "c", "--quiet")
         assert done.returncode == 0, done.stderr
         assert "pairs" in json.loads(notes.read_text())
     finally:
@@ -86,7 +86,7 @@ def test_find_lists_unreadable_files(folders, tmp_path):
     (folder / "text.png").write_text("not an image\n")
     (folder / "cut.jpg").write_bytes((folders / "real" / "coffee.jpg").read_bytes()[:300])
     out = tmp_path / "m.csv"
-    done = cli("find", folder, "-o", out, "--model", "pdq", "--cache", tmp_path / "c")
+    done = cli("find", folder, "-o", out, "--model", "pdq", "--threshold", "0.55", "--cache", tmp_path / "c")
     assert done.returncode == 0, done.stderr
     sidecar = tmp_path / "m.unreadable.csv"
     assert f"isc-find: warning: 3 unreadable image(s) left out, listed in {sidecar}" in done.stderr.splitlines()
@@ -95,14 +95,14 @@ def test_find_lists_unreadable_files(folders, tmp_path):
     assert list(listed["reason"]) == ["cannot read (Truncated File Read)", "not an image (unidentified format)",
                                       "empty file (0 bytes)"]
     # a JSON output holds them too, from the cache (nothing described again), and --quiet says nothing
-    done = cli("find", folder, "-o", tmp_path / "m.json", "--model", "pdq", "--cache", tmp_path / "c", "--quiet")
+    done = cli("find", folder, "-o", tmp_path / "m.json", "--model", "pdq", "--threshold", "0.55", "--cache", tmp_path / "c", "--quiet")
     assert done.returncode == 0 and "unreadable" not in done.stderr
     assert json.loads((tmp_path / "m.json").read_text())["unreadable"] == dict(zip(listed["path"], listed["reason"],
                                                                                  strict=True))
 
 
 def test_find_refuses_training_images_among_the_queries(folders, tmp_path):
-    done = cli("find", folders / "real" / "r", "-o", tmp_path / "m.csv", "--model", "pdq", "--training",
+    done = cli("find", folders / "real" / "r", "-o", tmp_path / "m.csv", "--model", "pdq", "--threshold", "0.55", "--training",
                folders / "real", "--cache", tmp_path / "c")
     assert done.returncode == 2 and not (tmp_path / "c").exists()
     assert done.stderr == error_of("find", f"the training images {folders / 'real'} include 3 of the query images "
@@ -113,7 +113,7 @@ def test_find_refuses_training_images_among_the_queries(folders, tmp_path):
 def test_find_on_a_folder_of_one_image_says_so(folders, tmp_path):
     (tmp_path / "one").mkdir()
     shutil.copy(folders / "real" / "coffee.jpg", tmp_path / "one")
-    done = cli("find", tmp_path / "one", "-o", tmp_path / "m.json", "--model", "pdq", "--quiet")
+    done = cli("find", tmp_path / "one", "-o", tmp_path / "m.json", "--model", "pdq", "--threshold", "0.55", "--quiet")
     assert done.returncode == 2
     assert done.stderr == error_of("find", f"{tmp_path / 'one'}: 1 readable image(s) of 1: copies within one folder "
                                    "need at least 2")

@@ -161,7 +161,7 @@ def test_verification_is_on_by_default_except_with_training(folders, tmp_path):
     training.mkdir()
     for number in range(50, 60):  # the normalisation's 10th neighbour needs 10 training images
         texture(number, 64).save(training / f"t{number}.png")
-    plain = find(folders["originals"], folders["edited"], "-o", tmp_path / "t.json", "--model", "pdq", "--training",
+    plain = find(folders["originals"], folders["edited"], "-o", tmp_path / "t.json", "--model", "pdq", "--threshold", "0.45", "--training",
                  training, "--quiet")
     assert plain.returncode == 0, plain.stderr
     assert json.loads((tmp_path / "t.json").read_text())["verification"] is None
