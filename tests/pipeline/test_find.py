@@ -172,7 +172,7 @@ def engine_candidates(folders: dict[str, Path], cache: Path, **options: object) 
     from isc.pipeline.find import find_copies
 
     found = find_copies([folders["queries"], folders["references"]], cache, create_model("pdq"),
-                        ExtractOptions(workers=0), k=8, quiet=True, **options)
+                        ExtractOptions(workers=0), threshold=0.5, k=8, quiet=True, **options)
     return found.candidates.to_frame()
 
 

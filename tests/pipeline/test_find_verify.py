@@ -62,7 +62,7 @@ def runs(folders, tmp_path_factory) -> dict[str, object]:
     for order in ("originals", "edited"), ("edited", "originals"):
         for verify in (False, True):
             out[order[0], verify] = find_copies(
-                [folders[order[0]], folders[order[1]]], cache / order[0], model, quiet=True,
+                [folders[order[0]], folders[order[1]]], cache / order[0], model, threshold=0.5, quiet=True,
                 verification=VerifyOptions(workers=0) if verify else None)
     return out
 
