@@ -33,9 +33,9 @@ FIND_BATCH_SIZE = 8  # small batches: the progress bar moves every 8 images, in 
 # warnings about what a run did as told, not about its result: --quiet leaves them out
 INFORMATIONAL_WARNINGS = (r"k = \d+ is larger than", r".* descriptors are not L2-normalised")
 # each model's default thresholds, as the epilog lists them
-MEASURED = "; ".join(f"{name} {t.verified:g} verified, {t.plain:g} unverified"
-                     + (f", {t.normalised:g} with --training" if t.normalised is not None else "")
-                     for name, t in DEFAULT_THRESHOLDS.items())
+MEASURED = "\n".join(f"  {name}: {t.verified:g} verified, {t.plain:g} unverified"
+                      + (f", {t.normalised:g} with --training" if t.normalised is not None else "")
+                      for name, t in DEFAULT_THRESHOLDS.items())
 
 EPILOG = f"""\
 what it does: every image of the folders (searched recursively; ids are paths relative to the folder,
@@ -53,9 +53,10 @@ cached in --cache. The pairs scoring at least --threshold are written: by defaul
 the model, on verified or unverified scores. With --training the scores are normalised (s - 0.5 x the
 similarity of the query to its 10th nearest training image) and lower, and the default is the normalised
 one, unverified. The defaults, chosen on photo benchmarks (their precision and recall are in
-docs/BENCHMARKS.md, "Copies in one's own folders"): {MEASURED}. Any other model, a --checkpoint or
---image-size has no default: --threshold must be given (a threshold measured for one model means another
-precision for another).
+docs/BENCHMARKS.md, "Copies in one's own folders"):
+{MEASURED}
+Any other model, a --checkpoint or a given --image-size has no default: --threshold must be given (a
+threshold measured for one model means another precision for another).
 
 outputs: without -o the groups (connected components of the pairs, largest first) go to stdout, a block
 of paths a group, blocks apart by an empty line, an exact copy followed by a tab and "same bytes as PATH"
