@@ -157,7 +157,7 @@ def test_groups_are_connected_components():
     (["no_such_folder"], "no_such_folder: no such folder or list file"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
-    done = find(*args, "-o", tmp_path / "x.csv", "--model", "pdq")
+    done = find(*args, "-o", tmp_path / "x.csv", "--model", "pdq", "--threshold", 0.5)
     assert done.returncode == 2 and done.stderr.strip().endswith(message), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.csv").exists()
 
