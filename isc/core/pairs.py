@@ -29,6 +29,12 @@ def id_codes(ids: np.ndarray) -> np.ndarray:
     return np.fromiter((position[i] for i in ids.tolist()), dtype=np.int64, count=len(ids))
 
 
+def pair_codes(query_codes: np.ndarray, reference_codes: np.ndarray) -> np.ndarray:
+    """One int64 code per (query code, reference code) row [n]: equal for the rows of one pair, ordered by query
+    code then reference code (:func:`id_codes` of each side)."""
+    return query_codes * (int(reference_codes.max(initial=0)) + 1) + reference_codes
+
+
 def group_ranks(codes: np.ndarray) -> np.ndarray:
     """Each row's position among the rows before it of the same code [n] int64 (0 for a code's first row)."""
     order = np.argsort(codes, kind="stable")

@@ -29,7 +29,7 @@ import numpy as np
 
 from isc.core.descriptors import DescriptorFile
 from isc.core.files import InputError, SettingError
-from isc.core.pairs import Pairs, group_ranks, id_codes
+from isc.core.pairs import Pairs, group_ranks, id_codes, pair_codes
 from isc.extract.extraction import ExtractOptions, extract, is_complete
 from isc.extract.image_files import list_images
 from isc.models import DescriptorModel
@@ -40,6 +40,7 @@ from isc.verify.local_features import VerifyOptions
 if TYPE_CHECKING:
     # imported where used: an unverified run never loads verification's modules
     from isc.verify.verification import Combiner, VerifyResult
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -59,6 +60,7 @@ DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
     # each the lowest keeping sscd's precision at its default on photo sets A and B, the larger of the two (A's)
     "sscd_distilled": Thresholds(plain=0.59, normalised=0.69, verified=0.65),
 }
+
 
 def default_threshold(model: str, verified: bool, normalised: bool, as_benchmarked: bool = True) -> float:
     """The threshold measured for ``model`` (:data:`DEFAULT_THRESHOLDS`) on verified, normalised or plain scores;
@@ -211,8 +213,7 @@ def both_ways(forward: Pairs, backward: Pairs) -> Pairs:
     query, reference = id_codes(union.query_id), id_codes(union.reference_id)
     # each pair's rows best first: its first row holds its better score
     order = np.lexsort((-union.score, reference, query))
-    pair = query[order] * (int(reference.max(initial=0)) + 1) + reference[order]
-    return union.take(order[group_ranks(pair) == 0]).ranked()
+    return union.take(order[group_ranks(pair_codes(query[order], reference[order])) == 0]).ranked()
 
 
 def verify_candidates(
@@ -337,7 +338,8 @@ def find_copies(
     False: the model has other weights or options than the benchmarks', no default). Each match says whether it is an exact copy (:func:`exact_copy`)."""
     if len(folders) not in (1, 2):
         raise InputError(f"give one folder, or a query folder and a reference folder, not {len(folders)}")
-    highest = 1 if verification is None else 1 + default_combiner().weight  # a cosine, plus the bonus for inliers
+    combiner = None if verification is None else default_combiner()
+    highest = 1 if combiner is None else 1 + combiner.weight  # a cosine, plus the bonus for inliers
     if threshold is not None and not 0 < threshold <= highest:  # above it nothing is ever kept
         raise SettingError("threshold", f"must be in (0, {highest:g}] ({highest:g}: the same image"
                            f"{', verified' if verification is not None else ''}), got {threshold:g}")
@@ -357,7 +359,7 @@ def find_copies(
     paths = {"query": queries.paths, "reference": references.paths}
     verified = None
     if verification is not None and len(candidates):
-        candidates, verified = verify_candidates(candidates, paths, cache_dir, verification, quiet=quiet)
+        candidates, verified = verify_candidates(candidates, paths, cache_dir, verification, combiner, quiet)
     matches = matches_above(candidates, threshold, same_images)
     matches = Pairs(matches.query_id, matches.reference_id, matches.score,
                     [exact_copy(queries.paths[q], references.paths[r])
@@ -379,7 +381,7 @@ def find_copies(
         "both_ways": not same_images,
         "verification": None if verification is None else {
             **{key: value for key, value in asdict(verification).items() if key != "workers"},
-            "combiner": repr(default_combiner()), "pairs_verified": 0 if verified is None else verified.pairs},
+            "combiner": repr(combiner), "pairs_verified": 0 if verified is None else verified.pairs},
     }
     near_misses = candidates.take(candidates.score < threshold)
     return FindResult(candidates, matches, near_misses, paths, record, same_images)

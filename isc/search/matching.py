@@ -25,7 +25,7 @@ from isc.core.descriptors import (
 )
 from isc.core.distributed import check_device
 from isc.core.files import InputError, SettingError, write_json
-from isc.core.pairs import Pairs, group_ranks, id_codes, id_ranks
+from isc.core.pairs import Pairs, group_ranks, id_codes, id_ranks, pair_codes
 from isc.core.tables import write_predictions
 from isc.search.knn import (
     BACKENDS,
@@ -244,7 +244,7 @@ def best_view_pairs(pairs: Pairs, k: int, max_results: int) -> Pairs:
     """Of pairs sorted by decreasing score whose query ids repeat (views): each pair's best score, each
     query's ``k`` best references, the ``max_results`` best pairs."""
     query, reference = id_codes(pairs.query_id), id_codes(pairs.reference_id)
-    first = np.sort(np.unique(query * (int(reference.max(initial=0)) + 1) + reference, return_index=True)[1])
+    first = np.sort(np.unique(pair_codes(query, reference), return_index=True)[1])
     return pairs.take(first[group_ranks(query[first]) < k][:max_results])
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from isc.core.pairs import Pairs, group_ranks, id_codes
+from isc.core.pairs import Pairs, group_ranks, id_codes, pair_codes
 
 
 def test_ranked_orders_by_score_then_query_then_reference_id_as_text():
@@ -40,3 +40,12 @@ def test_group_ranks_count_each_codes_earlier_rows_and_id_codes_keep_the_text_or
     assert len(group_ranks(np.zeros(0, np.int64))) == 0
     ids = np.array(["b", "a10", "a9", "b", "a10"], dtype=object)
     assert id_codes(ids).tolist() == [2, 0, 1, 2, 0]
+
+
+def test_pair_codes_are_equal_within_a_pair_and_ordered_by_query_then_reference() -> None:
+    query, reference = np.array([2, 0, 2, 1, 0]), np.array([1, 3, 1, 0, 2])
+    codes = pair_codes(query, reference)
+    assert codes[0] == codes[2] and len(set(codes.tolist())) == 4
+    order = np.argsort(codes, kind="stable")
+    assert sorted(zip(query.tolist(), reference.tolist(), strict=True)) == list(
+        zip(query[order].tolist(), reference[order].tolist(), strict=True))
