@@ -22,6 +22,7 @@ from isc.cli.options import (
     add_grid_option,
     add_model_options,
     add_phase_option,
+    check_grid,
     extract_options,
     model_choice,
 )
@@ -126,8 +127,7 @@ def run(args: argparse.Namespace) -> int:
                   outputs=[args.output],
                   image_folders=[args.images if args.images and listing is None else None,
                                  split_folder(args.data, args.split) if args.split else None])
-    if args.grid and not args.crops:  # refused, not ignored: the grid views are views beside the crops
-        raise InputError("--grid needs --crops (the grid views follow an image's full view and crops)")
+    check_grid(args.grid, args.crops, "--grid", "--crops")
     extraction = extract_options(
         args, decoder=args.decoder, scales=args.scales, flip=args.flip, crops=args.crops, grid=args.grid,
         half=False if args.fp32 else None, strict=args.strict, resume=not args.restart, max_pixels=args.max_pixels,

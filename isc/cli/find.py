@@ -12,6 +12,7 @@ from isc.cli.options import (
     add_grid_option,
     add_model_options,
     add_verify_options,
+    check_grid,
     extract_options,
     model_choice,
     verify_options,
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-crops", action="store_true",
                         help="describe each image by its full view only (about 6 times less work, fewer copies "
                         "found that fill only part of the other image)")
-    add_grid_option(parser, DEFAULT_GRID, "unless --no-crops, describe each image")
+    add_grid_option(parser, DEFAULT_GRID, "with crops (not with --no-crops), describe each image")
     checking = parser.add_mutually_exclusive_group()
     checking.add_argument("--verify", action="store_true", default=None,
                           help="re-score the candidate pairs by local features (isc-verify's SIFT and geometric "
@@ -142,6 +143,7 @@ def find(args: argparse.Namespace) -> int:
                   images=(path for source in sources
                           for path in list_images(source, suffix_on_clash=True).values()),  # listed if needed
                   image_folders=[source for source in sources if Path(source).is_dir()])
+    check_grid(args.grid, not args.no_crops, "--grid", "crops: leave out --no-crops")
     extraction = extract_options(args, grid=args.grid)
     model_name, why = model_choice(args)
     model = create_model(model_name, checkpoint=args.checkpoint, **given_options(image_size=args.image_size))

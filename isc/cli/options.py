@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from isc.cli.common import float_between, int_between, non_negative_int, positive_float, positive_int
 from isc.core.competition import MATCHING_TRACK_MAX_ROWS, PHASE_QUERY_RANGES, PHASES
-from isc.core.files import SettingError
+from isc.core.files import InputError, SettingError
 from isc.core.tables import read_ground_truth, read_predictions
 
 if TYPE_CHECKING:
@@ -49,6 +49,13 @@ def add_model_options(parser: Parser, batch_size: int | None = None) -> None:
                         help="reading threads (torchvision decoder; 0 means 1) or decoding processes (pil decoder; 0: "
                         "decode in the main process) (default: up to 16 threads or 8 processes; every core for a "
                         f"model that takes uint8 pixels: {pixel_models()} of a uint8 graph)")
+
+
+def check_grid(grid: int, crops: bool, grid_flag: str, crops_needed: str) -> None:
+    """InputError where grid views are asked for without crops: the grid views follow an image's full view and
+    crops, so one without the other is refused rather than silently ignored (isc-extract, isc-find, isc-run)."""
+    if grid and not crops:
+        raise InputError(f"{grid_flag} needs {crops_needed} (the grid views follow an image's full view and crops)")
 
 
 def add_grid_option(parser: Parser, default: int, what: str, flag: str = "--grid") -> None:

@@ -17,6 +17,7 @@ from isc.cli.options import (
     add_s3_options,
     add_search_options,
     add_verify_options,
+    check_grid,
     download_options,
     extract_options,
     model_choice,
@@ -196,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     if args.demo and args.data:
         raise InputError("--demo serves its own mini dataset: leave out --data")
     work = Path(args.work)
+    check_grid(args.grid, args.query_crops, "--query-grid", "query crops: leave out --no-query-crops")
     model_name, why = model_choice(args)
     if why:
         logging.getLogger("isc.cli.run").info("no --model given, using %s; %s", model_name, why)

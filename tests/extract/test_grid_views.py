@@ -133,6 +133,9 @@ def test_a_grid_other_than_0_or_2_is_refused():
     ("extract", ["--crops", "--grid", "two"], "argument --grid: not an integer: 'two'"),
     ("run", ["--query-grid", "5"], "--query-grid must be one of 0, 2, got 5"),
     ("find", ["--grid", "-1"], "--grid"),
+    # one rule for the three commands: grid views without crops are refused, never silently ignored
+    ("find", ["--grid", "2", "--no-crops"], "--grid needs crops: leave out --no-crops"),
+    ("run", ["--query-grid", "2", "--no-query-crops"], "--query-grid needs query crops: leave out --no-query-crops"),
 ])
 def test_the_cli_refuses_a_bad_grid_in_one_line(images, tmp_path, command, argv, message):
     folder = next(iter(images.values())).parent
