@@ -69,6 +69,24 @@ def run_configs(monkeypatch: pytest.MonkeyPatch) -> list:
 
 
 @pytest.fixture(scope="session")
+def query_pngs(mini_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Four phase-1 queries as PNGs of 160 x 120 pixels: lossless, so that a view cut and saved is the very
+    pixels an extraction cuts."""
+    from PIL import Image
+
+    from isc.extract.image_files import list_split_images, select_split_images
+
+    folder = tmp_path_factory.mktemp("query_pngs")
+    queries = select_split_images(list_split_images(mini_dataset, "query"), "query", 1)
+    out = {}
+    for image_id, path in list(queries.items())[:4]:
+        with Image.open(path) as image:
+            image.convert("RGB").resize((160, 120)).save(folder / f"{image_id}.png")
+        out[image_id] = folder / f"{image_id}.png"
+    return out
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint(mini_dataset: Path) -> Iterator[str]:
     """Endpoint URL of a local S3 server serving ``mini_dataset`` as the competition's three regional buckets."""
     from isc.download.s3server import LocalS3Server

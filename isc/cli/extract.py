@@ -19,10 +19,12 @@ from isc.cli.common import (
     run_command,
 )
 from isc.cli.options import (
+    add_crop_views_option,
     add_grid_option,
     add_model_options,
     add_phase_option,
     check_grid,
+    cut_views,
     extract_options,
     model_choice,
 )
@@ -82,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "best (query view, reference view). Not for the descriptor track, which takes one row per "
                         "image (isc-submit descriptors refuses the file)")
     add_grid_option(parser, ExtractOptions.grid, "with --crops, each image")
+    add_crop_views_option(parser, ExtractOptions.cut_views, "--crops'")
     parser.add_argument("--decoder", choices=DECODERS,
                         help="torchvision: batched JPEG decode on the device (nvJPEG on a GPU); pil: Pillow in "
                         "DataLoader workers, or, for a model that takes uint8 pixels, in worker processes that hand "
@@ -130,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     check_grid(args.grid, args.crops, "--grid", "--crops")
     extraction = extract_options(
         args, decoder=args.decoder, scales=args.scales, flip=args.flip, crops=args.crops, grid=args.grid,
+        cut_views=cut_views(args, args.crops, ExtractOptions.cut_views, "--crops"),
         half=False if args.fp32 else None, strict=args.strict, resume=not args.restart, max_pixels=args.max_pixels,
         max_broken=args.max_broken, decode_processes=args.decode_processes)
     options = given_options(image_size=args.image_size, resize=args.resize, pool=args.pool, dim=args.dim)

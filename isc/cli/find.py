@@ -9,10 +9,12 @@ from pathlib import Path
 
 from isc.cli.common import check_outputs, finite_float, positive_int, run_command
 from isc.cli.options import (
+    add_crop_views_option,
     add_grid_option,
     add_model_options,
     add_verify_options,
     check_grid,
+    cut_views,
     extract_options,
     model_choice,
     verify_options,
@@ -20,6 +22,7 @@ from isc.cli.options import (
 from isc.extract.image_files import list_images
 from isc.models import create_model, given_options
 from isc.pipeline.find import (
+    DEFAULT_CUT_VIEWS,
     DEFAULT_GRID,
     DEFAULT_THRESHOLDS,
     IN_PROCESS_DECODING,
@@ -102,9 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a folder of unrelated images: normalises the scores by them (isc-search's default "
                         "normalisation); the threshold then applies to the normalised scores")
     parser.add_argument("--no-crops", action="store_true",
-                        help="describe each image by its full view only (about 6 times less work, fewer copies "
-                        "found that fill only part of the other image)")
+                        help="describe each image by its full view only (about 3 times less of the model's work "
+                        "than the default cut crops, 6 times less than resized ones; fewer copies found that fill "
+                        "only part of the other image)")
     add_grid_option(parser, DEFAULT_GRID, "with crops (not with --no-crops), describe each image")
+    add_crop_views_option(parser, DEFAULT_CUT_VIEWS, "each image's")
     checking = parser.add_mutually_exclusive_group()
     checking.add_argument("--verify", action="store_true", default=None,
                           help="re-score the candidate pairs by local features (isc-verify's SIFT and geometric "
@@ -144,7 +149,8 @@ def find(args: argparse.Namespace) -> int:
                           for path in list_images(source, suffix_on_clash=True).values()),  # listed if needed
                   image_folders=[source for source in sources if Path(source).is_dir()])
     check_grid(args.grid, not args.no_crops, "--grid", "crops: leave out --no-crops")
-    extraction = extract_options(args, grid=args.grid)
+    extraction = extract_options(args, grid=args.grid, cut_views=cut_views(args, not args.no_crops, DEFAULT_CUT_VIEWS,
+                                                                            "crops: leave out --no-crops"))
     model_name, why = model_choice(args)
     model = create_model(model_name, checkpoint=args.checkpoint, **given_options(image_size=args.image_size))
     if why and not args.quiet:

@@ -51,11 +51,35 @@ def add_model_options(parser: Parser, batch_size: int | None = None) -> None:
                         f"model that takes uint8 pixels: {pixel_models()} of a uint8 graph)")
 
 
+CROP_VIEWS = ("resized", "cut")  # --crop-views: each view resized to the model's size, or cut from the full view
+
+
 def check_grid(grid: int, crops: bool, grid_flag: str, crops_needed: str) -> None:
     """InputError where grid views are asked for without crops: the grid views follow an image's full view and
     crops, so one without the other is refused rather than silently ignored (isc-extract, isc-find, isc-run)."""
     if grid and not crops:
         raise InputError(f"{grid_flag} needs {crops_needed} (the grid views follow an image's full view and crops)")
+
+
+def cut_views(args: argparse.Namespace, crops: bool, default: bool, crops_needed: str) -> bool:
+    """:attr:`ExtractOptions.cut_views` as --crop-views (:func:`add_crop_views_option`) says, ``default`` where
+    not given; InputError where given without crops (refused, like a grid, rather than ignored)."""
+    if args.crop_views is None:
+        return default
+    if not crops:
+        raise InputError(f"--crop-views needs {crops_needed} (it says how the crops are made)")
+    return args.crop_views == "cut"
+
+
+def add_crop_views_option(parser: Parser, default_cut: bool, what: str) -> None:
+    """--crop-views (read back as ``args.crop_views``, None where not given): how the crops and grid views of
+    ``what`` are made (:attr:`ExtractOptions.cut_views`)."""
+    default = CROP_VIEWS[default_cut]
+    parser.add_argument("--crop-views", choices=CROP_VIEWS, default=None,
+                        help=f"how {what} crops (and grid views) are made: 'cut' from the full view as resized, "
+                        "at its scale (a crop of 2/3 of the image has 2/3 of its side: about half the model's work "
+                        "of 'resized'; attribute cut_views), or 'resized', each decoded and resized to the model's "
+                        f"view size; quality and cost in docs/BENCHMARKS.md (default: {default})")
 
 
 def add_grid_option(parser: Parser, default: int, what: str, flag: str = "--grid") -> None:

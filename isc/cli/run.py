@@ -11,6 +11,7 @@ from pathlib import Path
 from isc.cli.common import check_outputs, float_between, non_negative_int, positive_int, run_command
 from isc.cli.options import (
     Parser,
+    add_crop_views_option,
     add_grid_option,
     add_model_options,
     add_retry_options,
@@ -18,6 +19,7 @@ from isc.cli.options import (
     add_search_options,
     add_verify_options,
     check_grid,
+    cut_views,
     download_options,
     extract_options,
     model_choice,
@@ -143,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "extraction and index; gain and cost in docs/BENCHMARKS.md (default: off)")
     add_grid_option(model, RunConfig.extraction.grid, "with --query-crops, describe each query (and each of the "
                     "calibration's copies)", flag="--query-grid")
+    add_crop_views_option(model, RunConfig.extraction.cut_views, "the queries' (the calibration's copies', and with "
+                          "--reference-crops the references')")
     add_descriptor_track_options(parser)
     search = parser.add_argument_group("search, scoring and submission")
     add_search_options(search)
@@ -209,7 +213,9 @@ def run(args: argparse.Namespace) -> int:
         work=work, data=Path(args.data) if args.data else None, download=download_options(args, args.download_workers),
         limit=args.limit, training_limit=args.training_limit, model=model_name, checkpoint=args.checkpoint,
         image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None),
-        extraction=extract_options(args, grid=args.grid),
+        extraction=extract_options(args, grid=args.grid, cut_views=cut_views(
+            args, args.query_crops or args.reference_crops, RunConfig.extraction.cut_views,
+            "query or reference crops: leave out --no-query-crops or give --reference-crops")),
         pca_dim=args.pca_dim, search=search_options(args, device=args.device), descriptor_track=descriptor_track(args),
         query_crops=args.query_crops,
         reference_crops=args.reference_crops, phases=sorted(set(args.phases)),

@@ -195,6 +195,11 @@ def read_descriptor_attrs(path: str | Path) -> dict[str, object]:
         return _attrs(f)
 
 
+# the attributes that say which views of an image a file's rows are, not how the model describes an image:
+# files of other views of the same model may be searched together, never reused one for the other
+VIEW_ATTRIBUTES = ("views_per_id", "grid_views", "cut_views")
+
+
 def read_descriptors(
     path: str | Path, split: str | None = None, views: bool = False
 ) -> tuple[list[str], np.ndarray, dict[str, object]]:

@@ -97,6 +97,14 @@ def crop_views(image: ImageArray, crops: bool, crop_source: ImageArray | None = 
                      for left, top, right, bottom in view_boxes(source.shape[-1], source.shape[-2], grid))]
 
 
+def cut_views(full_view: ImageArray, grid: int = 0) -> list[ImageArray]:
+    """An image's views cut from its full view as resized [3, h, w] (its crops, then ``grid`` x ``grid`` grid
+    views, each at the full view's scale: a crop of 2/3 of the side has 2/3 of its pixels a side), where
+    :func:`crop_views` resizes each to the view size: no second decoding, one resize, and 0.44 of the model's work
+    a crop (docs/BENCHMARKS.md, "Crops cut from the full view")."""
+    return crop_views(full_view, True, grid=grid)
+
+
 def draft_size(sizes: Sequence[int], crops: bool, grid: int = 0) -> int:
     """The smallest side to decode a JPEG at: a crop (2/3 of the image), or a grid view (1/2) where there are,
     still at least the largest view size."""
@@ -210,14 +218,18 @@ def decode_for_views(source: Path | bytes, max_pixels: int, sizes: Sequence[int]
 
 def decode_views(path: Path, sizes: Sequence[int], resize: str, max_pixels: int, crops: bool = False,
                  resizer: Callable[[np.ndarray, int, str], ImageArray] = resize_pixels, grid: int = 0,
-                 ) -> tuple[list[ImageArray] | None, str | None]:
+                 cut: bool = False) -> tuple[list[ImageArray] | None, str | None]:
     """(the uint8 views [3, h, w], None) of an image file: of each of its :func:`crop_views` (``grid``: with its
     grid views), one per size (view v at size s is item ``v * len(sizes) + s``), resized by ``resizer`` (the
-    torch pipeline passes torch's own, whose pixels are the same); or (None, why it cannot be read)."""
+    torch pipeline passes torch's own, whose pixels are the same), or with ``cut`` cut from the resized full
+    view (:func:`cut_views`); or (None, why it cannot be read)."""
     try:
-        image, crop_source = decode_for_views(path, max_pixels, sizes, crops, grid)
+        image, crop_source = decode_for_views(path, max_pixels, sizes, crops and not cut, grid)
     except (BrokenImage, OSError) as e:
         return None, broken_reason(e)
+    if crops and cut:
+        per_size = [cut_views(resizer(image, size, resize), grid) for size in sizes]
+        return [views[v] for v in range(len(per_size[0])) for views in per_size], None
     return [resizer(view, size, resize) for view in crop_views(image, crops, crop_source, grid)
             for size in sizes], None
 

@@ -63,7 +63,7 @@ def _picklable(error: Exception) -> Exception:
 
 
 def _work(paths: Sequence[str], batch_size: int, tasks: Connection, results: Connection, sizes: Sequence[int],
-          resize: str, device: str, max_pixels: int, crops: bool, grid: int, threads: int) -> None:
+          resize: str, device: str, max_pixels: int, crops: bool, grid: int, cut: bool, threads: int) -> None:
     """A worker: for each batch number received, its views (or the error that stopped it) sent back."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
     torch.set_num_threads(1)  # a forked OpenMP pool would hang, and the workers fill the cores
@@ -78,14 +78,14 @@ def _work(paths: Sequence[str], batch_size: int, tasks: Connection, results: Con
                 if k is None:
                     return
                 positions = range(k * batch_size, min((k + 1) * batch_size, len(paths)))
-                pending.append((positions, [readers.submit(read_for_decode, Path(paths[i]), max_pixels, sizes, crops,
-                                                           grid) for i in positions]))
+                pending.append((positions, [readers.submit(read_for_decode, Path(paths[i]), max_pixels, sizes,
+                                                           crops and not cut, grid) for i in positions]))
             if not pending:
                 continue
             positions, futures = pending.popleft()
             try:
                 ok, per_scale, broken = views_of_batch(zip(positions, futures, strict=True), sizes, resize,
-                                                       torch.device(device), crops, grid)
+                                                       torch.device(device), crops, grid, cut)
             except Exception as e:  # noqa: BLE001 - raised again in the parent
                 results.send(_picklable(e))
                 return
@@ -143,7 +143,7 @@ def process_batches(paths: Sequence[Path], resize: str,
     result_pipes = [context.Pipe(duplex=False) for _ in range(processes)]
     workers = [context.Process(target=_work, name=f"isc-decode-{w}", daemon=True, args=(
         names, batch_size, task_pipes[w][0], result_pipes[w][1], plan.sizes, resize, plan.device, plan.max_pixels, plan.crops,
-        plan.grid, max(1, -(-threads // processes)))) for w in range(processes)]
+        plan.grid, plan.cut, max(1, -(-threads // processes)))) for w in range(processes)]
     tasks, results = [pipe[1] for pipe in task_pipes], [pipe[0] for pipe in result_pipes]
     ahead = BATCHES_PER_WORKER * processes
     finished = False

@@ -39,7 +39,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from isc.core.descriptors import check_links, decode_id, model_differences, provenance, read_descriptor_attrs
+from isc.core.descriptors import (
+    VIEW_ATTRIBUTES,
+    check_links,
+    decode_id,
+    model_differences,
+    provenance,
+    read_descriptor_attrs,
+)
 from isc.core.distributed import barrier, check_device, device_name, join_process_group, leave_process_group
 from isc.core.files import InputError, SettingError, atomic_path
 from isc.core.partial_log import H5_LIBVER, MERGE_ROWS, PartialWriter, merge_partial_logs, partial_path
@@ -72,13 +79,15 @@ def view_sizes(model: DescriptorModel, scales: Sequence[float]) -> list[int]:
 
 
 def extraction_config(model: DescriptorModel, scales: Sequence[float] = (1.0,), flip: bool = False,
-                      crops: bool = False, grid: int = 0) -> dict[str, object]:
+                      crops: bool = False, grid: int = 0, cut: bool = False) -> dict[str, object]:
     """The attributes that say how a descriptor file was made: the model's, plus test-time augmentation;
-    with ``crops``, ``views_per_id``: the rows of each image (its full view, then each crop), and with ``grid``
-    ``grid_views``: the grid's windows a side (absent without, as in the files made before grids)."""
+    with ``crops``, ``views_per_id``: the rows of each image (its full view, then each crop), with ``grid``
+    ``grid_views``: the grid's windows a side, and with ``cut`` ``cut_views``: 1, the views cut from the resized
+    full view (each absent where off, as in the files made before it)."""
     return {**model.config(), "scales": json.dumps(list(map(float, scales))), "flip": bool(flip),
             **({"views_per_id": view_count(crops, grid)} if crops else {}),
-            **({"grid_views": int(grid)} if crops and grid else {})}
+            **({"grid_views": int(grid)} if crops and grid else {}),
+            **({"cut_views": 1} if crops and cut else {})}
 
 
 def is_complete(output: str | Path, images: Mapping[str, Path], config: Mapping[str, object]) -> bool:
@@ -148,7 +157,9 @@ class ExtractOptions:
     gives :data:`isc.extract.decode.CROP_VIEWS` adjacent rows with its id, its full view then each of its
     :func:`isc.extract.decode.crop_boxes` (a query or reference file for the matching track; the attribute
     ``views_per_id`` says so); ``grid`` (with crops): then ``grid`` x ``grid`` views of half the side
-    (:func:`isc.extract.decode.view_boxes`, 0: none; the attribute ``grid_views``). ``strict``: the first broken
+    (:func:`isc.extract.decode.view_boxes`, 0: none; the attribute ``grid_views``); ``cut_views`` (with crops):
+    those views cut from the resized full view, at its scale, instead of each resized to the view size
+    (:func:`isc.extract.decode.cut_views`: about half the model's work; the attribute ``cut_views``). ``strict``: the first broken
     image raises InputError. ``resume``: continue from the partial file of a killed run, extracting again the
     images changed since; ``update``: when there is no such file, start from the rows the output already holds,
     if the same model made them, so that only images added or changed since are described (isc-find's cache of a
@@ -164,6 +175,7 @@ class ExtractOptions:
     flip: bool = False
     crops: bool = False
     grid: int = 0
+    cut_views: bool = False
     half: bool | None = None
     strict: bool = False
     resume: bool = True
@@ -190,7 +202,7 @@ class ExtractOptions:
 
     def config(self, model: DescriptorModel) -> dict[str, object]:
         """The attributes of a descriptor file these options make with ``model`` (:func:`extraction_config`)."""
-        return extraction_config(model, self.scales, self.flip, self.crops, self.grid)
+        return extraction_config(model, self.scales, self.flip, self.crops, self.grid, self.cut_views)
 
     def plan(self, model: DescriptorModel) -> ExtractionPlan:
         """These options' defaults resolved for ``model`` on this machine. SettingError for decode processes
@@ -214,7 +226,7 @@ class ExtractOptions:
             device=device, decoder=decoder, pixels=pixels, workers=workers, half=on_gpu if self.half is None else self.half,
             decode_processes=self.decode_processes if decoder == "torchvision" and not pixels else 0,
             sizes=tuple(view_sizes(model, self.scales)), batch_size=self.batch_size, max_pixels=self.max_pixels,
-            flip=self.flip, crops=self.crops, grid=self.grid if self.crops else 0)
+            flip=self.flip, crops=self.crops, grid=self.grid if self.crops else 0, cut=self.crops and self.cut_views)
 
 
 def _seed_resume_log(cache: Path, config: Mapping[str, object]) -> bool:
@@ -340,7 +352,8 @@ def extract(
 def full_views(crops_file: str | Path, output: str | Path) -> int:
     """Write ``output``, the file an extraction without crops makes, from ``crops_file`` (``extract(...,
     crops=True)``): each image's first row (its full view, described exactly as without crops) of every
-    dataset, the attributes less ``views_per_id`` and ``grid_views``. Returns the rows written."""
+    dataset, the attributes less the views' (:data:`isc.core.descriptors.VIEW_ATTRIBUTES`). Returns the rows
+    written."""
     with h5py.File(crops_file, "r") as source:
         views = int(source.attrs.get("views_per_id", 0))
         if views < 2 or any(name not in source for name in ("ids", "descriptors", "file_stamps")):
@@ -358,6 +371,5 @@ def full_views(crops_file: str | Path, output: str | Path) -> int:
                 else:
                     target = out.create_dataset(name, data=dataset[()][::views])
                 target.attrs.update(dataset.attrs)
-            out.attrs.update({key: value for key, value in source.attrs.items()
-                              if key not in ("views_per_id", "grid_views")})
+            out.attrs.update({key: value for key, value in source.attrs.items() if key not in VIEW_ATTRIBUTES})
     return n_rows

@@ -15,6 +15,7 @@ import torch
 from isc.core.images import BrokenImage, broken_reason
 from isc.extract.decode import (
     crop_views,
+    cut_views,
     decode_for_views,
     nvjpeg_size,
     resize_image,
@@ -71,9 +72,11 @@ def _to_device(image: torch.Tensor, crop_source: torch.Tensor,
 
 
 def views_of_batch(reads: Iterable[tuple[int, Future]], sizes: Sequence[int], resize: str, device: torch.device,
-                   crops: bool, grid: int = 0) -> tuple[list[int], list[list[torch.Tensor]], dict[int, str]]:
+                   crops: bool, grid: int = 0, cut: bool = False,
+                   ) -> tuple[list[int], list[list[torch.Tensor]], dict[int, str]]:
     """(positions decoded, their views per scale, broken: position -> reason) of a batch from its files'
-    :func:`read_for_decode` futures: JPEGs decoded together on ``device``, views cut and resized."""
+    :func:`read_for_decode` futures: JPEGs decoded together on ``device``, views cut and resized (``cut``: cut
+    from the resized full view, :func:`isc.extract.decode.cut_views`)."""
     images: dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
     broken: dict[int, str] = {}
     for position, future in reads:
@@ -90,6 +93,9 @@ def views_of_batch(reads: Iterable[tuple[int, Future]], sizes: Sequence[int], re
             images[position] = decoded, decoded  # decoded whole: the full view and the crops alike
     ok = sorted(images)
     on_device = {p: _to_device(*images[p], device) for p in ok}
+    if crops and cut:
+        return ok, [[view for p in ok for view in cut_views(resize_image(on_device[p][0], size, resize), grid)]
+                    for size in sizes], broken
     per_scale = [[resize_image(view, size, resize) for p in ok
                   for view in crop_views(on_device[p][0], crops, on_device[p][1], grid)] for size in sizes]
     return ok, per_scale, broken
@@ -103,7 +109,9 @@ def torchvision_batches(paths: Sequence[Path], model: DescriptorModel, plan: Ext
     readers = ThreadPoolExecutor(max(1, plan.workers), thread_name_prefix="isc-read")
     batches = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
     def submit(batch: range) -> list:
-        return [readers.submit(read_for_decode, paths[i], max_pixels, sizes, crops, plan.grid) for i in batch]
+        # views cut from the full view need no second decoding for the crops
+        return [readers.submit(read_for_decode, paths[i], max_pixels, sizes, crops and not plan.cut, plan.grid)
+                for i in batch]
 
     # keep a few batches of reads in flight ahead of decoding
     pending = [submit(batch) for batch in batches[:4]]
@@ -112,6 +120,6 @@ def torchvision_batches(paths: Sequence[Path], model: DescriptorModel, plan: Ext
             if k + 4 < len(batches):
                 pending.append(submit(batches[k + 4]))
             yield views_of_batch(zip(batch, pending.pop(0), strict=True), sizes, model.resize, device, crops,
-                                 plan.grid)
+                                 plan.grid, plan.cut)
     finally:
         readers.shutdown(wait=True, cancel_futures=True)

@@ -37,13 +37,14 @@ def _mean_of_views(outputs: list[np.ndarray], normalized: bool) -> np.ndarray:
 
 def _decode_pixels(paths: Sequence[Path], sizes: Sequence[int], resize: str, max_pixels: int, flip: bool,
                    describe: Callable[[np.ndarray], np.ndarray] | None, normalized: bool,
-                   crops: bool = False, grid: int = 0) -> list[tuple[list[np.ndarray] | np.ndarray | None, str | None]]:
+                   crops: bool = False, grid: int = 0, cut: bool = False,
+                   ) -> list[tuple[list[np.ndarray] | np.ndarray | None, str | None]]:
     """Per image file: (uint8 pixels [h, w, 3] of each view and size, ordered as :func:`isc.extract.decode.decode_views`, None),
     or with ``describe`` (the descriptors it makes of them, one per crop view averaged over sizes and flips,
     concatenated, None), or (None, why it cannot be read)."""
     results = []
     for path in paths:
-        views, reason = decode_views(path, sizes, resize, max_pixels, crops, grid=grid)
+        views, reason = decode_views(path, sizes, resize, max_pixels, crops, grid=grid, cut=cut)
         if views is None:
             results.append((None, reason))
             continue
@@ -105,7 +106,8 @@ def pixel_batches(paths: Sequence[Path], model: DescriptorModel,
     describe = model.per_image_descriptor
     sizes, batch_size, workers, flip, crops = plan.sizes, plan.batch_size, plan.workers, plan.flip, plan.crops
     decode = functools.partial(_decode_pixels, sizes=sizes, resize=model.resize, max_pixels=plan.max_pixels,
-                               flip=flip, describe=describe, normalized=model.normalized, crops=crops, grid=plan.grid)
+                               flip=flip, describe=describe, normalized=model.normalized, crops=crops, grid=plan.grid,
+                               cut=plan.cut)
     chunk = min(batch_size, PIXEL_CHUNK)
     chunks = [paths[start:start + chunk] for start in range(0, len(paths), chunk)]
     # a few batches decoded ahead, and every process busy

@@ -23,3 +23,4 @@ class ExtractionPlan:
     flip: bool
     crops: bool
     grid: int = 0  # with crops: grid views a side (isc.extract.decode.view_boxes)
+    cut: bool = False  # with crops: views cut from the resized full view (isc.extract.decode.cut_views)

@@ -49,16 +49,16 @@ class _PillowImages(torch.utils.data.Dataset):
     decoded in a worker."""
 
     def __init__(self, paths: Sequence[Path], sizes: Sequence[int], resize: str, max_pixels: int, crops: bool,
-                 grid: int):
+                 grid: int, cut: bool):
         self.paths, self.sizes, self.resize, self.max_pixels = list(paths), list(sizes), resize, max_pixels
-        self.crops, self.grid = crops, grid
+        self.crops, self.grid, self.cut = crops, grid, cut
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, position: int):
         return position, *decode_views(self.paths[position], self.sizes, self.resize, self.max_pixels, self.crops,
-                                       _resize_tensor, self.grid)
+                                       _resize_tensor, self.grid, self.cut)
 
 
 def _resize_tensor(view: np.ndarray, size: int, mode: str) -> torch.Tensor:
@@ -73,7 +73,8 @@ def _as_list(batch: list) -> list:
 def _pillow_batches(paths: Sequence[Path], model: DescriptorModel, plan: ExtractionPlan) -> Iterator[tuple]:
     device, sizes, workers = torch.device(plan.device), plan.sizes, plan.workers
     loader = torch.utils.data.DataLoader(
-        _PillowImages(paths, sizes, model.resize, plan.max_pixels, plan.crops, plan.grid), batch_size=plan.batch_size,
+        _PillowImages(paths, sizes, model.resize, plan.max_pixels, plan.crops, plan.grid, plan.cut),
+        batch_size=plan.batch_size,
         num_workers=workers,
         collate_fn=_as_list, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
         multiprocessing_context=worker_context([__name__]) if workers else None)

@@ -90,8 +90,10 @@ def calibrate_run(
         "model_attributes": read_descriptor_attrs(files["reference"])}}}),
         "search": {"norm": setup.search.norm.recorded(), "k": setup.search.k, "pca_dim": setup.whitened,
                    "query_crops": setup.query_crops, "reference_crops": setup.reference_crops,
-                   # only where on: a calibration fitted before the grid existed still applies
-                   **({"query_grid": setup.query_grid} if setup.query_grid else {})}}
+                   # only where on: a calibration fitted before the grid (or cut crops) existed still applies
+                   **({"query_grid": setup.query_grid} if setup.query_grid else {}),
+                   **({"crop_views": "cut"} if setup.extraction.cut_views and (setup.query_crops or setup.reference_crops)
+                      else {})}}
     if setup.given is not None:
         calibration = Calibration.load(setup.given)
         calibration.check_conditions(conditions, setup.given)

@@ -57,8 +57,9 @@ DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
     # plain 0.5: precision 0.98 on photo set B, normalised 0.45: the same (recall 0.69, 0.67); verified 0.55: the
     # plain default's precision on photo sets L and B, recall 0.69 against 0.56 and 0.73 against 0.63
     "sscd": Thresholds(plain=0.5, normalised=0.45, verified=0.55),
-    # each the lowest keeping sscd's precision at its default on photo sets A and B, the larger of the two (A's)
-    "sscd_distilled": Thresholds(plain=0.59, normalised=0.69, verified=0.65),
+    # each the lowest keeping sscd's precision at its default on photo sets A and B, the larger of the two (A's),
+    # with the default cut crops (docs/BENCHMARKS.md, "Crops cut from the full view")
+    "sscd_distilled": Thresholds(plain=0.61, normalised=0.66, verified=0.65),
 }
 
 
@@ -83,6 +84,9 @@ def default_threshold(model: str, verified: bool, normalised: bool, as_benchmark
 # grid views a side beside the crops (isc-run's --query-grid): off, for the thresholds above were chosen on
 # images described without them
 DEFAULT_GRID = 0
+# crops cut from the full view as resized (isc.extract.decode.cut_views): on photo sets A and B the same copies
+# within the bootstrap intervals for about half the model's work (docs/BENCHMARKS.md, "Crops cut from the full view")
+DEFAULT_CUT_VIEWS = True
 # a folder of at most this many images is decoded in this process unless the workers are told: starting the
 # decoding processes took 0.4 s of processor time for 55 images, more than decoding them (docs/BENCHMARKS.md)
 IN_PROCESS_DECODING = 64
@@ -124,13 +128,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "isc" / "find"
 
 
-def cache_path(cache_dir: str | Path, folder: str | Path, model: DescriptorModel, crops: bool, grid: int = 0) -> Path:
+def cache_path(cache_dir: str | Path, folder: str | Path, model: DescriptorModel, crops: bool, grid: int = 0,
+               cut: bool = False) -> Path:
     """The cache file of a folder's descriptors, keyed by the folder (its resolved path), the model and the views,
-    whatever the output: ``CACHE/<folder name>-<hash>/<model>[_crops[_grid<N>]].h5``."""
+    whatever the output: ``CACHE/<folder name>-<hash>/<model>[_crops[_grid<N>][_cut]].h5``."""
     resolved = Path(folder).resolve()
     key = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:16]
     # the name only helps a reader (the hash keys it): cut so that a long one stays within a file name's 255 bytes
-    views = (f"_crops_grid{grid}" if grid else "_crops") if crops else ""
+    views = f"_crops{f'_grid{grid}' if grid else ''}{'_cut' if cut else ''}" if crops else ""
     return Path(cache_dir) / f"{resolved.name[:40]}-{key}" / f"{model.name.replace('/', '_')}{views}.h5"
 
 
@@ -301,19 +306,20 @@ def describe_folders(
                 raise InputError(f"the training images {training} include {len(shared)} of the {role} images (first "
                                  f"{images[next(iter(shared.values()))]}): training images must be unrelated to "
                                  "them, the scores would be normalised by the images' own copies")
-    plain, crops, grid = replace(queried, crops=False), queried.crops, queried.grid if queried.crops else 0
+    plain, crops = replace(queried, crops=False), queried.crops
+    views = {"grid": queried.grid, "cut": queried.cut_views} if crops else {}
     if same_images:
-        queries = references = describe(folders[0], cache_path(cache_dir, folders[0], model, crops, grid), model,
+        queries = references = describe(folders[0], cache_path(cache_dir, folders[0], model, crops, **views), model,
                                         queried, quiet, listed[0])
         if len(queries.ids) // queries.views < 2:
             raise InputError(f"{folders[0]}: {len(queries.ids) // queries.views} readable image(s) of "
                              f"{len(queries.paths)}: copies within one folder need at least 2")
     else:
-        queries = describe(folders[0], cache_path(cache_dir, folders[0], model, crops, grid), model, queried, quiet,
-                           listed[0])
+        queries = describe(folders[0], cache_path(cache_dir, folders[0], model, crops, **views), model, queried,
+                           quiet, listed[0])
         # described as the queries are: the second folder is searched in the first too
-        references = describe(folders[1], cache_path(cache_dir, folders[1], model, crops, grid), model, queried,
-                              quiet, listed[1])
+        references = describe(folders[1], cache_path(cache_dir, folders[1], model, crops, **views), model,
+                              queried, quiet, listed[1])
         same_files = {q: r for q, r in same_files.items() if q not in queries.unreadable
                       and r not in references.unreadable}
     described_training = None if training is None else describe(
@@ -323,15 +329,15 @@ def describe_folders(
 
 def find_copies(
     folders: list[str | Path], cache_dir: str | Path | None, model: DescriptorModel,
-    extraction: ExtractOptions = ExtractOptions(), *, threshold: float | None = None,
+    extraction: ExtractOptions = ExtractOptions(cut_views=DEFAULT_CUT_VIEWS), *, threshold: float | None = None,
     training: str | Path | None = None, crops: bool = True, k: int = DEFAULT_K, quiet: bool = False,
     verification: VerifyOptions | None = None, as_benchmarked: bool = True,
 ) -> FindResult:
     """The copies of ``folders``: ``[QUERIES, REFERENCES]``, each query's copies among the references, or
     ``[FOLDER]``, the copies within one folder (a pair of an image with itself left out); two folders are
     searched both ways (:func:`both_ways`), so that swapping them swaps the sides of the pairs and nothing else.
-    Descriptors made as ``extraction`` says (``crops``: each image's crops too, and its grid views where
-    ``extraction.grid`` says) and cached in ``cache_dir``
+    Descriptors made as ``extraction`` says (``crops``: each image's crops too, cut from its full view where
+    ``extraction.cut_views`` says, and its grid views where ``extraction.grid`` says) and cached in ``cache_dir``
     (None: :func:`default_cache_dir`), one file per folder and model. ``verification``: the candidates
     re-scored by local features (:func:`verify_candidates`), None: not. ``threshold``, in (0, 1] (verified:
     up to 1 plus the inlier bonus's weight): by default the model's (:func:`default_threshold`; ``as_benchmarked``
@@ -373,6 +379,7 @@ def find_copies(
         + ("verified" if verification is not None else "normalised" if training is not None else "plain") + " scores",
         "query_crops": crops, "k": k,
         **({"grid_views": extraction.grid} if crops and extraction.grid else {}),
+        **({"crop_views": "cut" if extraction.cut_views else "resized"} if crops else {}),
         "score_normalisation": None if training is None else {**options.norm.recorded(), "training": str(training)},
         "folders": [str(f) for f in folders], "queries": len(queries.paths), "references": len(references.paths),
         "described": queries.described + (0 if same_images else references.described)

@@ -17,6 +17,7 @@ import numpy as np
 
 from isc.core.competition import MATCHING_TRACK_MAX_ROWS, PHASE_QUERY_RANGES, query_phase, validate_ids
 from isc.core.descriptors import (
+    VIEW_ATTRIBUTES,
     model_attributes,
     model_differences,
     provenance,
@@ -332,7 +333,7 @@ def search_files(
         check_pair(query_x, files[split][1], f"query and {split}")
     # views (crops, grid views) of the queries or references are made by the same model: not a model difference
     check_same_model([(paths[split], attrs) for split, (_, _, attrs) in files.items()],
-                     [*ignore_attributes, "views_per_id", "grid_views"])
+                     [*ignore_attributes, *VIEW_ATTRIBUTES])
     reference_ids, reference_x, _ = files["reference"]
     training_x = files["training"][1] if "training" in files else None
     exclude_self = same_images(query, files["query"][2], reference, files["reference"][2])

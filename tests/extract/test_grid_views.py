@@ -11,7 +11,6 @@ from isc.core.descriptors import model_differences, read_descriptor_attrs, read_
 from isc.core.files import SettingError
 from isc.extract.decode import CROP_VIEWS, GRID_FRACTION, grid_boxes, view_count
 from isc.extract.extraction import ExtractOptions, extract, full_views, is_complete
-from isc.extract.image_files import list_split_images, select_split_images
 from isc.models import create_model
 from isc.pipeline.find import cache_path
 
@@ -22,19 +21,8 @@ VIEWS = CROP_VIEWS + GRID * GRID
 
 
 @pytest.fixture(scope="module")
-def images(mini_dataset, tmp_path_factory) -> dict[str, Path]:
-    """Four phase-1 queries as PNGs of 160 x 120 pixels: lossless, so that a quarter cut and saved is the very
-    pixels the extraction cuts."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("grid_images")
-    queries = select_split_images(list_split_images(mini_dataset, "query"), "query", 1)
-    out = {}
-    for image_id, path in list(queries.items())[:4]:
-        with Image.open(path) as image:
-            image.convert("RGB").resize((160, 120)).save(folder / f"{image_id}.png")
-        out[image_id] = folder / f"{image_id}.png"
-    return out
+def images(query_pngs) -> dict[str, Path]:
+    return query_pngs
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +124,11 @@ def test_a_grid_other_than_0_or_2_is_refused():
     # one rule for the three commands: grid views without crops are refused, never silently ignored
     ("find", ["--grid", "2", "--no-crops"], "--grid needs crops: leave out --no-crops"),
     ("run", ["--query-grid", "2", "--no-query-crops"], "--query-grid needs query crops: leave out --no-query-crops"),
+    # and so is a way of making crops
+    ("extract", ["--crop-views", "cut"], "--crop-views needs --crops"),
+    ("find", ["--crop-views", "resized", "--no-crops"], "--crop-views needs crops: leave out --no-crops"),
+    ("run", ["--crop-views", "cut", "--no-query-crops"], "--crop-views needs query or reference crops"),
+    ("find", ["--crop-views", "half"], "argument --crop-views: invalid choice: 'half'"),
 ])
 def test_the_cli_refuses_a_bad_grid_in_one_line(images, tmp_path, command, argv, message):
     folder = next(iter(images.values())).parent
@@ -156,6 +149,6 @@ def test_isc_find_describes_a_folder_with_its_grid_views_into_a_cache_of_their_o
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "found.json").read_text())["grid_views"] == GRID
     [cached] = (tmp_path / "cache").glob("*/pdq*.h5")
-    assert cached.name == "pdq_crops_grid2.h5"
+    assert cached.name == "pdq_crops_grid2_cut.h5"  # isc-find's crops are cut from the full view
     ids, _, attrs = read_descriptors(cached, views=True)
     assert (attrs["views_per_id"], attrs["grid_views"]) == (VIEWS, GRID) and len(ids) == VIEWS * len(images)

@@ -169,10 +169,11 @@ def engine_candidates(folders: dict[str, Path], cache: Path, **options: object) 
     """Every candidate pair (each query's 8 nearest references), before any threshold, from isc-find's engine."""
     from isc.extract.extraction import ExtractOptions
     from isc.models import create_model
-    from isc.pipeline.find import find_copies
+    from isc.pipeline.find import DEFAULT_CUT_VIEWS, find_copies
 
     found = find_copies([folders["queries"], folders["references"]], cache, create_model("pdq"),
-                        ExtractOptions(workers=0), threshold=0.5, k=8, quiet=True, **options)
+                        ExtractOptions(workers=0, cut_views=DEFAULT_CUT_VIEWS), threshold=0.5, k=8, quiet=True,
+                        **options)
     return found.candidates.to_frame()
 
 
@@ -203,8 +204,11 @@ def test_k_keeps_each_images_best_matches_and_threshold_cuts_them(folders, tmp_p
     assert done.returncode == 0 and "0 described this run" in done.stdout, done.stderr
     best = read_matches(tmp_path / "two.csv")
     scored = candidates.set_index(["query_id", "reference_id"])["score"]
-    assert np.allclose(scored.loc[list(zip(best["query_id"], best["reference_id"], strict=True))], best["score"],
-                       atol=1e-6) and (best["score"] >= low).all()
+    # each pair's better score of the two directions, or with --k 2 the one direction that lists it when the
+    # other lies beyond its side's 2 best
+    better = scored.loc[list(zip(best["query_id"], best["reference_id"], strict=True))].to_numpy()
+    assert (best["score"].to_numpy() <= better + 1e-6).all() and np.isclose(best["score"], better, atol=1e-6).mean() > 0.9
+    assert (best["score"] >= low).all()
     # each query's 2 nearest references, each reference's 2 nearest queries (scores of the two directions
     # differ: each side's crops are searched in the other's full views), every query kept
     assert len(best) <= 2 * (6 + 8) and best.groupby("query_id").size().max() <= 2 + 8

@@ -211,6 +211,13 @@ def test_query_grid_on(rerun):
     assert not results[("calibrate", "copies")].startswith("up to date")  # its copies described with the grid too
 
 
+def test_crops_cut_from_the_full_view(rerun):
+    results = _results(rerun({"extraction": ExtractOptions(batch_size=8, workers=0, cut_views=True)}))
+    assert "images/s" in results[("extract", "query phase 1 crops")]  # described again, not reused
+    assert results[("extract", "query phase 1")] == results[("extract", "reference")] == "up to date"
+    assert not results[("calibrate", "copies")].startswith("up to date")  # its copies' crops cut likewise
+
+
 def test_query_grid_describes_the_queries_and_the_calibrations_copies(mini_dataset, tmp_path):
     work = tmp_path / "work"
     Pipeline(RunConfig(work=work, data=mini_dataset, submissions=work / "submissions", phases=[1],
