@@ -1,7 +1,6 @@
 """scripts/bench_descriptor_submissions.py: submissions of both tracks scored as the organisers scored them, each
 paired with its own track's first file over the same bootstrap resamples of the queries."""
 
-
 import numpy as np
 import pytest
 from conftest import REPO, run_python
