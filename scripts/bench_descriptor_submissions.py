@@ -40,14 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gt", type=Path, required=True, help="the ground truth of the submissions' phase")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
     args = parser.parse_args(argv)
-    truth = read_ground_truth(args.gt)
+    try:
+        truth = read_ground_truth(args.gt)
+        scored = [(path, *scored_predictions(path)) for path in args.submissions]  # every file read before a row
+    except (OSError, ValueError) as e:  # InputError is a ValueError
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     weights = np.random.default_rng(0).multinomial(len(truth), np.full(len(truth), 1 / len(truth)),
                                                    size=args.resamples)
     print("| submission | track | dimensions | µAP | recall@P90 | µAP − its track's first (95% bootstrap) |")
     print("|---|---|---:|---:|---:|---|")
     baselines: dict[str, np.ndarray] = {}
-    for path in args.submissions:
-        track, dimensions, predictions = scored_predictions(path)
+    for path, track, dimensions, predictions in scored:
         resampled, cells = paired_cells(predictions, truth, weights, baselines.get(track))
         baselines.setdefault(track, resampled)
         print(f"| {path} | {track} | {dimensions} | {cells} |", flush=True)

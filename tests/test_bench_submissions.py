@@ -1,9 +1,11 @@
 """scripts/bench_descriptor_submissions.py: submissions of both tracks scored as the organisers scored them, each
 paired with its own track's first file over the same bootstrap resamples of the queries."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import REPO, run_python
+from conftest import REPO, one_line_error, run_python
 
 from isc.core.descriptors import write_descriptor_track
 
@@ -42,3 +44,9 @@ def test_a_descriptor_file_is_paired_with_its_own_track(table: list[str]) -> Non
     track = table[2].split(" | ")
     # scored by the organisers' capped L2 search; its baseline is itself, not the matching track's first
     assert track[1:6] == ["descriptors", "4", "1.000", "1.000", "+0.000 [+0.000, +0.000] |"]
+
+
+def test_a_missing_submission_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "truth.csv").write_text(TRUTH)
+    result = run_python(SCRIPT, "--gt", tmp_path / "truth.csv", tmp_path / "absent.csv", timeout=120)
+    one_line_error(result, "bench_descriptor_submissions.py", "absent.csv", "no such file")
