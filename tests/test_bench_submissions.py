@@ -50,3 +50,15 @@ def test_a_missing_submission_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "truth.csv").write_text(TRUTH)
     result = run_python(SCRIPT, "--gt", tmp_path / "truth.csv", tmp_path / "absent.csv", timeout=120)
     one_line_error(result, "bench_descriptor_submissions.py", "absent.csv", "no such file")
+
+
+def test_per_query_keeps_each_querys_best_rows(tmp_path: Path) -> None:
+    for name, text in (("truth.csv", TRUTH), ("weaker.csv", WEAKER)):
+        (tmp_path / name).write_text(text)
+    result = run_python(SCRIPT, "--gt", tmp_path / "truth.csv", "--per-query", 1, "--resamples", 50,
+                        tmp_path / "weaker.csv", timeout=120)
+    assert result.returncode == 0, result.stderr
+    # Q00001 keeps its wrong first row only: µAP (1 + 2/3) / 3
+    assert "| matching | - | 0.556 | 0.333 | +0.000 [+0.000, +0.000] |" in result.stdout
+    refused = run_python(SCRIPT, "--gt", tmp_path / "truth.csv", "--per-query", 0, tmp_path / "weaker.csv")
+    one_line_error(refused, "bench_descriptor_submissions.py", "--per-query must be at least 1, got 0")
