@@ -60,13 +60,20 @@ def _decode_pixels(paths: Sequence[Path], sizes: Sequence[int], resize: str, max
 
 def _in_order(function: Callable, chunks: Sequence, workers: int, ahead: int) -> Iterator:
     """``function(chunk)`` of each chunk, in order, computed by ``workers`` processes at most ``ahead`` chunks
-    ahead (0 workers: in this process)."""
-    if workers == 0 or not chunks:
-        yield from map(function, chunks)
+    ahead (0 workers: in this process, on one thread decoding ahead of the caller)."""
+    if not chunks:
         return
-    from concurrent.futures import ProcessPoolExecutor  # here: a folder decoded in this process needs none
+    if workers == 0:
+        from concurrent.futures import ThreadPoolExecutor
 
-    pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=worker_context([__name__]))
+        # Pillow's decoder and numpy's products release the GIL: the next images are decoded while the model
+        # runs (a second thread gained no time and grew the peak by its own malloc arena; docs/BENCHMARKS.md)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="isc-decode")
+    else:
+        # here: it loads multiprocessing, which a folder decoded in this process does without
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=worker_context([__name__]))
     try:
         pending = collections.deque(pool.submit(function, chunk) for chunk in chunks[:ahead])
         for chunk in itertools.chain(chunks[ahead:], itertools.repeat(None, len(pending))):
