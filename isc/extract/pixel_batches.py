@@ -117,8 +117,8 @@ def pixel_batches(paths: Sequence[Path], model: DescriptorModel,
                                cut=plan.cut)
     chunk = min(batch_size, PIXEL_CHUNK)
     chunks = [paths[start:start + chunk] for start in range(0, len(paths), chunk)]
-    # a few batches decoded ahead, and every process busy
-    decoded = _in_order(decode, chunks, workers, max(2 * workers, 2 * batch_size // chunk))
+    # a few batches decoded ahead, and every process busy (in this process: the next batch, while the model runs)
+    decoded = _in_order(decode, chunks, workers, max(2 * workers, 2 * batch_size // chunk) if workers else 1)
     with contextlib.closing(decoded):
         results = itertools.chain.from_iterable(decoded)
         for start in range(0, len(paths), batch_size):
