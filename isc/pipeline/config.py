@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from isc.core.competition import DESCRIPTOR_TRACK_MAX_DIM, PHASES
@@ -77,6 +77,15 @@ def descriptor_ensemble(config: RunConfig) -> tuple[tuple[str, float], ...]:
     if config.model in {name for name, _ in given}:
         raise InputError(f"{config.model} is the run's model: the descriptor ensemble joins other models to it")
     return given
+
+
+def matching_search(config: RunConfig, queries: int) -> SearchOptions:
+    """The matching track's search of ``queries`` queries: ``config.search``, but when the candidates are verified
+    every query keeps its ``k`` (verified deeper where ``deep_k`` says), however many queries there are; the verified
+    predictions are then cut back to ``max_results``, the track's limit (``Pipeline.verify``)."""
+    if config.verify is None:
+        return config.search
+    return replace(config.search, max_results=max(config.search.max_results, queries * config.search.k))
 
 
 def other_model_folder(descriptors: Path, model: str) -> Path:

@@ -51,7 +51,7 @@ from isc.download.sync import sync_split
 from isc.extract.image_files import list_split_images
 from isc.models import DescriptorModel, create_model, given_options
 from isc.pipeline.calibration import CopiesCalibration, calibrate_run
-from isc.pipeline.config import RunConfig, descriptor_ensemble, other_model_folder
+from isc.pipeline.config import RunConfig, descriptor_ensemble, matching_search, other_model_folder
 from isc.pipeline.summary import RunSummary, Step, p90_text
 from isc.pipeline.work import (
     describe,
@@ -217,11 +217,10 @@ class Pipeline:
         if query is None:
             return None
         began = time.perf_counter()
-        output = self.work / f"predictions_phase{phase}.csv"
-        reference = matching_references(files)
-        c = self.config
+        output, reference, c = self.work / f"predictions_phase{phase}.csv", matching_references(files), self.config
+        search = matching_search(c, len(self.images("query")[f"query_phase{phase}"]))
         wanted = self._made_from(
-            {"phase": phase, "search": c.search.recorded(), "query crops": c.query_crops,
+            {"phase": phase, "search": search.recorded(), "query crops": c.query_crops,
              "reference crops": c.reference_crops, "matching whitened": bool(c.matching_whitened and c.pca_dim)},
             [query, reference, *([files["training"]] if "training" in files else [])])
         why = wanted.why_redo(output, provenance_path(output))
@@ -229,7 +228,7 @@ class Pipeline:
             self._step("search", f"phase {phase}", None, began, True, "up to date", [output])
             return output
         # isc-search's stage: the same-model check, and the provenance that the submission's manifest quotes
-        predictions, record = search_files(query, reference, output, files.get("training"), c.search, phase=phase,
+        predictions, record = search_files(query, reference, output, files.get("training"), search, phase=phase,
                                            quiet=c.quiet)
         wanted.record(output)
         searched = record["inputs"]
@@ -272,7 +271,7 @@ class Pipeline:
         queries = self.images("query")[f"query_phase{phase}"]
         result = verify(read_predictions(predictions), queries, self.images("reference")["reference"], output,
                         options=c.verify, cache=self.work / "verify-cache", combiner=combiner, quiet=c.quiet,
-                        regions=region_describer(self.model, c.extraction, c.verify))
+                        regions=region_describer(self.model, c.extraction, c.verify), max_rows=c.search.max_results)
         wanted.record(output)
         broken = f", {len(result.broken)} broken images" if result.broken else ""
         self._step("verify", f"phase {phase}", result.queries, began, False,

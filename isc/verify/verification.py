@@ -259,6 +259,7 @@ def verify(
     quiet: bool = False,
     record: Mapping[str, object] | None = None,
     regions: RegionDescriber | None = None,
+    max_rows: int | None = None,
 ) -> VerifyResult:
     """Verify each query's ``options.k`` best candidates of ``predictions`` (deeper where ``options.deep_k`` says:
     :mod:`isc.verify.adaptive`) and write the re-scored predictions
@@ -272,7 +273,9 @@ def verify(
     ``strict``: the first broken image raises InputError; more than ``max_broken`` of the images broken
     warns, all of them raises :class:`isc.core.files.NoImageRead`. ``record``: more for the provenance.
     ``regions``: the descriptor model that describes the matched regions when ``options.region_inliers`` asks for
-    them (:mod:`isc.verify.regions`; the evidence then has a ``region_similarity`` column).
+    them (:mod:`isc.verify.regions`; the evidence then has a ``region_similarity`` column). ``max_rows``: the
+    re-scored predictions cut to their best ``max_rows`` (equal scores by query id, then reference id; the
+    evidence keeps every pair), for a search that kept more candidates than the matching track allows.
     Under torchrun the queries are sharded across ranks and the first rank writes the files.
     """
 
@@ -301,7 +304,7 @@ def verify(
         combiner = fit(evidence)
     new_scores = rescore(evidence, combiner)
     evidence = evidence.assign(new_score=new_scores)
-    _write_scores(output, evidence)
+    _write_scores(output, evidence, max_rows)
     result = dataclasses.replace(
         _result(output, cache_root, rank, world, len(evidence), evidence["query_id"].nunique(), all_counts),
         regions_described=described_regions)
@@ -315,13 +318,18 @@ def verify(
     return result
 
 
-def _write_scores(output: Path, evidence: pd.DataFrame) -> None:
-    """The re-scored predictions and the evidence sidecar, the provenance of an older run removed first."""
+def _write_scores(output: Path, evidence: pd.DataFrame, max_rows: int | None = None) -> None:
+    """The re-scored predictions (at most ``max_rows``, the best) and the evidence sidecar, the provenance of an
+    older run removed first."""
     from isc.core.descriptors import provenance_path
     from isc.core.tables import write_predictions
 
     provenance_path(output).unlink(missing_ok=True)  # a crash between the writes must not leave an older record
-    write_predictions(output, evidence[["query_id", "reference_id", "new_score"]].rename(columns={"new_score": "score"}))
+    scores = evidence[["query_id", "reference_id", "new_score"]].rename(columns={"new_score": "score"})
+    if max_rows is not None and len(scores) > max_rows:
+        scores = scores.sort_values(["score", "query_id", "reference_id"], ascending=[False, True, True],
+                                    kind="stable").head(max_rows)
+    write_predictions(output, scores)
     with atomic_path(evidence_path(output)) as tmp:
         evidence.to_csv(tmp, index=False, float_format="%.7g")
 

@@ -71,3 +71,33 @@ def test_cli_refuses_a_deep_k_not_beyond_k_in_one_line(dataset, tmp_path, comman
     assert done.stderr.strip().splitlines()[-1].endswith(f" {flag} must be more than the candidates verified for "
                                                          "every query (3), got " + ("3" if verify else "2"))
     assert not (tmp_path / "v.csv").exists()
+
+
+def test_a_verified_run_searches_every_querys_k_and_keeps_the_tracks_limit_after_verifying(mini_dataset, tmp_path):
+    """The search keeps each query's k candidates however many queries there are (else, at 50,000 queries, the
+    track's 500,000 rows would leave 10 a query to verify deeper), and the verified predictions are cut back to
+    the limit, the best by their new score; unverified, the search keeps the limit itself."""
+    from dataclasses import replace
+
+    from isc.extract.extraction import ExtractOptions
+    from isc.pipeline.config import matching_search
+    from isc.search.matching import SearchOptions
+
+    limit, k = 40, 6  # the limit stands for the track's 500,000 rows
+    work = tmp_path / "work"
+    config = RunConfig(work=work, data=mini_dataset, submissions=work / "submissions", phases=[1], model="pdq",
+                       pca_dim=16, extraction=ExtractOptions(batch_size=8, workers=0), calibration_copies=0,
+                       verify=VerifyOptions(k=3, deep_k=k, workers=0), search=SearchOptions(k=k, max_results=limit),
+                       quiet=True)
+    Pipeline(config).run()
+    searched = read_predictions(work / "predictions_phase1.csv")
+    assert len(searched) > limit and (searched.groupby("query_id").size() == k).all()
+    verified = read_predictions(work / "predictions_phase1_verified.csv")
+    evidence = pd.read_csv(evidence_path(work / "predictions_phase1_verified.csv"), keep_default_na=False,
+                           dtype={"query_id": str, "reference_id": str})
+    assert len(evidence) == len(searched) and len(verified) == limit
+    best = evidence.sort_values(["new_score", "query_id", "reference_id"], ascending=[False, True, True]).head(limit)
+    assert list(zip(verified["query_id"], verified["reference_id"], strict=True)) == \
+        list(zip(best["query_id"], best["reference_id"], strict=True))
+    assert len(read_predictions(work / "submissions" / "phase1_matching.csv")) == limit
+    assert matching_search(replace(config, verify=None), 1_000) == config.search
