@@ -195,6 +195,14 @@ def read_descriptor_attrs(path: str | Path) -> dict[str, object]:
         return _attrs(f)
 
 
+def described_images(path: str | Path) -> int:
+    """The images a descriptor file describes, without loading the descriptors: its rows over its views per
+    image (attribute ``views_per_id``)."""
+    with _open_h5(path) as f:
+        ids = DESCRIPTOR_LAYOUTS[_descriptor_layout(f, path)][0]
+        return len(f[ids]) // int(_attrs(f).get("views_per_id", 1))
+
+
 # the attributes that say which views of an image a file's rows are, not how the model describes an image:
 # files of other views of the same model may be searched together, never reused one for the other
 VIEW_ATTRIBUTES = ("views_per_id", "grid_views", "cut_views")

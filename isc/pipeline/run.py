@@ -43,7 +43,7 @@ from pathlib import Path
 import pandas as pd
 
 from isc.core.competition import DESCRIPTOR_TRACK_MAX_DIM, PHASES, SPLITS, metadata_file, split_folder
-from isc.core.descriptors import provenance_path, read_descriptor_attrs
+from isc.core.descriptors import described_images, provenance_path, read_descriptor_attrs
 from isc.core.files import InputError, SettingError
 from isc.core.made_from import MadeFrom
 from isc.core.tables import competition_ground_truth, read_predictions
@@ -218,7 +218,7 @@ class Pipeline:
             return None
         began = time.perf_counter()
         output, reference, c = self.work / f"predictions_phase{phase}.csv", matching_references(files), self.config
-        search = matching_search(c, len(self.images("query")[f"query_phase{phase}"]))
+        search = matching_search(c, described_images(query))
         wanted = self._made_from(
             {"phase": phase, "search": search.recorded(), "query crops": c.query_crops,
              "reference crops": c.reference_crops, "matching whitened": bool(c.matching_whitened and c.pca_dim)},

@@ -10,7 +10,13 @@ import pytest
 from conftest import cli
 from test_grid_views import GRID, TINY
 
-from isc.core.descriptors import VIEW_ATTRIBUTES, model_differences, read_descriptor_attrs, read_descriptors
+from isc.core.descriptors import (
+    VIEW_ATTRIBUTES,
+    described_images,
+    model_differences,
+    read_descriptor_attrs,
+    read_descriptors,
+)
 from isc.extract.decode import CROP_VIEWS, DEFAULT_MAX_PIXELS, decode_views, view_boxes, view_count
 from isc.extract.extraction import ExtractOptions, extract, full_views, is_complete
 from isc.models import create_model
@@ -87,6 +93,7 @@ def test_a_file_of_cut_views_is_never_reused_for_resized_crops(images, cut_file,
     per_cut, per_resized = (read_descriptors(f, views=True)[1].reshape(len(images), CROP_VIEWS, -1)
                             for f in (cut_file, tmp_path / "resized.h5"))
     assert per_cut[:, 0].tobytes() == per_resized[:, 0].tobytes()  # the full views: the same pixels
+    assert described_images(cut_file) == described_images(tmp_path / "resized.h5") == len(images)  # 6 rows each
     assert not np.allclose(per_cut[:, 1:], per_resized[:, 1:], atol=1e-3)  # the crops: other pixels
     # the plain file made from the cut file's first views: no trace of the views' attributes
     assert full_views(cut_file, tmp_path / "full.h5") == len(images)
