@@ -51,7 +51,7 @@ def add_model_options(parser: Parser, batch_size: int | None = None) -> None:
                         f"model that takes uint8 pixels: {pixel_models()} of a uint8 graph)")
 
 
-CROP_VIEWS = ("resized", "cut")  # --crop-views: each view resized to the model's size, or cut from the full view
+CROP_VIEW_CHOICES = ("resized", "cut")  # --crop-views: each view resized to the model's size, or cut from the full view
 
 
 def check_grid(grid: int, crops: bool, grid_flag: str, crops_needed: str) -> None:
@@ -74,8 +74,8 @@ def cut_views(args: argparse.Namespace, crops: bool, default: bool, crops_needed
 def add_crop_views_option(parser: Parser, default_cut: bool, what: str) -> None:
     """--crop-views (read back as ``args.crop_views``, None where not given): how the crops and grid views of
     ``what`` are made (:attr:`ExtractOptions.cut_views`)."""
-    default = CROP_VIEWS[default_cut]
-    parser.add_argument("--crop-views", choices=CROP_VIEWS, default=None,
+    default = CROP_VIEW_CHOICES[default_cut]
+    parser.add_argument("--crop-views", choices=CROP_VIEW_CHOICES, default=None,
                         help=f"how {what} crops (and grid views) are made: 'cut' from the full view as resized, "
                         "at its scale (a crop of 2/3 of the image has 2/3 of its side: about half the model's work "
                         "of 'resized'; attribute cut_views), or 'resized', each decoded and resized to the model's "
