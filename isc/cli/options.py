@@ -221,22 +221,25 @@ def score_norm(args: argparse.Namespace) -> ScoreNorm:
 
 
 # the VerifyOptions fields that add_verify_options gives a flag: --FIELD, or --verify-FIELD beside other stages
-VERIFY_FLAGS = ("k", "max_features", "max_side", "ratio", "geometry", "threshold", "workers")
+VERIFY_FLAGS = ("k", "features", "max_features", "max_side", "ratio", "geometry", "threshold", "workers")
 # adaptive depth: isc-verify's and isc-run's only (isc-find picks its pairs from both sides' best candidates)
 DEEP_FLAGS = ("deep_k", "deep_inliers")
 
 
 def add_verify_options(parser: Parser, prefix: str = "", per: str = "per query", deep: bool = True) -> None:
-    """How candidate pairs are verified, read back by :func:`verify_options`: isc-verify's --k, --max-features,
+    """How candidate pairs are verified, read back by :func:`verify_options`: isc-verify's --k, --features, --max-features,
     --max-side, --ratio, --geometry, --threshold, --workers, --deep-k, --deep-inliers; with ``prefix`` ``verify-`` isc-run's and isc-find's
     --verify-k, ..., --verify-workers, beside their search's --k and --threshold and their extraction's --workers.
     ``per``: what each ``k`` candidates belong to, for the help; ``deep``: with --deep-k and --deep-inliers."""
-    from isc.verify.local_features import GEOMETRIES, VerifyOptions
+    from isc.verify.local_features import GEOMETRIES, LOCAL_FEATURES, VerifyOptions
 
     default = VerifyOptions()
     flag = f"--{prefix}"
     parser.add_argument(f"{flag}k", type=positive_int, default=default.k,
                         help=f"candidates verified {per}, by decreasing score (default {default.k})")
+    parser.add_argument(f"{flag}features", choices=LOCAL_FEATURES, default=default.features,
+                        help="sift: OpenCV's SIFT descriptors compared as they are; rootsift: compared as RootSIFT "
+                        f"(L1-normalised, square-rooted; the same cached features) (default {default.features})")
     parser.add_argument(f"{flag}max-features", type=positive_int, default=default.max_features,
                         help=f"SIFT keypoints per image (default {default.max_features})")
     parser.add_argument(f"{flag}max-side", type=positive_int, default=default.max_side,

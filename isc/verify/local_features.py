@@ -27,6 +27,9 @@ from isc.core.images import BrokenImage, broken_reason
 from isc.extract.decode import DEFAULT_MAX_PIXELS, decode_pixels
 
 GEOMETRIES = ("affine", "homography", "magsac")
+# how SIFT descriptors are compared: as OpenCV makes them, or as RootSIFT (L1-normalised, square-rooted: the
+# Hellinger kernel, Arandjelović & Zisserman 2012); the same cached features serve both
+LOCAL_FEATURES = ("sift", "rootsift")
 FEATURES_VERSION = 1  # bump when the features of the same options change: old cache entries are then ignored
 MAX_AREA_CHANGE = 64.0  # a fitted model scaling areas more (or less) than this is degenerate: no model
 
@@ -44,7 +47,7 @@ class VerifyOptions:
     ``deep_k``: candidates verified for a query whose first ``k`` all show fewer than ``deep_inliers``
     inliers (adaptive depth, :mod:`isc.verify.adaptive`; None: ``k`` for every query).
     ``region_inliers``: pairs with at least this many inliers also get their matched regions described by the
-    descriptor model (:mod:`isc.verify.regions`; 0: none).
+    descriptor model (:mod:`isc.verify.regions`; 0: none). ``features``: one of :data:`LOCAL_FEATURES`.
     """
 
     k: int = 10
@@ -57,6 +60,7 @@ class VerifyOptions:
     deep_k: int | None = None
     deep_inliers: int = 8
     region_inliers: int = 0
+    features: str = "sift"
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -78,6 +82,8 @@ class VerifyOptions:
                                f"got {self.deep_k}")
         if self.deep_inliers < 1:
             raise SettingError("deep_inliers", f"must be at least 1, got {self.deep_inliers}")
+        if self.features not in LOCAL_FEATURES:
+            raise SettingError("features", f"must be one of {', '.join(LOCAL_FEATURES)}, got {self.features!r}")
         if self.region_inliers < 0:
             raise SettingError("region_inliers", f"must be 0 (no region evidence) or more, got {self.region_inliers}")
 
@@ -246,16 +252,24 @@ def _fit(source: np.ndarray, target: np.ndarray, options: VerifyOptions) -> tupl
     return model, mask.ravel().astype(bool)
 
 
+def compared_descriptors(descriptors: np.ndarray, features: str) -> np.ndarray:
+    """float32 descriptors as ``features`` (one of :data:`LOCAL_FEATURES`) compares them by L2 distance."""
+    values = descriptors.astype(np.float32)
+    if features == "rootsift":
+        values = np.sqrt(values / np.maximum(values.sum(axis=1, keepdims=True), 1.0))
+    return values
+
+
 def match_features(query: Features, reference: Features, options: VerifyOptions) -> PairMatch:
-    """kNN matches (k = 2) of the query's descriptors among the reference's, Lowe's ratio test, then the
-    geometric model by RANSAC; deterministic for given features."""
+    """kNN matches (k = 2) of the query's descriptors among the reference's (compared as ``options.features``),
+    Lowe's ratio test, then the geometric model by RANSAC; deterministic for given features."""
     import cv2
 
     empty = np.zeros((0, 2), np.float32)
     if len(query.descriptors) == 0 or len(reference.descriptors) < 2:
         return PairMatch(0, 0, None, empty, empty)
-    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(query.descriptors.astype(np.float32),
-                                                 reference.descriptors.astype(np.float32), k=2)
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(compared_descriptors(query.descriptors, options.features),
+                                                 compared_descriptors(reference.descriptors, options.features), k=2)
     good = [(m.queryIdx, m.trainIdx) for m, n in pairs if m.distance < options.ratio * n.distance]
     if not good:
         return PairMatch(0, 0, None, empty, empty)

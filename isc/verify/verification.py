@@ -75,10 +75,11 @@ def recorded_options(record: Mapping[str, object]) -> VerifyOptions:
 def calibration_conditions(options: VerifyOptions, search_record: Mapping[str, object] | None) -> dict[str, object]:
     """What a calibration of verified pairs holds for: the verification options (not the number of
     processes) and, when the predictions' provenance says, the descriptor model that scored them."""
-    # adaptive depth's and regions' settings only where they are on: a calibration fitted before they existed
-    # still applies
+    # adaptive depth's, regions' and RootSIFT's settings only where they are on: a calibration fitted before they
+    # existed still applies
     off = {"workers", *(("deep_k", "deep_inliers") if options.deep_k is None else ()),
-           *(("region_inliers",) if not options.region_inliers else ())}
+           *(("region_inliers",) if not options.region_inliers else ()),
+           *(("features",) if options.features == "sift" else ())}
     conditions: dict[str, object] = {"verification": {k: v for k, v in dataclasses.asdict(options).items()
                                                       if k not in off}}
     inputs = (search_record or {}).get("inputs") or {}

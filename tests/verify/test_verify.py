@@ -20,14 +20,23 @@ from PIL import Image
 from skimage import data
 
 from isc.cli.verify import main
+from isc.core.files import SettingError
 from isc.core.tables import read_ground_truth, read_predictions
 from isc.synth.draw import base_image
 from isc.synth.edits import crop, overlay_image, rotate
 from isc.verify.calibrate import CALIBRATION_COLUMNS, Calibration, calibrate, ground_truth_labels
-from isc.verify.local_features import GEOMETRIES, FeatureCache, VerifyOptions, describe_image, match_features
+from isc.verify.local_features import (
+    GEOMETRIES,
+    FeatureCache,
+    VerifyOptions,
+    compared_descriptors,
+    describe_image,
+    match_features,
+)
 from isc.verify.verification import (
     EVIDENCE_COLUMNS,
     InlierBonus,
+    calibration_conditions,
     evidence_path,
     ranked_candidates,
     read_evidence,
@@ -95,6 +104,26 @@ def test_edited_copies_get_many_more_inliers_than_unrelated_images(dataset, geom
     for query in UNRELATED:
         features = describe_image(dataset / "query_images" / f"{query}.jpg", options)
         assert max(match_features(features, r, options).inliers for r in references) < 10
+
+
+def test_rootsift_compares_the_same_cached_features_and_finds_the_copies(dataset):
+    sift, rootsift = VerifyOptions(), VerifyOptions(features="rootsift")
+    assert sift.features_tag == rootsift.features_tag  # one cache serves both
+    references = [describe_image(dataset / "reference_images" / f"R{i:06d}.jpg", sift) for i in range(3)]
+    values = compared_descriptors(references[0].descriptors, "rootsift")
+    np.testing.assert_allclose(np.linalg.norm(values, axis=1), 1, rtol=1e-5)  # the Hellinger kernel's unit rows
+    np.testing.assert_array_equal(compared_descriptors(references[0].descriptors, "sift"), references[0].descriptors)
+    for query, (reference, _) in EDITS.items():
+        features = describe_image(dataset / "query_images" / f"{query}.jpg", sift)
+        copy = match_features(features, references[reference], rootsift)
+        unrelated = [match_features(features, references[r], rootsift).inliers for r in range(3) if r != reference]
+        assert copy.inliers >= 15 and copy.inliers > 3 * max(unrelated) + 5, (query, copy.inliers, unrelated)
+        assert copy.matches != match_features(features, references[reference], sift).matches  # another comparison
+    # a calibration fitted before RootSIFT existed still applies to SIFT's evidence, not to RootSIFT's
+    assert "features" not in calibration_conditions(sift, None)["verification"]
+    assert calibration_conditions(rootsift, None)["verification"]["features"] == "rootsift"
+    with pytest.raises(SettingError, match="features"):
+        VerifyOptions(features="orb")
 
 
 def test_transform_maps_query_pixels_to_reference_pixels(tmp_path):
@@ -244,6 +273,9 @@ def test_cli_calibrates_on_ground_truth_and_reuses_the_calibration(dataset, tmp_
     np.testing.assert_allclose(reused_scores, calibration.scores(reused_evidence), rtol=1e-6, atol=1e-6)
     assert "calibrated with verification=" in one_error_line(isc_verify(
         *common[:4], 2, *common[5:], "--calibration", tmp_path / "fitted.calibration.json", "-o", tmp_path / "k2.csv"))
+    assert "calibrated with verification=" in one_error_line(isc_verify(
+        *common, "--features", "rootsift", "--calibration", tmp_path / "fitted.calibration.json",
+        "-o", tmp_path / "rootsift.csv"))
     assert "a calibration replaces" in one_error_line(isc_verify(
         *common, "--calibration", tmp_path / "fitted.calibration.json", "--weight", 1, "-o", tmp_path / "w.csv"))
     (tmp_path / "bad.json").write_text("{}")
