@@ -30,8 +30,9 @@ FEATURES = ("score", "gap_to_best_score", "log_rank", "log_inliers", "inlier_rat
 # the columns of the evidence sidecar (isc.verify.verification.EVIDENCE_COLUMNS) that a calibration reads
 CALIBRATION_COLUMNS = ("query_id", "score", "rank", "inliers", "inlier_ratio")
 # evidence columns taken as they are where the evidence holds them: the cosine of the pair's matched regions
-# (isc.verify.regions) and the pair's cosine under a second descriptor model (:func:`pair_cosines`)
-OPTIONAL_FEATURES = ("region_similarity", "second_model_score")
+# (isc.verify.regions), the pair's cosine under a second descriptor model (:func:`pair_cosines`) and the share of
+# the reference's keypoints' hull that the inliers cover (every verification since evidence version 2)
+OPTIONAL_FEATURES = ("region_similarity", "second_model_score", "reference_coverage")
 COPY_SUFFIX = ".copy"  # a self-made copy's id is its source's id with this suffix
 
 
@@ -69,7 +70,8 @@ def pair_features(evidence: pd.DataFrame, features: Sequence[str] = FEATURES) ->
     missing = [name for name in optional if name not in evidence.columns]
     if missing:
         raise InputError(f"the evidence lacks {', '.join(missing)}, which the calibration was fitted with: verify "
-                         "with it (region evidence, the second model) or calibrate again without it")
+                         "with it (region evidence, the second model, this version's verification) or calibrate "
+                         "again without it")
     extra = evidence[optional].to_numpy(dtype=np.float64)
     if not np.isfinite(extra).all():
         raise InputError(f"the evidence holds non-finite numbers in {', '.join(optional)}")

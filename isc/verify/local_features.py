@@ -217,13 +217,16 @@ class FeatureCache:
 class PairMatch:
     """One pair's evidence: ``matches`` after the ratio test, ``inliers`` of the fitted model, and the model
     (``transform`` [2, 3] or [3, 3], query pixels to reference pixels, None when none was found);
-    ``query_points``/``reference_points`` [inliers, 2]: the inlier keypoints in decoded pixels."""
+    ``query_points``/``reference_points`` [inliers, 2]: the inlier keypoints in decoded pixels;
+    ``reference_coverage``: the area of the inliers' convex hull in the reference over that of all its keypoints
+    (0 to 1: a copy's inliers spread over the reference, a shared logo's or line of text's stay in one spot)."""
 
     matches: int
     inliers: int
     transform: np.ndarray | None
     query_points: np.ndarray
     reference_points: np.ndarray
+    reference_coverage: float = 0.0
 
     @property
     def inlier_ratio(self) -> float:
@@ -260,6 +263,13 @@ def compared_descriptors(descriptors: np.ndarray, features: str) -> np.ndarray:
     return values
 
 
+def _hull_area(points: np.ndarray) -> float:
+    """The area of the convex hull of points [n, 2] (0 below 3 points)."""
+    import cv2
+
+    return float(cv2.contourArea(cv2.convexHull(points.astype(np.float32)))) if len(points) >= 3 else 0.0
+
+
 def match_features(query: Features, reference: Features, options: VerifyOptions) -> PairMatch:
     """kNN matches (k = 2) of the query's descriptors among the reference's (compared as ``options.features``),
     Lowe's ratio test, then the geometric model by RANSAC; deterministic for given features."""
@@ -281,8 +291,11 @@ def match_features(query: Features, reference: Features, options: VerifyOptions)
     # the model maps resized query pixels to resized reference pixels: in decoded pixels, R · model · Q⁻¹
     full = np.vstack([model, [0, 0, 1]]) if model.shape == (2, 3) else model
     full = np.diag([reference.scale, reference.scale, 1.0]) @ full @ np.diag([1 / query.scale, 1 / query.scale, 1.0])
+    # the inliers are among the reference's keypoints: their hull lies within the keypoints' hull
+    keypoints_area = _hull_area(reference.keypoints)
+    coverage = _hull_area(target[inliers]) / keypoints_area if keypoints_area else 0.0
     return PairMatch(len(good), int(inliers.sum()), full[: model.shape[0]],
-                     source[inliers] * query.scale, target[inliers] * reference.scale)
+                     source[inliers] * query.scale, target[inliers] * reference.scale, min(coverage, 1.0))
 
 
 def transform_text(transform: np.ndarray | None) -> str:

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 EVIDENCE_COLUMNS = ("query_id", "reference_id", "score", "rank", "verified", "matches", "inliers", "inlier_ratio",
-                    "transform", "error")
+                    "reference_coverage", "transform", "error")
+COVERAGE_COLUMN = "reference_coverage"  # a sidecar written before it existed is still read, without it
+EVIDENCE_VERSION = 2  # bump when the evidence of the same options changes (2: reference_coverage)
 
 
 # ------------------------------------------------------------------------------------ evidence
@@ -44,18 +46,21 @@ def ranked_candidates(predictions: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def read_evidence(path: str | Path) -> pd.DataFrame:
-    """The evidence sidecar of :func:`verify` (its columns :data:`EVIDENCE_COLUMNS`, and ``region_similarity``
-    where the run described regions), ``verified`` as bool and the counts as numbers; InputError naming the file when it is not one."""
+    """The evidence sidecar of :func:`verify` (its columns :data:`EVIDENCE_COLUMNS`, ``reference_coverage`` where an
+    older run wrote none, and ``region_similarity`` where the run described regions), ``verified`` as bool and the
+    counts as numbers; InputError naming the file when it is not one."""
     import pandas as pd
 
     from isc.core.tables import read_csv_columns
 
-    try:  # the region column where the run described regions; a file that cannot be read fails below, named
+    try:  # the columns a run may not have written; a file that cannot be read fails below, named
         with open(path, encoding="utf-8", errors="replace") as f:
-            optional = (REGION_COLUMN,) if REGION_COLUMN in f.readline().strip().split(",") else ()
+            header = f.readline().strip().split(",")
     except OSError:
-        optional = ()
-    evidence = read_csv_columns(path, (*EVIDENCE_COLUMNS, *optional), "isc-verify evidence")
+        header = []
+    optional = tuple(column for column in (COVERAGE_COLUMN, REGION_COLUMN) if column in header)
+    required = tuple(column for column in EVIDENCE_COLUMNS if column != COVERAGE_COLUMN)
+    evidence = read_csv_columns(path, (*required, *optional), "isc-verify evidence")
     numbers = {column: pd.to_numeric(evidence[column], errors="coerce")
                for column in ("rank", "matches", "inliers", *optional)}
     for column, values in numbers.items():
@@ -74,14 +79,15 @@ def recorded_options(record: Mapping[str, object]) -> VerifyOptions:
 
 def calibration_conditions(options: VerifyOptions, search_record: Mapping[str, object] | None) -> dict[str, object]:
     """What a calibration of verified pairs holds for: the verification options (not the number of
-    processes) and, when the predictions' provenance says, the descriptor model that scored them."""
+    processes), the evidence's version (:data:`EVIDENCE_VERSION`) and, when the predictions' provenance says, the
+    descriptor model that scored them."""
     # adaptive depth's, regions' and RootSIFT's settings only where they are on: a calibration fitted before they
     # existed still applies
     off = {"workers", *(("deep_k", "deep_inliers") if options.deep_k is None else ()),
            *(("region_inliers",) if not options.region_inliers else ()),
            *(("features",) if options.features == "sift" else ())}
     conditions: dict[str, object] = {"verification": {k: v for k, v in dataclasses.asdict(options).items()
-                                                      if k not in off}}
+                                                      if k not in off}, "evidence_version": EVIDENCE_VERSION}
     inputs = (search_record or {}).get("inputs") or {}
     attributes = (inputs.get("reference") or {}).get("model_attributes") or {} if isinstance(inputs, dict) else {}
     if "model" in attributes:
@@ -352,7 +358,7 @@ def _merged_evidence(shards: Sequence[pd.DataFrame], ranked: pd.DataFrame, broke
                       stacklevel=3)
     verified_ranks = pd.MultiIndex.from_frame(evidence[["query_id", "rank"]])
     unchecked = ranked[~pd.MultiIndex.from_frame(ranked[["query_id", "rank"]]).isin(verified_ranks)].assign(
-        verified=False, matches=0, inliers=0, inlier_ratio=0.0, transform="", error="")
+        verified=False, matches=0, inliers=0, inlier_ratio=0.0, reference_coverage=0.0, transform="", error="")
     evidence = pd.concat([evidence, unchecked]).sort_values(["query_id", "rank"], kind="stable")
     return evidence[list(EVIDENCE_COLUMNS)].reset_index(drop=True)
 

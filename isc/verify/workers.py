@@ -63,8 +63,8 @@ def _features_task(args: tuple[Path, str, Path, tuple[int, ...], VerifyOptions])
 
 
 def _match_task(args: tuple[Path, Sequence[tuple[str, tuple[int, ...], str, tuple[int, ...]]], VerifyOptions]
-                ) -> list[tuple[int, int, float, str]]:
-    """(matches, inliers, inlier ratio, transform) of each (query, stamp, reference, stamp) pair, its
+                ) -> list[tuple[int, int, float, float, str]]:
+    """(matches, inliers, inlier ratio, reference coverage, transform) of each (query, stamp, reference, stamp) pair, its
     features read from the cache (filled by the features phase)."""
     cache_root, pairs, options = args
     cache = FeatureCache(cache_root, options)
@@ -78,7 +78,8 @@ def _match_task(args: tuple[Path, Sequence[tuple[str, tuple[int, ...], str, tupl
         if not isinstance(query, Features) or not isinstance(reference, Features):
             raise RuntimeError(f"features of {query_id} or {reference_id} vanished from the cache {cache.root}")
         match = match_features(query, reference, options)
-        rows.append((match.matches, match.inliers, round(match.inlier_ratio, 6), transform_text(match.transform)))
+        rows.append((match.matches, match.inliers, round(match.inlier_ratio, 6), round(match.reference_coverage, 6),
+                     transform_text(match.transform)))
     return rows
 
 
@@ -180,12 +181,11 @@ def shard_evidence(pairs: pd.DataFrame, paths: Mapping[str, Path], cache_root: P
         start = time.perf_counter()
         rows = _match_all(map_tasks, pairs[good], stamps, cache_root, options, label, quiet)
         matching_seconds = time.perf_counter() - start
-    evidence = pairs.assign(verified=good, matches=0, inliers=0, inlier_ratio=0.0, transform="", error=error)
+    evidence = pairs.assign(verified=good, matches=0, inliers=0, inlier_ratio=0.0, reference_coverage=0.0,
+                            transform="", error=error)
     if rows:
-        matches, inliers, ratios, transforms = zip(*rows, strict=True)
-        evidence.loc[good, ["matches", "inliers", "inlier_ratio", "transform"]] = pd.DataFrame(
-            {"matches": matches, "inliers": inliers, "inlier_ratio": ratios, "transform": transforms},
-            index=evidence.index[good])
+        columns = ["matches", "inliers", "inlier_ratio", "reference_coverage", "transform"]
+        evidence.loc[good, columns] = pd.DataFrame(list(rows), columns=columns, index=evidence.index[good])
     cache = FeatureCache(cache_root, options)
     # by id: ranks share references, and the merged counts hold each image once
     counts = {"images": ids, "described": described,

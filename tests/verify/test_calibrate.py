@@ -173,3 +173,30 @@ def test_make_copies_deterministic_and_labelled(tmp_path):
             assert image.format == "JPEG"
     evidence = pd.DataFrame({"query_id": ["T000000.copy", "T000000.copy"], "reference_id": ["T000000", "R000001"]})
     assert copy_labels(evidence).tolist() == [1.0, 0.0]
+
+
+def test_reference_coverage_is_fitted_where_the_evidence_holds_it_and_older_calibrations_still_apply():
+    evidence, labels = evidence_of(200, 5, seed=8)
+    rng = np.random.default_rng(8)
+    covered = evidence.assign(reference_coverage=np.where(labels > 0, rng.uniform(0.3, 1, len(labels)),
+                                                          rng.uniform(0, 0.2, len(labels))))
+    with_coverage = calibrate(covered, labels, fitted_on="constructed")
+    assert with_coverage.features == (*FEATURES, "reference_coverage")
+    assert with_coverage.weights[-1] > 0  # spread inliers make a copy likelier
+    before = calibrate(evidence, labels, fitted_on="evidence of version 1")  # no coverage column then
+    np.testing.assert_array_equal(before.scores(covered), before.scores(evidence))
+    with pytest.raises(InputError, match="the evidence lacks reference_coverage"):
+        with_coverage.scores(evidence)
+
+
+def test_an_evidence_sidecar_written_before_reference_coverage_is_still_read(tmp_path):
+    from isc.verify.verification import EVIDENCE_COLUMNS, read_evidence
+
+    evidence, _ = evidence_of(3, 2, seed=9)
+    sidecar = evidence.assign(verified=True, matches=evidence["inliers"], transform="", error="")
+    older = [column for column in EVIDENCE_COLUMNS if column != "reference_coverage"]
+    sidecar[older].to_csv(tmp_path / "old.evidence.csv", index=False)
+    read = read_evidence(tmp_path / "old.evidence.csv")
+    assert "reference_coverage" not in read.columns and len(read) == len(evidence)
+    sidecar.assign(reference_coverage=0.5)[list(EVIDENCE_COLUMNS)].to_csv(tmp_path / "new.evidence.csv", index=False)
+    assert (read_evidence(tmp_path / "new.evidence.csv")["reference_coverage"] == 0.5).all()

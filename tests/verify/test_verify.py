@@ -126,6 +126,25 @@ def test_rootsift_compares_the_same_cached_features_and_finds_the_copies(dataset
         VerifyOptions(features="orb")
 
 
+def test_a_copys_inliers_cover_its_reference_and_a_shared_logos_cover_a_corner(tmp_path):
+    options = VerifyOptions()
+    logo = _photo("rocket", 96)
+    photos = []
+    for name in ("astronaut", "coffee"):  # two unrelated photos, the same logo pasted in a corner of each
+        image = _photo(name)
+        image.paste(logo, (image.width - logo.width, 0))
+        image.save(tmp_path / f"{name}.jpg", quality=90)
+        photos.append(describe_image(tmp_path / f"{name}.jpg", options))
+    copy = crop(Image.open(tmp_path / "astronaut.jpg"), np.random.default_rng(1))
+    copy.resize((copy.width * 3 // 4, copy.height * 3 // 4)).save(tmp_path / "copy.jpg", quality=90)
+    copied = match_features(describe_image(tmp_path / "copy.jpg", options), photos[0], options)
+    shared = match_features(photos[1], photos[0], options)
+    assert shared.inliers >= 6 and copied.inliers >= 8, (shared.inliers, copied.inliers)
+    assert shared.reference_coverage < 0.15 < 0.4 < copied.reference_coverage <= 1, (shared.reference_coverage,
+                                                                                    copied.reference_coverage)
+    assert match_features(photos[0], photos[0], options).reference_coverage == pytest.approx(1, abs=0.05)
+
+
 def test_transform_maps_query_pixels_to_reference_pixels(tmp_path):
     # a 700 x 525 photo (shrunk to 512 for SIFT) and its crop at (150, 90): query pixel + offset = reference pixel
     photo = Image.fromarray(data.astronaut()).convert("RGB").resize((700, 525))
