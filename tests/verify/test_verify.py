@@ -111,6 +111,7 @@ def test_rootsift_compares_the_same_cached_features_and_finds_the_copies(dataset
     assert sift.features_tag == rootsift.features_tag  # one cache serves both
     references = [describe_image(dataset / "reference_images" / f"R{i:06d}.jpg", sift) for i in range(3)]
     values = compared_descriptors(references[0].descriptors, "rootsift")
+    assert values.dtype == np.float32  # what OpenCV's matcher takes as it is
     np.testing.assert_allclose(np.linalg.norm(values, axis=1), 1, rtol=1e-5)  # the Hellinger kernel's unit rows
     np.testing.assert_array_equal(compared_descriptors(references[0].descriptors, "sift"), references[0].descriptors)
     for query, (reference, _) in EDITS.items():
