@@ -221,14 +221,14 @@ def score_norm(args: argparse.Namespace) -> ScoreNorm:
 
 
 # the VerifyOptions fields that add_verify_options gives a flag: --FIELD, or --verify-FIELD beside other stages
-VERIFY_FLAGS = ("k", "features", "max_features", "max_side", "ratio", "geometry", "threshold", "workers")
+VERIFY_FLAGS = ("k", "features", "max_features", "max_side", "ratio", "geometry", "threshold", "mirror", "workers")
 # adaptive depth: isc-verify's and isc-run's only (isc-find picks its pairs from both sides' best candidates)
 DEEP_FLAGS = ("deep_k", "deep_inliers")
 
 
 def add_verify_options(parser: Parser, prefix: str = "", per: str = "per query", deep: bool = True) -> None:
     """How candidate pairs are verified, read back by :func:`verify_options`: isc-verify's --k, --features, --max-features,
-    --max-side, --ratio, --geometry, --threshold, --workers, --deep-k, --deep-inliers; with ``prefix`` ``verify-`` isc-run's and isc-find's
+    --max-side, --ratio, --geometry, --threshold, --mirror, --workers, --deep-k, --deep-inliers; with ``prefix`` ``verify-`` isc-run's and isc-find's
     --verify-k, ..., --verify-workers, beside their search's --k and --threshold and their extraction's --workers.
     ``per``: what each ``k`` candidates belong to, for the help; ``deep``: with --deep-k and --deep-inliers."""
     from isc.verify.local_features import GEOMETRIES, LOCAL_FEATURES, VerifyOptions
@@ -251,6 +251,9 @@ def add_verify_options(parser: Parser, prefix: str = "", per: str = "per query",
                         "magsac: homography by USAC MAGSAC++")
     parser.add_argument(f"{flag}threshold", type=positive_float, default=default.threshold,
                         help=f"RANSAC reprojection error in pixels of the resized images (default {default.threshold:g})")
+    parser.add_argument(f"{flag}mirror", action=argparse.BooleanOptionalAction, default=default.mirror,
+                        help="also match each query mirrored left-right and keep the match with more inliers: "
+                        f"flipped copies verified, for twice the matching (default {'on' if default.mirror else 'off'})")
     parser.add_argument(f"{flag}workers", type=non_negative_int,
                         help="SIFT processes (0: this one; default every core, shared by the ranks of a machine)")
     if not deep:

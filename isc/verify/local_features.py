@@ -48,6 +48,8 @@ class VerifyOptions:
     inliers (adaptive depth, :mod:`isc.verify.adaptive`; None: ``k`` for every query).
     ``region_inliers``: pairs with at least this many inliers also get their matched regions described by the
     descriptor model (:mod:`isc.verify.regions`; 0: none). ``features``: one of :data:`LOCAL_FEATURES`.
+    ``mirror``: each pair is also matched with the query mirrored left-right, and the match with more inliers kept
+    (SIFT is not mirror-invariant; a flipped copy otherwise shows few inliers).
     """
 
     k: int = 10
@@ -61,6 +63,7 @@ class VerifyOptions:
     deep_inliers: int = 8
     region_inliers: int = 0
     features: str = "sift"
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -147,8 +150,9 @@ def decode_image(path: Path) -> np.ndarray:
         raise BrokenImage(broken_reason(e)) from None
 
 
-def describe_pixels(rgb: np.ndarray, options: VerifyOptions) -> Features:
-    """SIFT features of uint8 RGB pixels [height, width, 3], made grey, long side shrunk to ``max_side``."""
+def describe_pixels(rgb: np.ndarray, options: VerifyOptions, mirrored: bool = False) -> Features:
+    """SIFT features of uint8 RGB pixels [height, width, 3], made grey, long side shrunk to ``max_side``;
+    ``mirrored``: of the image mirrored left-right, the keypoints put back where they lie in the image itself."""
     import cv2
 
     grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
@@ -160,27 +164,32 @@ def describe_pixels(rgb: np.ndarray, options: VerifyOptions) -> Features:
         scale = width / size[0]
     else:
         scale = 1.0
+    if mirrored:
+        grey = np.ascontiguousarray(grey[:, ::-1])
     keypoints, descriptors = _sift(options.max_features).detectAndCompute(grey, None)
     if descriptors is None:  # a flat image: no keypoint at all
         return Features(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), scale)
     points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
+    if mirrored:  # pixel centres lie at whole coordinates: column x of the mirror is column width - 1 - x
+        points[:, 0] = (grey.shape[1] - 1) - points[:, 0]
     return Features(points, np.clip(np.round(descriptors), 0, 255).astype(np.uint8), scale)
 
 
-def describe_image(path: Path, options: VerifyOptions) -> Features:
+def describe_image(path: Path, options: VerifyOptions, mirrored: bool = False) -> Features:
     """SIFT features of an image file (:func:`decode_image`, :func:`describe_pixels`); BrokenImage when it
     cannot be read."""
-    return describe_pixels(decode_image(path), options)
+    return describe_pixels(decode_image(path), options, mirrored)
 
 
 class FeatureCache:
     """Features on disk, one ``.npz`` per image: ``ROOT/<features tag>/<2 hex>/<sha1 of the id>.npz`` holding
     the id, the file stamp and either the features or why the image is broken. An entry counts only for the
     same id and stamp; it is written under a temporary name then renamed, so a killed run leaves none half
-    written, and two processes describing the same image write the same bytes."""
+    written, and two processes describing the same image write the same bytes. ``mirrored``: the features of the
+    images mirrored (:func:`describe_pixels`), under ``<features tag>-mirrored``."""
 
-    def __init__(self, root: str | Path, options: VerifyOptions) -> None:
-        self.root = Path(root) / options.features_tag
+    def __init__(self, root: str | Path, options: VerifyOptions, mirrored: bool = False) -> None:
+        self.root = Path(root) / (options.features_tag + ("-mirrored" if mirrored else ""))
         self.damaged = 0  # entries found damaged by :meth:`load` (then missing: the image is described again)
 
     def path(self, image_id: str) -> Path:
@@ -271,9 +280,11 @@ def _hull_area(points: np.ndarray) -> float:
     return float(cv2.contourArea(cv2.convexHull(points.astype(np.float32)))) if len(points) >= 3 else 0.0
 
 
-def match_features(query: Features, reference: Features, options: VerifyOptions) -> PairMatch:
+def match_features(query: Features, reference: Features, options: VerifyOptions, mirrored: bool = False) -> PairMatch:
     """kNN matches (k = 2) of the query's descriptors among the reference's (compared as ``options.features``),
-    Lowe's ratio test, then the geometric model by RANSAC; deterministic for given features."""
+    Lowe's ratio test, then the geometric model by RANSAC; deterministic for given features. ``mirrored``: the
+    query's features are its mirror's (:func:`describe_pixels`): the model is fitted to the mirrored keypoints and
+    the transform includes the reflection."""
     import cv2
 
     empty = np.zeros((0, 2), np.float32)
@@ -286,17 +297,29 @@ def match_features(query: Features, reference: Features, options: VerifyOptions)
         return PairMatch(0, 0, None, empty, empty)
     q, r = np.array(good).T
     source, target = query.keypoints[q], reference.keypoints[r]
-    model, inliers = _fit(source, target, options)
+    reflection = np.float32([-1 if mirrored else 1, 1])  # x -> -x: a mirror, up to the shift the model fits
+    model, inliers = _fit(source * reflection, target, options)
     if model is None:
         return PairMatch(len(good), 0, None, empty, empty)
-    # the model maps resized query pixels to resized reference pixels: in decoded pixels, R · model · Q⁻¹
+    # the model maps (reflected) resized query pixels to resized reference pixels: in decoded pixels, R · model · M · Q⁻¹
     full = np.vstack([model, [0, 0, 1]]) if model.shape == (2, 3) else model
-    full = np.diag([reference.scale, reference.scale, 1.0]) @ full @ np.diag([1 / query.scale, 1 / query.scale, 1.0])
+    full = (np.diag([reference.scale, reference.scale, 1.0]) @ full @ np.diag([*reflection.tolist(), 1.0])
+            @ np.diag([1 / query.scale, 1 / query.scale, 1.0]))
     # the inliers are among the reference's keypoints: their hull lies within the keypoints' hull
     keypoints_area = _hull_area(reference.keypoints)
     coverage = _hull_area(target[inliers]) / keypoints_area if keypoints_area else 0.0
     return PairMatch(len(good), int(inliers.sum()), full[: model.shape[0]],
                      source[inliers] * query.scale, target[inliers] * reference.scale, min(coverage, 1.0))
+
+
+def best_match(query: Features, mirrored_query: Features | None, reference: Features, options: VerifyOptions
+               ) -> PairMatch:
+    """The pair's match (:func:`match_features`), or its mirrored query's where that has more inliers."""
+    match = match_features(query, reference, options)
+    if mirrored_query is None:
+        return match
+    mirrored = match_features(mirrored_query, reference, options, mirrored=True)
+    return mirrored if mirrored.inliers > match.inliers else match
 
 
 def transform_text(transform: np.ndarray | None) -> str:

@@ -81,11 +81,11 @@ def calibration_conditions(options: VerifyOptions, search_record: Mapping[str, o
     """What a calibration of verified pairs holds for: the verification options (not the number of
     processes), the evidence's version (:data:`EVIDENCE_VERSION`) and, when the predictions' provenance says, the
     descriptor model that scored them."""
-    # adaptive depth's, regions' and RootSIFT's settings only where they are on: a calibration fitted before they
-    # existed still applies
+    # adaptive depth's, regions', RootSIFT's and mirroring's settings only where they are on: a calibration fitted
+    # before they existed still applies
     off = {"workers", *(("deep_k", "deep_inliers") if options.deep_k is None else ()),
            *(("region_inliers",) if not options.region_inliers else ()),
-           *(("features",) if options.features == "sift" else ())}
+           *(("features",) if options.features == "sift" else ()), *(("mirror",) if not options.mirror else ())}
     conditions: dict[str, object] = {"verification": {k: v for k, v in dataclasses.asdict(options).items()
                                                       if k not in off}, "evidence_version": EVIDENCE_VERSION}
     inputs = (search_record or {}).get("inputs") or {}

@@ -22,9 +22,9 @@ from isc.verify.local_features import (
     FeatureCache,
     Features,
     VerifyOptions,
+    best_match,
     cache_stamp,
     describe_image,
-    match_features,
     transform_text,
 )
 
@@ -46,16 +46,16 @@ def _start_worker() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
-def _features_task(args: tuple[Path, str, Path, tuple[int, ...], VerifyOptions]) -> tuple[str, bool, str, int]:
+def _features_task(args: tuple[Path, str, Path, tuple[int, ...], VerifyOptions, bool]) -> tuple[str, bool, str, int]:
     """(id, whether it was described now, why it is broken or '', 1 when its cache entry was damaged): the
-    cached features of one image, made and cached when missing or damaged."""
-    cache_root, image_id, path, stamp, options = args
-    cache = FeatureCache(cache_root, options)
+    cached features of one image (of its mirror where the task says), made and cached when missing or damaged."""
+    cache_root, image_id, path, stamp, options, mirrored = args
+    cache = FeatureCache(cache_root, options, mirrored)
     cached = cache.load(image_id, stamp)
     if cached is not None:
         return image_id, False, cached if isinstance(cached, str) else "", 0
     try:
-        features: Features | str = describe_image(Path(path), options)
+        features: Features | str = describe_image(Path(path), options, mirrored)
     except BrokenImage as e:
         features = str(e)
     cache.save(image_id, stamp, features)
@@ -65,19 +65,23 @@ def _features_task(args: tuple[Path, str, Path, tuple[int, ...], VerifyOptions])
 def _match_task(args: tuple[Path, Sequence[tuple[str, tuple[int, ...], str, tuple[int, ...]]], VerifyOptions]
                 ) -> list[tuple[int, int, float, float, str]]:
     """(matches, inliers, inlier ratio, reference coverage, transform) of each (query, stamp, reference, stamp) pair, its
-    features read from the cache (filled by the features phase)."""
+    features (and its query's mirror's with ``options.mirror``) read from the cache (filled by the features phase)."""
     cache_root, pairs, options = args
-    cache = FeatureCache(cache_root, options)
-    rows, loaded = [], {}
+    cache, mirrors = FeatureCache(cache_root, options), FeatureCache(cache_root, options, mirrored=True)
+    rows, loaded, mirrored = [], {}, {}
     for query_id, query_stamp, reference_id, reference_stamp in pairs:
         for image_id, stamp in ((query_id, query_stamp), (reference_id, reference_stamp)):
             if image_id not in loaded:
                 loaded = {key: value for key, value in loaded.items() if key == query_id}  # one reference at a time
                 loaded[image_id] = cache.load(image_id, stamp)
+        if options.mirror and query_id not in mirrored:
+            mirrored = {query_id: mirrors.load(query_id, query_stamp)}
         query, reference = loaded[query_id], loaded[reference_id]
-        if not isinstance(query, Features) or not isinstance(reference, Features):
+        mirror = mirrored.get(query_id)
+        if not isinstance(query, Features) or not isinstance(reference, Features) or (
+                options.mirror and not isinstance(mirror, Features)):
             raise RuntimeError(f"features of {query_id} or {reference_id} vanished from the cache {cache.root}")
-        match = match_features(query, reference, options)
+        match = best_match(query, mirror, reference, options)
         rows.append((match.matches, match.inliers, round(match.inlier_ratio, 6), round(match.reference_coverage, 6),
                      transform_text(match.transform)))
     return rows
@@ -120,14 +124,15 @@ def task_map(workers: int) -> Iterator[TaskMap]:
 # ------------------------------------------------------------------------------------ phases
 
 
-def _describe_all(task_map: TaskMap, ids: Sequence[str], paths: Mapping[str, Path],
+def _describe_all(task_map: TaskMap, ids: Sequence[str], mirrored_ids: Sequence[str], paths: Mapping[str, Path],
                   stamps: Mapping[str, tuple[int, ...]], cache_root: Path, options: VerifyOptions, strict: bool,
                   label: str, quiet: bool) -> tuple[set[str], dict[str, str]]:
-    """Phase 1: the cached features of every image of ``ids``, described when missing or damaged; (the ids
-    described now, broken)."""
+    """Phase 1: the cached features of every image of ``ids`` and of the mirror of each of ``mirrored_ids``,
+    described when missing or damaged; (the ids described now, broken)."""
     described, broken, damaged = set(), {}, 0
-    tasks = ((cache_root, i, paths[i], stamps[i], options) for i in ids)
-    with progress(total=len(ids), unit="img", desc=f"features{label}", disable=quiet) as bar:
+    tasks = [*((cache_root, i, paths[i], stamps[i], options, False) for i in ids),
+             *((cache_root, i, paths[i], stamps[i], options, True) for i in mirrored_ids)]
+    with progress(total=len(tasks), unit="img", desc=f"features{label}", disable=quiet) as bar:
         for image_id, made, reason, was_damaged in task_map(_features_task, tasks, 8):
             if made:
                 described.add(image_id)
@@ -172,7 +177,9 @@ def shard_evidence(pairs: pd.DataFrame, paths: Mapping[str, Path], cache_root: P
     stamps = {i: cache_stamp(paths[i]) for i in ids}  # before reading: a file changed later is seen as changed
     with task_map(workers) as map_tasks:
         start = time.perf_counter()
-        described, broken = _describe_all(map_tasks, ids, paths, stamps, cache_root, options, strict, label, quiet)
+        mirrored_ids = sorted(set(pairs["query_id"])) if options.mirror else []
+        described, broken = _describe_all(map_tasks, ids, mirrored_ids, paths, stamps, cache_root, options, strict,
+                                          label, quiet)
         features_seconds = time.perf_counter() - start
         query_error = pairs["query_id"].map(lambda i: f"query {i}: {broken[i]}" if i in broken else "")
         reference_error = pairs["reference_id"].map(lambda i: f"reference {i}: {broken[i]}" if i in broken else "")
