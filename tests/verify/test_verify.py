@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 from skimage import data
 
 from isc.cli.verify import main
@@ -29,6 +29,7 @@ from isc.verify.local_features import (
     GEOMETRIES,
     FeatureCache,
     VerifyOptions,
+    best_match,
     compared_descriptors,
     describe_image,
     match_features,
@@ -160,6 +161,26 @@ def test_transform_maps_query_pixels_to_reference_pixels(tmp_path):
     np.testing.assert_allclose(match.query_points + [150, 90], match.reference_points, atol=8 * 700 / 512)
 
 
+def test_a_mirrored_copy_is_verified_with_mirror_and_its_transform_holds_the_reflection(tmp_path):
+    # a 700 x 525 photo and its crop at (150, 90) mirrored left-right: query pixel (x, y) is reference pixel
+    # (150 + 399 - x, 90 + y)
+    photo = Image.fromarray(data.astronaut()).convert("RGB").resize((700, 525))
+    photo.save(tmp_path / "reference.png")
+    ImageOps.mirror(photo.crop((150, 90, 550, 390))).save(tmp_path / "query.png")
+    options = VerifyOptions(mirror=True)
+    query = describe_image(tmp_path / "query.png", options)
+    mirrored = describe_image(tmp_path / "query.png", options, mirrored=True)
+    reference = describe_image(tmp_path / "reference.png", options)
+    plain = match_features(query, reference, options)
+    match = best_match(query, mirrored, reference, options)
+    assert match.inliers > 50 > 15 > plain.inliers, (match.inliers, plain.inliers)
+    assert best_match(query, None, reference, options).inliers == plain.inliers  # no mirror given: the plain match
+    np.testing.assert_allclose(match.transform[:, :2], [[-1, 0], [0, 1]], atol=0.02)
+    np.testing.assert_allclose(match.transform[:, 2], [549, 90], atol=3)
+    expected = np.column_stack([549 - match.query_points[:, 0], 90 + match.query_points[:, 1]])
+    np.testing.assert_allclose(expected, match.reference_points, atol=8 * 700 / 512)
+
+
 def test_descriptors_are_stored_as_uint8_and_read_back(dataset, tmp_path):
     options = VerifyOptions(max_features=300)
     features = describe_image(dataset / "reference_images" / "R000000.jpg", options)
@@ -252,6 +273,32 @@ def test_cli_reuses_the_cache_and_describes_a_changed_file_again(dataset, tmp_pa
     changed.write_bytes(changed.read_bytes())
     os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert run_json(capsys, *copied, "-o", tmp_path / "changed.csv")["described"] == 1
+
+
+def test_cli_mirror_verifies_a_flipped_copy_from_a_second_cache_of_the_queries_mirrors(tmp_path, capsys):
+    for split in ("query", "reference"):
+        (tmp_path / f"{split}_images").mkdir()
+    for i, name in enumerate(PHOTOS[:3]):
+        _photo(name).save(tmp_path / "reference_images" / f"R{i:06d}.jpg", quality=90)
+    ImageOps.mirror(_photo(PHOTOS[1])).save(tmp_path / "query_images" / "Q00000.jpg", quality=90)
+    pd.DataFrame({"query_id": "Q00000", "reference_id": [f"R{i:06d}" for i in range(3)],
+                  "score": [0.5, 0.4, 0.3]}).to_csv(tmp_path / "predictions.csv", index=False)
+    common = [tmp_path / "predictions.csv", "--data", tmp_path, "--workers", 0, "--cache", tmp_path / "cache"]
+    inliers = {}
+    for flag in ("--no-mirror", "--mirror"):
+        output = tmp_path / f"{flag.strip('-')}.csv"
+        summary = run_json(capsys, *common, flag, "-o", output)
+        evidence = read_evidence(evidence_path(output)).set_index("reference_id")
+        inliers[flag] = evidence["inliers"].to_dict()
+        assert summary["pairs"] == 3
+    assert inliers["--mirror"]["R000001"] > 50 > 15 > inliers["--no-mirror"]["R000001"], inliers
+    tag = VerifyOptions().features_tag
+    assert len(list((tmp_path / "cache" / f"{tag}-mirrored").rglob("*.npz"))) == 1  # the query's mirror alone
+    assert len(list((tmp_path / "cache" / tag).rglob("*.npz"))) == 4
+    provenance = json.loads(Path(f"{tmp_path / 'mirror.csv'}.provenance.json").read_text())
+    assert provenance["options"]["mirror"] is True
+    assert "mirror" not in calibration_conditions(VerifyOptions(), None)["verification"]
+    assert calibration_conditions(VerifyOptions(mirror=True), None)["verification"]["mirror"] is True
 
 
 def one_error_line(done: subprocess.CompletedProcess) -> str:
