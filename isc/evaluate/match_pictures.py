@@ -24,10 +24,12 @@ MATCH_GAP = 6  # pixels between the two images of a match picture
 def match_picture(query: np.ndarray, reference: np.ndarray, options: VerifyOptions,
                   size: int = THUMBNAIL_SIZE) -> tuple[Image.Image, int]:
     """(the two images side by side, each shrunk to fit ``size``, with lines between their inlier matches (at
-    most :data:`MAX_DRAWN_MATCHES`, evenly chosen), the number of inliers) of uint8 RGB pixels [h, w, 3]."""
-    from isc.verify.local_features import describe_pixels, match_features
+    most :data:`MAX_DRAWN_MATCHES`, evenly chosen), the number of inliers) of uint8 RGB pixels [h, w, 3]; the
+    query mirrored too where ``options.mirror`` says, as verification matched it."""
+    from isc.verify.local_features import best_match, describe_pixels
 
-    match = match_features(describe_pixels(query, options), describe_pixels(reference, options), options)
+    mirrored = describe_pixels(query, options, mirrored=True) if options.mirror else None
+    match = best_match(describe_pixels(query, options), mirrored, describe_pixels(reference, options), options)
     thumbnails = []
     for pixels in (query, reference):
         thumbnail = Image.fromarray(pixels)

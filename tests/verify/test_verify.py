@@ -22,6 +22,7 @@ from skimage import data
 from isc.cli.verify import main
 from isc.core.files import SettingError
 from isc.core.tables import read_ground_truth, read_predictions
+from isc.evaluate.match_pictures import match_picture
 from isc.synth.draw import base_image
 from isc.synth.edits import crop, overlay_image, rotate
 from isc.verify.calibrate import CALIBRATION_COLUMNS, Calibration, calibrate, ground_truth_labels
@@ -179,6 +180,10 @@ def test_a_mirrored_copy_is_verified_with_mirror_and_its_transform_holds_the_ref
     np.testing.assert_allclose(match.transform[:, 2], [549, 90], atol=3)
     expected = np.column_stack([549 - match.query_points[:, 0], 90 + match.query_points[:, 1]])
     np.testing.assert_allclose(expected, match.reference_points, atol=8 * 700 / 512)
+    # the report draws the match verification kept: the mirrored one where the options say so
+    pixels = [np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB")) for name in ("query", "reference")]
+    assert match_picture(*pixels, options)[1] == match.inliers
+    assert match_picture(*pixels, VerifyOptions())[1] == plain.inliers
 
 
 def test_descriptors_are_stored_as_uint8_and_read_back(dataset, tmp_path):
