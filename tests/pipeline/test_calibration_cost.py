@@ -1,6 +1,8 @@
 """The calibration's cost (isc-run's copies verified less deep, described without crops) and the grid of query
 views: what the run writes and re-uses, and the boxes."""
 
+import json
+
 import pytest
 
 from isc.core.files import SettingError
@@ -9,7 +11,7 @@ from isc.extract.extraction import ExtractOptions
 from isc.pipeline.run import Pipeline, RunConfig
 from isc.verify.calibrate import Calibration
 from isc.verify.local_features import VerifyOptions
-from isc.verify.verification import evidence_path, read_evidence
+from isc.verify.verification import EVIDENCE_VERSION, evidence_path, read_evidence
 
 FAST = {"model": "efficientnet_lite0", "image_size": 64, "pca_dim": 16, "phases": [1], "quiet": True,
         "extraction": ExtractOptions(batch_size=8, workers=0)}
@@ -39,6 +41,17 @@ def test_copies_verified_less_deep_and_without_crops_and_refitted_when_that_chan
     assert Calibration.load(tmp_path / "calibration.json").conditions["verification"]["k"] == 3
     queries = read_evidence(evidence_path(tmp_path / "predictions_phase1_verified.csv"))
     assert set(queries.loc[queries["verified"], "rank"]) == {0, 1, 2}
+
+    # a calibration recorded as fitted on evidence of an older version (before reference_coverage) is fitted again,
+    # and the predictions it re-scored are verified again
+    assert Calibration.load(tmp_path / "calibration.json").features[-1] == "reference_coverage"
+    record = tmp_path / "calibration.json.made-from.json"
+    made_from = json.loads(record.read_text())
+    assert made_from["settings"]["evidence_version"] == EVIDENCE_VERSION > 1
+    record.write_text(json.dumps({**made_from, "settings": {**made_from["settings"], "evidence_version": 1}}))
+    steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
+    assert steps["calibrate", "copies"].result.startswith("settings changed")
+    assert not steps["verify", "phase 1"].skipped and steps["extract", "query phase 1"].skipped
 
     deeper = RunConfig(work=tmp_path, data=mini_dataset, verify=VerifyOptions(k=3, workers=0), calibration_k=2,
                        calibration_crops=False, **FAST)
