@@ -158,9 +158,9 @@ def _pair_tasks(pairs: pd.DataFrame, stamps: Mapping[str, tuple[int, ...]], cach
 
 
 def _match_all(task_map: TaskMap, pairs: pd.DataFrame, stamps: Mapping[str, tuple[int, ...]], cache_root: Path,
-               options: VerifyOptions, label: str, quiet: bool) -> list[tuple[int, int, float, str]]:
+               options: VerifyOptions, label: str, quiet: bool) -> list[tuple[int, int, float, float, str]]:
     """Phase 2: the evidence of every pair, in order."""
-    rows: list[tuple[int, int, float, str]] = []
+    rows: list[tuple[int, int, float, float, str]] = []
     with progress(total=len(pairs), unit="pair", desc=f"match{label}", disable=quiet) as bar:
         for chunk in task_map(_match_task, _pair_tasks(pairs, stamps, cache_root, options), 1):
             rows += chunk
