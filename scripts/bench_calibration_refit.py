@@ -7,8 +7,8 @@ and each fit scores the run's verified queries (``WORK/predictions_phase<P>_veri
 - ``as fitted``: the evidence as the run wrote it (the baseline of every interval);
 - ``+ NAME``: one more feature computed from the evidence (:data:`EXTRA_FEATURES`: interactions and indicators);
 - ``query mirrored``: every verified pair matched again with the query mirrored too (``isc-verify --mirror``:
-  ``isc.verify.local_features.best_match``), the features read from the run's cache (``WORK/verify-cache``), the
-  region similarity kept as the run described it.
+  the verification's own engine), the features read from the run's cache (``WORK/verify-cache``, the queries'
+  mirrors added to it), the region similarity kept as the run described it.
 
 µAP and recall at P90 by ``isc.evaluate.metrics.evaluate``; the last column is the difference to ``as fitted``
 paired over 1,000 bootstrap resamples of the queries (``bench_quality.paired_cells``: mean [2.5%, 97.5%]). A row
@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +36,11 @@ from bench_quality import paired_cells  # noqa: E402
 from isc.core.tables import read_ground_truth  # noqa: E402
 from isc.extract.image_files import list_images, list_split_images  # noqa: E402
 from isc.verify.calibrate import copy_labels, evidence_features, fit_logistic, pair_features  # noqa: E402
-from isc.verify.local_features import (  # noqa: E402
-    FeatureCache,
-    Features,
-    VerifyOptions,
-    best_match,
-    cache_stamp,
-    describe_image,
-)
+from isc.verify.local_features import VerifyOptions  # noqa: E402
 from isc.verify.verification import evidence_path, read_evidence, recorded_options  # noqa: E402
+from isc.verify.workers import shard_evidence  # noqa: E402
+
+MATCH_COLUMNS = ("matches", "inliers", "inlier_ratio", "reference_coverage")  # what matching a pair again changes
 
 
 def _log_inliers(evidence: pd.DataFrame) -> np.ndarray:
@@ -84,29 +82,17 @@ def refit_scores(copies: pd.DataFrame, queries: pd.DataFrame,
 
 def mirrored_evidence(evidence: pd.DataFrame, paths: Mapping[str, Path], cache: Path,
                       options: VerifyOptions) -> pd.DataFrame:
-    """The evidence with every verified pair matched again with its query mirrored too (the match with more
-    inliers kept), the features read from ``cache`` where they are (described where not)."""
-    plain, loaded, mirrors = FeatureCache(cache, options), {}, {}
-
-    def features(image_id: str) -> Features:
-        if image_id not in loaded:
-            cached = plain.load(image_id, cache_stamp(paths[image_id]))
-            loaded[image_id] = cached if isinstance(cached, Features) else describe_image(paths[image_id], options)
-        return loaded[image_id]
-
-    rows = []
-    for query_id, reference_id, verified in zip(evidence["query_id"], evidence["reference_id"], evidence["verified"],
-                                                strict=True):
-        if not verified:
-            rows.append((0, 0, 0.0, 0.0))
-            continue
-        if query_id not in mirrors:
-            mirrors[query_id] = describe_image(paths[query_id], options, mirrored=True)
-        match = best_match(features(query_id), mirrors[query_id], features(reference_id), options)
-        rows.append((match.matches, match.inliers, match.inlier_ratio, match.reference_coverage))
-    columns = ["matches", "inliers", "inlier_ratio", "reference_coverage"]
-    redone = pd.DataFrame(rows, columns=columns, index=evidence.index)
-    return evidence.assign(**{column: redone[column] for column in columns if column in evidence.columns})
+    """The evidence with every verified pair matched again with its query mirrored too, by the verification's own
+    engine (:func:`isc.verify.workers.shard_evidence` with ``mirror``), the features read from ``cache`` (the
+    queries' mirrors added to it)."""
+    verified = evidence["verified"].to_numpy()
+    redone, _ = shard_evidence(evidence.loc[verified, ["query_id", "reference_id"]], paths, cache,
+                               replace(options, mirror=True), os.cpu_count() or 1, strict=False, label=" (mirrored)",
+                               quiet=True)
+    columns = [column for column in MATCH_COLUMNS if column in evidence.columns]
+    matched = evidence.assign(**{column: 0.0 for column in columns})
+    matched.loc[verified, columns] = redone[columns].to_numpy(np.float64)
+    return matched
 
 
 def main(argv: list[str] | None = None) -> int:
