@@ -14,6 +14,7 @@ decoded (EXIF-rotated) images.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import zipfile
 import zlib
@@ -107,6 +108,11 @@ class Features:
     keypoints: np.ndarray
     descriptors: np.ndarray
     scale: float
+
+    @functools.cached_property
+    def keypoints_area(self) -> float:
+        """The area of the keypoints' convex hull (resized pixels): once an image, not once a pair."""
+        return _hull_area(self.keypoints)
 
 
 CONTENT_BLOCK = 1 << 12  # bytes read at each end of an image for its stamp
@@ -306,8 +312,7 @@ def match_features(query: Features, reference: Features, options: VerifyOptions,
     full = (np.diag([reference.scale, reference.scale, 1.0]) @ full @ np.diag([*reflection.tolist(), 1.0])
             @ np.diag([1 / query.scale, 1 / query.scale, 1.0]))
     # the inliers are among the reference's keypoints: their hull lies within the keypoints' hull
-    keypoints_area = _hull_area(reference.keypoints)
-    coverage = _hull_area(target[inliers]) / keypoints_area if keypoints_area else 0.0
+    coverage = _hull_area(target[inliers]) / reference.keypoints_area if reference.keypoints_area else 0.0
     return PairMatch(len(good), int(inliers.sum()), full[: model.shape[0]],
                      source[inliers] * query.scale, target[inliers] * reference.scale, min(coverage, 1.0))
 
