@@ -69,6 +69,11 @@ def _said(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _gone(value: object) -> str:
+    """A setting the record named and the settings now leave out (named only where not the default)."""
+    return "off" if value is True else "default"
+
+
 @dataclass(frozen=True)
 class MadeFrom:
     """What a derived file is made from: ``settings`` (JSON-able, by name; nested mappings allowed) and
@@ -101,8 +106,8 @@ class MadeFrom:
             return "changed since it was made"
         if settings != self.settings:
             was, now = _flat(settings), _flat(self.settings)
-            changed = [f"{name} {_said(now.get(name))}" for name in sorted(set(was) | set(now))
-                       if was.get(name) != now.get(name)]
+            changed = [f"{name} {_said(now[name]) if name in now else _gone(was[name])}"
+                       for name in sorted(set(was) | set(now)) if was.get(name) != now.get(name)]
             return f"settings changed ({', '.join(changed)})"
         if inputs != self.inputs:
             changed = sorted(name for name in set(inputs) | set(self.inputs)

@@ -49,6 +49,11 @@ def test_record_says_why_a_file_is_made_again(tmp_path):
         "size": 11, "mtime_ns": source.stat().st_mtime_ns}}
     other = MadeFrom.of({"reference crops": True, "search": {"k": 3}}, [source], tmp_path)
     assert other.why_redo(output) == "settings changed (reference crops on, search k 3)"
+    named_where_on = MadeFrom.of({"mirror": True, "features": "rootsift"}, [source], tmp_path)
+    named_where_on.record(output)
+    assert wanted.why_redo(output) == ("settings changed (features default, mirror off, reference crops off, "
+                                       "search k 5)")
+    wanted.record(output)
     os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 1))
     assert MadeFrom.of(wanted.settings, [source], tmp_path).why_redo(output) == "input changed (in.h5)"
     assert MadeFrom.of(wanted.settings, [source, tmp_path / "x.h5"], tmp_path).why_redo(output) == \
@@ -229,6 +234,20 @@ def test_query_grid_describes_the_queries_and_the_calibrations_copies(mini_datas
         with h5py.File(work / "descriptors" / f"{name}.h5") as f:
             assert "grid_views" not in f.attrs and "views_per_id" not in f.attrs, name
     assert json.loads((work / "calibration.json").read_text())["conditions"]["search"]["query_grid"] == 2
+
+
+MIRRORED = {"verify": VerifyOptions(k=3, workers=0, mirror=True)}
+
+
+@pytest.mark.parametrize(("before", "after", "said"), [
+    ({}, MIRRORED, "verification mirror on"), (MIRRORED, {}, "verification mirror off"),
+    ({}, {"verify": VerifyOptions(k=3, workers=0, features="rootsift")}, "verification features rootsift")],
+    ids=["mirror-on", "mirror-off", "rootsift"])
+def test_verification_mirror_and_features(rerun, before, after, said):
+    results = _results(rerun(after, before))
+    assert results[("search", "phase 1")] == "up to date"  # the candidates are the same
+    assert results[("calibrate", "copies")].startswith(f"settings changed ({said}")  # refitted on matches made so
+    assert results[("verify", "phase 1")].startswith("settings changed (")  # verified again, not reused
 
 
 def test_matching_whitened(rerun):
