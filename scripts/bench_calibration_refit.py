@@ -8,7 +8,9 @@ and each fit scores the run's verified queries (``WORK/predictions_phase<P>_veri
 - ``+ NAME``: one more feature computed from the evidence (:data:`EXTRA_FEATURES`: interactions and indicators);
 - ``query mirrored``: every verified pair matched again with the query mirrored too (``isc-verify --mirror``:
   the verification's own engine), the features read from the run's cache (``WORK/verify-cache``, the queries'
-  mirrors added to it), the region similarity kept as the run described it.
+  mirrors added to it), the region similarity kept as the run described it;
+- ``query mirrored where its best pair has < N inliers``: the same, the mirrored matches taken only for the queries
+  none of whose pairs has N inliers or more (the mirror tried only where the query, as it is, matches nothing).
 
 µAP and recall at P90 by ``isc.evaluate.metrics.evaluate``; the last column is the difference to ``as fitted``
 paired over 1,000 bootstrap resamples of the queries (``bench_quality.paired_cells``: mean [2.5%, 97.5%]). A row
@@ -40,6 +42,7 @@ from isc.verify.local_features import VerifyOptions  # noqa: E402
 from isc.verify.verification import evidence_path, read_evidence, recorded_options  # noqa: E402
 from isc.verify.workers import shard_evidence  # noqa: E402
 
+MIRROR_BELOW = (8, 16)  # the mirror tried only for queries whose best pair has fewer inliers than this
 MATCH_COLUMNS = ("matches", "inliers", "inlier_ratio", "reference_coverage")  # what matching a pair again changes
 
 
@@ -95,6 +98,17 @@ def mirrored_evidence(evidence: pd.DataFrame, paths: Mapping[str, Path], cache: 
     return matched
 
 
+def mirrored_where_few(evidence: pd.DataFrame, mirrored: pd.DataFrame, below: int) -> pd.DataFrame:
+    """The evidence with the mirrored matches (:func:`mirrored_evidence`, same rows) taken only for the queries
+    none of whose pairs has ``below`` inliers or more: the mirror tried only where the query, as it is, matches
+    no candidate."""
+    few = evidence.groupby("query_id", sort=False)["inliers"].transform("max").to_numpy() < below
+    columns = [column for column in MATCH_COLUMNS if column in evidence.columns]
+    adapted = evidence.astype({column: np.float64 for column in columns})
+    adapted.loc[few, columns] = mirrored.loc[few, columns].to_numpy(np.float64)
+    return adapted
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work", type=Path, help="a finished isc-run's work folder (verified, calibrated on copies)")
@@ -119,8 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         paths = {**list_split_images(args.data, "query"), **list_split_images(args.data, "reference"),
                  **list_split_images(args.data, "training"), **list_images(args.work / "calibration" / "copies")}
         cache = args.work / "verify-cache"
-        rows["query mirrored"] = refit_scores(mirrored_evidence(copies, paths, cache, options),
-                                              mirrored_evidence(queries, paths, cache, options))
+        mirrored_copies = mirrored_evidence(copies, paths, cache, options)
+        mirrored_queries = mirrored_evidence(queries, paths, cache, options)
+        rows["query mirrored"] = refit_scores(mirrored_copies, mirrored_queries)
+        for below in MIRROR_BELOW:
+            rows[f"query mirrored where its best pair has < {below} inliers"] = refit_scores(
+                mirrored_where_few(copies, mirrored_copies, below), mirrored_where_few(queries, mirrored_queries, below))
+            share = (queries.groupby("query_id", sort=False)["inliers"].transform("max") < below).mean()
+            print(f"mirrored where the best pair has < {below} inliers: {share:.1%} of the pairs matched mirrored too")
     print(f"{args.work}: phase {args.phase}, {len(queries):,} pairs of {queries['query_id'].nunique():,} queries, "
           f"calibration refitted on {len(copies):,} pairs of self-made copies")
     print("| row | µAP | recall@P90 | µAP − as fitted (95% bootstrap) |")

@@ -16,7 +16,7 @@ from isc.verify.verification import evidence_path, read_evidence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from bench_calibration_refit import EXTRA_FEATURES, refit_scores  # noqa: E402
+from bench_calibration_refit import EXTRA_FEATURES, MIRROR_BELOW, mirrored_where_few, refit_scores  # noqa: E402
 
 
 @pytest.mark.slow  # one isc-run (about 20 s of CPU), then the script as a command
@@ -38,6 +38,22 @@ def test_refit_reproduces_the_run_and_scores_every_row(mini_dataset, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and not line.startswith("| row")]
     names = [row.split(" | ")[0].removeprefix("| ") for row in rows]
-    assert names == ["as fitted", *(f"+ {name}" for name in EXTRA_FEATURES), "query mirrored"]
+    assert names == ["as fitted", *(f"+ {name}" for name in EXTRA_FEATURES), "query mirrored",
+                     *(f"query mirrored where its best pair has < {below} inliers" for below in MIRROR_BELOW)]
     assert rows[0].endswith("+0.000 [+0.000, +0.000] |")
     assert all(0 < float(row.split(" | ")[1]) <= 1 for row in rows)  # a µAP each
+
+
+def test_mirrored_matches_taken_only_for_queries_that_match_nothing_as_they_are():
+    import pandas as pd
+
+    own = pd.DataFrame({"query_id": ["Q1", "Q1", "Q2", "Q2"], "reference_id": ["R1", "R2", "R1", "R2"],
+                        "verified": True, "matches": [30, 9, 9, 5], "inliers": [12, 3, 7, 0],
+                        "inlier_ratio": ["0.4", "0.3", "0.78", "0"], "reference_coverage": [0.5, 0.1, 0.2, 0.0]})
+    mirrored = own.assign(matches=[40.0, 20.0, 20.0, 5.0], inliers=[20.0, 15.0, 15.0, 0.0],
+                          inlier_ratio=[0.5, 0.75, 0.75, 0.0], reference_coverage=[0.6, 0.7, 0.7, 0.0])
+    adapted = mirrored_where_few(own, mirrored, below=8)
+    assert adapted["inliers"].tolist() == [12, 3, 15, 0]  # Q1 matches R1 as it is: none of its mirrors taken
+    assert adapted["reference_coverage"].tolist() == [0.5, 0.1, 0.7, 0.0]
+    assert adapted["inlier_ratio"].tolist() == [0.4, 0.3, 0.75, 0.0]  # read as text by read_evidence: numbers
+    assert own["inliers"].tolist() == [12, 3, 7, 0]  # the run's evidence untouched

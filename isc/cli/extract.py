@@ -13,7 +13,6 @@ from isc.cli.common import (
     check_outputs,
     non_negative_float,
     non_negative_int,
-    positive_float,
     positive_int,
     print_broken,
     run_command,
@@ -23,6 +22,7 @@ from isc.cli.options import (
     add_grid_option,
     add_model_options,
     add_phase_option,
+    add_scales_option,
     check_grid,
     cut_views,
     extract_options,
@@ -33,13 +33,6 @@ from isc.core.files import InputError, NoImageRead
 from isc.extract.extraction import DECODERS, ExtractOptions, extract
 from isc.extract.image_files import image_classes, list_images, list_split_images, select_split_images
 from isc.models import POOLINGS, RESIZE_MODES, create_model, given_options
-
-
-def _scales(text: str) -> list[float]:
-    try:
-        return [positive_float(s) for s in text.split(",")]
-    except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive numbers ({e})") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the model's)")
     parser.add_argument("--pool", choices=POOLINGS, help="pooling of a timm backbone (default gem)")
     parser.add_argument("--dim", type=positive_int, help="linear projection of a timm backbone to this dimension")
-    parser.add_argument("--scales", type=_scales, default=defaults.scales, metavar="S1,S2",
-                        help="test-time scales relative to the image size, descriptors averaged (default 1)")
+    add_scales_option(parser, defaults.scales, "describe each image")
     parser.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
     parser.add_argument("--crops", action="store_true",
                         help="for query or reference files of the matching track: each image gives 6 adjacent rows "

@@ -15,6 +15,8 @@ from isc.core.files import InputError, SettingError
 from isc.core.tables import read_ground_truth, read_predictions
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import pandas as pd
 
     from isc.download.s3 import DownloadOptions
@@ -90,6 +92,22 @@ def add_grid_option(parser: Parser, default: int, what: str, flag: str = "--grid
                         "(attribute grid_views): 2, its four quarters, for a copy pasted into a corner or cut "
                         "off-centre that the 2/3 crops miss; 0: none; gain and cost in docs/BENCHMARKS.md "
                         f"(default: {default})")
+
+
+def scales_list(text: str) -> list[float]:
+    """The option type of test-time scales: comma-separated positive numbers."""
+    try:
+        return [positive_float(s) for s in text.split(",")]
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive numbers ({e})") from None
+
+
+def add_scales_option(parser: Parser, default: Sequence[float], what: str) -> None:
+    """``--scales`` (:attr:`ExtractOptions.scales`, read back as ``args.scales``): each image described at these
+    sizes relative to the image size, its descriptors averaged."""
+    parser.add_argument("--scales", type=scales_list, default=list(default), metavar="S1,S2",
+                        help=f"{what} at these sizes relative to the image size, their descriptors averaged "
+                        f"(test-time augmentation; default {','.join(f'{s:g}' for s in default)})")
 
 
 def model_choice(args: argparse.Namespace) -> tuple[str | None, str | None]:

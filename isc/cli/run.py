@@ -16,6 +16,7 @@ from isc.cli.options import (
     add_model_options,
     add_retry_options,
     add_s3_options,
+    add_scales_option,
     add_search_options,
     add_verify_options,
     check_grid,
@@ -145,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "extraction and index; gain and cost in docs/BENCHMARKS.md (default: off)")
     add_grid_option(model, RunConfig.extraction.grid, "with --query-crops, describe each query (and each of the "
                     "calibration's copies)", flag="--query-grid")
+    add_scales_option(model, RunConfig.extraction.scales, "describe every image (each view of one, the "
+                      "calibration's copies and the matched regions too; every model of the descriptor ensemble)")
     add_crop_views_option(model, RunConfig.extraction.cut_views, "the queries' (the calibration's copies', and with "
                           "--reference-crops the references')")
     add_descriptor_track_options(parser)
@@ -213,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         work=work, data=Path(args.data) if args.data else None, download=download_options(args, args.download_workers),
         limit=args.limit, training_limit=args.training_limit, model=model_name, checkpoint=args.checkpoint,
         image_size=args.image_size or (DEMO_IMAGE_SIZE if args.demo else None),
-        extraction=extract_options(args, grid=args.grid, cut_views=cut_views(
+        extraction=extract_options(args, grid=args.grid, scales=tuple(args.scales), cut_views=cut_views(
             args, args.query_crops or args.reference_crops, RunConfig.extraction.cut_views,
             "query or reference crops: leave out --no-query-crops or give --reference-crops")),
         pca_dim=args.pca_dim, search=search_options(args, device=args.device), descriptor_track=descriptor_track(args),
