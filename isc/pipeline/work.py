@@ -156,5 +156,6 @@ def describe(model: DescriptorModel, images: dict[str, Path], output: Path, opti
     result = extract(images, output, model, options, quiet=quiet, attrs=attrs)
     broken = f", {len(result.broken)} broken" if result.broken else ""
     broken += f", {result.resumed:,} resumed from an interrupted run" if result.resumed else ""
-    return output, False, (f"{model.dim}-d {model.name} @{model.image_size} px, "
+    scales = "" if options.scales == (1.0,) else f" x {','.join(f'{s:g}' for s in options.scales)}"
+    return output, False, (f"{model.dim}-d {model.name} @{model.image_size} px{scales}, "
                            f"{result.images_per_second} images/s on {result.device}{broken}")

@@ -67,6 +67,14 @@ def run(mini_dataset: Path, tiny: str, tmp_path_factory: pytest.TempPathFactory)
     return work, steps(Pipeline(config(work, mini_dataset, ((tiny, 0.5),))).run())
 
 
+def test_the_other_models_describe_at_the_runs_scales(mini_dataset, tiny, tmp_path):
+    scaled = replace(config(tmp_path / "work", mini_dataset, ((tiny, 0.5),)),
+                     extraction=ExtractOptions(batch_size=8, workers=0, scales=(1.0, 0.5)))
+    done = steps(Pipeline(scaled).run())
+    for split in ("training", "reference", "query phase 1"):
+        assert done[("extract", f"{split} {tiny}")].startswith(f"16-d {tiny} @288 px x 1,0.5, ")
+
+
 def test_the_submitted_vectors_are_both_models_joined_then_whitened(run, tiny):
     work, done = run
     for split in ("training", "reference", "query phase 1"):

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from conftest import one_line_error, running, wait_until
 
+from isc.cli import extract as cli_extract
 from isc.cli import run as cli_run
 from isc.cli import search as cli_search
 from isc.cli.options import score_norm
@@ -261,6 +262,13 @@ def test_score_normalisation_options_are_isc_searchs(tmp_path, run_configs):
     configs = run_configs
     assert main([str(tmp_path / "work"), "--model", "efficientnet_lite0", "--quiet", *NORM_ARGS]) == 0
     assert configs[0].search.norm == ScoreNorm(1.5, (1, 3), "min", references=True)
+
+
+def test_run_describes_at_two_sizes_unless_told(tmp_path, run_configs):
+    assert main([str(tmp_path / "work"), "--model", "efficientnet_lite0", "--quiet"]) == 0
+    assert main([str(tmp_path / "work"), "--model", "efficientnet_lite0", "--quiet", "--scales", "1"]) == 0
+    assert [config.extraction.scales for config in run_configs] == [(1.0, 0.5), (1.0,)]
+    assert cli_extract.build_parser().parse_args(["--split", "query", "-o", "q.h5"]).scales == [1.0]
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [

@@ -47,6 +47,14 @@ def test_run_numbers_are_checked_when_parsed(option, value, tmp_path, capsys):
     assert not (tmp_path / "work").exists()
 
 
+def test_run_scales_are_positive_numbers(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        run_main([str(tmp_path / "work"), "--scales", "1,0"])
+    assert exit_status.value.code == 2
+    assert "argument --scales: '1,0' is not a comma-separated list of positive numbers" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
 def test_isc_run_extracts_again_a_replaced_reference_image(mini_dataset, tmp_path):
     data_root = tmp_path / "data"
     for split in ("query", "reference", "training"):

@@ -216,6 +216,29 @@ def test_query_grid_on(rerun):
     assert not results[("calibrate", "copies")].startswith("up to date")  # its copies described with the grid too
 
 
+def test_scales(rerun):
+    results = _results(rerun({"extraction": ExtractOptions(batch_size=8, workers=0, scales=(1.0, 0.5))}))
+    for described in ("query phase 1 crops", "reference", "training"):  # every image described again, not reused
+        assert " px x 1,0.5, " in results[("extract", described)], described
+    assert not results[("calibrate", "copies")].startswith("up to date")  # its copies described at the scales too
+
+
+def test_scales_describe_every_image_of_the_run_at_each_size(mini_dataset, tmp_path):
+    work = tmp_path / "work"
+    Pipeline(RunConfig(work=work, data=mini_dataset, submissions=work / "submissions", phases=[1], **{
+        **BASE, "extraction": ExtractOptions(batch_size=8, workers=0, scales=(1.0, 0.5)),
+        "verify": VerifyOptions(k=3, workers=0, region_inliers=4)})).run()
+    described = {}
+    for path in sorted(work.rglob("*.h5")):
+        with h5py.File(path) as f:
+            if "scales" in f.attrs:  # an extraction's (a whitened file quotes its source's attributes too)
+                described[path.relative_to(work).as_posix()] = json.loads(f.attrs["scales"])
+    assert {"descriptors/query_phase1_crops.h5", "descriptors/reference.h5", "descriptors/training.h5",
+            "calibration/copies_crops.h5"} <= set(described)
+    assert any(name.startswith("verify-cache/regions/") for name in described)  # the matched regions' cuts
+    assert set(map(tuple, described.values())) == {(1.0, 0.5)}
+
+
 def test_crops_cut_from_the_full_view(rerun):
     results = _results(rerun({"extraction": ExtractOptions(batch_size=8, workers=0, cut_views=True)}))
     assert "images/s" in results[("extract", "query phase 1 crops")]  # described again, not reused
