@@ -212,7 +212,7 @@ def test_killed_run_resumes_where_it_stopped(s3_endpoint, mini_dataset, tmp_path
     # the same descriptors as one uninterrupted extraction
     fresh = tmp_path / "fresh.h5"
     extract(list_split_images(mini_dataset, "reference"), fresh, create_model(image_size=128), batch_size=8,
-            workers=0, quiet=True)
+            workers=0, quiet=True, scales=RunConfig.extraction.scales)  # isc-run's two sizes
     ids, resumed, _ = read_descriptors(work / "descriptors" / "reference.h5")
     fresh_ids, fresh_descriptors, _ = read_descriptors(fresh)
     assert ids == fresh_ids
@@ -339,7 +339,8 @@ def test_reference_crops_and_plain_files_from_the_crops_full_views(mini_dataset,
     model = create_model("efficientnet_lite0", image_size=64)
     for split, name in (("query", "query_phase1"), ("reference", "reference")):
         images = {i: p for i, p in list_split_images(mini_dataset, split).items() if split != "query" or i < "Q50000"}
-        extract(images, tmp_path / f"{name}.h5", model, batch_size=8, workers=0, quiet=True)
+        extract(images, tmp_path / f"{name}.h5", model, batch_size=8, workers=0, quiet=True,
+                scales=RunConfig.extraction.scales)
         assert _datasets(descriptors / f"{name}.h5") == _datasets(tmp_path / f"{name}.h5")
         assert read_descriptors(descriptors / f"{name}.h5")[2].get("views_per_id") is None
     # the matching track searched the reference views; the descriptor track has one row per reference
