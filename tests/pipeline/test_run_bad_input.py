@@ -47,11 +47,12 @@ def test_run_numbers_are_checked_when_parsed(option, value, tmp_path, capsys):
     assert not (tmp_path / "work").exists()
 
 
-def test_run_scales_are_positive_numbers(tmp_path, capsys):
+@pytest.mark.parametrize("scales", ["1,0", "nan,1", "1,inf"])
+def test_run_scales_are_positive_finite_numbers(scales, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_status:
-        run_main([str(tmp_path / "work"), "--scales", "1,0"])
+        run_main([str(tmp_path / "work"), "--scales", scales])
     assert exit_status.value.code == 2
-    assert "argument --scales: '1,0' is not a comma-separated list of positive numbers" in capsys.readouterr().err
+    assert f"argument --scales: '{scales}' is not a comma-separated list of positive numbers" in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
 
 
