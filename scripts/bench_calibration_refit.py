@@ -98,11 +98,16 @@ def mirrored_evidence(evidence: pd.DataFrame, paths: Mapping[str, Path], cache: 
     return matched
 
 
+def unmatched_pairs(evidence: pd.DataFrame, below: int) -> np.ndarray:
+    """Per pair: whether none of its query's pairs has ``below`` inliers or more."""
+    return evidence.groupby("query_id", sort=False)["inliers"].transform("max").to_numpy() < below
+
+
 def mirrored_where_few(evidence: pd.DataFrame, mirrored: pd.DataFrame, below: int) -> pd.DataFrame:
     """The evidence with the mirrored matches (:func:`mirrored_evidence`, same rows) taken only for the queries
-    none of whose pairs has ``below`` inliers or more: the mirror tried only where the query, as it is, matches
-    no candidate."""
-    few = evidence.groupby("query_id", sort=False)["inliers"].transform("max").to_numpy() < below
+    none of whose pairs has ``below`` inliers or more (:func:`unmatched_pairs`): the mirror tried only where the
+    query, as it is, matches no candidate."""
+    few = unmatched_pairs(evidence, below)
     columns = [column for column in MATCH_COLUMNS if column in evidence.columns]
     adapted = evidence.astype({column: np.float64 for column in columns})
     adapted.loc[few, columns] = mirrored.loc[few, columns].to_numpy(np.float64)
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         for below in MIRROR_BELOW:
             rows[f"query mirrored where its best pair has < {below} inliers"] = refit_scores(
                 mirrored_where_few(copies, mirrored_copies, below), mirrored_where_few(queries, mirrored_queries, below))
-            share = (queries.groupby("query_id", sort=False)["inliers"].transform("max") < below).mean()
+            share = unmatched_pairs(queries, below).mean()
             print(f"mirrored where the best pair has < {below} inliers: {share:.1%} of the pairs matched mirrored too")
     print(f"{args.work}: phase {args.phase}, {len(queries):,} pairs of {queries['query_id'].nunique():,} queries, "
           f"calibration refitted on {len(copies):,} pairs of self-made copies")
