@@ -17,6 +17,7 @@ from isc.cli.options import (
     cut_views,
     extract_options,
     model_choice,
+    scales_list,
     verify_options,
 )
 from isc.extract.image_files import list_images
@@ -27,6 +28,7 @@ from isc.pipeline.find import (
     DEFAULT_THRESHOLDS,
     IN_PROCESS_DECODING,
     default_cache_dir,
+    default_scales,
     find_copies,
     verifies_by_default,
 )
@@ -37,14 +39,18 @@ FIND_BATCH_SIZE = 8  # small batches: the progress bar moves every 8 images, in 
 # warnings about what a run did as told, not about its result: --quiet leaves them out
 INFORMATIONAL_WARNINGS = (r"k = \d+ is larger than", r".* descriptors are not L2-normalised")
 # each model's default thresholds, as the epilog lists them
+# the sizes each model with thresholds is described at unless told, as --scales's help lists them
+MEASURED_SCALES = ", ".join(f"{name} {','.join(f'{s:g}' for s in t.scales)}" for name, t in DEFAULT_THRESHOLDS.items())
 MEASURED = "\n".join(f"  {name}: {t.verified:g} verified, {t.plain:g} unverified"
                       + (f", {t.normalised:g} with --training" if t.normalised is not None else "")
+                      + (f" (each image at sizes {','.join(f'{s:g}' for s in t.scales)})" if t.scales != (1.0,) else "")
                       for name, t in DEFAULT_THRESHOLDS.items())
 
 EPILOG = f"""\
 what it does: every image of the folders (searched recursively; ids are paths relative to the folder,
 without suffix, or with it where two files share a stem: beach.jpg and beach.png) is described by the
-model (default: sscd when installed), each image also by 5 crops (a pair scores its best view), once: the
+model (default: sscd when installed), each image also by 5 crops (a pair scores its best view), at the sizes
+of --scales (sscd's default: the image's and half of it, their descriptors averaged), once: the
 descriptors are cached per folder and model in --cache (default $XDG_CACHE_HOME/isc/find/, else
 ~/.cache/isc/find/), whatever the output, and a re-run describes only the images added or changed since.
 A folder of at most {IN_PROCESS_DECODING} images is decoded in isc-find's own process unless --workers is given
@@ -59,8 +65,8 @@ similarity of the query to its 10th nearest training image) and lower, and the d
 one, unverified. The defaults, chosen on photo benchmarks (their precision and recall are in
 docs/BENCHMARKS.md, "Copies in one's own folders"):
 {MEASURED}
-Any other model, a --checkpoint or a given --image-size has no default: --threshold must be given (a
-threshold measured for one model means another precision for another).
+Any other model, a --checkpoint, a given --image-size or other --scales has no default: --threshold must be
+given (a threshold measured for one model means another precision for another).
 
 outputs: without -o the groups (connected components of the pairs, largest first) go to stdout, a block
 of paths a group, blocks apart by an empty line, an exact copy followed by a tab and "same bytes as PATH"
@@ -124,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{default_cache_dir()})")
     model = parser.add_argument_group("model")
     add_model_options(model, batch_size=FIND_BATCH_SIZE)
+    model.add_argument("--scales", type=scales_list, metavar="S1,S2",
+                       help="describe each image (each of its views) at these sizes relative to its size, their "
+                       "descriptors averaged (default: the sizes the model's thresholds were measured at, "
+                       f"{MEASURED_SCALES}; any other model 1)")
     model.add_argument("--checkpoint", metavar="PATH", help="weights saved by isc-train")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars, summary or warnings that do not question the result")
@@ -149,10 +159,11 @@ def find(args: argparse.Namespace) -> int:
                           for path in list_images(source, suffix_on_clash=True).values()),  # listed if needed
                   image_folders=[source for source in sources if Path(source).is_dir()])
     check_grid(args.grid, not args.no_crops, "--grid", "crops: leave out --no-crops")
-    extraction = extract_options(args, grid=args.grid, cut_views=cut_views(args, not args.no_crops, DEFAULT_CUT_VIEWS,
-                                                                            "crops: leave out --no-crops"))
     model_name, why = model_choice(args)
     model = create_model(model_name, checkpoint=args.checkpoint, **given_options(image_size=args.image_size))
+    scales = default_scales(model.name) if args.scales is None else tuple(args.scales)
+    extraction = extract_options(args, grid=args.grid, scales=scales, cut_views=cut_views(
+        args, not args.no_crops, DEFAULT_CUT_VIEWS, "crops: leave out --no-crops"))
     if why and not args.quiet:
         print(f"isc-find: no --model given, using {model_name}; {why}", file=sys.stderr)
     verifying = verifies_by_default(args.training) if args.verify is None else args.verify

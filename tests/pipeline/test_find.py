@@ -19,7 +19,7 @@ from conftest import running, wait_until
 from PIL import Image, ImageOps
 
 from isc.core.pairs import Pairs
-from isc.pipeline.find import matches_above
+from isc.pipeline.find import DEFAULT_THRESHOLDS, matches_above
 from isc.pipeline.groups import groups_of
 
 # isc-find's default model and its threshold are sscd's: the sscd extra (Python >= 3.12) is needed
@@ -108,8 +108,9 @@ def test_one_folder_gives_groups_without_self_matches(folders, tmp_path, model):
     assert groups == {frozenset(pair) for pair in expected_pairs(model)}
     assert all(pair["query"] != pair["reference"] for pair in result["pairs"])
     assert len(result["pairs"]) == len(expected_pairs(model))  # each pair once, not (a, b) and (b, a)
-    threshold = PDQ_THRESHOLD if model == "pdq" else 0.55  # verified
+    threshold = PDQ_THRESHOLD if model == "pdq" else DEFAULT_THRESHOLDS["sscd"].verified
     assert result["model"] == model and result["query_crops"] and result["threshold"] == threshold
+    assert result["scales"] == ([1.0] if model == "pdq" else [1.0, 0.5])  # sscd at its size and half of it
     assert result["verification"]["pairs_verified"] > 0
 
 
@@ -121,7 +122,8 @@ def test_a_rerun_describes_only_new_or_changed_images(folders, tmp_path, model, 
     with_model = functools.partial(find, *MODELS[model][2])
     first = with_model(folder, "-o", out, "--no-crops")
     assert first.returncode == 0 and "8 described this run" in first.stdout, first.stderr
-    [cache] = (user_cache / "isc" / "find").glob(f"grown-*/{model}.h5")  # the folder's, whatever the output
+    sizes = "" if model == "pdq" else "_s1-0.5"  # sscd at its size and half of it
+    [cache] = (user_cache / "isc" / "find").glob(f"grown-*/{model}{sizes}.h5")  # the folder's, whatever the output
     before = dict(_descriptor_rows(cache))
     shutil.copy(folders["queries"] / "<b>mirrored.png", folder / "new one.png")
     with Image.open(folder / "holiday 7.jpg") as image:
