@@ -18,6 +18,7 @@ from isc.cli.options import (
     extract_options,
     model_choice,
     scales_list,
+    scales_text,
     verify_options,
 )
 from isc.extract.image_files import list_images
@@ -40,10 +41,10 @@ FIND_BATCH_SIZE = 8  # small batches: the progress bar moves every 8 images, in 
 INFORMATIONAL_WARNINGS = (r"k = \d+ is larger than", r".* descriptors are not L2-normalised")
 # each model's default thresholds, as the epilog lists them
 # the sizes each model with thresholds is described at unless told, as --scales's help lists them
-MEASURED_SCALES = ", ".join(f"{name} {','.join(f'{s:g}' for s in t.scales)}" for name, t in DEFAULT_THRESHOLDS.items())
+MEASURED_SCALES = ", ".join(f"{name} {scales_text(t.scales)}" for name, t in DEFAULT_THRESHOLDS.items())
 MEASURED = "\n".join(f"  {name}: {t.verified:g} verified, {t.plain:g} unverified"
                       + (f", {t.normalised:g} with --training" if t.normalised is not None else "")
-                      + (f" (each image at sizes {','.join(f'{s:g}' for s in t.scales)})" if t.scales != (1.0,) else "")
+                      + (f" (each image at sizes {scales_text(t.scales)})" if t.scales != (1.0,) else "")
                       for name, t in DEFAULT_THRESHOLDS.items())
 
 EPILOG = f"""\
@@ -51,7 +52,7 @@ what it does: every image of the folders (searched recursively; ids are paths re
 without suffix, or with it where two files share a stem: beach.jpg and beach.png) is described by the
 model (default: sscd when installed), each image also by 5 crops (a pair scores its best view), at the sizes
 of --scales (sscd's default: the image's and half of it, their descriptors averaged), once: the
-descriptors are cached per folder and model in --cache (default $XDG_CACHE_HOME/isc/find/, else
+descriptors are cached per folder, model, views and sizes in --cache (default $XDG_CACHE_HOME/isc/find/, else
 ~/.cache/isc/find/), whatever the output, and a re-run describes only the images added or changed since.
 A folder of at most {IN_PROCESS_DECODING} images is decoded in isc-find's own process unless --workers is given
 (starting the decoding processes costs more than decoding so few).

@@ -102,12 +102,17 @@ def scales_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive numbers ({e})") from None
 
 
+def scales_text(scales: Sequence[float]) -> str:
+    """Test-time scales as ``--scales`` takes them: ``1,0.5``."""
+    return ",".join(f"{s:g}" for s in scales)
+
+
 def add_scales_option(parser: Parser, default: Sequence[float], what: str) -> None:
     """``--scales`` (:attr:`ExtractOptions.scales`, read back as ``args.scales``): each image described at these
     sizes relative to the image size, its descriptors averaged."""
     parser.add_argument("--scales", type=scales_list, default=list(default), metavar="S1,S2",
                         help=f"{what} at these sizes relative to the image size, their descriptors averaged "
-                        f"(test-time augmentation; default {','.join(f'{s:g}' for s in default)})")
+                        f"(test-time augmentation; default {scales_text(default)})")
 
 
 def model_choice(args: argparse.Namespace) -> tuple[str | None, str | None]:
