@@ -39,9 +39,9 @@ from isc.search.matching import DEFAULT_K
 FIND_BATCH_SIZE = 8  # small batches: the progress bar moves every 8 images, in the same time (docs/BENCHMARKS.md)
 # warnings about what a run did as told, not about its result: --quiet leaves them out
 INFORMATIONAL_WARNINGS = (r"k = \d+ is larger than", r".* descriptors are not L2-normalised")
-# each model's default thresholds, as the epilog lists them
 # the sizes each model with thresholds is described at unless told, as --scales's help lists them
 MEASURED_SCALES = ", ".join(f"{name} {scales_text(t.scales)}" for name, t in DEFAULT_THRESHOLDS.items())
+# each model's default thresholds, as the epilog lists them
 MEASURED = "\n".join(f"  {name}: {t.verified:g} verified, {t.plain:g} unverified"
                       + (f", {t.normalised:g} with --training" if t.normalised is not None else "")
                       + (f" (each image at sizes {scales_text(t.scales)})" if t.scales != (1.0,) else "")
