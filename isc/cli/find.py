@@ -26,14 +26,13 @@ from isc.models import create_model, given_options
 from isc.pipeline.find import (
     DEFAULT_CUT_VIEWS,
     DEFAULT_GRID,
-    DEFAULT_THRESHOLDS,
     IN_PROCESS_DECODING,
     default_cache_dir,
-    default_scales,
     find_copies,
     verifies_by_default,
 )
 from isc.pipeline.groups import groups_of, groups_text, unreadable_path, write_matches
+from isc.pipeline.thresholds import DEFAULT_THRESHOLDS, default_scales
 from isc.search.matching import DEFAULT_K
 
 FIND_BATCH_SIZE = 8  # small batches: the progress bar moves every 8 images, in the same time (docs/BENCHMARKS.md)

