@@ -123,3 +123,16 @@ def test_each_set_of_scales_is_cached_apart_and_recorded(folder, tmp_path):
     files = sorted(json.loads(read_descriptor_attrs(path)["scales"]) for path in cache.rglob("*.h5"))
     assert files == [[1.0], [1.0, 0.5]]  # a file for each
     assert [run["described"] for run in runs] == [4, 4, 0]  # the default's file kept through the other run
+    assert runs[2]["pairs"] == runs[0]["pairs"]  # what it kept is what the fresh run made
+    fresh = tmp_path / "fresh.json"  # two sizes into an empty cache: the pairs of the run beside the other file
+    done = cli("find", *common[:-2], tmp_path / "empty", "--quiet", "--scales", "1,0.5", "-o", fresh, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(fresh.read_text(encoding="utf-8"))["pairs"] == runs[1]["pairs"]
+
+
+@pytest.mark.parametrize("scales", ["1,nan", "inf", "1,0", "-0.5", "1,,0.5"])
+def test_bad_scales_are_refused_in_one_line(folder, tmp_path, scales):
+    done = cli("find", folder, "--model", "pdq", "--threshold", "0.3", "--cache", tmp_path / "cache",
+               f"--scales={scales}", timeout=60)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert "--scales" in done.stderr and not (tmp_path / "cache").exists()
