@@ -318,11 +318,12 @@ def find_copies(
     if threshold is not None and not 0 < threshold <= highest:  # above it nothing is ever kept
         raise SettingError("threshold", f"must be in (0, {highest:g}] ({highest:g}: the same image"
                            f"{', verified' if verification is not None else ''}), got {threshold:g}")
+    model_scales = default_scales(model.name)
     if extraction is None:
-        extraction = ExtractOptions(cut_views=DEFAULT_CUT_VIEWS, scales=default_scales(model.name))
+        extraction = ExtractOptions(cut_views=DEFAULT_CUT_VIEWS, scales=model_scales)
     given = threshold is not None
     if not given:  # refused before any image is described
-        as_benchmarked = as_benchmarked and tuple(extraction.scales) == default_scales(model.name)
+        as_benchmarked = as_benchmarked and tuple(extraction.scales) == model_scales
         threshold = default_threshold(model.name, verification is not None, training is not None, as_benchmarked)
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     same_images = len(folders) == 1 or Path(folders[0]).resolve() == Path(folders[1]).resolve()
