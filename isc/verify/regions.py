@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 REGION_MARGIN = 0.05  # of the box's side, on each side: the transform's corners are only as exact as RANSAC
 REGION_MIN_SIDE = 32  # pixels: a smaller cut says too little for a global descriptor
 REGION_COLUMN = "region_similarity"
+# the cuts are lossless whatever the level; zlib's fastest writes them 4x quicker than Pillow's default, 8% larger
+PNG_COMPRESS_LEVEL = 1
 DECODED_IMAGES = 64  # decoded images kept at once: the evidence is sorted by query, whose images come together
 Box = tuple[int, int, int, int]  # left, top, right, bottom in decoded pixels
 
@@ -104,7 +106,7 @@ def _cut(pixels: np.ndarray, box: Box, key: str, stamps: str, folder: Path) -> t
 
         left, top, right, bottom = box
         with atomic_path(target) as tmp:
-            Image.fromarray(pixels[top:bottom, left:right]).save(tmp, format="PNG")
+            Image.fromarray(pixels[top:bottom, left:right]).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return cut_id, target
 
 

@@ -16,7 +16,7 @@ from isc.models import create_model
 from isc.synth.draw import base_image
 from isc.verify.calibrate import FEATURES, Calibration, calibrate, pair_cosines
 from isc.verify.local_features import VerifyOptions, transform_text
-from isc.verify.regions import RegionDescriber, parse_transform, region_boxes
+from isc.verify.regions import RegionDescriber, _cut, parse_transform, region_boxes
 from isc.verify.verification import calibration_conditions, evidence_path, read_evidence, verify
 
 
@@ -207,3 +207,12 @@ def test_the_similarities_do_not_depend_on_how_many_decoded_images_are_kept(past
                                                    root / "cache" / "regions", root / "again.regions.h5", quiet=True)
     np.testing.assert_allclose(similarity, evidence["region_similarity"].to_numpy(), atol=1e-6)
     assert cuts == 2
+
+
+def test_a_cut_file_holds_exactly_the_boxs_pixels(tmp_path):
+    """The cuts are written at zlib's fastest level: still lossless, so their descriptors are the box's."""
+    pixels = np.random.default_rng(3).integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    cut_id, path = _cut(pixels, (10, 20, 70, 110), "query\0pair", "\0stamps", tmp_path)
+    with Image.open(path) as written:
+        np.testing.assert_array_equal(np.asarray(written.convert("RGB")), pixels[20:110, 10:70])
+    assert _cut(pixels, (10, 20, 70, 110), "query\0pair", "\0stamps", tmp_path) == (cut_id, path)
