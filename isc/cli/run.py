@@ -66,7 +66,8 @@ def add_calibration_options(verification: Parser) -> None:
                               help="candidates verified per copy (default: as many as per query, --verify-k)")
     verification.add_argument("--calibration-crops", action=argparse.BooleanOptionalAction,
                               default=RunConfig.calibration_crops,
-                              help="describe the copies with crops where the queries have them (default: on)")
+                              help="describe the copies with crops where the queries have them (default: off, their full "
+                              "view alone: the same µAP on two photo sets for half the calibration's work)")
     verification.add_argument("--region-inliers", type=non_negative_int, default=RunConfig.verify.region_inliers,
                               metavar="N", help="pairs with at least N inliers also get the regions that match cut "
                               "from both images and described by the model, their cosine a feature of the "

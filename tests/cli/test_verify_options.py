@@ -85,3 +85,9 @@ def test_isc_find_reaches_every_field(tmp_path, monkeypatch):
 def test_a_bad_value_is_said_as_the_commands_own_flag(command, prog, args, flag, tmp_path):
     result = cli(command, *args, cwd=tmp_path)
     one_line_error(result, prog, f"{flag} must be within (0, 1] (Lowe's ratio test), got 1.5")
+
+
+def test_isc_run_describes_the_calibrations_copies_without_crops_unless_asked(tmp_path, run_configs):
+    argv = [str(tmp_path / "work"), "--model", "pdq", "--quiet"]
+    assert cli_run.main(argv) == 0 and cli_run.main([*argv, "--calibration-crops"]) == 0
+    assert [config.calibration_crops for config in run_configs] == [False, True]

@@ -30,7 +30,7 @@ def test_grid_boxes_tile_the_image_evenly_and_overlap_when_asked():
 @pytest.mark.slow  # two isc-run runs (about 40 s of CPU): the only way to see the calibration step redone
 def test_copies_verified_less_deep_and_without_crops_and_refitted_when_that_changes(mini_dataset, tmp_path):
     config = RunConfig(work=tmp_path, data=mini_dataset, verify=VerifyOptions(k=3, workers=0), calibration_k=1,
-                       calibration_crops=False, **FAST)
+                       **FAST)  # the copies without crops: the default
     steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
     assert not steps["calibrate", "copies"].skipped
     folder = tmp_path / "calibration"
@@ -54,7 +54,7 @@ def test_copies_verified_less_deep_and_without_crops_and_refitted_when_that_chan
     assert not steps["verify", "phase 1"].skipped and steps["extract", "query phase 1"].skipped
 
     deeper = RunConfig(work=tmp_path, data=mini_dataset, verify=VerifyOptions(k=3, workers=0), calibration_k=2,
-                       calibration_crops=False, **FAST)
+                       **FAST)
     steps = {(s.stage, s.target): s for s in Pipeline(deeper).run().steps}
     assert not steps["calibrate", "copies"].skipped and steps["extract", "query phase 1"].skipped
     copies = read_evidence(evidence_path(folder / "copies_verified.csv"))

@@ -234,7 +234,7 @@ def test_scales_describe_every_image_of_the_run_at_each_size(mini_dataset, tmp_p
             if "scales" in f.attrs:  # an extraction's (a whitened file quotes its source's attributes too)
                 described[path.relative_to(work).as_posix()] = json.loads(f.attrs["scales"])
     assert {"descriptors/query_phase1_crops.h5", "descriptors/reference.h5", "descriptors/training.h5",
-            "calibration/copies_crops.h5"} <= set(described)
+            "calibration/copies.h5"} <= set(described)
     assert any(name.startswith("verify-cache/regions/") for name in described)  # the matched regions' cuts
     assert set(map(tuple, described.values())) == {(1.0, 0.5)}
 
@@ -243,13 +243,13 @@ def test_crops_cut_from_the_full_view(rerun):
     results = _results(rerun({"extraction": ExtractOptions(batch_size=8, workers=0, cut_views=True)}))
     assert "images/s" in results[("extract", "query phase 1 crops")]  # described again, not reused
     assert results[("extract", "query phase 1")] == results[("extract", "reference")] == "up to date"
-    assert not results[("calibrate", "copies")].startswith("up to date")  # its copies' crops cut likewise
+    assert not results[("calibrate", "copies")].startswith("up to date")  # the query views it calibrates changed
 
 
-def test_query_grid_describes_the_queries_and_the_calibrations_copies(mini_dataset, tmp_path):
+def test_query_grid_describes_the_queries_and_the_calibrations_copies_with_crops(mini_dataset, tmp_path):
     work = tmp_path / "work"
     Pipeline(RunConfig(work=work, data=mini_dataset, submissions=work / "submissions", phases=[1],
-                       **{**BASE, **GRID})).run()
+                       calibration_crops=True, **{**BASE, **GRID})).run()
     for name in ("descriptors/query_phase1_crops.h5", "calibration/copies_crops.h5"):
         with h5py.File(work / name) as f:
             assert (f.attrs["views_per_id"], f.attrs["grid_views"]) == (10, 2), name
