@@ -145,12 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "(descriptors/reference_crops.h5; reference.h5 is then its full views, for the descriptor "
                        "track), each pair scored by its best (query view, reference view): 6x the reference "
                        "extraction and index; gain and cost in docs/BENCHMARKS.md (default: off)")
-    add_grid_option(model, RunConfig.extraction.grid, "with --query-crops, describe each query (and each of the "
-                    "calibration's copies)", flag="--query-grid")
+    add_grid_option(model, RunConfig.extraction.grid, "with --query-crops, describe each query (and, with "
+                    "--calibration-crops, each of the calibration's copies)", flag="--query-grid")
     add_scales_option(model, RunConfig.extraction.scales, "describe every image (each view of one, the "
                       "calibration's copies and the matched regions too; every model of the descriptor ensemble)")
-    add_crop_views_option(model, RunConfig.extraction.cut_views, "the queries' (the calibration's copies', and with "
-                          "--reference-crops the references')")
+    add_crop_views_option(model, RunConfig.extraction.cut_views, "the queries' (with --calibration-crops the "
+                          "calibration's copies', with --reference-crops the references')")
     add_descriptor_track_options(parser)
     search = parser.add_argument_group("search, scoring and submission")
     add_search_options(search)
