@@ -21,7 +21,7 @@ from isc.extract.extraction import ExtractOptions, extract, is_complete
 from isc.models import DescriptorModel
 from isc.pipeline.work import matching_references, redone, region_describer, whiten_file
 from isc.search.matching import SearchOptions, search
-from isc.verify.calibrate import Calibration, calibrate, copy_labels, make_copies
+from isc.verify.calibrate import DERIVED_FEATURES, Calibration, calibrate, copy_labels, make_copies
 from isc.verify.local_features import VerifyOptions
 from isc.verify.verification import (
     Combiner,
@@ -108,6 +108,7 @@ def calibrate_run(
                           f"{len(training)} training images, too few to copy: fixed inlier bonus")
     wanted = MadeFrom.of({**conditions, "calibration copies": copies, "copies verified": setup.verified_per_copy,
                           "copies with crops": setup.query_crops and setup.copies_crops,
+                          "derived features": list(DERIVED_FEATURES),  # a calibration fitted without them is refitted
                           **({"copies grid": setup.copies_grid} if setup.copies_grid else {})},
                          [matching_references(files), files["training"]], setup.work)
     why = wanted.why_redo(path)

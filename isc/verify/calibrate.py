@@ -33,6 +33,9 @@ CALIBRATION_COLUMNS = ("query_id", "score", "rank", "inliers", "inlier_ratio")
 # (isc.verify.regions), the pair's cosine under a second descriptor model (:func:`pair_cosines`) and the share of
 # the reference's keypoints' hull that the inliers cover (every verification since evidence version 2)
 OPTIONAL_FEATURES = ("region_similarity", "second_model_score", "reference_coverage")
+# computed from the query's other candidates, not read from the evidence: how far the pair's score stands above (or
+# below) the best of the others, a copy's lead over the query's next candidate (every calibration since 2026-12-08)
+DERIVED_FEATURES = ("score_margin",)
 COPY_SUFFIX = ".copy"  # a self-made copy's id is its source's id with this suffix
 
 
@@ -50,23 +53,39 @@ def _check_evidence(evidence: pd.DataFrame) -> None:
 
 
 def evidence_features(evidence: pd.DataFrame) -> tuple[str, ...]:
-    """The features a calibration fitted on ``evidence`` uses: :data:`FEATURES`, then the optional ones it holds."""
-    return (*FEATURES, *(name for name in OPTIONAL_FEATURES if name in evidence.columns))
+    """The features a calibration fitted on ``evidence`` uses: :data:`FEATURES`, the optional ones it holds, then
+    :data:`DERIVED_FEATURES`."""
+    return (*FEATURES, *(name for name in OPTIONAL_FEATURES if name in evidence.columns), *DERIVED_FEATURES)
 
 
 def _check_features(features: Sequence[str]) -> None:
-    optional = tuple(features[len(FEATURES):])
-    if tuple(features[:len(FEATURES)]) != FEATURES or optional != tuple(f for f in OPTIONAL_FEATURES if f in optional):
+    rest = tuple(features[len(FEATURES):])
+    known = (*OPTIONAL_FEATURES, *DERIVED_FEATURES)
+    if tuple(features[:len(FEATURES)]) != FEATURES or rest != tuple(f for f in known if f in rest):
         raise InputError(f"features {', '.join(features)}: this toolkit computes {', '.join(FEATURES)}, then any "
-                         f"of {', '.join(OPTIONAL_FEATURES)} in that order")
+                         f"of {', '.join(known)} in that order")
+
+
+def score_margins(evidence: pd.DataFrame) -> np.ndarray:
+    """Each pair's score minus the best score of its query's other candidates (0 for a query's only candidate):
+    positive for the query's best pair alone, by its lead over the second; the same whatever the rows' order."""
+    score = evidence["score"].to_numpy(np.float64)
+    query, _ = pd.factorize(evidence["query_id"])
+    ordered = np.lexsort((-score, query))  # each query's pairs together (queries in code order), best first
+    starts = np.flatnonzero(np.r_[True, query[ordered][1:] != query[ordered][:-1]])
+    best = score[ordered[starts]]
+    has_second = np.diff(np.r_[starts, len(score)]) > 1
+    second = np.where(has_second, score[ordered[np.minimum(starts + 1, len(score) - 1)]], best)
+    return np.where(score >= best[query], score - second[query], score - best[query])
 
 
 def pair_features(evidence: pd.DataFrame, features: Sequence[str] = FEATURES) -> np.ndarray:
-    """The ``features`` (:data:`FEATURES`, then some of :data:`OPTIONAL_FEATURES`) of each pair, float64
+    """The ``features`` (:data:`FEATURES`, then some of :data:`OPTIONAL_FEATURES` and :data:`DERIVED_FEATURES`) of each pair, float64
     ``(pairs, len(features))``; InputError when the evidence lacks an optional one or holds a non-finite value."""
     _check_evidence(evidence)
     _check_features(features)
-    optional = list(features[len(FEATURES):])
+    optional = [name for name in features[len(FEATURES):] if name in OPTIONAL_FEATURES]
+    derived = [score_margins(evidence)] if "score_margin" in features else []
     missing = [name for name in optional if name not in evidence.columns]
     if missing:
         raise InputError(f"the evidence lacks {', '.join(missing)}, which the calibration was fitted with: verify "
@@ -88,6 +107,7 @@ def pair_features(evidence: pd.DataFrame, features: Sequence[str] = FEATURES) ->
         evidence["inlier_ratio"].to_numpy(np.float64),
         np.log1p(best_inliers),
         extra,
+        *derived,
     ])
 
 

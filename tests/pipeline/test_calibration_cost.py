@@ -44,7 +44,7 @@ def test_copies_verified_less_deep_and_without_crops_and_refitted_when_that_chan
 
     # a calibration recorded as fitted on evidence of an older version (before reference_coverage) is fitted again,
     # and the predictions it re-scored are verified again
-    assert Calibration.load(tmp_path / "calibration.json").features[-1] == "reference_coverage"
+    assert Calibration.load(tmp_path / "calibration.json").features[-2:] == ("reference_coverage", "score_margin")
     record = tmp_path / "calibration.json.made-from.json"
     made_from = json.loads(record.read_text())
     assert made_from["settings"]["evidence_version"] == EVIDENCE_VERSION > 1
@@ -52,6 +52,13 @@ def test_copies_verified_less_deep_and_without_crops_and_refitted_when_that_chan
     steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
     assert steps["calibrate", "copies"].result.startswith("settings changed")
     assert not steps["verify", "phase 1"].skipped and steps["extract", "query phase 1"].skipped
+    # and one recorded as fitted before the score margin was a feature
+    made_from = json.loads(record.read_text())
+    del made_from["settings"]["derived features"]
+    record.write_text(json.dumps(made_from))
+    steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
+    assert steps["calibrate", "copies"].result.startswith("settings changed") and not steps["verify", "phase 1"].skipped
+    assert Calibration.load(tmp_path / "calibration.json").features[-1] == "score_margin"
 
     deeper = RunConfig(work=tmp_path, data=mini_dataset, verify=VerifyOptions(k=3, workers=0), calibration_k=2,
                        **FAST)

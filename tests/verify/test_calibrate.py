@@ -20,6 +20,7 @@ from isc.verify.calibrate import (
     ground_truth_labels,
     make_copies,
     pair_features,
+    score_margins,
 )
 
 
@@ -91,6 +92,29 @@ def test_features_are_per_query():
     gap, best = FEATURES.index("gap_to_best_score"), FEATURES.index("log_best_inliers")
     np.testing.assert_allclose(features[:, gap], [0.0, 0.4, 0.0])
     np.testing.assert_allclose(features[:, best], np.log1p([40, 40, 0]))
+
+
+def test_a_pairs_margin_is_its_lead_over_the_querys_other_candidates_in_any_row_order():
+    evidence = pd.DataFrame({"query_id": ["a", "a", "a", "b", "c", "c"], "score": [0.5, 0.9, 0.7, 0.3, 0.6, 0.6]})
+    expected = [-0.4, 0.2, -0.2, 0.0, 0.0, 0.0]  # b: its only candidate; c: two tied for the best
+    np.testing.assert_allclose(score_margins(evidence), expected)
+    shuffled = np.random.default_rng(0).permutation(len(evidence))
+    np.testing.assert_allclose(score_margins(evidence.iloc[shuffled]), np.asarray(expected)[shuffled])
+
+
+def test_a_calibration_fits_the_margin_and_one_fitted_before_it_still_applies(tmp_path):
+    evidence, labels = evidence_of(100, 5, seed=11)
+    fitted = calibrate(evidence, labels, fitted_on="constructed")
+    assert fitted.features == (*FEATURES, "score_margin")
+    np.testing.assert_allclose(pair_features(evidence, fitted.features)[:, -1], score_margins(evidence))
+    loaded = Calibration.load(fitted.save(tmp_path / "calibration.json"))
+    np.testing.assert_array_equal(loaded.scores(evidence), fitted.scores(evidence))
+    content = json.loads((tmp_path / "calibration.json").read_text())
+    for key in ("features", "mean", "std", "weights"):  # as a calibration of before the margin was written
+        content[key] = content[key][:-1]
+    (tmp_path / "before.json").write_text(json.dumps(content))
+    before = Calibration.load(tmp_path / "before.json")
+    assert before.features == FEATURES and np.isfinite(before.scores(evidence)).all()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -181,8 +205,8 @@ def test_reference_coverage_is_fitted_where_the_evidence_holds_it_and_older_cali
     covered = evidence.assign(reference_coverage=np.where(labels > 0, rng.uniform(0.3, 1, len(labels)),
                                                           rng.uniform(0, 0.2, len(labels))))
     with_coverage = calibrate(covered, labels, fitted_on="constructed")
-    assert with_coverage.features == (*FEATURES, "reference_coverage")
-    assert with_coverage.weights[-1] > 0  # spread inliers make a copy likelier
+    assert with_coverage.features == (*FEATURES, "reference_coverage", "score_margin")
+    assert with_coverage.weights[with_coverage.features.index("reference_coverage")] > 0  # spread inliers: a copy
     before = calibrate(evidence, labels, fitted_on="evidence of version 1")  # no coverage column then
     np.testing.assert_array_equal(before.scores(covered), before.scores(evidence))
     with pytest.raises(InputError, match="the evidence lacks reference_coverage"):

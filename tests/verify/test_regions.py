@@ -123,8 +123,8 @@ def _labelled(rows: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
 def test_a_calibration_records_the_region_feature_and_refuses_evidence_without_it(tmp_path):
     evidence, labels = _labelled(200, 0)
     fitted = calibrate(evidence, labels, "test", {"verification": {"region_inliers": 8}})
-    assert fitted.features == (*FEATURES, "region_similarity")
-    assert fitted.weights[-1] > 0  # the regions of copies are more alike
+    assert fitted.features == (*FEATURES, "region_similarity", "score_margin")
+    assert fitted.weights[fitted.features.index("region_similarity")] > 0  # the regions of copies are more alike
     loaded = Calibration.load(fitted.save(tmp_path / "calibration.json"))
     np.testing.assert_allclose(loaded.scores(evidence), fitted.scores(evidence))
     with pytest.raises(InputError, match="lacks region_similarity"):
@@ -133,7 +133,7 @@ def test_a_calibration_records_the_region_feature_and_refuses_evidence_without_i
         loaded.scores(evidence.assign(region_similarity=np.inf))
     # a calibration of before the feature: scores evidence with or without it alike, by its own features
     old = calibrate(evidence.drop(columns="region_similarity"), labels, "old", {"verification": {}})
-    assert old.features == FEATURES
+    assert old.features == (*FEATURES, "score_margin")
     np.testing.assert_allclose(old.scores(evidence), old.scores(evidence.drop(columns="region_similarity")))
     # a feature this toolkit does not compute is refused when loaded
     content = json.loads((tmp_path / "calibration.json").read_text())
@@ -177,7 +177,7 @@ def test_isc_run_describes_regions_for_the_queries_and_the_calibration_and_is_th
     isc_run("--region-inliers", "4")  # the default is 8: a lower threshold gives PDQ's small images a region
     work = tmp_path / "work"
     calibration = json.loads((work / "calibration.json").read_text())
-    assert calibration["features"][len(FEATURES):] == ["region_similarity", "reference_coverage"]
+    assert calibration["features"][len(FEATURES):] == ["region_similarity", "reference_coverage", "score_margin"]
     assert calibration["conditions"]["verification"]["region_inliers"] == 4
     evidence = read_evidence(work / "predictions_phase1_verified.evidence.csv")
     with_region = evidence["region_similarity"] != 0
@@ -186,7 +186,7 @@ def test_isc_run_describes_regions_for_the_queries_and_the_calibration_and_is_th
     assert again[("calibrate", "copies")].startswith("up to date") and again[("verify", "phase 1")] == "up to date"
     off = isc_run("--region-inliers", "0")  # without regions: the calibration is fitted again, without the feature
     assert off[("calibrate", "copies")].startswith("settings changed")
-    assert json.loads((work / "calibration.json").read_text())["features"] == [*FEATURES, "reference_coverage"]
+    assert json.loads((work / "calibration.json").read_text())["features"] == [*FEATURES, "reference_coverage", "score_margin"]
     assert "region_similarity" not in read_evidence(work / "predictions_phase1_verified.evidence.csv").columns
 
 
