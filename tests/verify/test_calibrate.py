@@ -104,7 +104,7 @@ def test_a_pairs_margin_is_its_lead_over_the_querys_other_candidates_in_any_row_
 
 def test_a_calibration_fits_the_margin_and_one_fitted_before_it_still_applies(tmp_path):
     evidence, labels = evidence_of(100, 5, seed=11)
-    fitted = calibrate(evidence, labels, fitted_on="constructed")
+    fitted = calibrate(evidence, labels, "constructed", {"verification": {}})
     assert fitted.features == (*FEATURES, "score_margin")
     np.testing.assert_allclose(pair_features(evidence, fitted.features)[:, -1], score_margins(evidence))
     loaded = Calibration.load(fitted.save(tmp_path / "calibration.json"))
