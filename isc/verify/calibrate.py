@@ -80,8 +80,9 @@ def score_margins(evidence: pd.DataFrame) -> np.ndarray:
 
 
 def pair_features(evidence: pd.DataFrame, features: Sequence[str] = FEATURES) -> np.ndarray:
-    """The ``features`` (:data:`FEATURES`, then some of :data:`OPTIONAL_FEATURES` and :data:`DERIVED_FEATURES`) of each pair, float64
-    ``(pairs, len(features))``; InputError when the evidence lacks an optional one or holds a non-finite value."""
+    """The ``features`` (:data:`FEATURES`, then some of :data:`OPTIONAL_FEATURES` and :data:`DERIVED_FEATURES`) of
+    each pair, float64 ``(pairs, len(features))``; InputError when the evidence lacks an optional one or holds a
+    non-finite value."""
     _check_evidence(evidence)
     _check_features(features)
     optional = [name for name in features[len(FEATURES):] if name in OPTIONAL_FEATURES]
