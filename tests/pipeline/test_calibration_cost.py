@@ -8,7 +8,9 @@ import pytest
 from isc.core.files import SettingError
 from isc.extract.decode import grid_boxes
 from isc.extract.extraction import ExtractOptions
+from isc.pipeline.calibration import CopiesCalibration
 from isc.pipeline.run import Pipeline, RunConfig
+from isc.search.matching import SearchOptions
 from isc.verify.calibrate import Calibration
 from isc.verify.local_features import VerifyOptions
 from isc.verify.verification import EVIDENCE_VERSION, evidence_path, read_evidence
@@ -68,3 +70,11 @@ def test_copies_verified_less_deep_and_without_crops_and_refitted_when_that_chan
     assert set(copies.loc[copies["verified"], "rank"]) == {0, 1}
     with pytest.raises(SettingError, match="calibration_k must be at least 1"):
         Pipeline(RunConfig(work=tmp_path, calibration_k=0))
+
+
+@pytest.mark.parametrize("copies_crops, grid", [(False, 0), (True, 2)])
+def test_the_copies_get_the_queries_grid_only_with_their_crops(tmp_path, copies_crops, grid):
+    setup = CopiesCalibration(work=tmp_path, model=None, verify=VerifyOptions(), search=SearchOptions(),
+                              extraction=ExtractOptions(grid=2), whitened=0, query_crops=True, reference_crops=False,
+                              copies=100, copies_k=None, copies_crops=copies_crops)
+    assert (setup.query_grid, setup.copies_grid) == (2, grid)

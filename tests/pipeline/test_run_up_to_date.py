@@ -213,7 +213,7 @@ def test_query_grid_on(rerun):
     results = _results(rerun(GRID))
     assert "images/s" in results[("extract", "query phase 1 crops")]  # described again, not reused
     assert results[("extract", "query phase 1")] == results[("extract", "reference")] == "up to date"
-    assert not results[("calibrate", "copies")].startswith("up to date")  # its copies described with the grid too
+    assert not results[("calibrate", "copies")].startswith("up to date")  # the query views it calibrates changed
 
 
 def test_scales(rerun):
