@@ -19,7 +19,7 @@ from isc.core.files import write_json
 from isc.core.made_from import MadeFrom
 from isc.extract.extraction import ExtractOptions, extract, is_complete
 from isc.models import DescriptorModel
-from isc.pipeline.work import matching_references, redone, region_describer, whiten_file
+from isc.pipeline.work import matching_references, query_biases, redone, region_describer, whiten_file
 from isc.search.matching import SearchOptions, search
 from isc.verify.calibrate import DERIVED_FEATURES, Calibration, calibrate, copy_labels, make_copies
 from isc.verify.local_features import VerifyOptions
@@ -109,6 +109,7 @@ def calibrate_run(
     wanted = MadeFrom.of({**conditions, "calibration copies": copies, "copies verified": setup.verified_per_copy,
                           "copies with crops": setup.query_crops and setup.copies_crops,
                           "derived features": list(DERIVED_FEATURES),  # a calibration fitted without them is refitted
+                          "query bias": not setup.search.norm.references,  # the evidence's query_bias column
                           **({"copies grid": setup.copies_grid} if setup.copies_grid else {})},
                          [matching_references(files), files["training"]], setup.work)
     why = wanted.why_redo(path)
@@ -154,13 +155,15 @@ def copies_evidence(
     reference_ids, reference_x, _ = read_descriptors(matching_references(files), views=True)
     training_ids, training_x, _ = read_descriptors(files["training"], split="training")
     is_source = np.isin(np.asarray(training_ids, dtype=object), list(sources))
-    predictions = search(copy_ids, copy_x, [*reference_ids, *np.asarray(training_ids, dtype=object)[is_source]],
-                         np.vstack([reference_x, training_x[is_source]]), setup.search,
-                         training=training_x[~is_source], quiet=setup.quiet)
+    candidates = ([*reference_ids, *np.asarray(training_ids, dtype=object)[is_source]],
+                  np.vstack([reference_x, training_x[is_source]]))
+    predictions = search(copy_ids, copy_x, *candidates, setup.search, training=training_x[~is_source],
+                         quiet=setup.quiet)
     output = folder / "copies_verified.csv"
     verify(predictions, copy_images, {**references, **sources}, output,
            options=replace(setup.verify, k=setup.verified_per_copy), cache=setup.work / "verify-cache",
-           quiet=setup.quiet, regions=region_describer(setup.model, setup.extraction, setup.verify))
+           quiet=setup.quiet, regions=region_describer(setup.model, setup.extraction, setup.verify),
+           query_bias=query_biases(predictions, (copy_ids, copy_x), candidates, training_x[~is_source], setup.search))
     return read_evidence(evidence_path(output))
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import pandas as pd
 
 from isc.core.competition import DESCRIPTOR_TRACK_MAX_DIM, PHASES, SPLITS, metadata_file, split_folder
-from isc.core.descriptors import described_images, provenance_path, read_descriptor_attrs
+from isc.core.descriptors import described_images, provenance_path, read_descriptor_attrs, read_descriptors
 from isc.core.files import InputError, SettingError
 from isc.core.made_from import MadeFrom
 from isc.core.tables import competition_ground_truth, read_predictions
@@ -58,6 +58,7 @@ from isc.pipeline.work import (
     matching_queries,
     matching_references,
     phase_ground_truth,
+    query_biases,
     redone,
     region_describer,
     split_images,
@@ -253,25 +254,32 @@ class Pipeline:
         self._step("calibrate", done.target, done.images, began, done.skipped, done.result, done.files)
         return done.combiner
 
-    def verify(self, predictions: Path, phase: int, combiner: Combiner) -> Path:
-        """The predictions with each query's best candidates verified by local features and re-scored."""
+    def verify(self, predictions: Path, phase: int, combiner: Combiner, files: dict[str, Path]) -> Path:
+        """The predictions (searched in ``files``) with each query's best candidates verified by local features and
+        re-scored."""
         c = self.config
         began = time.perf_counter()
         output = self.work / f"predictions_phase{phase}_verified.csv"
         # a fitted calibration by its file; the fixed bonus by its weights
         calibrated = isinstance(combiner, Calibration)
         calibration = Path(c.calibration) if c.calibration is not None else self.work / "calibration.json"
+        with_bias = "training" in files and not c.search.norm.references
         wanted = self._made_from({**calibration_conditions(c.verify, None),
-                                  "combiner": "calibration" if calibrated else repr(combiner)},
+                                  "combiner": "calibration" if calibrated else repr(combiner), "query bias": with_bias},
                                  [predictions, *([calibration] if calibrated else [])])
         why = wanted.why_redo(output, evidence_path(output))
         if not why:
             self._step("verify", f"phase {phase}", None, began, True, "up to date", [output])
             return output
         queries = self.images("query")[f"query_phase{phase}"]
-        result = verify(read_predictions(predictions), queries, self.images("reference")["reference"], output,
+        candidates = read_predictions(predictions)
+        bias = query_biases(candidates, read_descriptors(matching_queries(files, phase), views=True)[:2],
+                            read_descriptors(matching_references(files), views=True)[:2],
+                            read_descriptors(files["training"], split="training")[1], c.search) if with_bias else None
+        result = verify(candidates, queries, self.images("reference")["reference"], output,
                         options=c.verify, cache=self.work / "verify-cache", combiner=combiner, quiet=c.quiet,
-                        regions=region_describer(self.model, c.extraction, c.verify), max_rows=c.search.max_results)
+                        regions=region_describer(self.model, c.extraction, c.verify), max_rows=c.search.max_results,
+                        query_bias=bias)
         wanted.record(output)
         broken = f", {len(result.broken)} broken images" if result.broken else ""
         self._step("verify", f"phase {phase}", result.queries, began, False,
@@ -386,7 +394,7 @@ class Pipeline:
                 continue
             if self.config.verify is not None:
                 combiner = combiner or self.calibrate(matching_files)  # fitted once, used for both phases
-                predictions = self.verify(predictions, phase, combiner)
+                predictions = self.verify(predictions, phase, combiner, matching_files)
             trial = truth is not None and self.config.limit is not None  # a trial scores the queries it kept
             kept = self.images("query").get(f"query_phase{phase}", {}) if trial else None
             self.submit(track, matching_files, phase, predictions, phase_ground_truth(truth, phase, kept))

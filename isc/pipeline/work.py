@@ -18,12 +18,17 @@ from isc.extract.image_files import list_split_images
 from isc.models import DescriptorModel
 from isc.search.descriptor_track import DescriptorTrack, write_track_file
 from isc.search.ensemble import learn_joined_pca, write_joined_whitened
+from isc.search.normalisation import pair_query_biases
 from isc.search.pca import PCAWhitening, apply_pca_file
+from isc.search.vectors import prepare_descriptors
 from isc.verify.local_features import VerifyOptions
 from isc.verify.regions import RegionDescriber
 
-if TYPE_CHECKING:
-    import pandas as pd  # annotations only
+if TYPE_CHECKING:  # annotations only
+    import numpy as np
+    import pandas as pd
+
+    from isc.search.matching import SearchOptions
 
 
 def redone(reason: str, result: str) -> str:
@@ -50,6 +55,19 @@ def whiten_file(pca: Path, raw: Path, output: Path, dim: int, work: Path) -> str
         apply_pca_file(pca, raw, output)
         wanted.record(output)
     return why
+
+
+def query_biases(predictions: pd.DataFrame, query: tuple[list[str], np.ndarray], reference: tuple[list[str], np.ndarray],
+                 training: np.ndarray | None, search: SearchOptions) -> np.ndarray | None:
+    """Each prediction's query bias (:func:`isc.search.normalisation.pair_query_biases`) as ``search`` normalised its
+    score (``query``, ``reference``: the searched ``(ids, rows)``, a view a row); None without training descriptors
+    or with the references normalised too: the calibration then goes without it."""
+    if training is None or search.norm.references:
+        return None
+    return pair_query_biases(list(predictions["query_id"]), list(predictions["reference_id"]),
+                             (list(query[0]), prepare_descriptors(query[1], "query")),
+                             (list(reference[0]), prepare_descriptors(reference[1], "reference")),
+                             prepare_descriptors(training, "training"), search.norm, search.backend)
 
 
 def region_describer(model: DescriptorModel, extraction: ExtractOptions, verify: VerifyOptions) -> RegionDescriber | None:

@@ -118,3 +118,39 @@ def normalise(
         reference = np.hstack([reference, -norm.beta * bias(reference)[:, None]])
         query = np.hstack([query, np.ones((len(query), 1), dtype=np.float32)])
     return query, reference, query_bias
+
+
+def pair_query_biases(
+    query_ids: list[str], reference_ids: list[str], query_views: tuple[list[str], np.ndarray],
+    reference_views: tuple[list[str], np.ndarray], training: np.ndarray, norm: ScoreNorm, backend: str = "auto",
+    quiet: bool = True,
+) -> np.ndarray:
+    """For each pair (``query_ids[i]``, ``reference_ids[i]``): the training bias (:func:`neighbour_bias`, before β)
+    of the query view that gives the pair its normalised score ``max over views of s − β · bias``, as the search
+    scored it (``query_views``, ``reference_views``: ``(ids, [n, d] L2-normalised rows)``, an id repeated for each
+    of its views; the first view wins a tie). What a calibration weighs against the score to choose its own β; only
+    for a normalisation of the queries alone (InputError with ``norm.references``)."""
+    if norm.references:
+        raise InputError("the query bias of a pair is only defined when the references are not normalised")
+    (query_rows, queries), (reference_rows, references) = query_views, reference_views
+    bias = neighbour_bias(queries, training, norm.neighbors, norm.agg, backend, quiet)
+    views: dict[str, list[int]] = {}
+    for row, image in enumerate(query_rows):
+        views.setdefault(image, []).append(row)
+    reference_views_of: dict[str, list[int]] = {}
+    for row, image in enumerate(reference_rows):
+        reference_views_of.setdefault(image, []).append(row)
+    by_query: dict[str, list[int]] = {}
+    for pair, image in enumerate(query_ids):
+        by_query.setdefault(image, []).append(pair)
+    out = np.zeros(len(query_ids), dtype=np.float64)
+    for image, pairs in by_query.items():  # a query's views against all its candidates' views at once
+        rows = views[image]
+        candidate_rows = [reference_views_of[reference_ids[pair]] for pair in pairs]
+        scores = queries[rows] @ references[np.concatenate(candidate_rows)].T - norm.beta * bias[rows, None]
+        start = 0
+        for pair, columns in zip(pairs, candidate_rows, strict=True):
+            block = scores[:, start:start + len(columns)]
+            start += len(columns)
+            out[pair] = bias[rows[int(np.unravel_index(np.argmax(block), block.shape)[0])]]
+    return out

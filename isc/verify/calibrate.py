@@ -31,8 +31,9 @@ FEATURES = ("score", "gap_to_best_score", "log_rank", "log_inliers", "inlier_rat
 CALIBRATION_COLUMNS = ("query_id", "score", "rank", "inliers", "inlier_ratio")
 # evidence columns taken as they are where the evidence holds them: the cosine of the pair's matched regions
 # (isc.verify.regions), the pair's cosine under a second descriptor model (:func:`pair_cosines`) and the share of
-# the reference's keypoints' hull that the inliers cover (every verification since evidence version 2)
-OPTIONAL_FEATURES = ("region_similarity", "second_model_score", "reference_coverage")
+# the reference's keypoints' hull that the inliers cover (every verification since evidence version 2) and the
+# training bias of the query view that scored the pair (isc-run's: the calibration then chooses its own β)
+OPTIONAL_FEATURES = ("region_similarity", "second_model_score", "reference_coverage", "query_bias")
 # computed from the query's other candidates, not read from the evidence: how far the pair's score stands above (or
 # below) the best of the others, a copy's lead over the query's next candidate (every calibration since 2026-12-08)
 DERIVED_FEATURES = ("score_margin",)

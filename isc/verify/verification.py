@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 EVIDENCE_COLUMNS = ("query_id", "reference_id", "score", "rank", "verified", "matches", "inliers", "inlier_ratio",
                     "reference_coverage", "transform", "error")
 COVERAGE_COLUMN = "reference_coverage"  # a sidecar written before it existed is still read, without it
+# the training bias of the query view that gave the pair its score, where the caller gives it (isc-run does)
+QUERY_BIAS_COLUMN = "query_bias"
 EVIDENCE_VERSION = 2  # bump when the evidence of the same options changes (2: reference_coverage)
 
 
@@ -47,7 +49,8 @@ def ranked_candidates(predictions: pd.DataFrame, k: int) -> pd.DataFrame:
 
 def read_evidence(path: str | Path) -> pd.DataFrame:
     """The evidence sidecar of :func:`verify` (its columns :data:`EVIDENCE_COLUMNS`, ``reference_coverage`` where an
-    older run wrote none, and ``region_similarity`` where the run described regions), ``verified`` as bool and the
+    older run wrote none, ``region_similarity`` where the run described regions and ``query_bias`` where it was
+    given), ``verified`` as bool and the
     counts as numbers; InputError naming the file when it is not one."""
     import pandas as pd
 
@@ -58,7 +61,7 @@ def read_evidence(path: str | Path) -> pd.DataFrame:
             header = f.readline().strip().split(",")
     except OSError:
         header = []
-    optional = tuple(column for column in (COVERAGE_COLUMN, REGION_COLUMN) if column in header)
+    optional = tuple(column for column in (COVERAGE_COLUMN, REGION_COLUMN, QUERY_BIAS_COLUMN) if column in header)
     required = tuple(column for column in EVIDENCE_COLUMNS if column != COVERAGE_COLUMN)
     evidence = read_csv_columns(path, (*required, *optional), "isc-verify evidence")
     numbers = {column: pd.to_numeric(evidence[column], errors="coerce")
@@ -267,6 +270,7 @@ def verify(
     record: Mapping[str, object] | None = None,
     regions: RegionDescriber | None = None,
     max_rows: int | None = None,
+    query_bias: np.ndarray | None = None,
 ) -> VerifyResult:
     """Verify each query's ``options.k`` best candidates of ``predictions`` (deeper where ``options.deep_k`` says:
     :mod:`isc.verify.adaptive`) and write the re-scored predictions
@@ -283,6 +287,8 @@ def verify(
     them (:mod:`isc.verify.regions`; the evidence then has a ``region_similarity`` column). ``max_rows``: the
     re-scored predictions cut to their best ``max_rows`` (equal scores by query id, then reference id; the
     evidence keeps every pair), for a search that kept more candidates than the matching track allows.
+    ``query_bias``: one number per row of ``predictions`` (:func:`isc.search.normalisation.pair_query_biases`), the
+    evidence's ``query_bias`` column, a feature of a calibration.
     Under torchrun the queries are sharded across ranks and the first rank writes the files.
     """
 
@@ -307,6 +313,8 @@ def verify(
             evidence, paths, options.region_inliers, regions, cache_root / "regions",
             cache_root / "regions" / f"{output.stem}.h5", quiet)
         evidence = evidence.assign(**{REGION_COLUMN: similarity})
+    if query_bias is not None:
+        evidence = evidence.assign(**{QUERY_BIAS_COLUMN: _by_pair(predictions, query_bias, evidence)})
     if fit is not None:
         combiner = fit(evidence)
     new_scores = rescore(evidence, combiner)
@@ -323,6 +331,18 @@ def verify(
                 "failed_pairs": result.failed_pairs, "images": result.images, "broken": len(broken),
                 "regions_described": result.regions_described}))
     return result
+
+
+def _by_pair(predictions: pd.DataFrame, values: np.ndarray, evidence: pd.DataFrame) -> np.ndarray:
+    """``values`` (one per row of ``predictions``) in the order of ``evidence``'s pairs; InputError when not finite."""
+    import pandas as pd
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (len(predictions),) or not np.isfinite(values).all():
+        raise InputError(f"{len(values)} query biases for {len(predictions)} predictions, or non-finite ones")
+    pairs = pd.MultiIndex.from_arrays([predictions["query_id"], predictions["reference_id"]])
+    return pd.Series(values, index=pairs).groupby(level=[0, 1]).first().reindex(
+        pd.MultiIndex.from_arrays([evidence["query_id"], evidence["reference_id"]])).to_numpy()
 
 
 def _write_scores(output: Path, evidence: pd.DataFrame, max_rows: int | None = None) -> None:

@@ -3,6 +3,7 @@ views: what the run writes and re-uses, and the boxes."""
 
 import json
 
+import numpy as np
 import pytest
 
 from isc.core.files import SettingError
@@ -46,7 +47,8 @@ def test_copies_verified_less_deep_and_without_crops_and_refitted_when_that_chan
 
     # a calibration recorded as fitted on evidence of an older version (before reference_coverage) is fitted again,
     # and the predictions it re-scored are verified again
-    assert Calibration.load(tmp_path / "calibration.json").features[-2:] == ("reference_coverage", "score_margin")
+    assert Calibration.load(tmp_path / "calibration.json").features[-3:] == ("reference_coverage", "query_bias",
+                                                                              "score_margin")
     record = tmp_path / "calibration.json.made-from.json"
     made_from = json.loads(record.read_text())
     assert made_from["settings"]["evidence_version"] == EVIDENCE_VERSION > 1
@@ -54,13 +56,16 @@ def test_copies_verified_less_deep_and_without_crops_and_refitted_when_that_chan
     steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
     assert steps["calibrate", "copies"].result.startswith("settings changed")
     assert not steps["verify", "phase 1"].skipped and steps["extract", "query phase 1"].skipped
-    # and one recorded as fitted before the score margin was a feature
+    # and one recorded as fitted before the score margin and the query bias were features
     made_from = json.loads(record.read_text())
-    del made_from["settings"]["derived features"]
+    del made_from["settings"]["derived features"], made_from["settings"]["query bias"]
     record.write_text(json.dumps(made_from))
     steps = {(s.stage, s.target): s for s in Pipeline(config).run().steps}
     assert steps["calibrate", "copies"].result.startswith("settings changed") and not steps["verify", "phase 1"].skipped
-    assert Calibration.load(tmp_path / "calibration.json").features[-1] == "score_margin"
+    assert Calibration.load(tmp_path / "calibration.json").features[-3:] == ("reference_coverage", "query_bias",
+                                                                              "score_margin")
+    for evidence in (copies, read_evidence(evidence_path(tmp_path / "predictions_phase1_verified.csv"))):
+        assert np.isfinite(evidence["query_bias"]).all() and evidence["query_bias"].nunique() > 1
 
     deeper = RunConfig(work=tmp_path, data=mini_dataset, verify=VerifyOptions(k=3, workers=0), calibration_k=2,
                        **FAST)

@@ -117,6 +117,15 @@ def test_a_calibration_fits_the_margin_and_one_fitted_before_it_still_applies(tm
     assert before.features == FEATURES and np.isfinite(before.scores(evidence)).all()
 
 
+def test_the_query_bias_is_fitted_where_the_evidence_holds_it():
+    evidence, labels = evidence_of(100, 5, seed=12)
+    biased = evidence.assign(query_bias=np.random.default_rng(12).uniform(0.1, 0.4, len(evidence)))
+    fitted = calibrate(biased, labels, "constructed", {"verification": {}})
+    assert fitted.features == (*FEATURES, "query_bias", "score_margin")
+    with pytest.raises(InputError, match="the evidence lacks query_bias"):
+        fitted.scores(evidence)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda e: e.drop(columns="inliers"), "lacks the column"),
     (lambda e: e.assign(score=np.nan), "non-finite"),

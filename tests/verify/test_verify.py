@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from skimage import data
 
 from isc.cli.verify import main
-from isc.core.files import SettingError
+from isc.core.files import InputError, SettingError
 from isc.core.tables import read_ground_truth, read_predictions
 from isc.evaluate.match_pictures import match_picture
 from isc.synth.draw import base_image
@@ -245,6 +245,25 @@ def test_rescoring_promotes_copies_and_leaves_candidates_beyond_k_unverified(dat
     with pytest.raises(ValueError, match="non-finite"):
         verify(predictions, images["query"], images["reference"], tmp_path / "nan.csv",
                options=VerifyOptions(k=3, workers=0), combiner=lambda e: e["score"].to_numpy() * np.nan, quiet=True)
+
+
+def test_a_query_bias_given_per_prediction_is_each_pairs_evidence_and_read_back(dataset, tmp_path):
+    predictions = read_predictions(dataset / "predictions.csv").sample(frac=1, random_state=0)  # any row order
+    images = {split: {p.stem: p for p in (dataset / f"{split}_images").iterdir()} for split in ("query", "reference")}
+    bias = np.arange(len(predictions), dtype=np.float64) / 100  # a number of its own for each pair
+    output = tmp_path / "verified.csv"
+    verify(predictions, images["query"], images["reference"], output, options=VerifyOptions(k=3, workers=0),
+           quiet=True, query_bias=bias)
+    evidence = read_evidence(evidence_path(output))
+    given = dict(zip(zip(predictions["query_id"], predictions["reference_id"], strict=True), bias, strict=True))
+    assert len(evidence) == len(predictions)
+    for query, reference, value in zip(evidence["query_id"], evidence["reference_id"], evidence["query_bias"],
+                                       strict=True):
+        assert value == pytest.approx(given[query, reference])
+    for bad in (bias[:-1], np.where(np.arange(len(bias)) == 3, np.nan, bias)):
+        with pytest.raises(InputError, match="query biases"):
+            verify(predictions, images["query"], images["reference"], tmp_path / "bad.csv",
+                   options=VerifyOptions(k=3, workers=0), quiet=True, query_bias=bad)
 
 
 # --------------------------------------------------------------------------------------- the CLI
