@@ -177,7 +177,7 @@ def test_isc_run_describes_regions_for_the_queries_and_the_calibration_and_is_th
     isc_run("--region-inliers", "4")  # the default is 8: a lower threshold gives PDQ's small images a region
     work = tmp_path / "work"
     calibration = json.loads((work / "calibration.json").read_text())
-    assert calibration["features"][len(FEATURES):] == ["region_similarity", "reference_coverage", "score_margin"]
+    assert calibration["features"][len(FEATURES):] == ["region_similarity", "reference_coverage", "query_bias", "score_margin"]
     assert calibration["conditions"]["verification"]["region_inliers"] == 4
     evidence = read_evidence(work / "predictions_phase1_verified.evidence.csv")
     with_region = evidence["region_similarity"] != 0
@@ -186,7 +186,8 @@ def test_isc_run_describes_regions_for_the_queries_and_the_calibration_and_is_th
     assert again[("calibrate", "copies")].startswith("up to date") and again[("verify", "phase 1")] == "up to date"
     off = isc_run("--region-inliers", "0")  # without regions: the calibration is fitted again, without the feature
     assert off[("calibrate", "copies")].startswith("settings changed")
-    assert json.loads((work / "calibration.json").read_text())["features"] == [*FEATURES, "reference_coverage", "score_margin"]
+    assert json.loads((work / "calibration.json").read_text())["features"] == [*FEATURES, "reference_coverage", "query_bias",
+                                                                          "score_margin"]
     assert "region_similarity" not in read_evidence(work / "predictions_phase1_verified.evidence.csv").columns
 
 
