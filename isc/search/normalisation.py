@@ -134,17 +134,9 @@ def pair_query_biases(
         raise InputError("the query bias of a pair is only defined when the references are not normalised")
     (query_rows, queries), (reference_rows, references) = query_views, reference_views
     bias = neighbour_bias(queries, training, norm.neighbors, norm.agg, backend, quiet)
-    views: dict[str, list[int]] = {}
-    for row, image in enumerate(query_rows):
-        views.setdefault(image, []).append(row)
-    reference_views_of: dict[str, list[int]] = {}
-    for row, image in enumerate(reference_rows):
-        reference_views_of.setdefault(image, []).append(row)
-    by_query: dict[str, list[int]] = {}
-    for pair, image in enumerate(query_ids):
-        by_query.setdefault(image, []).append(pair)
+    views, reference_views_of = _positions(query_rows), _positions(reference_rows)
     out = np.zeros(len(query_ids), dtype=np.float64)
-    for image, pairs in by_query.items():  # a query's views against all its candidates' views at once
+    for image, pairs in _positions(query_ids).items():  # a query's views against all its candidates' views at once
         rows = views[image]
         candidate_rows = [reference_views_of[reference_ids[pair]] for pair in pairs]
         scores = queries[rows] @ references[np.concatenate(candidate_rows)].T - norm.beta * bias[rows, None]
@@ -154,3 +146,11 @@ def pair_query_biases(
             start += len(columns)
             out[pair] = bias[rows[int(np.unravel_index(np.argmax(block), block.shape)[0])]]
     return out
+
+
+def _positions(ids: list[str]) -> dict[str, list[int]]:
+    """Each id's positions in ``ids``, in order."""
+    positions: dict[str, list[int]] = {}
+    for position, image in enumerate(ids):
+        positions.setdefault(image, []).append(position)
+    return positions
